@@ -1,0 +1,164 @@
+//! The ledger's errors: one enum, each variant with a stable code.
+
+use crate::envelope::{ExpectedVersion, StreamId};
+
+/// Everything that can go wrong when talking to the ledger.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// A stream id was empty, too long or held control characters.
+    #[error("invalid stream id: {reason}")]
+    InvalidStreamId {
+        /// Why the id was refused.
+        reason: &'static str,
+    },
+    /// An event type was empty, too long or not printable ASCII.
+    #[error("invalid event type: {reason}")]
+    InvalidEventType {
+        /// Why the type was refused.
+        reason: &'static str,
+    },
+    /// A payload or metadata document was not valid JSON.
+    #[error("invalid JSON in {field}: {message}")]
+    InvalidJson {
+        /// Which part of the event held the bad JSON.
+        field: &'static str,
+        /// The parser's message.
+        message: String,
+    },
+    /// A payload was larger than [`crate::limits::PAYLOAD_BYTES_MAX`].
+    #[error("payload of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
+    PayloadTooLarge {
+        /// The payload's size.
+        size_bytes: usize,
+        /// The documented limit.
+        limit_bytes: usize,
+    },
+    /// An append held no events, or more than [`crate::limits::EVENTS_PER_APPEND_MAX`].
+    #[error("an append must hold 1 to {limit} events, got {count}")]
+    InvalidBatchSize {
+        /// Events in the refused append.
+        count: usize,
+        /// The documented limit.
+        limit: usize,
+    },
+    /// The events of one append carried different idempotency keys.
+    #[error("all events of one append must carry the same idempotency key")]
+    MixedIdempotencyKeys,
+    /// An idempotency key was empty or too long.
+    #[error("invalid idempotency key: {reason}")]
+    InvalidIdempotencyKey {
+        /// Why the key was refused.
+        reason: &'static str,
+    },
+    /// The stream's version was not the one the caller expected.
+    #[error("version conflict on stream {stream}: expected {expected}, actual version is {actual}")]
+    VersionConflict {
+        /// The stream appended to.
+        stream: StreamId,
+        /// What the caller expected.
+        expected: ExpectedVersion,
+        /// The stream's version when the append was refused.
+        actual: u64,
+    },
+    /// The idempotency key was already used by an append to another stream.
+    #[error("idempotency key was already used by an append to another stream")]
+    IdempotencyKeyReused,
+    /// Some, but not all, of the event ids were already committed, or on another stream.
+    #[error("event ids were already committed in a different append")]
+    EventIdsReused,
+    /// A stored event failed an integrity check on read.
+    #[error("ledger integrity: {0}")]
+    Integrity(String),
+    /// An event could not be lifted to the current schema or decoded.
+    #[error("cannot decode event {event_type} v{schema_version}: {message}")]
+    Decode {
+        /// The stored event type.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database URL or path could not be understood.
+    #[error("invalid ledger location: {0}")]
+    InvalidLocation(String),
+    /// The database could not be reached (down, refused, timed out).
+    #[error("ledger database unavailable: {0}")]
+    Unavailable(String),
+    /// Concurrent writers kept colliding past the retry limit.
+    #[error("append gave up after {attempts} attempts against concurrent writers")]
+    Contention {
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A schema migration failed or the schema is newer than this binary.
+    #[error("migration: {0}")]
+    Migration(String),
+    /// The store is shutting down.
+    #[error("ledger is closed")]
+    Closed,
+    /// Any other database error.
+    #[error("ledger database error: {0}")]
+    Database(String),
+}
+
+impl LedgerError {
+    /// A stable snake_case code for clients and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidStreamId { .. } => "invalid_stream_id",
+            Self::InvalidEventType { .. } => "invalid_event_type",
+            Self::InvalidJson { .. } => "invalid_json",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::InvalidBatchSize { .. } => "invalid_batch_size",
+            Self::MixedIdempotencyKeys => "mixed_idempotency_keys",
+            Self::InvalidIdempotencyKey { .. } => "invalid_idempotency_key",
+            Self::VersionConflict { .. } => "version_conflict",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::EventIdsReused => "event_ids_reused",
+            Self::Integrity(_) => "ledger_integrity",
+            Self::Decode { .. } => "event_decode_failed",
+            Self::InvalidLocation(_) => "invalid_ledger_location",
+            Self::Unavailable(_) => "ledger_unavailable",
+            Self::Contention { .. } => "ledger_contention",
+            Self::Migration(_) => "ledger_migration_failed",
+            Self::Closed => "ledger_closed",
+            Self::Database(_) => "ledger_database_error",
+        }
+    }
+
+    /// True when the caller's input was at fault (a 4xx at the HTTP edge).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Self::InvalidStreamId { .. }
+                | Self::InvalidEventType { .. }
+                | Self::InvalidJson { .. }
+                | Self::PayloadTooLarge { .. }
+                | Self::InvalidBatchSize { .. }
+                | Self::MixedIdempotencyKeys
+                | Self::InvalidIdempotencyKey { .. }
+                | Self::VersionConflict { .. }
+                | Self::IdempotencyKeyReused
+                | Self::EventIdsReused
+        )
+    }
+}
+
+/// Sorts a sqlx error into "the database is not there" and everything else.
+pub(crate) fn from_sqlx(error: sqlx::Error) -> LedgerError {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(error.to_string()),
+        other => LedgerError::Database(other.to_string()),
+    }
+}
+
+impl From<sqlx::Error> for LedgerError {
+    fn from(error: sqlx::Error) -> Self {
+        from_sqlx(error)
+    }
+}

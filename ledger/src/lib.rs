@@ -1,0 +1,52 @@
+//! Recur's ledger: an append-only, tamper-evident event store with one API over
+//! two backends — Postgres for production, one SQLite file as the embedded default.
+//!
+//! - [`Ledger::append`] writes a batch atomically under an expected version; retries
+//!   with the same event ids or idempotency key return the original positions.
+//! - [`Ledger::read_stream`], [`Ledger::read_all`] and [`Ledger::subscribe`] read a
+//!   stream or the global order; a subscription never skips or repeats an event, also
+//!   when concurrent Postgres transactions commit out of sequence order.
+//! - Every event is hashed and chained per stream; [`Ledger::seal`] seals global
+//!   ranges and [`Ledger::verify`] recomputes everything.
+//! - [`Money`] is the one money type every crate uses.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), recur_ledger::LedgerError> {
+//! use std::sync::Arc;
+//! use recur_ledger::{EventId, ExpectedVersion, Ledger, LedgerConfig, NewEvent, StreamId, SystemClock, Clock};
+//!
+//! let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+//! let ledger = Ledger::open(LedgerConfig::new("sqlite:recur.sqlite"), clock.clone()).await?;
+//! let stream = StreamId::parse("customer-42")?;
+//! let event = NewEvent::new(EventId::new_at(clock.now()), "CustomerCreated", 1, &serde_json::json!({"segment": "standard"}))?;
+//! let appended = ledger.append(&stream, ExpectedVersion::NoStream, vec![event]).await?;
+//! assert_eq!(appended.stream_version, 1);
+//! # Ok(()) }
+//! ```
+
+pub mod clock;
+pub mod envelope;
+pub mod error;
+pub mod hash;
+pub mod limits;
+mod migrate;
+pub mod money;
+mod postgres;
+pub mod raw;
+mod sqlite;
+mod store;
+pub mod subscription;
+pub mod upcast;
+pub mod verify;
+
+pub use clock::{Clock, SystemClock, TestClock};
+pub use envelope::{
+    Appended, EventId, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Position,
+    RecordedEvent, Source, StreamId,
+};
+pub use error::LedgerError;
+pub use money::{Currency, Money, MoneyError};
+pub use store::{BackendKind, Ledger, LedgerConfig};
+pub use subscription::Subscription;
+pub use upcast::Upcasters;
+pub use verify::{Problem, SealReport, VerifyReport};

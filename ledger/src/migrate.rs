@@ -1,0 +1,124 @@
+//! Schema migrations, embedded in the binary and applied at start.
+//!
+//! Each backend has its numbered files in `schema/<backend>/`. A migration is
+//! applied once, in order, inside one transaction, and its SHA-256 is recorded:
+//! a file changed after it landed is refused rather than silently skipped.
+
+use sha2::{Digest, Sha256};
+use sqlx::{PgPool, Row, SqlitePool};
+
+use crate::error::LedgerError;
+
+/// One embedded migration file.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "ledger",
+    sql: include_str!("../../schema/postgres/0001_ledger.sql"),
+}];
+
+const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "ledger",
+    sql: include_str!("../../schema/sqlite/0001_ledger.sql"),
+}];
+
+fn checksum(sql: &str) -> String {
+    hex::encode(Sha256::digest(sql.as_bytes()))
+}
+
+fn check_applied(migrations: &[Migration], applied: &[(i64, String)]) -> Result<i64, LedgerError> {
+    let mut latest = 0;
+    for (version, sum) in applied {
+        let Some(known) = migrations.iter().find(|m| m.version == *version) else {
+            return Err(LedgerError::Migration(format!(
+                "the database has migration {version}, which this binary does not know: it is newer than this binary"
+            )));
+        };
+        if checksum(known.sql) != *sum {
+            return Err(LedgerError::Migration(format!(
+                "migration {version} ({}) was changed after it was applied",
+                known.name
+            )));
+        }
+        latest = latest.max(*version);
+    }
+    Ok(latest)
+}
+
+/// Applies the missing Postgres migrations; concurrent starters wait on an advisory lock.
+pub(crate) async fn postgres(pool: &PgPool) -> Result<(), LedgerError> {
+    let mut tx = pool.begin().await?;
+    // One migrator at a time across processes; the lock ends with the transaction.
+    sqlx::query("SELECT pg_advisory_xact_lock(7305072931415463)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version bigint PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<(i64, String)> =
+        sqlx::query("SELECT version, checksum FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+    let latest = check_applied(POSTGRES, &applied)?;
+    for migration in POSTGRES.iter().filter(|m| m.version > latest) {
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| LedgerError::Migration(format!("{}: {e}", migration.name)))?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(checksum(migration.sql))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Applies the missing SQLite migrations under SQLite's write lock.
+pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<(), LedgerError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,
+            applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let applied: Vec<(i64, String)> =
+        sqlx::query("SELECT version, checksum FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| (row.get(0), row.get(1)))
+            .collect();
+    let latest = check_applied(SQLITE, &applied)?;
+    for migration in SQLITE.iter().filter(|m| m.version > latest) {
+        sqlx::raw_sql(migration.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| LedgerError::Migration(format!("{}: {e}", migration.name)))?;
+        sqlx::query("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)")
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(checksum(migration.sql))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,523 @@
+//! The store's one API over two backends, and the committer that coalesces
+//! concurrent appends into shared transactions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::envelope::{
+    Appended, ExpectedVersion, IdempotencyKey, NewEvent, Position, RecordedEvent, StreamId,
+};
+use crate::error::LedgerError;
+use crate::hash::{self, Hash};
+use crate::limits::{
+    APPENDS_PER_COMMIT_MAX, EVENTS_PER_APPEND_MAX, EVENTS_PER_COMMIT_MAX, READ_PAGE_EVENTS_MAX,
+};
+use crate::postgres::PgStore;
+use crate::sqlite::SqliteStore;
+use crate::subscription::Subscription;
+use crate::verify::{self, SealReport, VerifyReport};
+
+/// Where the ledger lives and how hard it may work.
+#[derive(Clone, Debug)]
+pub struct LedgerConfig {
+    /// `postgres://…` for Postgres; `sqlite:PATH` or a plain file path for the embedded store.
+    pub location: String,
+    /// Database connections for readers and committers.
+    pub pool_size: u32,
+    /// Concurrent committer transactions (Postgres; SQLite always has one writer).
+    pub committers: usize,
+    /// How long to wait for a connection before the database counts as down.
+    pub connect_timeout_ms: u64,
+    /// How often a live subscription looks for commits made by other processes.
+    pub poll_interval_ms: u64,
+    /// How long a read waits for in-flight commits before returning what is released.
+    pub release_wait_ms: u64,
+}
+
+impl LedgerConfig {
+    /// Defaults for a location: 16 connections, 4 committers, 10 ms polling.
+    pub fn new(location: impl Into<String>) -> Self {
+        Self {
+            location: location.into(),
+            pool_size: 16,
+            committers: 4,
+            connect_timeout_ms: 5_000,
+            poll_interval_ms: 10,
+            release_wait_ms: 5_000,
+        }
+    }
+}
+
+/// Which backend a store runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// PostgreSQL, shared by several processes.
+    Postgres,
+    /// One SQLite file in WAL mode, the embedded default.
+    Sqlite,
+}
+
+/// An event made ready for the database: serialised, timestamped and hashed.
+#[derive(Debug)]
+pub(crate) struct PreparedEvent {
+    pub id: uuid::Uuid,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub payload: String,
+    pub metadata: String,
+    pub recorded_at: OffsetDateTime,
+    pub content_hash: Hash,
+}
+
+/// One caller's append, waiting for the committer.
+#[derive(Debug)]
+pub(crate) struct PendingAppend {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub key: Option<IdempotencyKey>,
+    pub events: Vec<PreparedEvent>,
+    pub reply: oneshot::Sender<Result<Appended, LedgerError>>,
+}
+
+/// What the database said about one append of a batch.
+#[derive(Debug)]
+pub(crate) enum AppendOutcome {
+    Appended {
+        stream_version: u64,
+        positions: Vec<Position>,
+    },
+    Replayed {
+        stream_version: u64,
+        positions: Vec<Position>,
+    },
+    Conflict {
+        actual: u64,
+    },
+    KeyReused,
+    IdsReused,
+}
+
+impl AppendOutcome {
+    pub(crate) fn into_result(self, append: &PendingAppend) -> Result<Appended, LedgerError> {
+        match self {
+            Self::Appended {
+                stream_version,
+                positions,
+            } => Ok(Appended {
+                stream_version,
+                positions,
+                replayed: false,
+            }),
+            Self::Replayed {
+                stream_version,
+                positions,
+            } => Ok(Appended {
+                stream_version,
+                positions,
+                replayed: true,
+            }),
+            Self::Conflict { actual } => Err(LedgerError::VersionConflict {
+                stream: append.stream.clone(),
+                expected: append.expected,
+                actual,
+            }),
+            Self::KeyReused => Err(LedgerError::IdempotencyKeyReused),
+            Self::IdsReused => Err(LedgerError::EventIdsReused),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum Backend {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
+}
+
+impl Backend {
+    /// Commits a batch in one transaction; one outcome per append, in order.
+    async fn commit(&self, batch: &[PendingAppend]) -> Result<Vec<AppendOutcome>, LedgerError> {
+        match self {
+            Self::Postgres(store) => store.commit(batch).await,
+            Self::Sqlite(store) => store.commit(batch).await,
+        }
+    }
+}
+
+struct Inner {
+    backend: Backend,
+    clock: Arc<dyn Clock>,
+    queue: mpsc::Sender<PendingAppend>,
+    committed: Arc<Notify>,
+    config: LedgerConfig,
+}
+
+/// The event store. Cheap to clone; all clones share one pool and one committer.
+#[derive(Clone)]
+pub struct Ledger {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("backend", &self.kind())
+            .finish()
+    }
+}
+
+impl Ledger {
+    /// Opens (and migrates) the store at `config.location`.
+    ///
+    /// # Errors
+    /// [`LedgerError::InvalidLocation`], [`LedgerError::Unavailable`] when the database
+    /// cannot be reached, [`LedgerError::Migration`] when the schema cannot be brought up to date.
+    pub async fn open(config: LedgerConfig, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
+        let committed = Arc::new(Notify::new());
+        let location = config.location.trim();
+        let (backend, committers) =
+            if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+                (
+                    Backend::Postgres(PgStore::open(&config).await?),
+                    config.committers.max(1),
+                )
+            } else {
+                let path = location
+                    .strip_prefix("sqlite://")
+                    .or_else(|| location.strip_prefix("sqlite:"))
+                    .unwrap_or(location);
+                if path.is_empty() {
+                    return Err(LedgerError::InvalidLocation("empty SQLite path".into()));
+                }
+                (Backend::Sqlite(SqliteStore::open(path, &config).await?), 1)
+            };
+        let (queue, receiver) = mpsc::channel(APPENDS_PER_COMMIT_MAX * 4);
+        let receiver = Arc::new(Mutex::new(receiver));
+        for _ in 0..committers {
+            tokio::spawn(run_committer(
+                backend.clone(),
+                Arc::clone(&receiver),
+                Arc::clone(&committed),
+            ));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                backend,
+                clock,
+                queue,
+                committed,
+                config,
+            }),
+        })
+    }
+
+    /// Which backend this store runs on.
+    pub fn kind(&self) -> BackendKind {
+        match self.inner.backend {
+            Backend::Postgres(_) => BackendKind::Postgres,
+            Backend::Sqlite(_) => BackendKind::Sqlite,
+        }
+    }
+
+    /// The injected clock that stamps `recorded_at`.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// Appends `events` to `stream` atomically if the stream is at `expected`.
+    ///
+    /// Retrying an append whose event ids, or whose idempotency key, were already
+    /// committed writes nothing and returns the original positions (`replayed`).
+    ///
+    /// # Errors
+    /// [`LedgerError::VersionConflict`] with the actual version; input errors
+    /// (batch size, mixed keys); [`LedgerError::Unavailable`] when the database is down.
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<Appended, LedgerError> {
+        if events.is_empty() || events.len() > EVENTS_PER_APPEND_MAX {
+            return Err(LedgerError::InvalidBatchSize {
+                count: events.len(),
+                limit: EVENTS_PER_APPEND_MAX,
+            });
+        }
+        let key = events[0].metadata.idempotency_key.clone();
+        if events.iter().any(|e| e.metadata.idempotency_key != key) {
+            return Err(LedgerError::MixedIdempotencyKeys);
+        }
+        let recorded_at = hash::truncate_to_micros(self.inner.clock.now());
+        let mut prepared = Vec::with_capacity(events.len());
+        for event in events {
+            let metadata = event.metadata_json()?;
+            let payload = event.payload.get().to_owned();
+            let content_hash = hash::content_hash(&hash::Content {
+                id: &event.id.0,
+                stream_id: stream.as_str(),
+                event_type: &event.event_type,
+                schema_version: event.schema_version,
+                payload: &payload,
+                metadata: &metadata,
+                recorded_at,
+            });
+            prepared.push(PreparedEvent {
+                id: event.id.0,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload,
+                metadata,
+                recorded_at,
+                content_hash,
+            });
+        }
+        let (reply, answer) = oneshot::channel();
+        let pending = PendingAppend {
+            stream: stream.clone(),
+            expected,
+            key,
+            events: prepared,
+            reply,
+        };
+        self.inner
+            .queue
+            .send(pending)
+            .await
+            .map_err(|_| LedgerError::Closed)?;
+        answer.await.map_err(|_| LedgerError::Closed)?
+    }
+
+    /// Reads a stream's events from `from_version` (1-based, inclusive), at most `limit`.
+    ///
+    /// # Errors
+    /// [`LedgerError::Unavailable`] and other database errors.
+    pub async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LedgerError> {
+        let limit = limit.clamp(1, READ_PAGE_EVENTS_MAX);
+        match &self.inner.backend {
+            Backend::Postgres(store) => store.read_stream(stream, from_version, limit).await,
+            Backend::Sqlite(store) => store.read_stream(stream, from_version, limit).await,
+        }
+    }
+
+    /// The stream's current version (0 when it has no events).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn stream_version(&self, stream: &StreamId) -> Result<u64, LedgerError> {
+        match &self.inner.backend {
+            Backend::Postgres(store) => store.stream_version(stream).await,
+            Backend::Sqlite(store) => store.stream_version(stream).await,
+        }
+    }
+
+    /// Reads up to `limit` released events after `after`, in global order.
+    ///
+    /// Everything committed before the call is included once in-flight commits
+    /// settle (bounded by `release_wait_ms`); nothing later in global order can
+    /// ever appear before what this returns.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn read_all(
+        &self,
+        after: Position,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LedgerError> {
+        let released = self.released(true).await?;
+        self.read_released(after, released, limit).await
+    }
+
+    /// The last released global position: every event at or below it is final.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn last_position(&self) -> Result<Position, LedgerError> {
+        Ok(Position(self.released(true).await?))
+    }
+
+    /// Follows the ledger from `after`: history first, then live commits, each event once.
+    pub fn subscribe(&self, after: Position) -> Subscription {
+        Subscription::new(self.clone(), after)
+    }
+
+    /// Seals every released, unsealed event (see docs/ledger.md).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn seal(&self) -> Result<Vec<SealReport>, LedgerError> {
+        let released = self.released(true).await?;
+        verify::seal(self, released).await
+    }
+
+    /// Recomputes every hash and seal; reports the first position where the chain breaks.
+    ///
+    /// # Errors
+    /// Database errors (integrity problems are reported, not raised).
+    pub async fn verify(&self) -> Result<VerifyReport, LedgerError> {
+        verify::verify(self).await
+    }
+
+    pub(crate) fn backend(&self) -> &Backend {
+        &self.inner.backend
+    }
+
+    pub(crate) fn config(&self) -> &LedgerConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn committed(&self) -> &Arc<Notify> {
+        &self.inner.committed
+    }
+
+    /// The release horizon; with `settle`, waits for commits in flight at the call.
+    pub(crate) async fn released(&self, settle: bool) -> Result<u64, LedgerError> {
+        match &self.inner.backend {
+            Backend::Postgres(store) => {
+                let wait = if settle {
+                    self.inner.config.release_wait_ms
+                } else {
+                    0
+                };
+                store.released(Duration::from_millis(wait)).await
+            }
+            Backend::Sqlite(store) => store.released().await,
+        }
+    }
+
+    /// `(released, allocated)` after one look, without waiting.
+    pub(crate) async fn release_status(&self) -> Result<(u64, u64), LedgerError> {
+        match &self.inner.backend {
+            Backend::Postgres(store) => store.release_status().await,
+            Backend::Sqlite(store) => {
+                let released = store.released().await?;
+                Ok((released, released))
+            }
+        }
+    }
+
+    /// Released events in `(after, up_to]`, at most `limit`.
+    pub(crate) async fn read_released(
+        &self,
+        after: Position,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, LedgerError> {
+        if up_to <= after.0 {
+            return Ok(Vec::new());
+        }
+        let limit = limit.clamp(1, READ_PAGE_EVENTS_MAX);
+        match &self.inner.backend {
+            Backend::Postgres(store) => store.read_range(after.0, up_to, limit).await,
+            Backend::Sqlite(store) => store.read_range(after.0, up_to, limit).await,
+        }
+    }
+}
+
+/// Takes every append waiting in the queue (up to the limits) as one batch.
+async fn next_batch(receiver: &Mutex<mpsc::Receiver<PendingAppend>>) -> Option<Vec<PendingAppend>> {
+    let mut receiver = receiver.lock().await;
+    let first = receiver.recv().await?;
+    let mut events = first.events.len();
+    let mut batch = vec![first];
+    while batch.len() < APPENDS_PER_COMMIT_MAX && events < EVENTS_PER_COMMIT_MAX {
+        match receiver.try_recv() {
+            Ok(next) => {
+                events += next.events.len();
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// One committer: takes batches and commits each in one transaction until the store closes.
+async fn run_committer(
+    backend: Backend,
+    receiver: Arc<Mutex<mpsc::Receiver<PendingAppend>>>,
+    committed: Arc<Notify>,
+) {
+    while let Some(mut batch) = next_batch(&receiver).await {
+        // Stream order: concurrent batches then take row locks in the same order.
+        batch.sort_by(|a, b| a.stream.cmp(&b.stream));
+        match backend.commit(&batch).await {
+            Ok(outcomes) => {
+                for (append, outcome) in batch.into_iter().zip(outcomes) {
+                    let result = outcome.into_result(&append);
+                    // A caller that gave up waiting is no reason to stop.
+                    let _ = append.reply.send(result);
+                }
+                committed.notify_waiters();
+            }
+            Err(error) => {
+                tracing::warn!(code = error.code(), %error, "ledger commit failed");
+                for append in batch {
+                    let _ = append.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The columns every backend reads for an event, before checks.
+pub(crate) struct EventRow {
+    pub position: i64,
+    pub id: uuid::Uuid,
+    pub stream_id: String,
+    pub version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: String,
+    pub metadata: String,
+    pub recorded_at: OffsetDateTime,
+}
+
+impl EventRow {
+    /// Checks the stored values and builds the envelope.
+    pub(crate) fn into_event(self) -> Result<RecordedEvent, LedgerError> {
+        let metadata = serde_json::from_str(&self.metadata).map_err(|error| {
+            LedgerError::Integrity(format!(
+                "metadata of event at position {} does not parse: {error}",
+                self.position
+            ))
+        })?;
+        let position = u64::try_from(self.position)
+            .map_err(|_| LedgerError::Integrity(format!("negative position {}", self.position)))?;
+        let stream_version = u64::try_from(self.version).map_err(|_| {
+            LedgerError::Integrity(format!("negative version at position {position}"))
+        })?;
+        let schema_version = u32::try_from(self.schema_version).map_err(|_| {
+            LedgerError::Integrity(format!("negative schema version at position {position}"))
+        })?;
+        Ok(RecordedEvent {
+            id: crate::envelope::EventId(self.id),
+            stream_id: StreamId::parse(self.stream_id)?,
+            stream_version,
+            position: Position(position),
+            event_type: self.event_type,
+            schema_version,
+            payload: self.payload,
+            metadata,
+            recorded_at: self.recorded_at,
+        })
+    }
+}
+
+/// Converts a count or version for a bigint column; values past i64 cannot occur.
+pub(crate) fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Converts a stored bigint that the schema keeps non-negative.
+pub(crate) fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}

@@ -1,0 +1,448 @@
+//! `recur ledger verify` and sealing: recompute every content hash, every
+//! per-stream chain step and every global seal, and report where it breaks.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::error::LedgerError;
+use crate::hash::{self, GENESIS, Hash, SealDigest};
+use crate::limits::EVENTS_PER_SEAL_MAX;
+use crate::store::{Backend, EventRow, Ledger, to_i64, to_u64};
+
+/// Events read per page while verifying or sealing.
+const VERIFY_PAGE_EVENTS: usize = 5_000;
+/// Problems kept in a report; verification goes on counting past it.
+const PROBLEMS_MAX: usize = 100;
+
+/// One seal as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SealReport {
+    /// 1, 2, 3…
+    pub seal_no: u64,
+    /// Covers positions after this one…
+    pub from_position: u64,
+    /// …up to and including this one.
+    pub to_position: u64,
+    /// Events in the range.
+    pub event_count: u64,
+    /// The seal's digest, hex; chained to the previous seal.
+    pub digest: String,
+}
+
+/// Something verification found wrong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The first position the problem concerns.
+    pub position: u64,
+    /// The stream, when known.
+    pub stream_id: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The outcome of a full verification.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Events whose hashes were recomputed.
+    pub events_checked: u64,
+    /// Distinct streams seen.
+    pub streams: u64,
+    /// Seals recomputed.
+    pub seals_checked: u64,
+    /// Events after the last seal (only per-stream chains protect them).
+    pub unsealed_events: u64,
+    /// The digest of the last seal: record it elsewhere to anchor the ledger.
+    pub head_digest: Option<String>,
+    /// All problems found (at most 100 kept), in position order.
+    pub problems: Vec<Problem>,
+    /// How many problems were found in all.
+    pub problem_count: u64,
+}
+
+impl VerifyReport {
+    /// True when nothing is wrong.
+    pub fn is_intact(&self) -> bool {
+        self.problem_count == 0
+    }
+
+    /// The first position where the chain breaks.
+    pub fn first_break(&self) -> Option<&Problem> {
+        self.problems.iter().min_by_key(|p| p.position)
+    }
+
+    fn flag(&mut self, position: u64, stream_id: Option<&str>, reason: String) {
+        self.problem_count += 1;
+        if self.problems.len() < PROBLEMS_MAX {
+            self.problems.push(Problem {
+                position,
+                stream_id: stream_id.map(str::to_owned),
+                reason,
+            });
+        }
+    }
+}
+
+struct StoredSeal {
+    seal_no: u64,
+    from_position: u64,
+    to_position: u64,
+    event_count: u64,
+    digest: Vec<u8>,
+}
+
+struct VerifyRow {
+    event: EventRow,
+    content_hash: Vec<u8>,
+    chain_hash: Vec<u8>,
+}
+
+async fn load_seals(backend: &Backend) -> Result<Vec<StoredSeal>, LedgerError> {
+    let sql = "SELECT seal_no, from_position, to_position, event_count, digest FROM seals ORDER BY seal_no";
+    let rows: Vec<(i64, i64, i64, i64, Vec<u8>)> = match backend {
+        Backend::Postgres(store) => sqlx::query_as(sql).fetch_all(store.pool()).await?,
+        Backend::Sqlite(store) => sqlx::query_as(sql).fetch_all(store.readers()).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(no, from, to, count, digest)| StoredSeal {
+            seal_no: to_u64(no),
+            from_position: to_u64(from),
+            to_position: to_u64(to),
+            event_count: to_u64(count),
+            digest,
+        })
+        .collect())
+}
+
+async fn scan(backend: &Backend, after: u64, limit: usize) -> Result<Vec<VerifyRow>, LedgerError> {
+    let mut out = Vec::with_capacity(limit);
+    match backend {
+        Backend::Postgres(store) => {
+            let rows = sqlx::query(
+                "SELECT position, id, stream_id, version, event_type, schema_version, payload::text, \
+                        metadata::text, recorded_at, content_hash, chain_hash \
+                   FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+            )
+            .bind(to_i64(after))
+            .bind(to_i64(limit as u64))
+            .fetch_all(store.pool())
+            .await?;
+            for row in rows {
+                out.push(VerifyRow {
+                    event: EventRow {
+                        position: row.try_get(0)?,
+                        id: row.try_get(1)?,
+                        stream_id: row.try_get(2)?,
+                        version: row.try_get(3)?,
+                        event_type: row.try_get(4)?,
+                        schema_version: row.try_get(5)?,
+                        payload: row.try_get(6)?,
+                        metadata: row.try_get(7)?,
+                        recorded_at: row.try_get(8)?,
+                    },
+                    content_hash: row.try_get(9)?,
+                    chain_hash: row.try_get(10)?,
+                });
+            }
+        }
+        Backend::Sqlite(store) => {
+            let rows = sqlx::query(
+                "SELECT position, id, stream_id, version, event_type, schema_version, payload, metadata, \
+                        recorded_at_us, content_hash, chain_hash \
+                   FROM events WHERE position > ? ORDER BY position LIMIT ?",
+            )
+            .bind(to_i64(after))
+            .bind(to_i64(limit as u64))
+            .fetch_all(store.readers())
+            .await?;
+            for row in rows {
+                let micros: i64 = row.try_get(8)?;
+                let recorded_at =
+                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+                        .map_err(|_| {
+                            LedgerError::Integrity(format!("recorded_at out of range: {micros}"))
+                        })?;
+                out.push(VerifyRow {
+                    event: EventRow {
+                        position: row.try_get(0)?,
+                        id: row.try_get(1)?,
+                        stream_id: row.try_get(2)?,
+                        version: row.try_get(3)?,
+                        event_type: row.try_get(4)?,
+                        schema_version: row.try_get(5)?,
+                        payload: row.try_get(6)?,
+                        metadata: row.try_get(7)?,
+                        recorded_at,
+                    },
+                    content_hash: row.try_get(9)?,
+                    chain_hash: row.try_get(10)?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares a finished seal with what was stored.
+fn close_seal(report: &mut VerifyReport, seal: &StoredSeal, digest: SealDigest, count: u64) {
+    report.seals_checked += 1;
+    let recomputed = digest.finish();
+    if count != seal.event_count || recomputed[..] != seal.digest[..] {
+        report.flag(
+            seal.from_position + 1,
+            None,
+            format!(
+                "seal {} over positions {}..={} does not match: {} events there now, {} when sealed; \
+                 events in this range were changed, added or removed",
+                seal.seal_no,
+                seal.from_position + 1,
+                seal.to_position,
+                count,
+                seal.event_count
+            ),
+        );
+    }
+}
+
+/// Recomputes everything. Memory: one chain head per stream.
+pub(crate) async fn verify(ledger: &Ledger) -> Result<VerifyReport, LedgerError> {
+    let backend = ledger.backend();
+    let mut report = VerifyReport::default();
+    let seals = load_seals(backend).await?;
+    let mut previous_to = 0;
+    for (index, seal) in seals.iter().enumerate() {
+        if seal.seal_no != index as u64 + 1 || seal.from_position != previous_to {
+            report.flag(
+                seal.from_position + 1,
+                None,
+                format!(
+                    "seal {} does not follow seal {}: seals were removed or altered",
+                    seal.seal_no, index
+                ),
+            );
+        }
+        previous_to = seal.to_position;
+    }
+    report.head_digest = seals.last().map(|s| hex::encode(&s.digest));
+    let mut heads: HashMap<String, (u64, Hash)> = HashMap::new();
+    let mut seal_index = 0;
+    let mut open_seal: Option<(SealDigest, u64)> = None;
+    let mut after = 0;
+    loop {
+        let rows = scan(backend, after, VERIFY_PAGE_EVENTS).await?;
+        let Some(last) = rows.last() else { break };
+        after = to_u64(last.event.position);
+        for row in rows {
+            let position = to_u64(row.event.position);
+            // Close seals that end before this event.
+            while seal_index < seals.len() && position > seals[seal_index].to_position {
+                let (digest, count) = open_seal.take().unwrap_or_else(|| {
+                    (SealDigest::new(&seal_digest_before(&seals, seal_index)), 0)
+                });
+                close_seal(&mut report, &seals[seal_index], digest, count);
+                seal_index += 1;
+            }
+            check_event(&mut report, &mut heads, &row, position);
+            let chain = hash::from_bytes(&row.chain_hash).unwrap_or(GENESIS);
+            if seal_index < seals.len() && position > seals[seal_index].from_position {
+                let entry = open_seal.get_or_insert_with(|| {
+                    (SealDigest::new(&seal_digest_before(&seals, seal_index)), 0)
+                });
+                entry.0.add(position, &chain);
+                entry.1 += 1;
+            } else if seal_index >= seals.len() {
+                report.unsealed_events += 1;
+            }
+            report.events_checked += 1;
+        }
+    }
+    while seal_index < seals.len() {
+        let (digest, count) = open_seal
+            .take()
+            .unwrap_or_else(|| (SealDigest::new(&seal_digest_before(&seals, seal_index)), 0));
+        close_seal(&mut report, &seals[seal_index], digest, count);
+        seal_index += 1;
+    }
+    report.streams = heads.len() as u64;
+    report.problems.sort_by_key(|p| p.position);
+    Ok(report)
+}
+
+fn seal_digest_before(seals: &[StoredSeal], index: usize) -> Hash {
+    index
+        .checked_sub(1)
+        .and_then(|i| hash::from_bytes(&seals[i].digest))
+        .unwrap_or(GENESIS)
+}
+
+/// Checks one event's content hash and its step in its stream's chain.
+fn check_event(
+    report: &mut VerifyReport,
+    heads: &mut HashMap<String, (u64, Hash)>,
+    row: &VerifyRow,
+    position: u64,
+) {
+    let event = &row.event;
+    let stream = event.stream_id.as_str();
+    let recorded_at = hash::truncate_to_micros(event.recorded_at);
+    let recomputed = hash::content_hash(&hash::Content {
+        id: &event.id,
+        stream_id: stream,
+        event_type: &event.event_type,
+        schema_version: u32::try_from(event.schema_version).unwrap_or(0),
+        payload: &event.payload,
+        metadata: &event.metadata,
+        recorded_at,
+    });
+    let stored_content = hash::from_bytes(&row.content_hash);
+    if stored_content != Some(recomputed) {
+        report.flag(
+            position,
+            Some(stream),
+            format!(
+                "event {} (version {}): content does not match its hash",
+                event.id, event.version
+            ),
+        );
+    }
+    let version = to_u64(event.version);
+    let (previous_version, previous_chain) = heads.get(stream).copied().unwrap_or((0, GENESIS));
+    if version != previous_version + 1 {
+        report.flag(
+            position,
+            Some(stream),
+            format!(
+                "stream jumps from version {previous_version} to {version}: events are missing"
+            ),
+        );
+    }
+    let expected = hash::chain_step(
+        &previous_chain,
+        version,
+        &stored_content.unwrap_or(recomputed),
+    );
+    let stored_chain = hash::from_bytes(&row.chain_hash);
+    if stored_chain != Some(expected) && version == previous_version + 1 {
+        report.flag(
+            position,
+            Some(stream),
+            format!("chain hash of version {version} does not follow its predecessor"),
+        );
+    }
+    heads.insert(
+        stream.to_owned(),
+        (version, stored_chain.unwrap_or(expected)),
+    );
+}
+
+/// Seals released events in ranges of at most [`EVENTS_PER_SEAL_MAX`].
+pub(crate) async fn seal(ledger: &Ledger, released: u64) -> Result<Vec<SealReport>, LedgerError> {
+    let backend = ledger.backend();
+    let mut made = Vec::new();
+    loop {
+        let seals = load_seals(backend).await?;
+        let (next_no, from, previous) = match seals.last() {
+            Some(last) => (
+                last.seal_no + 1,
+                last.to_position,
+                hash::from_bytes(&last.digest).unwrap_or(GENESIS),
+            ),
+            None => (1, 0, GENESIS),
+        };
+        if released <= from {
+            return Ok(made);
+        }
+        let chain = chain_hashes(backend, from, released, EVENTS_PER_SEAL_MAX).await?;
+        let Some(&(to, _)) = chain.last() else {
+            return Ok(made);
+        };
+        let mut digest = SealDigest::new(&previous);
+        for (position, hash) in &chain {
+            digest.add(*position, hash);
+        }
+        let digest = digest.finish();
+        let sealed_at = hash::truncate_to_micros(ledger.clock().now());
+        let inserted = match backend {
+            Backend::Postgres(store) => sqlx::query(
+                "INSERT INTO seals (seal_no, from_position, to_position, event_count, digest, sealed_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (seal_no) DO NOTHING",
+            )
+            .bind(to_i64(next_no))
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .bind(to_i64(chain.len() as u64))
+            .bind(&digest[..])
+            .bind(sealed_at)
+            .execute(store.pool())
+            .await?
+            .rows_affected(),
+            Backend::Sqlite(store) => sqlx::query(
+                "INSERT INTO seals (seal_no, from_position, to_position, event_count, digest, sealed_at_us) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (seal_no) DO NOTHING",
+            )
+            .bind(to_i64(next_no))
+            .bind(to_i64(from))
+            .bind(to_i64(to))
+            .bind(to_i64(chain.len() as u64))
+            .bind(&digest[..])
+            .bind(hash::unix_micros(sealed_at))
+            .execute(store.writer())
+            .await?
+            .rows_affected(),
+        };
+        // Zero rows: another process sealed this number first; reload and go on from its seal.
+        if inserted == 1 {
+            made.push(SealReport {
+                seal_no: next_no,
+                from_position: from,
+                to_position: to,
+                event_count: chain.len() as u64,
+                digest: hex::encode(digest),
+            });
+        }
+    }
+}
+
+async fn chain_hashes(
+    backend: &Backend,
+    after: u64,
+    up_to: u64,
+    limit: u64,
+) -> Result<Vec<(u64, Hash)>, LedgerError> {
+    let rows: Vec<(i64, Vec<u8>)> =
+        match backend {
+            Backend::Postgres(store) => sqlx::query_as(
+                "SELECT position, chain_hash FROM events WHERE position > $1 AND position <= $2 \
+                  ORDER BY position LIMIT $3",
+            )
+            .bind(to_i64(after))
+            .bind(to_i64(up_to))
+            .bind(to_i64(limit))
+            .fetch_all(store.pool())
+            .await?,
+            Backend::Sqlite(store) => {
+                sqlx::query_as(
+                    "SELECT position, chain_hash FROM events WHERE position > ? AND position <= ? \
+                  ORDER BY position LIMIT ?",
+                )
+                .bind(to_i64(after))
+                .bind(to_i64(up_to))
+                .bind(to_i64(limit))
+                .fetch_all(store.readers())
+                .await?
+            }
+        };
+    rows.into_iter()
+        .map(|(position, chain)| {
+            hash::from_bytes(&chain)
+                .map(|h| (to_u64(position), h))
+                .ok_or_else(|| {
+                    LedgerError::Integrity(format!(
+                        "chain hash at position {position} is not 32 bytes"
+                    ))
+                })
+        })
+        .collect()
+}

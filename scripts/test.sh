@@ -1,0 +1,304 @@
+#!/usr/bin/env bash
+# Runs Recur's whole test suite: `bash scripts/test.sh [extra cargo test args]`.
+#
+# The Postgres tests need a server whose URL may CREATE DATABASE (each test
+# makes its own uniquely named database). This script finds or starts one so
+# that a fresh Debian 12 machine with only Rust installed can run everything:
+#
+#   1. DATABASE_URL, if set, is used as is.
+#   2. Otherwise a server on 127.0.0.1:5432 that lets user `postgres` in
+#      without a password (the CI machine's setup) is used.
+#   3. Otherwise a throwaway PostgreSQL is started in a temp dir on a free
+#      port (installing Debian's packages first if needed), and removed on
+#      exit whatever the outcome.
+#
+# Environment knobs:
+#   RECUR_TEST_THROWAWAY_PG=1  always use a throwaway server, ignoring
+#                              DATABASE_URL and the server on 5432 (isolated
+#                              runs, and testing this script).
+#   RECUR_TEST_NATS=1          also provide NATS (NATS_URL), same pattern.
+#                              Off until the suite needs it.
+#   RECUR_TEST_CMD='...'       run this bash command instead of the cargo
+#                              commands, with DATABASE_URL (and NATS_URL)
+#                              exported. For testing this script itself, e.g.
+#                              RECUR_TEST_CMD='psql "$DATABASE_URL" -c "select 1"'
+#
+# Exit status is the test command's; cleanup runs regardless.
+set -euo pipefail
+
+# Run from the repo root whatever the caller's cwd, so cargo finds the workspace.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- cleanup ---------------------------------------------------------------
+# Everything we start is recorded here so a single EXIT trap can undo it,
+# including after a test failure or Ctrl-C.
+WORK_DIR=""     # temp dir holding the throwaway servers' data, sockets, logs
+PG_BIN=""       # bin dir of the PostgreSQL we start (Debian keeps it off PATH)
+PG_DATA=""      # set just before our throwaway postgres is started
+NATS_PID=""     # set once our throwaway nats-server has been started
+
+cleanup() {
+    local rc=$?
+    # Cleanup must never mask the tests' exit status, so nothing here may fail.
+    set +e
+    if [[ -n $PG_DATA ]]; then
+        as_pg_user "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m fast -w >/dev/null 2>&1 \
+            || log "warning: could not stop throwaway postgres ($PG_DATA)"
+    fi
+    if [[ -n $NATS_PID ]]; then
+        kill "$NATS_PID" 2>/dev/null
+        wait "$NATS_PID" 2>/dev/null
+    fi
+    if [[ -n $WORK_DIR ]]; then
+        rm -rf -- "$WORK_DIR"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+# Turn signals into a normal exit so the EXIT trap runs (bash does not run it
+# on a fatal signal by itself).
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
+
+# --- helpers ---------------------------------------------------------------
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+# apt needs root; a normal user is expected to have sudo. `env` carries
+# DEBIAN_FRONTEND through sudo's environment reset.
+apt_install() {
+    local -a sudo=()
+    if ! is_root; then
+        command -v sudo >/dev/null || die "need root or sudo to apt-get install $*"
+        sudo=(sudo)
+    fi
+    log "installing Debian packages: $*"
+    # apt's chatter goes to stderr: callers may run inside $(...) to capture a path.
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
+}
+
+# initdb and postgres refuse to run as root; as root we borrow the `postgres`
+# system user that Debian's packages create. A normal user runs them directly.
+# cd into the work dir so the postgres user isn't stuck in an unreadable cwd.
+as_pg_user() {
+    if is_root; then
+        (cd "$WORK_DIR" && runuser -u postgres -- "$@")
+    else
+        "$@"
+    fi
+}
+
+# True if something accepts TCP connections on 127.0.0.1:$1. Uses bash's
+# /dev/tcp so it works on minimal images without ss or python3.
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# First port from $1 upward that nothing listens on. Racy in theory, but the
+# range is far from the usual services and servers fail loudly if it's taken.
+free_port() {
+    local p
+    for ((p = $1; p < $1 + 200; p++)); do
+        port_in_use "$p" || { echo "$p"; return 0; }
+    done
+    die "no free port in $1..$(($1 + 199))"
+}
+
+ensure_work_dir() {
+    [[ -n $WORK_DIR ]] && return 0
+    # Always under /tmp rather than $TMPDIR: the postgres user must be able to
+    # reach it when we run as root, and the unix socket path has a ~100 byte limit.
+    WORK_DIR=$(mktemp -d /tmp/recur-test.XXXXXX)
+}
+
+# URL for logs: drop any password, in the userinfo or as a query parameter.
+redact_url() {
+    sed -E -e 's#^([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@]*):[^@/]*@#\1@#' \
+        -e 's#&password=[^&]*##g' -e 's#\?password=[^&]*&?#?#' <<<"$1"
+}
+
+# --- PostgreSQL ------------------------------------------------------------
+
+# Succeeds if $1 connects without a password prompt and may create databases,
+# i.e. is good enough for the tests.
+pg_url_usable() {
+    local ok
+    ok=$(PGCONNECT_TIMEOUT=5 psql "$1" -w -X -A -t -q -c \
+        "select rolcreatedb or rolsuper from pg_roles where rolname = current_user" \
+        2>/dev/null) || return 1
+    [[ $ok == t ]]
+}
+
+# Probe for the CI setup: a server on 127.0.0.1:5432 with trust auth for
+# `postgres`. CI runs it without necessarily exporting DATABASE_URL.
+probe_local_pg() {
+    local url=postgres://postgres@127.0.0.1:5432/postgres
+    port_in_use 5432 || return 1
+    if ! command -v psql >/dev/null; then
+        # Something listens but we can't talk to it yet; the client is small.
+        apt_install postgresql-client
+    fi
+    if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432 -t 5; then
+        log "127.0.0.1:5432 is open but not accepting PostgreSQL connections"
+        return 1
+    fi
+    if ! pg_url_usable "$url"; then
+        log "PostgreSQL on 127.0.0.1:5432 does not let user postgres in without a password (or lacks CREATEDB); not using it"
+        return 1
+    fi
+    log "found PostgreSQL on 127.0.0.1:5432 with trust auth; using it (set DATABASE_URL to override)"
+    export DATABASE_URL=$url
+}
+
+# Directory with initdb/pg_ctl (newest installed version); installs Debian's
+# server packages if there is none. Those packages may also create and start
+# a system cluster on 5432 (with password auth over TCP); we leave it alone and
+# don't use it, rather than editing the machine's postgresql-common config.
+pg_bindir() {
+    local -a found
+    shopt -s nullglob
+    found=(/usr/lib/postgresql/*/bin/initdb)
+    if ((${#found[@]} == 0)); then
+        apt_install postgresql
+        found=(/usr/lib/postgresql/*/bin/initdb)
+    fi
+    shopt -u nullglob
+    ((${#found[@]} > 0)) || die "initdb still not found under /usr/lib/postgresql/*/bin"
+    dirname "$(printf '%s\n' "${found[@]}" | sort -V | tail -n 1)"
+}
+
+start_throwaway_pg() {
+    local bindir port
+    bindir=$(pg_bindir)
+    PG_BIN=$bindir
+    if is_root; then
+        id -u postgres >/dev/null 2>&1 \
+            || die "running as root but there is no 'postgres' user to run the server as"
+    fi
+    ensure_work_dir
+    mkdir -p "$WORK_DIR/pg-sock"
+    if is_root; then
+        chown -R postgres: "$WORK_DIR"
+    fi
+
+    # UTF8 with the C locale: deterministic ordering, whatever the host locale.
+    # --no-sync and the fsync settings below: durability is pointless for a
+    # database deleted minutes later, and they speed the tests up.
+    as_pg_user "$bindir/initdb" -D "$WORK_DIR/pg-data" -U postgres -A trust \
+        -E UTF8 --no-locale --no-sync >"$WORK_DIR/initdb.log" 2>&1 \
+        || { cat "$WORK_DIR/initdb.log" >&2; die "initdb failed"; }
+
+    port=$(free_port 55432)
+    # Recorded before starting: if start half-fails, cleanup still tries a stop
+    # before deleting the data dir from under a live server.
+    PG_DATA=$WORK_DIR/pg-data
+    # Own socket dir so we never collide with a system server's /var/run/postgresql.
+    if ! as_pg_user "$bindir/pg_ctl" -D "$WORK_DIR/pg-data" -l "$WORK_DIR/postgres.log" -w \
+        -o "-p $port -k $WORK_DIR/pg-sock -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start >/dev/null; then
+        tail -n 30 "$WORK_DIR/postgres.log" >&2 || true
+        die "throwaway PostgreSQL failed to start on port $port"
+    fi
+    export DATABASE_URL=postgres://postgres@127.0.0.1:$port/postgres
+    log "started throwaway PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') on 127.0.0.1:$port (data in $WORK_DIR, removed on exit)"
+}
+
+ensure_pg() {
+    if [[ ${RECUR_TEST_THROWAWAY_PG:-} == 1 ]]; then
+        log "RECUR_TEST_THROWAWAY_PG=1: using a throwaway PostgreSQL"
+        start_throwaway_pg
+    elif [[ -n ${DATABASE_URL:-} ]]; then
+        log "using DATABASE_URL from the environment"
+    elif ! probe_local_pg; then
+        log "no usable PostgreSQL on 127.0.0.1:5432; starting a throwaway one"
+        start_throwaway_pg
+    fi
+    log "DATABASE_URL=$(redact_url "$DATABASE_URL")"
+}
+
+# --- NATS (not used by the suite yet; enabled with RECUR_TEST_NATS=1) ------
+
+# True if a JetStream-enabled NATS server answers on 127.0.0.1:$1: the server
+# greets every client with an INFO line, which says whether JetStream is on.
+nats_answers() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1"
+        IFS= read -r -t 2 line <&3
+        [[ $line == INFO* && $line == *'"jetstream":true'* ]]
+    ) 2>/dev/null
+}
+
+ensure_nats() {
+    local bin port i
+    if [[ -n ${NATS_URL:-} ]]; then
+        log "using NATS_URL from the environment: $(redact_url "$NATS_URL")"
+        return 0
+    fi
+    if nats_answers 4222; then
+        export NATS_URL=nats://127.0.0.1:4222
+        log "found NATS with JetStream on 127.0.0.1:4222; using it (set NATS_URL to override)"
+        return 0
+    fi
+    # Debian puts nats-server in /usr/sbin, which a normal user's PATH lacks.
+    bin=$(PATH=$PATH:/usr/sbin:/sbin command -v nats-server || true)
+    if [[ -z $bin ]]; then
+        apt_install nats-server
+        bin=$(PATH=$PATH:/usr/sbin:/sbin command -v nats-server) || die "nats-server not found after install"
+    fi
+    ensure_work_dir
+    mkdir -p "$WORK_DIR/nats"
+    port=$(free_port 54222)
+    "$bin" -js -a 127.0.0.1 -p "$port" -sd "$WORK_DIR/nats" -l "$WORK_DIR/nats.log" &
+    NATS_PID=$!
+    # Wait up to ~10s for it to accept clients, giving up early if it died.
+    for ((i = 0; i < 50; i++)); do
+        nats_answers "$port" && break
+        kill -0 "$NATS_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if ! nats_answers "$port"; then
+        tail -n 30 "$WORK_DIR/nats.log" >&2 || true
+        die "throwaway nats-server failed to start on port $port"
+    fi
+    export NATS_URL=nats://127.0.0.1:$port
+    log "started throwaway nats-server on 127.0.0.1:$port"
+}
+
+# --- main ------------------------------------------------------------------
+
+if [[ -n ${RECUR_TEST_CMD:-} ]]; then
+    ensure_pg
+    if [[ ${RECUR_TEST_NATS:-} == 1 ]]; then ensure_nats; fi
+    log "RECUR_TEST_CMD set: running it instead of cargo"
+    bash -c "$RECUR_TEST_CMD"
+    exit
+fi
+
+# rustup's installer only edits shell profiles; a non-login shell (sudo, CI)
+# may not have ~/.cargo/bin on PATH yet.
+if ! command -v cargo >/dev/null && [[ -f ${CARGO_HOME:-$HOME/.cargo}/env ]]; then
+    # shellcheck disable=SC1091
+    . "${CARGO_HOME:-$HOME/.cargo}/env"
+fi
+if ! command -v cargo >/dev/null; then
+    log "error: cargo not found. Install Rust with rustup:"
+    log "  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y"
+    log "  . \"\$HOME/.cargo/env\""
+    exit 1
+fi
+for c in fmt clippy; do
+    cargo "$c" --version >/dev/null 2>&1 \
+        || die "cargo $c is missing; install it with: rustup component add rustfmt clippy"
+done
+
+# Formatting needs neither a build nor a database: fail fast on it.
+cargo fmt --all -- --check
+# The database comes before clippy in case compile-time checked queries
+# (sqlx macros) ever need it during the build.
+ensure_pg
+if [[ ${RECUR_TEST_NATS:-} == 1 ]]; then ensure_nats; fi
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# Last command: its status becomes the script's (the EXIT trap preserves it).
+cargo test --workspace --locked "$@"
