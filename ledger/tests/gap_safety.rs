@@ -1,0 +1,239 @@
+//! Regression tests for the global-order guarantee on Postgres: positions come from a
+//! sequence and can commit out of order; a subscriber must never skip the slow one.
+//! Each test forces the bad interleaving by holding a transaction open by hand.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use recur_ledger::hash::{self, Content};
+use recur_ledger::{EventId, ExpectedVersion, Ledger, NewEvent, Position, StreamId};
+use serde_json::json;
+use sqlx::{Postgres, Row, Transaction};
+
+fn one(ledger: &Ledger) -> Vec<NewEvent> {
+    vec![NewEvent::new(EventId::new_at(ledger.clock().now()), "Tick", 1, &json!({})).unwrap()]
+}
+
+/// Appends one event through `recur_append` inside a transaction the test controls.
+async fn append_in(
+    tx: &mut Transaction<'static, Postgres>,
+    ledger: &Ledger,
+    stream: &str,
+) -> Position {
+    let id = EventId::new_at(ledger.clock().now()).0;
+    let recorded_at = hash::truncate_to_micros(ledger.clock().now());
+    let (payload, metadata) = ("{}", r#"{"source":"api"}"#);
+    let content = hash::content_hash(&Content {
+        id: &id,
+        stream_id: stream,
+        event_type: "Slow",
+        schema_version: 1,
+        payload,
+        metadata,
+        recorded_at,
+    });
+    let row = sqlx::query(
+        "SELECT outcome, positions FROM recur_append(ARRAY[$1], ARRAY[-1::bigint], ARRAY[NULL::text], ARRAY[1], \
+         ARRAY[$2::uuid], ARRAY['Slow'], ARRAY[1], ARRAY[$3], ARRAY[$4], ARRAY[$5::timestamptz], ARRAY[$6::bytea])",
+    )
+    .bind(stream)
+    .bind(id)
+    .bind(payload)
+    .bind(metadata)
+    .bind(recorded_at)
+    .bind(&content[..])
+    .fetch_one(&mut **tx)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<i16, _>(0), 0);
+    Position(row.get::<Vec<i64>, _>(1)[0] as u64)
+}
+
+/// What a reader without the release horizon would see after `after`.
+async fn naive_read(ledger: &Ledger, after: Position) -> Vec<Position> {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT position FROM events WHERE position > $1 ORDER BY position",
+    )
+    .bind(after.0 as i64)
+    .fetch_all(ledger.raw_postgres().unwrap())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|p| Position(p as u64))
+    .collect()
+}
+
+async fn caught_up_subscription(ledger: &Ledger) -> (recur_ledger::Subscription, Position) {
+    let first = ledger
+        .append(
+            &StreamId::parse("seed").unwrap(),
+            ExpectedVersion::Any,
+            one(ledger),
+        )
+        .await
+        .unwrap();
+    let mut subscription = ledger.subscribe(Position::START);
+    assert_eq!(
+        subscription.next().await.unwrap().position,
+        first.positions[0]
+    );
+    (subscription, first.positions[0])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_does_not_skip_an_event_when_writers_commit_out_of_order() {
+    let ledger = common::postgres().await;
+    let (mut subscription, first) = caught_up_subscription(&ledger).await;
+
+    let mut slow = ledger.raw_postgres().unwrap().begin().await.unwrap();
+    let held = append_in(&mut slow, &ledger, "slow").await;
+    let fast = ledger
+        .append(
+            &StreamId::parse("fast").unwrap(),
+            ExpectedVersion::Any,
+            one(&ledger),
+        )
+        .await
+        .unwrap();
+    let fast = fast.positions[0];
+    assert!(held < fast);
+    assert_eq!(
+        naive_read(&ledger, first).await,
+        vec![fast],
+        "the bad interleaving is real: a naive reader sees the later position first"
+    );
+
+    let early = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+    assert!(
+        early.is_err(),
+        "the subscription must wait for the held position, got {early:?}"
+    );
+    assert_eq!(
+        ledger.read_all(first, 10).await.unwrap().len(),
+        0,
+        "read_all releases nothing past the hole"
+    );
+
+    slow.commit().await.unwrap();
+    assert_eq!(subscription.next().await.unwrap().position, held);
+    assert_eq!(subscription.next().await.unwrap().position, fast);
+    let all: Vec<_> = ledger
+        .read_all(Position::START, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.position)
+        .collect();
+    assert_eq!(all, vec![first, held, fast]);
+    assert!(ledger.verify().await.unwrap().is_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stream_does_not_skip_when_an_older_transaction_id_commits_a_later_position_first() {
+    // The trap of filtering by `xid < xmin` alone: B has the older xid, A the lower position.
+    let ledger = common::postgres().await;
+    let (mut subscription, first) = caught_up_subscription(&ledger).await;
+    let pool = ledger.raw_postgres().unwrap();
+
+    let mut b = pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *b)
+        .await
+        .unwrap();
+    let mut a = pool.begin().await.unwrap();
+    let held = append_in(&mut a, &ledger, "a").await;
+    let later = append_in(&mut b, &ledger, "b").await;
+    assert!(held < later);
+    b.commit().await.unwrap();
+    assert_eq!(naive_read(&ledger, first).await, vec![later]);
+
+    let early = tokio::time::timeout(Duration::from_millis(300), subscription.next()).await;
+    assert!(
+        early.is_err(),
+        "released {early:?} while a lower position was still in flight"
+    );
+    a.commit().await.unwrap();
+    assert_eq!(subscription.next().await.unwrap().position, held);
+    assert_eq!(subscription.next().await.unwrap().position, later);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolled_back_position_becomes_a_hole_and_does_not_stall_subscribers() {
+    let ledger = common::postgres().await;
+    let (mut subscription, _) = caught_up_subscription(&ledger).await;
+    let mut doomed = ledger.raw_postgres().unwrap().begin().await.unwrap();
+    let hole = append_in(&mut doomed, &ledger, "doomed").await;
+    let after = ledger
+        .append(
+            &StreamId::parse("after").unwrap(),
+            ExpectedVersion::Any,
+            one(&ledger),
+        )
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), subscription.next())
+            .await
+            .is_err()
+    );
+    doomed.rollback().await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.position, after.positions[0]);
+    assert!(next.position > hole);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_postgres_is_a_typed_error_not_a_panic() {
+    let clock: std::sync::Arc<dyn recur_ledger::Clock> =
+        std::sync::Arc::new(recur_ledger::SystemClock);
+    let mut config = recur_ledger::LedgerConfig::new("postgres://postgres@127.0.0.1:1/nowhere");
+    config.connect_timeout_ms = 1_000;
+    let error = Ledger::open(config, clock.clone()).await.unwrap_err();
+    assert_eq!(error.code(), "ledger_unavailable", "{error}");
+
+    let error = Ledger::open(
+        recur_ledger::LedgerConfig::new("sqlite:/nonexistent-dir/x/ledger.sqlite"),
+        clock,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "ledger_unavailable", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_goes_away_gives_errors_and_writes_nothing() {
+    let test = common::postgres().await;
+    let ledger = test.ledger.clone();
+    let s = StreamId::parse("doomed").unwrap();
+    ledger
+        .append(&s, ExpectedVersion::Any, one(&ledger))
+        .await
+        .unwrap();
+    let url = test.location();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let admin = common::admin_url();
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let error = ledger
+        .append(&s, ExpectedVersion::Any, one(&ledger))
+        .await
+        .unwrap_err();
+    assert!(!error.is_client_error(), "{error:?}");
+    assert!(
+        matches!(error.code(), "ledger_unavailable" | "ledger_database_error"),
+        "{error:?}"
+    );
+    assert!(ledger.read_all(Position::START, 10).await.is_err());
+}
