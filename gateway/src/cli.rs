@@ -1,0 +1,125 @@
+//! The `recur` command line: its grammar and where each command goes.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::bench::ledger::{BenchBackend, Workload};
+
+/// Recur: an event-sourced billing ledger.
+#[derive(Debug, Parser)]
+#[command(name = "recur", version, about = "Recur: an event-sourced billing ledger", long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect and check the ledger.
+    Ledger {
+        /// Which ledger command.
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+    /// Measure Recur against its baselines; prints JSON lines.
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+}
+
+/// `recur ledger …`
+#[derive(Debug, Subcommand)]
+pub enum LedgerCommand {
+    /// Recompute every hash, chain and seal; exit 2 and name the first broken position if any.
+    Verify {
+        /// Ledger location (postgres://… or sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal every released, unsealed event.
+    Seal {
+        /// Ledger location (postgres://… or sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+}
+
+/// `recur bench …`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The ledger workload of ../shared/bench/WORKLOAD.md against its raw-SQL baseline.
+    Ledger {
+        /// Which store to measure.
+        #[arg(long, value_enum, default_value = "sqlite")]
+        backend: BackendArg,
+        /// Which workload.
+        #[arg(long, value_enum, default_value = "all")]
+        workload: WorkloadArg,
+        /// Rounds, each running Recur then the raw baseline.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Postgres server URL that may create databases; default: DATABASE_URL.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Folder for the SQLite benchmark files; default: a folder in the system temp dir.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Concurrent committer transactions of the Postgres backend.
+        #[arg(long, default_value_t = 4)]
+        committers: usize,
+    },
+}
+
+/// `--backend`
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackendArg {
+    /// PostgreSQL at DATABASE_URL.
+    Postgres,
+    /// SQLite files.
+    Sqlite,
+}
+
+impl From<BackendArg> for BenchBackend {
+    fn from(value: BackendArg) -> Self {
+        match value {
+            BackendArg::Postgres => Self::Postgres,
+            BackendArg::Sqlite => Self::Sqlite,
+        }
+    }
+}
+
+/// `--workload`
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum WorkloadArg {
+    /// One event per transaction, 16 writers.
+    #[value(name = "W1", alias = "w1")]
+    W1,
+    /// Ten events per transaction, 16 writers.
+    #[value(name = "W2", alias = "w2")]
+    W2,
+    /// Replay in global order.
+    #[value(name = "W3", alias = "w3")]
+    W3,
+    /// W1, W2 and W3.
+    All,
+}
+
+impl WorkloadArg {
+    /// The workloads this choice stands for.
+    pub fn workloads(self) -> Vec<Workload> {
+        match self {
+            Self::W1 => vec![Workload::W1],
+            Self::W2 => vec![Workload::W2],
+            Self::W3 => vec![Workload::W3],
+            Self::All => vec![Workload::W1, Workload::W2, Workload::W3],
+        }
+    }
+}
