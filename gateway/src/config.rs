@@ -22,8 +22,12 @@ pub fn ledger_location(explicit: Option<&str>) -> String {
 
 /// A location with any password removed, safe to print.
 pub fn redact(location: &str) -> String {
-    let Some((scheme, rest)) = location.split_once("://") else { return location.to_owned() };
-    let Some((credentials, host)) = rest.split_once('@') else { return location.to_owned() };
+    let Some((scheme, rest)) = location.split_once("://") else {
+        return location.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return location.to_owned();
+    };
     let user = credentials.split(':').next().unwrap_or("");
     format!("{scheme}://{user}@{host}")
 }
@@ -34,8 +38,14 @@ mod tests {
 
     #[test]
     fn redact_drops_the_password_and_keeps_the_rest() {
-        assert_eq!(redact("postgres://alice:s3cret@db:5432/recur"), "postgres://alice@db:5432/recur");
-        assert_eq!(redact("postgres://alice@db/recur"), "postgres://alice@db/recur");
+        assert_eq!(
+            redact("postgres://alice:s3cret@db:5432/recur"),
+            "postgres://alice@db:5432/recur"
+        );
+        assert_eq!(
+            redact("postgres://alice@db/recur"),
+            "postgres://alice@db/recur"
+        );
         assert_eq!(redact("sqlite:recur.sqlite"), "sqlite:recur.sqlite");
     }
 }

@@ -23,7 +23,10 @@ pub async fn verify(database: Option<&str>, as_json: bool) -> Result<i32, Ledger
     let ledger = open(database).await?;
     let report = ledger.verify().await?;
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_report(&config::redact(&location), &report);
     }
@@ -42,10 +45,19 @@ fn print_report(location: &str, report: &VerifyReport) {
     match report.first_break() {
         None => println!("result:          intact"),
         Some(first) => {
-            println!("result:          BROKEN ({} problem(s))", report.problem_count);
-            println!("first break at position {}: {}", first.position, first.reason);
+            println!(
+                "result:          BROKEN ({} problem(s))",
+                report.problem_count
+            );
+            println!(
+                "first break at position {}: {}",
+                first.position, first.reason
+            );
             for problem in report.problems.iter().skip(1).take(9) {
-                println!("  also at position {}: {}", problem.position, problem.reason);
+                println!(
+                    "  also at position {}: {}",
+                    problem.position, problem.reason
+                );
             }
         }
     }

@@ -10,26 +10,43 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RECUR_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RECUR_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let code = runtime.block_on(run(cli))?;
     std::process::exit(code);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Ledger { command: LedgerCommand::Verify { database, json } } => {
-            Ok(ledger_cmd::verify(database.as_deref(), json).await.context("ledger verify")?)
-        }
-        Command::Ledger { command: LedgerCommand::Seal { database } } => {
-            ledger_cmd::seal(database.as_deref()).await.context("ledger seal")?;
+        Command::Ledger {
+            command: LedgerCommand::Verify { database, json },
+        } => Ok(ledger_cmd::verify(database.as_deref(), json)
+            .await
+            .context("ledger verify")?),
+        Command::Ledger {
+            command: LedgerCommand::Seal { database },
+        } => {
+            ledger_cmd::seal(database.as_deref())
+                .await
+                .context("ledger seal")?;
             Ok(0)
         }
         Command::Bench {
-            command: BenchCommand::Ledger { backend, workload, rounds, database_url, dir, committers },
+            command:
+                BenchCommand::Ledger {
+                    backend,
+                    workload,
+                    rounds,
+                    database_url,
+                    dir,
+                    committers,
+                },
         } => {
             let options = LedgerBenchOptions {
                 backend: backend.into(),

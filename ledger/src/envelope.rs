@@ -240,11 +240,13 @@ impl NewEvent {
         schema_version: u32,
         payload: &T,
     ) -> Result<Self, LedgerError> {
-        let json = serde_json::to_string(payload).map_err(|error| LedgerError::InvalidJson {
-            field: "payload",
-            message: error.to_string(),
-        })?;
-        Self::from_json(id, event_type, schema_version, json)
+        // Serialising straight into a RawValue skips the re-parse that JSON text needs.
+        let payload =
+            serde_json::value::to_raw_value(payload).map_err(|error| LedgerError::InvalidJson {
+                field: "payload",
+                message: error.to_string(),
+            })?;
+        Self::checked(id, event_type, schema_version, payload)
     }
 
     /// Builds an event from JSON text, which is checked and stored byte for byte.
@@ -257,7 +259,6 @@ impl NewEvent {
         schema_version: u32,
         json: String,
     ) -> Result<Self, LedgerError> {
-        validate_event_type(event_type)?;
         if json.len() > PAYLOAD_BYTES_MAX {
             return Err(LedgerError::PayloadTooLarge {
                 size_bytes: json.len(),
@@ -268,6 +269,22 @@ impl NewEvent {
             field: "payload",
             message: error.to_string(),
         })?;
+        Self::checked(id, event_type, schema_version, payload)
+    }
+
+    fn checked(
+        id: EventId,
+        event_type: &str,
+        schema_version: u32,
+        payload: Box<RawValue>,
+    ) -> Result<Self, LedgerError> {
+        validate_event_type(event_type)?;
+        if payload.get().len() > PAYLOAD_BYTES_MAX {
+            return Err(LedgerError::PayloadTooLarge {
+                size_bytes: payload.get().len(),
+                limit_bytes: PAYLOAD_BYTES_MAX,
+            });
+        }
         if schema_version == 0 {
             return Err(LedgerError::InvalidEventType {
                 reason: "schema version starts at 1",

@@ -31,6 +31,7 @@ pub mod hash;
 pub mod limits;
 mod migrate;
 pub mod money;
+mod plan;
 mod postgres;
 pub mod raw;
 mod sqlite;

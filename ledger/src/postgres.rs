@@ -1,20 +1,24 @@
 //! The Postgres backend: one `recur_append` call per coalesced commit, and the
 //! release horizon that keeps global order gap-free without serialising writers.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Mutex;
 
 use crate::envelope::{Position, RecordedEvent, StreamId};
 use crate::error::{LedgerError, from_sqlx};
+use crate::hash::{self, Hash};
 use crate::limits::COMMIT_ATTEMPTS_MAX;
 use crate::migrate;
+use crate::plan::{self, Known, Plan};
 use crate::store::{AppendOutcome, EventRow, LedgerConfig, PendingAppend, to_i64, to_u64};
 
+/// Stream heads kept in memory; past this the cache starts over.
+const STREAM_HEADS_CACHED_MAX: usize = 100_000;
 /// Fences waiting to be passed; more are simply registered by a later probe.
 const PENDING_FENCES_MAX: usize = 64;
 
@@ -31,7 +35,45 @@ struct Horizon {
 pub(crate) struct PgStore {
     pool: PgPool,
     horizon: Arc<Mutex<Horizon>>,
+    /// Heads of streams this process wrote or looked up: the optimistic plan's guess.
+    heads: Arc<std::sync::Mutex<HashMap<String, (u64, Hash)>>>,
 }
+
+/// Writes a batch's events in one autocommit statement. The scalar subquery takes
+/// the transaction's xid before the sorted rows reach `nextval()`: the release
+/// horizon's proof needs every position allocated by a transaction that has its xid.
+const INSERT_EVENTS: &str = "
+    INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
+                        recorded_at, content_hash, chain_hash)
+    SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
+           t.metadata::json, t.recorded_at, t.content_hash, t.chain_hash
+      FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
+                  $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY
+           AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
+                recorded_at, content_hash, chain_hash, ord)
+     WHERE (SELECT pg_current_xact_id()) IS NOT NULL
+     ORDER BY t.ord
+    RETURNING id, position";
+
+/// [`INSERT_EVENTS`] plus the appends' idempotency keys, in the same statement.
+const INSERT_EVENTS_AND_KEYS: &str = "
+    WITH inserted AS (
+        INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
+                            recorded_at, content_hash, chain_hash)
+        SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
+               t.metadata::json, t.recorded_at, t.content_hash, t.chain_hash
+          FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
+                      $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY
+               AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
+                    recorded_at, content_hash, chain_hash, ord)
+         WHERE (SELECT pg_current_xact_id()) IS NOT NULL
+         ORDER BY t.ord
+        RETURNING id, position
+    ), keys AS (
+        INSERT INTO idempotency_keys (key, stream_id, first_version, last_version)
+        SELECT * FROM unnest($11::text[], $12::text[], $13::int8[], $14::int8[])
+    )
+    SELECT id, position FROM inserted";
 
 const EVENT_COLUMNS: &str = "position, id, stream_id, version, event_type, schema_version, \
      payload::text, metadata::text, recorded_at";
@@ -71,6 +113,9 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(config.pool_size.max(2))
             .acquire_timeout(Duration::from_millis(config.connect_timeout_ms))
+            // A broken connection fails its statement and is replaced; a ping per
+            // acquire would double the round trips of every commit.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|error| LedgerError::Unavailable(error.to_string()))?;
@@ -78,6 +123,7 @@ impl PgStore {
         Ok(Self {
             pool,
             horizon: Arc::new(Mutex::new(Horizon::default())),
+            heads: Arc::default(),
         })
     }
 
@@ -86,104 +132,251 @@ impl PgStore {
         &self.pool
     }
 
+    /// Commits a batch, usually in one statement.
+    ///
+    /// The plan starts from the cached stream heads (an unknown stream is taken to be
+    /// empty) and writes at once; the unique constraints on `(stream_id, version)`, `id`
+    /// and `key` refuse any guess that was stale, and the batch is then planned again
+    /// from a lookup. A refusal or a replay is only ever answered from a lookup.
     pub(crate) async fn commit(
         &self,
         batch: &[PendingAppend],
     ) -> Result<Vec<AppendOutcome>, LedgerError> {
-        let events: usize = batch.iter().map(|a| a.events.len()).sum();
-        let mut a_stream = Vec::with_capacity(batch.len());
-        let mut a_expected = Vec::with_capacity(batch.len());
-        let mut a_key = Vec::with_capacity(batch.len());
-        let mut a_count = Vec::with_capacity(batch.len());
-        let mut e_id = Vec::with_capacity(events);
-        let mut e_type = Vec::with_capacity(events);
-        let mut e_schema = Vec::with_capacity(events);
-        let mut e_payload = Vec::with_capacity(events);
-        let mut e_metadata = Vec::with_capacity(events);
-        let mut e_recorded = Vec::with_capacity(events);
-        let mut e_content = Vec::with_capacity(events);
-        for append in batch {
-            a_stream.push(append.stream.as_str());
-            a_expected.push(append.expected.required().map_or(-1, to_i64));
-            a_key.push(append.key.as_ref().map(|k| k.as_str()));
-            a_count.push(i32::try_from(append.events.len()).unwrap_or(i32::MAX));
-            for event in &append.events {
-                e_id.push(event.id);
-                e_type.push(event.event_type.as_str());
-                e_schema.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-                e_payload.push(event.payload.as_str());
-                e_metadata.push(event.metadata.as_str());
-                e_recorded.push(event.recorded_at);
-                e_content.push(event.content_hash.to_vec());
-            }
-        }
+        let mut conn = self.pool.acquire().await?;
+        let mut looked_up = false;
         for _attempt in 0..COMMIT_ATTEMPTS_MAX {
-            let mut tx = self.pool.begin().await?;
-            let rows = sqlx::query(
-                "SELECT append_index, outcome, stream_version, positions \
-                   FROM recur_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(&a_stream)
-            .bind(&a_expected)
-            .bind(&a_key)
-            .bind(&a_count)
-            .bind(&e_id)
-            .bind(&e_type)
-            .bind(&e_schema)
-            .bind(&e_payload)
-            .bind(&e_metadata)
-            .bind(&e_recorded)
-            .bind(&e_content)
-            .fetch_all(&mut *tx)
-            .await;
-            let rows = match rows {
-                Ok(rows) => rows,
-                Err(error) if is_retryable(&error) => {
-                    tx.rollback().await?;
-                    continue;
-                }
-                Err(error) => return Err(from_sqlx(error)),
+            let known = if looked_up {
+                self.lookup(&mut conn, batch).await?
+            } else {
+                self.cached(batch)
             };
-            tx.commit().await?;
-            let mut outcomes = Vec::with_capacity(batch.len());
-            for row in rows {
-                let outcome: i16 = row.try_get(1)?;
-                let version: Option<i64> = row.try_get(2)?;
-                let positions: Option<Vec<i64>> = row.try_get(3)?;
-                let stream_version = version.map_or(0, to_u64);
-                let positions = positions
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|p| Position(to_u64(p)))
-                    .collect();
-                outcomes.push(match outcome {
-                    0 => AppendOutcome::Appended {
-                        stream_version,
-                        positions,
-                    },
-                    1 => AppendOutcome::Replayed {
-                        stream_version,
-                        positions,
-                    },
-                    2 => AppendOutcome::Conflict {
-                        actual: stream_version,
-                    },
-                    3 => AppendOutcome::KeyReused,
-                    _ => AppendOutcome::IdsReused,
-                });
+            let plans = plan::plan(batch, &known);
+            if !looked_up && plans.iter().any(|p| !matches!(p, Plan::Insert { .. })) {
+                looked_up = true;
+                continue;
             }
-            if outcomes.len() != batch.len() {
-                return Err(LedgerError::Integrity(format!(
-                    "recur_append answered {} outcomes for {} appends",
-                    outcomes.len(),
-                    batch.len()
-                )));
+            match self.insert(&mut conn, batch, &plans).await {
+                Ok(inserted) => {
+                    self.remember(batch, &plans);
+                    return Ok(plan::outcomes(plans, &inserted));
+                }
+                Err(error) if is_retryable(&error) => looked_up = true,
+                Err(error) => return Err(from_sqlx(error)),
             }
-            return Ok(outcomes);
         }
         Err(LedgerError::Contention {
             attempts: COMMIT_ATTEMPTS_MAX,
         })
+    }
+
+    fn head_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Hash)>> {
+        self.heads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// What the cache believes about the batch's streams.
+    fn cached(&self, batch: &[PendingAppend]) -> Known {
+        let cache = self.head_cache();
+        let mut known = Known::default();
+        for append in batch {
+            if let Some(head) = cache.get(append.stream.as_str()) {
+                known.heads.insert(append.stream.as_str().to_owned(), *head);
+            }
+        }
+        known
+    }
+
+    /// Records the heads a committed batch left.
+    fn remember(&self, batch: &[PendingAppend], plans: &[Plan]) {
+        let mut cache = self.head_cache();
+        if cache.len() >= STREAM_HEADS_CACHED_MAX {
+            cache.clear();
+        }
+        for (append, plan) in batch.iter().zip(plans) {
+            if let Plan::Insert {
+                first_version,
+                chain,
+            } = plan
+                && let Some(last) = chain.last()
+            {
+                cache.insert(
+                    append.stream.as_str().to_owned(),
+                    (first_version + chain.len() as u64 - 1, *last),
+                );
+            }
+        }
+    }
+
+    /// Stream heads, committed ids and committed keys that the batch touches, in one round trip.
+    async fn lookup(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[PendingAppend],
+    ) -> Result<Known, LedgerError> {
+        let mut streams: Vec<&str> = batch.iter().map(|a| a.stream.as_str()).collect();
+        streams.dedup();
+        let ids: Vec<uuid::Uuid> = batch
+            .iter()
+            .flat_map(|a| a.events.iter().map(|e| e.id))
+            .collect();
+        let keys: Vec<&str> = batch
+            .iter()
+            .filter_map(|a| a.key.as_ref().map(|k| k.as_str()))
+            .collect();
+        let rows = sqlx::query(
+            "SELECT 1, s.stream_id, h.version, h.chain_hash, NULL::uuid, NULL::int8, NULL::text
+               FROM unnest($1::text[]) AS s(stream_id)
+               JOIN LATERAL (SELECT version, chain_hash FROM events e WHERE e.stream_id = s.stream_id
+                              ORDER BY version DESC LIMIT 1) h ON true
+             UNION ALL
+             SELECT 2, e.stream_id, e.version, NULL, e.id, e.position, NULL
+               FROM events e WHERE e.id = ANY($2::uuid[])
+             UNION ALL
+             SELECT 3, k.stream_id, e.version, NULL, NULL, e.position, k.key
+               FROM idempotency_keys k
+               JOIN events e ON e.stream_id = k.stream_id AND e.version BETWEEN k.first_version AND k.last_version
+              WHERE k.key = ANY($3::text[])",
+        )
+        .bind(&streams)
+        .bind(&ids)
+        .bind(&keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut known = Known::default();
+        for row in rows {
+            let kind: i32 = row.try_get(0)?;
+            let stream: String = row.try_get(1)?;
+            let version = to_u64(row.try_get(2)?);
+            match kind {
+                1 => {
+                    let chain: Vec<u8> = row.try_get(3)?;
+                    let chain = hash::from_bytes(&chain).ok_or_else(|| {
+                        LedgerError::Integrity(format!(
+                            "stream {stream}: chain hash is not 32 bytes"
+                        ))
+                    })?;
+                    known.heads.insert(stream, (version, chain));
+                }
+                2 => {
+                    let id: uuid::Uuid = row.try_get(4)?;
+                    known
+                        .ids
+                        .insert(id, (stream, version, Position(to_u64(row.try_get(5)?))));
+                }
+                _ => {
+                    let key: String = row.try_get(6)?;
+                    let entry = known
+                        .keys
+                        .entry(key)
+                        .or_insert_with(|| (stream, Vec::new()));
+                    entry.1.push((version, Position(to_u64(row.try_get(5)?))));
+                }
+            }
+        }
+        for (_, events) in known.keys.values_mut() {
+            events.sort_unstable();
+        }
+        let mut cache = self.head_cache();
+        for append in batch {
+            match known.heads.get(append.stream.as_str()) {
+                Some(head) => cache.insert(append.stream.as_str().to_owned(), *head),
+                None => cache.remove(append.stream.as_str()),
+            };
+        }
+        drop(cache);
+        Ok(known)
+    }
+
+    /// Writes every planned insert in one autocommit statement; returns positions per append.
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        batch: &[PendingAppend],
+        plans: &[Plan],
+    ) -> Result<Vec<Vec<Position>>, sqlx::Error> {
+        let mut inserted = vec![Vec::new(); batch.len()];
+        let events: usize = batch.iter().map(|a| a.events.len()).sum();
+        let mut id = Vec::with_capacity(events);
+        let mut stream = Vec::with_capacity(events);
+        let mut version = Vec::with_capacity(events);
+        let mut event_type = Vec::with_capacity(events);
+        let mut schema = Vec::with_capacity(events);
+        let mut payload = Vec::with_capacity(events);
+        let mut metadata = Vec::with_capacity(events);
+        let mut recorded = Vec::with_capacity(events);
+        let mut content = Vec::with_capacity(events);
+        let mut chain_hash = Vec::with_capacity(events);
+        let (mut key, mut key_stream, mut key_first, mut key_last) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (append, plan) in batch.iter().zip(plans) {
+            let Plan::Insert {
+                first_version,
+                chain,
+            } = plan
+            else {
+                continue;
+            };
+            for ((offset, event), link) in (0u64..).zip(&append.events).zip(chain) {
+                id.push(event.id);
+                stream.push(append.stream.as_str());
+                version.push(to_i64(first_version + offset));
+                event_type.push(event.event_type.as_str());
+                schema.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+                payload.push(event.payload.as_str());
+                metadata.push(event.metadata.as_str());
+                recorded.push(event.recorded_at);
+                content.push(&event.content_hash[..]);
+                chain_hash.push(&link[..]);
+            }
+            if let Some(k) = &append.key {
+                key.push(k.as_str());
+                key_stream.push(append.stream.as_str());
+                key_first.push(to_i64(*first_version));
+                key_last.push(to_i64(first_version + append.events.len() as u64 - 1));
+            }
+        }
+        if id.is_empty() {
+            return Ok(inserted);
+        }
+        let sql = if key.is_empty() {
+            INSERT_EVENTS
+        } else {
+            INSERT_EVENTS_AND_KEYS
+        };
+        let mut query = sqlx::query(sql)
+            .bind(&id)
+            .bind(&stream)
+            .bind(&version)
+            .bind(&event_type)
+            .bind(&schema)
+            .bind(&payload)
+            .bind(&metadata)
+            .bind(&recorded)
+            .bind(&content)
+            .bind(&chain_hash);
+        if !key.is_empty() {
+            query = query
+                .bind(&key)
+                .bind(&key_stream)
+                .bind(&key_first)
+                .bind(&key_last);
+        }
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut positions: HashMap<uuid::Uuid, Position> = HashMap::with_capacity(rows.len());
+        for row in rows {
+            positions.insert(row.try_get(0)?, Position(to_u64(row.try_get(1)?)));
+        }
+        for ((append, plan), out) in batch.iter().zip(plans).zip(inserted.iter_mut()) {
+            if matches!(plan, Plan::Insert { .. }) {
+                *out = append
+                    .events
+                    .iter()
+                    .filter_map(|e| positions.get(&e.id).copied())
+                    .collect();
+            }
+        }
+        Ok(inserted)
     }
 
     pub(crate) async fn read_stream(

@@ -11,8 +11,9 @@ use time::OffsetDateTime;
 
 use crate::envelope::{Position, RecordedEvent, StreamId};
 use crate::error::LedgerError;
-use crate::hash::{self, GENESIS};
+use crate::hash::{self, Hash};
 use crate::migrate;
+use crate::plan::{self, Known, Plan};
 use crate::store::{AppendOutcome, EventRow, LedgerConfig, PendingAppend, to_i64, to_u64};
 
 /// A SQLite-backed store.
@@ -79,17 +80,26 @@ impl SqliteStore {
         &self.readers
     }
 
+    /// Commits a batch in one transaction under SQLite's write lock.
     pub(crate) async fn commit(
         &self,
         batch: &[PendingAppend],
     ) -> Result<Vec<AppendOutcome>, LedgerError> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for append in batch {
-            outcomes.push(apply(&mut tx, append).await?);
+        let known = lookup(&mut tx, batch).await?;
+        let plans = plan::plan(batch, &known);
+        let mut inserted = vec![Vec::new(); batch.len()];
+        for ((append, plan), out) in batch.iter().zip(&plans).zip(inserted.iter_mut()) {
+            if let Plan::Insert {
+                first_version,
+                chain,
+            } = plan
+            {
+                *out = insert(&mut tx, append, *first_version, chain).await?;
+            }
         }
         tx.commit().await?;
-        Ok(outcomes)
+        Ok(plan::outcomes(plans, &inserted))
     }
 
     pub(crate) async fn read_stream(
@@ -152,96 +162,92 @@ impl SqliteStore {
     }
 }
 
-/// Applies one append inside the batch's transaction (which holds the write lock).
-async fn apply(
+fn json_list<T: serde::Serialize>(items: &[T]) -> Result<String, LedgerError> {
+    serde_json::to_string(items).map_err(|error| LedgerError::Integrity(error.to_string()))
+}
+
+/// Stream heads, committed ids and committed keys that the batch touches.
+async fn lookup(
     conn: &mut SqliteConnection,
-    append: &PendingAppend,
-) -> Result<AppendOutcome, LedgerError> {
-    let stream = append.stream.as_str();
-    if let Some(key) = &append.key {
-        let found = sqlx::query(
-            "SELECT stream_id, last_version, positions FROM idempotency_keys WHERE key = ?",
-        )
-        .bind(key.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(row) = found {
-            let original: String = row.try_get(0)?;
-            if original != stream {
-                return Ok(AppendOutcome::KeyReused);
-            }
-            let positions: String = row.try_get(2)?;
-            let positions: Vec<u64> = serde_json::from_str(&positions).map_err(|error| {
-                LedgerError::Integrity(format!("idempotency key positions: {error}"))
-            })?;
-            return Ok(AppendOutcome::Replayed {
-                stream_version: to_u64(row.try_get(1)?),
-                positions: positions.into_iter().map(Position).collect(),
-            });
-        }
-    }
-    let ids: Vec<String> = append
-        .events
+    batch: &[PendingAppend],
+) -> Result<Known, LedgerError> {
+    let mut streams: Vec<&str> = batch.iter().map(|a| a.stream.as_str()).collect();
+    streams.dedup();
+    let ids: Vec<String> = batch
         .iter()
-        .map(|e| e.id.simple().to_string())
+        .flat_map(|a| a.events.iter().map(|e| e.id.simple().to_string()))
         .collect();
-    let ids =
-        serde_json::to_string(&ids).map_err(|error| LedgerError::Integrity(error.to_string()))?;
-    let found = sqlx::query(
-        "SELECT position, stream_id, version FROM events \
-          WHERE id IN (SELECT unhex(value) FROM json_each(?)) ORDER BY version",
+    let keys: Vec<&str> = batch
+        .iter()
+        .filter_map(|a| a.key.as_ref().map(|k| k.as_str()))
+        .collect();
+    let mut known = Known::default();
+    let heads = sqlx::query(
+        "SELECT e.stream_id, e.version, e.chain_hash FROM json_each(?) s
+           JOIN events e ON e.stream_id = s.value
+                        AND e.version = (SELECT max(version) FROM events WHERE stream_id = s.value)",
     )
-    .bind(ids)
+    .bind(json_list(&streams)?)
     .fetch_all(&mut *conn)
     .await?;
-    if !found.is_empty() {
-        let mut positions = Vec::with_capacity(found.len());
-        let mut stream_version = 0;
-        for row in &found {
-            let other: String = row.try_get(1)?;
-            if other != stream {
-                return Ok(AppendOutcome::IdsReused);
-            }
-            positions.push(Position(to_u64(row.try_get(0)?)));
-            stream_version = stream_version.max(to_u64(row.try_get(2)?));
-        }
-        if positions.len() != append.events.len() {
-            return Ok(AppendOutcome::IdsReused);
-        }
-        return Ok(AppendOutcome::Replayed {
-            stream_version,
-            positions,
-        });
+    for row in heads {
+        let stream: String = row.try_get(0)?;
+        let chain: Vec<u8> = row.try_get(2)?;
+        let chain = hash::from_bytes(&chain).ok_or_else(|| {
+            LedgerError::Integrity(format!("stream {stream}: chain hash is not 32 bytes"))
+        })?;
+        known.heads.insert(stream, (to_u64(row.try_get(1)?), chain));
     }
-    let head = sqlx::query(
-        "SELECT version, chain_hash FROM events WHERE stream_id = ? ORDER BY version DESC LIMIT 1",
+    let found = sqlx::query(
+        "SELECT id, stream_id, version, position FROM events WHERE id IN (SELECT unhex(value) FROM json_each(?))",
     )
-    .bind(stream)
-    .fetch_optional(&mut *conn)
+    .bind(json_list(&ids)?)
+    .fetch_all(&mut *conn)
     .await?;
-    let (head_version, mut chain) = match head {
-        Some(row) => {
-            let bytes: Vec<u8> = row.try_get(1)?;
-            let chain = hash::from_bytes(&bytes).ok_or_else(|| {
-                LedgerError::Integrity(format!(
-                    "stream {stream}: stored chain hash is not 32 bytes"
-                ))
-            })?;
-            (to_u64(row.try_get(0)?), chain)
-        }
-        None => (0, GENESIS),
-    };
-    if let Some(required) = append.expected.required()
-        && required != head_version
-    {
-        return Ok(AppendOutcome::Conflict {
-            actual: head_version,
-        });
+    for row in found {
+        let id: uuid::Uuid = row.try_get(0)?;
+        known.ids.insert(
+            id,
+            (
+                row.try_get(1)?,
+                to_u64(row.try_get(2)?),
+                Position(to_u64(row.try_get(3)?)),
+            ),
+        );
     }
+    if !keys.is_empty() {
+        let found = sqlx::query(
+            "SELECT k.key, k.stream_id, e.version, e.position FROM idempotency_keys k
+               JOIN events e ON e.stream_id = k.stream_id AND e.version BETWEEN k.first_version AND k.last_version
+              WHERE k.key IN (SELECT value FROM json_each(?)) ORDER BY e.version",
+        )
+        .bind(json_list(&keys)?)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in found {
+            let entry = known
+                .keys
+                .entry(row.try_get(0)?)
+                .or_insert_with(|| (String::new(), Vec::new()));
+            entry.0 = row.try_get(1)?;
+            entry
+                .1
+                .push((to_u64(row.try_get(2)?), Position(to_u64(row.try_get(3)?))));
+        }
+    }
+    Ok(known)
+}
+
+/// Writes one planned append; returns its positions.
+async fn insert(
+    conn: &mut SqliteConnection,
+    append: &PendingAppend,
+    first_version: u64,
+    chain: &[Hash],
+) -> Result<Vec<Position>, LedgerError> {
+    let stream = append.stream.as_str();
     let mut positions = Vec::with_capacity(append.events.len());
-    for (offset, event) in (1u64..).zip(&append.events) {
-        let version = head_version + offset;
-        chain = hash::chain_step(&chain, version, &event.content_hash);
+    for ((offset, event), link) in (0u64..).zip(&append.events).zip(chain) {
         let position: i64 = sqlx::query_scalar(
             "INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata, \
                                  recorded_at_us, content_hash, chain_hash) \
@@ -249,31 +255,26 @@ async fn apply(
         )
         .bind(event.id)
         .bind(stream)
-        .bind(to_i64(version))
+        .bind(to_i64(first_version + offset))
         .bind(event.event_type.as_str())
         .bind(i64::from(event.schema_version))
         .bind(event.payload.as_str())
         .bind(event.metadata.as_str())
         .bind(hash::unix_micros(event.recorded_at))
         .bind(&event.content_hash[..])
-        .bind(&chain[..])
+        .bind(&link[..])
         .fetch_one(&mut *conn)
         .await?;
         positions.push(Position(to_u64(position)));
     }
-    let stream_version = head_version + append.events.len() as u64;
     if let Some(key) = &append.key {
-        let list: Vec<u64> = positions.iter().map(|p| p.0).collect();
-        sqlx::query("INSERT INTO idempotency_keys (key, stream_id, last_version, positions) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO idempotency_keys (key, stream_id, first_version, last_version) VALUES (?, ?, ?, ?)")
             .bind(key.as_str())
             .bind(stream)
-            .bind(to_i64(stream_version))
-            .bind(serde_json::to_string(&list).map_err(|error| LedgerError::Integrity(error.to_string()))?)
+            .bind(to_i64(first_version))
+            .bind(to_i64(first_version + append.events.len() as u64 - 1))
             .execute(&mut *conn)
             .await?;
     }
-    Ok(AppendOutcome::Appended {
-        stream_version,
-        positions,
-    })
+    Ok(positions)
 }

@@ -10,13 +10,13 @@ use std::time::Duration;
 use recur_ledger::hash::{self, Content};
 use recur_ledger::{EventId, ExpectedVersion, Ledger, NewEvent, Position, StreamId};
 use serde_json::json;
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 fn one(ledger: &Ledger) -> Vec<NewEvent> {
     vec![NewEvent::new(EventId::new_at(ledger.clock().now()), "Tick", 1, &json!({})).unwrap()]
 }
 
-/// Appends one event through `recur_append` inside a transaction the test controls.
+/// Appends one event (a new stream) inside a transaction the test controls.
 async fn append_in(
     tx: &mut Transaction<'static, Postgres>,
     ledger: &Ledger,
@@ -34,21 +34,28 @@ async fn append_in(
         metadata,
         recorded_at,
     });
-    let row = sqlx::query(
-        "SELECT outcome, positions FROM recur_append(ARRAY[$1], ARRAY[-1::bigint], ARRAY[NULL::text], ARRAY[1], \
-         ARRAY[$2::uuid], ARRAY['Slow'], ARRAY[1], ARRAY[$3], ARRAY[$4], ARRAY[$5::timestamptz], ARRAY[$6::bytea])",
+    // The ledger's own protocol: take the xid first, then a position.
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut **tx)
+        .await
+        .unwrap();
+    let chain = hash::chain_step(&hash::GENESIS, 1, &content);
+    let position: i64 = sqlx::query_scalar(
+        "INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata, recorded_at, \
+                             content_hash, chain_hash) \
+         VALUES ($1, $2, 1, 'Slow', 1, $3::json, $4::json, $5, $6, $7) RETURNING position",
     )
-    .bind(stream)
     .bind(id)
+    .bind(stream)
     .bind(payload)
     .bind(metadata)
     .bind(recorded_at)
     .bind(&content[..])
+    .bind(&chain[..])
     .fetch_one(&mut **tx)
     .await
     .unwrap();
-    assert_eq!(row.get::<i16, _>(0), 0);
-    Position(row.get::<Vec<i64>, _>(1)[0] as u64)
+    Position(position as u64)
 }
 
 /// What a reader without the release horizon would see after `after`.
@@ -236,4 +243,71 @@ async fn a_database_that_goes_away_gives_errors_and_writes_nothing() {
         "{error:?}"
     );
     assert!(ledger.read_all(Position::START, 10).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_database_see_each_others_appends_through_the_constraints() {
+    // Each store caches stream heads; a stale head must turn into a retry, never a fork.
+    let first = common::postgres().await;
+    let clock: std::sync::Arc<dyn recur_ledger::Clock> =
+        std::sync::Arc::new(recur_ledger::SystemClock);
+    let second = Ledger::open(recur_ledger::LedgerConfig::new(first.location()), clock)
+        .await
+        .unwrap();
+    let s = StreamId::parse("shared").unwrap();
+    first
+        .append(&s, ExpectedVersion::NoStream, one(&first))
+        .await
+        .unwrap();
+    second
+        .append(&s, ExpectedVersion::Exact(1), one(&second))
+        .await
+        .unwrap();
+    // `first` still believes the stream is at version 1.
+    let error = first
+        .append(&s, ExpectedVersion::Exact(1), one(&first))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            recur_ledger::LedgerError::VersionConflict { actual: 2, .. }
+        ),
+        "{error:?}"
+    );
+    let appended = first
+        .append(&s, ExpectedVersion::Any, one(&first))
+        .await
+        .unwrap();
+    assert_eq!(appended.stream_version, 3);
+    let appended = second
+        .append(&s, ExpectedVersion::Exact(3), one(&second))
+        .await
+        .unwrap();
+    assert_eq!(appended.stream_version, 4);
+    // Both stores race on the same stream with `Any`.
+    let mut tasks = Vec::new();
+    for store in [first.ledger.clone(), second.clone()] {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                store
+                    .append(&s, ExpectedVersion::Any, one(&store))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let versions: Vec<u64> = first
+        .read_stream(&s, 1, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=44).collect::<Vec<_>>());
+    assert!(first.verify().await.unwrap().is_intact());
 }

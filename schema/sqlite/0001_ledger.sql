@@ -17,10 +17,10 @@ CREATE TABLE events (
 );
 
 CREATE TABLE idempotency_keys (
-    key          TEXT    PRIMARY KEY,
-    stream_id    TEXT    NOT NULL,
-    last_version INTEGER NOT NULL,
-    positions    TEXT    NOT NULL -- JSON array of positions
+    key           TEXT    PRIMARY KEY,
+    stream_id     TEXT    NOT NULL,
+    first_version INTEGER NOT NULL,
+    last_version  INTEGER NOT NULL CHECK (last_version >= first_version)
 );
 
 CREATE TABLE seals (

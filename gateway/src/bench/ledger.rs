@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use recur_ledger::{
-    Clock, EventId, ExpectedVersion, Ledger, LedgerConfig, LedgerError, NewEvent, Position, StreamId,
-    SystemClock,
+    Clock, EventId, ExpectedVersion, Ledger, LedgerConfig, LedgerError, NewEvent, Position,
+    StreamId, SystemClock,
 };
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
@@ -17,7 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 use super::peak_rss_kb;
-use super::workload::{self, BillingEvent, EVENTS_TOTAL, REPLAY_PAGE, ReplayFold, STREAMS, WRITERS};
+use super::workload::{
+    self, BillingEvent, EVENTS_TOTAL, REPLAY_PAGE, ReplayFold, STREAMS, WRITERS,
+};
 
 /// Which store the benchmark runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +108,9 @@ struct Figure {
 }
 
 fn events_per_s(events: u64, elapsed: Duration) -> u64 {
-    let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+    let micros = u64::try_from(elapsed.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
     events.saturating_mul(1_000_000) / micros
 }
 
@@ -115,7 +119,10 @@ fn ratio(recur: u64, raw: u64) -> f64 {
     if raw == 0 {
         return 0.0;
     }
-    (Decimal::from(recur) / Decimal::from(raw)).round_dp(3).to_f64().unwrap_or(0.0)
+    (Decimal::from(recur) / Decimal::from(raw))
+        .round_dp(3)
+        .to_f64()
+        .unwrap_or(0.0)
 }
 
 fn median(values: &mut [u64]) -> u64 {
@@ -132,13 +139,16 @@ struct Data {
 impl Data {
     fn build() -> Result<Self, BenchError> {
         let events = workload::all_events();
-        let streams = (0..STREAMS).map(|s| StreamId::parse(workload::stream_id(s))).collect::<Result<_, _>>()?;
+        let streams = (0..STREAMS)
+            .map(|s| StreamId::parse(workload::stream_id(s)))
+            .collect::<Result<_, _>>()?;
         Ok(Self { streams, events })
     }
 }
 
 fn check_values() -> Result<(), BenchError> {
-    let first = serde_json::to_string(&workload::event(0, 1)).map_err(|e| BenchError::Check(e.to_string()))?;
+    let first = serde_json::to_string(&workload::event(0, 1))
+        .map_err(|e| BenchError::Check(e.to_string()))?;
     let expected = r#"{"type":"InvoiceIssued","subscription_id":"c9ed9924-11bb-4661-a9c5-556b278f4ce5","customer_id":"e9fb109b-8401-44ff-9a57-2989c616644a","invoice_id":"160d5401-aa35-49ea-b60b-96052f88bdd0","amount":"1097.87","currency":"USD","period_start":"2025-01-01","period_end":"2025-01-28","occurred_at":"2025-01-01T00:00:05Z"}"#;
     if first != expected {
         return Err(BenchError::Check(format!("event(0,1) is {first}")));
@@ -159,7 +169,9 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
     let mut bench = match options.backend {
         BenchBackend::Postgres => {
             let url = options.database_url.clone().ok_or_else(|| {
-                BenchError::Usage("the Postgres benchmark needs DATABASE_URL or --database-url".into())
+                BenchError::Usage(
+                    "the Postgres benchmark needs DATABASE_URL or --database-url".into(),
+                )
             })?;
             Target::postgres(url, options.committers).await?
         }
@@ -183,7 +195,11 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
                             bench.write_raw(&data, Workload::W2).await?;
                             loaded_w2 = true;
                         }
-                        if engine == "recur" { bench.replay_recur().await? } else { bench.replay_raw().await? }
+                        if engine == "recur" {
+                            bench.replay_recur().await?
+                        } else {
+                            bench.replay_raw().await?
+                        }
                     }
                     (_, "recur") => bench.write_recur(&data, workload).await?,
                     _ => bench.write_raw(&data, workload).await?,
@@ -193,9 +209,18 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
             if workload == Workload::W2 {
                 loaded_w2 = true;
             }
-            let raw_rate = measured.iter().find(|m| m.0 == "raw").map_or(0, |m| events_per_s(m.2, m.1));
+            let raw_rate = measured
+                .iter()
+                .find(|m| m.0 == "raw")
+                .map_or(0, |m| events_per_s(m.2, m.1));
             for (engine, elapsed, events, conflicts, rss) in measured {
-                let figure = Figure { workload, engine, round, events_per_s: events_per_s(events, elapsed), conflicts };
+                let figure = Figure {
+                    workload,
+                    engine,
+                    round,
+                    events_per_s: events_per_s(events, elapsed),
+                    conflicts,
+                };
                 println!(
                     "{}",
                     json!({
@@ -212,11 +237,18 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
     let stored = bench.stored_bytes().await?;
     for &workload in &workloads {
         let pick = |engine: &str| -> Vec<u64> {
-            figures.iter().filter(|f| f.workload == workload && f.engine == engine).map(|f| f.events_per_s).collect()
+            figures
+                .iter()
+                .filter(|f| f.workload == workload && f.engine == engine)
+                .map(|f| f.events_per_s)
+                .collect()
         };
         let mut recur = pick("recur");
         let mut raw = pick("raw");
-        let (min, max) = (recur.iter().copied().min().unwrap_or(0), recur.iter().copied().max().unwrap_or(0));
+        let (min, max) = (
+            recur.iter().copied().min().unwrap_or(0),
+            recur.iter().copied().max().unwrap_or(0),
+        );
         let mut ratios: Vec<u64> = (1..=options.rounds)
             .filter_map(|round| {
                 let get = |engine: &str| {
@@ -230,7 +262,11 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
             })
             .collect();
         let ratio_median = median(&mut ratios);
-        let conflicts: u64 = figures.iter().filter(|f| f.workload == workload).map(|f| f.conflicts).sum();
+        let conflicts: u64 = figures
+            .iter()
+            .filter(|f| f.workload == workload)
+            .map(|f| f.conflicts)
+            .sum();
         println!(
             "{}",
             json!({
@@ -249,29 +285,60 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
 
 /// The databases of one benchmark: Recur's store and the raw baseline's.
 enum Target {
-    Postgres { admin: PgPool, url: String, committers: usize, recur: Option<Ledger>, raw: Option<PgPool> },
-    Sqlite { dir: PathBuf, recur: Option<Ledger>, raw: Option<SqlitePool> },
+    Postgres {
+        admin: PgPool,
+        url: String,
+        committers: usize,
+        recur: Option<Ledger>,
+        raw: Option<PgPool>,
+    },
+    Sqlite {
+        dir: PathBuf,
+        recur: Option<Ledger>,
+        raw: Option<SqlitePool>,
+    },
 }
 
 const RECUR_DB: &str = "recur_bench_ledger";
 const RAW_DB: &str = "recur_bench_raw";
 
 fn database_url(server: &str, database: &str) -> String {
-    let (base, query) = server.split_once('?').map_or((server, None), |(b, q)| (b, Some(q)));
+    let (base, query) = server
+        .split_once('?')
+        .map_or((server, None), |(b, q)| (b, Some(q)));
     let authority = base.find("://").map_or(0, |i| i + 3);
-    let base = base[authority..].find('/').map_or(base, |slash| &base[..authority + slash]);
-    query.map_or_else(|| format!("{base}/{database}"), |q| format!("{base}/{database}?{q}"))
+    let base = base[authority..]
+        .find('/')
+        .map_or(base, |slash| &base[..authority + slash]);
+    query.map_or_else(
+        || format!("{base}/{database}"),
+        |q| format!("{base}/{database}?{q}"),
+    )
 }
 
 impl Target {
     async fn postgres(url: String, committers: usize) -> Result<Self, BenchError> {
-        let admin = PgPoolOptions::new().max_connections(2).connect(&url).await?;
-        Ok(Self::Postgres { admin, url, committers, recur: None, raw: None })
+        let admin = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&url)
+            .await?;
+        Ok(Self::Postgres {
+            admin,
+            url,
+            committers,
+            recur: None,
+            raw: None,
+        })
     }
 
     fn sqlite(dir: PathBuf) -> Result<Self, BenchError> {
-        std::fs::create_dir_all(&dir).map_err(|e| BenchError::Usage(format!("{}: {e}", dir.display())))?;
-        Ok(Self::Sqlite { dir, recur: None, raw: None })
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| BenchError::Usage(format!("{}: {e}", dir.display())))?;
+        Ok(Self::Sqlite {
+            dir,
+            recur: None,
+            raw: None,
+        })
     }
 
     async fn environment(&self) -> Result<serde_json::Value, BenchError> {
@@ -279,12 +346,22 @@ impl Target {
         match self {
             Self::Postgres { admin, .. } => {
                 let mut settings = serde_json::Map::new();
-                for name in ["server_version", "synchronous_commit", "fsync", "shared_buffers", "wal_sync_method"] {
+                for name in [
+                    "server_version",
+                    "synchronous_commit",
+                    "fsync",
+                    "shared_buffers",
+                    "wal_sync_method",
+                ] {
                     let value: String =
-                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}"))).fetch_one(admin).await?;
+                        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SHOW {name}")))
+                            .fetch_one(admin)
+                            .await?;
                     settings.insert(name.into(), value.into());
                 }
-                Ok(json!({ "environment": { "backend": "postgres", "cores": cores, "postgres": settings } }))
+                Ok(
+                    json!({ "environment": { "backend": "postgres", "cores": cores, "postgres": settings } }),
+                )
             }
             Self::Sqlite { .. } => Ok(json!({
                 "environment": { "backend": "sqlite", "cores": cores, "journal_mode": "wal", "synchronous": "full" }
@@ -293,8 +370,14 @@ impl Target {
     }
 
     async fn recreate_database(admin: &PgPool, name: &str) -> Result<(), BenchError> {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(admin)
+        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(admin)
+            .await?;
         Ok(())
     }
 
@@ -305,10 +388,14 @@ impl Target {
             }
             Self::Sqlite { recur, raw, .. } => {
                 if let Some(pool) = recur.as_ref().and_then(Ledger::raw_sqlite) {
-                    sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+                    sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(pool)
+                        .await?;
                 }
                 if let Some(pool) = raw {
-                    sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)").execute(pool).await?;
+                    sqlx::raw_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+                        .execute(pool)
+                        .await?;
                 }
             }
         }
@@ -319,7 +406,13 @@ impl Target {
     async fn fresh_recur(&mut self) -> Result<Ledger, BenchError> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let ledger = match self {
-            Self::Postgres { admin, url, committers, recur, .. } => {
+            Self::Postgres {
+                admin,
+                url,
+                committers,
+                recur,
+                ..
+            } => {
                 *recur = None;
                 Self::recreate_database(admin, RECUR_DB).await?;
                 let mut config = LedgerConfig::new(database_url(url, RECUR_DB));
@@ -342,7 +435,11 @@ impl Target {
                 for suffix in ["", "-wal", "-shm"] {
                     let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
                 }
-                let ledger = Ledger::open(LedgerConfig::new(format!("sqlite:{}", path.display())), clock).await?;
+                let ledger = Ledger::open(
+                    LedgerConfig::new(format!("sqlite:{}", path.display())),
+                    clock,
+                )
+                .await?;
                 *recur = Some(ledger.clone());
                 ledger
             }
@@ -350,17 +447,26 @@ impl Target {
         Ok(ledger)
     }
 
-    async fn write_recur(&mut self, data: &Arc<Data>, workload: Workload) -> Result<(Duration, u64, u64), BenchError> {
+    async fn write_recur(
+        &mut self,
+        data: &Arc<Data>,
+        workload: Workload,
+    ) -> Result<(Duration, u64, u64), BenchError> {
         let ledger = self.fresh_recur().await?;
         // Event ids belong to the structs built before the timer.
-        let ids: Arc<Vec<EventId>> =
-            Arc::new((0..EVENTS_TOTAL).map(|_| EventId::new_at(ledger.clock().now())).collect());
+        let ids: Arc<Vec<EventId>> = Arc::new(
+            (0..EVENTS_TOTAL)
+                .map(|_| EventId::new_at(ledger.clock().now()))
+                .collect(),
+        );
         self.checkpoint().await?;
         let started = Instant::now();
         let mut writers = Vec::with_capacity(WRITERS);
         for writer in 0..WRITERS {
             let (ledger, data, ids) = (ledger.clone(), Arc::clone(data), Arc::clone(&ids));
-            writers.push(tokio::spawn(async move { recur_writer(&ledger, &data, &ids, writer, workload).await }));
+            writers.push(tokio::spawn(async move {
+                recur_writer(&ledger, &data, &ids, writer, workload).await
+            }));
         }
         let mut conflicts = 0;
         for writer in writers {
@@ -376,7 +482,9 @@ impl Target {
 
     async fn fresh_raw(&mut self) -> Result<RawStore, BenchError> {
         match self {
-            Self::Postgres { admin, url, raw, .. } => {
+            Self::Postgres {
+                admin, url, raw, ..
+            } => {
                 let pool = match raw {
                     Some(pool) => pool.clone(),
                     None => {
@@ -447,14 +555,20 @@ impl Target {
         }
     }
 
-    async fn write_raw(&mut self, data: &Arc<Data>, workload: Workload) -> Result<(Duration, u64, u64), BenchError> {
+    async fn write_raw(
+        &mut self,
+        data: &Arc<Data>,
+        workload: Workload,
+    ) -> Result<(Duration, u64, u64), BenchError> {
         let store = self.fresh_raw().await?;
         self.checkpoint().await?;
         let started = Instant::now();
         let mut writers = Vec::with_capacity(WRITERS);
         for writer in 0..WRITERS {
             let (store, data) = (store.clone(), Arc::clone(data));
-            writers.push(tokio::spawn(async move { raw_writer(&store, &data, writer, workload).await }));
+            writers.push(tokio::spawn(async move {
+                raw_writer(&store, &data, writer, workload).await
+            }));
         }
         let mut conflicts = 0;
         for writer in writers {
@@ -463,18 +577,24 @@ impl Target {
         Ok((started.elapsed(), EVENTS_TOTAL, conflicts))
     }
 
-    async fn prepare_replay(&self, table_pool: Option<&PgPool>, table: &str) -> Result<(), BenchError> {
+    async fn prepare_replay(
+        &self,
+        table_pool: Option<&PgPool>,
+        table: &str,
+    ) -> Result<(), BenchError> {
         if let Some(pool) = table_pool {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}"))).execute(pool).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("VACUUM ANALYZE {table}")))
+                .execute(pool)
+                .await?;
         }
         self.checkpoint().await
     }
 
     async fn replay_recur(&mut self) -> Result<(Duration, u64, u64), BenchError> {
         let ledger = match self {
-            Self::Postgres { recur, .. } | Self::Sqlite { recur, .. } => {
-                recur.clone().ok_or_else(|| BenchError::Usage("W3 needs W2's data".into()))?
-            }
+            Self::Postgres { recur, .. } | Self::Sqlite { recur, .. } => recur
+                .clone()
+                .ok_or_else(|| BenchError::Usage("W3 needs W2's data".into()))?,
         };
         self.prepare_replay(ledger.raw_postgres(), "events").await?;
         let started = Instant::now();
@@ -486,9 +606,10 @@ impl Target {
             let Some(last) = page.last() else { break };
             after = last.position;
             for event in &page {
-                let typed: BillingEvent =
-                    serde_json::from_str(&event.payload).map_err(|e| BenchError::Check(e.to_string()))?;
-                fold.apply(event.stream_id.as_str(), &typed).map_err(BenchError::Check)?;
+                let typed: BillingEvent = serde_json::from_str(&event.payload)
+                    .map_err(|e| BenchError::Check(e.to_string()))?;
+                fold.apply(event.stream_id.as_str(), &typed)
+                    .map_err(BenchError::Check)?;
                 events += 1;
             }
         }
@@ -498,8 +619,12 @@ impl Target {
 
     async fn replay_raw(&mut self) -> Result<(Duration, u64, u64), BenchError> {
         let store = match self {
-            Self::Postgres { raw: Some(pool), .. } => RawStore::Postgres(pool.clone()),
-            Self::Sqlite { raw: Some(pool), .. } => RawStore::Sqlite(pool.clone()),
+            Self::Postgres {
+                raw: Some(pool), ..
+            } => RawStore::Postgres(pool.clone()),
+            Self::Sqlite {
+                raw: Some(pool), ..
+            } => RawStore::Sqlite(pool.clone()),
             _ => return Err(BenchError::Usage("W3 needs W2's data".into())),
         };
         match &store {
@@ -544,8 +669,8 @@ impl Target {
                         last = row.try_get(0)?;
                         let stream: &str = row.try_get(1)?;
                         let payload: &str = row.try_get(4)?;
-                        let typed: BillingEvent =
-                            serde_json::from_str(payload).map_err(|e| BenchError::Check(e.to_string()))?;
+                        let typed: BillingEvent = serde_json::from_str(payload)
+                            .map_err(|e| BenchError::Check(e.to_string()))?;
                         fold.apply(stream, &typed).map_err(BenchError::Check)?;
                         page_len += 1;
                     }
@@ -565,16 +690,19 @@ impl Target {
         let ledger = match self {
             Self::Postgres { recur, .. } | Self::Sqlite { recur, .. } => recur.clone(),
         };
-        let Some(ledger) = ledger else { return Ok(serde_json::Value::Null) };
+        let Some(ledger) = ledger else {
+            return Ok(serde_json::Value::Null);
+        };
         let sql = "SELECT CAST(avg(length(CAST(payload AS text))) AS bigint), \
                           CAST(avg(length(CAST(metadata AS text))) AS bigint) FROM events";
-        let (payload, metadata): (Option<i64>, Option<i64>) = if let Some(pool) = ledger.raw_postgres() {
-            sqlx::query_as(sql).fetch_one(pool).await?
-        } else if let Some(pool) = ledger.raw_sqlite() {
-            sqlx::query_as(sql).fetch_one(pool).await?
-        } else {
-            (None, None)
-        };
+        let (payload, metadata): (Option<i64>, Option<i64>) =
+            if let Some(pool) = ledger.raw_postgres() {
+                sqlx::query_as(sql).fetch_one(pool).await?
+            } else if let Some(pool) = ledger.raw_sqlite() {
+                sqlx::query_as(sql).fetch_one(pool).await?
+            } else {
+                (None, None)
+            };
         Ok(json!({ "payload": payload, "metadata": metadata, "hashes": 64 }))
     }
 }
@@ -595,7 +723,8 @@ async fn recur_writer(
 ) -> Result<u64, BenchError> {
     let id_of = |s: u64, v: u64| ids[usize::try_from(s * 10 + v - 1).unwrap_or(0)];
     let to_new = |s: u64, v: u64| -> Result<NewEvent, LedgerError> {
-        let event = &data.events[usize::try_from(s).unwrap_or(0)][usize::try_from(v - 1).unwrap_or(0)];
+        let event =
+            &data.events[usize::try_from(s).unwrap_or(0)][usize::try_from(v - 1).unwrap_or(0)];
         NewEvent::new(id_of(s, v), &event.event_type, 1, event)
     };
     let mut conflicts = 0;
@@ -605,7 +734,10 @@ async fn recur_writer(
             for v in 1..=workload::EVENTS_PER_STREAM {
                 for &s in &streams {
                     let stream = &data.streams[usize::try_from(s).unwrap_or(0)];
-                    match ledger.append(stream, ExpectedVersion::Exact(v - 1), vec![to_new(s, v)?]).await {
+                    match ledger
+                        .append(stream, ExpectedVersion::Exact(v - 1), vec![to_new(s, v)?])
+                        .await
+                    {
                         Ok(_) => {}
                         Err(LedgerError::VersionConflict { .. }) => conflicts += 1,
                         Err(other) => return Err(other.into()),
@@ -616,8 +748,13 @@ async fn recur_writer(
         Workload::W2 | Workload::W3 => {
             for &s in &streams {
                 let stream = &data.streams[usize::try_from(s).unwrap_or(0)];
-                let batch = (1..=workload::EVENTS_PER_STREAM).map(|v| to_new(s, v)).collect::<Result<Vec<_>, _>>()?;
-                match ledger.append(stream, ExpectedVersion::NoStream, batch).await {
+                let batch = (1..=workload::EVENTS_PER_STREAM)
+                    .map(|v| to_new(s, v))
+                    .collect::<Result<Vec<_>, _>>()?;
+                match ledger
+                    .append(stream, ExpectedVersion::NoStream, batch)
+                    .await
+                {
                     Ok(_) => {}
                     Err(LedgerError::VersionConflict { .. }) => conflicts += 1,
                     Err(other) => return Err(other.into()),
@@ -629,14 +766,23 @@ async fn recur_writer(
 }
 
 fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error.as_database_error().is_some_and(|e| e.is_unique_violation())
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
 }
 
 /// One writer of the raw baseline: section 6's statements, autocommit.
-async fn raw_writer(store: &RawStore, data: &Data, writer: usize, workload: Workload) -> Result<u64, BenchError> {
+async fn raw_writer(
+    store: &RawStore,
+    data: &Data,
+    writer: usize,
+    workload: Workload,
+) -> Result<u64, BenchError> {
     let mut conflicts = 0;
     let streams: Vec<u64> = workload::owned_streams(writer).collect();
-    let event_of = |s: u64, v: u64| &data.events[usize::try_from(s).unwrap_or(0)][usize::try_from(v - 1).unwrap_or(0)];
+    let event_of = |s: u64, v: u64| {
+        &data.events[usize::try_from(s).unwrap_or(0)][usize::try_from(v - 1).unwrap_or(0)]
+    };
     match store {
         RawStore::Postgres(pool) => {
             let mut conn = pool.acquire().await?;
@@ -665,9 +811,12 @@ async fn raw_writer(store: &RawStore, data: &Data, writer: usize, workload: Work
                 Workload::W2 | Workload::W3 => {
                     for &s in &streams {
                         let versions: Vec<i32> = (1..=10).collect();
-                        let types: Vec<&str> = (1..=10).map(|v| event_of(s, v).event_type.as_str()).collect();
-                        let payloads: Vec<sqlx::types::Json<&BillingEvent>> =
-                            (1..=10).map(|v| sqlx::types::Json(event_of(s, v))).collect();
+                        let types: Vec<&str> = (1..=10)
+                            .map(|v| event_of(s, v).event_type.as_str())
+                            .collect();
+                        let payloads: Vec<sqlx::types::Json<&BillingEvent>> = (1..=10)
+                            .map(|v| sqlx::types::Json(event_of(s, v)))
+                            .collect();
                         let result = sqlx::query(
                             "INSERT INTO raw_events (stream_id, version, type, payload)
                                SELECT $1, t.v, t.ty, t.p FROM UNNEST($2::int4[], $3::text[], $4::jsonb[]) AS t(v, ty, p)",
@@ -694,7 +843,8 @@ async fn raw_writer(store: &RawStore, data: &Data, writer: usize, workload: Work
                     for v in 1..=workload::EVENTS_PER_STREAM {
                         for &s in &streams {
                             let event = event_of(s, v);
-                            let payload = serde_json::to_string(event).map_err(|e| BenchError::Check(e.to_string()))?;
+                            let payload = serde_json::to_string(event)
+                                .map_err(|e| BenchError::Check(e.to_string()))?;
                             let result =
                                 sqlx::query("INSERT INTO raw_events (stream_id, version, type, payload) VALUES (?, ?, ?, ?)")
                                     .bind(data.streams[usize::try_from(s).unwrap_or(0)].as_str())
@@ -713,17 +863,28 @@ async fn raw_writer(store: &RawStore, data: &Data, writer: usize, workload: Work
                 }
                 Workload::W2 | Workload::W3 => {
                     for &s in &streams {
-                        let mut query = sqlx::QueryBuilder::new("INSERT INTO raw_events (stream_id, version, type, payload) ");
+                        let mut query = sqlx::QueryBuilder::new(
+                            "INSERT INTO raw_events (stream_id, version, type, payload) ",
+                        );
                         let mut payloads = Vec::with_capacity(10);
                         for v in 1..=workload::EVENTS_PER_STREAM {
                             let event = event_of(s, v);
-                            payloads.push((v, event, serde_json::to_string(event).map_err(|e| BenchError::Check(e.to_string()))?));
+                            payloads.push((
+                                v,
+                                event,
+                                serde_json::to_string(event)
+                                    .map_err(|e| BenchError::Check(e.to_string()))?,
+                            ));
                         }
                         query.push_values(payloads, |mut row, (v, event, payload)| {
-                            row.push_bind(data.streams[usize::try_from(s).unwrap_or(0)].as_str().to_owned())
-                                .push_bind(i64::try_from(v).unwrap_or(0))
-                                .push_bind(event.event_type.clone())
-                                .push_bind(payload);
+                            row.push_bind(
+                                data.streams[usize::try_from(s).unwrap_or(0)]
+                                    .as_str()
+                                    .to_owned(),
+                            )
+                            .push_bind(i64::try_from(v).unwrap_or(0))
+                            .push_bind(event.event_type.clone())
+                            .push_bind(payload);
                         });
                         match query.build().execute(&mut *conn).await {
                             Ok(_) => {}
@@ -737,4 +898,3 @@ async fn raw_writer(store: &RawStore, data: &Data, writer: usize, workload: Work
     }
     Ok(conflicts)
 }
-

@@ -1,0 +1,18 @@
+# Everyday recipes. `just` is optional: each recipe is one plain command.
+
+# The whole test suite (finds or starts PostgreSQL).
+test *ARGS:
+    bash scripts/test.sh {{ARGS}}
+
+# Format and lint as CI does.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The ledger benchmark; BACKEND is postgres or sqlite.
+bench-ledger BACKEND="postgres" WORKLOAD="all" ROUNDS="3":
+    cargo run --release -p recur-gateway --bin recur -- bench ledger --backend {{BACKEND}} --workload {{WORKLOAD}} --rounds {{ROUNDS}}
+
+# Verify the ledger at DATABASE_URL (or ./recur.sqlite).
+verify:
+    cargo run --release -p recur-gateway --bin recur -- ledger verify
