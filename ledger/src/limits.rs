@@ -19,6 +19,6 @@ pub const EVENTS_PER_COMMIT_MAX: usize = 4_096;
 /// Most events one `read_all` or `read_stream` page returns.
 pub const READ_PAGE_EVENTS_MAX: usize = 10_000;
 /// How often one coalesced commit is retried after losing a race to another process.
-pub const COMMIT_ATTEMPTS_MAX: u32 = 8;
+pub const COMMIT_ATTEMPTS_MAX: u32 = 16;
 /// Most events one seal covers, so a broken seal points at a bounded range.
 pub const EVENTS_PER_SEAL_MAX: u64 = 10_000;

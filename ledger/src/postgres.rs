@@ -92,6 +92,13 @@ fn event_row(row: &sqlx::postgres::PgRow) -> Result<EventRow, sqlx::Error> {
     })
 }
 
+/// A random pause of up to 2^attempt milliseconds (capped at 64 ms).
+fn retry_pause(attempt: u32) -> Duration {
+    let ceiling_us = 1_000u64 << attempt.min(6);
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    Duration::from_micros(random % ceiling_us)
+}
+
 /// Errors after which the whole batch is simply tried again: a concurrent process
 /// won a race (unique violation, deadlock, serialisation failure).
 fn is_retryable(error: &sqlx::Error) -> bool {
@@ -144,7 +151,7 @@ impl PgStore {
     ) -> Result<Vec<AppendOutcome>, LedgerError> {
         let mut conn = self.pool.acquire().await?;
         let mut looked_up = false;
-        for _attempt in 0..COMMIT_ATTEMPTS_MAX {
+        for attempt in 0..COMMIT_ATTEMPTS_MAX {
             let known = if looked_up {
                 self.lookup(&mut conn, batch).await?
             } else {
@@ -160,7 +167,13 @@ impl PgStore {
                     self.remember(batch, &plans);
                     return Ok(plan::outcomes(plans, &inserted));
                 }
-                Err(error) if is_retryable(&error) => looked_up = true,
+                Err(error) if is_retryable(&error) => {
+                    looked_up = true;
+                    if attempt > 0 {
+                        // Two processes racing on one stream: random backoff breaks the tie.
+                        tokio::time::sleep(retry_pause(attempt)).await;
+                    }
+                }
                 Err(error) => return Err(from_sqlx(error)),
             }
         }

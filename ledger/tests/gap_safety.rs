@@ -287,10 +287,15 @@ async fn two_stores_on_one_database_see_each_others_appends_through_the_constrai
     assert_eq!(appended.stream_version, 4);
     // Both stores race on the same stream with `Any`.
     let mut tasks = Vec::new();
-    for store in [first.ledger.clone(), second.clone()] {
+    for store in [
+        first.ledger.clone(),
+        second.clone(),
+        first.ledger.clone(),
+        second.clone(),
+    ] {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            for _ in 0..20 {
+            for _ in 0..50 {
                 store
                     .append(&s, ExpectedVersion::Any, one(&store))
                     .await
@@ -302,12 +307,12 @@ async fn two_stores_on_one_database_see_each_others_appends_through_the_constrai
         task.await.unwrap();
     }
     let versions: Vec<u64> = first
-        .read_stream(&s, 1, 100)
+        .read_stream(&s, 1, 1_000)
         .await
         .unwrap()
         .iter()
         .map(|e| e.stream_version)
         .collect();
-    assert_eq!(versions, (1..=44).collect::<Vec<_>>());
+    assert_eq!(versions, (1..=204).collect::<Vec<_>>());
     assert!(first.verify().await.unwrap().is_intact());
 }
