@@ -72,8 +72,8 @@ pub enum BenchCommand {
         /// Folder for the SQLite benchmark files; default: a folder in the system temp dir.
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Concurrent committer transactions of the Postgres backend.
-        #[arg(long, default_value_t = 4)]
+        /// Most commits in flight at once in the Postgres backend.
+        #[arg(long, default_value_t = 2)]
         committers: usize,
     },
 }

@@ -48,6 +48,6 @@ pub use envelope::{
 pub use error::LedgerError;
 pub use money::{Currency, Money, MoneyError};
 pub use store::{BackendKind, Ledger, LedgerConfig};
-pub use subscription::Subscription;
+pub use subscription::{Replay, Subscription};
 pub use upcast::Upcasters;
 pub use verify::{Problem, SealReport, VerifyReport};

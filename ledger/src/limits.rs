@@ -14,8 +14,6 @@ pub const EVENTS_PER_APPEND_MAX: usize = 1_000;
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// Most appends the committer coalesces into one database transaction.
 pub const APPENDS_PER_COMMIT_MAX: usize = 256;
-/// Most events the committer coalesces into one database transaction.
-pub const EVENTS_PER_COMMIT_MAX: usize = 4_096;
 /// Most events one `read_all` or `read_stream` page returns.
 pub const READ_PAGE_EVENTS_MAX: usize = 10_000;
 /// How often one coalesced commit is retried after losing a race to another process.

@@ -2,10 +2,11 @@
 //! concurrent appends into shared transactions.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::envelope::{
@@ -13,12 +14,10 @@ use crate::envelope::{
 };
 use crate::error::LedgerError;
 use crate::hash::{self, Hash};
-use crate::limits::{
-    APPENDS_PER_COMMIT_MAX, EVENTS_PER_APPEND_MAX, EVENTS_PER_COMMIT_MAX, READ_PAGE_EVENTS_MAX,
-};
+use crate::limits::{APPENDS_PER_COMMIT_MAX, EVENTS_PER_APPEND_MAX, READ_PAGE_EVENTS_MAX};
 use crate::postgres::PgStore;
 use crate::sqlite::SqliteStore;
-use crate::subscription::Subscription;
+use crate::subscription::{Replay, Subscription};
 use crate::verify::{self, SealReport, VerifyReport};
 
 /// Where the ledger lives and how hard it may work.
@@ -28,7 +27,7 @@ pub struct LedgerConfig {
     pub location: String,
     /// Database connections for readers and committers.
     pub pool_size: u32,
-    /// Concurrent committer transactions (Postgres; SQLite always has one writer).
+    /// Most commits in flight at once (Postgres; SQLite always has one writer).
     pub committers: usize,
     /// How long to wait for a connection before the database counts as down.
     pub connect_timeout_ms: u64,
@@ -39,12 +38,12 @@ pub struct LedgerConfig {
 }
 
 impl LedgerConfig {
-    /// Defaults for a location: 16 connections, 4 committers, 10 ms polling.
+    /// Defaults for a location: 16 connections, 2 commits in flight, 10 ms polling.
     pub fn new(location: impl Into<String>) -> Self {
         Self {
             location: location.into(),
             pool_size: 16,
-            committers: 4,
+            committers: 2,
             connect_timeout_ms: 5_000,
             poll_interval_ms: 10,
             release_wait_ms: 5_000,
@@ -152,7 +151,25 @@ struct Inner {
     clock: Arc<dyn Clock>,
     queue: mpsc::Sender<PendingAppend>,
     committed: Arc<Notify>,
+    /// Appends between entering [`Ledger::append`] and reaching the queue.
+    preparing: Arc<AtomicUsize>,
     config: LedgerConfig,
+}
+
+/// Counts an append as being prepared until it is queued or abandoned.
+struct Preparing<'a>(&'a AtomicUsize);
+
+impl<'a> Preparing<'a> {
+    fn enter(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Self(counter)
+    }
+}
+
+impl Drop for Preparing<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The event store. Cheap to clone; all clones share one pool and one committer.
@@ -196,19 +213,21 @@ impl Ledger {
             };
         let (queue, receiver) = mpsc::channel(APPENDS_PER_COMMIT_MAX * 4);
         let receiver = Arc::new(Mutex::new(receiver));
-        for _ in 0..committers {
-            tokio::spawn(run_committer(
-                backend.clone(),
-                Arc::clone(&receiver),
-                Arc::clone(&committed),
-            ));
-        }
+        let preparing = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(run_committer(
+            backend.clone(),
+            receiver,
+            Arc::clone(&committed),
+            Arc::clone(&preparing),
+            committers,
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
                 backend,
                 clock,
                 queue,
                 committed,
+                preparing,
                 config,
             }),
         })
@@ -241,6 +260,7 @@ impl Ledger {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<Appended, LedgerError> {
+        let preparing = Preparing::enter(&self.inner.preparing);
         if events.is_empty() || events.len() > EVENTS_PER_APPEND_MAX {
             return Err(LedgerError::InvalidBatchSize {
                 count: events.len(),
@@ -288,6 +308,7 @@ impl Ledger {
             .send(pending)
             .await
             .map_err(|_| LedgerError::Closed)?;
+        drop(preparing);
         answer.await.map_err(|_| LedgerError::Closed)?
     }
 
@@ -347,6 +368,15 @@ impl Ledger {
     /// Follows the ledger from `after`: history first, then live commits, each event once.
     pub fn subscribe(&self, after: Position) -> Subscription {
         Subscription::new(self.clone(), after)
+    }
+
+    /// Reads everything after `after` that is released now, reading ahead of the caller.
+    ///
+    /// # Errors
+    /// Database errors while finding the release horizon.
+    pub async fn replay(&self, after: Position) -> Result<Replay, LedgerError> {
+        let end = Position(self.released(true).await?);
+        Ok(Replay::new(self.clone(), after, end))
     }
 
     /// Seals every released, unsealed event (see docs/ledger.md).
@@ -422,47 +452,99 @@ impl Ledger {
     }
 }
 
+/// Most times a committer yields to let callers that are preparing appends join its batch.
+const GATHER_YIELDS_MAX: usize = 16;
+
 /// Takes every append waiting in the queue (up to the limits) as one batch.
-async fn next_batch(receiver: &Mutex<mpsc::Receiver<PendingAppend>>) -> Option<Vec<PendingAppend>> {
+///
+/// Callers woken by the previous commit are usually a few microseconds from
+/// enqueuing their next append; yielding while appends are being prepared (or
+/// while yielding still brings new ones) fills the batch, and one commit then
+/// carries them all.
+async fn next_batch(
+    receiver: &Mutex<mpsc::Receiver<PendingAppend>>,
+    preparing: &AtomicUsize,
+) -> Option<Vec<PendingAppend>> {
     let mut receiver = receiver.lock().await;
     let first = receiver.recv().await?;
     let mut events = first.events.len();
     let mut batch = vec![first];
-    while batch.len() < APPENDS_PER_COMMIT_MAX && events < EVENTS_PER_COMMIT_MAX {
-        match receiver.try_recv() {
-            Ok(next) => {
-                events += next.events.len();
-                batch.push(next);
+    for _ in 0..GATHER_YIELDS_MAX {
+        let before = batch.len();
+        while batch.len() < APPENDS_PER_COMMIT_MAX && events < PARALLEL_COMMIT_EVENTS_MIN * 2 {
+            match receiver.try_recv() {
+                Ok(next) => {
+                    events += next.events.len();
+                    batch.push(next);
+                }
+                Err(_) => break,
             }
-            Err(_) => break,
         }
+        // A batch big enough to commit alongside another stops here and leaves the
+        // rest to the next slot, so two commits overlap.
+        let full = batch.len() >= APPENDS_PER_COMMIT_MAX || events >= PARALLEL_COMMIT_EVENTS_MIN;
+        if full || (batch.len() == before && preparing.load(Ordering::Acquire) == 0) {
+            break;
+        }
+        tokio::task::yield_now().await;
     }
     Some(batch)
 }
 
-/// One committer: takes batches and commits each in one transaction until the store closes.
+/// Batches of at least this many events may commit alongside another batch: their
+/// cost is server work, which a second connection spreads over more cores. Smaller
+/// batches commit one after another, where fewer, fuller commits win.
+const PARALLEL_COMMIT_EVENTS_MIN: usize = 64;
+
+/// The committer: gathers batches and commits each in one transaction, with up to
+/// `slots` commits in flight, until the store closes.
 async fn run_committer(
     backend: Backend,
     receiver: Arc<Mutex<mpsc::Receiver<PendingAppend>>>,
     committed: Arc<Notify>,
+    preparing: Arc<AtomicUsize>,
+    slots: usize,
 ) {
-    while let Some(mut batch) = next_batch(&receiver).await {
-        // Stream order: concurrent batches then take row locks in the same order.
+    let slots = Arc::new(Semaphore::new(slots.max(1)));
+    loop {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let Some(mut batch) = next_batch(&receiver, &preparing).await else {
+            return;
+        };
+        // Stream order: concurrent batches then take index locks in the same order.
         batch.sort_by(|a, b| a.stream.cmp(&b.stream));
-        match backend.commit(&batch).await {
-            Ok(outcomes) => {
-                for (append, outcome) in batch.into_iter().zip(outcomes) {
-                    let result = outcome.into_result(&append);
-                    // A caller that gave up waiting is no reason to stop.
-                    let _ = append.reply.send(result);
-                }
-                committed.notify_waiters();
+        let events: usize = batch.iter().map(|a| a.events.len()).sum();
+        let job = commit_and_reply(backend.clone(), batch, Arc::clone(&committed), slot);
+        if events >= PARALLEL_COMMIT_EVENTS_MIN {
+            tokio::spawn(job);
+        } else {
+            job.await;
+        }
+    }
+}
+
+/// Commits one batch and answers each caller; the slot frees when done.
+async fn commit_and_reply(
+    backend: Backend,
+    batch: Vec<PendingAppend>,
+    committed: Arc<Notify>,
+    _slot: OwnedSemaphorePermit,
+) {
+    match backend.commit(&batch).await {
+        Ok(outcomes) => {
+            for (append, outcome) in batch.into_iter().zip(outcomes) {
+                let result = outcome.into_result(&append);
+                // A caller that gave up waiting is no reason to stop.
+                let _ = append.reply.send(result);
             }
-            Err(error) => {
-                tracing::warn!(code = error.code(), %error, "ledger commit failed");
-                for append in batch {
-                    let _ = append.reply.send(Err(error.clone()));
-                }
+            committed.notify_waiters();
+        }
+        Err(error) => {
+            tracing::warn!(code = error.code(), %error, "ledger commit failed");
+            for append in batch {
+                let _ = append.reply.send(Err(error.clone()));
             }
         }
     }

@@ -755,6 +755,44 @@ async fn a_subscription_catches_up_then_follows_live_commits(ledger: TestLedger)
     assert_eq!(subscription.position(), live.positions[0]);
 }
 
+async fn a_replay_reads_what_was_released_when_it_started_and_ends(ledger: TestLedger) {
+    let mut expected = Vec::new();
+    for i in 0..12 {
+        let s = stream(&format!("replay-{}", i % 3));
+        expected.extend(
+            ledger
+                .append(&s, ExpectedVersion::Any, events(&ledger, 1 + i % 2))
+                .await
+                .unwrap()
+                .positions,
+        );
+    }
+    let mut replay = ledger.replay(expected[2]).await.unwrap();
+    let late = ledger
+        .append(
+            &stream("replay-late"),
+            ExpectedVersion::Any,
+            events(&ledger, 1),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while let Some(event) = replay.next().await.unwrap() {
+        seen.push(event.position);
+    }
+    assert_eq!(
+        seen,
+        expected[3..].to_vec(),
+        "starts after its position, ends at the horizon it began with"
+    );
+    assert!(!seen.contains(&late.positions[0]));
+    assert_eq!(replay.position(), *expected.last().unwrap());
+    assert!(
+        replay.next().await.unwrap().is_none(),
+        "an ended replay stays ended"
+    );
+}
+
 async fn interleaved_appends_and_reads_keep_every_invariant(ledger: TestLedger) {
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestRunner};
@@ -871,5 +909,6 @@ conformance!(
     sixteen_writers_on_one_stream_get_each_version_exactly_once,
     a_subscriber_sees_every_event_of_sixteen_writers_once_in_read_all_order,
     a_subscription_catches_up_then_follows_live_commits,
+    a_replay_reads_what_was_released_when_it_started_and_ends,
     interleaved_appends_and_reads_keep_every_invariant,
 );

@@ -21,6 +21,9 @@ use super::workload::{
     self, BillingEvent, EVENTS_TOTAL, REPLAY_PAGE, ReplayFold, STREAMS, WRITERS,
 };
 
+// The replay reads the document's PAGE per page.
+const _: () = assert!(recur_ledger::subscription::SUBSCRIPTION_PAGE_EVENTS == REPLAY_PAGE);
+
 /// Which store the benchmark runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchBackend {
@@ -599,19 +602,16 @@ impl Target {
         self.prepare_replay(ledger.raw_postgres(), "events").await?;
         let started = Instant::now();
         let mut fold = ReplayFold::new();
-        let mut after = Position::START;
         let mut events = 0u64;
-        loop {
-            let page = ledger.read_all(after, REPLAY_PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.position;
-            for event in &page {
-                let typed: BillingEvent = serde_json::from_str(&event.payload)
-                    .map_err(|e| BenchError::Check(e.to_string()))?;
-                fold.apply(event.stream_id.as_str(), &typed)
-                    .map_err(BenchError::Check)?;
-                events += 1;
-            }
+        // Pages of SUBSCRIPTION_PAGE_EVENTS (= REPLAY_PAGE) by keyset on the position,
+        // the next page read while this one is folded.
+        let mut replay = ledger.replay(Position::START).await?;
+        while let Some(event) = replay.next().await? {
+            let typed: BillingEvent = serde_json::from_str(&event.payload)
+                .map_err(|e| BenchError::Check(e.to_string()))?;
+            fold.apply(event.stream_id.as_str(), &typed)
+                .map_err(BenchError::Check)?;
+            events += 1;
         }
         fold.verify().map_err(BenchError::Check)?;
         Ok((started.elapsed(), events, 0))
