@@ -2,11 +2,12 @@
 //! readers alongside. SQLite's write lock makes positions dense and committed in
 //! order, so the release horizon is simply the highest committed position.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{QueryBuilder, Row as _, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
 use crate::envelope::{Position, RecordedEvent, StreamId};
@@ -14,7 +15,9 @@ use crate::error::LedgerError;
 use crate::hash::{self, Hash};
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
-use crate::store::{AppendOutcome, EventRow, LedgerConfig, PendingAppend, to_i64, to_u64};
+use crate::store::{
+    AppendOutcome, EventRow, LedgerConfig, PendingAppend, PreparedEvent, to_i64, to_u64,
+};
 
 /// A SQLite-backed store.
 #[derive(Clone, Debug)]
@@ -88,16 +91,7 @@ impl SqliteStore {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let known = lookup(&mut tx, batch).await?;
         let plans = plan::plan(batch, &known);
-        let mut inserted = vec![Vec::new(); batch.len()];
-        for ((append, plan), out) in batch.iter().zip(&plans).zip(inserted.iter_mut()) {
-            if let Plan::Insert {
-                first_version,
-                chain,
-            } = plan
-            {
-                *out = insert(&mut tx, append, *first_version, chain).await?;
-            }
-        }
+        let inserted = insert(&mut tx, batch, &plans).await?;
         tx.commit().await?;
         Ok(plan::outcomes(plans, &inserted))
     }
@@ -238,43 +232,72 @@ async fn lookup(
     Ok(known)
 }
 
-/// Writes one planned append; returns its positions.
+/// Rows per INSERT statement: 10 bound values each, under SQLite's 32,766-variable limit.
+const ROWS_PER_INSERT_MAX: usize = 1_000;
+
+/// One row to insert: the append it belongs to, its version, the event and its chain hash.
+type Row<'a> = (usize, u64, &'a PreparedEvent, &'a Hash);
+
+/// Writes every planned insert with multi-row statements; returns positions per append.
 async fn insert(
     conn: &mut SqliteConnection,
-    append: &PendingAppend,
-    first_version: u64,
-    chain: &[Hash],
-) -> Result<Vec<Position>, LedgerError> {
-    let stream = append.stream.as_str();
-    let mut positions = Vec::with_capacity(append.events.len());
-    for ((offset, event), link) in (0u64..).zip(&append.events).zip(chain) {
-        let position: i64 = sqlx::query_scalar(
+    batch: &[PendingAppend],
+    plans: &[Plan],
+) -> Result<Vec<Vec<Position>>, LedgerError> {
+    let mut rows: Vec<Row<'_>> = Vec::new();
+    for (index, (append, plan)) in batch.iter().zip(plans).enumerate() {
+        if let Plan::Insert {
+            first_version,
+            chain,
+        } = plan
+        {
+            for ((offset, event), link) in (0u64..).zip(&append.events).zip(chain) {
+                rows.push((index, first_version + offset, event, link));
+            }
+        }
+    }
+    let mut positions: HashMap<uuid::Uuid, Position> = HashMap::with_capacity(rows.len());
+    for chunk in rows.chunks(ROWS_PER_INSERT_MAX) {
+        let mut query = QueryBuilder::new(
             "INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata, \
-                                 recorded_at_us, content_hash, chain_hash) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING position",
-        )
-        .bind(event.id)
-        .bind(stream)
-        .bind(to_i64(first_version + offset))
-        .bind(event.event_type.as_str())
-        .bind(i64::from(event.schema_version))
-        .bind(event.payload.as_str())
-        .bind(event.metadata.as_str())
-        .bind(hash::unix_micros(event.recorded_at))
-        .bind(&event.content_hash[..])
-        .bind(&link[..])
-        .fetch_one(&mut *conn)
-        .await?;
-        positions.push(Position(to_u64(position)));
+                                 recorded_at_us, content_hash, chain_hash) ",
+        );
+        query.push_values(chunk, |mut row, &(index, version, event, link)| {
+            row.push_bind(event.id)
+                .push_bind(batch[index].stream.as_str())
+                .push_bind(to_i64(version))
+                .push_bind(event.event_type.as_str())
+                .push_bind(i64::from(event.schema_version))
+                .push_bind(event.payload.as_str())
+                .push_bind(event.metadata.as_str())
+                .push_bind(hash::unix_micros(event.recorded_at))
+                .push_bind(&event.content_hash[..])
+                .push_bind(&link[..]);
+        });
+        query.push(" RETURNING id, position");
+        for row in query.build().fetch_all(&mut *conn).await? {
+            positions.insert(row.try_get(0)?, Position(to_u64(row.try_get(1)?)));
+        }
     }
-    if let Some(key) = &append.key {
-        sqlx::query("INSERT INTO idempotency_keys (key, stream_id, first_version, last_version) VALUES (?, ?, ?, ?)")
-            .bind(key.as_str())
-            .bind(stream)
-            .bind(to_i64(first_version))
-            .bind(to_i64(first_version + append.events.len() as u64 - 1))
-            .execute(&mut *conn)
-            .await?;
+    let mut inserted = vec![Vec::new(); batch.len()];
+    for ((append, plan), out) in batch.iter().zip(plans).zip(inserted.iter_mut()) {
+        let Plan::Insert { first_version, .. } = plan else {
+            continue;
+        };
+        *out = append
+            .events
+            .iter()
+            .filter_map(|e| positions.get(&e.id).copied())
+            .collect();
+        if let Some(key) = &append.key {
+            sqlx::query("INSERT INTO idempotency_keys (key, stream_id, first_version, last_version) VALUES (?, ?, ?, ?)")
+                .bind(key.as_str())
+                .bind(append.stream.as_str())
+                .bind(to_i64(*first_version))
+                .bind(to_i64(first_version + append.events.len() as u64 - 1))
+                .execute(&mut *conn)
+                .await?;
+        }
     }
-    Ok(positions)
+    Ok(inserted)
 }
