@@ -39,39 +39,39 @@ pub(crate) struct PgStore {
     heads: Arc<std::sync::Mutex<HashMap<String, (u64, Hash)>>>,
 }
 
-/// Writes a batch's events in one autocommit statement. The scalar subquery takes
-/// the transaction's xid before the sorted rows reach `nextval()`: the release
-/// horizon's proof needs every position allocated by a transaction that has its xid.
+/// Writes a batch's events in one autocommit statement. `unnest` yields rows in
+/// array order, so positions follow versions. The scalar subquery is a one-time
+/// filter that takes the transaction's xid before the first row reaches `nextval()`:
+/// the release horizon's proof needs every position allocated by a transaction
+/// that already has its xid.
 const INSERT_EVENTS: &str = "
     INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
-                        recorded_at, content_hash, chain_hash)
+                        recorded_at, chain_hash)
     SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
-           t.metadata::json, t.recorded_at, t.content_hash, t.chain_hash
+           t.metadata::json, t.recorded_at, t.chain_hash
       FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
-                  $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY
+                  $7::text[], $8::timestamptz[], $9::bytea[])
            AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
-                recorded_at, content_hash, chain_hash, ord)
+                recorded_at, chain_hash)
      WHERE (SELECT pg_current_xact_id()) IS NOT NULL
-     ORDER BY t.ord
     RETURNING id, position";
 
 /// [`INSERT_EVENTS`] plus the appends' idempotency keys, in the same statement.
 const INSERT_EVENTS_AND_KEYS: &str = "
     WITH inserted AS (
         INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
-                            recorded_at, content_hash, chain_hash)
+                            recorded_at, chain_hash)
         SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
-               t.metadata::json, t.recorded_at, t.content_hash, t.chain_hash
+               t.metadata::json, t.recorded_at, t.chain_hash
           FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
-                      $7::text[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY
+                      $7::text[], $8::timestamptz[], $9::bytea[])
                AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
-                    recorded_at, content_hash, chain_hash, ord)
+                    recorded_at, chain_hash)
          WHERE (SELECT pg_current_xact_id()) IS NOT NULL
-         ORDER BY t.ord
         RETURNING id, position
     ), keys AS (
         INSERT INTO idempotency_keys (key, stream_id, first_version, last_version)
-        SELECT * FROM unnest($11::text[], $12::text[], $13::int8[], $14::int8[])
+        SELECT * FROM unnest($10::text[], $11::text[], $12::int8[], $13::int8[])
     )
     SELECT id, position FROM inserted";
 
@@ -318,7 +318,6 @@ impl PgStore {
         let mut payload = Vec::with_capacity(events);
         let mut metadata = Vec::with_capacity(events);
         let mut recorded = Vec::with_capacity(events);
-        let mut content = Vec::with_capacity(events);
         let mut chain_hash = Vec::with_capacity(events);
         let (mut key, mut key_stream, mut key_first, mut key_last) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -339,7 +338,6 @@ impl PgStore {
                 payload.push(event.payload.as_str());
                 metadata.push(event.metadata.as_str());
                 recorded.push(event.recorded_at);
-                content.push(&event.content_hash[..]);
                 chain_hash.push(&link[..]);
             }
             if let Some(k) = &append.key {
@@ -366,7 +364,6 @@ impl PgStore {
             .bind(&payload)
             .bind(&metadata)
             .bind(&recorded)
-            .bind(&content)
             .bind(&chain_hash);
         if !key.is_empty() {
             query = query

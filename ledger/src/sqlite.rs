@@ -260,7 +260,7 @@ async fn insert(
     for chunk in rows.chunks(ROWS_PER_INSERT_MAX) {
         let mut query = QueryBuilder::new(
             "INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata, \
-                                 recorded_at_us, content_hash, chain_hash) ",
+                                 recorded_at_us, chain_hash) ",
         );
         query.push_values(chunk, |mut row, &(index, version, event, link)| {
             row.push_bind(event.id)
@@ -271,7 +271,6 @@ async fn insert(
                 .push_bind(event.payload.as_str())
                 .push_bind(event.metadata.as_str())
                 .push_bind(hash::unix_micros(event.recorded_at))
-                .push_bind(&event.content_hash[..])
                 .push_bind(&link[..]);
         });
         query.push(" RETURNING id, position");

@@ -500,7 +500,7 @@ async fn verify_finds_an_edited_payload_at_its_position(ledger: TestLedger) {
     let first = report.first_break().unwrap();
     assert_eq!(Position(first.position), target, "{report:?}");
     assert!(
-        first.reason.contains("content does not match"),
+        first.reason.contains("does not match its chain hash"),
         "{}",
         first.reason
     );

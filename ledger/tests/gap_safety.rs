@@ -42,15 +42,14 @@ async fn append_in(
     let chain = hash::chain_step(&hash::GENESIS, 1, &content);
     let position: i64 = sqlx::query_scalar(
         "INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata, recorded_at, \
-                             content_hash, chain_hash) \
-         VALUES ($1, $2, 1, 'Slow', 1, $3::json, $4::json, $5, $6, $7) RETURNING position",
+                             chain_hash) \
+         VALUES ($1, $2, 1, 'Slow', 1, $3::json, $4::json, $5, $6) RETURNING position",
     )
     .bind(id)
     .bind(stream)
     .bind(payload)
     .bind(metadata)
     .bind(recorded_at)
-    .bind(&content[..])
     .bind(&chain[..])
     .fetch_one(&mut **tx)
     .await

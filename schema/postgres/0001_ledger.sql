@@ -17,7 +17,7 @@ CREATE TABLE events (
     payload        json        NOT NULL,
     metadata       json        NOT NULL,
     recorded_at    timestamptz NOT NULL,
-    content_hash   bytea       NOT NULL CHECK (octet_length(content_hash) = 32),
+    -- SHA-256(previous chain hash, version, content hash): docs/ledger.md.
     chain_hash     bytea       NOT NULL CHECK (octet_length(chain_hash) = 32),
     CONSTRAINT events_id_key UNIQUE (id),
     CONSTRAINT events_stream_version_key UNIQUE (stream_id, version)

@@ -11,7 +11,6 @@ CREATE TABLE events (
     payload        TEXT    NOT NULL CHECK (json_valid(payload)),
     metadata       TEXT    NOT NULL CHECK (json_valid(metadata)),
     recorded_at_us INTEGER NOT NULL,
-    content_hash   BLOB    NOT NULL CHECK (length(content_hash) = 32),
     chain_hash     BLOB    NOT NULL CHECK (length(chain_hash) = 32),
     UNIQUE (stream_id, version)
 );
