@@ -494,7 +494,7 @@ async fn next_batch(
 /// Batches of at least this many events may commit alongside another batch: their
 /// cost is server work, which a second connection spreads over more cores. Smaller
 /// batches commit one after another, where fewer, fuller commits win.
-const PARALLEL_COMMIT_EVENTS_MIN: usize = 20;
+const PARALLEL_COMMIT_EVENTS_MIN: usize = 32;
 
 /// The committer: gathers batches and commits each in one transaction, with up to
 /// `slots` commits in flight, until the store closes.
