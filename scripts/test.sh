@@ -300,5 +300,15 @@ cargo fmt --all -- --check
 ensure_pg
 if [[ ${RECUR_TEST_NATS:-} == 1 ]]; then ensure_nats; fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# Last command: its status becomes the script's (the EXIT trap preserves it).
-cargo test --workspace --locked "$@"
+# The suite's status becomes the script's (the EXIT trap preserves it). Cargo
+# closes on the last test binary's own line (often a crate with no doc tests),
+# so a total for the whole suite is printed last.
+test_log=$(mktemp /tmp/recur-cargo-test.XXXXXX)
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$test_log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"
+rm -f -- "$test_log"
+exit "$status"

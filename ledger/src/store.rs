@@ -35,6 +35,8 @@ pub struct LedgerConfig {
     pub poll_interval_ms: u64,
     /// How long a read waits for in-flight commits before returning what is released.
     pub release_wait_ms: u64,
+    /// How often released events are sealed in the background; 0 turns it off.
+    pub seal_interval_ms: u64,
 }
 
 impl LedgerConfig {
@@ -47,6 +49,7 @@ impl LedgerConfig {
             connect_timeout_ms: 5_000,
             poll_interval_ms: 10,
             release_wait_ms: 5_000,
+            seal_interval_ms: 60_000,
         }
     }
 }
@@ -221,7 +224,8 @@ impl Ledger {
             Arc::clone(&preparing),
             committers,
         ));
-        Ok(Self {
+        let seal_interval_ms = config.seal_interval_ms;
+        let ledger = Self {
             inner: Arc::new(Inner {
                 backend,
                 clock,
@@ -230,7 +234,12 @@ impl Ledger {
                 preparing,
                 config,
             }),
-        })
+        };
+        if seal_interval_ms > 0 {
+            let period = Duration::from_millis(seal_interval_ms);
+            tokio::spawn(seal_periodically(Arc::downgrade(&ledger.inner), period));
+        }
+        Ok(ledger)
     }
 
     /// Which backend this store runs on.
@@ -448,6 +457,21 @@ impl Ledger {
         match &self.inner.backend {
             Backend::Postgres(store) => store.read_range(after.0, up_to, limit).await,
             Backend::Sqlite(store) => store.read_range(after.0, up_to, limit).await,
+        }
+    }
+}
+
+/// Seals released events every `period` while the store is open.
+async fn seal_periodically(inner: std::sync::Weak<Inner>, period: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // A weak handle, so the sealer never keeps a dropped store alive.
+        let Some(inner) = inner.upgrade() else { return };
+        let ledger = Ledger { inner };
+        if let Err(error) = ledger.seal().await {
+            tracing::warn!(code = error.code(), %error, "background sealing failed; will retry");
         }
     }
 }

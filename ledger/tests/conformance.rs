@@ -486,6 +486,24 @@ async fn verify_passes_on_an_intact_sealed_ledger(ledger: TestLedger) {
     );
 }
 
+async fn an_open_store_seals_released_events_in_the_background(ledger: TestLedger) {
+    let mut config = recur_ledger::LedgerConfig::new(ledger.location());
+    config.seal_interval_ms = 50;
+    let sealing = Ledger::open(config, ledger.clock().clone()).await.unwrap();
+    seeded(&sealing).await;
+    let mut report = ledger.verify().await.unwrap();
+    for _ in 0..100 {
+        if report.unsealed_events == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        report = ledger.verify().await.unwrap();
+    }
+    assert!(report.is_intact(), "{report:?}");
+    assert_eq!(report.unsealed_events, 0, "{report:?}");
+    assert!(report.seals_checked >= 1);
+}
+
 async fn verify_finds_an_edited_payload_at_its_position(ledger: TestLedger) {
     let appended = seeded(&ledger).await;
     ledger.seal().await.unwrap();
@@ -902,6 +920,7 @@ conformance!(
     bad_input_is_a_typed_error_and_writes_nothing,
     the_database_refuses_update_delete_and_truncate_of_events,
     verify_passes_on_an_intact_sealed_ledger,
+    an_open_store_seals_released_events_in_the_background,
     verify_finds_an_edited_payload_at_its_position,
     verify_finds_a_deleted_stream,
     verify_finds_a_deleted_event_in_the_middle_of_a_stream,
