@@ -15,7 +15,9 @@ use crate::hash::{self, Hash};
 use crate::limits::COMMIT_ATTEMPTS_MAX;
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
-use crate::store::{AppendOutcome, EventRow, LedgerConfig, PendingAppend, to_i64, to_u64};
+use crate::store::{
+    AppendOutcome, EventRow, LedgerConfig, PendingAppend, RowDecoder, to_i64, to_u64,
+};
 
 /// Stream heads kept in memory; past this the cache starts over.
 const STREAM_HEADS_CACHED_MAX: usize = 100_000;
@@ -404,8 +406,9 @@ impl PgStore {
             .bind(to_i64(limit as u64))
             .fetch_all(&self.pool)
             .await?;
+        let mut decoder = RowDecoder::default();
         rows.iter()
-            .map(|row| event_row(row)?.into_event())
+            .map(|row| decoder.decode(event_row(row)?))
             .collect()
     }
 
@@ -433,9 +436,10 @@ impl PgStore {
             .bind(to_i64(limit as u64))
             .fetch_all(&self.pool)
             .await?;
+        let mut decoder = RowDecoder::default();
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            events.push(event_row(row)?.into_event()?);
+            events.push(decoder.decode(event_row(row)?)?);
         }
         Ok(events)
     }

@@ -16,7 +16,7 @@ use crate::hash::{self, Hash};
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
 use crate::store::{
-    AppendOutcome, EventRow, LedgerConfig, PendingAppend, PreparedEvent, to_i64, to_u64,
+    AppendOutcome, EventRow, LedgerConfig, PendingAppend, PreparedEvent, RowDecoder, to_i64, to_u64,
 };
 
 /// A SQLite-backed store.
@@ -111,8 +111,9 @@ impl SqliteStore {
             .bind(to_i64(limit as u64))
             .fetch_all(&self.readers)
             .await?;
+        let mut decoder = RowDecoder::default();
         rows.iter()
-            .map(|row| event_row(row)?.into_event())
+            .map(|row| decoder.decode(event_row(row)?))
             .collect()
     }
 
@@ -140,9 +141,10 @@ impl SqliteStore {
             .bind(to_i64(limit as u64))
             .fetch_all(&self.readers)
             .await?;
+        let mut decoder = RowDecoder::default();
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            events.push(event_row(row)?.into_event()?);
+            events.push(decoder.decode(event_row(row)?)?);
         }
         Ok(events)
     }

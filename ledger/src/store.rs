@@ -587,33 +587,56 @@ pub(crate) struct EventRow {
     pub recorded_at: OffsetDateTime,
 }
 
-impl EventRow {
+/// Turns stored rows into envelopes. Consecutive events mostly share their
+/// metadata and often their stream, so each is parsed once per run, not per row.
+#[derive(Debug, Default)]
+pub(crate) struct RowDecoder {
+    metadata: Option<(String, crate::envelope::Metadata)>,
+    stream: Option<StreamId>,
+}
+
+impl RowDecoder {
     /// Checks the stored values and builds the envelope.
-    pub(crate) fn into_event(self) -> Result<RecordedEvent, LedgerError> {
-        let metadata = serde_json::from_str(&self.metadata).map_err(|error| {
-            LedgerError::Integrity(format!(
-                "metadata of event at position {} does not parse: {error}",
-                self.position
-            ))
-        })?;
-        let position = u64::try_from(self.position)
-            .map_err(|_| LedgerError::Integrity(format!("negative position {}", self.position)))?;
-        let stream_version = u64::try_from(self.version).map_err(|_| {
+    pub(crate) fn decode(&mut self, row: EventRow) -> Result<RecordedEvent, LedgerError> {
+        let position = u64::try_from(row.position)
+            .map_err(|_| LedgerError::Integrity(format!("negative position {}", row.position)))?;
+        let metadata = match &self.metadata {
+            Some((text, parsed)) if *text == row.metadata => parsed.clone(),
+            _ => {
+                let parsed: crate::envelope::Metadata = serde_json::from_str(&row.metadata)
+                    .map_err(|error| {
+                        LedgerError::Integrity(format!(
+                            "metadata of event at position {position} does not parse: {error}"
+                        ))
+                    })?;
+                self.metadata = Some((row.metadata, parsed.clone()));
+                parsed
+            }
+        };
+        let stream_id = match &self.stream {
+            Some(stream) if stream.as_str() == row.stream_id => stream.clone(),
+            _ => {
+                let stream = StreamId::parse(row.stream_id)?;
+                self.stream = Some(stream.clone());
+                stream
+            }
+        };
+        let stream_version = u64::try_from(row.version).map_err(|_| {
             LedgerError::Integrity(format!("negative version at position {position}"))
         })?;
-        let schema_version = u32::try_from(self.schema_version).map_err(|_| {
+        let schema_version = u32::try_from(row.schema_version).map_err(|_| {
             LedgerError::Integrity(format!("negative schema version at position {position}"))
         })?;
         Ok(RecordedEvent {
-            id: crate::envelope::EventId(self.id),
-            stream_id: StreamId::parse(self.stream_id)?,
+            id: crate::envelope::EventId(row.id),
+            stream_id,
             stream_version,
             position: Position(position),
-            event_type: self.event_type,
+            event_type: row.event_type,
             schema_version,
-            payload: self.payload,
+            payload: row.payload,
             metadata,
-            recorded_at: self.recorded_at,
+            recorded_at: row.recorded_at,
         })
     }
 }
