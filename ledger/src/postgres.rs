@@ -41,41 +41,39 @@ pub(crate) struct PgStore {
     heads: Arc<std::sync::Mutex<HashMap<String, (u64, Hash)>>>,
 }
 
-/// Writes a batch's events in one autocommit statement. `unnest` yields rows in
-/// array order, so positions follow versions. The scalar subquery is a one-time
-/// filter that takes the transaction's xid before the first row reaches `nextval()`:
-/// the release horizon's proof needs every position allocated by a transaction
-/// that already has its xid.
-const INSERT_EVENTS: &str = "
-    INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
-                        recorded_at, chain_hash)
-    SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
-           t.metadata::json, t.recorded_at, t.chain_hash
-      FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
-                  $7::text[], $8::timestamptz[], $9::bytea[])
-           AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
-                recorded_at, chain_hash)
-     WHERE (SELECT pg_current_xact_id()) IS NOT NULL
-    RETURNING id, position";
+/// The insert of a batch's events. `unnest` yields rows in array order, so
+/// positions follow versions. The scalar subquery is a one-time filter that takes
+/// the transaction's xid before the first row reaches `nextval()`: the release
+/// horizon's proof needs every position allocated by a transaction that already
+/// has its xid.
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
+                             recorded_at, chain_hash)
+         SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
+                t.metadata::json, t.recorded_at, t.chain_hash
+           FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
+                       $7::text[], $8::timestamptz[], $9::bytea[])
+                AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
+                     recorded_at, chain_hash)
+          WHERE (SELECT pg_current_xact_id()) IS NOT NULL
+         RETURNING id, position"
+    };
+}
+
+/// Writes a batch's events in one autocommit statement.
+const INSERT_EVENTS: &str = insert_events!();
 
 /// [`INSERT_EVENTS`] plus the appends' idempotency keys, in the same statement.
-const INSERT_EVENTS_AND_KEYS: &str = "
-    WITH inserted AS (
-        INSERT INTO events (id, stream_id, version, event_type, schema_version, payload, metadata,
-                            recorded_at, chain_hash)
-        SELECT t.id, t.stream_id, t.version, t.event_type, t.schema_version, t.payload::json,
-               t.metadata::json, t.recorded_at, t.chain_hash
-          FROM unnest($1::uuid[], $2::text[], $3::int8[], $4::text[], $5::int4[], $6::text[],
-                      $7::text[], $8::timestamptz[], $9::bytea[])
-               AS t(id, stream_id, version, event_type, schema_version, payload, metadata,
-                    recorded_at, chain_hash)
-         WHERE (SELECT pg_current_xact_id()) IS NOT NULL
-        RETURNING id, position
-    ), keys AS (
+const INSERT_EVENTS_AND_KEYS: &str = concat!(
+    "WITH inserted AS (",
+    insert_events!(),
+    "), keys AS (
         INSERT INTO idempotency_keys (key, stream_id, first_version, last_version)
         SELECT * FROM unnest($10::text[], $11::text[], $12::int8[], $13::int8[])
-    )
-    SELECT id, position FROM inserted";
+     )
+     SELECT id, position FROM inserted"
+);
 
 const EVENT_COLUMNS: &str = "position, id, stream_id, version, event_type, schema_version, \
      payload::text, metadata::text, recorded_at";
@@ -442,6 +440,25 @@ impl PgStore {
             events.push(decoder.decode(event_row(row)?)?);
         }
         Ok(events)
+    }
+
+    /// Every committed event after `after` with its stored chain hash, for verification.
+    pub(crate) async fn scan_with_chain(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(EventRow, Vec<u8>)>, LedgerError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, chain_hash FROM events WHERE position > $1 ORDER BY position LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(after))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((event_row(row)?, row.try_get(9)?)))
+            .collect()
     }
 
     /// One probe of the release horizon; returns the highest allocated position seen.

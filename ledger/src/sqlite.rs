@@ -149,6 +149,25 @@ impl SqliteStore {
         Ok(events)
     }
 
+    /// Every committed event after `after` with its stored chain hash, for verification.
+    pub(crate) async fn scan_with_chain(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(EventRow, Vec<u8>)>, LedgerError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, chain_hash FROM events WHERE position > ? ORDER BY position LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to_i64(after))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((event_row(row)?, row.try_get(9)?)))
+            .collect()
+    }
+
     /// The highest committed position: with one writer, every lower one is final.
     pub(crate) async fn released(&self) -> Result<u64, LedgerError> {
         let max: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use sqlx::Row;
 
 use crate::error::LedgerError;
 use crate::hash::{self, GENESIS, Hash, SealDigest};
@@ -116,70 +115,14 @@ async fn load_seals(backend: &Backend) -> Result<Vec<StoredSeal>, LedgerError> {
 }
 
 async fn scan(backend: &Backend, after: u64, limit: usize) -> Result<Vec<VerifyRow>, LedgerError> {
-    let mut out = Vec::with_capacity(limit);
-    match backend {
-        Backend::Postgres(store) => {
-            let rows = sqlx::query(
-                "SELECT position, id, stream_id, version, event_type, schema_version, payload::text, \
-                        metadata::text, recorded_at, chain_hash \
-                   FROM events WHERE position > $1 ORDER BY position LIMIT $2",
-            )
-            .bind(to_i64(after))
-            .bind(to_i64(limit as u64))
-            .fetch_all(store.pool())
-            .await?;
-            for row in rows {
-                out.push(VerifyRow {
-                    event: EventRow {
-                        position: row.try_get(0)?,
-                        id: row.try_get(1)?,
-                        stream_id: row.try_get(2)?,
-                        version: row.try_get(3)?,
-                        event_type: row.try_get(4)?,
-                        schema_version: row.try_get(5)?,
-                        payload: row.try_get(6)?,
-                        metadata: row.try_get(7)?,
-                        recorded_at: row.try_get(8)?,
-                    },
-                    chain_hash: row.try_get(9)?,
-                });
-            }
-        }
-        Backend::Sqlite(store) => {
-            let rows = sqlx::query(
-                "SELECT position, id, stream_id, version, event_type, schema_version, payload, metadata, \
-                        recorded_at_us, chain_hash \
-                   FROM events WHERE position > ? ORDER BY position LIMIT ?",
-            )
-            .bind(to_i64(after))
-            .bind(to_i64(limit as u64))
-            .fetch_all(store.readers())
-            .await?;
-            for row in rows {
-                let micros: i64 = row.try_get(8)?;
-                let recorded_at =
-                    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-                        .map_err(|_| {
-                            LedgerError::Integrity(format!("recorded_at out of range: {micros}"))
-                        })?;
-                out.push(VerifyRow {
-                    event: EventRow {
-                        position: row.try_get(0)?,
-                        id: row.try_get(1)?,
-                        stream_id: row.try_get(2)?,
-                        version: row.try_get(3)?,
-                        event_type: row.try_get(4)?,
-                        schema_version: row.try_get(5)?,
-                        payload: row.try_get(6)?,
-                        metadata: row.try_get(7)?,
-                        recorded_at,
-                    },
-                    chain_hash: row.try_get(9)?,
-                });
-            }
-        }
-    }
-    Ok(out)
+    let rows = match backend {
+        Backend::Postgres(store) => store.scan_with_chain(after, limit).await?,
+        Backend::Sqlite(store) => store.scan_with_chain(after, limit).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(event, chain_hash)| VerifyRow { event, chain_hash })
+        .collect())
 }
 
 /// Compares a finished seal with what was stored.

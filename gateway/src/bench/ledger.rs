@@ -703,7 +703,7 @@ impl Target {
             } else {
                 (None, None)
             };
-        Ok(json!({ "payload": payload, "metadata": metadata, "hashes": 64 }))
+        Ok(json!({ "payload": payload, "metadata": metadata, "chain_hash": 32 }))
     }
 }
 
