@@ -3,6 +3,7 @@
 //! past this module the store trusts its types.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -16,9 +17,10 @@ use crate::limits::{
 };
 
 /// The name of a stream: one aggregate instance, e.g. `subscription-0191…`.
+/// Shared text, so the many events of one stream clone it without allocating.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct StreamId(String);
+pub struct StreamId(Arc<str>);
 
 impl StreamId {
     /// Accepts 1 to [`STREAM_ID_BYTES_MAX`] bytes of text without control characters.
@@ -40,7 +42,7 @@ impl StreamId {
                 reason: "holds control characters",
             });
         }
-        Ok(Self(value))
+        Ok(Self(value.into()))
     }
 
     /// The id as text.
@@ -50,7 +52,7 @@ impl StreamId {
 
     /// The part before the first `-`: the aggregate kind, used to route events.
     pub fn category(&self) -> &str {
-        self.0.split_once('-').map_or(&self.0, |(head, _)| head)
+        self.0.split_once('-').map_or(&*self.0, |(head, _)| head)
     }
 }
 
