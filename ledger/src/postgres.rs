@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use crate::envelope::{Position, RecordedEvent, StreamId};
 use crate::error::{LedgerError, from_sqlx};
 use crate::hash::{self, Hash};
-use crate::limits::COMMIT_ATTEMPTS_MAX;
+use crate::limits::{COMMIT_ATTEMPTS_MAX, READ_PAGE_EVENTS_MAX};
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
 use crate::store::{
@@ -428,16 +428,16 @@ impl PgStore {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Rows are decoded as they arrive, while the server is still sending the page.
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(after))
             .bind(to_i64(up_to))
             .bind(to_i64(limit as u64))
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch(&self.pool);
         let mut decoder = RowDecoder::default();
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            events.push(decoder.decode(event_row(row)?)?);
+        let mut events = Vec::with_capacity(limit.min(READ_PAGE_EVENTS_MAX));
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            events.push(decoder.decode(event_row(&row?)?)?);
         }
         Ok(events)
     }

@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use crate::envelope::{Position, RecordedEvent, StreamId};
 use crate::error::LedgerError;
 use crate::hash::{self, Hash};
+use crate::limits::READ_PAGE_EVENTS_MAX;
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
 use crate::store::{
@@ -135,16 +136,16 @@ impl SqliteStore {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // Rows are decoded as they arrive from SQLite's worker thread.
+        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(after))
             .bind(to_i64(up_to))
             .bind(to_i64(limit as u64))
-            .fetch_all(&self.readers)
-            .await?;
+            .fetch(&self.readers);
         let mut decoder = RowDecoder::default();
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            events.push(decoder.decode(event_row(row)?)?);
+        let mut events = Vec::with_capacity(limit.min(READ_PAGE_EVENTS_MAX));
+        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+            events.push(decoder.decode(event_row(&row?)?)?);
         }
         Ok(events)
     }

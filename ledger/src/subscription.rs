@@ -29,17 +29,23 @@ async fn read_ahead(
     pages: mpsc::Sender<Page>,
 ) {
     let poll = Duration::from_millis(ledger.config().poll_interval_ms.max(1));
+    // The horizon last seen; while released events lie ahead, pages need no new probe.
+    let mut known: Option<u64> = None;
     loop {
         // Registered before reading, so a commit that lands meanwhile still wakes us.
         let committed = ledger.committed().clone();
         let notified = committed.notified();
-        let (released, allocated) = match ledger.release_status().await {
-            Ok(status) => status,
-            Err(error) => {
-                let _ = pages.send(Err(error)).await;
-                return;
-            }
+        let (released, allocated) = match known {
+            Some(released) if after.0 < released => (released, released),
+            _ => match ledger.release_status().await {
+                Ok(status) => status,
+                Err(error) => {
+                    let _ = pages.send(Err(error)).await;
+                    return;
+                }
+            },
         };
+        known = Some(released);
         let up_to = end.map_or(released, |end| end.0.min(released));
         match ledger
             .read_released(after, up_to, SUBSCRIPTION_PAGE_EVENTS)
@@ -52,7 +58,8 @@ async fn read_ahead(
                 }
                 continue;
             }
-            Ok(_) => {}
+            // Only holes up to the horizon: look at the horizon again after waiting.
+            Ok(_) => known = None,
             Err(error) => {
                 let _ = pages.send(Err(error)).await;
                 return;
