@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::envelope::{
@@ -215,7 +215,6 @@ impl Ledger {
                 (Backend::Sqlite(SqliteStore::open(path, &config).await?), 1)
             };
         let (queue, receiver) = mpsc::channel(APPENDS_PER_COMMIT_MAX * 4);
-        let receiver = Arc::new(Mutex::new(receiver));
         let preparing = Arc::new(AtomicUsize::new(0));
         tokio::spawn(run_committer(
             backend.clone(),
@@ -476,7 +475,7 @@ async fn seal_periodically(inner: std::sync::Weak<Inner>, period: Duration) {
     }
 }
 
-/// Most times a committer yields to let callers that are preparing appends join its batch.
+/// Most times the committer yields to let callers that are preparing appends join its batch.
 const GATHER_YIELDS_MAX: usize = 16;
 
 /// Takes every append waiting in the queue (up to the limits) as one batch.
@@ -486,10 +485,9 @@ const GATHER_YIELDS_MAX: usize = 16;
 /// while yielding still brings new ones) fills the batch, and one commit then
 /// carries them all.
 async fn next_batch(
-    receiver: &Mutex<mpsc::Receiver<PendingAppend>>,
+    receiver: &mut mpsc::Receiver<PendingAppend>,
     preparing: &AtomicUsize,
 ) -> Option<Vec<PendingAppend>> {
-    let mut receiver = receiver.lock().await;
     let first = receiver.recv().await?;
     let mut events = first.events.len();
     let mut batch = vec![first];
@@ -524,7 +522,7 @@ const PARALLEL_COMMIT_EVENTS_MIN: usize = 32;
 /// `slots` commits in flight, until the store closes.
 async fn run_committer(
     backend: Backend,
-    receiver: Arc<Mutex<mpsc::Receiver<PendingAppend>>>,
+    mut receiver: mpsc::Receiver<PendingAppend>,
     committed: Arc<Notify>,
     preparing: Arc<AtomicUsize>,
     slots: usize,
@@ -534,7 +532,7 @@ async fn run_committer(
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let Some(mut batch) = next_batch(&receiver, &preparing).await else {
+        let Some(mut batch) = next_batch(&mut receiver, &preparing).await else {
             return;
         };
         // Stream order: concurrent batches then take index locks in the same order.
