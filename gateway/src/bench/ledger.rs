@@ -765,10 +765,19 @@ async fn recur_writer(
     Ok(conflicts)
 }
 
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .is_some_and(|e| e.is_unique_violation())
+/// 1 for a unique violation (the section 6 baseline's conflict), 0 for success.
+fn conflict_or_error<T>(result: Result<T, sqlx::Error>) -> Result<u64, BenchError> {
+    match result {
+        Ok(_) => Ok(0),
+        Err(error)
+            if error
+                .as_database_error()
+                .is_some_and(|e| e.is_unique_violation()) =>
+        {
+            Ok(1)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// One writer of the raw baseline: section 6's statements, autocommit.
@@ -800,11 +809,7 @@ async fn raw_writer(
                             .bind(sqlx::types::Json(event))
                             .execute(&mut *conn)
                             .await;
-                            match result {
-                                Ok(_) => {}
-                                Err(error) if is_unique_violation(&error) => conflicts += 1,
-                                Err(error) => return Err(error.into()),
-                            }
+                            conflicts += conflict_or_error(result)?;
                         }
                     }
                 }
@@ -827,11 +832,7 @@ async fn raw_writer(
                         .bind(&payloads)
                         .execute(&mut *conn)
                         .await;
-                        match result {
-                            Ok(_) => {}
-                            Err(error) if is_unique_violation(&error) => conflicts += 1,
-                            Err(error) => return Err(error.into()),
-                        }
+                        conflicts += conflict_or_error(result)?;
                     }
                 }
             }
@@ -853,11 +854,7 @@ async fn raw_writer(
                                     .bind(payload)
                                     .execute(&mut *conn)
                                     .await;
-                            match result {
-                                Ok(_) => {}
-                                Err(error) if is_unique_violation(&error) => conflicts += 1,
-                                Err(error) => return Err(error.into()),
-                            }
+                            conflicts += conflict_or_error(result)?;
                         }
                     }
                 }
@@ -886,11 +883,7 @@ async fn raw_writer(
                             .push_bind(event.event_type.clone())
                             .push_bind(payload);
                         });
-                        match query.build().execute(&mut *conn).await {
-                            Ok(_) => {}
-                            Err(error) if is_unique_violation(&error) => conflicts += 1,
-                            Err(error) => return Err(error.into()),
-                        }
+                        conflicts += conflict_or_error(query.build().execute(&mut *conn).await)?;
                     }
                 }
             }
