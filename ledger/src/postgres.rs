@@ -335,7 +335,7 @@ impl PgStore {
                 version.push(to_i64(first_version + offset));
                 event_type.push(event.event_type.as_str());
                 schema.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
-                payload.push(event.payload.as_str());
+                payload.push(event.payload.get());
                 metadata.push(event.metadata.as_str());
                 recorded.push(event.recorded_at);
                 chain_hash.push(&link[..]);

@@ -290,7 +290,7 @@ async fn insert(
                 .push_bind(to_i64(version))
                 .push_bind(event.event_type.as_str())
                 .push_bind(i64::from(event.schema_version))
-                .push_bind(event.payload.as_str())
+                .push_bind(event.payload.get())
                 .push_bind(event.metadata.as_str())
                 .push_bind(hash::unix_micros(event.recorded_at))
                 .push_bind(&link[..]);

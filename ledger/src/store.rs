@@ -10,7 +10,8 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::clock::Clock;
 use crate::envelope::{
-    Appended, ExpectedVersion, IdempotencyKey, NewEvent, Position, RecordedEvent, StreamId,
+    Appended, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Position, RecordedEvent,
+    StreamId,
 };
 use crate::error::LedgerError;
 use crate::hash::{self, Hash};
@@ -69,7 +70,7 @@ pub(crate) struct PreparedEvent {
     pub id: uuid::Uuid,
     pub event_type: String,
     pub schema_version: u32,
-    pub payload: String,
+    pub payload: Box<serde_json::value::RawValue>,
     pub metadata: String,
     pub recorded_at: OffsetDateTime,
     pub content_hash: Hash,
@@ -281,15 +282,23 @@ impl Ledger {
         }
         let recorded_at = hash::truncate_to_micros(self.inner.clock.now());
         let mut prepared = Vec::with_capacity(events.len());
+        // Events of one command usually share their metadata: serialise it once.
+        let mut previous: Option<(Metadata, String)> = None;
         for event in events {
-            let metadata = event.metadata_json()?;
-            let payload = event.payload.get().to_owned();
+            let metadata = match &previous {
+                Some((same, json)) if *same == event.metadata => json.clone(),
+                _ => {
+                    let json = event.metadata_json()?;
+                    previous = Some((event.metadata.clone(), json.clone()));
+                    json
+                }
+            };
             let content_hash = hash::content_hash(&hash::Content {
                 id: &event.id.0,
                 stream_id: stream.as_str(),
                 event_type: &event.event_type,
                 schema_version: event.schema_version,
-                payload: &payload,
+                payload: event.payload.get(),
                 metadata: &metadata,
                 recorded_at,
             });
@@ -297,7 +306,7 @@ impl Ledger {
                 id: event.id.0,
                 event_type: event.event_type,
                 schema_version: event.schema_version,
-                payload,
+                payload: event.payload,
                 metadata,
                 recorded_at,
                 content_hash,
