@@ -12,11 +12,11 @@ use tokio::sync::Mutex;
 use crate::envelope::{Position, RecordedEvent, StreamId};
 use crate::error::{LedgerError, from_sqlx};
 use crate::hash::{self, Hash};
-use crate::limits::{COMMIT_ATTEMPTS_MAX, READ_PAGE_EVENTS_MAX};
+use crate::limits::COMMIT_ATTEMPTS_MAX;
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
 use crate::store::{
-    AppendOutcome, EventRow, LedgerConfig, PendingAppend, RowDecoder, to_i64, to_u64,
+    AppendOutcome, EventRow, LedgerConfig, PendingAppend, decode_rows, to_i64, to_u64,
 };
 
 /// Stream heads kept in memory; past this the cache starts over.
@@ -402,12 +402,8 @@ impl PgStore {
             .bind(stream.as_str())
             .bind(to_i64(from_version))
             .bind(to_i64(limit as u64))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut decoder = RowDecoder::default();
-        rows.iter()
-            .map(|row| decoder.decode(event_row(row)?))
-            .collect()
+            .fetch(&self.pool);
+        decode_rows(rows, limit, event_row).await
     }
 
     pub(crate) async fn stream_version(&self, stream: &StreamId) -> Result<u64, LedgerError> {
@@ -428,18 +424,12 @@ impl PgStore {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3"
         );
-        // Rows are decoded as they arrive, while the server is still sending the page.
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(after))
             .bind(to_i64(up_to))
             .bind(to_i64(limit as u64))
             .fetch(&self.pool);
-        let mut decoder = RowDecoder::default();
-        let mut events = Vec::with_capacity(limit.min(READ_PAGE_EVENTS_MAX));
-        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-            events.push(decoder.decode(event_row(&row?)?)?);
-        }
-        Ok(events)
+        decode_rows(rows, limit, event_row).await
     }
 
     /// Every committed event after `after` with its stored chain hash, for verification.

@@ -13,11 +13,11 @@ use time::OffsetDateTime;
 use crate::envelope::{Position, RecordedEvent, StreamId};
 use crate::error::LedgerError;
 use crate::hash::{self, Hash};
-use crate::limits::READ_PAGE_EVENTS_MAX;
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
 use crate::store::{
-    AppendOutcome, EventRow, LedgerConfig, PendingAppend, PreparedEvent, RowDecoder, to_i64, to_u64,
+    AppendOutcome, EventRow, LedgerConfig, PendingAppend, PreparedEvent, decode_rows, to_i64,
+    to_u64,
 };
 
 /// A SQLite-backed store.
@@ -110,12 +110,8 @@ impl SqliteStore {
             .bind(stream.as_str())
             .bind(to_i64(from_version))
             .bind(to_i64(limit as u64))
-            .fetch_all(&self.readers)
-            .await?;
-        let mut decoder = RowDecoder::default();
-        rows.iter()
-            .map(|row| decoder.decode(event_row(row)?))
-            .collect()
+            .fetch(&self.readers);
+        decode_rows(rows, limit, event_row).await
     }
 
     pub(crate) async fn stream_version(&self, stream: &StreamId) -> Result<u64, LedgerError> {
@@ -136,18 +132,12 @@ impl SqliteStore {
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
         );
-        // Rows are decoded as they arrive from SQLite's worker thread.
-        let mut rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to_i64(after))
             .bind(to_i64(up_to))
             .bind(to_i64(limit as u64))
             .fetch(&self.readers);
-        let mut decoder = RowDecoder::default();
-        let mut events = Vec::with_capacity(limit.min(READ_PAGE_EVENTS_MAX));
-        while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
-            events.push(decoder.decode(event_row(&row?)?)?);
-        }
-        Ok(events)
+        decode_rows(rows, limit, event_row).await
     }
 
     /// Every committed event after `after` with its stored chain hash, for verification.

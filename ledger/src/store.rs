@@ -594,17 +594,38 @@ pub(crate) struct EventRow {
     pub recorded_at: OffsetDateTime,
 }
 
+/// Decodes rows into envelopes as they arrive from the database, rather than after
+/// the whole page: the server is still sending while the first rows are decoded.
+pub(crate) async fn decode_rows<R, S, E>(
+    mut rows: S,
+    capacity: usize,
+    to_row: impl Fn(&R) -> Result<EventRow, E>,
+) -> Result<Vec<RecordedEvent>, LedgerError>
+where
+    S: futures_core::Stream<Item = Result<R, sqlx::Error>> + Unpin,
+    LedgerError: From<E>,
+{
+    let mut decoder = RowDecoder::default();
+    let mut events = Vec::with_capacity(capacity.min(READ_PAGE_EVENTS_MAX));
+    while let Some(row) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut rows).poll_next(cx)).await
+    {
+        events.push(decoder.decode(to_row(&row?)?)?);
+    }
+    Ok(events)
+}
+
 /// Turns stored rows into envelopes. Consecutive events mostly share their
 /// metadata and often their stream, so each is parsed once per run, not per row.
 #[derive(Debug, Default)]
-pub(crate) struct RowDecoder {
+struct RowDecoder {
     metadata: Option<(String, crate::envelope::Metadata)>,
     stream: Option<StreamId>,
 }
 
 impl RowDecoder {
     /// Checks the stored values and builds the envelope.
-    pub(crate) fn decode(&mut self, row: EventRow) -> Result<RecordedEvent, LedgerError> {
+    fn decode(&mut self, row: EventRow) -> Result<RecordedEvent, LedgerError> {
         let position = u64::try_from(row.position)
             .map_err(|_| LedgerError::Integrity(format!("negative position {}", row.position)))?;
         let metadata = match &self.metadata {

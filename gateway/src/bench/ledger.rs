@@ -423,11 +423,7 @@ impl Target {
                 config.committers = *committers;
                 let ledger = Ledger::open(config, clock).await?;
                 if let Some(pool) = ledger.raw_postgres() {
-                    // Open every connection before the timer, as the workload requires.
-                    let mut held = Vec::new();
-                    for _ in 0..pool.options().get_max_connections() {
-                        held.push(pool.acquire().await?);
-                    }
+                    open_every_connection(pool).await?;
                 }
                 *recur = Some(ledger.clone());
                 ledger
@@ -435,9 +431,7 @@ impl Target {
             Self::Sqlite { dir, recur, .. } => {
                 *recur = None;
                 let path = dir.join("recur-bench.sqlite");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
+                remove_sqlite_files(&path);
                 let ledger = Ledger::open(
                     LedgerConfig::new(format!("sqlite:{}", path.display())),
                     clock,
@@ -512,10 +506,7 @@ impl Target {
                 )
                 .execute(&pool)
                 .await?;
-                let mut held = Vec::new();
-                for _ in 0..WRITERS {
-                    held.push(pool.acquire().await?);
-                }
+                open_every_connection(&pool).await?;
                 Ok(RawStore::Postgres(pool))
             }
             Self::Sqlite { dir, raw, .. } => {
@@ -523,9 +514,7 @@ impl Target {
                     pool.close().await;
                 }
                 let path = dir.join("raw-bench.sqlite");
-                for suffix in ["", "-wal", "-shm"] {
-                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-                }
+                remove_sqlite_files(&path);
                 let options = SqliteConnectOptions::new()
                     .filename(&path)
                     .create_if_missing(true)
@@ -547,11 +536,7 @@ impl Target {
                 )
                 .execute(&pool)
                 .await?;
-                let mut held = Vec::new();
-                for _ in 0..WRITERS {
-                    held.push(pool.acquire().await?);
-                }
-                drop(held);
+                open_every_connection(&pool).await?;
                 *raw = Some(pool.clone());
                 Ok(RawStore::Sqlite(pool))
             }
@@ -704,6 +689,25 @@ impl Target {
                 (None, None)
             };
         Ok(json!({ "payload": payload, "metadata": metadata, "chain_hash": 32 }))
+    }
+}
+
+/// Opens every connection of `pool` before the timer starts, as the workload requires.
+async fn open_every_connection<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+) -> Result<(), sqlx::Error> {
+    let mut held = Vec::new();
+    for _ in 0..pool.options().get_max_connections() {
+        held.push(pool.acquire().await?);
+    }
+    Ok(())
+}
+
+/// Removes a SQLite database and its WAL files, so a run starts empty.
+fn remove_sqlite_files(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        // A file that is not there is already what we want.
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
 
