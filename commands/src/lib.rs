@@ -1,7 +1,40 @@
-//! Recur's billing domain (next issue): the catalog, customers, subscriptions,
-//! invoices, payments, coupons, tax and double-entry postings as pure aggregates
-//! (`decide(state, command) -> events`, `evolve(state, event) -> state`), and the
-//! handlers and process managers (billing clock scheduler, dunning, webhook
-//! translator) that load a stream from the ledger, decide and append.
+//! Recur's billing domain.
 //!
-//! Nothing lives here yet; the ledger it will stand on is `recur-ledger`.
+//! Aggregates are pure — `decide(state, command) -> events`, `evolve(state, event)`:
+//! - [`customer`]: segment, tax location, card on file (tokens only), credit balance;
+//!   contact details apart, for erasure.
+//! - [`subscription`]: trials, renewals, prorated plan changes, cancel, pause.
+//! - [`invoice`]: lines, discounts, tax, payment attempts, credit notes, refunds,
+//!   revenue recognition; every financial event carries balanced [`postings`].
+//! - [`coupon`]: percent or amount off, once / repeating / forever, limits.
+//!
+//! Around them: the [`catalog`] (plans and immutable prices from TOML), [`tax`]
+//! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
+//! the simulated gateway, and at the edge the [`billing`] service (load, decide,
+//! append, follow up across aggregates) and the [`scheduler`] that the billing
+//! clock drives.
+
+pub mod aggregate;
+pub mod billing;
+pub mod catalog;
+pub mod coupon;
+pub mod customer;
+pub mod dunning;
+pub mod error;
+pub mod ids;
+pub mod invoice;
+pub mod payment;
+pub mod period;
+pub mod postings;
+mod repository;
+pub mod scheduler;
+pub mod subscription;
+pub mod tax;
+
+pub use aggregate::{Aggregate, DomainEvent};
+pub use billing::Billing;
+pub use catalog::Catalog;
+pub use error::{BillingError, DomainError};
+pub use ids::{CouponCode, CustomerId, InvoiceId, SubscriptionId};
+pub use payment::{PaymentGateway, SimulatedGateway};
+pub use scheduler::Scheduler;

@@ -373,6 +373,9 @@ const fn check_currency_table(table: &[CurrencyEntry]) {
     }
 }
 
+/// The table row behind [`Currency::USD`].
+const USD_ENTRY: CurrencyEntry = entry("USD", 2);
+
 /// An active ISO 4217 currency; a cheap `Copy` handle into a static table.
 ///
 /// Only [`Currency::parse`] (and `FromStr`/serde, which call it) creates one,
@@ -381,6 +384,9 @@ const fn check_currency_table(table: &[CurrencyEntry]) {
 pub struct Currency(&'static CurrencyEntry);
 
 impl Currency {
+    /// The US dollar, the currency of the default catalog.
+    pub const USD: Currency = Currency(&USD_ENTRY);
+
     /// Looks up an exact, uppercase, three-letter ISO 4217 code.
     ///
     /// # Errors

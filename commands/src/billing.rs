@@ -1,0 +1,1099 @@
+//! The billing service: each operation loads the aggregates it needs, decides,
+//! appends, and carries the follow-ups across aggregates (draft → finalize →
+//! charge → settle) in an order that a crash at any point can resume without
+//! charging or billing twice.
+
+use std::sync::Arc;
+
+use recur_ledger::{
+    ExpectedVersion, Ledger, LedgerError, Metadata, Money, NewEvent, Source, StreamId,
+};
+use time::OffsetDateTime;
+
+use crate::aggregate::Aggregate;
+use crate::catalog::{Billing as PriceBilling, Catalog, Price};
+use crate::coupon::{AppliedDiscount, Coupon, CouponCommand, CouponDuration, Discount};
+use crate::customer::{Contact, ContactDetails, Customer, CustomerCommand, PaymentMethod, Segment};
+use crate::dunning::RetryPolicy;
+use crate::error::{BillingError, DomainError};
+use crate::ids::{CouponCode, CustomerId, InvoiceId, SubscriptionId};
+use crate::invoice::{
+    BillingReason, ChargeOutcome, Invoice, InvoiceCommand, InvoiceRequest, InvoiceStatus, Line,
+    LineKind, compute_totals,
+};
+use crate::payment::{ChargeRequest, PaymentGateway, RefundRequest};
+use crate::repository::{Executed, Repository, decode};
+use crate::subscription::{
+    CancelReason, Subscription, SubscriptionCommand, SubscriptionStatus, Timing,
+};
+use crate::tax::TaxLocation;
+
+/// Periods one subscription may be advanced by in one call (a clock jumped far ahead).
+pub const PERIODS_PER_ADVANCE_MAX: u32 = 1_000;
+
+/// A new customer.
+#[derive(Clone, Debug, Default)]
+pub struct NewCustomer {
+    /// Dunning segment.
+    pub segment: Segment,
+    /// Where it is taxed.
+    pub tax_location: Option<TaxLocation>,
+    /// Name and email, kept apart from the books.
+    pub contact: Option<ContactDetails>,
+}
+
+/// Which trial a new subscription gets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Trial {
+    /// The plan's trial.
+    #[default]
+    PlanDefault,
+    /// None: bill now.
+    Skip,
+    /// This many days.
+    Days(u32),
+}
+
+/// A new subscription.
+#[derive(Clone, Debug)]
+pub struct NewSubscription {
+    /// The customer.
+    pub customer_id: CustomerId,
+    /// The plan.
+    pub plan_id: String,
+    /// A specific price of the plan; the plan's current price when absent.
+    pub price_id: Option<String>,
+    /// Units.
+    pub quantity: u32,
+    /// Trial.
+    pub trial: Trial,
+    /// A coupon to redeem.
+    pub coupon: Option<CouponCode>,
+}
+
+/// A change of plan, price or quantity.
+#[derive(Clone, Debug)]
+pub struct PlanChange {
+    /// The new plan.
+    pub plan_id: String,
+    /// A specific price of it (a migration); the plan's current price when absent.
+    pub price_id: Option<String>,
+    /// The new quantity; unchanged when absent.
+    pub quantity: Option<u32>,
+    /// Now (prorated) or at period end.
+    pub timing: Timing,
+}
+
+/// A new coupon.
+#[derive(Clone, Debug)]
+pub struct NewCoupon {
+    /// Code.
+    pub code: CouponCode,
+    /// What it takes off.
+    pub discount: Discount,
+    /// How long.
+    pub duration: CouponDuration,
+    /// Redemption limit.
+    pub max_redemptions: Option<u32>,
+    /// Redemption deadline.
+    pub redeem_by: Option<OffsetDateTime>,
+}
+
+/// The billing service.
+pub struct Billing {
+    repo: Repository,
+    catalog: Arc<Catalog>,
+    gateway: Arc<dyn PaymentGateway>,
+    retry: RetryPolicy,
+}
+
+fn metadata(source: Source) -> Metadata {
+    Metadata {
+        source,
+        actor: (source == Source::Scheduler).then(|| "scheduler".to_owned()),
+        ..Metadata::default()
+    }
+}
+
+impl Billing {
+    /// Opens the service: records each catalog price in the ledger the first time
+    /// it is seen, and refuses to start when a recorded price's terms were edited.
+    ///
+    /// # Errors
+    /// [`BillingError::Catalog`] for an edited price; ledger errors.
+    pub async fn open(
+        ledger: Ledger,
+        catalog: Catalog,
+        gateway: Arc<dyn PaymentGateway>,
+    ) -> Result<Self, BillingError> {
+        for price in catalog.prices() {
+            publish_price(&ledger, price).await?;
+        }
+        Ok(Self {
+            repo: Repository::new(ledger),
+            catalog: Arc::new(catalog),
+            gateway,
+            retry: RetryPolicy::default(),
+        })
+    }
+
+    /// The ledger underneath.
+    pub fn ledger(&self) -> &Ledger {
+        self.repo.ledger()
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The retry policy.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.repo.ledger().clock().now()
+    }
+
+    // ---- reads ---------------------------------------------------------------
+
+    /// A customer's state.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn customer(&self, id: CustomerId) -> Result<Customer, BillingError> {
+        let (state, _) = self.repo.load::<Customer>(&id.stream()?).await?;
+        if state.id.is_none() {
+            return Err(not_found("customer", id));
+        }
+        Ok(state)
+    }
+
+    /// A subscription's state.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn subscription(&self, id: SubscriptionId) -> Result<Subscription, BillingError> {
+        let (state, _) = self.repo.load::<Subscription>(&id.stream()?).await?;
+        if state.id.is_none() {
+            return Err(not_found("subscription", id));
+        }
+        Ok(state)
+    }
+
+    /// An invoice's state.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn invoice(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
+        let (state, _) = self.repo.load::<Invoice>(&id.stream()?).await?;
+        if state.id.is_none() {
+            return Err(not_found("invoice", id));
+        }
+        Ok(state)
+    }
+
+    /// A customer's contact details.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn contact(&self, id: CustomerId) -> Result<Option<ContactDetails>, BillingError> {
+        let (state, _) = self.repo.load::<Contact>(&contact_stream(id)?).await?;
+        Ok(state.details)
+    }
+
+    // ---- customers and coupons -------------------------------------------
+
+    /// Creates a customer (and its contact details, in their own stream).
+    ///
+    /// # Errors
+    /// Invalid contact details; ledger errors.
+    pub async fn create_customer(&self, new: NewCustomer) -> Result<CustomerId, BillingError> {
+        if let Some(contact) = &new.contact {
+            contact.validate()?;
+        }
+        let now = self.now();
+        let id = CustomerId::new_at(now);
+        let meta = metadata(Source::Api);
+        self.repo
+            .execute::<Customer, _>(&id.stream()?, &meta, |_| {
+                Ok(CustomerCommand::Create {
+                    id,
+                    segment: new.segment,
+                    tax_location: new.tax_location.clone(),
+                    now,
+                })
+            })
+            .await?;
+        if let Some(contact) = new.contact {
+            self.repo
+                .execute::<Contact, _>(&contact_stream(id)?, &meta, |_| Ok(contact.clone()))
+                .await?;
+        }
+        Ok(id)
+    }
+
+    /// Replaces a customer's contact details.
+    ///
+    /// # Errors
+    /// Unknown customer, invalid details; ledger errors.
+    pub async fn update_contact(
+        &self,
+        id: CustomerId,
+        details: ContactDetails,
+    ) -> Result<(), BillingError> {
+        self.customer(id).await?;
+        self.repo
+            .execute::<Contact, _>(&contact_stream(id)?, &metadata(Source::Api), |_| {
+                Ok(details.clone())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn customer_command(
+        &self,
+        id: CustomerId,
+        source: Source,
+        command: impl Fn(&Customer) -> CustomerCommand,
+    ) -> Result<Executed<Customer>, BillingError> {
+        self.repo
+            .execute::<Customer, _>(&id.stream()?, &metadata(source), |state| {
+                if state.id.is_none() {
+                    return Err(not_found_domain("customer", id));
+                }
+                Ok(command(state))
+            })
+            .await
+    }
+
+    /// Puts a card on file (token, brand, last4, expiry), replacing any other.
+    ///
+    /// # Errors
+    /// A card number anywhere, a malformed or expired card, unknown customer.
+    pub async fn attach_payment_method(
+        &self,
+        id: CustomerId,
+        method: PaymentMethod,
+    ) -> Result<(), BillingError> {
+        let now = self.now();
+        method.validate(now)?;
+        self.customer_command(id, Source::Api, |_| CustomerCommand::AttachPaymentMethod {
+            method: method.clone(),
+            now,
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Removes the card on file.
+    ///
+    /// # Errors
+    /// Unknown customer.
+    pub async fn detach_payment_method(&self, id: CustomerId) -> Result<(), BillingError> {
+        self.customer_command(id, Source::Api, |_| CustomerCommand::DetachPaymentMethod)
+            .await?;
+        Ok(())
+    }
+
+    /// Sets where the customer is taxed.
+    ///
+    /// # Errors
+    /// Unknown customer.
+    pub async fn set_tax_location(
+        &self,
+        id: CustomerId,
+        location: TaxLocation,
+    ) -> Result<(), BillingError> {
+        self.customer_command(id, Source::Api, |_| {
+            CustomerCommand::SetTaxLocation(location.clone())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Sets the dunning segment.
+    ///
+    /// # Errors
+    /// Unknown customer.
+    pub async fn set_segment(&self, id: CustomerId, segment: Segment) -> Result<(), BillingError> {
+        self.customer_command(id, Source::Api, |_| CustomerCommand::SetSegment(segment))
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a coupon.
+    ///
+    /// # Errors
+    /// Invalid terms, an existing code.
+    pub async fn create_coupon(&self, new: NewCoupon) -> Result<(), BillingError> {
+        self.repo
+            .execute::<Coupon, _>(&new.code.stream()?, &metadata(Source::Api), |_| {
+                Ok(CouponCommand::Create {
+                    code: new.code.clone(),
+                    discount: new.discount,
+                    duration: new.duration,
+                    max_redemptions: new.max_redemptions,
+                    redeem_by: new.redeem_by,
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Checks that `code` can be redeemed by `redeemer` now, without redeeming it.
+    async fn coupon_for(
+        &self,
+        code: &CouponCode,
+        redeemer: &str,
+    ) -> Result<AppliedDiscount, BillingError> {
+        let now = self.now();
+        let (coupon, _) = self.repo.load::<Coupon>(&code.stream()?).await?;
+        coupon
+            .decide(CouponCommand::Redeem {
+                redeemer: redeemer.to_owned(),
+                now,
+            })
+            .map_err(|e| match e {
+                DomainError::NotFound { kind, .. } => DomainError::NotFound {
+                    kind,
+                    id: code.to_string(),
+                },
+                other => other,
+            })?;
+        coupon
+            .applied(now)
+            .ok_or_else(|| not_found_domain("coupon", code).into())
+    }
+
+    async fn redeem(&self, code: &CouponCode, redeemer: String) -> Result<(), BillingError> {
+        let now = self.now();
+        self.repo
+            .execute::<Coupon, _>(&code.stream()?, &metadata(Source::Api), |_| {
+                Ok(CouponCommand::Redeem {
+                    redeemer: redeemer.clone(),
+                    now,
+                })
+            })
+            .await?;
+        Ok(())
+    }
+
+    // ---- subscriptions ---------------------------------------------------------
+
+    fn price_of(&self, plan_id: &str, price_id: Option<&str>) -> Result<Price, DomainError> {
+        self.catalog.plan(plan_id)?;
+        let price = match price_id {
+            Some(id) => self.catalog.price(id)?,
+            None => self.catalog.current_price(plan_id)?,
+        };
+        if price.plan_id != plan_id {
+            return Err(DomainError::UnknownPrice(format!(
+                "{} (of plan {plan_id})",
+                price.id
+            )));
+        }
+        Ok(price.clone())
+    }
+
+    /// Starts a subscription; without a trial, bills and charges the first period now.
+    /// Bad input (unknown plan or customer, bad quantity, an expired or used-up
+    /// coupon, a currency mismatch) writes nothing.
+    ///
+    /// # Errors
+    /// [`DomainError`]s as above; ledger errors.
+    pub async fn subscribe(&self, new: NewSubscription) -> Result<SubscriptionId, BillingError> {
+        let now = self.now();
+        let price = self.price_of(&new.plan_id, new.price_id.as_deref())?;
+        self.customer(new.customer_id).await?;
+        let trial_days = match new.trial {
+            Trial::PlanDefault => self.catalog.plan(&new.plan_id)?.trial_days,
+            Trial::Skip => 0,
+            Trial::Days(days) => days.min(crate::catalog::TRIAL_DAYS_MAX),
+        };
+        let id = SubscriptionId::new_at(now);
+        let discount = match &new.coupon {
+            Some(code) => Some(self.coupon_for(code, &id.to_string()).await?),
+            None => None,
+        };
+        let start = SubscriptionCommand::Start {
+            id,
+            customer_id: new.customer_id,
+            price,
+            quantity: new.quantity,
+            trial_days,
+            discount,
+            invoice_id: InvoiceId::new_at(now),
+            now,
+        };
+        // Decide once without writing, so a refusal leaves the coupon unredeemed.
+        Subscription::default().decide(start.clone())?;
+        if let Some(code) = &new.coupon {
+            self.redeem(code, id.to_string()).await?;
+        }
+        let executed =
+            self.repo
+                .execute::<Subscription, _>(&id.stream()?, &metadata(Source::Api), |_| {
+                    Ok(start.clone())
+                })
+                .await?;
+        self.follow_up(&executed, Source::Api).await?;
+        Ok(id)
+    }
+
+    async fn subscription_command(
+        &self,
+        id: SubscriptionId,
+        source: Source,
+        command: impl Fn(&Subscription) -> SubscriptionCommand,
+    ) -> Result<Executed<Subscription>, BillingError> {
+        self.repo
+            .execute::<Subscription, _>(&id.stream()?, &metadata(source), |state| {
+                if state.id.is_none() {
+                    return Err(not_found_domain("subscription", id));
+                }
+                Ok(command(state))
+            })
+            .await
+    }
+
+    /// A subscription command followed by the billing its events ask for.
+    async fn subscription_change(
+        &self,
+        id: SubscriptionId,
+        source: Source,
+        command: impl Fn(&Subscription) -> SubscriptionCommand,
+    ) -> Result<Executed<Subscription>, BillingError> {
+        let executed = self.subscription_command(id, source, command).await?;
+        self.follow_up(&executed, source).await?;
+        Ok(executed)
+    }
+
+    /// Changes plan, price or quantity: now (prorated to the second and invoiced
+    /// now) or at period end.
+    ///
+    /// # Errors
+    /// Unknown plan or price, a canceled or paused subscription, currency mismatch.
+    pub async fn change_plan(
+        &self,
+        id: SubscriptionId,
+        change: PlanChange,
+    ) -> Result<Subscription, BillingError> {
+        let price = self.price_of(&change.plan_id, change.price_id.as_deref())?;
+        let now = self.now();
+        let executed = self
+            .subscription_change(id, Source::Api, |state| SubscriptionCommand::ChangePrice {
+                price: price.clone(),
+                quantity: change.quantity.unwrap_or(state.quantity),
+                timing: change.timing,
+                invoice_id: InvoiceId::new_at(now),
+                now,
+            })
+            .await?;
+        Ok(executed.state)
+    }
+
+    /// Cancels now or at period end.
+    ///
+    /// # Errors
+    /// An already canceled subscription.
+    pub async fn cancel(
+        &self,
+        id: SubscriptionId,
+        timing: Timing,
+    ) -> Result<Subscription, BillingError> {
+        let now = self.now();
+        Ok(self
+            .subscription_change(id, Source::Api, |_| SubscriptionCommand::Cancel {
+                timing,
+                reason: CancelReason::Requested,
+                now,
+            })
+            .await?
+            .state)
+    }
+
+    /// Undoes a cancellation scheduled for period end.
+    ///
+    /// # Errors
+    /// A canceled subscription.
+    pub async fn undo_cancellation(
+        &self,
+        id: SubscriptionId,
+    ) -> Result<Subscription, BillingError> {
+        Ok(self
+            .subscription_change(id, Source::Api, |_| SubscriptionCommand::UndoCancellation)
+            .await?
+            .state)
+    }
+
+    /// Pauses an active subscription.
+    ///
+    /// # Errors
+    /// A subscription that is not active.
+    pub async fn pause(&self, id: SubscriptionId) -> Result<Subscription, BillingError> {
+        let now = self.now();
+        Ok(self
+            .subscription_change(id, Source::Api, |_| SubscriptionCommand::Pause { now })
+            .await?
+            .state)
+    }
+
+    /// Resumes a paused subscription: a new period starts now and is billed.
+    ///
+    /// # Errors
+    /// A subscription that is not paused.
+    pub async fn resume(&self, id: SubscriptionId) -> Result<Subscription, BillingError> {
+        let now = self.now();
+        Ok(self
+            .subscription_change(id, Source::Api, |_| SubscriptionCommand::Resume {
+                invoice_id: InvoiceId::new_at(now),
+                now,
+            })
+            .await?
+            .state)
+    }
+
+    /// Converts a due trial and renews every period that has ended, billing each
+    /// once; what the scheduler calls. Returns how many periods were started.
+    ///
+    /// # Errors
+    /// Ledger and gateway errors (the next call resumes where this one stopped).
+    pub async fn advance(&self, id: SubscriptionId) -> Result<u32, BillingError> {
+        let mut started = 0;
+        for _ in 0..PERIODS_PER_ADVANCE_MAX {
+            let now = self.now();
+            let state = self.subscription(id).await?;
+            if state.next_due_at().is_none_or(|due| due > now) {
+                break;
+            }
+            let executed = self
+                .subscription_change(id, Source::Scheduler, |state| {
+                    if state.status == SubscriptionStatus::Trialing {
+                        SubscriptionCommand::ConvertTrial {
+                            invoice_id: InvoiceId::new_at(now),
+                            now,
+                        }
+                    } else {
+                        SubscriptionCommand::Renew {
+                            period_index: state.period_index + 1,
+                            invoice_id: InvoiceId::new_at(now),
+                            now,
+                        }
+                    }
+                })
+                .await?;
+            if executed.events.is_empty() {
+                break;
+            }
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Drafts, finalizes and collects every invoice a subscription's events asked for.
+    async fn follow_up(
+        &self,
+        executed: &Executed<Subscription>,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let (Some(sub_id), Some(customer_id)) = (executed.state.id, executed.state.customer_id)
+        else {
+            return Ok(());
+        };
+        for event in &executed.events {
+            if let Some(request) = event.invoice_request() {
+                self.bill(customer_id, Some(sub_id), request, source)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- invoices --------------------------------------------------------------
+
+    /// Buys a one-time price (the course) without a subscription: invoiced and
+    /// charged now.
+    ///
+    /// # Errors
+    /// Unknown plan or customer, a recurring price, a coupon that cannot be used.
+    pub async fn purchase(
+        &self,
+        customer_id: CustomerId,
+        plan_id: &str,
+        coupon: Option<CouponCode>,
+    ) -> Result<InvoiceId, BillingError> {
+        let now = self.now();
+        let price = self.price_of(plan_id, None)?;
+        if price.billing != PriceBilling::OneTime {
+            return Err(DomainError::WrongPriceKind {
+                price: price.id.clone(),
+                actual: "recurring",
+                expected: "a one-time price",
+            }
+            .into());
+        }
+        self.customer(customer_id).await?;
+        let invoice_id = InvoiceId::new_at(now);
+        let discount = match &coupon {
+            Some(code) => Some(self.coupon_for(code, &invoice_id.to_string()).await?),
+            None => None,
+        };
+        let request = InvoiceRequest {
+            invoice_id,
+            reason: BillingReason::Purchase,
+            lines: vec![Line {
+                kind: LineKind::OneTime,
+                description: self.catalog.plan(plan_id)?.name.clone(),
+                plan_id: plan_id.to_owned(),
+                price_id: price.id.clone(),
+                quantity: 1,
+                unit_amount: price.unit_amount,
+                amount: price.unit_amount,
+                period: None,
+            }],
+            discount,
+        };
+        // Validate the draft before redeeming anything.
+        Invoice::default().decide(InvoiceCommand::Draft {
+            customer_id,
+            subscription_id: None,
+            request: request.clone(),
+            now,
+        })?;
+        if let Some(code) = &coupon {
+            self.redeem(code, invoice_id.to_string()).await?;
+        }
+        self.bill(customer_id, None, &request, Source::Api).await?;
+        Ok(invoice_id)
+    }
+
+    async fn invoice_command(
+        &self,
+        id: InvoiceId,
+        source: Source,
+        command: impl Fn(&Invoice) -> InvoiceCommand,
+    ) -> Result<Executed<Invoice>, BillingError> {
+        self.repo
+            .execute::<Invoice, _>(&id.stream()?, &metadata(source), |state| {
+                if state.id.is_none() {
+                    return Err(not_found_domain("invoice", id));
+                }
+                Ok(command(state))
+            })
+            .await
+    }
+
+    /// Drafts, finalizes (applying customer credit, granting it for a negative
+    /// total) and collects an invoice; each step is a no-op when already done.
+    async fn bill(
+        &self,
+        customer_id: CustomerId,
+        subscription_id: Option<SubscriptionId>,
+        request: &InvoiceRequest,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let now = self.now();
+        let id = request.invoice_id;
+        let meta = metadata(source);
+        let drafted = self
+            .repo
+            .execute::<Invoice, _>(&id.stream()?, &meta, |_| {
+                Ok(InvoiceCommand::Draft {
+                    customer_id,
+                    subscription_id,
+                    request: request.clone(),
+                    now,
+                })
+            })
+            .await?;
+        self.finalize(drafted.state, source).await
+    }
+
+    async fn finalize(&self, invoice: Invoice, source: Source) -> Result<(), BillingError> {
+        let (Some(id), Some(customer_id), Some(currency)) =
+            (invoice.id, invoice.customer_id, invoice.currency())
+        else {
+            return Ok(());
+        };
+        let customer = self.customer(customer_id).await?;
+        let tax_basis = self.catalog.tax().basis_for(customer.tax_location.as_ref());
+        let invoice = if invoice.totals.is_none() {
+            let preview = compute_totals(
+                &invoice.lines,
+                invoice.discount.as_ref(),
+                &tax_basis,
+                currency,
+            )?;
+            let mut credit_applied = Money::zero(currency);
+            if preview.total.is_positive()
+                && customer.credit_balance.is_some_and(|b| b.is_positive())
+            {
+                let applied = self
+                    .customer_command(customer_id, source, |_| CustomerCommand::ApplyCredit {
+                        invoice_id: id,
+                        max: preview.total,
+                    })
+                    .await?;
+                if let Some(amount) = applied.state.credit_applied.get(&id) {
+                    credit_applied = *amount;
+                }
+            } else if let Some(amount) = customer.credit_applied.get(&id) {
+                credit_applied = *amount;
+            }
+            let now = self.now();
+            self.invoice_command(id, source, |_| InvoiceCommand::Finalize {
+                tax_basis: tax_basis.clone(),
+                credit_applied,
+                now,
+            })
+            .await?
+            .state
+        } else {
+            invoice
+        };
+        if let Some(totals) = &invoice.totals
+            && totals.total.is_negative()
+        {
+            let owed = -totals.total;
+            self.customer_command(customer_id, source, |_| CustomerCommand::GrantCredit {
+                invoice_id: id,
+                amount: owed,
+            })
+            .await?;
+        }
+        self.collect_invoice(invoice, source).await
+    }
+
+    /// Finalizes a drafted invoice, or attempts payment of an open one when no
+    /// attempt is waiting for a retry time, or gives up when the policy is spent.
+    ///
+    /// # Errors
+    /// [`BillingError::GatewayUnavailable`] leaves the attempt open; the next call
+    /// repeats it with the same idempotency key.
+    pub async fn collect(&self, id: InvoiceId, source: Source) -> Result<(), BillingError> {
+        let invoice = self.invoice(id).await?;
+        if invoice.status == InvoiceStatus::Draft {
+            return self.finalize(invoice, source).await;
+        }
+        self.collect_invoice(invoice, source).await
+    }
+
+    async fn collect_invoice(&self, invoice: Invoice, source: Source) -> Result<(), BillingError> {
+        let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
+            return Ok(());
+        };
+        let now = self.now();
+        match invoice.status {
+            InvoiceStatus::Paid => return self.settled(&invoice, source).await,
+            InvoiceStatus::Open => {}
+            _ => return Ok(()),
+        }
+        let customer = self.customer(customer_id).await?;
+        let attempt = match invoice.pending_attempt() {
+            Some(attempt) => attempt.clone(),
+            None => {
+                if let Some(last) = invoice.attempts.last() {
+                    match last.next_retry_at {
+                        Some(at) if at > now => return Ok(()),
+                        Some(_) => {}
+                        None => return self.give_up(&invoice, source).await,
+                    }
+                }
+                let token = customer.payment_method.as_ref().map(|m| m.token.clone());
+                let started = self
+                    .invoice_command(id, source, |_| InvoiceCommand::StartAttempt {
+                        payment_method: token.clone(),
+                        now,
+                    })
+                    .await?;
+                match started.state.pending_attempt() {
+                    Some(attempt) => attempt.clone(),
+                    None => return Ok(()),
+                }
+            }
+        };
+        let outcome = match &attempt.payment_method {
+            None => ChargeOutcome::Declined {
+                decline_code: "no_payment_method".to_owned(),
+                message: "The customer has no payment method on file.".to_owned(),
+            },
+            Some(token) => self
+                .gateway
+                .charge(&ChargeRequest {
+                    idempotency_key: attempt.idempotency_key.clone(),
+                    payment_method: token.clone(),
+                    amount: attempt.amount,
+                })
+                .await
+                .map_err(|e| BillingError::GatewayUnavailable(e.0))?,
+        };
+        let failed_before = invoice
+            .attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Some(ChargeOutcome::Declined { .. })))
+            .count();
+        let segment = match (customer.segment, invoice.reason) {
+            (Segment::HighValue, _) => Segment::HighValue,
+            (_, Some(BillingReason::SubscriptionCreate)) => Segment::Trial,
+            (segment, _) => segment,
+        };
+        let next_retry_at = match outcome {
+            ChargeOutcome::Declined { .. } => {
+                self.retry.next_retry_at(segment, failed_before + 1, now)
+            }
+            ChargeOutcome::Succeeded { .. } => None,
+        };
+        let recorded = self
+            .invoice_command(id, source, |_| InvoiceCommand::RecordOutcome {
+                attempt_no: attempt.attempt_no,
+                outcome: outcome.clone(),
+                next_retry_at,
+                now,
+            })
+            .await?
+            .state;
+        if recorded.status == InvoiceStatus::Paid {
+            return self.settled(&recorded, source).await;
+        }
+        if let Some(sub_id) = recorded.subscription_id {
+            self.subscription_command(sub_id, source, |_| {
+                SubscriptionCommand::RecordPaymentFailed { invoice_id: id }
+            })
+            .await?;
+        }
+        if next_retry_at.is_none() {
+            self.give_up(&recorded, source).await?;
+        }
+        Ok(())
+    }
+
+    async fn settled(&self, invoice: &Invoice, source: Source) -> Result<(), BillingError> {
+        if let (Some(sub_id), Some(id)) = (invoice.subscription_id, invoice.id) {
+            self.subscription_command(sub_id, source, |_| {
+                SubscriptionCommand::RecordInvoiceSettled { invoice_id: id }
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The retry policy is spent: write the invoice off and end its subscription.
+    async fn give_up(&self, invoice: &Invoice, source: Source) -> Result<(), BillingError> {
+        let Some(id) = invoice.id else {
+            return Ok(());
+        };
+        let now = self.now();
+        self.invoice_command(id, source, |_| InvoiceCommand::MarkUncollectible { now })
+            .await?;
+        if let Some(sub_id) = invoice.subscription_id {
+            let sub = self.subscription(sub_id).await?;
+            if sub.status != SubscriptionStatus::Canceled {
+                let reason = if invoice.attempts.iter().all(|a| a.payment_method.is_none()) {
+                    CancelReason::TrialEndedWithoutPayment
+                } else {
+                    CancelReason::PaymentFailed
+                };
+                self.subscription_command(sub_id, source, |_| SubscriptionCommand::Cancel {
+                    timing: Timing::Now,
+                    reason,
+                    now,
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves deferred revenue of ended periods to revenue.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn recognize_revenue(&self, id: InvoiceId) -> Result<(), BillingError> {
+        let now = self.now();
+        self.invoice_command(id, Source::Scheduler, |_| {
+            InvoiceCommand::RecognizeRevenue { now }
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Refunds part or all of a paid invoice through the gateway, then records it.
+    /// Returns the refund's number on the invoice.
+    ///
+    /// # Errors
+    /// More than paid and not yet refunded, an unpaid invoice, a bad amount.
+    pub async fn refund(
+        &self,
+        id: InvoiceId,
+        amount: Money,
+        reason: &str,
+    ) -> Result<u32, BillingError> {
+        let now = self.now();
+        let invoice = self.invoice(id).await?;
+        let refund_no = invoice.refunds + 1;
+        let command = |refund_id: String| InvoiceCommand::Refund {
+            refund_no,
+            amount,
+            refund_id,
+            reason: reason.to_owned(),
+            now,
+        };
+        invoice.decide(command(String::new()))?;
+        let charge_id = invoice
+            .attempts
+            .iter()
+            .find_map(|a| match &a.outcome {
+                Some(ChargeOutcome::Succeeded { charge_id }) => Some(charge_id.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| DomainError::InvalidTransition {
+                kind: "invoice",
+                action: "refund",
+                state: "paid without a charge".into(),
+            })?;
+        let refund_id = self
+            .gateway
+            .refund(&RefundRequest {
+                idempotency_key: format!("{id}-refund-{refund_no}"),
+                charge_id,
+                amount,
+            })
+            .await
+            .map_err(|e| BillingError::GatewayUnavailable(e.0))?;
+        self.invoice_command(id, Source::Api, |_| command(refund_id.clone()))
+            .await?;
+        Ok(refund_no)
+    }
+
+    /// Reduces what an open invoice owes.
+    ///
+    /// # Errors
+    /// An invoice that is not open; more than is owed.
+    pub async fn credit_note(
+        &self,
+        id: InvoiceId,
+        amount: Money,
+        reason: &str,
+    ) -> Result<Invoice, BillingError> {
+        let now = self.now();
+        let executed = self
+            .invoice_command(id, Source::Api, |_| InvoiceCommand::IssueCreditNote {
+                amount,
+                reason: reason.to_owned(),
+                now,
+            })
+            .await?;
+        if executed.state.status == InvoiceStatus::Paid {
+            self.settled(&executed.state, Source::Api).await?;
+        }
+        Ok(executed.state)
+    }
+
+    /// Voids an open invoice with nothing paid; credit it used goes back to the customer.
+    ///
+    /// # Errors
+    /// A paid or uncollectible invoice.
+    pub async fn void(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
+        let now = self.now();
+        let executed = self
+            .invoice_command(id, Source::Api, |_| InvoiceCommand::Void { now })
+            .await?;
+        let invoice = executed.state;
+        if let (Some(customer_id), Some(totals)) = (invoice.customer_id, &invoice.totals)
+            && totals.credit_applied.is_positive()
+        {
+            // A positive invoice never granted credit, so its id is free to key the return.
+            self.customer_command(customer_id, Source::Api, |_| CustomerCommand::GrantCredit {
+                invoice_id: id,
+                amount: totals.credit_applied,
+            })
+            .await?;
+        }
+        self.settled(&invoice, Source::Api).await?;
+        Ok(invoice)
+    }
+}
+
+fn contact_stream(id: CustomerId) -> Result<StreamId, LedgerError> {
+    StreamId::parse(format!("contact-{id}"))
+}
+
+fn not_found_domain(kind: &'static str, id: impl ToString) -> DomainError {
+    DomainError::NotFound {
+        kind,
+        id: id.to_string(),
+    }
+}
+
+fn not_found(kind: &'static str, id: impl ToString) -> BillingError {
+    not_found_domain(kind, id).into()
+}
+
+/// Records a price's terms in `price-<id>` once; errors if they differ from what was recorded.
+async fn publish_price(ledger: &Ledger, price: &Price) -> Result<(), BillingError> {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    #[serde(tag = "type")]
+    enum PriceEvent {
+        PricePublished { price: Price },
+    }
+    let stream = StreamId::parse(format!("price-{}", price.id))?;
+    let check = |recorded: &str| -> Result<(), BillingError> {
+        let PriceEvent::PricePublished { price: stored } = serde_json::from_str(recorded)
+            .map_err(|e| BillingError::Catalog(format!("price {}: {e}", price.id)))?;
+        if stored == *price {
+            Ok(())
+        } else {
+            Err(BillingError::Catalog(format!(
+                "price {} was published as {} {} and is now {} {}: prices are immutable; add a new price id instead",
+                price.id,
+                stored.unit_amount.amount(),
+                stored.unit_amount.currency().code(),
+                price.unit_amount.amount(),
+                price.unit_amount.currency().code()
+            )))
+        }
+    };
+    if let Some(recorded) = ledger.read_stream(&stream, 1, 1).await?.first() {
+        return check(&recorded.payload);
+    }
+    let now = ledger.clock().now();
+    let event = NewEvent::new(
+        recur_ledger::EventId::new_at(now),
+        "PricePublished",
+        1,
+        &PriceEvent::PricePublished {
+            price: price.clone(),
+        },
+    )?
+    .with_metadata(metadata(Source::Cli));
+    match ledger
+        .append(&stream, ExpectedVersion::NoStream, vec![event])
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(LedgerError::VersionConflict { .. }) => {
+            let recorded = ledger.read_stream(&stream, 1, 1).await?;
+            match recorded.first() {
+                Some(recorded) => check(&recorded.payload),
+                None => Ok(()),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Decodes a recorded subscription, invoice, customer or coupon event for folds
+/// outside the service (reports, the scheduler).
+pub fn decode_event<E: crate::aggregate::DomainEvent>(payload: &str) -> Result<E, String> {
+    decode(payload)
+}
+
+impl std::fmt::Debug for Billing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Billing")
+            .field("gateway", &self.gateway.name())
+            .finish()
+    }
+}

@@ -1,0 +1,510 @@
+//! Customer: segment, tax location, payment method (tokens only) and credit balance.
+//! Contact details (personal data) live apart, in [`Contact`], so they can be erased.
+
+use std::collections::BTreeMap;
+
+use recur_ledger::Money;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::aggregate::{Aggregate, DomainEvent};
+use crate::error::DomainError;
+use crate::ids::{CustomerId, InvoiceId};
+use crate::tax::TaxLocation;
+
+/// Which dunning policy applies; trial and high-value customers are treated differently.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Segment {
+    /// Everyone else.
+    #[default]
+    Standard,
+    /// Worth a personal call.
+    HighValue,
+    /// Still in (or just out of) a trial.
+    Trial,
+}
+
+/// A card as the payment provider describes it: token, brand, last 4 digits, expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentMethod {
+    /// The provider's token (`pm_…`); never a card number.
+    pub token: String,
+    /// `visa`, `mastercard`, …
+    pub brand: String,
+    /// Last four digits.
+    pub last4: String,
+    /// Expiry month, 1–12.
+    pub exp_month: u8,
+    /// Expiry year, four digits.
+    pub exp_year: u16,
+}
+
+/// True when `text` holds 13–19 digits in a row (spaces and dashes allowed between)
+/// that pass the Luhn check: it looks like a card number.
+pub fn looks_like_card_number(text: &str) -> bool {
+    let mut digits: Vec<u32> = Vec::new();
+    let check = |digits: &[u32]| {
+        (13..=19).contains(&digits.len()) && {
+            let sum: u32 = digits
+                .iter()
+                .rev()
+                .enumerate()
+                .map(|(i, &d)| {
+                    if i % 2 == 1 {
+                        let doubled = d * 2;
+                        if doubled > 9 { doubled - 9 } else { doubled }
+                    } else {
+                        d
+                    }
+                })
+                .sum();
+            sum.is_multiple_of(10)
+        }
+    };
+    for c in text.chars() {
+        if let Some(d) = c.to_digit(10) {
+            digits.push(d);
+        } else if c == ' ' || c == '-' {
+            continue;
+        } else {
+            if check(&digits) {
+                return true;
+            }
+            digits.clear();
+        }
+    }
+    check(&digits)
+}
+
+impl PaymentMethod {
+    /// Checks the token (3–255 of letters, digits, `_`, never card-number-like),
+    /// brand, last4 (four digits) and an expiry that has not passed at `now`.
+    ///
+    /// # Errors
+    /// [`DomainError::CardNumberRejected`] or [`DomainError::InvalidField`].
+    pub fn validate(&self, now: OffsetDateTime) -> Result<(), DomainError> {
+        for (field, value) in [("token", &self.token), ("brand", &self.brand)] {
+            if looks_like_card_number(value) {
+                return Err(DomainError::CardNumberRejected { field });
+            }
+        }
+        let bad = |field: &'static str, reason: &str| DomainError::InvalidField {
+            field,
+            reason: reason.into(),
+        };
+        let token_ok = (3..=255).contains(&self.token.len())
+            && self
+                .token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !token_ok {
+            return Err(bad("token", "3 to 255 letters, digits or '_'"));
+        }
+        if self.brand.is_empty()
+            || self.brand.len() > 32
+            || !self
+                .brand
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_')
+        {
+            return Err(bad("brand", "1 to 32 lowercase letters or '_'"));
+        }
+        if self.last4.len() != 4 || !self.last4.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad("last4", "exactly four digits"));
+        }
+        if !(1..=12).contains(&self.exp_month) || !(2000..=2100).contains(&self.exp_year) {
+            return Err(bad("expiry", "month 1-12 and a four-digit year"));
+        }
+        let now_ym = (now.year() * 12) + i32::from(now.month() as u8);
+        let exp_ym = (i32::from(self.exp_year) * 12) + i32::from(self.exp_month);
+        if exp_ym < now_ym {
+            return Err(bad("expiry", "the card has expired"));
+        }
+        Ok(())
+    }
+}
+
+/// What can be asked of a customer.
+#[derive(Clone, Debug)]
+pub enum CustomerCommand {
+    /// Create the customer.
+    Create {
+        /// Its id.
+        id: CustomerId,
+        /// Dunning segment.
+        segment: Segment,
+        /// Where it is taxed, if known.
+        tax_location: Option<TaxLocation>,
+        /// Now, from the clock.
+        now: OffsetDateTime,
+    },
+    /// Put a card on file, replacing any other.
+    AttachPaymentMethod {
+        /// The card.
+        method: PaymentMethod,
+        /// Now, from the clock (expiry check).
+        now: OffsetDateTime,
+    },
+    /// Remove the card on file.
+    DetachPaymentMethod,
+    /// Set the tax location.
+    SetTaxLocation(TaxLocation),
+    /// Set the dunning segment.
+    SetSegment(Segment),
+    /// Owe the customer credit (a downgrade's net), once per invoice.
+    GrantCredit {
+        /// The invoice that gave rise to it.
+        invoice_id: InvoiceId,
+        /// Positive.
+        amount: Money,
+    },
+    /// Use up to `max` of the credit balance on an invoice, once per invoice.
+    ApplyCredit {
+        /// The invoice paid with it.
+        invoice_id: InvoiceId,
+        /// The invoice's total.
+        max: Money,
+    },
+}
+
+/// What happened to a customer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum CustomerEvent {
+    /// Created.
+    CustomerCreated {
+        /// Its id.
+        customer_id: CustomerId,
+        /// Dunning segment.
+        segment: Segment,
+        /// Tax location.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tax_location: Option<TaxLocation>,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        created_at: OffsetDateTime,
+    },
+    /// A card was put on file.
+    PaymentMethodAttached {
+        /// The card (token, brand, last4, expiry).
+        method: PaymentMethod,
+    },
+    /// The card on file was removed.
+    PaymentMethodDetached {
+        /// Its token.
+        token: String,
+    },
+    /// The tax location changed.
+    TaxLocationSet {
+        /// The new location.
+        tax_location: TaxLocation,
+    },
+    /// The segment changed.
+    SegmentSet {
+        /// The new segment.
+        segment: Segment,
+    },
+    /// Credit owed to the customer (no postings: the invoice event carries them).
+    CreditGranted {
+        /// The source invoice.
+        invoice_id: InvoiceId,
+        /// How much.
+        amount: Money,
+    },
+    /// Credit used on an invoice (no postings: the invoice event carries them).
+    CreditApplied {
+        /// The invoice.
+        invoice_id: InvoiceId,
+        /// How much.
+        amount: Money,
+    },
+}
+
+impl DomainEvent for CustomerEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            CustomerEvent::CustomerCreated { .. } => "CustomerCreated",
+            CustomerEvent::PaymentMethodAttached { .. } => "PaymentMethodAttached",
+            CustomerEvent::PaymentMethodDetached { .. } => "PaymentMethodDetached",
+            CustomerEvent::TaxLocationSet { .. } => "TaxLocationSet",
+            CustomerEvent::SegmentSet { .. } => "SegmentSet",
+            CustomerEvent::CreditGranted { .. } => "CreditGranted",
+            CustomerEvent::CreditApplied { .. } => "CreditApplied",
+        }
+    }
+}
+
+/// A customer's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Customer {
+    /// Its id, once created.
+    pub id: Option<CustomerId>,
+    /// Dunning segment.
+    pub segment: Segment,
+    /// Tax location.
+    pub tax_location: Option<TaxLocation>,
+    /// The card on file.
+    pub payment_method: Option<PaymentMethod>,
+    /// Credit owed to the customer, if any was ever granted.
+    pub credit_balance: Option<Money>,
+    /// Credit granted, per source invoice (retries are no-ops).
+    pub credit_granted: BTreeMap<InvoiceId, Money>,
+    /// Credit applied, per invoice (retries answer with the same amount).
+    pub credit_applied: BTreeMap<InvoiceId, Money>,
+}
+
+impl Aggregate for Customer {
+    type Event = CustomerEvent;
+    type Command = CustomerCommand;
+
+    fn decide(&self, command: CustomerCommand) -> Result<Vec<CustomerEvent>, DomainError> {
+        if let CustomerCommand::Create {
+            id,
+            segment,
+            tax_location,
+            now,
+        } = command
+        {
+            if self.id.is_some() {
+                return Err(DomainError::AlreadyExists {
+                    kind: "customer",
+                    id: id.to_string(),
+                });
+            }
+            return Ok(vec![CustomerEvent::CustomerCreated {
+                customer_id: id,
+                segment,
+                tax_location,
+                created_at: now,
+            }]);
+        }
+        if self.id.is_none() {
+            return Err(DomainError::NotFound {
+                kind: "customer",
+                id: String::new(),
+            });
+        }
+        Ok(match command {
+            CustomerCommand::Create { .. } => Vec::new(),
+            CustomerCommand::AttachPaymentMethod { method, now } => {
+                method.validate(now)?;
+                if self.payment_method.as_ref() == Some(&method) {
+                    Vec::new()
+                } else {
+                    vec![CustomerEvent::PaymentMethodAttached { method }]
+                }
+            }
+            CustomerCommand::DetachPaymentMethod => match &self.payment_method {
+                Some(method) => vec![CustomerEvent::PaymentMethodDetached {
+                    token: method.token.clone(),
+                }],
+                None => Vec::new(),
+            },
+            CustomerCommand::SetTaxLocation(tax_location) => {
+                if self.tax_location.as_ref() == Some(&tax_location) {
+                    Vec::new()
+                } else {
+                    vec![CustomerEvent::TaxLocationSet { tax_location }]
+                }
+            }
+            CustomerCommand::SetSegment(segment) => {
+                if self.segment == segment {
+                    Vec::new()
+                } else {
+                    vec![CustomerEvent::SegmentSet { segment }]
+                }
+            }
+            CustomerCommand::GrantCredit { invoice_id, amount } => {
+                if !amount.is_positive() {
+                    return Err(DomainError::AmountNotPositive {
+                        field: "credit",
+                        amount: amount.amount().to_string(),
+                    });
+                }
+                if let Some(balance) = self.credit_balance {
+                    balance.checked_add(amount)?;
+                }
+                if self.credit_granted.contains_key(&invoice_id) {
+                    Vec::new()
+                } else {
+                    vec![CustomerEvent::CreditGranted { invoice_id, amount }]
+                }
+            }
+            CustomerCommand::ApplyCredit { invoice_id, max } => {
+                if self.credit_applied.contains_key(&invoice_id) {
+                    return Ok(Vec::new());
+                }
+                let Some(balance) = self.credit_balance else {
+                    return Ok(Vec::new());
+                };
+                if balance.currency() != max.currency() {
+                    return Err(DomainError::CurrencyMismatch {
+                        expected: balance.currency().code().into(),
+                        got: max.currency().code().into(),
+                    });
+                }
+                let amount = if balance.amount() < max.amount() {
+                    balance
+                } else {
+                    max
+                };
+                if amount.is_positive() {
+                    vec![CustomerEvent::CreditApplied { invoice_id, amount }]
+                } else {
+                    Vec::new()
+                }
+            }
+        })
+    }
+
+    fn evolve(&mut self, event: &CustomerEvent) {
+        match event {
+            CustomerEvent::CustomerCreated {
+                customer_id,
+                segment,
+                tax_location,
+                ..
+            } => {
+                self.id = Some(*customer_id);
+                self.segment = *segment;
+                self.tax_location.clone_from(tax_location);
+            }
+            CustomerEvent::PaymentMethodAttached { method } => {
+                self.payment_method = Some(method.clone());
+            }
+            CustomerEvent::PaymentMethodDetached { .. } => self.payment_method = None,
+            CustomerEvent::TaxLocationSet { tax_location } => {
+                self.tax_location = Some(tax_location.clone());
+            }
+            CustomerEvent::SegmentSet { segment } => self.segment = *segment,
+            CustomerEvent::CreditGranted { invoice_id, amount } => {
+                self.credit_granted.insert(*invoice_id, *amount);
+                let balance = self
+                    .credit_balance
+                    .unwrap_or(Money::zero(amount.currency()));
+                self.credit_balance = balance.checked_add(*amount).ok();
+            }
+            CustomerEvent::CreditApplied { invoice_id, amount } => {
+                self.credit_applied.insert(*invoice_id, *amount);
+                let balance = self
+                    .credit_balance
+                    .unwrap_or(Money::zero(amount.currency()));
+                self.credit_balance = balance.checked_sub(*amount).ok();
+            }
+        }
+    }
+}
+
+/// A customer's contact details: personal data, kept in its own stream
+/// (`contact-<customer id>`) so it can be erased without touching the books.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contact {
+    /// The latest details.
+    pub details: Option<ContactDetails>,
+}
+
+/// Name, email and phone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContactDetails {
+    /// Full name.
+    pub name: String,
+    /// Email address.
+    pub email: String,
+    /// Phone number, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+impl ContactDetails {
+    /// Checks lengths, an `@` in the email, and that nothing is card-number-like.
+    ///
+    /// # Errors
+    /// [`DomainError::InvalidField`] or [`DomainError::CardNumberRejected`].
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let bad = |field: &'static str, reason: &str| DomainError::InvalidField {
+            field,
+            reason: reason.into(),
+        };
+        if self.name.trim().is_empty() || self.name.len() > 200 {
+            return Err(bad("name", "1 to 200 characters"));
+        }
+        let email_ok = self.email.len() <= 254
+            && self
+                .email
+                .split_once('@')
+                .is_some_and(|(user, host)| !user.is_empty() && host.contains('.'));
+        if !email_ok {
+            return Err(bad("email", "an address like name@example.com"));
+        }
+        if let Some(phone) = &self.phone
+            && (phone.len() > 32
+                || !phone
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || b"+ -()".contains(&b)))
+        {
+            return Err(bad(
+                "phone",
+                "up to 32 digits, spaces, '+', '-', '(' or ')'",
+            ));
+        }
+        for (field, value) in [("name", &self.name), ("email", &self.email)] {
+            if looks_like_card_number(value) {
+                return Err(DomainError::CardNumberRejected { field });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Contact details changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ContactEvent {
+    /// New details.
+    ContactDetailsUpdated {
+        /// The details.
+        details: ContactDetails,
+    },
+}
+
+impl DomainEvent for ContactEvent {
+    fn event_type(&self) -> &'static str {
+        "ContactDetailsUpdated"
+    }
+}
+
+impl Aggregate for Contact {
+    type Event = ContactEvent;
+    type Command = ContactDetails;
+
+    fn decide(&self, details: ContactDetails) -> Result<Vec<ContactEvent>, DomainError> {
+        details.validate()?;
+        if self.details.as_ref() == Some(&details) {
+            return Ok(Vec::new());
+        }
+        Ok(vec![ContactEvent::ContactDetailsUpdated { details }])
+    }
+
+    fn evolve(&mut self, event: &ContactEvent) {
+        let ContactEvent::ContactDetailsUpdated { details } = event;
+        self.details = Some(details.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_are_recognised_with_or_without_separators() {
+        assert!(looks_like_card_number("4242424242424242"));
+        assert!(looks_like_card_number("tok 4242 4242 4242 4242"));
+        assert!(looks_like_card_number("4000-0000-0000-0341"));
+        assert!(!looks_like_card_number("pm_card_visa"));
+        assert!(!looks_like_card_number("4242424242424241"));
+        assert!(!looks_like_card_number("1234"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The domain's errors: every refusal has a stable code and writes nothing.
+
+use recur_ledger::{LedgerError, MoneyError};
+
+/// Why the billing domain refused a command. Deciding is pure, so a refusal
+/// never leaves anything behind.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    /// A plan id the catalog does not hold.
+    #[error("unknown plan \"{0}\"")]
+    UnknownPlan(String),
+    /// A price id the catalog does not hold.
+    #[error("unknown price \"{0}\"")]
+    UnknownPrice(String),
+    /// An amount, currency or arithmetic problem.
+    #[error(transparent)]
+    Money(#[from] MoneyError),
+    /// An amount that must be positive was zero or negative.
+    #[error("{field} must be greater than zero, got {amount}")]
+    AmountNotPositive {
+        /// Which amount.
+        field: &'static str,
+        /// The rejected amount, as text.
+        amount: String,
+    },
+    /// A quantity outside 1..=QUANTITY_MAX.
+    #[error("quantity must be between 1 and {max}, got {got}")]
+    InvalidQuantity {
+        /// The rejected quantity.
+        got: u64,
+        /// The largest accepted quantity.
+        max: u32,
+    },
+    /// Something looked like a card number; only provider tokens are accepted.
+    #[error(
+        "{field} looks like a card number: send the payment provider's token, never the card number"
+    )]
+    CardNumberRejected {
+        /// The field that held it.
+        field: &'static str,
+    },
+    /// A malformed field (token, last4, expiry, country, coupon code, …).
+    #[error("invalid {field}: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The aggregate does not exist yet.
+    #[error("{kind} {id} does not exist")]
+    NotFound {
+        /// customer, subscription, invoice, coupon.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The aggregate already exists.
+    #[error("{kind} {id} already exists")]
+    AlreadyExists {
+        /// customer, subscription, invoice, coupon.
+        kind: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// The command is not allowed in the aggregate's current state.
+    #[error("cannot {action} a {kind} that is {state}")]
+    InvalidTransition {
+        /// subscription, invoice, …
+        kind: &'static str,
+        /// What was asked.
+        action: &'static str,
+        /// The current state.
+        state: String,
+    },
+    /// A price's currency differs from the customer's or the invoice's.
+    #[error("currency mismatch: {expected} expected, {got} given")]
+    CurrencyMismatch {
+        /// The currency in force.
+        expected: String,
+        /// The one given.
+        got: String,
+    },
+    /// The coupon's redemption window has passed.
+    #[error("coupon {0} has expired")]
+    CouponExpired(String),
+    /// The coupon has been redeemed its maximum number of times.
+    #[error("coupon {0} has no redemptions left")]
+    CouponExhausted(String),
+    /// The refund would exceed what was paid and not yet refunded.
+    #[error("refund of {requested} exceeds the refundable {refundable}")]
+    RefundExceedsPaid {
+        /// Asked for.
+        requested: String,
+        /// Paid minus already refunded.
+        refundable: String,
+    },
+    /// A one-time price used for a subscription, or a recurring one for a purchase.
+    #[error("price {price} is {actual}, {expected} is needed here")]
+    WrongPriceKind {
+        /// The price id.
+        price: String,
+        /// What it is.
+        actual: &'static str,
+        /// What the command needs.
+        expected: &'static str,
+    },
+    /// The customer has no payment method on file and the command needs one.
+    #[error("customer {0} has no payment method on file")]
+    NoPaymentMethod(String),
+}
+
+impl DomainError {
+    /// Stable snake_case code for clients; never changes once published.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DomainError::UnknownPlan(_) => "unknown_plan",
+            DomainError::UnknownPrice(_) => "unknown_price",
+            DomainError::Money(error) => error.code(),
+            DomainError::AmountNotPositive { .. } => "amount_not_positive",
+            DomainError::InvalidQuantity { .. } => "invalid_quantity",
+            DomainError::CardNumberRejected { .. } => "card_number_rejected",
+            DomainError::InvalidField { .. } => "invalid_field",
+            DomainError::NotFound { .. } => "not_found",
+            DomainError::AlreadyExists { .. } => "already_exists",
+            DomainError::InvalidTransition { .. } => "invalid_transition",
+            DomainError::CurrencyMismatch { .. } => "currency_mismatch",
+            DomainError::CouponExpired(_) => "coupon_expired",
+            DomainError::CouponExhausted(_) => "coupon_exhausted",
+            DomainError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
+            DomainError::WrongPriceKind { .. } => "wrong_price_kind",
+            DomainError::NoPaymentMethod(_) => "no_payment_method",
+        }
+    }
+}
+
+/// Why a billing operation (load, decide, charge, append) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BillingError {
+    /// The domain refused the command; nothing was written.
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    /// The ledger failed (unavailable, bad input, …).
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The payment gateway could not be reached; the attempt is retried with the same key.
+    #[error("payment gateway unavailable: {0}")]
+    GatewayUnavailable(String),
+    /// A stored event could not be decoded: the stream or the code is broken.
+    #[error("event {position} of {stream} cannot be decoded: {message}")]
+    Corrupt {
+        /// The stream.
+        stream: String,
+        /// Its global position.
+        position: u64,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Writers kept racing on one stream beyond the retry limit.
+    #[error("stream {0} kept changing under the command; gave up after the retry limit")]
+    Contended(String),
+    /// The catalog file is invalid, or a published price was changed.
+    #[error("catalog: {0}")]
+    Catalog(String),
+}
+
+impl BillingError {
+    /// Stable code: the domain's code, or the ledger's.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BillingError::Domain(error) => error.code(),
+            BillingError::Ledger(error) => error.code(),
+            BillingError::GatewayUnavailable(_) => "gateway_unavailable",
+            BillingError::Corrupt { .. } => "corrupt_event",
+            BillingError::Contended(_) => "contended",
+            BillingError::Catalog(_) => "invalid_catalog",
+        }
+    }
+}

@@ -1,0 +1,1067 @@
+//! Invoice: draft → open → paid / void / uncollectible, with lines, discounts, tax,
+//! payment attempts, credit notes, refunds and revenue recognition — each financial
+//! event with its balanced postings.
+
+use recur_ledger::{Currency, Money, money::RoundingRule};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::aggregate::{Aggregate, DomainEvent};
+use crate::coupon::AppliedDiscount;
+use crate::error::DomainError;
+use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
+use crate::period::Period;
+use crate::postings::{Account, Journal, Posting};
+use crate::tax::TaxBasis;
+
+/// The most lines one invoice holds.
+pub const INVOICE_LINES_MAX: usize = 100;
+
+/// What a line bills for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LineKind {
+    /// A subscription period, billed in advance (deferred, recognised at period end).
+    Period,
+    /// A proration: credit for unused time (negative) or charge for the rest (deferred).
+    Proration,
+    /// A one-time purchase (recognised at once).
+    OneTime,
+}
+
+/// One invoice line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    /// What it bills for.
+    pub kind: LineKind,
+    /// Shown to the customer.
+    pub description: String,
+    /// The plan, for revenue accounts.
+    pub plan_id: String,
+    /// The price.
+    pub price_id: String,
+    /// Units.
+    pub quantity: u32,
+    /// Price per unit per period.
+    pub unit_amount: Money,
+    /// The line's amount (negative for a credit), in minor units.
+    pub amount: Money,
+    /// The service period, for period and proration lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub period: Option<Period>,
+}
+
+impl Line {
+    /// Where the line's revenue goes when the invoice is finalized.
+    pub fn revenue_account(&self) -> Account {
+        match self.kind {
+            LineKind::OneTime => Account::Revenue(self.plan_id.clone()),
+            LineKind::Period | LineKind::Proration => {
+                Account::DeferredRevenue(self.plan_id.clone())
+            }
+        }
+    }
+}
+
+/// Why an invoice exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillingReason {
+    /// The first period of a subscription (or the end of its trial).
+    SubscriptionCreate,
+    /// A renewal.
+    SubscriptionCycle,
+    /// A plan or quantity change billed now.
+    SubscriptionUpdate,
+    /// A one-time purchase.
+    Purchase,
+}
+
+/// What a subscription asks to be billed: the invoice to draft, with its id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceRequest {
+    /// The invoice id, fixed when the subscription decided, so it is drafted once.
+    pub invoice_id: InvoiceId,
+    /// Why.
+    pub reason: BillingReason,
+    /// The lines.
+    pub lines: Vec<Line>,
+    /// The subscription's discount, if it applies to this invoice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<AppliedDiscount>,
+}
+
+/// A finalized line's amounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineTotals {
+    /// Discount on the line.
+    pub discount: Money,
+    /// Tax of the line.
+    pub tax: Money,
+    /// What the customer pays for it.
+    pub charged: Money,
+    /// What was credited to its revenue account (revenue before discount).
+    pub booked: Money,
+}
+
+/// An invoice's amounts, fixed when finalized.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    /// Sum of the lines.
+    pub subtotal: Money,
+    /// Sum of the discounts.
+    pub discount: Money,
+    /// Sum of the lines' taxes.
+    pub tax: Money,
+    /// What the invoice is worth: subtotal − discount (+ tax when exclusive).
+    pub total: Money,
+    /// Customer credit used.
+    pub credit_applied: Money,
+    /// What is left to collect: total − credit applied (0 when the total is negative).
+    pub amount_due: Money,
+    /// Why the tax is what it is.
+    pub tax_basis: TaxBasis,
+    /// Per line.
+    pub lines: Vec<LineTotals>,
+}
+
+/// Computes an invoice's amounts: per line, the discount, then tax on the
+/// discounted base (rounded per line, see [`crate::tax`]).
+///
+/// # Errors
+/// Currency mismatch, overflow.
+pub fn compute_totals(
+    lines: &[Line],
+    discount: Option<&AppliedDiscount>,
+    tax_basis: &TaxBasis,
+    currency: Currency,
+) -> Result<Totals, DomainError> {
+    let amounts: Vec<Money> = lines.iter().map(|l| l.amount).collect();
+    let discounts = match discount {
+        Some(applied) => applied.discount.per_line(&amounts)?,
+        None => amounts.iter().map(|a| Money::zero(a.currency())).collect(),
+    };
+    let mut line_totals = Vec::with_capacity(lines.len());
+    for (amount, line_discount) in amounts.iter().zip(&discounts) {
+        let base = amount.checked_sub(*line_discount)?;
+        let tax = tax_basis.line_tax(base)?;
+        line_totals.push(LineTotals {
+            discount: *line_discount,
+            tax: tax.tax,
+            charged: tax.charged,
+            booked: tax.revenue.checked_add(*line_discount)?,
+        });
+    }
+    let subtotal = Money::sum(&amounts, currency)?;
+    let discount_total = Money::sum(line_totals.iter().map(|l| l.discount), currency)?;
+    let tax = Money::sum(line_totals.iter().map(|l| l.tax), currency)?;
+    let total = Money::sum(line_totals.iter().map(|l| l.charged), currency)?;
+    Ok(Totals {
+        subtotal,
+        discount: discount_total,
+        tax,
+        total,
+        credit_applied: Money::zero(currency),
+        amount_due: if total.is_negative() {
+            Money::zero(currency)
+        } else {
+            total
+        },
+        tax_basis: tax_basis.clone(),
+        lines: line_totals,
+    })
+}
+
+/// Invoice states.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum InvoiceStatus {
+    /// Being prepared; not owed yet.
+    #[default]
+    Draft,
+    /// Owed.
+    Open,
+    /// Settled.
+    Paid,
+    /// Cancelled before payment; its postings reversed.
+    Void,
+    /// Written off.
+    Uncollectible,
+}
+
+impl InvoiceStatus {
+    fn name(self) -> &'static str {
+        match self {
+            InvoiceStatus::Draft => "draft",
+            InvoiceStatus::Open => "open",
+            InvoiceStatus::Paid => "paid",
+            InvoiceStatus::Void => "void",
+            InvoiceStatus::Uncollectible => "uncollectible",
+        }
+    }
+}
+
+/// A gateway's answer to a charge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ChargeOutcome {
+    /// The money moved.
+    Succeeded {
+        /// The gateway's charge id.
+        charge_id: String,
+    },
+    /// Declined.
+    Declined {
+        /// Stripe's decline code (`card_declined`, `insufficient_funds`, …).
+        decline_code: String,
+        /// The gateway's message.
+        message: String,
+    },
+}
+
+/// One payment attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// 1-based.
+    pub attempt_no: u32,
+    /// The key the charge carries.
+    pub idempotency_key: String,
+    /// The token charged, if any.
+    pub payment_method: Option<String>,
+    /// Amount asked.
+    pub amount: Money,
+    /// The outcome, once recorded.
+    pub outcome: Option<ChargeOutcome>,
+    /// When to retry after a failure.
+    pub next_retry_at: Option<OffsetDateTime>,
+}
+
+/// What can be asked of an invoice.
+#[derive(Clone, Debug)]
+pub enum InvoiceCommand {
+    /// Draft it (a retry with the same id is a no-op).
+    Draft {
+        /// Who owes it.
+        customer_id: CustomerId,
+        /// Its subscription, if any.
+        subscription_id: Option<SubscriptionId>,
+        /// What to bill.
+        request: InvoiceRequest,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Fix the amounts and make it owed.
+    Finalize {
+        /// Tax rule for the customer.
+        tax_basis: TaxBasis,
+        /// Customer credit already taken for it.
+        credit_applied: Money,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Start a payment attempt (a no-op while one is unanswered).
+    StartAttempt {
+        /// The card token, if one is on file.
+        payment_method: Option<String>,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Record an attempt's outcome (a no-op when already recorded).
+    RecordOutcome {
+        /// Which attempt.
+        attempt_no: u32,
+        /// What the gateway said.
+        outcome: ChargeOutcome,
+        /// When to try again after a failure, per the dunning policy.
+        next_retry_at: Option<OffsetDateTime>,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Cancel an open invoice with nothing paid.
+    Void {
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Write off what is still owed.
+    MarkUncollectible {
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Reduce what an open invoice owes.
+    IssueCreditNote {
+        /// How much (tax included).
+        amount: Money,
+        /// Why.
+        reason: String,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Record money given back on a paid invoice.
+    Refund {
+        /// Which refund of this invoice, from 1 (retries are no-ops).
+        refund_no: u32,
+        /// How much (tax included).
+        amount: Money,
+        /// The gateway's refund id.
+        refund_id: String,
+        /// Why.
+        reason: String,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Move deferred revenue of periods that have ended to revenue.
+    RecognizeRevenue {
+        /// Now.
+        now: OffsetDateTime,
+    },
+}
+
+/// What happened to an invoice.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum InvoiceEvent {
+    /// Drafted.
+    InvoiceDrafted {
+        /// Its id.
+        invoice_id: InvoiceId,
+        /// Who owes it.
+        customer_id: CustomerId,
+        /// Its subscription.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subscription_id: Option<SubscriptionId>,
+        /// Why.
+        reason: BillingReason,
+        /// The lines.
+        lines: Vec<Line>,
+        /// The discount, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        discount: Option<AppliedDiscount>,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// Amounts fixed; now owed.
+    InvoiceFinalized {
+        /// The amounts.
+        totals: Totals,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Receivable, revenue (deferred or earned), discounts, tax, customer credit.
+        postings: Vec<Posting>,
+    },
+    /// A charge was asked of the gateway with this key.
+    PaymentAttemptStarted {
+        /// 1-based.
+        attempt_no: u32,
+        /// The charge's idempotency key.
+        idempotency_key: String,
+        /// The card token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        payment_method: Option<String>,
+        /// Amount asked.
+        amount: Money,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// The charge succeeded; the invoice is paid.
+    PaymentSucceeded {
+        /// Which attempt.
+        attempt_no: u32,
+        /// The gateway's charge id.
+        charge_id: String,
+        /// Amount collected.
+        amount: Money,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Gateway balance against receivable (or bad debt, when recovered).
+        postings: Vec<Posting>,
+    },
+    /// The charge was declined.
+    PaymentFailed {
+        /// Which attempt.
+        attempt_no: u32,
+        /// Decline code.
+        decline_code: String,
+        /// Gateway message.
+        message: String,
+        /// When it will be retried, if it will.
+        #[serde(default, with = "time::serde::rfc3339::option")]
+        next_retry_at: Option<OffsetDateTime>,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// Cancelled; finalization reversed.
+    InvoiceVoided {
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// The reversal.
+        postings: Vec<Posting>,
+    },
+    /// Written off.
+    InvoiceMarkedUncollectible {
+        /// Amount written off.
+        amount: Money,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Bad debt against receivable.
+        postings: Vec<Posting>,
+    },
+    /// Owed amount reduced.
+    CreditNoteIssued {
+        /// 1-based.
+        credit_note_no: u32,
+        /// Amount, tax included.
+        amount: Money,
+        /// Tax part.
+        tax: Money,
+        /// Why.
+        reason: String,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Refunds and tax against receivable.
+        postings: Vec<Posting>,
+    },
+    /// Money given back.
+    InvoiceRefunded {
+        /// 1-based.
+        refund_no: u32,
+        /// Amount, tax included.
+        amount: Money,
+        /// Tax part.
+        tax: Money,
+        /// Gateway refund id.
+        refund_id: String,
+        /// Why.
+        reason: String,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Refunds and tax against gateway balance.
+        postings: Vec<Posting>,
+    },
+    /// Deferred revenue of ended periods earned.
+    RevenueRecognized {
+        /// The lines recognised (indexes).
+        lines: Vec<usize>,
+        /// When.
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+        /// Deferred revenue against revenue.
+        postings: Vec<Posting>,
+    },
+}
+
+impl DomainEvent for InvoiceEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            InvoiceEvent::InvoiceDrafted { .. } => "InvoiceDrafted",
+            InvoiceEvent::InvoiceFinalized { .. } => "InvoiceFinalized",
+            InvoiceEvent::PaymentAttemptStarted { .. } => "PaymentAttemptStarted",
+            InvoiceEvent::PaymentSucceeded { .. } => "PaymentSucceeded",
+            InvoiceEvent::PaymentFailed { .. } => "PaymentFailed",
+            InvoiceEvent::InvoiceVoided { .. } => "InvoiceVoided",
+            InvoiceEvent::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
+            InvoiceEvent::CreditNoteIssued { .. } => "CreditNoteIssued",
+            InvoiceEvent::InvoiceRefunded { .. } => "InvoiceRefunded",
+            InvoiceEvent::RevenueRecognized { .. } => "RevenueRecognized",
+        }
+    }
+}
+
+impl InvoiceEvent {
+    /// The event's postings (empty for non-financial events).
+    pub fn postings(&self) -> &[Posting] {
+        match self {
+            InvoiceEvent::InvoiceFinalized { postings, .. }
+            | InvoiceEvent::PaymentSucceeded { postings, .. }
+            | InvoiceEvent::InvoiceVoided { postings, .. }
+            | InvoiceEvent::InvoiceMarkedUncollectible { postings, .. }
+            | InvoiceEvent::CreditNoteIssued { postings, .. }
+            | InvoiceEvent::InvoiceRefunded { postings, .. }
+            | InvoiceEvent::RevenueRecognized { postings, .. } => postings,
+            _ => &[],
+        }
+    }
+}
+
+/// An invoice's state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Invoice {
+    /// Its id, once drafted.
+    pub id: Option<InvoiceId>,
+    /// Who owes it.
+    pub customer_id: Option<CustomerId>,
+    /// Its subscription.
+    pub subscription_id: Option<SubscriptionId>,
+    /// Why it exists.
+    pub reason: Option<BillingReason>,
+    /// State.
+    pub status: InvoiceStatus,
+    /// Lines.
+    pub lines: Vec<Line>,
+    /// Discount.
+    pub discount: Option<AppliedDiscount>,
+    /// Amounts, once finalized.
+    pub totals: Option<Totals>,
+    /// The finalization's postings (for voiding).
+    pub finalization: Vec<Posting>,
+    /// Payment attempts.
+    pub attempts: Vec<Attempt>,
+    /// Collected.
+    pub amount_paid: Option<Money>,
+    /// Given back.
+    pub amount_refunded: Option<Money>,
+    /// Reduced by credit notes.
+    pub amount_credited: Option<Money>,
+    /// Refunds so far.
+    pub refunds: u32,
+    /// Credit notes so far.
+    pub credit_notes: u32,
+    /// Which lines' revenue is recognised.
+    pub recognized: Vec<bool>,
+    /// When drafted.
+    pub created_at: Option<OffsetDateTime>,
+}
+
+impl Invoice {
+    /// The invoice currency.
+    pub fn currency(&self) -> Option<Currency> {
+        self.lines.first().map(|l| l.amount.currency())
+    }
+
+    fn zero(&self) -> Money {
+        Money::zero(self.currency().unwrap_or(Currency::USD))
+    }
+
+    /// What is still owed: amount due − paid − credited (never below zero).
+    pub fn amount_remaining(&self) -> Money {
+        let Some(totals) = &self.totals else {
+            return self.zero();
+        };
+        let owed = totals
+            .amount_due
+            .checked_sub(self.amount_paid.unwrap_or(self.zero()))
+            .and_then(|m| m.checked_sub(self.amount_credited.unwrap_or(self.zero())))
+            .unwrap_or(self.zero());
+        if owed.is_negative() {
+            self.zero()
+        } else {
+            owed
+        }
+    }
+
+    /// The attempt waiting for its outcome, if any.
+    pub fn pending_attempt(&self) -> Option<&Attempt> {
+        self.attempts.last().filter(|a| a.outcome.is_none())
+    }
+
+    /// When the next retry is due, after a failed attempt on an open invoice.
+    pub fn next_retry_at(&self) -> Option<OffsetDateTime> {
+        if self.status != InvoiceStatus::Open {
+            return None;
+        }
+        self.attempts.last().and_then(|a| a.next_retry_at)
+    }
+
+    /// The earliest end of a period line whose revenue is not yet recognised.
+    pub fn next_recognition_at(&self) -> Option<OffsetDateTime> {
+        if !matches!(
+            self.status,
+            InvoiceStatus::Open | InvoiceStatus::Paid | InvoiceStatus::Uncollectible
+        ) {
+            return None;
+        }
+        self.lines
+            .iter()
+            .zip(&self.recognized)
+            .filter(|(line, done)| !**done && line.kind != LineKind::OneTime)
+            .filter_map(|(line, _)| line.period.map(|p| p.end))
+            .min()
+    }
+
+    fn refuse(&self, action: &'static str) -> DomainError {
+        DomainError::InvalidTransition {
+            kind: "invoice",
+            action,
+            state: self.status.name().into(),
+        }
+    }
+
+    /// Splits `amount` (tax included) into its tax part, pro rata to the invoice's
+    /// tax over its total, rounded half-up.
+    fn tax_part(&self, amount: Money) -> Result<Money, DomainError> {
+        let Some(totals) = &self.totals else {
+            return Ok(self.zero());
+        };
+        if totals.tax.is_zero() || !totals.total.is_positive() {
+            return Ok(Money::zero(amount.currency()));
+        }
+        let exact = amount.mul_decimal(totals.tax.amount())?;
+        Ok(
+            Money::new(exact.amount() / totals.total.amount(), amount.currency())
+                .round_to_minor(RoundingRule::HalfUp),
+        )
+    }
+
+    fn decide_finalize(
+        &self,
+        tax_basis: TaxBasis,
+        credit_applied: Money,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
+        match self.status {
+            InvoiceStatus::Draft => {}
+            _ if self.totals.is_some() => return Ok(Vec::new()),
+            _ => return Err(self.refuse("finalize")),
+        }
+        let currency = self.currency().ok_or_else(|| self.refuse("finalize"))?;
+        let mut totals = compute_totals(&self.lines, self.discount.as_ref(), &tax_basis, currency)?;
+        if credit_applied.is_negative()
+            || credit_applied.currency() != currency
+            || credit_applied.amount() > totals.amount_due.amount()
+        {
+            return Err(DomainError::InvalidField {
+                field: "credit_applied",
+                reason: "must be between zero and the invoice total".into(),
+            });
+        }
+        totals.credit_applied = credit_applied;
+        totals.amount_due = totals.amount_due.checked_sub(credit_applied)?;
+        let mut journal = Journal::new();
+        for (line, line_totals) in self.lines.iter().zip(&totals.lines) {
+            journal.credit(line.revenue_account(), line_totals.booked);
+            journal.debit(Account::Discounts, line_totals.discount);
+            if let Some(place) = tax_basis.jurisdiction() {
+                journal.credit(Account::TaxPayable(place.to_owned()), line_totals.tax);
+            }
+        }
+        journal.debit(Account::CustomerCredit, credit_applied);
+        if totals.total.is_negative() {
+            journal.debit(Account::CustomerCredit, totals.total);
+        } else {
+            journal.debit(Account::AccountsReceivable, totals.amount_due);
+        }
+        Ok(vec![InvoiceEvent::InvoiceFinalized {
+            totals,
+            at: now,
+            postings: journal.finish()?,
+        }])
+    }
+
+    fn decide_outcome(
+        &self,
+        attempt_no: u32,
+        outcome: ChargeOutcome,
+        next_retry_at: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
+        let Some(attempt) = self.attempts.iter().find(|a| a.attempt_no == attempt_no) else {
+            return Err(DomainError::InvalidField {
+                field: "attempt_no",
+                reason: format!("attempt {attempt_no} was never started"),
+            });
+        };
+        if attempt.outcome.is_some() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![match outcome {
+            ChargeOutcome::Succeeded { charge_id } => {
+                let mut journal = Journal::new();
+                journal.debit(Account::GatewayBalance, attempt.amount);
+                let settled = if self.status == InvoiceStatus::Uncollectible {
+                    Account::BadDebt
+                } else {
+                    Account::AccountsReceivable
+                };
+                journal.credit(settled, attempt.amount);
+                InvoiceEvent::PaymentSucceeded {
+                    attempt_no,
+                    charge_id,
+                    amount: attempt.amount,
+                    at: now,
+                    postings: journal.finish()?,
+                }
+            }
+            ChargeOutcome::Declined {
+                decline_code,
+                message,
+            } => InvoiceEvent::PaymentFailed {
+                attempt_no,
+                decline_code,
+                message,
+                next_retry_at,
+                at: now,
+            },
+        }])
+    }
+}
+
+impl Aggregate for Invoice {
+    type Event = InvoiceEvent;
+    type Command = InvoiceCommand;
+
+    fn decide(&self, command: InvoiceCommand) -> Result<Vec<InvoiceEvent>, DomainError> {
+        if let InvoiceCommand::Draft {
+            customer_id,
+            subscription_id,
+            request,
+            now,
+        } = command
+        {
+            if self.id.is_some() {
+                return Ok(Vec::new());
+            }
+            if request.lines.is_empty() || request.lines.len() > INVOICE_LINES_MAX {
+                return Err(DomainError::InvalidField {
+                    field: "lines",
+                    reason: format!("1 to {INVOICE_LINES_MAX} lines"),
+                });
+            }
+            let currency = request.lines[0].amount.currency();
+            for line in &request.lines {
+                if line.amount.currency() != currency {
+                    return Err(DomainError::CurrencyMismatch {
+                        expected: currency.code().into(),
+                        got: line.amount.currency().code().into(),
+                    });
+                }
+                line.amount.to_minor()?;
+            }
+            return Ok(vec![InvoiceEvent::InvoiceDrafted {
+                invoice_id: request.invoice_id,
+                customer_id,
+                subscription_id,
+                reason: request.reason,
+                lines: request.lines,
+                discount: request.discount,
+                at: now,
+            }]);
+        }
+        if self.id.is_none() {
+            return Err(DomainError::NotFound {
+                kind: "invoice",
+                id: String::new(),
+            });
+        }
+        match command {
+            InvoiceCommand::Draft { .. } => Ok(Vec::new()),
+            InvoiceCommand::Finalize {
+                tax_basis,
+                credit_applied,
+                now,
+            } => self.decide_finalize(tax_basis, credit_applied, now),
+            InvoiceCommand::StartAttempt {
+                payment_method,
+                now,
+            } => {
+                if self.pending_attempt().is_some() {
+                    return Ok(Vec::new());
+                }
+                if !matches!(
+                    self.status,
+                    InvoiceStatus::Open | InvoiceStatus::Uncollectible
+                ) {
+                    return Err(self.refuse("charge"));
+                }
+                let amount = self.amount_remaining();
+                if !amount.is_positive() {
+                    return Err(self.refuse("charge"));
+                }
+                let attempt_no = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
+                let id = self.id.map(|id| id.to_string()).unwrap_or_default();
+                Ok(vec![InvoiceEvent::PaymentAttemptStarted {
+                    attempt_no,
+                    idempotency_key: format!("{id}-attempt-{attempt_no}"),
+                    payment_method,
+                    amount,
+                    at: now,
+                }])
+            }
+            InvoiceCommand::RecordOutcome {
+                attempt_no,
+                outcome,
+                next_retry_at,
+                now,
+            } => self.decide_outcome(attempt_no, outcome, next_retry_at, now),
+            InvoiceCommand::Void { now } => {
+                match self.status {
+                    InvoiceStatus::Void => return Ok(Vec::new()),
+                    InvoiceStatus::Draft | InvoiceStatus::Open
+                        if self.amount_paid.is_none_or(|m| m.is_zero()) => {}
+                    _ => return Err(self.refuse("void")),
+                }
+                let mut journal = Journal::new();
+                for posting in &self.finalization {
+                    journal.credit(posting.account.clone(), posting.signed());
+                }
+                Ok(vec![InvoiceEvent::InvoiceVoided {
+                    at: now,
+                    postings: journal.finish()?,
+                }])
+            }
+            InvoiceCommand::MarkUncollectible { now } => {
+                match self.status {
+                    InvoiceStatus::Uncollectible => return Ok(Vec::new()),
+                    InvoiceStatus::Open => {}
+                    _ => return Err(self.refuse("mark uncollectible")),
+                }
+                let amount = self.amount_remaining();
+                let mut journal = Journal::new();
+                journal.debit(Account::BadDebt, amount);
+                journal.credit(Account::AccountsReceivable, amount);
+                Ok(vec![InvoiceEvent::InvoiceMarkedUncollectible {
+                    amount,
+                    at: now,
+                    postings: journal.finish()?,
+                }])
+            }
+            InvoiceCommand::IssueCreditNote {
+                amount,
+                reason,
+                now,
+            } => {
+                if self.status != InvoiceStatus::Open {
+                    return Err(self.refuse("credit"));
+                }
+                let remaining = self.amount_remaining();
+                check_positive_within(amount, remaining, "credit note")?;
+                let tax = self.tax_part(amount)?;
+                let mut journal = Journal::new();
+                journal.debit(Account::Refunds, amount.checked_sub(tax)?);
+                if let Some(place) = self
+                    .totals
+                    .as_ref()
+                    .and_then(|t| t.tax_basis.jurisdiction())
+                {
+                    journal.debit(Account::TaxPayable(place.to_owned()), tax);
+                }
+                journal.credit(Account::AccountsReceivable, amount);
+                Ok(vec![InvoiceEvent::CreditNoteIssued {
+                    credit_note_no: self.credit_notes + 1,
+                    amount,
+                    tax,
+                    reason,
+                    at: now,
+                    postings: journal.finish()?,
+                }])
+            }
+            InvoiceCommand::Refund {
+                refund_no,
+                amount,
+                refund_id,
+                reason,
+                now,
+            } => {
+                if refund_no <= self.refunds {
+                    return Ok(Vec::new());
+                }
+                if self.status != InvoiceStatus::Paid {
+                    return Err(self.refuse("refund"));
+                }
+                let paid = self.amount_paid.unwrap_or(self.zero());
+                let refundable = paid.checked_sub(self.amount_refunded.unwrap_or(self.zero()))?;
+                check_positive_within(amount, refundable, "refund")?;
+                let tax = self.tax_part(amount)?;
+                let mut journal = Journal::new();
+                journal.debit(Account::Refunds, amount.checked_sub(tax)?);
+                if let Some(place) = self
+                    .totals
+                    .as_ref()
+                    .and_then(|t| t.tax_basis.jurisdiction())
+                {
+                    journal.debit(Account::TaxPayable(place.to_owned()), tax);
+                }
+                journal.credit(Account::GatewayBalance, amount);
+                Ok(vec![InvoiceEvent::InvoiceRefunded {
+                    refund_no,
+                    amount,
+                    tax,
+                    refund_id,
+                    reason,
+                    at: now,
+                    postings: journal.finish()?,
+                }])
+            }
+            InvoiceCommand::RecognizeRevenue { now } => {
+                let Some(totals) = &self.totals else {
+                    return Ok(Vec::new());
+                };
+                if self.status == InvoiceStatus::Void {
+                    return Ok(Vec::new());
+                }
+                let mut journal = Journal::new();
+                let mut lines = Vec::new();
+                for (index, (line, done)) in self.lines.iter().zip(&self.recognized).enumerate() {
+                    let ended = line.period.is_some_and(|p| p.end <= now);
+                    if *done || line.kind == LineKind::OneTime || !ended {
+                        continue;
+                    }
+                    let booked = totals.lines[index].booked;
+                    journal.debit(line.revenue_account(), booked);
+                    journal.credit(Account::Revenue(line.plan_id.clone()), booked);
+                    lines.push(index);
+                }
+                if lines.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![InvoiceEvent::RevenueRecognized {
+                    lines,
+                    at: now,
+                    postings: journal.finish()?,
+                }])
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &InvoiceEvent) {
+        match event {
+            InvoiceEvent::InvoiceDrafted {
+                invoice_id,
+                customer_id,
+                subscription_id,
+                reason,
+                lines,
+                discount,
+                at,
+            } => {
+                self.id = Some(*invoice_id);
+                self.customer_id = Some(*customer_id);
+                self.subscription_id = *subscription_id;
+                self.reason = Some(*reason);
+                self.lines.clone_from(lines);
+                self.recognized = lines.iter().map(|l| l.kind == LineKind::OneTime).collect();
+                self.discount.clone_from(discount);
+                self.created_at = Some(*at);
+            }
+            InvoiceEvent::InvoiceFinalized {
+                totals, postings, ..
+            } => {
+                self.status = if totals.amount_due.is_zero() {
+                    InvoiceStatus::Paid
+                } else {
+                    InvoiceStatus::Open
+                };
+                self.totals = Some(totals.clone());
+                self.finalization.clone_from(postings);
+            }
+            InvoiceEvent::PaymentAttemptStarted {
+                attempt_no,
+                idempotency_key,
+                payment_method,
+                amount,
+                ..
+            } => self.attempts.push(Attempt {
+                attempt_no: *attempt_no,
+                idempotency_key: idempotency_key.clone(),
+                payment_method: payment_method.clone(),
+                amount: *amount,
+                outcome: None,
+                next_retry_at: None,
+            }),
+            InvoiceEvent::PaymentSucceeded {
+                attempt_no,
+                charge_id,
+                amount,
+                ..
+            } => {
+                if let Some(attempt) = self
+                    .attempts
+                    .iter_mut()
+                    .find(|a| a.attempt_no == *attempt_no)
+                {
+                    attempt.outcome = Some(ChargeOutcome::Succeeded {
+                        charge_id: charge_id.clone(),
+                    });
+                }
+                let paid = self.amount_paid.unwrap_or(self.zero());
+                self.amount_paid = paid.checked_add(*amount).ok();
+                self.status = InvoiceStatus::Paid;
+            }
+            InvoiceEvent::PaymentFailed {
+                attempt_no,
+                decline_code,
+                message,
+                next_retry_at,
+                ..
+            } => {
+                if let Some(attempt) = self
+                    .attempts
+                    .iter_mut()
+                    .find(|a| a.attempt_no == *attempt_no)
+                {
+                    attempt.outcome = Some(ChargeOutcome::Declined {
+                        decline_code: decline_code.clone(),
+                        message: message.clone(),
+                    });
+                    attempt.next_retry_at = *next_retry_at;
+                }
+            }
+            InvoiceEvent::InvoiceVoided { .. } => self.status = InvoiceStatus::Void,
+            InvoiceEvent::InvoiceMarkedUncollectible { .. } => {
+                self.status = InvoiceStatus::Uncollectible;
+            }
+            InvoiceEvent::CreditNoteIssued {
+                credit_note_no,
+                amount,
+                ..
+            } => {
+                self.credit_notes = *credit_note_no;
+                let credited = self.amount_credited.unwrap_or(self.zero());
+                self.amount_credited = credited.checked_add(*amount).ok();
+                if self.amount_remaining().is_zero() {
+                    self.status = InvoiceStatus::Paid;
+                }
+            }
+            InvoiceEvent::InvoiceRefunded {
+                refund_no, amount, ..
+            } => {
+                self.refunds = *refund_no;
+                let refunded = self.amount_refunded.unwrap_or(self.zero());
+                self.amount_refunded = refunded.checked_add(*amount).ok();
+            }
+            InvoiceEvent::RevenueRecognized { lines, .. } => {
+                for index in lines {
+                    if let Some(done) = self.recognized.get_mut(*index) {
+                        *done = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn check_positive_within(
+    amount: Money,
+    limit: Money,
+    what: &'static str,
+) -> Result<(), DomainError> {
+    if !amount.is_positive() {
+        return Err(DomainError::AmountNotPositive {
+            field: what,
+            amount: amount.amount().to_string(),
+        });
+    }
+    amount.to_minor()?;
+    if amount.currency() != limit.currency() {
+        return Err(DomainError::CurrencyMismatch {
+            expected: limit.currency().code().into(),
+            got: amount.currency().code().into(),
+        });
+    }
+    if amount.amount() > limit.amount() {
+        return Err(DomainError::RefundExceedsPaid {
+            requested: format!("{} {}", amount.amount(), amount.currency().code()),
+            refundable: format!("{} {}", limit.amount(), limit.currency().code()),
+        });
+    }
+    Ok(())
+}

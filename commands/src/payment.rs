@@ -1,0 +1,317 @@
+//! Payment gateways: the trait, and a simulated gateway that follows Stripe's test cards.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use recur_ledger::Money;
+
+use crate::customer::PaymentMethod;
+use crate::invoice::ChargeOutcome;
+
+/// A boxed future, so the trait stays object-safe.
+pub type GatewayFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayError>> + Send + 'a>>;
+
+/// The gateway could not give an answer (network, outage); retry with the same key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("gateway unavailable: {0}")]
+pub struct GatewayError(pub String);
+
+/// Why a card could not be put on file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CardError {
+    /// The card was declined when attached.
+    #[error("card declined when attached: {decline_code}")]
+    Declined {
+        /// Stripe's decline code.
+        decline_code: String,
+    },
+    /// Not a card number the simulated gateway knows.
+    #[error("unknown test card: use one of Stripe's test card numbers")]
+    UnknownCard,
+}
+
+/// A charge: the key makes a retried call return the first call's outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChargeRequest {
+    /// `<invoice id>-attempt-<n>`.
+    pub idempotency_key: String,
+    /// The card token.
+    pub payment_method: String,
+    /// Amount to collect.
+    pub amount: Money,
+}
+
+/// A refund of (part of) a charge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundRequest {
+    /// `<invoice id>-refund-<n>`.
+    pub idempotency_key: String,
+    /// The charge to refund.
+    pub charge_id: String,
+    /// Amount.
+    pub amount: Money,
+}
+
+/// What Recur needs from a payment provider.
+pub trait PaymentGateway: Send + Sync {
+    /// The gateway's name, recorded with attempts (`simulated`, `stripe`).
+    fn name(&self) -> &'static str;
+
+    /// Charges a card. A retried key returns the first outcome and moves no money.
+    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, ChargeOutcome>;
+
+    /// Refunds part or all of a charge; returns the refund id. Idempotent per key.
+    fn refund<'a>(&'a self, request: &'a RefundRequest) -> GatewayFuture<'a, String>;
+}
+
+/// Stripe's test cards and what they do, with the PaymentMethod ids Stripe gives them.
+const TEST_CARDS: &[(&str, &str, &str, Option<&str>, bool)] = &[
+    // (number, token, brand, decline code, declines when attached)
+    ("4242424242424242", "pm_card_visa", "visa", None, false),
+    (
+        "5555555555554444",
+        "pm_card_mastercard",
+        "mastercard",
+        None,
+        false,
+    ),
+    (
+        "4000000000000002",
+        "pm_card_chargeDeclined",
+        "visa",
+        Some("card_declined"),
+        true,
+    ),
+    (
+        "4000000000009995",
+        "pm_card_chargeDeclinedInsufficientFunds",
+        "visa",
+        Some("insufficient_funds"),
+        true,
+    ),
+    (
+        "4000000000000069",
+        "pm_card_chargeDeclinedExpiredCard",
+        "visa",
+        Some("expired_card"),
+        true,
+    ),
+    (
+        "4000000000000119",
+        "pm_card_chargeDeclinedProcessingError",
+        "visa",
+        Some("processing_error"),
+        true,
+    ),
+    (
+        "4000000000000341",
+        "pm_card_chargeCustomerFail",
+        "visa",
+        Some("card_declined"),
+        false,
+    ),
+];
+
+/// The decline code a token's charges get, if they fail.
+fn decline_for(token: &str) -> Option<&'static str> {
+    TEST_CARDS
+        .iter()
+        .find(|(_, t, ..)| *t == token)
+        .and_then(|(_, _, _, code, _)| *code)
+}
+
+/// A gateway that behaves like Stripe's test mode, in memory: charges succeed or
+/// decline by test card, and keys are remembered so retries never charge twice.
+#[derive(Clone, Default)]
+pub struct SimulatedGateway {
+    inner: Arc<Mutex<Simulated>>,
+}
+
+#[derive(Default)]
+struct Simulated {
+    charges: HashMap<String, ChargeOutcome>,
+    refunds: HashMap<String, String>,
+    /// Distinct successful charges (what would appear on a statement).
+    money_moved: u64,
+    /// Calls, counting retries.
+    calls: u64,
+    /// Fail the next n calls as unavailable (tests of crash and retry).
+    outages: u32,
+}
+
+impl SimulatedGateway {
+    /// A fresh gateway.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What Stripe.js would give for a test card number: the card's PaymentMethod
+    /// (token, brand, last4, expiry). The number itself never goes further.
+    ///
+    /// # Errors
+    /// [`CardError::Declined`] for the cards Stripe declines on attach;
+    /// [`CardError::UnknownCard`] for other numbers.
+    pub fn tokenize(
+        card_number: &str,
+        exp_month: u8,
+        exp_year: u16,
+    ) -> Result<PaymentMethod, CardError> {
+        let digits: String = card_number.chars().filter(char::is_ascii_digit).collect();
+        let Some((number, token, brand, code, declines_on_attach)) =
+            TEST_CARDS.iter().find(|(n, ..)| *n == digits)
+        else {
+            return Err(CardError::UnknownCard);
+        };
+        if *declines_on_attach {
+            return Err(CardError::Declined {
+                decline_code: code.unwrap_or("card_declined").to_owned(),
+            });
+        }
+        Ok(PaymentMethod {
+            token: (*token).to_owned(),
+            brand: (*brand).to_owned(),
+            last4: number[number.len() - 4..].to_owned(),
+            exp_month,
+            exp_year,
+        })
+    }
+
+    /// The PaymentMethod of a card that declines at charge time with `decline_code`
+    /// (as if it had been attached while it still worked). For simulations where a
+    /// working card later fails.
+    pub fn failing_card(decline_code: &str, exp_month: u8, exp_year: u16) -> PaymentMethod {
+        let (number, token) = TEST_CARDS
+            .iter()
+            .find(|(_, _, _, code, _)| *code == Some(decline_code))
+            .map_or(
+                ("4000000000000341", "pm_card_chargeCustomerFail"),
+                |(n, t, ..)| (*n, *t),
+            );
+        PaymentMethod {
+            token: token.to_owned(),
+            brand: "visa".to_owned(),
+            last4: number[number.len() - 4..].to_owned(),
+            exp_month,
+            exp_year,
+        }
+    }
+
+    /// Makes the next `calls` calls fail as unavailable.
+    pub fn fail_next_calls(&self, calls: u32) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.outages = calls;
+        }
+    }
+
+    /// Distinct successful charges so far.
+    pub fn charges_made(&self) -> u64 {
+        self.inner.lock().map_or(0, |i| i.money_moved)
+    }
+
+    /// Calls so far, retries included.
+    pub fn calls(&self) -> u64 {
+        self.inner.lock().map_or(0, |i| i.calls)
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Simulated) -> Result<T, GatewayError>,
+    ) -> Result<T, GatewayError> {
+        let mut inner = self
+            .inner
+            .lock()
+            .map_err(|_| GatewayError("simulated gateway state poisoned".into()))?;
+        inner.calls += 1;
+        if inner.outages > 0 {
+            inner.outages -= 1;
+            return Err(GatewayError("simulated outage".into()));
+        }
+        f(&mut inner)
+    }
+}
+
+impl PaymentGateway for SimulatedGateway {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn charge<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, ChargeOutcome> {
+        Box::pin(async move {
+            self.with(|inner| {
+                if let Some(outcome) = inner.charges.get(&request.idempotency_key) {
+                    return Ok(outcome.clone());
+                }
+                let outcome = match decline_for(&request.payment_method) {
+                    Some(code) => ChargeOutcome::Declined {
+                        decline_code: code.to_owned(),
+                        message: match code {
+                            "insufficient_funds" => "Your card has insufficient funds.",
+                            "expired_card" => "Your card has expired.",
+                            "processing_error" => "An error occurred while processing your card. Try again in a little bit.",
+                            _ => "Your card was declined.",
+                        }
+                        .to_owned(),
+                    },
+                    None if TEST_CARDS.iter().any(|(_, t, ..)| *t == request.payment_method) => {
+                        inner.money_moved += 1;
+                        ChargeOutcome::Succeeded {
+                            charge_id: format!("ch_sim_{:06}", inner.money_moved),
+                        }
+                    }
+                    None => ChargeOutcome::Declined {
+                        decline_code: "invalid_payment_method".to_owned(),
+                        message: "No such payment method.".to_owned(),
+                    },
+                };
+                inner
+                    .charges
+                    .insert(request.idempotency_key.clone(), outcome.clone());
+                Ok(outcome)
+            })
+        })
+    }
+
+    fn refund<'a>(&'a self, request: &'a RefundRequest) -> GatewayFuture<'a, String> {
+        Box::pin(async move {
+            self.with(|inner| {
+                let next = inner.refunds.len() + 1;
+                Ok(inner
+                    .refunds
+                    .entry(request.idempotency_key.clone())
+                    .or_insert_with(|| format!("re_sim_{next:06}"))
+                    .clone())
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_cards_tokenize_like_stripe() {
+        let visa = SimulatedGateway::tokenize("4242 4242 4242 4242", 12, 2030);
+        assert_eq!(
+            visa.map(|m| (m.token, m.last4)),
+            Ok(("pm_card_visa".into(), "4242".into()))
+        );
+        assert_eq!(
+            SimulatedGateway::tokenize("4000000000009995", 12, 2030),
+            Err(CardError::Declined {
+                decline_code: "insufficient_funds".into()
+            })
+        );
+        let fails_later = SimulatedGateway::tokenize("4000000000000341", 12, 2030);
+        assert_eq!(
+            fails_later.map(|m| m.token),
+            Ok("pm_card_chargeCustomerFail".into())
+        );
+        assert_eq!(
+            SimulatedGateway::tokenize("1234", 1, 2030),
+            Err(CardError::UnknownCard)
+        );
+    }
+}

@@ -1,0 +1,202 @@
+//! Loads aggregates from the ledger, decides, appends under the expected version,
+//! and keeps recently used states in memory (a stale state only costs a conflict
+//! and a reload, never a wrong write).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use recur_ledger::{
+    EventId, ExpectedVersion, Ledger, LedgerError, Metadata, NewEvent, Position, StreamId,
+};
+
+use crate::aggregate::{Aggregate, DomainEvent};
+use crate::error::{BillingError, DomainError};
+
+/// Streams whose state is kept in memory; beyond it a quarter is dropped.
+pub const CACHED_STREAMS_MAX: usize = 50_000;
+/// Attempts of one command when other writers keep winning.
+pub const COMMAND_ATTEMPTS_MAX: u32 = 8;
+/// Events read per page when loading a stream.
+const LOAD_PAGE_EVENTS: usize = 1_000;
+
+struct Cached {
+    version: u64,
+    state: Box<dyn Any + Send + Sync>,
+}
+
+/// The result of a command.
+#[derive(Debug)]
+pub struct Executed<A: Aggregate> {
+    /// The state after the command.
+    pub state: A,
+    /// What was appended (empty when there was nothing to do).
+    pub events: Vec<A::Event>,
+    /// The stream's version after it.
+    #[expect(dead_code, reason = "the command API answers with it")]
+    pub version: u64,
+    /// The position of the last appended event, if any.
+    #[expect(dead_code, reason = "the command API answers with it")]
+    pub position: Option<Position>,
+}
+
+/// Aggregate storage over the ledger.
+pub(crate) struct Repository {
+    ledger: Ledger,
+    cache: Mutex<HashMap<StreamId, Cached>>,
+}
+
+impl Repository {
+    pub(crate) fn new(ledger: Ledger) -> Self {
+        Self {
+            ledger,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// The aggregate's state and version (0 when the stream is empty).
+    pub(crate) async fn load<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(A, u64), BillingError> {
+        if let Some(hit) = self.cached::<A>(stream) {
+            return Ok(hit);
+        }
+        let mut state = A::default();
+        let mut version = 0;
+        loop {
+            let page = self
+                .ledger
+                .read_stream(stream, version + 1, LOAD_PAGE_EVENTS)
+                .await?;
+            let done = page.len() < LOAD_PAGE_EVENTS;
+            for recorded in page {
+                let event: A::Event =
+                    decode(&recorded.payload).map_err(|message| BillingError::Corrupt {
+                        stream: stream.to_string(),
+                        position: recorded.position.0,
+                        message,
+                    })?;
+                if recorded.stream_version != version + 1 {
+                    return Err(BillingError::Corrupt {
+                        stream: stream.to_string(),
+                        position: recorded.position.0,
+                        message: format!("version {} follows {version}", recorded.stream_version),
+                    });
+                }
+                state.evolve(&event);
+                version = recorded.stream_version;
+            }
+            if done {
+                break;
+            }
+        }
+        self.store(stream, version, &state);
+        Ok((state, version))
+    }
+
+    /// Builds a command from the current state, decides and appends; on a version
+    /// conflict reloads and tries again, up to [`COMMAND_ATTEMPTS_MAX`] times.
+    pub(crate) async fn execute<A, F>(
+        &self,
+        stream: &StreamId,
+        metadata: &Metadata,
+        mut command: F,
+    ) -> Result<Executed<A>, BillingError>
+    where
+        A: Aggregate,
+        F: FnMut(&A) -> Result<A::Command, DomainError>,
+    {
+        for _ in 0..COMMAND_ATTEMPTS_MAX {
+            let (mut state, version) = self.load::<A>(stream).await?;
+            let events = state.decide(command(&state)?)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state,
+                    events,
+                    version,
+                    position: None,
+                });
+            }
+            let now = self.ledger.clock().now();
+            let mut new_events = Vec::with_capacity(events.len());
+            for event in &events {
+                new_events.push(
+                    NewEvent::new(
+                        EventId::new_at(now),
+                        event.event_type(),
+                        event.schema_version(),
+                        event,
+                    )?
+                    .with_metadata(metadata.clone()),
+                );
+            }
+            let expected = if version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(version)
+            };
+            match self.ledger.append(stream, expected, new_events).await {
+                Ok(appended) => {
+                    for event in &events {
+                        state.evolve(event);
+                    }
+                    self.store(stream, appended.stream_version, &state);
+                    return Ok(Executed {
+                        state,
+                        events,
+                        version: appended.stream_version,
+                        position: Some(appended.last_position()),
+                    });
+                }
+                Err(LedgerError::VersionConflict { .. }) => self.forget(stream),
+                Err(error) => {
+                    self.forget(stream);
+                    return Err(error.into());
+                }
+            }
+        }
+        Err(BillingError::Contended(stream.to_string()))
+    }
+
+    fn cached<A: Aggregate>(&self, stream: &StreamId) -> Option<(A, u64)> {
+        let cache = self.cache.lock().ok()?;
+        let hit = cache.get(stream)?;
+        let state = hit.state.downcast_ref::<A>()?;
+        Some((state.clone(), hit.version))
+    }
+
+    fn store<A: Aggregate>(&self, stream: &StreamId, version: u64, state: &A) {
+        let Ok(mut cache) = self.cache.lock() else {
+            return;
+        };
+        if cache.len() >= CACHED_STREAMS_MAX {
+            let drop: Vec<StreamId> = cache.keys().take(CACHED_STREAMS_MAX / 4).cloned().collect();
+            for key in drop {
+                cache.remove(&key);
+            }
+        }
+        cache.insert(
+            stream.clone(),
+            Cached {
+                version,
+                state: Box::new(state.clone()),
+            },
+        );
+    }
+
+    pub(crate) fn forget(&self, stream: &StreamId) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(stream);
+        }
+    }
+}
+
+/// Decodes a stored payload into a domain event.
+pub(crate) fn decode<E: DomainEvent>(payload: &str) -> Result<E, String> {
+    serde_json::from_str(payload).map_err(|e| e.to_string())
+}

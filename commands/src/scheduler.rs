@@ -1,0 +1,272 @@
+//! The billing clock's scheduler: a process manager that follows the ledger,
+//! knows what is due (trial ends, renewals, payment retries, unfinished billing,
+//! revenue recognition) and does it at the clock's now.
+//!
+//! It keeps no state of its own beyond what it folds from the ledger, so two
+//! schedulers can run at once and a crashed one can be restarted: every step is
+//! keyed (by subscription and period, by invoice and attempt) and a repeated
+//! step is a no-op.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use recur_ledger::{Position, RecordedEvent, Source, StreamId};
+use time::OffsetDateTime;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::aggregate::Aggregate;
+use crate::billing::{Billing, decode_event};
+use crate::error::BillingError;
+use crate::ids::{InvoiceId, SubscriptionId};
+use crate::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
+use crate::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
+
+/// Events read per page while following the ledger.
+const CATCH_UP_PAGE_EVENTS: usize = 5_000;
+/// Work items run at once.
+pub const CONCURRENCY_DEFAULT: usize = 16;
+/// Rounds of one tick (work that makes more work due at the same instant).
+const ROUNDS_PER_TICK_MAX: u32 = 64;
+
+/// Something the scheduler may have to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Work {
+    /// Convert a trial or renew.
+    Subscription(SubscriptionId),
+    /// Finalize, collect, retry, give up, or recognise revenue.
+    Invoice(InvoiceId),
+}
+
+/// What one tick did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TickReport {
+    /// Subscription periods started (trial conversions and renewals).
+    pub periods_started: u32,
+    /// Invoice steps run.
+    pub invoice_steps: u32,
+    /// Work that failed, with the error's code; it is retried next tick.
+    pub failures: Vec<(Work, &'static str)>,
+}
+
+#[derive(Default)]
+struct Index {
+    position: Position,
+    subscriptions: HashMap<StreamId, Subscription>,
+    invoices: HashMap<StreamId, Invoice>,
+    due: BTreeSet<(OffsetDateTime, Work)>,
+    due_at: HashMap<Work, OffsetDateTime>,
+}
+
+impl Index {
+    fn schedule(&mut self, work: Work, at: Option<OffsetDateTime>) {
+        if let Some(old) = self.due_at.remove(&work) {
+            self.due.remove(&(old, work));
+        }
+        if let Some(at) = at {
+            self.due.insert((at, work));
+            self.due_at.insert(work, at);
+        }
+    }
+
+    fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), BillingError> {
+        let corrupt = |message: String| BillingError::Corrupt {
+            stream: recorded.stream_id.to_string(),
+            position: recorded.position.0,
+            message,
+        };
+        match recorded.stream_id.category() {
+            "subscription" => {
+                let event: SubscriptionEvent = decode_event(&recorded.payload).map_err(corrupt)?;
+                let state = self
+                    .subscriptions
+                    .entry(recorded.stream_id.clone())
+                    .or_default();
+                state.evolve(&event);
+                let Some(id) = state.id else { return Ok(()) };
+                let at = state.next_due_at();
+                let settled = match &event {
+                    SubscriptionEvent::SubscriptionInvoiceSettled { invoice_id } => {
+                        Some(*invoice_id)
+                    }
+                    _ => None,
+                };
+                if state.status == SubscriptionStatus::Canceled {
+                    self.subscriptions.remove(&recorded.stream_id);
+                }
+                self.schedule(Work::Subscription(id), at);
+                if let Some(invoice_id) = settled {
+                    self.reschedule_invoice(invoice_id)?;
+                }
+            }
+            "invoice" => {
+                let event: InvoiceEvent = decode_event(&recorded.payload).map_err(corrupt)?;
+                let drafted = matches!(event, InvoiceEvent::InvoiceDrafted { .. });
+                if !drafted && !self.invoices.contains_key(&recorded.stream_id) {
+                    return Ok(());
+                }
+                let state = self.invoices.entry(recorded.stream_id.clone()).or_default();
+                state.evolve(&event);
+                if let Some(id) = state.id {
+                    self.reschedule_invoice(id)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn reschedule_invoice(&mut self, id: InvoiceId) -> Result<(), BillingError> {
+        let stream = id.stream()?;
+        let Some(invoice) = self.invoices.get(&stream) else {
+            return Ok(());
+        };
+        let unsettled = invoice.subscription_id.is_some_and(|sub| {
+            sub.stream()
+                .ok()
+                .and_then(|s| self.subscriptions.get(&s))
+                .is_some_and(|s| s.unsettled.contains(&id))
+        });
+        let at = invoice_work_at(invoice, unsettled);
+        if at.is_none() {
+            self.invoices.remove(&stream);
+        }
+        self.schedule(Work::Invoice(id), at);
+        Ok(())
+    }
+}
+
+/// When an invoice next needs the scheduler, if ever.
+fn invoice_work_at(invoice: &Invoice, subscription_unsettled: bool) -> Option<OffsetDateTime> {
+    let immediately = Some(OffsetDateTime::UNIX_EPOCH);
+    let collection = match invoice.status {
+        InvoiceStatus::Draft => immediately,
+        InvoiceStatus::Open => match invoice.attempts.last() {
+            None => immediately,
+            Some(last) if last.outcome.is_none() => immediately,
+            Some(last) => last.next_retry_at.or(immediately),
+        },
+        InvoiceStatus::Paid if subscription_unsettled => immediately,
+        _ => None,
+    };
+    [collection, invoice.next_recognition_at()]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// Follows the ledger and runs due billing work.
+pub struct Scheduler {
+    billing: Arc<Billing>,
+    index: Mutex<Index>,
+    concurrency: usize,
+}
+
+impl Scheduler {
+    /// A scheduler over `billing`, running up to `concurrency` items at once.
+    pub fn new(billing: Arc<Billing>, concurrency: usize) -> Self {
+        Self {
+            billing,
+            index: Mutex::new(Index::default()),
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// Reads what was appended since the last call and updates what is due.
+    ///
+    /// # Errors
+    /// Ledger errors, undecodable events.
+    pub async fn catch_up(&self) -> Result<(), BillingError> {
+        let mut index = self.index.lock().await;
+        loop {
+            let page = self
+                .billing
+                .ledger()
+                .read_all(index.position, CATCH_UP_PAGE_EVENTS)
+                .await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                break;
+            };
+            for recorded in &page {
+                index.apply(recorded)?;
+            }
+            index.position = last;
+            if page.len() < CATCH_UP_PAGE_EVENTS {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest instant at which something is due, if anything is.
+    pub async fn next_due_at(&self) -> Option<OffsetDateTime> {
+        self.index.lock().await.due.first().map(|(at, _)| *at)
+    }
+
+    /// Runs everything due at the clock's now. Work that fails (e.g. the gateway
+    /// is down) is reported and stays due for the next tick.
+    ///
+    /// # Errors
+    /// Ledger errors while following the ledger.
+    pub async fn tick(&self) -> Result<TickReport, BillingError> {
+        let now = self.billing.ledger().clock().now();
+        let mut report = TickReport::default();
+        let mut done: HashSet<Work> = HashSet::new();
+        for _ in 0..ROUNDS_PER_TICK_MAX {
+            self.catch_up().await?;
+            let due: Vec<Work> = {
+                let index = self.index.lock().await;
+                index
+                    .due
+                    .iter()
+                    .take_while(|(at, _)| *at <= now)
+                    .map(|(_, work)| *work)
+                    .filter(|work| !done.contains(work))
+                    .collect()
+            };
+            if due.is_empty() {
+                break;
+            }
+            let permits = Arc::new(Semaphore::new(self.concurrency));
+            let mut tasks = JoinSet::new();
+            for work in due {
+                done.insert(work);
+                let billing = Arc::clone(&self.billing);
+                let permits = Arc::clone(&permits);
+                tasks.spawn(async move {
+                    let _permit = permits.acquire_owned().await;
+                    (work, run(&billing, work).await)
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let Ok((work, result)) = joined else {
+                    continue;
+                };
+                match (work, result) {
+                    (Work::Subscription(_), Ok(started)) => report.periods_started += started,
+                    (Work::Invoice(_), Ok(_)) => report.invoice_steps += 1,
+                    (work, Err(error)) => {
+                        tracing::warn!(
+                            ?work,
+                            code = error.code(),
+                            "billing work failed; retried next tick"
+                        );
+                        report.failures.push((work, error.code()));
+                    }
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+async fn run(billing: &Billing, work: Work) -> Result<u32, BillingError> {
+    match work {
+        Work::Subscription(id) => billing.advance(id).await,
+        Work::Invoice(id) => {
+            billing.collect(id, Source::Scheduler).await?;
+            billing.recognize_revenue(id).await?;
+            Ok(1)
+        }
+    }
+}
