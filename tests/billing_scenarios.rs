@@ -1,0 +1,862 @@
+//! Hand-computed billing scenarios through the real command path (billing service,
+//! scheduler, simulated gateway) on a real ledger: exact amounts, exact postings.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../ledger/tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+
+use recur_commands::billing::{NewCoupon, NewCustomer, NewSubscription, PlanChange, Trial};
+use recur_commands::coupon::{CouponDuration, Discount};
+use recur_commands::customer::{PaymentMethod, Segment};
+use recur_commands::invoice::{InvoiceEvent, InvoiceStatus};
+use recur_commands::postings::{Posting, Side, TrialBalance};
+use recur_commands::scheduler::Scheduler;
+use recur_commands::subscription::{CancelReason, SubscriptionStatus, Timing};
+use recur_commands::tax::TaxLocation;
+use recur_commands::{
+    Billing, BillingError, Catalog, CouponCode, CustomerId, DomainError, InvoiceId,
+    SimulatedGateway, SubscriptionId,
+};
+use recur_ledger::{Clock, Ledger, Money, Position, TestClock};
+use rust_decimal::Decimal;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+struct World {
+    clock: TestClock,
+    billing: Arc<Billing>,
+    scheduler: Scheduler,
+    gateway: SimulatedGateway,
+    _store: common::TestLedger,
+}
+
+async fn world(start: OffsetDateTime) -> World {
+    let clock = TestClock::at(start);
+    let store = common::sqlite_with(Arc::new(clock.clone())).await;
+    world_on(clock, store).await
+}
+
+async fn world_on(clock: TestClock, store: common::TestLedger) -> World {
+    let gateway = SimulatedGateway::new();
+    let billing = Arc::new(
+        Billing::open(
+            store.ledger.clone(),
+            Catalog::default_catalog().unwrap(),
+            Arc::new(gateway.clone()),
+        )
+        .await
+        .unwrap(),
+    );
+    let scheduler = Scheduler::new(Arc::clone(&billing), 4);
+    World {
+        clock,
+        billing,
+        scheduler,
+        gateway,
+        _store: store,
+    }
+}
+
+impl World {
+    fn ledger(&self) -> &Ledger {
+        self.billing.ledger()
+    }
+
+    async fn at(&self, instant: OffsetDateTime) {
+        self.clock.advance_to(instant);
+        let report = self.scheduler.tick().await.unwrap();
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+
+    async fn customer(&self, card: Option<&str>, tax: Option<TaxLocation>) -> CustomerId {
+        let id = self
+            .billing
+            .create_customer(NewCustomer {
+                segment: Segment::Standard,
+                tax_location: tax,
+                contact: None,
+            })
+            .await
+            .unwrap();
+        if let Some(number) = card {
+            let method = SimulatedGateway::tokenize(number, 12, 2030).unwrap();
+            self.billing
+                .attach_payment_method(id, method)
+                .await
+                .unwrap();
+        }
+        id
+    }
+
+    async fn subscribe(
+        &self,
+        customer: CustomerId,
+        plan: &str,
+        trial: Trial,
+        coupon: Option<&str>,
+    ) -> SubscriptionId {
+        self.billing
+            .subscribe(NewSubscription {
+                customer_id: customer,
+                plan_id: plan.into(),
+                price_id: None,
+                quantity: 1,
+                trial,
+                coupon: coupon.map(|c| CouponCode::parse(c).unwrap()),
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn invoices_of(&self, sub: SubscriptionId) -> Vec<recur_commands::invoice::Invoice> {
+        let state = self.billing.subscription(sub).await.unwrap();
+        let mut out = Vec::new();
+        for id in state.invoices {
+            out.push(self.billing.invoice(id).await.unwrap());
+        }
+        out
+    }
+
+    /// Each financial event of an invoice, as (type, postings).
+    async fn postings(&self, invoice: InvoiceId) -> Vec<(String, Vec<Posting>)> {
+        let events = self
+            .ledger()
+            .read_stream(&invoice.stream().unwrap(), 1, 1_000)
+            .await
+            .unwrap();
+        events
+            .iter()
+            .filter_map(|recorded| {
+                let event: InvoiceEvent = serde_json::from_str(&recorded.payload).unwrap();
+                let postings = event.postings().to_vec();
+                (!postings.is_empty()).then(|| (recorded.event_type.clone(), postings))
+            })
+            .collect()
+    }
+
+    async fn postings_of(&self, invoice: InvoiceId, event_type: &str) -> Vec<Posting> {
+        self.postings(invoice)
+            .await
+            .into_iter()
+            .find(|(t, _)| t == event_type)
+            .map(|(_, p)| p)
+            .unwrap_or_else(|| panic!("no {event_type} on {invoice}"))
+    }
+
+    /// The trial balance over the whole ledger, checked to be zero after every event.
+    async fn trial_balance(&self) -> TrialBalance {
+        let mut balance = TrialBalance::default();
+        let mut after = Position::START;
+        loop {
+            let page = self.ledger().read_all(after, 1_000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for recorded in &page {
+                if recorded.stream_id.category() != "invoice" {
+                    continue;
+                }
+                let event: InvoiceEvent = serde_json::from_str(&recorded.payload).unwrap();
+                balance.add(event.postings()).unwrap();
+                assert!(
+                    balance.is_balanced(),
+                    "unbalanced after {}",
+                    recorded.position.0
+                );
+            }
+        }
+        balance
+    }
+
+    async fn last_position(&self) -> Position {
+        self.ledger().last_position().await.unwrap()
+    }
+}
+
+fn usd(amount: &str) -> Money {
+    Money::parse(amount, "USD").unwrap()
+}
+
+fn dr(account: &str, amount: &str) -> Posting {
+    Posting {
+        account: account.parse().unwrap(),
+        side: Side::Debit,
+        amount: usd(amount),
+    }
+}
+
+fn cr(account: &str, amount: &str) -> Posting {
+    Posting {
+        account: account.parse().unwrap(),
+        side: Side::Credit,
+        amount: usd(amount),
+    }
+}
+
+fn sorted(mut postings: Vec<Posting>) -> Vec<String> {
+    let mut lines: Vec<String> = postings
+        .drain(..)
+        .map(|p| format!("{:?} {} {}", p.side, p.account, p.amount.amount()))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn assert_postings(actual: Vec<Posting>, expected: Vec<Posting>) {
+    assert_eq!(sorted(actual), sorted(expected));
+}
+
+#[tokio::test]
+async fn trial_converts_to_a_paid_period_and_renews_on_the_anchor_day() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::PlanDefault, None)
+        .await;
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status, SubscriptionStatus::Trialing);
+    assert_eq!(state.trial_end, Some(datetime!(2026-01-31 00:00 UTC)));
+    assert!(state.invoices.is_empty(), "no invoice during the trial");
+
+    w.at(datetime!(2026-01-30 23:59:59 UTC)).await;
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::Trialing
+    );
+
+    w.at(datetime!(2026-01-31 00:00 UTC)).await;
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status, SubscriptionStatus::Active);
+    let period = state.current_period.unwrap();
+    assert_eq!(
+        (period.start, period.end),
+        (
+            datetime!(2026-01-31 00:00 UTC),
+            datetime!(2026-02-28 00:00 UTC)
+        )
+    );
+    let invoices = w.invoices_of(sub).await;
+    assert_eq!(invoices.len(), 1);
+    let first = &invoices[0];
+    assert_eq!(first.status, InvoiceStatus::Paid);
+    assert_eq!(first.totals.as_ref().unwrap().total, usd("97.00"));
+    let id = first.id.unwrap();
+    assert_postings(
+        w.postings_of(id, "InvoiceFinalized").await,
+        vec![
+            cr("deferred_revenue:community_access", "97.00"),
+            dr("accounts_receivable", "97.00"),
+        ],
+    );
+    assert_postings(
+        w.postings_of(id, "PaymentSucceeded").await,
+        vec![
+            dr("gateway_balance", "97.00"),
+            cr("accounts_receivable", "97.00"),
+        ],
+    );
+
+    // Feb 28: the period ends; the next runs to Mar 31 (the anchor's day, not Mar 28).
+    w.at(datetime!(2026-02-28 00:00 UTC)).await;
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(
+        state.current_period.unwrap().end,
+        datetime!(2026-03-31 00:00 UTC)
+    );
+    assert_postings(
+        w.postings_of(id, "RevenueRecognized").await,
+        vec![
+            dr("deferred_revenue:community_access", "97.00"),
+            cr("revenue:community_access", "97.00"),
+        ],
+    );
+    let balance = w.trial_balance().await;
+    assert_eq!(
+        balance.balance(&"gateway_balance".parse().unwrap(), usd("0").currency()),
+        usd("194.00")
+    );
+    assert_eq!(
+        balance.balance(
+            &"revenue:community_access".parse().unwrap(),
+            usd("0").currency()
+        ),
+        usd("-97.00")
+    );
+    assert_eq!(w.gateway.charges_made(), 2);
+}
+
+#[tokio::test]
+async fn elite_to_group_downgrade_mid_cycle_credits_unused_time_to_the_second() {
+    let w = world(datetime!(2026-04-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "elite_coaching", Trial::Skip, None)
+        .await;
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::Active
+    );
+
+    // Apr 11 08:20: 1,698,000 of the period's 2,592,000 seconds are unused.
+    // Credit 5000 × 1698000 / 2592000 = 3275.4629… → 3275.46;
+    // charge 1500 × 1698000 / 2592000 = 982.6388… → 982.64; net −2292.82.
+    w.clock.advance_to(datetime!(2026-04-11 08:20 UTC));
+    w.billing
+        .change_plan(
+            sub,
+            PlanChange {
+                plan_id: "group_coaching".into(),
+                price_id: None,
+                quantity: None,
+                timing: Timing::Now,
+            },
+        )
+        .await
+        .unwrap();
+    let invoices = w.invoices_of(sub).await;
+    assert_eq!(invoices.len(), 2);
+    let proration = &invoices[1];
+    let amounts: Vec<Money> = proration.lines.iter().map(|l| l.amount).collect();
+    assert_eq!(amounts, vec![usd("-3275.46"), usd("982.64")]);
+    let totals = proration.totals.as_ref().unwrap();
+    assert_eq!(totals.total, usd("-2292.82"));
+    assert_eq!(totals.amount_due, usd("0"));
+    assert_eq!(proration.status, InvoiceStatus::Paid);
+    assert_postings(
+        w.postings_of(proration.id.unwrap(), "InvoiceFinalized")
+            .await,
+        vec![
+            dr("deferred_revenue:elite_coaching", "3275.46"),
+            cr("deferred_revenue:group_coaching", "982.64"),
+            cr("customer_credit", "2292.82"),
+        ],
+    );
+    assert_eq!(
+        w.billing.customer(customer).await.unwrap().credit_balance,
+        Some(usd("2292.82"))
+    );
+
+    // May 1: 1500.00 paid entirely from credit; Jun 1: the rest of the credit, 792.82, then 707.18 charged.
+    w.at(datetime!(2026-05-01 00:00 UTC)).await;
+    let may = &w.invoices_of(sub).await[2];
+    assert_eq!(may.totals.as_ref().unwrap().credit_applied, usd("1500.00"));
+    assert_eq!(may.status, InvoiceStatus::Paid);
+    assert_postings(
+        w.postings_of(may.id.unwrap(), "InvoiceFinalized").await,
+        vec![
+            cr("deferred_revenue:group_coaching", "1500.00"),
+            dr("customer_credit", "1500.00"),
+        ],
+    );
+    w.at(datetime!(2026-06-01 00:00 UTC)).await;
+    let june = &w.invoices_of(sub).await[3];
+    let totals = june.totals.as_ref().unwrap();
+    assert_eq!(
+        (totals.credit_applied, totals.amount_due),
+        (usd("792.82"), usd("707.18"))
+    );
+    assert_eq!(june.amount_paid, Some(usd("707.18")));
+    assert_eq!(
+        w.billing.customer(customer).await.unwrap().credit_balance,
+        Some(usd("0.00"))
+    );
+    let balance = w.trial_balance().await;
+    assert!(
+        balance
+            .balance(&"customer_credit".parse().unwrap(), usd("0").currency())
+            .is_zero()
+    );
+}
+
+#[tokio::test]
+async fn community_upgrade_with_a_twenty_percent_coupon_for_three_months() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    w.billing
+        .create_coupon(NewCoupon {
+            code: CouponCode::parse("WELCOME20").unwrap(),
+            discount: Discount::PercentOff {
+                percent: Decimal::from(20),
+            },
+            duration: CouponDuration::Repeating { months: 3 },
+            max_redemptions: Some(100),
+            redeem_by: None,
+        })
+        .await
+        .unwrap();
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::Skip, Some("WELCOME20"))
+        .await;
+    let jan = &w.invoices_of(sub).await[0];
+    assert_eq!(jan.totals.as_ref().unwrap().total, usd("77.60"));
+    assert_postings(
+        w.postings_of(jan.id.unwrap(), "InvoiceFinalized").await,
+        vec![
+            cr("deferred_revenue:community_access", "97.00"),
+            dr("discounts", "19.40"),
+            dr("accounts_receivable", "77.60"),
+        ],
+    );
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    assert_eq!(
+        w.invoices_of(sub).await[1].totals.as_ref().unwrap().total,
+        usd("77.60")
+    );
+
+    // Feb 15, half of February left: credit −48.50 and charge 750.00, each 20 % off.
+    w.clock.advance_to(datetime!(2026-02-15 00:00 UTC));
+    w.billing
+        .change_plan(
+            sub,
+            PlanChange {
+                plan_id: "group_coaching".into(),
+                price_id: None,
+                quantity: None,
+                timing: Timing::Now,
+            },
+        )
+        .await
+        .unwrap();
+    let upgrade = &w.invoices_of(sub).await[2];
+    let totals = upgrade.totals.as_ref().unwrap();
+    assert_eq!(
+        (totals.subtotal, totals.discount, totals.total),
+        (usd("701.50"), usd("140.30"), usd("561.20"))
+    );
+    assert_eq!(upgrade.status, InvoiceStatus::Paid);
+    assert_postings(
+        w.postings_of(upgrade.id.unwrap(), "InvoiceFinalized").await,
+        vec![
+            dr("deferred_revenue:community_access", "48.50"),
+            cr("discounts", "9.70"),
+            cr("deferred_revenue:group_coaching", "750.00"),
+            dr("discounts", "150.00"),
+            dr("accounts_receivable", "561.20"),
+        ],
+    );
+    // Mar 1 is within three months of Jan 1: 20 % off; Apr 1 is not.
+    w.at(datetime!(2026-03-01 00:00 UTC)).await;
+    assert_eq!(
+        w.invoices_of(sub).await[3].totals.as_ref().unwrap().total,
+        usd("1200.00")
+    );
+    w.at(datetime!(2026-04-01 00:00 UTC)).await;
+    assert_eq!(
+        w.invoices_of(sub).await[4].totals.as_ref().unwrap().total,
+        usd("1500.00")
+    );
+    w.trial_balance().await;
+}
+
+#[tokio::test]
+async fn cancel_at_period_end_stops_billing_and_can_be_undone_before() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let leaving = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    let staying = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    w.clock.advance_to(datetime!(2026-01-10 00:00 UTC));
+    let state = w.billing.cancel(leaving, Timing::PeriodEnd).await.unwrap();
+    assert!(state.cancel_at_period_end);
+    assert_eq!(state.status, SubscriptionStatus::Active);
+    w.billing.cancel(staying, Timing::PeriodEnd).await.unwrap();
+    w.billing.undo_cancellation(staying).await.unwrap();
+
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let left = w.billing.subscription(leaving).await.unwrap();
+    assert_eq!(left.status, SubscriptionStatus::Canceled);
+    assert_eq!(left.canceled_at, Some(datetime!(2026-02-01 00:00 UTC)));
+    assert_eq!(left.cancel_reason, Some(CancelReason::Requested));
+    assert_eq!(left.invoices.len(), 1, "no invoice after the cancellation");
+    assert_eq!(
+        w.billing
+            .subscription(staying)
+            .await
+            .unwrap()
+            .invoices
+            .len(),
+        2
+    );
+    // Its paid period's revenue is still recognised at the period end.
+    assert_postings(
+        w.postings_of(left.invoices[0], "RevenueRecognized").await,
+        vec![
+            dr("deferred_revenue:community_access", "97.00"),
+            cr("revenue:community_access", "97.00"),
+        ],
+    );
+}
+
+#[tokio::test]
+async fn renewal_after_declined_card_moves_subscription_to_past_due_and_recovers() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "group_coaching", Trial::Skip, None)
+        .await;
+    // The card is replaced by one that attaches but fails when charged.
+    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, failing)
+        .await
+        .unwrap();
+
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status, SubscriptionStatus::PastDue);
+    let feb = &w.invoices_of(sub).await[1];
+    assert_eq!(feb.status, InvoiceStatus::Open);
+    let attempt = &feb.attempts[0];
+    assert_eq!(
+        attempt.idempotency_key,
+        format!("{}-attempt-1", feb.id.unwrap())
+    );
+    assert!(
+        matches!(&attempt.outcome, Some(recur_commands::invoice::ChargeOutcome::Declined { decline_code, .. }) if decline_code == "card_declined")
+    );
+    assert_eq!(
+        attempt.next_retry_at,
+        Some(datetime!(2026-02-01 01:00 UTC)),
+        "standard policy: first retry after 1 h"
+    );
+
+    // The customer puts a working card on file; the retry an hour later succeeds.
+    let working = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, working)
+        .await
+        .unwrap();
+    w.at(datetime!(2026-02-01 00:59 UTC)).await;
+    assert_eq!(
+        w.invoices_of(sub).await[1].attempts.len(),
+        1,
+        "not before the retry time"
+    );
+    w.at(datetime!(2026-02-01 01:00 UTC)).await;
+    let feb = &w.invoices_of(sub).await[1];
+    assert_eq!(feb.status, InvoiceStatus::Paid);
+    assert_eq!(feb.attempts.len(), 2);
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn a_spent_retry_policy_writes_the_invoice_off_and_cancels() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, failing)
+        .await
+        .unwrap();
+    // Standard: retries after 1 h, 1 d, 3 d, 1 w and 2 w; six attempts in all.
+    let mut at = datetime!(2026-02-01 00:00 UTC);
+    for delay_h in [0, 1, 24, 72, 168, 336] {
+        at += Duration::hours(delay_h);
+        w.at(at).await;
+    }
+    let feb = &w.invoices_of(sub).await[1];
+    assert_eq!(feb.attempts.len(), 6);
+    assert_eq!(feb.status, InvoiceStatus::Uncollectible);
+    assert_postings(
+        w.postings_of(feb.id.unwrap(), "InvoiceMarkedUncollectible")
+            .await,
+        vec![dr("bad_debt", "97.00"), cr("accounts_receivable", "97.00")],
+    );
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status, SubscriptionStatus::Canceled);
+    assert_eq!(state.cancel_reason, Some(CancelReason::PaymentFailed));
+    w.trial_balance().await;
+}
+
+#[tokio::test]
+async fn course_purchase_with_exclusive_and_with_inclusive_tax() {
+    let w = world(datetime!(2026-03-01 00:00 UTC)).await;
+    // Texas, exclusive 6.25 %: 997.00 × 0.0625 = 62.3125 → 62.31 on top.
+    let texan = w
+        .customer(
+            Some("4242424242424242"),
+            Some(TaxLocation::parse("US", Some("TX"), Some("73301")).unwrap()),
+        )
+        .await;
+    let invoice = w
+        .billing
+        .purchase(texan, "self_paced_course", None)
+        .await
+        .unwrap();
+    let state = w.billing.invoice(invoice).await.unwrap();
+    let totals = state.totals.as_ref().unwrap();
+    assert_eq!((totals.tax, totals.total), (usd("62.31"), usd("1059.31")));
+    assert_eq!(state.status, InvoiceStatus::Paid);
+    assert_postings(
+        w.postings_of(invoice, "InvoiceFinalized").await,
+        vec![
+            cr("revenue:self_paced_course", "997.00"),
+            cr("tax_payable:US-TX", "62.31"),
+            dr("accounts_receivable", "1059.31"),
+        ],
+    );
+    assert_postings(
+        w.postings_of(invoice, "PaymentSucceeded").await,
+        vec![
+            dr("gateway_balance", "1059.31"),
+            cr("accounts_receivable", "1059.31"),
+        ],
+    );
+
+    // Germany, inclusive 19 %: 997.00 × 0.19 / 1.19 = 159.1848… → 159.18 inside the price.
+    let german = w
+        .customer(
+            Some("4242424242424242"),
+            Some(TaxLocation::parse("DE", None, None).unwrap()),
+        )
+        .await;
+    let invoice = w
+        .billing
+        .purchase(german, "self_paced_course", None)
+        .await
+        .unwrap();
+    let totals = w.billing.invoice(invoice).await.unwrap().totals.unwrap();
+    assert_eq!((totals.tax, totals.total), (usd("159.18"), usd("997.00")));
+    assert_postings(
+        w.postings_of(invoice, "InvoiceFinalized").await,
+        vec![
+            cr("revenue:self_paced_course", "837.82"),
+            cr("tax_payable:DE", "159.18"),
+            dr("accounts_receivable", "997.00"),
+        ],
+    );
+
+    // No tax location: no tax, and the invoice says why.
+    let unknown = w.customer(Some("4242424242424242"), None).await;
+    let invoice = w
+        .billing
+        .purchase(unknown, "self_paced_course", None)
+        .await
+        .unwrap();
+    let totals = w.billing.invoice(invoice).await.unwrap().totals.unwrap();
+    assert_eq!(totals.total, usd("997.00"));
+    assert_eq!(totals.tax_basis, recur_commands::tax::TaxBasis::NoLocation);
+}
+
+#[tokio::test]
+async fn a_partial_refund_gives_back_revenue_and_its_tax_share() {
+    let w = world(datetime!(2026-03-01 00:00 UTC)).await;
+    let german = w
+        .customer(
+            Some("4242424242424242"),
+            Some(TaxLocation::parse("DE", None, None).unwrap()),
+        )
+        .await;
+    let invoice = w
+        .billing
+        .purchase(german, "self_paced_course", None)
+        .await
+        .unwrap();
+    // 300.00 of 997.00, of which tax 300 × 159.18 / 997 = 47.8977… → 47.90.
+    let refund_no = w
+        .billing
+        .refund(invoice, usd("300.00"), "requested_by_customer")
+        .await
+        .unwrap();
+    assert_eq!(refund_no, 1);
+    assert_postings(
+        w.postings_of(invoice, "InvoiceRefunded").await,
+        vec![
+            dr("refunds", "252.10"),
+            dr("tax_payable:DE", "47.90"),
+            cr("gateway_balance", "300.00"),
+        ],
+    );
+    let state = w.billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.amount_refunded, Some(usd("300.00")));
+    // More than what is left (697.00) is refused and writes nothing.
+    let before = w.last_position().await;
+    let error = w
+        .billing
+        .refund(invoice, usd("697.01"), "too much")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "refund_exceeds_paid");
+    assert_eq!(w.last_position().await, before);
+    w.billing
+        .refund(invoice, usd("697.00"), "the rest")
+        .await
+        .unwrap();
+    let balance = w.trial_balance().await;
+    assert!(
+        balance
+            .balance(&"gateway_balance".parse().unwrap(), usd("0").currency())
+            .is_zero()
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_typed_errors_and_writes_nothing() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    w.billing
+        .create_coupon(NewCoupon {
+            code: CouponCode::parse("SPRING").unwrap(),
+            discount: Discount::AmountOff {
+                amount: usd("10.00"),
+            },
+            duration: CouponDuration::Once,
+            max_redemptions: None,
+            redeem_by: Some(datetime!(2025-12-31 23:59:59 UTC)),
+        })
+        .await
+        .unwrap();
+    w.billing
+        .create_coupon(NewCoupon {
+            code: CouponCode::parse("EUROS").unwrap(),
+            discount: Discount::AmountOff {
+                amount: Money::parse("10.00", "EUR").unwrap(),
+            },
+            duration: CouponDuration::Once,
+            max_redemptions: None,
+            redeem_by: None,
+        })
+        .await
+        .unwrap();
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    let paid = w.billing.subscription(sub).await.unwrap().invoices[0];
+    w.billing.cancel(sub, Timing::Now).await.unwrap();
+    let before = w.last_position().await;
+
+    let new = |plan: &str, coupon: Option<&str>| NewSubscription {
+        customer_id: customer,
+        plan_id: plan.into(),
+        price_id: None,
+        quantity: 1,
+        trial: Trial::Skip,
+        coupon: coupon.map(|c| CouponCode::parse(c).unwrap()),
+    };
+    let code = |r: Result<SubscriptionId, BillingError>| r.unwrap_err().code();
+    assert_eq!(
+        code(w.billing.subscribe(new("platinum", None)).await),
+        "unknown_plan"
+    );
+    assert_eq!(
+        code(w.billing.subscribe(new("self_paced_course", None)).await),
+        "wrong_price_kind"
+    );
+    assert_eq!(
+        code(
+            w.billing
+                .subscribe(new("community_access", Some("SPRING")))
+                .await
+        ),
+        "coupon_expired"
+    );
+    assert_eq!(
+        code(
+            w.billing
+                .subscribe(new("community_access", Some("EUROS")))
+                .await
+        ),
+        "currency_mismatch"
+    );
+    assert_eq!(
+        code(
+            w.billing
+                .subscribe(new("community_access", Some("NOSUCH")))
+                .await
+        ),
+        "not_found"
+    );
+    let mut zero = new("community_access", None);
+    zero.quantity = 0;
+    assert_eq!(code(w.billing.subscribe(zero).await), "invalid_quantity");
+    assert_eq!(
+        w.billing.cancel(sub, Timing::Now).await.unwrap_err().code(),
+        "invalid_transition"
+    );
+    assert_eq!(
+        w.billing
+            .cancel(sub, Timing::PeriodEnd)
+            .await
+            .unwrap_err()
+            .code(),
+        "invalid_transition"
+    );
+    assert_eq!(
+        w.billing
+            .refund(paid, Money::parse("-5.00", "USD").unwrap(), "x")
+            .await
+            .unwrap_err()
+            .code(),
+        "amount_not_positive"
+    );
+    assert_eq!(
+        w.billing
+            .refund(paid, Money::parse("5.00", "EUR").unwrap(), "x")
+            .await
+            .unwrap_err()
+            .code(),
+        "currency_mismatch"
+    );
+    assert_eq!(
+        w.billing
+            .refund(paid, Money::parse("5.001", "USD").unwrap(), "x")
+            .await
+            .unwrap_err()
+            .code(),
+        "not_in_minor_units"
+    );
+    assert_eq!(
+        Money::parse("12,00", "USD")
+            .map_err(DomainError::from)
+            .unwrap_err()
+            .code(),
+        "invalid_amount"
+    );
+    let card_as_token = PaymentMethod {
+        token: "4242424242424242".into(),
+        brand: "visa".into(),
+        last4: "4242".into(),
+        exp_month: 12,
+        exp_year: 2030,
+    };
+    assert_eq!(
+        w.billing
+            .attach_payment_method(customer, card_as_token)
+            .await
+            .unwrap_err()
+            .code(),
+        "card_number_rejected"
+    );
+    let expired = SimulatedGateway::tokenize("4242424242424242", 11, 2025).unwrap();
+    assert_eq!(
+        w.billing
+            .attach_payment_method(customer, expired)
+            .await
+            .unwrap_err()
+            .code(),
+        "invalid_field"
+    );
+    assert_eq!(
+        w.billing
+            .purchase(CustomerId::new_at(w.clock.now()), "self_paced_course", None)
+            .await
+            .unwrap_err()
+            .code(),
+        "not_found"
+    );
+    assert_eq!(
+        w.last_position().await,
+        before,
+        "a refused command wrote something"
+    );
+}
