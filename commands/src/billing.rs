@@ -685,6 +685,26 @@ impl Billing {
             .await
     }
 
+    /// Bills an invoice a subscription asked for but that was never drafted (the
+    /// process stopped in between); a no-op for steps already done.
+    ///
+    /// # Errors
+    /// Ledger and gateway errors.
+    pub async fn resume_billing(
+        &self,
+        customer_id: CustomerId,
+        subscription_id: SubscriptionId,
+        request: &InvoiceRequest,
+    ) -> Result<(), BillingError> {
+        self.bill(
+            customer_id,
+            Some(subscription_id),
+            request,
+            Source::Scheduler,
+        )
+        .await
+    }
+
     /// Drafts, finalizes (applying customer credit, granting it for a negative
     /// total) and collects an invoice; each step is a no-op when already done.
     async fn bill(
@@ -810,6 +830,9 @@ impl Billing {
                     .await?;
                 match started.state.pending_attempt() {
                     Some(attempt) => attempt.clone(),
+                    None if started.state.status == InvoiceStatus::Paid => {
+                        return self.settled(&started.state, source).await;
+                    }
                     None => return Ok(()),
                 }
             }
@@ -885,8 +908,13 @@ impl Billing {
             return Ok(());
         };
         let now = self.now();
-        self.invoice_command(id, source, |_| InvoiceCommand::MarkUncollectible { now })
+        let written_off = self
+            .invoice_command(id, source, |_| InvoiceCommand::MarkUncollectible { now })
             .await?;
+        if written_off.state.status != InvoiceStatus::Uncollectible {
+            // Paid by a concurrent collector after all.
+            return self.settled(&written_off.state, source).await;
+        }
         if let Some(sub_id) = invoice.subscription_id {
             let sub = self.subscription(sub_id).await?;
             if sub.status != SubscriptionStatus::Canceled {
@@ -895,12 +923,18 @@ impl Billing {
                 } else {
                     CancelReason::PaymentFailed
                 };
-                self.subscription_command(sub_id, source, |_| SubscriptionCommand::Cancel {
-                    timing: Timing::Now,
-                    reason,
-                    now,
-                })
-                .await?;
+                let canceled = self
+                    .subscription_command(sub_id, source, |_| SubscriptionCommand::Cancel {
+                        timing: Timing::Now,
+                        reason,
+                        now,
+                    })
+                    .await;
+                match canceled {
+                    // A concurrent scheduler canceled it first.
+                    Ok(_) | Err(BillingError::Domain(DomainError::InvalidTransition { .. })) => {}
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok(())

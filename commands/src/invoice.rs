@@ -763,7 +763,8 @@ impl Aggregate for Invoice {
                 payment_method,
                 now,
             } => {
-                if self.pending_attempt().is_some() {
+                // Paid already (perhaps by a concurrent collector): nothing to do.
+                if self.pending_attempt().is_some() || self.status == InvoiceStatus::Paid {
                     return Ok(Vec::new());
                 }
                 if !matches!(
@@ -774,7 +775,7 @@ impl Aggregate for Invoice {
                 }
                 let amount = self.amount_remaining();
                 if !amount.is_positive() {
-                    return Err(self.refuse("charge"));
+                    return Ok(Vec::new());
                 }
                 let attempt_no = u32::try_from(self.attempts.len()).unwrap_or(u32::MAX - 1) + 1;
                 let id = self.id.map(|id| id.to_string()).unwrap_or_default();
@@ -810,7 +811,8 @@ impl Aggregate for Invoice {
             }
             InvoiceCommand::MarkUncollectible { now } => {
                 match self.status {
-                    InvoiceStatus::Uncollectible => return Ok(Vec::new()),
+                    // Paid meanwhile: nothing is left to write off.
+                    InvoiceStatus::Uncollectible | InvoiceStatus::Paid => return Ok(Vec::new()),
                     InvoiceStatus::Open => {}
                     _ => return Err(self.refuse("mark uncollectible")),
                 }

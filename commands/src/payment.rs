@@ -139,6 +139,8 @@ struct Simulated {
     calls: u64,
     /// Fail the next n calls as unavailable (tests of crash and retry).
     outages: u32,
+    /// Do the next n calls but lose their answers (a timeout after the charge).
+    lost_answers: u32,
 }
 
 impl SimulatedGateway {
@@ -205,6 +207,14 @@ impl SimulatedGateway {
         }
     }
 
+    /// Performs the next `calls` calls but answers them as unavailable, as when the
+    /// connection drops after the charge went through.
+    pub fn lose_next_answers(&self, calls: u32) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.lost_answers = calls;
+        }
+    }
+
     /// Distinct successful charges so far.
     pub fn charges_made(&self) -> u64 {
         self.inner.lock().map_or(0, |i| i.money_moved)
@@ -228,7 +238,12 @@ impl SimulatedGateway {
             inner.outages -= 1;
             return Err(GatewayError("simulated outage".into()));
         }
-        f(&mut inner)
+        let answer = f(&mut inner);
+        if inner.lost_answers > 0 {
+            inner.lost_answers -= 1;
+            return Err(GatewayError("simulated timeout after the call".into()));
+        }
+        answer
     }
 }
 

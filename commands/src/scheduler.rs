@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 use crate::aggregate::Aggregate;
 use crate::billing::{Billing, decode_event};
 use crate::error::BillingError;
-use crate::ids::{InvoiceId, SubscriptionId};
-use crate::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
+use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
+use crate::invoice::{Invoice, InvoiceEvent, InvoiceRequest, InvoiceStatus};
 use crate::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
 
 /// Events read per page while following the ledger.
@@ -34,6 +34,8 @@ const ROUNDS_PER_TICK_MAX: u32 = 64;
 pub enum Work {
     /// Convert a trial or renew.
     Subscription(SubscriptionId),
+    /// Draft an invoice a subscription asked for (after a crash in between).
+    Draft(InvoiceId),
     /// Finalize, collect, retry, give up, or recognise revenue.
     Invoice(InvoiceId),
 }
@@ -54,6 +56,8 @@ struct Index {
     position: Position,
     subscriptions: HashMap<StreamId, Subscription>,
     invoices: HashMap<StreamId, Invoice>,
+    /// Invoices asked for and not drafted yet.
+    requested: HashMap<InvoiceId, (CustomerId, SubscriptionId, InvoiceRequest)>,
     due: BTreeSet<(OffsetDateTime, Work)>,
     due_at: HashMap<Work, OffsetDateTime>,
 }
@@ -83,15 +87,26 @@ impl Index {
                     .entry(recorded.stream_id.clone())
                     .or_default();
                 state.evolve(&event);
-                let Some(id) = state.id else { return Ok(()) };
+                let (Some(id), Some(customer)) = (state.id, state.customer_id) else {
+                    return Ok(());
+                };
                 let at = state.next_due_at();
+                let canceled = state.status == SubscriptionStatus::Canceled;
+                if let Some(request) = event.invoice_request()
+                    && !self.invoices.contains_key(&request.invoice_id.stream()?)
+                {
+                    let invoice_id = request.invoice_id;
+                    self.requested
+                        .insert(invoice_id, (customer, id, request.clone()));
+                    self.schedule(Work::Draft(invoice_id), Some(OffsetDateTime::UNIX_EPOCH));
+                }
                 let settled = match &event {
                     SubscriptionEvent::SubscriptionInvoiceSettled { invoice_id } => {
                         Some(*invoice_id)
                     }
                     _ => None,
                 };
-                if state.status == SubscriptionStatus::Canceled {
+                if canceled {
                     self.subscriptions.remove(&recorded.stream_id);
                 }
                 self.schedule(Work::Subscription(id), at);
@@ -107,9 +122,12 @@ impl Index {
                 }
                 let state = self.invoices.entry(recorded.stream_id.clone()).or_default();
                 state.evolve(&event);
-                if let Some(id) = state.id {
-                    self.reschedule_invoice(id)?;
+                let Some(id) = state.id else { return Ok(()) };
+                if drafted {
+                    self.requested.remove(&id);
+                    self.schedule(Work::Draft(id), None);
                 }
+                self.reschedule_invoice(id)?;
             }
             _ => {}
         }
@@ -231,11 +249,15 @@ impl Scheduler {
             let mut tasks = JoinSet::new();
             for work in due {
                 done.insert(work);
+                let request = match work {
+                    Work::Draft(id) => self.index.lock().await.requested.get(&id).cloned(),
+                    _ => None,
+                };
                 let billing = Arc::clone(&self.billing);
                 let permits = Arc::clone(&permits);
                 tasks.spawn(async move {
                     let _permit = permits.acquire_owned().await;
-                    (work, run(&billing, work).await)
+                    (work, run(&billing, work, request).await)
                 });
             }
             while let Some(joined) = tasks.join_next().await {
@@ -244,7 +266,7 @@ impl Scheduler {
                 };
                 match (work, result) {
                     (Work::Subscription(_), Ok(started)) => report.periods_started += started,
-                    (Work::Invoice(_), Ok(_)) => report.invoice_steps += 1,
+                    (Work::Invoice(_) | Work::Draft(_), Ok(_)) => report.invoice_steps += 1,
                     (work, Err(error)) => {
                         tracing::warn!(
                             ?work,
@@ -260,9 +282,21 @@ impl Scheduler {
     }
 }
 
-async fn run(billing: &Billing, work: Work) -> Result<u32, BillingError> {
+async fn run(
+    billing: &Billing,
+    work: Work,
+    request: Option<(CustomerId, SubscriptionId, InvoiceRequest)>,
+) -> Result<u32, BillingError> {
     match work {
         Work::Subscription(id) => billing.advance(id).await,
+        Work::Draft(_) => {
+            if let Some((customer, subscription, request)) = request {
+                billing
+                    .resume_billing(customer, subscription, &request)
+                    .await?;
+            }
+            Ok(1)
+        }
         Work::Invoice(id) => {
             billing.collect(id, Source::Scheduler).await?;
             billing.recognize_revenue(id).await?;

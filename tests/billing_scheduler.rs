@@ -1,0 +1,219 @@
+//! The scheduler's exactly-once guarantees, forced: two schedulers at once on one
+//! Postgres ledger, a gateway that fails before or after charging, and a process
+//! that stopped between a renewal and its invoice.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../ledger/tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use recur_commands::aggregate::{Aggregate, DomainEvent};
+use recur_commands::billing::{NewCustomer, NewSubscription, Trial};
+use recur_commands::invoice::{InvoiceEvent, InvoiceStatus};
+use recur_commands::postings::TrialBalance;
+use recur_commands::scheduler::Scheduler;
+use recur_commands::subscription::SubscriptionCommand;
+use recur_commands::{Billing, Catalog, InvoiceId, SimulatedGateway, SubscriptionId};
+use recur_ledger::{
+    Clock, EventId, ExpectedVersion, Ledger, LedgerConfig, NewEvent, Position, TestClock,
+};
+use time::macros::datetime;
+
+async fn billing_on(ledger: Ledger, gateway: &SimulatedGateway) -> Arc<Billing> {
+    Arc::new(
+        Billing::open(
+            ledger,
+            Catalog::default_catalog().unwrap(),
+            Arc::new(gateway.clone()),
+        )
+        .await
+        .unwrap(),
+    )
+}
+
+async fn subscribe_card_holder(billing: &Billing, plan: &str) -> SubscriptionId {
+    let customer = billing
+        .create_customer(NewCustomer::default())
+        .await
+        .unwrap();
+    let card = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    billing.attach_payment_method(customer, card).await.unwrap();
+    billing
+        .subscribe(NewSubscription {
+            customer_id: customer,
+            plan_id: plan.into(),
+            price_id: None,
+            quantity: 1,
+            trial: Trial::Skip,
+            coupon: None,
+        })
+        .await
+        .unwrap()
+}
+
+/// Every invoice drafted in the ledger, and the trial balance checked after each event.
+async fn audit(ledger: &Ledger) -> (Vec<InvoiceId>, TrialBalance) {
+    let mut drafted = Vec::new();
+    let mut balance = TrialBalance::default();
+    let mut after = Position::START;
+    loop {
+        let page = ledger.read_all(after, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for recorded in &page {
+            if recorded.stream_id.category() != "invoice" {
+                continue;
+            }
+            let event: InvoiceEvent = serde_json::from_str(&recorded.payload).unwrap();
+            if let InvoiceEvent::InvoiceDrafted { invoice_id, .. } = &event {
+                drafted.push(*invoice_id);
+            }
+            balance.add(event.postings()).unwrap();
+            assert!(balance.is_balanced());
+        }
+    }
+    (drafted, balance)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_schedulers_at_once_bill_each_period_exactly_once() {
+    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    // Two processes: separate ledger handles and caches, one gateway account.
+    let second_ledger = Ledger::open(LedgerConfig::new(store.location()), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let gateway = SimulatedGateway::new();
+    let first = billing_on(store.ledger.clone(), &gateway).await;
+    let second = billing_on(second_ledger, &gateway).await;
+    let mut subs = Vec::new();
+    for i in 0..12 {
+        let plan = if i % 3 == 0 {
+            "group_coaching"
+        } else {
+            "community_access"
+        };
+        subs.push(subscribe_card_holder(&first, plan).await);
+    }
+    let a = Scheduler::new(Arc::clone(&first), 8);
+    let b = Scheduler::new(Arc::clone(&second), 8);
+    for month in [2u8, 3, 4] {
+        let month = time::Month::try_from(month).unwrap();
+        clock.advance_to(
+            datetime!(2026-01-01 00:00 UTC)
+                .replace_month(month)
+                .unwrap(),
+        );
+        let (ra, rb) = tokio::join!(a.tick(), b.tick());
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert!(
+            ra.failures.is_empty() && rb.failures.is_empty(),
+            "{ra:?} {rb:?}"
+        );
+        assert_eq!(
+            ra.periods_started + rb.periods_started,
+            12,
+            "each period started once"
+        );
+    }
+    let (drafted, _) = audit(&store.ledger).await;
+    assert_eq!(drafted.len(), 12 * 4);
+    assert_eq!(drafted.iter().collect::<HashSet<_>>().len(), drafted.len());
+    assert_eq!(gateway.charges_made(), 48, "one charge per period");
+    for sub in subs {
+        let state = first.subscription(sub).await.unwrap();
+        assert_eq!(state.invoices.len(), 4);
+        assert_eq!(state.period_index, 3);
+        for invoice in state.invoices {
+            let invoice = second.invoice(invoice).await.unwrap();
+            assert_eq!(invoice.status, InvoiceStatus::Paid);
+            assert_eq!(invoice.attempts.len(), 1);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_charge_whose_answer_was_lost_is_repeated_with_its_key_and_charged_once() {
+    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    let gateway = SimulatedGateway::new();
+    let billing = billing_on(store.ledger.clone(), &gateway).await;
+    let sub = subscribe_card_holder(&billing, "community_access").await;
+    let scheduler = Scheduler::new(Arc::clone(&billing), 4);
+    assert_eq!(gateway.charges_made(), 1);
+
+    // The renewal's charge goes through but the answer is lost, twice (the tick
+    // repeats an unanswered attempt once); then the gateway is down.
+    clock.advance_to(datetime!(2026-02-01 00:00 UTC));
+    gateway.lose_next_answers(2);
+    let report = scheduler.tick().await.unwrap();
+    assert_eq!(report.failures.len(), 2, "{report:?}");
+    let invoice = billing.subscription(sub).await.unwrap().invoices[1];
+    let state = billing.invoice(invoice).await.unwrap();
+    assert!(
+        state.pending_attempt().is_some(),
+        "the attempt stays open, nothing recorded"
+    );
+    gateway.fail_next_calls(1);
+    assert_eq!(scheduler.tick().await.unwrap().failures.len(), 1);
+
+    // Next tick: same key, the gateway answers with the first charge.
+    let report = scheduler.tick().await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    let state = billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.status, InvoiceStatus::Paid);
+    assert_eq!(state.attempts.len(), 1);
+    assert_eq!(gateway.charges_made(), 2, "January and February, each once");
+    assert_eq!(gateway.calls(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_renewal_recorded_before_a_crash_is_invoiced_once_by_the_next_scheduler() {
+    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    let gateway = SimulatedGateway::new();
+    let billing = billing_on(store.ledger.clone(), &gateway).await;
+    let sub = subscribe_card_holder(&billing, "community_access").await;
+
+    // A process renews and dies before drafting the invoice: append the decision only.
+    clock.advance_to(datetime!(2026-02-01 00:00 UTC));
+    let state = billing.subscription(sub).await.unwrap();
+    let now = clock.now();
+    let events = state
+        .decide(SubscriptionCommand::Renew {
+            period_index: 1,
+            invoice_id: InvoiceId::new_at(now),
+            now,
+        })
+        .unwrap();
+    let new_events = events
+        .iter()
+        .map(|e| NewEvent::new(EventId::new_at(now), e.event_type(), 1, e).unwrap())
+        .collect();
+    let stream = sub.stream().unwrap();
+    let version = store.ledger.stream_version(&stream).await.unwrap();
+    store
+        .ledger
+        .append(&stream, ExpectedVersion::Exact(version), new_events)
+        .await
+        .unwrap();
+
+    // A fresh process (no cache) picks it up from the ledger.
+    let restarted = billing_on(store.ledger.clone(), &gateway).await;
+    let scheduler = Scheduler::new(Arc::clone(&restarted), 4);
+    let report = scheduler.tick().await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(report.periods_started, 0, "the period had already started");
+    scheduler.tick().await.unwrap();
+    let state = restarted.subscription(sub).await.unwrap();
+    assert_eq!(state.invoices.len(), 2);
+    let (drafted, _) = audit(&store.ledger).await;
+    assert_eq!(drafted.len(), 2);
+    assert_eq!(
+        restarted.invoice(state.invoices[1]).await.unwrap().status,
+        InvoiceStatus::Paid
+    );
+    assert_eq!(gateway.charges_made(), 2);
+}
