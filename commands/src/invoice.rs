@@ -11,7 +11,7 @@ use crate::coupon::AppliedDiscount;
 use crate::error::DomainError;
 use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
 use crate::period::Period;
-use crate::postings::{Account, Journal, Posting};
+use crate::postings::{Account, Journal, Posting, Side};
 use crate::tax::TaxBasis;
 
 /// The most lines one invoice holds.
@@ -512,8 +512,6 @@ pub struct Invoice {
     pub discount: Option<AppliedDiscount>,
     /// Amounts, once finalized.
     pub totals: Option<Totals>,
-    /// The finalization's postings (for voiding).
-    pub finalization: Vec<Posting>,
     /// Payment attempts.
     pub attempts: Vec<Attempt>,
     /// Collected.
@@ -636,24 +634,11 @@ impl Invoice {
         }
         totals.credit_applied = credit_applied;
         totals.amount_due = totals.amount_due.checked_sub(credit_applied)?;
-        let mut journal = Journal::new();
-        for (line, line_totals) in self.lines.iter().zip(&totals.lines) {
-            journal.credit(line.revenue_account(), line_totals.booked);
-            journal.debit(Account::Discounts, line_totals.discount);
-            if let Some(place) = tax_basis.jurisdiction() {
-                journal.credit(Account::TaxPayable(place.to_owned()), line_totals.tax);
-            }
-        }
-        journal.debit(Account::CustomerCredit, credit_applied);
-        if totals.total.is_negative() {
-            journal.debit(Account::CustomerCredit, totals.total);
-        } else {
-            journal.debit(Account::AccountsReceivable, totals.amount_due);
-        }
+        let postings = finalization(&self.lines, &totals, &[], Side::Credit).finish()?;
         Ok(vec![InvoiceEvent::InvoiceFinalized {
             totals,
             at: now,
-            postings: journal.finish()?,
+            postings,
         }])
     }
 
@@ -796,18 +781,19 @@ impl Aggregate for Invoice {
             InvoiceCommand::Void { now } => {
                 match self.status {
                     InvoiceStatus::Void => return Ok(Vec::new()),
+                    // Only untouched invoices: payments need refunds, credit notes stay.
                     InvoiceStatus::Draft | InvoiceStatus::Open
-                        if self.amount_paid.is_none_or(|m| m.is_zero()) => {}
+                        if self.amount_paid.is_none_or(|m| m.is_zero())
+                            && self.amount_credited.is_none_or(|m| m.is_zero()) => {}
                     _ => return Err(self.refuse("void")),
                 }
-                let mut journal = Journal::new();
-                for posting in &self.finalization {
-                    journal.credit(posting.account.clone(), posting.signed());
-                }
-                Ok(vec![InvoiceEvent::InvoiceVoided {
-                    at: now,
-                    postings: journal.finish()?,
-                }])
+                let postings = match &self.totals {
+                    Some(totals) => {
+                        finalization(&self.lines, totals, &self.recognized, Side::Debit).finish()?
+                    }
+                    None => Vec::new(),
+                };
+                Ok(vec![InvoiceEvent::InvoiceVoided { at: now, postings }])
             }
             InvoiceCommand::MarkUncollectible { now } => {
                 match self.status {
@@ -944,16 +930,13 @@ impl Aggregate for Invoice {
                 self.discount.clone_from(discount);
                 self.created_at = Some(*at);
             }
-            InvoiceEvent::InvoiceFinalized {
-                totals, postings, ..
-            } => {
+            InvoiceEvent::InvoiceFinalized { totals, .. } => {
                 self.status = if totals.amount_due.is_zero() {
                     InvoiceStatus::Paid
                 } else {
                     InvoiceStatus::Open
                 };
                 self.totals = Some(totals.clone());
-                self.finalization.clone_from(postings);
             }
             InvoiceEvent::PaymentAttemptStarted {
                 attempt_no,
@@ -1039,6 +1022,37 @@ impl Aggregate for Invoice {
             }
         }
     }
+}
+
+/// The finalization's journal (`side` = credit), or its reversal (`side` = debit)
+/// where lines already `recognized` reverse revenue instead of deferred revenue.
+fn finalization(lines: &[Line], totals: &Totals, recognized: &[bool], side: Side) -> Journal {
+    let mut journal = Journal::new();
+    let mut post = |account: Account, credit: Money| {
+        match side {
+            Side::Credit => journal.credit(account, credit),
+            Side::Debit => journal.debit(account, credit),
+        };
+    };
+    for (index, (line, line_totals)) in lines.iter().zip(&totals.lines).enumerate() {
+        let account = if recognized.get(index).copied().unwrap_or(false) {
+            Account::Revenue(line.plan_id.clone())
+        } else {
+            line.revenue_account()
+        };
+        post(account, line_totals.booked);
+        post(Account::Discounts, -line_totals.discount);
+        if let Some(place) = totals.tax_basis.jurisdiction() {
+            post(Account::TaxPayable(place.to_owned()), line_totals.tax);
+        }
+    }
+    post(Account::CustomerCredit, -totals.credit_applied);
+    if totals.total.is_negative() {
+        post(Account::CustomerCredit, -totals.total);
+    } else {
+        post(Account::AccountsReceivable, -totals.amount_due);
+    }
+    journal
 }
 
 fn check_positive_within(
