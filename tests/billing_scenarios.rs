@@ -860,3 +860,134 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
         "a refused command wrote something"
     );
 }
+
+/// One thing a customer or the clock does, for random sequences.
+#[derive(Clone, Debug)]
+enum Op {
+    Subscribe { plan: u8, trial: bool, card: u8 },
+    Buy { card: u8 },
+    Change { sub: u8, plan: u8, now: bool },
+    Cancel { sub: u8, now: bool },
+    Pause { sub: u8 },
+    Resume { sub: u8 },
+    Refund { invoice: u8, permille: u16 },
+    Wait { hours: u16 },
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => (0u8..3, any::<bool>(), 0u8..4).prop_map(|(plan, trial, card)| Op::Subscribe { plan, trial, card }),
+        1 => (0u8..4).prop_map(|card| Op::Buy { card }),
+        2 => (any::<u8>(), 0u8..3, any::<bool>()).prop_map(|(sub, plan, now)| Op::Change { sub, plan, now }),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(sub, now)| Op::Cancel { sub, now }),
+        1 => any::<u8>().prop_map(|sub| Op::Pause { sub }),
+        1 => any::<u8>().prop_map(|sub| Op::Resume { sub }),
+        1 => (any::<u8>(), 1u16..=1000).prop_map(|(invoice, permille)| Op::Refund { invoice, permille }),
+        4 => (1u16..1500).prop_map(|hours| Op::Wait { hours }),
+    ]
+}
+
+const PLANS: [&str; 3] = ["elite_coaching", "group_coaching", "community_access"];
+const CARDS: [&str; 4] = ["4242424242424242", "4000000000000341", "5555555555554444", "4242424242424242"];
+
+async fn run_ops(ops: Vec<Op>) {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let mut subs: Vec<SubscriptionId> = Vec::new();
+    let mut invoices: Vec<InvoiceId> = Vec::new();
+    let pick = |list: &[SubscriptionId], i: u8| list.get(usize::from(i) % list.len().max(1)).copied();
+    for op in ops {
+        match op {
+            Op::Subscribe { plan, trial, card } => {
+                let customer = w.customer(Some(CARDS[usize::from(card)]), None).await;
+                let trial = if trial { Trial::PlanDefault } else { Trial::Skip };
+                subs.push(w.subscribe(customer, PLANS[usize::from(plan)], trial, None).await);
+            }
+            Op::Buy { card } => {
+                let tax = TaxLocation::parse("US", Some("TX"), None).unwrap();
+                let customer = w.customer(Some(CARDS[usize::from(card)]), Some(tax)).await;
+                invoices.push(w.billing.purchase(customer, "self_paced_course", None).await.unwrap());
+            }
+            Op::Change { sub, plan, now } => {
+                if let Some(sub) = pick(&subs, sub) {
+                    let timing = if now { Timing::Now } else { Timing::PeriodEnd };
+                    let change = PlanChange { plan_id: PLANS[usize::from(plan)].into(), price_id: None, quantity: None, timing };
+                    expect_refusal_only(w.billing.change_plan(sub, change).await.map(|_| ()));
+                }
+            }
+            Op::Cancel { sub, now } => {
+                if let Some(sub) = pick(&subs, sub) {
+                    let timing = if now { Timing::Now } else { Timing::PeriodEnd };
+                    expect_refusal_only(w.billing.cancel(sub, timing).await.map(|_| ()));
+                }
+            }
+            Op::Pause { sub } => {
+                if let Some(sub) = pick(&subs, sub) {
+                    expect_refusal_only(w.billing.pause(sub).await.map(|_| ()));
+                }
+            }
+            Op::Resume { sub } => {
+                if let Some(sub) = pick(&subs, sub) {
+                    expect_refusal_only(w.billing.resume(sub).await.map(|_| ()));
+                }
+            }
+            Op::Refund { invoice, permille } => {
+                for sub in &subs {
+                    invoices.extend(w.billing.subscription(*sub).await.unwrap().invoices);
+                }
+                invoices.sort();
+                invoices.dedup();
+                if let Some(id) = invoices.get(usize::from(invoice) % invoices.len().max(1)) {
+                    let state = w.billing.invoice(*id).await.unwrap();
+                    if let Some(paid) = state.amount_paid {
+                        let amount = paid
+                            .mul_decimal(Decimal::new(i64::from(permille), 3))
+                            .unwrap()
+                            .round_to_minor(recur_ledger::money::RoundingRule::HalfUp);
+                        if amount.is_positive() {
+                            expect_refusal_only(w.billing.refund(*id, amount, "asked").await.map(|_| ()));
+                        }
+                    }
+                }
+            }
+            Op::Wait { hours } => {
+                let next = w.clock.now() + Duration::hours(i64::from(hours));
+                w.at(next).await;
+            }
+        }
+    }
+    // Every event balanced and the trial balance zero after each (checked inside).
+    let balance = w.trial_balance().await;
+    assert!(balance.is_balanced());
+    // Customer credit on the books equals what the customers are owed.
+    let mut owed = usd("0.00");
+    let mut seen = std::collections::HashSet::new();
+    for sub in &subs {
+        let customer = w.billing.subscription(*sub).await.unwrap().customer_id.unwrap();
+        if seen.insert(customer)
+            && let Some(credit) = w.billing.customer(customer).await.unwrap().credit_balance
+        {
+            owed = owed.checked_add(credit).unwrap();
+        }
+    }
+    assert_eq!(-balance.balance(&"customer_credit".parse().unwrap(), usd("0").currency()), owed);
+}
+
+/// Refusals are fine in random sequences; anything else is a bug.
+fn expect_refusal_only(result: Result<(), BillingError>) {
+    if let Err(error) = result {
+        assert!(matches!(error, BillingError::Domain(_)), "{error}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+    #[test]
+    fn random_command_sequences_keep_every_event_and_the_books_balanced(
+        ops in proptest::collection::vec(op(), 1..40)
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        runtime.block_on(run_ops(ops));
+    }
+}
