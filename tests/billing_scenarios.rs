@@ -889,29 +889,52 @@ fn op() -> impl proptest::strategy::Strategy<Value = Op> {
 }
 
 const PLANS: [&str; 3] = ["elite_coaching", "group_coaching", "community_access"];
-const CARDS: [&str; 4] = ["4242424242424242", "4000000000000341", "5555555555554444", "4242424242424242"];
+const CARDS: [&str; 4] = [
+    "4242424242424242",
+    "4000000000000341",
+    "5555555555554444",
+    "4242424242424242",
+];
 
 async fn run_ops(ops: Vec<Op>) {
     let w = world(datetime!(2026-01-01 00:00 UTC)).await;
     let mut subs: Vec<SubscriptionId> = Vec::new();
     let mut invoices: Vec<InvoiceId> = Vec::new();
-    let pick = |list: &[SubscriptionId], i: u8| list.get(usize::from(i) % list.len().max(1)).copied();
+    let pick =
+        |list: &[SubscriptionId], i: u8| list.get(usize::from(i) % list.len().max(1)).copied();
     for op in ops {
         match op {
             Op::Subscribe { plan, trial, card } => {
                 let customer = w.customer(Some(CARDS[usize::from(card)]), None).await;
-                let trial = if trial { Trial::PlanDefault } else { Trial::Skip };
-                subs.push(w.subscribe(customer, PLANS[usize::from(plan)], trial, None).await);
+                let trial = if trial {
+                    Trial::PlanDefault
+                } else {
+                    Trial::Skip
+                };
+                subs.push(
+                    w.subscribe(customer, PLANS[usize::from(plan)], trial, None)
+                        .await,
+                );
             }
             Op::Buy { card } => {
                 let tax = TaxLocation::parse("US", Some("TX"), None).unwrap();
                 let customer = w.customer(Some(CARDS[usize::from(card)]), Some(tax)).await;
-                invoices.push(w.billing.purchase(customer, "self_paced_course", None).await.unwrap());
+                invoices.push(
+                    w.billing
+                        .purchase(customer, "self_paced_course", None)
+                        .await
+                        .unwrap(),
+                );
             }
             Op::Change { sub, plan, now } => {
                 if let Some(sub) = pick(&subs, sub) {
                     let timing = if now { Timing::Now } else { Timing::PeriodEnd };
-                    let change = PlanChange { plan_id: PLANS[usize::from(plan)].into(), price_id: None, quantity: None, timing };
+                    let change = PlanChange {
+                        plan_id: PLANS[usize::from(plan)].into(),
+                        price_id: None,
+                        quantity: None,
+                        timing,
+                    };
                     expect_refusal_only(w.billing.change_plan(sub, change).await.map(|_| ()));
                 }
             }
@@ -945,7 +968,9 @@ async fn run_ops(ops: Vec<Op>) {
                             .unwrap()
                             .round_to_minor(recur_ledger::money::RoundingRule::HalfUp);
                         if amount.is_positive() {
-                            expect_refusal_only(w.billing.refund(*id, amount, "asked").await.map(|_| ()));
+                            expect_refusal_only(
+                                w.billing.refund(*id, amount, "asked").await.map(|_| ()),
+                            );
                         }
                     }
                 }
@@ -963,14 +988,23 @@ async fn run_ops(ops: Vec<Op>) {
     let mut owed = usd("0.00");
     let mut seen = std::collections::HashSet::new();
     for sub in &subs {
-        let customer = w.billing.subscription(*sub).await.unwrap().customer_id.unwrap();
+        let customer = w
+            .billing
+            .subscription(*sub)
+            .await
+            .unwrap()
+            .customer_id
+            .unwrap();
         if seen.insert(customer)
             && let Some(credit) = w.billing.customer(customer).await.unwrap().credit_balance
         {
             owed = owed.checked_add(credit).unwrap();
         }
     }
-    assert_eq!(-balance.balance(&"customer_credit".parse().unwrap(), usd("0").currency()), owed);
+    assert_eq!(
+        -balance.balance(&"customer_credit".parse().unwrap(), usd("0").currency()),
+        owed
+    );
 }
 
 /// Refusals are fine in random sequences; anything else is a bug.

@@ -24,6 +24,29 @@ pub enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Simulate a year of the coaching business through Recur on a test clock, then
+    /// print what an owner would want to know (runs on a fresh embedded ledger).
+    Demo {
+        /// Seed of the simulation: the same seed gives the same business.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Customers arriving over the period.
+        #[arg(long, default_value_t = 500)]
+        customers: u64,
+        /// Months to simulate.
+        #[arg(long, default_value_t = 12)]
+        months: u32,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Ledger location; it must be empty. Default: a fresh ./recur-demo.sqlite
+        /// (in RECUR_DATA_DIR if set), replaced on each run.
+        #[arg(long)]
+        database: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Measure Recur against its baselines; prints JSON lines.
     Bench {
         /// Which benchmark.

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use recur_gateway::bench::ledger::{self as ledger_bench, LedgerBenchOptions};
 use recur_gateway::cli::{BenchCommand, Cli, Command, LedgerCommand};
+use recur_gateway::demo::{self, DemoOptions};
 use recur_gateway::ledger_cmd;
 
 fn main() -> anyhow::Result<()> {
@@ -35,6 +36,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ledger_cmd::seal(database.as_deref())
                 .await
                 .context("ledger seal")?;
+            Ok(0)
+        }
+        Command::Demo {
+            seed,
+            customers,
+            months,
+            json,
+            database,
+            quiet,
+        } => {
+            use std::io::IsTerminal;
+            let options = DemoOptions {
+                seed,
+                customers,
+                months,
+                database,
+                progress: !quiet && std::io::stderr().is_terminal(),
+            };
+            let (outcome, _) = demo::run(&options).await.context("demo")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                demo::print(&outcome);
+            }
             Ok(0)
         }
         Command::Bench {

@@ -1,0 +1,403 @@
+//! `recur demo`: a year of the coaching business, simulated through the real
+//! command path and the scheduler on a test clock, then summarised from the
+//! ledger alone.
+
+pub mod report;
+pub mod simulation;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use recur_commands::scheduler::Scheduler;
+use recur_commands::{Billing, BillingError, Catalog, SimulatedGateway, SubscriptionId};
+use recur_ledger::{Clock, Ledger, LedgerConfig, LedgerError, Money, Position, TestClock};
+use serde::Serialize;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use self::report::{Report, Summary};
+use self::simulation::{Activity, Script};
+
+/// The demo's first day.
+pub const DEMO_START: OffsetDateTime = datetime!(2026-01-01 00:00 UTC);
+/// Most customers accepted.
+pub const CUSTOMERS_MAX: u64 = 1_000_000;
+/// Most months accepted.
+pub const MONTHS_MAX: u32 = 120;
+/// The embedded demo ledger, in the data directory (replaced on each run).
+pub const DEMO_LEDGER_FILE: &str = "recur-demo.sqlite";
+/// Billing work run at once by the demo's scheduler.
+const SCHEDULER_CONCURRENCY: usize = 32;
+
+/// How to run the demo.
+#[derive(Clone, Debug)]
+pub struct DemoOptions {
+    /// Seed of the simulated business.
+    pub seed: u64,
+    /// Customers arriving over the period.
+    pub customers: u64,
+    /// Months simulated.
+    pub months: u32,
+    /// A ledger location; default: a fresh embedded file.
+    pub database: Option<String>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// Why the demo stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Bad options.
+    #[error("{0}")]
+    Options(String),
+    /// The ledger refused or failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The billing domain failed (not a refusal: those are counted).
+    #[error(transparent)]
+    Billing(#[from] BillingError),
+    /// The ledger holds an event the report cannot read.
+    #[error("report: {0}")]
+    Report(String),
+}
+
+/// Everything the demo prints.
+#[derive(Debug, Serialize)]
+pub struct DemoOutcome {
+    /// Where the ledger is (password removed).
+    pub ledger: String,
+    /// Seed.
+    pub seed: u64,
+    /// Customers asked for.
+    pub customers: u64,
+    /// Months simulated.
+    pub months: u32,
+    /// First instant.
+    #[serde(with = "time::serde::rfc3339")]
+    pub start: OffsetDateTime,
+    /// Last instant.
+    #[serde(with = "time::serde::rfc3339")]
+    pub end: OffsetDateTime,
+    /// What the simulated people did.
+    pub activity: Activity,
+    /// The owner's summary, folded from the ledger.
+    pub summary: Summary,
+    /// Events in the ledger whose hashes and chains `verify` recomputed.
+    pub events_verified: u64,
+    /// True when the ledger verified intact.
+    pub ledger_intact: bool,
+    /// Wall time, milliseconds.
+    pub wall_ms: u64,
+    /// Peak resident memory of the process, KiB.
+    pub peak_rss_kb: u64,
+    /// The subscriptions started (for tests; not printed).
+    #[serde(skip)]
+    pub subscriptions: Vec<SubscriptionId>,
+}
+
+/// Runs the demo and returns what it found; also the live billing service, for tests.
+///
+/// # Errors
+/// Bad options, a ledger that cannot be opened or is not empty, billing failures.
+pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), DemoError> {
+    let started = Instant::now();
+    if options.customers == 0 || options.customers > CUSTOMERS_MAX {
+        return Err(DemoError::Options(format!(
+            "--customers must be 1 to {CUSTOMERS_MAX}"
+        )));
+    }
+    if options.months == 0 || options.months > MONTHS_MAX {
+        return Err(DemoError::Options(format!(
+            "--months must be 1 to {MONTHS_MAX}"
+        )));
+    }
+    let location = match &options.database {
+        Some(location) => location.clone(),
+        None => fresh_embedded_location()?,
+    };
+    let clock = TestClock::at(DEMO_START);
+    let ledger = Ledger::open(LedgerConfig::new(location.clone()), Arc::new(clock.clone())).await?;
+    if ledger.last_position().await? != Position::START {
+        return Err(DemoError::Options(format!(
+            "the demo needs an empty ledger and {} is not; leave out --database to use a fresh embedded file",
+            crate::config::redact(&location)
+        )));
+    }
+    let catalog = Catalog::default_catalog()?;
+    let billing =
+        Arc::new(Billing::open(ledger.clone(), catalog, Arc::new(SimulatedGateway::new())).await?);
+    simulation::create_coupons(&billing).await?;
+    let end = recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, options.months);
+    let mut script = Script::write(options.seed, options.customers, DEMO_START, options.months);
+    let scheduler = Scheduler::new(Arc::clone(&billing), SCHEDULER_CONCURRENCY);
+    let mut activity = Activity::default();
+    let mut progress = Progress::new(options.progress, DEMO_START, end);
+    loop {
+        scheduler.catch_up().await?;
+        let next = [script.next_at(), scheduler.next_due_at().await]
+            .into_iter()
+            .flatten()
+            .min();
+        let Some(next) = next.filter(|at| *at < end) else {
+            break;
+        };
+        // Work within the same hour runs together, as a real hourly scheduler would.
+        let step = ceil_to_hour(next.max(clock.now())).min(end);
+        clock.advance_to(step);
+        script.act_until(&billing, step, &mut activity).await?;
+        let report = scheduler.tick().await?;
+        if let Some((work, code)) = report.failures.first() {
+            tracing::warn!(
+                ?work,
+                code,
+                "billing work failed; it is retried on the next tick"
+            );
+        }
+        progress.show(step, activity.customers);
+    }
+    clock.advance_to(end);
+    scheduler.tick().await?;
+    progress.done();
+
+    let mut report = Report::new(recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, 1));
+    let mut replay = ledger.replay(Position::START).await?;
+    while let Some(event) = replay.next().await? {
+        report.apply(&event).map_err(DemoError::Report)?;
+    }
+    let summary = report.finish(end);
+    let verified = ledger.verify().await?;
+    let outcome = DemoOutcome {
+        ledger: crate::config::redact(&location),
+        seed: options.seed,
+        customers: options.customers,
+        months: options.months,
+        start: DEMO_START,
+        end,
+        activity,
+        summary,
+        events_verified: verified.events_checked,
+        ledger_intact: verified.is_intact(),
+        wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        peak_rss_kb: crate::bench::peak_rss_kb(),
+        subscriptions: simulation::subscriptions(&script),
+    };
+    Ok((outcome, billing))
+}
+
+fn fresh_embedded_location() -> Result<String, DemoError> {
+    let dir = std::env::var_os("RECUR_DATA_DIR")
+        .map_or_else(|| std::path::PathBuf::from("."), std::path::PathBuf::from);
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DemoError::Options(format!("cannot create {}: {e}", dir.display())))?;
+    let path = dir.join(DEMO_LEDGER_FILE);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DemoError::Options(format!("cannot replace {file}: {e}"))),
+        }
+    }
+    Ok(format!("sqlite:{}", path.display()))
+}
+
+fn ceil_to_hour(at: OffsetDateTime) -> OffsetDateTime {
+    let floor = at
+        .replace_minute(0)
+        .and_then(|t| t.replace_second(0))
+        .and_then(|t| t.replace_nanosecond(0))
+        .unwrap_or(at);
+    if floor == at {
+        at
+    } else {
+        floor + Duration::hours(1)
+    }
+}
+
+/// A one-line progress bar on stderr.
+struct Progress {
+    enabled: bool,
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+    shown_percent: i64,
+}
+
+impl Progress {
+    fn new(enabled: bool, start: OffsetDateTime, end: OffsetDateTime) -> Self {
+        Self {
+            enabled,
+            start,
+            end,
+            shown_percent: -1,
+        }
+    }
+
+    fn show(&mut self, now: OffsetDateTime, customers: u64) {
+        if !self.enabled {
+            return;
+        }
+        let total = (self.end - self.start).whole_seconds().max(1);
+        let percent = ((now - self.start).whole_seconds() * 100 / total).clamp(0, 100);
+        if percent == self.shown_percent {
+            return;
+        }
+        self.shown_percent = percent;
+        let filled = usize::try_from(percent / 4).unwrap_or(0);
+        let bar = format!("{}{}", "#".repeat(filled), ".".repeat(25 - filled.min(25)));
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r[{bar}] {percent:>3}%  {}  {customers} customers",
+            now.date()
+        );
+        let _ = err.flush();
+    }
+
+    fn done(&mut self) {
+        if self.enabled && self.shown_percent >= 0 {
+            let _ = writeln!(std::io::stderr());
+        }
+    }
+}
+
+fn dollars(money: Money) -> String {
+    let text = format!("{:.2}", money.amount());
+    let (whole, cents) = text.split_once('.').unwrap_or((&text, "00"));
+    let negative = whole.starts_with('-');
+    let digits = whole.trim_start_matches('-');
+    let mut grouped = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            grouped.push(',');
+        }
+        grouped.push(c);
+    }
+    format!("{}${grouped}.{cents}", if negative { "-" } else { "" })
+}
+
+/// Prints the summary for a business owner.
+pub fn print(outcome: &DemoOutcome) {
+    let s = &outcome.summary;
+    let a = &outcome.activity;
+    println!(
+        "Recur demo: the coaching business, {} months from {}, {} customers (seed {})",
+        outcome.months,
+        outcome.start.date(),
+        outcome.customers,
+        outcome.seed
+    );
+    println!("Ledger: {}\n", outcome.ledger);
+    println!("Customers at {}", outcome.end.date());
+    for (state, count) in &s.customers {
+        println!("  {:<16}{count:>8}", state.replace('_', " "));
+    }
+    println!("\nMRR at each month end (after discounts in force)");
+    let top = s
+        .mrr_by_month
+        .iter()
+        .map(|(_, m)| m.amount())
+        .max()
+        .unwrap_or_default();
+    for (month, mrr) in &s.mrr_by_month {
+        let width = if top.is_zero() {
+            0
+        } else {
+            usize::try_from(
+                (mrr.amount() * rust_decimal::Decimal::from(40) / top)
+                    .trunc()
+                    .mantissa(),
+            )
+            .unwrap_or(0)
+        };
+        println!("  {month}  {:>14}  {}", dollars(*mrr), "█".repeat(width));
+    }
+    println!("  ARR now   {:>14}", dollars(s.arr));
+    println!("\nMoney");
+    println!(
+        "  collected           {:>15}  ({} payments)",
+        dollars(s.collected),
+        s.payments
+    );
+    println!(
+        "  refunded            {:>15}  ({} refunds)",
+        dollars(s.refunded),
+        s.refunds
+    );
+    println!(
+        "  revenue earned      {:>15}",
+        dollars(s.revenue_recognized)
+    );
+    println!(
+        "  deferred revenue    {:>15}  (billed, not yet earned)",
+        dollars(s.deferred_revenue)
+    );
+    println!("  discounts given     {:>15}", dollars(s.discounts));
+    println!("  tax to remit        {:>15}", dollars(s.tax_payable));
+    println!(
+        "  credit owed         {:>15}  (downgrades)",
+        dollars(s.customer_credit)
+    );
+    println!("  written off         {:>15}", dollars(s.bad_debt));
+    let f = &s.failed_payments;
+    println!(
+        "\nFailed payments: {} declined attempts on {} invoices",
+        f.declined_attempts, f.invoices
+    );
+    println!(
+        "  recovered           {:>6}  {:>15}",
+        f.recovered,
+        dollars(f.recovered_amount)
+    );
+    println!("  still retrying      {:>6}", f.retrying);
+    println!(
+        "  written off         {:>6}  {:>15}  → {} subscriptions canceled",
+        f.written_off,
+        dollars(f.written_off_amount),
+        f.subscriptions_canceled
+    );
+    let codes: Vec<String> = f
+        .decline_codes
+        .iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect();
+    println!("  decline codes: {}", codes.join(", "));
+    println!(
+        "\nActivity: {} subscriptions, {} course purchases, {} plan changes, {} cancellations, {} pauses/resumes, {} card updates, {} cards refused on attach, {} refunds",
+        a.subscriptions,
+        a.purchases,
+        a.plan_changes,
+        a.cancellations,
+        a.pauses,
+        a.card_updates,
+        a.cards_refused,
+        a.refunds
+    );
+    if !a.refused.is_empty() {
+        let refused: Vec<String> = a.refused.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        println!("  requests refused by the domain: {}", refused.join(", "));
+    }
+    println!(
+        "\nBooks: {} events, {} invoices; debits = credits: {}; hash chains verified: {}",
+        s.events,
+        s.invoices,
+        if s.books_balanced { "yes" } else { "NO" },
+        if outcome.ledger_intact {
+            "intact"
+        } else {
+            "BROKEN"
+        }
+    );
+    println!(
+        "Took {}.{} s, peak memory {} MiB",
+        outcome.wall_ms / 1000,
+        outcome.wall_ms % 1000 / 100,
+        outcome.peak_rss_kb / 1024
+    );
+}
+
+impl From<recur_commands::DomainError> for DemoError {
+    fn from(error: recur_commands::DomainError) -> Self {
+        DemoError::Billing(error.into())
+    }
+}

@@ -1,0 +1,355 @@
+//! The demo's summary, folded from the ledger alone (so a replay gives the same
+//! answer): customers by state, MRR at each month end, money in and out, what
+//! became of failed payments, and the books.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use recur_commands::aggregate::Aggregate;
+use recur_commands::billing::decode_event;
+use recur_commands::coupon::{CouponDuration, Discount};
+use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
+use recur_commands::postings::{Account, TrialBalance};
+use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
+use recur_ledger::{Currency, Money, RecordedEvent, StreamId};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use time::OffsetDateTime;
+
+/// What the owner reads at the end of the demo.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Customers by the state of their subscription (best one wins), plus one-time buyers.
+    pub customers: BTreeMap<String, u64>,
+    /// MRR at each month end (after discounts in force), `YYYY-MM` → amount.
+    pub mrr_by_month: Vec<(String, Money)>,
+    /// MRR × 12 at the end.
+    pub arr: Money,
+    /// Payments collected.
+    pub collected: Money,
+    /// How many payments.
+    pub payments: u64,
+    /// Refunded.
+    pub refunded: Money,
+    /// How many refunds.
+    pub refunds: u64,
+    /// Tax collected (payable to the authorities).
+    pub tax_payable: Money,
+    /// Revenue recognised (earned), before discounts and refunds.
+    pub revenue_recognized: Money,
+    /// Discounts given.
+    pub discounts: Money,
+    /// Billed but not yet earned.
+    pub deferred_revenue: Money,
+    /// Owed to customers (downgrade credit).
+    pub customer_credit: Money,
+    /// Written off.
+    pub bad_debt: Money,
+    /// Failed payments and what became of them.
+    pub failed_payments: FailedPayments,
+    /// Invoices issued.
+    pub invoices: u64,
+    /// Events folded.
+    pub events: u64,
+    /// True when debits equal credits over every event.
+    pub books_balanced: bool,
+}
+
+/// Invoices that had at least one declined payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct FailedPayments {
+    /// Declined attempts.
+    pub declined_attempts: u64,
+    /// Invoices with a decline.
+    pub invoices: u64,
+    /// Later paid (retry after a card update, or a retry that went through).
+    pub recovered: u64,
+    /// Amount recovered.
+    pub recovered_amount: Money,
+    /// Still open, a retry scheduled.
+    pub retrying: u64,
+    /// Written off after the retry policy was spent.
+    pub written_off: u64,
+    /// Amount written off.
+    pub written_off_amount: Money,
+    /// Subscriptions canceled because payment failed.
+    pub subscriptions_canceled: u64,
+    /// Declines by code.
+    pub decline_codes: BTreeMap<String, u64>,
+}
+
+/// Folds ledger events into a [`Summary`].
+pub struct Report {
+    currency: Currency,
+    subscriptions: HashMap<StreamId, Subscription>,
+    invoices: HashMap<StreamId, Invoice>,
+    one_time_buyers: HashSet<String>,
+    declined: HashSet<StreamId>,
+    summary: Summary,
+    balance: TrialBalance,
+    next_month_end: OffsetDateTime,
+}
+
+impl Report {
+    /// A report whose first month ends at `first_month_end`.
+    pub fn new(first_month_end: OffsetDateTime) -> Self {
+        let zero = Money::zero(Currency::USD);
+        Self {
+            currency: Currency::USD,
+            subscriptions: HashMap::new(),
+            invoices: HashMap::new(),
+            one_time_buyers: HashSet::new(),
+            declined: HashSet::new(),
+            summary: Summary {
+                customers: BTreeMap::new(),
+                mrr_by_month: Vec::new(),
+                arr: zero,
+                collected: zero,
+                payments: 0,
+                refunded: zero,
+                refunds: 0,
+                tax_payable: zero,
+                revenue_recognized: zero,
+                discounts: zero,
+                deferred_revenue: zero,
+                customer_credit: zero,
+                bad_debt: zero,
+                failed_payments: FailedPayments {
+                    declined_attempts: 0,
+                    invoices: 0,
+                    recovered: 0,
+                    recovered_amount: zero,
+                    retrying: 0,
+                    written_off: 0,
+                    written_off_amount: zero,
+                    subscriptions_canceled: 0,
+                    decline_codes: BTreeMap::new(),
+                },
+                invoices: 0,
+                events: 0,
+                books_balanced: true,
+            },
+            balance: TrialBalance::default(),
+            next_month_end: first_month_end,
+        }
+    }
+
+    /// Folds one event.
+    ///
+    /// # Errors
+    /// An event that does not decode.
+    pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), String> {
+        while recorded.recorded_at >= self.next_month_end {
+            self.close_month();
+        }
+        self.summary.events += 1;
+        match recorded.stream_id.category() {
+            "subscription" => {
+                let event: SubscriptionEvent = decode_event(&recorded.payload)?;
+                if let SubscriptionEvent::SubscriptionCanceled { reason, .. } = &event
+                    && *reason != recur_commands::subscription::CancelReason::Requested
+                {
+                    self.summary.failed_payments.subscriptions_canceled += 1;
+                }
+                self.subscriptions
+                    .entry(recorded.stream_id.clone())
+                    .or_default()
+                    .evolve(&event);
+            }
+            "invoice" => {
+                let event: InvoiceEvent = decode_event(&recorded.payload)?;
+                self.balance
+                    .add(event.postings())
+                    .map_err(|e| e.to_string())?;
+                self.summary.books_balanced &= self.balance.is_balanced();
+                let failed = &mut self.summary.failed_payments;
+                match &event {
+                    InvoiceEvent::InvoiceDrafted {
+                        subscription_id,
+                        customer_id,
+                        ..
+                    } => {
+                        self.summary.invoices += 1;
+                        if subscription_id.is_none() {
+                            self.one_time_buyers.insert(customer_id.to_string());
+                        }
+                    }
+                    InvoiceEvent::PaymentSucceeded { amount, .. } => {
+                        self.summary.payments += 1;
+                        self.summary.collected = self
+                            .summary
+                            .collected
+                            .checked_add(*amount)
+                            .map_err(|e| e.to_string())?;
+                        if self.declined.contains(&recorded.stream_id) {
+                            failed.recovered += 1;
+                            failed.recovered_amount = failed
+                                .recovered_amount
+                                .checked_add(*amount)
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    InvoiceEvent::PaymentFailed { decline_code, .. } => {
+                        failed.declined_attempts += 1;
+                        *failed
+                            .decline_codes
+                            .entry(decline_code.clone())
+                            .or_default() += 1;
+                        if self.declined.insert(recorded.stream_id.clone()) {
+                            failed.invoices += 1;
+                        }
+                    }
+                    InvoiceEvent::InvoiceMarkedUncollectible { amount, .. } => {
+                        failed.written_off += 1;
+                        failed.written_off_amount = failed
+                            .written_off_amount
+                            .checked_add(*amount)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    InvoiceEvent::InvoiceRefunded { amount, .. } => {
+                        self.summary.refunds += 1;
+                        self.summary.refunded = self
+                            .summary
+                            .refunded
+                            .checked_add(*amount)
+                            .map_err(|e| e.to_string())?;
+                    }
+                    _ => {}
+                }
+                self.invoices
+                    .entry(recorded.stream_id.clone())
+                    .or_default()
+                    .evolve(&event);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// MRR now: active and past-due subscriptions, normalised to a month, after
+    /// recurring discounts in force at `at`.
+    fn mrr_at(&self, at: OffsetDateTime) -> Money {
+        let mut total = Money::zero(self.currency);
+        for sub in self.subscriptions.values() {
+            let Some(mut mrr) = sub.mrr() else { continue };
+            if let Some(discount) = &sub.discount {
+                let in_force = match discount.duration {
+                    CouponDuration::Forever => true,
+                    CouponDuration::Repeating { .. } => {
+                        discount.ends_at.is_some_and(|end| at < end)
+                    }
+                    CouponDuration::Once => false,
+                };
+                if in_force && mrr.is_positive() {
+                    mrr = match discount.discount {
+                        Discount::PercentOff { percent } => mrr
+                            .mul_decimal(Decimal::ONE - percent / Decimal::ONE_HUNDRED)
+                            .unwrap_or(mrr),
+                        Discount::AmountOff { amount } => {
+                            let left = mrr.checked_sub(amount).unwrap_or(mrr);
+                            if left.is_negative() {
+                                Money::zero(self.currency)
+                            } else {
+                                left
+                            }
+                        }
+                    };
+                }
+            }
+            total = total.checked_add(mrr).unwrap_or(total);
+        }
+        total.round_to_minor(recur_ledger::money::RoundingRule::HalfEven)
+    }
+
+    fn close_month(&mut self) {
+        let at = self.next_month_end;
+        let label = (at - time::Duration::days(1)).date();
+        let label = format!("{}-{:02}", label.year(), label.month() as u8);
+        let mrr = self.mrr_at(at);
+        self.summary.mrr_by_month.push((label, mrr));
+        self.next_month_end = recur_commands::period::Interval::MONTHLY.boundary(at, 1);
+    }
+
+    /// Closes every month up to `end` and returns the summary.
+    pub fn finish(mut self, end: OffsetDateTime) -> Summary {
+        while self.next_month_end <= end {
+            self.close_month();
+        }
+        let mrr = self.mrr_at(end);
+        self.summary.arr = mrr.mul_decimal(Decimal::from(12)).unwrap_or(mrr);
+        let mut customers: HashMap<String, SubscriptionStatus> = HashMap::new();
+        for sub in self.subscriptions.values() {
+            let Some(customer) = sub.customer_id else {
+                continue;
+            };
+            let entry = customers.entry(customer.to_string()).or_insert(sub.status);
+            if rank(sub.status) < rank(*entry) {
+                *entry = sub.status;
+            }
+        }
+        for (customer, status) in &customers {
+            let _ = customer;
+            *self
+                .summary
+                .customers
+                .entry(status.name().to_owned())
+                .or_default() += 1;
+        }
+        let only_once = self
+            .one_time_buyers
+            .iter()
+            .filter(|c| !customers.contains_key(*c))
+            .count();
+        if only_once > 0 {
+            self.summary
+                .customers
+                .insert("one_time_only".into(), only_once as u64);
+        }
+        let failed = &mut self.summary.failed_payments;
+        failed.retrying = self
+            .declined
+            .iter()
+            .filter(|s| {
+                self.invoices
+                    .get(*s)
+                    .is_some_and(|i| i.status == InvoiceStatus::Open)
+            })
+            .count() as u64;
+        let mut revenue = Money::zero(self.currency);
+        let mut deferred = Money::zero(self.currency);
+        let mut tax = Money::zero(self.currency);
+        for (account, money) in self.balance.accounts() {
+            // Credit balances are negative: flip income and liabilities to read positive.
+            let credit = -money;
+            match account {
+                Account::Revenue(_) => revenue = revenue.checked_add(credit).unwrap_or(revenue),
+                Account::DeferredRevenue(_) => {
+                    deferred = deferred.checked_add(credit).unwrap_or(deferred)
+                }
+                Account::TaxPayable(_) => tax = tax.checked_add(credit).unwrap_or(tax),
+                _ => {}
+            }
+        }
+        self.summary.revenue_recognized = revenue;
+        self.summary.discounts = self.balance.balance(&Account::Discounts, self.currency);
+        self.summary.deferred_revenue = deferred;
+        self.summary.tax_payable = tax;
+        self.summary.customer_credit = -self
+            .balance
+            .balance(&Account::CustomerCredit, self.currency);
+        self.summary.bad_debt = self.balance.balance(&Account::BadDebt, self.currency);
+        self.summary.books_balanced &= self.balance.is_balanced();
+        self.summary
+    }
+}
+
+/// Which state describes a customer with several subscriptions: the liveliest.
+fn rank(status: SubscriptionStatus) -> u8 {
+    match status {
+        SubscriptionStatus::Active => 0,
+        SubscriptionStatus::PastDue => 1,
+        SubscriptionStatus::Trialing => 2,
+        SubscriptionStatus::Incomplete => 3,
+        SubscriptionStatus::Paused => 4,
+        SubscriptionStatus::Canceled => 5,
+    }
+}

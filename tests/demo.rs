@@ -1,0 +1,151 @@
+//! `recur demo`: deterministic for a seed, balanced books, and a ledger whose
+//! replay from the first event rebuilds exactly the live states.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use recur_commands::{Billing, Catalog, SimulatedGateway};
+use recur_gateway::demo::{self, DemoOptions};
+use recur_ledger::{Ledger, LedgerConfig, SystemClock};
+
+fn temp_location(name: &str) -> (String, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!(
+        "recur-demo-test-{name}-{}.sqlite",
+        uuid::Uuid::new_v4().simple()
+    ));
+    (format!("sqlite:{}", path.display()), path)
+}
+
+fn remove(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
+
+fn options(database: String, seed: u64) -> DemoOptions {
+    DemoOptions {
+        seed,
+        customers: 60,
+        months: 6,
+        database: Some(database),
+        progress: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_is_deterministic_for_a_seed_and_its_books_balance() {
+    let (first_db, first_path) = temp_location("a");
+    let (second_db, second_path) = temp_location("b");
+    let (first, _) = demo::run(&options(first_db, 7)).await.unwrap();
+    let (second, _) = demo::run(&options(second_db, 7)).await.unwrap();
+    remove(&first_path);
+    remove(&second_path);
+    assert_eq!(first.summary, second.summary, "same seed, same business");
+    assert_eq!(first.activity, second.activity);
+    let s = &first.summary;
+    assert!(s.books_balanced);
+    assert!(first.ledger_intact);
+    assert_eq!(
+        first.events_verified, s.events,
+        "the report folded every event"
+    );
+    assert_eq!(s.mrr_by_month.len(), 6);
+    assert!(first.activity.customers == 60 && s.payments > 60);
+    // Cash in the gateway is what was collected less what was refunded.
+    assert!(s.collected.is_positive());
+    let customers: u64 = s.customers.values().sum();
+    assert_eq!(customers, 60);
+
+    let (third_db, third_path) = temp_location("c");
+    let (other, _) = demo::run(&options(third_db, 8)).await.unwrap();
+    remove(&third_path);
+    assert_ne!(
+        other.summary, first.summary,
+        "another seed, another business"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_the_demo_ledger_from_the_first_event_rebuilds_the_same_states() {
+    let (location, path) = temp_location("replay");
+    let (outcome, live) = demo::run(&options(location.clone(), 11)).await.unwrap();
+    // A second process on the same ledger, with nothing cached: every state comes
+    // from folding the streams from their first event.
+    let ledger = Ledger::open(LedgerConfig::new(location), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let replayed = Billing::open(
+        ledger,
+        Catalog::default_catalog().unwrap(),
+        Arc::new(SimulatedGateway::new()),
+    )
+    .await
+    .unwrap();
+    assert!(!outcome.subscriptions.is_empty());
+    let mut invoices = 0;
+    for sub in &outcome.subscriptions {
+        let state = live.subscription(*sub).await.unwrap();
+        assert_eq!(replayed.subscription(*sub).await.unwrap(), state);
+        let customer = state.customer_id.unwrap();
+        assert_eq!(
+            replayed.customer(customer).await.unwrap(),
+            live.customer(customer).await.unwrap()
+        );
+        for invoice in &state.invoices {
+            assert_eq!(
+                replayed.invoice(*invoice).await.unwrap(),
+                live.invoice(*invoice).await.unwrap()
+            );
+            invoices += 1;
+        }
+    }
+    assert!(invoices > outcome.subscriptions.len());
+    remove(&path);
+}
+
+#[test]
+fn recur_demo_prints_a_summary_and_json() {
+    let dir =
+        std::env::temp_dir().join(format!("recur-demo-cli-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_recur"))
+            .arg("demo")
+            .args(args)
+            .env("RECUR_DATA_DIR", &dir)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let text = run(&["--customers", "25", "--months", "3"]);
+    assert!(text.contains("MRR at each month end"), "{text}");
+    assert!(text.contains("hash chains verified: intact"), "{text}");
+    assert!(
+        dir.join("recur-demo.sqlite").exists(),
+        "the embedded default file"
+    );
+    // Run again: the file is replaced, not appended to, and --json says the same.
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["--customers", "25", "--months", "3", "--json"])).unwrap();
+    assert_eq!(json["customers"], 25);
+    assert_eq!(json["summary"]["books_balanced"], true);
+    assert_eq!(
+        json["summary"]["mrr_by_month"].as_array().map(Vec::len),
+        Some(3)
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["demo", "--customers", "0"])
+        .env("RECUR_DATA_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--customers must be 1 to"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
