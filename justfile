@@ -9,6 +9,10 @@ lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# The billing simulation on a fresh embedded ledger.
+demo *ARGS:
+    cargo run --release -p recur-gateway --bin recur -- demo {{ARGS}}
+
 # The ledger benchmark; BACKEND is postgres or sqlite.
 bench-ledger BACKEND="postgres" WORKLOAD="all" ROUNDS="3":
     cargo run --release -p recur-gateway --bin recur -- bench ledger --backend {{BACKEND}} --workload {{WORKLOAD}} --rounds {{ROUNDS}}
