@@ -1025,3 +1025,76 @@ proptest::proptest! {
         runtime.block_on(run_ops(ops));
     }
 }
+
+#[tokio::test]
+async fn every_decline_code_of_the_test_cards_reaches_the_invoice_at_charge_time() {
+    for code in [
+        "card_declined",
+        "insufficient_funds",
+        "expired_card",
+        "processing_error",
+    ] {
+        let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+        let customer = w.customer(Some("4242424242424242"), None).await;
+        let sub = w
+            .subscribe(customer, "community_access", Trial::Skip, None)
+            .await;
+        w.billing
+            .attach_payment_method(customer, SimulatedGateway::failing_card(code, 12, 2030))
+            .await
+            .unwrap();
+        w.at(datetime!(2026-02-01 00:00 UTC)).await;
+        let feb = &w.invoices_of(sub).await[1];
+        let attempt = &feb.attempts[0];
+        assert_eq!(attempt.gateway, "simulated");
+        match &attempt.outcome {
+            Some(recur_commands::invoice::ChargeOutcome::Declined { decline_code, .. }) => {
+                assert_eq!(decline_code, code)
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+        assert_eq!(
+            w.billing.subscription(sub).await.unwrap().status,
+            SubscriptionStatus::PastDue
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_quantity_change_mid_cycle_prorates_every_unit() {
+    let w = world(datetime!(2026-04-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "group_coaching", Trial::Skip, None)
+        .await;
+    // Half of April left: credit 1 × 1500 / 2 = 750.00, charge 3 × 1500 / 2 = 2250.00.
+    w.clock.advance_to(datetime!(2026-04-16 00:00 UTC));
+    let state = w
+        .billing
+        .change_plan(
+            sub,
+            PlanChange {
+                plan_id: "group_coaching".into(),
+                price_id: None,
+                quantity: Some(3),
+                timing: Timing::Now,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.quantity, 3);
+    let change = &w.invoices_of(sub).await[1];
+    let amounts: Vec<(u32, Money)> = change
+        .lines
+        .iter()
+        .map(|l| (l.quantity, l.amount))
+        .collect();
+    assert_eq!(amounts, vec![(1, usd("-750.00")), (3, usd("2250.00"))]);
+    assert_eq!(change.totals.as_ref().unwrap().total, usd("1500.00"));
+    assert_eq!(change.status, InvoiceStatus::Paid);
+    w.at(datetime!(2026-05-01 00:00 UTC)).await;
+    assert_eq!(
+        w.invoices_of(sub).await[2].totals.as_ref().unwrap().total,
+        usd("4500.00")
+    );
+}

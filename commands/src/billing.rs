@@ -824,6 +824,7 @@ impl Billing {
                 let token = customer.payment_method.as_ref().map(|m| m.token.clone());
                 let started = self
                     .invoice_command(id, source, |_| InvoiceCommand::StartAttempt {
+                        gateway: self.gateway.name().to_owned(),
                         payment_method: token.clone(),
                         now,
                     })

@@ -228,6 +228,8 @@ pub struct Attempt {
     pub attempt_no: u32,
     /// The key the charge carries.
     pub idempotency_key: String,
+    /// The gateway asked (`simulated`, `stripe`).
+    pub gateway: String,
     /// The token charged, if any.
     pub payment_method: Option<String>,
     /// Amount asked.
@@ -263,6 +265,8 @@ pub enum InvoiceCommand {
     },
     /// Start a payment attempt (a no-op while one is unanswered).
     StartAttempt {
+        /// The gateway that will be asked.
+        gateway: String,
         /// The card token, if one is on file.
         payment_method: Option<String>,
         /// Now.
@@ -358,6 +362,8 @@ pub enum InvoiceEvent {
         attempt_no: u32,
         /// The charge's idempotency key.
         idempotency_key: String,
+        /// The gateway asked.
+        gateway: String,
         /// The card token.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         payment_method: Option<String>,
@@ -745,6 +751,7 @@ impl Aggregate for Invoice {
                 now,
             } => self.decide_finalize(tax_basis, credit_applied, now),
             InvoiceCommand::StartAttempt {
+                gateway,
                 payment_method,
                 now,
             } => {
@@ -767,6 +774,7 @@ impl Aggregate for Invoice {
                 Ok(vec![InvoiceEvent::PaymentAttemptStarted {
                     attempt_no,
                     idempotency_key: format!("{id}-attempt-{attempt_no}"),
+                    gateway,
                     payment_method,
                     amount,
                     at: now,
@@ -941,12 +949,14 @@ impl Aggregate for Invoice {
             InvoiceEvent::PaymentAttemptStarted {
                 attempt_no,
                 idempotency_key,
+                gateway,
                 payment_method,
                 amount,
                 ..
             } => self.attempts.push(Attempt {
                 attempt_no: *attempt_no,
                 idempotency_key: idempotency_key.clone(),
+                gateway: gateway.clone(),
                 payment_method: payment_method.clone(),
                 amount: *amount,
                 outcome: None,

@@ -260,7 +260,11 @@ proptest! {
             let result = match step {
                 Step::Pay(succeeds) => execute(
                     &mut invoice,
-                    InvoiceCommand::StartAttempt { payment_method: Some("pm_card_visa".into()), now },
+                    InvoiceCommand::StartAttempt {
+                        gateway: "simulated".into(),
+                        payment_method: Some("pm_card_visa".into()),
+                        now,
+                    },
                 )
                 .map(|mut events| {
                     if let Some(attempt) = invoice.pending_attempt().cloned() {
