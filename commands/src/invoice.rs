@@ -616,6 +616,27 @@ impl Invoice {
         )
     }
 
+    /// Postings that give `amount` (tax included) back: refunds and the tax share
+    /// debited, `from` credited (receivable for a credit note, cash for a refund).
+    fn give_back(
+        &self,
+        amount: Money,
+        from: Account,
+    ) -> Result<(Money, Vec<Posting>), DomainError> {
+        let tax = self.tax_part(amount)?;
+        let mut journal = Journal::new();
+        journal.debit(Account::Refunds, amount.checked_sub(tax)?);
+        if let Some(place) = self
+            .totals
+            .as_ref()
+            .and_then(|t| t.tax_basis.jurisdiction())
+        {
+            journal.debit(Account::TaxPayable(place.to_owned()), tax);
+        }
+        journal.credit(from, amount);
+        Ok((tax, journal.finish()?))
+    }
+
     fn decide_finalize(
         &self,
         tax_basis: TaxBasis,
@@ -830,24 +851,14 @@ impl Aggregate for Invoice {
                 }
                 let remaining = self.amount_remaining();
                 check_positive_within(amount, remaining, "credit note")?;
-                let tax = self.tax_part(amount)?;
-                let mut journal = Journal::new();
-                journal.debit(Account::Refunds, amount.checked_sub(tax)?);
-                if let Some(place) = self
-                    .totals
-                    .as_ref()
-                    .and_then(|t| t.tax_basis.jurisdiction())
-                {
-                    journal.debit(Account::TaxPayable(place.to_owned()), tax);
-                }
-                journal.credit(Account::AccountsReceivable, amount);
+                let (tax, postings) = self.give_back(amount, Account::AccountsReceivable)?;
                 Ok(vec![InvoiceEvent::CreditNoteIssued {
                     credit_note_no: self.credit_notes + 1,
                     amount,
                     tax,
                     reason,
                     at: now,
-                    postings: journal.finish()?,
+                    postings,
                 }])
             }
             InvoiceCommand::Refund {
@@ -866,17 +877,7 @@ impl Aggregate for Invoice {
                 let paid = self.amount_paid.unwrap_or(self.zero());
                 let refundable = paid.checked_sub(self.amount_refunded.unwrap_or(self.zero()))?;
                 check_positive_within(amount, refundable, "refund")?;
-                let tax = self.tax_part(amount)?;
-                let mut journal = Journal::new();
-                journal.debit(Account::Refunds, amount.checked_sub(tax)?);
-                if let Some(place) = self
-                    .totals
-                    .as_ref()
-                    .and_then(|t| t.tax_basis.jurisdiction())
-                {
-                    journal.debit(Account::TaxPayable(place.to_owned()), tax);
-                }
-                journal.credit(Account::GatewayBalance, amount);
+                let (tax, postings) = self.give_back(amount, Account::GatewayBalance)?;
                 Ok(vec![InvoiceEvent::InvoiceRefunded {
                     refund_no,
                     amount,
@@ -884,7 +885,7 @@ impl Aggregate for Invoice {
                     refund_id,
                     reason,
                     at: now,
-                    postings: journal.finish()?,
+                    postings,
                 }])
             }
             InvoiceCommand::RecognizeRevenue { now } => {
