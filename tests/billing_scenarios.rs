@@ -779,6 +779,12 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
     let mut zero = new("community_access", None);
     zero.quantity = 0;
     assert_eq!(code(w.billing.subscribe(zero).await), "invalid_quantity");
+    let euros = Some(CouponCode::parse("EUROS").unwrap());
+    let purchase = w
+        .billing
+        .purchase(customer, "self_paced_course", euros)
+        .await;
+    assert_eq!(purchase.unwrap_err().code(), "currency_mismatch");
     assert_eq!(
         w.billing.cancel(sub, Timing::Now).await.unwrap_err().code(),
         "invalid_transition"

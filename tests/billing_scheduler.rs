@@ -217,3 +217,91 @@ async fn a_renewal_recorded_before_a_crash_is_invoiced_once_by_the_next_schedule
     );
     assert_eq!(gateway.charges_made(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_negative_invoice_whose_credit_was_never_granted_is_granted_by_the_scheduler() {
+    use recur_commands::aggregate::execute;
+    use recur_commands::invoice::{
+        BillingReason, Invoice, InvoiceCommand, InvoiceRequest, Line, LineKind,
+    };
+    use recur_commands::tax::TaxBasis;
+    use recur_ledger::Money;
+
+    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    let gateway = SimulatedGateway::new();
+    let billing = billing_on(store.ledger.clone(), &gateway).await;
+    let customer = billing
+        .create_customer(NewCustomer::default())
+        .await
+        .unwrap();
+
+    // A process drafts and finalizes a −100.00 invoice, then dies before granting the credit.
+    let now = clock.now();
+    let id = InvoiceId::new_at(now);
+    let usd = |a: &str| Money::parse(a, "USD").unwrap();
+    let mut invoice = Invoice::default();
+    let mut events = execute(
+        &mut invoice,
+        InvoiceCommand::Draft {
+            customer_id: customer,
+            subscription_id: None,
+            request: InvoiceRequest {
+                invoice_id: id,
+                reason: BillingReason::SubscriptionUpdate,
+                lines: vec![Line {
+                    kind: LineKind::Proration,
+                    description: "unused time".into(),
+                    plan_id: "group_coaching".into(),
+                    price_id: "group_coaching_usd_month_v1".into(),
+                    quantity: 1,
+                    unit_amount: usd("1500.00"),
+                    amount: usd("-100.00"),
+                    period: None,
+                }],
+                discount: None,
+            },
+            now,
+        },
+    )
+    .unwrap();
+    events.extend(
+        execute(
+            &mut invoice,
+            InvoiceCommand::Finalize {
+                tax_basis: TaxBasis::NoLocation,
+                credit_applied: usd("0.00"),
+                now,
+            },
+        )
+        .unwrap(),
+    );
+    let new_events = events
+        .iter()
+        .map(|e| NewEvent::new(EventId::new_at(now), e.event_type(), 1, e).unwrap())
+        .collect();
+    store
+        .ledger
+        .append(&id.stream().unwrap(), ExpectedVersion::NoStream, new_events)
+        .await
+        .unwrap();
+    assert_eq!(
+        billing.customer(customer).await.unwrap().credit_balance,
+        None
+    );
+
+    let scheduler = Scheduler::new(Arc::clone(&billing), 4);
+    let report = scheduler.tick().await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert_eq!(
+        billing.customer(customer).await.unwrap().credit_balance,
+        Some(usd("100.00"))
+    );
+    // Once granted, it is not granted again.
+    scheduler.tick().await.unwrap();
+    assert_eq!(
+        billing.customer(customer).await.unwrap().credit_balance,
+        Some(usd("100.00"))
+    );
+    assert_eq!(scheduler.next_due_at().await, None);
+}

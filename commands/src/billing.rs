@@ -786,18 +786,16 @@ impl Billing {
         self.collect_invoice(invoice, source).await
     }
 
-    /// Finalizes a drafted invoice, or attempts payment of an open one when no
-    /// attempt is waiting for a retry time, or gives up when the policy is spent.
+    /// Carries an invoice forward from wherever it stopped: finalizes a draft,
+    /// grants the credit of a negative total, attempts payment of an open one when
+    /// no attempt is waiting for a retry time, or gives up when the policy is spent.
     ///
     /// # Errors
     /// [`BillingError::GatewayUnavailable`] leaves the attempt open; the next call
     /// repeats it with the same idempotency key.
     pub async fn collect(&self, id: InvoiceId, source: Source) -> Result<(), BillingError> {
         let invoice = self.invoice(id).await?;
-        if invoice.status == InvoiceStatus::Draft {
-            return self.finalize(invoice, source).await;
-        }
-        self.collect_invoice(invoice, source).await
+        self.finalize(invoice, source).await
     }
 
     async fn collect_invoice(&self, invoice: Invoice, source: Source) -> Result<(), BillingError> {

@@ -6,7 +6,7 @@ use recur_ledger::{Currency, Money};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{BillingError, DomainError};
-use crate::period::{INTERVAL_COUNT_MAX, Interval, IntervalUnit};
+use crate::period::{Interval, IntervalUnit};
 use crate::tax::TaxRates;
 
 /// The catalog that ships with Recur: the coaching business's four plans.
@@ -165,8 +165,12 @@ impl Catalog {
                 None => Billing::OneTime,
                 Some(unit) => {
                     let count = p.interval_count.unwrap_or(1);
-                    if count == 0 || count > INTERVAL_COUNT_MAX {
-                        return Err(bad(format!("price {}: interval_count out of range", p.id)));
+                    if count == 0 || count > Interval::count_max(unit) {
+                        return Err(bad(format!(
+                            "price {}: interval_count must be 1 to {} (three years)",
+                            p.id,
+                            Interval::count_max(unit)
+                        )));
                     }
                     Billing::Recurring {
                         interval: Interval { unit, count },

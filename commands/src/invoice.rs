@@ -739,6 +739,17 @@ impl Aggregate for Invoice {
                 });
             }
             let currency = request.lines[0].amount.currency();
+            if let Some(AppliedDiscount {
+                discount: crate::coupon::Discount::AmountOff { amount },
+                ..
+            }) = &request.discount
+                && amount.currency() != currency
+            {
+                return Err(DomainError::CurrencyMismatch {
+                    expected: currency.code().into(),
+                    got: amount.currency().code().into(),
+                });
+            }
             for line in &request.lines {
                 if line.amount.currency() != currency {
                     return Err(DomainError::CurrencyMismatch {

@@ -28,14 +28,25 @@ pub enum IntervalUnit {
 pub struct Interval {
     /// The unit.
     pub unit: IntervalUnit,
-    /// How many units per period, 1..=INTERVAL_COUNT_MAX.
+    /// How many units per period, 1..=[`Interval::count_max`].
     pub count: u32,
 }
 
-/// The longest interval accepted, in units (Stripe's limit is 3 years; we allow 36 months).
-pub const INTERVAL_COUNT_MAX: u32 = 366;
+/// The longest interval accepted, as in Stripe: three years (1095 days, 156
+/// weeks, 36 months or 3 years).
+pub const INTERVAL_YEARS_MAX: u32 = 3;
 
 impl Interval {
+    /// The largest count accepted for `unit`: three years' worth.
+    pub fn count_max(unit: IntervalUnit) -> u32 {
+        match unit {
+            IntervalUnit::Day => 365 * INTERVAL_YEARS_MAX,
+            IntervalUnit::Week => 52 * INTERVAL_YEARS_MAX,
+            IntervalUnit::Month => 12 * INTERVAL_YEARS_MAX,
+            IntervalUnit::Year => INTERVAL_YEARS_MAX,
+        }
+    }
+
     /// One calendar month.
     pub const MONTHLY: Interval = Interval {
         unit: IntervalUnit::Month,

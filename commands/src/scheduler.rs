@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 
 use crate::aggregate::Aggregate;
 use crate::billing::{Billing, decode_event};
+use crate::customer::CustomerEvent;
 use crate::error::BillingError;
 use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
 use crate::invoice::{Invoice, InvoiceEvent, InvoiceRequest, InvoiceStatus};
@@ -56,6 +57,8 @@ struct Index {
     position: Position,
     subscriptions: HashMap<StreamId, Subscription>,
     invoices: HashMap<StreamId, Invoice>,
+    /// Invoices with a negative total whose credit the customer has not been granted yet.
+    grants_pending: HashSet<InvoiceId>,
     /// Invoices asked for and not drafted yet.
     requested: HashMap<InvoiceId, (CustomerId, SubscriptionId, InvoiceRequest)>,
     due: BTreeSet<(OffsetDateTime, Work)>,
@@ -123,11 +126,24 @@ impl Index {
                 let state = self.invoices.entry(recorded.stream_id.clone()).or_default();
                 state.evolve(&event);
                 let Some(id) = state.id else { return Ok(()) };
+                if let InvoiceEvent::InvoiceFinalized { totals, .. } = &event
+                    && totals.total.is_negative()
+                {
+                    self.grants_pending.insert(id);
+                }
                 if drafted {
                     self.requested.remove(&id);
                     self.schedule(Work::Draft(id), None);
                 }
                 self.reschedule_invoice(id)?;
+            }
+            "customer" => {
+                let event: CustomerEvent = decode_event(&recorded.payload).map_err(corrupt)?;
+                if let CustomerEvent::CreditGranted { invoice_id, .. } = event
+                    && self.grants_pending.remove(&invoice_id)
+                {
+                    self.reschedule_invoice(invoice_id)?;
+                }
             }
             _ => {}
         }
@@ -145,7 +161,11 @@ impl Index {
                 .and_then(|s| self.subscriptions.get(&s))
                 .is_some_and(|s| s.unsettled.contains(&id))
         });
-        let at = invoice_work_at(invoice, unsettled);
+        let at = if self.grants_pending.contains(&id) {
+            Some(OffsetDateTime::UNIX_EPOCH)
+        } else {
+            invoice_work_at(invoice, unsettled)
+        };
         if at.is_none() {
             self.invoices.remove(&stream);
         }
