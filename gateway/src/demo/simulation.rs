@@ -224,10 +224,11 @@ impl Script {
                 }
                 if dice.chance(90) {
                     let when = dice.instant(arrival + Duration::days(20), life);
-                    let decline_code = if dice.chance(500) {
-                        "insufficient_funds"
-                    } else {
-                        "card_declined"
+                    let decline_code = match dice.below(10) {
+                        0..4 => "card_declined",
+                        4..7 => "insufficient_funds",
+                        7..9 => "expired_card",
+                        _ => "processing_error",
                     };
                     at(
                         &mut actions,
