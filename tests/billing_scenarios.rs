@@ -779,6 +779,40 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
     let mut zero = new("community_access", None);
     zero.quantity = 0;
     assert_eq!(code(w.billing.subscribe(zero).await), "invalid_quantity");
+    assert_eq!(
+        w.last_position().await,
+        before,
+        "a refused command wrote something"
+    );
+    w.billing
+        .create_coupon(NewCoupon {
+            code: CouponCode::parse("ONLYONE").unwrap(),
+            discount: Discount::PercentOff {
+                percent: Decimal::from(50),
+            },
+            duration: CouponDuration::Once,
+            max_redemptions: Some(1),
+            redeem_by: None,
+        })
+        .await
+        .unwrap();
+    w.billing
+        .purchase(
+            customer,
+            "self_paced_course",
+            Some(CouponCode::parse("ONLYONE").unwrap()),
+        )
+        .await
+        .unwrap();
+    let before = w.last_position().await;
+    assert_eq!(
+        code(
+            w.billing
+                .subscribe(new("community_access", Some("ONLYONE")))
+                .await
+        ),
+        "coupon_exhausted"
+    );
     let euros = Some(CouponCode::parse("EUROS").unwrap());
     let purchase = w
         .billing
