@@ -34,6 +34,7 @@ pub mod money;
 mod plan;
 mod postgres;
 pub mod raw;
+pub mod requests;
 mod sqlite;
 mod store;
 pub mod subscription;
@@ -47,6 +48,7 @@ pub use envelope::{
 };
 pub use error::LedgerError;
 pub use money::{Currency, Money, MoneyError};
+pub use requests::RequestClaim;
 pub use store::{BackendKind, Ledger, LedgerConfig};
 pub use subscription::{Replay, Subscription};
 pub use upcast::Upcasters;

@@ -16,17 +16,31 @@ struct Migration {
     sql: &'static str,
 }
 
-const POSTGRES: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../../schema/postgres/0001_ledger.sql"),
-}];
+const POSTGRES: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../../schema/postgres/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "api_requests",
+        sql: include_str!("../../schema/postgres/0002_api_requests.sql"),
+    },
+];
 
-const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "ledger",
-    sql: include_str!("../../schema/sqlite/0001_ledger.sql"),
-}];
+const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "ledger",
+        sql: include_str!("../../schema/sqlite/0001_ledger.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "api_requests",
+        sql: include_str!("../../schema/sqlite/0002_api_requests.sql"),
+    },
+];
 
 fn checksum(sql: &str) -> String {
     hex::encode(Sha256::digest(sql.as_bytes()))

@@ -907,6 +907,55 @@ async fn interleaved_appends_and_reads_keep_every_invariant(ledger: TestLedger) 
     assert!(ledger.verify().await.unwrap().is_intact());
 }
 
+async fn an_idempotent_request_runs_once_replays_its_answer_and_refuses_another_body(
+    ledger: TestLedger,
+) {
+    use recur_ledger::RequestClaim;
+    let first = [1u8; 32];
+    let other = [2u8; 32];
+    assert_eq!(
+        ledger.claim_request("key-1", &first).await.unwrap(),
+        RequestClaim::Run
+    );
+    assert_eq!(
+        ledger.claim_request("key-1", &first).await.unwrap(),
+        RequestClaim::InProgress
+    );
+    ledger
+        .complete_request("key-1", 201, "{\"id\":1}")
+        .await
+        .unwrap();
+    assert_eq!(
+        ledger.claim_request("key-1", &first).await.unwrap(),
+        RequestClaim::Replay {
+            status: 201,
+            body: "{\"id\":1}".into()
+        }
+    );
+    assert_eq!(
+        ledger.claim_request("key-1", &other).await.unwrap(),
+        RequestClaim::Mismatch
+    );
+    // A released claim (the server failed) runs again.
+    assert_eq!(
+        ledger.claim_request("key-2", &first).await.unwrap(),
+        RequestClaim::Run
+    );
+    ledger.release_request("key-2").await.unwrap();
+    assert_eq!(
+        ledger.claim_request("key-2", &first).await.unwrap(),
+        RequestClaim::Run
+    );
+    // Expired answers are purged; the ledger itself is untouched.
+    let later = time::OffsetDateTime::now_utc() + time::Duration::days(2);
+    assert_eq!(ledger.purge_requests(later).await.unwrap(), 2);
+    assert_eq!(
+        ledger.claim_request("key-1", &other).await.unwrap(),
+        RequestClaim::Run
+    );
+    assert_eq!(ledger.last_position().await.unwrap(), Position::START);
+}
+
 conformance!(
     append_then_read_stream_returns_the_events_in_order,
     the_envelope_round_trips_every_field,
@@ -930,4 +979,5 @@ conformance!(
     a_subscription_catches_up_then_follows_live_commits,
     a_replay_reads_what_was_released_when_it_started_and_ends,
     interleaved_appends_and_reads_keep_every_invariant,
+    an_idempotent_request_runs_once_replays_its_answer_and_refuses_another_body,
 );
