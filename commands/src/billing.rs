@@ -102,7 +102,7 @@ pub struct NewCoupon {
 /// The billing service.
 pub struct Billing {
     repo: Repository,
-    catalog: Arc<Catalog>,
+    catalog: std::sync::RwLock<Arc<Catalog>>,
     gateway: Arc<dyn PaymentGateway>,
     retry: RetryPolicy,
 }
@@ -126,12 +126,16 @@ impl Billing {
         catalog: Catalog,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Self, BillingError> {
+        let mut catalog = catalog;
+        for price in created_prices(&ledger).await? {
+            catalog = catalog.with_price(price)?;
+        }
         for price in catalog.prices() {
             publish_price(&ledger, price).await?;
         }
         Ok(Self {
             repo: Repository::new(ledger),
-            catalog: Arc::new(catalog),
+            catalog: std::sync::RwLock::new(Arc::new(catalog)),
             gateway,
             retry: RetryPolicy::default(),
         })
@@ -143,8 +147,40 @@ impl Billing {
     }
 
     /// The catalog.
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    pub fn catalog(&self) -> Arc<Catalog> {
+        match self.catalog.read() {
+            Ok(catalog) => Arc::clone(&catalog),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Adds a price to the catalog (an admin's command): recorded in the ledger's
+    /// `catalog` stream and published like the file's prices, so it is immutable
+    /// and every process sees it when it opens.
+    ///
+    /// # Errors
+    /// An id in use, an unknown plan, a bad amount or interval; ledger errors.
+    pub async fn create_price(&self, price: Price) -> Result<Price, BillingError> {
+        let catalog = self.catalog().with_price(price.clone())?;
+        let ledger = self.repo.ledger();
+        let stream = StreamId::parse(CATALOG_STREAM)?;
+        let event = NewEvent::new(
+            recur_ledger::EventId::new_at(self.now()),
+            "PriceCreated",
+            1,
+            &CatalogEvent::PriceCreated {
+                price: price.clone(),
+            },
+        )?
+        .with_metadata(metadata(Source::Api));
+        ledger
+            .append(&stream, ExpectedVersion::Any, vec![event])
+            .await?;
+        publish_price(ledger, &price).await?;
+        if let Ok(mut current) = self.catalog.write() {
+            *current = Arc::new(catalog);
+        }
+        Ok(price)
     }
 
     /// The retry policy.
@@ -190,6 +226,60 @@ impl Billing {
         let (state, _) = self.repo.load::<Invoice>(&id.stream()?).await?;
         if state.id.is_none() {
             return Err(not_found("invoice", id));
+        }
+        Ok(state)
+    }
+
+    /// A customer's state and stream version (for `If-Match`).
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn customer_versioned(
+        &self,
+        id: CustomerId,
+    ) -> Result<(Customer, u64), BillingError> {
+        let (state, version) = self.repo.load::<Customer>(&id.stream()?).await?;
+        if state.id.is_none() {
+            return Err(not_found("customer", id));
+        }
+        Ok((state, version))
+    }
+
+    /// A subscription's state and stream version.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn subscription_versioned(
+        &self,
+        id: SubscriptionId,
+    ) -> Result<(Subscription, u64), BillingError> {
+        let (state, version) = self.repo.load::<Subscription>(&id.stream()?).await?;
+        if state.id.is_none() {
+            return Err(not_found("subscription", id));
+        }
+        Ok((state, version))
+    }
+
+    /// An invoice's state and stream version.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn invoice_versioned(&self, id: InvoiceId) -> Result<(Invoice, u64), BillingError> {
+        let (state, version) = self.repo.load::<Invoice>(&id.stream()?).await?;
+        if state.id.is_none() {
+            return Err(not_found("invoice", id));
+        }
+        Ok((state, version))
+    }
+
+    /// A coupon's state.
+    ///
+    /// # Errors
+    /// [`DomainError::NotFound`]; ledger errors.
+    pub async fn coupon(&self, code: &CouponCode) -> Result<Coupon, BillingError> {
+        let (state, _) = self.repo.load::<Coupon>(&code.stream()?).await?;
+        if state.code.is_none() {
+            return Err(not_found("coupon", code));
         }
         Ok(state)
     }
@@ -383,10 +473,11 @@ impl Billing {
     // ---- subscriptions ---------------------------------------------------------
 
     fn price_of(&self, plan_id: &str, price_id: Option<&str>) -> Result<Price, DomainError> {
-        self.catalog.plan(plan_id)?;
+        let catalog = self.catalog();
+        catalog.plan(plan_id)?;
         let price = match price_id {
-            Some(id) => self.catalog.price(id)?,
-            None => self.catalog.current_price(plan_id)?,
+            Some(id) => catalog.price(id)?,
+            None => catalog.current_price(plan_id)?,
         };
         if price.plan_id != plan_id {
             return Err(DomainError::UnknownPrice(format!(
@@ -408,7 +499,7 @@ impl Billing {
         let price = self.price_of(&new.plan_id, new.price_id.as_deref())?;
         self.customer(new.customer_id).await?;
         let trial_days = match new.trial {
-            Trial::PlanDefault => self.catalog.plan(&new.plan_id)?.trial_days,
+            Trial::PlanDefault => self.catalog().plan(&new.plan_id)?.trial_days,
             Trial::Skip => 0,
             Trial::Days(days) => days.min(crate::catalog::TRIAL_DAYS_MAX),
         };
@@ -492,6 +583,48 @@ impl Billing {
             })
             .await?;
         Ok(executed.state)
+    }
+
+    /// What [`Billing::change_plan`] would invoice now, without writing anything:
+    /// the proration lines and their totals (discount, tax) for the customer.
+    /// `None` when nothing would be invoiced (trialing, or a change at period end).
+    ///
+    /// # Errors
+    /// As for [`Billing::change_plan`].
+    pub async fn preview_change(
+        &self,
+        id: SubscriptionId,
+        change: &PlanChange,
+    ) -> Result<Option<(InvoiceRequest, crate::invoice::Totals)>, BillingError> {
+        let price = self.price_of(&change.plan_id, change.price_id.as_deref())?;
+        let now = self.now();
+        let state = self.subscription(id).await?;
+        let events = state.decide(SubscriptionCommand::ChangePrice {
+            price,
+            quantity: change.quantity.unwrap_or(state.quantity),
+            timing: change.timing,
+            invoice_id: InvoiceId::new_at(now),
+            now,
+        })?;
+        let Some(request) = events.iter().find_map(|e| e.invoice_request().cloned()) else {
+            return Ok(None);
+        };
+        let Some(customer_id) = state.customer_id else {
+            return Ok(None);
+        };
+        let customer = self.customer(customer_id).await?;
+        let tax_basis = self
+            .catalog()
+            .tax()
+            .basis_for(customer.tax_location.as_ref());
+        let currency = request.lines[0].amount.currency();
+        let totals = compute_totals(
+            &request.lines,
+            request.discount.as_ref(),
+            &tax_basis,
+            currency,
+        )?;
+        Ok(Some((request, totals)))
     }
 
     /// Cancels now or at period end.
@@ -645,7 +778,7 @@ impl Billing {
             reason: BillingReason::Purchase,
             lines: vec![Line {
                 kind: LineKind::OneTime,
-                description: self.catalog.plan(plan_id)?.name.clone(),
+                description: self.catalog().plan(plan_id)?.name.clone(),
                 plan_id: plan_id.to_owned(),
                 price_id: price.id.clone(),
                 quantity: 1,
@@ -738,7 +871,10 @@ impl Billing {
             return Ok(());
         };
         let customer = self.customer(customer_id).await?;
-        let tax_basis = self.catalog.tax().basis_for(customer.tax_location.as_ref());
+        let tax_basis = self
+            .catalog()
+            .tax()
+            .basis_for(customer.tax_location.as_ref());
         let invoice = if invoice.totals.is_none() {
             let preview = compute_totals(
                 &invoice.lines,
@@ -798,7 +934,34 @@ impl Billing {
         self.finalize(invoice, source).await
     }
 
+    /// Attempts payment of an open invoice now, whatever its retry schedule says.
+    ///
+    /// # Errors
+    /// An invoice that is not open; gateway and ledger errors.
+    pub async fn pay_now(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
+        let invoice = self.invoice(id).await?;
+        if invoice.status != InvoiceStatus::Open {
+            return Err(DomainError::InvalidTransition {
+                kind: "invoice",
+                action: "pay",
+                state: format!("{:?}", invoice.status).to_lowercase(),
+            }
+            .into());
+        }
+        self.collect_with(invoice, Source::Api, true).await?;
+        self.invoice(id).await
+    }
+
     async fn collect_invoice(&self, invoice: Invoice, source: Source) -> Result<(), BillingError> {
+        self.collect_with(invoice, source, false).await
+    }
+
+    async fn collect_with(
+        &self,
+        invoice: Invoice,
+        source: Source,
+        now_regardless: bool,
+    ) -> Result<(), BillingError> {
         let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
             return Ok(());
         };
@@ -812,7 +975,9 @@ impl Billing {
         let attempt = match invoice.pending_attempt() {
             Some(attempt) => attempt.clone(),
             None => {
-                if let Some(last) = invoice.attempts.last() {
+                if let Some(last) = invoice.attempts.last()
+                    && !now_regardless
+                {
                     match last.next_retry_at {
                         Some(at) if at > now => return Ok(()),
                         Some(_) => {}
@@ -1062,6 +1227,38 @@ fn not_found_domain(kind: &'static str, id: impl ToString) -> DomainError {
 
 fn not_found(kind: &'static str, id: impl ToString) -> BillingError {
     not_found_domain(kind, id).into()
+}
+
+/// The stream of prices created through the API.
+const CATALOG_STREAM: &str = "catalog";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type")]
+enum CatalogEvent {
+    PriceCreated { price: Price },
+}
+
+/// Prices created through the API, oldest first.
+async fn created_prices(ledger: &Ledger) -> Result<Vec<Price>, BillingError> {
+    let stream = StreamId::parse(CATALOG_STREAM)?;
+    let mut prices = Vec::new();
+    let mut from = 1;
+    loop {
+        let page = ledger.read_stream(&stream, from, 1_000).await?;
+        let done = page.len() < 1_000;
+        for recorded in &page {
+            let CatalogEvent::PriceCreated { price } = serde_json::from_str(&recorded.payload)
+                .map_err(|e| {
+                    BillingError::Catalog(format!("catalog event {}: {e}", recorded.position.0))
+                })?;
+            prices.push(price);
+            from = recorded.stream_version + 1;
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(prices)
 }
 
 /// Records a price's terms in `price-<id>` once; errors if they differ from what was recorded.

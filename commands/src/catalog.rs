@@ -223,6 +223,56 @@ impl Catalog {
         })
     }
 
+    /// This catalog plus `price`, checked like the file's prices (known plan,
+    /// positive amount in minor units, interval within limits, a new id).
+    ///
+    /// # Errors
+    /// [`BillingError::Catalog`] naming the problem.
+    pub fn with_price(&self, price: Price) -> Result<Self, BillingError> {
+        let bad = |message: String| BillingError::Catalog(message);
+        if price.id.is_empty()
+            || price.id.len() > 100
+            || !price
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(bad(format!(
+                "price id {:?}: 1 to 100 letters, digits, '_' or '-'",
+                price.id
+            )));
+        }
+        if self.prices.contains_key(&price.id) {
+            return Err(bad(format!(
+                "price {} exists; prices are immutable, use a new id",
+                price.id
+            )));
+        }
+        if !self.plans.contains_key(&price.plan_id) {
+            return Err(bad(format!(
+                "price {} names unknown plan {}",
+                price.id, price.plan_id
+            )));
+        }
+        if !price.unit_amount.is_positive() || price.unit_amount.to_minor().is_err() {
+            return Err(bad(format!(
+                "price {}: amount must be positive and in whole minor units",
+                price.id
+            )));
+        }
+        if let Billing::Recurring { interval } = price.billing
+            && (interval.count == 0 || interval.count > Interval::count_max(interval.unit))
+        {
+            return Err(bad(format!(
+                "price {}: interval_count out of range",
+                price.id
+            )));
+        }
+        let mut next = self.clone();
+        next.prices.insert(price.id.clone(), price);
+        Ok(next)
+    }
+
     /// A plan by id.
     ///
     /// # Errors

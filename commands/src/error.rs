@@ -159,6 +159,16 @@ pub enum BillingError {
     /// Writers kept racing on one stream beyond the retry limit.
     #[error("stream {0} kept changing under the command; gave up after the retry limit")]
     Contended(String),
+    /// The caller's `If-Match` version is not the resource's current version.
+    #[error("{stream} is at version {current}, not {expected}: reload it and try again")]
+    Stale {
+        /// The stream.
+        stream: String,
+        /// What the caller expected.
+        expected: u64,
+        /// What it is.
+        current: u64,
+    },
     /// The catalog file is invalid, or a published price was changed.
     #[error("catalog: {0}")]
     Catalog(String),
@@ -173,6 +183,7 @@ impl BillingError {
             BillingError::GatewayUnavailable(_) => "gateway_unavailable",
             BillingError::Corrupt { .. } => "corrupt_event",
             BillingError::Contended(_) => "contended",
+            BillingError::Stale { .. } => "version_conflict",
             BillingError::Catalog(_) => "invalid_catalog",
         }
     }

@@ -17,6 +17,7 @@
 pub mod aggregate;
 pub mod billing;
 pub mod catalog;
+pub mod context;
 pub mod coupon;
 pub mod customer;
 pub mod dunning;

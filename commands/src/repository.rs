@@ -11,6 +11,7 @@ use recur_ledger::{
 };
 
 use crate::aggregate::{Aggregate, DomainEvent};
+use crate::context;
 use crate::error::{BillingError, DomainError};
 
 /// Streams whose state is kept in memory; beyond it a quarter is dropped.
@@ -113,6 +114,7 @@ impl Repository {
     {
         for _ in 0..COMMAND_ATTEMPTS_MAX {
             let (mut state, version) = self.load::<A>(stream).await?;
+            context::check_expected(stream, version)?;
             let events = state.decide(command(&state)?)?;
             if events.is_empty() {
                 return Ok(Executed {
@@ -123,6 +125,10 @@ impl Repository {
                 });
             }
             let now = self.ledger.clock().now();
+            let mut metadata = metadata.clone();
+            if let Some(actor) = context::actor() {
+                metadata.actor = Some(actor);
+            }
             let mut new_events = Vec::with_capacity(events.len());
             for event in &events {
                 new_events.push(
@@ -142,6 +148,7 @@ impl Repository {
             };
             match self.ledger.append(stream, expected, new_events).await {
                 Ok(appended) => {
+                    context::wrote(stream, appended.last_position());
                     for event in &events {
                         state.evolve(event);
                     }

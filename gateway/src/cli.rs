@@ -10,6 +10,9 @@ use crate::bench::ledger::{BenchBackend, Workload};
 #[derive(Debug, Parser)]
 #[command(name = "recur", version, about = "Recur: an event-sourced billing ledger", long_about = None)]
 pub struct Cli {
+    /// Log as JSON lines (also RECUR_LOG_FORMAT=json).
+    #[arg(long, global = true)]
+    pub log_json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -47,6 +50,27 @@ pub enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else ./recur.sqlite).
+    Serve {
+        /// Address to listen on; port 0 picks a free port (printed on the first line).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Ledger location (postgres://… or sqlite:PATH).
+        #[arg(long)]
+        database: Option<String>,
+        /// Run on a test clock (starting now) moved by POST /v1/test_clock/advance.
+        #[arg(long)]
+        test_clock: bool,
+        /// Seconds between scheduler ticks on the system clock.
+        #[arg(long, default_value_t = 60)]
+        tick_seconds: u64,
+    },
+    /// Manage API keys.
+    Keys {
+        /// Which key command.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Measure Recur against its baselines; prints JSON lines.
     Bench {
         /// Which benchmark.
@@ -70,6 +94,20 @@ pub enum LedgerCommand {
     /// Seal every released, unsealed event.
     Seal {
         /// Ledger location (postgres://… or sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+}
+
+/// `recur keys …`
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key and print it (it is shown once; only its hash is stored).
+    Create {
+        /// admin, billing, support or analyst.
+        #[arg(long, value_enum)]
+        role: crate::http::auth::Role,
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
         #[arg(long)]
         database: Option<String>,
     },

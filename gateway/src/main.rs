@@ -3,19 +3,24 @@
 use anyhow::Context;
 use clap::Parser;
 use recur_gateway::bench::ledger::{self as ledger_bench, LedgerBenchOptions};
-use recur_gateway::cli::{BenchCommand, Cli, Command, LedgerCommand};
+use recur_gateway::cli::{BenchCommand, Cli, Command, KeysCommand, LedgerCommand};
 use recur_gateway::demo::{self, DemoOptions};
+use recur_gateway::http;
 use recur_gateway::ledger_cmd;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RECUR_LOG")
-                .unwrap_or_else(|_| "warn,sqlx=error".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RECUR_LOG")
+        .unwrap_or_else(|_| "warn,sqlx=error".into());
+    let json = cli.log_json || std::env::var("RECUR_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -36,6 +41,43 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             ledger_cmd::seal(database.as_deref())
                 .await
                 .context("ledger seal")?;
+            Ok(0)
+        }
+        Command::Serve {
+            listen,
+            database,
+            test_clock,
+            tick_seconds,
+        } => {
+            http::serve(http::ServeOptions {
+                listen,
+                database,
+                test_clock,
+                tick_seconds,
+            })
+            .await
+            .context("serve")?;
+            Ok(0)
+        }
+        Command::Keys {
+            command: KeysCommand::Create { role, database },
+        } => {
+            let location = recur_gateway::config::ledger_location(database.as_deref());
+            let ledger = recur_ledger::Ledger::open(
+                recur_ledger::LedgerConfig::new(location),
+                std::sync::Arc::new(recur_ledger::SystemClock),
+            )
+            .await
+            .context("open the ledger")?;
+            let ring = http::auth::KeyRing::load(ledger, None)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let (id, key) = ring.create(role).await.context("create the key")?;
+            println!("{key}");
+            eprintln!(
+                "created {} key {id}; it is shown once, keep it secret",
+                role.name()
+            );
             Ok(0)
         }
         Command::Demo {

@@ -1,0 +1,908 @@
+//! The API's resource representations (what clients send and get), kept apart
+//! from the domain's types so the wire format changes only on purpose.
+
+use recur_commands::coupon::{Coupon, CouponDuration, Discount};
+use recur_commands::customer::{ContactDetails, Customer, PaymentMethod, Segment};
+use recur_commands::invoice::{ChargeOutcome, Invoice, InvoiceStatus, Line, LineKind, Totals};
+use recur_commands::subscription::{Subscription, Timing};
+use recur_commands::tax::TaxLocation;
+use recur_commands::{DomainError, catalog};
+use recur_ledger::Money;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::problem::ApiError;
+
+/// RFC 3339 text of an instant.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Parses RFC 3339 text.
+///
+/// # Errors
+/// 422 `invalid_field`.
+pub fn parse_time(field: &'static str, text: &str) -> Result<OffsetDateTime, ApiError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        DomainError::InvalidField {
+            field,
+            reason: "an RFC 3339 timestamp such as 2026-01-31T00:00:00Z".into(),
+        }
+        .into()
+    })
+}
+
+/// An amount of money: a decimal string and an ISO 4217 code.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MoneyDto {
+    /// Decimal amount as a string, e.g. "97.00".
+    pub amount: String,
+    /// ISO 4217 code, e.g. "USD".
+    pub currency: String,
+}
+
+impl From<Money> for MoneyDto {
+    fn from(money: Money) -> Self {
+        Self {
+            amount: money.amount().to_string(),
+            currency: money.currency().code().to_owned(),
+        }
+    }
+}
+
+impl MoneyDto {
+    /// The amount as [`Money`].
+    ///
+    /// # Errors
+    /// 422 `invalid_amount` or `unknown_currency`.
+    pub fn to_money(&self) -> Result<Money, ApiError> {
+        Money::parse(&self.amount, &self.currency).map_err(|e| DomainError::from(e).into())
+    }
+}
+
+/// Dunning segment.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SegmentDto {
+    /// Everyone else.
+    Standard,
+    /// Worth a personal call.
+    HighValue,
+    /// In or just out of a trial.
+    Trial,
+}
+
+impl From<SegmentDto> for Segment {
+    fn from(value: SegmentDto) -> Self {
+        match value {
+            SegmentDto::Standard => Segment::Standard,
+            SegmentDto::HighValue => Segment::HighValue,
+            SegmentDto::Trial => Segment::Trial,
+        }
+    }
+}
+
+impl From<Segment> for SegmentDto {
+    fn from(value: Segment) -> Self {
+        match value {
+            Segment::Standard => SegmentDto::Standard,
+            Segment::HighValue => SegmentDto::HighValue,
+            Segment::Trial => SegmentDto::Trial,
+        }
+    }
+}
+
+/// Where a customer is taxed.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TaxLocationDto {
+    /// ISO 3166-1 alpha-2.
+    pub country: String,
+    /// Region code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Postal code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postal_code: Option<String>,
+}
+
+impl TaxLocationDto {
+    /// The checked location.
+    ///
+    /// # Errors
+    /// 422 `invalid_field`.
+    pub fn to_domain(&self) -> Result<TaxLocation, ApiError> {
+        Ok(TaxLocation::parse(
+            &self.country,
+            self.region.as_deref(),
+            self.postal_code.as_deref(),
+        )?)
+    }
+}
+
+/// Contact details (personal data: shown to admin and support keys only).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ContactDto {
+    /// Full name.
+    pub name: String,
+    /// Email.
+    pub email: String,
+    /// Phone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+}
+
+impl From<ContactDto> for ContactDetails {
+    fn from(value: ContactDto) -> Self {
+        Self {
+            name: value.name,
+            email: value.email,
+            phone: value.phone,
+        }
+    }
+}
+
+/// A card as the payment provider describes it.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentMethodDto {
+    /// The provider's token, e.g. `pm_card_visa`; never a card number.
+    pub token: String,
+    /// Brand, e.g. `visa`.
+    pub brand: String,
+    /// Last four digits.
+    pub last4: String,
+    /// Expiry month.
+    pub exp_month: u8,
+    /// Expiry year.
+    pub exp_year: u16,
+}
+
+impl From<PaymentMethodDto> for PaymentMethod {
+    fn from(v: PaymentMethodDto) -> Self {
+        Self {
+            token: v.token,
+            brand: v.brand,
+            last4: v.last4,
+            exp_month: v.exp_month,
+            exp_year: v.exp_year,
+        }
+    }
+}
+
+/// `POST /v1/customers`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerCreate {
+    /// Dunning segment (default standard).
+    #[serde(default)]
+    pub segment: Option<SegmentDto>,
+    /// Tax location.
+    #[serde(default)]
+    pub tax_location: Option<TaxLocationDto>,
+    /// Contact details.
+    #[serde(default)]
+    pub contact: Option<ContactDto>,
+}
+
+/// `POST /v1/customers/{id}`: the fields to change.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerUpdate {
+    /// New segment.
+    #[serde(default)]
+    pub segment: Option<SegmentDto>,
+    /// New tax location.
+    #[serde(default)]
+    pub tax_location: Option<TaxLocationDto>,
+    /// New contact details.
+    #[serde(default)]
+    pub contact: Option<ContactDto>,
+}
+
+/// A customer.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CustomerDto {
+    /// Always "customer".
+    pub object: &'static str,
+    /// Id.
+    pub id: Uuid,
+    /// Stream version, for `If-Match`.
+    pub version: u64,
+    /// Segment.
+    pub segment: SegmentDto,
+    /// Tax location.
+    pub tax_location: Option<TaxLocationDto>,
+    /// Card on file.
+    pub payment_method: Option<PaymentMethodDto>,
+    /// Credit owed to the customer.
+    pub credit_balance: Option<MoneyDto>,
+    /// Contact details (admin and support keys only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<ContactDto>,
+    /// Ledger position of the write that answered with this (writes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+impl CustomerDto {
+    /// From the domain state.
+    pub fn new(
+        state: &Customer,
+        version: u64,
+        contact: Option<ContactDetails>,
+        position: Option<u64>,
+    ) -> Self {
+        Self {
+            object: "customer",
+            id: state.id.map(|id| id.0).unwrap_or_default(),
+            version,
+            segment: state.segment.into(),
+            tax_location: state.tax_location.as_ref().map(|t| TaxLocationDto {
+                country: t.country.clone(),
+                region: t.region.clone(),
+                postal_code: t.postal_code.clone(),
+            }),
+            payment_method: state.payment_method.as_ref().map(|m| PaymentMethodDto {
+                token: m.token.clone(),
+                brand: m.brand.clone(),
+                last4: m.last4.clone(),
+                exp_month: m.exp_month,
+                exp_year: m.exp_year,
+            }),
+            credit_balance: state.credit_balance.map(MoneyDto::from),
+            contact: contact.map(|c| ContactDto {
+                name: c.name,
+                email: c.email,
+                phone: c.phone,
+            }),
+            position,
+        }
+    }
+}
+
+/// When a change takes effect.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimingDto {
+    /// Now.
+    #[default]
+    Now,
+    /// At the end of the current period.
+    PeriodEnd,
+}
+
+impl From<TimingDto> for Timing {
+    fn from(value: TimingDto) -> Self {
+        match value {
+            TimingDto::Now => Timing::Now,
+            TimingDto::PeriodEnd => Timing::PeriodEnd,
+        }
+    }
+}
+
+/// `POST /v1/subscriptions`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionCreate {
+    /// The customer's id.
+    pub customer: Uuid,
+    /// The plan.
+    pub plan: String,
+    /// A specific price of the plan (default: its current price).
+    #[serde(default)]
+    pub price: Option<String>,
+    /// Units (default 1).
+    #[serde(default)]
+    pub quantity: Option<u32>,
+    /// Trial days; absent: the plan's trial; 0: none.
+    #[serde(default)]
+    pub trial_days: Option<u32>,
+    /// A coupon code.
+    #[serde(default)]
+    pub coupon: Option<String>,
+}
+
+/// `POST /v1/subscriptions/{id}/change` and `/preview_change`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanChangeBody {
+    /// The new plan.
+    pub plan: String,
+    /// A specific price of it (a migration).
+    #[serde(default)]
+    pub price: Option<String>,
+    /// A new quantity.
+    #[serde(default)]
+    pub quantity: Option<u32>,
+    /// Now (prorated) or at period end; default now.
+    #[serde(default)]
+    pub timing: TimingDto,
+}
+
+/// `POST /v1/subscriptions/{id}/cancel`.
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelBody {
+    /// Now or at period end; default now.
+    #[serde(default)]
+    pub timing: TimingDto,
+}
+
+/// A service period.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PeriodDto {
+    /// Start (RFC 3339).
+    pub start: String,
+    /// End, exclusive (RFC 3339).
+    pub end: String,
+}
+
+/// A subscription.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SubscriptionDto {
+    /// Always "subscription".
+    pub object: &'static str,
+    /// Id.
+    pub id: Uuid,
+    /// Stream version, for `If-Match`.
+    pub version: u64,
+    /// Customer id.
+    pub customer: Option<Uuid>,
+    /// trialing, incomplete, active, past_due, paused, canceled.
+    pub status: String,
+    /// Plan.
+    pub plan: Option<String>,
+    /// Price.
+    pub price: Option<String>,
+    /// Price per unit per period.
+    pub unit_amount: Option<MoneyDto>,
+    /// Units.
+    pub quantity: u32,
+    /// Current period.
+    pub current_period: Option<PeriodDto>,
+    /// Trial end.
+    pub trial_end: Option<String>,
+    /// Ends at period end.
+    pub cancel_at_period_end: bool,
+    /// A change waiting for period end: price id.
+    pub scheduled_price: Option<String>,
+    /// Coupon in force.
+    pub coupon: Option<String>,
+    /// When it ended.
+    pub canceled_at: Option<String>,
+    /// Its invoices, oldest first.
+    pub invoices: Vec<Uuid>,
+    /// Ledger position of the write (writes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+impl SubscriptionDto {
+    /// From the domain state.
+    pub fn new(state: &Subscription, version: u64, position: Option<u64>) -> Self {
+        Self {
+            object: "subscription",
+            id: state.id.map(|id| id.0).unwrap_or_default(),
+            version,
+            customer: state.customer_id.map(|c| c.0),
+            status: state.status.name().to_owned(),
+            plan: state.price.as_ref().map(|p| p.plan_id.clone()),
+            price: state.price.as_ref().map(|p| p.id.clone()),
+            unit_amount: state.price.as_ref().map(|p| p.unit_amount.into()),
+            quantity: state.quantity,
+            current_period: state.current_period.map(|p| PeriodDto {
+                start: rfc3339(p.start),
+                end: rfc3339(p.end),
+            }),
+            trial_end: state.trial_end.map(rfc3339),
+            cancel_at_period_end: state.cancel_at_period_end,
+            scheduled_price: state.scheduled_change.as_ref().map(|(p, _)| p.id.clone()),
+            coupon: state.discount.as_ref().map(|d| d.coupon.to_string()),
+            canceled_at: state.canceled_at.map(rfc3339),
+            invoices: state.invoices.iter().map(|i| i.0).collect(),
+            position,
+        }
+    }
+}
+
+/// An invoice line.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct LineDto {
+    /// period, proration or one_time.
+    pub kind: String,
+    /// Description.
+    pub description: String,
+    /// Plan.
+    pub plan: String,
+    /// Price.
+    pub price: String,
+    /// Units.
+    pub quantity: u32,
+    /// Per unit.
+    pub unit_amount: MoneyDto,
+    /// Amount (negative for a credit).
+    pub amount: MoneyDto,
+    /// Service period.
+    pub period: Option<PeriodDto>,
+}
+
+impl From<&Line> for LineDto {
+    fn from(line: &Line) -> Self {
+        Self {
+            kind: match line.kind {
+                LineKind::Period => "period",
+                LineKind::Proration => "proration",
+                LineKind::OneTime => "one_time",
+            }
+            .to_owned(),
+            description: line.description.clone(),
+            plan: line.plan_id.clone(),
+            price: line.price_id.clone(),
+            quantity: line.quantity,
+            unit_amount: line.unit_amount.into(),
+            amount: line.amount.into(),
+            period: line.period.map(|p| PeriodDto {
+                start: rfc3339(p.start),
+                end: rfc3339(p.end),
+            }),
+        }
+    }
+}
+
+/// An invoice's amounts.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TotalsDto {
+    /// Sum of lines.
+    pub subtotal: MoneyDto,
+    /// Discounts.
+    pub discount: MoneyDto,
+    /// Tax.
+    pub tax: MoneyDto,
+    /// Total.
+    pub total: MoneyDto,
+    /// Customer credit used.
+    pub credit_applied: MoneyDto,
+    /// Left to collect at finalization.
+    pub amount_due: MoneyDto,
+}
+
+impl From<&Totals> for TotalsDto {
+    fn from(t: &Totals) -> Self {
+        Self {
+            subtotal: t.subtotal.into(),
+            discount: t.discount.into(),
+            tax: t.tax.into(),
+            total: t.total.into(),
+            credit_applied: t.credit_applied.into(),
+            amount_due: t.amount_due.into(),
+        }
+    }
+}
+
+/// A payment attempt.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AttemptDto {
+    /// 1-based.
+    pub attempt_no: u32,
+    /// The gateway asked.
+    pub gateway: String,
+    /// pending, succeeded or declined.
+    pub outcome: String,
+    /// Decline code.
+    pub decline_code: Option<String>,
+    /// Next retry.
+    pub next_retry_at: Option<String>,
+}
+
+/// An invoice.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct InvoiceDto {
+    /// Always "invoice".
+    pub object: &'static str,
+    /// Id.
+    pub id: Uuid,
+    /// Stream version, for `If-Match`.
+    pub version: u64,
+    /// Customer.
+    pub customer: Option<Uuid>,
+    /// Subscription.
+    pub subscription: Option<Uuid>,
+    /// draft, open, paid, void, uncollectible.
+    pub status: String,
+    /// Lines.
+    pub lines: Vec<LineDto>,
+    /// Amounts, once finalized.
+    pub totals: Option<TotalsDto>,
+    /// Still owed.
+    pub amount_remaining: MoneyDto,
+    /// Collected.
+    pub amount_paid: Option<MoneyDto>,
+    /// Given back.
+    pub amount_refunded: Option<MoneyDto>,
+    /// Payment attempts.
+    pub attempts: Vec<AttemptDto>,
+    /// Created.
+    pub created_at: Option<String>,
+    /// Ledger position of the write (writes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+impl InvoiceDto {
+    /// From the domain state.
+    pub fn new(state: &Invoice, version: u64, position: Option<u64>) -> Self {
+        Self {
+            object: "invoice",
+            id: state.id.map(|id| id.0).unwrap_or_default(),
+            version,
+            customer: state.customer_id.map(|c| c.0),
+            subscription: state.subscription_id.map(|s| s.0),
+            status: match state.status {
+                InvoiceStatus::Draft => "draft",
+                InvoiceStatus::Open => "open",
+                InvoiceStatus::Paid => "paid",
+                InvoiceStatus::Void => "void",
+                InvoiceStatus::Uncollectible => "uncollectible",
+            }
+            .to_owned(),
+            lines: state.lines.iter().map(LineDto::from).collect(),
+            totals: state.totals.as_ref().map(TotalsDto::from),
+            amount_remaining: state.amount_remaining().into(),
+            amount_paid: state.amount_paid.map(MoneyDto::from),
+            amount_refunded: state.amount_refunded.map(MoneyDto::from),
+            attempts: state
+                .attempts
+                .iter()
+                .map(|a| AttemptDto {
+                    attempt_no: a.attempt_no,
+                    gateway: a.gateway.clone(),
+                    outcome: match &a.outcome {
+                        None => "pending".into(),
+                        Some(ChargeOutcome::Succeeded { .. }) => "succeeded".into(),
+                        Some(ChargeOutcome::Declined { .. }) => "declined".into(),
+                    },
+                    decline_code: match &a.outcome {
+                        Some(ChargeOutcome::Declined { decline_code, .. }) => {
+                            Some(decline_code.clone())
+                        }
+                        _ => None,
+                    },
+                    next_retry_at: a.next_retry_at.map(rfc3339),
+                })
+                .collect(),
+            created_at: state.created_at.map(rfc3339),
+            position,
+        }
+    }
+}
+
+/// What a plan change would invoice now.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PreviewDto {
+    /// Always "invoice_preview".
+    pub object: &'static str,
+    /// The proration lines.
+    pub lines: Vec<LineDto>,
+    /// Their amounts, with discount and tax.
+    pub totals: Option<TotalsDto>,
+}
+
+/// `POST /v1/invoices/{id}/refund`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// How much, tax included.
+    pub amount: MoneyDto,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// How long a coupon applies.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CouponDurationDto {
+    /// First invoice.
+    Once,
+    /// `duration_in_months` months.
+    Repeating,
+    /// Always.
+    Forever,
+}
+
+/// `POST /v1/coupons`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CouponCreate {
+    /// Code: 1–40 of A-Z, 0-9, '_' and '-'.
+    pub code: String,
+    /// Percent off, e.g. "20" (one of this and amount_off).
+    #[serde(default)]
+    pub percent_off: Option<String>,
+    /// Amount off.
+    #[serde(default)]
+    pub amount_off: Option<MoneyDto>,
+    /// Duration.
+    pub duration: CouponDurationDto,
+    /// Months, for repeating.
+    #[serde(default)]
+    pub duration_in_months: Option<u32>,
+    /// Redemption limit.
+    #[serde(default)]
+    pub max_redemptions: Option<u32>,
+    /// Redemption deadline (RFC 3339).
+    #[serde(default)]
+    pub redeem_by: Option<String>,
+}
+
+/// A coupon.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CouponDto {
+    /// Always "coupon".
+    pub object: &'static str,
+    /// Code.
+    pub code: String,
+    /// Percent off.
+    pub percent_off: Option<String>,
+    /// Amount off.
+    pub amount_off: Option<MoneyDto>,
+    /// once, repeating, forever.
+    pub duration: Option<CouponDurationDto>,
+    /// Months, for repeating.
+    pub duration_in_months: Option<u32>,
+    /// Limit.
+    pub max_redemptions: Option<u32>,
+    /// Redemptions so far.
+    pub times_redeemed: u64,
+    /// Deadline.
+    pub redeem_by: Option<String>,
+    /// Ledger position of the write (writes only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+}
+
+impl CouponDto {
+    /// From the domain state.
+    pub fn new(state: &Coupon, position: Option<u64>) -> Self {
+        let (percent_off, amount_off) = match state.discount {
+            Some(Discount::PercentOff { percent }) => (Some(percent.to_string()), None),
+            Some(Discount::AmountOff { amount }) => (None, Some(amount.into())),
+            None => (None, None),
+        };
+        let (duration, months) = match state.duration {
+            Some(CouponDuration::Once) => (Some(CouponDurationDto::Once), None),
+            Some(CouponDuration::Repeating { months }) => {
+                (Some(CouponDurationDto::Repeating), Some(months))
+            }
+            Some(CouponDuration::Forever) => (Some(CouponDurationDto::Forever), None),
+            None => (None, None),
+        };
+        Self {
+            object: "coupon",
+            code: state
+                .code
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            percent_off,
+            amount_off,
+            duration,
+            duration_in_months: months,
+            max_redemptions: state.max_redemptions,
+            times_redeemed: state.redeemers.len() as u64,
+            redeem_by: state.redeem_by.map(rfc3339),
+            position,
+        }
+    }
+}
+
+/// `POST /v1/purchases`: buy a one-time price.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurchaseCreate {
+    /// The customer.
+    pub customer: Uuid,
+    /// A plan with a one-time price (the course).
+    pub plan: String,
+    /// A coupon code.
+    #[serde(default)]
+    pub coupon: Option<String>,
+}
+
+/// A plan.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PlanDto {
+    /// Always "plan".
+    pub object: &'static str,
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Trial days.
+    pub trial_days: u32,
+    /// The price new subscriptions get.
+    pub current_price: String,
+    /// Features.
+    pub features: serde_json::Value,
+    /// Limits.
+    pub limits: serde_json::Value,
+}
+
+impl From<&catalog::Plan> for PlanDto {
+    fn from(p: &catalog::Plan) -> Self {
+        Self {
+            object: "plan",
+            id: p.id.clone(),
+            name: p.name.clone(),
+            trial_days: p.trial_days,
+            current_price: p.current_price.clone(),
+            features: p.features.clone(),
+            limits: p.limits.clone(),
+        }
+    }
+}
+
+/// A price.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PriceDto {
+    /// Always "price".
+    pub object: &'static str,
+    /// Id.
+    pub id: String,
+    /// Plan.
+    pub plan: String,
+    /// Per unit and period.
+    pub unit_amount: MoneyDto,
+    /// day, week, month, year, or one_time.
+    pub interval: String,
+    /// Units of interval per period (recurring only).
+    pub interval_count: Option<u32>,
+}
+
+impl From<&catalog::Price> for PriceDto {
+    fn from(p: &catalog::Price) -> Self {
+        let (interval, count) = match p.billing {
+            catalog::Billing::OneTime => ("one_time".to_owned(), None),
+            catalog::Billing::Recurring { interval } => {
+                let unit = serde_json::to_value(interval.unit)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                (unit, Some(interval.count))
+            }
+        };
+        Self {
+            object: "price",
+            id: p.id.clone(),
+            plan: p.plan_id.clone(),
+            unit_amount: p.unit_amount.into(),
+            interval,
+            interval_count: count,
+        }
+    }
+}
+
+/// `POST /v1/prices` (admin): a new immutable price.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PriceCreate {
+    /// A new, never used id.
+    pub id: String,
+    /// Its plan.
+    pub plan: String,
+    /// Per unit and period.
+    pub unit_amount: MoneyDto,
+    /// day, week, month, year, or one_time.
+    pub interval: String,
+    /// Units of interval per period (default 1).
+    #[serde(default)]
+    pub interval_count: Option<u32>,
+}
+
+/// A page of a list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct SubscriptionList {
+    /// Always "list".
+    pub object: &'static str,
+    /// The items.
+    pub data: Vec<SubscriptionDto>,
+    /// More after the last.
+    pub has_more: bool,
+    /// Pass as `starting_after` for the next page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// A page of a list.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct InvoiceList {
+    /// Always "list".
+    pub object: &'static str,
+    /// The items.
+    pub data: Vec<InvoiceDto>,
+    /// More after the last.
+    pub has_more: bool,
+    /// Pass as `starting_after` for the next page.
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Plans.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PlanList {
+    /// Always "list".
+    pub object: &'static str,
+    /// All plans.
+    pub data: Vec<PlanDto>,
+}
+
+/// Prices.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct PriceList {
+    /// Always "list".
+    pub object: &'static str,
+    /// All prices.
+    pub data: Vec<PriceDto>,
+}
+
+/// `POST /v1/test_clock/advance`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdvanceBody {
+    /// Move to this instant (RFC 3339), or
+    #[serde(default)]
+    pub to: Option<String>,
+    /// move by this many seconds.
+    #[serde(default)]
+    pub seconds: Option<u32>,
+}
+
+/// The test clock after advancing, and what the scheduler did.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TestClockDto {
+    /// Always "test_clock".
+    pub object: &'static str,
+    /// Now.
+    pub now: String,
+    /// Periods started by the scheduler.
+    pub periods_started: u32,
+    /// Invoice steps run.
+    pub invoice_steps: u32,
+    /// Work that failed and is retried next tick.
+    pub failures: u32,
+}
+
+/// `POST /v1/api_keys`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCreate {
+    /// The role.
+    pub role: super::auth::Role,
+}
+
+/// A new key, shown once.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct KeyCreated {
+    /// Always "api_key".
+    pub object: &'static str,
+    /// Its id (recorded as the actor of what it writes).
+    pub id: String,
+    /// Role.
+    pub role: super::auth::Role,
+    /// The key: keep it secret; it is not shown again.
+    pub key: String,
+}
+
+/// Health.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct HealthDto {
+    /// "ok" or "unavailable".
+    pub status: &'static str,
+    /// Last released ledger position (readyz only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_position: Option<u64>,
+}

@@ -1,0 +1,226 @@
+//! `recur serve`: the command API over HTTP (axum). Stripe-like JSON resources
+//! under `/v1`, idempotency keys, `If-Match`, API keys with roles, problem
+//! details, OpenAPI at `/openapi.json`, `/healthz` and `/readyz`.
+
+pub mod auth;
+pub mod directory;
+pub mod dto;
+pub mod openapi;
+pub mod problem;
+pub mod request;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderValue;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use recur_commands::scheduler::Scheduler;
+use recur_commands::{Billing, Catalog, SimulatedGateway};
+use recur_ledger::{Clock, Ledger, LedgerConfig, SystemClock, TestClock};
+use tracing::Instrument;
+
+use self::auth::KeyRing;
+use self::directory::Directory;
+use self::problem::ApiError;
+use self::routes::{catalog, coupons, customers, invoices, subscriptions, system};
+
+/// What every handler shares.
+pub struct AppState {
+    /// The billing service.
+    pub billing: Arc<Billing>,
+    /// API keys.
+    pub keys: KeyRing,
+    /// Lists.
+    pub directory: Directory,
+    /// The scheduler.
+    pub scheduler: Arc<Scheduler>,
+    /// The test clock, when enabled.
+    pub test_clock: Option<TestClock>,
+    /// One test-clock advance at a time.
+    pub clock_turn: tokio::sync::Mutex<()>,
+}
+
+/// How to serve.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Ledger location; default DATABASE_URL, else the embedded file.
+    pub database: Option<String>,
+    /// Run on a test clock starting now, with POST /v1/test_clock/advance.
+    pub test_clock: bool,
+    /// Seconds between scheduler ticks on the system clock.
+    pub tick_seconds: u64,
+}
+
+/// Seconds between purges of expired idempotency answers.
+const PURGE_INTERVAL_S: u64 = 3_600;
+/// How long idempotency answers are kept, in hours (the promise is at least 24).
+pub const IDEMPOTENCY_KEEP_HOURS: i64 = 48;
+
+/// Builds the router over `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/openapi.json", get(system::openapi))
+        .route("/v1/customers", post(customers::create))
+        .route(
+            "/v1/customers/{id}",
+            get(customers::get).post(customers::update),
+        )
+        .route(
+            "/v1/customers/{id}/payment_method",
+            post(customers::attach_payment_method),
+        )
+        .route(
+            "/v1/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
+        .route("/v1/subscriptions/{id}", get(subscriptions::get))
+        .route("/v1/subscriptions/{id}/change", post(subscriptions::change))
+        .route(
+            "/v1/subscriptions/{id}/preview_change",
+            post(subscriptions::preview_change),
+        )
+        .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel))
+        .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
+        .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
+        .route(
+            "/v1/subscriptions/{id}/undo_cancellation",
+            post(subscriptions::undo_cancellation),
+        )
+        .route("/v1/invoices", get(invoices::list))
+        .route("/v1/invoices/{id}", get(invoices::get))
+        .route("/v1/invoices/{id}/pay", post(invoices::pay))
+        .route("/v1/invoices/{id}/void", post(invoices::void))
+        .route("/v1/invoices/{id}/refund", post(invoices::refund))
+        .route("/v1/purchases", post(invoices::purchase))
+        .route("/v1/coupons", post(coupons::create))
+        .route("/v1/coupons/{code}", get(coupons::get))
+        .route("/v1/plans", get(catalog::plans))
+        .route(
+            "/v1/prices",
+            get(catalog::prices).post(catalog::create_price),
+        )
+        .route("/v1/api_keys", post(system::create_key))
+        .route("/v1/test_clock/advance", post(system::advance))
+        .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(request::BODY_BYTES_MAX))
+        .layer(middleware::from_fn(request_id))
+        .with_state(state)
+}
+
+/// Gives every request an id (`x-request-id`, in the logs too) and logs its outcome.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = uuid::Uuid::now_v7().to_string();
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    async move {
+        let started = std::time::Instant::now();
+        let mut response = next.run(request).await;
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "answered"
+        );
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert("x-request-id", value);
+        }
+        response
+    }
+    .instrument(span)
+    .await
+}
+
+/// Opens the ledger and billing, and serves until the process is stopped.
+///
+/// # Errors
+/// The ledger cannot be opened, the address cannot be bound, a bad `RECUR_ADMIN_KEY`.
+pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    let location = crate::config::ledger_location(options.database.as_deref());
+    let test_clock = options
+        .test_clock
+        .then(|| TestClock::at(time::OffsetDateTime::now_utc()));
+    let clock: Arc<dyn Clock> = match &test_clock {
+        Some(clock) => Arc::new(clock.clone()),
+        None => Arc::new(SystemClock),
+    };
+    let ledger = Ledger::open(LedgerConfig::new(location.clone()), clock).await?;
+    let billing = Arc::new(
+        Billing::open(
+            ledger.clone(),
+            Catalog::default_catalog()?,
+            Arc::new(SimulatedGateway::new()),
+        )
+        .await?,
+    );
+    let bootstrap = std::env::var("RECUR_ADMIN_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    let keys = KeyRing::load(ledger.clone(), bootstrap.as_deref())
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if bootstrap.is_none() {
+        tracing::warn!(
+            "RECUR_ADMIN_KEY is not set: only keys made with `recur keys create` can call the API"
+        );
+    }
+    let scheduler = Arc::new(Scheduler::new(
+        Arc::clone(&billing),
+        recur_commands::scheduler::CONCURRENCY_DEFAULT,
+    ));
+    let state = Arc::new(AppState {
+        billing,
+        keys,
+        directory: Directory::default(),
+        scheduler: Arc::clone(&scheduler),
+        test_clock: test_clock.clone(),
+        clock_turn: tokio::sync::Mutex::new(()),
+    });
+    if test_clock.is_none() {
+        let tick_s = options.tick_seconds.max(1);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(tick_s));
+            loop {
+                every.tick().await;
+                if let Err(error) = scheduler.tick().await {
+                    tracing::warn!(
+                        code = error.code(),
+                        "scheduler tick failed; next tick retries"
+                    );
+                }
+            }
+        });
+    }
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(PURGE_INTERVAL_S));
+        loop {
+            every.tick().await;
+            let before = ledger.clock().now() - time::Duration::hours(IDEMPOTENCY_KEEP_HOURS);
+            if let Err(error) = ledger.purge_requests(before).await {
+                tracing::warn!(%error, "could not purge expired idempotency answers");
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let address = listener.local_addr()?;
+    // The first line of stdout, for scripts and tests that start us on port 0.
+    println!(
+        "recur: listening on http://{address} (ledger {})",
+        crate::config::redact(&location)
+    );
+    axum::serve(listener, router(state).into_make_service()).await?;
+    Ok(())
+}

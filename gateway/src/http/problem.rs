@@ -1,0 +1,189 @@
+//! Errors as RFC 9457 problem details with a stable `code`: the one place where
+//! domain, ledger and protocol errors become HTTP statuses.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use recur_commands::{BillingError, DomainError};
+use recur_ledger::LedgerError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A problem details body (`application/problem+json`).
+#[derive(Clone, Debug, Serialize, ToSchema, PartialEq, Eq)]
+pub struct Problem {
+    /// A URI naming the problem type: `https://recur.dev/problems/<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// A short, stable summary.
+    pub title: String,
+    /// What happened, for a person.
+    pub detail: String,
+    /// The stable machine code (`plan_not_found`, `version_conflict`, …).
+    pub code: String,
+    /// The resource's current version, on `version_conflict`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+}
+
+/// An error answered to the client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiError {
+    /// Status.
+    pub status: StatusCode,
+    /// The body (boxed: errors travel in every `Result`).
+    pub problem: Box<Problem>,
+}
+
+impl ApiError {
+    /// An error with `status`, stable `code` and a message.
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            problem: Box::new(Problem {
+                kind: format!("https://recur.dev/problems/{code}"),
+                status: status.as_u16(),
+                title: status.canonical_reason().unwrap_or("Error").to_owned(),
+                detail: detail.into(),
+                code: code.to_owned(),
+                current_version: None,
+            }),
+        }
+    }
+
+    /// 401: no key, or not a key we know.
+    pub fn unauthenticated() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "send an API key as `Authorization: Bearer <key>`",
+        )
+    }
+
+    /// 403: the key's role may not do this.
+    pub fn forbidden(role: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the {role} role may not do this"),
+        )
+    }
+
+    /// 404 for an unknown route or resource.
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        let detail = error.to_string();
+        let unprocessable =
+            |code: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, &detail);
+        match &error {
+            DomainError::UnknownPlan(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "plan_not_found", detail)
+            }
+            DomainError::UnknownPrice(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "price_not_found", detail)
+            }
+            DomainError::NotFound { kind, .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, &format!("{kind}_not_found"), detail)
+            }
+            DomainError::AlreadyExists { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", detail)
+            }
+            DomainError::InvalidTransition { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_transition", detail)
+            }
+            other => unprocessable(other.code()),
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> Self {
+        if error.is_client_error() {
+            return ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                error.code(),
+                error.to_string(),
+            );
+        }
+        match error {
+            LedgerError::Unavailable(_) | LedgerError::Closed => {
+                tracing::warn!(%error, "ledger unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the ledger is unavailable; retry shortly",
+                )
+            }
+            error => {
+                tracing::error!(%error, "ledger error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<BillingError> for ApiError {
+    fn from(error: BillingError) -> Self {
+        match error {
+            BillingError::Domain(error) => error.into(),
+            BillingError::Ledger(error) => error.into(),
+            BillingError::Stale { current, .. } => {
+                let mut api = ApiError::new(
+                    StatusCode::PRECONDITION_FAILED,
+                    "version_conflict",
+                    error_text(current),
+                );
+                api.problem.current_version = Some(current);
+                api
+            }
+            BillingError::GatewayUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway_unavailable",
+                "the payment gateway is unavailable; the payment is retried with the same key",
+            ),
+            BillingError::Contended(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "contended",
+                "the resource kept changing; retry",
+            ),
+            error => {
+                tracing::error!(%error, code = error.code(), "billing error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+fn error_text(current: u64) -> String {
+    format!("the resource is at version {current}: reload it and send that version in If-Match")
+}

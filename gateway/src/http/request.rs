@@ -1,0 +1,244 @@
+//! The protocol around every handler: JSON bodies (size, media type, shape),
+//! `If-Match`, and `Idempotency-Key` (the same key and body replay the first
+//! answer; another body is refused; concurrent requests with one key run once).
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use recur_ledger::RequestClaim;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::auth::Caller;
+use super::problem::ApiError;
+
+/// The largest request body accepted, in bytes.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// The longest `Idempotency-Key` accepted, in bytes.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
+/// How long a request waits for a concurrent one with the same key.
+const IN_PROGRESS_WAIT_MS: u64 = 10_000;
+/// How often it looks.
+const IN_PROGRESS_POLL_MS: u64 = 20;
+
+/// A request body, checked for size and media type.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let media_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("request bodies are limited to {BODY_BYTES_MAX} bytes"),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unreadable_body",
+                        rejection.body_text(),
+                    )
+                }
+            })?;
+        if !bytes.is_empty() && media_type.as_deref() != Some("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send JSON with `Content-Type: application/json`",
+            ));
+        }
+        Ok(Self(bytes))
+    }
+}
+
+/// Parses a JSON body (an empty body reads as `{}`).
+///
+/// # Errors
+/// 400 `malformed_json` for bad syntax; 422 `invalid_body` for wrong types,
+/// missing or unknown fields.
+pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|error| match error.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            error.to_string(),
+        ),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string()),
+    })
+}
+
+/// The version in `If-Match` (`"3"`, `W/"3"` or `3`), if sent.
+///
+/// # Errors
+/// 400 `invalid_if_match` when it is not a version.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_if_match",
+                "If-Match must be a resource version such as \"3\"",
+            )
+        })
+}
+
+/// A JSON answer with its status and, for a resource, its version as `ETag`.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    if let Some(version) = body.get("version").and_then(serde_json::Value::as_u64)
+        && let Ok(etag) = HeaderValue::from_str(&format!("\"{version}\""))
+    {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// Runs a write once per `Idempotency-Key` (scoped to the caller's key).
+pub async fn idempotent<F>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    write: F,
+) -> Response
+where
+    F: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
+    let Some(key) = headers.get("idempotency-key") else {
+        return answer(write.await);
+    };
+    let key = match key.to_str() {
+        Ok(key) if !key.is_empty() && key.len() <= IDEMPOTENCY_KEY_BYTES_MAX => key,
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_idempotency_key",
+                format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters"),
+            )
+            .into_response();
+        }
+    };
+    let mut fingerprint = Sha256::new();
+    fingerprint.update(route.as_bytes());
+    fingerprint.update(b"\n");
+    fingerprint.update(body);
+    let fingerprint: [u8; 32] = fingerprint.finalize().into();
+    let stored_key = format!("{}:{key}", caller.key_id);
+    let ledger = state.billing.ledger();
+    let mut waited_ms = 0;
+    loop {
+        let claim = match ledger.claim_request(&stored_key, &fingerprint).await {
+            Ok(claim) => claim,
+            Err(error) => return ApiError::from(error).into_response(),
+        };
+        match claim {
+            RequestClaim::Run => break,
+            RequestClaim::Replay { status, body } => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+                let mut response = (status, body).into_response();
+                let media = if status.is_success() {
+                    "application/json"
+                } else {
+                    "application/problem+json"
+                };
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
+                response
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+                return response;
+            }
+            RequestClaim::Mismatch => {
+                return ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with another request; use a new key",
+                )
+                .into_response();
+            }
+            RequestClaim::InProgress if waited_ms < IN_PROGRESS_WAIT_MS => {
+                tokio::time::sleep(Duration::from_millis(IN_PROGRESS_POLL_MS)).await;
+                waited_ms += IN_PROGRESS_POLL_MS;
+            }
+            RequestClaim::InProgress => {
+                return ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_use",
+                    "a request with this Idempotency-Key is still running; retry shortly",
+                )
+                .into_response();
+            }
+        }
+    }
+    let (status, body) = match write.await {
+        Ok(answer) => answer,
+        Err(error) => (
+            error.status,
+            serde_json::to_value(&error.problem).unwrap_or_default(),
+        ),
+    };
+    let text = body.to_string();
+    let stored = if status.is_server_error() {
+        // Not an answer to keep: let a retry run again.
+        ledger.release_request(&stored_key).await
+    } else {
+        ledger
+            .complete_request(&stored_key, status.as_u16(), &text)
+            .await
+    };
+    if let Err(error) = stored {
+        tracing::warn!(%error, "could not record the idempotent answer");
+    }
+    if status.is_success() {
+        json_response(status, &body)
+    } else {
+        let mut response = (status, text).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}
+
+fn answer(result: Result<(StatusCode, serde_json::Value), ApiError>) -> Response {
+    match result {
+        Ok((status, body)) => json_response(status, &body),
+        Err(error) => error.into_response(),
+    }
+}

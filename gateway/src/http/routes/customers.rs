@@ -1,0 +1,179 @@
+//! /v1/customers
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use recur_commands::CustomerId;
+use recur_commands::billing::NewCustomer;
+use recur_commands::context::within;
+
+use super::{READERS, WRITERS, context, customer_id, to_value};
+use crate::http::AppState;
+use crate::http::auth::{Caller, Role};
+use crate::http::dto::{CustomerCreate, CustomerDto, CustomerUpdate, PaymentMethodDto};
+use crate::http::problem::{ApiError, Problem};
+use crate::http::request::{RawBody, idempotent, if_match, json_response, parse};
+
+async fn customer_dto(
+    state: &AppState,
+    id: CustomerId,
+    role: Role,
+    position: Option<u64>,
+) -> Result<CustomerDto, ApiError> {
+    let (customer, version) = state.billing.customer_versioned(id).await?;
+    let contact = if role.sees_personal_data() {
+        state.billing.contact(id).await?
+    } else {
+        None
+    };
+    Ok(CustomerDto::new(&customer, version, contact, position))
+}
+
+/// Create a customer.
+#[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = CustomerCreate,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 201, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    idempotent(
+        &state,
+        &caller,
+        &headers,
+        "POST /v1/customers",
+        &body,
+        async {
+            let input: CustomerCreate = parse(&body)?;
+            let new = NewCustomer {
+                segment: input.segment.map(Into::into).unwrap_or_default(),
+                tax_location: input
+                    .tax_location
+                    .as_ref()
+                    .map(|t| t.to_domain())
+                    .transpose()?,
+                contact: input.contact.map(Into::into),
+            };
+            let (id, ctx) = within(
+                context(&caller, None, None),
+                state.billing.create_customer(new),
+            )
+            .await;
+            let dto =
+                customer_dto(&state, id?, caller.role, ctx.last_position.map(|p| p.0)).await?;
+            Ok((StatusCode::CREATED, to_value(&dto)?))
+        },
+    )
+    .await
+}
+
+/// Get a customer (contact details for admin and support keys only).
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    responses((status = 200, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let dto = customer_dto(&state, customer_id(&id)?, caller.role, None).await?;
+    Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
+
+/// Update a customer's segment, tax location or contact details.
+#[utoipa::path(post, path = "/v1/customers/{id}", tag = "customers", request_body = CustomerUpdate,
+    params(("id" = String, Path, description = "Customer id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(&[Role::Billing, Role::Support]) {
+        return error.into_response();
+    }
+    let route = format!("POST /v1/customers/{id}");
+    idempotent(&state, &caller, &headers, &route, &body, async {
+        let id = customer_id(&id)?;
+        let expected = if_match(&headers)?;
+        let input: CustomerUpdate = parse(&body)?;
+        let tax_location = input
+            .tax_location
+            .as_ref()
+            .map(|t| t.to_domain())
+            .transpose()?;
+        let billing = &state.billing;
+        let work = async {
+            billing.customer(id).await?;
+            if let Some(segment) = input.segment {
+                billing.set_segment(id, segment.into()).await?;
+            }
+            if let Some(location) = tax_location {
+                billing.set_tax_location(id, location).await?;
+            }
+            if let Some(contact) = input.contact {
+                billing.update_contact(id, contact.into()).await?;
+            }
+            Ok::<(), recur_commands::BillingError>(())
+        };
+        let (result, ctx) = within(
+            context(
+                &caller,
+                Some(id.stream().map_err(recur_commands::BillingError::from)?),
+                expected,
+            ),
+            work,
+        )
+        .await;
+        result?;
+        let dto = customer_dto(&state, id, caller.role, ctx.last_position.map(|p| p.0)).await?;
+        Ok((StatusCode::OK, to_value(&dto)?))
+    })
+    .await
+}
+
+/// Put a card on file (the provider's token, brand, last4, expiry; never a card number).
+#[utoipa::path(post, path = "/v1/customers/{id}/payment_method", tag = "customers", request_body = PaymentMethodDto,
+    params(("id" = String, Path, description = "Customer id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn attach_payment_method(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    let route = format!("POST /v1/customers/{id}/payment_method");
+    idempotent(&state, &caller, &headers, &route, &body, async {
+        let id = customer_id(&id)?;
+        let expected = if_match(&headers)?;
+        let input: PaymentMethodDto = parse(&body)?;
+        let stream = id.stream().map_err(recur_commands::BillingError::from)?;
+        let (result, ctx) = within(
+            context(&caller, Some(stream), expected),
+            state.billing.attach_payment_method(id, input.into()),
+        )
+        .await;
+        result?;
+        let dto = customer_dto(&state, id, caller.role, ctx.last_position.map(|p| p.0)).await?;
+        Ok((StatusCode::OK, to_value(&dto)?))
+    })
+    .await
+}

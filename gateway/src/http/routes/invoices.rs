@@ -1,0 +1,233 @@
+//! /v1/invoices and /v1/purchases
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use recur_commands::context::within;
+use recur_commands::{BillingError, CouponCode, CustomerId, InvoiceId};
+
+use super::{
+    ListQuery, READERS, WRITERS, context, customer_id, invoice_id, subscription_id, to_value,
+};
+use crate::http::AppState;
+use crate::http::auth::Caller;
+use crate::http::directory::InvoiceFilter;
+use crate::http::dto::{InvoiceDto, InvoiceList, PurchaseCreate, RefundBody};
+use crate::http::problem::{ApiError, Problem};
+use crate::http::request::{RawBody, idempotent, if_match, json_response, parse};
+use crate::http::routes::subscriptions::Empty;
+
+async fn invoice_dto(
+    state: &AppState,
+    id: InvoiceId,
+    position: Option<u64>,
+) -> Result<InvoiceDto, ApiError> {
+    let (invoice, version) = state.billing.invoice_versioned(id).await?;
+    Ok(InvoiceDto::new(&invoice, version, position))
+}
+
+/// Get an invoice.
+#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices",
+    params(("id" = String, Path, description = "Invoice id")),
+    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let dto = invoice_dto(&state, invoice_id(&id)?, None).await?;
+    Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
+
+/// List invoices (all, one customer's, or one subscription's), oldest first.
+#[utoipa::path(get, path = "/v1/invoices", tag = "invoices",
+    params(("customer" = Option<String>, Query, description = "Only this customer's"),
+           ("subscription" = Option<String>, Query, description = "Only this subscription's"),
+           ("limit" = Option<u32>, Query, description = "1 to 100, default 10"),
+           ("starting_after" = Option<String>, Query, description = "The last id of the previous page")),
+    responses((status = 200, body = InvoiceList), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let query = ListQuery::parse(query.as_deref())?;
+    let filter = match (query.customer.as_deref(), query.subscription.as_deref()) {
+        (Some(customer), _) => InvoiceFilter::Customer(customer_id(customer)?),
+        (None, Some(sub)) => InvoiceFilter::Subscription(subscription_id(sub)?),
+        (None, None) => InvoiceFilter::All,
+    };
+    let after = query
+        .starting_after
+        .as_deref()
+        .map(invoice_id)
+        .transpose()?;
+    let (ids, has_more) = state
+        .directory
+        .invoices(state.billing.ledger(), filter, after, query.limit)
+        .await?;
+    let mut data = Vec::with_capacity(ids.len());
+    for id in &ids {
+        data.push(invoice_dto(&state, *id, None).await?);
+    }
+    let list = InvoiceList {
+        object: "list",
+        data,
+        has_more,
+        next_cursor: if has_more {
+            ids.last().map(|i| i.0)
+        } else {
+            None
+        },
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&list)?))
+}
+
+enum Action {
+    Pay,
+    Void,
+    Refund(RefundBody),
+}
+
+async fn act(
+    state: Arc<AppState>,
+    caller: Caller,
+    id: String,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    kind: &'static str,
+) -> Response {
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    let route = format!("POST /v1/invoices/{id}/{kind}");
+    idempotent(&state, &caller, &headers, &route, &body, async {
+        let id = invoice_id(&id)?;
+        let expected = if_match(&headers)?;
+        let action = match kind {
+            "pay" => {
+                parse::<Empty>(&body)?;
+                Action::Pay
+            }
+            "void" => {
+                parse::<Empty>(&body)?;
+                Action::Void
+            }
+            _ => Action::Refund(parse(&body)?),
+        };
+        let amount = match &action {
+            Action::Refund(refund) => Some(refund.amount.to_money()?),
+            _ => None,
+        };
+        let billing = &state.billing;
+        let work = async {
+            match (action, amount) {
+                (Action::Pay, _) => billing.pay_now(id).await.map(|_| ()),
+                (Action::Void, _) => billing.void(id).await.map(|_| ()),
+                (Action::Refund(refund), Some(amount)) => billing
+                    .refund(
+                        id,
+                        amount,
+                        refund.reason.as_deref().unwrap_or("requested_by_customer"),
+                    )
+                    .await
+                    .map(|_| ()),
+                (Action::Refund(_), None) => Ok(()),
+            }
+        };
+        let stream = id.stream().map_err(BillingError::from)?;
+        let (result, ctx) = within(context(&caller, Some(stream), expected), work).await;
+        result?;
+        let dto = invoice_dto(&state, id, ctx.last_position.map(|p| p.0)).await?;
+        Ok((StatusCode::OK, to_value(&dto)?))
+    })
+    .await
+}
+
+/// Attempt payment of an open invoice now.
+#[utoipa::path(post, path = "/v1/invoices/{id}/pay", tag = "invoices", request_body = Empty,
+    params(("id" = String, Path, description = "Invoice id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn pay(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "pay").await
+}
+
+/// Void an open invoice with nothing paid.
+#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", request_body = Empty,
+    params(("id" = String, Path, description = "Invoice id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn void(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "void").await
+}
+
+/// Refund part or all of a paid invoice.
+#[utoipa::path(post, path = "/v1/invoices/{id}/refund", tag = "invoices", request_body = RefundBody,
+    params(("id" = String, Path, description = "Invoice id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn refund(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "refund").await
+}
+
+/// Buy a one-time price (the course): invoiced and charged now.
+#[utoipa::path(post, path = "/v1/purchases", tag = "invoices", request_body = PurchaseCreate,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 201, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn purchase(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    idempotent(
+        &state,
+        &caller,
+        &headers,
+        "POST /v1/purchases",
+        &body,
+        async {
+            let input: PurchaseCreate = parse(&body)?;
+            let coupon = input.coupon.as_deref().map(CouponCode::parse).transpose()?;
+            let (id, ctx) = within(
+                context(&caller, None, None),
+                state
+                    .billing
+                    .purchase(CustomerId(input.customer), &input.plan, coupon),
+            )
+            .await;
+            let dto = invoice_dto(&state, id?, ctx.last_position.map(|p| p.0)).await?;
+            Ok((StatusCode::CREATED, to_value(&dto)?))
+        },
+    )
+    .await
+}

@@ -1,0 +1,120 @@
+//! The handlers, one module per resource.
+
+pub mod catalog;
+pub mod coupons;
+pub mod customers;
+pub mod invoices;
+pub mod subscriptions;
+pub mod system;
+
+use axum::http::StatusCode;
+use recur_commands::context::RequestContext;
+use recur_commands::{CustomerId, InvoiceId, SubscriptionId};
+use recur_ledger::StreamId;
+
+use super::auth::{Caller, Role};
+use super::problem::ApiError;
+
+/// Roles that run billing commands.
+pub const WRITERS: &[Role] = &[Role::Billing];
+/// Roles that read customers, subscriptions and invoices.
+pub const READERS: &[Role] = &[Role::Billing, Role::Support];
+/// Every role.
+pub const EVERYONE: &[Role] = &[Role::Billing, Role::Support, Role::Analyst];
+
+/// The request context for a caller, with an `If-Match` precondition on `stream`.
+pub fn context(caller: &Caller, stream: Option<StreamId>, expected: Option<u64>) -> RequestContext {
+    RequestContext {
+        actor: Some(caller.key_id.clone()),
+        expected: stream.zip(expected),
+        last_position: None,
+    }
+}
+
+/// A JSON value of a response body.
+///
+/// # Errors
+/// Never in practice (our types serialise).
+pub fn to_value<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(value).map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+    })
+}
+
+macro_rules! id_parser {
+    ($name:ident, $ty:ty, $kind:literal) => {
+        /// Parses a path id; anything that is not a UUID is simply not found.
+        ///
+        /// # Errors
+        /// 404.
+        pub fn $name(text: &str) -> Result<$ty, ApiError> {
+            <$ty>::parse(text).map_err(|_| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    concat!($kind, "_not_found"),
+                    concat!("no such ", $kind),
+                )
+            })
+        }
+    };
+}
+
+id_parser!(customer_id, CustomerId, "customer");
+id_parser!(subscription_id, SubscriptionId, "subscription");
+id_parser!(invoice_id, InvoiceId, "invoice");
+
+/// `limit` and `starting_after` of a list, plus filters.
+pub struct ListQuery {
+    /// Page size, 1..=100 (default 10).
+    pub limit: usize,
+    /// The last id of the previous page.
+    pub starting_after: Option<String>,
+    /// customer=<id>.
+    pub customer: Option<String>,
+    /// subscription=<id>.
+    pub subscription: Option<String>,
+}
+
+impl ListQuery {
+    /// Parses the query string.
+    ///
+    /// # Errors
+    /// 422 `invalid_query` for unknown parameters or a bad limit.
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        let mut list = Self {
+            limit: 10,
+            starting_after: None,
+            customer: None,
+            subscription: None,
+        };
+        let bad = |reason: String| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
+        };
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "limit" => {
+                    list.limit = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=super::directory::PAGE_ITEMS_MAX).contains(n))
+                        .ok_or_else(|| {
+                            bad(format!(
+                                "limit must be 1 to {}",
+                                super::directory::PAGE_ITEMS_MAX
+                            ))
+                        })?;
+                }
+                "starting_after" => list.starting_after = Some(value.to_owned()),
+                "customer" => list.customer = Some(value.to_owned()),
+                "subscription" => list.subscription = Some(value.to_owned()),
+                other => return Err(bad(format!("unknown query parameter {other:?}"))),
+            }
+        }
+        Ok(list)
+    }
+}

@@ -1,0 +1,312 @@
+//! /v1/subscriptions
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use recur_commands::billing::{NewSubscription, PlanChange, Trial};
+use recur_commands::context::within;
+use recur_commands::{BillingError, CouponCode, CustomerId, SubscriptionId};
+
+use super::{ListQuery, READERS, WRITERS, context, customer_id, subscription_id, to_value};
+use crate::http::AppState;
+use crate::http::auth::Caller;
+use crate::http::dto::{
+    CancelBody, LineDto, PlanChangeBody, PreviewDto, SubscriptionCreate, SubscriptionDto,
+    SubscriptionList, TotalsDto,
+};
+use crate::http::problem::{ApiError, Problem};
+use crate::http::request::{RawBody, idempotent, if_match, json_response, parse};
+
+async fn subscription_dto(
+    state: &AppState,
+    id: SubscriptionId,
+    position: Option<u64>,
+) -> Result<SubscriptionDto, ApiError> {
+    let (subscription, version) = state.billing.subscription_versioned(id).await?;
+    Ok(SubscriptionDto::new(&subscription, version, position))
+}
+
+fn plan_change(body: PlanChangeBody) -> PlanChange {
+    PlanChange {
+        plan_id: body.plan,
+        price_id: body.price,
+        quantity: body.quantity,
+        timing: body.timing.into(),
+    }
+}
+
+/// Start a subscription (without a trial, the first period is invoiced and charged now).
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionCreate,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 201, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    idempotent(
+        &state,
+        &caller,
+        &headers,
+        "POST /v1/subscriptions",
+        &body,
+        async {
+            let input: SubscriptionCreate = parse(&body)?;
+            let coupon = input.coupon.as_deref().map(CouponCode::parse).transpose()?;
+            let new = NewSubscription {
+                customer_id: CustomerId(input.customer),
+                plan_id: input.plan,
+                price_id: input.price,
+                quantity: input.quantity.unwrap_or(1),
+                trial: match input.trial_days {
+                    None => Trial::PlanDefault,
+                    Some(0) => Trial::Skip,
+                    Some(days) => Trial::Days(days),
+                },
+                coupon,
+            };
+            let (id, ctx) =
+                within(context(&caller, None, None), state.billing.subscribe(new)).await;
+            let dto = subscription_dto(&state, id?, ctx.last_position.map(|p| p.0)).await?;
+            Ok((StatusCode::CREATED, to_value(&dto)?))
+        },
+    )
+    .await
+}
+
+/// Get a subscription.
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+    params(("id" = String, Path, description = "Subscription id")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn get(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let dto = subscription_dto(&state, subscription_id(&id)?, None).await?;
+    Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
+
+/// List subscriptions, of one customer or all, oldest first.
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+    params(("customer" = Option<String>, Query, description = "Only this customer's"),
+           ("limit" = Option<u32>, Query, description = "1 to 100, default 10"),
+           ("starting_after" = Option<String>, Query, description = "The last id of the previous page")),
+    responses((status = 200, body = SubscriptionList), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(READERS)?;
+    let query = ListQuery::parse(query.as_deref())?;
+    let customer = query.customer.as_deref().map(customer_id).transpose()?;
+    let after = query
+        .starting_after
+        .as_deref()
+        .map(subscription_id)
+        .transpose()?;
+    let (ids, has_more) = state
+        .directory
+        .subscriptions(state.billing.ledger(), customer, after, query.limit)
+        .await?;
+    let mut data = Vec::with_capacity(ids.len());
+    for id in &ids {
+        data.push(subscription_dto(&state, *id, None).await?);
+    }
+    let list = SubscriptionList {
+        object: "list",
+        data,
+        has_more,
+        next_cursor: if has_more {
+            ids.last().map(|i| i.0)
+        } else {
+            None
+        },
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&list)?))
+}
+
+/// A change to an existing subscription.
+enum Action {
+    Change(PlanChangeBody),
+    Cancel(CancelBody),
+    Pause,
+    Resume,
+    UndoCancellation,
+}
+
+async fn act(
+    state: Arc<AppState>,
+    caller: Caller,
+    id: String,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    route: &str,
+) -> Response {
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    let route = format!("POST /v1/subscriptions/{id}/{route}");
+    let kind = route.rsplit('/').next().unwrap_or_default().to_owned();
+    idempotent(&state, &caller, &headers, &route, &body, async {
+        let id = subscription_id(&id)?;
+        let expected = if_match(&headers)?;
+        let action = match kind.as_str() {
+            "change" => Action::Change(parse(&body)?),
+            "cancel" => Action::Cancel(parse(&body)?),
+            "pause" => {
+                parse::<Empty>(&body)?;
+                Action::Pause
+            }
+            "resume" => {
+                parse::<Empty>(&body)?;
+                Action::Resume
+            }
+            _ => {
+                parse::<Empty>(&body)?;
+                Action::UndoCancellation
+            }
+        };
+        let billing = &state.billing;
+        let work = async {
+            match action {
+                Action::Change(change) => billing.change_plan(id, plan_change(change)).await,
+                Action::Cancel(cancel) => billing.cancel(id, cancel.timing.into()).await,
+                Action::Pause => billing.pause(id).await,
+                Action::Resume => billing.resume(id).await,
+                Action::UndoCancellation => billing.undo_cancellation(id).await,
+            }
+        };
+        let stream = id.stream().map_err(BillingError::from)?;
+        let (result, ctx) = within(context(&caller, Some(stream), expected), work).await;
+        result?;
+        let dto = subscription_dto(&state, id, ctx.last_position.map(|p| p.0)).await?;
+        Ok((StatusCode::OK, to_value(&dto)?))
+    })
+    .await
+}
+
+/// No body fields.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// Change plan, price or quantity: now (prorated to the second and invoiced now) or at period end.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/change", tag = "subscriptions", request_body = PlanChangeBody,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn change(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "change").await
+}
+
+/// Cancel now or at period end.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", request_body = CancelBody,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn cancel(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "cancel").await
+}
+
+/// Pause an active subscription.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/pause", tag = "subscriptions", request_body = Empty,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn pause(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "pause").await
+}
+
+/// Resume a paused subscription: a new period starts now and is invoiced.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", request_body = Empty,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn resume(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "resume").await
+}
+
+/// Undo a cancellation scheduled for period end.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/undo_cancellation", tag = "subscriptions", request_body = Empty,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn undo_cancellation(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "undo_cancellation").await
+}
+
+/// What a plan change would invoice now (proration lines with discount and tax); writes nothing.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/preview_change", tag = "subscriptions", request_body = PlanChangeBody,
+    params(("id" = String, Path, description = "Subscription id")),
+    responses((status = 200, body = PreviewDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+pub async fn preview_change(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawBody(body): RawBody,
+) -> Result<Response, ApiError> {
+    caller.require(WRITERS)?;
+    let id = subscription_id(&id)?;
+    let input: PlanChangeBody = parse(&body)?;
+    let preview = state
+        .billing
+        .preview_change(id, &plan_change(input))
+        .await?;
+    let dto = match preview {
+        Some((request, totals)) => PreviewDto {
+            object: "invoice_preview",
+            lines: request.lines.iter().map(LineDto::from).collect(),
+            totals: Some(TotalsDto::from(&totals)),
+        },
+        None => PreviewDto {
+            object: "invoice_preview",
+            lines: Vec::new(),
+            totals: None,
+        },
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
