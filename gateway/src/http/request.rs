@@ -82,13 +82,16 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|error| match error.classify() {
-        serde_json::error::Category::Data => ApiError::new(
+    // Syntax first, then shape: serde_json reports some shape errors as syntax.
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
+    })?;
+    serde_json::from_value(value).map_err(|error| {
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             error.to_string(),
-        ),
-        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string()),
+        )
     })
 }
 

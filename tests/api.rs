@@ -1,0 +1,852 @@
+//! End to end over HTTP: `recur serve` started on a free port against a fresh
+//! Postgres database and a fresh SQLite file, driven with a real client.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+#[path = "../ledger/tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const ADMIN_KEY: &str = "test-admin-key-0123456789";
+
+struct Server {
+    child: Child,
+    base: String,
+    client: reqwest::Client,
+    _store: Option<common::TestLedger>,
+    _dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(dir) = &self._dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+async fn serve(backend: Backend) -> Server {
+    let (location, store, dir) = match backend {
+        Backend::Postgres => {
+            let store = common::postgres().await;
+            (store.location(), Some(store), None)
+        }
+        Backend::Sqlite => {
+            let dir =
+                std::env::temp_dir().join(format!("recur-api-{}", uuid::Uuid::new_v4().simple()));
+            std::fs::create_dir_all(&dir).unwrap();
+            (
+                format!("sqlite:{}", dir.join("api.sqlite").display()),
+                None,
+                Some(dir),
+            )
+        }
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--test-clock",
+            "--database",
+            &location,
+        ])
+        .env("RECUR_ADMIN_KEY", ADMIN_KEY)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let address = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("recur serve did not say where it listens: {line:?}"))
+        .to_owned();
+    Server {
+        child,
+        base: format!("http://{address}"),
+        client: reqwest::Client::new(),
+        _store: store,
+        _dir: dir,
+    }
+}
+
+/// An answer: status, headers and JSON body.
+struct Answer {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    body: Value,
+}
+
+impl Server {
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call(Method::POST, path, Some(ADMIN_KEY), Some(body), &[])
+            .await
+    }
+
+    async fn get(&self, path: &str) -> Answer {
+        self.call(Method::GET, path, Some(ADMIN_KEY), None, &[])
+            .await
+    }
+
+    async fn customer_with_card(&self) -> String {
+        let customer = self
+            .post(
+                "/v1/customers",
+                json!({"tax_location": {"country": "US", "region": "TX"}}),
+            )
+            .await;
+        assert_eq!(customer.status, StatusCode::CREATED, "{}", customer.body);
+        let id = customer.body["id"].as_str().unwrap().to_owned();
+        let card = json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040});
+        let attached = self
+            .post(&format!("/v1/customers/{id}/payment_method"), card)
+            .await;
+        assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+        id
+    }
+}
+
+fn money(amount: &str) -> Value {
+    json!({"amount": amount, "currency": "USD"})
+}
+
+async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
+    let server = serve(backend).await;
+    let customer = server.customer_with_card().await;
+
+    // Elite without trial: invoiced and paid at once; the write answers with its position.
+    let created = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "elite_coaching", "trial_days": 0}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["status"], "active");
+    assert!(created.body["position"].as_u64().unwrap() > 0);
+    let sub = created.body["id"].as_str().unwrap().to_owned();
+    let version = created.body["version"].as_u64().unwrap();
+    assert_eq!(created.headers["etag"], format!("\"{version}\"").as_str());
+
+    // Half a month later: preview, then downgrade now under If-Match.
+    let clock = server
+        .post("/v1/test_clock/advance", json!({"seconds": 15 * 86_400}))
+        .await;
+    assert_eq!(clock.status, StatusCode::OK, "{}", clock.body);
+    let change = json!({"plan": "group_coaching", "timing": "now"});
+    let preview = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/preview_change"),
+            change.clone(),
+        )
+        .await;
+    assert_eq!(preview.status, StatusCode::OK, "{}", preview.body);
+    assert_eq!(preview.body["lines"].as_array().unwrap().len(), 2);
+    let credit = preview.body["lines"][0]["amount"]["amount"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(credit.starts_with('-'));
+    let changed = server
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/change"),
+            Some(ADMIN_KEY),
+            Some(change),
+            &[("If-Match", &format!("\"{version}\""))],
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(changed.body["plan"], "group_coaching");
+    let invoices = server
+        .get(&format!("/v1/invoices?subscription={sub}"))
+        .await;
+    assert_eq!(invoices.status, StatusCode::OK);
+    let data = invoices.body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(
+        data[1]["lines"][0]["amount"]["amount"].as_str().unwrap(),
+        credit,
+        "the preview was what was invoiced"
+    );
+
+    // A partial refund of the first invoice, with Texas tax on it.
+    let first = data[0]["id"].as_str().unwrap();
+    assert_eq!(data[0]["totals"]["tax"], money("312.50"));
+    let refunded = server
+        .post(
+            &format!("/v1/invoices/{first}/refund"),
+            json!({"amount": money("100.00"), "reason": "goodwill"}),
+        )
+        .await;
+    assert_eq!(refunded.status, StatusCode::OK, "{}", refunded.body);
+    assert_eq!(refunded.body["amount_refunded"], money("100.00"));
+
+    // Renewal at period end through the test clock.
+    let clock = server
+        .post("/v1/test_clock/advance", json!({"seconds": 20 * 86_400}))
+        .await;
+    assert_eq!(clock.body["periods_started"], 1, "{}", clock.body);
+    let state = server.get(&format!("/v1/subscriptions/{sub}")).await;
+    assert_eq!(state.body["invoices"].as_array().unwrap().len(), 3);
+    let listed = server
+        .get(&format!("/v1/subscriptions?customer={customer}"))
+        .await;
+    assert_eq!(listed.body["data"].as_array().unwrap().len(), 1);
+
+    // The course with a coupon, and the coupon's redemption count.
+    let coupon = server
+        .post(
+            "/v1/coupons",
+            json!({"code": "LAUNCH", "percent_off": "10", "duration": "once"}),
+        )
+        .await;
+    assert_eq!(coupon.status, StatusCode::CREATED, "{}", coupon.body);
+    let bought = server
+        .post(
+            "/v1/purchases",
+            json!({"customer": customer, "plan": "self_paced_course", "coupon": "LAUNCH"}),
+        )
+        .await;
+    assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.body);
+    assert_eq!(bought.body["status"], "paid");
+    // 997.00 − 99.70 = 897.30, plus 6.25 % Texas tax 56.08 → 953.38.
+    assert_eq!(bought.body["totals"]["total"], money("953.38"));
+    assert_eq!(
+        server.get("/v1/coupons/LAUNCH").await.body["times_redeemed"],
+        1
+    );
+
+    // Cancel at period end, then undo it.
+    let canceled = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            json!({"timing": "period_end"}),
+        )
+        .await;
+    assert_eq!(canceled.body["cancel_at_period_end"], true);
+    let undone = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/undo_cancellation"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(undone.body["cancel_at_period_end"], false);
+    // Paging: one invoice per page, following the cursor.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(after) => {
+                format!("/v1/invoices?customer={customer}&limit=1&starting_after={after}")
+            }
+            None => format!("/v1/invoices?customer={customer}&limit=1"),
+        };
+        let page = server.get(&path).await;
+        seen.push(page.body["data"][0]["id"].as_str().unwrap().to_owned());
+        match page.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4, "three subscription invoices and the course");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_billing_scenarios_run_through_the_api_on_postgres() {
+    the_billing_scenarios_run_through_the_api(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_billing_scenarios_run_through_the_api_on_sqlite() {
+    the_billing_scenarios_run_through_the_api(Backend::Sqlite).await;
+}
+
+async fn idempotency_keys_replay_refuse_and_serialise(backend: Backend) {
+    let server = serve(backend).await;
+    let customer = server.customer_with_card().await;
+    let body = json!({"customer": customer, "plan": "community_access", "trial_days": 0});
+    let key = [("Idempotency-Key", "create-sub-1")];
+    let first = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(ADMIN_KEY),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let again = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(ADMIN_KEY),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(again.body, first.body, "the first answer, replayed");
+    assert_eq!(again.headers["idempotent-replayed"], "true");
+    let other = json!({"customer": customer, "plan": "group_coaching", "trial_days": 0});
+    let mismatch = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(ADMIN_KEY),
+            Some(other),
+            &key,
+        )
+        .await;
+    assert_eq!(mismatch.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(mismatch.body["code"], "idempotency_key_reused");
+
+    // Ten identical requests at once with one new key: one subscription.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let request = server
+            .client
+            .post(format!("{}/v1/subscriptions", server.base))
+            .bearer_auth(ADMIN_KEY)
+            .header("Idempotency-Key", "create-sub-2")
+            .json(&body);
+        calls.spawn(async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(joined) = calls.join_next().await {
+        let (status, body) = joined.unwrap();
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.insert(body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1);
+    let listed = server
+        .get(&format!("/v1/subscriptions?customer={customer}"))
+        .await;
+    assert_eq!(
+        listed.body["data"].as_array().unwrap().len(),
+        2,
+        "the first key's and the second key's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_refuse_and_serialise_on_postgres() {
+    idempotency_keys_replay_refuse_and_serialise(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_replay_refuse_and_serialise_on_sqlite() {
+    idempotency_keys_replay_refuse_and_serialise(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_if_match_is_refused_with_the_current_version() {
+    let server = serve(Backend::Postgres).await;
+    let customer = server.customer_with_card().await;
+    let created = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "community_access"}),
+        )
+        .await;
+    let sub = created.body["id"].as_str().unwrap();
+    let current = created.body["version"].as_u64().unwrap();
+    let stale = server
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            Some(ADMIN_KEY),
+            Some(json!({"timing": "now"})),
+            &[("If-Match", "\"0\"")],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    assert_eq!(stale.body["code"], "version_conflict");
+    assert_eq!(stale.body["current_version"], current);
+    assert_eq!(
+        server.get(&format!("/v1/subscriptions/{sub}")).await.body["status"],
+        "trialing",
+        "nothing written"
+    );
+    let fresh = server
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            Some(ADMIN_KEY),
+            Some(json!({"timing": "now"})),
+            &[("If-Match", &format!("\"{current}\""))],
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+    assert_eq!(fresh.body["status"], "canceled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_every_role_as_the_role_matrix_says() {
+    let server = serve(Backend::Sqlite).await;
+    let customer = server.customer_with_card().await;
+    let sub = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let invoice = server.get(&format!("/v1/subscriptions/{sub}")).await.body["invoices"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut keys = std::collections::HashMap::new();
+    for role in ["billing", "support", "analyst"] {
+        let made = server.post("/v1/api_keys", json!({"role": role})).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        keys.insert(role, made.body["key"].as_str().unwrap().to_owned());
+    }
+    keys.insert("admin", ADMIN_KEY.to_owned());
+    // (method, path, body, roles allowed besides admin)
+    let routes: Vec<(Method, String, Value, &[&str])> = vec![
+        (
+            Method::POST,
+            "/v1/customers".into(),
+            json!({}),
+            &["billing"],
+        ),
+        (
+            Method::GET,
+            format!("/v1/customers/{customer}"),
+            Value::Null,
+            &["billing", "support"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/customers/{customer}"),
+            json!({"segment": "standard"}),
+            &["billing", "support"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/customers/{customer}/payment_method"),
+            json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            "/v1/subscriptions".into(),
+            json!({"customer": customer, "plan": "community_access"}),
+            &["billing"],
+        ),
+        (
+            Method::GET,
+            "/v1/subscriptions".into(),
+            Value::Null,
+            &["billing", "support"],
+        ),
+        (
+            Method::GET,
+            format!("/v1/subscriptions/{sub}"),
+            Value::Null,
+            &["billing", "support"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/preview_change"),
+            json!({"plan": "group_coaching"}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/change"),
+            json!({"plan": "community_access", "quantity": 1}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/pause"),
+            json!({}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/resume"),
+            json!({}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/undo_cancellation"),
+            json!({}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/cancel"),
+            json!({"timing": "period_end"}),
+            &["billing"],
+        ),
+        (
+            Method::GET,
+            "/v1/invoices".into(),
+            Value::Null,
+            &["billing", "support"],
+        ),
+        (
+            Method::GET,
+            format!("/v1/invoices/{invoice}"),
+            Value::Null,
+            &["billing", "support"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/invoices/{invoice}/pay"),
+            json!({}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/invoices/{invoice}/void"),
+            json!({}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            format!("/v1/invoices/{invoice}/refund"),
+            json!({"amount": money("1.00")}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            "/v1/purchases".into(),
+            json!({"customer": customer, "plan": "self_paced_course"}),
+            &["billing"],
+        ),
+        (
+            Method::POST,
+            "/v1/coupons".into(),
+            json!({"code": "MATRIX", "percent_off": "5", "duration": "forever"}),
+            &["billing"],
+        ),
+        (
+            Method::GET,
+            "/v1/coupons/MATRIX".into(),
+            Value::Null,
+            &["billing", "support"],
+        ),
+        (
+            Method::GET,
+            "/v1/plans".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
+            Method::GET,
+            "/v1/prices".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
+            Method::POST,
+            "/v1/prices".into(),
+            json!({"id": "community_access_usd_month_v2", "plan": "community_access", "unit_amount": money("99.00"), "interval": "month"}),
+            &[],
+        ),
+        (
+            Method::POST,
+            "/v1/api_keys".into(),
+            json!({"role": "analyst"}),
+            &[],
+        ),
+        (
+            Method::POST,
+            "/v1/test_clock/advance".into(),
+            json!({"seconds": 1}),
+            &[],
+        ),
+    ];
+    for (method, path, body, allowed) in &routes {
+        let body = (!body.is_null()).then(|| body.clone());
+        let anonymous = server
+            .call(method.clone(), path, None, body.clone(), &[])
+            .await;
+        assert_eq!(
+            anonymous.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a key"
+        );
+        let wrong = server
+            .call(
+                method.clone(),
+                path,
+                Some("rk_nobody_secret"),
+                body.clone(),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            wrong.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with an unknown key"
+        );
+        for role in ["billing", "support", "analyst", "admin"] {
+            let answer = server
+                .call(method.clone(), path, Some(&keys[role]), body.clone(), &[])
+                .await;
+            let may = role == "admin" || allowed.contains(&role);
+            if may {
+                assert!(
+                    answer.status != StatusCode::FORBIDDEN
+                        && answer.status != StatusCode::UNAUTHORIZED
+                        && !answer.status.is_server_error(),
+                    "{role} on {method} {path}: {} {}",
+                    answer.status,
+                    answer.body
+                );
+            } else {
+                assert_eq!(
+                    answer.status,
+                    StatusCode::FORBIDDEN,
+                    "{role} on {method} {path}: {}",
+                    answer.body
+                );
+                assert_eq!(answer.body["code"], "forbidden");
+            }
+        }
+    }
+    // Personal data only for admin and support.
+    let customer_path = format!("/v1/customers/{customer}");
+    server
+        .post(
+            &customer_path,
+            json!({"contact": {"name": "Ann Lee", "email": "ann@example.com"}}),
+        )
+        .await;
+    let as_support = server
+        .call(
+            Method::GET,
+            &customer_path,
+            Some(&keys["support"]),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(as_support.body["contact"]["email"], "ann@example.com");
+    let as_billing = server
+        .call(
+            Method::GET,
+            &customer_path,
+            Some(&keys["billing"]),
+            None,
+            &[],
+        )
+        .await;
+    assert!(
+        as_billing.body.get("contact").is_none(),
+        "{}",
+        as_billing.body
+    );
+}
+
+/// (method, path, content type, body, status, code)
+type Case<'a> = (Method, String, Option<&'a str>, Vec<u8>, u16, &'a str);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_a_problem_with_a_code_and_never_a_5xx() {
+    let server = serve(Backend::Sqlite).await;
+    let customer = server.customer_with_card().await;
+    let raw = |method: Method, path: &str, content_type: Option<&str>, body: Vec<u8>| {
+        let mut request = server
+            .client
+            .request(method, format!("{}{path}", server.base))
+            .bearer_auth(ADMIN_KEY);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.body(body).send()
+    };
+    let json_type = Some("application/json");
+    let cases: Vec<Case> = vec![
+        (Method::POST, "/v1/customers".into(), json_type, b"{not json".to_vec(), 400, "malformed_json"),
+        (Method::POST, "/v1/customers".into(), json_type, b"[1,2]".to_vec(), 422, "invalid_body"),
+        (Method::POST, "/v1/customers".into(), json_type, br#"{"segment": 7}"#.to_vec(), 422, "invalid_body"),
+        (Method::POST, "/v1/customers".into(), json_type, br#"{"colour": "blue"}"#.to_vec(), 422, "invalid_body"),
+        (Method::POST, "/v1/customers".into(), Some("text/plain"), b"{}".to_vec(), 415, "unsupported_media_type"),
+        (Method::POST, "/v1/customers".into(), json_type, vec![b' '; 70_000], 413, "body_too_large"),
+        (Method::POST, "/v1/customers".into(), json_type, br#"{"tax_location": {"country": "usa"}}"#.to_vec(), 422, "invalid_field"),
+        (Method::POST, "/v1/customers".into(), json_type, br#"{"contact": {"name": "x", "email": "4242424242424242@x.com"}}"#.to_vec(), 422, "card_number_rejected"),
+        (Method::POST, format!("/v1/customers/{customer}/payment_method"), json_type, br#"{"token": "4242424242424242", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040}"#.to_vec(), 422, "card_number_rejected"),
+        (Method::GET, "/v1/customers/not-a-uuid".into(), None, Vec::new(), 404, "customer_not_found"),
+        (Method::GET, format!("/v1/customers/{}", uuid::Uuid::nil()), None, Vec::new(), 404, "customer_not_found"),
+        (Method::POST, "/v1/subscriptions".into(), json_type, format!(r#"{{"customer": "{customer}", "plan": "platinum"}}"#).into_bytes(), 404, "plan_not_found"),
+        (Method::POST, "/v1/subscriptions".into(), json_type, format!(r#"{{"customer": "{customer}", "plan": "community_access", "quantity": -1}}"#).into_bytes(), 422, "invalid_body"),
+        (Method::POST, "/v1/subscriptions".into(), json_type, format!(r#"{{"customer": "{customer}", "plan": "community_access", "quantity": 0}}"#).into_bytes(), 422, "invalid_quantity"),
+        (Method::POST, "/v1/subscriptions".into(), json_type, br#"{"customer": "nope", "plan": "community_access"}"#.to_vec(), 422, "invalid_body"),
+        (Method::POST, "/v1/coupons".into(), json_type, br#"{"code": "bad code", "percent_off": "10", "duration": "once"}"#.to_vec(), 422, "invalid_field"),
+        (Method::POST, "/v1/coupons".into(), json_type, br#"{"code": "NEG", "amount_off": {"amount": "-5", "currency": "USD"}, "duration": "once"}"#.to_vec(), 422, "amount_not_positive"),
+        (Method::POST, "/v1/coupons".into(), json_type, br#"{"code": "ODD", "amount_off": {"amount": "1e5", "currency": "USD"}, "duration": "once"}"#.to_vec(), 422, "invalid_amount"),
+        (Method::POST, "/v1/coupons".into(), json_type, br#"{"code": "CUR", "amount_off": {"amount": "5", "currency": "usd"}, "duration": "once"}"#.to_vec(), 422, "unknown_currency"),
+        (Method::GET, "/v1/invoices?limit=0".into(), None, Vec::new(), 422, "invalid_query"),
+        (Method::GET, "/v1/invoices?colour=blue".into(), None, Vec::new(), 422, "invalid_query"),
+        (Method::GET, "/v1/nothing-here".into(), None, Vec::new(), 404, "not_found"),
+        (Method::DELETE, "/v1/customers".into(), None, Vec::new(), 405, "method_not_allowed"),
+        (Method::POST, "/v1/test_clock/advance".into(), json_type, br#"{"seconds": 5, "to": "2020-01-01T00:00:00Z"}"#.to_vec(), 422, "invalid_field"),
+    ];
+    for (method, path, content_type, body, status, code) in cases {
+        let response = raw(method.clone(), &path, content_type, body)
+            .await
+            .unwrap();
+        let got = response.status().as_u16();
+        let media = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        assert_eq!(
+            media.as_deref(),
+            Some("application/problem+json"),
+            "{method} {path}"
+        );
+        let problem: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(problem["code"], code, "{method} {path}: {text}");
+    }
+    // Bad If-Match and Idempotency-Key headers.
+    let bad_if_match = server
+        .call(
+            Method::POST,
+            &format!("/v1/customers/{customer}"),
+            Some(ADMIN_KEY),
+            Some(json!({})),
+            &[("If-Match", "yesterday")],
+        )
+        .await;
+    assert_eq!(bad_if_match.body["code"], "invalid_if_match");
+    let long_key = "k".repeat(300);
+    let bad_key = server
+        .call(
+            Method::POST,
+            "/v1/customers",
+            Some(ADMIN_KEY),
+            Some(json!({})),
+            &[("Idempotency-Key", &long_key)],
+        )
+        .await;
+    assert_eq!(bad_key.body["code"], "invalid_idempotency_key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_covers_every_route_and_health_answers() {
+    let server = serve(Backend::Sqlite).await;
+    let doc = server
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+    let paths = doc.body["paths"].as_object().unwrap();
+    for path in [
+        "/v1/customers",
+        "/v1/customers/{id}",
+        "/v1/customers/{id}/payment_method",
+        "/v1/subscriptions",
+        "/v1/subscriptions/{id}",
+        "/v1/subscriptions/{id}/change",
+        "/v1/subscriptions/{id}/preview_change",
+        "/v1/subscriptions/{id}/cancel",
+        "/v1/subscriptions/{id}/pause",
+        "/v1/subscriptions/{id}/resume",
+        "/v1/subscriptions/{id}/undo_cancellation",
+        "/v1/invoices",
+        "/v1/invoices/{id}",
+        "/v1/invoices/{id}/pay",
+        "/v1/invoices/{id}/void",
+        "/v1/invoices/{id}/refund",
+        "/v1/purchases",
+        "/v1/coupons",
+        "/v1/coupons/{code}",
+        "/v1/plans",
+        "/v1/prices",
+        "/v1/api_keys",
+        "/v1/test_clock/advance",
+        "/healthz",
+        "/readyz",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(doc.body["components"]["schemas"]["Problem"].is_object());
+    assert_eq!(
+        server
+            .call(Method::GET, "/healthz", None, None, &[])
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let ready = server.call(Method::GET, "/readyz", None, None, &[]).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    assert!(ready.body["ledger_position"].as_u64().is_some());
+    assert!(ready.headers.contains_key("x-request-id"));
+}
