@@ -307,6 +307,11 @@ test_log=$(mktemp /tmp/recur-cargo-test.XXXXXX)
 set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$test_log"
 status=${PIPESTATUS[0]}
+if [[ $status == 0 ]]; then
+    # The API contract, by independent tools against a running `recur serve`.
+    bash scripts/api_contract.sh 2>&1 | tee -a "$test_log"
+    status=${PIPESTATUS[0]}
+fi
 set -e
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"

@@ -18,8 +18,8 @@ use crate::http::problem::{ApiError, Problem};
 use crate::http::request::{RawBody, idempotent, json_response, parse};
 
 /// The plans.
-#[utoipa::path(get, path = "/v1/plans", tag = "catalog",
-    responses((status = 200, body = PlanList), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+#[utoipa::path(get, operation_id = "catalog_plans", path = "/v1/plans", tag = "catalog",
+    responses((status = 200, description = "Done", body = PlanList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn plans(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -34,8 +34,8 @@ pub async fn plans(
 }
 
 /// The prices.
-#[utoipa::path(get, path = "/v1/prices", tag = "catalog",
-    responses((status = 200, body = PriceList), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+#[utoipa::path(get, operation_id = "catalog_prices", path = "/v1/prices", tag = "catalog",
+    responses((status = 200, description = "Done", body = PriceList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn prices(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -50,9 +50,9 @@ pub async fn prices(
 }
 
 /// Create a price (admin only). Prices are immutable: a new price gets a new id.
-#[utoipa::path(post, path = "/v1/prices", tag = "catalog", request_body = PriceCreate,
+#[utoipa::path(post, operation_id = "catalog_create_price", path = "/v1/prices", tag = "catalog", request_body = PriceCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, body = PriceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = PriceDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn create_price(
     State(state): State<Arc<AppState>>,
     caller: Caller,

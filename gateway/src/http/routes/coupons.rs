@@ -18,9 +18,9 @@ use crate::http::problem::{ApiError, Problem};
 use crate::http::request::{RawBody, idempotent, json_response, parse};
 
 /// Create a coupon.
-#[utoipa::path(post, path = "/v1/coupons", tag = "coupons", request_body = CouponCreate,
+#[utoipa::path(post, operation_id = "coupons_create", path = "/v1/coupons", tag = "coupons", request_body = CouponCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, body = CouponDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = CouponDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -100,9 +100,9 @@ pub async fn create(
 }
 
 /// Get a coupon.
-#[utoipa::path(get, path = "/v1/coupons/{code}", tag = "coupons",
+#[utoipa::path(get, operation_id = "coupons_get", path = "/v1/coupons/{code}", tag = "coupons",
     params(("code" = String, Path, description = "Coupon code")),
-    responses((status = 200, body = CouponDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CouponDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -32,9 +32,9 @@ async fn customer_dto(
 }
 
 /// Create a customer.
-#[utoipa::path(post, path = "/v1/customers", tag = "customers", request_body = CustomerCreate,
+#[utoipa::path(post, operation_id = "customers_create", path = "/v1/customers", tag = "customers", request_body = CustomerCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -75,9 +75,9 @@ pub async fn create(
 }
 
 /// Get a customer (contact details for admin and support keys only).
-#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
+#[utoipa::path(get, operation_id = "customers_get", path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path, description = "Customer id")),
-    responses((status = 200, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -89,11 +89,11 @@ pub async fn get(
 }
 
 /// Update a customer's segment, tax location or contact details.
-#[utoipa::path(post, path = "/v1/customers/{id}", tag = "customers", request_body = CustomerUpdate,
+#[utoipa::path(post, operation_id = "customers_update", path = "/v1/customers/{id}", tag = "customers", request_body = CustomerUpdate,
     params(("id" = String, Path, description = "Customer id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -145,11 +145,11 @@ pub async fn update(
 }
 
 /// Put a card on file (the provider's token, brand, last4, expiry; never a card number).
-#[utoipa::path(post, path = "/v1/customers/{id}/payment_method", tag = "customers", request_body = PaymentMethodDto,
+#[utoipa::path(post, operation_id = "customers_attach_payment_method", path = "/v1/customers/{id}/payment_method", tag = "customers", request_body = PaymentMethodDto,
     params(("id" = String, Path, description = "Customer id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = CustomerDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn attach_payment_method(
     State(state): State<Arc<AppState>>,
     caller: Caller,

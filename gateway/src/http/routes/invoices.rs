@@ -29,9 +29,9 @@ async fn invoice_dto(
 }
 
 /// Get an invoice.
-#[utoipa::path(get, path = "/v1/invoices/{id}", tag = "invoices",
+#[utoipa::path(get, operation_id = "invoices_get", path = "/v1/invoices/{id}", tag = "invoices",
     params(("id" = String, Path, description = "Invoice id")),
-    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = InvoiceDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -43,12 +43,12 @@ pub async fn get(
 }
 
 /// List invoices (all, one customer's, or one subscription's), oldest first.
-#[utoipa::path(get, path = "/v1/invoices", tag = "invoices",
+#[utoipa::path(get, operation_id = "invoices_list", path = "/v1/invoices", tag = "invoices",
     params(("customer" = Option<String>, Query, description = "Only this customer's"),
            ("subscription" = Option<String>, Query, description = "Only this subscription's"),
            ("limit" = Option<u32>, Query, description = "1 to 100, default 10"),
            ("starting_after" = Option<String>, Query, description = "The last id of the previous page")),
-    responses((status = 200, body = InvoiceList), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = InvoiceList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -149,11 +149,11 @@ async fn act(
 }
 
 /// Attempt payment of an open invoice now.
-#[utoipa::path(post, path = "/v1/invoices/{id}/pay", tag = "invoices", request_body = Empty,
+#[utoipa::path(post, operation_id = "invoices_pay", path = "/v1/invoices/{id}/pay", tag = "invoices", request_body = Empty,
     params(("id" = String, Path, description = "Invoice id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = InvoiceDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn pay(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -165,11 +165,11 @@ pub async fn pay(
 }
 
 /// Void an open invoice with nothing paid.
-#[utoipa::path(post, path = "/v1/invoices/{id}/void", tag = "invoices", request_body = Empty,
+#[utoipa::path(post, operation_id = "invoices_void", path = "/v1/invoices/{id}/void", tag = "invoices", request_body = Empty,
     params(("id" = String, Path, description = "Invoice id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = InvoiceDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn void(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -181,11 +181,11 @@ pub async fn void(
 }
 
 /// Refund part or all of a paid invoice.
-#[utoipa::path(post, path = "/v1/invoices/{id}/refund", tag = "invoices", request_body = RefundBody,
+#[utoipa::path(post, operation_id = "invoices_refund", path = "/v1/invoices/{id}/refund", tag = "invoices", request_body = RefundBody,
     params(("id" = String, Path, description = "Invoice id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = InvoiceDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn refund(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -197,9 +197,9 @@ pub async fn refund(
 }
 
 /// Buy a one-time price (the course): invoiced and charged now.
-#[utoipa::path(post, path = "/v1/purchases", tag = "invoices", request_body = PurchaseCreate,
+#[utoipa::path(post, operation_id = "invoices_purchase", path = "/v1/purchases", tag = "invoices", request_body = PurchaseCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, body = InvoiceDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = InvoiceDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn purchase(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -38,9 +38,9 @@ fn plan_change(body: PlanChangeBody) -> PlanChange {
 }
 
 /// Start a subscription (without a trial, the first period is invoiced and charged now).
-#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionCreate,
+#[utoipa::path(post, operation_id = "subscriptions_create", path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -81,9 +81,9 @@ pub async fn create(
 }
 
 /// Get a subscription.
-#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions",
+#[utoipa::path(get, operation_id = "subscriptions_get", path = "/v1/subscriptions/{id}", tag = "subscriptions",
     params(("id" = String, Path, description = "Subscription id")),
-    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -95,11 +95,11 @@ pub async fn get(
 }
 
 /// List subscriptions, of one customer or all, oldest first.
-#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+#[utoipa::path(get, operation_id = "subscriptions_list", path = "/v1/subscriptions", tag = "subscriptions",
     params(("customer" = Option<String>, Query, description = "Only this customer's"),
            ("limit" = Option<u32>, Query, description = "1 to 100, default 10"),
            ("starting_after" = Option<String>, Query, description = "The last id of the previous page")),
-    responses((status = 200, body = SubscriptionList), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -200,11 +200,11 @@ async fn act(
 pub struct Empty {}
 
 /// Change plan, price or quantity: now (prorated to the second and invoiced now) or at period end.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/change", tag = "subscriptions", request_body = PlanChangeBody,
+#[utoipa::path(post, operation_id = "subscriptions_change", path = "/v1/subscriptions/{id}/change", tag = "subscriptions", request_body = PlanChangeBody,
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn change(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -216,11 +216,11 @@ pub async fn change(
 }
 
 /// Cancel now or at period end.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", request_body = CancelBody,
+#[utoipa::path(post, operation_id = "subscriptions_cancel", path = "/v1/subscriptions/{id}/cancel", tag = "subscriptions", request_body = CancelBody,
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -232,11 +232,11 @@ pub async fn cancel(
 }
 
 /// Pause an active subscription.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/pause", tag = "subscriptions", request_body = Empty,
+#[utoipa::path(post, operation_id = "subscriptions_pause", path = "/v1/subscriptions/{id}/pause", tag = "subscriptions", request_body = Empty,
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn pause(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -248,11 +248,11 @@ pub async fn pause(
 }
 
 /// Resume a paused subscription: a new period starts now and is invoiced.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", request_body = Empty,
+#[utoipa::path(post, operation_id = "subscriptions_resume", path = "/v1/subscriptions/{id}/resume", tag = "subscriptions", request_body = Empty,
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn resume(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -264,11 +264,11 @@ pub async fn resume(
 }
 
 /// Undo a cancellation scheduled for period end.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/undo_cancellation", tag = "subscriptions", request_body = Empty,
+#[utoipa::path(post, operation_id = "subscriptions_undo_cancellation", path = "/v1/subscriptions/{id}/undo_cancellation", tag = "subscriptions", request_body = Empty,
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, body = SubscriptionDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn undo_cancellation(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -280,9 +280,9 @@ pub async fn undo_cancellation(
 }
 
 /// What a plan change would invoice now (proration lines with discount and tax); writes nothing.
-#[utoipa::path(post, path = "/v1/subscriptions/{id}/preview_change", tag = "subscriptions", request_body = PlanChangeBody,
+#[utoipa::path(post, operation_id = "subscriptions_preview_change", path = "/v1/subscriptions/{id}/preview_change", tag = "subscriptions", request_body = PlanChangeBody,
     params(("id" = String, Path, description = "Subscription id")),
-    responses((status = 200, body = PreviewDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = PreviewDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn preview_change(
     State(state): State<Arc<AppState>>,
     caller: Caller,

@@ -20,13 +20,13 @@ use crate::http::problem::{ApiError, Problem};
 use crate::http::request::{RawBody, idempotent, json_response, parse};
 
 /// Alive.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, body = HealthDto)))]
+#[utoipa::path(get, operation_id = "system_healthz", path = "/healthz", tag = "system", responses((status = 200, description = "Done", body = HealthDto)))]
 pub async fn healthz() -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
 /// Ready: the ledger answers and its migrations are applied.
-#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, body = HealthDto), (status = 503, body = HealthDto)))]
+#[utoipa::path(get, operation_id = "system_readyz", path = "/readyz", tag = "system", responses((status = 200, description = "Done", body = HealthDto), (status = 503, description = "Not ready", body = HealthDto)))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.billing.ledger().last_position().await {
         Ok(position) => json_response(
@@ -52,9 +52,9 @@ pub async fn openapi() -> Response {
 }
 
 /// Create an API key (admin only); the key is shown once.
-#[utoipa::path(post, path = "/v1/api_keys", tag = "system", request_body = KeyCreate,
+#[utoipa::path(post, operation_id = "system_create_key", path = "/v1/api_keys", tag = "system", request_body = KeyCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, body = KeyCreated), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = KeyCreated), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -88,8 +88,8 @@ pub async fn create_key(
 }
 
 /// Move the test clock forward and run what became due (only with `recur serve --test-clock`).
-#[utoipa::path(post, path = "/v1/test_clock/advance", tag = "system", request_body = AdvanceBody,
-    responses((status = 200, body = TestClockDto), (status = "4XX", body = Problem)), security(("api_key" = [])))]
+#[utoipa::path(post, operation_id = "system_advance", path = "/v1/test_clock/advance", tag = "system", request_body = AdvanceBody,
+    responses((status = 200, description = "Done", body = TestClockDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn advance(
     State(state): State<Arc<AppState>>,
     caller: Caller,
