@@ -20,3 +20,11 @@ bench-ledger BACKEND="postgres" WORKLOAD="all" ROUNDS="3":
 # Verify the ledger at DATABASE_URL (or ./recur.sqlite).
 verify:
     cargo run --release -p recur-gateway --bin recur -- ledger verify
+
+# The command API benchmark; BACKEND is postgres or sqlite.
+bench-api BACKEND="postgres" ITERATIONS="500":
+    cargo run --release -p recur-gateway --bin recur -- bench api --backend {{BACKEND}} --iterations {{ITERATIONS}}
+
+# Serve the command API on a test clock (set RECUR_ADMIN_KEY first).
+serve *ARGS:
+    cargo run --release -p recur-gateway --bin recur -- serve --test-clock {{ARGS}}

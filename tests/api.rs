@@ -16,6 +16,7 @@ const ADMIN_KEY: &str = "test-admin-key-0123456789";
 struct Server {
     child: Child,
     base: String,
+    location: String,
     client: reqwest::Client,
     _store: Option<common::TestLedger>,
     _dir: Option<std::path::PathBuf>,
@@ -86,6 +87,7 @@ async fn serve(backend: Backend) -> Server {
     Server {
         child,
         base: format!("http://{address}"),
+        location,
         client: reqwest::Client::new(),
         _store: store,
         _dir: dir,
@@ -675,6 +677,20 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             }
         }
     }
+    // The acting key's id is recorded as the actor of what it writes.
+    let billing_key_id = keys["billing"].split('_').nth(1).unwrap().to_owned();
+    let made = server.call(Method::POST, "/v1/customers", Some(&keys["billing"]), Some(json!({})), &[]).await;
+    let made_id = made.body["id"].as_str().unwrap().to_owned();
+    let ledger = recur_ledger::Ledger::open(
+        recur_ledger::LedgerConfig::new(server.location.clone()),
+        std::sync::Arc::new(recur_ledger::SystemClock),
+    )
+    .await
+    .unwrap();
+    let stream = recur_ledger::StreamId::parse(format!("customer-{made_id}")).unwrap();
+    let events = ledger.read_stream(&stream, 1, 10).await.unwrap();
+    assert_eq!(events[0].metadata.actor.as_deref(), Some(billing_key_id.as_str()));
+
     // Personal data only for admin and support.
     let customer_path = format!("/v1/customers/{customer}");
     server

@@ -116,6 +116,9 @@ pub enum KeysCommand {
 /// `recur bench …`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// The command API: `recur serve` driven by concurrent clients (create customer +
+    /// create subscription); prints commands/s, p50/p99 latency and server peak RSS.
+    Api(ApiBenchArgs),
     /// The ledger workload of ../shared/bench/WORKLOAD.md against its raw-SQL baseline.
     Ledger {
         /// Which store to measure.
@@ -137,6 +140,26 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         committers: usize,
     },
+}
+
+/// `recur bench api` options (a variant of [`BenchCommand`]).
+#[derive(Debug, clap::Args)]
+pub struct ApiBenchArgs {
+    /// Which store `recur serve` runs on.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub backend: BackendArg,
+    /// Concurrent clients, one connection each.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Customer + subscription pairs per client.
+    #[arg(long, default_value_t = 100)]
+    pub iterations: usize,
+    /// Postgres server URL that may create databases; default: DATABASE_URL.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Folder for the SQLite file; default: a folder in the system temp dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `--backend`

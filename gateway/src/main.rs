@@ -105,6 +105,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench {
+            command: BenchCommand::Api(args),
+        } => {
+            let options = recur_gateway::bench::api::ApiBenchOptions {
+                backend: args.backend.into(),
+                clients: args.clients,
+                iterations: args.iterations,
+                database_url: args.database_url.or_else(|| std::env::var("DATABASE_URL").ok()),
+                scratch_dir: args.dir.unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
+            };
+            recur_gateway::bench::api::run(&options).await.context("bench api")?;
+            Ok(0)
+        }
+        Command::Bench {
             command:
                 BenchCommand::Ledger {
                     backend,

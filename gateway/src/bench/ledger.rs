@@ -305,7 +305,7 @@ enum Target {
 const RECUR_DB: &str = "recur_bench_ledger";
 const RAW_DB: &str = "recur_bench_raw";
 
-fn database_url(server: &str, database: &str) -> String {
+pub(crate) fn database_url(server: &str, database: &str) -> String {
     let (base, query) = server
         .split_once('?')
         .map_or((server, None), |(b, q)| (b, Some(q)));

@@ -1,5 +1,6 @@
 //! Benchmarks that print their own figures as JSON lines.
 
+pub mod api;
 pub mod ledger;
 pub mod workload;
 

@@ -1,0 +1,195 @@
+//! `recur bench api`: drives `recur serve` (a child process, so its memory is its
+//! own) from concurrent clients with a create-customer + create-subscription mix,
+//! and prints commands/s, p50 and p99 latency, and the server's peak RSS.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+
+use super::ledger::{BenchBackend, BenchError, database_url};
+
+/// The database the benchmark recreates on the Postgres server.
+const API_BENCH_DB: &str = "recur_bench_api";
+/// Requests sent before measuring, per client.
+const WARM_UP_PER_CLIENT: usize = 5;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ApiBenchOptions {
+    /// Postgres or SQLite.
+    pub backend: BenchBackend,
+    /// Concurrent clients, each with one connection.
+    pub clients: usize,
+    /// Customer + subscription pairs per client.
+    pub iterations: usize,
+    /// Postgres server URL with rights to create databases.
+    pub database_url: Option<String>,
+    /// Folder for the SQLite file.
+    pub scratch_dir: PathBuf,
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the benchmark and prints one JSON line.
+///
+/// # Errors
+/// Bad options, a server that does not start, a database error.
+pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
+    if options.clients == 0 || options.iterations == 0 {
+        return Err(BenchError::Usage("--clients and --iterations must be at least 1".into()));
+    }
+    let location = match options.backend {
+        BenchBackend::Postgres => {
+            let server = options
+                .database_url
+                .clone()
+                .ok_or_else(|| BenchError::Usage("set DATABASE_URL or --database-url for --backend postgres".into()))?;
+            let admin = PgPoolOptions::new().max_connections(1).connect(&server).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {API_BENCH_DB} WITH (FORCE)")))
+                .execute(&admin)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {API_BENCH_DB}")))
+                .execute(&admin)
+                .await?;
+            database_url(&server, API_BENCH_DB)
+        }
+        BenchBackend::Sqlite => {
+            std::fs::create_dir_all(&options.scratch_dir).map_err(|e| BenchError::Usage(e.to_string()))?;
+            let path = options.scratch_dir.join("api-bench.sqlite");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            format!("sqlite:{}", path.display())
+        }
+    };
+    let key = format!("bench-admin-key-{}", uuid::Uuid::new_v4().simple());
+    let exe = std::env::current_exe().map_err(|e| BenchError::Usage(e.to_string()))?;
+    let mut child = Command::new(exe)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tick-seconds", "3600", "--database", &location])
+        .env("RECUR_ADMIN_KEY", &key)
+        .env("RECUR_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| BenchError::Usage(format!("cannot start recur serve: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| BenchError::Usage("no stdout".into()))?;
+    let server = Child(child);
+    let pid = server.0.id();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await?
+    .map_err(|e| BenchError::Usage(e.to_string()))?;
+    let base = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|address| format!("http://{address}"))
+        .ok_or_else(|| BenchError::Usage(format!("recur serve did not start: {line:?}")))?;
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(options.clients + 1));
+    for _ in 0..options.clients {
+        let base = base.clone();
+        let key = key.clone();
+        let barrier = std::sync::Arc::clone(&barrier);
+        let iterations = options.iterations;
+        tasks.spawn(async move { client(&base, &key, iterations, &barrier).await });
+    }
+    barrier.wait().await;
+    let measured_from = Instant::now();
+    let mut latencies_us: Vec<u64> = Vec::new();
+    let mut errors = 0u64;
+    while let Some(joined) = tasks.join_next().await {
+        let (latencies, failed) = joined?;
+        latencies_us.extend(latencies);
+        errors += failed;
+    }
+    let elapsed = measured_from.elapsed();
+    let _ = start;
+    let server_peak_rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    drop(server);
+    latencies_us.sort_unstable();
+    let at = |permille: usize| latencies_us.get((latencies_us.len().saturating_sub(1)) * permille / 1000).copied().unwrap_or(0);
+    let commands = latencies_us.len() as u64;
+    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
+    println!(
+        "{}",
+        json!({
+            "bench": "api",
+            "backend": match options.backend { BenchBackend::Postgres => "postgres", BenchBackend::Sqlite => "sqlite" },
+            "clients": options.clients,
+            "mix": "create customer + create subscription (plan trial, no charge)",
+            "commands": commands,
+            "errors": errors,
+            "elapsed_ms": elapsed_ms,
+            "commands_per_s": commands * 1000 / elapsed_ms,
+            "p50_us": at(500),
+            "p99_us": at(990),
+            "max_us": latencies_us.last().copied().unwrap_or(0),
+            "server_peak_rss_kb": server_peak_rss_kb,
+        })
+    );
+    if errors > 0 {
+        return Err(BenchError::Check(format!("{errors} requests failed")));
+    }
+    Ok(())
+}
+
+/// One client: its own connection, customer then subscription, `iterations` times.
+async fn client(base: &str, key: &str, iterations: usize, barrier: &tokio::sync::Barrier) -> (Vec<u64>, u64) {
+    let http = match reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(30)).build() {
+        Ok(http) => http,
+        Err(_) => {
+            barrier.wait().await;
+            return (Vec::new(), 1);
+        }
+    };
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(key).json(&body).send();
+    for _ in 0..WARM_UP_PER_CLIENT {
+        let _ = post("/v1/customers", json!({})).await;
+    }
+    barrier.wait().await;
+    let mut latencies = Vec::with_capacity(iterations * 2);
+    let mut failed = 0;
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let customer = match post("/v1/customers", json!({})).await {
+            Ok(response) if response.status().is_success() => response.json::<Value>().await.ok(),
+            _ => None,
+        };
+        latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        let Some(id) = customer.as_ref().and_then(|c| c["id"].as_str()) else {
+            failed += 1;
+            continue;
+        };
+        let started = Instant::now();
+        match post("/v1/subscriptions", json!({"customer": id, "plan": "community_access"})).await {
+            Ok(response) if response.status().is_success() => {}
+            _ => failed += 1,
+        }
+        latencies.push(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    }
+    (latencies, failed)
+}
