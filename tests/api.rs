@@ -679,7 +679,15 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
     }
     // The acting key's id is recorded as the actor of what it writes.
     let billing_key_id = keys["billing"].split('_').nth(1).unwrap().to_owned();
-    let made = server.call(Method::POST, "/v1/customers", Some(&keys["billing"]), Some(json!({})), &[]).await;
+    let made = server
+        .call(
+            Method::POST,
+            "/v1/customers",
+            Some(&keys["billing"]),
+            Some(json!({})),
+            &[],
+        )
+        .await;
     let made_id = made.body["id"].as_str().unwrap().to_owned();
     let ledger = recur_ledger::Ledger::open(
         recur_ledger::LedgerConfig::new(server.location.clone()),
@@ -689,7 +697,10 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
     .unwrap();
     let stream = recur_ledger::StreamId::parse(format!("customer-{made_id}")).unwrap();
     let events = ledger.read_stream(&stream, 1, 10).await.unwrap();
-    assert_eq!(events[0].metadata.actor.as_deref(), Some(billing_key_id.as_str()));
+    assert_eq!(
+        events[0].metadata.actor.as_deref(),
+        Some(billing_key_id.as_str())
+    );
 
     // Personal data only for admin and support.
     let customer_path = format!("/v1/customers/{customer}");

@@ -111,10 +111,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 backend: args.backend.into(),
                 clients: args.clients,
                 iterations: args.iterations,
-                database_url: args.database_url.or_else(|| std::env::var("DATABASE_URL").ok()),
-                scratch_dir: args.dir.unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
+                database_url: args
+                    .database_url
+                    .or_else(|| std::env::var("DATABASE_URL").ok()),
+                scratch_dir: args
+                    .dir
+                    .unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
             };
-            recur_gateway::bench::api::run(&options).await.context("bench api")?;
+            recur_gateway::bench::api::run(&options)
+                .await
+                .context("bench api")?;
             Ok(0)
         }
         Command::Bench {

@@ -47,25 +47,36 @@ impl Drop for Child {
 /// Bad options, a server that does not start, a database error.
 pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
     if options.clients == 0 || options.iterations == 0 {
-        return Err(BenchError::Usage("--clients and --iterations must be at least 1".into()));
+        return Err(BenchError::Usage(
+            "--clients and --iterations must be at least 1".into(),
+        ));
     }
     let location = match options.backend {
         BenchBackend::Postgres => {
-            let server = options
-                .database_url
-                .clone()
-                .ok_or_else(|| BenchError::Usage("set DATABASE_URL or --database-url for --backend postgres".into()))?;
-            let admin = PgPoolOptions::new().max_connections(1).connect(&server).await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {API_BENCH_DB} WITH (FORCE)")))
-                .execute(&admin)
+            let server = options.database_url.clone().ok_or_else(|| {
+                BenchError::Usage(
+                    "set DATABASE_URL or --database-url for --backend postgres".into(),
+                )
+            })?;
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&server)
                 .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {API_BENCH_DB}")))
-                .execute(&admin)
-                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {API_BENCH_DB} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {API_BENCH_DB}"
+            )))
+            .execute(&admin)
+            .await?;
             database_url(&server, API_BENCH_DB)
         }
         BenchBackend::Sqlite => {
-            std::fs::create_dir_all(&options.scratch_dir).map_err(|e| BenchError::Usage(e.to_string()))?;
+            std::fs::create_dir_all(&options.scratch_dir)
+                .map_err(|e| BenchError::Usage(e.to_string()))?;
             let path = options.scratch_dir.join("api-bench.sqlite");
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -76,14 +87,25 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
     let key = format!("bench-admin-key-{}", uuid::Uuid::new_v4().simple());
     let exe = std::env::current_exe().map_err(|e| BenchError::Usage(e.to_string()))?;
     let mut child = Command::new(exe)
-        .args(["serve", "--listen", "127.0.0.1:0", "--tick-seconds", "3600", "--database", &location])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tick-seconds",
+            "3600",
+            "--database",
+            &location,
+        ])
         .env("RECUR_ADMIN_KEY", &key)
         .env("RECUR_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .map_err(|e| BenchError::Usage(format!("cannot start recur serve: {e}")))?;
-    let stdout = child.stdout.take().ok_or_else(|| BenchError::Usage("no stdout".into()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Usage("no stdout".into()))?;
     let server = Child(child);
     let pid = server.0.id();
     let line = tokio::task::spawn_blocking(move || {
@@ -126,14 +148,27 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
             status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
         })
         .unwrap_or(0);
     drop(server);
     latencies_us.sort_unstable();
-    let at = |permille: usize| latencies_us.get((latencies_us.len().saturating_sub(1)) * permille / 1000).copied().unwrap_or(0);
+    let at = |permille: usize| {
+        latencies_us
+            .get((latencies_us.len().saturating_sub(1)) * permille / 1000)
+            .copied()
+            .unwrap_or(0)
+    };
     let commands = latencies_us.len() as u64;
-    let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX).max(1);
+    let elapsed_ms = u64::try_from(elapsed.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
     println!(
         "{}",
         json!({
@@ -158,15 +193,29 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
 }
 
 /// One client: its own connection, customer then subscription, `iterations` times.
-async fn client(base: &str, key: &str, iterations: usize, barrier: &tokio::sync::Barrier) -> (Vec<u64>, u64) {
-    let http = match reqwest::Client::builder().pool_max_idle_per_host(1).timeout(Duration::from_secs(30)).build() {
+async fn client(
+    base: &str,
+    key: &str,
+    iterations: usize,
+    barrier: &tokio::sync::Barrier,
+) -> (Vec<u64>, u64) {
+    let http = match reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(30))
+        .build()
+    {
         Ok(http) => http,
         Err(_) => {
             barrier.wait().await;
             return (Vec::new(), 1);
         }
     };
-    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).bearer_auth(key).json(&body).send();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
     for _ in 0..WARM_UP_PER_CLIENT {
         let _ = post("/v1/customers", json!({})).await;
     }
@@ -185,7 +234,12 @@ async fn client(base: &str, key: &str, iterations: usize, barrier: &tokio::sync:
             continue;
         };
         let started = Instant::now();
-        match post("/v1/subscriptions", json!({"customer": id, "plan": "community_access"})).await {
+        match post(
+            "/v1/subscriptions",
+            json!({"customer": id, "plan": "community_access"}),
+        )
+        .await
+        {
             Ok(response) if response.status().is_success() => {}
             _ => failed += 1,
         }
