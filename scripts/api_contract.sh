@@ -36,8 +36,12 @@ fi
 work=$(mktemp -d /tmp/recur-api-contract.XXXXXX)
 server_pid=""
 cleanup() {
+    # Keep the checks' status: the server's own (killed) status must not replace it.
+    local rc=$?
+    set +e
     if [[ -n $server_pid ]]; then kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; fi
     rm -rf -- "$work"
+    exit "$rc"
 }
 trap cleanup EXIT
 
