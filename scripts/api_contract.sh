@@ -55,7 +55,9 @@ for _ in $(seq 1 100); do
 done
 base=$(sed -n 's#.*listening on \(http://[^ ]*\).*#\1#p' "$work/out.txt" | head -n 1)
 [[ -n $base ]] || { cat "$work/err.txt" >&2; log "recur serve did not start"; exit 1; }
-curl -sf "$base/openapi.json" >"$work/openapi.json"
+# Python rather than curl: the venv is there anyway, curl may not be.
+"$VENV/bin/python" -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "$base/openapi.json" >"$work/openapi.json"
 
 set +e
 "$VENV/bin/openapi-spec-validator" "$work/openapi.json"
