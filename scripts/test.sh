@@ -16,8 +16,8 @@
 #   RECUR_TEST_THROWAWAY_PG=1  always use a throwaway server, ignoring
 #                              DATABASE_URL and the server on 5432 (isolated
 #                              runs, and testing this script).
-#   RECUR_TEST_NATS=1          also provide NATS (NATS_URL), same pattern.
-#                              Off until the suite needs it.
+#   RECUR_TEST_NATS=0          do not provide NATS (NATS_URL); by default it is
+#                              found or started like PostgreSQL (the relay tests need it).
 #   RECUR_TEST_CMD='...'       run this bash command instead of the cargo
 #                              commands, with DATABASE_URL (and NATS_URL)
 #                              exported. For testing this script itself, e.g.
@@ -218,7 +218,7 @@ ensure_pg() {
     log "DATABASE_URL=$(redact_url "$DATABASE_URL")"
 }
 
-# --- NATS (not used by the suite yet; enabled with RECUR_TEST_NATS=1) ------
+# --- NATS (the relay tests; RECUR_TEST_NATS=0 skips providing it) ----------
 
 # True if a JetStream-enabled NATS server answers on 127.0.0.1:$1: the server
 # greets every client with an INFO line, which says whether JetStream is on.
@@ -270,7 +270,7 @@ ensure_nats() {
 
 if [[ -n ${RECUR_TEST_CMD:-} ]]; then
     ensure_pg
-    if [[ ${RECUR_TEST_NATS:-} == 1 ]]; then ensure_nats; fi
+    if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
     log "RECUR_TEST_CMD set: running it instead of cargo"
     bash -c "$RECUR_TEST_CMD"
     exit
@@ -298,7 +298,7 @@ cargo fmt --all -- --check
 # The database comes before clippy in case compile-time checked queries
 # (sqlx macros) ever need it during the build.
 ensure_pg
-if [[ ${RECUR_TEST_NATS:-} == 1 ]]; then ensure_nats; fi
+if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The suite's status becomes the script's (the EXIT trap preserves it). Cargo
 # closes on the last test binary's own line (often a crate with no doc tests),
