@@ -4,14 +4,20 @@
 //!   message id = event id, so JetStream drops duplicates).
 //! - [`relay`]: publishes every released ledger event to a JetStream stream, in
 //!   ledger order, resuming after a restart from the last event the stream holds.
+//! - [`runtime`]: the projector — a projection's writes and its checkpoint commit
+//!   in one transaction; a new projection version rebuilds from the first event.
+//! - [`db`]: the read models' database (the ledger's), with portable statements.
+//! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements.
 //!
-//! Next: the projector runtime (durable consumers, or the ledger's subscription in
-//! the embedded mode; each read model's writes and checkpoint in one transaction)
-//! and the read models — customer view, MRR/ARR and movements, churn, cohorts,
-//! accounting — each rebuildable from the first event.
+//! Next: the NATS-fed projector, the other read models (customer view, churn,
+//! cohorts, accounting), the query API and `recur projections`.
 
+pub mod db;
 pub mod message;
+pub mod mrr;
 pub mod relay;
+pub mod runtime;
 
 pub use message::EventMessage;
 pub use relay::{Relay, RelayConfig, RelayError};
+pub use runtime::{Projection, ProjectionError, Projector};

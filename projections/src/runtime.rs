@@ -1,0 +1,224 @@
+//! The projector runtime: feeds a projection the ledger's events in order and
+//! commits each batch's read-model writes together with the projection's
+//! checkpoint, in one transaction, so a crash or a repeated delivery never applies
+//! an event twice. A projection whose version changed is rebuilt from the first
+//! event.
+
+use std::future::Future;
+
+use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent};
+
+use crate::db::{Db, DbError, Stmt, Value};
+
+/// Events applied per transaction.
+pub const EVENTS_PER_BATCH_MAX: usize = 500;
+
+/// Why a projection stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// The read model's database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// An event the projection cannot read: a bug, or a ledger from the future.
+    #[error("projection {projection}: event at {position}: {message}")]
+    Event {
+        /// The projection.
+        projection: &'static str,
+        /// The event's position.
+        position: u64,
+        /// What went wrong.
+        message: String,
+    },
+    /// The ledger is not on a database the read models can use.
+    #[error("the ledger's database is not reachable for read models")]
+    NoDatabase,
+}
+
+/// A read model: what it stores and how an event changes it.
+pub trait Projection: Send {
+    /// Its name (the checkpoint's key).
+    const NAME: &'static str;
+    /// Its code version: a new version is rebuilt from the first event.
+    const VERSION: u32;
+
+    /// Its tables, dropped before a rebuild.
+    fn tables(&self) -> Vec<&'static str>;
+
+    /// Statements that create its tables if they do not exist.
+    fn schema(&self) -> Vec<Stmt>;
+
+    /// Loads what it keeps in memory from its tables (after open, a rebuild, or a
+    /// failed batch), as of its checkpoint.
+    fn load(
+        &mut self,
+        db: &Db,
+        ledger: &Ledger,
+        at: Position,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+
+    /// Adds to `writes` what `event` changes.
+    fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        ledger: &Ledger,
+        writes: &mut Vec<Stmt>,
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
+}
+
+/// Runs one projection.
+pub struct Projector<P: Projection> {
+    ledger: Ledger,
+    db: Db,
+    projection: P,
+    position: Position,
+}
+
+const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (
+    name     TEXT   PRIMARY KEY,
+    version  BIGINT NOT NULL,
+    position BIGINT NOT NULL
+)";
+
+impl<P: Projection> Projector<P> {
+    /// Opens the projection: creates its tables, and rebuilds it from the start
+    /// when its stored version is not the code's.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn open(ledger: Ledger, projection: P) -> Result<Self, ProjectionError> {
+        let db = Db::of(&ledger).ok_or(ProjectionError::NoDatabase)?;
+        db.transaction(&[Stmt::new(CHECKPOINTS, vec![])]).await?;
+        let stored = db
+            .query(
+                &Stmt::new(
+                    "SELECT version, position FROM projection_checkpoints WHERE name = ?",
+                    vec![P::NAME.into()],
+                ),
+                "ii",
+            )
+            .await?;
+        let mut projector = Self {
+            ledger,
+            db,
+            projection,
+            position: Position::START,
+        };
+        match stored.first().map(|row| (row[0].clone(), row[1].clone())) {
+            Some((Value::Int(version), Value::Int(position)))
+                if version == i64::from(P::VERSION) =>
+            {
+                projector.position = Position(u64::try_from(position).unwrap_or(0));
+                projector
+                    .db
+                    .transaction(&projector.projection.schema())
+                    .await?;
+            }
+            _ => projector.reset_tables().await?,
+        }
+        projector.reload().await?;
+        Ok(projector)
+    }
+
+    async fn reset_tables(&mut self) -> Result<(), ProjectionError> {
+        let mut statements: Vec<Stmt> = self
+            .projection
+            .tables()
+            .into_iter()
+            .map(|table| Stmt::new(format!("DROP TABLE IF EXISTS {table}"), vec![]))
+            .collect();
+        statements.extend(self.projection.schema());
+        statements.push(checkpoint(P::NAME, P::VERSION, Position::START));
+        self.db.transaction(&statements).await?;
+        self.position = Position::START;
+        Ok(())
+    }
+
+    async fn reload(&mut self) -> Result<(), ProjectionError> {
+        self.projection
+            .load(&self.db, &self.ledger, self.position)
+            .await
+    }
+
+    /// The last applied position.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    /// The database, for queries.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Applies everything the ledger has released since the checkpoint; returns
+    /// how many events were applied.
+    ///
+    /// # Errors
+    /// Ledger, database and event errors; in-memory state is reloaded, so a retry
+    /// starts clean from the checkpoint.
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
+        let mut applied = 0;
+        loop {
+            let page = self
+                .ledger
+                .read_all(self.position, EVENTS_PER_BATCH_MAX)
+                .await?;
+            let Some(last) = page.last().map(|e| e.position) else {
+                break;
+            };
+            let mut writes = Vec::new();
+            let mut result = Ok(());
+            for event in &page {
+                result = self
+                    .projection
+                    .apply(event, &self.ledger, &mut writes)
+                    .await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_ok() {
+                writes.push(checkpoint(P::NAME, P::VERSION, last));
+                result = self
+                    .db
+                    .transaction(&writes)
+                    .await
+                    .map_err(ProjectionError::from);
+            }
+            if let Err(error) = result {
+                self.reload().await?;
+                return Err(error);
+            }
+            self.position = last;
+            applied += page.len() as u64;
+            if page.len() < EVENTS_PER_BATCH_MAX {
+                break;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Drops the read model and builds it again from the first event.
+    ///
+    /// # Errors
+    /// As for [`Projector::catch_up`].
+    pub async fn rebuild(&mut self) -> Result<u64, ProjectionError> {
+        self.reset_tables().await?;
+        self.reload().await?;
+        self.catch_up().await
+    }
+}
+
+fn checkpoint(name: &str, version: u32, position: Position) -> Stmt {
+    Stmt::new(
+        "INSERT INTO projection_checkpoints (name, version, position) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, position = excluded.position",
+        vec![
+            name.into(),
+            i64::from(version).into(),
+            i64::try_from(position.0).unwrap_or(i64::MAX).into(),
+        ],
+    )
+}
