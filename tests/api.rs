@@ -616,6 +616,18 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &[],
         ),
         (
+            Method::GET,
+            "/v1/metrics/mrr".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
+            Method::GET,
+            "/v1/metrics/movements".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
             Method::POST,
             "/v1/api_keys".into(),
             json!({"role": "analyst"}),
@@ -824,6 +836,74 @@ async fn malformed_input_gets_a_problem_with_a_code_and_never_a_5xx() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_read_their_own_writes_through_min_position() {
+    let server = serve(Backend::Postgres).await;
+    let customer = server.customer_with_card().await;
+    let created = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+        )
+        .await;
+    let sub = created.body["id"].as_str().unwrap().to_owned();
+    let position = created.body["position"].as_u64().unwrap();
+    let today = created.body["current_period"]["start"].as_str().unwrap()[..10].to_owned();
+    let mrr = server
+        .get(&format!(
+            "/v1/metrics/mrr?from={today}&to={today}&min_position={position}"
+        ))
+        .await;
+    assert_eq!(mrr.status, StatusCode::OK, "{}", mrr.body);
+    assert_eq!(mrr.body["data"][0]["mrr"], money("97.00"));
+    assert_eq!(mrr.body["data"][0]["arr"], money("1164.00"));
+    let changed = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            json!({"plan": "group_coaching"}),
+        )
+        .await;
+    let position = changed.body["position"].as_u64().unwrap();
+    let mrr = server
+        .get(&format!(
+            "/v1/metrics/mrr?from={today}&to={today}&min_position={position}"
+        ))
+        .await;
+    assert_eq!(mrr.body["data"][0]["mrr"], money("1500.00"), "{}", mrr.body);
+    let by_plan = server
+        .get(&format!(
+            "/v1/metrics/mrr?from={today}&to={today}&plan=community_access"
+        ))
+        .await;
+    assert_eq!(by_plan.body["data"][0]["mrr"], money("0.00"));
+    let moves = server
+        .get(&format!(
+            "/v1/metrics/movements?from={today}&to={today}&min_position={position}"
+        ))
+        .await;
+    assert_eq!(moves.status, StatusCode::OK, "{}", moves.body);
+    let day = &moves.body["data"][0];
+    assert_eq!(
+        (
+            day["new"].clone(),
+            day["expansion"].clone(),
+            day["net"].clone()
+        ),
+        (money("97.00"), money("1403.00"), money("1500.00"))
+    );
+    // A position no write has reached: refused at once, not waited for.
+    let ahead = server
+        .get(&format!(
+            "/v1/metrics/mrr?min_position={}",
+            position + 1_000_000
+        ))
+        .await;
+    assert_eq!(ahead.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(ahead.body["code"], "position_unknown");
+    let bad = server.get("/v1/metrics/mrr?interval=hour").await;
+    assert_eq!(bad.body["code"], "invalid_query");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_covers_every_route_and_health_answers() {
     let server = serve(Backend::Sqlite).await;
     let doc = server
@@ -858,6 +938,8 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/test_clock/advance",
         "/healthz",
         "/readyz",
+        "/v1/metrics/mrr",
+        "/v1/metrics/movements",
     ] {
         assert!(
             paths.contains_key(path),

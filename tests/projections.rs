@@ -359,10 +359,7 @@ async fn a_reopened_projector_resumes_from_its_checkpoint_and_matches_a_rebuild(
         .unwrap();
     assert!(second.position().0 > 0);
     let applied = second.catch_up().await.unwrap();
-    assert!(
-        (3..20).contains(&applied),
-        "only the new events: {applied}"
-    );
+    assert!((3..20).contains(&applied), "only the new events: {applied}");
     let db = second.db().clone();
     let live = dump(&db).await;
     second.rebuild().await.unwrap();

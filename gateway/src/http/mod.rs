@@ -27,7 +27,7 @@ use tracing::Instrument;
 use self::auth::KeyRing;
 use self::directory::Directory;
 use self::problem::ApiError;
-use self::routes::{catalog, coupons, customers, invoices, subscriptions, system};
+use self::routes::{catalog, coupons, customers, invoices, metrics, subscriptions, system};
 
 /// What every handler shares.
 pub struct AppState {
@@ -43,6 +43,10 @@ pub struct AppState {
     pub test_clock: Option<TestClock>,
     /// One test-clock advance at a time.
     pub clock_turn: tokio::sync::Mutex<()>,
+    /// The read models' database.
+    pub read_models: recur_projections::db::Db,
+    /// The ledger position the projections have reached.
+    pub projected: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How to serve.
@@ -58,6 +62,8 @@ pub struct ServeOptions {
     pub tick_seconds: u64,
 }
 
+/// How often the in-process projections look for new events.
+const PROJECTION_POLL_MS: u64 = 20;
 /// Seconds between purges of expired idempotency answers.
 const PURGE_INTERVAL_S: u64 = 3_600;
 /// How long idempotency answers are kept, in hours (the promise is at least 24).
@@ -108,6 +114,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/prices",
             get(catalog::prices).post(catalog::create_price),
         )
+        .route("/v1/metrics/mrr", get(metrics::mrr_series))
+        .route("/v1/metrics/movements", get(metrics::movements))
         .route("/v1/api_keys", post(system::create_key))
         .route("/v1/test_clock/advance", post(system::advance))
         .fallback(|| async { ApiError::not_found("route") })
@@ -181,6 +189,27 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Arc::clone(&billing),
         recur_commands::scheduler::CONCURRENCY_DEFAULT,
     ));
+    let read_models = recur_projections::db::Db::of(&ledger)
+        .ok_or_else(|| anyhow::anyhow!("no database for the read models"))?;
+    let projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut projector =
+        recur_projections::Projector::open(ledger.clone(), recur_projections::mrr::Mrr::new())
+            .await?;
+    projected.store(projector.position().0, std::sync::atomic::Ordering::Release);
+    {
+        // The projections, in-process, fed from the ledger.
+        let projected = Arc::clone(&projected);
+        tokio::spawn(async move {
+            loop {
+                match projector.catch_up().await {
+                    Ok(_) => projected
+                        .store(projector.position().0, std::sync::atomic::Ordering::Release),
+                    Err(error) => tracing::warn!(%error, "projection failed; retrying"),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(PROJECTION_POLL_MS)).await;
+            }
+        });
+    }
     let state = Arc::new(AppState {
         billing,
         keys,
@@ -188,6 +217,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         scheduler: Arc::clone(&scheduler),
         test_clock: test_clock.clone(),
         clock_turn: tokio::sync::Mutex::new(()),
+        read_models,
+        projected,
     });
     if test_clock.is_none() {
         let tick_s = options.tick_seconds.max(1);

@@ -5,7 +5,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::dto;
 use super::problem::Problem;
-use super::routes::{catalog, coupons, customers, invoices, subscriptions, system};
+use super::routes::{catalog, coupons, customers, invoices, metrics, subscriptions, system};
 
 /// The API's document.
 #[derive(OpenApi)]
@@ -19,13 +19,14 @@ use super::routes::{catalog, coupons, customers, invoices, subscriptions, system
         invoices::get, invoices::list, invoices::pay, invoices::void, invoices::refund, invoices::purchase,
         coupons::create, coupons::get,
         catalog::plans, catalog::prices, catalog::create_price,
+        metrics::mrr_series, metrics::movements,
         system::healthz, system::readyz, system::create_key, system::advance,
     ),
     components(schemas(Problem, dto::MoneyDto, subscriptions::Empty)),
     modifiers(&BearerKeys),
     tags(
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
-        (name = "catalog"), (name = "system"),
+        (name = "catalog"), (name = "metrics"), (name = "system"),
     )
 )]
 pub struct ApiDoc;

@@ -4,6 +4,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod customers;
 pub mod invoices;
+pub mod metrics;
 pub mod subscriptions;
 pub mod system;
 

@@ -1,0 +1,366 @@
+//! /v1/metrics: read from the projections (never from the ledger directly).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use recur_ledger::{Currency, Money};
+use recur_projections::db::{Stmt, Value};
+use recur_projections::mrr;
+use serde::Serialize;
+use time::{Date, Month};
+use utoipa::ToSchema;
+
+use super::{EVERYONE, to_value};
+use crate::http::AppState;
+use crate::http::auth::Caller;
+use crate::http::dto::MoneyDto;
+use crate::http::problem::{ApiError, Problem};
+use crate::http::request::json_response;
+
+/// How long a query waits for the projection to reach `min_position`.
+pub const MIN_POSITION_WAIT_MS: u64 = 5_000;
+/// The most buckets one series answers.
+pub const BUCKETS_MAX: usize = 1_000;
+
+/// One point of the MRR series.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MrrPoint {
+    /// The bucket's last day (YYYY-MM-DD).
+    pub date: String,
+    /// MRR at the end of that day.
+    pub mrr: MoneyDto,
+    /// 12 × MRR.
+    pub arr: MoneyDto,
+}
+
+/// MRR over time.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MrrSeries {
+    /// Always "mrr_series".
+    pub object: &'static str,
+    /// The plan, or "*" for all.
+    pub plan: String,
+    /// day, week or month.
+    pub interval: String,
+    /// The points, oldest first.
+    pub data: Vec<MrrPoint>,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+/// Movements in one bucket.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MovementBucket {
+    /// The bucket's last day.
+    pub date: String,
+    /// New customers' MRR.
+    pub new: MoneyDto,
+    /// Growth of paying customers.
+    pub expansion: MoneyDto,
+    /// Shrinking of paying customers (negative).
+    pub contraction: MoneyDto,
+    /// Customers leaving (negative).
+    pub churn: MoneyDto,
+    /// Customers coming back.
+    pub reactivation: MoneyDto,
+    /// Their sum: the change in MRR.
+    pub net: MoneyDto,
+}
+
+/// MRR movements over time.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MovementSeries {
+    /// Always "mrr_movements".
+    pub object: &'static str,
+    /// day, week or month.
+    pub interval: String,
+    /// The buckets, oldest first.
+    pub data: Vec<MovementBucket>,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+struct Query {
+    from: Date,
+    to: Date,
+    interval: String,
+    plan: String,
+    min_position: Option<u64>,
+}
+
+fn bad(reason: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
+}
+
+fn parse_date(text: &str) -> Result<Date, ApiError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    Date::parse(text, format).map_err(|_| bad(format!("{text:?} is not a date like 2026-03-31")))
+}
+
+fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
+    let today = time::OffsetDateTime::now_utc().date();
+    let mut parsed = Query {
+        from: today,
+        to: today,
+        interval: "day".into(),
+        plan: "*".into(),
+        min_position: None,
+    };
+    let mut from = None;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "from" => from = Some(parse_date(value)?),
+            "to" => parsed.to = parse_date(value)?,
+            "interval" if ["day", "week", "month"].contains(&value) => {
+                parsed.interval = value.to_owned()
+            }
+            "interval" => return Err(bad("interval must be day, week or month")),
+            "plan" => parsed.plan = value.to_owned(),
+            "min_position" => {
+                parsed.min_position = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("min_position must be a position"))?,
+                );
+            }
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    parsed.from = from.unwrap_or(parsed.to.replace_day(1).unwrap_or(parsed.to));
+    if parsed.from > parsed.to {
+        return Err(bad("from is after to"));
+    }
+    Ok(parsed)
+}
+
+/// The last day of each bucket from `from` to `to`.
+fn bucket_ends(from: Date, to: Date, interval: &str) -> Result<Vec<Date>, ApiError> {
+    let mut ends = Vec::new();
+    let mut day = from;
+    loop {
+        let end = match interval {
+            "week" => day.next_occurrence(time::Weekday::Sunday),
+            "month" => {
+                let next = if day.month() == Month::December {
+                    Date::from_calendar_date(day.year() + 1, Month::January, 1)
+                } else {
+                    Date::from_calendar_date(day.year(), day.month().next(), 1)
+                };
+                next.ok().and_then(Date::previous_day).unwrap_or(day)
+            }
+            _ => day,
+        }
+        .min(to);
+        ends.push(end);
+        if ends.len() > BUCKETS_MAX {
+            return Err(bad(format!(
+                "more than {BUCKETS_MAX} buckets: narrow the range or widen the interval"
+            )));
+        }
+        match end.next_day() {
+            Some(next) if next <= to => day = next,
+            _ => break,
+        }
+    }
+    Ok(ends)
+}
+
+async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
+    let Some(wanted) = min_position else {
+        return Ok(state.projected.load(Ordering::Acquire));
+    };
+    // A position no write has reached yet is a client's mistake, not something to wait for.
+    let head = state
+        .billing
+        .ledger()
+        .last_position()
+        .await
+        .map_err(ApiError::from)?;
+    if wanted > head.0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "position_unknown",
+            format!(
+                "the ledger is at position {}; min_position {wanted} has not been written",
+                head.0
+            ),
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(MIN_POSITION_WAIT_MS);
+    loop {
+        let reached = state.projected.load(Ordering::Acquire);
+        if reached >= wanted {
+            return Ok(reached);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "projection_behind",
+                format!("the projection is at position {reached}, not yet {wanted}; retry shortly"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn usd(minor: i64) -> MoneyDto {
+    Money::from_minor(minor, Currency::USD).into()
+}
+
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::Int(v) => *v,
+        _ => 0,
+    }
+}
+
+/// MRR and ARR at the end of each day, week or month (a plan, or all).
+#[utoipa::path(get, operation_id = "metrics_mrr", path = "/v1/metrics/mrr", tag = "metrics",
+    params(("from" = Option<String>, Query, description = "First day (default: the first of `to`'s month)"),
+           ("to" = Option<String>, Query, description = "Last day (default: today)"),
+           ("interval" = Option<String>, Query, description = "day, week or month"),
+           ("plan" = Option<String>, Query, description = "A plan id (default: all)"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = MrrSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn mrr_series(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let query = parse_query(query.as_deref())?;
+    let position = wait_for(&state, query.min_position).await?;
+    let rows = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT day, mrr_minor FROM {} WHERE plan = ? AND day <= ? ORDER BY day",
+                    mrr::DAILY
+                ),
+                vec![query.plan.clone().into(), query.to.to_string().into()],
+            ),
+            "ti",
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+    let days: Vec<(String, i64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                match &r[0] {
+                    Value::Text(t) => t.clone(),
+                    _ => String::new(),
+                },
+                int(&r[1]),
+            )
+        })
+        .collect();
+    let mut data = Vec::new();
+    let mut index = 0;
+    let mut last = 0;
+    for end in bucket_ends(query.from, query.to, &query.interval)? {
+        let end_text = end.to_string();
+        while index < days.len() && days[index].0 <= end_text {
+            last = days[index].1;
+            index += 1;
+        }
+        data.push(MrrPoint {
+            date: end_text,
+            mrr: usd(last),
+            arr: usd(last * 12),
+        });
+    }
+    let series = MrrSeries {
+        object: "mrr_series",
+        plan: query.plan,
+        interval: query.interval,
+        data,
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&series)?))
+}
+
+/// MRR movements (new, expansion, contraction, churn, reactivation) per day, week or month.
+#[utoipa::path(get, operation_id = "metrics_movements", path = "/v1/metrics/movements", tag = "metrics",
+    params(("from" = Option<String>, Query, description = "First day (default: the first of `to`'s month)"),
+           ("to" = Option<String>, Query, description = "Last day (default: today)"),
+           ("interval" = Option<String>, Query, description = "day, week or month"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = MovementSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn movements(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let query = parse_query(query.as_deref())?;
+    if query.plan != "*" {
+        return Err(bad(
+            "movements are per customer; the plan filter does not apply",
+        ));
+    }
+    let position = wait_for(&state, query.min_position).await?;
+    let rows = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT day, kind, CAST(SUM(delta_minor) AS BIGINT) FROM {} WHERE day >= ? AND day <= ? GROUP BY day, kind ORDER BY day",
+                    mrr::MOVEMENTS
+                ),
+                vec![query.from.to_string().into(), query.to.to_string().into()],
+            ),
+            "tti",
+        )
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    let mut data = Vec::new();
+    let mut index = 0;
+    for end in bucket_ends(query.from, query.to, &query.interval)? {
+        let end_text = end.to_string();
+        let mut sums = [0i64; 5];
+        while index < rows.len() && matches!(&rows[index][0], Value::Text(d) if *d <= end_text) {
+            let slot = match &rows[index][1] {
+                Value::Text(k) if k == "new" => 0,
+                Value::Text(k) if k == "expansion" => 1,
+                Value::Text(k) if k == "contraction" => 2,
+                Value::Text(k) if k == "churn" => 3,
+                _ => 4,
+            };
+            sums[slot] += int(&rows[index][2]);
+            index += 1;
+        }
+        data.push(MovementBucket {
+            date: end_text,
+            new: usd(sums[0]),
+            expansion: usd(sums[1]),
+            contraction: usd(sums[2]),
+            churn: usd(sums[3]),
+            reactivation: usd(sums[4]),
+            net: usd(sums.iter().sum()),
+        });
+    }
+    let series = MovementSeries {
+        object: "mrr_movements",
+        interval: query.interval,
+        data,
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&series)?))
+}
