@@ -149,3 +149,48 @@ fn recur_demo_prints_a_summary_and_json() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--customers must be 1 to"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
+    let (location, path) = temp_location("projections");
+    let (outcome, _) = demo::run(&options(location.clone(), 5)).await.unwrap();
+    let ledger = Ledger::open(LedgerConfig::new(location.clone()), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    // Live: followed the way `recur serve` follows the ledger.
+    let mut live =
+        recur_projections::Projector::open(ledger.clone(), recur_projections::mrr::Mrr::new())
+            .await
+            .unwrap();
+    let mut applied = 0;
+    while applied < outcome.events_verified {
+        let step = live.catch_up().await.unwrap();
+        assert!(step > 0);
+        applied += step;
+    }
+    let db = live.db().clone();
+    let before = recur_projections::mrr::snapshot(&db).await.unwrap();
+    assert!(before.len() > 100);
+    // The CLI rebuild, from the first event.
+    let status = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["projections", "rebuild", "--all", "--database", &location])
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert_eq!(recur_projections::mrr::snapshot(&db).await.unwrap(), before);
+    let status = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["projections", "status", "--database", &location])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    let mrr_line = text
+        .lines()
+        .find(|l| l.starts_with("mrr"))
+        .unwrap_or_default();
+    assert!(mrr_line.trim_end().ends_with(" 0"), "caught up: {text}");
+    remove(&path);
+}

@@ -98,42 +98,7 @@ fn text(v: &Value) -> String {
 
 /// Every table of the projection, as text, in a stable order.
 async fn dump(db: &Db) -> Vec<String> {
-    let mut out = Vec::new();
-    for (sql, kinds) in [
-        (
-            format!(
-                "SELECT subscription_id, customer_id, plan, status, mrr_minor FROM {} ORDER BY 1",
-                mrr::SUBSCRIPTIONS
-            ),
-            "tttti",
-        ),
-        (
-            format!(
-                "SELECT customer_id, mrr_minor, ever_paying FROM {} ORDER BY 1",
-                mrr::CUSTOMERS
-            ),
-            "tii",
-        ),
-        (
-            format!(
-                "SELECT position, day, customer_id, subscription_id, plan, kind, delta_minor FROM {} ORDER BY 1",
-                mrr::MOVEMENTS
-            ),
-            "ittttti",
-        ),
-        (
-            format!(
-                "SELECT day, plan, mrr_minor FROM {} ORDER BY 1, 2",
-                mrr::DAILY
-            ),
-            "tti",
-        ),
-    ] {
-        for row in rows(db, &sql, kinds).await {
-            out.push(row.iter().map(text).collect::<Vec<_>>().join("|"));
-        }
-    }
-    out
+    mrr::snapshot(db).await.unwrap()
 }
 
 async fn a_week_of_movements_to_the_cent(postgres: bool) {

@@ -65,6 +65,12 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         tick_seconds: u64,
     },
+    /// Inspect and rebuild the read models.
+    Projections {
+        /// Which projections command.
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// Manage API keys.
     Keys {
         /// Which key command.
@@ -94,6 +100,28 @@ pub enum LedgerCommand {
     /// Seal every released, unsealed event.
     Seal {
         /// Ledger location (postgres://… or sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+}
+
+/// `recur projections …`
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Each projection's version, position and lag behind the ledger.
+    Status {
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Drop a read model and build it again from the first event, with progress.
+    Rebuild {
+        /// The projection (`mrr`); omit with --all.
+        name: Option<String>,
+        /// Every projection.
+        #[arg(long)]
+        all: bool,
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
         #[arg(long)]
         database: Option<String>,
     },

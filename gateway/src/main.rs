@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 use recur_gateway::bench::ledger::{self as ledger_bench, LedgerBenchOptions};
-use recur_gateway::cli::{BenchCommand, Cli, Command, KeysCommand, LedgerCommand};
+use recur_gateway::cli::{
+    BenchCommand, Cli, Command, KeysCommand, LedgerCommand, ProjectionsCommand,
+};
 use recur_gateway::demo::{self, DemoOptions};
 use recur_gateway::http;
 use recur_gateway::ledger_cmd;
@@ -57,6 +59,29 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             })
             .await
             .context("serve")?;
+            Ok(0)
+        }
+        Command::Projections { command } => {
+            match command {
+                ProjectionsCommand::Status { database } => {
+                    recur_gateway::projections_cmd::status(database.as_deref())
+                        .await
+                        .context("projections status")?;
+                }
+                ProjectionsCommand::Rebuild {
+                    name,
+                    all,
+                    database,
+                } => {
+                    recur_gateway::projections_cmd::rebuild(
+                        database.as_deref(),
+                        name.as_deref(),
+                        all,
+                    )
+                    .await
+                    .context("projections rebuild")?;
+                }
+            }
             Ok(0)
         }
         Command::Keys {

@@ -317,3 +317,47 @@ impl Projection for Mrr {
         Ok(())
     }
 }
+
+/// Every row of the projection's tables as text, in a stable order: for
+/// comparing a live read model with a rebuilt one.
+///
+/// # Errors
+/// Database errors.
+pub async fn snapshot(db: &Db) -> Result<Vec<String>, crate::db::DbError> {
+    let mut out = Vec::new();
+    for (sql, kinds) in [
+        (
+            format!(
+                "SELECT subscription_id, customer_id, plan, status, mrr_minor FROM {SUBSCRIPTIONS} ORDER BY 1"
+            ),
+            "tttti",
+        ),
+        (
+            format!("SELECT customer_id, mrr_minor, ever_paying FROM {CUSTOMERS} ORDER BY 1"),
+            "tii",
+        ),
+        (
+            format!(
+                "SELECT position, day, customer_id, subscription_id, plan, kind, delta_minor FROM {MOVEMENTS} ORDER BY 1"
+            ),
+            "ittttti",
+        ),
+        (
+            format!("SELECT day, plan, mrr_minor FROM {DAILY} ORDER BY 1, 2"),
+            "tti",
+        ),
+    ] {
+        for row in db.query(&Stmt::new(sql, vec![]), kinds).await? {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|v| match v {
+                    Value::Int(i) => i.to_string(),
+                    Value::Text(t) => t.clone(),
+                    Value::Null => "null".into(),
+                })
+                .collect();
+            out.push(cells.join("|"));
+        }
+    }
+    Ok(out)
+}

@@ -159,6 +159,17 @@ impl<P: Projection> Projector<P> {
     /// Ledger, database and event errors; in-memory state is reloaded, so a retry
     /// starts clean from the checkpoint.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
+        self.catch_up_with(|_, _| {}).await
+    }
+
+    /// [`Projector::catch_up`], calling `progress(position, applied so far)` after each batch.
+    ///
+    /// # Errors
+    /// As for [`Projector::catch_up`].
+    pub async fn catch_up_with(
+        &mut self,
+        mut progress: impl FnMut(Position, u64),
+    ) -> Result<u64, ProjectionError> {
         let mut applied = 0;
         loop {
             let page = self
@@ -193,6 +204,7 @@ impl<P: Projection> Projector<P> {
             }
             self.position = last;
             applied += page.len() as u64;
+            progress(last, applied);
             if page.len() < EVENTS_PER_BATCH_MAX {
                 break;
             }
@@ -205,9 +217,25 @@ impl<P: Projection> Projector<P> {
     /// # Errors
     /// As for [`Projector::catch_up`].
     pub async fn rebuild(&mut self) -> Result<u64, ProjectionError> {
+        self.rebuild_with(|_, _| {}).await
+    }
+
+    /// [`Projector::rebuild`] with progress, as for [`Projector::catch_up_with`].
+    ///
+    /// # Errors
+    /// As for [`Projector::catch_up`].
+    pub async fn rebuild_with(
+        &mut self,
+        progress: impl FnMut(Position, u64),
+    ) -> Result<u64, ProjectionError> {
         self.reset_tables().await?;
         self.reload().await?;
-        self.catch_up().await
+        self.catch_up_with(progress).await
+    }
+
+    /// The projection's name and version.
+    pub fn describe(&self) -> (&'static str, u32) {
+        (P::NAME, P::VERSION)
     }
 }
 

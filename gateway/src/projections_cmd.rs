@@ -1,0 +1,105 @@
+//! `recur projections status` and `recur projections rebuild`.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use recur_ledger::{Ledger, LedgerConfig, SystemClock};
+use recur_projections::mrr::Mrr;
+use recur_projections::{ProjectionError, Projector};
+
+use crate::config;
+
+/// Every projection's name.
+pub const PROJECTIONS: &[&str] = &["mrr"];
+
+/// Why a projections command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionsCmdError {
+    /// The ledger could not be opened or read.
+    #[error(transparent)]
+    Ledger(#[from] recur_ledger::LedgerError),
+    /// The projection failed.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// Not a projection we have.
+    #[error("unknown projection {0:?}; known: {known}", known = PROJECTIONS.join(", "))]
+    Unknown(String),
+}
+
+async fn open(database: Option<&str>) -> Result<Ledger, ProjectionsCmdError> {
+    Ok(Ledger::open(
+        LedgerConfig::new(config::ledger_location(database)),
+        Arc::new(SystemClock),
+    )
+    .await?)
+}
+
+/// Prints each projection's version, position and lag.
+///
+/// # Errors
+/// The ledger or the read models cannot be read.
+pub async fn status(database: Option<&str>) -> Result<(), ProjectionsCmdError> {
+    let ledger = open(database).await?;
+    let head = ledger.last_position().await?;
+    println!(
+        "{:<12} {:>8} {:>12} {:>12}",
+        "projection", "version", "position", "behind"
+    );
+    let projector = Projector::open(ledger.clone(), Mrr::new()).await?;
+    let (name, version) = projector.describe();
+    let position = projector.position().0;
+    println!(
+        "{name:<12} {version:>8} {position:>12} {:>12}",
+        head.0.saturating_sub(position)
+    );
+    Ok(())
+}
+
+/// Rebuilds one projection, or all, with a progress line (events/s, ETA).
+///
+/// # Errors
+/// An unknown name; ledger and projection errors.
+pub async fn rebuild(
+    database: Option<&str>,
+    name: Option<&str>,
+    all: bool,
+) -> Result<(), ProjectionsCmdError> {
+    let names: Vec<&str> = match (name, all) {
+        (_, true) | (None, false) => PROJECTIONS.to_vec(),
+        (Some(name), false) if PROJECTIONS.contains(&name) => vec![name],
+        (Some(name), false) => return Err(ProjectionsCmdError::Unknown(name.to_owned())),
+    };
+    let ledger = open(database).await?;
+    let head = ledger.last_position().await?.0.max(1);
+    for name in names {
+        let started = Instant::now();
+        let mut projector = Projector::open(ledger.clone(), Mrr::new()).await?;
+        let applied = projector
+            .rebuild_with(|position, applied| {
+                let elapsed_ms = u64::try_from(started.elapsed().as_millis())
+                    .unwrap_or(1)
+                    .max(1);
+                let rate = applied * 1000 / elapsed_ms;
+                let left = head.saturating_sub(position.0);
+                let eta_s = if rate == 0 { 0 } else { left / rate };
+                let percent = position.0 * 100 / head;
+                let mut err = std::io::stderr();
+                let _ = write!(
+                    err,
+                    "\r{name}: {percent:>3}%  {applied} events  {rate} events/s  ETA {eta_s} s   "
+                );
+                let _ = err.flush();
+            })
+            .await?;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis())
+            .unwrap_or(1)
+            .max(1);
+        eprintln!();
+        println!(
+            "{name}: rebuilt from {applied} events in {elapsed_ms} ms ({} events/s)",
+            applied * 1000 / elapsed_ms
+        );
+    }
+    Ok(())
+}
