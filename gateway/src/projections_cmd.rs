@@ -82,7 +82,7 @@ pub async fn rebuild(
                     .max(1);
                 let rate = applied * 1000 / elapsed_ms;
                 let left = head.saturating_sub(position.0);
-                let eta_s = if rate == 0 { 0 } else { left / rate };
+                let eta_s = left.checked_div(rate).unwrap_or(0);
                 let percent = position.0 * 100 / head;
                 let mut err = std::io::stderr();
                 let _ = write!(
