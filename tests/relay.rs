@@ -235,3 +235,114 @@ mod futures_util_like {
 
     pub use futures_core as futures_core_like;
 }
+
+/// Subscriptions that start, change and stop, to give the MRR projection work.
+async fn business(ledger: &Ledger, customers: usize) {
+    use recur_commands::billing::{NewCustomer, NewSubscription, PlanChange, Trial};
+    use recur_commands::subscription::Timing;
+    let billing = recur_commands::Billing::open(
+        ledger.clone(),
+        recur_commands::Catalog::default_catalog().unwrap(),
+        Arc::new(recur_commands::SimulatedGateway::new()),
+    )
+    .await
+    .unwrap();
+    for i in 0..customers {
+        let customer = billing
+            .create_customer(NewCustomer::default())
+            .await
+            .unwrap();
+        let card =
+            recur_commands::SimulatedGateway::tokenize("4242424242424242", 12, 2040).unwrap();
+        billing.attach_payment_method(customer, card).await.unwrap();
+        let sub = billing
+            .subscribe(NewSubscription {
+                customer_id: customer,
+                plan_id: "community_access".into(),
+                price_id: None,
+                quantity: 1,
+                trial: Trial::Skip,
+                coupon: None,
+            })
+            .await
+            .unwrap();
+        if i % 3 == 1 {
+            let change = PlanChange {
+                plan_id: "group_coaching".into(),
+                price_id: None,
+                quantity: None,
+                timing: Timing::Now,
+            };
+            billing.change_plan(sub, change).await.unwrap();
+        }
+        if i % 4 == 2 {
+            billing.cancel(sub, Timing::Now).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_fed_projection_skips_redeliveries_fills_gaps_and_equals_a_rebuild() {
+    use recur_projections::mrr::{self, Mrr};
+    use recur_projections::nats_feed::NatsFeed;
+    let store = common::postgres().await;
+    let config = isolated();
+    let relay = Relay::connect(store.ledger.clone(), config.clone())
+        .await
+        .unwrap();
+    business(&store.ledger, 12).await;
+    relay.publish_released().await.unwrap();
+
+    let mut projector = recur_projections::Projector::open(store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    let mut feed = NatsFeed::connect(&config, "mrr").await.unwrap();
+    let first = feed.pump(&mut projector).await.unwrap();
+    assert!(first.applied > 0 && first.caught_up == 0, "{first:?}");
+
+    // A second consumer from the stream's start delivers everything again, as a
+    // restart before acknowledging would: nothing is applied twice.
+    let mut again = NatsFeed::connect(&config, "mrr-replayed").await.unwrap();
+    let replayed = again.pump(&mut projector).await.unwrap();
+    assert_eq!(
+        (replayed.applied, replayed.caught_up),
+        (0, 0),
+        "{replayed:?}"
+    );
+    assert_eq!(replayed.skipped, replayed.received);
+
+    // More business, with one message lost from the stream: the gap is filled from the ledger.
+    business(&store.ledger, 6).await;
+    relay.publish_released().await.unwrap();
+    let client = async_nats::connect(&config.nats_url).await.unwrap();
+    let mut stream = jetstream::new(client)
+        .get_stream(&config.stream)
+        .await
+        .unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    assert!(stream.delete_message(last - 5).await.unwrap());
+    let mut applied = 0;
+    let mut caught_up = 0;
+    for _ in 0..5 {
+        let pumped = feed.pump(&mut projector).await.unwrap();
+        applied += pumped.applied;
+        caught_up += pumped.caught_up;
+        if pumped.received == 0 {
+            break;
+        }
+    }
+    assert!(
+        caught_up > 0,
+        "the gap was noticed: applied {applied}, caught up {caught_up}"
+    );
+    assert_eq!(
+        projector.position(),
+        store.ledger.last_position().await.unwrap()
+    );
+
+    let db = projector.db().clone();
+    let live = mrr::snapshot(&db).await.unwrap();
+    projector.rebuild().await.unwrap();
+    assert_eq!(mrr::snapshot(&db).await.unwrap(), live);
+    drop_stream(&config).await;
+}

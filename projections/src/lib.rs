@@ -8,13 +8,16 @@
 //!   in one transaction; a new projection version rebuilds from the first event.
 //! - [`db`]: the read models' database (the ledger's), with portable statements.
 //! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements.
+//! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
+//!   filled from the ledger and redeliveries skipped by the checkpoint.
 //!
-//! Next: the NATS-fed projector, the other read models (customer view, churn,
+//! Next: the other read models (customer view, churn,
 //! cohorts, accounting), the query API and `recur projections`.
 
 pub mod db;
 pub mod message;
 pub mod mrr;
+pub mod nats_feed;
 pub mod relay;
 pub mod runtime;
 

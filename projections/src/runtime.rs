@@ -179,30 +179,7 @@ impl<P: Projection> Projector<P> {
             let Some(last) = page.last().map(|e| e.position) else {
                 break;
             };
-            let mut writes = Vec::new();
-            let mut result = Ok(());
-            for event in &page {
-                result = self
-                    .projection
-                    .apply(event, &self.ledger, &mut writes)
-                    .await;
-                if result.is_err() {
-                    break;
-                }
-            }
-            if result.is_ok() {
-                writes.push(checkpoint(P::NAME, P::VERSION, last));
-                result = self
-                    .db
-                    .transaction(&writes)
-                    .await
-                    .map_err(ProjectionError::from);
-            }
-            if let Err(error) = result {
-                self.reload().await?;
-                return Err(error);
-            }
-            self.position = last;
+            self.apply_batch(&page).await?;
             applied += page.len() as u64;
             progress(last, applied);
             if page.len() < EVENTS_PER_BATCH_MAX {
@@ -210,6 +187,47 @@ impl<P: Projection> Projector<P> {
             }
         }
         Ok(applied)
+    }
+
+    /// Applies `events` (the next ones after the checkpoint, in ledger order) and
+    /// moves the checkpoint, in one transaction.
+    ///
+    /// # Errors
+    /// Database and event errors; in-memory state is reloaded from the checkpoint.
+    pub async fn apply_batch(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        let mut writes = Vec::new();
+        let mut result = Ok(());
+        for event in events {
+            result = self
+                .projection
+                .apply(event, &self.ledger, &mut writes)
+                .await;
+            if result.is_err() {
+                break;
+            }
+        }
+        if result.is_ok() {
+            writes.push(checkpoint(P::NAME, P::VERSION, last));
+            result = self
+                .db
+                .transaction(&writes)
+                .await
+                .map_err(ProjectionError::from);
+        }
+        if let Err(error) = result {
+            self.reload().await?;
+            return Err(error);
+        }
+        self.position = last;
+        Ok(())
+    }
+
+    /// The ledger, for feeds that check what they deliver against it.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// Drops the read model and builds it again from the first event.
