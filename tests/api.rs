@@ -628,6 +628,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &["billing", "support", "analyst"],
         ),
         (
+            Method::GET,
+            "/v1/ledger/trial-balance".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
             Method::POST,
             "/v1/api_keys".into(),
             json!({"role": "analyst"}),
@@ -901,6 +907,44 @@ async fn metrics_read_their_own_writes_through_min_position() {
     assert_eq!(ahead.body["code"], "position_unknown");
     let bad = server.get("/v1/metrics/mrr?interval=hour").await;
     assert_eq!(bad.body["code"], "invalid_query");
+
+    // The trial balance from the postings: balanced, cash = what was collected.
+    let books = server
+        .get(&format!("/v1/ledger/trial-balance?min_position={position}"))
+        .await;
+    assert_eq!(books.status, StatusCode::OK, "{}", books.body);
+    assert_eq!(books.body["balanced"], true);
+    let accounts = books.body["accounts"].as_array().unwrap();
+    let cash = accounts
+        .iter()
+        .find(|a| a["account"] == "gateway_balance")
+        .unwrap();
+    let invoices = server
+        .get(&format!("/v1/invoices?subscription={sub}"))
+        .await;
+    let paid: rust_decimal::Decimal = invoices.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["amount_paid"]["amount"].as_str())
+        .map(|a| a.parse::<rust_decimal::Decimal>().unwrap())
+        .sum();
+    assert_eq!(
+        cash["balance"]["amount"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        paid
+    );
+    let before = server
+        .get("/v1/ledger/trial-balance?as_of=2000-01-01")
+        .await;
+    assert_eq!(
+        before.body["accounts"].as_array().unwrap().len(),
+        0,
+        "nothing was booked in 2000"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -940,6 +984,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/readyz",
         "/v1/metrics/mrr",
         "/v1/metrics/movements",
+        "/v1/ledger/trial-balance",
     ] {
         assert!(
             paths.contains_key(path),

@@ -182,6 +182,27 @@ async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(recur_projections::mrr::snapshot(&db).await.unwrap(), before);
+    // The accounts projection's books match the demo's own summary.
+    let books = recur_projections::accounts::trial_balance(&db, None)
+        .await
+        .unwrap();
+    let (debit, credit) = books
+        .iter()
+        .fold((0, 0), |(d, c), b| (d + b.debit_minor, c + b.credit_minor));
+    assert_eq!(debit, credit, "the trial balance is zero");
+    let cash = books
+        .iter()
+        .find(|b| b.account == "gateway_balance")
+        .unwrap();
+    let expected = outcome
+        .summary
+        .collected
+        .checked_sub(outcome.summary.refunded)
+        .unwrap();
+    assert_eq!(
+        cash.debit_minor - cash.credit_minor,
+        expected.to_minor().unwrap()
+    );
     let status = Command::new(env!("CARGO_BIN_EXE_recur"))
         .args(["projections", "status", "--database", &location])
         .output()

@@ -5,13 +5,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use recur_ledger::{Ledger, LedgerConfig, SystemClock};
+use recur_projections::accounts::Accounts;
 use recur_projections::mrr::Mrr;
 use recur_projections::{ProjectionError, Projector};
 
 use crate::config;
 
 /// Every projection's name.
-pub const PROJECTIONS: &[&str] = &["mrr"];
+pub const PROJECTIONS: &[&str] = &["mrr", "accounts"];
 
 /// Why a projections command failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,13 +47,17 @@ pub async fn status(database: Option<&str>) -> Result<(), ProjectionsCmdError> {
         "{:<12} {:>8} {:>12} {:>12}",
         "projection", "version", "position", "behind"
     );
-    let projector = Projector::open(ledger.clone(), Mrr::new()).await?;
-    let (name, version) = projector.describe();
-    let position = projector.position().0;
-    println!(
-        "{name:<12} {version:>8} {position:>12} {:>12}",
-        head.0.saturating_sub(position)
-    );
+    let mrr = Projector::open(ledger.clone(), Mrr::new()).await?;
+    let accounts = Projector::open(ledger.clone(), Accounts::new()).await?;
+    for ((name, version), position) in [
+        (mrr.describe(), mrr.position().0),
+        (accounts.describe(), accounts.position().0),
+    ] {
+        println!(
+            "{name:<12} {version:>8} {position:>12} {:>12}",
+            head.0.saturating_sub(position)
+        );
+    }
     Ok(())
 }
 
@@ -74,24 +79,35 @@ pub async fn rebuild(
     let head = ledger.last_position().await?.0.max(1);
     for name in names {
         let started = Instant::now();
-        let mut projector = Projector::open(ledger.clone(), Mrr::new()).await?;
-        let applied = projector
-            .rebuild_with(|position, applied| {
-                let elapsed_ms = u64::try_from(started.elapsed().as_millis())
-                    .unwrap_or(1)
-                    .max(1);
-                let rate = applied * 1000 / elapsed_ms;
-                let left = head.saturating_sub(position.0);
-                let eta_s = left.checked_div(rate).unwrap_or(0);
-                let percent = position.0 * 100 / head;
-                let mut err = std::io::stderr();
-                let _ = write!(
-                    err,
-                    "\r{name}: {percent:>3}%  {applied} events  {rate} events/s  ETA {eta_s} s   "
-                );
-                let _ = err.flush();
-            })
-            .await?;
+        let progress = |position: recur_ledger::Position, applied: u64| {
+            let elapsed_ms = u64::try_from(started.elapsed().as_millis())
+                .unwrap_or(1)
+                .max(1);
+            let rate = applied * 1000 / elapsed_ms;
+            let left = head.saturating_sub(position.0);
+            let eta_s = left.checked_div(rate).unwrap_or(0);
+            let percent = position.0 * 100 / head;
+            let mut err = std::io::stderr();
+            let _ = write!(
+                err,
+                "\r{name}: {percent:>3}%  {applied} events  {rate} events/s  ETA {eta_s} s   "
+            );
+            let _ = err.flush();
+        };
+        let applied = match name {
+            "accounts" => {
+                Projector::open(ledger.clone(), Accounts::new())
+                    .await?
+                    .rebuild_with(progress)
+                    .await?
+            }
+            _ => {
+                Projector::open(ledger.clone(), Mrr::new())
+                    .await?
+                    .rebuild_with(progress)
+                    .await?
+            }
+        };
         let elapsed_ms = u64::try_from(started.elapsed().as_millis())
             .unwrap_or(1)
             .max(1);

@@ -7,6 +7,8 @@
 //! - [`runtime`]: the projector — a projection's writes and its checkpoint commit
 //!   in one transaction; a new projection version rebuilds from the first event.
 //! - [`db`]: the read models' database (the ledger's), with portable statements.
+//! - [`accounts`]: debits and credits per account and day: the trial balance,
+//!   now or as of any day.
 //! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
 //!   filled from the ledger and redeliveries skipped by the checkpoint.
@@ -14,6 +16,7 @@
 //! Next: the other read models (customer view, churn,
 //! cohorts, accounting), the query API and `recur projections`.
 
+pub mod accounts;
 pub mod db;
 pub mod message;
 pub mod mrr;

@@ -116,6 +116,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/metrics/mrr", get(metrics::mrr_series))
         .route("/v1/metrics/movements", get(metrics::movements))
+        .route("/v1/ledger/trial-balance", get(metrics::trial_balance))
         .route("/v1/api_keys", post(system::create_key))
         .route("/v1/test_clock/advance", post(system::advance))
         .fallback(|| async { ApiError::not_found("route") })
@@ -192,19 +193,39 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let read_models = recur_projections::db::Db::of(&ledger)
         .ok_or_else(|| anyhow::anyhow!("no database for the read models"))?;
     let projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut projector =
+    let mut mrr_projector =
         recur_projections::Projector::open(ledger.clone(), recur_projections::mrr::Mrr::new())
             .await?;
-    projected.store(projector.position().0, std::sync::atomic::Ordering::Release);
+    let mut accounts_projector = recur_projections::Projector::open(
+        ledger.clone(),
+        recur_projections::accounts::Accounts::new(),
+    )
+    .await?;
+    projected.store(
+        mrr_projector
+            .position()
+            .min(accounts_projector.position())
+            .0,
+        std::sync::atomic::Ordering::Release,
+    );
     {
         // The projections, in-process, fed from the ledger.
         let projected = Arc::clone(&projected);
         tokio::spawn(async move {
             loop {
-                match projector.catch_up().await {
-                    Ok(_) => projected
-                        .store(projector.position().0, std::sync::atomic::Ordering::Release),
-                    Err(error) => tracing::warn!(%error, "projection failed; retrying"),
+                let mrr = mrr_projector.catch_up().await;
+                let accounts = accounts_projector.catch_up().await;
+                match (mrr, accounts) {
+                    (Ok(_), Ok(_)) => projected.store(
+                        mrr_projector
+                            .position()
+                            .min(accounts_projector.position())
+                            .0,
+                        std::sync::atomic::Ordering::Release,
+                    ),
+                    (Err(error), _) | (_, Err(error)) => {
+                        tracing::warn!(%error, "projection failed; retrying");
+                    }
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(PROJECTION_POLL_MS)).await;
             }

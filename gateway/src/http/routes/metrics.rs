@@ -364,3 +364,105 @@ pub async fn movements(
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
+
+/// One account in the trial balance.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct AccountBalance {
+    /// The account, e.g. `revenue:community_access`, `tax_payable:US-TX`.
+    pub account: String,
+    /// Sum of debits.
+    pub debit: MoneyDto,
+    /// Sum of credits.
+    pub credit: MoneyDto,
+    /// Debits minus credits.
+    pub balance: MoneyDto,
+}
+
+/// The trial balance, now or as of the end of a day.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TrialBalance {
+    /// Always "trial_balance".
+    pub object: &'static str,
+    /// The day it is as of (inclusive), or null for now.
+    pub as_of: Option<String>,
+    /// Every account with postings.
+    pub accounts: Vec<AccountBalance>,
+    /// Sum of all debits.
+    pub total_debit: MoneyDto,
+    /// Sum of all credits.
+    pub total_credit: MoneyDto,
+    /// True when they are equal.
+    pub balanced: bool,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+/// The trial balance from every event's postings, now or `as_of` the end of a day.
+#[utoipa::path(get, operation_id = "ledger_trial_balance", path = "/v1/ledger/trial-balance", tag = "metrics",
+    params(("as_of" = Option<String>, Query, description = "A day (YYYY-MM-DD): balances at its end"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = TrialBalance), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn trial_balance(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let mut as_of = None;
+    let mut min_position = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "as_of" => as_of = Some(parse_date(value)?.to_string()),
+            "min_position" => {
+                min_position = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("min_position must be a position"))?,
+                )
+            }
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let position = wait_for(&state, min_position).await?;
+    let balances = recur_projections::accounts::trial_balance(&state.read_models, as_of.as_deref())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+    let (mut debit, mut credit) = (0i64, 0i64);
+    let accounts = balances
+        .iter()
+        .map(|b| {
+            debit += b.debit_minor;
+            credit += b.credit_minor;
+            AccountBalance {
+                account: b.account.clone(),
+                debit: usd(b.debit_minor),
+                credit: usd(b.credit_minor),
+                balance: usd(b.debit_minor - b.credit_minor),
+            }
+        })
+        .collect();
+    let body = TrialBalance {
+        object: "trial_balance",
+        as_of,
+        accounts,
+        total_debit: usd(debit),
+        total_credit: usd(credit),
+        balanced: debit == credit,
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&body)?))
+}

@@ -1,0 +1,156 @@
+//! Account balances from the postings every financial event carries: the trial
+//! balance now, and as of the end of any day (from daily debit and credit sums).
+
+use recur_commands::billing::decode_event;
+use recur_commands::invoice::InvoiceEvent;
+use recur_commands::postings::Side;
+use recur_ledger::{Ledger, Position, RecordedEvent};
+
+use crate::db::{Db, Stmt};
+use crate::runtime::{Projection, ProjectionError};
+
+/// Debits and credits per account, currency and day.
+pub const DAILY: &str = "account_daily_v1";
+
+/// The accounts projection.
+#[derive(Default)]
+pub struct Accounts;
+
+impl Accounts {
+    /// A fresh projection.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl Projection for Accounts {
+    const NAME: &'static str = "accounts";
+    const VERSION: u32 = 1;
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![DAILY]
+    }
+
+    fn schema(&self) -> Vec<Stmt> {
+        vec![Stmt::new(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {DAILY} (day TEXT NOT NULL, account TEXT NOT NULL, currency TEXT NOT NULL,
+                 debit_minor BIGINT NOT NULL, credit_minor BIGINT NOT NULL, PRIMARY KEY (day, account, currency))"
+            ),
+            vec![],
+        )]
+    }
+
+    async fn load(
+        &mut self,
+        _db: &Db,
+        _ledger: &Ledger,
+        _at: Position,
+    ) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        _ledger: &Ledger,
+        writes: &mut Vec<Stmt>,
+    ) -> Result<(), ProjectionError> {
+        if event.stream_id.category() != "invoice" {
+            return Ok(());
+        }
+        let decoded: InvoiceEvent =
+            decode_event(&event.payload).map_err(|message| ProjectionError::Event {
+                projection: Self::NAME,
+                position: event.position.0,
+                message,
+            })?;
+        let day = event.recorded_at.date().to_string();
+        for posting in decoded.postings() {
+            let minor = posting
+                .amount
+                .to_minor()
+                .map_err(|e| ProjectionError::Event {
+                    projection: Self::NAME,
+                    position: event.position.0,
+                    message: e.to_string(),
+                })?;
+            let (debit, credit) = match posting.side {
+                Side::Debit => (minor, 0),
+                Side::Credit => (0, minor),
+            };
+            writes.push(Stmt::new(
+                format!(
+                    "INSERT INTO {DAILY} (day, account, currency, debit_minor, credit_minor) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (day, account, currency) DO UPDATE SET
+                     debit_minor = {DAILY}.debit_minor + excluded.debit_minor,
+                     credit_minor = {DAILY}.credit_minor + excluded.credit_minor"
+                ),
+                vec![
+                    day.clone().into(),
+                    posting.account.to_string().into(),
+                    posting.amount.currency().code().into(),
+                    debit.into(),
+                    credit.into(),
+                ],
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One account's balance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Balance {
+    /// The account (`revenue:community_access`).
+    pub account: String,
+    /// ISO currency.
+    pub currency: String,
+    /// Sum of debits, minor units.
+    pub debit_minor: i64,
+    /// Sum of credits, minor units.
+    pub credit_minor: i64,
+}
+
+/// Balances of every account as of the end of `day` (inclusive), or now.
+///
+/// # Errors
+/// Database errors.
+pub async fn trial_balance(
+    db: &Db,
+    as_of: Option<&str>,
+) -> Result<Vec<Balance>, crate::db::DbError> {
+    let (filter, params) = match as_of {
+        Some(day) => ("WHERE day <= ?", vec![day.into()]),
+        None => ("", vec![]),
+    };
+    let rows = db
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT account, currency, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT)
+                     FROM {DAILY} {filter} GROUP BY account, currency ORDER BY account, currency"
+                ),
+                params,
+            ),
+            "ttii",
+        )
+        .await?;
+    let text = |v: &crate::db::Value| match v {
+        crate::db::Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    let int = |v: &crate::db::Value| match v {
+        crate::db::Value::Int(i) => *i,
+        _ => 0,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| Balance {
+            account: text(&r[0]),
+            currency: text(&r[1]),
+            debit_minor: int(&r[2]),
+            credit_minor: int(&r[3]),
+        })
+        .collect())
+}
