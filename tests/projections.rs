@@ -330,3 +330,49 @@ async fn a_reopened_projector_resumes_from_its_checkpoint_and_matches_a_rebuild(
     second.rebuild().await.unwrap();
     assert_eq!(dump(&db).await, live);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_on_one_projection_never_apply_an_event_twice() {
+    let w = world(true).await;
+    for i in 0..4 {
+        w.day(i + 1);
+        let customer = w.customer().await;
+        w.subscribe(customer, "community_access", None).await;
+    }
+    let mut a = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    let mut b = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    assert!(a.catch_up().await.unwrap() > 0);
+    // b still believes the checkpoint is at the start: its write is refused whole.
+    let refused = b.catch_up().await;
+    assert!(
+        refused.is_err(),
+        "a stale worker must not write: {refused:?}"
+    );
+    // Having reloaded the checkpoint, b has nothing left to do.
+    assert_eq!(b.catch_up().await.unwrap(), 0);
+    w.day(10);
+    let late = w.customer().await;
+    w.subscribe(late, "group_coaching", None).await;
+    assert!(b.catch_up().await.unwrap() > 0);
+    assert!(a.catch_up().await.is_err(), "now a is the stale one");
+    let db = a.db().clone();
+    let moved: i64 = rows(
+        &db,
+        &format!(
+            "SELECT CAST(SUM(delta_minor) AS BIGINT) FROM {}",
+            mrr::MOVEMENTS
+        ),
+        "i",
+    )
+    .await[0][0]
+        .clone()
+        .try_int();
+    assert_eq!(moved, 4 * 9_700 + 150_000, "each movement once");
+    let live = dump(&db).await;
+    a.rebuild().await.unwrap();
+    assert_eq!(dump(&db).await, live);
+}

@@ -41,6 +41,8 @@ pub struct Stmt {
     pub sql: String,
     /// Parameters, in order.
     pub params: Vec<Value>,
+    /// The rows it must change, or the whole transaction is rolled back.
+    pub expect_rows: Option<u64>,
 }
 
 impl Stmt {
@@ -49,7 +51,15 @@ impl Stmt {
         Self {
             sql: sql.into(),
             params,
+            expect_rows: None,
         }
+    }
+
+    /// The same statement, which must change exactly `rows` rows.
+    #[must_use]
+    pub fn expecting(mut self, rows: u64) -> Self {
+        self.expect_rows = Some(rows);
+        self
     }
 }
 
@@ -59,6 +69,14 @@ pub enum DbError {
     /// The database refused or failed.
     #[error("read model database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A guarded statement changed another number of rows (someone else moved on).
+    #[error("a guarded write changed {changed} rows, not {expected}: another writer moved on")]
+    Guard {
+        /// Expected.
+        expected: u64,
+        /// Changed.
+        changed: u64,
+    },
 }
 
 /// The database the read models live in.
@@ -84,6 +102,15 @@ fn numbered(sql: &str) -> String {
         }
     }
     out
+}
+
+/// Fails when a guarded statement changed another number of rows; the caller's
+/// transaction is then dropped, which rolls it back.
+fn guard(stmt: &Stmt, changed: u64) -> Result<(), DbError> {
+    match stmt.expect_rows {
+        Some(expected) if expected != changed => Err(DbError::Guard { expected, changed }),
+        _ => Ok(()),
+    }
 }
 
 /// A row read back: columns as [`Value`]s.
@@ -116,7 +143,8 @@ impl Db {
                             Value::Null => query.bind(None::<String>),
                         };
                     }
-                    query.execute(&mut *tx).await?;
+                    let changed = query.execute(&mut *tx).await?.rows_affected();
+                    guard(stmt, changed)?;
                 }
                 tx.commit().await?;
             }
@@ -131,7 +159,8 @@ impl Db {
                             Value::Null => query.bind(None::<String>),
                         };
                     }
-                    query.execute(&mut *tx).await?;
+                    let changed = query.execute(&mut *tx).await?.rows_affected();
+                    guard(stmt, changed)?;
                 }
                 tx.commit().await?;
             }

@@ -136,7 +136,22 @@ impl<P: Projection> Projector<P> {
         Ok(())
     }
 
+    /// Reads the checkpoint again (another worker may have moved it) and reloads
+    /// the projection's memory as of it.
     async fn reload(&mut self) -> Result<(), ProjectionError> {
+        let stored = self
+            .db
+            .query(
+                &Stmt::new(
+                    "SELECT position FROM projection_checkpoints WHERE name = ?",
+                    vec![P::NAME.into()],
+                ),
+                "i",
+            )
+            .await?;
+        if let Some(Value::Int(position)) = stored.first().and_then(|row| row.first()) {
+            self.position = Position(u64::try_from(*position).unwrap_or(0));
+        }
         self.projection
             .load(&self.db, &self.ledger, self.position)
             .await
@@ -210,7 +225,8 @@ impl<P: Projection> Projector<P> {
             }
         }
         if result.is_ok() {
-            writes.push(checkpoint(P::NAME, P::VERSION, last));
+            // Compare-and-set: if another worker moved the checkpoint, nothing is written.
+            writes.push(advance(P::NAME, P::VERSION, self.position, last));
             result = self
                 .db
                 .transaction(&writes)
@@ -255,6 +271,15 @@ impl<P: Projection> Projector<P> {
     pub fn describe(&self) -> (&'static str, u32) {
         (P::NAME, P::VERSION)
     }
+}
+
+fn advance(name: &str, version: u32, from: Position, to: Position) -> Stmt {
+    let at = |p: Position| i64::try_from(p.0).unwrap_or(i64::MAX);
+    Stmt::new(
+        "UPDATE projection_checkpoints SET position = ? WHERE name = ? AND version = ? AND position = ?",
+        vec![at(to).into(), name.into(), i64::from(version).into(), at(from).into()],
+    )
+    .expecting(1)
 }
 
 fn checkpoint(name: &str, version: u32, position: Position) -> Stmt {
