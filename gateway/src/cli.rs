@@ -65,6 +65,24 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         tick_seconds: u64,
     },
+    /// Publish every released ledger event to NATS JetStream, in ledger order.
+    Relay {
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+        /// NATS server; default: NATS_URL.
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
+    /// Run the projections as a worker fed by NATS JetStream (several may run).
+    Project {
+        /// Ledger (and read models) location; default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+        /// NATS server; default: NATS_URL.
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
     /// Inspect and rebuild the read models.
     Projections {
         /// Which projections command.

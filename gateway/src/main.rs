@@ -61,6 +61,18 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .context("serve")?;
             Ok(0)
         }
+        Command::Relay { database, nats_url } => {
+            recur_gateway::projections_cmd::relay(database.as_deref(), nats_url)
+                .await
+                .context("relay")?;
+            Ok(0)
+        }
+        Command::Project { database, nats_url } => {
+            recur_gateway::projections_cmd::project(database.as_deref(), nats_url)
+                .await
+                .context("project")?;
+            Ok(0)
+        }
         Command::Projections { command } => {
             match command {
                 ProjectionsCommand::Status { database } => {

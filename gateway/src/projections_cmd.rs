@@ -23,6 +23,17 @@ pub enum ProjectionsCmdError {
     /// The projection failed.
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    /// NATS is needed and not configured.
+    #[error(
+        "set NATS_URL or --nats-url (e.g. nats://127.0.0.1:4222, a server started with `nats-server -js`)"
+    )]
+    NoNats,
+    /// NATS failed.
+    #[error(transparent)]
+    Relay(#[from] recur_projections::RelayError),
+    /// The NATS feed failed.
+    #[error(transparent)]
+    Feed(#[from] recur_projections::nats_feed::FeedError),
     /// Not a projection we have.
     #[error("unknown projection {0:?}; known: {known}", known = PROJECTIONS.join(", "))]
     Unknown(String),
@@ -118,4 +129,71 @@ pub async fn rebuild(
         );
     }
     Ok(())
+}
+
+fn nats_url(explicit: Option<String>) -> Result<String, ProjectionsCmdError> {
+    explicit
+        .or_else(|| std::env::var("NATS_URL").ok())
+        .filter(|u| !u.trim().is_empty())
+        .ok_or(ProjectionsCmdError::NoNats)
+}
+
+/// Publishes the ledger to JetStream until Ctrl-C.
+///
+/// # Errors
+/// No NATS URL; NATS or the ledger unreachable at start.
+pub async fn relay(
+    database: Option<&str>,
+    nats: Option<String>,
+) -> Result<(), ProjectionsCmdError> {
+    let ledger = open(database).await?;
+    let relay = recur_projections::Relay::connect(
+        ledger,
+        recur_projections::RelayConfig::from_env(nats_url(nats)?),
+    )
+    .await?;
+    eprintln!(
+        "relay: publishing from position {}",
+        relay.published_position().await?.0
+    );
+    relay
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Runs every projection fed by JetStream until Ctrl-C: one durable consumer per
+/// projection; checkpoints advance by compare-and-set, so workers may share them.
+///
+/// # Errors
+/// No NATS URL; NATS, the ledger or the read models unreachable at start.
+pub async fn project(
+    database: Option<&str>,
+    nats: Option<String>,
+) -> Result<(), ProjectionsCmdError> {
+    use recur_projections::nats_feed::NatsFeed;
+    let ledger = open(database).await?;
+    let config = recur_projections::RelayConfig::from_env(nats_url(nats)?);
+    let mut mrr = Projector::open(ledger.clone(), Mrr::new()).await?;
+    let mut accounts = Projector::open(ledger.clone(), Accounts::new()).await?;
+    let mut mrr_feed = NatsFeed::connect(&config, "recur-mrr").await?;
+    let mut accounts_feed = NatsFeed::connect(&config, "recur-accounts").await?;
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            result = async {
+                mrr_feed.pump(&mut mrr).await?;
+                accounts_feed.pump(&mut accounts).await
+            } => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "projection worker step failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
 }

@@ -39,6 +39,20 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
+    /// [`RelayConfig::new`], with the stream named by `RECUR_NATS_STREAM` if set
+    /// (subjects `<lowercase name>.events.>`), so several ledgers can share a server.
+    pub fn from_env(url: impl Into<String>) -> Self {
+        let mut config = Self::new(url);
+        if let Some(stream) = std::env::var("RECUR_NATS_STREAM")
+            .ok()
+            .filter(|s| !s.trim().is_empty())
+        {
+            config.subject_prefix = format!("{}.events", stream.to_lowercase());
+            config.stream = stream;
+        }
+        config
+    }
+
     /// The defaults for `url`: stream `RECUR_EVENTS`, subjects `recur.events.>`,
     /// a 10-minute duplicate window.
     pub fn new(url: impl Into<String>) -> Self {

@@ -256,6 +256,23 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
+    if let Some(url) = std::env::var("NATS_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
+        // Distribution to other processes (`recur project`); the in-process
+        // projections above do not need it.
+        let relay = recur_projections::Relay::connect(
+            ledger.clone(),
+            recur_projections::RelayConfig::from_env(url),
+        )
+        .await?;
+        tokio::spawn(async move {
+            if let Err(error) = relay.run(std::future::pending()).await {
+                tracing::warn!(%error, "relay stopped");
+            }
+        });
+    }
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(PURGE_INTERVAL_S));
         loop {
