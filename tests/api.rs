@@ -634,6 +634,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &["billing", "support", "analyst"],
         ),
         (
+            Method::GET,
+            "/v1/metrics/churn".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
             Method::POST,
             "/v1/api_keys".into(),
             json!({"role": "analyst"}),
@@ -948,6 +954,73 @@ async fn metrics_read_their_own_writes_through_min_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_and_retention_of_a_month_with_one_customer_lost() {
+    let server = serve(Backend::Sqlite).await;
+    let mut subs = Vec::new();
+    let mut start = String::new();
+    for _ in 0..2 {
+        let customer = server.customer_with_card().await;
+        let created = server
+            .post(
+                "/v1/subscriptions",
+                json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+            )
+            .await;
+        start = created.body["current_period"]["start"].as_str().unwrap()[..10].to_owned();
+        subs.push(created.body["id"].as_str().unwrap().to_owned());
+    }
+    // Move to the 5th of the next month and lose one of the two.
+    let day = time::Date::parse(
+        &start,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .unwrap();
+    let (year, month) = if day.month() == time::Month::December {
+        (day.year() + 1, time::Month::January)
+    } else {
+        (day.year(), day.month().next())
+    };
+    let fifth = time::Date::from_calendar_date(year, month, 5).unwrap();
+    let advanced = server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": format!("{fifth}T12:00:00Z")}),
+        )
+        .await;
+    assert_eq!(advanced.status, StatusCode::OK, "{}", advanced.body);
+    let canceled = server
+        .post(
+            &format!("/v1/subscriptions/{}/cancel", subs[0]),
+            json!({"timing": "now"}),
+        )
+        .await;
+    let position = canceled.body["position"].as_u64().unwrap();
+    let month_text = &fifth.to_string()[..7];
+    let churn = server
+        .get(&format!(
+            "/v1/metrics/churn?from={month_text}-01&to={fifth}&min_position={position}"
+        ))
+        .await;
+    assert_eq!(churn.status, StatusCode::OK, "{}", churn.body);
+    let m = &churn.body["data"][0];
+    assert_eq!(m["month"], month_text);
+    assert_eq!(
+        (
+            m["customers_start"].clone(),
+            m["customers_churned"].clone(),
+            m["customers_end"].clone()
+        ),
+        (json!(2), json!(1), json!(1))
+    );
+    assert_eq!(m["customer_churn_rate"], "0.5000");
+    assert_eq!(m["mrr_start"], money("194.00"));
+    assert_eq!(m["gross_revenue_churn_rate"], "0.5000");
+    assert_eq!(m["net_revenue_retention"], "0.5000");
+    assert_eq!(m["arpa"], money("97.00"));
+    assert_eq!(m["ltv"], money("194.00"), "ARPA 97.00 ÷ churn 0.5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openapi_document_covers_every_route_and_health_answers() {
     let server = serve(Backend::Sqlite).await;
     let doc = server
@@ -985,6 +1058,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/metrics/mrr",
         "/v1/metrics/movements",
         "/v1/ledger/trial-balance",
+        "/v1/metrics/churn",
     ] {
         assert!(
             paths.contains_key(path),

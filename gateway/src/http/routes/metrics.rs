@@ -466,3 +466,191 @@ pub async fn trial_balance(
     };
     Ok(json_response(StatusCode::OK, &to_value(&body)?))
 }
+
+/// One month of churn and retention.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChurnMonth {
+    /// The month (YYYY-MM).
+    pub month: String,
+    /// Paying customers at the start of the month.
+    pub customers_start: i64,
+    /// Paying customers at its end.
+    pub customers_end: i64,
+    /// Customers lost (churn movements).
+    pub customers_churned: i64,
+    /// customers_churned ÷ customers_start (4 decimals), if any at the start.
+    pub customer_churn_rate: Option<String>,
+    /// MRR at the start of the month.
+    pub mrr_start: MoneyDto,
+    /// MRR at its end.
+    pub mrr_end: MoneyDto,
+    /// −(churn + contraction) ÷ MRR at the start.
+    pub gross_revenue_churn_rate: Option<String>,
+    /// (MRR at the start + expansion + contraction + churn) ÷ MRR at the start.
+    pub net_revenue_retention: Option<String>,
+    /// (MRR at the start + contraction + churn) ÷ MRR at the start.
+    pub gross_revenue_retention: Option<String>,
+    /// Average revenue per paying account at the end of the month.
+    pub arpa: Option<MoneyDto>,
+    /// ARPA ÷ gross revenue churn rate, when churn is above zero.
+    pub ltv: Option<MoneyDto>,
+}
+
+/// Churn and retention per month.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ChurnSeries {
+    /// Always "churn".
+    pub object: &'static str,
+    /// The months, oldest first.
+    pub data: Vec<ChurnMonth>,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+fn ratio(numerator: i64, denominator: i64) -> Option<String> {
+    if denominator == 0 {
+        return None;
+    }
+    let value = rust_decimal::Decimal::from(numerator) / rust_decimal::Decimal::from(denominator);
+    let mut value =
+        value.round_dp_with_strategy(4, rust_decimal::RoundingStrategy::MidpointNearestEven);
+    value.rescale(4);
+    Some(value.to_string())
+}
+
+/// Customer and revenue churn, net and gross revenue retention, ARPA and LTV per month,
+/// from the MRR movements (docs/metrics.md states each rule).
+#[utoipa::path(get, operation_id = "metrics_churn", path = "/v1/metrics/churn", tag = "metrics",
+    params(("from" = Option<String>, Query, description = "A day in the first month (default: the first of `to`'s month)"),
+           ("to" = Option<String>, Query, description = "A day in the last month (default: today)"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = ChurnSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn churn(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let query = parse_query(query.as_deref())?;
+    if query.plan != "*" || query.interval != "day" {
+        return Err(bad(
+            "churn is monthly and for all plans: plan and interval do not apply",
+        ));
+    }
+    let position = wait_for(&state, query.min_position).await?;
+    let unavailable = |e: recur_projections::db::DbError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    };
+    let moves = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT day, kind, CAST(COUNT(*) AS BIGINT), CAST(SUM(delta_minor) AS BIGINT) FROM {}
+                     WHERE day <= ? GROUP BY day, kind ORDER BY day",
+                    mrr::MOVEMENTS
+                ),
+                vec![query.to.to_string().into()],
+            ),
+            "ttii",
+        )
+        .await
+        .map_err(unavailable)?;
+    let daily = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT day, mrr_minor FROM {} WHERE plan = '*' AND day <= ? ORDER BY day",
+                    mrr::DAILY
+                ),
+                vec![query.to.to_string().into()],
+            ),
+            "ti",
+        )
+        .await
+        .map_err(unavailable)?;
+    let text = |v: &Value| match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    let mrr_before = |day: &str| {
+        daily
+            .iter()
+            .take_while(|r| text(&r[0]).as_str() < day)
+            .last()
+            .map_or(0, |r| int(&r[1]))
+    };
+    let customers_before = |day: &str| -> i64 {
+        moves
+            .iter()
+            .filter(|r| text(&r[0]).as_str() < day)
+            .map(|r| match text(&r[1]).as_str() {
+                "new" | "reactivation" => int(&r[2]),
+                "churn" => -int(&r[2]),
+                _ => 0,
+            })
+            .sum()
+    };
+    let mut data = Vec::new();
+    let mut month_start = query.from.replace_day(1).unwrap_or(query.from);
+    while month_start <= query.to {
+        let next = if month_start.month() == Month::December {
+            Date::from_calendar_date(month_start.year() + 1, Month::January, 1)
+        } else {
+            Date::from_calendar_date(month_start.year(), month_start.month().next(), 1)
+        }
+        .map_err(|_| bad("date out of range"))?;
+        let (start, end) = (month_start.to_string(), next.to_string());
+        let sum = |kind: &str| -> (i64, i64) {
+            moves
+                .iter()
+                .filter(|r| text(&r[0]) >= start && text(&r[0]) < end && text(&r[1]) == kind)
+                .fold((0, 0), |(n, s), r| (n + int(&r[2]), s + int(&r[3])))
+        };
+        let (mrr_start, mrr_end) = (mrr_before(&start), mrr_before(&end));
+        let (customers_start, customers_end) = (customers_before(&start), customers_before(&end));
+        let (churned, churn_minor) = sum("churn");
+        let (_, contraction) = sum("contraction");
+        let (_, expansion) = sum("expansion");
+        let gross_churn = ratio(-(churn_minor + contraction), mrr_start);
+        let arpa_minor = (customers_end > 0).then(|| mrr_end / customers_end);
+        let ltv = match (arpa_minor, -(churn_minor + contraction)) {
+            (Some(arpa), lost) if lost > 0 && mrr_start > 0 => Some(usd(arpa * mrr_start / lost)),
+            _ => None,
+        };
+        data.push(ChurnMonth {
+            month: start[..7].to_owned(),
+            customers_start,
+            customers_end,
+            customers_churned: churned,
+            customer_churn_rate: ratio(churned, customers_start),
+            mrr_start: usd(mrr_start),
+            mrr_end: usd(mrr_end),
+            gross_revenue_churn_rate: gross_churn,
+            net_revenue_retention: ratio(
+                mrr_start + expansion + contraction + churn_minor,
+                mrr_start,
+            ),
+            gross_revenue_retention: ratio(mrr_start + contraction + churn_minor, mrr_start),
+            arpa: arpa_minor.map(usd),
+            ltv,
+        });
+        if data.len() > BUCKETS_MAX {
+            return Err(bad("too many months"));
+        }
+        month_start = next;
+    }
+    let series = ChurnSeries {
+        object: "churn",
+        data,
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&series)?))
+}
