@@ -640,6 +640,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &["billing", "support", "analyst"],
         ),
         (
+            Method::GET,
+            "/v1/metrics/cohorts".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
             Method::POST,
             "/v1/api_keys".into(),
             json!({"role": "analyst"}),
@@ -1018,6 +1024,20 @@ async fn churn_and_retention_of_a_month_with_one_customer_lost() {
     assert_eq!(m["net_revenue_retention"], "0.5000");
     assert_eq!(m["arpa"], money("97.00"));
     assert_eq!(m["ltv"], money("194.00"), "ARPA 97.00 ÷ churn 0.5");
+
+    // One cohort (the first month), two customers; one left in the second month.
+    let first_month = &start[..7];
+    let cohorts = server
+        .get(&format!(
+            "/v1/metrics/cohorts?from={first_month}-01&to={fifth}&min_position={position}"
+        ))
+        .await;
+    assert_eq!(cohorts.status, StatusCode::OK, "{}", cohorts.body);
+    let cohort = &cohorts.body["data"][0];
+    assert_eq!(cohort["month"], first_month);
+    assert_eq!(cohort["customers"], 2);
+    assert_eq!(cohort["customers_retained"], json!([2, 1]));
+    assert_eq!(cohort["mrr"], json!([money("194.00"), money("97.00")]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1059,6 +1079,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/metrics/movements",
         "/v1/ledger/trial-balance",
         "/v1/metrics/churn",
+        "/v1/metrics/cohorts",
     ] {
         assert!(
             paths.contains_key(path),

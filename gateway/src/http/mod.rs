@@ -117,6 +117,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/metrics/mrr", get(metrics::mrr_series))
         .route("/v1/metrics/movements", get(metrics::movements))
         .route("/v1/metrics/churn", get(metrics::churn))
+        .route("/v1/metrics/cohorts", get(metrics::cohorts))
         .route("/v1/ledger/trial-balance", get(metrics::trial_balance))
         .route("/v1/api_keys", post(system::create_key))
         .route("/v1/test_clock/advance", post(system::advance))

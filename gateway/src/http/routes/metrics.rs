@@ -654,3 +654,150 @@ pub async fn churn(
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
+
+/// One cohort: the customers whose first paid month it is.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct Cohort {
+    /// The first paid month (YYYY-MM).
+    pub month: String,
+    /// Customers in the cohort.
+    pub customers: i64,
+    /// Per month since the start (0 = the first month): customers still paying at its end.
+    pub customers_retained: Vec<i64>,
+    /// Per month since the start: the cohort's MRR at its end.
+    pub mrr: Vec<MoneyDto>,
+}
+
+/// Cohorts and their retention matrices.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CohortTable {
+    /// Always "cohorts".
+    pub object: &'static str,
+    /// The cohorts, oldest first.
+    pub data: Vec<Cohort>,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+/// The month (YYYY-MM) after `month`.
+fn next_month(month: &str) -> String {
+    let (year, number) = month.split_once('-').unwrap_or(("1970", "01"));
+    let (year, number): (i32, u32) = (year.parse().unwrap_or(1970), number.parse().unwrap_or(1));
+    if number >= 12 {
+        format!("{:04}-01", year + 1)
+    } else {
+        format!("{year:04}-{:02}", number + 1)
+    }
+}
+
+/// Customers by first paid month, with the customers and MRR each cohort keeps
+/// at the end of every month since (up to `to`).
+#[utoipa::path(get, operation_id = "metrics_cohorts", path = "/v1/metrics/cohorts", tag = "metrics",
+    params(("from" = Option<String>, Query, description = "A day in the first cohort month (default: the first of `to`'s month)"),
+           ("to" = Option<String>, Query, description = "A day in the last month measured (default: today)"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = CohortTable), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn cohorts(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let query = parse_query(query.as_deref())?;
+    if query.plan != "*" || query.interval != "day" {
+        return Err(bad(
+            "cohorts are monthly and for all plans: plan and interval do not apply",
+        ));
+    }
+    let position = wait_for(&state, query.min_position).await?;
+    let rows = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT customer_id, day, delta_minor FROM {} WHERE day <= ? ORDER BY position",
+                    mrr::MOVEMENTS
+                ),
+                vec![query.to.to_string().into()],
+            ),
+            "tti",
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+    let text = |v: &Value| match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    // Per customer: the first paid month, and MRR changes by month.
+    let mut first: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    let mut changes: std::collections::HashMap<String, Vec<(String, i64)>> =
+        std::collections::HashMap::new();
+    for row in &rows {
+        let (customer, month) = (text(&row[0]), text(&row[1])[..7].to_owned());
+        first
+            .entry(customer.clone())
+            .or_insert_with(|| month.clone());
+        changes
+            .entry(customer)
+            .or_default()
+            .push((month, int(&row[2])));
+    }
+    let (from_month, to_month) = (
+        query.from.to_string()[..7].to_owned(),
+        query.to.to_string()[..7].to_owned(),
+    );
+    let mut cohorts: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (customer, month) in first {
+        if month >= from_month && month <= to_month {
+            cohorts.entry(month).or_default().push(customer);
+        }
+    }
+    let mut data = Vec::new();
+    for (month, customers) in cohorts {
+        let mut retained = Vec::new();
+        let mut mrr_by_month = Vec::new();
+        let mut measured = month.clone();
+        while measured <= to_month && retained.len() <= BUCKETS_MAX {
+            let (mut still, mut mrr) = (0, 0);
+            for customer in &customers {
+                let at_end: i64 = changes
+                    .get(customer)
+                    .map(|c| {
+                        c.iter()
+                            .filter(|(m, _)| *m <= measured)
+                            .map(|(_, d)| d)
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                if at_end > 0 {
+                    still += 1;
+                }
+                mrr += at_end;
+            }
+            retained.push(still);
+            mrr_by_month.push(usd(mrr));
+            measured = next_month(&measured);
+        }
+        data.push(Cohort {
+            month,
+            customers: customers.len() as i64,
+            customers_retained: retained,
+            mrr: mrr_by_month,
+        });
+    }
+    let table = CohortTable {
+        object: "cohorts",
+        data,
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&table)?))
+}
