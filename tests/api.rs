@@ -236,6 +236,40 @@ async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
     assert_eq!(refunded.status, StatusCode::OK, "{}", refunded.body);
     assert_eq!(refunded.body["amount_refunded"], money("100.00"));
 
+    // The customer's page, from the read models, once they have the refund.
+    let refund_position = refunded.body["position"].as_u64().unwrap();
+    let view = server
+        .get(&format!(
+            "/v1/customers/{customer}/view?min_position={refund_position}"
+        ))
+        .await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert_eq!(view.body["card"], "visa 4242 12/2040");
+    assert_eq!(view.body["refunded"], money("100.00"));
+    assert_eq!(view.body["subscriptions"][0]["plan"], "group_coaching");
+    assert_eq!(view.body["dunning"], "none");
+    let paid: rust_decimal::Decimal = data
+        .iter()
+        .filter_map(|i| i["amount_paid"]["amount"].as_str())
+        .map(|a| a.parse::<rust_decimal::Decimal>().unwrap())
+        .sum();
+    assert_eq!(
+        view.body["paid"]["amount"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        paid
+    );
+    assert_eq!(
+        view.body["lifetime_revenue"]["amount"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
+        paid - rust_decimal::Decimal::from(100)
+    );
+
     // Renewal at period end through the test clock.
     let clock = server
         .post("/v1/test_clock/advance", json!({"seconds": 20 * 86_400}))
@@ -494,6 +528,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             format!("/v1/customers/{customer}/payment_method"),
             json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040}),
             &["billing"],
+        ),
+        (
+            Method::GET,
+            format!("/v1/customers/{customer}/view"),
+            Value::Null,
+            &["billing", "support"],
         ),
         (
             Method::POST,
@@ -1080,6 +1120,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/ledger/trial-balance",
         "/v1/metrics/churn",
         "/v1/metrics/cohorts",
+        "/v1/customers/{id}/view",
     ] {
         assert!(
             paths.contains_key(path),

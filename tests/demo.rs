@@ -170,6 +170,16 @@ async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
     }
     let db = live.db().clone();
     let before = recur_projections::mrr::snapshot(&db).await.unwrap();
+    let mut customers = recur_projections::Projector::open(
+        ledger.clone(),
+        recur_projections::customers::Customers::new(),
+    )
+    .await
+    .unwrap();
+    customers.catch_up().await.unwrap();
+    let mut customers_before = recur_projections::customers::read(&db, None).await.unwrap();
+    customers_before.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(customers_before.len() as u64, outcome.activity.customers);
     assert!(before.len() > 100);
     // The CLI rebuild, from the first event.
     let status = Command::new(env!("CARGO_BIN_EXE_recur"))
@@ -182,6 +192,15 @@ async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert_eq!(recur_projections::mrr::snapshot(&db).await.unwrap(), before);
+    let mut customers_after = recur_projections::customers::read(&db, None).await.unwrap();
+    customers_after.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        customers_after, customers_before,
+        "the customer view rebuilds to the same rows"
+    );
+    // Every customer's lifetime paid adds up to what the demo collected.
+    let paid: i64 = customers_after.iter().map(|(_, r)| r.paid_minor).sum();
+    assert_eq!(paid, outcome.summary.collected.to_minor().unwrap());
     // The accounts projection's books match the demo's own summary.
     let books = recur_projections::accounts::trial_balance(&db, None)
         .await

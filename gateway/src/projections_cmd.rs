@@ -6,13 +6,14 @@ use std::time::Instant;
 
 use recur_ledger::{Ledger, LedgerConfig, SystemClock};
 use recur_projections::accounts::Accounts;
+use recur_projections::customers::Customers;
 use recur_projections::mrr::Mrr;
 use recur_projections::{ProjectionError, Projector};
 
 use crate::config;
 
 /// Every projection's name.
-pub const PROJECTIONS: &[&str] = &["mrr", "accounts"];
+pub const PROJECTIONS: &[&str] = &["mrr", "accounts", "customers"];
 
 /// Why a projections command failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,9 +61,11 @@ pub async fn status(database: Option<&str>) -> Result<(), ProjectionsCmdError> {
     );
     let mrr = Projector::open(ledger.clone(), Mrr::new()).await?;
     let accounts = Projector::open(ledger.clone(), Accounts::new()).await?;
+    let customers = Projector::open(ledger.clone(), Customers::new()).await?;
     for ((name, version), position) in [
         (mrr.describe(), mrr.position().0),
         (accounts.describe(), accounts.position().0),
+        (customers.describe(), customers.position().0),
     ] {
         println!(
             "{name:<12} {version:>8} {position:>12} {:>12}",
@@ -108,6 +111,12 @@ pub async fn rebuild(
         let applied = match name {
             "accounts" => {
                 Projector::open(ledger.clone(), Accounts::new())
+                    .await?
+                    .rebuild_with(progress)
+                    .await?
+            }
+            "customers" => {
+                Projector::open(ledger.clone(), Customers::new())
                     .await?
                     .rebuild_with(progress)
                     .await?
@@ -180,6 +189,8 @@ pub async fn project(
     let mut accounts = Projector::open(ledger.clone(), Accounts::new()).await?;
     let mut mrr_feed = NatsFeed::connect(&config, "recur-mrr").await?;
     let mut accounts_feed = NatsFeed::connect(&config, "recur-accounts").await?;
+    let mut customers = Projector::open(ledger.clone(), Customers::new()).await?;
+    let mut customers_feed = NatsFeed::connect(&config, "recur-customers").await?;
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     loop {
@@ -187,7 +198,8 @@ pub async fn project(
             _ = &mut stop => return Ok(()),
             result = async {
                 mrr_feed.pump(&mut mrr).await?;
-                accounts_feed.pump(&mut accounts).await
+                accounts_feed.pump(&mut accounts).await?;
+                customers_feed.pump(&mut customers).await
             } => {
                 if let Err(error) = result {
                     tracing::warn!(%error, "projection worker step failed; retrying");

@@ -9,6 +9,8 @@
 //! - [`db`]: the read models' database (the ledger's), with portable statements.
 //! - [`accounts`]: debits and credits per account and day: the trial balance,
 //!   now or as of any day.
+//! - [`customers`]: the customer view — card, credit, invoices, paid, refunded,
+//!   open, dunning state.
 //! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
 //!   filled from the ledger and redeliveries skipped by the checkpoint.
@@ -17,6 +19,7 @@
 //! cohorts, accounting), the query API and `recur projections`.
 
 pub mod accounts;
+pub mod customers;
 pub mod db;
 pub mod message;
 pub mod mrr;

@@ -21,7 +21,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{Billing, Catalog, SimulatedGateway};
-use recur_ledger::{Clock, Ledger, LedgerConfig, SystemClock, TestClock};
+use recur_ledger::{Clock, Ledger, LedgerConfig, Position, SystemClock, TestClock};
 use tracing::Instrument;
 
 use self::auth::KeyRing;
@@ -84,6 +84,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/customers/{id}/payment_method",
             post(customers::attach_payment_method),
         )
+        .route("/v1/customers/{id}/view", get(metrics::customer_view))
         .route(
             "/v1/subscriptions",
             post(subscriptions::create).get(subscriptions::list),
@@ -203,11 +204,18 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         recur_projections::accounts::Accounts::new(),
     )
     .await?;
+    let mut customers_projector = recur_projections::Projector::open(
+        ledger.clone(),
+        recur_projections::customers::Customers::new(),
+    )
+    .await?;
+    let reached = |a: Position, b: Position, c: Position| a.min(b).min(c).0;
     projected.store(
-        mrr_projector
-            .position()
-            .min(accounts_projector.position())
-            .0,
+        reached(
+            mrr_projector.position(),
+            accounts_projector.position(),
+            customers_projector.position(),
+        ),
         std::sync::atomic::Ordering::Release,
     );
     {
@@ -215,19 +223,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let projected = Arc::clone(&projected);
         tokio::spawn(async move {
             loop {
-                let mrr = mrr_projector.catch_up().await;
-                let accounts = accounts_projector.catch_up().await;
-                match (mrr, accounts) {
-                    (Ok(_), Ok(_)) => projected.store(
-                        mrr_projector
-                            .position()
-                            .min(accounts_projector.position())
-                            .0,
+                let results = [
+                    mrr_projector.catch_up().await,
+                    accounts_projector.catch_up().await,
+                    customers_projector.catch_up().await,
+                ];
+                match results.into_iter().find_map(Result::err) {
+                    None => projected.store(
+                        reached(
+                            mrr_projector.position(),
+                            accounts_projector.position(),
+                            customers_projector.position(),
+                        ),
                         std::sync::atomic::Ordering::Release,
                     ),
-                    (Err(error), _) | (_, Err(error)) => {
-                        tracing::warn!(%error, "projection failed; retrying");
-                    }
+                    Some(error) => tracing::warn!(%error, "projection failed; retrying"),
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(PROJECTION_POLL_MS)).await;
             }

@@ -801,3 +801,185 @@ pub async fn cohorts(
     };
     Ok(json_response(StatusCode::OK, &to_value(&table)?))
 }
+
+/// A subscription as the customer view shows it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ViewSubscription {
+    /// Id.
+    pub id: String,
+    /// Plan.
+    pub plan: String,
+    /// Status.
+    pub status: String,
+    /// Its MRR.
+    pub mrr: MoneyDto,
+}
+
+/// Everything about one customer, from the read models.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CustomerView {
+    /// Always "customer_view".
+    pub object: &'static str,
+    /// Id.
+    pub id: String,
+    /// Dunning segment.
+    pub segment: String,
+    /// The card on file ("visa 4242 12/2030"), if any.
+    pub card: Option<String>,
+    /// Contact details (admin and support keys only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<crate::http::dto::ContactDto>,
+    /// Subscriptions with plan, state and MRR.
+    pub subscriptions: Vec<ViewSubscription>,
+    /// The customer's MRR.
+    pub mrr: MoneyDto,
+    /// Credit owed to the customer.
+    pub credit_balance: MoneyDto,
+    /// Invoices issued.
+    pub invoices: i64,
+    /// Invoices still open.
+    pub open_invoices: i64,
+    /// What they owe.
+    pub amount_open: MoneyDto,
+    /// Collected, all time.
+    pub paid: MoneyDto,
+    /// Refunded, all time.
+    pub refunded: MoneyDto,
+    /// Paid minus refunded.
+    pub lifetime_revenue: MoneyDto,
+    /// Declined payment attempts.
+    pub failed_payments: i64,
+    /// "retrying" while an open invoice has a declined attempt, else "none".
+    pub dunning: String,
+    /// The next retry, when retrying.
+    pub next_retry_at: Option<String>,
+    /// The latest payment.
+    pub last_payment_at: Option<String>,
+    /// The ledger position the projections had reached.
+    pub position: u64,
+}
+
+/// One customer's page: subscriptions, MRR, credit, invoices, payments, refunds,
+/// lifetime revenue and dunning state (contact details for admin and support).
+#[utoipa::path(get, operation_id = "customers_view", path = "/v1/customers/{id}/view", tag = "customers",
+    params(("id" = String, Path, description = "Customer id"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projections have reached this ledger position")),
+    responses((status = 200, description = "Done", body = CustomerView), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projections have not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn customer_view(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(super::READERS)?;
+    let customer = super::customer_id(&id)?;
+    let mut min_position = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("min_position", value) => {
+                min_position = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("min_position must be a position"))?,
+                )
+            }
+            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let position = wait_for(&state, min_position).await?;
+    let unavailable = |e: recur_projections::db::DbError| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    };
+    let id_text = customer.to_string();
+    let Some((_, row)) = recur_projections::customers::read(&state.read_models, Some(&id_text))
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .next()
+    else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "customer_not_found",
+            "no such customer (or not projected yet)",
+        ));
+    };
+    let subs = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT subscription_id, plan, status, mrr_minor FROM {} WHERE customer_id = ? ORDER BY subscription_id",
+                    mrr::SUBSCRIPTIONS
+                ),
+                vec![id_text.clone().into()],
+            ),
+            "ttti",
+        )
+        .await
+        .map_err(unavailable)?;
+    let text = |v: &Value| match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    let subscriptions: Vec<ViewSubscription> = subs
+        .iter()
+        .map(|r| ViewSubscription {
+            id: text(&r[0]),
+            plan: text(&r[1]),
+            status: text(&r[2]),
+            mrr: usd(int(&r[3])),
+        })
+        .collect();
+    let mrr_minor: i64 = subs.iter().map(|r| int(&r[3])).sum();
+    let contact = if caller.role.sees_personal_data() {
+        state
+            .billing
+            .contact(customer)
+            .await?
+            .map(|c| crate::http::dto::ContactDto {
+                name: c.name,
+                email: c.email,
+                phone: c.phone,
+            })
+    } else {
+        None
+    };
+    let some = |t: &str| (!t.is_empty()).then(|| t.to_owned());
+    let view = CustomerView {
+        object: "customer_view",
+        id: id_text,
+        segment: row.segment.clone(),
+        card: some(&row.card),
+        contact,
+        subscriptions,
+        mrr: usd(mrr_minor),
+        credit_balance: usd(row.credit_minor),
+        invoices: row.invoices,
+        open_invoices: row.open_invoices,
+        amount_open: usd(row.open_minor),
+        paid: usd(row.paid_minor),
+        refunded: usd(row.refunded_minor),
+        lifetime_revenue: usd(row.paid_minor - row.refunded_minor),
+        failed_payments: row.failed_payments,
+        dunning: if row.in_dunning > 0 {
+            "retrying".into()
+        } else {
+            "none".into()
+        },
+        next_retry_at: some(&row.next_retry_at),
+        last_payment_at: some(&row.last_payment_at),
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&view)?))
+}

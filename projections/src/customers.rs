@@ -1,0 +1,329 @@
+//! The customer view: what support needs on one page — segment, card, credit,
+//! invoices, what was paid and refunded, what is open, and the dunning state.
+//! Subscriptions and MRR come from the `mrr` projection's tables.
+
+use std::collections::HashMap;
+
+use recur_commands::aggregate::Aggregate;
+use recur_commands::billing::decode_event;
+use recur_commands::customer::CustomerEvent;
+use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
+use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
+use time::format_description::well_known::Rfc3339;
+
+use crate::db::{Db, Stmt, Value};
+use crate::runtime::{Projection, ProjectionError};
+
+/// One row per customer.
+pub const VIEW: &str = "customer_view_v1";
+
+/// A customer's row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CustomerRow {
+    /// standard, high_value, trial.
+    pub segment: String,
+    /// "visa 4242 12/2030", or empty.
+    pub card: String,
+    /// Credit owed to the customer.
+    pub credit_minor: i64,
+    /// Invoices issued.
+    pub invoices: i64,
+    /// Collected.
+    pub paid_minor: i64,
+    /// Given back.
+    pub refunded_minor: i64,
+    /// Invoices still open.
+    pub open_invoices: i64,
+    /// Owed on them.
+    pub open_minor: i64,
+    /// Declined payment attempts.
+    pub failed_payments: i64,
+    /// Open invoices with a declined attempt (being retried).
+    pub in_dunning: i64,
+    /// The latest scheduled retry, RFC 3339.
+    pub next_retry_at: String,
+    /// The latest successful payment, RFC 3339.
+    pub last_payment_at: String,
+}
+
+/// The customer-view projection.
+#[derive(Default)]
+pub struct Customers {
+    rows: HashMap<String, CustomerRow>,
+    invoices: HashMap<StreamId, Invoice>,
+}
+
+impl Customers {
+    /// A fresh projection.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn invoice(
+        &mut self,
+        stream: &StreamId,
+        before: Position,
+        ledger: &Ledger,
+    ) -> Result<&mut Invoice, ProjectionError> {
+        if !self.invoices.contains_key(stream) {
+            let mut state = Invoice::default();
+            let mut from = 1;
+            'pages: loop {
+                let page = ledger.read_stream(stream, from, 1_000).await?;
+                let done = page.len() < 1_000;
+                for recorded in &page {
+                    if recorded.position >= before {
+                        break 'pages;
+                    }
+                    state.evolve(&decode::<InvoiceEvent>(recorded)?);
+                    from = recorded.stream_version + 1;
+                }
+                if done {
+                    break;
+                }
+            }
+            self.invoices.insert(stream.clone(), state);
+        }
+        self.invoices
+            .get_mut(stream)
+            .ok_or(ProjectionError::NoDatabase)
+    }
+}
+
+fn decode<E: recur_commands::DomainEvent>(recorded: &RecordedEvent) -> Result<E, ProjectionError> {
+    decode_event(&recorded.payload).map_err(|message| ProjectionError::Event {
+        projection: Customers::NAME,
+        position: recorded.position.0,
+        message,
+    })
+}
+
+fn minor(money: recur_ledger::Money) -> i64 {
+    money.to_minor().unwrap_or(0)
+}
+
+/// (open?, in dunning?, owed) of an invoice.
+fn standing(invoice: &Invoice) -> (bool, bool, i64) {
+    let open = invoice.status == InvoiceStatus::Open;
+    let declined = invoice.attempts.iter().any(|a| {
+        matches!(
+            a.outcome,
+            Some(recur_commands::invoice::ChargeOutcome::Declined { .. })
+        )
+    });
+    (
+        open,
+        open && declined,
+        if open {
+            minor(invoice.amount_remaining())
+        } else {
+            0
+        },
+    )
+}
+
+fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
+    Stmt::new(
+        format!(
+            "INSERT INTO {VIEW} (customer_id, segment, card, credit_minor, invoices, paid_minor, refunded_minor,
+             open_invoices, open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (customer_id) DO UPDATE SET segment = excluded.segment, card = excluded.card,
+             credit_minor = excluded.credit_minor, invoices = excluded.invoices, paid_minor = excluded.paid_minor,
+             refunded_minor = excluded.refunded_minor, open_invoices = excluded.open_invoices,
+             open_minor = excluded.open_minor, failed_payments = excluded.failed_payments,
+             in_dunning = excluded.in_dunning, next_retry_at = excluded.next_retry_at,
+             last_payment_at = excluded.last_payment_at"
+        ),
+        vec![
+            customer.into(),
+            row.segment.clone().into(),
+            row.card.clone().into(),
+            row.credit_minor.into(),
+            row.invoices.into(),
+            row.paid_minor.into(),
+            row.refunded_minor.into(),
+            row.open_invoices.into(),
+            row.open_minor.into(),
+            row.failed_payments.into(),
+            row.in_dunning.into(),
+            row.next_retry_at.clone().into(),
+            row.last_payment_at.clone().into(),
+        ],
+    )
+}
+
+impl Projection for Customers {
+    const NAME: &'static str = "customers";
+    const VERSION: u32 = 1;
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![VIEW]
+    }
+
+    fn schema(&self) -> Vec<Stmt> {
+        vec![Stmt::new(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {VIEW} (customer_id TEXT PRIMARY KEY, segment TEXT NOT NULL, card TEXT NOT NULL,
+                 credit_minor BIGINT NOT NULL, invoices BIGINT NOT NULL, paid_minor BIGINT NOT NULL,
+                 refunded_minor BIGINT NOT NULL, open_invoices BIGINT NOT NULL, open_minor BIGINT NOT NULL,
+                 failed_payments BIGINT NOT NULL, in_dunning BIGINT NOT NULL, next_retry_at TEXT NOT NULL,
+                 last_payment_at TEXT NOT NULL)"
+            ),
+            vec![],
+        )]
+    }
+
+    async fn load(
+        &mut self,
+        db: &Db,
+        _ledger: &Ledger,
+        _at: Position,
+    ) -> Result<(), ProjectionError> {
+        self.rows.clear();
+        self.invoices.clear();
+        for row in read(db, None).await? {
+            self.rows.insert(row.0, row.1);
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        ledger: &Ledger,
+        writes: &mut Vec<Stmt>,
+    ) -> Result<(), ProjectionError> {
+        let at = event.recorded_at.format(&Rfc3339).unwrap_or_default();
+        match event.stream_id.category() {
+            "customer" => {
+                let decoded: CustomerEvent = decode(event)?;
+                let customer = event
+                    .stream_id
+                    .as_str()
+                    .trim_start_matches("customer-")
+                    .to_owned();
+                let row = self.rows.entry(customer.clone()).or_default();
+                match decoded {
+                    CustomerEvent::CustomerCreated { segment, .. }
+                    | CustomerEvent::SegmentSet { segment } => {
+                        row.segment = serde_json::to_value(segment)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                    }
+                    CustomerEvent::PaymentMethodAttached { method } => {
+                        row.card = format!(
+                            "{} {} {:02}/{}",
+                            method.brand, method.last4, method.exp_month, method.exp_year
+                        );
+                    }
+                    CustomerEvent::PaymentMethodDetached { .. } => row.card.clear(),
+                    CustomerEvent::CreditGranted { amount, .. } => {
+                        row.credit_minor += minor(amount)
+                    }
+                    CustomerEvent::CreditApplied { amount, .. } => {
+                        row.credit_minor -= minor(amount)
+                    }
+                    CustomerEvent::TaxLocationSet { .. } => return Ok(()),
+                }
+                writes.push(upsert(&customer, row));
+            }
+            "invoice" => {
+                let decoded: InvoiceEvent = decode(event)?;
+                let invoice = self
+                    .invoice(&event.stream_id, event.position, ledger)
+                    .await?;
+                let before = standing(invoice);
+                invoice.evolve(&decoded);
+                let after = standing(invoice);
+                let Some(customer) = invoice.customer_id.map(|c| c.to_string()) else {
+                    return Ok(());
+                };
+                let row = self.rows.entry(customer.clone()).or_default();
+                row.open_invoices += i64::from(after.0) - i64::from(before.0);
+                row.in_dunning += i64::from(after.1) - i64::from(before.1);
+                row.open_minor += after.2 - before.2;
+                match &decoded {
+                    InvoiceEvent::InvoiceDrafted { .. } => row.invoices += 1,
+                    InvoiceEvent::PaymentSucceeded { amount, .. } => {
+                        row.paid_minor += minor(*amount);
+                        row.last_payment_at = at;
+                    }
+                    InvoiceEvent::PaymentFailed { next_retry_at, .. } => {
+                        row.failed_payments += 1;
+                        row.next_retry_at = next_retry_at
+                            .and_then(|t| t.format(&Rfc3339).ok())
+                            .unwrap_or_default();
+                    }
+                    InvoiceEvent::InvoiceRefunded { amount, .. } => {
+                        row.refunded_minor += minor(*amount)
+                    }
+                    _ => {}
+                }
+                if row.in_dunning == 0 {
+                    row.next_retry_at.clear();
+                }
+                writes.push(upsert(&customer, row));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Reads one customer's row (or all).
+///
+/// # Errors
+/// Database errors.
+pub async fn read(
+    db: &Db,
+    customer: Option<&str>,
+) -> Result<Vec<(String, CustomerRow)>, crate::db::DbError> {
+    let (filter, params) = match customer {
+        Some(id) => ("WHERE customer_id = ?", vec![id.into()]),
+        None => ("", vec![]),
+    };
+    let rows = db
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT customer_id, segment, card, credit_minor, invoices, paid_minor, refunded_minor, open_invoices,
+                     open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at FROM {VIEW} {filter}"
+                ),
+                params,
+            ),
+            "tttiiiiiiiitt",
+        )
+        .await?;
+    let text = |v: &Value| match v {
+        Value::Text(t) => t.clone(),
+        _ => String::new(),
+    };
+    let int = |v: &Value| match v {
+        Value::Int(i) => *i,
+        _ => 0,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                text(&r[0]),
+                CustomerRow {
+                    segment: text(&r[1]),
+                    card: text(&r[2]),
+                    credit_minor: int(&r[3]),
+                    invoices: int(&r[4]),
+                    paid_minor: int(&r[5]),
+                    refunded_minor: int(&r[6]),
+                    open_invoices: int(&r[7]),
+                    open_minor: int(&r[8]),
+                    failed_payments: int(&r[9]),
+                    in_dunning: int(&r[10]),
+                    next_retry_at: text(&r[11]),
+                    last_payment_at: text(&r[12]),
+                },
+            )
+        })
+        .collect())
+}
