@@ -376,3 +376,43 @@ async fn two_workers_on_one_projection_never_apply_an_event_twice() {
     a.rebuild().await.unwrap();
     assert_eq!(dump(&db).await, live);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revenue_is_earned_ratably_by_day_and_deferred_until_then() {
+    use recur_projections::revenue::{Revenue, monthly};
+    let w = world(false).await;
+    // Community from Jan 16: its period runs to Feb 16, 16 of its 31 days in January.
+    w.clock.advance_to(datetime!(2026-03-16 00:00 UTC));
+    let customer = w.customer().await;
+    w.subscribe(customer, "community_access", None).await;
+    let mut projector = Projector::open(w.store.ledger.clone(), Revenue::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let months = monthly(projector.db(), "2026-03", "2026-04").await.unwrap();
+    let figures: Vec<(String, i64, i64, i64)> = months
+        .iter()
+        .map(|m| {
+            (
+                m.month.clone(),
+                m.earned_minor,
+                m.billed_minor,
+                m.deferred_minor,
+            )
+        })
+        .collect();
+    // 9,700 × 16 / 31 = 5,006.45… → 5,006 in March; the rest, 4,694, in April.
+    assert_eq!(
+        figures,
+        vec![
+            ("2026-03".into(), 5_006, 9_700, 4_694),
+            ("2026-04".into(), 4_694, 0, 0)
+        ]
+    );
+    let live = monthly(projector.db(), "2026-01", "2026-12").await.unwrap();
+    projector.rebuild().await.unwrap();
+    assert_eq!(
+        monthly(projector.db(), "2026-01", "2026-12").await.unwrap(),
+        live
+    );
+}

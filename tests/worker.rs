@@ -74,7 +74,7 @@ async fn wait_until_projected(location: &str, head: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = checkpoints(location).await;
-        if now.len() == 3 && now.iter().all(|(_, p)| u64::try_from(*p).unwrap() >= head) {
+        if now.len() == 4 && now.iter().all(|(_, p)| u64::try_from(*p).unwrap() >= head) {
             return;
         }
         assert!(

@@ -8,12 +8,13 @@ use recur_ledger::{Ledger, LedgerConfig, SystemClock};
 use recur_projections::accounts::Accounts;
 use recur_projections::customers::Customers;
 use recur_projections::mrr::Mrr;
+use recur_projections::revenue::Revenue;
 use recur_projections::{ProjectionError, Projector};
 
 use crate::config;
 
 /// Every projection's name.
-pub const PROJECTIONS: &[&str] = &["mrr", "accounts", "customers"];
+pub const PROJECTIONS: &[&str] = recur_projections::set::NAMES;
 
 /// Why a projections command failed.
 #[derive(Debug, thiserror::Error)]
@@ -59,17 +60,12 @@ pub async fn status(database: Option<&str>) -> Result<(), ProjectionsCmdError> {
         "{:<12} {:>8} {:>12} {:>12}",
         "projection", "version", "position", "behind"
     );
-    let mrr = Projector::open(ledger.clone(), Mrr::new()).await?;
-    let accounts = Projector::open(ledger.clone(), Accounts::new()).await?;
-    let customers = Projector::open(ledger.clone(), Customers::new()).await?;
-    for ((name, version), position) in [
-        (mrr.describe(), mrr.position().0),
-        (accounts.describe(), accounts.position().0),
-        (customers.describe(), customers.position().0),
-    ] {
+    let projections = recur_projections::Projections::open(&ledger).await?;
+    for (name, version, position) in projections.status() {
         println!(
-            "{name:<12} {version:>8} {position:>12} {:>12}",
-            head.0.saturating_sub(position)
+            "{name:<12} {version:>8} {:>12} {:>12}",
+            position.0,
+            head.0.saturating_sub(position.0)
         );
     }
     Ok(())
@@ -117,6 +113,12 @@ pub async fn rebuild(
             }
             "customers" => {
                 Projector::open(ledger.clone(), Customers::new())
+                    .await?
+                    .rebuild_with(progress)
+                    .await?
+            }
+            "revenue" => {
+                Projector::open(ledger.clone(), Revenue::new())
                     .await?
                     .rebuild_with(progress)
                     .await?
@@ -191,6 +193,8 @@ pub async fn project(
     let mut accounts_feed = NatsFeed::connect(&config, "recur-accounts").await?;
     let mut customers = Projector::open(ledger.clone(), Customers::new()).await?;
     let mut customers_feed = NatsFeed::connect(&config, "recur-customers").await?;
+    let mut revenue = Projector::open(ledger.clone(), Revenue::new()).await?;
+    let mut revenue_feed = NatsFeed::connect(&config, "recur-revenue").await?;
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
     loop {
@@ -199,7 +203,8 @@ pub async fn project(
             result = async {
                 mrr_feed.pump(&mut mrr).await?;
                 accounts_feed.pump(&mut accounts).await?;
-                customers_feed.pump(&mut customers).await
+                customers_feed.pump(&mut customers).await?;
+                revenue_feed.pump(&mut revenue).await
             } => {
                 if let Err(error) = result {
                     tracing::warn!(%error, "projection worker step failed; retrying");

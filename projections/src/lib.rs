@@ -12,6 +12,8 @@
 //! - [`customers`]: the customer view — card, credit, invoices, paid, refunded,
 //!   open, dunning state.
 //! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements.
+//! - [`revenue`]: revenue earned ratably by day per month and plan, billed, and
+//!   the deferred balance.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
 //!   filled from the ledger and redeliveries skipped by the checkpoint.
 //!
@@ -25,8 +27,11 @@ pub mod message;
 pub mod mrr;
 pub mod nats_feed;
 pub mod relay;
+pub mod revenue;
 pub mod runtime;
+pub mod set;
 
 pub use message::EventMessage;
 pub use relay::{Relay, RelayConfig, RelayError};
 pub use runtime::{Projection, ProjectionError, Projector};
+pub use set::Projections;

@@ -21,7 +21,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{Billing, Catalog, SimulatedGateway};
-use recur_ledger::{Clock, Ledger, LedgerConfig, Position, SystemClock, TestClock};
+use recur_ledger::{Clock, Ledger, LedgerConfig, SystemClock, TestClock};
 use tracing::Instrument;
 
 use self::auth::KeyRing;
@@ -120,6 +120,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/metrics/churn", get(metrics::churn))
         .route("/v1/metrics/cohorts", get(metrics::cohorts))
         .route("/v1/ledger/trial-balance", get(metrics::trial_balance))
+        .route(
+            "/v1/ledger/revenue-recognition",
+            get(metrics::revenue_recognition),
+        )
         .route("/v1/api_keys", post(system::create_key))
         .route("/v1/test_clock/advance", post(system::advance))
         .fallback(|| async { ApiError::not_found("route") })
@@ -196,26 +200,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let read_models = recur_projections::db::Db::of(&ledger)
         .ok_or_else(|| anyhow::anyhow!("no database for the read models"))?;
     let projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut mrr_projector =
-        recur_projections::Projector::open(ledger.clone(), recur_projections::mrr::Mrr::new())
-            .await?;
-    let mut accounts_projector = recur_projections::Projector::open(
-        ledger.clone(),
-        recur_projections::accounts::Accounts::new(),
-    )
-    .await?;
-    let mut customers_projector = recur_projections::Projector::open(
-        ledger.clone(),
-        recur_projections::customers::Customers::new(),
-    )
-    .await?;
-    let reached = |a: Position, b: Position, c: Position| a.min(b).min(c).0;
+    let mut projections = recur_projections::Projections::open(&ledger).await?;
     projected.store(
-        reached(
-            mrr_projector.position(),
-            accounts_projector.position(),
-            customers_projector.position(),
-        ),
+        projections.position().0,
         std::sync::atomic::Ordering::Release,
     );
     {
@@ -223,21 +210,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let projected = Arc::clone(&projected);
         tokio::spawn(async move {
             loop {
-                let results = [
-                    mrr_projector.catch_up().await,
-                    accounts_projector.catch_up().await,
-                    customers_projector.catch_up().await,
-                ];
-                match results.into_iter().find_map(Result::err) {
-                    None => projected.store(
-                        reached(
-                            mrr_projector.position(),
-                            accounts_projector.position(),
-                            customers_projector.position(),
-                        ),
+                match projections.catch_up().await {
+                    Ok(()) => projected.store(
+                        projections.position().0,
                         std::sync::atomic::Ordering::Release,
                     ),
-                    Some(error) => tracing::warn!(%error, "projection failed; retrying"),
+                    Err(error) => tracing::warn!(%error, "projection failed; retrying"),
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(PROJECTION_POLL_MS)).await;
             }

@@ -983,3 +983,78 @@ pub async fn customer_view(
     };
     Ok(json_response(StatusCode::OK, &to_value(&view)?))
 }
+
+/// One month of revenue recognition.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RevenueMonth {
+    /// The month (YYYY-MM).
+    pub month: String,
+    /// Earned in the month: each period's revenue ratably by day, one-time revenue when invoiced.
+    pub earned: MoneyDto,
+    /// Invoiced in the month (revenue after discounts, before tax).
+    pub billed: MoneyDto,
+    /// Billed so far less earned so far, at the month's end.
+    pub deferred: MoneyDto,
+}
+
+/// Revenue recognition per month.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RevenueSeries {
+    /// Always "revenue_recognition".
+    pub object: &'static str,
+    /// Months with revenue, oldest first.
+    pub data: Vec<RevenueMonth>,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+/// Earned, billed and deferred revenue per month (ratable by day over each service period).
+#[utoipa::path(get, operation_id = "ledger_revenue_recognition", path = "/v1/ledger/revenue-recognition", tag = "metrics",
+    params(("from" = Option<String>, Query, description = "A day in the first month (default: the first of `to`'s month)"),
+           ("to" = Option<String>, Query, description = "A day in the last month (default: today)"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = RevenueSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn revenue_recognition(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let query = parse_query(query.as_deref())?;
+    if query.plan != "*" || query.interval != "day" {
+        return Err(bad(
+            "revenue recognition is monthly and for all plans: plan and interval do not apply",
+        ));
+    }
+    let position = wait_for(&state, query.min_position).await?;
+    let months = recur_projections::revenue::monthly(
+        &state.read_models,
+        &query.from.to_string()[..7],
+        &query.to.to_string()[..7],
+    )
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    })?;
+    let data = months
+        .into_iter()
+        .map(|m| RevenueMonth {
+            month: m.month,
+            earned: usd(m.earned_minor),
+            billed: usd(m.billed_minor),
+            deferred: usd(m.deferred_minor),
+        })
+        .collect();
+    let series = RevenueSeries {
+        object: "revenue_recognition",
+        data,
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&series)?))
+}
