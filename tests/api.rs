@@ -692,6 +692,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &["billing", "support", "analyst"],
         ),
         (
+            Method::GET,
+            "/v1/ledger/ar-aging".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
             Method::POST,
             "/v1/api_keys".into(),
             json!({"role": "analyst"}),
@@ -1128,6 +1134,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/metrics/cohorts",
         "/v1/customers/{id}/view",
         "/v1/ledger/revenue-recognition",
+        "/v1/ledger/ar-aging",
     ] {
         assert!(
             paths.contains_key(path),

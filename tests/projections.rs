@@ -416,3 +416,61 @@ async fn revenue_is_earned_ratably_by_day_and_deferred_until_then() {
         live
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaid_invoice_ages_in_receivables_and_leaves_them_when_paid() {
+    use recur_projections::customers::{Customers, OPEN_INVOICES, aging};
+    let w = world(true).await;
+    let customer = w
+        .billing
+        .create_customer(NewCustomer::default())
+        .await
+        .unwrap();
+    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(customer, failing)
+        .await
+        .unwrap();
+    w.subscribe(customer, "group_coaching", None).await;
+    let mut projector = Projector::open(w.store.ledger.clone(), Customers::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let issued = datetime!(2026-03-01 09:00 UTC).date();
+    assert_eq!(
+        aging(projector.db(), issued).await.unwrap(),
+        [150_000, 0, 0, 0]
+    );
+    assert_eq!(
+        aging(projector.db(), issued + Duration::days(45))
+            .await
+            .unwrap(),
+        [0, 150_000, 0, 0]
+    );
+    assert_eq!(
+        aging(projector.db(), issued + Duration::days(120))
+            .await
+            .unwrap(),
+        [0, 0, 0, 150_000]
+    );
+    // The customer fixes the card and pays now: nothing is owed any more.
+    let card = SimulatedGateway::tokenize("4242424242424242", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(customer, card)
+        .await
+        .unwrap();
+    let open = text(
+        &rows(
+            projector.db(),
+            &format!("SELECT invoice_id FROM {OPEN_INVOICES}"),
+            "t",
+        )
+        .await[0][0],
+    );
+    w.billing
+        .pay_now(recur_commands::InvoiceId::parse(&open).unwrap())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    assert_eq!(aging(projector.db(), issued).await.unwrap(), [0, 0, 0, 0]);
+}

@@ -16,6 +16,8 @@ use crate::runtime::{Projection, ProjectionError};
 
 /// One row per customer.
 pub const VIEW: &str = "customer_view_v1";
+/// One row per open invoice: what it owes and since when (for AR aging).
+pub const OPEN_INVOICES: &str = "open_invoices_v1";
 
 /// A customer's row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -155,10 +157,10 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
 
 impl Projection for Customers {
     const NAME: &'static str = "customers";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn tables(&self) -> Vec<&'static str> {
-        vec![VIEW]
+        vec![VIEW, OPEN_INVOICES]
     }
 
     fn schema(&self) -> Vec<Stmt> {
@@ -169,6 +171,13 @@ impl Projection for Customers {
                  refunded_minor BIGINT NOT NULL, open_invoices BIGINT NOT NULL, open_minor BIGINT NOT NULL,
                  failed_payments BIGINT NOT NULL, in_dunning BIGINT NOT NULL, next_retry_at TEXT NOT NULL,
                  last_payment_at TEXT NOT NULL)"
+            ),
+            vec![],
+        ),
+        Stmt::new(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {OPEN_INVOICES} (invoice_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
+                 since TEXT NOT NULL, owed_minor BIGINT NOT NULL)"
             ),
             vec![],
         )]
@@ -240,6 +249,25 @@ impl Projection for Customers {
                 let Some(customer) = invoice.customer_id.map(|c| c.to_string()) else {
                     return Ok(());
                 };
+                let invoice_id = invoice.id.map(|i| i.to_string()).unwrap_or_default();
+                if after.0 {
+                    let since = invoice
+                        .created_at
+                        .map(|t| t.date().to_string())
+                        .unwrap_or_default();
+                    writes.push(Stmt::new(
+                        format!(
+                            "INSERT INTO {OPEN_INVOICES} (invoice_id, customer_id, since, owed_minor) VALUES (?, ?, ?, ?)
+                             ON CONFLICT (invoice_id) DO UPDATE SET owed_minor = excluded.owed_minor"
+                        ),
+                        vec![invoice_id.into(), customer.clone().into(), since.into(), after.2.into()],
+                    ));
+                } else if before.0 {
+                    writes.push(Stmt::new(
+                        format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id = ?"),
+                        vec![invoice_id.into()],
+                    ));
+                }
                 let row = self.rows.entry(customer.clone()).or_default();
                 row.open_invoices += i64::from(after.0) - i64::from(before.0);
                 row.in_dunning += i64::from(after.1) - i64::from(before.1);
@@ -326,4 +354,39 @@ pub async fn read(
             )
         })
         .collect())
+}
+
+/// Receivables by age on `day`: (0–30, 31–60, 61–90, over 90 days) since each open
+/// invoice was issued, in minor units.
+///
+/// # Errors
+/// Database errors.
+pub async fn aging(db: &Db, day: time::Date) -> Result<[i64; 4], crate::db::DbError> {
+    let rows = db
+        .query(
+            &Stmt::new(
+                format!("SELECT since, owed_minor FROM {OPEN_INVOICES}"),
+                vec![],
+            ),
+            "ti",
+        )
+        .await?;
+    let mut buckets = [0i64; 4];
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    for row in rows {
+        let (Value::Text(since), Value::Int(owed)) = (&row[0], &row[1]) else {
+            continue;
+        };
+        let Ok(since) = time::Date::parse(since, format) else {
+            continue;
+        };
+        let slot = match (day - since).whole_days() {
+            ..=30 => 0,
+            31..=60 => 1,
+            61..=90 => 2,
+            _ => 3,
+        };
+        buckets[slot] += owed;
+    }
+    Ok(buckets)
 }

@@ -1058,3 +1058,80 @@ pub async fn revenue_recognition(
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
+
+/// Receivables by age.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ArAging {
+    /// Always "ar_aging".
+    pub object: &'static str,
+    /// The day ages are counted to.
+    pub as_of: String,
+    /// Owed on invoices issued 0–30 days before.
+    pub days_0_30: MoneyDto,
+    /// 31–60 days.
+    pub days_31_60: MoneyDto,
+    /// 61–90 days.
+    pub days_61_90: MoneyDto,
+    /// More than 90 days.
+    pub days_over_90: MoneyDto,
+    /// All open receivables.
+    pub total: MoneyDto,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+/// Open receivables by age since the invoice was issued, counted to `as_of` (default: today).
+#[utoipa::path(get, operation_id = "ledger_ar_aging", path = "/v1/ledger/ar-aging", tag = "metrics",
+    params(("as_of" = Option<String>, Query, description = "The day ages are counted to (YYYY-MM-DD)"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+    responses((status = 200, description = "Done", body = ArAging), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn ar_aging(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let mut as_of = recur_ledger::Clock::now(state.billing.ledger().clock().as_ref()).date();
+    let mut min_position = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("as_of", value) => as_of = parse_date(value)?,
+            ("min_position", value) => {
+                min_position = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("min_position must be a position"))?,
+                )
+            }
+            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let position = wait_for(&state, min_position).await?;
+    let buckets = recur_projections::customers::aging(&state.read_models, as_of)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+    let body = ArAging {
+        object: "ar_aging",
+        as_of: as_of.to_string(),
+        days_0_30: usd(buckets[0]),
+        days_31_60: usd(buckets[1]),
+        days_61_90: usd(buckets[2]),
+        days_over_90: usd(buckets[3]),
+        total: usd(buckets.iter().sum()),
+        position,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&body)?))
+}
