@@ -14,12 +14,15 @@ pub const DAILY: &str = "account_daily_v1";
 
 /// The accounts projection.
 #[derive(Default)]
-pub struct Accounts;
+pub struct Accounts {
+    /// This batch's sums per (day, account, currency), written once at flush.
+    pending: std::collections::BTreeMap<(String, String, String), (i64, i64)>,
+}
 
 impl Accounts {
     /// A fresh projection.
     pub fn new() -> Self {
-        Self
+        Self::default()
     }
 }
 
@@ -41,12 +44,27 @@ impl Projection for Accounts {
         )]
     }
 
+    fn flush(&mut self, writes: &mut Vec<Stmt>) {
+        for ((day, account, currency), (debit, credit)) in std::mem::take(&mut self.pending) {
+            writes.push(Stmt::new(
+                format!(
+                    "INSERT INTO {DAILY} (day, account, currency, debit_minor, credit_minor) VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (day, account, currency) DO UPDATE SET
+                     debit_minor = {DAILY}.debit_minor + excluded.debit_minor,
+                     credit_minor = {DAILY}.credit_minor + excluded.credit_minor"
+                ),
+                vec![day.into(), account.into(), currency.into(), debit.into(), credit.into()],
+            ));
+        }
+    }
+
     async fn load(
         &mut self,
         _db: &Db,
         _ledger: &Ledger,
         _at: Position,
     ) -> Result<(), ProjectionError> {
+        self.pending.clear();
         Ok(())
     }
 
@@ -54,7 +72,7 @@ impl Projection for Accounts {
         &mut self,
         event: &RecordedEvent,
         _ledger: &Ledger,
-        writes: &mut Vec<Stmt>,
+        _writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
         if event.stream_id.category() != "invoice" {
             return Ok(());
@@ -79,21 +97,16 @@ impl Projection for Accounts {
                 Side::Debit => (minor, 0),
                 Side::Credit => (0, minor),
             };
-            writes.push(Stmt::new(
-                format!(
-                    "INSERT INTO {DAILY} (day, account, currency, debit_minor, credit_minor) VALUES (?, ?, ?, ?, ?)
-                     ON CONFLICT (day, account, currency) DO UPDATE SET
-                     debit_minor = {DAILY}.debit_minor + excluded.debit_minor,
-                     credit_minor = {DAILY}.credit_minor + excluded.credit_minor"
-                ),
-                vec![
-                    day.clone().into(),
-                    posting.account.to_string().into(),
-                    posting.amount.currency().code().into(),
-                    debit.into(),
-                    credit.into(),
-                ],
-            ));
+            let entry = self
+                .pending
+                .entry((
+                    day.clone(),
+                    posting.account.to_string(),
+                    posting.amount.currency().code().to_owned(),
+                ))
+                .or_default();
+            entry.0 += debit;
+            entry.1 += credit;
         }
         Ok(())
     }

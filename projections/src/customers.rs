@@ -153,6 +153,7 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
             row.last_payment_at.clone().into(),
         ],
     )
+    .keyed(format!("view:{customer}"))
 }
 
 impl Projection for Customers {
@@ -260,13 +261,17 @@ impl Projection for Customers {
                             "INSERT INTO {OPEN_INVOICES} (invoice_id, customer_id, since, owed_minor) VALUES (?, ?, ?, ?)
                              ON CONFLICT (invoice_id) DO UPDATE SET owed_minor = excluded.owed_minor"
                         ),
-                        vec![invoice_id.into(), customer.clone().into(), since.into(), after.2.into()],
-                    ));
+                        vec![invoice_id.clone().into(), customer.clone().into(), since.into(), after.2.into()],
+                    )
+                    .keyed(format!("open:{invoice_id}")));
                 } else if before.0 {
-                    writes.push(Stmt::new(
-                        format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id = ?"),
-                        vec![invoice_id.into()],
-                    ));
+                    writes.push(
+                        Stmt::new(
+                            format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id = ?"),
+                            vec![invoice_id.clone().into()],
+                        )
+                        .keyed(format!("open:{invoice_id}")),
+                    );
                 }
                 let row = self.rows.entry(customer.clone()).or_default();
                 row.open_invoices += i64::from(after.0) - i64::from(before.0);

@@ -43,6 +43,9 @@ pub struct Stmt {
     pub params: Vec<Value>,
     /// The rows it must change, or the whole transaction is rolled back.
     pub expect_rows: Option<u64>,
+    /// A statement that sets a row's whole state: within one batch only the last
+    /// statement with the same key is executed.
+    pub key: Option<String>,
 }
 
 impl Stmt {
@@ -52,7 +55,15 @@ impl Stmt {
             sql: sql.into(),
             params,
             expect_rows: None,
+            key: None,
         }
+    }
+
+    /// The same statement, superseded by any later one with the same `key` in a batch.
+    #[must_use]
+    pub fn keyed(mut self, key: String) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// The same statement, which must change exactly `rows` rows.
@@ -207,4 +218,28 @@ impl Db {
             Db::Sqlite(pool) => run!(pool, stmt.sql.clone()),
         })
     }
+}
+
+/// Drops every keyed statement that a later statement with the same key supersedes.
+pub fn supersede(writes: Vec<Stmt>) -> Vec<Stmt> {
+    let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (index, stmt) in writes.iter().enumerate() {
+        if let Some(key) = &stmt.key {
+            last.insert(key.as_str(), index);
+        }
+    }
+    let keep: Vec<bool> = writes
+        .iter()
+        .enumerate()
+        .map(|(index, stmt)| {
+            stmt.key
+                .as_deref()
+                .is_none_or(|key| last.get(key) == Some(&index))
+        })
+        .collect();
+    writes
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(stmt, keep)| keep.then_some(stmt))
+        .collect()
 }

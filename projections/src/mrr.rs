@@ -263,7 +263,8 @@ impl Projection for Mrr {
                  mrr_minor = excluded.mrr_minor"
             ),
             vec![sub_id.clone().into(), customer.clone().into(), plan.clone().into(), status.into(), after.into()],
-        ));
+        )
+        .keyed(format!("subscription:{sub_id}")));
         if before == after && old_plan == plan {
             return Ok(());
         }
@@ -277,13 +278,16 @@ impl Projection for Mrr {
         }
         days.push(("*".to_owned(), total));
         for (plan, mrr) in days {
-            writes.push(Stmt::new(
-                format!(
-                    "INSERT INTO {DAILY} (day, plan, mrr_minor) VALUES (?, ?, ?)
+            writes.push(
+                Stmt::new(
+                    format!(
+                        "INSERT INTO {DAILY} (day, plan, mrr_minor) VALUES (?, ?, ?)
                      ON CONFLICT (day, plan) DO UPDATE SET mrr_minor = excluded.mrr_minor"
-                ),
-                vec![day.clone().into(), plan.into(), mrr.into()],
-            ));
+                    ),
+                    vec![day.clone().into(), plan.clone().into(), mrr.into()],
+                )
+                .keyed(format!("daily:{day}:{plan}")),
+            );
         }
         let (customer_before, ever) = self.customers.get(&customer).copied().unwrap_or((0, false));
         let customer_after = customer_before - before + after;
@@ -296,7 +300,8 @@ impl Projection for Mrr {
                  ON CONFLICT (customer_id) DO UPDATE SET mrr_minor = excluded.mrr_minor, ever_paying = excluded.ever_paying"
             ),
             vec![customer.clone().into(), customer_after.into(), i64::from(ever_after).into()],
-        ));
+        )
+        .keyed(format!("customer:{customer}")));
         if let Some(kind) = classify(customer_before, customer_after, ever) {
             writes.push(Stmt::new(
                 format!(

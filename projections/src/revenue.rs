@@ -64,6 +64,8 @@ pub fn ratable(
 #[derive(Default)]
 pub struct Revenue {
     invoices: HashMap<StreamId, Invoice>,
+    /// This batch's (earned, billed) per (month, plan), written once at flush.
+    pending: std::collections::BTreeMap<(String, String), (i64, i64)>,
 }
 
 impl Revenue {
@@ -73,7 +75,21 @@ impl Revenue {
     }
 }
 
-fn add(writes: &mut Vec<Stmt>, month: &str, plan: &str, earned: i64, billed: i64) {
+fn add(
+    pending: &mut std::collections::BTreeMap<(String, String), (i64, i64)>,
+    month: &str,
+    plan: &str,
+    earned: i64,
+    billed: i64,
+) {
+    let entry = pending
+        .entry((month.to_owned(), plan.to_owned()))
+        .or_default();
+    entry.0 += earned;
+    entry.1 += billed;
+}
+
+fn upsert(writes: &mut Vec<Stmt>, month: &str, plan: &str, earned: i64, billed: i64) {
     writes.push(Stmt::new(
         format!(
             "INSERT INTO {MONTHLY} (month, plan, earned_minor, billed_minor) VALUES (?, ?, ?, ?)
@@ -109,14 +125,21 @@ impl Projection for Revenue {
         _at: Position,
     ) -> Result<(), ProjectionError> {
         self.invoices.clear();
+        self.pending.clear();
         Ok(())
+    }
+
+    fn flush(&mut self, writes: &mut Vec<Stmt>) {
+        for ((month, plan), (earned, billed)) in std::mem::take(&mut self.pending) {
+            upsert(writes, &month, &plan, earned, billed);
+        }
     }
 
     async fn apply(
         &mut self,
         event: &RecordedEvent,
         ledger: &Ledger,
-        writes: &mut Vec<Stmt>,
+        _writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
         if event.stream_id.category() != "invoice" {
             return Ok(());
@@ -170,9 +193,15 @@ impl Projection for Revenue {
                 (LineKind::OneTime, _) | (_, None) => vec![(billed_month.clone(), revenue_minor)],
                 (_, Some(period)) => ratable(revenue_minor, period.start, period.end),
             };
-            add(writes, &billed_month, &line.plan_id, 0, revenue_minor);
+            add(
+                &mut self.pending,
+                &billed_month,
+                &line.plan_id,
+                0,
+                revenue_minor,
+            );
             for (month, share) in shares {
-                add(writes, &month, &line.plan_id, share, 0);
+                add(&mut self.pending, &month, &line.plan_id, share, 0);
             }
         }
         Ok(())

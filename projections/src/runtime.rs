@@ -59,6 +59,12 @@ pub trait Projection: Send {
         at: Position,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 
+    /// Adds what the projection held back while applying a batch (sums kept in
+    /// memory, so one statement per row instead of one per event).
+    fn flush(&mut self, writes: &mut Vec<Stmt>) {
+        let _ = writes;
+    }
+
     /// Adds to `writes` what `event` changes.
     fn apply(
         &mut self,
@@ -225,6 +231,8 @@ impl<P: Projection> Projector<P> {
             }
         }
         if result.is_ok() {
+            self.projection.flush(&mut writes);
+            let mut writes = crate::db::supersede(writes);
             // Compare-and-set: if another worker moved the checkpoint, nothing is written.
             writes.push(advance(P::NAME, P::VERSION, self.position, last));
             result = self
