@@ -66,7 +66,12 @@ impl Customers {
         stream: &StreamId,
         before: Position,
         ledger: &Ledger,
+        first: bool,
     ) -> Result<&mut Invoice, ProjectionError> {
+        if first {
+            // The stream's first event: nothing came before it.
+            self.invoices.entry(stream.clone()).or_default();
+        }
         if !self.invoices.contains_key(stream) {
             let mut state = Invoice::default();
             let mut from = 1;
@@ -242,7 +247,12 @@ impl Projection for Customers {
             "invoice" => {
                 let decoded: InvoiceEvent = decode(event)?;
                 let invoice = self
-                    .invoice(&event.stream_id, event.position, ledger)
+                    .invoice(
+                        &event.stream_id,
+                        event.position,
+                        ledger,
+                        event.stream_version == 1,
+                    )
                     .await?;
                 let before = standing(invoice);
                 invoice.evolve(&decoded);

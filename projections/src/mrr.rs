@@ -119,7 +119,12 @@ impl Mrr {
         stream: &StreamId,
         before: Position,
         ledger: &Ledger,
+        first: bool,
     ) -> Result<&mut Tracked, ProjectionError> {
+        if first {
+            // The stream's first event: nothing came before it.
+            self.subscriptions.entry(stream.clone()).or_default();
+        }
         if !self.subscriptions.contains_key(stream) {
             // Fold the stream as of the checkpoint: events after it are applied by the runtime.
             let mut tracked = Tracked::default();
@@ -245,7 +250,12 @@ impl Projection for Mrr {
         let decoded: SubscriptionEvent = decode(event)?;
         // A stream first seen now has no earlier event in this batch: fold all before it.
         let tracked = self
-            .tracked(&event.stream_id, event.position, ledger)
+            .tracked(
+                &event.stream_id,
+                event.position,
+                ledger,
+                event.stream_version == 1,
+            )
             .await?;
         let (before, old_plan) = (tracked.mrr_minor(), tracked.plan());
         tracked.apply(&decoded);

@@ -158,6 +158,10 @@ impl Projection for Revenue {
         ) {
             return Ok(());
         }
+        if event.stream_version == 1 {
+            // The stream's first event: nothing came before it.
+            self.invoices.entry(event.stream_id.clone()).or_default();
+        }
         if !self.invoices.contains_key(&event.stream_id) {
             // First seen since loading: fold what came before this event.
             let mut state = Invoice::default();
