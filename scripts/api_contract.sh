@@ -62,10 +62,11 @@ base=$(sed -n 's#.*listening on \(http://[^ ]*\).*#\1#p' "$work/out.txt" | head 
 set +e
 "$VENV/bin/openapi-spec-validator" "$work/openapi.json"
 validated=$?
-"$VENV/bin/schemathesis" run "$base/openapi.json" --url "$base" \
+# Run from the scratch folder: schemathesis keeps a cache in its working directory.
+(cd "$work" && "$OLDPWD/$VENV/bin/schemathesis" run "$base/openapi.json" --url "$base" \
     -H "Authorization: Bearer $key" \
     --checks not_a_server_error,response_schema_conformance \
-    --max-examples 25 --seed 20261125 --no-color
+    --max-examples 25 --seed 20261125 --no-color)
 fuzzed=$?
 set -e
 result "openapi-spec-validator" "$validated"
