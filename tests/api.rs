@@ -698,6 +698,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &["billing", "support", "analyst"],
         ),
         (
+            Method::GET,
+            "/v1/metrics/mrr-at?position=1".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
             Method::POST,
             "/v1/api_keys".into(),
             json!({"role": "analyst"}),
@@ -939,6 +945,25 @@ async fn metrics_read_their_own_writes_through_min_position() {
         ))
         .await;
     assert_eq!(mrr.body["data"][0]["mrr"], money("1500.00"), "{}", mrr.body);
+    // As of each write's position: what we knew then.
+    let first_at = server
+        .get(&format!(
+            "/v1/metrics/mrr-at?position={}",
+            created.body["position"]
+        ))
+        .await;
+    assert_eq!(first_at.status, StatusCode::OK, "{}", first_at.body);
+    assert_eq!(
+        (
+            first_at.body["mrr"].clone(),
+            first_at.body["customers_paying"].clone()
+        ),
+        (money("97.00"), json!(1))
+    );
+    let then = server
+        .get(&format!("/v1/metrics/mrr-at?position={position}"))
+        .await;
+    assert_eq!(then.body["mrr"], money("1500.00"));
     let by_plan = server
         .get(&format!(
             "/v1/metrics/mrr?from={today}&to={today}&plan=community_access"
@@ -1135,6 +1160,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/customers/{id}/view",
         "/v1/ledger/revenue-recognition",
         "/v1/ledger/ar-aging",
+        "/v1/metrics/mrr-at",
     ] {
         assert!(
             paths.contains_key(path),

@@ -119,6 +119,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/metrics/movements", get(metrics::movements))
         .route("/v1/metrics/churn", get(metrics::churn))
         .route("/v1/metrics/cohorts", get(metrics::cohorts))
+        .route("/v1/metrics/mrr-at", get(metrics::mrr_at))
         .route("/v1/ledger/trial-balance", get(metrics::trial_balance))
         .route("/v1/ledger/ar-aging", get(metrics::ar_aging))
         .route(

@@ -19,7 +19,7 @@ use super::routes::{catalog, coupons, customers, invoices, metrics, subscription
         invoices::get, invoices::list, invoices::pay, invoices::void, invoices::refund, invoices::purchase,
         coupons::create, coupons::get,
         catalog::plans, catalog::prices, catalog::create_price,
-        metrics::mrr_series, metrics::movements, metrics::churn, metrics::cohorts, metrics::trial_balance, metrics::customer_view, metrics::revenue_recognition, metrics::ar_aging,
+        metrics::mrr_series, metrics::movements, metrics::churn, metrics::cohorts, metrics::mrr_at, metrics::trial_balance, metrics::customer_view, metrics::revenue_recognition, metrics::ar_aging,
         system::healthz, system::readyz, system::create_key, system::advance,
     ),
     components(schemas(Problem, dto::MoneyDto, subscriptions::Empty)),

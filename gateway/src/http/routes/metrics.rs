@@ -1135,3 +1135,79 @@ pub async fn ar_aging(
     };
     Ok(json_response(StatusCode::OK, &to_value(&body)?))
 }
+
+/// MRR as it stood at one ledger position.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MrrAt {
+    /// Always "mrr_at".
+    pub object: &'static str,
+    /// The ledger position asked for.
+    pub position: u64,
+    /// MRR after every event up to and including that position.
+    pub mrr: MoneyDto,
+    /// 12 × MRR.
+    pub arr: MoneyDto,
+    /// Customers paying then.
+    pub customers_paying: i64,
+}
+
+/// MRR and paying customers as of a ledger position ("what did we know then"):
+/// the movements up to it add up to the MRR at it.
+#[utoipa::path(get, operation_id = "metrics_mrr_at", path = "/v1/metrics/mrr-at", tag = "metrics",
+    params(("position" = u64, Query, description = "A ledger position (a write's `position`)")),
+    responses((status = 200, description = "Done", body = MrrAt), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached the position yet", body = Problem)),
+    security(("api_key" = [])))]
+pub async fn mrr_at(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    caller.require(EVERYONE)?;
+    let mut at = None;
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=').unwrap_or((pair, "")) {
+            ("position", value) => {
+                at = Some(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| bad("position must be a ledger position"))?,
+                )
+            }
+            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    let at = at.ok_or_else(|| bad("position is required"))?;
+    wait_for(&state, Some(at)).await?;
+    let rows = state
+        .read_models
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT CAST(COALESCE(SUM(delta_minor), 0) AS BIGINT),
+                            CAST(COALESCE(SUM(CASE WHEN kind IN ('new', 'reactivation') THEN 1
+                                                   WHEN kind = 'churn' THEN -1 ELSE 0 END), 0) AS BIGINT)
+                     FROM {} WHERE position <= ?",
+                    mrr::MOVEMENTS
+                ),
+                vec![i64::try_from(at).unwrap_or(i64::MAX).into()],
+            ),
+            "ii",
+        )
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+    let (mrr_minor, paying) = rows.first().map_or((0, 0), |r| (int(&r[0]), int(&r[1])));
+    let body = MrrAt {
+        object: "mrr_at",
+        position: at,
+        mrr: usd(mrr_minor),
+        arr: usd(mrr_minor * 12),
+        customers_paying: paying,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&body)?))
+}
