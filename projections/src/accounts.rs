@@ -1,13 +1,12 @@
 //! Account balances from the postings every financial event carries: the trial
 //! balance now, and as of the end of any day (from daily debit and credit sums).
 
-use recur_commands::billing::decode_event;
 use recur_commands::invoice::InvoiceEvent;
 use recur_commands::postings::Side;
 use recur_ledger::{Ledger, Position, RecordedEvent};
 
 use crate::db::{Db, Stmt};
-use crate::runtime::{Projection, ProjectionError};
+use crate::runtime::{Projection, ProjectionError, decode};
 
 /// Debits and credits per account, currency and day.
 pub const DAILY: &str = "account_daily_v1";
@@ -77,12 +76,7 @@ impl Projection for Accounts {
         if event.stream_id.category() != "invoice" {
             return Ok(());
         }
-        let decoded: InvoiceEvent =
-            decode_event(&event.payload).map_err(|message| ProjectionError::Event {
-                projection: Self::NAME,
-                position: event.position.0,
-                message,
-            })?;
+        let decoded: InvoiceEvent = decode(Self::NAME, event)?;
         let day = event.recorded_at.date().to_string();
         for posting in decoded.postings() {
             let minor = posting

@@ -4,15 +4,14 @@
 
 use std::collections::HashMap;
 
-use recur_commands::aggregate::Aggregate;
-use recur_commands::billing::decode_event;
+use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::customer::CustomerEvent;
 use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
 use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
 use time::format_description::well_known::Rfc3339;
 
 use crate::db::{Db, Stmt, Value};
-use crate::runtime::{Projection, ProjectionError};
+use crate::runtime::{Projection, ProjectionError, decode, earlier_events};
 
 /// One row per customer.
 pub const VIEW: &str = "customer_view_v1";
@@ -60,49 +59,6 @@ impl Customers {
     pub fn new() -> Self {
         Self::default()
     }
-
-    async fn invoice(
-        &mut self,
-        stream: &StreamId,
-        before: Position,
-        ledger: &Ledger,
-        first: bool,
-    ) -> Result<&mut Invoice, ProjectionError> {
-        if first {
-            // The stream's first event: nothing came before it.
-            self.invoices.entry(stream.clone()).or_default();
-        }
-        if !self.invoices.contains_key(stream) {
-            let mut state = Invoice::default();
-            let mut from = 1;
-            'pages: loop {
-                let page = ledger.read_stream(stream, from, 1_000).await?;
-                let done = page.len() < 1_000;
-                for recorded in &page {
-                    if recorded.position >= before {
-                        break 'pages;
-                    }
-                    state.evolve(&decode::<InvoiceEvent>(recorded)?);
-                    from = recorded.stream_version + 1;
-                }
-                if done {
-                    break;
-                }
-            }
-            self.invoices.insert(stream.clone(), state);
-        }
-        self.invoices
-            .get_mut(stream)
-            .ok_or(ProjectionError::NoDatabase)
-    }
-}
-
-fn decode<E: recur_commands::DomainEvent>(recorded: &RecordedEvent) -> Result<E, ProjectionError> {
-    decode_event(&recorded.payload).map_err(|message| ProjectionError::Event {
-        projection: Customers::NAME,
-        position: recorded.position.0,
-        message,
-    })
 }
 
 fn minor(money: recur_ledger::Money) -> i64 {
@@ -212,7 +168,7 @@ impl Projection for Customers {
         let at = event.recorded_at.format(&Rfc3339).unwrap_or_default();
         match event.stream_id.category() {
             "customer" => {
-                let decoded: CustomerEvent = decode(event)?;
+                let decoded: CustomerEvent = decode(Self::NAME, event)?;
                 let customer = event
                     .stream_id
                     .as_str()
@@ -245,15 +201,16 @@ impl Projection for Customers {
                 writes.push(upsert(&customer, row));
             }
             "invoice" => {
-                let decoded: InvoiceEvent = decode(event)?;
-                let invoice = self
-                    .invoice(
-                        &event.stream_id,
-                        event.position,
-                        ledger,
-                        event.stream_version == 1,
-                    )
-                    .await?;
+                let decoded: InvoiceEvent = decode(Self::NAME, event)?;
+                if !self.invoices.contains_key(&event.stream_id) {
+                    // First seen since loading: fold what came before this event.
+                    let earlier = earlier_events::<InvoiceEvent>(Self::NAME, ledger, event).await?;
+                    self.invoices
+                        .insert(event.stream_id.clone(), fold(&earlier));
+                }
+                let Some(invoice) = self.invoices.get_mut(&event.stream_id) else {
+                    return Ok(());
+                };
                 let before = standing(invoice);
                 invoice.evolve(&decoded);
                 let after = standing(invoice);

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 
 use recur_commands::aggregate::Aggregate;
-use recur_commands::billing::decode_event;
 use recur_commands::coupon::{AppliedDiscount, CouponDuration, Discount};
 use recur_commands::invoice::BillingReason;
 use recur_commands::subscription::{Subscription, SubscriptionEvent};
@@ -22,7 +21,7 @@ use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
 use rust_decimal::Decimal;
 
 use crate::db::{Db, Stmt, Value};
-use crate::runtime::{Projection, ProjectionError};
+use crate::runtime::{Projection, ProjectionError, decode, earlier_events};
 
 /// Per-subscription MRR, current.
 pub const SUBSCRIPTIONS: &str = "mrr_subscriptions_v1";
@@ -113,51 +112,6 @@ impl Mrr {
     pub fn new() -> Self {
         Self::default()
     }
-
-    async fn tracked(
-        &mut self,
-        stream: &StreamId,
-        before: Position,
-        ledger: &Ledger,
-        first: bool,
-    ) -> Result<&mut Tracked, ProjectionError> {
-        if first {
-            // The stream's first event: nothing came before it.
-            self.subscriptions.entry(stream.clone()).or_default();
-        }
-        if !self.subscriptions.contains_key(stream) {
-            // Fold the stream as of the checkpoint: events after it are applied by the runtime.
-            let mut tracked = Tracked::default();
-            let mut from = 1;
-            'pages: loop {
-                let page = ledger.read_stream(stream, from, 1_000).await?;
-                let done = page.len() < 1_000;
-                for recorded in &page {
-                    if recorded.position >= before {
-                        break 'pages;
-                    }
-                    let event: SubscriptionEvent = decode(recorded)?;
-                    tracked.apply(&event);
-                    from = recorded.stream_version + 1;
-                }
-                if done {
-                    break;
-                }
-            }
-            self.subscriptions.insert(stream.clone(), tracked);
-        }
-        self.subscriptions
-            .get_mut(stream)
-            .ok_or(ProjectionError::NoDatabase)
-    }
-}
-
-fn decode<E: recur_commands::DomainEvent>(recorded: &RecordedEvent) -> Result<E, ProjectionError> {
-    decode_event(&recorded.payload).map_err(|message| ProjectionError::Event {
-        projection: Mrr::NAME,
-        position: recorded.position.0,
-        message,
-    })
 }
 
 impl Projection for Mrr {
@@ -247,16 +201,18 @@ impl Projection for Mrr {
         if event.stream_id.category() != "subscription" {
             return Ok(());
         }
-        let decoded: SubscriptionEvent = decode(event)?;
-        // A stream first seen now has no earlier event in this batch: fold all before it.
-        let tracked = self
-            .tracked(
-                &event.stream_id,
-                event.position,
-                ledger,
-                event.stream_version == 1,
-            )
-            .await?;
+        let decoded: SubscriptionEvent = decode(Self::NAME, event)?;
+        if !self.subscriptions.contains_key(&event.stream_id) {
+            // First seen since loading: fold what came before this event.
+            let mut tracked = Tracked::default();
+            for earlier in earlier_events::<SubscriptionEvent>(Self::NAME, ledger, event).await? {
+                tracked.apply(&earlier);
+            }
+            self.subscriptions.insert(event.stream_id.clone(), tracked);
+        }
+        let Some(tracked) = self.subscriptions.get_mut(&event.stream_id) else {
+            return Ok(());
+        };
         let (before, old_plan) = (tracked.mrr_minor(), tracked.plan());
         tracked.apply(&decoded);
         let (after, plan) = (tracked.mrr_minor(), tracked.plan());

@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 
-use recur_commands::aggregate::Aggregate;
-use recur_commands::billing::decode_event;
+use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::invoice::{Invoice, InvoiceEvent, LineKind};
 use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
 use time::{Date, Month, OffsetDateTime};
 
 use crate::db::{Db, Stmt};
-use crate::runtime::{Projection, ProjectionError};
+use crate::runtime::{Projection, ProjectionError, decode, earlier_events};
 
 /// Earned and billed revenue per month and plan.
 pub const MONTHLY: &str = "revenue_monthly_v1";
@@ -149,7 +148,7 @@ impl Projection for Revenue {
             position: event.position.0,
             message,
         };
-        let decoded: InvoiceEvent = decode_event(&event.payload).map_err(error)?;
+        let decoded: InvoiceEvent = decode(Self::NAME, event)?;
         if !matches!(
             decoded,
             InvoiceEvent::InvoiceDrafted { .. }
@@ -158,20 +157,11 @@ impl Projection for Revenue {
         ) {
             return Ok(());
         }
-        if event.stream_version == 1 {
-            // The stream's first event: nothing came before it.
-            self.invoices.entry(event.stream_id.clone()).or_default();
-        }
         if !self.invoices.contains_key(&event.stream_id) {
             // First seen since loading: fold what came before this event.
-            let mut state = Invoice::default();
-            for recorded in ledger.read_stream(&event.stream_id, 1, 1_000).await? {
-                if recorded.position >= event.position {
-                    break;
-                }
-                state.evolve(&decode_event::<InvoiceEvent>(&recorded.payload).map_err(error)?);
-            }
-            self.invoices.insert(event.stream_id.clone(), state);
+            let earlier = earlier_events::<InvoiceEvent>(Self::NAME, ledger, event).await?;
+            self.invoices
+                .insert(event.stream_id.clone(), fold(&earlier));
         }
         let Some(invoice) = self.invoices.get_mut(&event.stream_id) else {
             return Ok(());

@@ -10,6 +10,57 @@ use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent};
 
 use crate::db::{Db, DbError, Stmt, Value};
 
+/// Decodes a stored event for `projection`, naming the event in the error.
+///
+/// # Errors
+/// [`ProjectionError::Event`] when the payload is not the expected event.
+pub fn decode<E: recur_commands::DomainEvent>(
+    projection: &'static str,
+    recorded: &RecordedEvent,
+) -> Result<E, ProjectionError> {
+    recur_commands::billing::decode_event(&recorded.payload).map_err(|message| {
+        ProjectionError::Event {
+            projection,
+            position: recorded.position.0,
+            message,
+        }
+    })
+}
+
+/// The events of `event`'s stream recorded before it, decoded in order: what a
+/// projection folds when it sees a stream for the first time since it loaded.
+/// A stream's first event has nothing before it, so that costs no read.
+///
+/// # Errors
+/// Ledger errors; undecodable events.
+pub async fn earlier_events<E: recur_commands::DomainEvent>(
+    projection: &'static str,
+    ledger: &Ledger,
+    event: &RecordedEvent,
+) -> Result<Vec<E>, ProjectionError> {
+    let mut earlier = Vec::new();
+    let mut from = 1;
+    while event.stream_version > from {
+        let page = ledger
+            .read_stream(&event.stream_id, from, LOAD_PAGE_EVENTS)
+            .await?;
+        let Some(last) = page.last().map(|r| r.stream_version) else {
+            break;
+        };
+        for recorded in page
+            .iter()
+            .take_while(|r| r.stream_version < event.stream_version)
+        {
+            earlier.push(decode(projection, recorded)?);
+        }
+        from = last + 1;
+    }
+    Ok(earlier)
+}
+
+/// Events read per page when folding a stream.
+const LOAD_PAGE_EVENTS: usize = 1_000;
+
 /// Events applied per transaction.
 pub const EVENTS_PER_BATCH_MAX: usize = 500;
 
