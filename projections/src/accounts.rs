@@ -143,21 +143,13 @@ pub async fn trial_balance(
             "ttii",
         )
         .await?;
-    let text = |v: &crate::db::Value| match v {
-        crate::db::Value::Text(t) => t.clone(),
-        _ => String::new(),
-    };
-    let int = |v: &crate::db::Value| match v {
-        crate::db::Value::Int(i) => *i,
-        _ => 0,
-    };
     Ok(rows
         .iter()
         .map(|r| Balance {
-            account: text(&r[0]),
-            currency: text(&r[1]),
-            debit_minor: int(&r[2]),
-            credit_minor: int(&r[3]),
+            account: r[0].text(),
+            currency: r[1].text(),
+            debit_minor: r[2].int(),
+            credit_minor: r[3].int(),
         })
         .collect())
 }

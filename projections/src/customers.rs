@@ -296,32 +296,24 @@ pub async fn read(
             "tttiiiiiiiitt",
         )
         .await?;
-    let text = |v: &Value| match v {
-        Value::Text(t) => t.clone(),
-        _ => String::new(),
-    };
-    let int = |v: &Value| match v {
-        Value::Int(i) => *i,
-        _ => 0,
-    };
     Ok(rows
         .iter()
         .map(|r| {
             (
-                text(&r[0]),
+                r[0].text(),
                 CustomerRow {
-                    segment: text(&r[1]),
-                    card: text(&r[2]),
-                    credit_minor: int(&r[3]),
-                    invoices: int(&r[4]),
-                    paid_minor: int(&r[5]),
-                    refunded_minor: int(&r[6]),
-                    open_invoices: int(&r[7]),
-                    open_minor: int(&r[8]),
-                    failed_payments: int(&r[9]),
-                    in_dunning: int(&r[10]),
-                    next_retry_at: text(&r[11]),
-                    last_payment_at: text(&r[12]),
+                    segment: r[1].text(),
+                    card: r[2].text(),
+                    credit_minor: r[3].int(),
+                    invoices: r[4].int(),
+                    paid_minor: r[5].int(),
+                    refunded_minor: r[6].int(),
+                    open_invoices: r[7].int(),
+                    open_minor: r[8].int(),
+                    failed_payments: r[9].int(),
+                    in_dunning: r[10].int(),
+                    next_retry_at: r[11].text(),
+                    last_payment_at: r[12].text(),
                 },
             )
         })

@@ -16,6 +16,24 @@ pub enum Value {
     Null,
 }
 
+impl Value {
+    /// The integer, or 0 for text and NULL (sums of nothing come back NULL).
+    pub fn int(&self) -> i64 {
+        match self {
+            Value::Int(v) => *v,
+            _ => 0,
+        }
+    }
+
+    /// The text, or empty for integers and NULL.
+    pub fn text(&self) -> String {
+        match self {
+            Value::Text(t) => t.clone(),
+            _ => String::new(),
+        }
+    }
+}
+
 impl From<i64> for Value {
     fn from(v: i64) -> Self {
         Value::Int(v)

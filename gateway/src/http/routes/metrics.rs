@@ -212,13 +212,6 @@ fn usd(minor: i64) -> MoneyDto {
     Money::from_minor(minor, Currency::USD).into()
 }
 
-fn int(value: &Value) -> i64 {
-    match value {
-        Value::Int(v) => *v,
-        _ => 0,
-    }
-}
-
 /// MRR and ARR at the end of each day, week or month (a plan, or all).
 #[utoipa::path(get, operation_id = "metrics_mrr", path = "/v1/metrics/mrr", tag = "metrics",
     params(("from" = Option<String>, Query, description = "First day (default: the first of `to`'s month)"),
@@ -265,7 +258,7 @@ pub async fn mrr_series(
                     Value::Text(t) => t.clone(),
                     _ => String::new(),
                 },
-                int(&r[1]),
+                r[1].int(),
             )
         })
         .collect();
@@ -343,7 +336,7 @@ pub async fn movements(
                 Value::Text(k) if k == "churn" => 3,
                 _ => 4,
             };
-            sums[slot] += int(&rows[index][2]);
+            sums[slot] += rows[index][2].int();
             index += 1;
         }
         data.push(MovementBucket {
@@ -576,24 +569,20 @@ pub async fn churn(
         )
         .await
         .map_err(unavailable)?;
-    let text = |v: &Value| match v {
-        Value::Text(t) => t.clone(),
-        _ => String::new(),
-    };
     let mrr_before = |day: &str| {
         daily
             .iter()
-            .take_while(|r| text(&r[0]).as_str() < day)
+            .take_while(|r| r[0].text().as_str() < day)
             .last()
-            .map_or(0, |r| int(&r[1]))
+            .map_or(0, |r| r[1].int())
     };
     let customers_before = |day: &str| -> i64 {
         moves
             .iter()
-            .filter(|r| text(&r[0]).as_str() < day)
-            .map(|r| match text(&r[1]).as_str() {
-                "new" | "reactivation" => int(&r[2]),
-                "churn" => -int(&r[2]),
+            .filter(|r| r[0].text().as_str() < day)
+            .map(|r| match r[1].text().as_str() {
+                "new" | "reactivation" => r[2].int(),
+                "churn" => -r[2].int(),
                 _ => 0,
             })
             .sum()
@@ -611,8 +600,8 @@ pub async fn churn(
         let sum = |kind: &str| -> (i64, i64) {
             moves
                 .iter()
-                .filter(|r| text(&r[0]) >= start && text(&r[0]) < end && text(&r[1]) == kind)
-                .fold((0, 0), |(n, s), r| (n + int(&r[2]), s + int(&r[3])))
+                .filter(|r| r[0].text() >= start && r[0].text() < end && r[1].text() == kind)
+                .fold((0, 0), |(n, s), r| (n + r[2].int(), s + r[3].int()))
         };
         let (mrr_start, mrr_end) = (mrr_before(&start), mrr_before(&end));
         let (customers_start, customers_end) = (customers_before(&start), customers_before(&end));
@@ -732,23 +721,19 @@ pub async fn cohorts(
                 e.to_string(),
             )
         })?;
-    let text = |v: &Value| match v {
-        Value::Text(t) => t.clone(),
-        _ => String::new(),
-    };
     // Per customer: the first paid month, and MRR changes by month.
     let mut first: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     let mut changes: std::collections::HashMap<String, Vec<(String, i64)>> =
         std::collections::HashMap::new();
     for row in &rows {
-        let (customer, month) = (text(&row[0]), text(&row[1])[..7].to_owned());
+        let (customer, month) = (row[0].text(), row[1].text()[..7].to_owned());
         first
             .entry(customer.clone())
             .or_insert_with(|| month.clone());
         changes
             .entry(customer)
             .or_default()
-            .push((month, int(&row[2])));
+            .push((month, row[2].int()));
     }
     let (from_month, to_month) = (
         query.from.to_string()[..7].to_owned(),
@@ -928,20 +913,16 @@ pub async fn customer_view(
         )
         .await
         .map_err(unavailable)?;
-    let text = |v: &Value| match v {
-        Value::Text(t) => t.clone(),
-        _ => String::new(),
-    };
     let subscriptions: Vec<ViewSubscription> = subs
         .iter()
         .map(|r| ViewSubscription {
-            id: text(&r[0]),
-            plan: text(&r[1]),
-            status: text(&r[2]),
-            mrr: usd(int(&r[3])),
+            id: r[0].text(),
+            plan: r[1].text(),
+            status: r[2].text(),
+            mrr: usd(r[3].int()),
         })
         .collect();
-    let mrr_minor: i64 = subs.iter().map(|r| int(&r[3])).sum();
+    let mrr_minor: i64 = subs.iter().map(|r| r[3].int()).sum();
     let contact = if caller.role.sees_personal_data() {
         state
             .billing
@@ -1201,7 +1182,7 @@ pub async fn mrr_at(
         )
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
-    let (mrr_minor, paying) = rows.first().map_or((0, 0), |r| (int(&r[0]), int(&r[1])));
+    let (mrr_minor, paying) = rows.first().map_or((0, 0), |r| (r[0].int(), r[1].int()));
     let body = MrrAt {
         object: "mrr_at",
         position: at,
