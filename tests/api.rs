@@ -1037,6 +1037,92 @@ async fn metrics_read_their_own_writes_through_min_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_answers_as_of_a_past_position() {
+    let server = serve(Backend::Sqlite).await;
+    let customer = server.customer_with_card().await;
+    let created = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+        )
+        .await;
+    let sub = created.body["id"].as_str().unwrap().to_owned();
+    let then = created.body["position"].as_u64().unwrap();
+    let today = created.body["current_period"]["start"].as_str().unwrap()[..10].to_owned();
+    let month = &today[..7];
+    let reads = [
+        format!("/v1/metrics/mrr?from={today}&to={today}"),
+        format!("/v1/metrics/movements?from={today}&to={today}"),
+        format!("/v1/metrics/churn?from={month}-01&to={today}"),
+        format!("/v1/metrics/cohorts?from={month}-01&to={today}"),
+        format!("/v1/customers/{customer}/view"),
+        "/v1/ledger/trial-balance".to_owned(),
+        format!("/v1/ledger/revenue-recognition?from={month}-01&to={today}"),
+        format!("/v1/ledger/ar-aging?as_of={today}"),
+    ];
+    let mut at_then = Vec::new();
+    for read in &reads {
+        let answer = server
+            .get(&format!("{read}{}min_position={then}", joiner(read)))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{read}: {}", answer.body);
+        let mut body = answer.body;
+        // The live answer says how far the projection had got (at least `then`).
+        body.as_object_mut().unwrap().remove("position");
+        at_then.push(body);
+    }
+    // Later: an upgrade and a cancellation change every answer about today.
+    server
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            json!({"plan": "group_coaching"}),
+        )
+        .await;
+    let cancelled = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/cancel"),
+            json!({"timing": "now"}),
+        )
+        .await;
+    assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.body);
+    let now = cancelled.body["position"].as_u64().unwrap();
+    let live = server
+        .get(&format!("{}&min_position={now}", reads[0]))
+        .await;
+    assert_ne!(live.body["data"], at_then[0]["data"], "MRR moved since");
+    for (read, expected) in reads.iter().zip(&at_then) {
+        let past = server
+            .get(&format!("{read}{}as_of_position={then}", joiner(read)))
+            .await;
+        assert_eq!(past.status, StatusCode::OK, "{read}: {}", past.body);
+        let mut body = past.body;
+        assert_eq!(
+            body.as_object_mut().unwrap().remove("position"),
+            Some(json!(then))
+        );
+        assert_eq!(&body, expected, "{read} as of position {then}");
+    }
+    let ahead = server
+        .get(&format!(
+            "/v1/ledger/trial-balance?as_of_position={}",
+            now + 1_000
+        ))
+        .await;
+    assert_eq!(ahead.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(ahead.body["code"], "position_unknown");
+    let both = server
+        .get(&format!(
+            "/v1/ledger/trial-balance?as_of_position={then}&min_position={then}"
+        ))
+        .await;
+    assert_eq!(both.body["code"], "invalid_query");
+}
+
+fn joiner(path: &str) -> &'static str {
+    if path.contains('?') { "&" } else { "?" }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_and_retention_of_a_month_with_one_customer_lost() {
     let server = serve(Backend::Sqlite).await;
     let mut subs = Vec::new();

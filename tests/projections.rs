@@ -474,3 +474,190 @@ async fn an_unpaid_invoice_ages_in_receivables_and_leaves_them_when_paid() {
     projector.catch_up().await.unwrap();
     assert_eq!(aging(projector.db(), issued).await.unwrap(), [0, 0, 0, 0]);
 }
+
+/// Six customers on alternating plans, one a day from day 1.
+async fn six_subscriptions(w: &World) -> Vec<SubscriptionId> {
+    let mut subscriptions = Vec::new();
+    for i in 0..6 {
+        w.day(i + 1);
+        let customer = w.customer().await;
+        let plan = if i % 2 == 0 {
+            "community_access"
+        } else {
+            "group_coaching"
+        };
+        subscriptions.push(w.subscribe(customer, plan, None).await);
+    }
+    subscriptions
+}
+
+async fn a_rebuild_builds_beside_the_tables_in_use(postgres: bool) {
+    use recur_ledger::Position;
+    let w = world(postgres).await;
+    let subscriptions = six_subscriptions(&w).await;
+    let mut live = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    live.catch_up().await.unwrap();
+    let before = dump(live.db()).await;
+    assert!(before.len() > 10, "six subscriptions project: {before:?}");
+
+    let mut rebuild = live.start_rebuild().await.unwrap();
+    let half = Position(live.position().0 / 2);
+    rebuild.projector().catch_up_to(half).await.unwrap();
+    assert!(rebuild.projector().position() <= half);
+    assert_ne!(
+        dump(rebuild.projector().db()).await,
+        before,
+        "the shadow is half built"
+    );
+    assert_eq!(
+        dump(live.db()).await,
+        before,
+        "meanwhile the tables in use answer in full"
+    );
+
+    // Another worker keeps the tables in use current during the rebuild.
+    let mut other = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    w.day(20);
+    w.billing
+        .cancel(subscriptions[1], Timing::Now)
+        .await
+        .unwrap();
+    assert!(other.catch_up().await.unwrap() > 0);
+    let current = dump(live.db()).await;
+    assert_ne!(current, before, "the cancellation is projected");
+
+    rebuild.projector().catch_up().await.unwrap();
+    live.finish_rebuild(rebuild).await.unwrap();
+    assert_eq!(
+        dump(live.db()).await,
+        current,
+        "the rebuilt tables replace the old ones with the same rows"
+    );
+
+    // The other worker loaded the tables before the switch: its next write is
+    // refused whole, then it reloads and carries on from the new checkpoint.
+    w.day(25);
+    let late = w.customer().await;
+    w.subscribe(late, "group_coaching", None).await;
+    assert!(
+        other.catch_up().await.is_err(),
+        "a stale generation must not write"
+    );
+    assert!(other.catch_up().await.unwrap() > 0);
+    let now = dump(live.db()).await;
+    assert_ne!(now, current);
+    live.rebuild().await.unwrap();
+    assert_eq!(dump(live.db()).await, now, "nothing lost or applied twice");
+
+    if postgres {
+        let shadows = rows(
+            live.db(),
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM information_schema.schemata WHERE schema_name LIKE 'recur_shadow_%'",
+            "i",
+        )
+        .await;
+        assert_eq!(shadows[0][0], Value::Int(0), "no shadow is left behind");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_builds_beside_the_tables_in_use_on_sqlite() {
+    a_rebuild_builds_beside_the_tables_in_use(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_builds_beside_the_tables_in_use_on_postgres() {
+    a_rebuild_builds_beside_the_tables_in_use(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_built_by_another_version_is_rebuilt_on_open() {
+    let w = world(false).await;
+    six_subscriptions(&w).await;
+    let mut projector = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let live = dump(projector.db()).await;
+    // As if an older release had built the tables: wrong rows, another version.
+    projector
+        .db()
+        .transaction(&[
+            Stmt::new(format!("DELETE FROM {}", mrr::CUSTOMERS), vec![]),
+            Stmt::new(
+                "UPDATE projection_checkpoints SET version = 0 WHERE name = 'mrr'",
+                vec![],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_ne!(dump(projector.db()).await, live);
+    let reopened = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    assert_eq!(dump(reopened.db()).await, live);
+    let checkpoints = recur_projections::set::checkpoints(reopened.db())
+        .await
+        .unwrap();
+    let mrr = checkpoints.iter().find(|c| c.name == "mrr").unwrap();
+    assert_eq!(mrr.stored_version, Some(mrr.code_version));
+    assert_eq!(mrr.position, reopened.position());
+}
+
+async fn every_read_model_as_of_a_past_position(postgres: bool) {
+    use recur_projections::{Projections, accounts, customers};
+    let w = world(postgres).await;
+    let subscriptions = six_subscriptions(&w).await;
+    let mut projections = Projections::open(&w.store.ledger).await.unwrap();
+    projections.catch_up().await.unwrap();
+    let then = projections.position();
+    let db = projections.mrr.db().clone();
+    let picture = |db: Db| async move {
+        (
+            mrr::snapshot(&db).await.unwrap(),
+            customers::read(&db, None).await.unwrap(),
+            accounts::trial_balance(&db, None).await.unwrap(),
+            recur_projections::revenue::monthly(&db, "2026-01", "2027-12")
+                .await
+                .unwrap(),
+        )
+    };
+    let at_then = picture(db.clone()).await;
+    // Later history changes every read model.
+    w.day(40);
+    w.billing
+        .cancel(subscriptions[0], Timing::Now)
+        .await
+        .unwrap();
+    let customer = w.customer().await;
+    w.subscribe(customer, "elite_coaching", None).await;
+    projections.catch_up().await.unwrap();
+    let now = picture(db.clone()).await;
+    assert_ne!(now.0, at_then.0);
+    assert_ne!(now.1, at_then.1);
+    assert_ne!(now.2, at_then.2);
+
+    let past = Projections::as_of(&w.store.ledger, then).await.unwrap();
+    assert_eq!(picture(past).await, at_then, "as of the earlier position");
+    let head = w.store.ledger.last_position().await.unwrap();
+    let present = Projections::as_of(&w.store.ledger, head).await.unwrap();
+    assert_eq!(
+        picture(present).await,
+        now,
+        "as of the head: the live tables"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_model_as_of_a_past_position_on_sqlite() {
+    every_read_model_as_of_a_past_position(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_read_model_as_of_a_past_position_on_postgres() {
+    every_read_model_as_of_a_past_position(true).await;
+}

@@ -132,7 +132,8 @@ pub enum ProjectionsCommand {
         #[arg(long)]
         database: Option<String>,
     },
-    /// Drop a read model and build it again from the first event, with progress.
+    /// Build a read model again from the first event beside the one in use (which
+    /// keeps serving), then switch to it in one transaction; with progress.
     Rebuild {
         /// The projection (`mrr`); omit with --all.
         name: Option<String>,
@@ -165,6 +166,9 @@ pub enum BenchCommand {
     /// The command API: `recur serve` driven by concurrent clients (create customer +
     /// create subscription); prints commands/s, p50/p99 latency and server peak RSS.
     Api(ApiBenchArgs),
+    /// Rebuild every projection from a ledger of a million demo events (against the
+    /// raw W3 replay), then the lag from commit to read model at a steady rate via NATS.
+    Projections(ProjectionsBenchArgs),
     /// The ledger workload of ../shared/bench/WORKLOAD.md against its raw-SQL baseline.
     Ledger {
         /// Which store to measure.
@@ -186,6 +190,32 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2)]
         committers: usize,
     },
+}
+
+/// `recur bench projections` options (a variant of [`BenchCommand`]).
+#[derive(Debug, clap::Args)]
+pub struct ProjectionsBenchArgs {
+    /// Which store the ledger and read models are on.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: BackendArg,
+    /// Events in the ledger rebuilt (made once by the demo's simulator, then kept).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Postgres server URL that may create databases; default: DATABASE_URL.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Folder for the SQLite files; default: a folder in the system temp dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// NATS server for the lag run; default: NATS_URL (without one the lag is not measured).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Writes per second during the lag run.
+    #[arg(long, default_value_t = 1_000)]
+    pub lag_rate: u64,
+    /// Seconds the lag is measured.
+    #[arg(long, default_value_t = 30)]
+    pub lag_seconds: u64,
 }
 
 /// `recur bench api` options (a variant of [`BenchCommand`]).

@@ -161,6 +161,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench {
+            command: BenchCommand::Projections(args),
+        } => {
+            let options = recur_gateway::bench::projections::ProjectionsBenchOptions {
+                backend: args.backend.into(),
+                events: args.events,
+                database_url: args
+                    .database_url
+                    .or_else(|| std::env::var("DATABASE_URL").ok()),
+                scratch_dir: args
+                    .dir
+                    .unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
+                nats_url: args
+                    .nats_url
+                    .or_else(|| std::env::var("NATS_URL").ok())
+                    .filter(|u| !u.trim().is_empty()),
+                lag_rate: args.lag_rate,
+                lag_seconds: args.lag_seconds,
+            };
+            recur_gateway::bench::projections::run(&options)
+                .await
+                .context("bench projections")?;
+            Ok(0)
+        }
+        Command::Bench {
             command:
                 BenchCommand::Ledger {
                     backend,

@@ -56,22 +56,52 @@ async fn open(database: Option<&str>) -> Result<Ledger, ProjectionsCmdError> {
 pub async fn status(database: Option<&str>) -> Result<(), ProjectionsCmdError> {
     let ledger = open(database).await?;
     let head = ledger.last_position().await?;
+    let db = recur_projections::db::Db::of(&ledger).ok_or(ProjectionError::NoDatabase)?;
     println!(
-        "{:<12} {:>8} {:>12} {:>12}",
+        "{:<12} {:>8} {:>12} {:>12}  state",
         "projection", "version", "position", "behind"
     );
-    let projections = recur_projections::Projections::open(&ledger).await?;
-    for (name, version, position) in projections.status() {
+    for checkpoint in recur_projections::set::checkpoints(&db).await? {
+        let state = match checkpoint.stored_version {
+            None => "not built yet",
+            Some(v) if v != checkpoint.code_version => "built by another version: rebuilt on start",
+            Some(_) if checkpoint.position >= head => "current",
+            Some(_) => "catching up",
+        };
         println!(
-            "{name:<12} {version:>8} {:>12} {:>12}",
-            position.0,
-            head.0.saturating_sub(position.0)
+            "{:<12} {:>8} {:>12} {:>12}  {state}",
+            checkpoint.name,
+            checkpoint.code_version,
+            checkpoint.position.0,
+            head.0.saturating_sub(checkpoint.position.0)
         );
     }
     Ok(())
 }
 
-/// Rebuilds one projection, or all, with a progress line (events/s, ETA).
+/// A progress line on stderr: percent, events, events/s and ETA.
+fn progress_line(label: &str, head: u64) -> impl FnMut(recur_ledger::Position, u64) {
+    let started = Instant::now();
+    let label = label.to_owned();
+    move |position, applied| {
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis())
+            .unwrap_or(1)
+            .max(1);
+        let rate = applied * 1000 / elapsed_ms;
+        let left = head.saturating_sub(position.0);
+        let eta_s = left.checked_div(rate).unwrap_or(0);
+        let percent = position.0 * 100 / head;
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r{label}: {percent:>3}%  {applied} events  {rate} events/s  ETA {eta_s} s   "
+        );
+        let _ = err.flush();
+    }
+}
+
+/// Rebuilds one projection, or all (reading the ledger once), beside the tables
+/// in use, with a progress line (events/s, ETA).
 ///
 /// # Errors
 /// An unknown name; ledger and projection errors.
@@ -80,65 +110,56 @@ pub async fn rebuild(
     name: Option<&str>,
     all: bool,
 ) -> Result<(), ProjectionsCmdError> {
-    let names: Vec<&str> = match (name, all) {
-        (_, true) | (None, false) => PROJECTIONS.to_vec(),
-        (Some(name), false) if PROJECTIONS.contains(&name) => vec![name],
+    let name = match (name, all) {
+        (_, true) | (None, false) => None,
+        (Some(name), false) if PROJECTIONS.contains(&name) => Some(name),
         (Some(name), false) => return Err(ProjectionsCmdError::Unknown(name.to_owned())),
     };
     let ledger = open(database).await?;
     let head = ledger.last_position().await?.0.max(1);
-    for name in names {
-        let started = Instant::now();
-        let progress = |position: recur_ledger::Position, applied: u64| {
-            let elapsed_ms = u64::try_from(started.elapsed().as_millis())
-                .unwrap_or(1)
-                .max(1);
-            let rate = applied * 1000 / elapsed_ms;
-            let left = head.saturating_sub(position.0);
-            let eta_s = left.checked_div(rate).unwrap_or(0);
-            let percent = position.0 * 100 / head;
-            let mut err = std::io::stderr();
-            let _ = write!(
-                err,
-                "\r{name}: {percent:>3}%  {applied} events  {rate} events/s  ETA {eta_s} s   "
-            );
-            let _ = err.flush();
-        };
-        let applied = match name {
-            "accounts" => {
-                Projector::open(ledger.clone(), Accounts::new())
-                    .await?
-                    .rebuild_with(progress)
-                    .await?
-            }
-            "customers" => {
-                Projector::open(ledger.clone(), Customers::new())
-                    .await?
-                    .rebuild_with(progress)
-                    .await?
-            }
-            "revenue" => {
-                Projector::open(ledger.clone(), Revenue::new())
-                    .await?
-                    .rebuild_with(progress)
-                    .await?
-            }
-            _ => {
-                Projector::open(ledger.clone(), Mrr::new())
-                    .await?
-                    .rebuild_with(progress)
-                    .await?
-            }
-        };
-        let elapsed_ms = u64::try_from(started.elapsed().as_millis())
-            .unwrap_or(1)
-            .max(1);
-        eprintln!();
-        println!(
-            "{name}: rebuilt from {applied} events in {elapsed_ms} ms ({} events/s)",
-            applied * 1000 / elapsed_ms
-        );
-    }
+    let started = Instant::now();
+    let label = name.unwrap_or("all projections");
+    let progress = progress_line(label, head);
+    let applied = match name {
+        None => {
+            recur_projections::Projections::open(&ledger)
+                .await?
+                .rebuild_with(progress)
+                .await?
+        }
+        Some("accounts") => {
+            Projector::open(ledger.clone(), Accounts::new())
+                .await?
+                .rebuild_with(progress)
+                .await?
+        }
+        Some("customers") => {
+            Projector::open(ledger.clone(), Customers::new())
+                .await?
+                .rebuild_with(progress)
+                .await?
+        }
+        Some("revenue") => {
+            Projector::open(ledger.clone(), Revenue::new())
+                .await?
+                .rebuild_with(progress)
+                .await?
+        }
+        Some(_) => {
+            Projector::open(ledger.clone(), Mrr::new())
+                .await?
+                .rebuild_with(progress)
+                .await?
+        }
+    };
+    let elapsed_ms = u64::try_from(started.elapsed().as_millis())
+        .unwrap_or(1)
+        .max(1);
+    eprintln!();
+    println!(
+        "{label}: rebuilt from {applied} events in {elapsed_ms} ms ({} events/s), switched to the new tables",
+        applied * 1000 / elapsed_ms
+    );
     Ok(())
 }
 
@@ -184,33 +205,54 @@ pub async fn project(
     database: Option<&str>,
     nats: Option<String>,
 ) -> Result<(), ProjectionsCmdError> {
-    use recur_projections::nats_feed::NatsFeed;
     let ledger = open(database).await?;
     let config = recur_projections::RelayConfig::from_env(nats_url(nats)?);
-    let mut mrr = Projector::open(ledger.clone(), Mrr::new()).await?;
-    let mut accounts = Projector::open(ledger.clone(), Accounts::new()).await?;
-    let mut mrr_feed = NatsFeed::connect(&config, "recur-mrr").await?;
-    let mut accounts_feed = NatsFeed::connect(&config, "recur-accounts").await?;
-    let mut customers = Projector::open(ledger.clone(), Customers::new()).await?;
-    let mut customers_feed = NatsFeed::connect(&config, "recur-customers").await?;
-    let mut revenue = Projector::open(ledger.clone(), Revenue::new()).await?;
-    let mut revenue_feed = NatsFeed::connect(&config, "recur-revenue").await?;
-    let stop = tokio::signal::ctrl_c();
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return Ok(()),
-            result = async {
-                mrr_feed.pump(&mut mrr).await?;
-                accounts_feed.pump(&mut accounts).await?;
-                customers_feed.pump(&mut customers).await?;
-                revenue_feed.pump(&mut revenue).await
-            } => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "projection worker step failed; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                }
-            }
-        }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let tasks = follow_all(&ledger, &config, "recur", &stopped).await?;
+    let _ = tokio::signal::ctrl_c().await;
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = task.await;
     }
+    Ok(())
+}
+
+/// Starts one task per projection, each fed by its durable consumer
+/// `<prefix>-<name>` until `stop` turns true.
+///
+/// # Errors
+/// NATS or the read models unreachable at start.
+pub async fn follow_all(
+    ledger: &Ledger,
+    config: &recur_projections::RelayConfig,
+    prefix: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, ProjectionsCmdError> {
+    use recur_projections::nats_feed::{NatsFeed, follow};
+    let feed = |name: &str| {
+        let durable = format!("{prefix}-{name}");
+        async move { NatsFeed::connect(config, &durable).await }
+    };
+    Ok(vec![
+        tokio::spawn(follow(
+            feed("mrr").await?,
+            Projector::open(ledger.clone(), Mrr::new()).await?,
+            stop.clone(),
+        )),
+        tokio::spawn(follow(
+            feed("accounts").await?,
+            Projector::open(ledger.clone(), Accounts::new()).await?,
+            stop.clone(),
+        )),
+        tokio::spawn(follow(
+            feed("customers").await?,
+            Projector::open(ledger.clone(), Customers::new()).await?,
+            stop.clone(),
+        )),
+        tokio::spawn(follow(
+            feed("revenue").await?,
+            Projector::open(ledger.clone(), Revenue::new()).await?,
+            stop.clone(),
+        )),
+    ])
 }

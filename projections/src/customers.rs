@@ -234,7 +234,7 @@ impl Projection for Customers {
                 } else if before.0 {
                     writes.push(
                         Stmt::new(
-                            format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id = ?"),
+                            format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id IN (?)"),
                             vec![invoice_id.clone().into()],
                         )
                         .keyed(format!("open:{invoice_id}")),

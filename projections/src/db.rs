@@ -2,7 +2,11 @@
 //! through one small portable statement type so each projection writes its SQL
 //! once. Statements use `?` placeholders; Postgres gets `$1, $2, …`.
 
+use std::str::FromStr;
+
 use recur_ledger::Ledger;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, Row, SqlitePool};
 
 /// A bound value.
@@ -142,6 +146,104 @@ fn guard(stmt: &Stmt, changed: u64) -> Result<(), DbError> {
     }
 }
 
+/// Parameters one merged statement binds at most (SQLite allows 32,766; Postgres 65,535).
+const MERGED_PARAMS_MAX: usize = 30_000;
+/// Rows one merged statement inserts at most.
+const MERGED_ROWS_MAX: usize = 500;
+
+/// A statement that can take more rows, split around its one row: `(prefix,
+/// item, tail)` where `item` repeats, comma-separated. Two shapes:
+/// `INSERT … VALUES (?, …) …` (the item is the row) and `DELETE … IN (?)` (the
+/// item is the `?`).
+fn mergeable(sql: &str) -> Option<(&str, &str, &str)> {
+    let trimmed = sql.trim_start();
+    let (open, item_is_group) = if trimmed.starts_with("INSERT") {
+        (sql.find("VALUES (")? + "VALUES ".len(), true)
+    } else if trimmed.starts_with("DELETE") && sql.matches('?').count() == 1 {
+        (sql.find("IN (?)")? + "IN (".len(), false)
+    } else {
+        return None;
+    };
+    let close = open + sql[open..].find(')')?;
+    let group = &sql[open..=close];
+    let only_placeholders = group[1..group.len() - 1]
+        .chars()
+        .all(|c| c == '?' || c == ',' || c.is_whitespace());
+    if !only_placeholders {
+        return None;
+    }
+    Some(if item_is_group {
+        (&sql[..open], group, &sql[close + 1..])
+    } else {
+        (&sql[..open], "?", &sql[close..])
+    })
+}
+
+/// Executes same-SQL single-row inserts as multi-row inserts (and same-SQL
+/// single-key deletes as one `IN (…)`), so a batch costs a few statements
+/// instead of one per row. Within one batch a projection writes
+/// each row at most once (keyed statements supersede, flushes sum per key), so
+/// the order among statements does not matter; Postgres refuses a multi-row
+/// upsert that touches a row twice, which would show a projection breaking that rule.
+/// Guarded statements and everything else keep their place.
+pub fn merge(statements: &[Stmt]) -> Vec<Stmt> {
+    let mut out: Vec<Stmt> = Vec::with_capacity(statements.len().min(64));
+    // SQL text → (index in `out` of its open merged statement, rows in it).
+    let mut open: std::collections::HashMap<&str, (usize, usize)> =
+        std::collections::HashMap::new();
+    for stmt in statements {
+        let parts = match stmt.expect_rows {
+            None => mergeable(&stmt.sql),
+            Some(_) => None,
+        };
+        let Some((prefix, row, tail)) = parts else {
+            out.push(stmt.clone());
+            continue;
+        };
+        let rows_max = (MERGED_PARAMS_MAX / stmt.params.len().max(1)).clamp(1, MERGED_ROWS_MAX);
+        match open.get_mut(stmt.sql.as_str()) {
+            Some((index, rows)) if *rows < rows_max => {
+                let merged = &mut out[*index];
+                merged.params.extend(stmt.params.iter().cloned());
+                // Insert the next row before the tail.
+                let at = merged.sql.len() - tail.len();
+                merged.sql.insert_str(at, &format!(", {row}"));
+                *rows += 1;
+            }
+            _ => {
+                open.insert(stmt.sql.as_str(), (out.len(), 1));
+                let mut first = stmt.clone();
+                first.key = None;
+                first.sql = format!("{prefix}{row}{tail}");
+                out.push(first);
+            }
+        }
+    }
+    out
+}
+
+/// Runs statements in one SQLite transaction on `conn`.
+async fn run_sqlite(
+    conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    statements: &[Stmt],
+) -> Result<(), DbError> {
+    let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await?;
+    for stmt in statements {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(stmt.sql.clone()));
+        for param in &stmt.params {
+            query = match param {
+                Value::Int(v) => query.bind(*v),
+                Value::Text(v) => query.bind(v.clone()),
+                Value::Null => query.bind(None::<String>),
+            };
+        }
+        let changed = query.execute(&mut *tx).await?.rows_affected();
+        guard(stmt, changed)?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// A row read back: columns as [`Value`]s.
 pub type Rows = Vec<Vec<Value>>;
 
@@ -154,11 +256,149 @@ impl Db {
             .or_else(|| ledger.raw_sqlite().map(|pool| Db::Sqlite(pool.clone())))
     }
 
-    /// Runs statements in one transaction.
+    /// A private in-memory database: read models built for one question (as of a
+    /// past position) and dropped with the value.
+    ///
+    /// # Errors
+    /// SQLite cannot start.
+    pub async fn scratch() -> Result<Self, DbError> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+        // One connection that never closes: each in-memory connection is its own database.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Ok(Db::Sqlite(pool))
+    }
+
+    /// An empty shadow for the read models of `name`, beside this database: a
+    /// schema `recur_shadow_<name>` on Postgres, a file `<ledger>.shadow-<name>`
+    /// on SQLite. A shadow left by an interrupted rebuild is dropped first.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn shadow(&self, name: &str) -> Result<Shadow, DbError> {
+        let name = shadow_name(name);
+        match self {
+            Db::Postgres(pool) => {
+                let schema = format!("recur_shadow_{name}");
+                for sql in [
+                    format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+                    format!("CREATE SCHEMA {schema}"),
+                ] {
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await?;
+                }
+                let options = (*pool.connect_options())
+                    .clone()
+                    .options([("search_path", schema.as_str())]);
+                let shadow = PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(options)
+                    .await?;
+                Ok(Shadow {
+                    db: Db::Postgres(shadow),
+                    place: schema,
+                })
+            }
+            Db::Sqlite(pool) => {
+                let options = pool.connect_options();
+                let live = options.get_filename().to_string_lossy().into_owned();
+                let file = if live.is_empty() || live == ":memory:" {
+                    std::env::temp_dir()
+                        .join(format!("recur-shadow-{name}-{}", uuid::Uuid::now_v7()))
+                        .to_string_lossy()
+                        .into_owned()
+                } else {
+                    format!("{live}.shadow-{name}")
+                };
+                remove_sqlite_files(&file);
+                // A shadow is thrown away if the rebuild stops, so it needs no durability.
+                let options = SqliteConnectOptions::new()
+                    .filename(&file)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Off);
+                let shadow = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await?;
+                Ok(Shadow {
+                    db: Db::Sqlite(shadow),
+                    place: file,
+                })
+            }
+        }
+    }
+
+    /// Replaces `tables` with the shadow's and runs `then` (the checkpoint), in one
+    /// transaction: readers see the old tables until it commits, the new ones after.
+    /// `schema` creates the tables (SQLite copies rows into them; Postgres moves the
+    /// shadow's tables in whole).
+    ///
+    /// # Errors
+    /// Database errors; nothing changes then.
+    pub async fn adopt(
+        &self,
+        shadow: &Shadow,
+        tables: &[&str],
+        schema: &[Stmt],
+        then: &[Stmt],
+    ) -> Result<(), DbError> {
+        let mut statements = Vec::new();
+        for table in tables {
+            statements.push(Stmt::new(format!("DROP TABLE IF EXISTS {table}"), vec![]));
+        }
+        match self {
+            Db::Postgres(pool) => {
+                let live: String = sqlx::query_scalar("SELECT current_schema()")
+                    .fetch_one(pool)
+                    .await?;
+                for table in tables {
+                    statements.push(Stmt::new(
+                        format!("ALTER TABLE {}.{table} SET SCHEMA {live}", shadow.place),
+                        vec![],
+                    ));
+                }
+                statements.extend_from_slice(then);
+                self.transaction(&statements).await
+            }
+            Db::Sqlite(pool) => {
+                statements.extend_from_slice(schema);
+                for table in tables {
+                    statements.push(Stmt::new(
+                        format!("INSERT INTO main.{table} SELECT * FROM shadow.{table}"),
+                        vec![],
+                    ));
+                }
+                statements.extend_from_slice(then);
+                let mut conn = pool.acquire().await?;
+                // ATTACH cannot run inside a transaction.
+                sqlx::query("ATTACH DATABASE ? AS shadow")
+                    .bind(&shadow.place)
+                    .execute(&mut *conn)
+                    .await?;
+                let result = run_sqlite(&mut conn, &statements).await;
+                let detached = sqlx::query("DETACH DATABASE shadow")
+                    .execute(&mut *conn)
+                    .await;
+                result?;
+                detached?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs statements in one transaction. Single-row inserts and single-key
+    /// deletes with the same SQL run together (see [`merge`]).
     ///
     /// # Errors
     /// Database errors; nothing is written then.
     pub async fn transaction(&self, statements: &[Stmt]) -> Result<(), DbError> {
+        let merged = merge(statements);
+        let statements = merged.as_slice();
         match self {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
@@ -178,20 +418,8 @@ impl Db {
                 tx.commit().await?;
             }
             Db::Sqlite(pool) => {
-                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-                for stmt in statements {
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(stmt.sql.clone()));
-                    for param in &stmt.params {
-                        query = match param {
-                            Value::Int(v) => query.bind(*v),
-                            Value::Text(v) => query.bind(v.clone()),
-                            Value::Null => query.bind(None::<String>),
-                        };
-                    }
-                    let changed = query.execute(&mut *tx).await?.rows_affected();
-                    guard(stmt, changed)?;
-                }
-                tx.commit().await?;
+                let mut conn = pool.acquire().await?;
+                run_sqlite(&mut conn, statements).await?;
             }
         }
         Ok(())
@@ -238,6 +466,58 @@ impl Db {
     }
 }
 
+/// A scratch copy of some read models, built beside the live ones: a rebuild
+/// writes here while the live tables keep serving, then [`Db::adopt`] switches.
+#[derive(Debug)]
+pub struct Shadow {
+    db: Db,
+    /// Postgres: the schema; SQLite: the file.
+    place: String,
+}
+
+impl Shadow {
+    /// Where the projection writes while it is rebuilt.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Drops what is left of the shadow (after a switch, its empty schema or file).
+    pub async fn discard(self) {
+        match &self.db {
+            Db::Postgres(pool) => {
+                let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.place);
+                if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await {
+                    tracing::warn!(%error, schema = %self.place, "could not drop a rebuild's schema");
+                }
+                pool.close().await;
+            }
+            Db::Sqlite(pool) => {
+                pool.close().await;
+                remove_sqlite_files(&self.place);
+            }
+        }
+    }
+}
+
+fn remove_sqlite_files(path: &str) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let _ = std::fs::remove_file(format!("{path}{suffix}"));
+    }
+}
+
+/// Names the shadow of `name` may take: lowercase letters, digits and `_` only.
+fn shadow_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Drops every keyed statement that a later statement with the same key supersedes.
 pub fn supersede(writes: Vec<Stmt>) -> Vec<Stmt> {
     let mut last: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
@@ -260,4 +540,78 @@ pub fn supersede(writes: Vec<Stmt>) -> Vec<Stmt> {
         .zip(keep)
         .filter_map(|(stmt, keep)| keep.then_some(stmt))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn upsert(id: &str, n: i64) -> Stmt {
+        Stmt::new(
+            "INSERT INTO t (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+            vec![id.into(), n.into()],
+        )
+    }
+
+    #[test]
+    fn same_sql_inserts_and_deletes_become_one_statement_each() {
+        let delete = |id: &str| Stmt::new("DELETE FROM t WHERE id IN (?)", vec![id.into()]);
+        let guarded =
+            Stmt::new("UPDATE c SET p = ? WHERE p = ?", vec![2.into(), 1.into()]).expecting(1);
+        let merged = merge(&[
+            upsert("a", 1),
+            delete("x"),
+            upsert("b", 2),
+            guarded.clone(),
+            delete("y"),
+            upsert("c", 3),
+        ]);
+        assert_eq!(
+            merged,
+            vec![
+                Stmt::new(
+                    "INSERT INTO t (id, n) VALUES (?, ?), (?, ?), (?, ?) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+                    vec![
+                        "a".into(),
+                        1.into(),
+                        "b".into(),
+                        2.into(),
+                        "c".into(),
+                        3.into()
+                    ],
+                ),
+                Stmt::new(
+                    "DELETE FROM t WHERE id IN (?, ?)",
+                    vec!["x".into(), "y".into()]
+                ),
+                guarded,
+            ]
+        );
+    }
+
+    #[test]
+    fn a_merged_statement_stays_under_the_parameter_limit() {
+        let rows: Vec<Stmt> = (0..1_234).map(|i| upsert(&i.to_string(), i)).collect();
+        let merged = merge(&rows);
+        assert_eq!(merged.len(), 3, "500 + 500 + 234 rows");
+        assert_eq!(merged[2].params.len(), 234 * 2);
+        assert!(merged.iter().all(|m| m.params.len() <= MERGED_PARAMS_MAX));
+        let flattened: Vec<Value> = merged.into_iter().flat_map(|m| m.params).collect();
+        let original: Vec<Value> = rows.into_iter().flat_map(|m| m.params).collect();
+        assert_eq!(flattened, original, "every row once, in order");
+    }
+
+    #[test]
+    fn statements_that_are_not_single_rows_are_left_alone() {
+        for sql in [
+            "INSERT INTO t (id, n) SELECT id, n FROM u",
+            "INSERT INTO t (id, n) VALUES (?, 1)",
+            "UPDATE t SET n = n + 1 WHERE id = ?",
+            "DELETE FROM t WHERE id = ? AND n IN (?)",
+        ] {
+            let one = Stmt::new(sql, vec![1.into(), 2.into()]);
+            assert_eq!(merge(&[one.clone(), one.clone()]), vec![one.clone(), one]);
+        }
+    }
 }

@@ -5,8 +5,11 @@
 //! - [`relay`]: publishes every released ledger event to a JetStream stream, in
 //!   ledger order, resuming after a restart from the last event the stream holds.
 //! - [`runtime`]: the projector — a projection's writes and its checkpoint commit
-//!   in one transaction; a new projection version rebuilds from the first event.
-//! - [`db`]: the read models' database (the ledger's), with portable statements.
+//!   in one transaction; a rebuild (or a new projection version) builds beside the
+//!   tables in use and switches in one transaction.
+//! - [`db`]: the read models' database (the ledger's), with portable statements,
+//!   shadows for rebuilds and in-memory scratch databases for questions about the past.
+//! - [`set`]: every projection together, and all of them as of a past position.
 //! - [`accounts`]: debits and credits per account and day: the trial balance,
 //!   now or as of any day.
 //! - [`customers`]: the customer view — card, credit, invoices, paid, refunded,
@@ -16,9 +19,6 @@
 //!   the deferred balance.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
 //!   filled from the ledger and redeliveries skipped by the checkpoint.
-//!
-//! Next: the other read models (customer view, churn,
-//! cohorts, accounting), the query API and `recur projections`.
 
 pub mod accounts;
 pub mod customers;

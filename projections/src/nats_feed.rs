@@ -163,4 +163,38 @@ impl NatsFeed {
     }
 }
 
+/// Pause after a failed pump before the next.
+const RETRY_PAUSE_MS: u64 = 500;
+
+/// Pumps `feed` into `projector` until `stop` turns true: one task per
+/// projection, so a slow or idle projection never holds the others back.
+/// Failures are logged and retried; unacknowledged messages come again.
+pub async fn follow<P: Projection>(
+    mut feed: NatsFeed,
+    mut projector: Projector<P>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let (name, _) = projector.describe();
+    let stopped = async move {
+        loop {
+            let now = *stop.borrow_and_update();
+            if now || stop.changed().await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::pin!(stopped);
+    loop {
+        tokio::select! {
+            () = &mut stopped => return,
+            result = feed.pump(&mut projector) => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, projection = name, "projection step failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
+                }
+            }
+        }
+    }
+}
+
 use futures_core::Stream as _;

@@ -275,6 +275,29 @@ impl Relay {
     }
 }
 
+/// Deletes the stream `config` names, with every message in it; false when there
+/// was none. For benchmarks and tests that make a stream of their own.
+///
+/// # Errors
+/// [`RelayError::Connect`] or [`RelayError::Stream`].
+pub async fn delete_stream(config: &RelayConfig) -> Result<bool, RelayError> {
+    let client = async_nats::connect(&config.nats_url)
+        .await
+        .map_err(|e| RelayError::Connect {
+            url: config.nats_url.clone(),
+            message: e.to_string(),
+        })?;
+    let jetstream = async_nats::jetstream::new(client);
+    match jetstream.delete_stream(&config.stream).await {
+        Ok(status) => Ok(status.success),
+        Err(error) if error.to_string().contains("not found") => Ok(false),
+        Err(error) => Err(RelayError::Stream {
+            stream: config.stream.clone(),
+            message: error.to_string(),
+        }),
+    }
+}
+
 /// Waits for the oldest publish's acknowledgement; returns its position.
 async fn settle_one(in_flight: &mut VecDeque<(u64, PublishAckFuture)>) -> Result<u64, RelayError> {
     let Some((position, ack)) = in_flight.pop_front() else {

@@ -8,7 +8,7 @@ use std::future::Future;
 
 use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent};
 
-use crate::db::{Db, DbError, Stmt, Value};
+use crate::db::{Db, DbError, Shadow, Stmt, Value};
 
 /// Decodes a stored event for `projection`, naming the event in the error.
 ///
@@ -64,6 +64,10 @@ const LOAD_PAGE_EVENTS: usize = 1_000;
 /// Events applied per transaction.
 pub const EVENTS_PER_BATCH_MAX: usize = 500;
 
+/// Events applied per transaction while a shadow is rebuilt: nobody reads it yet,
+/// and a bigger batch lets more writes supersede each other.
+pub const REBUILD_EVENTS_PER_BATCH: usize = 5_000;
+
 /// Why a projection stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
@@ -89,7 +93,7 @@ pub enum ProjectionError {
 }
 
 /// A read model: what it stores and how an event changes it.
-pub trait Projection: Send {
+pub trait Projection: Send + Default {
     /// Its name (the checkpoint's key).
     const NAME: &'static str;
     /// Its code version: a new version is rebuilt from the first event.
@@ -131,13 +135,35 @@ pub struct Projector<P: Projection> {
     db: Db,
     projection: P,
     position: Position,
+    /// Bumped by every reset and switch: a worker that loaded an older generation
+    /// has its next batch refused and reloads.
+    generation: i64,
+    pub(crate) events_per_batch: usize,
 }
 
 const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (
-    name     TEXT   PRIMARY KEY,
-    version  BIGINT NOT NULL,
-    position BIGINT NOT NULL
+    name       TEXT   PRIMARY KEY,
+    version    BIGINT NOT NULL,
+    position   BIGINT NOT NULL,
+    generation BIGINT NOT NULL DEFAULT 0
 )";
+
+/// Creates the checkpoints table, adding `generation` to one made before it existed.
+pub(crate) async fn ensure_checkpoints(db: &Db) -> Result<(), DbError> {
+    db.transaction(&[Stmt::new(CHECKPOINTS, vec![])]).await?;
+    let probe = Stmt::new(
+        "SELECT generation FROM projection_checkpoints LIMIT 1",
+        vec![],
+    );
+    if db.query(&probe, "i").await.is_err() {
+        db.transaction(&[Stmt::new(
+            "ALTER TABLE projection_checkpoints ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
+            vec![],
+        )])
+        .await?;
+    }
+    Ok(())
+}
 
 impl<P: Projection> Projector<P> {
     /// Opens the projection: creates its tables, and rebuilds it from the start
@@ -147,7 +173,17 @@ impl<P: Projection> Projector<P> {
     /// Database errors.
     pub async fn open(ledger: Ledger, projection: P) -> Result<Self, ProjectionError> {
         let db = Db::of(&ledger).ok_or(ProjectionError::NoDatabase)?;
-        db.transaction(&[Stmt::new(CHECKPOINTS, vec![])]).await?;
+        Self::open_on(ledger, db, projection).await
+    }
+
+    /// [`Projector::open`] with the read models in `db` (a scratch database for a
+    /// question about the past, say). A version change is rebuilt blue/green: the
+    /// old tables serve until the new ones are complete.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn open_on(ledger: Ledger, db: Db, projection: P) -> Result<Self, ProjectionError> {
+        ensure_checkpoints(&db).await?;
         let stored = db
             .query(
                 &Stmt::new(
@@ -162,20 +198,30 @@ impl<P: Projection> Projector<P> {
             db,
             projection,
             position: Position::START,
+            generation: 0,
+            events_per_batch: EVENTS_PER_BATCH_MAX,
         };
-        match stored.first().map(|row| (row[0].clone(), row[1].clone())) {
-            Some((Value::Int(version), Value::Int(position)))
-                if version == i64::from(P::VERSION) =>
-            {
-                projector.position = Position(u64::try_from(position).unwrap_or(0));
+        match stored.first().map(|row| row[0].clone()) {
+            Some(Value::Int(version)) if version == i64::from(P::VERSION) => {
                 projector
                     .db
                     .transaction(&projector.projection.schema())
                     .await?;
+                projector.reload().await?;
             }
-            _ => projector.reset_tables().await?,
+            Some(_) => {
+                tracing::info!(
+                    projection = P::NAME,
+                    version = P::VERSION,
+                    "the projection's code changed: rebuilding it beside the tables in use"
+                );
+                projector.rebuild().await?;
+            }
+            None => {
+                projector.reset_tables().await?;
+                projector.reload().await?;
+            }
         }
-        projector.reload().await?;
         Ok(projector)
     }
 
@@ -193,21 +239,22 @@ impl<P: Projection> Projector<P> {
         Ok(())
     }
 
-    /// Reads the checkpoint again (another worker may have moved it) and reloads
-    /// the projection's memory as of it.
+    /// Reads the checkpoint again (another worker may have moved it, or a rebuild
+    /// switched the tables) and reloads the projection's memory as of it.
     async fn reload(&mut self) -> Result<(), ProjectionError> {
         let stored = self
             .db
             .query(
                 &Stmt::new(
-                    "SELECT position FROM projection_checkpoints WHERE name = ?",
+                    "SELECT position, generation FROM projection_checkpoints WHERE name = ?",
                     vec![P::NAME.into()],
                 ),
-                "i",
+                "ii",
             )
             .await?;
-        if let Some(Value::Int(position)) = stored.first().and_then(|row| row.first()) {
-            self.position = Position(u64::try_from(*position).unwrap_or(0));
+        if let Some(row) = stored.first() {
+            self.position = Position(u64::try_from(row[0].int()).unwrap_or(0));
+            self.generation = row[1].int();
         }
         self.projection
             .load(&self.db, &self.ledger, self.position)
@@ -240,21 +287,40 @@ impl<P: Projection> Projector<P> {
     /// As for [`Projector::catch_up`].
     pub async fn catch_up_with(
         &mut self,
+        progress: impl FnMut(Position, u64),
+    ) -> Result<u64, ProjectionError> {
+        self.catch_up_until(Position(u64::MAX), progress).await
+    }
+
+    /// Applies what the ledger has released up to and including `until`: the read
+    /// model as it stood at that position.
+    ///
+    /// # Errors
+    /// As for [`Projector::catch_up`].
+    pub async fn catch_up_to(&mut self, until: Position) -> Result<u64, ProjectionError> {
+        self.catch_up_until(until, |_, _| {}).await
+    }
+
+    async fn catch_up_until(
+        &mut self,
+        until: Position,
         mut progress: impl FnMut(Position, u64),
     ) -> Result<u64, ProjectionError> {
         let mut applied = 0;
-        loop {
-            let page = self
+        while self.position < until {
+            let mut page = self
                 .ledger
-                .read_all(self.position, EVENTS_PER_BATCH_MAX)
+                .read_all(self.position, self.events_per_batch)
                 .await?;
+            let full = page.len() == self.events_per_batch;
+            page.retain(|e| e.position <= until);
             let Some(last) = page.last().map(|e| e.position) else {
                 break;
             };
             self.apply_batch(&page).await?;
             applied += page.len() as u64;
             progress(last, applied);
-            if page.len() < EVENTS_PER_BATCH_MAX {
+            if !full {
                 break;
             }
         }
@@ -285,7 +351,13 @@ impl<P: Projection> Projector<P> {
             self.projection.flush(&mut writes);
             let mut writes = crate::db::supersede(writes);
             // Compare-and-set: if another worker moved the checkpoint, nothing is written.
-            writes.push(advance(P::NAME, P::VERSION, self.position, last));
+            writes.push(advance(
+                P::NAME,
+                P::VERSION,
+                self.generation,
+                self.position,
+                last,
+            ));
             result = self
                 .db
                 .transaction(&writes)
@@ -305,7 +377,9 @@ impl<P: Projection> Projector<P> {
         &self.ledger
     }
 
-    /// Drops the read model and builds it again from the first event.
+    /// Builds the read model again from the first event, beside the tables in use,
+    /// which keep serving; then switches to the new tables in one transaction and
+    /// applies what arrived meanwhile.
     ///
     /// # Errors
     /// As for [`Projector::catch_up`].
@@ -319,11 +393,78 @@ impl<P: Projection> Projector<P> {
     /// As for [`Projector::catch_up`].
     pub async fn rebuild_with(
         &mut self,
-        progress: impl FnMut(Position, u64),
+        mut progress: impl FnMut(Position, u64),
     ) -> Result<u64, ProjectionError> {
-        self.reset_tables().await?;
+        let mut rebuild = self.start_rebuild().await?;
+        let built = match rebuild.projector().catch_up_with(&mut progress).await {
+            Ok(applied) => applied,
+            Err(error) => {
+                rebuild.abandon().await;
+                return Err(error);
+            }
+        };
+        Ok(built + self.finish_rebuild(rebuild).await?)
+    }
+
+    /// A fresh, empty copy of this projection in a shadow beside its tables: feed
+    /// it from the first event, then [`Projector::finish_rebuild`].
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn start_rebuild(&self) -> Result<Rebuild<P>, ProjectionError> {
+        let shadow = self.db.shadow(P::NAME).await?;
+        let fresh = Self::fresh(self.ledger.clone(), shadow.db().clone()).await;
+        match fresh {
+            Ok(mut fresh) => {
+                fresh.events_per_batch = REBUILD_EVENTS_PER_BATCH;
+                Ok(Rebuild { shadow, fresh })
+            }
+            Err(error) => {
+                shadow.discard().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Switches to the rebuilt tables in one transaction (readers see the old ones
+    /// until it commits), then applies what the ledger released meanwhile.
+    ///
+    /// # Errors
+    /// Database errors (the tables in use are then unchanged); catch-up errors.
+    pub async fn finish_rebuild(&mut self, rebuild: Rebuild<P>) -> Result<u64, ProjectionError> {
+        let switch = [checkpoint(P::NAME, P::VERSION, rebuild.fresh.position)];
+        let adopted = self
+            .db
+            .adopt(
+                &rebuild.shadow,
+                &self.projection.tables(),
+                &self.projection.schema(),
+                &switch,
+            )
+            .await;
+        rebuild.shadow.discard().await;
+        adopted?;
         self.reload().await?;
-        self.catch_up_with(progress).await
+        self.catch_up().await
+    }
+
+    /// A projector with empty tables in `db`, from the first event.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn fresh(ledger: Ledger, db: Db) -> Result<Self, ProjectionError> {
+        let mut fresh = Self {
+            ledger,
+            db,
+            projection: P::default(),
+            position: Position::START,
+            generation: 0,
+            events_per_batch: EVENTS_PER_BATCH_MAX,
+        };
+        ensure_checkpoints(&fresh.db).await?;
+        fresh.reset_tables().await?;
+        fresh.reload().await?;
+        Ok(fresh)
     }
 
     /// The projection's name and version.
@@ -332,11 +473,123 @@ impl<P: Projection> Projector<P> {
     }
 }
 
-fn advance(name: &str, version: u32, from: Position, to: Position) -> Stmt {
+/// A projection being rebuilt in a shadow (see [`Projector::start_rebuild`]).
+pub struct Rebuild<P: Projection> {
+    shadow: Shadow,
+    fresh: Projector<P>,
+}
+
+impl<P: Projection> Rebuild<P> {
+    /// The projector writing the shadow.
+    pub fn projector(&mut self) -> &mut Projector<P> {
+        &mut self.fresh
+    }
+
+    /// Gives the rebuild up and drops the shadow; the tables in use are untouched.
+    pub async fn abandon(self) {
+        self.shadow.discard().await;
+    }
+}
+
+/// A batch being applied.
+pub type Applying<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<(), ProjectionError>> + Send + 'a>>;
+
+/// A projector fed batches by someone else (the set's single-pass rebuild).
+pub trait ApplyBatch: Send {
+    /// [`Projector::apply_batch`].
+    fn apply<'a>(&'a mut self, events: &'a [RecordedEvent]) -> Applying<'a>;
+}
+
+impl<P: Projection> ApplyBatch for Projector<P> {
+    fn apply<'a>(&'a mut self, events: &'a [RecordedEvent]) -> Applying<'a> {
+        Box::pin(self.apply_batch(events))
+    }
+}
+
+/// Feeds every projector the ledger from the first event up to `until`, reading
+/// each page once and the next page while the current one is applied; calls
+/// `progress(position, applied)` after each page. The projectors must all start
+/// empty.
+///
+/// # Errors
+/// Ledger, database and event errors.
+pub async fn feed(
+    ledger: &Ledger,
+    until: Position,
+    projectors: &mut [&mut dyn ApplyBatch],
+    mut progress: impl FnMut(Position, u64),
+) -> Result<u64, ProjectionError> {
+    let mut applied = 0;
+    let mut page = ledger
+        .read_all(Position::START, REBUILD_EVENTS_PER_BATCH)
+        .await?;
+    loop {
+        let full = page.len() == REBUILD_EVENTS_PER_BATCH;
+        page.retain(|e| e.position <= until);
+        let Some(last) = page.last().map(|e| e.position) else {
+            break;
+        };
+        let more = full && last < until;
+        let next = async {
+            if more {
+                ledger
+                    .read_all(last, REBUILD_EVENTS_PER_BATCH)
+                    .await
+                    .map(Some)
+                    .map_err(ProjectionError::from)
+            } else {
+                Ok(None)
+            }
+        };
+        let apply = every(projectors.iter_mut().map(|p| p.apply(&page)).collect());
+        let (next, ()) = tokio::try_join!(next, apply)?;
+        applied += page.len() as u64;
+        progress(last, applied);
+        match next {
+            Some(next) => page = next,
+            None => break,
+        }
+    }
+    Ok(applied)
+}
+
+/// Runs the futures concurrently; the first error wins.
+async fn every(mut futures: Vec<Applying<'_>>) -> Result<(), ProjectionError> {
+    let mut done = vec![false; futures.len()];
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, done) in futures.iter_mut().zip(done.iter_mut()) {
+            if *done {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                std::task::Poll::Ready(Ok(())) => *done = true,
+                std::task::Poll::Ready(Err(error)) => return std::task::Poll::Ready(Err(error)),
+                std::task::Poll::Pending => pending = true,
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Ok(()))
+        }
+    })
+    .await
+}
+
+fn advance(name: &str, version: u32, generation: i64, from: Position, to: Position) -> Stmt {
     let at = |p: Position| i64::try_from(p.0).unwrap_or(i64::MAX);
     Stmt::new(
-        "UPDATE projection_checkpoints SET position = ? WHERE name = ? AND version = ? AND position = ?",
-        vec![at(to).into(), name.into(), i64::from(version).into(), at(from).into()],
+        "UPDATE projection_checkpoints SET position = ?
+          WHERE name = ? AND version = ? AND generation = ? AND position = ?",
+        vec![
+            at(to).into(),
+            name.into(),
+            i64::from(version).into(),
+            generation.into(),
+            at(from).into(),
+        ],
     )
     .expecting(1)
 }
@@ -344,7 +597,8 @@ fn advance(name: &str, version: u32, from: Position, to: Position) -> Stmt {
 fn checkpoint(name: &str, version: u32, position: Position) -> Stmt {
     Stmt::new(
         "INSERT INTO projection_checkpoints (name, version, position) VALUES (?, ?, ?)
-         ON CONFLICT (name) DO UPDATE SET version = excluded.version, position = excluded.position",
+         ON CONFLICT (name) DO UPDATE SET version = excluded.version, position = excluded.position,
+         generation = projection_checkpoints.generation + 1",
         vec![
             name.into(),
             i64::from(version).into(),

@@ -4,12 +4,63 @@ use recur_ledger::{Ledger, Position};
 
 use crate::accounts::Accounts;
 use crate::customers::Customers;
+use crate::db::Db;
 use crate::mrr::Mrr;
 use crate::revenue::Revenue;
-use crate::runtime::{ProjectionError, Projector};
+use crate::runtime::{ApplyBatch, Projection, ProjectionError, Projector, feed};
 
 /// The names, as `recur projections` takes them.
 pub const NAMES: &[&str] = &["mrr", "accounts", "customers", "revenue"];
+
+/// Each projection's name and code version.
+pub const VERSIONS: &[(&str, u32)] = &[
+    (Mrr::NAME, Mrr::VERSION),
+    (Accounts::NAME, Accounts::VERSION),
+    (Customers::NAME, Customers::VERSION),
+    (Revenue::NAME, Revenue::VERSION),
+];
+
+/// A projection's stored checkpoint, read without opening (or rebuilding) it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The projection.
+    pub name: &'static str,
+    /// Its code version.
+    pub code_version: u32,
+    /// The version its tables were built by; None before its first run.
+    pub stored_version: Option<u32>,
+    /// The last applied position.
+    pub position: Position,
+}
+
+/// Every projection's checkpoint in `db`.
+///
+/// # Errors
+/// Database errors.
+pub async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, ProjectionError> {
+    crate::runtime::ensure_checkpoints(db).await?;
+    let rows = db
+        .query(
+            &crate::db::Stmt::new(
+                "SELECT name, version, position FROM projection_checkpoints",
+                vec![],
+            ),
+            "tii",
+        )
+        .await?;
+    Ok(VERSIONS
+        .iter()
+        .map(|(name, code_version)| {
+            let row = rows.iter().find(|r| r[0].text() == *name);
+            Checkpoint {
+                name,
+                code_version: *code_version,
+                stored_version: row.and_then(|r| u32::try_from(r[1].int()).ok()),
+                position: Position(row.map_or(0, |r| u64::try_from(r[2].int()).unwrap_or(0))),
+            }
+        })
+        .collect())
+}
 
 /// All projections over one ledger.
 pub struct Projections {
@@ -35,6 +86,66 @@ impl Projections {
             customers: Projector::open(ledger.clone(), Customers::new()).await?,
             revenue: Projector::open(ledger.clone(), Revenue::new()).await?,
         })
+    }
+
+    /// The read models as they stood at ledger position `at`: every projection
+    /// built from the first event up to `at` in a private in-memory database, which
+    /// the same queries as the live tables can read.
+    ///
+    /// # Errors
+    /// Ledger, database and event errors.
+    pub async fn as_of(ledger: &Ledger, at: Position) -> Result<Db, ProjectionError> {
+        let db = Db::scratch().await?;
+        let mut mrr = Projector::<Mrr>::fresh(ledger.clone(), db.clone()).await?;
+        let mut accounts = Projector::<Accounts>::fresh(ledger.clone(), db.clone()).await?;
+        let mut customers = Projector::<Customers>::fresh(ledger.clone(), db.clone()).await?;
+        let mut revenue = Projector::<Revenue>::fresh(ledger.clone(), db.clone()).await?;
+        let mut all: [&mut dyn ApplyBatch; 4] =
+            [&mut mrr, &mut accounts, &mut customers, &mut revenue];
+        feed(ledger, at, &mut all, |_, _| {}).await?;
+        Ok(db)
+    }
+
+    /// Rebuilds every projection from the first event, reading the ledger once:
+    /// each builds in its shadow while the tables in use keep serving, then each
+    /// switches in its own transaction and catches up. `progress(position,
+    /// applied)` is called after each page.
+    ///
+    /// # Errors
+    /// Ledger, database and event errors; the tables in use are then unchanged.
+    pub async fn rebuild_with(
+        &mut self,
+        progress: impl FnMut(Position, u64),
+    ) -> Result<u64, ProjectionError> {
+        let ledger = self.mrr.ledger().clone();
+        let mut mrr = self.mrr.start_rebuild().await?;
+        let mut accounts = self.accounts.start_rebuild().await?;
+        let mut customers = self.customers.start_rebuild().await?;
+        let mut revenue = self.revenue.start_rebuild().await?;
+        let built = {
+            let mut all: [&mut dyn ApplyBatch; 4] = [
+                mrr.projector(),
+                accounts.projector(),
+                customers.projector(),
+                revenue.projector(),
+            ];
+            feed(&ledger, Position(u64::MAX), &mut all, progress).await
+        };
+        let built = match built {
+            Ok(built) => built,
+            Err(error) => {
+                mrr.abandon().await;
+                accounts.abandon().await;
+                customers.abandon().await;
+                revenue.abandon().await;
+                return Err(error);
+            }
+        };
+        self.mrr.finish_rebuild(mrr).await?;
+        self.accounts.finish_rebuild(accounts).await?;
+        self.customers.finish_rebuild(customers).await?;
+        self.revenue.finish_rebuild(revenue).await?;
+        Ok(built)
     }
 
     /// Catches them all up; returns the first error after trying each.
@@ -63,7 +174,7 @@ impl Projections {
             .min(self.revenue.position())
     }
 
-    /// (name, version, position) of each.
+    /// (name, version, position) of each, as this process holds them.
     pub fn status(&self) -> Vec<(&'static str, u32, Position)> {
         vec![
             (

@@ -34,7 +34,8 @@ pub enum BenchBackend {
 }
 
 impl BenchBackend {
-    fn name(self) -> &'static str {
+    /// `postgres` or `sqlite`.
+    pub fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Sqlite => "sqlite",
@@ -110,7 +111,7 @@ struct Figure {
     conflicts: u64,
 }
 
-fn events_per_s(events: u64, elapsed: Duration) -> u64 {
+pub(crate) fn events_per_s(events: u64, elapsed: Duration) -> u64 {
     let micros = u64::try_from(elapsed.as_micros())
         .unwrap_or(u64::MAX)
         .max(1);
@@ -118,7 +119,7 @@ fn events_per_s(events: u64, elapsed: Duration) -> u64 {
 }
 
 /// `recur / raw` to three decimals, as a JSON number.
-fn ratio(recur: u64, raw: u64) -> f64 {
+pub(crate) fn ratio(recur: u64, raw: u64) -> f64 {
     if raw == 0 {
         return 0.0;
     }
@@ -128,7 +129,7 @@ fn ratio(recur: u64, raw: u64) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn median(values: &mut [u64]) -> u64 {
+pub(crate) fn median(values: &mut [u64]) -> u64 {
     values.sort_unstable();
     values.get(values.len() / 2).copied().unwrap_or(0)
 }
@@ -284,6 +285,38 @@ pub async fn run(options: &LedgerBenchOptions) -> Result<(), BenchError> {
         );
     }
     Ok(())
+}
+
+/// The raw baseline's W3 replay (section 6 of the workload) over the rows its W2
+/// writes, `rounds` times: events/s of each round. Other benchmarks compare with it.
+///
+/// # Errors
+/// Database failures, a failed replay verification.
+pub(crate) async fn raw_replay_rates(
+    backend: BenchBackend,
+    database_url: Option<String>,
+    scratch_dir: PathBuf,
+    rounds: u32,
+) -> Result<Vec<u64>, BenchError> {
+    let data = Arc::new(Data::build()?);
+    let mut target = match backend {
+        BenchBackend::Postgres => {
+            let url = database_url.ok_or_else(|| {
+                BenchError::Usage(
+                    "the Postgres benchmark needs DATABASE_URL or --database-url".into(),
+                )
+            })?;
+            Target::postgres(url, 2).await?
+        }
+        BenchBackend::Sqlite => Target::sqlite(scratch_dir)?,
+    };
+    target.write_raw(&data, Workload::W2).await?;
+    let mut rates = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let (elapsed, events, _) = target.replay_raw().await?;
+        rates.push(events_per_s(events, elapsed));
+    }
+    Ok(rates)
 }
 
 /// The databases of one benchmark: Recur's store and the raw baseline's.

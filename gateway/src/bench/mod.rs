@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod ledger;
+pub mod projections;
 pub mod workload;
 
 /// Peak resident set size of this process so far, in KiB (Linux `VmHWM`; 0 elsewhere).

@@ -47,6 +47,8 @@ pub struct AppState {
     pub read_models: recur_projections::db::Db,
     /// The ledger position the projections have reached.
     pub projected: Arc<std::sync::atomic::AtomicU64>,
+    /// The read models as of the last past position asked for (one build at a time).
+    pub past: tokio::sync::Mutex<Option<(u64, recur_projections::db::Db)>>,
 }
 
 /// How to serve.
@@ -232,6 +234,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         clock_turn: tokio::sync::Mutex::new(()),
         read_models,
         projected,
+        past: tokio::sync::Mutex::new(None),
     });
     if test_clock.is_none() {
         let tick_s = options.tick_seconds.max(1);

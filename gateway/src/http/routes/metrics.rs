@@ -8,7 +8,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use recur_ledger::{Currency, Money};
-use recur_projections::db::{Stmt, Value};
+use recur_projections::db::{Db, Stmt, Value};
 use recur_projections::mrr;
 use serde::Serialize;
 use time::{Date, Month};
@@ -89,7 +89,82 @@ struct Query {
     to: Date,
     interval: String,
     plan: String,
+    reading: Reading,
+}
+
+/// The most events a question about the past replays (`as_of_position`).
+pub const AS_OF_EVENTS_MAX: u64 = 5_000_000;
+
+/// Which read models a query reads: the live ones, once they have reached
+/// `min_position` (read your own writes), or the ones as they stood at
+/// `as_of_position` (time travel), built from the ledger for the question.
+#[derive(Default)]
+struct Reading {
     min_position: Option<u64>,
+    as_of_position: Option<u64>,
+}
+
+impl Reading {
+    /// Takes `key=value` when it is one of ours; false when it is not.
+    fn take(&mut self, key: &str, value: &str) -> Result<bool, ApiError> {
+        let slot = match key {
+            "min_position" => &mut self.min_position,
+            "as_of_position" => &mut self.as_of_position,
+            _ => return Ok(false),
+        };
+        *slot = Some(
+            value
+                .parse()
+                .map_err(|_| bad(format!("{key} must be a ledger position")))?,
+        );
+        Ok(true)
+    }
+
+    /// The database to read and the ledger position its answer is as of.
+    async fn read_models(&self, state: &AppState) -> Result<(Db, u64), ApiError> {
+        let Some(at) = self.as_of_position else {
+            let position = wait_for(state, self.min_position).await?;
+            return Ok((state.read_models.clone(), position));
+        };
+        if self.min_position.is_some() {
+            return Err(bad("min_position and as_of_position exclude each other"));
+        }
+        written(state, at, "as_of_position").await?;
+        if at > AS_OF_EVENTS_MAX {
+            return Err(bad(format!(
+                "as_of_position is limited to {AS_OF_EVENTS_MAX}: a question about the past replays the ledger up to it"
+            )));
+        }
+        let mut past = state.past.lock().await;
+        if let Some((cached, db)) = past.as_ref()
+            && *cached == at
+        {
+            return Ok((db.clone(), at));
+        }
+        let db = recur_projections::Projections::as_of(
+            state.billing.ledger(),
+            recur_ledger::Position(at),
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            )
+        })?;
+        *past = Some((at, db.clone()));
+        Ok((db, at))
+    }
+}
+
+/// The `key=value` pairs of a query string (values are used as given).
+fn pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
 }
 
 fn bad(reason: impl Into<String>) -> ApiError {
@@ -108,11 +183,13 @@ fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
         to: today,
         interval: "day".into(),
         plan: "*".into(),
-        min_position: None,
+        reading: Reading::default(),
     };
     let mut from = None;
-    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    for (key, value) in pairs(query) {
+        if parsed.reading.take(key, value)? {
+            continue;
+        }
         match key {
             "from" => from = Some(parse_date(value)?),
             "to" => parsed.to = parse_date(value)?,
@@ -121,13 +198,6 @@ fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
             }
             "interval" => return Err(bad("interval must be day, week or month")),
             "plan" => parsed.plan = value.to_owned(),
-            "min_position" => {
-                parsed.min_position = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad("min_position must be a position"))?,
-                );
-            }
             other => return Err(bad(format!("unknown query parameter {other:?}"))),
         }
     }
@@ -170,11 +240,8 @@ fn bucket_ends(from: Date, to: Date, interval: &str) -> Result<Vec<Date>, ApiErr
     Ok(ends)
 }
 
-async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
-    let Some(wanted) = min_position else {
-        return Ok(state.projected.load(Ordering::Acquire));
-    };
-    // A position no write has reached yet is a client's mistake, not something to wait for.
+/// Refuses a position no write has reached yet: a client's mistake, not something to wait for.
+async fn written(state: &AppState, wanted: u64, name: &str) -> Result<(), ApiError> {
     let head = state
         .billing
         .ledger()
@@ -186,11 +253,19 @@ async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<u64, Ap
             StatusCode::UNPROCESSABLE_ENTITY,
             "position_unknown",
             format!(
-                "the ledger is at position {}; min_position {wanted} has not been written",
+                "the ledger is at position {}; {name} {wanted} has not been written",
                 head.0
             ),
         ));
     }
+    Ok(())
+}
+
+async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
+    let Some(wanted) = min_position else {
+        return Ok(state.projected.load(Ordering::Acquire));
+    };
+    written(state, wanted, "min_position").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(MIN_POSITION_WAIT_MS);
     loop {
         let reached = state.projected.load(Ordering::Acquire);
@@ -218,7 +293,8 @@ fn usd(minor: i64) -> MoneyDto {
            ("to" = Option<String>, Query, description = "Last day (default: today)"),
            ("interval" = Option<String>, Query, description = "day, week or month"),
            ("plan" = Option<String>, Query, description = "A plan id (default: all)"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = MrrSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -229,9 +305,8 @@ pub async fn mrr_series(
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
     let query = parse_query(query.as_deref())?;
-    let position = wait_for(&state, query.min_position).await?;
-    let rows = state
-        .read_models
+    let (db, position) = query.reading.read_models(&state).await?;
+    let rows = db
         .query(
             &Stmt::new(
                 format!(
@@ -292,7 +367,8 @@ pub async fn mrr_series(
     params(("from" = Option<String>, Query, description = "First day (default: the first of `to`'s month)"),
            ("to" = Option<String>, Query, description = "Last day (default: today)"),
            ("interval" = Option<String>, Query, description = "day, week or month"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = MovementSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -308,9 +384,8 @@ pub async fn movements(
             "movements are per customer; the plan filter does not apply",
         ));
     }
-    let position = wait_for(&state, query.min_position).await?;
-    let rows = state
-        .read_models
+    let (db, position) = query.reading.read_models(&state).await?;
+    let rows = db
         .query(
             &Stmt::new(
                 format!(
@@ -393,7 +468,8 @@ pub struct TrialBalance {
 /// The trial balance from every event's postings, now or `as_of` the end of a day.
 #[utoipa::path(get, operation_id = "ledger_trial_balance", path = "/v1/ledger/trial-balance", tag = "metrics",
     params(("as_of" = Option<String>, Query, description = "A day (YYYY-MM-DD): balances at its end"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = TrialBalance), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -404,28 +480,18 @@ pub async fn trial_balance(
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
     let mut as_of = None;
-    let mut min_position = None;
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+    let mut reading = Reading::default();
+    for (key, value) in pairs(query.as_deref()) {
+        if reading.take(key, value)? {
+            continue;
+        }
         match key {
             "as_of" => as_of = Some(parse_date(value)?.to_string()),
-            "min_position" => {
-                min_position = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad("min_position must be a position"))?,
-                )
-            }
             other => return Err(bad(format!("unknown query parameter {other:?}"))),
         }
     }
-    let position = wait_for(&state, min_position).await?;
-    let balances = recur_projections::accounts::trial_balance(&state.read_models, as_of.as_deref())
+    let (db, position) = reading.read_models(&state).await?;
+    let balances = recur_projections::accounts::trial_balance(&db, as_of.as_deref())
         .await
         .map_err(|e| {
             ApiError::new(
@@ -516,7 +582,8 @@ fn ratio(numerator: i64, denominator: i64) -> Option<String> {
 #[utoipa::path(get, operation_id = "metrics_churn", path = "/v1/metrics/churn", tag = "metrics",
     params(("from" = Option<String>, Query, description = "A day in the first month (default: the first of `to`'s month)"),
            ("to" = Option<String>, Query, description = "A day in the last month (default: today)"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = ChurnSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -532,7 +599,7 @@ pub async fn churn(
             "churn is monthly and for all plans: plan and interval do not apply",
         ));
     }
-    let position = wait_for(&state, query.min_position).await?;
+    let (db, position) = query.reading.read_models(&state).await?;
     let unavailable = |e: recur_projections::db::DbError| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -540,8 +607,7 @@ pub async fn churn(
             e.to_string(),
         )
     };
-    let moves = state
-        .read_models
+    let moves = db
         .query(
             &Stmt::new(
                 format!(
@@ -555,8 +621,7 @@ pub async fn churn(
         )
         .await
         .map_err(unavailable)?;
-    let daily = state
-        .read_models
+    let daily = db
         .query(
             &Stmt::new(
                 format!(
@@ -684,7 +749,8 @@ fn next_month(month: &str) -> String {
 #[utoipa::path(get, operation_id = "metrics_cohorts", path = "/v1/metrics/cohorts", tag = "metrics",
     params(("from" = Option<String>, Query, description = "A day in the first cohort month (default: the first of `to`'s month)"),
            ("to" = Option<String>, Query, description = "A day in the last month measured (default: today)"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = CohortTable), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -700,9 +766,8 @@ pub async fn cohorts(
             "cohorts are monthly and for all plans: plan and interval do not apply",
         ));
     }
-    let position = wait_for(&state, query.min_position).await?;
-    let rows = state
-        .read_models
+    let (db, position) = query.reading.read_models(&state).await?;
+    let rows = db
         .query(
             &Stmt::new(
                 format!(
@@ -848,7 +913,8 @@ pub struct CustomerView {
 /// lifetime revenue and dunning state (contact details for admin and support).
 #[utoipa::path(get, operation_id = "customers_view", path = "/v1/customers/{id}/view", tag = "customers",
     params(("id" = String, Path, description = "Customer id"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projections have reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projections have reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = CustomerView), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projections have not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -860,25 +926,13 @@ pub async fn customer_view(
 ) -> Result<Response, ApiError> {
     caller.require(super::READERS)?;
     let customer = super::customer_id(&id)?;
-    let mut min_position = None;
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("min_position", value) => {
-                min_position = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad("min_position must be a position"))?,
-                )
-            }
-            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
+    let mut reading = Reading::default();
+    for (key, value) in pairs(query.as_deref()) {
+        if !reading.take(key, value)? {
+            return Err(bad(format!("unknown query parameter {key:?}")));
         }
     }
-    let position = wait_for(&state, min_position).await?;
+    let (db, position) = reading.read_models(&state).await?;
     let unavailable = |e: recur_projections::db::DbError| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -887,7 +941,7 @@ pub async fn customer_view(
         )
     };
     let id_text = customer.to_string();
-    let Some((_, row)) = recur_projections::customers::read(&state.read_models, Some(&id_text))
+    let Some((_, row)) = recur_projections::customers::read(&db, Some(&id_text))
         .await
         .map_err(unavailable)?
         .into_iter()
@@ -899,8 +953,7 @@ pub async fn customer_view(
             "no such customer (or not projected yet)",
         ));
     };
-    let subs = state
-        .read_models
+    let subs = db
         .query(
             &Stmt::new(
                 format!(
@@ -993,7 +1046,8 @@ pub struct RevenueSeries {
 #[utoipa::path(get, operation_id = "ledger_revenue_recognition", path = "/v1/ledger/revenue-recognition", tag = "metrics",
     params(("from" = Option<String>, Query, description = "A day in the first month (default: the first of `to`'s month)"),
            ("to" = Option<String>, Query, description = "A day in the last month (default: today)"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = RevenueSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -1009,9 +1063,9 @@ pub async fn revenue_recognition(
             "revenue recognition is monthly and for all plans: plan and interval do not apply",
         ));
     }
-    let position = wait_for(&state, query.min_position).await?;
+    let (db, position) = query.reading.read_models(&state).await?;
     let months = recur_projections::revenue::monthly(
-        &state.read_models,
+        &db,
         &query.from.to_string()[..7],
         &query.to.to_string()[..7],
     )
@@ -1064,7 +1118,8 @@ pub struct ArAging {
 /// Open receivables by age since the invoice was issued, counted to `as_of` (default: today).
 #[utoipa::path(get, operation_id = "ledger_ar_aging", path = "/v1/ledger/ar-aging", tag = "metrics",
     params(("as_of" = Option<String>, Query, description = "The day ages are counted to (YYYY-MM-DD)"),
-           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position")),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = ArAging), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
@@ -1075,27 +1130,18 @@ pub async fn ar_aging(
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
     let mut as_of = recur_ledger::Clock::now(state.billing.ledger().clock().as_ref()).date();
-    let mut min_position = None;
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=').unwrap_or((pair, "")) {
-            ("as_of", value) => as_of = parse_date(value)?,
-            ("min_position", value) => {
-                min_position = Some(
-                    value
-                        .parse()
-                        .map_err(|_| bad("min_position must be a position"))?,
-                )
-            }
-            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
+    let mut reading = Reading::default();
+    for (key, value) in pairs(query.as_deref()) {
+        if reading.take(key, value)? {
+            continue;
+        }
+        match key {
+            "as_of" => as_of = parse_date(value)?,
+            other => return Err(bad(format!("unknown query parameter {other:?}"))),
         }
     }
-    let position = wait_for(&state, min_position).await?;
-    let buckets = recur_projections::customers::aging(&state.read_models, as_of)
+    let (db, position) = reading.read_models(&state).await?;
+    let buckets = recur_projections::customers::aging(&db, as_of)
         .await
         .map_err(|e| {
             ApiError::new(
@@ -1146,13 +1192,8 @@ pub async fn mrr_at(
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
     let mut at = None;
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=').unwrap_or((pair, "")) {
+    for (key, value) in pairs(query.as_deref()) {
+        match (key, value) {
             ("position", value) => {
                 at = Some(
                     value
