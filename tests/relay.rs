@@ -198,7 +198,9 @@ async fn jetstream_drops_a_republished_event_by_its_message_id() {
         .unwrap();
     let client = async_nats::connect(&config.nats_url).await.unwrap();
     let js = jetstream::new(client);
-    let body = serde_json::to_vec(&EventMessage::from_recorded(&events[1]).unwrap()).unwrap();
+    let body =
+        serde_json::to_vec(&EventMessage::from_recorded(&events[1], events[0].position).unwrap())
+            .unwrap();
     let ack = js
         .send_publish(
             format!("{}.invoice", config.subject_prefix),

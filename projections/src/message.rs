@@ -21,6 +21,11 @@ pub struct EventMessage {
     pub stream_version: u64,
     /// Its global position.
     pub position: u64,
+    /// The position of the event the relay published just before it: the
+    /// ledger's previous released event (0 before the first). A consumer that
+    /// finds this is not its checkpoint has missed something and reads the ledger.
+    #[serde(default)]
+    pub previous_position: Option<u64>,
     /// Its type.
     pub event_type: String,
     /// Its payload's schema version.
@@ -35,16 +40,20 @@ pub struct EventMessage {
 }
 
 impl EventMessage {
-    /// The message for a recorded event.
+    /// The message for a recorded event published after the one at `previous`.
     ///
     /// # Errors
     /// A stored payload that is not JSON (impossible for a ledger event).
-    pub fn from_recorded(event: &RecordedEvent) -> Result<Self, serde_json::Error> {
+    pub fn from_recorded(
+        event: &RecordedEvent,
+        previous: Position,
+    ) -> Result<Self, serde_json::Error> {
         Ok(Self {
             id: event.id,
             stream_id: event.stream_id.as_str().to_owned(),
             stream_version: event.stream_version,
             position: event.position.0,
+            previous_position: Some(previous.0),
             event_type: event.event_type.clone(),
             schema_version: event.schema_version,
             payload: RawValue::from_string(event.payload.clone())?,

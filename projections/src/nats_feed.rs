@@ -1,10 +1,14 @@
 //! Feeding a projector from JetStream: a durable pull consumer per projection.
 //!
 //! A batch is applied straight from the messages only when it is exactly the
-//! continuation of the projection: its first event is the ledger's next event
-//! after the checkpoint, and its stream sequences have no holes. Anything else — a
-//! message lost or deleted, a relay that skipped ahead — is a gap, filled by a
-//! catch-up read from the ledger. Messages at or below the checkpoint (a
+//! continuation of the projection: each message names the position of the event
+//! the relay published before it, and those links must run unbroken from the
+//! checkpoint. Anything else — a message lost in a server crash, deleted, or
+//! stored after a later one because the relay republished it — is a gap, filled
+//! by a catch-up read from the ledger. (Checking only that the batch starts at
+//! the checkpoint is not enough: a nats-server killed mid-load can lose a few
+//! messages while the ones the client buffered meanwhile land after them with
+//! contiguous stream sequences.) Messages at or below the checkpoint (a
 //! redelivery after a crash, a duplicate) are skipped. Messages are acknowledged
 //! only after the read model's transaction commits.
 
@@ -69,10 +73,7 @@ impl NatsFeed {
                     url: config.nats_url.clone(),
                     message: e.to_string(),
                 })?;
-        let stream = jetstream::new(client)
-            .get_stream(&config.stream)
-            .await
-            .map_err(|e| stream_error(e.to_string()))?;
+        let stream = crate::relay::ensure_stream(&jetstream::new(client), config).await?;
         let consumer = stream
             .get_or_create_consumer(
                 durable,
@@ -122,27 +123,29 @@ impl NatsFeed {
             ..Pumped::default()
         };
         let mut events: Vec<RecordedEvent> = Vec::new();
-        let mut sequences: Vec<u64> = Vec::new();
+        // Each message names the event published before it: the batch applies
+        // as is only when those links run unbroken from the checkpoint.
+        let mut chained = true;
+        let mut last = projector.position().0;
         for message in &messages {
             let body: EventMessage = serde_json::from_slice(&message.payload)
                 .map_err(|e| stream_error(format!("undecodable message: {e}")))?;
+            let previous = body.previous_position;
             let event = body.into_recorded().map_err(ProjectionError::from)?;
-            if event.position <= projector.position() {
+            // Already applied, or a duplicate of a message earlier in this batch.
+            if event.position <= projector.position() || (chained && event.position.0 <= last) {
                 pumped.skipped += 1;
                 continue;
             }
-            sequences.push(message.info().map_or(0, |i| i.stream_sequence));
+            if chained && previous == Some(last) {
+                last = event.position.0;
+            } else {
+                chained = false;
+            }
             events.push(event);
         }
         if !events.is_empty() {
-            let contiguous = sequences.windows(2).all(|w| w[1] == w[0] + 1);
-            let next = projector
-                .ledger()
-                .read_all(projector.position(), 1)
-                .await
-                .map_err(ProjectionError::from)?;
-            let continues = next.first().is_some_and(|e| e.id == events[0].id);
-            if contiguous && continues {
+            if chained {
                 projector.apply_batch(&events).await?;
                 pumped.applied = events.len() as u64;
             } else {

@@ -120,19 +120,7 @@ impl Relay {
                     message: e.to_string(),
                 })?;
         let jetstream = jetstream::new(client);
-        jetstream
-            .get_or_create_stream(stream::Config {
-                name: config.stream.clone(),
-                subjects: vec![format!("{}.>", config.subject_prefix)],
-                duplicate_window: config.duplicate_window,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| RelayError::Stream {
-                stream: config.stream.clone(),
-                message: e.to_string(),
-            })?;
+        ensure_stream(&jetstream, &config).await?;
         Ok(Self {
             ledger,
             jetstream,
@@ -180,11 +168,15 @@ impl Relay {
         Ok(Position(position))
     }
 
-    async fn publish(&self, event: &RecordedEvent) -> Result<PublishAckFuture, RelayError> {
+    async fn publish(
+        &self,
+        event: &RecordedEvent,
+        previous: Position,
+    ) -> Result<PublishAckFuture, RelayError> {
         let position = event.position.0;
         let failed = |message: String| RelayError::Publish { position, message };
         let body = serde_json::to_vec(
-            &EventMessage::from_recorded(event).map_err(|e| failed(e.to_string()))?,
+            &EventMessage::from_recorded(event, previous).map_err(|e| failed(e.to_string()))?,
         )
         .map_err(|e| failed(e.to_string()))?;
         let subject = format!(
@@ -213,11 +205,13 @@ impl Relay {
         let mut replay = self.ledger.replay(after).await?;
         let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
         let mut count = 0;
+        let mut previous = after;
         while let Some(event) = replay.next().await? {
             if in_flight.len() >= IN_FLIGHT_MAX {
                 settle_one(&mut in_flight).await?;
             }
-            in_flight.push_back((event.position.0, self.publish(&event).await?));
+            in_flight.push_back((event.position.0, self.publish(&event, previous).await?));
+            previous = event.position;
             count += 1;
         }
         while !in_flight.is_empty() {
@@ -253,6 +247,8 @@ impl Relay {
     async fn follow(&self, after: Position, acknowledged: &mut Position) -> Result<(), RelayError> {
         let mut subscription = self.ledger.subscribe(after);
         let mut in_flight: VecDeque<(u64, PublishAckFuture)> = VecDeque::new();
+        // The subscription hands out every released event after `after`, in order.
+        let mut previous = after;
         loop {
             let next =
                 tokio::time::timeout(Duration::from_millis(IDLE_SETTLE_MS), subscription.next())
@@ -263,7 +259,8 @@ impl Relay {
                     if in_flight.len() >= IN_FLIGHT_MAX {
                         *acknowledged = Position(settle_one(&mut in_flight).await?);
                     }
-                    in_flight.push_back((event.position.0, self.publish(&event).await?));
+                    in_flight.push_back((event.position.0, self.publish(&event, previous).await?));
+                    previous = event.position;
                 }
                 Err(_idle) => {
                     while !in_flight.is_empty() {
@@ -273,6 +270,30 @@ impl Relay {
             }
         }
     }
+}
+
+/// Creates the stream `config` names unless it exists: the relay and every
+/// worker call it, so whichever starts first makes it.
+///
+/// # Errors
+/// [`RelayError::Stream`].
+pub async fn ensure_stream(
+    jetstream: &jetstream::Context,
+    config: &RelayConfig,
+) -> Result<stream::Stream, RelayError> {
+    jetstream
+        .get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![format!("{}.>", config.subject_prefix)],
+            duplicate_window: config.duplicate_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| RelayError::Stream {
+            stream: config.stream.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// Deletes the stream `config` names, with every message in it; false when there
