@@ -25,6 +25,10 @@ verify:
 bench-api BACKEND="postgres" ITERATIONS="500":
     cargo run --release -p recur-gateway --bin recur -- bench api --backend {{BACKEND}} --iterations {{ITERATIONS}}
 
+# The projections benchmark (a 1,000,000-event demo ledger, made once and kept); BACKEND is postgres or sqlite.
+bench-projections BACKEND="sqlite":
+    cargo run --release -p recur-gateway --bin recur -- bench projections --backend {{BACKEND}}
+
 # Serve the command API on a test clock (set RECUR_ADMIN_KEY first).
 serve *ARGS:
     cargo run --release -p recur-gateway --bin recur -- serve --test-clock {{ARGS}}

@@ -239,3 +239,18 @@ async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
     );
     remove(&path);
 }
+
+#[test]
+fn an_invalid_past_due_churn_setting_stops_recur_at_start() {
+    let out = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["projections", "status", "--database", "sqlite::memory:"])
+        .env("RECUR_PAST_DUE_CHURN_DAYS", "seven")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RECUR_PAST_DUE_CHURN_DAYS") && stderr.contains("1 to 365"),
+        "{stderr}"
+    );
+}

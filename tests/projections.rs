@@ -661,3 +661,126 @@ async fn every_read_model_as_of_a_past_position_on_sqlite() {
 async fn every_read_model_as_of_a_past_position_on_postgres() {
     every_read_model_as_of_a_past_position(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_past_due_for_the_set_days_churns_and_comes_back_when_paid() {
+    let w = world(false).await;
+    let customer = w.customer().await;
+    let sub = w.subscribe(customer, "community_access", None).await;
+    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(customer, failing)
+        .await
+        .unwrap();
+    // The April renewal is declined: past due from April 1, 10:00.
+    w.clock.advance_to(datetime!(2026-04-01 10:00 UTC));
+    w.billing.advance(sub).await.unwrap();
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status.name(), "past_due");
+    // Eight days on, other business moves the books past the seven-day mark.
+    w.clock.advance_to(datetime!(2026-04-09 12:00 UTC));
+    w.customer().await;
+    // April 10: a working card, and the renewal invoice is paid.
+    w.clock.advance_to(datetime!(2026-04-10 09:00 UTC));
+    let card = SimulatedGateway::tokenize("4242424242424242", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(customer, card)
+        .await
+        .unwrap();
+    let renewal = *state.invoices.last().unwrap();
+    w.billing.pay_now(renewal).await.unwrap();
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status.name(),
+        "active"
+    );
+
+    let movements = |db: Db| async move {
+        rows(
+            &db,
+            &format!(
+                "SELECT day, kind, delta_minor FROM {} ORDER BY position, seq",
+                mrr::MOVEMENTS
+            ),
+            "tti",
+        )
+        .await
+        .iter()
+        .map(|r| format!("{} {} {}", text(&r[0]), text(&r[1]), text(&r[2])))
+        .collect::<Vec<_>>()
+    };
+    let mut seven = Projector::open(
+        w.store.ledger.clone(),
+        Mrr::with_past_due_churn_days(Some(7)),
+    )
+    .await
+    .unwrap();
+    seven.catch_up().await.unwrap();
+    assert_eq!(
+        movements(seven.db().clone()).await,
+        vec![
+            "2026-03-01 new 9700",
+            "2026-04-08 churn -9700",
+            "2026-04-10 reactivation 9700"
+        ],
+        "churned when the seven days ran out, back when paid"
+    );
+    let total_on = |db: Db, day: &'static str| async move {
+        rows(
+            &db,
+            &format!(
+                "SELECT mrr_minor FROM {} WHERE plan = '*' AND day <= '{day}' ORDER BY day DESC LIMIT 1",
+                mrr::DAILY
+            ),
+            "i",
+        )
+        .await[0][0]
+            .clone()
+    };
+    assert_eq!(
+        total_on(seven.db().clone(), "2026-04-07").await,
+        Value::Int(9_700)
+    );
+    assert_eq!(
+        total_on(seven.db().clone(), "2026-04-08").await,
+        Value::Int(0)
+    );
+    assert_eq!(
+        total_on(seven.db().clone(), "2026-04-10").await,
+        Value::Int(9_700)
+    );
+    let live = dump(seven.db()).await;
+    seven.rebuild().await.unwrap();
+    assert_eq!(
+        dump(seven.db()).await,
+        live,
+        "a rebuild gives the same rows"
+    );
+    assert_eq!(
+        seven.describe().1,
+        2_007,
+        "the setting is part of the stored version"
+    );
+
+    // The default: past due counts until canceled (built in a scratch database,
+    // which cannot be rebuilt beside itself).
+    let mut scratch = Projector::fresh_with(
+        w.store.ledger.clone(),
+        Db::scratch().await.unwrap(),
+        Mrr::with_past_due_churn_days(None),
+    )
+    .await
+    .unwrap();
+    assert!(scratch.rebuild().await.is_err());
+    let mut off = Projector::fresh_with(
+        w.store.ledger.clone(),
+        Db::scratch().await.unwrap(),
+        Mrr::with_past_due_churn_days(None),
+    )
+    .await
+    .unwrap();
+    off.catch_up().await.unwrap();
+    assert_eq!(
+        movements(off.db().clone()).await,
+        vec!["2026-03-01 new 9700"]
+    );
+}

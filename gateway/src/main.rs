@@ -23,6 +23,8 @@ fn main() -> anyhow::Result<()> {
     } else {
         logs.init();
     }
+    // A metrics setting that silently did nothing would give wrong figures.
+    recur_projections::mrr::past_due_churn_days_from_env().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

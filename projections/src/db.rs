@@ -102,6 +102,9 @@ pub enum DbError {
     /// The database refused or failed.
     #[error("read model database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// Something this kind of database cannot do.
+    #[error("{0}")]
+    Unsupported(&'static str),
     /// A guarded statement changed another number of rows (someone else moved on).
     #[error("a guarded write changed {changed} rows, not {expected}: another writer moved on")]
     Guard {
@@ -306,14 +309,14 @@ impl Db {
             Db::Sqlite(pool) => {
                 let options = pool.connect_options();
                 let live = options.get_filename().to_string_lossy().into_owned();
-                let file = if live.is_empty() || live == ":memory:" {
-                    std::env::temp_dir()
-                        .join(format!("recur-shadow-{name}-{}", uuid::Uuid::now_v7()))
-                        .to_string_lossy()
-                        .into_owned()
-                } else {
-                    format!("{live}.shadow-{name}")
-                };
+                // SQLite opens what an in-memory connection ATTACHes in memory too, so
+                // its rows could not be adopted: a scratch is built fresh instead.
+                if !std::path::Path::new(&live).is_file() {
+                    return Err(DbError::Unsupported(
+                        "an in-memory read-model database cannot be rebuilt beside itself; build a fresh one",
+                    ));
+                }
+                let file = format!("{live}.shadow-{name}");
                 remove_sqlite_files(&file);
                 // A shadow is thrown away if the rebuild stops, so it needs no durability.
                 let options = SqliteConnectOptions::new()

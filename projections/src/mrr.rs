@@ -9,19 +9,27 @@
 //! classified per customer from the customer's MRR before and after the event:
 //! new (0 → >0, never paying before), reactivation (0 → >0 after paying once),
 //! expansion, contraction, churn (>0 → 0).
+//!
+//! Past due counts until the subscription is canceled, unless
+//! `RECUR_PAST_DUE_CHURN_DAYS` = N: then a subscription past due for N days
+//! counts 0 from that moment (a churn), and again from its next payment (a
+//! reactivation). The moment is applied when the first ledger event at or after it
+//! is projected, so a rebuild gives the same rows.
 
 use std::collections::HashMap;
 
 use recur_commands::aggregate::Aggregate;
 use recur_commands::coupon::{AppliedDiscount, CouponDuration, Discount};
 use recur_commands::invoice::BillingReason;
-use recur_commands::subscription::{Subscription, SubscriptionEvent};
+use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
 use recur_ledger::money::RoundingRule;
 use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
 use rust_decimal::Decimal;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::db::{Db, Stmt, Value};
-use crate::runtime::{Projection, ProjectionError, decode, earlier_events};
+use crate::runtime::{Projection, ProjectionError, decode};
 
 /// Per-subscription MRR, current.
 pub const SUBSCRIPTIONS: &str = "mrr_subscriptions_v1";
@@ -31,6 +39,31 @@ pub const CUSTOMERS: &str = "mrr_customers_v1";
 pub const MOVEMENTS: &str = "mrr_movements_v1";
 /// MRR per plan (and `*` for all) at the end of each day with a change.
 pub const DAILY: &str = "mrr_daily_v1";
+/// Subscriptions past due, since when, and whether the setting churned them.
+pub const PAST_DUE: &str = "mrr_past_due_v1";
+
+/// The setting: days past due after which a subscription counts as churned.
+pub const PAST_DUE_CHURN_DAYS_ENV: &str = "RECUR_PAST_DUE_CHURN_DAYS";
+/// The longest the setting may be.
+pub const PAST_DUE_CHURN_DAYS_MAX: u32 = 365;
+
+/// `RECUR_PAST_DUE_CHURN_DAYS` if set to 1–365.
+///
+/// # Errors
+/// The variable is set to something else: a setting that silently did nothing
+/// would give wrong metrics.
+pub fn past_due_churn_days_from_env() -> Result<Option<u32>, String> {
+    match std::env::var(PAST_DUE_CHURN_DAYS_ENV) {
+        Err(_) => Ok(None),
+        Ok(text) if text.trim().is_empty() => Ok(None),
+        Ok(text) => match text.trim().parse::<u32>() {
+            Ok(days) if (1..=PAST_DUE_CHURN_DAYS_MAX).contains(&days) => Ok(Some(days)),
+            _ => Err(format!(
+                "{PAST_DUE_CHURN_DAYS_ENV}={text:?}: expected a number of days from 1 to {PAST_DUE_CHURN_DAYS_MAX}"
+            )),
+        },
+    }
+}
 
 /// A movement's kind.
 pub fn classify(before_minor: i64, after_minor: i64, ever_paying: bool) -> Option<&'static str> {
@@ -99,126 +132,175 @@ impl Tracked {
     }
 }
 
+/// A subscription past due: since when, and whether the setting churned it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PastDue {
+    since: OffsetDateTime,
+    churned: bool,
+}
+
 /// The MRR projection.
-#[derive(Default)]
 pub struct Mrr {
     subscriptions: HashMap<StreamId, Tracked>,
     customers: HashMap<String, (i64, bool)>,
     plans: HashMap<String, i64>,
+    past_due: HashMap<StreamId, PastDue>,
+    churn_after: Option<time::Duration>,
+}
+
+impl Default for Mrr {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Mrr {
-    /// A fresh projection.
+    /// A fresh projection with the setting from `RECUR_PAST_DUE_CHURN_DAYS`
+    /// (an invalid value is logged and ignored; `recur` checks it at start).
     pub fn new() -> Self {
-        Self::default()
-    }
-}
-
-impl Projection for Mrr {
-    const NAME: &'static str = "mrr";
-    const VERSION: u32 = 1;
-
-    fn tables(&self) -> Vec<&'static str> {
-        vec![SUBSCRIPTIONS, CUSTOMERS, MOVEMENTS, DAILY]
+        let days = past_due_churn_days_from_env().unwrap_or_else(|error| {
+            tracing::error!(%error, "ignoring the past-due churn setting");
+            None
+        });
+        Self::with_past_due_churn_days(days)
     }
 
-    fn schema(&self) -> Vec<Stmt> {
-        vec![
-            Stmt::new(
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {SUBSCRIPTIONS} (subscription_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
-                     plan TEXT NOT NULL, status TEXT NOT NULL, mrr_minor BIGINT NOT NULL)"
-                ),
-                vec![],
-            ),
-            Stmt::new(
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {CUSTOMERS} (customer_id TEXT PRIMARY KEY, mrr_minor BIGINT NOT NULL,
-                     ever_paying BIGINT NOT NULL)"
-                ),
-                vec![],
-            ),
-            Stmt::new(
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {MOVEMENTS} (position BIGINT PRIMARY KEY, day TEXT NOT NULL,
-                     customer_id TEXT NOT NULL, subscription_id TEXT NOT NULL, plan TEXT NOT NULL, kind TEXT NOT NULL,
-                     delta_minor BIGINT NOT NULL)"
-                ),
-                vec![],
-            ),
-            Stmt::new(
-                format!(
-                    "CREATE TABLE IF NOT EXISTS {DAILY} (day TEXT NOT NULL, plan TEXT NOT NULL, mrr_minor BIGINT NOT NULL,
-                     PRIMARY KEY (day, plan))"
-                ),
-                vec![],
-            ),
-        ]
-    }
-
-    async fn load(
-        &mut self,
-        db: &Db,
-        _ledger: &Ledger,
-        _at: Position,
-    ) -> Result<(), ProjectionError> {
-        self.subscriptions.clear();
-        self.customers.clear();
-        self.plans.clear();
-        for row in db
-            .query(
-                &Stmt::new(
-                    format!("SELECT customer_id, mrr_minor, ever_paying FROM {CUSTOMERS}"),
-                    vec![],
-                ),
-                "tii",
-            )
-            .await?
-        {
-            if let (Value::Text(customer), Value::Int(mrr), Value::Int(ever)) =
-                (&row[0], &row[1], &row[2])
-            {
-                self.customers.insert(customer.clone(), (*mrr, *ever != 0));
-            }
+    /// A fresh projection that churns subscriptions past due for `days` (None:
+    /// past due counts until canceled).
+    pub fn with_past_due_churn_days(days: Option<u32>) -> Self {
+        Self {
+            subscriptions: HashMap::new(),
+            customers: HashMap::new(),
+            plans: HashMap::new(),
+            past_due: HashMap::new(),
+            churn_after: days.map(|d| time::Duration::days(i64::from(d))),
         }
-        for row in db
-            .query(&Stmt::new(format!("SELECT plan, CAST(SUM(mrr_minor) AS BIGINT) FROM {SUBSCRIPTIONS} GROUP BY plan"), vec![]), "ti")
-            .await?
-        {
-            if let (Value::Text(plan), Value::Int(mrr)) = (&row[0], &row[1]) {
-                self.plans.insert(plan.clone(), *mrr);
+    }
+
+    /// A subscription's MRR as counted: 0 once the setting churned it.
+    fn counted(&self, stream: &StreamId) -> i64 {
+        match (self.subscriptions.get(stream), self.past_due.get(stream)) {
+            (_, Some(PastDue { churned: true, .. })) | (None, _) => 0,
+            (Some(tracked), _) => tracked.mrr_minor(),
+        }
+    }
+
+    /// Folds a subscription's events before `before` from the ledger, once.
+    async fn track(
+        &mut self,
+        ledger: &Ledger,
+        stream: &StreamId,
+        before: &RecordedEvent,
+    ) -> Result<(), ProjectionError> {
+        if self.subscriptions.contains_key(stream) {
+            return Ok(());
+        }
+        let mut tracked = Tracked::default();
+        let mut from = 1;
+        loop {
+            let page = ledger.read_stream(stream, from, 1_000).await?;
+            let Some(last) = page.last().map(|r| r.stream_version) else {
+                break;
+            };
+            for recorded in page.iter().filter(|r| r.position < before.position) {
+                tracked.apply(&decode::<SubscriptionEvent>(Self::NAME, recorded)?);
             }
+            if page.iter().any(|r| r.position >= before.position) {
+                break;
+            }
+            from = last + 1;
+        }
+        self.subscriptions.insert(stream.clone(), tracked);
+        Ok(())
+    }
+
+    /// Churns every subscription whose time past due ran out at or before `event`.
+    async fn churn_overdue(
+        &mut self,
+        event: &RecordedEvent,
+        ledger: &Ledger,
+        seq: &mut i64,
+        writes: &mut Vec<Stmt>,
+    ) -> Result<(), ProjectionError> {
+        let Some(after) = self.churn_after else {
+            return Ok(());
+        };
+        let mut due: Vec<(OffsetDateTime, StreamId)> = self
+            .past_due
+            .iter()
+            .filter(|(_, p)| !p.churned && p.since + after <= event.recorded_at)
+            .map(|(stream, p)| (p.since + after, stream.clone()))
+            .collect();
+        due.sort();
+        for (at, stream) in due {
+            self.track(ledger, &stream, event).await?;
+            let before = self.counted(&stream);
+            let plan = self
+                .subscriptions
+                .get(&stream)
+                .map(Tracked::plan)
+                .unwrap_or_default();
+            if let Some(past_due) = self.past_due.get_mut(&stream) {
+                past_due.churned = true;
+            }
+            self.write_past_due(&stream, writes);
+            self.record(
+                &stream,
+                (before, plan.clone()),
+                (0, plan),
+                at,
+                event,
+                seq,
+                writes,
+            );
         }
         Ok(())
     }
 
-    async fn apply(
+    /// Writes whether a subscription is past due (and since when, and churned).
+    fn write_past_due(&self, stream: &StreamId, writes: &mut Vec<Stmt>) {
+        let key = format!("past_due:{stream}");
+        writes.push(match self.past_due.get(stream) {
+            Some(past_due) => Stmt::new(
+                format!(
+                    "INSERT INTO {PAST_DUE} (stream_id, since, churned) VALUES (?, ?, ?)
+                     ON CONFLICT (stream_id) DO UPDATE SET since = excluded.since, churned = excluded.churned"
+                ),
+                vec![
+                    stream.as_str().into(),
+                    past_due.since.format(&Rfc3339).unwrap_or_default().into(),
+                    i64::from(past_due.churned).into(),
+                ],
+            )
+            .keyed(key),
+            None => Stmt::new(
+                format!("DELETE FROM {PAST_DUE} WHERE stream_id IN (?)"),
+                vec![stream.as_str().into()],
+            )
+            .keyed(key),
+        });
+    }
+
+    /// Writes a subscription's new MRR, the plan and customer totals, and the
+    /// customer's movement, for a change from `before` to `after` (MRR, plan)
+    /// that happened `at`, projected at `event`.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
         &mut self,
+        stream: &StreamId,
+        (before, old_plan): (i64, String),
+        (after, plan): (i64, String),
+        at: OffsetDateTime,
         event: &RecordedEvent,
-        ledger: &Ledger,
+        seq: &mut i64,
         writes: &mut Vec<Stmt>,
-    ) -> Result<(), ProjectionError> {
-        if event.stream_id.category() != "subscription" {
-            return Ok(());
-        }
-        let decoded: SubscriptionEvent = decode(Self::NAME, event)?;
-        if !self.subscriptions.contains_key(&event.stream_id) {
-            // First seen since loading: fold what came before this event.
-            let mut tracked = Tracked::default();
-            for earlier in earlier_events::<SubscriptionEvent>(Self::NAME, ledger, event).await? {
-                tracked.apply(&earlier);
-            }
-            self.subscriptions.insert(event.stream_id.clone(), tracked);
-        }
-        let Some(tracked) = self.subscriptions.get_mut(&event.stream_id) else {
-            return Ok(());
+    ) {
+        let Some(tracked) = self.subscriptions.get(stream) else {
+            return;
         };
-        let (before, old_plan) = (tracked.mrr_minor(), tracked.plan());
-        tracked.apply(&decoded);
-        let (after, plan) = (tracked.mrr_minor(), tracked.plan());
         let (Some(sub_id), Some(customer_id)) = (tracked.state.id, tracked.state.customer_id)
         else {
-            return Ok(());
+            return;
         };
         let status = tracked.state.status.name();
         let (sub_id, customer) = (sub_id.to_string(), customer_id.to_string());
@@ -232,9 +314,9 @@ impl Projection for Mrr {
         )
         .keyed(format!("subscription:{sub_id}")));
         if before == after && old_plan == plan {
-            return Ok(());
+            return;
         }
-        let day = event.recorded_at.date().to_string();
+        let day = at.date().to_string();
         *self.plans.entry(old_plan.clone()).or_default() -= before;
         *self.plans.entry(plan.clone()).or_default() += after;
         let total: i64 = self.plans.values().sum();
@@ -271,11 +353,12 @@ impl Projection for Mrr {
         if let Some(kind) = classify(customer_before, customer_after, ever) {
             writes.push(Stmt::new(
                 format!(
-                    "INSERT INTO {MOVEMENTS} (position, day, customer_id, subscription_id, plan, kind, delta_minor)
-                     VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO {MOVEMENTS} (position, seq, day, customer_id, subscription_id, plan, kind, delta_minor)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 vec![
                     i64::try_from(event.position.0).unwrap_or(i64::MAX).into(),
+                    (*seq).into(),
                     day.into(),
                     customer.into(),
                     sub_id.into(),
@@ -284,7 +367,201 @@ impl Projection for Mrr {
                     (customer_after - customer_before).into(),
                 ],
             ));
+            *seq += 1;
         }
+    }
+}
+
+impl Projection for Mrr {
+    const NAME: &'static str = "mrr";
+    const VERSION: u32 = 2;
+
+    /// The code version × 1000 + the past-due churn days (0: off).
+    fn stored_version(&self) -> u32 {
+        let days = self
+            .churn_after
+            .map_or(0, |d| u32::try_from(d.whole_days()).unwrap_or(0));
+        Self::VERSION * 1_000 + days
+    }
+
+    fn empty(&self) -> Self {
+        Self {
+            churn_after: self.churn_after,
+            ..Self::with_past_due_churn_days(None)
+        }
+    }
+
+    fn tables(&self) -> Vec<&'static str> {
+        vec![SUBSCRIPTIONS, CUSTOMERS, MOVEMENTS, DAILY, PAST_DUE]
+    }
+
+    fn schema(&self) -> Vec<Stmt> {
+        vec![
+            Stmt::new(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {SUBSCRIPTIONS} (subscription_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
+                     plan TEXT NOT NULL, status TEXT NOT NULL, mrr_minor BIGINT NOT NULL)"
+                ),
+                vec![],
+            ),
+            Stmt::new(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {CUSTOMERS} (customer_id TEXT PRIMARY KEY, mrr_minor BIGINT NOT NULL,
+                     ever_paying BIGINT NOT NULL)"
+                ),
+                vec![],
+            ),
+            Stmt::new(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {MOVEMENTS} (position BIGINT NOT NULL, seq BIGINT NOT NULL, day TEXT NOT NULL,
+                     customer_id TEXT NOT NULL, subscription_id TEXT NOT NULL, plan TEXT NOT NULL, kind TEXT NOT NULL,
+                     delta_minor BIGINT NOT NULL, PRIMARY KEY (position, seq))"
+                ),
+                vec![],
+            ),
+            Stmt::new(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {DAILY} (day TEXT NOT NULL, plan TEXT NOT NULL, mrr_minor BIGINT NOT NULL,
+                     PRIMARY KEY (day, plan))"
+                ),
+                vec![],
+            ),
+            Stmt::new(
+                format!(
+                    "CREATE TABLE IF NOT EXISTS {PAST_DUE} (stream_id TEXT PRIMARY KEY, since TEXT NOT NULL,
+                     churned BIGINT NOT NULL)"
+                ),
+                vec![],
+            ),
+        ]
+    }
+
+    async fn load(
+        &mut self,
+        db: &Db,
+        _ledger: &Ledger,
+        _at: Position,
+    ) -> Result<(), ProjectionError> {
+        self.subscriptions.clear();
+        self.customers.clear();
+        self.plans.clear();
+        self.past_due.clear();
+        for row in db
+            .query(
+                &Stmt::new(
+                    format!("SELECT stream_id, since, churned FROM {PAST_DUE}"),
+                    vec![],
+                ),
+                "tti",
+            )
+            .await?
+        {
+            let since = OffsetDateTime::parse(&row[1].text(), &Rfc3339).map_err(|e| {
+                ProjectionError::Event {
+                    projection: Self::NAME,
+                    position: 0,
+                    message: format!("{PAST_DUE}: {e}"),
+                }
+            })?;
+            let stream = StreamId::parse(row[0].text()).map_err(ProjectionError::from)?;
+            self.past_due.insert(
+                stream,
+                PastDue {
+                    since,
+                    churned: row[2].int() != 0,
+                },
+            );
+        }
+        for row in db
+            .query(
+                &Stmt::new(
+                    format!("SELECT customer_id, mrr_minor, ever_paying FROM {CUSTOMERS}"),
+                    vec![],
+                ),
+                "tii",
+            )
+            .await?
+        {
+            if let (Value::Text(customer), Value::Int(mrr), Value::Int(ever)) =
+                (&row[0], &row[1], &row[2])
+            {
+                self.customers.insert(customer.clone(), (*mrr, *ever != 0));
+            }
+        }
+        for row in db
+            .query(&Stmt::new(format!("SELECT plan, CAST(SUM(mrr_minor) AS BIGINT) FROM {SUBSCRIPTIONS} GROUP BY plan"), vec![]), "ti")
+            .await?
+        {
+            if let (Value::Text(plan), Value::Int(mrr)) = (&row[0], &row[1]) {
+                self.plans.insert(plan.clone(), *mrr);
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        event: &RecordedEvent,
+        ledger: &Ledger,
+        writes: &mut Vec<Stmt>,
+    ) -> Result<(), ProjectionError> {
+        // Movements of one event are numbered: a setting's churn and the event's own.
+        let mut seq = 0;
+        self.churn_overdue(event, ledger, &mut seq, writes).await?;
+        if event.stream_id.category() != "subscription" {
+            return Ok(());
+        }
+        let decoded: SubscriptionEvent = decode(Self::NAME, event)?;
+        let stream = &event.stream_id;
+        // First seen since loading: fold what came before this event.
+        self.track(ledger, stream, event).await?;
+        let (before, old_plan) = (
+            self.counted(stream),
+            self.subscriptions
+                .get(stream)
+                .map(Tracked::plan)
+                .unwrap_or_default(),
+        );
+        let Some(tracked) = self.subscriptions.get_mut(stream) else {
+            return Ok(());
+        };
+        tracked.apply(&decoded);
+        let past_due = tracked.state.status == SubscriptionStatus::PastDue;
+        let was = self.past_due.get(stream).copied();
+        match (past_due, self.past_due.get(stream)) {
+            (true, None) => {
+                self.past_due.insert(
+                    stream.clone(),
+                    PastDue {
+                        since: event.recorded_at,
+                        churned: false,
+                    },
+                );
+            }
+            (false, Some(_)) => {
+                self.past_due.remove(stream);
+            }
+            _ => {}
+        }
+        if self.past_due.get(stream).copied() != was {
+            self.write_past_due(stream, writes);
+        }
+        let after = (
+            self.counted(stream),
+            self.subscriptions
+                .get(stream)
+                .map(Tracked::plan)
+                .unwrap_or_default(),
+        );
+        self.record(
+            stream,
+            (before, old_plan),
+            after,
+            event.recorded_at,
+            event,
+            &mut seq,
+            writes,
+        );
         Ok(())
     }
 }
@@ -309,12 +586,16 @@ pub async fn snapshot(db: &Db) -> Result<Vec<String>, crate::db::DbError> {
         ),
         (
             format!(
-                "SELECT position, day, customer_id, subscription_id, plan, kind, delta_minor FROM {MOVEMENTS} ORDER BY 1"
+                "SELECT position, seq, day, customer_id, subscription_id, plan, kind, delta_minor FROM {MOVEMENTS} ORDER BY 1, 2"
             ),
-            "ittttti",
+            "iittttti",
         ),
         (
             format!("SELECT day, plan, mrr_minor FROM {DAILY} ORDER BY 1, 2"),
+            "tti",
+        ),
+        (
+            format!("SELECT stream_id, since, churned FROM {PAST_DUE} ORDER BY 1"),
             "tti",
         ),
     ] {

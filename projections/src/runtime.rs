@@ -99,6 +99,18 @@ pub trait Projection: Send + Default {
     /// Its code version: a new version is rebuilt from the first event.
     const VERSION: u32;
 
+    /// The version stored with the checkpoint: the code version, changed also by
+    /// any setting that changes what the projection writes, so that changing the
+    /// setting rebuilds it.
+    fn stored_version(&self) -> u32 {
+        Self::VERSION
+    }
+
+    /// An empty projection with the same settings (what a rebuild starts from).
+    fn empty(&self) -> Self {
+        Self::default()
+    }
+
     /// Its tables, dropped before a rebuild.
     fn tables(&self) -> Vec<&'static str>;
 
@@ -202,7 +214,9 @@ impl<P: Projection> Projector<P> {
             events_per_batch: EVENTS_PER_BATCH_MAX,
         };
         match stored.first().map(|row| row[0].clone()) {
-            Some(Value::Int(version)) if version == i64::from(P::VERSION) => {
+            Some(Value::Int(version))
+                if version == i64::from(projector.projection.stored_version()) =>
+            {
                 projector
                     .db
                     .transaction(&projector.projection.schema())
@@ -212,7 +226,7 @@ impl<P: Projection> Projector<P> {
             Some(_) => {
                 tracing::info!(
                     projection = P::NAME,
-                    version = P::VERSION,
+                    version = projector.projection.stored_version(),
                     "the projection's code changed: rebuilding it beside the tables in use"
                 );
                 projector.rebuild().await?;
@@ -233,7 +247,11 @@ impl<P: Projection> Projector<P> {
             .map(|table| Stmt::new(format!("DROP TABLE IF EXISTS {table}"), vec![]))
             .collect();
         statements.extend(self.projection.schema());
-        statements.push(checkpoint(P::NAME, P::VERSION, Position::START));
+        statements.push(checkpoint(
+            P::NAME,
+            self.projection.stored_version(),
+            Position::START,
+        ));
         self.db.transaction(&statements).await?;
         self.position = Position::START;
         Ok(())
@@ -353,7 +371,7 @@ impl<P: Projection> Projector<P> {
             // Compare-and-set: if another worker moved the checkpoint, nothing is written.
             writes.push(advance(
                 P::NAME,
-                P::VERSION,
+                self.projection.stored_version(),
                 self.generation,
                 self.position,
                 last,
@@ -413,7 +431,12 @@ impl<P: Projection> Projector<P> {
     /// Database errors.
     pub async fn start_rebuild(&self) -> Result<Rebuild<P>, ProjectionError> {
         let shadow = self.db.shadow(P::NAME).await?;
-        let fresh = Self::fresh(self.ledger.clone(), shadow.db().clone()).await;
+        let fresh = Self::fresh_with(
+            self.ledger.clone(),
+            shadow.db().clone(),
+            self.projection.empty(),
+        )
+        .await;
         match fresh {
             Ok(mut fresh) => {
                 fresh.events_per_batch = REBUILD_EVENTS_PER_BATCH;
@@ -432,7 +455,11 @@ impl<P: Projection> Projector<P> {
     /// # Errors
     /// Database errors (the tables in use are then unchanged); catch-up errors.
     pub async fn finish_rebuild(&mut self, rebuild: Rebuild<P>) -> Result<u64, ProjectionError> {
-        let switch = [checkpoint(P::NAME, P::VERSION, rebuild.fresh.position)];
+        let switch = [checkpoint(
+            P::NAME,
+            self.projection.stored_version(),
+            rebuild.fresh.position,
+        )];
         let adopted = self
             .db
             .adopt(
@@ -453,10 +480,22 @@ impl<P: Projection> Projector<P> {
     /// # Errors
     /// Database errors.
     pub async fn fresh(ledger: Ledger, db: Db) -> Result<Self, ProjectionError> {
+        Self::fresh_with(ledger, db, P::default()).await
+    }
+
+    /// [`Projector::fresh`] with `projection` (empty, with its settings).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn fresh_with(
+        ledger: Ledger,
+        db: Db,
+        projection: P,
+    ) -> Result<Self, ProjectionError> {
         let mut fresh = Self {
             ledger,
             db,
-            projection: P::default(),
+            projection,
             position: Position::START,
             generation: 0,
             events_per_batch: EVENTS_PER_BATCH_MAX,
@@ -467,9 +506,9 @@ impl<P: Projection> Projector<P> {
         Ok(fresh)
     }
 
-    /// The projection's name and version.
+    /// The projection's name and stored version.
     pub fn describe(&self) -> (&'static str, u32) {
-        (P::NAME, P::VERSION)
+        (P::NAME, self.projection.stored_version())
     }
 }
 

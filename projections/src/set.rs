@@ -12,13 +12,15 @@ use crate::runtime::{ApplyBatch, Projection, ProjectionError, Projector, feed};
 /// The names, as `recur projections` takes them.
 pub const NAMES: &[&str] = &["mrr", "accounts", "customers", "revenue"];
 
-/// Each projection's name and code version.
-pub const VERSIONS: &[(&str, u32)] = &[
-    (Mrr::NAME, Mrr::VERSION),
-    (Accounts::NAME, Accounts::VERSION),
-    (Customers::NAME, Customers::VERSION),
-    (Revenue::NAME, Revenue::VERSION),
-];
+/// Each projection's name and the version it stores, with this process's settings.
+pub fn versions() -> Vec<(&'static str, u32)> {
+    vec![
+        (Mrr::NAME, Mrr::new().stored_version()),
+        (Accounts::NAME, Accounts::new().stored_version()),
+        (Customers::NAME, Customers::new().stored_version()),
+        (Revenue::NAME, Revenue::new().stored_version()),
+    ]
+}
 
 /// A projection's stored checkpoint, read without opening (or rebuilding) it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,13 +50,13 @@ pub async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, ProjectionError> {
             "tii",
         )
         .await?;
-    Ok(VERSIONS
-        .iter()
+    Ok(versions()
+        .into_iter()
         .map(|(name, code_version)| {
             let row = rows.iter().find(|r| r[0].text() == *name);
             Checkpoint {
                 name,
-                code_version: *code_version,
+                code_version,
                 stored_version: row.and_then(|r| u32::try_from(r[1].int()).ok()),
                 position: Position(row.map_or(0, |r| u64::try_from(r[2].int()).unwrap_or(0))),
             }
