@@ -2,7 +2,7 @@
 //! invoices, what was paid and refunded, what is open, and the dunning state.
 //! Subscriptions and MRR come from the `mrr` projection's tables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::customer::CustomerEvent;
@@ -52,6 +52,11 @@ pub struct CustomerRow {
 pub struct Customers {
     rows: HashMap<String, CustomerRow>,
     invoices: HashMap<StreamId, Invoice>,
+    /// Customers whose row changed in this batch: written once each at flush.
+    changed: BTreeSet<String>,
+    /// Open invoices that changed in this batch: (customer, since, owed), or
+    /// None once closed; written once each at flush.
+    open_changed: BTreeMap<String, Option<(String, String, i64)>>,
 }
 
 impl Customers {
@@ -145,6 +150,29 @@ impl Projection for Customers {
         )]
     }
 
+    fn flush(&mut self, writes: &mut Vec<Stmt>) {
+        for customer in std::mem::take(&mut self.changed) {
+            if let Some(row) = self.rows.get(&customer) {
+                writes.push(upsert(&customer, row));
+            }
+        }
+        for (invoice_id, open) in std::mem::take(&mut self.open_changed) {
+            writes.push(match open {
+                Some((customer, since, owed)) => Stmt::new(
+                    format!(
+                        "INSERT INTO {OPEN_INVOICES} (invoice_id, customer_id, since, owed_minor) VALUES (?, ?, ?, ?)
+                         ON CONFLICT (invoice_id) DO UPDATE SET owed_minor = excluded.owed_minor"
+                    ),
+                    vec![invoice_id.into(), customer.into(), since.into(), owed.into()],
+                ),
+                None => Stmt::new(
+                    format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id IN (?)"),
+                    vec![invoice_id.into()],
+                ),
+            });
+        }
+    }
+
     async fn load(
         &mut self,
         db: &Db,
@@ -153,6 +181,8 @@ impl Projection for Customers {
     ) -> Result<(), ProjectionError> {
         self.rows.clear();
         self.invoices.clear();
+        self.changed.clear();
+        self.open_changed.clear();
         for row in read(db, None).await? {
             self.rows.insert(row.0, row.1);
         }
@@ -163,9 +193,8 @@ impl Projection for Customers {
         &mut self,
         event: &RecordedEvent,
         ledger: &Ledger,
-        writes: &mut Vec<Stmt>,
+        _writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
-        let at = event.recorded_at.format(&Rfc3339).unwrap_or_default();
         match event.stream_id.category() {
             "customer" => {
                 let decoded: CustomerEvent = decode(Self::NAME, event)?;
@@ -198,7 +227,7 @@ impl Projection for Customers {
                     }
                     CustomerEvent::TaxLocationSet { .. } => return Ok(()),
                 }
-                writes.push(upsert(&customer, row));
+                self.changed.insert(customer);
             }
             "invoice" => {
                 let decoded: InvoiceEvent = decode(Self::NAME, event)?;
@@ -223,22 +252,10 @@ impl Projection for Customers {
                         .created_at
                         .map(|t| t.date().to_string())
                         .unwrap_or_default();
-                    writes.push(Stmt::new(
-                        format!(
-                            "INSERT INTO {OPEN_INVOICES} (invoice_id, customer_id, since, owed_minor) VALUES (?, ?, ?, ?)
-                             ON CONFLICT (invoice_id) DO UPDATE SET owed_minor = excluded.owed_minor"
-                        ),
-                        vec![invoice_id.clone().into(), customer.clone().into(), since.into(), after.2.into()],
-                    )
-                    .keyed(format!("open:{invoice_id}")));
+                    self.open_changed
+                        .insert(invoice_id, Some((customer.clone(), since, after.2)));
                 } else if before.0 {
-                    writes.push(
-                        Stmt::new(
-                            format!("DELETE FROM {OPEN_INVOICES} WHERE invoice_id IN (?)"),
-                            vec![invoice_id.clone().into()],
-                        )
-                        .keyed(format!("open:{invoice_id}")),
-                    );
+                    self.open_changed.insert(invoice_id, None);
                 }
                 let row = self.rows.entry(customer.clone()).or_default();
                 row.open_invoices += i64::from(after.0) - i64::from(before.0);
@@ -248,7 +265,8 @@ impl Projection for Customers {
                     InvoiceEvent::InvoiceDrafted { .. } => row.invoices += 1,
                     InvoiceEvent::PaymentSucceeded { amount, .. } => {
                         row.paid_minor += minor(*amount);
-                        row.last_payment_at = at;
+                        row.last_payment_at =
+                            event.recorded_at.format(&Rfc3339).unwrap_or_default();
                     }
                     InvoiceEvent::PaymentFailed { next_retry_at, .. } => {
                         row.failed_payments += 1;
@@ -264,7 +282,7 @@ impl Projection for Customers {
                 if row.in_dunning == 0 {
                     row.next_retry_at.clear();
                 }
-                writes.push(upsert(&customer, row));
+                self.changed.insert(customer);
             }
             _ => {}
         }
