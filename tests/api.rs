@@ -338,6 +338,58 @@ async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
         }
     }
     assert_eq!(seen.len(), 4, "three subscription invoices and the course");
+
+    // Rebuild equivalence: the read models the server kept live, caught up to the
+    // last write, equal the ones `recur projections rebuild --all` builds anew.
+    let ledger = recur_ledger::Ledger::open(
+        recur_ledger::LedgerConfig::new(server.location.clone()),
+        std::sync::Arc::new(recur_ledger::SystemClock),
+    )
+    .await
+    .unwrap();
+    let head = ledger.last_position().await.unwrap().0;
+    let caught_up = server
+        .get(&format!("/v1/ledger/trial-balance?min_position={head}"))
+        .await;
+    assert_eq!(caught_up.status, StatusCode::OK, "{}", caught_up.body);
+    let db = recur_projections::db::Db::of(&ledger).unwrap();
+    let read_models = || async {
+        let mut customers = recur_projections::customers::read(&db, None).await.unwrap();
+        customers.sort_by(|a, b| a.0.cmp(&b.0));
+        (
+            recur_projections::mrr::snapshot(&db).await.unwrap(),
+            customers,
+            recur_projections::accounts::trial_balance(&db, None)
+                .await
+                .unwrap(),
+            recur_projections::revenue::monthly(&db, "2000-01", "2100-12")
+                .await
+                .unwrap(),
+        )
+    };
+    let live = read_models().await;
+    assert!(!live.0.is_empty() && !live.2.is_empty());
+    let rebuilt = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args([
+            "projections",
+            "rebuild",
+            "--all",
+            "--database",
+            &server.location,
+        ])
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    assert_eq!(
+        read_models().await,
+        live,
+        "a rebuild gives the live read models"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

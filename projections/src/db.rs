@@ -351,11 +351,11 @@ impl Db {
         then: &[Stmt],
     ) -> Result<(), DbError> {
         let mut statements = Vec::new();
-        for table in tables {
-            statements.push(Stmt::new(format!("DROP TABLE IF EXISTS {table}"), vec![]));
-        }
         match self {
             Db::Postgres(pool) => {
+                for table in tables {
+                    statements.push(Stmt::new(format!("DROP TABLE IF EXISTS {table}"), vec![]));
+                }
                 let live: String = sqlx::query_scalar("SELECT current_schema()")
                     .fetch_one(pool)
                     .await?;
@@ -369,6 +369,14 @@ impl Db {
                 self.transaction(&statements).await
             }
             Db::Sqlite(pool) => {
+                // Qualified: an unqualified name missing from main (a table this
+                // version adds) would resolve to, and drop, the shadow's.
+                for table in tables {
+                    statements.push(Stmt::new(
+                        format!("DROP TABLE IF EXISTS main.{table}"),
+                        vec![],
+                    ));
+                }
                 statements.extend_from_slice(schema);
                 for table in tables {
                     statements.push(Stmt::new(
