@@ -297,17 +297,7 @@ async fn a_week_of_movements_to_the_cent_on_postgres() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_projector_resumes_from_its_checkpoint_and_matches_a_rebuild() {
     let w = world(true).await;
-    let mut subscriptions = Vec::new();
-    for i in 0..6 {
-        w.day(i + 1);
-        let customer = w.customer().await;
-        let plan = if i % 2 == 0 {
-            "community_access"
-        } else {
-            "group_coaching"
-        };
-        subscriptions.push(w.subscribe(customer, plan, None).await);
-    }
+    let subscriptions = six_subscriptions(&w).await;
     {
         let mut first = Projector::open(w.store.ledger.clone(), Mrr::new())
             .await

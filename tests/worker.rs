@@ -170,6 +170,26 @@ async fn a_killed_and_restarted_worker_projects_everything_once() {
         .await;
 }
 
+/// MRR rows, the number of customer views, and the trial balance.
+async fn read_models(
+    db: &recur_projections::db::Db,
+) -> (
+    Vec<String>,
+    usize,
+    Vec<recur_projections::accounts::Balance>,
+) {
+    (
+        recur_projections::mrr::snapshot(db).await.unwrap(),
+        recur_projections::customers::read(db, None)
+            .await
+            .unwrap()
+            .len(),
+        recur_projections::accounts::trial_balance(db, None)
+            .await
+            .unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_restarted_during_a_load_loses_and_doubles_nothing() {
     let store = common::postgres().await;
@@ -240,31 +260,13 @@ async fn a_nats_server_restarted_during_a_load_loses_and_doubles_nothing() {
             .unwrap();
 
     let db = recur_projections::db::Db::of(&store.ledger).unwrap();
-    let live = (
-        recur_projections::mrr::snapshot(&db).await.unwrap(),
-        recur_projections::customers::read(&db, None)
-            .await
-            .unwrap()
-            .len(),
-        recur_projections::accounts::trial_balance(&db, None)
-            .await
-            .unwrap(),
-    );
+    let live = read_models(&db).await;
     drop(_worker);
     let mut projections = recur_projections::Projections::open(&store.ledger)
         .await
         .unwrap();
     projections.rebuild_with(|_, _| {}).await.unwrap();
-    let rebuilt = (
-        recur_projections::mrr::snapshot(&db).await.unwrap(),
-        recur_projections::customers::read(&db, None)
-            .await
-            .unwrap()
-            .len(),
-        recur_projections::accounts::trial_balance(&db, None)
-            .await
-            .unwrap(),
-    );
+    let rebuilt = read_models(&db).await;
     let cash = live
         .2
         .iter()

@@ -124,6 +124,21 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
+/// Binds a statement's parameters, in order (the same for both databases).
+macro_rules! bind {
+    ($query:expr, $params:expr) => {{
+        let mut query = $query;
+        for param in &$params {
+            query = match param {
+                Value::Int(v) => query.bind(*v),
+                Value::Text(v) => query.bind(v.clone()),
+                Value::Null => query.bind(None::<String>),
+            };
+        }
+        query
+    }};
+}
+
 /// `?` → `$n`.
 fn numbered(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
@@ -233,13 +248,7 @@ async fn run_sqlite(
     let mut tx = sqlx::Connection::begin_with(&mut **conn, "BEGIN IMMEDIATE").await?;
     for stmt in statements {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(stmt.sql.clone()));
-        for param in &stmt.params {
-            query = match param {
-                Value::Int(v) => query.bind(*v),
-                Value::Text(v) => query.bind(v.clone()),
-                Value::Null => query.bind(None::<String>),
-            };
-        }
+        query = bind!(query, stmt.params);
         let changed = query.execute(&mut *tx).await?.rows_affected();
         guard(stmt, changed)?;
     }
@@ -416,13 +425,7 @@ impl Db {
                 for stmt in statements {
                     let sql = numbered(&stmt.sql);
                     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for param in &stmt.params {
-                        query = match param {
-                            Value::Int(v) => query.bind(*v),
-                            Value::Text(v) => query.bind(v.clone()),
-                            Value::Null => query.bind(None::<String>),
-                        };
-                    }
+                    query = bind!(query, stmt.params);
                     let changed = query.execute(&mut *tx).await?.rows_affected();
                     guard(stmt, changed)?;
                 }
@@ -444,13 +447,7 @@ impl Db {
         macro_rules! run {
             ($pool:expr, $sql:expr) => {{
                 let mut query = sqlx::query(sqlx::AssertSqlSafe($sql));
-                for param in &stmt.params {
-                    query = match param {
-                        Value::Int(v) => query.bind(*v),
-                        Value::Text(v) => query.bind(v.clone()),
-                        Value::Null => query.bind(None::<String>),
-                    };
-                }
+                query = bind!(query, stmt.params);
                 let rows = query.fetch_all($pool).await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {

@@ -205,14 +205,7 @@ impl<P: Projection> Projector<P> {
                 "ii",
             )
             .await?;
-        let mut projector = Self {
-            ledger,
-            db,
-            projection,
-            position: Position::START,
-            generation: 0,
-            events_per_batch: EVENTS_PER_BATCH_MAX,
-        };
+        let mut projector = Self::unopened(ledger, db, projection);
         match stored.first().map(|row| row[0].clone()) {
             Some(Value::Int(version))
                 if version == i64::from(projector.projection.stored_version()) =>
@@ -237,6 +230,18 @@ impl<P: Projection> Projector<P> {
             }
         }
         Ok(projector)
+    }
+
+    /// A projector at the start, before its tables are looked at.
+    fn unopened(ledger: Ledger, db: Db, projection: P) -> Self {
+        Self {
+            ledger,
+            db,
+            projection,
+            position: Position::START,
+            generation: 0,
+            events_per_batch: EVENTS_PER_BATCH_MAX,
+        }
     }
 
     async fn reset_tables(&mut self) -> Result<(), ProjectionError> {
@@ -492,14 +497,7 @@ impl<P: Projection> Projector<P> {
         db: Db,
         projection: P,
     ) -> Result<Self, ProjectionError> {
-        let mut fresh = Self {
-            ledger,
-            db,
-            projection,
-            position: Position::START,
-            generation: 0,
-            events_per_batch: EVENTS_PER_BATCH_MAX,
-        };
+        let mut fresh = Self::unopened(ledger, db, projection);
         ensure_checkpoints(&fresh.db).await?;
         fresh.reset_tables().await?;
         fresh.reload().await?;

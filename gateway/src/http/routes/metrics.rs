@@ -146,13 +146,7 @@ impl Reading {
             recur_ledger::Position(at),
         )
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
         *past = Some((at, db.clone()));
         Ok((db, at))
     }
@@ -169,6 +163,15 @@ fn pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
 
 fn bad(reason: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
+}
+
+/// A read model that could not be read: the server's trouble, not the caller's.
+fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        error.to_string(),
+    )
 }
 
 fn parse_date(text: &str) -> Result<Date, ApiError> {
@@ -318,13 +321,7 @@ pub async fn mrr_series(
             "ti",
         )
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     let days: Vec<(String, i64)> = rows
         .iter()
         .map(|r| {
@@ -397,7 +394,7 @@ pub async fn movements(
             "tti",
         )
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+        .map_err(unavailable)?;
     let mut data = Vec::new();
     let mut index = 0;
     for end in bucket_ends(query.from, query.to, &query.interval)? {
@@ -493,13 +490,7 @@ pub async fn trial_balance(
     let (db, position) = reading.read_models(&state).await?;
     let balances = recur_projections::accounts::trial_balance(&db, as_of.as_deref())
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     let (mut debit, mut credit) = (0i64, 0i64);
     let accounts = balances
         .iter()
@@ -600,13 +591,6 @@ pub async fn churn(
         ));
     }
     let (db, position) = query.reading.read_models(&state).await?;
-    let unavailable = |e: recur_projections::db::DbError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    };
     let moves = db
         .query(
             &Stmt::new(
@@ -779,13 +763,7 @@ pub async fn cohorts(
             "tti",
         )
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     // Per customer: the first paid month, and MRR changes by month.
     let mut first: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
     let mut changes: std::collections::HashMap<String, Vec<(String, i64)>> =
@@ -933,13 +911,6 @@ pub async fn customer_view(
         }
     }
     let (db, position) = reading.read_models(&state).await?;
-    let unavailable = |e: recur_projections::db::DbError| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    };
     let id_text = customer.to_string();
     let Some((_, row)) = recur_projections::customers::read(&db, Some(&id_text))
         .await
@@ -1070,13 +1041,7 @@ pub async fn revenue_recognition(
         &query.to.to_string()[..7],
     )
     .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            e.to_string(),
-        )
-    })?;
+    .map_err(unavailable)?;
     let data = months
         .into_iter()
         .map(|m| RevenueMonth {
@@ -1143,13 +1108,7 @@ pub async fn ar_aging(
     let (db, position) = reading.read_models(&state).await?;
     let buckets = recur_projections::customers::aging(&db, as_of)
         .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            )
-        })?;
+        .map_err(unavailable)?;
     let body = ArAging {
         object: "ar_aging",
         as_of: as_of.to_string(),
@@ -1222,7 +1181,7 @@ pub async fn mrr_at(
             "ii",
         )
         .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()))?;
+        .map_err(unavailable)?;
     let (mrr_minor, paying) = rows.first().map_or((0, 0), |r| (r[0].int(), r[1].int()));
     let body = MrrAt {
         object: "mrr_at",
