@@ -90,6 +90,9 @@ pub enum ProjectionError {
     /// The ledger is not on a database the read models can use.
     #[error("the ledger's database is not reachable for read models")]
     NoDatabase,
+    /// A projection's task ended without an answer (it panicked).
+    #[error("projection task failed: {0}")]
+    Task(String),
 }
 
 /// A read model: what it stores and how an event changes it.
@@ -528,91 +531,105 @@ impl<P: Projection> Rebuild<P> {
     }
 }
 
-/// A batch being applied.
-pub type Applying<'a> =
-    std::pin::Pin<Box<dyn Future<Output = Result<(), ProjectionError>> + Send + 'a>>;
+/// A page of the ledger, shared by every projection fed from it.
+pub type Page = std::sync::Arc<Vec<RecordedEvent>>;
 
-/// A projector fed batches by someone else (the set's single-pass rebuild).
-pub trait ApplyBatch: Send {
-    /// [`Projector::apply_batch`].
-    fn apply<'a>(&'a mut self, events: &'a [RecordedEvent]) -> Applying<'a>;
+/// Pages a projection's task may hold before the reader waits for it.
+const PAGES_AHEAD: usize = 2;
+
+/// A projector fed pages by someone else (the set's single-pass rebuild).
+pub trait ApplyBatch: Send + 'static {
+    /// Applies the next page, in one transaction.
+    fn apply(
+        &mut self,
+        events: &[RecordedEvent],
+    ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
 
-impl<P: Projection> ApplyBatch for Projector<P> {
-    fn apply<'a>(&'a mut self, events: &'a [RecordedEvent]) -> Applying<'a> {
-        Box::pin(self.apply_batch(events))
+impl<P: Projection + 'static> ApplyBatch for Projector<P> {
+    async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        self.apply_batch(events).await
     }
 }
 
-/// Feeds every projector the ledger from the first event up to `until`, reading
-/// each page once and the next page while the current one is applied; calls
-/// `progress(position, applied)` after each page. The projectors must all start
-/// empty.
+impl<P: Projection + 'static> ApplyBatch for Rebuild<P> {
+    async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+        self.fresh.apply_batch(events).await
+    }
+}
+
+/// A task that applies the pages sent to it, each projection on its own task so
+/// that two cores work at once; it hands the projector back when the pages end.
+pub struct Applier<A: ApplyBatch> {
+    pages: tokio::sync::mpsc::Sender<Page>,
+    task: tokio::task::JoinHandle<Result<A, ProjectionError>>,
+}
+
+impl<A: ApplyBatch> Applier<A> {
+    /// Starts the task.
+    pub fn spawn(mut applier: A) -> Self {
+        let (pages, mut incoming) = tokio::sync::mpsc::channel::<Page>(PAGES_AHEAD);
+        let task = tokio::spawn(async move {
+            while let Some(page) = incoming.recv().await {
+                applier.apply(&page).await?;
+            }
+            Ok(applier)
+        });
+        Self { pages, task }
+    }
+
+    /// Where the reader sends pages.
+    pub fn pages(&self) -> tokio::sync::mpsc::Sender<Page> {
+        self.pages.clone()
+    }
+
+    /// Waits until every page sent is applied; the projector, or why it stopped.
+    ///
+    /// # Errors
+    /// The projection's error; [`ProjectionError::Task`] if its task panicked.
+    pub async fn finish(self) -> Result<A, ProjectionError> {
+        drop(self.pages);
+        self.task
+            .await
+            .map_err(|error| ProjectionError::Task(error.to_string()))?
+    }
+}
+
+/// Reads the ledger once from the first event up to `until` and sends each page to
+/// every applier; calls `progress(position, read)` after each page. Stops early
+/// when an applier has stopped (its [`Applier::finish`] says why).
 ///
 /// # Errors
-/// Ledger, database and event errors.
+/// Ledger errors.
 pub async fn feed(
     ledger: &Ledger,
     until: Position,
-    projectors: &mut [&mut dyn ApplyBatch],
+    appliers: Vec<tokio::sync::mpsc::Sender<Page>>,
     mut progress: impl FnMut(Position, u64),
 ) -> Result<u64, ProjectionError> {
-    let mut applied = 0;
-    let mut page = ledger
-        .read_all(Position::START, REBUILD_EVENTS_PER_BATCH)
-        .await?;
+    let mut read = 0;
+    let mut after = Position::START;
     loop {
+        let mut page = ledger.read_all(after, REBUILD_EVENTS_PER_BATCH).await?;
         let full = page.len() == REBUILD_EVENTS_PER_BATCH;
         page.retain(|e| e.position <= until);
         let Some(last) = page.last().map(|e| e.position) else {
             break;
         };
-        let more = full && last < until;
-        let next = async {
-            if more {
-                ledger
-                    .read_all(last, REBUILD_EVENTS_PER_BATCH)
-                    .await
-                    .map(Some)
-                    .map_err(ProjectionError::from)
-            } else {
-                Ok(None)
+        read += page.len() as u64;
+        let page: Page = std::sync::Arc::new(page);
+        for applier in &appliers {
+            if applier.send(page.clone()).await.is_err() {
+                return Ok(read);
             }
-        };
-        let apply = every(projectors.iter_mut().map(|p| p.apply(&page)).collect());
-        let (next, ()) = tokio::try_join!(next, apply)?;
-        applied += page.len() as u64;
-        progress(last, applied);
-        match next {
-            Some(next) => page = next,
-            None => break,
         }
+        progress(last, read);
+        if !full || last >= until {
+            break;
+        }
+        after = last;
     }
-    Ok(applied)
-}
-
-/// Runs the futures concurrently; the first error wins.
-async fn every(mut futures: Vec<Applying<'_>>) -> Result<(), ProjectionError> {
-    let mut done = vec![false; futures.len()];
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (future, done) in futures.iter_mut().zip(done.iter_mut()) {
-            if *done {
-                continue;
-            }
-            match future.as_mut().poll(cx) {
-                std::task::Poll::Ready(Ok(())) => *done = true,
-                std::task::Poll::Ready(Err(error)) => return std::task::Poll::Ready(Err(error)),
-                std::task::Poll::Pending => pending = true,
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(Ok(()))
-        }
-    })
-    .await
+    Ok(read)
 }
 
 fn advance(name: &str, version: u32, generation: i64, from: Position, to: Position) -> Stmt {

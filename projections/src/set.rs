@@ -7,7 +7,7 @@ use crate::customers::Customers;
 use crate::db::Db;
 use crate::mrr::Mrr;
 use crate::revenue::Revenue;
-use crate::runtime::{ApplyBatch, Projection, ProjectionError, Projector, feed};
+use crate::runtime::{Applier, Projection, ProjectionError, Projector, Rebuild, feed};
 
 /// The names, as `recur projections` takes them.
 pub const NAMES: &[&str] = &["mrr", "accounts", "customers", "revenue"];
@@ -64,6 +64,19 @@ pub async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, ProjectionError> {
         .collect())
 }
 
+/// Drops a rebuild's shadow; passes its error on.
+async fn abandon<P: Projection>(
+    rebuild: Result<Rebuild<P>, ProjectionError>,
+) -> Result<(), ProjectionError> {
+    match rebuild {
+        Ok(rebuild) => {
+            rebuild.abandon().await;
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// All projections over one ledger.
 pub struct Projections {
     /// MRR and movements.
@@ -98,20 +111,33 @@ impl Projections {
     /// Ledger, database and event errors.
     pub async fn as_of(ledger: &Ledger, at: Position) -> Result<Db, ProjectionError> {
         let db = Db::scratch().await?;
-        let mut mrr = Projector::<Mrr>::fresh(ledger.clone(), db.clone()).await?;
-        let mut accounts = Projector::<Accounts>::fresh(ledger.clone(), db.clone()).await?;
-        let mut customers = Projector::<Customers>::fresh(ledger.clone(), db.clone()).await?;
-        let mut revenue = Projector::<Revenue>::fresh(ledger.clone(), db.clone()).await?;
-        let mut all: [&mut dyn ApplyBatch; 4] =
-            [&mut mrr, &mut accounts, &mut customers, &mut revenue];
-        feed(ledger, at, &mut all, |_, _| {}).await?;
+        let mrr = Applier::spawn(Projector::<Mrr>::fresh(ledger.clone(), db.clone()).await?);
+        let accounts =
+            Applier::spawn(Projector::<Accounts>::fresh(ledger.clone(), db.clone()).await?);
+        let customers =
+            Applier::spawn(Projector::<Customers>::fresh(ledger.clone(), db.clone()).await?);
+        let revenue =
+            Applier::spawn(Projector::<Revenue>::fresh(ledger.clone(), db.clone()).await?);
+        let pages = vec![
+            mrr.pages(),
+            accounts.pages(),
+            customers.pages(),
+            revenue.pages(),
+        ];
+        let fed = feed(ledger, at, pages, |_, _| {}).await;
+        // A projection's own error says more than the reader's.
+        mrr.finish().await?;
+        accounts.finish().await?;
+        customers.finish().await?;
+        revenue.finish().await?;
+        fed?;
         Ok(db)
     }
 
-    /// Rebuilds every projection from the first event, reading the ledger once:
-    /// each builds in its shadow while the tables in use keep serving, then each
-    /// switches in its own transaction and catches up. `progress(position,
-    /// applied)` is called after each page.
+    /// Rebuilds every projection from the first event, reading the ledger once
+    /// and applying on a task per projection: each builds in its shadow while the
+    /// tables in use keep serving, then each switches in its own transaction and
+    /// catches up. `progress(position, read)` is called after each page.
     ///
     /// # Errors
     /// Ledger, database and event errors; the tables in use are then unchanged.
@@ -120,34 +146,47 @@ impl Projections {
         progress: impl FnMut(Position, u64),
     ) -> Result<u64, ProjectionError> {
         let ledger = self.mrr.ledger().clone();
-        let mut mrr = self.mrr.start_rebuild().await?;
-        let mut accounts = self.accounts.start_rebuild().await?;
-        let mut customers = self.customers.start_rebuild().await?;
-        let mut revenue = self.revenue.start_rebuild().await?;
-        let built = {
-            let mut all: [&mut dyn ApplyBatch; 4] = [
-                mrr.projector(),
-                accounts.projector(),
-                customers.projector(),
-                revenue.projector(),
-            ];
-            feed(&ledger, Position(u64::MAX), &mut all, progress).await
-        };
-        let built = match built {
-            Ok(built) => built,
-            Err(error) => {
-                mrr.abandon().await;
-                accounts.abandon().await;
-                customers.abandon().await;
-                revenue.abandon().await;
-                return Err(error);
+        let mrr = Applier::spawn(self.mrr.start_rebuild().await?);
+        let accounts = Applier::spawn(self.accounts.start_rebuild().await?);
+        let customers = Applier::spawn(self.customers.start_rebuild().await?);
+        let revenue = Applier::spawn(self.revenue.start_rebuild().await?);
+        let pages = vec![
+            mrr.pages(),
+            accounts.pages(),
+            customers.pages(),
+            revenue.pages(),
+        ];
+        let fed = feed(&ledger, Position(u64::MAX), pages, progress).await;
+        let built = (
+            mrr.finish().await,
+            accounts.finish().await,
+            customers.finish().await,
+            revenue.finish().await,
+        );
+        match (fed, built) {
+            (Ok(read), (Ok(mrr), Ok(accounts), Ok(customers), Ok(revenue))) => {
+                self.mrr.finish_rebuild(mrr).await?;
+                self.accounts.finish_rebuild(accounts).await?;
+                self.customers.finish_rebuild(customers).await?;
+                self.revenue.finish_rebuild(revenue).await?;
+                Ok(read)
             }
-        };
-        self.mrr.finish_rebuild(mrr).await?;
-        self.accounts.finish_rebuild(accounts).await?;
-        self.customers.finish_rebuild(customers).await?;
-        self.revenue.finish_rebuild(revenue).await?;
-        Ok(built)
+            (fed, (mrr, accounts, customers, revenue)) => {
+                let mut first = None;
+                for result in [
+                    abandon(mrr).await,
+                    abandon(accounts).await,
+                    abandon(customers).await,
+                    abandon(revenue).await,
+                    fed.map(|_| ()),
+                ] {
+                    if let (None, Err(error)) = (&first, result) {
+                        first = Some(error);
+                    }
+                }
+                Err(first.unwrap_or(ProjectionError::Task("a rebuild stopped".into())))
+            }
+        }
     }
 
     /// Catches them all up; returns the first error after trying each.
