@@ -425,6 +425,12 @@ impl Ledger {
         &self.inner.committed
     }
 
+    /// Notified after each commit this process makes. Other processes' commits
+    /// are not seen: a follower that shares the database polls for those too.
+    pub fn commits(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.committed)
+    }
+
     /// The release horizon; with `settle`, waits for commits in flight at the call.
     pub(crate) async fn released(&self, settle: bool) -> Result<u64, LedgerError> {
         match &self.inner.backend {

@@ -64,7 +64,8 @@ pub struct ServeOptions {
     pub tick_seconds: u64,
 }
 
-/// How often the in-process projections look for new events.
+/// How often the in-process projections look for other processes' events (this
+/// process's commits wake them at once).
 const PROJECTION_POLL_MS: u64 = 20;
 /// Seconds between purges of expired idempotency answers.
 const PURGE_INTERVAL_S: u64 = 3_600;
@@ -212,8 +213,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     {
         // The projections, in-process, fed from the ledger.
         let projected = Arc::clone(&projected);
+        let commits = ledger.commits();
         tokio::spawn(async move {
             loop {
+                // Registered before catching up, so a commit meanwhile still wakes us.
+                let committed = commits.notified();
+                tokio::pin!(committed);
+                committed.as_mut().enable();
                 match projections.catch_up().await {
                     Ok(()) => projected.store(
                         projections.position().0,
@@ -221,7 +227,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                     ),
                     Err(error) => tracing::warn!(%error, "projection failed; retrying"),
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(PROJECTION_POLL_MS)).await;
+                let poll = std::time::Duration::from_millis(PROJECTION_POLL_MS);
+                tokio::select! {
+                    () = &mut committed => {}
+                    () = tokio::time::sleep(poll) => {}
+                }
             }
         });
     }
