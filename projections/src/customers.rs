@@ -51,7 +51,11 @@ pub struct CustomerRow {
 #[derive(Default)]
 pub struct Customers {
     rows: HashMap<String, CustomerRow>,
+    /// Invoices not settled yet, whole.
     invoices: HashMap<StreamId, Invoice>,
+    /// Settled invoices (paid, void, uncollectible): only their customer, since
+    /// what can still happen to them (revenue recognised, a refund) needs no more.
+    settled: HashMap<StreamId, String>,
     /// Customers whose row changed in this batch: written once each at flush.
     changed: BTreeSet<String>,
     /// Open invoices that changed in this batch: (customer, since, owed), or
@@ -181,6 +185,7 @@ impl Projection for Customers {
     ) -> Result<(), ProjectionError> {
         self.rows.clear();
         self.invoices.clear();
+        self.settled.clear();
         self.changed.clear();
         self.open_changed.clear();
         for row in read(db, None).await? {
@@ -231,6 +236,25 @@ impl Projection for Customers {
             }
             "invoice" => {
                 let decoded: InvoiceEvent = decode(Self::NAME, event)?;
+                if let Some(customer) = self.settled.get(&event.stream_id) {
+                    match &decoded {
+                        InvoiceEvent::RevenueRecognized { .. } => return Ok(()),
+                        InvoiceEvent::InvoiceRefunded { amount, .. } => {
+                            let customer = customer.clone();
+                            let row = self.rows.entry(customer.clone()).or_default();
+                            row.refunded_minor += minor(*amount);
+                            if row.in_dunning == 0 {
+                                row.next_retry_at.clear();
+                            }
+                            self.changed.insert(customer);
+                            return Ok(());
+                        }
+                        // Anything else: fold the whole invoice again, below.
+                        _ => {
+                            self.settled.remove(&event.stream_id);
+                        }
+                    }
+                }
                 if !self.invoices.contains_key(&event.stream_id) {
                     // First seen since loading: fold what came before this event.
                     let earlier = earlier_events::<InvoiceEvent>(Self::NAME, ledger, event).await?;
@@ -243,6 +267,10 @@ impl Projection for Customers {
                 let before = standing(invoice);
                 invoice.evolve(&decoded);
                 let after = standing(invoice);
+                let settled = matches!(
+                    invoice.status,
+                    InvoiceStatus::Paid | InvoiceStatus::Void | InvoiceStatus::Uncollectible
+                );
                 let Some(customer) = invoice.customer_id.map(|c| c.to_string()) else {
                     return Ok(());
                 };
@@ -281,6 +309,11 @@ impl Projection for Customers {
                 }
                 if row.in_dunning == 0 {
                     row.next_retry_at.clear();
+                }
+                if settled {
+                    self.invoices.remove(&event.stream_id);
+                    self.settled
+                        .insert(event.stream_id.clone(), customer.clone());
                 }
                 self.changed.insert(customer);
             }
