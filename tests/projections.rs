@@ -784,3 +784,53 @@ async fn a_subscription_past_due_for_the_set_days_churns_and_comes_back_when_pai
         vec!["2026-03-01 new 9700"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voided_invoice_takes_its_revenue_back_after_it_left_memory() {
+    use recur_projections::revenue::{Revenue, monthly};
+    let w = world(true).await;
+    let customer = w
+        .billing
+        .create_customer(NewCustomer::default())
+        .await
+        .unwrap();
+    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(customer, failing)
+        .await
+        .unwrap();
+    let sub = w.subscribe(customer, "group_coaching", None).await;
+    let mut projector = Projector::open(w.store.ledger.clone(), Revenue::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let billed = |months: Vec<recur_projections::revenue::MonthRevenue>| {
+        months.iter().map(|m| m.billed_minor).sum::<i64>()
+    };
+    assert_eq!(
+        billed(monthly(projector.db(), "2026-01", "2026-12").await.unwrap()),
+        150_000
+    );
+    // The finalized invoice is no longer held; its void folds it from the ledger.
+    let invoice = *w
+        .billing
+        .subscription(sub)
+        .await
+        .unwrap()
+        .invoices
+        .last()
+        .unwrap();
+    w.billing.void(invoice).await.unwrap();
+    projector.catch_up().await.unwrap();
+    let live = monthly(projector.db(), "2026-01", "2026-12").await.unwrap();
+    assert_eq!(billed(live.clone()), 0, "billed, then voided");
+    assert!(
+        live.iter()
+            .all(|m| m.earned_minor == 0 && m.deferred_minor == 0)
+    );
+    projector.rebuild().await.unwrap();
+    assert_eq!(
+        monthly(projector.db(), "2026-01", "2026-12").await.unwrap(),
+        live
+    );
+}

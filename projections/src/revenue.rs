@@ -62,6 +62,7 @@ pub fn ratable(
 /// The revenue projection.
 #[derive(Default)]
 pub struct Revenue {
+    /// Invoices drafted and not yet finalized.
     invoices: HashMap<StreamId, Invoice>,
     /// This batch's (earned, billed) per (month, plan), written once at flush.
     pending: std::collections::BTreeMap<(String, String), (i64, i64)>,
@@ -198,6 +199,9 @@ impl Projection for Revenue {
                 add(&mut self.pending, &month, &line.plan_id, share, 0);
             }
         }
+        // Booked: only a void (rare) needs the invoice again, and then folds it from
+        // the ledger like any invoice first seen since loading.
+        self.invoices.remove(&event.stream_id);
         Ok(())
     }
 }
