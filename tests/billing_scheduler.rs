@@ -305,3 +305,33 @@ async fn a_negative_invoice_whose_credit_was_never_granted_is_granted_by_the_sch
     );
     assert_eq!(scheduler.next_due_at().await, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_answers_with_what_another_process_wrote_since() {
+    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    let second_ledger = Ledger::open(LedgerConfig::new(store.location()), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let gateway = SimulatedGateway::new();
+    let first = billing_on(store.ledger.clone(), &gateway).await;
+    let second = billing_on(second_ledger, &gateway).await;
+    let sub = subscribe_card_holder(&first, "community_access").await;
+    // The first process has the subscription cached, active.
+    assert_eq!(
+        first.subscription(sub).await.unwrap().status.name(),
+        "active"
+    );
+    second
+        .cancel(sub, recur_commands::subscription::Timing::Now)
+        .await
+        .unwrap();
+    assert_eq!(
+        first.subscription(sub).await.unwrap().status.name(),
+        "canceled",
+        "a read sees the other process's cancellation"
+    );
+    let (_, version) = first.subscription_versioned(sub).await.unwrap();
+    let (_, theirs) = second.subscription_versioned(sub).await.unwrap();
+    assert_eq!(version, theirs);
+}

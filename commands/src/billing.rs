@@ -199,7 +199,7 @@ impl Billing {
     /// # Errors
     /// [`DomainError::NotFound`]; ledger errors.
     pub async fn customer(&self, id: CustomerId) -> Result<Customer, BillingError> {
-        let (state, _) = self.repo.load::<Customer>(&id.stream()?).await?;
+        let (state, _) = self.repo.load_current::<Customer>(&id.stream()?).await?;
         if state.id.is_none() {
             return Err(not_found("customer", id));
         }
@@ -211,7 +211,10 @@ impl Billing {
     /// # Errors
     /// [`DomainError::NotFound`]; ledger errors.
     pub async fn subscription(&self, id: SubscriptionId) -> Result<Subscription, BillingError> {
-        let (state, _) = self.repo.load::<Subscription>(&id.stream()?).await?;
+        let (state, _) = self
+            .repo
+            .load_current::<Subscription>(&id.stream()?)
+            .await?;
         if state.id.is_none() {
             return Err(not_found("subscription", id));
         }
@@ -223,7 +226,7 @@ impl Billing {
     /// # Errors
     /// [`DomainError::NotFound`]; ledger errors.
     pub async fn invoice(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
-        let (state, _) = self.repo.load::<Invoice>(&id.stream()?).await?;
+        let (state, _) = self.repo.load_current::<Invoice>(&id.stream()?).await?;
         if state.id.is_none() {
             return Err(not_found("invoice", id));
         }
@@ -238,7 +241,7 @@ impl Billing {
         &self,
         id: CustomerId,
     ) -> Result<(Customer, u64), BillingError> {
-        let (state, version) = self.repo.load::<Customer>(&id.stream()?).await?;
+        let (state, version) = self.repo.load_current::<Customer>(&id.stream()?).await?;
         if state.id.is_none() {
             return Err(not_found("customer", id));
         }
@@ -253,7 +256,10 @@ impl Billing {
         &self,
         id: SubscriptionId,
     ) -> Result<(Subscription, u64), BillingError> {
-        let (state, version) = self.repo.load::<Subscription>(&id.stream()?).await?;
+        let (state, version) = self
+            .repo
+            .load_current::<Subscription>(&id.stream()?)
+            .await?;
         if state.id.is_none() {
             return Err(not_found("subscription", id));
         }
@@ -265,7 +271,7 @@ impl Billing {
     /// # Errors
     /// [`DomainError::NotFound`]; ledger errors.
     pub async fn invoice_versioned(&self, id: InvoiceId) -> Result<(Invoice, u64), BillingError> {
-        let (state, version) = self.repo.load::<Invoice>(&id.stream()?).await?;
+        let (state, version) = self.repo.load_current::<Invoice>(&id.stream()?).await?;
         if state.id.is_none() {
             return Err(not_found("invoice", id));
         }
@@ -277,7 +283,7 @@ impl Billing {
     /// # Errors
     /// [`DomainError::NotFound`]; ledger errors.
     pub async fn coupon(&self, code: &CouponCode) -> Result<Coupon, BillingError> {
-        let (state, _) = self.repo.load::<Coupon>(&code.stream()?).await?;
+        let (state, _) = self.repo.load_current::<Coupon>(&code.stream()?).await?;
         if state.code.is_none() {
             return Err(not_found("coupon", code));
         }
@@ -289,7 +295,10 @@ impl Billing {
     /// # Errors
     /// Ledger errors.
     pub async fn contact(&self, id: CustomerId) -> Result<Option<ContactDetails>, BillingError> {
-        let (state, _) = self.repo.load::<Contact>(&contact_stream(id)?).await?;
+        let (state, _) = self
+            .repo
+            .load_current::<Contact>(&contact_stream(id)?)
+            .await?;
         Ok(state.details)
     }
 

@@ -59,7 +59,9 @@ impl Repository {
         &self.ledger
     }
 
-    /// The aggregate's state and version (0 when the stream is empty).
+    /// The aggregate's state and version (0 when the stream is empty), from the
+    /// cache when it holds the stream: what a command decides on, since its
+    /// expected version refuses a state another process has moved past.
     pub(crate) async fn load<A: Aggregate>(
         &self,
         stream: &StreamId,
@@ -67,8 +69,29 @@ impl Repository {
         if let Some(hit) = self.cached::<A>(stream) {
             return Ok(hit);
         }
-        let mut state = A::default();
-        let mut version = 0;
+        self.fold_from(stream, A::default(), 0).await
+    }
+
+    /// [`Repository::load`], with whatever the ledger holds beyond the cached
+    /// version folded in: what a read answers, since another process (a second
+    /// server, a scheduler worker) may have written since.
+    pub(crate) async fn load_current<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+    ) -> Result<(A, u64), BillingError> {
+        let (state, version) = self
+            .cached::<A>(stream)
+            .unwrap_or_else(|| (A::default(), 0));
+        self.fold_from(stream, state, version).await
+    }
+
+    /// Folds the stream's events after `version` onto `state` and caches the result.
+    async fn fold_from<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        mut state: A,
+        mut version: u64,
+    ) -> Result<(A, u64), BillingError> {
         loop {
             let page = self
                 .ledger
