@@ -142,6 +142,21 @@ impl Server {
             .await
     }
 
+    /// A community subscription without trial: the answer, its id, its write's
+    /// position and its first day (YYYY-MM-DD).
+    async fn community_subscription(&self, customer: &str) -> (Answer, String, u64, String) {
+        let created = self
+            .post(
+                "/v1/subscriptions",
+                json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+            )
+            .await;
+        let sub = created.body["id"].as_str().unwrap().to_owned();
+        let position = created.body["position"].as_u64().unwrap();
+        let today = created.body["current_period"]["start"].as_str().unwrap()[..10].to_owned();
+        (created, sub, position, today)
+    }
+
     async fn customer_with_card(&self) -> String {
         let customer = self
             .post(
@@ -967,15 +982,7 @@ async fn malformed_input_gets_a_problem_with_a_code_and_never_a_5xx() {
 async fn metrics_read_their_own_writes_through_min_position() {
     let server = serve(Backend::Postgres).await;
     let customer = server.customer_with_card().await;
-    let created = server
-        .post(
-            "/v1/subscriptions",
-            json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
-        )
-        .await;
-    let sub = created.body["id"].as_str().unwrap().to_owned();
-    let position = created.body["position"].as_u64().unwrap();
-    let today = created.body["current_period"]["start"].as_str().unwrap()[..10].to_owned();
+    let (created, sub, position, today) = server.community_subscription(&customer).await;
     let mrr = server
         .get(&format!(
             "/v1/metrics/mrr?from={today}&to={today}&min_position={position}"
@@ -1092,15 +1099,7 @@ async fn metrics_read_their_own_writes_through_min_position() {
 async fn every_read_answers_as_of_a_past_position() {
     let server = serve(Backend::Sqlite).await;
     let customer = server.customer_with_card().await;
-    let created = server
-        .post(
-            "/v1/subscriptions",
-            json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
-        )
-        .await;
-    let sub = created.body["id"].as_str().unwrap().to_owned();
-    let then = created.body["position"].as_u64().unwrap();
-    let today = created.body["current_period"]["start"].as_str().unwrap()[..10].to_owned();
+    let (_, sub, then, today) = server.community_subscription(&customer).await;
     let month = &today[..7];
     let reads = [
         format!("/v1/metrics/mrr?from={today}&to={today}"),

@@ -53,6 +53,34 @@ async fn subscribe_card_holder(billing: &Billing, plan: &str) -> SubscriptionId 
         .unwrap()
 }
 
+/// Two billing services on one Postgres ledger, as two processes would be:
+/// separate ledger handles and caches, one gateway account, one test clock.
+struct TwoProcesses {
+    clock: TestClock,
+    store: common::TestLedger,
+    gateway: SimulatedGateway,
+    first: Arc<Billing>,
+    second: Arc<Billing>,
+}
+
+async fn two_processes() -> TwoProcesses {
+    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    let second_ledger = Ledger::open(LedgerConfig::new(store.location()), Arc::new(clock.clone()))
+        .await
+        .unwrap();
+    let gateway = SimulatedGateway::new();
+    let first = billing_on(store.ledger.clone(), &gateway).await;
+    let second = billing_on(second_ledger, &gateway).await;
+    TwoProcesses {
+        clock,
+        store,
+        gateway,
+        first,
+        second,
+    }
+}
+
 /// Every invoice drafted in the ledger, and the trial balance checked after each event.
 async fn audit(ledger: &Ledger) -> (Vec<InvoiceId>, TrialBalance) {
     let mut drafted = Vec::new();
@@ -79,15 +107,13 @@ async fn audit(ledger: &Ledger) -> (Vec<InvoiceId>, TrialBalance) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_schedulers_at_once_bill_each_period_exactly_once() {
-    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
-    let store = common::postgres_with(Arc::new(clock.clone())).await;
-    // Two processes: separate ledger handles and caches, one gateway account.
-    let second_ledger = Ledger::open(LedgerConfig::new(store.location()), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let gateway = SimulatedGateway::new();
-    let first = billing_on(store.ledger.clone(), &gateway).await;
-    let second = billing_on(second_ledger, &gateway).await;
+    let TwoProcesses {
+        clock,
+        store,
+        gateway,
+        first,
+        second,
+    } = two_processes().await;
     let mut subs = Vec::new();
     for i in 0..12 {
         let plan = if i % 3 == 0 {
@@ -308,14 +334,13 @@ async fn a_negative_invoice_whose_credit_was_never_granted_is_granted_by_the_sch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_answers_with_what_another_process_wrote_since() {
-    let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
-    let store = common::postgres_with(Arc::new(clock.clone())).await;
-    let second_ledger = Ledger::open(LedgerConfig::new(store.location()), Arc::new(clock.clone()))
-        .await
-        .unwrap();
-    let gateway = SimulatedGateway::new();
-    let first = billing_on(store.ledger.clone(), &gateway).await;
-    let second = billing_on(second_ledger, &gateway).await;
+    let TwoProcesses {
+        clock: _,
+        store: _store,
+        gateway: _,
+        first,
+        second,
+    } = two_processes().await;
     let sub = subscribe_card_holder(&first, "community_access").await;
     // The first process has the subscription cached, active.
     assert_eq!(

@@ -59,6 +59,21 @@ impl World {
         id
     }
 
+    /// A customer whose card is declined on every charge.
+    async fn customer_with_declining_card(&self) -> CustomerId {
+        let id = self
+            .billing
+            .create_customer(NewCustomer::default())
+            .await
+            .unwrap();
+        let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
+        self.billing
+            .attach_payment_method(id, failing)
+            .await
+            .unwrap();
+        id
+    }
+
     async fn subscribe(
         &self,
         customer: CustomerId,
@@ -411,16 +426,7 @@ async fn revenue_is_earned_ratably_by_day_and_deferred_until_then() {
 async fn an_unpaid_invoice_ages_in_receivables_and_leaves_them_when_paid() {
     use recur_projections::customers::{Customers, OPEN_INVOICES, aging};
     let w = world(true).await;
-    let customer = w
-        .billing
-        .create_customer(NewCustomer::default())
-        .await
-        .unwrap();
-    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
-    w.billing
-        .attach_payment_method(customer, failing)
-        .await
-        .unwrap();
+    let customer = w.customer_with_declining_card().await;
     w.subscribe(customer, "group_coaching", None).await;
     let mut projector = Projector::open(w.store.ledger.clone(), Customers::new())
         .await
@@ -789,16 +795,7 @@ async fn a_subscription_past_due_for_the_set_days_churns_and_comes_back_when_pai
 async fn a_voided_invoice_takes_its_revenue_back_after_it_left_memory() {
     use recur_projections::revenue::{Revenue, monthly};
     let w = world(true).await;
-    let customer = w
-        .billing
-        .create_customer(NewCustomer::default())
-        .await
-        .unwrap();
-    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
-    w.billing
-        .attach_payment_method(customer, failing)
-        .await
-        .unwrap();
+    let customer = w.customer_with_declining_card().await;
     let sub = w.subscribe(customer, "group_coaching", None).await;
     let mut projector = Projector::open(w.store.ledger.clone(), Revenue::new())
         .await

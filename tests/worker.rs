@@ -106,6 +106,15 @@ async fn checkpoints(location: &str) -> Vec<(String, i64)> {
     .unwrap_or_default()
 }
 
+/// The sum of every MRR movement: each new customer's MRR, counted once.
+async fn movements_total(location: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(location).await.unwrap();
+    sqlx::query_scalar("SELECT CAST(SUM(delta_minor) AS BIGINT) FROM mrr_movements_v1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 async fn wait_until_projected(location: &str, head: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -144,12 +153,7 @@ async fn a_killed_and_restarted_worker_projects_everything_once() {
     let _worker = start("project", &location, &stream);
     wait_until_projected(&location, store.ledger.last_position().await.unwrap().0).await;
 
-    let mut conn = sqlx::PgConnection::connect(&location).await.unwrap();
-    let total: i64 =
-        sqlx::query_scalar("SELECT CAST(SUM(delta_minor) AS BIGINT) FROM mrr_movements_v1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let total = movements_total(&location).await;
     assert_eq!(total, 10 * 9_700, "ten new customers, each counted once");
     let db = recur_projections::db::Db::of(&store.ledger).unwrap();
     let live = recur_projections::mrr::snapshot(&db).await.unwrap();
@@ -242,17 +246,13 @@ async fn a_nats_server_restarted_during_a_load_loses_and_doubles_nothing() {
     let loaded: i64 = load.await.unwrap();
     wait_until_projected(&location, store.ledger.last_position().await.unwrap().0).await;
 
-    let mut conn = sqlx::PgConnection::connect(&location).await.unwrap();
-    let total: i64 =
-        sqlx::query_scalar("SELECT CAST(SUM(delta_minor) AS BIGINT) FROM mrr_movements_v1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let total = movements_total(&location).await;
     assert_eq!(
         total,
         (3 + loaded) * 9_700,
         "every new customer counted once"
     );
+    let mut conn = sqlx::PgConnection::connect(&location).await.unwrap();
     let payments: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type = 'PaymentSucceeded'")
             .fetch_one(&mut conn)

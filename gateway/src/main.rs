@@ -150,12 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 backend: args.backend.into(),
                 clients: args.clients,
                 iterations: args.iterations,
-                database_url: args
-                    .database_url
-                    .or_else(|| std::env::var("DATABASE_URL").ok()),
-                scratch_dir: args
-                    .dir
-                    .unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
+                database_url: server_url(args.database_url),
+                scratch_dir: scratch_dir(args.dir),
             };
             recur_gateway::bench::api::run(&options)
                 .await
@@ -168,12 +164,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let options = recur_gateway::bench::projections::ProjectionsBenchOptions {
                 backend: args.backend.into(),
                 events: args.events,
-                database_url: args
-                    .database_url
-                    .or_else(|| std::env::var("DATABASE_URL").ok()),
-                scratch_dir: args
-                    .dir
-                    .unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
+                database_url: server_url(args.database_url),
+                scratch_dir: scratch_dir(args.dir),
                 nats_url: args
                     .nats_url
                     .or_else(|| std::env::var("NATS_URL").ok())
@@ -201,12 +193,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 backend: backend.into(),
                 workloads: workload.workloads(),
                 rounds,
-                database_url: database_url.or_else(|| std::env::var("DATABASE_URL").ok()),
-                scratch_dir: dir.unwrap_or_else(|| std::env::temp_dir().join("recur-bench")),
+                database_url: server_url(database_url),
+                scratch_dir: scratch_dir(dir),
                 committers,
             };
             ledger_bench::run(&options).await.context("bench ledger")?;
             Ok(0)
         }
     }
+}
+
+/// A benchmark's Postgres server: `--database-url`, else `DATABASE_URL`.
+fn server_url(explicit: Option<String>) -> Option<String> {
+    explicit.or_else(|| std::env::var("DATABASE_URL").ok())
+}
+
+/// A benchmark's folder for SQLite files: `--dir`, else one in the system temp dir.
+fn scratch_dir(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
+    explicit.unwrap_or_else(|| std::env::temp_dir().join("recur-bench"))
 }

@@ -100,6 +100,18 @@ fn progress_line(label: &str, head: u64) -> impl FnMut(recur_ledger::Position, u
     }
 }
 
+/// Opens `projection` and rebuilds it beside its tables; returns the events applied.
+async fn rebuild_one<P: recur_projections::Projection>(
+    ledger: &Ledger,
+    projection: P,
+    progress: impl FnMut(recur_ledger::Position, u64),
+) -> Result<u64, ProjectionsCmdError> {
+    Ok(Projector::open(ledger.clone(), projection)
+        .await?
+        .rebuild_with(progress)
+        .await?)
+}
+
 /// Rebuilds one projection, or all (reading the ledger once), beside the tables
 /// in use, with a progress line (events/s, ETA).
 ///
@@ -127,30 +139,10 @@ pub async fn rebuild(
                 .rebuild_with(progress)
                 .await?
         }
-        Some("accounts") => {
-            Projector::open(ledger.clone(), Accounts::new())
-                .await?
-                .rebuild_with(progress)
-                .await?
-        }
-        Some("customers") => {
-            Projector::open(ledger.clone(), Customers::new())
-                .await?
-                .rebuild_with(progress)
-                .await?
-        }
-        Some("revenue") => {
-            Projector::open(ledger.clone(), Revenue::new())
-                .await?
-                .rebuild_with(progress)
-                .await?
-        }
-        Some(_) => {
-            Projector::open(ledger.clone(), Mrr::new())
-                .await?
-                .rebuild_with(progress)
-                .await?
-        }
+        Some("accounts") => rebuild_one(&ledger, Accounts::new(), progress).await?,
+        Some("customers") => rebuild_one(&ledger, Customers::new(), progress).await?,
+        Some("revenue") => rebuild_one(&ledger, Revenue::new(), progress).await?,
+        Some(_) => rebuild_one(&ledger, Mrr::new(), progress).await?,
     };
     let elapsed_ms = u64::try_from(started.elapsed().as_millis())
         .unwrap_or(1)

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::db::{Db, Stmt, Value};
-use crate::runtime::{Projection, ProjectionError, decode};
+use crate::runtime::{Projection, ProjectionError, decode, earlier_events, events_before};
 
 /// Per-subscription MRR, current.
 pub const SUBSCRIPTIONS: &str = "mrr_subscriptions_v1";
@@ -195,20 +195,15 @@ impl Mrr {
         if self.subscriptions.contains_key(stream) {
             return Ok(());
         }
+        // Its own stream's first event needs no read at all.
+        let earlier: Vec<SubscriptionEvent> = if before.stream_id == *stream {
+            earlier_events(Self::NAME, ledger, before).await?
+        } else {
+            events_before(Self::NAME, ledger, stream, before.position).await?
+        };
         let mut tracked = Tracked::default();
-        let mut from = 1;
-        loop {
-            let page = ledger.read_stream(stream, from, 1_000).await?;
-            let Some(last) = page.last().map(|r| r.stream_version) else {
-                break;
-            };
-            for recorded in page.iter().filter(|r| r.position < before.position) {
-                tracked.apply(&decode::<SubscriptionEvent>(Self::NAME, recorded)?);
-            }
-            if page.iter().any(|r| r.position >= before.position) {
-                break;
-            }
-            from = last + 1;
+        for event in &earlier {
+            tracked.apply(event);
         }
         self.subscriptions.insert(stream.clone(), tracked);
         Ok(())

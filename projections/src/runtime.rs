@@ -38,20 +38,38 @@ pub async fn earlier_events<E: recur_commands::DomainEvent>(
     ledger: &Ledger,
     event: &RecordedEvent,
 ) -> Result<Vec<E>, ProjectionError> {
+    if event.stream_version <= 1 {
+        return Ok(Vec::new());
+    }
+    events_before(projection, ledger, &event.stream_id, event.position).await
+}
+
+/// The events of `stream` recorded before ledger position `before`, decoded in
+/// order: a stream's past as of a moment in the ledger.
+///
+/// # Errors
+/// Ledger errors; undecodable events.
+pub async fn events_before<E: recur_commands::DomainEvent>(
+    projection: &'static str,
+    ledger: &Ledger,
+    stream: &recur_ledger::StreamId,
+    before: Position,
+) -> Result<Vec<E>, ProjectionError> {
     let mut earlier = Vec::new();
     let mut from = 1;
-    while event.stream_version > from {
-        let page = ledger
-            .read_stream(&event.stream_id, from, LOAD_PAGE_EVENTS)
-            .await?;
+    loop {
+        let page = ledger.read_stream(stream, from, LOAD_PAGE_EVENTS).await?;
         let Some(last) = page.last().map(|r| r.stream_version) else {
             break;
         };
-        for recorded in page
-            .iter()
-            .take_while(|r| r.stream_version < event.stream_version)
-        {
+        for recorded in &page {
+            if recorded.position >= before {
+                return Ok(earlier);
+            }
             earlier.push(decode(projection, recorded)?);
+        }
+        if page.len() < LOAD_PAGE_EVENTS {
+            break;
         }
         from = last + 1;
     }
