@@ -157,19 +157,41 @@ async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
     let ledger = Ledger::open(LedgerConfig::new(location.clone()), Arc::new(SystemClock))
         .await
         .unwrap();
-    // Live: followed the way `recur serve` follows the ledger.
+    // Live: the demo built the read models by following the ledger, as `recur serve` does.
     let mut live =
         recur_projections::Projector::open(ledger.clone(), recur_projections::mrr::Mrr::new())
             .await
             .unwrap();
-    let mut applied = 0;
-    while applied < outcome.events_verified {
-        let step = live.catch_up().await.unwrap();
-        assert!(step > 0);
-        applied += step;
-    }
+    assert_eq!(
+        live.catch_up().await.unwrap(),
+        0,
+        "the demo left them current"
+    );
+    assert_eq!(live.position(), ledger.last_position().await.unwrap());
     let db = live.db().clone();
     let before = recur_projections::mrr::snapshot(&db).await.unwrap();
+    // The demo's ARR is the projection's: 12 × the sum of per-subscription MRR.
+    let subscriptions_mrr = db
+        .query(
+            &recur_projections::db::Stmt::new(
+                format!(
+                    "SELECT CAST(SUM(mrr_minor) AS BIGINT) FROM {}",
+                    recur_projections::mrr::SUBSCRIPTIONS
+                ),
+                vec![],
+            ),
+            "i",
+        )
+        .await
+        .unwrap()[0][0]
+        .int();
+    assert!(subscriptions_mrr > 0);
+    assert_eq!(
+        outcome.summary.arr.to_minor().unwrap(),
+        12 * subscriptions_mrr
+    );
+    let last_month = outcome.summary.mrr_by_month.last().unwrap().1;
+    assert_eq!(last_month.to_minor().unwrap(), subscriptions_mrr);
     let mut customers = recur_projections::Projector::open(
         ledger.clone(),
         recur_projections::customers::Customers::new(),

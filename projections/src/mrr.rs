@@ -561,6 +561,47 @@ impl Projection for Mrr {
     }
 }
 
+/// Each day with a change up to `through` and the MRR of `plan` (`*`: all plans)
+/// at that day's end, in minor units, oldest first (days as `YYYY-MM-DD`).
+///
+/// # Errors
+/// Database errors.
+pub async fn daily(
+    db: &Db,
+    plan: &str,
+    through: time::Date,
+) -> Result<Vec<(String, i64)>, crate::db::DbError> {
+    let rows = db
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT day, mrr_minor FROM {DAILY} WHERE plan = ? AND day <= ? ORDER BY day"
+                ),
+                vec![plan.into(), through.to_string().into()],
+            ),
+            "ti",
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r[0].text(), r[1].int())).collect())
+}
+
+/// The MRR at the end of each of `ends` (ascending) from [`daily`]'s rows: the
+/// last change on or before the day, 0 before the first.
+pub fn at_day_ends(daily: &[(String, i64)], ends: &[time::Date]) -> Vec<i64> {
+    let mut index = 0;
+    let mut last = 0;
+    ends.iter()
+        .map(|end| {
+            let end = end.to_string();
+            while index < daily.len() && daily[index].0 <= end {
+                last = daily[index].1;
+                index += 1;
+            }
+            last
+        })
+        .collect()
+}
+
 /// Every row of the projection's tables as text, in a stable order: for
 /// comparing a live read model with a rebuilt one.
 ///

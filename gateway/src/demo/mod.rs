@@ -60,6 +60,9 @@ pub enum DemoError {
     /// The ledger holds an event the report cannot read.
     #[error("report: {0}")]
     Report(String),
+    /// The read models could not be built.
+    #[error(transparent)]
+    Projection(#[from] recur_projections::ProjectionError),
 }
 
 /// Everything the demo prints.
@@ -160,12 +163,13 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
     scheduler.tick().await?;
     progress.done();
 
-    let mut report = Report::new(recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, 1));
+    let mut report = Report::new();
     let mut replay = ledger.replay(Position::START).await?;
     while let Some(event) = replay.next().await? {
         report.apply(&event).map_err(DemoError::Report)?;
     }
-    let summary = report.finish(end);
+    let mut summary = report.finish();
+    (summary.mrr_by_month, summary.arr) = projected_mrr(&ledger, options.months, end).await?;
     let verified = ledger.verify().await?;
     let outcome = DemoOutcome {
         ledger: crate::config::redact(&location),
@@ -183,6 +187,47 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
         subscriptions: simulation::subscriptions(&script),
     };
     Ok((outcome, billing))
+}
+
+/// MRR at each month end and ARR at `end`, from the `mrr` projection built over
+/// the demo's ledger: the figures `/v1/metrics/mrr` gives, by the counting rules
+/// of docs/metrics.md. Every read model is built, so `recur serve` on the demo's
+/// ledger starts with them current.
+async fn projected_mrr(
+    ledger: &Ledger,
+    months: u32,
+    end: OffsetDateTime,
+) -> Result<(Vec<(String, Money)>, Money), DemoError> {
+    let mut projections = recur_projections::Projections::open(ledger).await?;
+    projections.catch_up().await?;
+    let daily = recur_projections::mrr::daily(projections.mrr.db(), "*", end.date())
+        .await
+        .map_err(recur_projections::ProjectionError::from)?;
+    let month_ends: Vec<time::Date> = (1..=months)
+        .map(|month| {
+            (recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, month)
+                - Duration::days(1))
+            .date()
+        })
+        .collect();
+    let by_month = month_ends
+        .iter()
+        .zip(recur_projections::mrr::at_day_ends(&daily, &month_ends))
+        .map(|(day, minor)| {
+            (
+                format!("{}-{:02}", day.year(), day.month() as u8),
+                Money::from_minor(minor, recur_ledger::Currency::USD),
+            )
+        })
+        .collect();
+    let now = recur_projections::mrr::at_day_ends(&daily, &[end.date()])
+        .first()
+        .copied()
+        .unwrap_or(0);
+    Ok((
+        by_month,
+        Money::from_minor(now * 12, recur_ledger::Currency::USD),
+    ))
 }
 
 fn fresh_embedded_location() -> Result<String, DemoError> {

@@ -1,26 +1,24 @@
 //! The demo's summary, folded from the ledger alone (so a replay gives the same
-//! answer): customers by state, MRR at each month end, money in and out, what
-//! became of failed payments, and the books.
+//! answer): customers by state, money in and out, what became of failed
+//! payments, and the books. MRR comes from the `mrr` projection (see
+//! `demo::run`), so the demo and `/v1/metrics/mrr` count it by one rule.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use recur_commands::aggregate::Aggregate;
 use recur_commands::billing::decode_event;
-use recur_commands::coupon::{CouponDuration, Discount};
 use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
 use recur_commands::postings::{Account, TrialBalance};
 use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
 use recur_ledger::{Currency, Money, RecordedEvent, StreamId};
-use rust_decimal::Decimal;
 use serde::Serialize;
-use time::OffsetDateTime;
 
 /// What the owner reads at the end of the demo.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Summary {
     /// Customers by the state of their subscription (best one wins), plus one-time buyers.
     pub customers: BTreeMap<String, u64>,
-    /// MRR at each month end (after discounts in force), `YYYY-MM` → amount.
+    /// MRR at each month end, `YYYY-MM` → amount (from the `mrr` projection).
     pub mrr_by_month: Vec<(String, Money)>,
     /// MRR × 12 at the end.
     pub arr: Money,
@@ -86,12 +84,17 @@ pub struct Report {
     declined: HashSet<StreamId>,
     summary: Summary,
     balance: TrialBalance,
-    next_month_end: OffsetDateTime,
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Report {
-    /// A report whose first month ends at `first_month_end`.
-    pub fn new(first_month_end: OffsetDateTime) -> Self {
+    /// An empty report.
+    pub fn new() -> Self {
         let zero = Money::zero(Currency::USD);
         Self {
             currency: Currency::USD,
@@ -129,7 +132,6 @@ impl Report {
                 books_balanced: true,
             },
             balance: TrialBalance::default(),
-            next_month_end: first_month_end,
         }
     }
 
@@ -138,9 +140,6 @@ impl Report {
     /// # Errors
     /// An event that does not decode.
     pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), String> {
-        while recorded.recorded_at >= self.next_month_end {
-            self.close_month();
-        }
         self.summary.events += 1;
         match recorded.stream_id.category() {
             "subscription" => {
@@ -225,57 +224,8 @@ impl Report {
         Ok(())
     }
 
-    /// MRR now: active and past-due subscriptions, normalised to a month, after
-    /// recurring discounts in force at `at`.
-    fn mrr_at(&self, at: OffsetDateTime) -> Money {
-        let mut total = Money::zero(self.currency);
-        for sub in self.subscriptions.values() {
-            let Some(mut mrr) = sub.mrr() else { continue };
-            if let Some(discount) = &sub.discount {
-                let in_force = match discount.duration {
-                    CouponDuration::Forever => true,
-                    CouponDuration::Repeating { .. } => {
-                        discount.ends_at.is_some_and(|end| at < end)
-                    }
-                    CouponDuration::Once => false,
-                };
-                if in_force && mrr.is_positive() {
-                    mrr = match discount.discount {
-                        Discount::PercentOff { percent } => mrr
-                            .mul_decimal(Decimal::ONE - percent / Decimal::ONE_HUNDRED)
-                            .unwrap_or(mrr),
-                        Discount::AmountOff { amount } => {
-                            let left = mrr.checked_sub(amount).unwrap_or(mrr);
-                            if left.is_negative() {
-                                Money::zero(self.currency)
-                            } else {
-                                left
-                            }
-                        }
-                    };
-                }
-            }
-            total = total.checked_add(mrr).unwrap_or(total);
-        }
-        total.round_to_minor(recur_ledger::money::RoundingRule::HalfEven)
-    }
-
-    fn close_month(&mut self) {
-        let at = self.next_month_end;
-        let label = (at - time::Duration::days(1)).date();
-        let label = format!("{}-{:02}", label.year(), label.month() as u8);
-        let mrr = self.mrr_at(at);
-        self.summary.mrr_by_month.push((label, mrr));
-        self.next_month_end = recur_commands::period::Interval::MONTHLY.boundary(at, 1);
-    }
-
-    /// Closes every month up to `end` and returns the summary.
-    pub fn finish(mut self, end: OffsetDateTime) -> Summary {
-        while self.next_month_end <= end {
-            self.close_month();
-        }
-        let mrr = self.mrr_at(end);
-        self.summary.arr = mrr.mul_decimal(Decimal::from(12)).unwrap_or(mrr);
+    /// The summary (MRR and ARR left at zero: see the module's note).
+    pub fn finish(mut self) -> Summary {
         let mut customers: HashMap<String, SubscriptionStatus> = HashMap::new();
         for sub in self.subscriptions.values() {
             let Some(customer) = sub.customer_id else {

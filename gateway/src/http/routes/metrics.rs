@@ -309,46 +309,19 @@ pub async fn mrr_series(
     caller.require(EVERYONE)?;
     let query = parse_query(query.as_deref())?;
     let (db, position) = query.reading.read_models(&state).await?;
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT day, mrr_minor FROM {} WHERE plan = ? AND day <= ? ORDER BY day",
-                    mrr::DAILY
-                ),
-                vec![query.plan.clone().into(), query.to.to_string().into()],
-            ),
-            "ti",
-        )
+    let daily = mrr::daily(&db, &query.plan, query.to)
         .await
         .map_err(unavailable)?;
-    let days: Vec<(String, i64)> = rows
+    let ends = bucket_ends(query.from, query.to, &query.interval)?;
+    let data = ends
         .iter()
-        .map(|r| {
-            (
-                match &r[0] {
-                    Value::Text(t) => t.clone(),
-                    _ => String::new(),
-                },
-                r[1].int(),
-            )
+        .zip(mrr::at_day_ends(&daily, &ends))
+        .map(|(end, mrr)| MrrPoint {
+            date: end.to_string(),
+            mrr: usd(mrr),
+            arr: usd(mrr * 12),
         })
         .collect();
-    let mut data = Vec::new();
-    let mut index = 0;
-    let mut last = 0;
-    for end in bucket_ends(query.from, query.to, &query.interval)? {
-        let end_text = end.to_string();
-        while index < days.len() && days[index].0 <= end_text {
-            last = days[index].1;
-            index += 1;
-        }
-        data.push(MrrPoint {
-            date: end_text,
-            mrr: usd(last),
-            arr: usd(last * 12),
-        });
-    }
     let series = MrrSeries {
         object: "mrr_series",
         plan: query.plan,
@@ -605,25 +578,13 @@ pub async fn churn(
         )
         .await
         .map_err(unavailable)?;
-    let daily = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT day, mrr_minor FROM {} WHERE plan = '*' AND day <= ? ORDER BY day",
-                    mrr::DAILY
-                ),
-                vec![query.to.to_string().into()],
-            ),
-            "ti",
-        )
-        .await
-        .map_err(unavailable)?;
+    let daily = mrr::daily(&db, "*", query.to).await.map_err(unavailable)?;
     let mrr_before = |day: &str| {
         daily
             .iter()
-            .take_while(|r| r[0].text().as_str() < day)
+            .take_while(|(d, _)| d.as_str() < day)
             .last()
-            .map_or(0, |r| r[1].int())
+            .map_or(0, |(_, mrr)| *mrr)
     };
     let customers_before = |day: &str| -> i64 {
         moves
