@@ -46,6 +46,9 @@ fn event_row(row: &sqlx::sqlite::SqliteRow) -> Result<EventRow, LedgerError> {
     })
 }
 
+/// Rows a query's worker may buffer ahead of the reader (a replay page).
+const ROWS_BUFFERED: usize = 5_000;
+
 impl SqliteStore {
     /// Opens (creating if missing) the file at `path` and migrates it.
     pub(crate) async fn open(path: &str, config: &LedgerConfig) -> Result<Self, LedgerError> {
@@ -56,7 +59,10 @@ impl SqliteStore {
             // FULL: an append is durable when it returns, as on Postgres.
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_millis(config.connect_timeout_ms))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // sqlx hands rows over one channel message at a time; room for a whole
+            // replay page lets the worker run ahead instead of waking per row.
+            .row_buffer_size(ROWS_BUFFERED);
         let timeout = Duration::from_millis(config.connect_timeout_ms);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)

@@ -3,10 +3,10 @@
 
 use recur_commands::invoice::InvoiceEvent;
 use recur_commands::postings::Side;
-use recur_ledger::{Ledger, Position, RecordedEvent};
+use recur_ledger::{Ledger, Position};
 
 use crate::db::{Db, Stmt};
-use crate::runtime::{Projection, ProjectionError, decode};
+use crate::runtime::{Delivered, Projection, ProjectionError};
 
 /// Debits and credits per account, currency and day.
 pub const DAILY: &str = "account_daily_v1";
@@ -69,14 +69,14 @@ impl Projection for Accounts {
 
     async fn apply(
         &mut self,
-        event: &RecordedEvent,
+        event: &Delivered,
         _ledger: &Ledger,
         _writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
         if event.stream_id.category() != "invoice" {
             return Ok(());
         }
-        let decoded: InvoiceEvent = decode(Self::NAME, event)?;
+        let decoded = event.decoded::<InvoiceEvent>(Self::NAME)?;
         let day = event.recorded_at.date().to_string();
         for posting in decoded.postings() {
             let minor = posting

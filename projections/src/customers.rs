@@ -7,11 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::customer::CustomerEvent;
 use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
-use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
+use recur_ledger::{Ledger, Position, StreamId};
 use time::format_description::well_known::Rfc3339;
 
 use crate::db::{Db, Stmt, Value};
-use crate::runtime::{Projection, ProjectionError, decode, earlier_events};
+use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events};
 
 /// One row per customer.
 pub const VIEW: &str = "customer_view_v1";
@@ -196,13 +196,13 @@ impl Projection for Customers {
 
     async fn apply(
         &mut self,
-        event: &RecordedEvent,
+        event: &Delivered,
         ledger: &Ledger,
         _writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
         match event.stream_id.category() {
             "customer" => {
-                let decoded: CustomerEvent = decode(Self::NAME, event)?;
+                let decoded = event.decoded::<CustomerEvent>(Self::NAME)?;
                 let customer = event
                     .stream_id
                     .as_str()
@@ -225,19 +225,19 @@ impl Projection for Customers {
                     }
                     CustomerEvent::PaymentMethodDetached { .. } => row.card.clear(),
                     CustomerEvent::CreditGranted { amount, .. } => {
-                        row.credit_minor += minor(amount)
+                        row.credit_minor += minor(*amount)
                     }
                     CustomerEvent::CreditApplied { amount, .. } => {
-                        row.credit_minor -= minor(amount)
+                        row.credit_minor -= minor(*amount)
                     }
                     CustomerEvent::TaxLocationSet { .. } => return Ok(()),
                 }
                 self.changed.insert(customer);
             }
             "invoice" => {
-                let decoded: InvoiceEvent = decode(Self::NAME, event)?;
+                let decoded = event.decoded::<InvoiceEvent>(Self::NAME)?;
                 if let Some(customer) = self.settled.get(&event.stream_id) {
-                    match &decoded {
+                    match decoded {
                         InvoiceEvent::RevenueRecognized { .. } => return Ok(()),
                         InvoiceEvent::InvoiceRefunded { amount, .. } => {
                             let customer = customer.clone();
@@ -265,7 +265,7 @@ impl Projection for Customers {
                     return Ok(());
                 };
                 let before = standing(invoice);
-                invoice.evolve(&decoded);
+                invoice.evolve(decoded);
                 let after = standing(invoice);
                 let settled = matches!(
                     invoice.status,
@@ -289,7 +289,7 @@ impl Projection for Customers {
                 row.open_invoices += i64::from(after.0) - i64::from(before.0);
                 row.in_dunning += i64::from(after.1) - i64::from(before.1);
                 row.open_minor += after.2 - before.2;
-                match &decoded {
+                match decoded {
                     InvoiceEvent::InvoiceDrafted { .. } => row.invoices += 1,
                     InvoiceEvent::PaymentSucceeded { amount, .. } => {
                         row.paid_minor += minor(*amount);

@@ -29,7 +29,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::db::{Db, Stmt, Value};
-use crate::runtime::{Projection, ProjectionError, decode, earlier_events, events_before};
+use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events, events_before};
 
 /// Per-subscription MRR, current.
 pub const SUBSCRIPTIONS: &str = "mrr_subscriptions_v1";
@@ -496,7 +496,7 @@ impl Projection for Mrr {
 
     async fn apply(
         &mut self,
-        event: &RecordedEvent,
+        event: &Delivered,
         ledger: &Ledger,
         writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
@@ -506,7 +506,7 @@ impl Projection for Mrr {
         if event.stream_id.category() != "subscription" {
             return Ok(());
         }
-        let decoded: SubscriptionEvent = decode(Self::NAME, event)?;
+        let decoded = event.decoded::<SubscriptionEvent>(Self::NAME)?;
         let stream = &event.stream_id;
         // First seen since loading: fold what came before this event.
         self.track(ledger, stream, event).await?;
@@ -520,7 +520,7 @@ impl Projection for Mrr {
         let Some(tracked) = self.subscriptions.get_mut(stream) else {
             return Ok(());
         };
-        tracked.apply(&decoded);
+        tracked.apply(decoded);
         let past_due = tracked.state.status == SubscriptionStatus::PastDue;
         let was = self.past_due.get(stream).copied();
         match (past_due, self.past_due.get(stream)) {

@@ -15,11 +15,10 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
-use recur_ledger::RecordedEvent;
 
 use crate::message::EventMessage;
 use crate::relay::{RelayConfig, RelayError};
-use crate::runtime::{Projection, ProjectionError, Projector};
+use crate::runtime::{Delivered, Projection, ProjectionError, Projector};
 
 /// Messages fetched per batch.
 pub const FETCH_MESSAGES_MAX: usize = 500;
@@ -122,7 +121,7 @@ impl NatsFeed {
             received: messages.len() as u64,
             ..Pumped::default()
         };
-        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut events: Vec<Delivered> = Vec::new();
         // Each message names the event published before it: the batch applies
         // as is only when those links run unbroken from the checkpoint.
         let mut chained = true;
@@ -142,7 +141,7 @@ impl NatsFeed {
             } else {
                 chained = false;
             }
-            events.push(event);
+            events.push(Delivered::new(event));
         }
         if !events.is_empty() {
             if chained {

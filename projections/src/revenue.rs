@@ -7,11 +7,11 @@ use std::collections::HashMap;
 
 use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::invoice::{Invoice, InvoiceEvent, LineKind};
-use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
+use recur_ledger::{Ledger, Position, StreamId};
 use time::{Date, Month, OffsetDateTime};
 
 use crate::db::{Db, Stmt};
-use crate::runtime::{Projection, ProjectionError, decode, earlier_events};
+use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events};
 
 /// Earned and billed revenue per month and plan.
 pub const MONTHLY: &str = "revenue_monthly_v1";
@@ -137,7 +137,7 @@ impl Projection for Revenue {
 
     async fn apply(
         &mut self,
-        event: &RecordedEvent,
+        event: &Delivered,
         ledger: &Ledger,
         _writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
@@ -149,7 +149,7 @@ impl Projection for Revenue {
             position: event.position.0,
             message,
         };
-        let decoded: InvoiceEvent = decode(Self::NAME, event)?;
+        let decoded = event.decoded::<InvoiceEvent>(Self::NAME)?;
         if !matches!(
             decoded,
             InvoiceEvent::InvoiceDrafted { .. }
@@ -167,7 +167,7 @@ impl Projection for Revenue {
         let Some(invoice) = self.invoices.get_mut(&event.stream_id) else {
             return Ok(());
         };
-        invoice.evolve(&decoded);
+        invoice.evolve(decoded);
         let sign = match decoded {
             InvoiceEvent::InvoiceFinalized { .. } => 1,
             InvoiceEvent::InvoiceVoided { .. } => -1,

@@ -27,6 +27,66 @@ pub fn decode<E: recur_commands::DomainEvent>(
     })
 }
 
+/// A ledger event on its way to the projections: the envelope, and its payload
+/// decoded at most once for every projection that reads it (a rebuild hands one
+/// page to all of them, and decoding was the largest cost of applying).
+pub struct Delivered {
+    recorded: RecordedEvent,
+    decoded: std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Delivered {
+    /// An event not decoded yet.
+    pub fn new(recorded: RecordedEvent) -> Self {
+        Self {
+            recorded,
+            decoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The payload as a domain event, decoded by the first projection that asks.
+    ///
+    /// # Errors
+    /// [`ProjectionError::Event`] when the payload is not an `E`.
+    pub fn decoded<E: recur_commands::DomainEvent>(
+        &self,
+        projection: &'static str,
+    ) -> Result<&E, ProjectionError> {
+        let error = |message: String| ProjectionError::Event {
+            projection,
+            position: self.recorded.position.0,
+            message,
+        };
+        let cached = self.decoded.get_or_init(|| {
+            Box::new(recur_commands::billing::decode_event::<E>(
+                &self.recorded.payload,
+            ))
+        });
+        match cached.downcast_ref::<Result<E, String>>() {
+            Some(Ok(event)) => Ok(event),
+            Some(Err(message)) => Err(error(message.clone())),
+            None => Err(error(format!(
+                "the event was decoded as another type than {}",
+                std::any::type_name::<E>()
+            ))),
+        }
+    }
+}
+
+impl std::ops::Deref for Delivered {
+    type Target = RecordedEvent;
+
+    fn deref(&self) -> &RecordedEvent {
+        &self.recorded
+    }
+}
+
+impl From<RecordedEvent> for Delivered {
+    fn from(recorded: RecordedEvent) -> Self {
+        Self::new(recorded)
+    }
+}
+
 /// The events of `event`'s stream recorded before it, decoded in order: what a
 /// projection folds when it sees a stream for the first time since it loaded.
 /// A stream's first event has nothing before it, so that costs no read.
@@ -156,7 +216,7 @@ pub trait Projection: Send + Default {
     /// Adds to `writes` what `event` changes.
     fn apply(
         &mut self,
-        event: &RecordedEvent,
+        event: &Delivered,
         ledger: &Ledger,
         writes: &mut Vec<Stmt>,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
@@ -361,6 +421,7 @@ impl<P: Projection> Projector<P> {
             let Some(last) = page.last().map(|e| e.position) else {
                 break;
             };
+            let page: Vec<Delivered> = page.into_iter().map(Delivered::new).collect();
             self.apply_batch(&page).await?;
             applied += page.len() as u64;
             progress(last, applied);
@@ -376,7 +437,7 @@ impl<P: Projection> Projector<P> {
     ///
     /// # Errors
     /// Database and event errors; in-memory state is reloaded from the checkpoint.
-    pub async fn apply_batch(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    pub async fn apply_batch(&mut self, events: &[Delivered]) -> Result<(), ProjectionError> {
         let Some(last) = events.last().map(|e| e.position) else {
             return Ok(());
         };
@@ -550,7 +611,7 @@ impl<P: Projection> Rebuild<P> {
 }
 
 /// A page of the ledger, shared by every projection fed from it.
-pub type Page = std::sync::Arc<Vec<RecordedEvent>>;
+pub type Page = std::sync::Arc<Vec<Delivered>>;
 
 /// Pages a projection's task may hold before the reader waits for it.
 const PAGES_AHEAD: usize = 2;
@@ -560,18 +621,18 @@ pub trait ApplyBatch: Send + 'static {
     /// Applies the next page, in one transaction.
     fn apply(
         &mut self,
-        events: &[RecordedEvent],
+        events: &[Delivered],
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
 
 impl<P: Projection + 'static> ApplyBatch for Projector<P> {
-    async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&mut self, events: &[Delivered]) -> Result<(), ProjectionError> {
         self.apply_batch(events).await
     }
 }
 
 impl<P: Projection + 'static> ApplyBatch for Rebuild<P> {
-    async fn apply(&mut self, events: &[RecordedEvent]) -> Result<(), ProjectionError> {
+    async fn apply(&mut self, events: &[Delivered]) -> Result<(), ProjectionError> {
         self.fresh.apply_batch(events).await
     }
 }
@@ -635,7 +696,7 @@ pub async fn feed(
             break;
         };
         read += page.len() as u64;
-        let page: Page = std::sync::Arc::new(page);
+        let page: Page = std::sync::Arc::new(page.into_iter().map(Delivered::new).collect());
         for applier in &appliers {
             if applier.send(page.clone()).await.is_err() {
                 return Ok(read);
