@@ -131,7 +131,7 @@ macro_rules! bind {
         for param in &$params {
             query = match param {
                 Value::Int(v) => query.bind(*v),
-                Value::Text(v) => query.bind(v.clone()),
+                Value::Text(v) => query.bind(v.as_str()),
                 Value::Null => query.bind(None::<String>),
             };
         }
