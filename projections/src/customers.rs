@@ -58,9 +58,17 @@ pub struct Customers {
     settled: HashMap<StreamId, String>,
     /// Customers whose row changed in this batch: written once each at flush.
     changed: BTreeSet<String>,
-    /// Open invoices that changed in this batch: (customer, since, owed), or
-    /// None once closed; written once each at flush.
-    open_changed: BTreeMap<String, Option<(String, String, i64)>>,
+    /// Open invoices that changed in this batch; written once each at flush.
+    open_changed: BTreeMap<String, OpenChange>,
+}
+
+/// An open invoice's row, changed in the current batch.
+#[derive(Debug)]
+struct OpenChange {
+    /// Whether the row was stored before this batch (the invoice was open then).
+    stored: bool,
+    /// (customer, since, owed) while open; None once closed.
+    now: Option<(String, String, i64)>,
 }
 
 impl Customers {
@@ -160,8 +168,10 @@ impl Projection for Customers {
                 writes.push(upsert(&customer, row));
             }
         }
-        for (invoice_id, open) in std::mem::take(&mut self.open_changed) {
-            writes.push(match open {
+        for (invoice_id, change) in std::mem::take(&mut self.open_changed) {
+            writes.push(match change.now {
+                // Opened and settled within the batch: no row was ever written.
+                None if !change.stored => continue,
                 Some((customer, since, owed)) => Stmt::new(
                     format!(
                         "INSERT INTO {OPEN_INVOICES} (invoice_id, customer_id, since, owed_minor) VALUES (?, ?, ?, ?)
@@ -275,15 +285,21 @@ impl Projection for Customers {
                     return Ok(());
                 };
                 let invoice_id = invoice.id.map(|i| i.to_string()).unwrap_or_default();
-                if after.0 {
-                    let since = invoice
-                        .created_at
-                        .map(|t| t.date().to_string())
-                        .unwrap_or_default();
+                if after.0 || before.0 {
+                    let now = after.0.then(|| {
+                        let since = invoice
+                            .created_at
+                            .map(|t| t.date().to_string())
+                            .unwrap_or_default();
+                        (customer.clone(), since, after.2)
+                    });
                     self.open_changed
-                        .insert(invoice_id, Some((customer.clone(), since, after.2)));
-                } else if before.0 {
-                    self.open_changed.insert(invoice_id, None);
+                        .entry(invoice_id)
+                        .or_insert(OpenChange {
+                            stored: before.0,
+                            now: None,
+                        })
+                        .now = now;
                 }
                 let row = self.rows.entry(customer.clone()).or_default();
                 row.open_invoices += i64::from(after.0) - i64::from(before.0);

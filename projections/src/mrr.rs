@@ -83,6 +83,9 @@ struct Tracked {
     state: Subscription,
     /// The discount on the latest period invoice.
     discount: Option<AppliedDiscount>,
+    /// (plan, status, MRR) as last written by this projector, so an event that
+    /// changes none of them (a renewal) writes nothing.
+    stored: Option<(String, &'static str, i64)>,
 }
 
 impl Tracked {
@@ -290,7 +293,7 @@ impl Mrr {
         seq: &mut i64,
         writes: &mut Vec<Stmt>,
     ) {
-        let Some(tracked) = self.subscriptions.get(stream) else {
+        let Some(tracked) = self.subscriptions.get_mut(stream) else {
             return;
         };
         let (Some(sub_id), Some(customer_id)) = (tracked.state.id, tracked.state.customer_id)
@@ -299,7 +302,10 @@ impl Mrr {
         };
         let status = tracked.state.status.name();
         let (sub_id, customer) = (sub_id.to_string(), customer_id.to_string());
-        writes.push(Stmt::new(
+        let row = (plan.clone(), status, after);
+        if tracked.stored.as_ref() != Some(&row) {
+            tracked.stored = Some(row);
+            writes.push(Stmt::new(
             format!(
                 "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id, plan, status, mrr_minor) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT (subscription_id) DO UPDATE SET plan = excluded.plan, status = excluded.status,
@@ -308,6 +314,7 @@ impl Mrr {
             vec![sub_id.clone().into(), customer.clone().into(), plan.clone().into(), status.into(), after.into()],
         )
         .keyed(format!("subscription:{sub_id}")));
+        }
         if before == after && old_plan == plan {
             return;
         }
