@@ -144,7 +144,14 @@ pub const EVENTS_PER_BATCH_MAX: usize = 500;
 
 /// Events applied per transaction while a shadow is rebuilt: nobody reads it yet,
 /// and a bigger batch lets more writes supersede each other.
-pub const REBUILD_EVENTS_PER_BATCH: usize = 5_000;
+pub const REBUILD_EVENTS_PER_BATCH: usize = 10_000;
+
+// A page shorter than asked for means the end of the ledger, so no page may ask
+// for more than the ledger reads at once.
+const _: () = assert!(
+    REBUILD_EVENTS_PER_BATCH <= recur_ledger::limits::READ_PAGE_EVENTS_MAX
+        && EVENTS_PER_BATCH_MAX <= recur_ledger::limits::READ_PAGE_EVENTS_MAX
+);
 
 /// Why a projection stopped.
 #[derive(Debug, thiserror::Error)]
