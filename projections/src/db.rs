@@ -240,6 +240,126 @@ pub fn merge(statements: &[Stmt]) -> Vec<Stmt> {
     out
 }
 
+/// Rows one Postgres statement writes at most when bound as arrays.
+const UNNEST_ROWS_MAX: usize = 10_000;
+
+/// A write of a Postgres transaction: a statement as given, or same-SQL rows
+/// bound as one array per column (`unnest`), so that every batch runs the same
+/// few prepared statements whatever its row count. A multi-row `VALUES` list is
+/// new SQL for each row count: parsed and planned again, thousands of parameters each.
+enum PgWrite<'a> {
+    One(&'a Stmt),
+    Unnest { sql: String, columns: Vec<Column> },
+}
+
+/// One column of merged rows.
+enum Column {
+    Ints(Vec<Option<i64>>),
+    Texts(Vec<Option<String>>),
+}
+
+impl Column {
+    /// The parameter `index` of every row, if all are of one kind (or NULL).
+    fn of(rows: &[&Stmt], index: usize) -> Option<Column> {
+        let is_int = rows
+            .iter()
+            .any(|r| matches!(r.params[index], Value::Int(_)));
+        let values = rows.iter().map(|r| &r.params[index]);
+        if is_int {
+            values
+                .map(|v| match v {
+                    Value::Int(i) => Some(Some(*i)),
+                    Value::Null => Some(None),
+                    Value::Text(_) => None,
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(Column::Ints)
+        } else {
+            Some(Column::Texts(
+                values
+                    .map(|v| match v {
+                        Value::Text(t) => Some(t.clone()),
+                        _ => None,
+                    })
+                    .collect(),
+            ))
+        }
+    }
+
+    fn cast(&self) -> &'static str {
+        match self {
+            Column::Ints(_) => "int8[]",
+            Column::Texts(_) => "text[]",
+        }
+    }
+}
+
+/// Groups same-SQL single-row inserts and single-key deletes (see [`mergeable`])
+/// into [`PgWrite::Unnest`]s, each at the place of its first row; everything
+/// else keeps its place. The same rule as [`merge`]: a batch writes each row at
+/// most once, so the order among them does not matter.
+fn unnest(statements: &[Stmt]) -> Vec<PgWrite<'_>> {
+    // Slots: a statement as given, or a group of rows with the same SQL.
+    enum Slot<'a> {
+        One(&'a Stmt),
+        Rows(&'a Stmt, Vec<&'a Stmt>),
+    }
+    let mut slots: Vec<Slot<'_>> = Vec::new();
+    let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for stmt in statements {
+        let groupable = stmt.expect_rows.is_none() && mergeable(&stmt.sql).is_some();
+        if !groupable {
+            slots.push(Slot::One(stmt));
+            continue;
+        }
+        match open.get(stmt.sql.as_str()).map(|&i| &mut slots[i]) {
+            Some(Slot::Rows(_, rows)) if rows.len() < UNNEST_ROWS_MAX => rows.push(stmt),
+            _ => {
+                open.insert(stmt.sql.as_str(), slots.len());
+                slots.push(Slot::Rows(stmt, vec![stmt]));
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(slots.len());
+    for slot in slots {
+        match slot {
+            Slot::One(stmt) => out.push(PgWrite::One(stmt)),
+            Slot::Rows(first, rows) => match unnested(first, &rows) {
+                Some(write) => out.push(write),
+                None => out.extend(rows.into_iter().map(PgWrite::One)),
+            },
+        }
+    }
+    out
+}
+
+/// `rows` (statements with `first`'s SQL) as one statement over arrays; None if a
+/// column mixes integers and text.
+fn unnested<'a>(first: &Stmt, rows: &[&'a Stmt]) -> Option<PgWrite<'a>> {
+    let (prefix, item, tail) = mergeable(&first.sql)?;
+    let width = first.params.len();
+    if width == 0 || rows.iter().any(|r| r.params.len() != width) {
+        return None;
+    }
+    let columns = (0..width)
+        .map(|index| Column::of(rows, index))
+        .collect::<Option<Vec<_>>>()?;
+    let arrays: Vec<String> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("${}::{}", i + 1, c.cast()))
+        .collect();
+    let sql = if item.starts_with('(') {
+        // INSERT … VALUES (?, …) tail → INSERT … SELECT * FROM unnest(…) tail
+        let head = prefix.trim_end().strip_suffix("VALUES")?.trim_end();
+        format!("{head} SELECT * FROM unnest({}){tail}", arrays.join(", "))
+    } else {
+        // DELETE … IN (?) → DELETE … IN (SELECT unnest(…))
+        format!("{prefix}SELECT unnest({}){tail}", arrays.join(", "))
+    };
+    Some(PgWrite::Unnest { sql, columns })
+}
+
 /// Runs statements in one SQLite transaction on `conn`.
 async fn run_sqlite(
     conn: &mut sqlx::pool::PoolConnection<sqlx::Sqlite>,
@@ -412,28 +532,41 @@ impl Db {
     }
 
     /// Runs statements in one transaction. Single-row inserts and single-key
-    /// deletes with the same SQL run together (see [`merge`]).
+    /// deletes with the same SQL run together: on SQLite as one multi-row
+    /// statement (see [`merge`]), on Postgres bound as arrays (`unnest`).
     ///
     /// # Errors
     /// Database errors; nothing is written then.
     pub async fn transaction(&self, statements: &[Stmt]) -> Result<(), DbError> {
-        let merged = merge(statements);
-        let statements = merged.as_slice();
         match self {
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                for stmt in statements {
-                    let sql = numbered(&stmt.sql);
-                    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    query = bind!(query, stmt.params);
-                    let changed = query.execute(&mut *tx).await?.rows_affected();
-                    guard(stmt, changed)?;
+                for write in unnest(statements) {
+                    match write {
+                        PgWrite::One(stmt) => {
+                            let sql = numbered(&stmt.sql);
+                            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                            query = bind!(query, stmt.params);
+                            let changed = query.execute(&mut *tx).await?.rows_affected();
+                            guard(stmt, changed)?;
+                        }
+                        PgWrite::Unnest { sql, columns } => {
+                            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+                            for column in columns {
+                                query = match column {
+                                    Column::Ints(values) => query.bind(values),
+                                    Column::Texts(values) => query.bind(values),
+                                };
+                            }
+                            query.execute(&mut *tx).await?;
+                        }
+                    }
                 }
                 tx.commit().await?;
             }
             Db::Sqlite(pool) => {
                 let mut conn = pool.acquire().await?;
-                run_sqlite(&mut conn, statements).await?;
+                run_sqlite(&mut conn, &merge(statements)).await?;
             }
         }
         Ok(())
@@ -560,6 +693,51 @@ mod tests {
             "INSERT INTO t (id, n) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET n = excluded.n",
             vec![id.into(), n.into()],
         )
+    }
+
+    #[test]
+    fn postgres_binds_same_sql_rows_as_arrays_and_keeps_guarded_statements() {
+        let delete = |id: &str| Stmt::new("DELETE FROM t WHERE id IN (?)", vec![id.into()]);
+        let guarded =
+            Stmt::new("UPDATE c SET p = ? WHERE p = ?", vec![2.into(), 1.into()]).expecting(1);
+        let mixed = |v: Value| Stmt::new("INSERT INTO m (v) VALUES (?)", vec![v]);
+        let statements = [
+            upsert("a", 1),
+            delete("x"),
+            upsert("b", 2),
+            guarded.clone(),
+            delete("y"),
+            mixed(1.into()),
+            mixed("one".into()),
+        ];
+        let writes = unnest(&statements);
+        let shapes: Vec<String> = writes
+            .iter()
+            .map(|w| match w {
+                PgWrite::One(stmt) => format!("one {}", stmt.sql),
+                PgWrite::Unnest { sql, columns } => {
+                    let values: Vec<String> = columns
+                        .iter()
+                        .map(|c| match c {
+                            Column::Ints(v) => format!("{v:?}"),
+                            Column::Texts(v) => format!("{v:?}"),
+                        })
+                        .collect();
+                    format!("{sql} {}", values.join(" "))
+                }
+            })
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                "INSERT INTO t (id, n) SELECT * FROM unnest($1::text[], $2::int8[]) ON CONFLICT (id) DO UPDATE SET n = excluded.n [Some(\"a\"), Some(\"b\")] [Some(1), Some(2)]",
+                "DELETE FROM t WHERE id IN (SELECT unnest($1::text[])) [Some(\"x\"), Some(\"y\")]",
+                "one UPDATE c SET p = ? WHERE p = ?",
+                // A column mixing integers and text is written row by row.
+                "one INSERT INTO m (v) VALUES (?)",
+                "one INSERT INTO m (v) VALUES (?)",
+            ]
+        );
     }
 
     #[test]
