@@ -72,8 +72,10 @@ async fn published(config: &RelayConfig) -> Vec<EventMessage> {
         .messages()
         .await
         .unwrap();
-    use futures_util_like::StreamNext;
-    while let Some(message) = batch.next_item().await {
+    use futures_core::Stream;
+    while let Some(message) =
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut batch).poll_next(cx)).await
+    {
         let message = message.unwrap();
         let body: EventMessage = serde_json::from_slice(&message.payload).unwrap();
         let header = message
@@ -216,26 +218,6 @@ async fn jetstream_drops_a_republished_event_by_its_message_id() {
     assert!(ack.duplicate);
     assert_eq!(published(&config).await.len(), 3);
     drop_stream(&config).await;
-}
-
-/// `next()` over the fetch stream without pulling in the futures crate.
-mod futures_util_like {
-    use std::future::Future;
-    use std::pin::Pin;
-
-    pub trait StreamNext {
-        type Item;
-        fn next_item(&mut self) -> impl Future<Output = Option<Self::Item>>;
-    }
-
-    impl<S: futures_core_like::Stream + Unpin> StreamNext for S {
-        type Item = S::Item;
-        fn next_item(&mut self) -> impl Future<Output = Option<Self::Item>> {
-            std::future::poll_fn(move |cx| Pin::new(&mut *self).poll_next(cx))
-        }
-    }
-
-    pub use futures_core as futures_core_like;
 }
 
 /// Subscriptions that start, change and stop, to give the MRR projection work.
