@@ -445,43 +445,55 @@ impl<P: Projection> Projector<P> {
     /// # Errors
     /// Database and event errors; in-memory state is reloaded from the checkpoint.
     pub async fn apply_batch(&mut self, events: &[Delivered]) -> Result<(), ProjectionError> {
-        let Some(last) = events.last().map(|e| e.position) else {
-            return Ok(());
-        };
-        let mut writes = Vec::new();
-        let mut result = Ok(());
-        for event in events {
-            result = self
-                .projection
-                .apply(event, &self.ledger, &mut writes)
-                .await;
-            if result.is_err() {
-                break;
-            }
-        }
-        if result.is_ok() {
-            self.projection.flush(&mut writes);
-            let mut writes = crate::db::supersede(writes);
-            // Compare-and-set: if another worker moved the checkpoint, nothing is written.
-            writes.push(advance(
-                P::NAME,
-                self.projection.stored_version(),
-                self.generation,
-                self.position,
-                last,
-            ));
-            result = self
+        let result = match self.prepare_batch(events).await {
+            Ok(None) => return Ok(()),
+            Ok(Some((writes, last))) => self
                 .db
                 .transaction(&writes)
                 .await
-                .map_err(ProjectionError::from);
+                .map(|()| last)
+                .map_err(ProjectionError::from),
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(last) => {
+                self.position = last;
+                Ok(())
+            }
+            Err(error) => {
+                self.reload().await?;
+                Err(error)
+            }
         }
-        if let Err(error) = result {
-            self.reload().await?;
-            return Err(error);
+    }
+
+    /// The writes of `events` (the next ones after the checkpoint) with the move
+    /// of the checkpoint to the last of them, not yet committed; None for no events.
+    /// After an error the in-memory state is partly applied: reload or drop it.
+    async fn prepare_batch(
+        &mut self,
+        events: &[Delivered],
+    ) -> Result<Option<(Vec<Stmt>, Position)>, ProjectionError> {
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(None);
+        };
+        let mut writes = Vec::new();
+        for event in events {
+            self.projection
+                .apply(event, &self.ledger, &mut writes)
+                .await?;
         }
-        self.position = last;
-        Ok(())
+        self.projection.flush(&mut writes);
+        let mut writes = crate::db::supersede(writes);
+        // Compare-and-set: if another worker moved the checkpoint, nothing is written.
+        writes.push(advance(
+            P::NAME,
+            self.projection.stored_version(),
+            self.generation,
+            self.position,
+            last,
+        ));
+        Ok(Some((writes, last)))
     }
 
     /// The ledger, for feeds that check what they deliver against it.
@@ -534,7 +546,11 @@ impl<P: Projection> Projector<P> {
         match fresh {
             Ok(mut fresh) => {
                 fresh.events_per_batch = REBUILD_EVENTS_PER_BATCH;
-                Ok(Rebuild { shadow, fresh })
+                Ok(Rebuild {
+                    shadow,
+                    fresh,
+                    committing: None,
+                })
             }
             Err(error) => {
                 shadow.discard().await;
@@ -548,7 +564,14 @@ impl<P: Projection> Projector<P> {
     ///
     /// # Errors
     /// Database errors (the tables in use are then unchanged); catch-up errors.
-    pub async fn finish_rebuild(&mut self, rebuild: Rebuild<P>) -> Result<u64, ProjectionError> {
+    pub async fn finish_rebuild(
+        &mut self,
+        mut rebuild: Rebuild<P>,
+    ) -> Result<u64, ProjectionError> {
+        if let Err(error) = rebuild.settle().await {
+            rebuild.abandon().await;
+            return Err(error);
+        }
         let switch = [checkpoint(
             P::NAME,
             self.projection.stored_version(),
@@ -603,6 +626,9 @@ impl<P: Projection> Projector<P> {
 pub struct Rebuild<P: Projection> {
     shadow: Shadow,
     fresh: Projector<P>,
+    /// The previous page's transaction, committing while the next page is
+    /// applied in memory (nobody reads a shadow, and a failure abandons it).
+    committing: Option<tokio::task::JoinHandle<Result<(), DbError>>>,
 }
 
 impl<P: Projection> Rebuild<P> {
@@ -611,8 +637,21 @@ impl<P: Projection> Rebuild<P> {
         &mut self.fresh
     }
 
+    /// Waits for the page being committed.
+    ///
+    /// # Errors
+    /// Its database error; [`ProjectionError::Task`] if its task panicked.
+    async fn settle(&mut self) -> Result<(), ProjectionError> {
+        if let Some(task) = self.committing.take() {
+            task.await
+                .map_err(|error| ProjectionError::Task(error.to_string()))??;
+        }
+        Ok(())
+    }
+
     /// Gives the rebuild up and drops the shadow; the tables in use are untouched.
-    pub async fn abandon(self) {
+    pub async fn abandon(mut self) {
+        let _ = self.settle().await;
         self.shadow.discard().await;
     }
 }
@@ -639,8 +678,18 @@ impl<P: Projection + 'static> ApplyBatch for Projector<P> {
 }
 
 impl<P: Projection + 'static> ApplyBatch for Rebuild<P> {
+    /// Applies the page in memory while the previous page commits, then hands
+    /// this page's transaction to a task of its own: one transaction in flight,
+    /// committed in page order.
     async fn apply(&mut self, events: &[Delivered]) -> Result<(), ProjectionError> {
-        self.fresh.apply_batch(events).await
+        let Some((writes, last)) = self.fresh.prepare_batch(events).await? else {
+            return Ok(());
+        };
+        self.settle().await?;
+        let db = self.fresh.db.clone();
+        self.committing = Some(tokio::spawn(async move { db.transaction(&writes).await }));
+        self.fresh.position = last;
+        Ok(())
     }
 }
 
