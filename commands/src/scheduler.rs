@@ -25,6 +25,8 @@ use crate::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
 
 /// Events read per page while following the ledger.
 const CATCH_UP_PAGE_EVENTS: usize = 5_000;
+// A page shorter than asked for is taken as the end of the ledger.
+const _: () = assert!(CATCH_UP_PAGE_EVENTS <= recur_ledger::limits::READ_PAGE_EVENTS_MAX);
 /// Work items run at once.
 pub const CONCURRENCY_DEFAULT: usize = 16;
 /// Rounds of one tick (work that makes more work due at the same instant).

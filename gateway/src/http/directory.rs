@@ -16,6 +16,8 @@ use tokio::sync::Mutex;
 pub const PAGE_ITEMS_MAX: usize = 100;
 /// Events read per catch-up page.
 const CATCH_UP_PAGE_EVENTS: usize = 5_000;
+// A page shorter than asked for is taken as the end of the ledger.
+const _: () = assert!(CATCH_UP_PAGE_EVENTS <= recur_ledger::limits::READ_PAGE_EVENTS_MAX);
 
 #[derive(Default)]
 struct Index {
