@@ -9,14 +9,15 @@ use recur_commands::context::within;
 use recur_commands::{BillingError, CouponCode, CustomerId, InvoiceId};
 
 use super::{
-    ListQuery, READERS, WRITERS, context, customer_id, invoice_id, subscription_id, to_value,
+    ListQuery, READERS, WRITERS, context, customer_id, invoice_id, resource_action,
+    subscription_id, to_value,
 };
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::directory::InvoiceFilter;
 use crate::http::dto::{InvoiceDto, InvoiceList, PurchaseCreate, RefundBody};
 use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, if_match, json_response, parse};
+use crate::http::request::{RawBody, idempotent, json_response, parse};
 use crate::http::routes::subscriptions::Empty;
 
 async fn invoice_dto(
@@ -101,30 +102,26 @@ async fn act(
     body: axum::body::Bytes,
     kind: &'static str,
 ) -> Response {
-    if let Err(error) = caller.require(WRITERS) {
-        return error.into_response();
-    }
     let route = format!("POST /v1/invoices/{id}/{kind}");
-    idempotent(&state, &caller, &headers, &route, &body, async {
-        let id = invoice_id(&id)?;
-        let expected = if_match(&headers)?;
+    let state = &state;
+    let billing = &state.billing;
+    let command = |id: InvoiceId, body: &[u8]| {
         let action = match kind {
             "pay" => {
-                parse::<Empty>(&body)?;
+                parse::<Empty>(body)?;
                 Action::Pay
             }
             "void" => {
-                parse::<Empty>(&body)?;
+                parse::<Empty>(body)?;
                 Action::Void
             }
-            _ => Action::Refund(parse(&body)?),
+            _ => Action::Refund(parse(body)?),
         };
         let amount = match &action {
             Action::Refund(refund) => Some(refund.amount.to_money()?),
             _ => None,
         };
-        let billing = &state.billing;
-        let work = async {
+        let work = async move {
             match (action, amount) {
                 (Action::Pay, _) => billing.pay_now(id).await.map(|_| ()),
                 (Action::Void, _) => billing.void(id).await.map(|_| ()),
@@ -139,12 +136,16 @@ async fn act(
                 (Action::Refund(_), None) => Ok(()),
             }
         };
-        let stream = id.stream().map_err(BillingError::from)?;
-        let (result, ctx) = within(context(&caller, Some(stream), expected), work).await;
-        result?;
-        let dto = invoice_dto(&state, id, ctx.last_position.map(|p| p.0)).await?;
-        Ok((StatusCode::OK, to_value(&dto)?))
-    })
+        Ok((id.stream().map_err(BillingError::from)?, work))
+    };
+    resource_action(
+        (state, &caller),
+        &route,
+        (&headers, &body),
+        invoice_id(&id),
+        command,
+        |id, position| async move { to_value(&invoice_dto(state, id, position).await?) },
+    )
     .await
 }
 

@@ -8,13 +8,16 @@ pub mod metrics;
 pub mod subscriptions;
 pub mod system;
 
-use axum::http::StatusCode;
-use recur_commands::context::RequestContext;
-use recur_commands::{CustomerId, InvoiceId, SubscriptionId};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use recur_commands::context::{RequestContext, within};
+use recur_commands::{BillingError, CustomerId, InvoiceId, SubscriptionId};
 use recur_ledger::StreamId;
 
+use super::AppState;
 use super::auth::{Caller, Role};
 use super::problem::ApiError;
+use super::request::{idempotent, if_match};
 
 /// Roles that run billing commands.
 pub const WRITERS: &[Role] = &[Role::Billing];
@@ -30,6 +33,40 @@ pub fn context(caller: &Caller, stream: Option<StreamId>, expected: Option<u64>)
         expected: stream.zip(expected),
         last_position: None,
     }
+}
+
+/// A command on one resource, as every `POST /v1/<resources>/{id}/<action>` runs
+/// it: writers only; a repeated `Idempotency-Key` replays the first answer; the
+/// path id, then `If-Match`, then the body are checked (`command` parses the body
+/// and returns the resource's stream and the work); the work runs within the
+/// caller's request context, guarded by `If-Match`; the answer is the resource
+/// after the write, built by `answer` from the write's ledger position.
+pub async fn resource_action<Id, T, Work, Answer>(
+    (state, caller): (&AppState, &Caller),
+    route: &str,
+    (headers, body): (&HeaderMap, &[u8]),
+    id: Result<Id, ApiError>,
+    command: impl FnOnce(Id, &[u8]) -> Result<(StreamId, Work), ApiError>,
+    answer: impl FnOnce(Id, Option<u64>) -> Answer,
+) -> Response
+where
+    Id: Copy,
+    Work: Future<Output = Result<T, BillingError>>,
+    Answer: Future<Output = Result<serde_json::Value, ApiError>>,
+{
+    if let Err(error) = caller.require(WRITERS) {
+        return error.into_response();
+    }
+    idempotent(state, caller, headers, route, body, async {
+        let id = id?;
+        let expected = if_match(headers)?;
+        let (stream, work) = command(id, body)?;
+        let (result, ctx) = within(context(caller, Some(stream), expected), work).await;
+        result?;
+        let resource = answer(id, ctx.last_position.map(|p| p.0)).await?;
+        Ok((StatusCode::OK, resource))
+    })
+    .await
 }
 
 /// A JSON value of a response body.

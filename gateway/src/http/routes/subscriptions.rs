@@ -9,7 +9,9 @@ use recur_commands::billing::{NewSubscription, PlanChange, Trial};
 use recur_commands::context::within;
 use recur_commands::{BillingError, CouponCode, CustomerId, SubscriptionId};
 
-use super::{ListQuery, READERS, WRITERS, context, customer_id, subscription_id, to_value};
+use super::{
+    ListQuery, READERS, WRITERS, context, customer_id, resource_action, subscription_id, to_value,
+};
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::dto::{
@@ -17,7 +19,7 @@ use crate::http::dto::{
     SubscriptionList, TotalsDto,
 };
 use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, if_match, json_response, parse};
+use crate::http::request::{RawBody, idempotent, json_response, parse};
 
 async fn subscription_dto(
     state: &AppState,
@@ -149,34 +151,29 @@ async fn act(
     id: String,
     headers: HeaderMap,
     body: axum::body::Bytes,
-    route: &str,
+    kind: &'static str,
 ) -> Response {
-    if let Err(error) = caller.require(WRITERS) {
-        return error.into_response();
-    }
-    let route = format!("POST /v1/subscriptions/{id}/{route}");
-    let kind = route.rsplit('/').next().unwrap_or_default().to_owned();
-    idempotent(&state, &caller, &headers, &route, &body, async {
-        let id = subscription_id(&id)?;
-        let expected = if_match(&headers)?;
-        let action = match kind.as_str() {
-            "change" => Action::Change(parse(&body)?),
-            "cancel" => Action::Cancel(parse(&body)?),
+    let route = format!("POST /v1/subscriptions/{id}/{kind}");
+    let state = &state;
+    let billing = &state.billing;
+    let command = |id: SubscriptionId, body: &[u8]| {
+        let action = match kind {
+            "change" => Action::Change(parse(body)?),
+            "cancel" => Action::Cancel(parse(body)?),
             "pause" => {
-                parse::<Empty>(&body)?;
+                parse::<Empty>(body)?;
                 Action::Pause
             }
             "resume" => {
-                parse::<Empty>(&body)?;
+                parse::<Empty>(body)?;
                 Action::Resume
             }
             _ => {
-                parse::<Empty>(&body)?;
+                parse::<Empty>(body)?;
                 Action::UndoCancellation
             }
         };
-        let billing = &state.billing;
-        let work = async {
+        let work = async move {
             match action {
                 Action::Change(change) => billing.change_plan(id, plan_change(change)).await,
                 Action::Cancel(cancel) => billing.cancel(id, cancel.timing.into()).await,
@@ -185,12 +182,16 @@ async fn act(
                 Action::UndoCancellation => billing.undo_cancellation(id).await,
             }
         };
-        let stream = id.stream().map_err(BillingError::from)?;
-        let (result, ctx) = within(context(&caller, Some(stream), expected), work).await;
-        result?;
-        let dto = subscription_dto(&state, id, ctx.last_position.map(|p| p.0)).await?;
-        Ok((StatusCode::OK, to_value(&dto)?))
-    })
+        Ok((id.stream().map_err(BillingError::from)?, work))
+    };
+    resource_action(
+        (state, &caller),
+        &route,
+        (&headers, &body),
+        subscription_id(&id),
+        command,
+        |id, position| async move { to_value(&subscription_dto(state, id, position).await?) },
+    )
     .await
 }
 
