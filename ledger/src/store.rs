@@ -421,14 +421,10 @@ impl Ledger {
         &self.inner.config
     }
 
-    pub(crate) fn committed(&self) -> &Arc<Notify> {
-        &self.inner.committed
-    }
-
     /// Notified after each commit this process makes. Other processes' commits
     /// are not seen: a follower that shares the database polls for those too.
-    pub fn commits(&self) -> Arc<Notify> {
-        Arc::clone(&self.inner.committed)
+    pub fn committed(&self) -> &Arc<Notify> {
+        &self.inner.committed
     }
 
     /// The release horizon; with `settle`, waits for commits in flight at the call.

@@ -213,7 +213,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     {
         // The projections, in-process, fed from the ledger.
         let projected = Arc::clone(&projected);
-        let commits = ledger.commits();
+        let commits = Arc::clone(ledger.committed());
         tokio::spawn(async move {
             loop {
                 // Registered before catching up, so a commit meanwhile still wakes us.
