@@ -205,35 +205,54 @@ fn mergeable(sql: &str) -> Option<(&str, &str, &str)> {
 /// upsert that touches a row twice, which would show a projection breaking that rule.
 /// Guarded statements and everything else keep their place.
 pub fn merge(statements: &[Stmt]) -> Vec<Stmt> {
-    let mut out: Vec<Stmt> = Vec::with_capacity(statements.len().min(64));
-    // SQL text → (index in `out` of its open merged statement, rows in it).
-    let mut open: std::collections::HashMap<&str, (usize, usize)> =
-        std::collections::HashMap::new();
-    for stmt in statements {
-        let parts = match stmt.expect_rows {
-            None => mergeable(&stmt.sql),
-            Some(_) => None,
-        };
-        let Some((prefix, row, tail)) = parts else {
-            out.push(stmt.clone());
-            continue;
-        };
-        let rows_max = (MERGED_PARAMS_MAX / stmt.params.len().max(1)).clamp(1, MERGED_ROWS_MAX);
-        match open.get_mut(stmt.sql.as_str()) {
-            Some((index, rows)) if *rows < rows_max => {
-                let merged = &mut out[*index];
-                merged.params.extend(stmt.params.iter().cloned());
-                // Insert the next row before the tail.
-                let at = merged.sql.len() - tail.len();
-                merged.sql.insert_str(at, &format!(", {row}"));
-                *rows += 1;
+    let rows_max =
+        |stmt: &Stmt| (MERGED_PARAMS_MAX / stmt.params.len().max(1)).clamp(1, MERGED_ROWS_MAX);
+    let mut out = Vec::new();
+    for group in groups(statements, rows_max) {
+        match group {
+            Group::One(stmt) => out.push(stmt.clone()),
+            Group::Rows(rows) => {
+                let Some((prefix, row, tail)) = mergeable(&rows[0].sql) else {
+                    out.extend(rows.into_iter().cloned());
+                    continue;
+                };
+                let items = vec![row; rows.len()].join(", ");
+                let mut merged = rows[0].clone();
+                merged.key = None;
+                merged.sql = format!("{prefix}{items}{tail}");
+                merged.params = rows.iter().flat_map(|r| r.params.iter().cloned()).collect();
+                out.push(merged);
             }
+        }
+    }
+    out
+}
+
+/// A place in a transaction: a statement as given, or single-row statements
+/// with the same SQL to be written together.
+enum Group<'a> {
+    One(&'a Stmt),
+    Rows(Vec<&'a Stmt>),
+}
+
+/// Groups same-SQL single-row inserts and single-key deletes (see [`mergeable`];
+/// unguarded), at most `rows_max` per group, each group at the place of its first
+/// row; everything else keeps its place. Within one batch a projection writes
+/// each row at most once, so the order among them does not matter.
+fn groups(statements: &[Stmt], rows_max: impl Fn(&Stmt) -> usize) -> Vec<Group<'_>> {
+    let mut out: Vec<Group<'_>> = Vec::new();
+    // SQL text → index in `out` of its open group.
+    let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for stmt in statements {
+        if stmt.expect_rows.is_some() || mergeable(&stmt.sql).is_none() {
+            out.push(Group::One(stmt));
+            continue;
+        }
+        match open.get(stmt.sql.as_str()).map(|&i| &mut out[i]) {
+            Some(Group::Rows(rows)) if rows.len() < rows_max(stmt) => rows.push(stmt),
             _ => {
-                open.insert(stmt.sql.as_str(), (out.len(), 1));
-                let mut first = stmt.clone();
-                first.key = None;
-                first.sql = format!("{prefix}{row}{tail}");
-                out.push(first);
+                open.insert(stmt.sql.as_str(), out.len());
+                out.push(Group::Rows(vec![stmt]));
             }
         }
     }
@@ -294,37 +313,14 @@ impl Column {
     }
 }
 
-/// Groups same-SQL single-row inserts and single-key deletes (see [`mergeable`])
-/// into [`PgWrite::Unnest`]s, each at the place of its first row; everything
-/// else keeps its place. The same rule as [`merge`]: a batch writes each row at
-/// most once, so the order among them does not matter.
+/// Writes each of the [`groups`] as one [`PgWrite::Unnest`] (row by row if a
+/// column mixes kinds); everything else keeps its place.
 fn unnest(statements: &[Stmt]) -> Vec<PgWrite<'_>> {
-    // Slots: a statement as given, or a group of rows with the same SQL.
-    enum Slot<'a> {
-        One(&'a Stmt),
-        Rows(&'a Stmt, Vec<&'a Stmt>),
-    }
-    let mut slots: Vec<Slot<'_>> = Vec::new();
-    let mut open: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    for stmt in statements {
-        let groupable = stmt.expect_rows.is_none() && mergeable(&stmt.sql).is_some();
-        if !groupable {
-            slots.push(Slot::One(stmt));
-            continue;
-        }
-        match open.get(stmt.sql.as_str()).map(|&i| &mut slots[i]) {
-            Some(Slot::Rows(_, rows)) if rows.len() < UNNEST_ROWS_MAX => rows.push(stmt),
-            _ => {
-                open.insert(stmt.sql.as_str(), slots.len());
-                slots.push(Slot::Rows(stmt, vec![stmt]));
-            }
-        }
-    }
-    let mut out = Vec::with_capacity(slots.len());
-    for slot in slots {
-        match slot {
-            Slot::One(stmt) => out.push(PgWrite::One(stmt)),
-            Slot::Rows(first, rows) => match unnested(first, &rows) {
+    let mut out = Vec::new();
+    for group in groups(statements, |_| UNNEST_ROWS_MAX) {
+        match group {
+            Group::One(stmt) => out.push(PgWrite::One(stmt)),
+            Group::Rows(rows) => match unnested(rows[0], &rows) {
                 Some(write) => out.push(write),
                 None => out.extend(rows.into_iter().map(PgWrite::One)),
             },
