@@ -81,12 +81,6 @@ impl std::ops::Deref for Delivered {
     }
 }
 
-impl From<RecordedEvent> for Delivered {
-    fn from(recorded: RecordedEvent) -> Self {
-        Self::new(recorded)
-    }
-}
-
 /// The events of `event`'s stream recorded before it, decoded in order: what a
 /// projection folds when it sees a stream for the first time since it loaded.
 /// A stream's first event has nothing before it, so that costs no read.
@@ -134,6 +128,28 @@ pub async fn events_before<E: recur_commands::DomainEvent>(
         from = last + 1;
     }
     Ok(earlier)
+}
+
+/// The ledger's next page after `after`, up to `until`: its events, the last
+/// position, and whether more may follow (a full page that stopped short of
+/// `until`); None when nothing is left.
+///
+/// # Errors
+/// Ledger errors.
+async fn next_page(
+    ledger: &Ledger,
+    after: Position,
+    until: Position,
+    limit: usize,
+) -> Result<Option<(Vec<Delivered>, Position, bool)>, ProjectionError> {
+    let mut page = ledger.read_all(after, limit).await?;
+    let full = page.len() == limit;
+    page.retain(|e| e.position <= until);
+    let Some(last) = page.last().map(|e| e.position) else {
+        return Ok(None);
+    };
+    let page = page.into_iter().map(Delivered::new).collect();
+    Ok(Some((page, last, full && last < until)))
 }
 
 /// Events read per page when folding a stream.
@@ -419,20 +435,14 @@ impl<P: Projection> Projector<P> {
     ) -> Result<u64, ProjectionError> {
         let mut applied = 0;
         while self.position < until {
-            let mut page = self
-                .ledger
-                .read_all(self.position, self.events_per_batch)
-                .await?;
-            let full = page.len() == self.events_per_batch;
-            page.retain(|e| e.position <= until);
-            let Some(last) = page.last().map(|e| e.position) else {
+            let next = next_page(&self.ledger, self.position, until, self.events_per_batch);
+            let Some((page, last, more)) = next.await? else {
                 break;
             };
-            let page: Vec<Delivered> = page.into_iter().map(Delivered::new).collect();
             self.apply_batch(&page).await?;
             applied += page.len() as u64;
             progress(last, applied);
-            if !full {
+            if !more {
                 break;
             }
         }
@@ -745,21 +755,19 @@ pub async fn feed(
     let mut read = 0;
     let mut after = Position::START;
     loop {
-        let mut page = ledger.read_all(after, REBUILD_EVENTS_PER_BATCH).await?;
-        let full = page.len() == REBUILD_EVENTS_PER_BATCH;
-        page.retain(|e| e.position <= until);
-        let Some(last) = page.last().map(|e| e.position) else {
+        let next = next_page(ledger, after, until, REBUILD_EVENTS_PER_BATCH);
+        let Some((page, last, more)) = next.await? else {
             break;
         };
         read += page.len() as u64;
-        let page: Page = std::sync::Arc::new(page.into_iter().map(Delivered::new).collect());
+        let page: Page = std::sync::Arc::new(page);
         for applier in &appliers {
             if applier.send(page.clone()).await.is_err() {
                 return Ok(read);
             }
         }
         progress(last, read);
-        if !full || last >= until {
+        if !more {
             break;
         }
         after = last;
