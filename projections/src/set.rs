@@ -7,7 +7,7 @@ use crate::customers::Customers;
 use crate::db::Db;
 use crate::mrr::Mrr;
 use crate::revenue::Revenue;
-use crate::runtime::{Applier, Projection, ProjectionError, Projector, Rebuild, feed};
+use crate::runtime::{Applier, ApplyBatch, Projection, ProjectionError, Projector, Rebuild, feed};
 
 /// The names, as `recur projections` takes them.
 pub const NAMES: &[&str] = &["mrr", "accounts", "customers", "revenue"];
@@ -64,6 +64,45 @@ pub async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, ProjectionError> {
         .collect())
 }
 
+/// What [`apply_all`] hands back: each applier, or why it stopped.
+type Applied<M, A, C, R> = (
+    Result<M, ProjectionError>,
+    Result<A, ProjectionError>,
+    Result<C, ProjectionError>,
+    Result<R, ProjectionError>,
+);
+
+/// Reads the ledger once from the first event up to `until` and applies each
+/// page to all four, each on a task of its own; the reader's result (events read)
+/// and each applier back.
+async fn apply_all<M: ApplyBatch, A: ApplyBatch, C: ApplyBatch, R: ApplyBatch>(
+    ledger: &Ledger,
+    until: Position,
+    (mrr, accounts, customers, revenue): (M, A, C, R),
+    progress: impl FnMut(Position, u64),
+) -> (Result<u64, ProjectionError>, Applied<M, A, C, R>) {
+    let (mrr, accounts, customers, revenue) = (
+        Applier::spawn(mrr),
+        Applier::spawn(accounts),
+        Applier::spawn(customers),
+        Applier::spawn(revenue),
+    );
+    let pages = vec![
+        mrr.pages(),
+        accounts.pages(),
+        customers.pages(),
+        revenue.pages(),
+    ];
+    let fed = feed(ledger, until, pages, progress).await;
+    let applied = (
+        mrr.finish().await,
+        accounts.finish().await,
+        customers.finish().await,
+        revenue.finish().await,
+    );
+    (fed, applied)
+}
+
 /// Drops a rebuild's shadow; passes its error on.
 async fn abandon<P: Projection>(
     rebuild: Result<Rebuild<P>, ProjectionError>,
@@ -111,25 +150,19 @@ impl Projections {
     /// Ledger, database and event errors.
     pub async fn as_of(ledger: &Ledger, at: Position) -> Result<Db, ProjectionError> {
         let db = Db::scratch().await?;
-        let mrr = Applier::spawn(Projector::<Mrr>::fresh(ledger.clone(), db.clone()).await?);
-        let accounts =
-            Applier::spawn(Projector::<Accounts>::fresh(ledger.clone(), db.clone()).await?);
-        let customers =
-            Applier::spawn(Projector::<Customers>::fresh(ledger.clone(), db.clone()).await?);
-        let revenue =
-            Applier::spawn(Projector::<Revenue>::fresh(ledger.clone(), db.clone()).await?);
-        let pages = vec![
-            mrr.pages(),
-            accounts.pages(),
-            customers.pages(),
-            revenue.pages(),
-        ];
-        let fed = feed(ledger, at, pages, |_, _| {}).await;
+        let all = (
+            Projector::<Mrr>::fresh(ledger.clone(), db.clone()).await?,
+            Projector::<Accounts>::fresh(ledger.clone(), db.clone()).await?,
+            Projector::<Customers>::fresh(ledger.clone(), db.clone()).await?,
+            Projector::<Revenue>::fresh(ledger.clone(), db.clone()).await?,
+        );
+        let (fed, (mrr, accounts, customers, revenue)) =
+            apply_all(ledger, at, all, |_, _| {}).await;
         // A projection's own error says more than the reader's.
-        mrr.finish().await?;
-        accounts.finish().await?;
-        customers.finish().await?;
-        revenue.finish().await?;
+        mrr?;
+        accounts?;
+        customers?;
+        revenue?;
         fed?;
         Ok(db)
     }
@@ -146,24 +179,13 @@ impl Projections {
         progress: impl FnMut(Position, u64),
     ) -> Result<u64, ProjectionError> {
         let ledger = self.mrr.ledger().clone();
-        let mrr = Applier::spawn(self.mrr.start_rebuild().await?);
-        let accounts = Applier::spawn(self.accounts.start_rebuild().await?);
-        let customers = Applier::spawn(self.customers.start_rebuild().await?);
-        let revenue = Applier::spawn(self.revenue.start_rebuild().await?);
-        let pages = vec![
-            mrr.pages(),
-            accounts.pages(),
-            customers.pages(),
-            revenue.pages(),
-        ];
-        let fed = feed(&ledger, Position(u64::MAX), pages, progress).await;
-        let built = (
-            mrr.finish().await,
-            accounts.finish().await,
-            customers.finish().await,
-            revenue.finish().await,
+        let all = (
+            self.mrr.start_rebuild().await?,
+            self.accounts.start_rebuild().await?,
+            self.customers.start_rebuild().await?,
+            self.revenue.start_rebuild().await?,
         );
-        match (fed, built) {
+        match apply_all(&ledger, Position(u64::MAX), all, progress).await {
             (Ok(read), (Ok(mrr), Ok(accounts), Ok(customers), Ok(revenue))) => {
                 self.mrr.finish_rebuild(mrr).await?;
                 self.accounts.finish_rebuild(accounts).await?;
