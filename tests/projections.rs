@@ -49,28 +49,23 @@ async fn world(postgres: bool) -> World {
 
 impl World {
     async fn customer(&self) -> CustomerId {
-        let id = self
-            .billing
-            .create_customer(NewCustomer::default())
-            .await
-            .unwrap();
-        let card = SimulatedGateway::tokenize("4242424242424242", 12, 2040).unwrap();
-        self.billing.attach_payment_method(id, card).await.unwrap();
-        id
+        self.customer_with_card("4242424242424242").await
     }
 
     /// A customer whose card is declined on every charge.
     async fn customer_with_declining_card(&self) -> CustomerId {
+        self.customer_with_card("4000000000000341").await
+    }
+
+    /// A customer with the test card `number` on file.
+    async fn customer_with_card(&self, number: &str) -> CustomerId {
         let id = self
             .billing
             .create_customer(NewCustomer::default())
             .await
             .unwrap();
-        let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
-        self.billing
-            .attach_payment_method(id, failing)
-            .await
-            .unwrap();
+        let card = SimulatedGateway::tokenize(number, 12, 2040).unwrap();
+        self.billing.attach_payment_method(id, card).await.unwrap();
         id
     }
 

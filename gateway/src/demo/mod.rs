@@ -220,10 +220,8 @@ async fn projected_mrr(
             )
         })
         .collect();
-    let now = recur_projections::mrr::at_day_ends(&daily, &[end.date()])
-        .first()
-        .copied()
-        .unwrap_or(0);
+    // `daily` runs through `end`: its last change is the MRR now.
+    let now = daily.last().map_or(0, |(_, minor)| *minor);
     Ok((
         by_month,
         Money::from_minor(now * 12, recur_ledger::Currency::USD),
