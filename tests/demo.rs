@@ -104,6 +104,63 @@ async fn replaying_the_demo_ledger_from_the_first_event_rebuilds_the_same_states
     remove(&path);
 }
 
+/// `T::decode_payload` (tag first) gives what serde's derived decoder gives, when
+/// `payload` is a `T` at all; returns whether it was.
+fn decodes_alike<T>(payload: &str) -> bool
+where
+    T: recur_commands::DomainEvent + PartialEq + std::fmt::Debug,
+{
+    let Ok(derived) = serde_json::from_str::<T>(payload) else {
+        return false;
+    };
+    assert_eq!(T::decode_payload(payload).unwrap(), derived, "{payload}");
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_demo_event_decodes_tag_first_as_serde_derives_it() {
+    use recur_commands::coupon::CouponEvent;
+    use recur_commands::customer::{ContactEvent, CustomerEvent};
+    use recur_commands::invoice::InvoiceEvent;
+    use recur_commands::subscription::SubscriptionEvent;
+    use recur_ledger::Position;
+
+    let (location, path) = temp_location("decode");
+    demo::run(&options(location.clone(), 5)).await.unwrap();
+    let ledger = Ledger::open(LedgerConfig::new(location), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut after = Position(0);
+    loop {
+        let page = ledger.read_all(after, 5_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for event in &page {
+            let payload: &str = &event.payload;
+            let decoded = decodes_alike::<InvoiceEvent>(payload)
+                || decodes_alike::<SubscriptionEvent>(payload)
+                || decodes_alike::<CustomerEvent>(payload)
+                || decodes_alike::<ContactEvent>(payload)
+                || decodes_alike::<CouponEvent>(payload);
+            if decoded {
+                kinds.insert(event.event_type.clone());
+            }
+        }
+    }
+    remove(&path);
+    // Most of the catalogue: every enum, unit and struct variants alike.
+    assert!(kinds.len() >= 15, "{kinds:?}");
+    for kind in [
+        "InvoiceFinalized",
+        "SubscriptionStarted",
+        "CustomerCreated",
+        "CouponRedeemed",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+}
+
 #[test]
 fn recur_demo_prints_a_summary_and_json() {
     let dir =

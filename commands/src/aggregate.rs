@@ -5,9 +5,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::DomainError;
+use crate::tagged::DecodeEvent;
 
 /// An event type name, as stored in the ledger's `event_type` column.
-pub trait DomainEvent: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+pub trait DomainEvent:
+    Serialize + DeserializeOwned + DecodeEvent + Clone + Send + Sync + 'static
+{
     /// The event's type name (`SubscriptionRenewed`).
     fn event_type(&self) -> &'static str;
 

@@ -1,6 +1,7 @@
 //! Coupon: percent or amount off, for one invoice, N months, or forever; limited
 //! redemptions and an expiry.
 
+use crate::tagged::domain_events;
 use std::collections::BTreeSet;
 
 use recur_ledger::{Money, money::RoundingRule};
@@ -143,33 +144,35 @@ pub enum CouponCommand {
     },
 }
 
-/// What happened to a coupon.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum CouponEvent {
-    /// Created.
-    CouponCreated {
-        /// Code.
-        code: CouponCode,
-        /// What it takes off.
-        discount: Discount,
-        /// How long.
-        duration: CouponDuration,
-        /// Limit on redemptions.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        max_redemptions: Option<u32>,
-        /// Redemption deadline.
-        #[serde(default, with = "time::serde::rfc3339::option")]
-        redeem_by: Option<OffsetDateTime>,
-    },
-    /// Redeemed once more.
-    CouponRedeemed {
-        /// For whom.
-        redeemer: String,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
+domain_events! {
+    /// What happened to a coupon.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum CouponEvent {
+        /// Created.
+        CouponCreated {
+            /// Code.
+            code: CouponCode,
+            /// What it takes off.
+            discount: Discount,
+            /// How long.
+            duration: CouponDuration,
+            /// Limit on redemptions.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            max_redemptions: Option<u32>,
+            /// Redemption deadline.
+            #[serde(default, with = "time::serde::rfc3339::option")]
+            redeem_by: Option<OffsetDateTime>,
+        },
+        /// Redeemed once more.
+        CouponRedeemed {
+            /// For whom.
+            redeemer: String,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+    }
 }
 
 impl DomainEvent for CouponEvent {

@@ -1,6 +1,7 @@
 //! Customer: segment, tax location, payment method (tokens only) and credit balance.
 //! Contact details (personal data) live apart, in [`Contact`], so they can be erased.
 
+use crate::tagged::domain_events;
 use std::collections::BTreeMap;
 
 use recur_ledger::Money;
@@ -170,57 +171,59 @@ pub enum CustomerCommand {
     },
 }
 
-/// What happened to a customer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum CustomerEvent {
-    /// Created.
-    CustomerCreated {
-        /// Its id.
-        customer_id: CustomerId,
-        /// Dunning segment.
-        segment: Segment,
-        /// Tax location.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        tax_location: Option<TaxLocation>,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        created_at: OffsetDateTime,
-    },
-    /// A card was put on file.
-    PaymentMethodAttached {
-        /// The card (token, brand, last4, expiry).
-        method: PaymentMethod,
-    },
-    /// The card on file was removed.
-    PaymentMethodDetached {
-        /// Its token.
-        token: String,
-    },
-    /// The tax location changed.
-    TaxLocationSet {
-        /// The new location.
-        tax_location: TaxLocation,
-    },
-    /// The segment changed.
-    SegmentSet {
-        /// The new segment.
-        segment: Segment,
-    },
-    /// Credit owed to the customer (no postings: the invoice event carries them).
-    CreditGranted {
-        /// The source invoice.
-        invoice_id: InvoiceId,
-        /// How much.
-        amount: Money,
-    },
-    /// Credit used on an invoice (no postings: the invoice event carries them).
-    CreditApplied {
-        /// The invoice.
-        invoice_id: InvoiceId,
-        /// How much.
-        amount: Money,
-    },
+domain_events! {
+    /// What happened to a customer.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum CustomerEvent {
+        /// Created.
+        CustomerCreated {
+            /// Its id.
+            customer_id: CustomerId,
+            /// Dunning segment.
+            segment: Segment,
+            /// Tax location.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            tax_location: Option<TaxLocation>,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            created_at: OffsetDateTime,
+        },
+        /// A card was put on file.
+        PaymentMethodAttached {
+            /// The card (token, brand, last4, expiry).
+            method: PaymentMethod,
+        },
+        /// The card on file was removed.
+        PaymentMethodDetached {
+            /// Its token.
+            token: String,
+        },
+        /// The tax location changed.
+        TaxLocationSet {
+            /// The new location.
+            tax_location: TaxLocation,
+        },
+        /// The segment changed.
+        SegmentSet {
+            /// The new segment.
+            segment: Segment,
+        },
+        /// Credit owed to the customer (no postings: the invoice event carries them).
+        CreditGranted {
+            /// The source invoice.
+            invoice_id: InvoiceId,
+            /// How much.
+            amount: Money,
+        },
+        /// Credit used on an invoice (no postings: the invoice event carries them).
+        CreditApplied {
+            /// The invoice.
+            invoice_id: InvoiceId,
+            /// How much.
+            amount: Money,
+        },
+    }
 }
 
 impl DomainEvent for CustomerEvent {
@@ -459,15 +462,17 @@ impl ContactDetails {
     }
 }
 
-/// Contact details changed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum ContactEvent {
-    /// New details.
-    ContactDetailsUpdated {
-        /// The details.
-        details: ContactDetails,
-    },
+domain_events! {
+    /// Contact details changed.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum ContactEvent {
+        /// New details.
+        ContactDetailsUpdated {
+            /// The details.
+            details: ContactDetails,
+        },
+    }
 }
 
 impl DomainEvent for ContactEvent {

@@ -2,6 +2,7 @@
 //! payment attempts, credit notes, refunds and revenue recognition — each financial
 //! event with its balanced postings.
 
+use crate::tagged::domain_events;
 use recur_ledger::{Currency, Money, money::RoundingRule};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -322,148 +323,150 @@ pub enum InvoiceCommand {
     },
 }
 
-/// What happened to an invoice.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum InvoiceEvent {
-    /// Drafted.
-    InvoiceDrafted {
-        /// Its id.
-        invoice_id: InvoiceId,
-        /// Who owes it.
-        customer_id: CustomerId,
-        /// Its subscription.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        subscription_id: Option<SubscriptionId>,
-        /// Why.
-        reason: BillingReason,
-        /// The lines.
-        lines: Vec<Line>,
-        /// The discount, if any.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        discount: Option<AppliedDiscount>,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// Amounts fixed; now owed.
-    InvoiceFinalized {
-        /// The amounts.
-        totals: Totals,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Receivable, revenue (deferred or earned), discounts, tax, customer credit.
-        postings: Vec<Posting>,
-    },
-    /// A charge was asked of the gateway with this key.
-    PaymentAttemptStarted {
-        /// 1-based.
-        attempt_no: u32,
-        /// The charge's idempotency key.
-        idempotency_key: String,
-        /// The gateway asked.
-        gateway: String,
-        /// The card token.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        payment_method: Option<String>,
-        /// Amount asked.
-        amount: Money,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// The charge succeeded; the invoice is paid.
-    PaymentSucceeded {
-        /// Which attempt.
-        attempt_no: u32,
-        /// The gateway's charge id.
-        charge_id: String,
-        /// Amount collected.
-        amount: Money,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Gateway balance against receivable (or bad debt, when recovered).
-        postings: Vec<Posting>,
-    },
-    /// The charge was declined.
-    PaymentFailed {
-        /// Which attempt.
-        attempt_no: u32,
-        /// Decline code.
-        decline_code: String,
-        /// Gateway message.
-        message: String,
-        /// When it will be retried, if it will.
-        #[serde(default, with = "time::serde::rfc3339::option")]
-        next_retry_at: Option<OffsetDateTime>,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// Cancelled; finalization reversed.
-    InvoiceVoided {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// The reversal.
-        postings: Vec<Posting>,
-    },
-    /// Written off.
-    InvoiceMarkedUncollectible {
-        /// Amount written off.
-        amount: Money,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Bad debt against receivable.
-        postings: Vec<Posting>,
-    },
-    /// Owed amount reduced.
-    CreditNoteIssued {
-        /// 1-based.
-        credit_note_no: u32,
-        /// Amount, tax included.
-        amount: Money,
-        /// Tax part.
-        tax: Money,
-        /// Why.
-        reason: String,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Refunds and tax against receivable.
-        postings: Vec<Posting>,
-    },
-    /// Money given back.
-    InvoiceRefunded {
-        /// 1-based.
-        refund_no: u32,
-        /// Amount, tax included.
-        amount: Money,
-        /// Tax part.
-        tax: Money,
-        /// Gateway refund id.
-        refund_id: String,
-        /// Why.
-        reason: String,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Refunds and tax against gateway balance.
-        postings: Vec<Posting>,
-    },
-    /// Deferred revenue of ended periods earned.
-    RevenueRecognized {
-        /// The lines recognised (indexes).
-        lines: Vec<usize>,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Deferred revenue against revenue.
-        postings: Vec<Posting>,
-    },
+domain_events! {
+    /// What happened to an invoice.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum InvoiceEvent {
+        /// Drafted.
+        InvoiceDrafted {
+            /// Its id.
+            invoice_id: InvoiceId,
+            /// Who owes it.
+            customer_id: CustomerId,
+            /// Its subscription.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            subscription_id: Option<SubscriptionId>,
+            /// Why.
+            reason: BillingReason,
+            /// The lines.
+            lines: Vec<Line>,
+            /// The discount, if any.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            discount: Option<AppliedDiscount>,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+        /// Amounts fixed; now owed.
+        InvoiceFinalized {
+            /// The amounts.
+            totals: Totals,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Receivable, revenue (deferred or earned), discounts, tax, customer credit.
+            postings: Vec<Posting>,
+        },
+        /// A charge was asked of the gateway with this key.
+        PaymentAttemptStarted {
+            /// 1-based.
+            attempt_no: u32,
+            /// The charge's idempotency key.
+            idempotency_key: String,
+            /// The gateway asked.
+            gateway: String,
+            /// The card token.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            payment_method: Option<String>,
+            /// Amount asked.
+            amount: Money,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+        /// The charge succeeded; the invoice is paid.
+        PaymentSucceeded {
+            /// Which attempt.
+            attempt_no: u32,
+            /// The gateway's charge id.
+            charge_id: String,
+            /// Amount collected.
+            amount: Money,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Gateway balance against receivable (or bad debt, when recovered).
+            postings: Vec<Posting>,
+        },
+        /// The charge was declined.
+        PaymentFailed {
+            /// Which attempt.
+            attempt_no: u32,
+            /// Decline code.
+            decline_code: String,
+            /// Gateway message.
+            message: String,
+            /// When it will be retried, if it will.
+            #[serde(default, with = "time::serde::rfc3339::option")]
+            next_retry_at: Option<OffsetDateTime>,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+        /// Cancelled; finalization reversed.
+        InvoiceVoided {
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// The reversal.
+            postings: Vec<Posting>,
+        },
+        /// Written off.
+        InvoiceMarkedUncollectible {
+            /// Amount written off.
+            amount: Money,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Bad debt against receivable.
+            postings: Vec<Posting>,
+        },
+        /// Owed amount reduced.
+        CreditNoteIssued {
+            /// 1-based.
+            credit_note_no: u32,
+            /// Amount, tax included.
+            amount: Money,
+            /// Tax part.
+            tax: Money,
+            /// Why.
+            reason: String,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Refunds and tax against receivable.
+            postings: Vec<Posting>,
+        },
+        /// Money given back.
+        InvoiceRefunded {
+            /// 1-based.
+            refund_no: u32,
+            /// Amount, tax included.
+            amount: Money,
+            /// Tax part.
+            tax: Money,
+            /// Gateway refund id.
+            refund_id: String,
+            /// Why.
+            reason: String,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Refunds and tax against gateway balance.
+            postings: Vec<Posting>,
+        },
+        /// Deferred revenue of ended periods earned.
+        RevenueRecognized {
+            /// The lines recognised (indexes).
+            lines: Vec<usize>,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Deferred revenue against revenue.
+            postings: Vec<Posting>,
+        },
+    }
 }
 
 impl DomainEvent for InvoiceEvent {

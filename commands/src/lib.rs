@@ -30,6 +30,7 @@ pub mod postings;
 mod repository;
 pub mod scheduler;
 pub mod subscription;
+pub mod tagged;
 pub mod tax;
 
 pub use aggregate::{Aggregate, DomainEvent};

@@ -228,5 +228,5 @@ impl Repository {
 
 /// Decodes a stored payload into a domain event.
 pub(crate) fn decode<E: DomainEvent>(payload: &str) -> Result<E, String> {
-    serde_json::from_str(payload).map_err(|e| e.to_string())
+    E::decode_payload(payload).map_err(|e| e.to_string())
 }

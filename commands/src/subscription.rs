@@ -4,6 +4,7 @@
 //! Every billing decision names its invoice (id, lines, discount) in the event,
 //! so the invoice is drafted exactly once however often the follow-up is retried.
 
+use crate::tagged::domain_events;
 use std::collections::BTreeSet;
 
 use recur_ledger::Money;
@@ -164,116 +165,118 @@ pub enum SubscriptionCommand {
     },
 }
 
-/// What happened to a subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub enum SubscriptionEvent {
-    /// Started.
-    SubscriptionStarted {
-        /// Its id.
-        subscription_id: SubscriptionId,
-        /// The customer.
-        customer_id: CustomerId,
-        /// The price, with its terms (they never change for this subscription).
-        price: Price,
-        /// Units.
-        quantity: u32,
-        /// trialing or incomplete.
-        status: SubscriptionStatus,
-        /// Trial end, if trialing.
-        #[serde(default, with = "time::serde::rfc3339::option")]
-        trial_end: Option<OffsetDateTime>,
-        /// The first period (the trial, when trialing).
-        period: Period,
-        /// The coupon applied.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        discount: Option<AppliedDiscount>,
-        /// The first invoice, when there is no trial.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        invoice: Option<InvoiceRequest>,
-    },
-    /// The trial ended; the first paid period starts.
-    TrialEnded {
-        /// The first paid period.
-        period: Period,
-        /// Its invoice.
-        invoice: InvoiceRequest,
-    },
-    /// A new period started.
-    SubscriptionRenewed {
-        /// Its index from the cycle anchor.
-        period_index: u32,
-        /// The period.
-        period: Period,
-        /// The price in force (a scheduled change applies here).
-        price: Price,
-        /// Units.
-        quantity: u32,
-        /// Its invoice.
-        invoice: InvoiceRequest,
-    },
-    /// Price or quantity changed now.
-    PriceChanged {
-        /// The new price.
-        price: Price,
-        /// The new quantity.
-        quantity: u32,
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// A new period, when the interval changed (the cycle restarts now).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        new_period: Option<Period>,
-        /// The proration invoice, unless trialing.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        invoice: Option<InvoiceRequest>,
-    },
-    /// A change scheduled for period end.
-    PriceChangeScheduled {
-        /// The new price.
-        price: Price,
-        /// The new quantity.
-        quantity: u32,
-    },
-    /// Will end at period end.
-    CancellationScheduled {
-        /// The period end.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// Will not end after all.
-    CancellationUndone,
-    /// Ended.
-    SubscriptionCanceled {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-        /// Why.
-        reason: CancelReason,
-    },
-    /// Paused.
-    SubscriptionPaused {
-        /// When.
-        #[serde(with = "time::serde::rfc3339")]
-        at: OffsetDateTime,
-    },
-    /// Resumed with a new period.
-    SubscriptionResumed {
-        /// The new period (the cycle restarts).
-        period: Period,
-        /// Its invoice.
-        invoice: InvoiceRequest,
-    },
-    /// Collection of an invoice failed.
-    SubscriptionPastDue {
-        /// The invoice.
-        invoice_id: InvoiceId,
-    },
-    /// An invoice is settled.
-    SubscriptionInvoiceSettled {
-        /// The invoice.
-        invoice_id: InvoiceId,
-    },
+domain_events! {
+    /// What happened to a subscription.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum SubscriptionEvent {
+        /// Started.
+        SubscriptionStarted {
+            /// Its id.
+            subscription_id: SubscriptionId,
+            /// The customer.
+            customer_id: CustomerId,
+            /// The price, with its terms (they never change for this subscription).
+            price: Price,
+            /// Units.
+            quantity: u32,
+            /// trialing or incomplete.
+            status: SubscriptionStatus,
+            /// Trial end, if trialing.
+            #[serde(default, with = "time::serde::rfc3339::option")]
+            trial_end: Option<OffsetDateTime>,
+            /// The first period (the trial, when trialing).
+            period: Period,
+            /// The coupon applied.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            discount: Option<AppliedDiscount>,
+            /// The first invoice, when there is no trial.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            invoice: Option<InvoiceRequest>,
+        },
+        /// The trial ended; the first paid period starts.
+        TrialEnded {
+            /// The first paid period.
+            period: Period,
+            /// Its invoice.
+            invoice: InvoiceRequest,
+        },
+        /// A new period started.
+        SubscriptionRenewed {
+            /// Its index from the cycle anchor.
+            period_index: u32,
+            /// The period.
+            period: Period,
+            /// The price in force (a scheduled change applies here).
+            price: Price,
+            /// Units.
+            quantity: u32,
+            /// Its invoice.
+            invoice: InvoiceRequest,
+        },
+        /// Price or quantity changed now.
+        PriceChanged {
+            /// The new price.
+            price: Price,
+            /// The new quantity.
+            quantity: u32,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// A new period, when the interval changed (the cycle restarts now).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            new_period: Option<Period>,
+            /// The proration invoice, unless trialing.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            invoice: Option<InvoiceRequest>,
+        },
+        /// A change scheduled for period end.
+        PriceChangeScheduled {
+            /// The new price.
+            price: Price,
+            /// The new quantity.
+            quantity: u32,
+        },
+        /// Will end at period end.
+        CancellationScheduled {
+            /// The period end.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+        /// Will not end after all.
+        CancellationUndone,
+        /// Ended.
+        SubscriptionCanceled {
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Why.
+            reason: CancelReason,
+        },
+        /// Paused.
+        SubscriptionPaused {
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+        /// Resumed with a new period.
+        SubscriptionResumed {
+            /// The new period (the cycle restarts).
+            period: Period,
+            /// Its invoice.
+            invoice: InvoiceRequest,
+        },
+        /// Collection of an invoice failed.
+        SubscriptionPastDue {
+            /// The invoice.
+            invoice_id: InvoiceId,
+        },
+        /// An invoice is settled.
+        SubscriptionInvoiceSettled {
+            /// The invoice.
+            invoice_id: InvoiceId,
+        },
+    }
 }
 
 impl DomainEvent for SubscriptionEvent {
