@@ -340,6 +340,15 @@ const CURRENCY_TABLE: &[CurrencyEntry] = &[
 /// [`MINOR_UNIT_MAX`] (so `Decimal::new(_, minor_unit)` cannot panic).
 const _: () = check_currency_table(CURRENCY_TABLE);
 
+/// A table code as its three bytes (every code has three: see the check below).
+fn code_key(code: &str) -> [u8; 3] {
+    let mut key = [0; 3];
+    for (k, b) in key.iter_mut().zip(code.bytes()) {
+        *k = b;
+    }
+    key
+}
+
 /// See the `const _` above; panics (at compile time) on a malformed table.
 const fn check_currency_table(table: &[CurrencyEntry]) {
     let mut i = 0;
@@ -394,9 +403,14 @@ impl Currency {
     /// [`MoneyError::UnknownCurrency`] if `code` is not in the table
     /// (including lowercase or padded input, and withdrawn or "N.A." codes).
     pub fn parse(code: &str) -> Result<Currency, MoneyError> {
-        CURRENCY_TABLE
-            .binary_search_by(|entry| entry.code.cmp(code))
+        // Three-byte keys compare inline; every replayed amount comes through here.
+        <[u8; 3]>::try_from(code.as_bytes())
             .ok()
+            .and_then(|key| {
+                CURRENCY_TABLE
+                    .binary_search_by(|entry| code_key(entry.code).cmp(&key))
+                    .ok()
+            })
             .and_then(|index| CURRENCY_TABLE.get(index))
             .map(Currency)
             .ok_or_else(|| MoneyError::UnknownCurrency(echo(code)))
