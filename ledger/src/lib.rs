@@ -36,6 +36,7 @@ mod postgres;
 pub mod raw;
 pub mod requests;
 mod sqlite;
+mod sqlite_pages;
 mod store;
 pub mod subscription;
 pub mod upcast;

@@ -15,6 +15,7 @@ use crate::error::LedgerError;
 use crate::hash::{self, Hash};
 use crate::migrate;
 use crate::plan::{self, Known, Plan};
+use crate::sqlite_pages::PageReader;
 use crate::store::{
     AppendOutcome, EventRow, LedgerConfig, PendingAppend, PreparedEvent, decode_rows, to_i64,
     to_u64,
@@ -25,6 +26,8 @@ use crate::store::{
 pub(crate) struct SqliteStore {
     writer: SqlitePool,
     readers: SqlitePool,
+    /// Pages of the global order (replays, subscriptions, rebuilds).
+    pages: PageReader,
 }
 
 const EVENT_COLUMNS: &str = "position, id, stream_id, version, event_type, schema_version, payload, metadata, recorded_at_us";
@@ -71,13 +74,18 @@ impl SqliteStore {
             .await
             .map_err(|error| LedgerError::Unavailable(format!("{path}: {error}")))?;
         migrate::sqlite(&writer).await?;
+        let pages = PageReader::new(options.get_filename(), timeout);
         let readers = SqlitePoolOptions::new()
             .max_connections(config.pool_size.clamp(1, 8))
             .acquire_timeout(timeout)
             .connect_with(options.read_only(true))
             .await
             .map_err(|error| LedgerError::Unavailable(format!("{path}: {error}")))?;
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            pages,
+        })
     }
 
     /// The writer pool, for tools that need raw access (benchmark, tests).
@@ -135,15 +143,7 @@ impl SqliteStore {
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, LedgerError> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE position > ? AND position <= ? ORDER BY position LIMIT ?"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(to_i64(after))
-            .bind(to_i64(up_to))
-            .bind(to_i64(limit as u64))
-            .fetch(&self.readers);
-        decode_rows(rows, limit, event_row).await
+        self.pages.read_range(after, up_to, limit).await
     }
 
     /// Every committed event after `after` with its stored chain hash, for verification.

@@ -620,14 +620,14 @@ where
 /// Turns stored rows into envelopes. Consecutive events mostly share their
 /// metadata and often their stream, so each is parsed once per run, not per row.
 #[derive(Debug, Default)]
-struct RowDecoder {
+pub(crate) struct RowDecoder {
     metadata: Option<(String, crate::envelope::Metadata)>,
     stream: Option<StreamId>,
 }
 
 impl RowDecoder {
     /// Checks the stored values and builds the envelope.
-    fn decode(&mut self, row: EventRow) -> Result<RecordedEvent, LedgerError> {
+    pub(crate) fn decode(&mut self, row: EventRow) -> Result<RecordedEvent, LedgerError> {
         let position = u64::try_from(row.position)
             .map_err(|_| LedgerError::Integrity(format!("negative position {}", row.position)))?;
         let metadata = match &self.metadata {
