@@ -2,7 +2,9 @@
 //! invoices, what was paid and refunded, what is open, and the dunning state.
 //! Subscriptions and MRR come from the `mrr` projection's tables.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::customer::CustomerEvent;

@@ -6,8 +6,10 @@ use std::str::FromStr;
 
 use recur_ledger::Ledger;
 use sqlx::postgres::PgPoolOptions;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{PgPool, Row, SqlitePool};
+
+use crate::sqlite_file::SqliteFile;
 
 /// A bound value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +104,9 @@ pub enum DbError {
     /// The database refused or failed.
     #[error("read model database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A rebuild's SQLite shadow refused or failed.
+    #[error("read model database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     /// Something this kind of database cannot do.
     #[error("{0}")]
     Unsupported(&'static str),
@@ -122,6 +127,8 @@ pub enum Db {
     Postgres(PgPool),
     /// SQLite (the ledger's single writer connection).
     Sqlite(SqlitePool),
+    /// A rebuild's SQLite shadow file, written only by this process.
+    SqliteFile(SqliteFile),
 }
 
 /// Binds a statement's parameters, in order (the same for both databases).
@@ -157,7 +164,7 @@ fn numbered(sql: &str) -> String {
 
 /// Fails when a guarded statement changed another number of rows; the caller's
 /// transaction is then dropped, which rolls it back.
-fn guard(stmt: &Stmt, changed: u64) -> Result<(), DbError> {
+pub(crate) fn guard(stmt: &Stmt, changed: u64) -> Result<(), DbError> {
     match stmt.expect_rows {
         Some(expected) if expected != changed => Err(DbError::Guard { expected, changed }),
         _ => Ok(()),
@@ -411,6 +418,9 @@ impl Db {
     pub async fn shadow(&self, name: &str) -> Result<Shadow, DbError> {
         let name = shadow_name(name);
         match self {
+            Db::SqliteFile(_) => Err(DbError::Unsupported(
+                "a rebuild's shadow cannot have a shadow of its own",
+            )),
             Db::Postgres(pool) => {
                 let schema = format!("recur_shadow_{name}");
                 for sql in [
@@ -443,18 +453,9 @@ impl Db {
                 }
                 let file = format!("{live}.shadow-{name}");
                 remove_sqlite_files(&file);
-                // A shadow is thrown away if the rebuild stops, so it needs no durability.
-                let options = SqliteConnectOptions::new()
-                    .filename(&file)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Off);
-                let shadow = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options)
-                    .await?;
+                let shadow = SqliteFile::create(std::path::Path::new(&file))?;
                 Ok(Shadow {
-                    db: Db::Sqlite(shadow),
+                    db: Db::SqliteFile(shadow),
                     place: file,
                 })
             }
@@ -477,6 +478,9 @@ impl Db {
     ) -> Result<(), DbError> {
         let mut statements = Vec::new();
         match self {
+            Db::SqliteFile(_) => Err(DbError::Unsupported(
+                "a rebuild's shadow cannot adopt another",
+            )),
             Db::Postgres(pool) => {
                 for table in tables {
                     statements.push(Stmt::new(format!("DROP TABLE IF EXISTS {table}"), vec![]));
@@ -529,12 +533,14 @@ impl Db {
 
     /// Runs statements in one transaction. Single-row inserts and single-key
     /// deletes with the same SQL run together: on SQLite as one multi-row
-    /// statement (see [`merge`]), on Postgres bound as arrays (`unnest`).
+    /// statement (see [`merge`]), on Postgres bound as arrays (`unnest`). A
+    /// SQLite shadow runs each statement as it is, prepared once.
     ///
     /// # Errors
     /// Database errors; nothing is written then.
     pub async fn transaction(&self, statements: &[Stmt]) -> Result<(), DbError> {
         match self {
+            Db::SqliteFile(file) => file.transaction(statements)?,
             Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 for write in unnest(statements) {
@@ -599,6 +605,7 @@ impl Db {
         Ok(match self {
             Db::Postgres(pool) => run!(pool, numbered(&stmt.sql)),
             Db::Sqlite(pool) => run!(pool, stmt.sql.clone()),
+            Db::SqliteFile(file) => file.query(stmt, kinds)?,
         })
     }
 }
@@ -632,6 +639,8 @@ impl Shadow {
                 pool.close().await;
                 remove_sqlite_files(&self.place);
             }
+            // The connection closes with the last clone; the files can go now.
+            Db::SqliteFile(_) => remove_sqlite_files(&self.place),
         }
     }
 }

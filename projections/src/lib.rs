@@ -30,6 +30,7 @@ pub mod relay;
 pub mod revenue;
 pub mod runtime;
 pub mod set;
+pub mod sqlite_file;
 
 pub use message::EventMessage;
 pub use relay::{Relay, RelayConfig, RelayError};

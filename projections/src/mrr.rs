@@ -16,7 +16,7 @@
 //! reactivation). The moment is applied when the first ledger event at or after it
 //! is projected, so a rebuild gives the same rows.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use recur_commands::aggregate::Aggregate;
 use recur_commands::coupon::{AppliedDiscount, CouponDuration, Discount};
@@ -172,10 +172,10 @@ impl Mrr {
     /// past due counts until canceled).
     pub fn with_past_due_churn_days(days: Option<u32>) -> Self {
         Self {
-            subscriptions: HashMap::new(),
-            customers: HashMap::new(),
-            plans: HashMap::new(),
-            past_due: HashMap::new(),
+            subscriptions: HashMap::default(),
+            customers: HashMap::default(),
+            plans: HashMap::default(),
+            past_due: HashMap::default(),
             churn_after: days.map(|d| time::Duration::days(i64::from(d))),
         }
     }
@@ -301,10 +301,10 @@ impl Mrr {
             return;
         };
         let status = tracked.state.status.name();
-        let (sub_id, customer) = (sub_id.to_string(), customer_id.to_string());
         let row = (plan.clone(), status, after);
         if tracked.stored.as_ref() != Some(&row) {
             tracked.stored = Some(row);
+            let (sub_id, customer) = (sub_id.to_string(), customer_id.to_string());
             writes.push(Stmt::new(
             format!(
                 "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id, plan, status, mrr_minor) VALUES (?, ?, ?, ?, ?)
@@ -318,6 +318,7 @@ impl Mrr {
         if before == after && old_plan == plan {
             return;
         }
+        let customer = customer_id.to_string();
         let day = at.date().to_string();
         *self.plans.entry(old_plan.clone()).or_default() -= before;
         *self.plans.entry(plan.clone()).or_default() += after;
@@ -363,7 +364,7 @@ impl Mrr {
                     (*seq).into(),
                     day.into(),
                     customer.into(),
-                    sub_id.into(),
+                    sub_id.to_string().into(),
                     plan.into(),
                     kind.into(),
                     (customer_after - customer_before).into(),

@@ -3,7 +3,7 @@
 //! one-time lines are earned when invoiced. Billed amounts per month give the
 //! deferred balance: billed so far minus earned so far.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::invoice::{Invoice, InvoiceEvent, LineKind};
