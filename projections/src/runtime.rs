@@ -369,6 +369,14 @@ impl<P: Projection> Projector<P> {
     /// Reads the checkpoint again (another worker may have moved it, or a rebuild
     /// switched the tables) and reloads the projection's memory as of it.
     async fn reload(&mut self) -> Result<(), ProjectionError> {
+        self.read_checkpoint().await?;
+        self.projection
+            .load(&self.db, &self.ledger, self.position)
+            .await
+    }
+
+    /// Reads the position and generation this projection's checkpoint holds.
+    async fn read_checkpoint(&mut self) -> Result<(), ProjectionError> {
         let stored = self
             .db
             .query(
@@ -383,9 +391,7 @@ impl<P: Projection> Projector<P> {
             self.position = Position(u64::try_from(row[0].int()).unwrap_or(0));
             self.generation = row[1].int();
         }
-        self.projection
-            .load(&self.db, &self.ledger, self.position)
-            .await
+        Ok(())
     }
 
     /// The last applied position.
@@ -596,9 +602,19 @@ impl<P: Projection> Projector<P> {
                 &switch,
             )
             .await;
-        rebuild.shadow.discard().await;
+        let Rebuild { shadow, fresh, .. } = rebuild;
+        shadow.discard().await;
         adopted?;
-        self.reload().await?;
+        self.read_checkpoint().await?;
+        if self.position == fresh.position {
+            // The rebuilt memory is what wrote the tables just adopted: take it
+            // rather than load it back from them.
+            self.projection = fresh.projection;
+        } else {
+            self.projection
+                .load(&self.db, &self.ledger, self.position)
+                .await?;
+        }
         self.catch_up().await
     }
 
