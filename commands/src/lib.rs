@@ -12,7 +12,7 @@
 //! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
 //! the simulated gateway, and at the edge the [`billing`] service (load, decide,
 //! append, follow up across aggregates) and the [`scheduler`] that the billing
-//! clock drives.
+//! clock drives. [`tagged`] decodes stored event payloads tag first.
 
 pub mod aggregate;
 pub mod billing;

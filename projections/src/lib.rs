@@ -8,7 +8,8 @@
 //!   in one transaction; a rebuild (or a new projection version) builds beside the
 //!   tables in use and switches in one transaction.
 //! - [`db`]: the read models' database (the ledger's), with portable statements,
-//!   shadows for rebuilds and in-memory scratch databases for questions about the past.
+//!   shadows for rebuilds and in-memory scratch databases for questions about the past;
+//!   [`sqlite_file`] writes a SQLite shadow without a worker thread per statement.
 //! - [`set`]: every projection together, and all of them as of a past position.
 //! - [`accounts`]: debits and credits per account and day: the trial balance,
 //!   now or as of any day.
