@@ -4,7 +4,7 @@
 //! serde's derived decoder for that shape cannot know the variant until it has
 //! read the whole object, so it buffers every field into an intermediate tree and
 //! decodes the variant from the tree: on a replay that was the largest single
-//! cost. Recur writes the tag first, so [`domain_events!`] gives each event enum
+//! cost. Recur writes the tag first, so `domain_events!` gives each event enum
 //! a decoder that reads the tag from the payload's start and decodes the
 //! variant's fields straight from the text. A payload whose tag is not first
 //! (written by hand, or by another tool) takes serde's derived path.
