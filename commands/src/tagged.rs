@@ -22,7 +22,7 @@ pub trait DecodeEvent: Sized {
 }
 
 /// The tag of a payload that starts `{"type":"…"`, as Recur writes them.
-pub fn leading_tag(payload: &str) -> Option<&str> {
+pub(crate) fn leading_tag(payload: &str) -> Option<&str> {
     let rest = payload.strip_prefix("{\"type\":\"")?;
     let tag = &rest[..rest.find('"')?];
     // An escaped character would make the text differ from the name.
@@ -35,7 +35,7 @@ pub fn leading_tag(payload: &str) -> Option<&str> {
 ///
 /// # Errors
 /// As [`DecodeEvent::decode_payload`]; also trailing characters after the object.
-pub fn decode_variant<'de, T: de::Deserialize<'de>>(
+pub(crate) fn decode_variant<'de, T: de::Deserialize<'de>>(
     tag: &'de str,
     payload: &'de str,
 ) -> Result<T, serde_json::Error> {

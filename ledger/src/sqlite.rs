@@ -30,12 +30,17 @@ pub(crate) struct SqliteStore {
     pages: PageReader,
 }
 
-const EVENT_COLUMNS: &str = "position, id, stream_id, version, event_type, schema_version, payload, metadata, recorded_at_us";
+/// The columns of an event, in [`EventRow`] order (sqlx and rusqlite readers alike).
+pub(crate) const EVENT_COLUMNS: &str = "position, id, stream_id, version, event_type, schema_version, payload, metadata, recorded_at_us";
+
+/// `recorded_at` from its stored microseconds since the epoch.
+pub(crate) fn recorded_at(micros: i64) -> Result<OffsetDateTime, LedgerError> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .map_err(|_| LedgerError::Integrity(format!("recorded_at out of range: {micros}")))
+}
 
 fn event_row(row: &sqlx::sqlite::SqliteRow) -> Result<EventRow, LedgerError> {
-    let micros: i64 = row.try_get(8)?;
-    let recorded_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-        .map_err(|_| LedgerError::Integrity(format!("recorded_at out of range: {micros}")))?;
+    let recorded_at = recorded_at(row.try_get(8)?)?;
     Ok(EventRow {
         position: row.try_get(0)?,
         id: row.try_get(1)?,

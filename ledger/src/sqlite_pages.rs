@@ -7,19 +7,14 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
-use time::OffsetDateTime;
-
 use crate::envelope::RecordedEvent;
 use crate::error::LedgerError;
+use crate::sqlite::{EVENT_COLUMNS, recorded_at};
 use crate::store::{EventRow, RowDecoder, to_i64};
+use rusqlite::{Connection, OpenFlags};
 
 /// Idle connections kept for the next page; more readers at once open their own.
 const IDLE_CONNECTIONS_MAX: usize = 4;
-
-const READ_RANGE: &str = "SELECT position, id, stream_id, version, event_type, schema_version, \
-     payload, metadata, recorded_at_us FROM events \
-     WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3";
 
 /// Read-only connections to one ledger file.
 #[derive(Clone, Debug)]
@@ -86,42 +81,38 @@ fn read_page(
     up_to: u64,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, LedgerError> {
-    let mut statement = conn.prepare(READ_RANGE).map_err(database)?;
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE position > ?1 AND position <= ?2 ORDER BY position LIMIT ?3"
+    );
+    let mut statement = conn.prepare(&sql).map_err(database)?;
     let mut rows = statement
         .query((to_i64(after), to_i64(up_to), to_i64(limit as u64)))
         .map_err(database)?;
     let mut decoder = RowDecoder::default();
     let mut events = Vec::with_capacity(limit);
     while let Some(row) = rows.next().map_err(database)? {
-        events.push(decoder.decode(event_row(row).map_err(database)?)?);
+        events.push(decoder.decode(event_row(row)?)?);
     }
     Ok(events)
 }
 
-fn event_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
-    let micros: i64 = row.get(8)?;
-    let recorded_at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
-        .map_err(|error| {
-            rusqlite::Error::FromSqlConversionFailure(
-                8,
-                rusqlite::types::Type::Integer,
-                error.into(),
-            )
-        })?;
-    let id = row.get_ref(1)?.as_blob()?;
-    let id = uuid::Uuid::from_slice(id).map_err(|error| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Blob, error.into())
-    })?;
+fn event_row(row: &rusqlite::Row<'_>) -> Result<EventRow, LedgerError> {
+    let id = row
+        .get_ref(1)
+        .and_then(|v| Ok(v.as_blob()?))
+        .map_err(database)?;
+    let id = uuid::Uuid::from_slice(id)
+        .map_err(|error| LedgerError::Integrity(format!("event id is not 16 bytes: {error}")))?;
     Ok(EventRow {
-        position: row.get(0)?,
+        position: row.get(0).map_err(database)?,
         id,
-        stream_id: row.get(2)?,
-        version: row.get(3)?,
-        event_type: row.get(4)?,
-        schema_version: row.get(5)?,
-        payload: row.get(6)?,
-        metadata: row.get(7)?,
-        recorded_at,
+        stream_id: row.get(2).map_err(database)?,
+        version: row.get(3).map_err(database)?,
+        event_type: row.get(4).map_err(database)?,
+        schema_version: row.get(5).map_err(database)?,
+        payload: row.get(6).map_err(database)?,
+        metadata: row.get(7).map_err(database)?,
+        recorded_at: recorded_at(row.get(8).map_err(database)?)?,
     })
 }
 

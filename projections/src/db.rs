@@ -379,6 +379,23 @@ async fn run_sqlite(
     Ok(())
 }
 
+/// A row's columns as [`Value`]s, read by kind ('i' an integer, else text) with
+/// `int` and `text`, whatever the driver.
+pub(crate) fn row_values<E>(
+    kinds: &str,
+    int: impl Fn(usize) -> Result<Option<i64>, E>,
+    text: impl Fn(usize) -> Result<Option<String>, E>,
+) -> Result<Vec<Value>, E> {
+    kinds
+        .chars()
+        .enumerate()
+        .map(|(i, kind)| match kind {
+            'i' => Ok(int(i)?.map_or(Value::Null, Value::Int)),
+            _ => Ok(text(i)?.map_or(Value::Null, Value::Text)),
+        })
+        .collect()
+}
+
 /// A row read back: columns as [`Value`]s.
 pub type Rows = Vec<Vec<Value>>;
 
@@ -586,18 +603,11 @@ impl Db {
                 let rows = query.fetch_all($pool).await?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in rows {
-                    let mut values = Vec::with_capacity(kinds.len());
-                    for (i, kind) in kinds.chars().enumerate() {
-                        values.push(match kind {
-                            'i' => row
-                                .try_get::<Option<i64>, _>(i)?
-                                .map_or(Value::Null, Value::Int),
-                            _ => row
-                                .try_get::<Option<String>, _>(i)?
-                                .map_or(Value::Null, Value::Text),
-                        });
-                    }
-                    out.push(values);
+                    out.push(row_values(
+                        kinds,
+                        |i| row.try_get::<Option<i64>, _>(i),
+                        |i| row.try_get::<Option<String>, _>(i),
+                    )?);
                 }
                 out
             }};

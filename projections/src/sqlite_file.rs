@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, ToSql, TransactionBehavior};
 
-use crate::db::{DbError, Rows, Stmt, Value, guard};
+use crate::db::{DbError, Rows, Stmt, Value, guard, row_values};
 
 /// Prepared statements kept per connection: each projection writes a handful.
 const STATEMENTS_CACHED_MAX: usize = 64;
@@ -88,18 +88,11 @@ impl SqliteFile {
             let mut rows = query.query(rusqlite::params_from_iter(&stmt.params))?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
-                let mut values = Vec::with_capacity(kinds.len());
-                for (i, kind) in kinds.chars().enumerate() {
-                    values.push(match kind {
-                        'i' => row
-                            .get::<_, Option<i64>>(i)?
-                            .map_or(Value::Null, Value::Int),
-                        _ => row
-                            .get::<_, Option<String>>(i)?
-                            .map_or(Value::Null, Value::Text),
-                    });
-                }
-                out.push(values);
+                out.push(row_values(
+                    kinds,
+                    |i| row.get::<_, Option<i64>>(i),
+                    |i| row.get::<_, Option<String>>(i),
+                )?);
             }
             Ok(out)
         })
