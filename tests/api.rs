@@ -39,6 +39,11 @@ enum Backend {
 }
 
 async fn serve(backend: Backend) -> Server {
+    serve_from(backend, None).await
+}
+
+/// `recur serve` on a test clock that starts at `start` (RFC 3339), or now.
+async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
     let (location, store, dir) = match backend {
         Backend::Postgres => {
             let store = common::postgres().await;
@@ -55,15 +60,19 @@ async fn serve(backend: Backend) -> Server {
             )
         }
     };
+    let mut args = vec![
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--test-clock",
+        "--database",
+        &location,
+    ];
+    if let Some(start) = start {
+        args.extend(["--test-clock-start", start]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_recur"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--test-clock",
-            "--database",
-            &location,
-        ])
+        .args(args)
         .env("RECUR_ADMIN_KEY", ADMIN_KEY)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
@@ -1316,4 +1325,127 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
     assert_eq!(ready.status, StatusCode::OK);
     assert!(ready.body["ledger_position"].as_u64().is_some());
     assert!(ready.headers.contains_key("x-request-id"));
+}
+
+/// A customer with a card and no tax location (amounts stay round).
+async fn untaxed_customer_with_card(server: &Server) -> String {
+    let customer = server.post("/v1/customers", json!({})).await;
+    assert_eq!(customer.status, StatusCode::CREATED, "{}", customer.body);
+    let id = customer.body["id"].as_str().unwrap().to_owned();
+    let card = json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{id}/payment_method"), card)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    id
+}
+
+/// A paid 97.00 community invoice of a new customer: its id.
+async fn paid_community_invoice(server: &Server) -> String {
+    let customer = untaxed_customer_with_card(server).await;
+    let (created, ..) = server.community_subscription(&customer).await;
+    assert_eq!(created.body["status"], "active", "{}", created.body);
+    let invoice = created.body["invoices"][0].as_str().unwrap().to_owned();
+    let paid = server.get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(paid.body["status"], "paid", "{}", paid.body);
+    assert_eq!(paid.body["amount_paid"], money("97.00"));
+    invoice
+}
+
+/// Refunds of `amounts` sent at once, each from its own task: the answers.
+async fn parallel_refunds(server: &Server, invoice: &str, amounts: &[&str]) -> Vec<Answer> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for amount in amounts {
+        let request = server
+            .client
+            .post(format!("{}/v1/invoices/{invoice}/refund", server.base))
+            .bearer_auth(ADMIN_KEY)
+            .json(&json!({"amount": money(amount)}));
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.json::<Value>().await.unwrap();
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        });
+    }
+    tasks.join_all().await
+}
+
+/// Regression (money correctness, defect 1): parallel refunds were all answered
+/// 200 while only some were recorded. Every 200 is now a refund recorded and
+/// paid out, and what does not fit is refused with `refund_exceeds_paid`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_refunds_are_each_recorded_or_refused_never_lost() {
+    let server = serve(Backend::Sqlite).await;
+    let invoice = paid_community_invoice(&server).await;
+    let answers = parallel_refunds(&server, &invoice, &["10.00", "50.00"]).await;
+    for answer in &answers {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let state = server.get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(state.body["amount_refunded"], money("60.00"));
+    assert_eq!(state.body["refunds"].as_array().unwrap().len(), 2);
+
+    let invoice = paid_community_invoice(&server).await;
+    let answers = parallel_refunds(&server, &invoice, &["10.00"; 16]).await;
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    for refused in answers.iter().filter(|a| a.status != StatusCode::OK) {
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            refused.body
+        );
+        assert_eq!(
+            refused.body["code"], "refund_exceeds_paid",
+            "{}",
+            refused.body
+        );
+    }
+    assert_eq!(ok, 9, "nine refunds of 10.00 fit in 97.00");
+    let state = server.get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(state.body["amount_refunded"], money("90.00"));
+    let refunds = state.body["refunds"].as_array().unwrap();
+    assert_eq!(refunds.len(), ok);
+    assert!(refunds.iter().all(|r| r["status"] == "succeeded"));
+}
+
+/// Regression (money correctness, defect 5): the metrics' default end date was
+/// the machine's, not the ledger clock's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_default_to_today_on_the_ledgers_clock() {
+    let server = serve_from(Backend::Sqlite, Some("2027-01-10T09:00:00Z")).await;
+    let customer = untaxed_customer_with_card(&server).await;
+    server.community_subscription(&customer).await;
+    let advanced = server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-02-24T12:00:00Z"}),
+        )
+        .await;
+    assert_eq!(advanced.status, StatusCode::OK, "{}", advanced.body);
+    let position = advanced.body["position"].as_u64();
+    let wait = position.map_or(String::new(), |p| format!("?min_position={p}"));
+    for path in ["/v1/metrics/mrr", "/v1/metrics/movements"] {
+        let answer = server.get(&format!("{path}{wait}")).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let data = answer.body["data"].as_array().unwrap();
+        assert_eq!(data.first().unwrap()["date"], "2027-02-01", "{path}");
+        assert_eq!(data.last().unwrap()["date"], "2027-02-24", "{path}");
+    }
+    let mrr = server.get("/v1/metrics/mrr").await;
+    assert_eq!(
+        mrr.body["data"].as_array().unwrap().last().unwrap()["mrr"],
+        money("97.00")
+    );
+    let aging = server.get("/v1/ledger/ar-aging").await;
+    assert_eq!(aging.body["as_of"], "2027-02-24");
 }

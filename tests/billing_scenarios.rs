@@ -1138,3 +1138,143 @@ async fn a_quantity_change_mid_cycle_prorates_every_unit() {
         usd("4500.00")
     );
 }
+
+/// Regression (money correctness, defect 1): a refund's number was chosen
+/// before the append and a reused number was answered as an empty success, so
+/// concurrent refunds were lost. Now each refund is numbered and reserved on the
+/// version it appends after: two servers (separate ledger handles, so nothing
+/// in-process orders them) refund one paid invoice from 16 tasks at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_refunds_each_get_their_own_number_and_never_exceed_what_was_paid() {
+    let clock = TestClock::at(datetime!(2027-01-01 00:00 UTC));
+    let store = common::postgres_with(Arc::new(clock.clone())).await;
+    let w = world_on(clock.clone(), store).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    let invoice = w.invoices_of(sub).await[0].id.unwrap();
+    assert_eq!(
+        w.billing.invoice(invoice).await.unwrap().status,
+        InvoiceStatus::Paid
+    );
+    let second_ledger = Ledger::open(
+        recur_ledger::LedgerConfig::new(w._store.location()),
+        Arc::new(clock.clone()),
+    )
+    .await
+    .unwrap();
+    let second = Arc::new(
+        Billing::open(
+            second_ledger,
+            Catalog::default_catalog().unwrap(),
+            Arc::new(w.gateway.clone()),
+        )
+        .await
+        .unwrap(),
+    );
+
+    // Two at once, 10.00 and 50.00: both recorded.
+    let (a, b) = tokio::join!(
+        w.billing
+            .refund(invoice, usd("10.00"), "requested_by_customer"),
+        second.refund(invoice, usd("50.00"), "requested_by_customer"),
+    );
+    let mut numbers = vec![a.unwrap(), b.unwrap()];
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![1, 2]);
+    assert_eq!(
+        w.billing.invoice(invoice).await.unwrap().amount_refunded,
+        Some(usd("60.00"))
+    );
+
+    // Sixteen of 5.00 on the 37.00 left: seven fit, nine are refused, none lost.
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let billing = if i % 2 == 0 {
+            Arc::clone(&w.billing)
+        } else {
+            Arc::clone(&second)
+        };
+        tasks.spawn(async move { billing.refund(invoice, usd("5.00"), "partial").await });
+    }
+    let (mut refunded, mut refused) = (Vec::new(), 0);
+    while let Some(joined) = tasks.join_next().await {
+        match joined.unwrap() {
+            Ok(number) => refunded.push(number),
+            Err(error) => {
+                assert_eq!(error.code(), "refund_exceeds_paid", "{error}");
+                refused += 1;
+            }
+        }
+    }
+    refunded.sort_unstable();
+    assert_eq!(refunded, (3..=9).collect::<Vec<u32>>());
+    assert_eq!(refused, 9);
+    let state = w.billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.amount_refunded, Some(usd("95.00")));
+    assert_eq!(state.pending_refunds().count(), 0);
+    // What the gateway paid out is what the ledger recorded, refund by refund.
+    let made = w.gateway.refunds_made();
+    assert_eq!(made.len(), 9);
+    let total = made
+        .iter()
+        .try_fold(usd("0"), |sum, (_, amount)| sum.checked_add(*amount))
+        .unwrap();
+    assert_eq!(total, usd("95.00"));
+    let recorded = w.postings(invoice).await;
+    assert_eq!(
+        recorded
+            .iter()
+            .filter(|(t, _)| t == "InvoiceRefunded")
+            .count(),
+        9
+    );
+    w.trial_balance().await;
+}
+
+/// A refund whose gateway call never answered stays requested (its amount held
+/// back from what is refundable) and the scheduler sends it again with the same
+/// key after a minute; the customer is refunded once.
+#[tokio::test]
+async fn a_refund_the_gateway_did_not_answer_is_sent_again_by_the_scheduler() {
+    let w = world(datetime!(2027-01-01 00:00 UTC)).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    let invoice = w.invoices_of(sub).await[0].id.unwrap();
+    w.gateway.lose_next_answers(1);
+    let error = w
+        .billing
+        .refund(invoice, usd("90.00"), "requested_by_customer")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "gateway_unavailable");
+    let state = w.billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.pending_refunds().count(), 1);
+    assert_eq!(state.amount_refunded, None);
+    // The held-back 90.00 cannot be refunded a second time meanwhile.
+    let error = w
+        .billing
+        .refund(invoice, usd("10.00"), "again")
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "refund_exceeds_paid");
+    w.at(datetime!(2027-01-01 00:00:30 UTC)).await;
+    assert_eq!(
+        w.billing
+            .invoice(invoice)
+            .await
+            .unwrap()
+            .pending_refunds()
+            .count(),
+        1
+    );
+    w.at(datetime!(2027-01-01 00:01:00 UTC)).await;
+    let state = w.billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.pending_refunds().count(), 0);
+    assert_eq!(state.amount_refunded, Some(usd("90.00")));
+    assert_eq!(w.gateway.refunds_made().len(), 1);
+    w.trial_balance().await;
+}

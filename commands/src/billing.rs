@@ -1126,11 +1126,16 @@ impl Billing {
         Ok(())
     }
 
-    /// Refunds part or all of a paid invoice through the gateway, then records it.
-    /// Returns the refund's number on the invoice.
+    /// Refunds part or all of a paid invoice: the refund is numbered and its
+    /// amount reserved in the ledger first (`RefundRequested`, decided on the
+    /// version it appends after, so concurrent refunds each get their own number
+    /// and together never exceed what was paid), then sent to the gateway with
+    /// the key `<invoice>-refund-<n>`, then recorded. Returns the refund's number.
     ///
     /// # Errors
-    /// More than paid and not yet refunded, an unpaid invoice, a bad amount.
+    /// More than paid and not yet refunded or requested, an unpaid invoice, a bad
+    /// amount; [`BillingError::GatewayUnavailable`] leaves the refund requested,
+    /// and the scheduler sends it again with the same key.
     pub async fn refund(
         &self,
         id: InvoiceId,
@@ -1138,16 +1143,60 @@ impl Billing {
         reason: &str,
     ) -> Result<u32, BillingError> {
         let now = self.now();
+        let requested = self
+            .invoice_command(id, Source::Api, |_| InvoiceCommand::RequestRefund {
+                amount,
+                reason: reason.to_owned(),
+                now,
+            })
+            .await?;
+        let refund = requested
+            .events
+            .iter()
+            .find_map(|event| match event {
+                crate::invoice::InvoiceEvent::RefundRequested { refund_no, .. } => requested
+                    .state
+                    .refunds
+                    .iter()
+                    .find(|r| r.refund_no == *refund_no),
+                _ => None,
+            })
+            .cloned()
+            .ok_or_else(|| DomainError::InvalidTransition {
+                kind: "invoice",
+                action: "refund",
+                state: "unchanged by the refund request".into(),
+            })?;
+        self.send_refund(&requested.state, &refund, Source::Api)
+            .await?;
+        Ok(refund.refund_no)
+    }
+
+    /// Sends every refund of an invoice that was requested but not answered (the
+    /// process stopped, or the gateway did not answer) with its own key, and
+    /// records the answers; what the scheduler runs.
+    ///
+    /// # Errors
+    /// Gateway and ledger errors (the next call tries again).
+    pub async fn resume_refunds(&self, id: InvoiceId) -> Result<(), BillingError> {
         let invoice = self.invoice(id).await?;
-        let refund_no = invoice.refunds + 1;
-        let command = |refund_id: String| InvoiceCommand::Refund {
-            refund_no,
-            amount,
-            refund_id,
-            reason: reason.to_owned(),
-            now,
+        let pending: Vec<_> = invoice.pending_refunds().cloned().collect();
+        for refund in &pending {
+            self.send_refund(&invoice, refund, Source::Scheduler)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn send_refund(
+        &self,
+        invoice: &Invoice,
+        refund: &crate::invoice::Refund,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let Some(id) = invoice.id else {
+            return Ok(());
         };
-        invoice.decide(command(String::new()))?;
         let charge_id = invoice
             .attempts
             .iter()
@@ -1163,15 +1212,20 @@ impl Billing {
         let refund_id = self
             .gateway
             .refund(&RefundRequest {
-                idempotency_key: format!("{id}-refund-{refund_no}"),
+                idempotency_key: refund.idempotency_key.clone(),
                 charge_id,
-                amount,
+                amount: refund.amount,
             })
             .await
             .map_err(|e| BillingError::GatewayUnavailable(e.0))?;
-        self.invoice_command(id, Source::Api, |_| command(refund_id.clone()))
-            .await?;
-        Ok(refund_no)
+        let now = self.now();
+        self.invoice_command(id, source, |_| InvoiceCommand::RecordRefund {
+            refund_no: refund.refund_no,
+            refund_id: refund_id.clone(),
+            now,
+        })
+        .await?;
+        Ok(())
     }
 
     /// Reduces what an open invoice owes.

@@ -241,6 +241,23 @@ pub struct Attempt {
     pub next_retry_at: Option<OffsetDateTime>,
 }
 
+/// A refund asked of the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refund {
+    /// 1-based.
+    pub refund_no: u32,
+    /// The key the gateway call carries: `<invoice id>-refund-<n>`.
+    pub idempotency_key: String,
+    /// Amount, tax included.
+    pub amount: Money,
+    /// Why.
+    pub reason: String,
+    /// The gateway's refund id, once the answer is recorded.
+    pub refund_id: Option<String>,
+    /// When it was requested.
+    pub requested_at: OffsetDateTime,
+}
+
 /// What can be asked of an invoice.
 #[derive(Clone, Debug)]
 pub enum InvoiceCommand {
@@ -303,16 +320,23 @@ pub enum InvoiceCommand {
         /// Now.
         now: OffsetDateTime,
     },
-    /// Record money given back on a paid invoice.
-    Refund {
-        /// Which refund of this invoice, from 1 (retries are no-ops).
-        refund_no: u32,
+    /// Ask for money to be given back on a paid invoice: numbered and reserved
+    /// against what is refundable on the version it appends after, before the
+    /// gateway is called.
+    RequestRefund {
         /// How much (tax included).
         amount: Money,
-        /// The gateway's refund id.
-        refund_id: String,
         /// Why.
         reason: String,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Record the gateway's answer to a requested refund (a no-op when recorded).
+    RecordRefund {
+        /// Which refund of this invoice.
+        refund_no: u32,
+        /// The gateway's refund id.
+        refund_id: String,
         /// Now.
         now: OffsetDateTime,
     },
@@ -438,6 +462,21 @@ domain_events! {
             /// Refunds and tax against receivable.
             postings: Vec<Posting>,
         },
+        /// A refund was asked of the gateway with this key: written **before** the
+        /// call, so its number and amount are decided on the stream's version.
+        RefundRequested {
+            /// 1-based.
+            refund_no: u32,
+            /// The refund's idempotency key.
+            idempotency_key: String,
+            /// Amount, tax included.
+            amount: Money,
+            /// Why.
+            reason: String,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
         /// Money given back.
         InvoiceRefunded {
             /// 1-based.
@@ -480,6 +519,7 @@ impl DomainEvent for InvoiceEvent {
             InvoiceEvent::InvoiceVoided { .. } => "InvoiceVoided",
             InvoiceEvent::InvoiceMarkedUncollectible { .. } => "InvoiceMarkedUncollectible",
             InvoiceEvent::CreditNoteIssued { .. } => "CreditNoteIssued",
+            InvoiceEvent::RefundRequested { .. } => "RefundRequested",
             InvoiceEvent::InvoiceRefunded { .. } => "InvoiceRefunded",
             InvoiceEvent::RevenueRecognized { .. } => "RevenueRecognized",
         }
@@ -529,8 +569,8 @@ pub struct Invoice {
     pub amount_refunded: Option<Money>,
     /// Reduced by credit notes.
     pub amount_credited: Option<Money>,
-    /// Refunds so far.
-    pub refunds: u32,
+    /// Refunds requested, oldest first, with the gateway's id once recorded.
+    pub refunds: Vec<Refund>,
     /// Credit notes so far.
     pub credit_notes: u32,
     /// Which lines' revenue is recognised.
@@ -569,6 +609,22 @@ impl Invoice {
     /// The attempt waiting for its outcome, if any.
     pub fn pending_attempt(&self) -> Option<&Attempt> {
         self.attempts.last().filter(|a| a.outcome.is_none())
+    }
+
+    /// Refunds requested whose gateway answer is not recorded yet.
+    pub fn pending_refunds(&self) -> impl Iterator<Item = &Refund> {
+        self.refunds.iter().filter(|r| r.refund_id.is_none())
+    }
+
+    /// What can still be refunded: collected by charges, less refunds recorded
+    /// and refunds requested.
+    pub fn refundable(&self) -> Result<Money, DomainError> {
+        let mut left = self.amount_paid.unwrap_or(self.zero());
+        left = left.checked_sub(self.amount_refunded.unwrap_or(self.zero()))?;
+        for pending in self.pending_refunds() {
+            left = left.checked_sub(pending.amount)?;
+        }
+        Ok(left)
     }
 
     /// When the next retry is due, after a failed attempt on an open invoice.
@@ -875,29 +931,46 @@ impl Aggregate for Invoice {
                     postings,
                 }])
             }
-            InvoiceCommand::Refund {
-                refund_no,
+            InvoiceCommand::RequestRefund {
                 amount,
-                refund_id,
                 reason,
                 now,
             } => {
-                if refund_no <= self.refunds {
-                    return Ok(Vec::new());
-                }
                 if self.status != InvoiceStatus::Paid {
                     return Err(self.refuse("refund"));
                 }
-                let paid = self.amount_paid.unwrap_or(self.zero());
-                let refundable = paid.checked_sub(self.amount_refunded.unwrap_or(self.zero()))?;
-                check_positive_within(amount, refundable, "refund")?;
-                let (tax, postings) = self.give_back(amount, Account::GatewayBalance)?;
+                check_positive_within(amount, self.refundable()?, "refund")?;
+                let refund_no = u32::try_from(self.refunds.len()).unwrap_or(u32::MAX - 1) + 1;
+                let id = self.id.map(|id| id.to_string()).unwrap_or_default();
+                Ok(vec![InvoiceEvent::RefundRequested {
+                    refund_no,
+                    idempotency_key: format!("{id}-refund-{refund_no}"),
+                    amount,
+                    reason,
+                    at: now,
+                }])
+            }
+            InvoiceCommand::RecordRefund {
+                refund_no,
+                refund_id,
+                now,
+            } => {
+                let Some(refund) = self.refunds.iter().find(|r| r.refund_no == refund_no) else {
+                    return Err(DomainError::InvalidField {
+                        field: "refund_no",
+                        reason: format!("refund {refund_no} was never requested"),
+                    });
+                };
+                if refund.refund_id.is_some() {
+                    return Ok(Vec::new());
+                }
+                let (tax, postings) = self.give_back(refund.amount, Account::GatewayBalance)?;
                 Ok(vec![InvoiceEvent::InvoiceRefunded {
                     refund_no,
-                    amount,
+                    amount: refund.amount,
                     tax,
                     refund_id,
-                    reason,
+                    reason: refund.reason.clone(),
                     at: now,
                     postings,
                 }])
@@ -1031,10 +1104,44 @@ impl Aggregate for Invoice {
                     self.status = InvoiceStatus::Paid;
                 }
             }
+            InvoiceEvent::RefundRequested {
+                refund_no,
+                idempotency_key,
+                amount,
+                reason,
+                at,
+            } => self.refunds.push(Refund {
+                refund_no: *refund_no,
+                idempotency_key: idempotency_key.clone(),
+                amount: *amount,
+                reason: reason.clone(),
+                refund_id: None,
+                requested_at: *at,
+            }),
             InvoiceEvent::InvoiceRefunded {
-                refund_no, amount, ..
+                refund_no,
+                amount,
+                refund_id,
+                reason,
+                at,
+                ..
             } => {
-                self.refunds = *refund_no;
+                match self.refunds.iter_mut().find(|r| r.refund_no == *refund_no) {
+                    Some(refund) => refund.refund_id = Some(refund_id.clone()),
+                    // Written before refunds were requested first: the refund and
+                    // its answer in one event.
+                    None => self.refunds.push(Refund {
+                        refund_no: *refund_no,
+                        idempotency_key: format!(
+                            "{}-refund-{refund_no}",
+                            self.id.map(|id| id.to_string()).unwrap_or_default()
+                        ),
+                        amount: *amount,
+                        reason: reason.clone(),
+                        refund_id: Some(refund_id.clone()),
+                        requested_at: *at,
+                    }),
+                }
                 let refunded = self.amount_refunded.unwrap_or(self.zero());
                 self.amount_refunded = refunded.checked_add(*amount).ok();
             }

@@ -132,7 +132,8 @@ pub struct SimulatedGateway {
 #[derive(Default)]
 struct Simulated {
     charges: HashMap<String, ChargeOutcome>,
-    refunds: HashMap<String, String>,
+    /// Per key: the refund id, the charge and the amount, as first asked.
+    refunds: HashMap<String, (String, String, Money)>,
     /// Distinct successful charges (what would appear on a statement).
     money_moved: u64,
     /// Calls, counting retries.
@@ -220,6 +221,18 @@ impl SimulatedGateway {
         self.inner.lock().map_or(0, |i| i.money_moved)
     }
 
+    /// Distinct refunds made so far (what would appear on a statement), by key.
+    pub fn refunds_made(&self) -> Vec<(String, Money)> {
+        let mut refunds: Vec<(String, Money)> = self.inner.lock().map_or(Vec::new(), |i| {
+            i.refunds
+                .iter()
+                .map(|(key, (_, _, amount))| (key.clone(), *amount))
+                .collect()
+        });
+        refunds.sort_by(|a, b| a.0.cmp(&b.0));
+        refunds
+    }
+
     /// Calls so far, retries included.
     pub fn calls(&self) -> u64 {
         self.inner.lock().map_or(0, |i| i.calls)
@@ -292,11 +305,24 @@ impl PaymentGateway for SimulatedGateway {
         Box::pin(async move {
             self.with(|inner| {
                 let next = inner.refunds.len() + 1;
-                Ok(inner
+                let (id, charge, amount) = inner
                     .refunds
                     .entry(request.idempotency_key.clone())
-                    .or_insert_with(|| format!("re_sim_{next:06}"))
-                    .clone())
+                    .or_insert_with(|| {
+                        (
+                            format!("re_sim_{next:06}"),
+                            request.charge_id.clone(),
+                            request.amount,
+                        )
+                    });
+                // As Stripe: a key reused with other parameters is an error, not a replay.
+                if *charge != request.charge_id || *amount != request.amount {
+                    return Err(GatewayError(format!(
+                        "idempotency key {} was used for another refund",
+                        request.idempotency_key
+                    )));
+                }
+                Ok(id.clone())
             })
         })
     }

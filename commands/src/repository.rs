@@ -20,6 +20,11 @@ pub const CACHED_STREAMS_MAX: usize = 50_000;
 pub const COMMAND_ATTEMPTS_MAX: u32 = 8;
 /// Events read per page when loading a stream.
 const LOAD_PAGE_EVENTS: usize = 1_000;
+/// Locks that take turns of commands on one stream within this process (a stream
+/// maps to one of them by hash), so concurrent commands here queue instead of
+/// losing the version race to each other; other processes are still kept apart
+/// by the expected version.
+const STREAM_TURNS: usize = 1_024;
 
 struct Cached {
     version: u64,
@@ -45,6 +50,7 @@ pub struct Executed<A: Aggregate> {
 pub(crate) struct Repository {
     ledger: Ledger,
     cache: Mutex<HashMap<StreamId, Cached>>,
+    turns: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Repository {
@@ -52,6 +58,9 @@ impl Repository {
         Self {
             ledger,
             cache: Mutex::new(HashMap::new()),
+            turns: (0..STREAM_TURNS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -135,6 +144,7 @@ impl Repository {
         A: Aggregate,
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
+        let _turn = self.turn(stream).lock().await;
         for _ in 0..COMMAND_ATTEMPTS_MAX {
             let (mut state, version) = self.load::<A>(stream).await?;
             context::check_expected(stream, version)?;
@@ -191,6 +201,14 @@ impl Repository {
             }
         }
         Err(BillingError::Contended(stream.to_string()))
+    }
+
+    /// The lock that orders this process's commands on `stream`.
+    fn turn(&self, stream: &StreamId) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(stream.as_str());
+        let index = usize::try_from(hash % STREAM_TURNS as u64).unwrap_or(0);
+        &self.turns[index]
     }
 
     fn cached<A: Aggregate>(&self, stream: &StreamId) -> Option<(A, u64)> {

@@ -31,6 +31,9 @@ const _: () = assert!(CATCH_UP_PAGE_EVENTS <= recur_ledger::limits::READ_PAGE_EV
 pub const CONCURRENCY_DEFAULT: usize = 16;
 /// Rounds of one tick (work that makes more work due at the same instant).
 const ROUNDS_PER_TICK_MAX: u32 = 64;
+/// How long a requested refund may wait for its gateway answer before the
+/// scheduler sends it again (its caller normally records the answer at once).
+pub const REFUND_RESUME_AFTER_S: i64 = 60;
 
 /// Something the scheduler may have to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,6 +44,8 @@ pub enum Work {
     Draft(InvoiceId),
     /// Finalize, collect, retry, give up, or recognise revenue.
     Invoice(InvoiceId),
+    /// Send refunds that were requested but never answered.
+    Refund(InvoiceId),
 }
 
 /// What one tick did.
@@ -61,6 +66,8 @@ struct Index {
     invoices: HashMap<StreamId, Invoice>,
     /// Invoices with a negative total whose credit the customer has not been granted yet.
     grants_pending: HashSet<InvoiceId>,
+    /// Refunds requested and not answered yet, by invoice.
+    refunds_pending: HashMap<InvoiceId, BTreeSet<u32>>,
     /// Invoices asked for and not drafted yet.
     requested: HashMap<InvoiceId, (CustomerId, SubscriptionId, InvoiceRequest)>,
     due: BTreeSet<(OffsetDateTime, Work)>,
@@ -121,6 +128,7 @@ impl Index {
             }
             "invoice" => {
                 let event: InvoiceEvent = decode_event(&recorded.payload).map_err(corrupt)?;
+                self.follow_refunds(&recorded.stream_id, &event)?;
                 let drafted = matches!(event, InvoiceEvent::InvoiceDrafted { .. });
                 if !drafted && !self.invoices.contains_key(&recorded.stream_id) {
                     return Ok(());
@@ -148,6 +156,47 @@ impl Index {
                 }
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// Keeps the refunds requested and not answered, whether or not the invoice
+    /// itself still needs the scheduler (a paid invoice is dropped from memory).
+    fn follow_refunds(
+        &mut self,
+        stream: &StreamId,
+        event: &InvoiceEvent,
+    ) -> Result<(), BillingError> {
+        let (refund_no, requested_at) = match event {
+            InvoiceEvent::RefundRequested { refund_no, at, .. } => (*refund_no, Some(*at)),
+            InvoiceEvent::InvoiceRefunded { refund_no, .. } => (*refund_no, None),
+            _ => return Ok(()),
+        };
+        let Some(id) = stream
+            .as_str()
+            .strip_prefix("invoice-")
+            .and_then(|text| InvoiceId::parse(text).ok())
+        else {
+            return Ok(());
+        };
+        let pending = self.refunds_pending.entry(id).or_default();
+        match requested_at {
+            Some(at) => {
+                pending.insert(refund_no);
+                let resume = at + time::Duration::seconds(REFUND_RESUME_AFTER_S);
+                let due = self.due_at.get(&Work::Refund(id)).copied();
+                self.schedule(
+                    Work::Refund(id),
+                    Some(due.map_or(resume, |d| d.min(resume))),
+                );
+            }
+            None => {
+                pending.remove(&refund_no);
+                if pending.is_empty() {
+                    self.refunds_pending.remove(&id);
+                    self.schedule(Work::Refund(id), None);
+                }
+            }
         }
         Ok(())
     }
@@ -288,7 +337,9 @@ impl Scheduler {
                 };
                 match (work, result) {
                     (Work::Subscription(_), Ok(started)) => report.periods_started += started,
-                    (Work::Invoice(_) | Work::Draft(_), Ok(_)) => report.invoice_steps += 1,
+                    (Work::Invoice(_) | Work::Draft(_) | Work::Refund(_), Ok(_)) => {
+                        report.invoice_steps += 1;
+                    }
                     (work, Err(error)) => {
                         tracing::warn!(
                             ?work,
@@ -317,6 +368,10 @@ async fn run(
                     .resume_billing(customer, subscription, &request)
                     .await?;
             }
+            Ok(1)
+        }
+        Work::Refund(id) => {
+            billing.resume_refunds(id).await?;
             Ok(1)
         }
         Work::Invoice(id) => {

@@ -58,9 +58,14 @@ pub enum Command {
         /// Ledger location (postgres://… or sqlite:PATH).
         #[arg(long)]
         database: Option<String>,
-        /// Run on a test clock (starting now) moved by POST /v1/test_clock/advance.
+        /// Run on a test clock (starting now, or where the ledger's last event
+        /// left it if later) moved by POST /v1/test_clock/advance.
         #[arg(long)]
         test_clock: bool,
+        /// Start the test clock at this instant (RFC 3339, e.g.
+        /// 2027-01-01T00:00:00Z); implies --test-clock.
+        #[arg(long)]
+        test_clock_start: Option<String>,
         /// Seconds between scheduler ticks on the system clock.
         #[arg(long, default_value_t = 60)]
         tick_seconds: u64,

@@ -57,12 +57,23 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             listen,
             database,
             test_clock,
+            test_clock_start,
             tick_seconds,
         } => {
+            let test_clock_start = test_clock_start
+                .map(|text| {
+                    time::OffsetDateTime::parse(
+                        &text,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .with_context(|| format!("--test-clock-start {text:?} is not RFC 3339"))
+                })
+                .transpose()?;
             http::serve(http::ServeOptions {
                 listen,
                 database,
-                test_clock,
+                test_clock: test_clock || test_clock_start.is_some(),
+                test_clock_start,
                 tick_seconds,
             })
             .await

@@ -500,6 +500,23 @@ pub struct AttemptDto {
     pub next_retry_at: Option<String>,
 }
 
+/// A refund of an invoice.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RefundDto {
+    /// 1, 2, … on this invoice.
+    pub refund_no: u32,
+    /// Amount, tax included.
+    pub amount: MoneyDto,
+    /// pending (asked of the gateway, no answer recorded yet) or succeeded.
+    pub status: String,
+    /// The gateway's refund id, once recorded.
+    pub refund_id: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// When it was asked for.
+    pub requested_at: String,
+}
+
 /// An invoice.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct InvoiceDto {
@@ -527,6 +544,8 @@ pub struct InvoiceDto {
     pub amount_refunded: Option<MoneyDto>,
     /// Payment attempts.
     pub attempts: Vec<AttemptDto>,
+    /// Refunds, oldest first.
+    pub refunds: Vec<RefundDto>,
     /// Created.
     pub created_at: Option<String>,
     /// Ledger position of the write (writes only).
@@ -574,6 +593,23 @@ impl InvoiceDto {
                         _ => None,
                     },
                     next_retry_at: a.next_retry_at.map(rfc3339),
+                })
+                .collect(),
+            refunds: state
+                .refunds
+                .iter()
+                .map(|r| RefundDto {
+                    refund_no: r.refund_no,
+                    amount: r.amount.into(),
+                    status: if r.refund_id.is_some() {
+                        "succeeded"
+                    } else {
+                        "pending"
+                    }
+                    .to_owned(),
+                    refund_id: r.refund_id.clone(),
+                    reason: r.reason.clone(),
+                    requested_at: rfc3339(r.requested_at),
                 })
                 .collect(),
             created_at: state.created_at.map(rfc3339),

@@ -58,8 +58,10 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// Ledger location; default DATABASE_URL, else the embedded file.
     pub database: Option<String>,
-    /// Run on a test clock starting now, with POST /v1/test_clock/advance.
+    /// Run on a test clock, with POST /v1/test_clock/advance.
     pub test_clock: bool,
+    /// Where the test clock starts (default: now); never before the ledger's last event.
+    pub test_clock_start: Option<time::OffsetDateTime>,
     /// Seconds between scheduler ticks on the system clock.
     pub tick_seconds: u64,
 }
@@ -171,14 +173,28 @@ async fn request_id(request: Request, next: Next) -> Response {
 /// The ledger cannot be opened, the address cannot be bound, a bad `RECUR_ADMIN_KEY`.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let location = crate::config::ledger_location(options.database.as_deref());
-    let test_clock = options
-        .test_clock
-        .then(|| TestClock::at(time::OffsetDateTime::now_utc()));
+    let test_clock = options.test_clock.then(|| {
+        TestClock::at(
+            options
+                .test_clock_start
+                .unwrap_or_else(time::OffsetDateTime::now_utc),
+        )
+    });
     let clock: Arc<dyn Clock> = match &test_clock {
         Some(clock) => Arc::new(clock.clone()),
         None => Arc::new(SystemClock),
     };
     let ledger = Ledger::open(LedgerConfig::new(location.clone()), clock).await?;
+    if let Some(clock) = &test_clock {
+        // A test clock never runs behind what the ledger already recorded.
+        let last = ledger.last_position().await?;
+        let previous = recur_ledger::Position(last.0.saturating_sub(1));
+        if let Some(event) = ledger.read_all(previous, 1).await?.first()
+            && event.recorded_at > clock.now()
+        {
+            clock.advance_to(event.recorded_at);
+        }
+    }
     let billing = Arc::new(
         Billing::open(
             ledger.clone(),

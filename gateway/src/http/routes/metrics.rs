@@ -179,8 +179,13 @@ fn parse_date(text: &str) -> Result<Date, ApiError> {
     Date::parse(text, format).map_err(|_| bad(format!("{text:?} is not a date like 2026-03-31")))
 }
 
-fn parse_query(query: Option<&str>) -> Result<Query, ApiError> {
-    let today = time::OffsetDateTime::now_utc().date();
+/// Today on the ledger's clock (a test clock when serving with one): the default
+/// end of every series, never the machine's date.
+fn today(state: &AppState) -> Date {
+    recur_ledger::Clock::now(state.billing.ledger().clock().as_ref()).date()
+}
+
+fn parse_query(query: Option<&str>, today: Date) -> Result<Query, ApiError> {
     let mut parsed = Query {
         from: today,
         to: today,
@@ -307,7 +312,7 @@ pub async fn mrr_series(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref())?;
+    let query = parse_query(query.as_deref(), today(&state))?;
     let (db, position) = query.reading.read_models(&state).await?;
     let daily = mrr::daily(&db, &query.plan, query.to)
         .await
@@ -348,7 +353,7 @@ pub async fn movements(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref())?;
+    let query = parse_query(query.as_deref(), today(&state))?;
     if query.plan != "*" {
         return Err(bad(
             "movements are per customer; the plan filter does not apply",
@@ -557,7 +562,7 @@ pub async fn churn(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref())?;
+    let query = parse_query(query.as_deref(), today(&state))?;
     if query.plan != "*" || query.interval != "day" {
         return Err(bad(
             "churn is monthly and for all plans: plan and interval do not apply",
@@ -705,7 +710,7 @@ pub async fn cohorts(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref())?;
+    let query = parse_query(query.as_deref(), today(&state))?;
     if query.plan != "*" || query.interval != "day" {
         return Err(bad(
             "cohorts are monthly and for all plans: plan and interval do not apply",
@@ -989,7 +994,7 @@ pub async fn revenue_recognition(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref())?;
+    let query = parse_query(query.as_deref(), today(&state))?;
     if query.plan != "*" || query.interval != "day" {
         return Err(bad(
             "revenue recognition is monthly and for all plans: plan and interval do not apply",
@@ -1055,7 +1060,7 @@ pub async fn ar_aging(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let mut as_of = recur_ledger::Clock::now(state.billing.ledger().clock().as_ref()).date();
+    let mut as_of = today(&state);
     let mut reading = Reading::default();
     for (key, value) in pairs(query.as_deref()) {
         if reading.take(key, value)? {
