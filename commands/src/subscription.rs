@@ -207,6 +207,10 @@ domain_events! {
             period_index: u32,
             /// The period.
             period: Period,
+            /// The new cycle anchor, when the billing interval changed at this
+            /// renewal (the cycle restarts at the period's start, index 0).
+            #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+            anchor: Option<OffsetDateTime>,
             /// The price in force (a scheduled change applies here).
             price: Price,
             /// Units.
@@ -646,15 +650,16 @@ impl Aggregate for Subscription {
                         reason: CancelReason::Requested,
                     }]);
                 }
+                let (price, quantity) = self
+                    .scheduled_change
+                    .clone()
+                    .unwrap_or((price.clone(), self.quantity));
+                // The first paid period runs on the interval of the price it bills.
                 let interval = price.interval()?;
                 let period = Period {
                     start: trial_end,
                     end: interval.boundary(trial_end, 1),
                 };
-                let (price, quantity) = self
-                    .scheduled_change
-                    .clone()
-                    .unwrap_or((price.clone(), self.quantity));
                 let invoice = self.period_invoice(
                     invoice_id,
                     BillingReason::SubscriptionCreate,
@@ -693,16 +698,28 @@ impl Aggregate for Subscription {
                         reason: CancelReason::Requested,
                     }]);
                 }
-                let (price, quantity) = self
+                let (next_price, quantity) = self
                     .scheduled_change
                     .clone()
                     .unwrap_or((price.clone(), self.quantity));
-                let anchor = self.anchor.unwrap_or(period.start);
-                let interval = price.interval()?;
-                let next = Period {
-                    start: period.end,
-                    end: interval.boundary(anchor, period_index + 1),
+                let interval = next_price.interval()?;
+                // A new interval restarts the cycle at this renewal (as Stripe
+                // does); the same interval keeps counting from the anchor.
+                let (period_index, anchor, next) = if interval == price.interval()? {
+                    let anchor = self.anchor.unwrap_or(period.start);
+                    let next = Period {
+                        start: period.end,
+                        end: interval.boundary(anchor, period_index + 1),
+                    };
+                    (period_index, None, next)
+                } else {
+                    let next = Period {
+                        start: period.end,
+                        end: interval.boundary(period.end, 1),
+                    };
+                    (0, Some(period.end), next)
                 };
+                let price = next_price;
                 let invoice = self.period_invoice(
                     invoice_id,
                     BillingReason::SubscriptionCycle,
@@ -713,6 +730,7 @@ impl Aggregate for Subscription {
                 Ok(vec![SubscriptionEvent::SubscriptionRenewed {
                     period_index,
                     period: next,
+                    anchor,
                     price,
                     quantity,
                     invoice,
@@ -849,10 +867,14 @@ impl Aggregate for Subscription {
             SubscriptionEvent::SubscriptionRenewed {
                 period_index,
                 period,
+                anchor,
                 price,
                 quantity,
                 ..
             } => {
+                if let Some(anchor) = anchor {
+                    self.anchor = Some(*anchor);
+                }
                 self.period_index = *period_index;
                 self.current_period = Some(*period);
                 self.price = Some(price.clone());
@@ -910,6 +932,172 @@ impl Aggregate for Subscription {
                     )
                 {
                     self.status = SubscriptionStatus::Active;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Billing;
+    use crate::period::{Interval, IntervalUnit};
+    use time::macros::datetime;
+
+    fn price(id: &str, amount: &str, unit: IntervalUnit) -> Price {
+        Price {
+            id: id.into(),
+            plan_id: "community_access".into(),
+            unit_amount: Money::parse(amount, "USD").unwrap_or_else(|e| panic!("{e}")),
+            billing: Billing::Recurring {
+                interval: Interval { unit, count: 1 },
+            },
+        }
+    }
+
+    /// Decides and applies; the events.
+    fn run(sub: &mut Subscription, command: SubscriptionCommand) -> Vec<SubscriptionEvent> {
+        let events = sub.decide(command).unwrap_or_else(|e| panic!("{e}"));
+        for event in &events {
+            sub.evolve(event);
+        }
+        events
+    }
+
+    fn invoice_id(at: OffsetDateTime) -> InvoiceId {
+        InvoiceId::new_at(at)
+    }
+
+    /// Starts the next period (trial conversion or renewal) at the current end.
+    fn next_period(sub: &mut Subscription) -> (Period, Vec<Line>) {
+        let due = sub.next_due_at().unwrap_or_else(|| panic!("nothing due"));
+        let command = if sub.status == SubscriptionStatus::Trialing {
+            SubscriptionCommand::ConvertTrial {
+                invoice_id: invoice_id(due),
+                now: due,
+            }
+        } else {
+            SubscriptionCommand::Renew {
+                period_index: sub.period_index + 1,
+                invoice_id: invoice_id(due),
+                now: due,
+            }
+        };
+        let events = run(sub, command);
+        assert_eq!(events.len(), 1, "{events:?}");
+        let request = events[0]
+            .invoice_request()
+            .cloned()
+            .unwrap_or_else(|| panic!("no invoice"));
+        (
+            sub.current_period.unwrap_or_else(|| panic!("no period")),
+            request.lines,
+        )
+    }
+
+    /// Regression (money correctness, defect 4): monthly → yearly at period end
+    /// kept the monthly anchor (a 23-month "year" billed once). An interval
+    /// change starts a new cycle where it takes effect — at the change (now,
+    /// prorated), at the period end, or at the trial end — and every later
+    /// period is a whole new interval from there. Every combination of
+    /// month/year, now/period end, with and without a trial, on anchors 28–31.
+    #[test]
+    fn an_interval_change_restarts_the_cycle_where_it_takes_effect() {
+        let monthly = price("m", "97.00", IntervalUnit::Month);
+        let yearly = price("y", "970.00", IntervalUnit::Year);
+        for day in 28..=31u8 {
+            let start = datetime!(2027-01-01 10:00 UTC)
+                .replace_day(day)
+                .unwrap_or_else(|e| panic!("{e}"));
+            for (from, to) in [(&monthly, &yearly), (&yearly, &monthly)] {
+                for timing in [Timing::Now, Timing::PeriodEnd] {
+                    for trial_days in [0, 14] {
+                        let case = format!(
+                            "day {day}, {} → {}, {timing:?}, trial {trial_days}",
+                            from.id, to.id
+                        );
+                        let mut sub = Subscription::default();
+                        run(
+                            &mut sub,
+                            SubscriptionCommand::Start {
+                                id: SubscriptionId::new_at(start),
+                                customer_id: CustomerId::new_at(start),
+                                price: from.clone(),
+                                quantity: 1,
+                                trial_days,
+                                discount: None,
+                                invoice_id: invoice_id(start),
+                                now: start,
+                            },
+                        );
+                        let first = sub.current_period.unwrap_or_else(|| panic!("{case}"));
+                        let change_at = start + Duration::days(5);
+                        let events = run(
+                            &mut sub,
+                            SubscriptionCommand::ChangePrice {
+                                price: to.clone(),
+                                quantity: 1,
+                                timing,
+                                invoice_id: invoice_id(change_at),
+                                now: change_at,
+                            },
+                        );
+                        let to_interval = to.interval().unwrap_or_else(|e| panic!("{e}"));
+                        // Where the new cycle starts, and what the change billed now.
+                        let cycle_start = match (timing, trial_days) {
+                            (Timing::Now, 0) => {
+                                let request = events[0]
+                                    .invoice_request()
+                                    .unwrap_or_else(|| panic!("{case}: no proration"));
+                                let unused = unused_share(from.unit_amount, first, change_at)
+                                    .unwrap_or_else(|e| panic!("{e}"));
+                                let amounts: Vec<Money> =
+                                    request.lines.iter().map(|l| l.amount).collect();
+                                assert_eq!(amounts, vec![-unused, to.unit_amount], "{case}");
+                                let period = sub.current_period.unwrap_or_else(|| panic!("{case}"));
+                                assert_eq!(
+                                    period,
+                                    Period {
+                                        start: change_at,
+                                        end: to_interval.boundary(change_at, 1)
+                                    },
+                                    "{case}"
+                                );
+                                change_at
+                            }
+                            _ => {
+                                assert!(
+                                    events.iter().all(|e| e.invoice_request().is_none()),
+                                    "{case}: nothing billed yet"
+                                );
+                                let (period, lines) = next_period(&mut sub);
+                                assert_eq!(period.start, first.end, "{case}");
+                                assert_eq!(
+                                    period.end,
+                                    to_interval.boundary(first.end, 1),
+                                    "{case}: a whole new interval"
+                                );
+                                assert_eq!(lines.len(), 1, "{case}");
+                                assert_eq!(
+                                    (lines[0].price_id.as_str(), lines[0].amount),
+                                    (to.id.as_str(), to.unit_amount),
+                                    "{case}"
+                                );
+                                first.end
+                            }
+                        };
+                        // The next three periods follow the new interval from the new anchor.
+                        for n in 2..=4 {
+                            let (period, lines) = next_period(&mut sub);
+                            assert_eq!(
+                                period.end,
+                                to_interval.boundary(cycle_start, n),
+                                "{case}: period {n}"
+                            );
+                            assert_eq!(lines[0].amount, to.unit_amount, "{case}: period {n}");
+                        }
+                    }
                 }
             }
         }
