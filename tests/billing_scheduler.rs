@@ -286,6 +286,7 @@ async fn a_negative_invoice_whose_credit_was_never_granted_is_granted_by_the_sch
                     period: None,
                 }],
                 discount: None,
+                issued_at: Some(now),
             },
             now,
         },

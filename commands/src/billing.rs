@@ -24,7 +24,7 @@ use crate::invoice::{
 use crate::payment::{ChargeRequest, PaymentGateway, RefundRequest};
 use crate::repository::{Executed, Repository, decode};
 use crate::subscription::{
-    CancelReason, Subscription, SubscriptionCommand, SubscriptionStatus, Timing,
+    CancelReason, Settlement, Subscription, SubscriptionCommand, SubscriptionStatus, Timing,
 };
 use crate::tax::TaxLocation;
 
@@ -796,6 +796,7 @@ impl Billing {
                 period: None,
             }],
             discount,
+            issued_at: Some(now),
         };
         // Validate the draft before redeeming anything.
         Invoice::default().decide(InvoiceCommand::Draft {
@@ -984,20 +985,31 @@ impl Billing {
         let attempt = match invoice.pending_attempt() {
             Some(attempt) => attempt.clone(),
             None => {
-                if let Some(last) = invoice.attempts.last()
-                    && !now_regardless
-                {
-                    match last.next_retry_at {
-                        Some(at) if at > now => return Ok(()),
-                        Some(_) => {}
-                        None => return self.give_up(&invoice, source).await,
+                // When this attempt was due: asked now, a retry's scheduled time,
+                // or the invoice's issue for the first; a late scheduler dates
+                // the attempt (and what it causes) there, not when it caught up.
+                let mut due_at = invoice.issued_at.unwrap_or(now);
+                if let Some(last) = invoice.attempts.last() {
+                    due_at = last.next_retry_at.unwrap_or(now);
+                    if !now_regardless {
+                        match last.next_retry_at {
+                            Some(at) if at > now => return Ok(()),
+                            Some(_) => {}
+                            None => {
+                                return self.give_up(&invoice, last.effective_at(), source).await;
+                            }
+                        }
                     }
+                }
+                if now_regardless {
+                    due_at = now;
                 }
                 let token = customer.payment_method.as_ref().map(|m| m.token.clone());
                 let started = self
                     .invoice_command(id, source, |_| InvoiceCommand::StartAttempt {
                         gateway: self.gateway.name().to_owned(),
                         payment_method: token.clone(),
+                        due_at,
                         now,
                     })
                     .await?;
@@ -1035,9 +1047,12 @@ impl Billing {
             (_, Some(BillingReason::SubscriptionCreate)) => Segment::Trial,
             (segment, _) => segment,
         };
+        // Retries are timed from when this attempt was due, so a late scheduler
+        // catches up on the same schedule as one that never stopped.
         let next_retry_at = match outcome {
             ChargeOutcome::Declined { .. } => {
-                self.retry.next_retry_at(segment, failed_before + 1, now)
+                self.retry
+                    .next_retry_at(segment, failed_before + 1, attempt.effective_at())
             }
             ChargeOutcome::Succeeded { .. } => None,
         };
@@ -1053,30 +1068,52 @@ impl Billing {
         if recorded.status == InvoiceStatus::Paid {
             return self.settled(&recorded, source).await;
         }
+        let failed_at = attempt.effective_at();
         if let Some(sub_id) = recorded.subscription_id {
             self.subscription_command(sub_id, source, |_| {
-                SubscriptionCommand::RecordPaymentFailed { invoice_id: id }
+                SubscriptionCommand::RecordPaymentFailed {
+                    invoice_id: id,
+                    at: failed_at,
+                }
             })
             .await?;
         }
         if next_retry_at.is_none() {
-            self.give_up(&recorded, source).await?;
+            self.give_up(&recorded, failed_at, source).await?;
         }
         Ok(())
     }
 
+    /// Tells an invoice's subscription it is settled (paid or voided), dated
+    /// when that took effect.
     async fn settled(&self, invoice: &Invoice, source: Source) -> Result<(), BillingError> {
         if let (Some(sub_id), Some(id)) = (invoice.subscription_id, invoice.id) {
+            let outcome = if invoice.status == InvoiceStatus::Void {
+                Settlement::Voided
+            } else {
+                Settlement::Paid
+            };
+            let at = invoice.settled_at.unwrap_or_else(|| self.now());
             self.subscription_command(sub_id, source, |_| {
-                SubscriptionCommand::RecordInvoiceSettled { invoice_id: id }
+                SubscriptionCommand::RecordInvoiceSettled {
+                    invoice_id: id,
+                    at,
+                    outcome,
+                }
             })
             .await?;
         }
         Ok(())
     }
 
-    /// The retry policy is spent: write the invoice off and end its subscription.
-    async fn give_up(&self, invoice: &Invoice, source: Source) -> Result<(), BillingError> {
+    /// The retry policy is spent: write the invoice off and end its subscription,
+    /// as of `at` (when the last failed attempt was due).
+    async fn give_up(
+        &self,
+        invoice: &Invoice,
+        at: OffsetDateTime,
+        source: Source,
+    ) -> Result<(), BillingError> {
         let Some(id) = invoice.id else {
             return Ok(());
         };
@@ -1097,10 +1134,11 @@ impl Billing {
                     CancelReason::PaymentFailed
                 };
                 let canceled = self
-                    .subscription_command(sub_id, source, |_| SubscriptionCommand::Cancel {
+                    .subscription_command(sub_id, source, |state| SubscriptionCommand::Cancel {
                         timing: Timing::Now,
                         reason,
-                        now,
+                        // Never before what the subscription already recorded.
+                        now: at.max(state.current_period.map_or(at, |p| p.start)),
                     })
                     .await;
                 match canceled {

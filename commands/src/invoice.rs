@@ -90,6 +90,16 @@ pub struct InvoiceRequest {
     /// The subscription's discount, if it applies to this invoice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discount: Option<AppliedDiscount>,
+    /// When it is issued in the business: the start of the period it bills, the
+    /// instant of the change it prorates, the purchase. Its first payment is due
+    /// then, however late a scheduler drafts it. Absent in invoices asked for
+    /// before it was recorded (their drafting time stands in).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub issued_at: Option<OffsetDateTime>,
 }
 
 /// A finalized line's amounts.
@@ -239,6 +249,17 @@ pub struct Attempt {
     pub outcome: Option<ChargeOutcome>,
     /// When to retry after a failure.
     pub next_retry_at: Option<OffsetDateTime>,
+    /// When the attempt was due: the invoice's issue, a retry's scheduled time,
+    /// or the moment someone asked to pay now.
+    pub due_at: OffsetDateTime,
+}
+
+impl Attempt {
+    /// When its outcome takes effect in the business: when it was due, whatever
+    /// the moment a late scheduler ran it.
+    pub fn effective_at(&self) -> OffsetDateTime {
+        self.due_at
+    }
 }
 
 /// A refund asked of the gateway.
@@ -287,6 +308,8 @@ pub enum InvoiceCommand {
         gateway: String,
         /// The card token, if one is on file.
         payment_method: Option<String>,
+        /// When the attempt was due (at most `now`).
+        due_at: OffsetDateTime,
         /// Now.
         now: OffsetDateTime,
     },
@@ -368,6 +391,9 @@ domain_events! {
             /// The discount, if any.
             #[serde(default, skip_serializing_if = "Option::is_none")]
             discount: Option<AppliedDiscount>,
+            /// When it is issued in the business (see [`InvoiceRequest::issued_at`]).
+            #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+            issued_at: Option<OffsetDateTime>,
             /// When.
             #[serde(with = "time::serde::rfc3339")]
             at: OffsetDateTime,
@@ -395,6 +421,10 @@ domain_events! {
             payment_method: Option<String>,
             /// Amount asked.
             amount: Money,
+            /// When it was due (absent in attempts recorded before it was: their
+            /// start stands in).
+            #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+            due_at: Option<OffsetDateTime>,
             /// When.
             #[serde(with = "time::serde::rfc3339")]
             at: OffsetDateTime,
@@ -577,6 +607,11 @@ pub struct Invoice {
     pub recognized: Vec<bool>,
     /// When drafted.
     pub created_at: Option<OffsetDateTime>,
+    /// When it is issued in the business (its drafting time if not recorded).
+    pub issued_at: Option<OffsetDateTime>,
+    /// When it was settled in the business: paid (the paying attempt's due
+    /// time, or the issue when nothing was due), credited to zero, or voided.
+    pub settled_at: Option<OffsetDateTime>,
 }
 
 impl Invoice {
@@ -825,6 +860,7 @@ impl Aggregate for Invoice {
                 reason: request.reason,
                 lines: request.lines,
                 discount: request.discount,
+                issued_at: request.issued_at,
                 at: now,
             }]);
         }
@@ -844,6 +880,7 @@ impl Aggregate for Invoice {
             InvoiceCommand::StartAttempt {
                 gateway,
                 payment_method,
+                due_at,
                 now,
             } => {
                 // Paid already (perhaps by a concurrent collector): nothing to do.
@@ -868,6 +905,7 @@ impl Aggregate for Invoice {
                     gateway,
                     payment_method,
                     amount,
+                    due_at: Some(due_at.min(now)),
                     at: now,
                 }])
             }
@@ -1015,8 +1053,10 @@ impl Aggregate for Invoice {
                 reason,
                 lines,
                 discount,
+                issued_at,
                 at,
             } => {
+                self.issued_at = Some(issued_at.unwrap_or(*at));
                 self.id = Some(*invoice_id);
                 self.customer_id = Some(*customer_id);
                 self.subscription_id = *subscription_id;
@@ -1026,8 +1066,9 @@ impl Aggregate for Invoice {
                 self.discount.clone_from(discount);
                 self.created_at = Some(*at);
             }
-            InvoiceEvent::InvoiceFinalized { totals, .. } => {
+            InvoiceEvent::InvoiceFinalized { totals, at, .. } => {
                 self.status = if totals.amount_due.is_zero() {
+                    self.settled_at = Some(self.issued_at.unwrap_or(*at));
                     InvoiceStatus::Paid
                 } else {
                     InvoiceStatus::Open
@@ -1040,7 +1081,8 @@ impl Aggregate for Invoice {
                 gateway,
                 payment_method,
                 amount,
-                ..
+                due_at,
+                at,
             } => self.attempts.push(Attempt {
                 attempt_no: *attempt_no,
                 idempotency_key: idempotency_key.clone(),
@@ -1049,6 +1091,7 @@ impl Aggregate for Invoice {
                 amount: *amount,
                 outcome: None,
                 next_retry_at: None,
+                due_at: due_at.unwrap_or(*at),
             }),
             InvoiceEvent::PaymentSucceeded {
                 attempt_no,
@@ -1068,6 +1111,11 @@ impl Aggregate for Invoice {
                 let paid = self.amount_paid.unwrap_or(self.zero());
                 self.amount_paid = paid.checked_add(*amount).ok();
                 self.status = InvoiceStatus::Paid;
+                self.settled_at = self
+                    .attempts
+                    .iter()
+                    .find(|a| a.attempt_no == *attempt_no)
+                    .map(Attempt::effective_at);
             }
             InvoiceEvent::PaymentFailed {
                 attempt_no,
@@ -1088,13 +1136,17 @@ impl Aggregate for Invoice {
                     attempt.next_retry_at = *next_retry_at;
                 }
             }
-            InvoiceEvent::InvoiceVoided { .. } => self.status = InvoiceStatus::Void,
+            InvoiceEvent::InvoiceVoided { at, .. } => {
+                self.status = InvoiceStatus::Void;
+                self.settled_at = Some(*at);
+            }
             InvoiceEvent::InvoiceMarkedUncollectible { .. } => {
                 self.status = InvoiceStatus::Uncollectible;
             }
             InvoiceEvent::CreditNoteIssued {
                 credit_note_no,
                 amount,
+                at,
                 ..
             } => {
                 self.credit_notes = *credit_note_no;
@@ -1102,6 +1154,7 @@ impl Aggregate for Invoice {
                 self.amount_credited = credited.checked_add(*amount).ok();
                 if self.amount_remaining().is_zero() {
                     self.status = InvoiceStatus::Paid;
+                    self.settled_at = Some(*at);
                 }
             }
             InvoiceEvent::RefundRequested {

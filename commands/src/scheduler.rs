@@ -113,7 +113,7 @@ impl Index {
                     self.schedule(Work::Draft(invoice_id), Some(OffsetDateTime::UNIX_EPOCH));
                 }
                 let settled = match &event {
-                    SubscriptionEvent::SubscriptionInvoiceSettled { invoice_id } => {
+                    SubscriptionEvent::SubscriptionInvoiceSettled { invoice_id, .. } => {
                         Some(*invoice_id)
                     }
                     _ => None,

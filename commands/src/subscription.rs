@@ -157,12 +157,29 @@ pub enum SubscriptionCommand {
     RecordPaymentFailed {
         /// Which.
         invoice_id: InvoiceId,
+        /// When the failed attempt was due (when it takes effect).
+        at: OffsetDateTime,
     },
     /// An invoice of this subscription is settled (paid, credited or voided).
     RecordInvoiceSettled {
         /// Which.
         invoice_id: InvoiceId,
+        /// When it was settled in the business.
+        at: OffsetDateTime,
+        /// Paid (by a charge, credit, a credit note, or nothing due) or voided.
+        outcome: Settlement,
     },
+}
+
+/// How an invoice of a subscription was settled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Settlement {
+    /// Nothing is owed any more and something was paid for it (a charge,
+    /// customer credit, a credit note, or nothing was due).
+    Paid,
+    /// Cancelled without payment.
+    Voided,
 }
 
 domain_events! {
@@ -274,11 +291,22 @@ domain_events! {
         SubscriptionPastDue {
             /// The invoice.
             invoice_id: InvoiceId,
+            /// When the failed attempt was due (absent in events recorded before
+            /// it was: their recording time stands in).
+            #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+            at: Option<OffsetDateTime>,
         },
         /// An invoice is settled.
         SubscriptionInvoiceSettled {
             /// The invoice.
             invoice_id: InvoiceId,
+            /// When it was settled in the business (absent in events recorded
+            /// before it was: their recording time stands in).
+            #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+            at: Option<OffsetDateTime>,
+            /// Paid or voided (absent in events recorded before it was: paid).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            outcome: Option<Settlement>,
         },
     }
 }
@@ -303,6 +331,28 @@ impl DomainEvent for SubscriptionEvent {
 }
 
 impl SubscriptionEvent {
+    /// When the event takes effect in the business (a period's start, a trial's
+    /// end, a cancellation's instant, a payment's due time), which metrics are
+    /// dated by; None for events that change nothing until later (a change or
+    /// cancellation scheduled for period end) or that do not say (recorded
+    /// before they did): their recording time stands in.
+    pub fn effective_at(&self) -> Option<OffsetDateTime> {
+        match self {
+            SubscriptionEvent::SubscriptionStarted { period, .. }
+            | SubscriptionEvent::TrialEnded { period, .. }
+            | SubscriptionEvent::SubscriptionRenewed { period, .. }
+            | SubscriptionEvent::SubscriptionResumed { period, .. } => Some(period.start),
+            SubscriptionEvent::PriceChanged { at, .. }
+            | SubscriptionEvent::SubscriptionCanceled { at, .. }
+            | SubscriptionEvent::SubscriptionPaused { at } => Some(*at),
+            SubscriptionEvent::SubscriptionPastDue { at, .. }
+            | SubscriptionEvent::SubscriptionInvoiceSettled { at, .. } => *at,
+            SubscriptionEvent::PriceChangeScheduled { .. }
+            | SubscriptionEvent::CancellationScheduled { .. }
+            | SubscriptionEvent::CancellationUndone => None,
+        }
+    }
+
     /// The invoice this event asks for, if any.
     pub fn invoice_request(&self) -> Option<&InvoiceRequest> {
         match self {
@@ -349,6 +399,8 @@ pub struct Subscription {
     pub unsettled: BTreeSet<InvoiceId>,
     /// Every invoice it asked for, oldest first.
     pub invoices: Vec<InvoiceId>,
+    /// Whether an invoice of it was ever paid: until then it counts no MRR.
+    pub ever_paid: bool,
     /// When it ended.
     pub canceled_at: Option<OffsetDateTime>,
     /// Why it ended.
@@ -376,13 +428,16 @@ impl Subscription {
     }
 
     /// Monthly recurring revenue of this subscription before discounts: price ×
-    /// quantity normalised to a month; zero unless active or past due.
+    /// quantity normalised to a month; zero unless active or past due and paid
+    /// for at least once (a trial that converted but never paid counts nothing).
     pub fn mrr(&self) -> Option<Money> {
         let price = self.price.as_ref()?;
-        if !matches!(
-            self.status,
-            SubscriptionStatus::Active | SubscriptionStatus::PastDue
-        ) {
+        if !self.ever_paid
+            || !matches!(
+                self.status,
+                SubscriptionStatus::Active | SubscriptionStatus::PastDue
+            )
+        {
             return Some(Money::zero(price.unit_amount.currency()));
         }
         let interval = price.interval().ok()?;
@@ -424,6 +479,7 @@ impl Subscription {
             reason,
             lines: vec![Self::period_line(price, quantity, period)?],
             discount: self.discount_at(period.start),
+            issued_at: Some(period.start),
         })
     }
 
@@ -527,6 +583,7 @@ impl Subscription {
             reason: BillingReason::SubscriptionUpdate,
             lines,
             discount: self.discount_at(now),
+            issued_at: Some(now),
         });
         Ok(vec![SubscriptionEvent::PriceChanged {
             price,
@@ -801,25 +858,34 @@ impl Aggregate for Subscription {
                     invoice,
                 }])
             }
-            SubscriptionCommand::RecordPaymentFailed { invoice_id } => {
+            SubscriptionCommand::RecordPaymentFailed { invoice_id, at } => {
                 let applies = self.unsettled.contains(&invoice_id)
                     && matches!(
                         self.status,
                         SubscriptionStatus::Active | SubscriptionStatus::Incomplete
                     );
                 Ok(if applies {
-                    vec![SubscriptionEvent::SubscriptionPastDue { invoice_id }]
+                    vec![SubscriptionEvent::SubscriptionPastDue {
+                        invoice_id,
+                        at: Some(at),
+                    }]
                 } else {
                     Vec::new()
                 })
             }
-            SubscriptionCommand::RecordInvoiceSettled { invoice_id } => {
-                Ok(if self.unsettled.contains(&invoice_id) {
-                    vec![SubscriptionEvent::SubscriptionInvoiceSettled { invoice_id }]
-                } else {
-                    Vec::new()
-                })
-            }
+            SubscriptionCommand::RecordInvoiceSettled {
+                invoice_id,
+                at,
+                outcome,
+            } => Ok(if self.unsettled.contains(&invoice_id) {
+                vec![SubscriptionEvent::SubscriptionInvoiceSettled {
+                    invoice_id,
+                    at: Some(at),
+                    outcome: Some(outcome),
+                }]
+            } else {
+                Vec::new()
+            }),
         }
     }
 
@@ -923,7 +989,14 @@ impl Aggregate for Subscription {
             SubscriptionEvent::SubscriptionPastDue { .. } => {
                 self.status = SubscriptionStatus::PastDue;
             }
-            SubscriptionEvent::SubscriptionInvoiceSettled { invoice_id } => {
+            SubscriptionEvent::SubscriptionInvoiceSettled {
+                invoice_id,
+                outcome,
+                ..
+            } => {
+                if *outcome != Some(Settlement::Voided) {
+                    self.ever_paid = true;
+                }
                 self.unsettled.remove(invoice_id);
                 if self.unsettled.is_empty()
                     && matches!(

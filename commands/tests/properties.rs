@@ -237,6 +237,7 @@ proptest! {
                 duration: CouponDuration::Forever,
                 ends_at: None,
             }),
+            issued_at: Some(START),
         };
         let events = execute(&mut invoice, InvoiceCommand::Draft {
             customer_id: CustomerId::new_at(START),
@@ -262,6 +263,7 @@ proptest! {
                     InvoiceCommand::StartAttempt {
                         gateway: "simulated".into(),
                         payment_method: Some("pm_card_visa".into()),
+                        due_at: now,
                         now,
                     },
                 )
