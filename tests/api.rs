@@ -1044,6 +1044,8 @@ async fn metrics_read_their_own_writes_through_min_position() {
         ))
         .await;
     assert_eq!(moves.status, StatusCode::OK, "{}", moves.body);
+    // The test clock stood still: the upgrade took effect at the very instant
+    // the customer arrived, and changes at one instant are classified together.
     let day = &moves.body["data"][0];
     assert_eq!(
         (
@@ -1051,8 +1053,9 @@ async fn metrics_read_their_own_writes_through_min_position() {
             day["expansion"].clone(),
             day["net"].clone()
         ),
-        (money("97.00"), money("1403.00"), money("1500.00"))
+        (money("1500.00"), money("0.00"), money("1500.00"))
     );
+    assert_eq!(moves.body["profile"]["name"], "default", "{}", moves.body);
     // A position no write has reached: refused at once, not waited for.
     let ahead = server
         .get(&format!(

@@ -25,7 +25,11 @@ struct World {
 }
 
 async fn world(postgres: bool) -> World {
-    let clock = TestClock::at(datetime!(2026-03-01 09:00 UTC));
+    world_at(postgres, datetime!(2026-03-01 09:00 UTC)).await
+}
+
+async fn world_at(postgres: bool, start: time::OffsetDateTime) -> World {
+    let clock = TestClock::at(start);
     let store = if postgres {
         common::postgres_with(Arc::new(clock.clone())).await
     } else {
@@ -215,26 +219,9 @@ async fn a_week_of_movements_to_the_cent(postgres: bool) {
     .map(|(d, k, v)| ((*d).to_owned(), (*k).to_owned(), *v))
     .collect();
     assert_eq!(movements, expected);
-    let daily: Vec<(String, i64)> = rows(
-        &db,
-        &format!(
-            "SELECT day, mrr_minor FROM {} WHERE plan = '*' ORDER BY day",
-            mrr::DAILY
-        ),
-        "ti",
-    )
-    .await
-    .iter()
-    .map(|r| {
-        (
-            text(&r[0]),
-            match r[1] {
-                Value::Int(v) => v,
-                _ => 0,
-            },
-        )
-    })
-    .collect();
+    let daily = mrr::daily(&db, "*", time::macros::date!(2026 - 12 - 31))
+        .await
+        .unwrap();
     let expected_daily: Vec<(String, i64)> = [
         ("2026-03-01", 9_700),
         ("2026-03-02", 509_700),
@@ -737,16 +724,13 @@ async fn a_subscription_past_due_for_the_set_days_churns_and_comes_back_when_pai
         "churned when the seven days ran out, back when paid"
     );
     let total_on = |db: Db, day: &'static str| async move {
-        rows(
-            &db,
-            &format!(
-                "SELECT mrr_minor FROM {} WHERE plan = '*' AND day <= '{day}' ORDER BY day DESC LIMIT 1",
-                mrr::DAILY
-            ),
-            "i",
+        let through = time::Date::parse(
+            day,
+            time::macros::format_description!("[year]-[month]-[day]"),
         )
-        .await[0][0]
-            .clone()
+        .unwrap();
+        let daily = mrr::daily(&db, "*", through).await.unwrap();
+        Value::Int(daily.last().map_or(0, |(_, mrr)| *mrr))
     };
     assert_eq!(
         total_on(seven.db().clone(), "2026-04-07").await,
@@ -769,7 +753,7 @@ async fn a_subscription_past_due_for_the_set_days_churns_and_comes_back_when_pai
     );
     assert_eq!(
         seven.describe().1,
-        2_007,
+        300_007,
         "the setting is part of the stored version"
     );
 
@@ -836,4 +820,322 @@ async fn a_voided_invoice_takes_its_revenue_back_after_it_left_memory() {
         monthly(projector.db(), "2026-01", "2026-12").await.unwrap(),
         live
     );
+}
+
+/// A customer with no card on file.
+async fn customer_without_card(w: &World) -> CustomerId {
+    w.billing
+        .create_customer(NewCustomer::default())
+        .await
+        .unwrap()
+}
+
+/// Moves the clock to each of `instants` and runs what became due.
+async fn tick_at(
+    w: &World,
+    scheduler: &recur_commands::Scheduler,
+    instants: impl IntoIterator<Item = time::OffsetDateTime>,
+) {
+    for instant in instants {
+        w.clock.advance_to(instant);
+        let report = scheduler.tick().await.unwrap();
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+}
+
+/// Every `hours` hours from `from` up to `to` (inclusive).
+fn every(
+    hours: i64,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> Vec<time::OffsetDateTime> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at <= to {
+        out.push(at);
+        at += Duration::hours(hours);
+    }
+    out
+}
+
+/// The movements as (day, kind, delta), in effective order.
+async fn movements_by_day(db: &Db) -> Vec<String> {
+    rows(
+        db,
+        &format!(
+            "SELECT day, kind, delta_minor FROM {} WHERE kind <> '' ORDER BY effective_at, position, seq",
+            mrr::MOVEMENTS
+        ),
+        "tti",
+    )
+    .await
+    .iter()
+    .map(|r| format!("{} {} {}", text(&r[0]), text(&r[1]), text(&r[2])))
+    .collect()
+}
+
+/// Regression (money correctness, defect 2): a trial that converted without a
+/// card, or a subscription started without a trial and never paid, counted as
+/// MRR (`new`) and then as churn when dunning gave up. A subscription counts
+/// from its first paid invoice, dated at that payment; one that never paid is
+/// never churn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_never_paid_counts_no_mrr_and_never_churns() {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world_at(false, start).await;
+    let scheduler = recur_commands::Scheduler::new(Arc::clone(&w.billing), 4);
+    let trial_no_card = customer_without_card(&w).await;
+    let trial_sub = w
+        .billing
+        .subscribe(NewSubscription {
+            customer_id: trial_no_card,
+            plan_id: "group_coaching".into(),
+            price_id: None,
+            quantity: 1,
+            trial: Trial::PlanDefault,
+            coupon: None,
+        })
+        .await
+        .unwrap();
+    let no_trial_no_card = customer_without_card(&w).await;
+    let unpaid_sub = w
+        .subscribe(no_trial_no_card, "community_access", None)
+        .await;
+    let pays_late = customer_without_card(&w).await;
+    w.billing
+        .subscribe(NewSubscription {
+            customer_id: pays_late,
+            plan_id: "group_coaching".into(),
+            price_id: None,
+            quantity: 1,
+            trial: Trial::PlanDefault,
+            coupon: None,
+        })
+        .await
+        .unwrap();
+    // The trials end on January 15: declined, no payment method. One customer
+    // adds a card at 01:00; the retry due at 02:00 takes it.
+    tick_at(&w, &scheduler, every(6, start, start + Duration::days(14))).await;
+    w.clock.advance_to(datetime!(2027-01-15 01:00 UTC));
+    let card = SimulatedGateway::tokenize("4242424242424242", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(pays_late, card)
+        .await
+        .unwrap();
+    tick_at(
+        &w,
+        &scheduler,
+        every(
+            6,
+            datetime!(2027-01-15 06:00 UTC),
+            datetime!(2027-02-15 00:00 UTC),
+        ),
+    )
+    .await;
+    for sub in [trial_sub, unpaid_sub] {
+        let state = w.billing.subscription(sub).await.unwrap();
+        assert_eq!(state.status.name(), "canceled", "dunning gave up");
+        assert!(!state.ever_paid);
+    }
+    let mut projector = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let db = projector.db().clone();
+    assert_eq!(
+        movements_by_day(&db).await,
+        vec!["2027-01-15 new 150000"],
+        "only the conversion that was paid, dated when its payment was due"
+    );
+    let daily = mrr::daily(&db, "*", time::macros::date!(2027 - 02 - 15))
+        .await
+        .unwrap();
+    assert_eq!(daily, vec![("2027-01-15".to_owned(), 150_000)]);
+    let live = dump(&db).await;
+    projector.rebuild().await.unwrap();
+    assert_eq!(dump(&db).await, live);
+}
+
+/// Regression (money correctness, defect 3): a cancellation at period end that
+/// the scheduler recorded six weeks late was churned in the month it was
+/// recorded. Movements are dated when the change takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancellation_recorded_late_is_churn_on_the_day_it_took_effect() {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world_at(false, start).await;
+    let scheduler = recur_commands::Scheduler::new(Arc::clone(&w.billing), 4);
+    let customer = w.customer().await;
+    let sub = w.subscribe(customer, "community_access", None).await;
+    w.clock.advance_to(datetime!(2027-01-10 12:00 UTC));
+    w.billing.cancel(sub, Timing::PeriodEnd).await.unwrap();
+    // One step to March 15: the renewal due on February 1 ends the subscription.
+    tick_at(&w, &scheduler, [datetime!(2027-03-15 00:00 UTC)]).await;
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.canceled_at, Some(datetime!(2027-02-01 00:00 UTC)));
+    let mut projector = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    let db = projector.db().clone();
+    assert_eq!(
+        movements_by_day(&db).await,
+        vec!["2027-01-01 new 9700", "2027-02-01 churn -9700"]
+    );
+    let daily = mrr::daily(&db, "*", time::macros::date!(2027 - 03 - 31))
+        .await
+        .unwrap();
+    assert_eq!(
+        daily,
+        vec![
+            ("2027-01-01".to_owned(), 9_700),
+            ("2027-02-01".to_owned(), 0)
+        ]
+    );
+}
+
+/// The figures of a business, independent of ids: movements per day and kind
+/// (customers and amount), MRR per plan at each day's end, and the
+/// subscriptions' plans, states and MRR.
+async fn figures(db: &Db) -> Vec<String> {
+    let mut out: Vec<String> = rows(
+        db,
+        &format!(
+            "SELECT day, kind, CAST(COUNT(DISTINCT customer_id || '|' || effective_at) AS BIGINT),
+                    CAST(SUM(delta_minor) AS BIGINT)
+             FROM {} WHERE kind <> '' GROUP BY day, kind ORDER BY day, kind",
+            mrr::MOVEMENTS
+        ),
+        "ttii",
+    )
+    .await
+    .iter()
+    .map(|r| r.iter().map(text).collect::<Vec<_>>().join(" "))
+    .collect();
+    for plan in ["*", "community_access", "group_coaching", "elite_coaching"] {
+        for (day, mrr) in mrr::daily(db, plan, time::macros::date!(2030 - 01 - 01))
+            .await
+            .unwrap()
+        {
+            out.push(format!("{plan} {day} {mrr}"));
+        }
+    }
+    let mut subscriptions: Vec<String> = rows(
+        db,
+        &format!("SELECT plan, status, mrr_minor FROM {}", mrr::SUBSCRIPTIONS),
+        "tti",
+    )
+    .await
+    .iter()
+    .map(|r| r.iter().map(text).collect::<Vec<_>>().join(" "))
+    .collect();
+    subscriptions.sort();
+    out.extend(subscriptions);
+    out
+}
+
+/// The same business twice: one scheduler ticks every six hours, the other
+/// stops for ten days around a month end and catches up in one tick. Renewals,
+/// trial conversions (paid and unpaid), cancellations and a scheduled downgrade
+/// at period end, declined renewals and their retries and write-offs all fall
+/// in the gap. The metrics are the same to the cent and to the day.
+async fn a_scheduler_that_catches_up_late_gives_the_same_metrics(postgres: bool) {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let gap = (
+        datetime!(2027-01-28 00:00 UTC),
+        datetime!(2027-02-07 00:00 UTC),
+    );
+    let end = datetime!(2027-03-15 00:00 UTC);
+    let mut results = Vec::new();
+    for late in [false, true] {
+        let w = world_at(postgres, start).await;
+        let scheduler = recur_commands::Scheduler::new(Arc::clone(&w.billing), 4);
+        let mut projector = Projector::open(w.store.ledger.clone(), Mrr::new())
+            .await
+            .unwrap();
+        // January 1.
+        let a = w.customer().await;
+        w.billing
+            .subscribe(NewSubscription {
+                customer_id: a,
+                plan_id: "community_access".into(),
+                price_id: None,
+                quantity: 1,
+                trial: Trial::PlanDefault,
+                coupon: None,
+            })
+            .await
+            .unwrap();
+        let b = customer_without_card(&w).await;
+        w.billing
+            .subscribe(NewSubscription {
+                customer_id: b,
+                plan_id: "group_coaching".into(),
+                price_id: None,
+                quantity: 1,
+                trial: Trial::Days(30),
+                coupon: None,
+            })
+            .await
+            .unwrap();
+        let c = w.customer().await;
+        let c_sub = w.subscribe(c, "elite_coaching", None).await;
+        let d = w.customer().await;
+        let d_sub = w.subscribe(d, "group_coaching", None).await;
+        let e = w.customer().await;
+        w.subscribe(e, "community_access", None).await;
+        let f = w.customer().await;
+        let f_first = w.subscribe(f, "community_access", None).await;
+        w.subscribe(f, "group_coaching", None).await;
+        tick_at(
+            &w,
+            &scheduler,
+            every(6, start, datetime!(2027-01-10 00:00 UTC)),
+        )
+        .await;
+        projector.catch_up().await.unwrap();
+        // January 10: C will leave at period end, D moves down at period end,
+        // E's card starts failing, F will drop one of two subscriptions.
+        w.clock.advance_to(datetime!(2027-01-10 12:00 UTC));
+        w.billing.cancel(c_sub, Timing::PeriodEnd).await.unwrap();
+        w.billing
+            .change_plan(
+                d_sub,
+                PlanChange {
+                    plan_id: "community_access".into(),
+                    price_id: None,
+                    quantity: None,
+                    timing: Timing::PeriodEnd,
+                },
+            )
+            .await
+            .unwrap();
+        let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
+        w.billing.attach_payment_method(e, failing).await.unwrap();
+        w.billing.cancel(f_first, Timing::PeriodEnd).await.unwrap();
+        let ticks: Vec<_> = every(6, datetime!(2027-01-10 18:00 UTC), end)
+            .into_iter()
+            .filter(|at| !late || *at < gap.0 || *at >= gap.1)
+            .collect();
+        for at in ticks {
+            tick_at(&w, &scheduler, [at]).await;
+            projector.catch_up().await.unwrap();
+        }
+        let db = projector.db().clone();
+        let live = dump(&db).await;
+        projector.rebuild().await.unwrap();
+        assert_eq!(dump(&db).await, live, "a rebuild gives the same rows");
+        results.push(figures(&db).await);
+    }
+    assert!(results[0].len() > 10, "{:?}", results[0]);
+    assert_eq!(results[0], results[1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_that_catches_up_late_gives_the_same_metrics_on_sqlite() {
+    a_scheduler_that_catches_up_late_gives_the_same_metrics(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduler_that_catches_up_late_gives_the_same_metrics_on_postgres() {
+    a_scheduler_that_catches_up_late_gives_the_same_metrics(true).await;
 }

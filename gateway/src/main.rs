@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
         logs.init();
     }
     // A metrics setting that silently did nothing would give wrong figures.
-    recur_projections::mrr::past_due_churn_days_from_env().map_err(anyhow::Error::msg)?;
+    recur_projections::profile::Profile::from_env().map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -15,7 +15,9 @@
 //!   now or as of any day.
 //! - [`customers`]: the customer view — card, credit, invoices, paid, refunded,
 //!   open, dunning state.
-//! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements.
+//! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements,
+//!   dated when each change takes effect; [`profile`]: the counting rules where
+//!   the analytics vendors disagree.
 //! - [`revenue`]: revenue earned ratably by day per month and plan, billed, and
 //!   the deferred balance.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
@@ -27,6 +29,7 @@ pub mod db;
 pub mod message;
 pub mod mrr;
 pub mod nats_feed;
+pub mod profile;
 pub mod relay;
 pub mod revenue;
 pub mod runtime;

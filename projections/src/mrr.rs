@@ -1,20 +1,32 @@
 //! MRR and its movements: per subscription, per customer, per plan and day.
 //!
-//! Counting rules (docs/metrics.md): a subscription counts while active or past
-//! due, at price × quantity normalised to a month (yearly ÷ 12); trials,
-//! incomplete, paused and canceled count 0. A recurring discount (repeating or
-//! forever) on the latest period invoice reduces MRR; a one-off (`once`) discount
-//! does not; a discount that ends raises MRR at the renewal that no longer carries
-//! it (expansion). Tax and one-time charges are never MRR. Movements are
-//! classified per customer from the customer's MRR before and after the event:
-//! new (0 → >0, never paying before), reactivation (0 → >0 after paying once),
-//! expansion, contraction, churn (>0 → 0).
+//! Counting rules (docs/metrics.md): a subscription counts once an invoice of it
+//! was paid, while active or past due, at its period amount less a recurring
+//! discount, normalised to a month (yearly ÷ 12); trials, unpaid conversions,
+//! incomplete, paused and canceled count 0. Tax and one-time charges are never
+//! MRR. Where the vendors disagree (pauses, `once` coupons, long past-due) the
+//! [`Profile`] decides.
 //!
-//! Past due counts until the subscription is canceled, unless
-//! `RECUR_PAST_DUE_CHURN_DAYS` = N: then a subscription past due for N days
-//! counts 0 from that moment (a churn), and again from its next payment (a
-//! reactivation). The moment is applied when the first ledger event at or after it
-//! is projected, so a rebuild gives the same rows.
+//! **Effective dating.** Every change is dated when it takes effect in the
+//! business (the event's [`SubscriptionEvent::effective_at`]: a period's start, a
+//! cancellation's instant, a payment's due time), never when it was recorded. The
+//! daily MRR series is kept as per-day changes, so a late event lands on its own
+//! day. Movements are classified per customer in the order of those times: each
+//! customer keeps a timeline of its changes, and an event that arrives after
+//! later-dated ones (a late scheduler, a late webhook) re-classifies what follows
+//! it. Changes at one instant are classified together, from the customer's state
+//! before the instant to the state after it, so the order in which a catch-up
+//! records them does not matter:
+//!
+//! | before → after the instant | kind of every change at it |
+//! |---|---|
+//! | absent → present, never present before | new |
+//! | absent → present, present at some time before | reactivation |
+//! | present → absent | churn |
+//! | present → present | expansion (up) or contraction (down); no movement for no change |
+//!
+//! A customer is *present* while their MRR is above 0, or — with the profile's
+//! pause rule `contraction` — while they have a paused subscription.
 
 use foldhash::HashMap;
 
@@ -29,51 +41,62 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::db::{Db, Stmt, Value};
+pub use crate::profile::{OnceCoupon, PauseRule, Profile};
 use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events, events_before};
 
 /// Per-subscription MRR, current.
 pub const SUBSCRIPTIONS: &str = "mrr_subscriptions_v1";
 /// Per-customer MRR, current.
 pub const CUSTOMERS: &str = "mrr_customers_v1";
-/// Every movement, by ledger position.
+/// Every change of a customer's MRR or presence, by ledger position and sequence,
+/// with its effective time and its movement kind (empty for a change that is no
+/// movement: a paused subscription canceled while others keep the customer).
 pub const MOVEMENTS: &str = "mrr_movements_v1";
-/// MRR per plan (and `*` for all) at the end of each day with a change.
-pub const DAILY: &str = "mrr_daily_v1";
-/// Subscriptions past due, since when, and whether the setting churned them.
+/// MRR changes per plan (and `*` for all) and effective day: MRR at the end of
+/// a day is the sum of the changes up to it.
+pub const DAILY: &str = "mrr_day_changes_v1";
+/// Subscriptions past due: since when, and whether the profile churned them.
 pub const PAST_DUE: &str = "mrr_past_due_v1";
 
-/// The setting: days past due after which a subscription counts as churned.
-pub const PAST_DUE_CHURN_DAYS_ENV: &str = "RECUR_PAST_DUE_CHURN_DAYS";
-/// The longest the setting may be.
-pub const PAST_DUE_CHURN_DAYS_MAX: u32 = 365;
-
-/// `RECUR_PAST_DUE_CHURN_DAYS` if set to 1–365.
-///
-/// # Errors
-/// The variable is set to something else: a setting that silently did nothing
-/// would give wrong metrics.
-pub fn past_due_churn_days_from_env() -> Result<Option<u32>, String> {
-    match std::env::var(PAST_DUE_CHURN_DAYS_ENV) {
-        Err(_) => Ok(None),
-        Ok(text) if text.trim().is_empty() => Ok(None),
-        Ok(text) => match text.trim().parse::<u32>() {
-            Ok(days) if (1..=PAST_DUE_CHURN_DAYS_MAX).contains(&days) => Ok(Some(days)),
-            _ => Err(format!(
-                "{PAST_DUE_CHURN_DAYS_ENV}={text:?}: expected a number of days from 1 to {PAST_DUE_CHURN_DAYS_MAX}"
-            )),
-        },
-    }
+/// What kind of change a movement is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MovementKind {
+    /// A customer who never paid before starts paying.
+    New,
+    /// A present customer pays more.
+    Expansion,
+    /// A present customer pays less and stays.
+    Contraction,
+    /// A customer leaves.
+    Churn,
+    /// A customer who had left comes back.
+    Reactivation,
 }
 
-/// A movement's kind.
-pub fn classify(before_minor: i64, after_minor: i64, ever_paying: bool) -> Option<&'static str> {
-    match (before_minor, after_minor) {
-        (b, a) if b == a => None,
-        (0, _) if ever_paying => Some("reactivation"),
-        (0, _) => Some("new"),
-        (_, 0) => Some("churn"),
-        (b, a) if a > b => Some("expansion"),
-        _ => Some("contraction"),
+impl MovementKind {
+    /// Every kind, in the order answers list them.
+    pub const ALL: [MovementKind; 5] = [
+        MovementKind::New,
+        MovementKind::Expansion,
+        MovementKind::Contraction,
+        MovementKind::Churn,
+        MovementKind::Reactivation,
+    ];
+
+    /// Its stored name.
+    pub fn name(self) -> &'static str {
+        match self {
+            MovementKind::New => "new",
+            MovementKind::Expansion => "expansion",
+            MovementKind::Contraction => "contraction",
+            MovementKind::Churn => "churn",
+            MovementKind::Reactivation => "reactivation",
+        }
+    }
+
+    /// The kind stored as `name`, if any (a change that is no movement is stored as "").
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.name() == name)
     }
 }
 
@@ -81,8 +104,10 @@ pub fn classify(before_minor: i64, after_minor: i64, ever_paying: bool) -> Optio
 #[derive(Clone, Debug, Default)]
 struct Tracked {
     state: Subscription,
-    /// The discount on the latest period invoice.
+    /// The discount MRR is reduced by: the one on the latest period invoice.
     discount: Option<AppliedDiscount>,
+    /// The latest effective time on this stream: a stream's times never run back.
+    last_at: Option<OffsetDateTime>,
     /// (plan, status, MRR) as last written by this projector, so an event that
     /// changes none of them (a renewal) writes nothing.
     stored: Option<(String, &'static str, i64)>,
@@ -101,29 +126,48 @@ impl Tracked {
         self.state.evolve(event);
     }
 
-    /// MRR in minor units after recurring discounts, rounded half-even.
-    fn mrr_minor(&self) -> i64 {
-        let Some(mut mrr) = self.state.mrr() else {
-            return 0;
+    /// MRR in minor units: the period amount less the discount the profile
+    /// counts, normalised to a month, rounded half-even to the minor unit.
+    fn mrr_minor(&self, profile: &Profile) -> Result<i64, String> {
+        let state = &self.state;
+        let Some(price) = &state.price else {
+            return Ok(0);
         };
-        if let Some(discount) = &self.discount
-            && discount.duration != CouponDuration::Once
-            && mrr.is_positive()
+        if !state.ever_paid
+            || !matches!(
+                state.status,
+                SubscriptionStatus::Active | SubscriptionStatus::PastDue
+            )
         {
-            mrr = match discount.discount {
-                Discount::PercentOff { percent } => mrr
-                    .mul_decimal(Decimal::ONE - percent / Decimal::ONE_HUNDRED)
-                    .unwrap_or(mrr),
-                Discount::AmountOff { amount } => match mrr.checked_sub(amount) {
-                    Ok(left) if !left.is_negative() => left,
-                    Ok(_) => recur_ledger::Money::zero(mrr.currency()),
-                    Err(_) => mrr,
-                },
-            };
+            return Ok(0);
         }
-        mrr.round_to_minor(RoundingRule::HalfEven)
+        let interval = price.interval().map_err(|e| e.to_string())?;
+        let period = price
+            .unit_amount
+            .mul_decimal(Decimal::from(state.quantity))
+            .map_err(|e| e.to_string())?;
+        let counted = self.discount.as_ref().filter(|d| match d.duration {
+            CouponDuration::Once => profile.once_coupon == OnceCoupon::DiscountedPeriod,
+            CouponDuration::Repeating { .. } | CouponDuration::Forever => true,
+        });
+        let discounted = match counted.map(|d| d.discount) {
+            None => period,
+            Some(Discount::PercentOff { percent }) => period
+                .mul_decimal(Decimal::ONE - percent / Decimal::ONE_HUNDRED)
+                .map_err(|e| e.to_string())?,
+            // What the invoice takes off: the amount, at most the period's.
+            Some(Discount::AmountOff { amount }) => match period.checked_sub(amount) {
+                Ok(left) if !left.is_negative() => left,
+                Ok(_) => recur_ledger::Money::zero(period.currency()),
+                Err(error) => return Err(error.to_string()),
+            },
+        };
+        discounted
+            .mul_decimal(interval.monthly_factor())
+            .map_err(|e| e.to_string())?
+            .round_to_minor(RoundingRule::HalfEven)
             .to_minor()
-            .unwrap_or(0)
+            .map_err(|e| e.to_string())
     }
 
     fn plan(&self) -> String {
@@ -133,22 +177,146 @@ impl Tracked {
             .map(|p| p.plan_id.clone())
             .unwrap_or_default()
     }
+
+    /// Whether it holds its customer while paused (the profile's pause rule).
+    fn paused_present(&self, profile: &Profile) -> bool {
+        profile.pause == PauseRule::Contraction
+            && self.state.status == SubscriptionStatus::Paused
+            && self.state.ever_paid
+    }
 }
 
-/// A subscription past due: since when, and whether the setting churned it.
+/// A subscription past due: since when (effective), and whether the profile churned it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PastDue {
     since: OffsetDateTime,
     churned: bool,
 }
 
+/// One change of a customer's MRR or presence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    at: OffsetDateTime,
+    position: i64,
+    seq: i64,
+    subscription: String,
+    plan: String,
+    delta: i64,
+    /// +1 when a paused subscription starts holding the customer, −1 when it stops.
+    paused: i64,
+    kind: Option<MovementKind>,
+}
+
+impl Entry {
+    fn order(&self) -> (OffsetDateTime, i64, i64) {
+        (self.at, self.position, self.seq)
+    }
+}
+
+/// A customer's changes in effective order, and where they leave the customer.
+#[derive(Clone, Debug, Default)]
+struct Timeline {
+    entries: Vec<Entry>,
+    total: i64,
+    paused: i64,
+    /// Present at some instant so far.
+    ever: bool,
+}
+
+impl Timeline {
+    /// Adds `entry` in its place and classifies what it changes; the indexes of
+    /// the entries whose kind changed, the new one included.
+    fn insert(&mut self, entry: Entry) -> Vec<usize> {
+        let index = self.entries.partition_point(|e| e.order() <= entry.order());
+        let appended_alone = index == self.entries.len()
+            && self.entries.last().is_none_or(|last| last.at < entry.at);
+        self.entries.insert(index, entry);
+        if appended_alone {
+            // The common case: a change after every other, at an instant of its own.
+            let before = (self.total, self.paused, self.ever);
+            let entry = &mut self.entries[index];
+            self.total += entry.delta;
+            self.paused += entry.paused;
+            let (present_before, present_after) = (
+                present(before.0, before.1),
+                present(self.total, self.paused),
+            );
+            entry.kind = classify(present_before, present_after, before.2, entry.delta);
+            self.ever |= present_after;
+            return vec![index];
+        }
+        self.reclassify()
+    }
+
+    /// Removes the entry at (position, seq); the indexes whose kind changed.
+    fn remove(&mut self, position: i64, seq: i64) -> Option<(Entry, Vec<usize>)> {
+        let index = self
+            .entries
+            .iter()
+            .position(|e| e.position == position && e.seq == seq)?;
+        let removed = self.entries.remove(index);
+        Some((removed, self.reclassify()))
+    }
+
+    /// Classifies every entry again, instant by instant; the indexes whose kind changed.
+    fn reclassify(&mut self) -> Vec<usize> {
+        let (mut total, mut paused, mut ever) = (0, 0, false);
+        let mut changed = Vec::new();
+        let mut start = 0;
+        while start < self.entries.len() {
+            let at = self.entries[start].at;
+            let end = start
+                + self.entries[start..]
+                    .iter()
+                    .take_while(|e| e.at == at)
+                    .count();
+            let present_before = present(total, paused);
+            for entry in &self.entries[start..end] {
+                total += entry.delta;
+                paused += entry.paused;
+            }
+            let present_after = present(total, paused);
+            for (offset, entry) in self.entries[start..end].iter_mut().enumerate() {
+                let kind = classify(present_before, present_after, ever, entry.delta);
+                if kind != entry.kind {
+                    entry.kind = kind;
+                    changed.push(start + offset);
+                }
+            }
+            ever |= present_after;
+            start = end;
+        }
+        (self.total, self.paused, self.ever) = (total, paused, ever);
+        changed
+    }
+}
+
+/// A customer is present while paying, or while a paused subscription holds them.
+fn present(total: i64, paused: i64) -> bool {
+    total > 0 || paused > 0
+}
+
+/// The kind of a change of `delta` at an instant that takes the customer from
+/// `before` to `after` presence (see the module's table).
+fn classify(before: bool, after: bool, ever: bool, delta: i64) -> Option<MovementKind> {
+    match (before, after) {
+        (false, true) if ever => Some(MovementKind::Reactivation),
+        (false, true) => Some(MovementKind::New),
+        (true, false) => Some(MovementKind::Churn),
+        (true, true) if delta > 0 => Some(MovementKind::Expansion),
+        (true, true) if delta < 0 => Some(MovementKind::Contraction),
+        _ => None,
+    }
+}
+
 /// The MRR projection.
 pub struct Mrr {
+    profile: Profile,
     subscriptions: HashMap<StreamId, Tracked>,
-    customers: HashMap<String, (i64, bool)>,
-    plans: HashMap<String, i64>,
+    timelines: HashMap<String, Timeline>,
     past_due: HashMap<StreamId, PastDue>,
-    churn_after: Option<time::Duration>,
+    /// This batch's changes per (effective day, plan), written once at flush.
+    days: std::collections::BTreeMap<(String, String), i64>,
 }
 
 impl Default for Mrr {
@@ -158,33 +326,57 @@ impl Default for Mrr {
 }
 
 impl Mrr {
-    /// A fresh projection with the setting from `RECUR_PAST_DUE_CHURN_DAYS`
-    /// (an invalid value is logged and ignored; `recur` checks it at start).
+    /// A fresh projection with the profile from the environment (an invalid one
+    /// is logged and the default used; `recur` checks it at start).
     pub fn new() -> Self {
-        let days = past_due_churn_days_from_env().unwrap_or_else(|error| {
-            tracing::error!(%error, "ignoring the past-due churn setting");
-            None
+        let profile = Profile::from_env().unwrap_or_else(|error| {
+            tracing::error!(%error, "ignoring the metrics profile settings");
+            Profile::default()
         });
-        Self::with_past_due_churn_days(days)
+        Self::with_profile(profile)
     }
 
-    /// A fresh projection that churns subscriptions past due for `days` (None:
-    /// past due counts until canceled).
-    pub fn with_past_due_churn_days(days: Option<u32>) -> Self {
+    /// A fresh projection counting by `profile`.
+    pub fn with_profile(profile: Profile) -> Self {
         Self {
+            profile,
             subscriptions: HashMap::default(),
-            customers: HashMap::default(),
-            plans: HashMap::default(),
+            timelines: HashMap::default(),
             past_due: HashMap::default(),
-            churn_after: days.map(|d| time::Duration::days(i64::from(d))),
+            days: std::collections::BTreeMap::new(),
         }
     }
 
-    /// A subscription's MRR as counted: 0 once the setting churned it.
-    fn counted(&self, stream: &StreamId) -> i64 {
+    /// A fresh projection of the default profile with its past-due rule set to
+    /// `days` (None: past due counts until canceled).
+    pub fn with_past_due_churn_days(days: Option<u32>) -> Self {
+        Self::with_profile(Profile {
+            past_due_churn_days: days,
+            name: if days.is_some() { "custom" } else { "default" }.into(),
+            ..Profile::default()
+        })
+    }
+
+    /// The profile it counts by.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    fn error(&self, position: u64, message: String) -> ProjectionError {
+        ProjectionError::Event {
+            projection: Self::NAME,
+            position,
+            message,
+        }
+    }
+
+    /// A subscription's MRR as counted: 0 once the profile churned it past due.
+    fn counted(&self, stream: &StreamId, position: u64) -> Result<i64, ProjectionError> {
         match (self.subscriptions.get(stream), self.past_due.get(stream)) {
-            (_, Some(PastDue { churned: true, .. })) | (None, _) => 0,
-            (Some(tracked), _) => tracked.mrr_minor(),
+            (_, Some(PastDue { churned: true, .. })) | (None, _) => Ok(0),
+            (Some(tracked), _) => tracked
+                .mrr_minor(&self.profile)
+                .map_err(|message| self.error(position, message)),
         }
     }
 
@@ -212,7 +404,8 @@ impl Mrr {
         Ok(())
     }
 
-    /// Churns every subscription whose time past due ran out at or before `event`.
+    /// Churns every subscription whose time past due ran out at or before
+    /// `event` was recorded (the profile's past-due rule), dated when it ran out.
     async fn churn_overdue(
         &mut self,
         event: &RecordedEvent,
@@ -220,9 +413,10 @@ impl Mrr {
         seq: &mut i64,
         writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
-        let Some(after) = self.churn_after else {
+        let Some(days) = self.profile.past_due_churn_days else {
             return Ok(());
         };
+        let after = time::Duration::days(i64::from(days));
         let mut due: Vec<(OffsetDateTime, StreamId)> = self
             .past_due
             .iter()
@@ -232,7 +426,8 @@ impl Mrr {
         due.sort();
         for (at, stream) in due {
             self.track(ledger, &stream, event).await?;
-            let before = self.counted(&stream);
+            let before = self.counted(&stream, event.position.0)?;
+            let paused = self.paused_present(&stream);
             let plan = self
                 .subscriptions
                 .get(&stream)
@@ -244,15 +439,23 @@ impl Mrr {
             self.write_past_due(&stream, writes);
             self.record(
                 &stream,
-                (before, plan.clone()),
-                (0, plan),
-                at,
+                Change {
+                    before: (before, plan.clone(), paused),
+                    after: (0, plan, paused),
+                    at,
+                },
                 event,
                 seq,
                 writes,
             );
         }
         Ok(())
+    }
+
+    fn paused_present(&self, stream: &StreamId) -> bool {
+        self.subscriptions
+            .get(stream)
+            .is_some_and(|t| t.paused_present(&self.profile))
     }
 
     /// Writes whether a subscription is past due (and since when, and churned).
@@ -266,7 +469,7 @@ impl Mrr {
                 ),
                 vec![
                     stream.as_str().into(),
-                    past_due.since.format(&Rfc3339).unwrap_or_default().into(),
+                    rfc3339(past_due.since).into(),
                     i64::from(past_due.churned).into(),
                 ],
             )
@@ -279,20 +482,17 @@ impl Mrr {
         });
     }
 
-    /// Writes a subscription's new MRR, the plan and customer totals, and the
-    /// customer's movement, for a change from `before` to `after` (MRR, plan)
-    /// that happened `at`, projected at `event`.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes a subscription's new MRR, the day's plan changes, the customer's
+    /// total and the movements the change makes (and re-makes) in its timeline.
     fn record(
         &mut self,
         stream: &StreamId,
-        (before, old_plan): (i64, String),
-        (after, plan): (i64, String),
-        at: OffsetDateTime,
+        change: Change,
         event: &RecordedEvent,
         seq: &mut i64,
         writes: &mut Vec<Stmt>,
     ) {
+        let Change { before, after, at } = change;
         let Some(tracked) = self.subscriptions.get_mut(stream) else {
             return;
         };
@@ -301,97 +501,205 @@ impl Mrr {
             return;
         };
         let status = tracked.state.status.name();
-        let row = (plan.clone(), status, after);
+        let row = (after.1.clone(), status, after.0);
+        let sub_id = sub_id.to_string();
         if tracked.stored.as_ref() != Some(&row) {
             tracked.stored = Some(row);
-            let (sub_id, customer) = (sub_id.to_string(), customer_id.to_string());
-            writes.push(Stmt::new(
-            format!(
-                "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id, plan, status, mrr_minor) VALUES (?, ?, ?, ?, ?)
-                 ON CONFLICT (subscription_id) DO UPDATE SET plan = excluded.plan, status = excluded.status,
-                 mrr_minor = excluded.mrr_minor"
-            ),
-            vec![sub_id.clone().into(), customer.clone().into(), plan.clone().into(), status.into(), after.into()],
-        )
-        .keyed(format!("subscription:{sub_id}")));
-        }
-        if before == after && old_plan == plan {
-            return;
-        }
-        let customer = customer_id.to_string();
-        let day = at.date().to_string();
-        *self.plans.entry(old_plan.clone()).or_default() -= before;
-        *self.plans.entry(plan.clone()).or_default() += after;
-        let total: i64 = self.plans.values().sum();
-        let mut days = vec![(plan.clone(), self.plans[&plan])];
-        if old_plan != plan {
-            days.push((old_plan.clone(), self.plans[&old_plan]));
-        }
-        days.push(("*".to_owned(), total));
-        for (plan, mrr) in days {
             writes.push(
                 Stmt::new(
                     format!(
-                        "INSERT INTO {DAILY} (day, plan, mrr_minor) VALUES (?, ?, ?)
-                     ON CONFLICT (day, plan) DO UPDATE SET mrr_minor = excluded.mrr_minor"
+                        "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id, plan, status, mrr_minor) VALUES (?, ?, ?, ?, ?)
+                         ON CONFLICT (subscription_id) DO UPDATE SET plan = excluded.plan, status = excluded.status,
+                         mrr_minor = excluded.mrr_minor"
                     ),
-                    vec![day.clone().into(), plan.clone().into(), mrr.into()],
+                    vec![
+                        sub_id.clone().into(),
+                        customer_id.to_string().into(),
+                        after.1.clone().into(),
+                        status.into(),
+                        after.0.into(),
+                    ],
                 )
-                .keyed(format!("daily:{day}:{plan}")),
+                .keyed(format!("subscription:{sub_id}")),
             );
         }
-        let (customer_before, ever) = self.customers.get(&customer).copied().unwrap_or((0, false));
-        let customer_after = customer_before - before + after;
-        let ever_after = ever || customer_after > 0;
-        self.customers
-            .insert(customer.clone(), (customer_after, ever_after));
-        writes.push(Stmt::new(
-            format!(
-                "INSERT INTO {CUSTOMERS} (customer_id, mrr_minor, ever_paying) VALUES (?, ?, ?)
-                 ON CONFLICT (customer_id) DO UPDATE SET mrr_minor = excluded.mrr_minor, ever_paying = excluded.ever_paying"
-            ),
-            vec![customer.clone().into(), customer_after.into(), i64::from(ever_after).into()],
-        )
-        .keyed(format!("customer:{customer}")));
-        if let Some(kind) = classify(customer_before, customer_after, ever) {
-            writes.push(Stmt::new(
-                format!(
-                    "INSERT INTO {MOVEMENTS} (position, seq, day, customer_id, subscription_id, plan, kind, delta_minor)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                vec![
-                    i64::try_from(event.position.0).unwrap_or(i64::MAX).into(),
-                    (*seq).into(),
-                    day.into(),
-                    customer.into(),
-                    sub_id.to_string().into(),
-                    plan.into(),
-                    kind.into(),
-                    (customer_after - customer_before).into(),
-                ],
-            ));
-            *seq += 1;
+        let paused = i64::from(after.2) - i64::from(before.2);
+        if before.0 != after.0 || before.1 != after.1 {
+            let day = at.date().to_string();
+            *self
+                .days
+                .entry((day.clone(), before.1.clone()))
+                .or_default() -= before.0;
+            *self.days.entry((day.clone(), after.1.clone())).or_default() += after.0;
+            *self.days.entry((day, "*".to_owned())).or_default() += after.0 - before.0;
         }
+        if before.0 == after.0 && paused == 0 {
+            return;
+        }
+        let customer = customer_id.to_string();
+        let timeline = self.timelines.entry(customer.clone()).or_default();
+        let entry = Entry {
+            at,
+            position: i64::try_from(event.position.0).unwrap_or(i64::MAX),
+            seq: *seq,
+            subscription: sub_id,
+            plan: after.1,
+            delta: after.0 - before.0,
+            paused,
+            kind: None,
+        };
+        *seq += 1;
+        let changed = timeline.insert(entry.clone());
+        let mut written = changed;
+        // The new entry is written even when it is no movement, so a reload
+        // finds every change of the customer's presence.
+        if let Ok(index) = timeline
+            .entries
+            .binary_search_by(|e| e.order().cmp(&entry.order()))
+            && !written.contains(&index)
+        {
+            written.push(index);
+        }
+        for index in written {
+            writes.push(movement_row(&customer, &timeline.entries[index]));
+        }
+        writes.push(customer_row(&customer, timeline));
     }
+
+    /// Takes back a churn the past-due rule made when the payment that ended the
+    /// delinquency turns out to have come before the days ran out (a late
+    /// webhook): the subscription never counted as churned.
+    fn retract_churn(
+        &mut self,
+        stream: &StreamId,
+        churned_at: OffsetDateTime,
+        writes: &mut Vec<Stmt>,
+    ) {
+        let Some((sub_id, customer_id)) = self
+            .subscriptions
+            .get(stream)
+            .and_then(|t| t.state.id.zip(t.state.customer_id))
+        else {
+            return;
+        };
+        let (sub_id, customer) = (sub_id.to_string(), customer_id.to_string());
+        let Some(timeline) = self.timelines.get_mut(&customer) else {
+            return;
+        };
+        let Some((position, seq)) = timeline
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.subscription == sub_id && e.at == churned_at && e.delta < 0)
+            .map(|e| (e.position, e.seq))
+        else {
+            return;
+        };
+        let Some((removed, changed)) = timeline.remove(position, seq) else {
+            return;
+        };
+        let day = removed.at.date().to_string();
+        *self
+            .days
+            .entry((day.clone(), removed.plan.clone()))
+            .or_default() -= removed.delta;
+        *self.days.entry((day, "*".to_owned())).or_default() -= removed.delta;
+        writes.push(
+            Stmt::new(
+                format!("DELETE FROM {MOVEMENTS} WHERE position = ? AND seq = ?"),
+                vec![position.into(), seq.into()],
+            )
+            .keyed(movement_key(position, seq)),
+        );
+        for index in changed {
+            writes.push(movement_row(&customer, &timeline.entries[index]));
+        }
+        writes.push(customer_row(&customer, timeline));
+    }
+}
+
+/// A change of one subscription: (MRR, plan, paused-present) before and after,
+/// and when it takes effect.
+struct Change {
+    before: (i64, String, bool),
+    after: (i64, String, bool),
+    at: OffsetDateTime,
+}
+
+fn rfc3339(at: OffsetDateTime) -> String {
+    at.format(&Rfc3339).unwrap_or_default()
+}
+
+/// An effective time as stored: UTC with nine fractional digits, so the text
+/// sorts as the time does.
+const EFFECTIVE_AT: &[time::format_description::BorrowedFormatItem<'static>] = time::macros::format_description!(
+    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+);
+
+/// `at` as stored in the movements' `effective_at`.
+pub fn effective_text(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(EFFECTIVE_AT)
+        .unwrap_or_default()
+}
+
+fn parse_effective(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
+    time::PrimitiveDateTime::parse(text, EFFECTIVE_AT).map(time::PrimitiveDateTime::assume_utc)
+}
+
+fn movement_key(position: i64, seq: i64) -> String {
+    format!("movement:{position}:{seq}")
+}
+
+fn movement_row(customer: &str, entry: &Entry) -> Stmt {
+    Stmt::new(
+        format!(
+            "INSERT INTO {MOVEMENTS} (position, seq, day, effective_at, customer_id, subscription_id, plan, kind,
+             delta_minor, paused_delta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT (position, seq) DO UPDATE SET kind = excluded.kind"
+        ),
+        vec![
+            entry.position.into(),
+            entry.seq.into(),
+            entry.at.date().to_string().into(),
+            effective_text(entry.at).into(),
+            customer.into(),
+            entry.subscription.clone().into(),
+            entry.plan.clone().into(),
+            entry.kind.map_or("", MovementKind::name).into(),
+            entry.delta.into(),
+            entry.paused.into(),
+        ],
+    )
+    .keyed(movement_key(entry.position, entry.seq))
+}
+
+fn customer_row(customer: &str, timeline: &Timeline) -> Stmt {
+    Stmt::new(
+        format!(
+            "INSERT INTO {CUSTOMERS} (customer_id, mrr_minor, ever_paying) VALUES (?, ?, ?)
+             ON CONFLICT (customer_id) DO UPDATE SET mrr_minor = excluded.mrr_minor, ever_paying = excluded.ever_paying"
+        ),
+        vec![
+            customer.into(),
+            timeline.total.into(),
+            i64::from(timeline.ever).into(),
+        ],
+    )
+    .keyed(format!("customer:{customer}"))
 }
 
 impl Projection for Mrr {
     const NAME: &'static str = "mrr";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
 
-    /// The code version × 1000 + the past-due churn days (0: off).
+    /// The code version × 100,000 + the profile's code (see [`Profile::code`]).
     fn stored_version(&self) -> u32 {
-        let days = self
-            .churn_after
-            .map_or(0, |d| u32::try_from(d.whole_days()).unwrap_or(0));
-        Self::VERSION * 1_000 + days
+        Self::VERSION * 100_000 + self.profile.code()
     }
 
     fn empty(&self) -> Self {
-        Self {
-            churn_after: self.churn_after,
-            ..Self::with_past_due_churn_days(None)
-        }
+        Self::with_profile(self.profile.clone())
     }
 
     fn tables(&self) -> Vec<&'static str> {
@@ -417,14 +725,14 @@ impl Projection for Mrr {
             Stmt::new(
                 format!(
                     "CREATE TABLE IF NOT EXISTS {MOVEMENTS} (position BIGINT NOT NULL, seq BIGINT NOT NULL, day TEXT NOT NULL,
-                     customer_id TEXT NOT NULL, subscription_id TEXT NOT NULL, plan TEXT NOT NULL, kind TEXT NOT NULL,
-                     delta_minor BIGINT NOT NULL, PRIMARY KEY (position, seq))"
+                     effective_at TEXT NOT NULL, customer_id TEXT NOT NULL, subscription_id TEXT NOT NULL, plan TEXT NOT NULL,
+                     kind TEXT NOT NULL, delta_minor BIGINT NOT NULL, paused_delta BIGINT NOT NULL, PRIMARY KEY (position, seq))"
                 ),
                 vec![],
             ),
             Stmt::new(
                 format!(
-                    "CREATE TABLE IF NOT EXISTS {DAILY} (day TEXT NOT NULL, plan TEXT NOT NULL, mrr_minor BIGINT NOT NULL,
+                    "CREATE TABLE IF NOT EXISTS {DAILY} (day TEXT NOT NULL, plan TEXT NOT NULL, delta_minor BIGINT NOT NULL,
                      PRIMARY KEY (day, plan))"
                 ),
                 vec![],
@@ -439,6 +747,21 @@ impl Projection for Mrr {
         ]
     }
 
+    fn flush(&mut self, writes: &mut Vec<Stmt>) {
+        for ((day, plan), delta) in std::mem::take(&mut self.days) {
+            if delta == 0 {
+                continue;
+            }
+            writes.push(Stmt::new(
+                format!(
+                    "INSERT INTO {DAILY} (day, plan, delta_minor) VALUES (?, ?, ?)
+                     ON CONFLICT (day, plan) DO UPDATE SET delta_minor = {DAILY}.delta_minor + excluded.delta_minor"
+                ),
+                vec![day.into(), plan.into(), delta.into()],
+            ));
+        }
+    }
+
     async fn load(
         &mut self,
         db: &Db,
@@ -446,9 +769,14 @@ impl Projection for Mrr {
         _at: Position,
     ) -> Result<(), ProjectionError> {
         self.subscriptions.clear();
-        self.customers.clear();
-        self.plans.clear();
+        self.timelines.clear();
         self.past_due.clear();
+        self.days.clear();
+        let corrupt = |message: String| ProjectionError::Event {
+            projection: Self::NAME,
+            position: 0,
+            message,
+        };
         for row in db
             .query(
                 &Stmt::new(
@@ -459,13 +787,8 @@ impl Projection for Mrr {
             )
             .await?
         {
-            let since = OffsetDateTime::parse(&row[1].text(), &Rfc3339).map_err(|e| {
-                ProjectionError::Event {
-                    projection: Self::NAME,
-                    position: 0,
-                    message: format!("{PAST_DUE}: {e}"),
-                }
-            })?;
+            let since = OffsetDateTime::parse(&row[1].text(), &Rfc3339)
+                .map_err(|e| corrupt(format!("{PAST_DUE}: {e}")))?;
             let stream = StreamId::parse(row[0].text()).map_err(ProjectionError::from)?;
             self.past_due.insert(
                 stream,
@@ -475,29 +798,41 @@ impl Projection for Mrr {
                 },
             );
         }
-        for row in db
+        let rows = db
             .query(
                 &Stmt::new(
-                    format!("SELECT customer_id, mrr_minor, ever_paying FROM {CUSTOMERS}"),
+                    format!(
+                        "SELECT customer_id, effective_at, position, seq, subscription_id, plan, delta_minor, paused_delta, kind
+                         FROM {MOVEMENTS} ORDER BY customer_id, effective_at, position, seq"
+                    ),
                     vec![],
                 ),
-                "tii",
+                "ttiittiit",
             )
-            .await?
-        {
-            if let (Value::Text(customer), Value::Int(mrr), Value::Int(ever)) =
-                (&row[0], &row[1], &row[2])
-            {
-                self.customers.insert(customer.clone(), (*mrr, *ever != 0));
-            }
+            .await?;
+        for row in rows {
+            let (Value::Text(customer), Value::Text(at)) = (&row[0], &row[1]) else {
+                return Err(corrupt(format!(
+                    "{MOVEMENTS}: a row without customer or time"
+                )));
+            };
+            let at = parse_effective(at).map_err(|e| corrupt(format!("{MOVEMENTS}: {e}")))?;
+            let kind = row[8].text();
+            let timeline = self.timelines.entry(customer.clone()).or_default();
+            timeline.entries.push(Entry {
+                at,
+                position: row[2].int(),
+                seq: row[3].int(),
+                subscription: row[4].text(),
+                plan: row[5].text(),
+                delta: row[6].int(),
+                paused: row[7].int(),
+                kind: MovementKind::parse(&kind),
+            });
         }
-        for row in db
-            .query(&Stmt::new(format!("SELECT plan, CAST(SUM(mrr_minor) AS BIGINT) FROM {SUBSCRIPTIONS} GROUP BY plan"), vec![]), "ti")
-            .await?
-        {
-            if let (Value::Text(plan), Value::Int(mrr)) = (&row[0], &row[1]) {
-                self.plans.insert(plan.clone(), *mrr);
-            }
+        for timeline in self.timelines.values_mut() {
+            timeline.entries.sort_by_key(Entry::order);
+            timeline.reclassify();
         }
         Ok(())
     }
@@ -508,7 +843,7 @@ impl Projection for Mrr {
         ledger: &Ledger,
         writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
-        // Movements of one event are numbered: a setting's churn and the event's own.
+        // Changes made at one event are numbered: the profile's churns and the event's own.
         let mut seq = 0;
         self.churn_overdue(event, ledger, &mut seq, writes).await?;
         if event.stream_id.category() != "subscription" {
@@ -518,31 +853,47 @@ impl Projection for Mrr {
         let stream = &event.stream_id;
         // First seen since loading: fold what came before this event.
         self.track(ledger, stream, event).await?;
-        let (before, old_plan) = (
-            self.counted(stream),
+        let position = event.position.0;
+        let mut before = (
+            self.counted(stream, position)?,
             self.subscriptions
                 .get(stream)
                 .map(Tracked::plan)
                 .unwrap_or_default(),
+            self.paused_present(stream),
         );
         let Some(tracked) = self.subscriptions.get_mut(stream) else {
             return Ok(());
         };
+        let at = decoded
+            .effective_at()
+            .unwrap_or(event.recorded_at)
+            .max(tracked.last_at.unwrap_or(OffsetDateTime::UNIX_EPOCH));
+        tracked.last_at = Some(at);
+        let was_counting = tracked.mrr_minor(&self.profile);
         tracked.apply(decoded);
         let past_due = tracked.state.status == SubscriptionStatus::PastDue;
         let was = self.past_due.get(stream).copied();
-        match (past_due, self.past_due.get(stream)) {
+        match (past_due, was) {
             (true, None) => {
                 self.past_due.insert(
                     stream.clone(),
                     PastDue {
-                        since: event.recorded_at,
+                        since: at,
                         churned: false,
                     },
                 );
             }
-            (false, Some(_)) => {
+            (false, Some(gone)) => {
                 self.past_due.remove(stream);
+                if let (true, Some(days)) = (gone.churned, self.profile.past_due_churn_days) {
+                    let churned_at = gone.since + time::Duration::days(i64::from(days));
+                    if at < churned_at {
+                        // Recovered before the days ran out after all.
+                        self.retract_churn(stream, churned_at, writes);
+                        before.0 = was_counting.map_err(|message| self.error(position, message))?;
+                    }
+                }
             }
             _ => {}
         }
@@ -550,17 +901,16 @@ impl Projection for Mrr {
             self.write_past_due(stream, writes);
         }
         let after = (
-            self.counted(stream),
+            self.counted(stream, position)?,
             self.subscriptions
                 .get(stream)
                 .map(Tracked::plan)
                 .unwrap_or_default(),
+            self.paused_present(stream),
         );
         self.record(
             stream,
-            (before, old_plan),
-            after,
-            event.recorded_at,
+            Change { before, after, at },
             event,
             &mut seq,
             writes,
@@ -569,8 +919,31 @@ impl Projection for Mrr {
     }
 }
 
-/// Each day with a change up to `through` and the MRR of `plan` (`*`: all plans)
-/// at that day's end, in minor units, oldest first (days as `YYYY-MM-DD`).
+/// The profile the MRR tables in `db` were built by, from their checkpoint;
+/// None before the first build.
+///
+/// # Errors
+/// Database errors.
+pub async fn built_profile(db: &Db) -> Result<Option<Profile>, crate::db::DbError> {
+    let rows = db
+        .query(
+            &Stmt::new(
+                "SELECT version FROM projection_checkpoints WHERE name = ?",
+                vec![Mrr::NAME.into()],
+            ),
+            "i",
+        )
+        .await?;
+    Ok(rows.first().and_then(|row| {
+        let version = u32::try_from(row[0].int()).ok()?;
+        (version / 100_000 == Mrr::VERSION)
+            .then(|| Profile::from_code(version % 100_000))
+            .flatten()
+    }))
+}
+
+/// Each effective day with a change up to `through` and the MRR of `plan` (`*`:
+/// all plans) at that day's end, in minor units, oldest first (days as `YYYY-MM-DD`).
 ///
 /// # Errors
 /// Database errors.
@@ -583,14 +956,21 @@ pub async fn daily(
         .query(
             &Stmt::new(
                 format!(
-                    "SELECT day, mrr_minor FROM {DAILY} WHERE plan = ? AND day <= ? ORDER BY day"
+                    "SELECT day, delta_minor FROM {DAILY} WHERE plan = ? AND day <= ? ORDER BY day"
                 ),
                 vec![plan.into(), through.to_string().into()],
             ),
             "ti",
         )
         .await?;
-    Ok(rows.iter().map(|r| (r[0].text(), r[1].int())).collect())
+    let mut mrr = 0;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            mrr += r[1].int();
+            (r[0].text(), mrr)
+        })
+        .collect())
 }
 
 /// The MRR at the end of each of `ends` (ascending) from [`daily`]'s rows: the
@@ -630,12 +1010,13 @@ pub async fn snapshot(db: &Db) -> Result<Vec<String>, crate::db::DbError> {
         ),
         (
             format!(
-                "SELECT position, seq, day, customer_id, subscription_id, plan, kind, delta_minor FROM {MOVEMENTS} ORDER BY 1, 2"
+                "SELECT position, seq, day, effective_at, customer_id, subscription_id, plan, kind, delta_minor, paused_delta
+                 FROM {MOVEMENTS} ORDER BY 1, 2"
             ),
-            "iittttti",
+            "iittttttii",
         ),
         (
-            format!("SELECT day, plan, mrr_minor FROM {DAILY} ORDER BY 1, 2"),
+            format!("SELECT day, plan, delta_minor FROM {DAILY} WHERE delta_minor <> 0 ORDER BY 1, 2"),
             "tti",
         ),
         (
@@ -656,4 +1037,130 @@ pub async fn snapshot(db: &Db) -> Result<Vec<String>, crate::db::DbError> {
         }
     }
     Ok(out)
+}
+
+/// The movements in effective order, for metrics that follow customers (churn
+/// counts, cohorts): (customer, effective time, kind, delta) up to the end of
+/// `through`, changes that are no movement left out.
+///
+/// # Errors
+/// Database errors.
+pub async fn movements_through(
+    db: &Db,
+    through: time::Date,
+) -> Result<Vec<(String, String, MovementKind, i64)>, crate::db::DbError> {
+    let rows = db
+        .query(
+            &Stmt::new(
+                format!(
+                    "SELECT customer_id, effective_at, kind, delta_minor FROM {MOVEMENTS}
+                     WHERE day <= ? AND kind <> '' ORDER BY effective_at, position, seq"
+                ),
+                vec![through.to_string().into()],
+            ),
+            "ttti",
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| {
+            let kind = MovementKind::parse(&r[2].text())?;
+            Some((r[0].text(), r[1].text(), kind, r[3].int()))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    fn entry(at: OffsetDateTime, position: i64, delta: i64, paused: i64) -> Entry {
+        Entry {
+            at,
+            position,
+            seq: 0,
+            subscription: format!("s{position}"),
+            plan: "p".into(),
+            delta,
+            paused,
+            kind: None,
+        }
+    }
+
+    fn kinds(timeline: &Timeline) -> Vec<Option<MovementKind>> {
+        timeline.entries.iter().map(|e| e.kind).collect()
+    }
+
+    /// The same changes recorded in any order classify the same: what decides is
+    /// when they take effect, and changes at one instant are classified together.
+    #[test]
+    fn movements_are_classified_in_effective_order_whatever_the_order_recorded() {
+        let (d1, d2, d3) = (
+            datetime!(2027-01-01 00:00 UTC),
+            datetime!(2027-01-02 00:00 UTC),
+            datetime!(2027-01-03 00:00 UTC),
+        );
+        // Two subscriptions start (d1), one ends (d2), the other ends (d3), a new one (d3 too).
+        let changes = [
+            entry(d1, 1, 100, 0),
+            entry(d1, 2, 50, 0),
+            entry(d2, 3, -100, 0),
+            entry(d3, 4, -50, 0),
+            entry(d3, 5, 70, 0),
+        ];
+        let expected = {
+            let mut timeline = Timeline::default();
+            for change in &changes {
+                timeline.insert(change.clone());
+            }
+            kinds(&timeline)
+        };
+        use MovementKind::*;
+        assert_eq!(
+            expected,
+            vec![
+                Some(New),
+                Some(New),
+                Some(Contraction),
+                Some(Contraction),
+                Some(Expansion)
+            ]
+        );
+        for order in [[4, 3, 2, 1, 0], [2, 4, 0, 3, 1], [3, 0, 4, 1, 2]] {
+            let mut timeline = Timeline::default();
+            for index in order {
+                timeline.insert(changes[index].clone());
+            }
+            assert_eq!(kinds(&timeline), expected, "recorded in order {order:?}");
+            assert_eq!(timeline.total, 70);
+        }
+    }
+
+    #[test]
+    fn a_pause_holds_the_customer_under_the_contraction_rule() {
+        let (d1, d2, d3) = (
+            datetime!(2027-01-01 00:00 UTC),
+            datetime!(2027-02-01 00:00 UTC),
+            datetime!(2027-03-01 00:00 UTC),
+        );
+        let mut timeline = Timeline::default();
+        timeline.insert(entry(d1, 1, 97, 0));
+        timeline.insert(entry(d2, 2, -97, 1));
+        timeline.insert(entry(d3, 3, 0, -1));
+        use MovementKind::*;
+        assert_eq!(
+            kinds(&timeline),
+            vec![Some(New), Some(Contraction), Some(Churn)]
+        );
+        // Without the pause holding them: churn at the pause, nothing at the cancel.
+        let mut timeline = Timeline::default();
+        timeline.insert(entry(d1, 1, 97, 0));
+        timeline.insert(entry(d2, 2, -97, 0));
+        timeline.insert(entry(d3, 3, 97, 0));
+        assert_eq!(
+            kinds(&timeline),
+            vec![Some(New), Some(Churn), Some(Reactivation)]
+        );
+    }
 }

@@ -26,6 +26,38 @@ pub const MIN_POSITION_WAIT_MS: u64 = 5_000;
 /// The most buckets one series answers.
 pub const BUCKETS_MAX: usize = 1_000;
 
+/// The counting profile that built the tables an answer read (docs/metrics.md).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ProfileDto {
+    /// `default`, `conservative`, or `custom`.
+    pub name: String,
+    /// contraction (a paused customer stays a customer) or churn.
+    pub pause: String,
+    /// discounted_period (a once coupon reduces the period it discounts) or ignore.
+    pub once_coupon: String,
+    /// Days past due after which a subscription counts as churned; null: until canceled.
+    pub past_due_churn_days: Option<u32>,
+}
+
+/// The profile of the MRR tables in `db`.
+async fn built_profile(db: &Db) -> Result<Option<ProfileDto>, ApiError> {
+    let profile = mrr::built_profile(db).await.map_err(unavailable)?;
+    Ok(profile.map(|p| ProfileDto {
+        name: p.name,
+        pause: match p.pause {
+            mrr::PauseRule::Contraction => "contraction",
+            mrr::PauseRule::Churn => "churn",
+        }
+        .into(),
+        once_coupon: match p.once_coupon {
+            mrr::OnceCoupon::DiscountedPeriod => "discounted_period",
+            mrr::OnceCoupon::Ignore => "ignore",
+        }
+        .into(),
+        past_due_churn_days: p.past_due_churn_days,
+    }))
+}
+
 /// One point of the MRR series.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct MrrPoint {
@@ -50,6 +82,8 @@ pub struct MrrSeries {
     pub data: Vec<MrrPoint>,
     /// The ledger position the projection had reached.
     pub position: u64,
+    /// The counting profile that built the tables read (null before the first build).
+    pub profile: Option<ProfileDto>,
 }
 
 /// Movements in one bucket.
@@ -82,6 +116,8 @@ pub struct MovementSeries {
     pub data: Vec<MovementBucket>,
     /// The ledger position the projection had reached.
     pub position: u64,
+    /// The counting profile that built the tables read (null before the first build).
+    pub profile: Option<ProfileDto>,
 }
 
 struct Query {
@@ -333,6 +369,7 @@ pub async fn mrr_series(
         interval: query.interval,
         data,
         position,
+        profile: built_profile(&db).await?,
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
@@ -364,7 +401,8 @@ pub async fn movements(
         .query(
             &Stmt::new(
                 format!(
-                    "SELECT day, kind, CAST(SUM(delta_minor) AS BIGINT) FROM {} WHERE day >= ? AND day <= ? GROUP BY day, kind ORDER BY day",
+                    "SELECT day, kind, CAST(SUM(delta_minor) AS BIGINT) FROM {} WHERE day >= ? AND day <= ? AND kind <> ''
+                     GROUP BY day, kind ORDER BY day",
                     mrr::MOVEMENTS
                 ),
                 vec![query.from.to_string().into(), query.to.to_string().into()],
@@ -379,12 +417,18 @@ pub async fn movements(
         let end_text = end.to_string();
         let mut sums = [0i64; 5];
         while index < rows.len() && matches!(&rows[index][0], Value::Text(d) if *d <= end_text) {
-            let slot = match &rows[index][1] {
-                Value::Text(k) if k == "new" => 0,
-                Value::Text(k) if k == "expansion" => 1,
-                Value::Text(k) if k == "contraction" => 2,
-                Value::Text(k) if k == "churn" => 3,
-                _ => 4,
+            let slot = match mrr::MovementKind::parse(&rows[index][1].text()) {
+                Some(mrr::MovementKind::New) => 0,
+                Some(mrr::MovementKind::Expansion) => 1,
+                Some(mrr::MovementKind::Contraction) => 2,
+                Some(mrr::MovementKind::Churn) => 3,
+                Some(mrr::MovementKind::Reactivation) => 4,
+                None => {
+                    return Err(unavailable(format!(
+                        "unknown movement kind {:?}",
+                        rows[index][1]
+                    )));
+                }
             };
             sums[slot] += rows[index][2].int();
             index += 1;
@@ -404,6 +448,7 @@ pub async fn movements(
         interval: query.interval,
         data,
         position,
+        profile: built_profile(&db).await?,
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
@@ -533,6 +578,8 @@ pub struct ChurnSeries {
     pub data: Vec<ChurnMonth>,
     /// The ledger position the projection had reached.
     pub position: u64,
+    /// The counting profile that built the tables read (null before the first build).
+    pub profile: Option<ProfileDto>,
 }
 
 fn ratio(numerator: i64, denominator: i64) -> Option<String> {
@@ -569,18 +616,7 @@ pub async fn churn(
         ));
     }
     let (db, position) = query.reading.read_models(&state).await?;
-    let moves = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT day, kind, CAST(COUNT(*) AS BIGINT), CAST(SUM(delta_minor) AS BIGINT) FROM {}
-                     WHERE day <= ? GROUP BY day, kind ORDER BY day",
-                    mrr::MOVEMENTS
-                ),
-                vec![query.to.to_string().into()],
-            ),
-            "ttii",
-        )
+    let moves = mrr::movements_through(&db, query.to)
         .await
         .map_err(unavailable)?;
     let daily = mrr::daily(&db, "*", query.to).await.map_err(unavailable)?;
@@ -591,16 +627,30 @@ pub async fn churn(
             .last()
             .map_or(0, |(_, mrr)| *mrr)
     };
+    // A customer joins or leaves once per instant, however many of their
+    // subscriptions changed at it: counts are of (customer, instant) pairs.
+    let arrivals_and_departures = |from: &str, to: &str| -> (i64, i64) {
+        let mut seen = std::collections::HashSet::new();
+        let (mut arrived, mut left) = (0, 0);
+        for (customer, at, kind, _) in &moves {
+            let day = &at[..10];
+            if day < from
+                || day >= to
+                || !seen.insert((customer, at, *kind == mrr::MovementKind::Churn))
+            {
+                continue;
+            }
+            match kind {
+                mrr::MovementKind::New | mrr::MovementKind::Reactivation => arrived += 1,
+                mrr::MovementKind::Churn => left += 1,
+                _ => {}
+            }
+        }
+        (arrived, left)
+    };
     let customers_before = |day: &str| -> i64 {
-        moves
-            .iter()
-            .filter(|r| r[0].text().as_str() < day)
-            .map(|r| match r[1].text().as_str() {
-                "new" | "reactivation" => r[2].int(),
-                "churn" => -r[2].int(),
-                _ => 0,
-            })
-            .sum()
+        let (arrived, left) = arrivals_and_departures("0000-00-00", day);
+        arrived - left
     };
     let mut data = Vec::new();
     let mut month_start = query.from.replace_day(1).unwrap_or(query.from);
@@ -612,17 +662,21 @@ pub async fn churn(
         }
         .map_err(|_| bad("date out of range"))?;
         let (start, end) = (month_start.to_string(), next.to_string());
-        let sum = |kind: &str| -> (i64, i64) {
+        let sum = |wanted: mrr::MovementKind| -> i64 {
             moves
                 .iter()
-                .filter(|r| r[0].text() >= start && r[0].text() < end && r[1].text() == kind)
-                .fold((0, 0), |(n, s), r| (n + r[2].int(), s + r[3].int()))
+                .filter(|(_, at, kind, _)| {
+                    *kind == wanted && &at[..10] >= start.as_str() && &at[..10] < end.as_str()
+                })
+                .map(|(.., delta)| delta)
+                .sum()
         };
         let (mrr_start, mrr_end) = (mrr_before(&start), mrr_before(&end));
         let (customers_start, customers_end) = (customers_before(&start), customers_before(&end));
-        let (churned, churn_minor) = sum("churn");
-        let (_, contraction) = sum("contraction");
-        let (_, expansion) = sum("expansion");
+        let (_, churned) = arrivals_and_departures(&start, &end);
+        let churn_minor = sum(mrr::MovementKind::Churn);
+        let contraction = sum(mrr::MovementKind::Contraction);
+        let expansion = sum(mrr::MovementKind::Expansion);
         let gross_churn = ratio(-(churn_minor + contraction), mrr_start);
         let arpa_minor = (customers_end > 0).then(|| mrr_end / customers_end);
         let ltv = match (arpa_minor, -(churn_minor + contraction)) {
@@ -655,6 +709,7 @@ pub async fn churn(
         object: "churn",
         data,
         position,
+        profile: built_profile(&db).await?,
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
@@ -681,6 +736,8 @@ pub struct CohortTable {
     pub data: Vec<Cohort>,
     /// The ledger position the projection had reached.
     pub position: u64,
+    /// The counting profile that built the tables read (null before the first build).
+    pub profile: Option<ProfileDto>,
 }
 
 /// The month (YYYY-MM) after `month`.
@@ -717,32 +774,28 @@ pub async fn cohorts(
         ));
     }
     let (db, position) = query.reading.read_models(&state).await?;
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT customer_id, day, delta_minor FROM {} WHERE day <= ? ORDER BY position",
-                    mrr::MOVEMENTS
-                ),
-                vec![query.to.to_string().into()],
-            ),
-            "tti",
-        )
+    let moves = mrr::movements_through(&db, query.to)
         .await
         .map_err(unavailable)?;
-    // Per customer: the first paid month, and MRR changes by month.
+    // Per customer, in effective order: the first month, and by month the
+    // changes of MRR and whether they were present at its end.
     let mut first: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    let mut changes: std::collections::HashMap<String, Vec<(String, i64)>> =
+    let mut changes: std::collections::HashMap<String, Vec<(String, i64, Option<bool>)>> =
         std::collections::HashMap::new();
-    for row in &rows {
-        let (customer, month) = (row[0].text(), row[1].text()[..7].to_owned());
+    for (customer, at, kind, delta) in &moves {
+        let month = at[..7].to_owned();
         first
             .entry(customer.clone())
             .or_insert_with(|| month.clone());
+        let presence = match kind {
+            mrr::MovementKind::New | mrr::MovementKind::Reactivation => Some(true),
+            mrr::MovementKind::Churn => Some(false),
+            _ => None,
+        };
         changes
-            .entry(customer)
+            .entry(customer.clone())
             .or_default()
-            .push((month, row[2].int()));
+            .push((month, *delta, presence));
     }
     let (from_month, to_month) = (
         query.from.to_string()[..7].to_owned(),
@@ -763,19 +816,18 @@ pub async fn cohorts(
         while measured <= to_month && retained.len() <= BUCKETS_MAX {
             let (mut still, mut mrr) = (0, 0);
             for customer in &customers {
-                let at_end: i64 = changes
+                let upto = changes
                     .get(customer)
                     .map(|c| {
                         c.iter()
-                            .filter(|(m, _)| *m <= measured)
-                            .map(|(_, d)| d)
-                            .sum()
+                            .filter(|(m, ..)| *m <= measured)
+                            .collect::<Vec<_>>()
                     })
-                    .unwrap_or(0);
-                if at_end > 0 {
+                    .unwrap_or_default();
+                mrr += upto.iter().map(|(_, delta, _)| delta).sum::<i64>();
+                if upto.iter().rev().find_map(|(.., present)| *present) == Some(true) {
                     still += 1;
                 }
-                mrr += at_end;
             }
             retained.push(still);
             mrr_by_month.push(usd(mrr));
@@ -792,6 +844,7 @@ pub async fn cohorts(
         object: "cohorts",
         data,
         position,
+        profile: built_profile(&db).await?,
     };
     Ok(json_response(StatusCode::OK, &to_value(&table)?))
 }
@@ -1137,8 +1190,10 @@ pub async fn mrr_at(
             &Stmt::new(
                 format!(
                     "SELECT CAST(COALESCE(SUM(delta_minor), 0) AS BIGINT),
-                            CAST(COALESCE(SUM(CASE WHEN kind IN ('new', 'reactivation') THEN 1
-                                                   WHEN kind = 'churn' THEN -1 ELSE 0 END), 0) AS BIGINT)
+                            CAST(COUNT(DISTINCT CASE WHEN kind IN ('new', 'reactivation')
+                                                     THEN customer_id || '|' || effective_at END)
+                               - COUNT(DISTINCT CASE WHEN kind = 'churn'
+                                                     THEN customer_id || '|' || effective_at END) AS BIGINT)
                      FROM {} WHERE position <= ?",
                     mrr::MOVEMENTS
                 ),
