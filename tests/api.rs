@@ -714,6 +714,18 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             &["billing", "support"],
         ),
         (
+            Method::POST,
+            format!("/v1/subscriptions/{sub}/discount"),
+            json!({"coupon": "MATRIX"}),
+            &["billing"],
+        ),
+        (
+            Method::DELETE,
+            format!("/v1/subscriptions/{sub}/discount"),
+            json!({}),
+            &["billing"],
+        ),
+        (
             Method::GET,
             "/v1/plans".into(),
             Value::Null,
@@ -1287,6 +1299,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/subscriptions/{id}/pause",
         "/v1/subscriptions/{id}/resume",
         "/v1/subscriptions/{id}/undo_cancellation",
+        "/v1/subscriptions/{id}/discount",
         "/v1/invoices",
         "/v1/invoices/{id}",
         "/v1/invoices/{id}/pay",

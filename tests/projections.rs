@@ -1139,3 +1139,288 @@ async fn a_scheduler_that_catches_up_late_gives_the_same_metrics_on_sqlite() {
 async fn a_scheduler_that_catches_up_late_gives_the_same_metrics_on_postgres() {
     a_scheduler_that_catches_up_late_gives_the_same_metrics(true).await;
 }
+
+async fn coupon(w: &World, code: &str, discount: Discount, duration: CouponDuration) {
+    w.billing
+        .create_coupon(NewCoupon {
+            code: CouponCode::parse(code).unwrap(),
+            discount,
+            duration,
+            max_redemptions: None,
+            redeem_by: None,
+        })
+        .await
+        .unwrap();
+}
+
+/// The totals of a subscription's invoices, oldest first.
+async fn invoice_totals(w: &World, sub: SubscriptionId) -> Vec<String> {
+    let state = w.billing.subscription(sub).await.unwrap();
+    let mut out = Vec::new();
+    for id in state.invoices {
+        let invoice = w.billing.invoice(id).await.unwrap();
+        out.push(invoice.totals.unwrap().total.amount().to_string());
+    }
+    out
+}
+
+/// Discounts on a running subscription (retention and dunning offers): in force
+/// now or from the next period, taken off, a `once` coupon for one period; each
+/// bills what it says and moves MRR when it takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discount_on_a_running_subscription_bills_and_moves_mrr_when_it_takes_effect() {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world_at(false, start).await;
+    let scheduler = recur_commands::Scheduler::new(Arc::clone(&w.billing), 4);
+    coupon(
+        &w,
+        "HALF",
+        Discount::PercentOff { percent: 50.into() },
+        CouponDuration::Forever,
+    )
+    .await;
+    coupon(
+        &w,
+        "ONCE20",
+        Discount::PercentOff { percent: 20.into() },
+        CouponDuration::Once,
+    )
+    .await;
+    let customer = w.customer().await;
+    let sub = w.subscribe(customer, "community_access", None).await;
+    let code = |c: &str| CouponCode::parse(c).unwrap();
+    // Nothing to take off: not an error, nothing written.
+    let before = w.store.ledger.last_position().await.unwrap();
+    w.billing.remove_discount(sub, Timing::Now).await.unwrap();
+    assert_eq!(w.store.ledger.last_position().await.unwrap(), before);
+    w.clock.advance_to(datetime!(2027-01-15 00:00 UTC));
+    let state = w
+        .billing
+        .apply_discount(sub, &code("HALF"), Timing::Now)
+        .await
+        .unwrap();
+    assert_eq!(state.discount.map(|d| d.coupon), Some(code("HALF")));
+    tick_at(&w, &scheduler, [datetime!(2027-02-01 00:00 UTC)]).await;
+    w.clock.advance_to(datetime!(2027-02-10 00:00 UTC));
+    let state = w
+        .billing
+        .remove_discount(sub, Timing::PeriodEnd)
+        .await
+        .unwrap();
+    assert_eq!(state.scheduled_discount, Some(None));
+    tick_at(&w, &scheduler, [datetime!(2027-03-01 00:00 UTC)]).await;
+    w.clock.advance_to(datetime!(2027-03-05 00:00 UTC));
+    w.billing
+        .apply_discount(sub, &code("ONCE20"), Timing::PeriodEnd)
+        .await
+        .unwrap();
+    tick_at(
+        &w,
+        &scheduler,
+        [
+            datetime!(2027-04-01 00:00 UTC),
+            datetime!(2027-05-01 00:00 UTC),
+        ],
+    )
+    .await;
+    assert_eq!(
+        invoice_totals(&w, sub).await,
+        vec!["97.00", "48.50", "97.00", "77.60", "97.00"]
+    );
+    let mut projector = Projector::open(w.store.ledger.clone(), Mrr::new())
+        .await
+        .unwrap();
+    projector.catch_up().await.unwrap();
+    assert_eq!(
+        movements_by_day(projector.db()).await,
+        vec![
+            "2027-01-01 new 9700",
+            "2027-01-15 contraction -4850",
+            "2027-03-01 expansion 4850",
+            "2027-04-01 contraction -1940",
+            "2027-05-01 expansion 1940",
+        ]
+    );
+    // Under Stripe's older rule a once coupon leaves MRR alone.
+    let mut ignoring = Projector::fresh_with(
+        w.store.ledger.clone(),
+        Db::scratch().await.unwrap(),
+        Mrr::with_profile(recur_projections::profile::Profile {
+            once_coupon: recur_projections::profile::OnceCoupon::Ignore,
+            ..recur_projections::profile::Profile::default()
+        }),
+    )
+    .await
+    .unwrap();
+    ignoring.catch_up().await.unwrap();
+    assert_eq!(
+        movements_by_day(ignoring.db()).await,
+        vec![
+            "2027-01-01 new 9700",
+            "2027-01-15 contraction -4850",
+            "2027-03-01 expansion 4850",
+        ]
+    );
+    // A canceled subscription takes no discount, and the coupon stays unredeemed.
+    w.billing.cancel(sub, Timing::Now).await.unwrap();
+    coupon(
+        &w,
+        "LATE",
+        Discount::PercentOff { percent: 10.into() },
+        CouponDuration::Forever,
+    )
+    .await;
+    let error = w
+        .billing
+        .apply_discount(sub, &code("LATE"), Timing::Now)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "invalid_transition");
+    assert!(
+        w.billing
+            .coupon(&code("LATE"))
+            .await
+            .unwrap()
+            .redeemers
+            .is_empty()
+    );
+}
+
+/// Switching the counting profile rebuilds the MRR tables blue/green, and the
+/// result is what a fresh replay of the ledger under that profile gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_the_profile_rebuilds_to_what_a_fresh_replay_under_it_gives() {
+    use recur_commands::customer::Segment;
+    use recur_projections::profile::Profile;
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world_at(true, start).await;
+    let scheduler = recur_commands::Scheduler::new(Arc::clone(&w.billing), 4);
+    coupon(
+        &w,
+        "ONCE20",
+        Discount::PercentOff { percent: 20.into() },
+        CouponDuration::Once,
+    )
+    .await;
+    let once = w.customer().await;
+    w.subscribe(once, "community_access", Some("ONCE20")).await;
+    let pauses = w.customer().await;
+    let paused = w.subscribe(pauses, "group_coaching", None).await;
+    let late_payer = w.customer().await;
+    w.billing
+        .set_segment(late_payer, Segment::HighValue)
+        .await
+        .unwrap();
+    w.subscribe(late_payer, "elite_coaching", None).await;
+    w.clock.advance_to(datetime!(2027-01-20 00:00 UTC));
+    let failing = SimulatedGateway::tokenize("4000000000000341", 12, 2040).unwrap();
+    w.billing
+        .attach_payment_method(late_payer, failing)
+        .await
+        .unwrap();
+    tick_at(
+        &w,
+        &scheduler,
+        every(12, start, datetime!(2027-02-10 00:00 UTC)),
+    )
+    .await;
+    w.billing.pause(paused).await.unwrap();
+    tick_at(
+        &w,
+        &scheduler,
+        every(
+            12,
+            datetime!(2027-02-10 12:00 UTC),
+            datetime!(2027-03-20 00:00 UTC),
+        ),
+    )
+    .await;
+    w.billing.resume(paused).await.unwrap();
+    tick_at(
+        &w,
+        &scheduler,
+        every(
+            12,
+            datetime!(2027-03-20 12:00 UTC),
+            datetime!(2027-04-30 00:00 UTC),
+        ),
+    )
+    .await;
+
+    let mut live = Projector::open(
+        w.store.ledger.clone(),
+        Mrr::with_profile(Profile::default()),
+    )
+    .await
+    .unwrap();
+    live.catch_up().await.unwrap();
+    let db = live.db().clone();
+    let by_default = dump(&db).await;
+    assert_eq!(
+        mrr::built_profile(&db).await.unwrap().map(|p| p.name),
+        Some("default".to_owned())
+    );
+    let conservative = Profile::named("conservative").unwrap();
+    // Opened with another profile: rebuilt beside the tables in use, then switched.
+    let switched = Projector::open(
+        w.store.ledger.clone(),
+        Mrr::with_profile(conservative.clone()),
+    )
+    .await
+    .unwrap();
+    let after_switch = dump(switched.db()).await;
+    assert_eq!(
+        mrr::built_profile(&db).await.unwrap(),
+        Some(conservative.clone())
+    );
+    let mut fresh = Projector::fresh_with(
+        w.store.ledger.clone(),
+        Db::scratch().await.unwrap(),
+        Mrr::with_profile(conservative),
+    )
+    .await
+    .unwrap();
+    fresh.catch_up().await.unwrap();
+    assert_eq!(after_switch, dump(fresh.db()).await);
+    assert_ne!(
+        after_switch, by_default,
+        "the profiles count differently here"
+    );
+    let kinds = |rows: &[String]| {
+        let mut kinds: Vec<String> = rows
+            .iter()
+            .filter_map(|r| {
+                let cells: Vec<&str> = r.split('|').collect();
+                (cells.len() == 10 && !cells[7].is_empty())
+                    .then(|| format!("{} {}", &cells[2], cells[7]))
+            })
+            .collect();
+        kinds.sort();
+        kinds
+    };
+    // The pause: contraction then expansion by default, churn then reactivation
+    // when conservative; the elite customer past due from February 1 is churned
+    // after 30 days when conservative (March 3), and when dunning gives up by default.
+    let default_kinds = kinds(&by_default);
+    let conservative_kinds = kinds(&after_switch);
+    assert!(
+        default_kinds.contains(&"2027-02-10 contraction".to_owned()),
+        "{default_kinds:?}"
+    );
+    assert!(
+        default_kinds.contains(&"2027-03-20 expansion".to_owned()),
+        "{default_kinds:?}"
+    );
+    assert!(
+        conservative_kinds.contains(&"2027-02-10 churn".to_owned()),
+        "{conservative_kinds:?}"
+    );
+    assert!(
+        conservative_kinds.contains(&"2027-03-20 reactivation".to_owned()),
+        "{conservative_kinds:?}"
+    );
+    assert!(
+        conservative_kinds.contains(&"2027-03-03 churn".to_owned()),
+        "{conservative_kinds:?}"
+    );
+}

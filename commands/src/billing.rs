@@ -670,6 +670,58 @@ impl Billing {
             .state)
     }
 
+    /// Puts a coupon's discount on a running subscription (a retention or
+    /// dunning offer), replacing any other: `now` (in force for every invoice
+    /// from now on, and in MRR from now) or at period end (from the next
+    /// period). The coupon is redeemed for the subscription once; a refusal
+    /// leaves it unredeemed.
+    ///
+    /// # Errors
+    /// An unknown, expired or used-up coupon, a currency mismatch, a canceled
+    /// subscription.
+    pub async fn apply_discount(
+        &self,
+        id: SubscriptionId,
+        code: &CouponCode,
+        timing: Timing,
+    ) -> Result<Subscription, BillingError> {
+        let now = self.now();
+        let state = self.subscription(id).await?;
+        let discount = self.coupon_for(code, &id.to_string()).await?;
+        let command = |discount: AppliedDiscount| SubscriptionCommand::ApplyDiscount {
+            discount,
+            timing,
+            now,
+        };
+        // Decide once without writing, so a refusal leaves the coupon unredeemed.
+        state.decide(command(discount.clone()))?;
+        self.redeem(code, id.to_string()).await?;
+        Ok(self
+            .subscription_change(id, Source::Api, |_| command(discount.clone()))
+            .await?
+            .state)
+    }
+
+    /// Takes the discount off a running subscription: now, or from the next
+    /// period. Nothing to take off is not an error.
+    ///
+    /// # Errors
+    /// A canceled subscription.
+    pub async fn remove_discount(
+        &self,
+        id: SubscriptionId,
+        timing: Timing,
+    ) -> Result<Subscription, BillingError> {
+        let now = self.now();
+        Ok(self
+            .subscription_change(id, Source::Api, |_| SubscriptionCommand::RemoveDiscount {
+                timing,
+                now,
+            })
+            .await?
+            .state)
+    }
+
     /// Pauses an active subscription.
     ///
     /// # Errors

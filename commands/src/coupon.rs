@@ -108,6 +108,15 @@ pub struct AppliedDiscount {
 }
 
 impl AppliedDiscount {
+    /// The same discount in force from `at`: a repeating coupon's months count from there.
+    #[must_use]
+    pub fn starting_at(mut self, at: OffsetDateTime) -> Self {
+        if let CouponDuration::Repeating { months } = self.duration {
+            self.ends_at = Some(Interval::MONTHLY.boundary(at, months));
+        }
+        self
+    }
+
     /// Whether an invoice issued at `at` gets the discount, given how many
     /// invoices already got it.
     pub fn applies(&self, at: OffsetDateTime, invoices_discounted: u32) -> bool {

@@ -141,6 +141,24 @@ pub enum SubscriptionCommand {
     },
     /// Undo a cancellation scheduled for period end.
     UndoCancellation,
+    /// Put a coupon's discount on the running subscription, replacing any other:
+    /// now (in force for every invoice from now on) or from the next period.
+    ApplyDiscount {
+        /// The coupon's terms (a repeating coupon's months count from when it
+        /// takes effect).
+        discount: AppliedDiscount,
+        /// Now or at period end.
+        timing: Timing,
+        /// Now.
+        now: OffsetDateTime,
+    },
+    /// Take the discount off: now, or from the next period.
+    RemoveDiscount {
+        /// Now or at period end.
+        timing: Timing,
+        /// Now.
+        now: OffsetDateTime,
+    },
     /// Pause: no invoices until resumed.
     Pause {
         /// Now.
@@ -266,6 +284,24 @@ domain_events! {
         },
         /// Will not end after all.
         CancellationUndone,
+        /// A coupon's discount put on the running subscription.
+        DiscountApplied {
+            /// The discount.
+            discount: AppliedDiscount,
+            /// When it takes effect (now, or the current period's end).
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Now or from the next period.
+            timing: Timing,
+        },
+        /// The discount taken off.
+        DiscountRemoved {
+            /// When it takes effect (now, or the current period's end).
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Now or from the next period.
+            timing: Timing,
+        },
         /// Ended.
         SubscriptionCanceled {
             /// When.
@@ -321,6 +357,8 @@ impl DomainEvent for SubscriptionEvent {
             SubscriptionEvent::PriceChangeScheduled { .. } => "PriceChangeScheduled",
             SubscriptionEvent::CancellationScheduled { .. } => "CancellationScheduled",
             SubscriptionEvent::CancellationUndone => "CancellationUndone",
+            SubscriptionEvent::DiscountApplied { .. } => "DiscountApplied",
+            SubscriptionEvent::DiscountRemoved { .. } => "DiscountRemoved",
             SubscriptionEvent::SubscriptionCanceled { .. } => "SubscriptionCanceled",
             SubscriptionEvent::SubscriptionPaused { .. } => "SubscriptionPaused",
             SubscriptionEvent::SubscriptionResumed { .. } => "SubscriptionResumed",
@@ -347,6 +385,10 @@ impl SubscriptionEvent {
             | SubscriptionEvent::SubscriptionPaused { at } => Some(*at),
             SubscriptionEvent::SubscriptionPastDue { at, .. }
             | SubscriptionEvent::SubscriptionInvoiceSettled { at, .. } => *at,
+            SubscriptionEvent::DiscountApplied { at, timing, .. }
+            | SubscriptionEvent::DiscountRemoved { at, timing } => {
+                (*timing == Timing::Now).then_some(*at)
+            }
             SubscriptionEvent::PriceChangeScheduled { .. }
             | SubscriptionEvent::CancellationScheduled { .. }
             | SubscriptionEvent::CancellationUndone => None,
@@ -395,6 +437,9 @@ pub struct Subscription {
     pub discount: Option<AppliedDiscount>,
     /// Invoices that got the discount.
     pub invoices_discounted: u32,
+    /// A discount change waiting for the next period: the discount then, or
+    /// none (taken off).
+    pub scheduled_discount: Option<Option<AppliedDiscount>>,
     /// Invoices not settled yet.
     pub unsettled: BTreeSet<InvoiceId>,
     /// Every invoice it asked for, oldest first.
@@ -453,6 +498,15 @@ impl Subscription {
             .filter(|d| d.applies(at, self.invoices_discounted))
     }
 
+    /// The discount of a period starting at `at`: a change scheduled for the
+    /// next period applies to it.
+    fn period_discount(&self, at: OffsetDateTime) -> Option<AppliedDiscount> {
+        match &self.scheduled_discount {
+            Some(next) => next.clone().filter(|d| d.applies(at, 0)),
+            None => self.discount_at(at),
+        }
+    }
+
     fn period_line(price: &Price, quantity: u32, period: Period) -> Result<Line, DomainError> {
         Ok(Line {
             kind: LineKind::Period,
@@ -478,7 +532,7 @@ impl Subscription {
             invoice_id,
             reason,
             lines: vec![Self::period_line(price, quantity, period)?],
-            discount: self.discount_at(period.start),
+            discount: self.period_discount(period.start),
             issued_at: Some(period.start),
         })
     }
@@ -830,6 +884,52 @@ impl Aggregate for Subscription {
                     Vec::new()
                 })
             }
+            SubscriptionCommand::ApplyDiscount {
+                discount,
+                timing,
+                now,
+            } => {
+                if self.status == SubscriptionStatus::Canceled {
+                    return Err(self.refuse("discount"));
+                }
+                if let crate::coupon::Discount::AmountOff { amount } = discount.discount
+                    && amount.currency() != price.unit_amount.currency()
+                {
+                    return Err(DomainError::CurrencyMismatch {
+                        expected: price.unit_amount.currency().code().into(),
+                        got: amount.currency().code().into(),
+                    });
+                }
+                let at = match timing {
+                    Timing::Now => now,
+                    Timing::PeriodEnd => self.current_period.map_or(now, |p| p.end.max(now)),
+                };
+                Ok(vec![SubscriptionEvent::DiscountApplied {
+                    discount: discount.starting_at(at),
+                    at,
+                    timing,
+                }])
+            }
+            SubscriptionCommand::RemoveDiscount { timing, now } => {
+                if self.status == SubscriptionStatus::Canceled {
+                    return Err(self.refuse("remove the discount of"));
+                }
+                let in_force = match timing {
+                    Timing::Now => self.discount.is_some() || self.scheduled_discount.is_some(),
+                    Timing::PeriodEnd => match &self.scheduled_discount {
+                        Some(next) => next.is_some(),
+                        None => self.discount.is_some(),
+                    },
+                };
+                if !in_force {
+                    return Ok(Vec::new());
+                }
+                let at = match timing {
+                    Timing::Now => now,
+                    Timing::PeriodEnd => self.current_period.map_or(now, |p| p.end.max(now)),
+                };
+                Ok(vec![SubscriptionEvent::DiscountRemoved { at, timing }])
+            }
             SubscriptionCommand::Pause { now } => match self.status {
                 SubscriptionStatus::Paused => Ok(Vec::new()),
                 SubscriptionStatus::Active => {
@@ -890,6 +990,18 @@ impl Aggregate for Subscription {
     }
 
     fn evolve(&mut self, event: &SubscriptionEvent) {
+        // A discount change waiting for the next period takes effect with it,
+        // before its invoice is counted against the new discount.
+        if matches!(
+            event,
+            SubscriptionEvent::TrialEnded { .. }
+                | SubscriptionEvent::SubscriptionRenewed { .. }
+                | SubscriptionEvent::SubscriptionResumed { .. }
+        ) && let Some(next) = self.scheduled_discount.take()
+        {
+            self.discount = next;
+            self.invoices_discounted = 0;
+        }
         if let Some(request) = event.invoice_request() {
             self.invoices.push(request.invoice_id);
             self.unsettled.insert(request.invoice_id);
@@ -965,6 +1077,23 @@ impl Aggregate for Subscription {
             SubscriptionEvent::PriceChangeScheduled { price, quantity } => {
                 self.scheduled_change = Some((price.clone(), *quantity));
             }
+            SubscriptionEvent::DiscountApplied {
+                discount, timing, ..
+            } => match timing {
+                Timing::Now => {
+                    self.discount = Some(discount.clone());
+                    self.invoices_discounted = 0;
+                    self.scheduled_discount = None;
+                }
+                Timing::PeriodEnd => self.scheduled_discount = Some(Some(discount.clone())),
+            },
+            SubscriptionEvent::DiscountRemoved { timing, .. } => match timing {
+                Timing::Now => {
+                    self.discount = None;
+                    self.scheduled_discount = None;
+                }
+                Timing::PeriodEnd => self.scheduled_discount = Some(None),
+            },
             SubscriptionEvent::CancellationScheduled { .. } => self.cancel_at_period_end = true,
             SubscriptionEvent::CancellationUndone => self.cancel_at_period_end = false,
             SubscriptionEvent::SubscriptionCanceled { at, reason } => {

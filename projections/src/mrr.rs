@@ -33,7 +33,7 @@ use foldhash::HashMap;
 use recur_commands::aggregate::Aggregate;
 use recur_commands::coupon::{AppliedDiscount, CouponDuration, Discount};
 use recur_commands::invoice::BillingReason;
-use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
+use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus, Timing};
 use recur_ledger::money::RoundingRule;
 use recur_ledger::{Ledger, Position, RecordedEvent, StreamId};
 use rust_decimal::Decimal;
@@ -122,6 +122,22 @@ impl Tracked {
             )
         {
             self.discount.clone_from(&request.discount);
+        }
+        match event {
+            // In force now: MRR follows at once, except a `once` coupon, which
+            // counts (if the profile counts it) with the period invoice it discounts.
+            SubscriptionEvent::DiscountApplied {
+                discount,
+                timing: Timing::Now,
+                ..
+            } if discount.duration != CouponDuration::Once => {
+                self.discount = Some(discount.clone());
+            }
+            SubscriptionEvent::DiscountRemoved {
+                timing: Timing::Now,
+                ..
+            } => self.discount = None,
+            _ => {}
         }
         self.state.evolve(event);
     }

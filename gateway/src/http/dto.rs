@@ -334,6 +334,27 @@ pub struct CancelBody {
     pub timing: TimingDto,
 }
 
+/// `POST /v1/subscriptions/{id}/discount`.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscountBody {
+    /// The coupon's code.
+    pub coupon: String,
+    /// Now (in force for every invoice from now on) or at period end (from the
+    /// next period); default now.
+    #[serde(default)]
+    pub timing: TimingDto,
+}
+
+/// `DELETE /v1/subscriptions/{id}/discount` (an empty body means now).
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveDiscountBody {
+    /// Now or at period end; default now.
+    #[serde(default)]
+    pub timing: TimingDto,
+}
+
 /// A service period.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct PeriodDto {
@@ -374,6 +395,11 @@ pub struct SubscriptionDto {
     pub scheduled_price: Option<String>,
     /// Coupon in force.
     pub coupon: Option<String>,
+    /// A discount change waiting for the next period: the coupon then, or
+    /// null when the discount comes off (see `discount_change_scheduled`).
+    pub scheduled_coupon: Option<String>,
+    /// Whether a discount change waits for the next period.
+    pub discount_change_scheduled: bool,
     /// When it ended.
     pub canceled_at: Option<String>,
     /// Its invoices, oldest first.
@@ -404,6 +430,11 @@ impl SubscriptionDto {
             cancel_at_period_end: state.cancel_at_period_end,
             scheduled_price: state.scheduled_change.as_ref().map(|(p, _)| p.id.clone()),
             coupon: state.discount.as_ref().map(|d| d.coupon.to_string()),
+            scheduled_coupon: state
+                .scheduled_discount
+                .as_ref()
+                .and_then(|next| next.as_ref().map(|d| d.coupon.to_string())),
+            discount_change_scheduled: state.scheduled_discount.is_some(),
             canceled_at: state.canceled_at.map(rfc3339),
             invoices: state.invoices.iter().map(|i| i.0).collect(),
             position,

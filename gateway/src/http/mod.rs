@@ -107,6 +107,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/subscriptions/{id}/undo_cancellation",
             post(subscriptions::undo_cancellation),
         )
+        .route(
+            "/v1/subscriptions/{id}/discount",
+            post(subscriptions::apply_discount).delete(subscriptions::remove_discount),
+        )
         .route("/v1/invoices", get(invoices::list))
         .route("/v1/invoices/{id}", get(invoices::get))
         .route("/v1/invoices/{id}/pay", post(invoices::pay))

@@ -15,7 +15,7 @@ use super::routes::{catalog, coupons, customers, invoices, metrics, subscription
         customers::create, customers::get, customers::update, customers::attach_payment_method,
         subscriptions::create, subscriptions::get, subscriptions::list, subscriptions::change,
         subscriptions::preview_change, subscriptions::cancel, subscriptions::pause, subscriptions::resume,
-        subscriptions::undo_cancellation,
+        subscriptions::undo_cancellation, subscriptions::apply_discount, subscriptions::remove_discount,
         invoices::get, invoices::list, invoices::pay, invoices::void, invoices::refund, invoices::purchase,
         coupons::create, coupons::get,
         catalog::plans, catalog::prices, catalog::create_price,

@@ -15,8 +15,8 @@ use super::{
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::dto::{
-    CancelBody, LineDto, PlanChangeBody, PreviewDto, SubscriptionCreate, SubscriptionDto,
-    SubscriptionList, TotalsDto,
+    CancelBody, DiscountBody, LineDto, PlanChangeBody, PreviewDto, RemoveDiscountBody,
+    SubscriptionCreate, SubscriptionDto, SubscriptionList, TimingDto, TotalsDto,
 };
 use crate::http::problem::{ApiError, Problem};
 use crate::http::request::{RawBody, idempotent, json_response, parse};
@@ -143,6 +143,8 @@ enum Action {
     Pause,
     Resume,
     UndoCancellation,
+    Discount(CouponCode, TimingDto),
+    RemoveDiscount(RemoveDiscountBody),
 }
 
 async fn act(
@@ -153,7 +155,10 @@ async fn act(
     body: axum::body::Bytes,
     kind: &'static str,
 ) -> Response {
-    let route = format!("POST /v1/subscriptions/{id}/{kind}");
+    let route = match kind {
+        "remove_discount" => format!("DELETE /v1/subscriptions/{id}/discount"),
+        _ => format!("POST /v1/subscriptions/{id}/{kind}"),
+    };
     let state = &state;
     let billing = &state.billing;
     let command = |id: SubscriptionId, body: &[u8]| {
@@ -168,6 +173,11 @@ async fn act(
                 parse::<Empty>(body)?;
                 Action::Resume
             }
+            "discount" => {
+                let input: DiscountBody = parse(body)?;
+                Action::Discount(CouponCode::parse(&input.coupon)?, input.timing)
+            }
+            "remove_discount" => Action::RemoveDiscount(parse(body)?),
             _ => {
                 parse::<Empty>(body)?;
                 Action::UndoCancellation
@@ -175,6 +185,12 @@ async fn act(
         };
         let work = async move {
             match action {
+                Action::Discount(code, timing) => {
+                    billing.apply_discount(id, &code, timing.into()).await
+                }
+                Action::RemoveDiscount(body) => {
+                    billing.remove_discount(id, body.timing.into()).await
+                }
                 Action::Change(change) => billing.change_plan(id, plan_change(change)).await,
                 Action::Cancel(cancel) => billing.cancel(id, cancel.timing.into()).await,
                 Action::Pause => billing.pause(id).await,
@@ -310,4 +326,36 @@ pub async fn preview_change(
         },
     };
     Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
+
+/// Put a coupon's discount on the running subscription (a retention or dunning offer), replacing any other: now or from the next period.
+#[utoipa::path(post, operation_id = "subscriptions_apply_discount", path = "/v1/subscriptions/{id}/discount", tag = "subscriptions", request_body = DiscountBody,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+pub async fn apply_discount(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "discount").await
+}
+
+/// Take the discount off the subscription: now or from the next period (an empty body means now).
+#[utoipa::path(delete, operation_id = "subscriptions_remove_discount", path = "/v1/subscriptions/{id}/discount", tag = "subscriptions", request_body = RemoveDiscountBody,
+    params(("id" = String, Path, description = "Subscription id"),
+           ("If-Match" = Option<String>, Header, description = "The version you last saw"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+pub async fn remove_discount(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    act(state, caller, id, headers, body, "remove_discount").await
 }
