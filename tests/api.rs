@@ -60,13 +60,26 @@ async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
             )
         }
     };
+    let (child, base) = spawn_serve(&location, start).await;
+    Server {
+        child,
+        base,
+        location,
+        client: reqwest::Client::new(),
+        _store: store,
+        _dir: dir,
+    }
+}
+
+/// Starts `recur serve` on `location`: the child and its base URL.
+async fn spawn_serve(location: &str, start: Option<&str>) -> (Child, String) {
     let mut args = vec![
         "serve",
         "--listen",
         "127.0.0.1:0",
         "--test-clock",
         "--database",
-        &location,
+        location,
     ];
     if let Some(start) = start {
         args.extend(["--test-clock-start", start]);
@@ -93,13 +106,18 @@ async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("recur serve did not say where it listens: {line:?}"))
         .to_owned();
-    Server {
-        child,
-        base: format!("http://{address}"),
-        location,
-        client: reqwest::Client::new(),
-        _store: store,
-        _dir: dir,
+    (child, format!("http://{address}"))
+}
+
+impl Server {
+    /// Stops the server and starts another on the same ledger (its test clock
+    /// resumes where the ledger's last event left it).
+    async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, base) = spawn_serve(&self.location, None).await;
+        self.child = child;
+        self.base = base;
     }
 }
 
@@ -579,6 +597,10 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
         keys.insert(role, made.body["key"].as_str().unwrap().to_owned());
     }
     keys.insert("admin", ADMIN_KEY.to_owned());
+    let tax_rate = server.get("/v1/tax_rates").await.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     // (method, path, body, roles allowed besides admin)
     let routes: Vec<(Method, String, Value, &[&str])> = vec![
         (
@@ -741,6 +763,36 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             Method::POST,
             "/v1/prices".into(),
             json!({"id": "community_access_usd_month_v2", "plan": "community_access", "unit_amount": money("99.00"), "interval": "month"}),
+            &[],
+        ),
+        (
+            Method::POST,
+            "/v1/plans".into(),
+            json!({"id": "matrix_plan", "name": "Matrix", "price": {"id": "matrix_plan_v1", "unit_amount": money("10.00"), "interval": "month"}}),
+            &[],
+        ),
+        (
+            Method::POST,
+            "/v1/plans/community_access".into(),
+            json!({"name": "Community Access"}),
+            &[],
+        ),
+        (
+            Method::GET,
+            "/v1/tax_rates".into(),
+            Value::Null,
+            &["billing", "support", "analyst"],
+        ),
+        (
+            Method::POST,
+            "/v1/tax_rates".into(),
+            json!({"country": "FR", "name": "TVA", "percent": "20", "mode": "inclusive"}),
+            &[],
+        ),
+        (
+            Method::POST,
+            format!("/v1/tax_rates/{tax_rate}/retire"),
+            json!({}),
             &[],
         ),
         (
@@ -1309,7 +1361,10 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/coupons",
         "/v1/coupons/{code}",
         "/v1/plans",
+        "/v1/plans/{id}",
         "/v1/prices",
+        "/v1/tax_rates",
+        "/v1/tax_rates/{id}/retire",
         "/v1/api_keys",
         "/v1/test_clock/advance",
         "/healthz",
@@ -1464,4 +1519,284 @@ async fn metrics_default_to_today_on_the_ledgers_clock() {
     );
     let aging = server.get("/v1/ledger/ar-aging").await;
     assert_eq!(aging.body["as_of"], "2027-02-24");
+}
+
+/// The invoice's tax and total, as (tax, total) amounts.
+async fn tax_and_total(server: &Server, invoice: &Value) -> (String, String) {
+    let invoice = server
+        .get(&format!("/v1/invoices/{}", invoice.as_str().unwrap()))
+        .await;
+    let totals = &invoice.body["totals"];
+    (
+        totals["tax"]["amount"].as_str().unwrap().to_owned(),
+        totals["total"]["amount"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Tax rates and plans are catalog events changed through the API: a rate in
+/// force from a date replaces a retired one for invoices issued from then on,
+/// a plan added without a rebuild is sold at once, a plan's current price moves,
+/// and a restarted server keeps all of it (the file only seeded the ledger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tax_rates_and_plans_change_through_the_api_as_catalog_events() {
+    let mut server = serve_from(Backend::Sqlite, Some("2027-01-01T00:00:00Z")).await;
+    let rates = server.get("/v1/tax_rates").await;
+    assert_eq!(rates.status, StatusCode::OK, "{}", rates.body);
+    let seeded = rates.body["data"].as_array().unwrap().clone();
+    assert_eq!(seeded.len(), 5, "the file's five rates seed the ledger");
+    let texas = seeded
+        .iter()
+        .find(|r| r["jurisdiction"] == "US-TX")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (texas["percent"].clone(), texas["status"].clone()),
+        (json!("6.25"), json!("active"))
+    );
+
+    // From March 1, Texas taxes 8.25 %: a new rate, and the old one retired then.
+    let created = server
+        .post(
+            "/v1/tax_rates",
+            json!({"country": "US", "region": "TX", "name": "Texas sales tax", "percent": "8.25",
+                   "mode": "exclusive", "valid_from": "2027-03-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["status"], "scheduled");
+    let retired = server
+        .post(
+            &format!("/v1/tax_rates/{}/retire", texas["id"].as_str().unwrap()),
+            json!({"at": "2027-03-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(retired.status, StatusCode::OK, "{}", retired.body);
+    assert_eq!(retired.body["retired_at"], "2027-03-01T00:00:00Z");
+    for (body, status, code) in [
+        (
+            json!({"country": "US", "region": "TX", "name": "x", "percent": "100", "mode": "exclusive"}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"country": "US", "region": "TX", "name": "x", "percent": "5", "mode": "both"}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"country": "us", "name": "x", "percent": "5", "mode": "exclusive"}),
+            422,
+            "invalid_field",
+        ),
+        (
+            json!({"country": "US", "region": "TX", "name": "again", "percent": "9", "mode": "exclusive",
+                "valid_from": "2027-03-01T00:00:00Z"}),
+            422,
+            "invalid_catalog",
+        ),
+    ] {
+        let refused = server.post("/v1/tax_rates", body.clone()).await;
+        assert_eq!(refused.status.as_u16(), status, "{body}: {}", refused.body);
+        assert_eq!(refused.body["code"], code, "{body}: {}", refused.body);
+    }
+    let unknown = server
+        .post("/v1/tax_rates/no-such-rate/retire", json!({}))
+        .await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(unknown.body["code"], "tax_rate_not_found");
+
+    // A Texan customer billed monthly from January 1: 6.25 % until February, 8.25 % from March.
+    let customer = server.customer_with_card().await;
+    let (created, sub, ..) = server.community_subscription(&customer).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let advanced = server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-03-02T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(advanced.status, StatusCode::OK, "{}", advanced.body);
+    let state = server.get(&format!("/v1/subscriptions/{sub}")).await;
+    let invoices = state.body["invoices"].as_array().unwrap().clone();
+    assert_eq!(invoices.len(), 3);
+    let mut taxed = Vec::new();
+    for invoice in &invoices {
+        taxed.push(tax_and_total(&server, invoice).await);
+    }
+    let pair = |tax: &str, total: &str| (tax.to_owned(), total.to_owned());
+    assert_eq!(
+        taxed,
+        vec![
+            pair("6.06", "103.06"),
+            pair("6.06", "103.06"),
+            pair("8.00", "105.00")
+        ]
+    );
+
+    // A plan added through the API, sold at once; then its current price moves.
+    let plan = server
+        .post(
+            "/v1/plans",
+            json!({"id": "mastermind", "name": "Mastermind Circle", "trial_days": 0,
+                   "features": {"calls_per_month": 2},
+                   "price": {"id": "mastermind_usd_month_v1", "unit_amount": money("300.00"), "interval": "month"}}),
+        )
+        .await;
+    assert_eq!(plan.status, StatusCode::CREATED, "{}", plan.body);
+    assert_eq!(plan.body["current_price"], "mastermind_usd_month_v1");
+    let again = server
+        .post(
+            "/v1/plans",
+            json!({"id": "mastermind", "name": "Again",
+                   "price": {"id": "mastermind_usd_month_v2", "unit_amount": money("1.00"), "interval": "month"}}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    let bad = server
+        .post(
+            "/v1/plans",
+            json!({"id": "a b", "name": "Bad",
+                   "price": {"id": "bad_price", "unit_amount": money("1.00"), "interval": "month"}}),
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    let monthly = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "mastermind"}),
+        )
+        .await;
+    assert_eq!(monthly.status, StatusCode::CREATED, "{}", monthly.body);
+    assert_eq!(monthly.body["unit_amount"], money("300.00"));
+    let yearly = server
+        .post(
+            "/v1/prices",
+            json!({"id": "mastermind_usd_year_v1", "plan": "mastermind", "unit_amount": money("3000.00"), "interval": "year"}),
+        )
+        .await;
+    assert_eq!(yearly.status, StatusCode::CREATED, "{}", yearly.body);
+    let moved = server
+        .post(
+            "/v1/plans/mastermind",
+            json!({"current_price": "mastermind_usd_year_v1"}),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    let foreign = server
+        .post(
+            "/v1/plans/mastermind",
+            json!({"current_price": "community_access_usd_month_v1"}),
+        )
+        .await;
+    assert_eq!(
+        foreign.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        foreign.body
+    );
+    let second = server.customer_with_card().await;
+    let on_yearly = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": second, "plan": "mastermind"}),
+        )
+        .await;
+    assert_eq!(
+        on_yearly.body["price"], "mastermind_usd_year_v1",
+        "{}",
+        on_yearly.body
+    );
+    let billing_key = server
+        .post("/v1/api_keys", json!({"role": "billing"}))
+        .await
+        .body["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let forbidden = server
+        .call(
+            Method::POST,
+            "/v1/tax_rates",
+            Some(&billing_key),
+            Some(json!({"country": "FR", "name": "TVA", "percent": "20", "mode": "inclusive"})),
+            &[],
+        )
+        .await;
+    assert_eq!(forbidden.status, StatusCode::FORBIDDEN);
+
+    // Another server on the same ledger holds the same catalog.
+    server.restart().await;
+    let rates = server.get("/v1/tax_rates").await.body["data"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rates.len(), 6);
+    let texas_now: Vec<(Value, Value)> = rates
+        .iter()
+        .filter(|r| r["jurisdiction"] == "US-TX")
+        .map(|r| (r["percent"].clone(), r["status"].clone()))
+        .collect();
+    assert_eq!(
+        texas_now,
+        vec![
+            (json!("6.25"), json!("retired")),
+            (json!("8.25"), json!("active"))
+        ]
+    );
+    let plans = server.get("/v1/plans").await;
+    let mastermind = plans.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "mastermind")
+        .unwrap()
+        .clone();
+    assert_eq!(mastermind["current_price"], "mastermind_usd_year_v1");
+    assert_eq!(mastermind["features"]["calls_per_month"], 2);
+}
+
+/// Regression (money correctness, defect 4), as reported: a 970.00/year price
+/// scheduled at period end on a monthly subscription kept the monthly anchor
+/// (2027-02-01 → 2029-01-01, billed once). The new cycle starts at the period end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monthly_to_yearly_at_period_end_bills_a_year_from_the_period_end() {
+    let server = serve_from(Backend::Sqlite, Some("2027-01-01T00:00:00Z")).await;
+    let yearly = server
+        .post(
+            "/v1/prices",
+            json!({"id": "community_access_usd_year_v1", "plan": "community_access",
+                   "unit_amount": money("970.00"), "interval": "year"}),
+        )
+        .await;
+    assert_eq!(yearly.status, StatusCode::CREATED, "{}", yearly.body);
+    let customer = untaxed_customer_with_card(&server).await;
+    let (_, sub, ..) = server.community_subscription(&customer).await;
+    let changed = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/change"),
+            json!({"plan": "community_access", "price": "community_access_usd_year_v1", "timing": "period_end"}),
+        )
+        .await;
+    assert_eq!(changed.status, StatusCode::OK, "{}", changed.body);
+    assert_eq!(
+        changed.body["scheduled_price"],
+        "community_access_usd_year_v1"
+    );
+    server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-02-02T00:00:00Z"}),
+        )
+        .await;
+    let state = server.get(&format!("/v1/subscriptions/{sub}")).await;
+    assert_eq!(
+        state.body["current_period"]["start"],
+        "2027-02-01T00:00:00Z"
+    );
+    assert_eq!(state.body["current_period"]["end"], "2028-02-01T00:00:00Z");
+    let renewal = state.body["invoices"][1].clone();
+    assert_eq!(
+        tax_and_total(&server, &renewal).await,
+        ("0.00".to_owned(), "970.00".to_owned())
+    );
 }

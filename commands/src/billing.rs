@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use recur_ledger::{
-    ExpectedVersion, Ledger, LedgerError, Metadata, Money, NewEvent, Source, StreamId,
-};
+use recur_ledger::{Ledger, LedgerError, Metadata, Money, Source, StreamId};
 use time::OffsetDateTime;
 
 use crate::aggregate::Aggregate;
-use crate::catalog::{Billing as PriceBilling, Catalog, Price};
+use crate::catalog::{Billing as PriceBilling, Catalog, CatalogCommand, Plan, Price};
 use crate::coupon::{AppliedDiscount, Coupon, CouponCommand, CouponDuration, Discount};
 use crate::customer::{Contact, ContactDetails, Customer, CustomerCommand, PaymentMethod, Segment};
 use crate::dunning::RetryPolicy;
@@ -26,7 +24,7 @@ use crate::repository::{Executed, Repository, decode};
 use crate::subscription::{
     CancelReason, Settlement, Subscription, SubscriptionCommand, SubscriptionStatus, Timing,
 };
-use crate::tax::TaxLocation;
+use crate::tax::{TaxLocation, TaxRate};
 
 /// Periods one subscription may be advanced by in one call (a clock jumped far ahead).
 pub const PERIODS_PER_ADVANCE_MAX: u32 = 1_000;
@@ -102,7 +100,6 @@ pub struct NewCoupon {
 /// The billing service.
 pub struct Billing {
     repo: Repository,
-    catalog: std::sync::RwLock<Arc<Catalog>>,
     gateway: Arc<dyn PaymentGateway>,
     retry: RetryPolicy,
 }
@@ -116,26 +113,42 @@ fn metadata(source: Source) -> Metadata {
 }
 
 impl Billing {
-    /// Opens the service: records each catalog price in the ledger the first time
-    /// it is seen, and refuses to start when a recorded price's terms were edited.
+    /// Opens the service. A ledger whose catalog has no plan yet is seeded with
+    /// `catalog` (its plans, prices and tax rates, as catalog events); after
+    /// that the ledger's catalog is the one in force, changed through the API.
     ///
     /// # Errors
-    /// [`BillingError::Catalog`] for an edited price; ledger errors.
+    /// [`BillingError::Catalog`] when the file contradicts a price the ledger
+    /// recorded; ledger errors.
     pub async fn open(
         ledger: Ledger,
         catalog: Catalog,
         gateway: Arc<dyn PaymentGateway>,
     ) -> Result<Self, BillingError> {
-        let mut catalog = catalog;
-        for price in created_prices(&ledger).await? {
-            catalog = catalog.with_price(price)?;
-        }
-        for price in catalog.prices() {
-            publish_price(&ledger, price).await?;
-        }
+        let repo = Repository::new(ledger);
+        let now = repo.ledger().clock().now();
+        let rate_ids: Vec<String> = catalog
+            .tax()
+            .rates
+            .iter()
+            .map(|_| recur_ledger::EventId::new_at(now).0.to_string())
+            .collect();
+        let seed = CatalogCommand::Seed {
+            file: Box::new(catalog),
+            rate_ids,
+        };
+        repo.execute::<Catalog, _>(&catalog_stream()?, &metadata(Source::Cli), |_| {
+            Ok(seed.clone())
+        })
+        .await
+        .map_err(|error| match error {
+            BillingError::Domain(DomainError::InvalidCatalog(message)) => {
+                BillingError::Catalog(message)
+            }
+            other => other,
+        })?;
         Ok(Self {
-            repo: Repository::new(ledger),
-            catalog: std::sync::RwLock::new(Arc::new(catalog)),
+            repo,
             gateway,
             retry: RetryPolicy::default(),
         })
@@ -146,41 +159,114 @@ impl Billing {
         self.repo.ledger()
     }
 
-    /// The catalog.
-    pub fn catalog(&self) -> Arc<Catalog> {
-        match self.catalog.read() {
-            Ok(catalog) => Arc::clone(&catalog),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Adds a price to the catalog (an admin's command): recorded in the ledger's
-    /// `catalog` stream and published like the file's prices, so it is immutable
-    /// and every process sees it when it opens.
+    /// The catalog as the ledger holds it now (another process's changes included).
     ///
     /// # Errors
-    /// An id in use, an unknown plan, a bad amount or interval; ledger errors.
+    /// Ledger errors.
+    pub async fn catalog(&self) -> Result<Catalog, BillingError> {
+        Ok(self
+            .repo
+            .load_current::<Catalog>(&catalog_stream()?)
+            .await?
+            .0)
+    }
+
+    async fn catalog_command(&self, command: CatalogCommand) -> Result<Catalog, BillingError> {
+        Ok(self
+            .repo
+            .execute::<Catalog, _>(&catalog_stream()?, &metadata(Source::Api), |_| {
+                Ok(command.clone())
+            })
+            .await?
+            .state)
+    }
+
+    /// Adds a price to the catalog (an admin's command): immutable from then on.
+    /// The same price again is no change.
+    ///
+    /// # Errors
+    /// An id in use with other terms, an unknown plan, a bad amount or interval.
     pub async fn create_price(&self, price: Price) -> Result<Price, BillingError> {
-        let catalog = self.catalog().with_price(price.clone())?;
-        let ledger = self.repo.ledger();
-        let stream = StreamId::parse(CATALOG_STREAM)?;
-        let event = NewEvent::new(
-            recur_ledger::EventId::new_at(self.now()),
-            "PriceCreated",
-            1,
-            &CatalogEvent::PriceCreated {
-                price: price.clone(),
-            },
-        )?
-        .with_metadata(metadata(Source::Api));
-        ledger
-            .append(&stream, ExpectedVersion::Any, vec![event])
-            .await?;
-        publish_price(ledger, &price).await?;
-        if let Ok(mut current) = self.catalog.write() {
-            *current = Arc::new(catalog);
-        }
+        self.catalog_command(CatalogCommand::CreatePrice {
+            price: price.clone(),
+        })
+        .await?;
         Ok(price)
+    }
+
+    /// Adds a plan with its first price, which becomes its current price.
+    ///
+    /// # Errors
+    /// An id in use, a bad name, trial or price.
+    pub async fn create_plan(&self, plan: Plan, price: Price) -> Result<Plan, BillingError> {
+        let catalog = self
+            .catalog_command(CatalogCommand::CreatePlan {
+                plan: plan.clone(),
+                price,
+            })
+            .await?;
+        Ok(catalog.plan(&plan.id)?.clone())
+    }
+
+    /// Changes a plan's name, trial or current price (a price of its own; new
+    /// subscriptions get it, existing ones keep theirs).
+    ///
+    /// # Errors
+    /// An unknown plan or price, a price of another plan, a bad name or trial.
+    pub async fn update_plan(
+        &self,
+        plan_id: &str,
+        name: Option<String>,
+        trial_days: Option<u32>,
+        current_price: Option<String>,
+    ) -> Result<Plan, BillingError> {
+        let catalog = self
+            .catalog_command(CatalogCommand::UpdatePlan {
+                plan_id: plan_id.to_owned(),
+                name,
+                trial_days,
+                current_price,
+            })
+            .await?;
+        Ok(catalog.plan(plan_id)?.clone())
+    }
+
+    /// Adds a tax rate, in force from its `valid_from` (default: now); returns it with its id.
+    ///
+    /// # Errors
+    /// A bad jurisdiction, rate or name; a rate of the same jurisdiction in
+    /// force from the same instant.
+    pub async fn create_tax_rate(&self, mut rate: TaxRate) -> Result<TaxRate, BillingError> {
+        let now = self.now();
+        rate.id = recur_ledger::EventId::new_at(now).0.to_string();
+        rate.valid_from = Some(rate.valid_from.unwrap_or(now));
+        self.catalog_command(CatalogCommand::CreateTaxRate { rate: rate.clone() })
+            .await?;
+        Ok(rate)
+    }
+
+    /// Retires a tax rate from `at` (default: now): invoices issued from then on
+    /// no longer take it.
+    ///
+    /// # Errors
+    /// An unknown rate.
+    pub async fn retire_tax_rate(
+        &self,
+        id: &str,
+        at: Option<OffsetDateTime>,
+    ) -> Result<TaxRate, BillingError> {
+        let at = at.unwrap_or_else(|| self.now());
+        let catalog = self
+            .catalog_command(CatalogCommand::RetireTaxRate {
+                id: id.to_owned(),
+                at,
+            })
+            .await?;
+        catalog
+            .tax()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found("tax_rate", id))
     }
 
     /// The retry policy.
@@ -481,18 +567,17 @@ impl Billing {
 
     // ---- subscriptions ---------------------------------------------------------
 
-    fn price_of(&self, plan_id: &str, price_id: Option<&str>) -> Result<Price, DomainError> {
-        let catalog = self.catalog();
+    async fn price_of(&self, plan_id: &str, price_id: Option<&str>) -> Result<Price, BillingError> {
+        let catalog = self.catalog().await?;
         catalog.plan(plan_id)?;
         let price = match price_id {
             Some(id) => catalog.price(id)?,
             None => catalog.current_price(plan_id)?,
         };
         if price.plan_id != plan_id {
-            return Err(DomainError::UnknownPrice(format!(
-                "{} (of plan {plan_id})",
-                price.id
-            )));
+            return Err(
+                DomainError::UnknownPrice(format!("{} (of plan {plan_id})", price.id)).into(),
+            );
         }
         Ok(price.clone())
     }
@@ -505,10 +590,10 @@ impl Billing {
     /// [`DomainError`]s as above; ledger errors.
     pub async fn subscribe(&self, new: NewSubscription) -> Result<SubscriptionId, BillingError> {
         let now = self.now();
-        let price = self.price_of(&new.plan_id, new.price_id.as_deref())?;
+        let price = self.price_of(&new.plan_id, new.price_id.as_deref()).await?;
         self.customer(new.customer_id).await?;
         let trial_days = match new.trial {
-            Trial::PlanDefault => self.catalog().plan(&new.plan_id)?.trial_days,
+            Trial::PlanDefault => self.catalog().await?.plan(&new.plan_id)?.trial_days,
             Trial::Skip => 0,
             Trial::Days(days) => days.min(crate::catalog::TRIAL_DAYS_MAX),
         };
@@ -580,7 +665,9 @@ impl Billing {
         id: SubscriptionId,
         change: PlanChange,
     ) -> Result<Subscription, BillingError> {
-        let price = self.price_of(&change.plan_id, change.price_id.as_deref())?;
+        let price = self
+            .price_of(&change.plan_id, change.price_id.as_deref())
+            .await?;
         let now = self.now();
         let executed = self
             .subscription_change(id, Source::Api, |state| SubscriptionCommand::ChangePrice {
@@ -605,7 +692,9 @@ impl Billing {
         id: SubscriptionId,
         change: &PlanChange,
     ) -> Result<Option<(InvoiceRequest, crate::invoice::Totals)>, BillingError> {
-        let price = self.price_of(&change.plan_id, change.price_id.as_deref())?;
+        let price = self
+            .price_of(&change.plan_id, change.price_id.as_deref())
+            .await?;
         let now = self.now();
         let state = self.subscription(id).await?;
         let events = state.decide(SubscriptionCommand::ChangePrice {
@@ -624,8 +713,9 @@ impl Billing {
         let customer = self.customer(customer_id).await?;
         let tax_basis = self
             .catalog()
+            .await?
             .tax()
-            .basis_for(customer.tax_location.as_ref());
+            .basis_at(customer.tax_location.as_ref(), now);
         let currency = request.lines[0].amount.currency();
         let totals = compute_totals(
             &request.lines,
@@ -819,7 +909,7 @@ impl Billing {
         coupon: Option<CouponCode>,
     ) -> Result<InvoiceId, BillingError> {
         let now = self.now();
-        let price = self.price_of(plan_id, None)?;
+        let price = self.price_of(plan_id, None).await?;
         if price.billing != PriceBilling::OneTime {
             return Err(DomainError::WrongPriceKind {
                 price: price.id.clone(),
@@ -839,7 +929,7 @@ impl Billing {
             reason: BillingReason::Purchase,
             lines: vec![Line {
                 kind: LineKind::OneTime,
-                description: self.catalog().plan(plan_id)?.name.clone(),
+                description: self.catalog().await?.plan(plan_id)?.name.clone(),
                 plan_id: plan_id.to_owned(),
                 price_id: price.id.clone(),
                 quantity: 1,
@@ -933,10 +1023,13 @@ impl Billing {
             return Ok(());
         };
         let customer = self.customer(customer_id).await?;
+        // The rate in force on the invoice's issue date, however late it is finalized.
+        let issued_at = invoice.issued_at.unwrap_or_else(|| self.now());
         let tax_basis = self
             .catalog()
+            .await?
             .tax()
-            .basis_for(customer.tax_location.as_ref());
+            .basis_at(customer.tax_location.as_ref(), issued_at);
         let invoice = if invoice.totals.is_none() {
             let preview = compute_totals(
                 &invoice.lines,
@@ -1382,89 +1475,9 @@ fn not_found(kind: &'static str, id: impl ToString) -> BillingError {
     not_found_domain(kind, id).into()
 }
 
-/// The stream of prices created through the API.
-const CATALOG_STREAM: &str = "catalog";
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(tag = "type")]
-enum CatalogEvent {
-    PriceCreated { price: Price },
-}
-
-/// Prices created through the API, oldest first.
-async fn created_prices(ledger: &Ledger) -> Result<Vec<Price>, BillingError> {
-    let stream = StreamId::parse(CATALOG_STREAM)?;
-    let mut prices = Vec::new();
-    let mut from = 1;
-    loop {
-        let page = ledger.read_stream(&stream, from, 1_000).await?;
-        let done = page.len() < 1_000;
-        for recorded in &page {
-            let CatalogEvent::PriceCreated { price } = serde_json::from_str(&recorded.payload)
-                .map_err(|e| {
-                    BillingError::Catalog(format!("catalog event {}: {e}", recorded.position.0))
-                })?;
-            prices.push(price);
-            from = recorded.stream_version + 1;
-        }
-        if done {
-            break;
-        }
-    }
-    Ok(prices)
-}
-
-/// Records a price's terms in `price-<id>` once; errors if they differ from what was recorded.
-async fn publish_price(ledger: &Ledger, price: &Price) -> Result<(), BillingError> {
-    #[derive(serde::Serialize, serde::Deserialize)]
-    #[serde(tag = "type")]
-    enum PriceEvent {
-        PricePublished { price: Price },
-    }
-    let stream = StreamId::parse(format!("price-{}", price.id))?;
-    let check = |recorded: &str| -> Result<(), BillingError> {
-        let PriceEvent::PricePublished { price: stored } = serde_json::from_str(recorded)
-            .map_err(|e| BillingError::Catalog(format!("price {}: {e}", price.id)))?;
-        if stored == *price {
-            Ok(())
-        } else {
-            Err(BillingError::Catalog(format!(
-                "price {} was published as {} {} and is now {} {}: prices are immutable; add a new price id instead",
-                price.id,
-                stored.unit_amount.amount(),
-                stored.unit_amount.currency().code(),
-                price.unit_amount.amount(),
-                price.unit_amount.currency().code()
-            )))
-        }
-    };
-    if let Some(recorded) = ledger.read_stream(&stream, 1, 1).await?.first() {
-        return check(&recorded.payload);
-    }
-    let now = ledger.clock().now();
-    let event = NewEvent::new(
-        recur_ledger::EventId::new_at(now),
-        "PricePublished",
-        1,
-        &PriceEvent::PricePublished {
-            price: price.clone(),
-        },
-    )?
-    .with_metadata(metadata(Source::Cli));
-    match ledger
-        .append(&stream, ExpectedVersion::NoStream, vec![event])
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(LedgerError::VersionConflict { .. }) => {
-            let recorded = ledger.read_stream(&stream, 1, 1).await?;
-            match recorded.first() {
-                Some(recorded) => check(&recorded.payload),
-                None => Ok(()),
-            }
-        }
-        Err(error) => Err(error.into()),
-    }
+/// The catalog's stream.
+fn catalog_stream() -> Result<StreamId, LedgerError> {
+    StreamId::parse(crate::catalog::CATALOG_STREAM)
 }
 
 /// Decodes a recorded subscription, invoice, customer or coupon event for folds

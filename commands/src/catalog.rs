@@ -1,13 +1,23 @@
-//! The catalog: plans and their immutable, versioned prices, plus tax rates, from TOML.
+//! The catalog: plans, their immutable, versioned prices, and tax rates — an
+//! aggregate in the ledger's `catalog` stream, changed through the API (admin);
+//! the TOML file only seeds an empty ledger.
 
 use std::collections::BTreeMap;
 
 use recur_ledger::{Currency, Money};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
+use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::{BillingError, DomainError};
 use crate::period::{Interval, IntervalUnit};
-use crate::tax::TaxRates;
+use crate::tagged::domain_events;
+use crate::tax::{TaxRate, TaxRates};
+
+/// The stream the catalog lives in.
+pub const CATALOG_STREAM: &str = "catalog";
+/// The most plans, prices or tax rates the catalog holds (each).
+pub const CATALOG_ITEMS_MAX: usize = 1_000;
 
 /// The catalog that ships with Recur: the coaching business's four plans.
 pub const DEFAULT_CATALOG_TOML: &str = include_str!("../catalog/default.toml");
@@ -59,7 +69,7 @@ impl Price {
 }
 
 /// A plan: what is sold, its trial, and its features and limits (metadata).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// The id, e.g. `elite_coaching`.
     pub id: String,
@@ -76,7 +86,7 @@ pub struct Plan {
 }
 
 /// Plans, prices and tax rates.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Catalog {
     plans: BTreeMap<String, Plan>,
     prices: BTreeMap<String, Price>,
@@ -229,19 +239,18 @@ impl Catalog {
     /// # Errors
     /// [`BillingError::Catalog`] naming the problem.
     pub fn with_price(&self, price: Price) -> Result<Self, BillingError> {
-        let bad = |message: String| BillingError::Catalog(message);
-        if price.id.is_empty()
-            || price.id.len() > 100
-            || !price
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(bad(format!(
-                "price id {:?}: 1 to 100 letters, digits, '_' or '-'",
-                price.id
-            )));
-        }
+        self.check_price(&price)
+            .map_err(|e| BillingError::Catalog(e.to_string()))?;
+        let mut next = self.clone();
+        next.prices.insert(price.id.clone(), price);
+        Ok(next)
+    }
+
+    /// Checks a new price: a well-formed new id, a known plan, a positive amount
+    /// in whole minor units, an interval within limits.
+    fn check_price(&self, price: &Price) -> Result<(), DomainError> {
+        let bad = |message: String| DomainError::InvalidCatalog(message);
+        check_id("price", &price.id)?;
         if self.prices.contains_key(&price.id) {
             return Err(bad(format!(
                 "price {} exists; prices are immutable, use a new id",
@@ -264,13 +273,46 @@ impl Catalog {
             && (interval.count == 0 || interval.count > Interval::count_max(interval.unit))
         {
             return Err(bad(format!(
-                "price {}: interval_count out of range",
-                price.id
+                "price {}: interval_count must be 1 to {} (three years)",
+                price.id,
+                Interval::count_max(interval.unit)
             )));
         }
-        let mut next = self.clone();
-        next.prices.insert(price.id.clone(), price);
-        Ok(next)
+        if self.prices.len() >= CATALOG_ITEMS_MAX {
+            return Err(bad(format!("at most {CATALOG_ITEMS_MAX} prices")));
+        }
+        Ok(())
+    }
+
+    /// Checks a new plan and its first price (which becomes its current price).
+    fn check_plan(&self, plan: &Plan, price: &Price) -> Result<(), DomainError> {
+        let bad = |message: String| DomainError::InvalidCatalog(message);
+        check_id("plan", &plan.id)?;
+        if self.plans.contains_key(&plan.id) {
+            return Err(DomainError::AlreadyExists {
+                kind: "plan",
+                id: plan.id.clone(),
+            });
+        }
+        check_name(&plan.name)?;
+        if plan.trial_days > TRIAL_DAYS_MAX {
+            return Err(bad(format!(
+                "plan {}: trial_days above {TRIAL_DAYS_MAX}",
+                plan.id
+            )));
+        }
+        if price.plan_id != plan.id || plan.current_price != price.id {
+            return Err(bad(format!(
+                "plan {}: its first price must be its own and its current price",
+                plan.id
+            )));
+        }
+        if self.plans.len() >= CATALOG_ITEMS_MAX {
+            return Err(bad(format!("at most {CATALOG_ITEMS_MAX} plans")));
+        }
+        let mut with_plan = self.clone();
+        with_plan.plans.insert(plan.id.clone(), plan.clone());
+        with_plan.check_price(price)
     }
 
     /// A plan by id.
@@ -312,9 +354,14 @@ impl Catalog {
         self.prices.values()
     }
 
-    /// The tax rates.
+    /// The tax rates, retired ones included.
     pub fn tax(&self) -> &TaxRates {
         &self.tax
+    }
+
+    /// Whether the catalog has been seeded (it has a plan).
+    pub fn is_seeded(&self) -> bool {
+        !self.plans.is_empty()
     }
 
     /// The currencies prices are in.
@@ -327,6 +374,320 @@ impl Catalog {
         currencies.sort_by_key(|c| c.code());
         currencies.dedup();
         currencies
+    }
+}
+
+/// Ids of plans and prices: 1 to 100 letters, digits, `_` or `-`.
+fn check_id(kind: &'static str, id: &str) -> Result<(), DomainError> {
+    if id.is_empty()
+        || id.len() > 100
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(DomainError::InvalidField {
+            field: if kind == "plan" {
+                "plan id"
+            } else {
+                "price id"
+            },
+            reason: "1 to 100 letters, digits, '_' or '-'".into(),
+        });
+    }
+    Ok(())
+}
+
+/// A display name: 1 to 200 printable characters.
+fn check_name(name: &str) -> Result<(), DomainError> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > 200 || name.chars().any(char::is_control) {
+        return Err(DomainError::InvalidField {
+            field: "name",
+            reason: "1 to 200 printable characters".into(),
+        });
+    }
+    Ok(())
+}
+
+/// What can be asked of the catalog (an admin's commands, and the seed).
+#[derive(Clone, Debug)]
+pub enum CatalogCommand {
+    /// Record the file's plans, prices and tax rates in a catalog that has no
+    /// plan yet (prices already recorded are kept; a recorded price whose terms
+    /// differ from the file's is refused). Nothing once seeded.
+    Seed {
+        /// The file's catalog.
+        file: Box<Catalog>,
+        /// Ids for the file's tax rates, in order.
+        rate_ids: Vec<String>,
+    },
+    /// A new plan with its first price, which becomes its current price.
+    CreatePlan {
+        /// The plan.
+        plan: Plan,
+        /// Its first price.
+        price: Price,
+    },
+    /// Change a plan's name, trial or current price (a price of its own).
+    UpdatePlan {
+        /// The plan.
+        plan_id: String,
+        /// A new name.
+        name: Option<String>,
+        /// A new trial length for new subscriptions.
+        trial_days: Option<u32>,
+        /// The price new subscriptions get from now on.
+        current_price: Option<String>,
+    },
+    /// A new immutable price of a plan.
+    CreatePrice {
+        /// The price.
+        price: Price,
+    },
+    /// A new tax rate, in force from its `valid_from`.
+    CreateTaxRate {
+        /// The rate (with its id).
+        rate: TaxRate,
+    },
+    /// A tax rate no longer in force from `at`.
+    RetireTaxRate {
+        /// Its id.
+        id: String,
+        /// From when.
+        at: OffsetDateTime,
+    },
+}
+
+domain_events! {
+    /// What happened to the catalog.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum CatalogEvent {
+        /// A plan was added.
+        PlanCreated {
+            /// The plan.
+            plan: Plan,
+        },
+        /// A plan's name, trial or current price changed.
+        PlanUpdated {
+            /// The plan.
+            plan_id: String,
+            /// Its new name.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            name: Option<String>,
+            /// Its new trial length.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            trial_days: Option<u32>,
+            /// Its new current price.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            current_price: Option<String>,
+        },
+        /// A price was added.
+        PriceCreated {
+            /// The price, with its terms.
+            price: Price,
+        },
+        /// A tax rate was added.
+        TaxRateCreated {
+            /// The rate.
+            rate: TaxRate,
+        },
+        /// A tax rate was retired.
+        TaxRateRetired {
+            /// Its id.
+            id: String,
+            /// No longer in force from this instant.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+    }
+}
+
+impl DomainEvent for CatalogEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            CatalogEvent::PlanCreated { .. } => "PlanCreated",
+            CatalogEvent::PlanUpdated { .. } => "PlanUpdated",
+            CatalogEvent::PriceCreated { .. } => "PriceCreated",
+            CatalogEvent::TaxRateCreated { .. } => "TaxRateCreated",
+            CatalogEvent::TaxRateRetired { .. } => "TaxRateRetired",
+        }
+    }
+}
+
+impl Aggregate for Catalog {
+    type Event = CatalogEvent;
+    type Command = CatalogCommand;
+
+    fn decide(&self, command: CatalogCommand) -> Result<Vec<CatalogEvent>, DomainError> {
+        let bad = |message: String| DomainError::InvalidCatalog(message);
+        match command {
+            CatalogCommand::Seed { file, rate_ids } => {
+                if self.is_seeded() {
+                    return Ok(Vec::new());
+                }
+                let mut events: Vec<CatalogEvent> = file
+                    .plans
+                    .values()
+                    .map(|plan| CatalogEvent::PlanCreated { plan: plan.clone() })
+                    .collect();
+                for price in file.prices.values() {
+                    match self.prices.get(&price.id) {
+                        Some(recorded) if recorded == price => {}
+                        Some(recorded) => {
+                            return Err(bad(format!(
+                                "price {} was recorded as {} {} and is {} {} in the file: prices are immutable; add a new price id instead",
+                                price.id,
+                                recorded.unit_amount.amount(),
+                                recorded.unit_amount.currency().code(),
+                                price.unit_amount.amount(),
+                                price.unit_amount.currency().code()
+                            )));
+                        }
+                        None => events.push(CatalogEvent::PriceCreated {
+                            price: price.clone(),
+                        }),
+                    }
+                }
+                if self.tax.rates.is_empty() {
+                    if rate_ids.len() != file.tax.rates.len() {
+                        return Err(bad("one id per tax rate of the file".into()));
+                    }
+                    for (rate, id) in file.tax.rates.iter().zip(rate_ids) {
+                        events.push(CatalogEvent::TaxRateCreated {
+                            rate: TaxRate { id, ..rate.clone() },
+                        });
+                    }
+                }
+                Ok(events)
+            }
+            CatalogCommand::CreatePlan { plan, price } => {
+                self.check_plan(&plan, &price)?;
+                Ok(vec![
+                    CatalogEvent::PlanCreated { plan },
+                    CatalogEvent::PriceCreated { price },
+                ])
+            }
+            CatalogCommand::UpdatePlan {
+                plan_id,
+                name,
+                trial_days,
+                current_price,
+            } => {
+                let plan = self.plan(&plan_id)?;
+                if let Some(name) = &name {
+                    check_name(name)?;
+                }
+                if trial_days.is_some_and(|days| days > TRIAL_DAYS_MAX) {
+                    return Err(bad(format!(
+                        "plan {plan_id}: trial_days above {TRIAL_DAYS_MAX}"
+                    )));
+                }
+                if let Some(price_id) = &current_price
+                    && self.price(price_id)?.plan_id != plan_id
+                {
+                    return Err(bad(format!(
+                        "price {price_id} is not a price of plan {plan_id}"
+                    )));
+                }
+                let unchanged = name.as_ref().is_none_or(|n| *n == plan.name)
+                    && trial_days.is_none_or(|d| d == plan.trial_days)
+                    && current_price
+                        .as_ref()
+                        .is_none_or(|p| *p == plan.current_price);
+                if unchanged {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![CatalogEvent::PlanUpdated {
+                    plan_id,
+                    name,
+                    trial_days,
+                    current_price,
+                }])
+            }
+            CatalogCommand::CreatePrice { price } => {
+                if self.prices.get(&price.id) == Some(&price) {
+                    // The same price again (a retry): nothing to do.
+                    return Ok(Vec::new());
+                }
+                self.check_price(&price)?;
+                Ok(vec![CatalogEvent::PriceCreated { price }])
+            }
+            CatalogCommand::CreateTaxRate { rate } => {
+                rate.validate().map_err(bad)?;
+                if self.tax.get(&rate.id).is_some() || rate.id.is_empty() {
+                    return Err(DomainError::AlreadyExists {
+                        kind: "tax rate",
+                        id: rate.id,
+                    });
+                }
+                if rate.retired_at.is_some() {
+                    return Err(bad("a new tax rate cannot be retired already".into()));
+                }
+                let clash = self.tax.rates.iter().any(|r| {
+                    r.retired_at.is_none()
+                        && r.jurisdiction() == rate.jurisdiction()
+                        && r.valid_from == rate.valid_from
+                });
+                if clash {
+                    return Err(bad(format!(
+                        "jurisdiction {} already has a rate in force from that instant: retire it first",
+                        rate.jurisdiction()
+                    )));
+                }
+                if self.tax.rates.len() >= CATALOG_ITEMS_MAX {
+                    return Err(bad(format!("at most {CATALOG_ITEMS_MAX} tax rates")));
+                }
+                Ok(vec![CatalogEvent::TaxRateCreated { rate }])
+            }
+            CatalogCommand::RetireTaxRate { id, at } => {
+                let Some(rate) = self.tax.get(&id) else {
+                    return Err(DomainError::NotFound {
+                        kind: "tax_rate",
+                        id,
+                    });
+                };
+                if rate.retired_at.is_some() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![CatalogEvent::TaxRateRetired { id, at }])
+            }
+        }
+    }
+
+    fn evolve(&mut self, event: &CatalogEvent) {
+        match event {
+            CatalogEvent::PlanCreated { plan } => {
+                self.plans.insert(plan.id.clone(), plan.clone());
+            }
+            CatalogEvent::PlanUpdated {
+                plan_id,
+                name,
+                trial_days,
+                current_price,
+            } => {
+                if let Some(plan) = self.plans.get_mut(plan_id) {
+                    if let Some(name) = name {
+                        plan.name.clone_from(name);
+                    }
+                    if let Some(days) = trial_days {
+                        plan.trial_days = *days;
+                    }
+                    if let Some(price) = current_price {
+                        plan.current_price.clone_from(price);
+                    }
+                }
+            }
+            CatalogEvent::PriceCreated { price } => {
+                self.prices.insert(price.id.clone(), price.clone());
+            }
+            CatalogEvent::TaxRateCreated { rate } => self.tax.rates.push(rate.clone()),
+            CatalogEvent::TaxRateRetired { id, at } => {
+                if let Some(rate) = self.tax.rates.iter_mut().find(|r| r.id == *id) {
+                    rate.retired_at = Some(*at);
+                }
+            }
+        }
     }
 }
 

@@ -105,6 +105,9 @@ pub enum DomainError {
         /// What the command needs.
         expected: &'static str,
     },
+    /// A plan, price or tax rate the catalog cannot take.
+    #[error("{0}")]
+    InvalidCatalog(String),
     /// The customer has no payment method on file and the command needs one.
     #[error("customer {0} has no payment method on file")]
     NoPaymentMethod(String),
@@ -129,6 +132,7 @@ impl DomainError {
             DomainError::CouponExhausted(_) => "coupon_exhausted",
             DomainError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
             DomainError::WrongPriceKind { .. } => "wrong_price_kind",
+            DomainError::InvalidCatalog(_) => "invalid_catalog",
             DomainError::NoPaymentMethod(_) => "no_payment_method",
         }
     }

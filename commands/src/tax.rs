@@ -1,4 +1,5 @@
-//! Tax: rates per jurisdiction from configuration, computed per invoice line.
+//! Tax: rates per jurisdiction, each in force from an instant until retired,
+//! computed per invoice line at the rate in force on the invoice's issue date.
 //!
 //! Rounding rule: the tax of each line is rounded half-up (away from zero) to the
 //! currency's minor unit, and the invoice's tax is the sum of its lines' rounded
@@ -12,6 +13,7 @@
 use recur_ledger::{Money, money::RoundingRule};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::error::DomainError;
 
@@ -85,10 +87,15 @@ impl TaxLocation {
     }
 }
 
-/// One configured rate.
+/// One rate of one jurisdiction, in force from `valid_from` until retired. A
+/// jurisdiction may hold several over time; an invoice takes the one in force at
+/// its issue date.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaxRate {
+    /// Its id (a UUIDv7 given when it is recorded; empty in the catalog file).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// ISO country code.
     pub country: String,
     /// Region, or none for the whole country.
@@ -101,9 +108,54 @@ pub struct TaxRate {
     pub rate: Decimal,
     /// Inclusive or exclusive.
     pub mode: TaxMode,
+    /// In force from this instant (none: from always).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub valid_from: Option<OffsetDateTime>,
+    /// Not in force from this instant on (none: not retired).
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retired_at: Option<OffsetDateTime>,
 }
 
 impl TaxRate {
+    /// Whether it is in force at `at`: from `valid_from` (inclusive) until
+    /// `retired_at` (exclusive).
+    pub fn in_force_at(&self, at: OffsetDateTime) -> bool {
+        self.valid_from.is_none_or(|from| from <= at) && self.retired_at.is_none_or(|end| at < end)
+    }
+
+    /// Checks the jurisdiction, the fraction (0 ≤ rate < 1) and the name
+    /// (1–100 characters).
+    ///
+    /// # Errors
+    /// A message naming the rate.
+    pub fn validate(&self) -> Result<(), String> {
+        TaxLocation::parse(&self.country, self.region.as_deref(), None)
+            .map_err(|e| format!("tax rate {}: {e}", self.jurisdiction()))?;
+        if self.rate < Decimal::ZERO || self.rate >= Decimal::ONE {
+            return Err(format!(
+                "tax rate {}: {} is not a fraction in [0, 1)",
+                self.jurisdiction(),
+                self.rate
+            ));
+        }
+        let name_chars = self.name.chars().count();
+        if name_chars == 0 || name_chars > 100 || self.name.chars().any(char::is_control) {
+            return Err(format!(
+                "tax rate {}: the name must be 1 to 100 printable characters",
+                self.jurisdiction()
+            ));
+        }
+        Ok(())
+    }
+
     /// The jurisdiction's name in accounts: `US-TX` or `DE`.
     pub fn jurisdiction(&self) -> String {
         match &self.region {
@@ -128,6 +180,9 @@ pub enum TaxBasis {
         rate: Decimal,
         /// Inclusive or exclusive.
         mode: TaxMode,
+        /// The rate's id, when it has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rate_id: Option<String>,
     },
     /// The customer has no tax location: no tax.
     NoLocation,
@@ -210,27 +265,32 @@ pub struct TaxRates {
 }
 
 impl TaxRates {
-    /// The basis for a customer at `location`.
-    pub fn basis_for(&self, location: Option<&TaxLocation>) -> TaxBasis {
+    /// The basis for a customer at `location` on an invoice issued `at`: the
+    /// rate of the customer's region in force then, else its country's; of
+    /// several in force, the one valid from the latest instant.
+    pub fn basis_at(&self, location: Option<&TaxLocation>, at: OffsetDateTime) -> TaxBasis {
         let Some(location) = location else {
             return TaxBasis::NoLocation;
         };
-        let regional = self.rates.iter().find(|r| {
-            r.country == location.country
-                && r.region.is_some()
-                && r.region.as_deref() == location.region.as_deref()
-        });
-        let national = || {
+        let in_force = |region: Option<&str>| {
             self.rates
                 .iter()
-                .find(|r| r.country == location.country && r.region.is_none())
+                .filter(|r| {
+                    r.country == location.country
+                        && r.region.as_deref() == region
+                        && r.in_force_at(at)
+                })
+                .max_by_key(|r| r.valid_from)
         };
+        let regional = location.region.as_deref().and_then(|r| in_force(Some(r)));
+        let national = || in_force(None);
         match regional.or_else(national) {
             Some(rate) => TaxBasis::Rate {
                 jurisdiction: rate.jurisdiction(),
                 name: rate.name.clone(),
                 rate: rate.rate,
                 mode: rate.mode,
+                rate_id: (!rate.id.is_empty()).then(|| rate.id.clone()),
             },
             None => TaxBasis::NoRate {
                 jurisdiction: match &location.region {
@@ -241,29 +301,27 @@ impl TaxRates {
         }
     }
 
-    /// Checks every rate: valid jurisdiction, 0 ≤ rate < 1, no jurisdiction twice.
+    /// Checks every rate: valid jurisdiction, 0 ≤ rate < 1, a name, and no two
+    /// rates of one jurisdiction in force from the same instant.
     ///
     /// # Errors
     /// A message naming the bad rate.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
         for rate in &self.rates {
-            TaxLocation::parse(&rate.country, rate.region.as_deref(), None)
-                .map_err(|e| format!("tax rate {}: {e}", rate.jurisdiction()))?;
-            if rate.rate < Decimal::ZERO || rate.rate >= Decimal::ONE {
+            rate.validate()?;
+            if rate.retired_at.is_none() && !seen.insert((rate.jurisdiction(), rate.valid_from)) {
                 return Err(format!(
-                    "tax rate {}: {} is not a fraction in [0, 1)",
-                    rate.jurisdiction(),
-                    rate.rate
-                ));
-            }
-            if !seen.insert(rate.jurisdiction()) {
-                return Err(format!(
-                    "tax rate {} is configured twice",
+                    "tax rate {} is configured twice from the same instant",
                     rate.jurisdiction()
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The rate with `id`.
+    pub fn get(&self, id: &str) -> Option<&TaxRate> {
+        self.rates.iter().find(|r| r.id == id)
     }
 }

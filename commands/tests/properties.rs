@@ -60,7 +60,7 @@ proptest! {
     ) {
         let rate = Decimal::new(rate_bp, 4);
         let mode = if inclusive { TaxMode::Inclusive } else { TaxMode::Exclusive };
-        let basis = TaxBasis::Rate { jurisdiction: "XX".into(), name: "tax".into(), rate, mode };
+        let basis = TaxBasis::Rate { jurisdiction: "XX".into(), name: "tax".into(), rate, mode, rate_id: None };
         let base = usd_minor(base_minor);
         let line = basis.line_tax(base).unwrap();
         prop_assert!(line.tax.to_minor().is_ok());
@@ -126,6 +126,7 @@ fn tax_basis() -> impl Strategy<Value = TaxBasis> {
             } else {
                 TaxMode::Exclusive
             },
+            rate_id: None,
         }),
     ]
 }

@@ -872,6 +872,154 @@ pub struct PriceCreate {
     pub interval_count: Option<u32>,
 }
 
+/// The first price of a new plan (`POST /v1/plans`).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanPriceCreate {
+    /// A new, never used id.
+    pub id: String,
+    /// Per unit and period.
+    pub unit_amount: MoneyDto,
+    /// day, week, month, year, or one_time.
+    pub interval: String,
+    /// Units of interval per period (default 1).
+    #[serde(default)]
+    pub interval_count: Option<u32>,
+}
+
+/// `POST /v1/plans` (admin): a new plan with its first price.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCreate {
+    /// A new id: 1 to 100 letters, digits, `_` or `-`.
+    pub id: String,
+    /// Display name, 1 to 200 characters.
+    pub name: String,
+    /// Trial days for new subscriptions (default 0).
+    #[serde(default)]
+    pub trial_days: u32,
+    /// Features (free-form metadata object).
+    #[serde(default)]
+    pub features: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Limits (free-form metadata object).
+    #[serde(default)]
+    pub limits: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Its first price, which becomes its current price.
+    pub price: PlanPriceCreate,
+}
+
+/// `POST /v1/plans/{id}` (admin): change what new subscriptions get.
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanUpdate {
+    /// A new display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A new trial length.
+    #[serde(default)]
+    pub trial_days: Option<u32>,
+    /// The price new subscriptions get (one of the plan's own).
+    #[serde(default)]
+    pub current_price: Option<String>,
+}
+
+/// A tax rate.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TaxRateDto {
+    /// Always "tax_rate".
+    pub object: &'static str,
+    /// Id.
+    pub id: String,
+    /// `US-TX`, `DE`.
+    pub jurisdiction: String,
+    /// ISO country.
+    pub country: String,
+    /// Region, if any.
+    pub region: Option<String>,
+    /// Name on invoices.
+    pub name: String,
+    /// Percent, e.g. "6.25".
+    pub percent: String,
+    /// inclusive or exclusive.
+    pub mode: String,
+    /// In force from.
+    pub valid_from: Option<String>,
+    /// Retired from (no longer in force).
+    pub retired_at: Option<String>,
+    /// active (in force now), scheduled (from a future instant), or retired.
+    pub status: String,
+}
+
+impl TaxRateDto {
+    /// From the domain rate, its status as of `now`.
+    pub fn new(rate: &recur_commands::tax::TaxRate, now: OffsetDateTime) -> Self {
+        let status = if rate.retired_at.is_some_and(|at| at <= now) {
+            "retired"
+        } else if rate.valid_from.is_some_and(|from| from > now) {
+            "scheduled"
+        } else {
+            "active"
+        };
+        let mut percent = rate.rate * rust_decimal::Decimal::ONE_HUNDRED;
+        percent = percent.normalize();
+        Self {
+            object: "tax_rate",
+            id: rate.id.clone(),
+            jurisdiction: rate.jurisdiction(),
+            country: rate.country.clone(),
+            region: rate.region.clone(),
+            name: rate.name.clone(),
+            percent: percent.to_string(),
+            mode: match rate.mode {
+                recur_commands::tax::TaxMode::Inclusive => "inclusive",
+                recur_commands::tax::TaxMode::Exclusive => "exclusive",
+            }
+            .to_owned(),
+            valid_from: rate.valid_from.map(rfc3339),
+            retired_at: rate.retired_at.map(rfc3339),
+            status: status.to_owned(),
+        }
+    }
+}
+
+/// `POST /v1/tax_rates` (admin).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaxRateCreate {
+    /// ISO 3166-1 alpha-2 country, uppercase.
+    pub country: String,
+    /// Region (state, province), uppercase; none for the whole country.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Name on invoices ("VAT"), 1 to 100 characters.
+    pub name: String,
+    /// Percent as a decimal string, 0 ≤ percent < 100 ("19", "6.25").
+    pub percent: String,
+    /// inclusive or exclusive.
+    pub mode: String,
+    /// In force from (RFC 3339; default now).
+    #[serde(default)]
+    pub valid_from: Option<String>,
+}
+
+/// `POST /v1/tax_rates/{id}/retire` (admin).
+#[derive(Clone, Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaxRateRetire {
+    /// No longer in force from (RFC 3339; default now).
+    #[serde(default)]
+    pub at: Option<String>,
+}
+
+/// The tax rates.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TaxRateList {
+    /// Always "list".
+    pub object: &'static str,
+    /// Every rate, retired ones included, in the order they were made.
+    pub data: Vec<TaxRateDto>,
+}
+
 /// A page of a list.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct SubscriptionList {

@@ -119,7 +119,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/purchases", post(invoices::purchase))
         .route("/v1/coupons", post(coupons::create))
         .route("/v1/coupons/{code}", get(coupons::get))
-        .route("/v1/plans", get(catalog::plans))
+        .route("/v1/plans", get(catalog::plans).post(catalog::create_plan))
+        .route("/v1/plans/{id}", post(catalog::update_plan))
+        .route(
+            "/v1/tax_rates",
+            get(catalog::tax_rates).post(catalog::create_tax_rate),
+        )
+        .route("/v1/tax_rates/{id}/retire", post(catalog::retire_tax_rate))
         .route(
             "/v1/prices",
             get(catalog::prices).post(catalog::create_price),
