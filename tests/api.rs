@@ -1800,3 +1800,134 @@ async fn monthly_to_yearly_at_period_end_bills_a_year_from_the_period_end() {
         ("0.00".to_owned(), "970.00".to_owned())
     );
 }
+
+/// Who moved, how and when: the movements one by one, filtered by kind or
+/// customer, paged with a cursor, each with its effective time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movements_one_by_one_say_who_churned_and_when() {
+    let server = serve_from(Backend::Sqlite, Some("2027-01-01T00:00:00Z")).await;
+    let ann = untaxed_customer_with_card(&server).await;
+    let (_, ann_sub, ..) = server.community_subscription(&ann).await;
+    let bob = untaxed_customer_with_card(&server).await;
+    server.community_subscription(&bob).await;
+    server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-01-20T00:00:00Z"}),
+        )
+        .await;
+    server
+        .post(
+            &format!("/v1/subscriptions/{ann_sub}/cancel"),
+            json!({"timing": "period_end"}),
+        )
+        .await;
+    let advanced = server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-02-10T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(advanced.status, StatusCode::OK, "{}", advanced.body);
+    let head = server.get("/readyz").await.body["ledger_position"]
+        .as_u64()
+        .unwrap();
+    let range = format!("from=2027-01-01&to=2027-02-28&min_position={head}");
+    let all = server
+        .get(&format!("/v1/metrics/movements?detail=customer&{range}"))
+        .await;
+    assert_eq!(all.status, StatusCode::OK, "{}", all.body);
+    let rows: Vec<(Value, Value, Value, Value)> = all.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["customer"].clone(),
+                m["kind"].clone(),
+                m["amount"]["amount"].clone(),
+                m["effective_at"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            (
+                json!(ann),
+                json!("new"),
+                json!("97.00"),
+                json!("2027-01-01T00:00:00Z")
+            ),
+            (
+                json!(bob),
+                json!("new"),
+                json!("97.00"),
+                json!("2027-01-01T00:00:00Z")
+            ),
+            (
+                json!(ann),
+                json!("churn"),
+                json!("-97.00"),
+                json!("2027-02-01T00:00:00Z")
+            ),
+        ],
+        "{}",
+        all.body
+    );
+    assert_eq!(all.body["has_more"], false);
+    assert_eq!(all.body["profile"]["name"], "default");
+    let churned = server
+        .get(&format!(
+            "/v1/metrics/movements?detail=customer&kind=churn&{range}"
+        ))
+        .await;
+    let churned = churned.body["data"].as_array().unwrap().clone();
+    assert_eq!(churned.len(), 1);
+    assert_eq!(churned[0]["customer"], json!(ann));
+    assert_eq!(churned[0]["subscription"], json!(ann_sub));
+    let of_bob = server
+        .get(&format!(
+            "/v1/metrics/movements?detail=customer&customer={bob}&{range}"
+        ))
+        .await;
+    assert_eq!(of_bob.body["data"].as_array().unwrap().len(), 1);
+    // Page by page, the same movements in the same order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let after = cursor
+            .as_ref()
+            .map_or(String::new(), |c| format!("&starting_after={c}"));
+        let page = server
+            .get(&format!(
+                "/v1/metrics/movements?detail=customer&limit=1&{range}{after}"
+            ))
+            .await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        paged.extend(page.body["data"].as_array().unwrap().iter().cloned());
+        if page.body["has_more"] == false {
+            break;
+        }
+        cursor = Some(page.body["next_cursor"].as_str().unwrap().to_owned());
+        assert!(paged.len() <= 3, "paging must end");
+    }
+    assert_eq!(paged, all.body["data"].as_array().unwrap().clone());
+    for bad in [
+        "detail=everyone",
+        "detail=customer&kind=sideways",
+        "detail=customer&limit=0",
+        "detail=customer&starting_after=x",
+        "kind=churn",
+        "detail=customer&interval=week",
+    ] {
+        let refused = server.get(&format!("/v1/metrics/movements?{bad}")).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], "invalid_query", "{bad}");
+    }
+}

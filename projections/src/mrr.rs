@@ -659,7 +659,11 @@ pub fn effective_text(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn parse_effective(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
+/// An effective time as stored, back to the instant.
+///
+/// # Errors
+/// Text that is not in the stored form.
+pub fn parse_effective(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
     time::PrimitiveDateTime::parse(text, EFFECTIVE_AT).map(time::PrimitiveDateTime::assume_utc)
 }
 
@@ -1084,6 +1088,110 @@ pub async fn movements_through(
             Some((r[0].text(), r[1].text(), kind, r[3].int()))
         })
         .collect())
+}
+
+/// One movement, as the per-customer list answers it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Movement {
+    /// The ledger position of the event that made it, and its number there.
+    pub position: i64,
+    /// Its number at that position.
+    pub seq: i64,
+    /// When it took effect (stored form: UTC, nine fractional digits).
+    pub effective_at: String,
+    /// The customer.
+    pub customer_id: String,
+    /// The subscription whose change it is.
+    pub subscription_id: String,
+    /// The subscription's plan after the change.
+    pub plan: String,
+    /// Its kind.
+    pub kind: MovementKind,
+    /// The change of the customer's MRR, minor units.
+    pub delta_minor: i64,
+}
+
+/// Which movements [`movement_list`] answers.
+#[derive(Clone, Debug, Default)]
+pub struct MovementFilter {
+    /// From this effective day (inclusive).
+    pub from: Option<time::Date>,
+    /// To this effective day (inclusive).
+    pub to: Option<time::Date>,
+    /// Only this customer's.
+    pub customer: Option<String>,
+    /// Only this kind.
+    pub kind: Option<MovementKind>,
+    /// After this movement (position, seq) in the list's order.
+    pub after: Option<(i64, i64)>,
+}
+
+/// The most movements one page answers.
+pub const MOVEMENT_PAGE_MAX: usize = 1_000;
+
+/// Movements one by one, in effective order (then position), at most `limit`
+/// (1..=[`MOVEMENT_PAGE_MAX`]); and whether more follow.
+///
+/// # Errors
+/// Database errors; a stored kind this code does not know.
+pub async fn movement_list(
+    db: &Db,
+    filter: &MovementFilter,
+    limit: usize,
+) -> Result<(Vec<Movement>, bool), crate::db::DbError> {
+    let limit = limit.clamp(1, MOVEMENT_PAGE_MAX);
+    let mut sql = format!(
+        "SELECT m.position, m.seq, m.effective_at, m.customer_id, m.subscription_id, m.plan, m.kind, m.delta_minor
+         FROM {MOVEMENTS} m WHERE m.kind <> ''"
+    );
+    let mut params: Vec<Value> = Vec::new();
+    if let Some(from) = filter.from {
+        sql.push_str(" AND m.day >= ?");
+        params.push(from.to_string().into());
+    }
+    if let Some(to) = filter.to {
+        sql.push_str(" AND m.day <= ?");
+        params.push(to.to_string().into());
+    }
+    if let Some(customer) = &filter.customer {
+        sql.push_str(" AND m.customer_id = ?");
+        params.push(customer.clone().into());
+    }
+    if let Some(kind) = filter.kind {
+        sql.push_str(" AND m.kind = ?");
+        params.push(kind.name().into());
+    }
+    if let Some((position, seq)) = filter.after {
+        sql.push_str(&format!(
+            " AND (m.effective_at, m.position, m.seq) >
+                 (SELECT a.effective_at, a.position, a.seq FROM {MOVEMENTS} a WHERE a.position = ? AND a.seq = ?)"
+        ));
+        params.push(position.into());
+        params.push(seq.into());
+    }
+    sql.push_str(&format!(
+        " ORDER BY m.effective_at, m.position, m.seq LIMIT {}",
+        limit + 1
+    ));
+    let rows = db.query(&Stmt::new(sql, params), "iittttti").await?;
+    let more = rows.len() > limit;
+    let mut out = Vec::with_capacity(rows.len().min(limit));
+    for row in rows.into_iter().take(limit) {
+        let kind = MovementKind::parse(&row[6].text()).ok_or(crate::db::DbError::Unsupported(
+            "a movement of a kind this version does not know",
+        ))?;
+        out.push(Movement {
+            position: row[0].int(),
+            seq: row[1].int(),
+            effective_at: row[2].text(),
+            customer_id: row[3].text(),
+            subscription_id: row[4].text(),
+            plan: row[5].text(),
+            kind,
+            delta_minor: row[7].int(),
+        });
+    }
+    Ok((out, more))
 }
 
 #[cfg(test)]

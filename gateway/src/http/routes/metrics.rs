@@ -374,14 +374,130 @@ pub async fn mrr_series(
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
 }
 
-/// MRR movements (new, expansion, contraction, churn, reactivation) per day, week or month.
+/// One movement of one customer.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MovementItem {
+    /// The customer.
+    pub customer: String,
+    /// The subscription whose change it is.
+    pub subscription: String,
+    /// Its plan after the change.
+    pub plan: String,
+    /// new, expansion, contraction, churn or reactivation.
+    pub kind: String,
+    /// The change of the customer's MRR (negative for contraction and churn).
+    pub amount: MoneyDto,
+    /// When it took effect (RFC 3339).
+    pub effective_at: String,
+    /// Its effective day (YYYY-MM-DD).
+    pub date: String,
+    /// The ledger position of the event that made it.
+    pub position: i64,
+}
+
+/// Movements one by one: who moved, how, when.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MovementList {
+    /// Always "list".
+    pub object: &'static str,
+    /// The movements, in effective order.
+    pub data: Vec<MovementItem>,
+    /// More follow: ask again with `starting_after=next_cursor`.
+    pub has_more: bool,
+    /// The cursor of the last movement of this page, when more follow.
+    pub next_cursor: Option<String>,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+    /// The counting profile that built the tables read.
+    pub profile: Option<ProfileDto>,
+}
+
+/// The movements: sums per bucket, or (`detail=customer`) one by one.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum MovementsAnswer {
+    /// Sums per kind and bucket.
+    Series(MovementSeries),
+    /// One by one.
+    List(MovementList),
+}
+
+/// The per-customer list's own parameters, taken out of the query string.
+struct Detail {
+    customer: Option<String>,
+    kind: Option<mrr::MovementKind>,
+    limit: usize,
+    after: Option<(i64, i64)>,
+}
+
+/// Splits `detail=customer` and its parameters off the query; None when the
+/// sums per bucket are asked for.
+fn detail_of(query: Option<&str>) -> Result<(Option<Detail>, String), ApiError> {
+    let mut rest = Vec::new();
+    let mut detail = None;
+    let mut own = Detail {
+        customer: None,
+        kind: None,
+        limit: 100,
+        after: None,
+    };
+    let mut used_own = None;
+    for (key, value) in pairs(query) {
+        match key {
+            "detail" if value == "customer" => detail = Some(()),
+            "detail" => return Err(bad("detail must be customer")),
+            "customer" => {
+                super::customer_id(value).map_err(|_| bad("customer must be a customer id"))?;
+                own.customer = Some(value.to_owned());
+                used_own = Some(key);
+            }
+            "kind" => {
+                own.kind = Some(mrr::MovementKind::parse(value).ok_or_else(|| {
+                    bad("kind must be new, expansion, contraction, churn or reactivation")
+                })?);
+                used_own = Some(key);
+            }
+            "limit" => {
+                own.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=mrr::MOVEMENT_PAGE_MAX).contains(n))
+                    .ok_or_else(|| bad(format!("limit must be 1 to {}", mrr::MOVEMENT_PAGE_MAX)))?;
+                used_own = Some(key);
+            }
+            "starting_after" => {
+                let cursor = value
+                    .split_once('.')
+                    .and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)))
+                    .ok_or_else(|| bad("starting_after must be a next_cursor"))?;
+                own.after = Some(cursor);
+                used_own = Some(key);
+            }
+            _ => rest.push(format!("{key}={value}")),
+        }
+    }
+    match (detail, used_own) {
+        (Some(()), _) => Ok((Some(own), rest.join("&"))),
+        (None, Some(key)) => Err(bad(format!("{key} applies with detail=customer only"))),
+        (None, None) => Ok((None, rest.join("&"))),
+    }
+}
+
+/// MRR movements (new, expansion, contraction, churn, reactivation) per day, week
+/// or month; or, with `detail=customer`, one by one with customer, subscription,
+/// kind, amount and effective time.
 #[utoipa::path(get, operation_id = "metrics_movements", path = "/v1/metrics/movements", tag = "metrics",
     params(("from" = Option<String>, Query, description = "First day (default: the first of `to`'s month)"),
            ("to" = Option<String>, Query, description = "Last day (default: today)"),
            ("interval" = Option<String>, Query, description = "day, week or month"),
+           ("detail" = Option<String>, Query, description = "customer: the movements one by one instead of sums"),
+           ("customer" = Option<String>, Query, description = "With detail=customer: one customer's"),
+           ("kind" = Option<String>, Query, description = "With detail=customer: one kind's (new, expansion, contraction, churn, reactivation)"),
+           ("limit" = Option<u32>, Query, description = "With detail=customer: 1 to 1000, default 100"),
+           ("starting_after" = Option<String>, Query, description = "With detail=customer: the previous page's next_cursor"),
            ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
-    responses((status = 200, description = "Done", body = MovementSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+    responses((status = 200, description = "Done", body = MovementsAnswer), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
     security(("api_key" = [])))]
 pub async fn movements(
@@ -390,7 +506,11 @@ pub async fn movements(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref(), today(&state))?;
+    let (detail, rest) = detail_of(query.as_deref())?;
+    let query = parse_query(Some(&rest), today(&state))?;
+    if let Some(detail) = detail {
+        return movement_list(&state, query, detail).await;
+    }
     if query.plan != "*" {
         return Err(bad(
             "movements are per customer; the plan filter does not apply",
@@ -451,6 +571,58 @@ pub async fn movements(
         profile: built_profile(&db).await?,
     };
     Ok(json_response(StatusCode::OK, &to_value(&series)?))
+}
+
+async fn movement_list(
+    state: &AppState,
+    query: Query,
+    detail: Detail,
+) -> Result<Response, ApiError> {
+    if query.plan != "*" || query.interval != "day" {
+        return Err(bad(
+            "the movements one by one take from, to, customer, kind, limit and starting_after",
+        ));
+    }
+    let (db, position) = query.reading.read_models(state).await?;
+    let filter = mrr::MovementFilter {
+        from: Some(query.from),
+        to: Some(query.to),
+        customer: detail.customer,
+        kind: detail.kind,
+        after: detail.after,
+    };
+    let (rows, has_more) = mrr::movement_list(&db, &filter, detail.limit)
+        .await
+        .map_err(unavailable)?;
+    let next_cursor = has_more
+        .then(|| rows.last().map(|m| format!("{}.{}", m.position, m.seq)))
+        .flatten();
+    let data = rows
+        .into_iter()
+        .map(|m| MovementItem {
+            date: m.effective_at[..10].to_owned(),
+            effective_at: mrr::parse_effective(&m.effective_at)
+                .map_or(m.effective_at.clone(), crate::http::dto::rfc3339),
+            customer: m.customer_id,
+            subscription: m.subscription_id,
+            plan: m.plan,
+            kind: m.kind.name().to_owned(),
+            amount: usd(m.delta_minor),
+            position: m.position,
+        })
+        .collect();
+    let list = MovementList {
+        object: "list",
+        data,
+        has_more,
+        next_cursor,
+        position,
+        profile: built_profile(&db).await?,
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &to_value(&MovementsAnswer::List(list))?,
+    ))
 }
 
 /// One account in the trial balance.
