@@ -138,7 +138,7 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
 
 impl Projection for Customers {
     const NAME: &'static str = "customers";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
 
     fn tables(&self) -> Vec<&'static str> {
         vec![VIEW, OPEN_INVOICES]
@@ -289,8 +289,10 @@ impl Projection for Customers {
                 let invoice_id = invoice.id.map(|i| i.to_string()).unwrap_or_default();
                 if after.0 || before.0 {
                     let now = after.0.then(|| {
+                        // Aged from its issue in the business, not its drafting.
                         let since = invoice
-                            .created_at
+                            .issued_at
+                            .or(invoice.created_at)
                             .map(|t| t.date().to_string())
                             .unwrap_or_default();
                         (customer.clone(), since, after.2)

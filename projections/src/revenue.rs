@@ -102,7 +102,7 @@ fn upsert(writes: &mut Vec<Stmt>, month: &str, plan: &str, earned: i64, billed: 
 
 impl Projection for Revenue {
     const NAME: &'static str = "revenue";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
 
     fn tables(&self) -> Vec<&'static str> {
         vec![MONTHLY]
@@ -176,7 +176,13 @@ impl Projection for Revenue {
         let Some(totals) = invoice.totals.clone() else {
             return Ok(());
         };
-        let billed_month = month_of(event.recorded_at.date());
+        // Billed in the month the invoice is issued in the business (its period's
+        // start, however late it was drafted); a void takes it back when voided.
+        let billed_at = match decoded {
+            InvoiceEvent::InvoiceFinalized { .. } => invoice.issued_at.unwrap_or(event.recorded_at),
+            _ => event.recorded_at,
+        };
+        let billed_month = month_of(billed_at.date());
         for (line, line_totals) in invoice.lines.iter().zip(&totals.lines) {
             // Earned revenue: what the line books, less its discount (tax is never revenue).
             let revenue = line_totals
