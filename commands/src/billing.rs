@@ -845,8 +845,22 @@ impl Billing {
     /// # Errors
     /// Ledger and gateway errors (the next call resumes where this one stopped).
     pub async fn advance(&self, id: SubscriptionId) -> Result<u32, BillingError> {
+        self.advance_by(id, PERIODS_PER_ADVANCE_MAX).await
+    }
+
+    /// [`Billing::advance`], starting at most `periods_max` periods: what the
+    /// scheduler calls with 1, so that work falling due between two periods
+    /// (a retry, a give-up) runs before the next period starts.
+    ///
+    /// # Errors
+    /// As for [`Billing::advance`].
+    pub async fn advance_by(
+        &self,
+        id: SubscriptionId,
+        periods_max: u32,
+    ) -> Result<u32, BillingError> {
         let mut started = 0;
-        for _ in 0..PERIODS_PER_ADVANCE_MAX {
+        for _ in 0..periods_max.min(PERIODS_PER_ADVANCE_MAX) {
             let now = self.now();
             let state = self.subscription(id).await?;
             if state.next_due_at().is_none_or(|due| due > now) {

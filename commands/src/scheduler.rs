@@ -29,8 +29,9 @@ const CATCH_UP_PAGE_EVENTS: usize = 5_000;
 const _: () = assert!(CATCH_UP_PAGE_EVENTS <= recur_ledger::limits::READ_PAGE_EVENTS_MAX);
 /// Work items run at once.
 pub const CONCURRENCY_DEFAULT: usize = 16;
-/// Rounds of one tick (work that makes more work due at the same instant).
-const ROUNDS_PER_TICK_MAX: u32 = 64;
+/// Rounds of one tick: work that makes more work due by now, and the work of
+/// one subscription, which runs one item per round in the order it fell due.
+const ROUNDS_PER_TICK_MAX: u32 = 1_000;
 /// How long a requested refund may wait for its gateway answer before the
 /// scheduler sends it again (its caller normally records the answer at once).
 pub const REFUND_RESUME_AFTER_S: i64 = 60;
@@ -75,6 +76,21 @@ struct Index {
 }
 
 impl Index {
+    /// Whose work it is: a subscription's (its renewals and its invoices' work
+    /// must run in the order they fell due), or a lone invoice's.
+    fn owner(&self, work: Work) -> uuid::Uuid {
+        match work {
+            Work::Subscription(id) => id.0,
+            Work::Draft(id) => self.requested.get(&id).map_or(id.0, |(_, sub, _)| sub.0),
+            Work::Invoice(id) | Work::Refund(id) => id
+                .stream()
+                .ok()
+                .and_then(|stream| self.invoices.get(&stream))
+                .and_then(|invoice| invoice.subscription_id)
+                .map_or(id.0, |sub| sub.0),
+        }
+    }
+
     fn schedule(&mut self, work: Work, at: Option<OffsetDateTime>) {
         if let Some(old) = self.due_at.remove(&work) {
             self.due.remove(&(old, work));
@@ -300,17 +316,26 @@ impl Scheduler {
     pub async fn tick(&self) -> Result<TickReport, BillingError> {
         let now = self.billing.ledger().clock().now();
         let mut report = TickReport::default();
-        let mut done: HashSet<Work> = HashSet::new();
+        // What ran in this tick, with the instant it was due then: an item due
+        // again at the same instant failed and waits for the next tick; one due
+        // at a later instant (the next period) runs again.
+        let mut done: HashSet<(OffsetDateTime, Work)> = HashSet::new();
         for _ in 0..ROUNDS_PER_TICK_MAX {
             self.catch_up().await?;
-            let due: Vec<Work> = {
+            // Each owner's earliest due item, so that the work of one
+            // subscription runs in the order it fell due (a late scheduler gives
+            // up on an invoice before it renews the period after it, as one that
+            // never stopped would); an owner whose earliest item already ran in
+            // this tick and is still due (it failed) waits for the next tick.
+            let due: Vec<(OffsetDateTime, Work)> = {
                 let index = self.index.lock().await;
+                let mut owners = HashSet::new();
                 index
                     .due
                     .iter()
                     .take_while(|(at, _)| *at <= now)
-                    .map(|(_, work)| *work)
-                    .filter(|work| !done.contains(work))
+                    .filter(|item| owners.insert(index.owner(item.1)) && !done.contains(*item))
+                    .copied()
                     .collect()
             };
             if due.is_empty() {
@@ -318,8 +343,8 @@ impl Scheduler {
             }
             let permits = Arc::new(Semaphore::new(self.concurrency));
             let mut tasks = JoinSet::new();
-            for work in due {
-                done.insert(work);
+            for (at, work) in due {
+                done.insert((at, work));
                 let request = match work {
                     Work::Draft(id) => self.index.lock().await.requested.get(&id).cloned(),
                     _ => None,
@@ -361,7 +386,8 @@ async fn run(
     request: Option<(CustomerId, SubscriptionId, InvoiceRequest)>,
 ) -> Result<u32, BillingError> {
     match work {
-        Work::Subscription(id) => billing.advance(id).await,
+        // One period at a time: what falls due in between runs first.
+        Work::Subscription(id) => billing.advance_by(id, 1).await,
         Work::Draft(_) => {
             if let Some((customer, subscription, request)) = request {
                 billing

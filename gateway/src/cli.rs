@@ -171,6 +171,10 @@ pub enum BenchCommand {
     /// The command API: `recur serve` driven by concurrent clients (create customer +
     /// create subscription); prints commands/s, p50/p99 latency and server peak RSS.
     Api(ApiBenchArgs),
+    /// N active monthly subscriptions renew at one instant: renewals/s and events/s
+    /// against the raw W2 baseline, peak RSS, and checks (billed once, books
+    /// balanced, ledger intact).
+    Billing(BillingBenchArgs),
     /// Rebuild every projection from a ledger of a million demo events (against the
     /// raw W3 replay), then the lag from commit to read model at a steady rate via NATS.
     Projections(ProjectionsBenchArgs),
@@ -221,6 +225,26 @@ pub struct ProjectionsBenchArgs {
     /// Seconds the lag is measured.
     #[arg(long, default_value_t = 30)]
     pub lag_seconds: u64,
+}
+
+/// `recur bench billing` options (a variant of [`BenchCommand`]).
+#[derive(Debug, clap::Args)]
+pub struct BillingBenchArgs {
+    /// Which store the ledger is on.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub backend: BackendArg,
+    /// Subscriptions that renew at once.
+    #[arg(long, default_value_t = 100_000)]
+    pub subscriptions: usize,
+    /// Billing work items the scheduler runs at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Postgres server URL that may create databases; default: DATABASE_URL.
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Folder for the SQLite files; default: a folder in the system temp dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// `recur bench api` options (a variant of [`BenchCommand`]).

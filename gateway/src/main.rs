@@ -176,6 +176,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench {
+            command: BenchCommand::Billing(args),
+        } => {
+            let options = recur_gateway::bench::billing::BillingBenchOptions {
+                backend: args.backend.into(),
+                subscriptions: args.subscriptions,
+                concurrency: args.concurrency,
+                database_url: server_url(args.database_url),
+                scratch_dir: scratch_dir(args.dir),
+            };
+            recur_gateway::bench::billing::run(&options)
+                .await
+                .context("bench billing")?;
+            Ok(0)
+        }
+        Command::Bench {
             command: BenchCommand::Projections(args),
         } => {
             let options = recur_gateway::bench::projections::ProjectionsBenchOptions {

@@ -319,6 +319,38 @@ pub(crate) async fn raw_replay_rates(
     Ok(rates)
 }
 
+/// The raw baseline's W2 (section 5 of the workload: ten events per
+/// transaction, 16 writers) `rounds` times: events/s of each round. Other
+/// benchmarks compare their write rates with it.
+///
+/// # Errors
+/// Database failures.
+pub(crate) async fn raw_w2_rates(
+    backend: BenchBackend,
+    database_url: Option<String>,
+    scratch_dir: PathBuf,
+    rounds: u32,
+) -> Result<Vec<u64>, BenchError> {
+    let data = Arc::new(Data::build()?);
+    let mut target = match backend {
+        BenchBackend::Postgres => {
+            let url = database_url.ok_or_else(|| {
+                BenchError::Usage(
+                    "the Postgres benchmark needs DATABASE_URL or --database-url".into(),
+                )
+            })?;
+            Target::postgres(url, 2).await?
+        }
+        BenchBackend::Sqlite => Target::sqlite(scratch_dir)?,
+    };
+    let mut rates = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let (elapsed, events, _) = target.write_raw(&data, Workload::W2).await?;
+        rates.push(events_per_s(events, elapsed));
+    }
+    Ok(rates)
+}
+
 /// The databases of one benchmark: Recur's store and the raw baseline's.
 enum Target {
     Postgres {

@@ -1,6 +1,7 @@
 //! Benchmarks that print their own figures as JSON lines.
 
 pub mod api;
+pub mod billing;
 pub mod ledger;
 pub mod projections;
 pub mod workload;
