@@ -16,8 +16,8 @@ use crate::dunning::RetryPolicy;
 use crate::error::{BillingError, DomainError};
 use crate::ids::{CouponCode, CustomerId, InvoiceId, SubscriptionId};
 use crate::invoice::{
-    BillingReason, ChargeOutcome, Invoice, InvoiceCommand, InvoiceRequest, InvoiceStatus, Line,
-    LineKind, compute_totals,
+    BillingReason, ChargeOutcome, FirstAttempt, Invoice, InvoiceCommand, InvoiceRequest,
+    InvoiceStatus, Line, LineKind, compute_totals,
 };
 use crate::payment::{ChargeRequest, PaymentGateway, RefundRequest};
 use crate::repository::{Executed, Repository, decode};
@@ -402,7 +402,7 @@ impl Billing {
         let id = CustomerId::new_at(now);
         let meta = metadata(Source::Api);
         self.repo
-            .execute::<Customer, _>(&id.stream()?, &meta, |_| {
+            .execute_new::<Customer, _>(&id.stream()?, &meta, |_| {
                 Ok(CustomerCommand::Create {
                     id,
                     segment: new.segment,
@@ -617,12 +617,12 @@ impl Billing {
         if let Some(code) = &new.coupon {
             self.redeem(code, id.to_string()).await?;
         }
-        let executed =
-            self.repo
-                .execute::<Subscription, _>(&id.stream()?, &metadata(Source::Api), |_| {
-                    Ok(start.clone())
-                })
-                .await?;
+        let executed = self
+            .repo
+            .execute_new::<Subscription, _>(&id.stream()?, &metadata(Source::Api), |_| {
+                Ok(start.clone())
+            })
+            .await?;
         self.follow_up(&executed, Source::Api).await?;
         Ok(id)
     }
@@ -862,8 +862,12 @@ impl Billing {
         let mut started = 0;
         for _ in 0..periods_max.min(PERIODS_PER_ADVANCE_MAX) {
             let now = self.now();
-            let state = self.subscription(id).await?;
-            if state.next_due_at().is_none_or(|due| due > now) {
+            // The cached state first: renewing on a stale one only costs a
+            // conflict and a reload. Read from the ledger when it says nothing
+            // is due, since another process may have made it due.
+            let (cached, _) = self.repo.load::<Subscription>(&id.stream()?).await?;
+            let due = |state: &Subscription| state.next_due_at().is_some_and(|due| due <= now);
+            if !due(&cached) && !due(&self.subscription(id).await?) {
                 break;
             }
             let executed = self
@@ -1015,58 +1019,120 @@ impl Billing {
     ) -> Result<(), BillingError> {
         let now = self.now();
         let id = request.invoice_id;
-        let meta = metadata(source);
-        let drafted = self
-            .repo
-            .execute::<Invoice, _>(&id.stream()?, &meta, |_| {
-                Ok(InvoiceCommand::Draft {
-                    customer_id,
-                    subscription_id,
-                    request: request.clone(),
-                    now,
-                })
-            })
-            .await?;
-        self.finalize(drafted.state, source).await
-    }
-
-    async fn finalize(&self, invoice: Invoice, source: Source) -> Result<(), BillingError> {
-        let (Some(id), Some(customer_id), Some(currency)) =
-            (invoice.id, invoice.customer_id, invoice.currency())
-        else {
-            return Ok(());
+        let Some(currency) = request.lines.first().map(|l| l.amount.currency()) else {
+            return Err(DomainError::InvalidField {
+                field: "lines",
+                reason: format!("1 to {} lines", crate::invoice::INVOICE_LINES_MAX),
+            }
+            .into());
         };
+        // Everything finalizing needs, read before the invoice's first append, so
+        // that drafting, finalizing and starting the first payment attempt are
+        // one append: the customer (tax location, credit, card) and the tax rate
+        // in force on the issue date.
         let customer = self.customer(customer_id).await?;
-        // The rate in force on the invoice's issue date, however late it is finalized.
-        let issued_at = invoice.issued_at.unwrap_or_else(|| self.now());
+        let issued_at = request.issued_at.unwrap_or(now);
         let tax_basis = self
             .catalog()
             .await?
             .tax()
             .basis_at(customer.tax_location.as_ref(), issued_at);
+        let preview = compute_totals(
+            &request.lines,
+            request.discount.as_ref(),
+            &tax_basis,
+            currency,
+        )?;
+        let credit_applied = self
+            .credit_for(&customer, customer_id, id, preview.total, source)
+            .await?;
+        let opened = self
+            .repo
+            .execute_new::<Invoice, _>(&id.stream()?, &metadata(source), |_| {
+                Ok(InvoiceCommand::Open {
+                    customer_id,
+                    subscription_id,
+                    request: request.clone(),
+                    tax_basis: tax_basis.clone(),
+                    credit_applied,
+                    attempt: FirstAttempt {
+                        gateway: self.gateway.name().to_owned(),
+                        payment_method: customer.payment_method.as_ref().map(|m| m.token.clone()),
+                        due_at: issued_at,
+                    },
+                    now,
+                })
+            })
+            .await?;
+        self.finalize(opened.state, Some(customer), source).await
+    }
+
+    /// The customer credit an invoice of `total` takes: applied now (keyed by
+    /// the invoice, so a retry takes the same), or already applied.
+    async fn credit_for(
+        &self,
+        customer: &Customer,
+        customer_id: CustomerId,
+        invoice_id: InvoiceId,
+        total: Money,
+        source: Source,
+    ) -> Result<Money, BillingError> {
+        let zero = Money::zero(total.currency());
+        if let Some(amount) = customer.credit_applied.get(&invoice_id) {
+            return Ok(*amount);
+        }
+        if !total.is_positive() || !customer.credit_balance.is_some_and(|b| b.is_positive()) {
+            return Ok(zero);
+        }
+        let applied = self
+            .customer_command(customer_id, source, |_| CustomerCommand::ApplyCredit {
+                invoice_id,
+                max: total,
+            })
+            .await?;
+        Ok(applied
+            .state
+            .credit_applied
+            .get(&invoice_id)
+            .copied()
+            .unwrap_or(zero))
+    }
+
+    /// Finalizes a draft (applying customer credit), grants the credit of a
+    /// negative total, and collects; `customer` when the caller just read it.
+    async fn finalize(
+        &self,
+        invoice: Invoice,
+        mut customer: Option<Customer>,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let (Some(id), Some(customer_id), Some(currency)) =
+            (invoice.id, invoice.customer_id, invoice.currency())
+        else {
+            return Ok(());
+        };
         let invoice = if invoice.totals.is_none() {
+            let loaded = match customer.take() {
+                Some(customer) => customer,
+                None => self.customer(customer_id).await?,
+            };
+            // The rate in force on the invoice's issue date, however late it is finalized.
+            let issued_at = invoice.issued_at.unwrap_or_else(|| self.now());
+            let tax_basis = self
+                .catalog()
+                .await?
+                .tax()
+                .basis_at(loaded.tax_location.as_ref(), issued_at);
+            let customer = customer.insert(loaded);
             let preview = compute_totals(
                 &invoice.lines,
                 invoice.discount.as_ref(),
                 &tax_basis,
                 currency,
             )?;
-            let mut credit_applied = Money::zero(currency);
-            if preview.total.is_positive()
-                && customer.credit_balance.is_some_and(|b| b.is_positive())
-            {
-                let applied = self
-                    .customer_command(customer_id, source, |_| CustomerCommand::ApplyCredit {
-                        invoice_id: id,
-                        max: preview.total,
-                    })
-                    .await?;
-                if let Some(amount) = applied.state.credit_applied.get(&id) {
-                    credit_applied = *amount;
-                }
-            } else if let Some(amount) = customer.credit_applied.get(&id) {
-                credit_applied = *amount;
-            }
+            let credit_applied = self
+                .credit_for(customer, customer_id, id, preview.total, source)
+                .await?;
             let now = self.now();
             self.invoice_command(id, source, |_| InvoiceCommand::Finalize {
                 tax_basis: tax_basis.clone(),
@@ -1088,7 +1154,7 @@ impl Billing {
             })
             .await?;
         }
-        self.collect_invoice(invoice, source).await
+        self.collect_with(invoice, customer, source, false).await
     }
 
     /// Carries an invoice forward from wherever it stopped: finalizes a draft,
@@ -1100,7 +1166,7 @@ impl Billing {
     /// repeats it with the same idempotency key.
     pub async fn collect(&self, id: InvoiceId, source: Source) -> Result<(), BillingError> {
         let invoice = self.invoice(id).await?;
-        self.finalize(invoice, source).await
+        self.finalize(invoice, None, source).await
     }
 
     /// Attempts payment of an open invoice now, whatever its retry schedule says.
@@ -1117,17 +1183,16 @@ impl Billing {
             }
             .into());
         }
-        self.collect_with(invoice, Source::Api, true).await?;
+        self.collect_with(invoice, None, Source::Api, true).await?;
         self.invoice(id).await
     }
 
-    async fn collect_invoice(&self, invoice: Invoice, source: Source) -> Result<(), BillingError> {
-        self.collect_with(invoice, source, false).await
-    }
-
+    /// Collects an open invoice (`customer`: its customer if just read), or
+    /// settles a paid one with its subscription.
     async fn collect_with(
         &self,
         invoice: Invoice,
+        customer: Option<Customer>,
         source: Source,
         now_regardless: bool,
     ) -> Result<(), BillingError> {
@@ -1140,7 +1205,10 @@ impl Billing {
             InvoiceStatus::Open => {}
             _ => return Ok(()),
         }
-        let customer = self.customer(customer_id).await?;
+        let customer = match customer {
+            Some(customer) => customer,
+            None => self.customer(customer_id).await?,
+        };
         let attempt = match invoice.pending_attempt() {
             Some(attempt) => attempt.clone(),
             None => {

@@ -279,9 +279,39 @@ pub struct Refund {
     pub requested_at: OffsetDateTime,
 }
 
+/// The first payment attempt of an invoice opened in one step.
+#[derive(Clone, Debug)]
+pub struct FirstAttempt {
+    /// The gateway that will be asked.
+    pub gateway: String,
+    /// The card token, if one is on file.
+    pub payment_method: Option<String>,
+    /// When it is due (the invoice's issue).
+    pub due_at: OffsetDateTime,
+}
+
 /// What can be asked of an invoice.
 #[derive(Clone, Debug)]
 pub enum InvoiceCommand {
+    /// Draft, finalize and start the first payment attempt in one decision
+    /// (each a no-op when done already; the attempt only for an open invoice
+    /// that has none yet): what billing a new invoice appends at once.
+    Open {
+        /// Who owes it.
+        customer_id: CustomerId,
+        /// Its subscription, if any.
+        subscription_id: Option<SubscriptionId>,
+        /// What to bill.
+        request: InvoiceRequest,
+        /// Tax rule for the customer.
+        tax_basis: TaxBasis,
+        /// Customer credit already taken for it.
+        credit_applied: Money,
+        /// The first attempt.
+        attempt: FirstAttempt,
+        /// Now.
+        now: OffsetDateTime,
+    },
     /// Draft it (a retry with the same id is a no-op).
     Draft {
         /// Who owes it.
@@ -816,6 +846,55 @@ impl Aggregate for Invoice {
     type Command = InvoiceCommand;
 
     fn decide(&self, command: InvoiceCommand) -> Result<Vec<InvoiceEvent>, DomainError> {
+        if let InvoiceCommand::Open {
+            customer_id,
+            subscription_id,
+            request,
+            tax_basis,
+            credit_applied,
+            attempt,
+            now,
+        } = command
+        {
+            let mut state = self.clone();
+            let mut events = Vec::new();
+            let mut step = |state: &mut Invoice, command| -> Result<(), DomainError> {
+                for event in state.decide(command)? {
+                    state.evolve(&event);
+                    events.push(event);
+                }
+                Ok(())
+            };
+            step(
+                &mut state,
+                InvoiceCommand::Draft {
+                    customer_id,
+                    subscription_id,
+                    request,
+                    now,
+                },
+            )?;
+            step(
+                &mut state,
+                InvoiceCommand::Finalize {
+                    tax_basis,
+                    credit_applied,
+                    now,
+                },
+            )?;
+            if state.status == InvoiceStatus::Open && state.attempts.is_empty() {
+                step(
+                    &mut state,
+                    InvoiceCommand::StartAttempt {
+                        gateway: attempt.gateway,
+                        payment_method: attempt.payment_method,
+                        due_at: attempt.due_at,
+                        now,
+                    },
+                )?;
+            }
+            return Ok(events);
+        }
         if let InvoiceCommand::Draft {
             customer_id,
             subscription_id,
@@ -871,7 +950,7 @@ impl Aggregate for Invoice {
             });
         }
         match command {
-            InvoiceCommand::Draft { .. } => Ok(Vec::new()),
+            InvoiceCommand::Draft { .. } | InvoiceCommand::Open { .. } => Ok(Vec::new()),
             InvoiceCommand::Finalize {
                 tax_basis,
                 credit_applied,

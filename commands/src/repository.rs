@@ -132,6 +132,85 @@ impl Repository {
         Ok((state, version))
     }
 
+    /// [`Repository::execute`] on a stream the caller has just named (a fresh
+    /// UUIDv7): decided on the empty state and appended as the stream's start
+    /// without reading it first; if the stream exists after all (a retried
+    /// step), the ordinary path reads it and decides again.
+    pub(crate) async fn execute_new<A, F>(
+        &self,
+        stream: &StreamId,
+        metadata: &Metadata,
+        mut command: F,
+    ) -> Result<Executed<A>, BillingError>
+    where
+        A: Aggregate,
+        F: FnMut(&A) -> Result<A::Command, DomainError>,
+    {
+        if self.cached::<A>(stream).is_none() {
+            let _turn = self.turn(stream).lock().await;
+            context::check_expected(stream, 0)?;
+            let mut state = A::default();
+            let events = state.decide(command(&state)?)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    state,
+                    events,
+                    version: 0,
+                    position: None,
+                });
+            }
+            let new_events = self.new_events(metadata, &events)?;
+            match self
+                .ledger
+                .append(stream, ExpectedVersion::NoStream, new_events)
+                .await
+            {
+                Ok(appended) => {
+                    context::wrote(stream, appended.last_position());
+                    for event in &events {
+                        state.evolve(event);
+                    }
+                    self.store(stream, appended.stream_version, &state);
+                    return Ok(Executed {
+                        state,
+                        events,
+                        version: appended.stream_version,
+                        position: Some(appended.last_position()),
+                    });
+                }
+                Err(LedgerError::VersionConflict { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        self.execute(stream, metadata, command).await
+    }
+
+    /// The ledger's form of `events`, stamped now, with the request's actor.
+    fn new_events<E: DomainEvent>(
+        &self,
+        metadata: &Metadata,
+        events: &[E],
+    ) -> Result<Vec<NewEvent>, BillingError> {
+        let now = self.ledger.clock().now();
+        let mut metadata = metadata.clone();
+        if let Some(actor) = context::actor() {
+            metadata.actor = Some(actor);
+        }
+        let mut new_events = Vec::with_capacity(events.len());
+        for event in events {
+            new_events.push(
+                NewEvent::new(
+                    EventId::new_at(now),
+                    event.event_type(),
+                    event.schema_version(),
+                    event,
+                )?
+                .with_metadata(metadata.clone()),
+            );
+        }
+        Ok(new_events)
+    }
+
     /// Builds a command from the current state, decides and appends; on a version
     /// conflict reloads and tries again, up to [`COMMAND_ATTEMPTS_MAX`] times.
     pub(crate) async fn execute<A, F>(
@@ -157,23 +236,7 @@ impl Repository {
                     position: None,
                 });
             }
-            let now = self.ledger.clock().now();
-            let mut metadata = metadata.clone();
-            if let Some(actor) = context::actor() {
-                metadata.actor = Some(actor);
-            }
-            let mut new_events = Vec::with_capacity(events.len());
-            for event in &events {
-                new_events.push(
-                    NewEvent::new(
-                        EventId::new_at(now),
-                        event.event_type(),
-                        event.schema_version(),
-                        event,
-                    )?
-                    .with_metadata(metadata.clone()),
-                );
-            }
+            let new_events = self.new_events(metadata, &events)?;
             let expected = if version == 0 {
                 ExpectedVersion::NoStream
             } else {
