@@ -341,6 +341,9 @@ impl Scheduler {
             if due.is_empty() {
                 break;
             }
+            // At most `concurrency` items in flight: a task is made only when a
+            // permit is free, so a tick of 100,000 renewals holds 16 futures,
+            // not 100,000 waiting ones.
             let permits = Arc::new(Semaphore::new(self.concurrency));
             let mut tasks = JoinSet::new();
             for (at, work) in due {
@@ -349,34 +352,48 @@ impl Scheduler {
                     Work::Draft(id) => self.index.lock().await.requested.get(&id).cloned(),
                     _ => None,
                 };
+                let permit = Arc::clone(&permits)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| BillingError::Contended("the scheduler's permits".into()))?;
                 let billing = Arc::clone(&self.billing);
-                let permits = Arc::clone(&permits);
                 tasks.spawn(async move {
-                    let _permit = permits.acquire_owned().await;
+                    let _permit = permit;
                     (work, run(&billing, work, request).await)
                 });
+                while let Some(joined) = tasks.try_join_next() {
+                    Self::report(&mut report, joined);
+                }
             }
             while let Some(joined) = tasks.join_next().await {
-                let Ok((work, result)) = joined else {
-                    continue;
-                };
-                match (work, result) {
-                    (Work::Subscription(_), Ok(started)) => report.periods_started += started,
-                    (Work::Invoice(_) | Work::Draft(_) | Work::Refund(_), Ok(_)) => {
-                        report.invoice_steps += 1;
-                    }
-                    (work, Err(error)) => {
-                        tracing::warn!(
-                            ?work,
-                            code = error.code(),
-                            "billing work failed; retried next tick"
-                        );
-                        report.failures.push((work, error.code()));
-                    }
-                }
+                Self::report(&mut report, joined);
             }
         }
         Ok(report)
+    }
+
+    /// Adds one finished item to the tick's report.
+    fn report(
+        report: &mut TickReport,
+        joined: Result<(Work, Result<u32, BillingError>), tokio::task::JoinError>,
+    ) {
+        let Ok((work, result)) = joined else {
+            return;
+        };
+        match (work, result) {
+            (Work::Subscription(_), Ok(started)) => report.periods_started += started,
+            (Work::Invoice(_) | Work::Draft(_) | Work::Refund(_), Ok(_)) => {
+                report.invoice_steps += 1;
+            }
+            (work, Err(error)) => {
+                tracing::warn!(
+                    ?work,
+                    code = error.code(),
+                    "billing work failed; retried next tick"
+                );
+                report.failures.push((work, error.code()));
+            }
+        }
     }
 }
 
