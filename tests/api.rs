@@ -1931,3 +1931,73 @@ async fn movements_one_by_one_say_who_churned_and_when() {
         assert_eq!(refused.body["code"], "invalid_query", "{bad}");
     }
 }
+
+/// A refused discount request writes nothing: a stale If-Match leaves the
+/// coupon's only redemption for someone else (review finding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discount_refused_by_if_match_leaves_the_coupon_unredeemed() {
+    let server = serve_from(Backend::Sqlite, Some("2027-01-01T00:00:00Z")).await;
+    let coupon = server
+        .post(
+            "/v1/coupons",
+            json!({"code": "ONLYONE", "percent_off": "50", "duration": "forever", "max_redemptions": 1}),
+        )
+        .await;
+    assert_eq!(coupon.status, StatusCode::CREATED, "{}", coupon.body);
+    let customer = untaxed_customer_with_card(&server).await;
+    let (created, sub, ..) = server.community_subscription(&customer).await;
+    let stale = created.body["version"].as_u64().unwrap() - 1;
+    let refused = server
+        .call(
+            Method::POST,
+            &format!("/v1/subscriptions/{sub}/discount"),
+            Some(ADMIN_KEY),
+            Some(json!({"coupon": "ONLYONE"})),
+            &[("If-Match", &format!("\"{stale}\""))],
+        )
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        refused.body
+    );
+    let state = server.get("/v1/coupons/ONLYONE").await;
+    assert_eq!(state.body["times_redeemed"], 0, "{}", state.body);
+    let applied = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/discount"),
+            json!({"coupon": "ONLYONE"}),
+        )
+        .await;
+    assert_eq!(applied.status, StatusCode::OK, "{}", applied.body);
+    assert_eq!(applied.body["coupon"], "ONLYONE");
+    let again = server
+        .post(
+            &format!("/v1/subscriptions/{sub}/discount"),
+            json!({"coupon": "ONLYONE"}),
+        )
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        again.body
+    );
+    assert_eq!(again.body["code"], "coupon_already_redeemed");
+    // Tax rates change from now on: a back-dated rate or retirement is refused.
+    let back_dated = server
+        .post(
+            "/v1/tax_rates",
+            json!({"country": "FR", "name": "TVA", "percent": "20", "mode": "inclusive",
+                   "valid_from": "2026-12-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(
+        back_dated.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        back_dated.body
+    );
+    assert_eq!(back_dated.body["code"], "invalid_field");
+}

@@ -10,7 +10,8 @@
 //! - the trial balance is zero after every event;
 //! - the movements add up to the MRR of every day, and to the subscriptions' MRR;
 //! - the live read models equal a rebuild from the first event (so MRR as of any
-//!   day is the same live and rebuilt);
+//!   day is the same live and rebuilt), the projector restarted (reloading from
+//!   its tables) at a random step, under a random counting profile;
 //!
 //! and across the two: the metrics (movements per day and kind, customers
 //! counted, MRR per plan and day, subscriptions' states and MRR) are equal.
@@ -37,6 +38,7 @@ use recur_ledger::{Money, Position, TestClock};
 use recur_projections::Projector;
 use recur_projections::db::{Db, Stmt, Value};
 use recur_projections::mrr::{self, Mrr};
+use recur_projections::profile::{OnceCoupon, PauseRule, Profile};
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
@@ -127,11 +129,28 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
-/// A history: its steps in time order, and the scheduler's outage in the second run.
+/// A history: its steps in time order, the scheduler's outage in the second
+/// run, the step after which the projector restarts (reloading from its
+/// tables), and the counting profile.
 #[derive(Clone, Debug)]
 struct History {
     steps: Vec<Step>,
     gap: (i64, i64),
+    restart_after: usize,
+    profile: Profile,
+}
+
+fn profile() -> impl Strategy<Value = Profile> {
+    prop_oneof![
+        Just(Profile::default()),
+        Just(Profile::named("conservative").unwrap()),
+        Just(Profile {
+            name: "custom".into(),
+            pause: PauseRule::Churn,
+            once_coupon: OnceCoupon::Ignore,
+            past_due_churn_days: Some(7),
+        }),
+    ]
 }
 
 fn history() -> impl Strategy<Value = History> {
@@ -139,14 +158,22 @@ fn history() -> impl Strategy<Value = History> {
         proptest::collection::vec(step(), 5..30),
         10i64..70,
         7i64..15,
+        any::<prop::sample::Index>(),
+        profile(),
     )
-        .prop_map(|(mut steps, gap_day, gap_days)| {
+        .prop_map(|(mut steps, gap_day, gap_days, restart, profile)| {
             let gap = (gap_day * 24, (gap_day + gap_days) * 24);
             // No command while the scheduler is away: what it would have done
             // first must not depend on when it comes back.
             steps.retain(|s| s.hour < gap.0 || s.hour >= gap.1);
             steps.sort_by_key(|s| s.hour);
-            History { steps, gap }
+            let restart_after = restart.index(steps.len().max(1));
+            History {
+                steps,
+                gap,
+                restart_after,
+                profile,
+            }
         })
 }
 
@@ -357,13 +384,17 @@ async fn perform(
 /// projector follows along, caught up after every step and tick.
 async fn run(history: &History, late: bool) -> (World, Projector<Mrr>) {
     let mut w = world().await;
-    let mut projector = Projector::open(w.store.ledger.clone(), Mrr::new())
-        .await
-        .unwrap();
-    let mut steps = history.steps.iter().peekable();
+    let open = || {
+        Projector::open(
+            w.store.ledger.clone(),
+            Mrr::with_profile(history.profile.clone()),
+        )
+    };
+    let mut projector = open().await.unwrap();
+    let mut steps = history.steps.iter().enumerate().peekable();
     let mut tick_hour = 0;
     while tick_hour <= DAYS * 24 {
-        while let Some(step) = steps.next_if(|s| s.hour < tick_hour) {
+        while let Some((index, step)) = steps.next_if(|(_, s)| s.hour < tick_hour) {
             w.clock.advance_to(START + Duration::hours(step.hour));
             // The customers of one step act at once, each on a task of its own.
             let mut acting = tokio::task::JoinSet::new();
@@ -378,6 +409,11 @@ async fn run(history: &History, late: bool) -> (World, Projector<Mrr>) {
                 }
             }
             projector.catch_up().await.unwrap();
+            if index == history.restart_after {
+                // A new process: the projector reloads its memory from its tables.
+                drop(projector);
+                projector = open().await.unwrap();
+            }
         }
         let away = late && tick_hour >= history.gap.0 && tick_hour < history.gap.1;
         if !away {
@@ -545,7 +581,10 @@ async fn check(history: History) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(10))]
+    // 10 histories in the suite; RECUR_PROPERTY_CASES=N runs more.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("RECUR_PROPERTY_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(10)
+    ))]
 
     #[test]
     fn metrics_hold_and_agree_over_random_histories_and_a_late_scheduler(history in history()) {

@@ -1261,6 +1261,39 @@ async fn a_discount_on_a_running_subscription_bills_and_moves_mrr_when_it_takes_
             "2027-03-01 expansion 4850",
         ]
     );
+    // A coupon is applied to a subscription once: taken off, it cannot be
+    // applied again to start its duration over.
+    let error = w
+        .billing
+        .apply_discount(sub, &code("HALF"), Timing::Now)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "coupon_already_redeemed");
+    // An expired coupon is refused and stays unredeemed.
+    w.billing
+        .create_coupon(NewCoupon {
+            code: code("GONE"),
+            discount: Discount::PercentOff { percent: 10.into() },
+            duration: CouponDuration::Forever,
+            max_redemptions: None,
+            redeem_by: Some(datetime!(2027-01-01 00:00 UTC)),
+        })
+        .await
+        .unwrap();
+    let error = w
+        .billing
+        .apply_discount(sub, &code("GONE"), Timing::Now)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "coupon_expired");
+    assert!(
+        w.billing
+            .coupon(&code("GONE"))
+            .await
+            .unwrap()
+            .redeemers
+            .is_empty()
+    );
     // A canceled subscription takes no discount, and the coupon stays unredeemed.
     w.billing.cancel(sub, Timing::Now).await.unwrap();
     coupon(

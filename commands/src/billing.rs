@@ -97,6 +97,16 @@ pub struct NewCoupon {
     pub redeem_by: Option<OffsetDateTime>,
 }
 
+/// What became of a refund asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefundOutcome {
+    /// Its number on the invoice.
+    pub refund_no: u32,
+    /// True when the gateway's answer is recorded; false when it is pending
+    /// (the scheduler sends it again with the same key).
+    pub completed: bool,
+}
+
 /// The billing service.
 pub struct Billing {
     repo: Repository,
@@ -239,7 +249,7 @@ impl Billing {
     pub async fn create_tax_rate(&self, mut rate: TaxRate) -> Result<TaxRate, BillingError> {
         let now = self.now();
         rate.id = recur_ledger::EventId::new_at(now).0.to_string();
-        rate.valid_from = Some(rate.valid_from.unwrap_or(now));
+        rate.valid_from = Some(not_before_now("valid_from", rate.valid_from, now)?);
         self.catalog_command(CatalogCommand::CreateTaxRate { rate: rate.clone() })
             .await?;
         Ok(rate)
@@ -255,7 +265,7 @@ impl Billing {
         id: &str,
         at: Option<OffsetDateTime>,
     ) -> Result<TaxRate, BillingError> {
-        let at = at.unwrap_or_else(|| self.now());
+        let at = not_before_now("at", at, self.now())?;
         let catalog = self
             .catalog_command(CatalogCommand::RetireTaxRate {
                 id: id.to_owned(),
@@ -776,14 +786,23 @@ impl Billing {
         timing: Timing,
     ) -> Result<Subscription, BillingError> {
         let now = self.now();
-        let state = self.subscription(id).await?;
+        let (state, version) = self.subscription_versioned(id).await?;
+        // A coupon is applied to a subscription once: applied again (after it was
+        // taken off, or once used up) it would start its duration over, past its
+        // limits and its deadline.
+        let (coupon, _) = self.repo.load_current::<Coupon>(&code.stream()?).await?;
+        if coupon.redeemers.contains(&id.to_string()) {
+            return Err(DomainError::CouponAlreadyRedeemed(code.to_string()).into());
+        }
         let discount = self.coupon_for(code, &id.to_string()).await?;
         let command = |discount: AppliedDiscount| SubscriptionCommand::ApplyDiscount {
             discount,
             timing,
             now,
         };
-        // Decide once without writing, so a refusal leaves the coupon unredeemed.
+        // Decide once without writing, with the caller's If-Match checked, so a
+        // refusal leaves the coupon unredeemed.
+        crate::context::check_expected(&id.stream()?, version)?;
         state.decide(command(discount.clone()))?;
         self.redeem(code, id.to_string()).await?;
         Ok(self
@@ -1043,9 +1062,29 @@ impl Billing {
             &tax_basis,
             currency,
         )?;
-        let credit_applied = self
-            .credit_for(&customer, customer_id, id, preview.total, source)
-            .await?;
+        let zero = Money::zero(currency);
+        let applied_before = customer.credit_applied.get(&id).copied();
+        let takes_credit = applied_before.is_none()
+            && preview.total.is_positive()
+            && customer.credit_balance.is_some_and(|b| b.is_positive());
+        if takes_credit {
+            // Credit is taken only for an invoice already in the ledger: drafted
+            // first, so a crash in between leaves a draft to finish, never credit
+            // taken for an invoice that does not exist.
+            let drafted = self
+                .repo
+                .execute_new::<Invoice, _>(&id.stream()?, &metadata(source), |_| {
+                    Ok(InvoiceCommand::Draft {
+                        customer_id,
+                        subscription_id,
+                        request: request.clone(),
+                        now,
+                    })
+                })
+                .await?;
+            return self.finalize(drafted.state, Some(customer), source).await;
+        }
+        let credit_applied = applied_before.unwrap_or(zero);
         let opened = self
             .repo
             .execute_new::<Invoice, _>(&id.stream()?, &metadata(source), |_| {
@@ -1395,18 +1434,22 @@ impl Billing {
     /// amount reserved in the ledger first (`RefundRequested`, decided on the
     /// version it appends after, so concurrent refunds each get their own number
     /// and together never exceed what was paid), then sent to the gateway with
-    /// the key `<invoice>-refund-<n>`, then recorded. Returns the refund's number.
+    /// the key `<invoice>-refund-<n>`, then recorded.
+    ///
+    /// Once requested, the refund is accepted: if the gateway does not answer,
+    /// it stays pending (the outcome says so) and the scheduler sends it again
+    /// with the same key — a caller must not ask again, which would be a second
+    /// refund.
     ///
     /// # Errors
     /// More than paid and not yet refunded or requested, an unpaid invoice, a bad
-    /// amount; [`BillingError::GatewayUnavailable`] leaves the refund requested,
-    /// and the scheduler sends it again with the same key.
+    /// amount: nothing is written.
     pub async fn refund(
         &self,
         id: InvoiceId,
         amount: Money,
         reason: &str,
-    ) -> Result<u32, BillingError> {
+    ) -> Result<RefundOutcome, BillingError> {
         let now = self.now();
         let requested = self
             .invoice_command(id, Source::Api, |_| InvoiceCommand::RequestRefund {
@@ -1416,25 +1459,38 @@ impl Billing {
             })
             .await?;
         let refund = requested
-            .events
-            .iter()
-            .find_map(|event| match event {
-                crate::invoice::InvoiceEvent::RefundRequested { refund_no, .. } => requested
-                    .state
-                    .refunds
-                    .iter()
-                    .find(|r| r.refund_no == *refund_no),
-                _ => None,
-            })
+            .state
+            .refunds
+            .last()
+            .filter(|_| !requested.events.is_empty())
             .cloned()
             .ok_or_else(|| DomainError::InvalidTransition {
                 kind: "invoice",
                 action: "refund",
                 state: "unchanged by the refund request".into(),
             })?;
-        self.send_refund(&requested.state, &refund, Source::Api)
-            .await?;
-        Ok(refund.refund_no)
+        match self
+            .send_refund(&requested.state, &refund, Source::Api)
+            .await
+        {
+            Ok(()) => Ok(RefundOutcome {
+                refund_no: refund.refund_no,
+                completed: true,
+            }),
+            Err(BillingError::GatewayUnavailable(reason)) => {
+                tracing::warn!(
+                    invoice = %id,
+                    refund_no = refund.refund_no,
+                    %reason,
+                    "the gateway did not answer a refund; it stays pending and is sent again"
+                );
+                Ok(RefundOutcome {
+                    refund_no: refund.refund_no,
+                    completed: false,
+                })
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// Sends every refund of an invoice that was requested but not answered (the
@@ -1555,6 +1611,23 @@ fn not_found_domain(kind: &'static str, id: impl ToString) -> DomainError {
 
 fn not_found(kind: &'static str, id: impl ToString) -> BillingError {
     not_found_domain(kind, id).into()
+}
+
+/// A tax rate's change takes effect now or later, never before: a back-dated
+/// one would change the tax of invoices already issued and not yet finalized.
+fn not_before_now(
+    field: &'static str,
+    at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Result<OffsetDateTime, DomainError> {
+    match at {
+        None => Ok(now),
+        Some(at) if at >= now => Ok(at),
+        Some(_) => Err(DomainError::InvalidField {
+            field,
+            reason: "must be now or later: tax rates change from now on".into(),
+        }),
+    }
 }
 
 /// The catalog's stream.

@@ -250,7 +250,7 @@ impl Catalog {
     /// in whole minor units, an interval within limits.
     fn check_price(&self, price: &Price) -> Result<(), DomainError> {
         let bad = |message: String| DomainError::InvalidCatalog(message);
-        check_id("price", &price.id)?;
+        check_id("price id", &price.id)?;
         if self.prices.contains_key(&price.id) {
             return Err(bad(format!(
                 "price {} exists; prices are immutable, use a new id",
@@ -287,7 +287,7 @@ impl Catalog {
     /// Checks a new plan and its first price (which becomes its current price).
     fn check_plan(&self, plan: &Plan, price: &Price) -> Result<(), DomainError> {
         let bad = |message: String| DomainError::InvalidCatalog(message);
-        check_id("plan", &plan.id)?;
+        check_id("plan id", &plan.id)?;
         if self.plans.contains_key(&plan.id) {
             return Err(DomainError::AlreadyExists {
                 kind: "plan",
@@ -377,8 +377,8 @@ impl Catalog {
     }
 }
 
-/// Ids of plans and prices: 1 to 100 letters, digits, `_` or `-`.
-fn check_id(kind: &'static str, id: &str) -> Result<(), DomainError> {
+/// Ids of plans and prices (`field` names which): 1 to 100 letters, digits, `_` or `-`.
+fn check_id(field: &'static str, id: &str) -> Result<(), DomainError> {
     if id.is_empty()
         || id.len() > 100
         || !id
@@ -386,11 +386,7 @@ fn check_id(kind: &'static str, id: &str) -> Result<(), DomainError> {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     {
         return Err(DomainError::InvalidField {
-            field: if kind == "plan" {
-                "plan id"
-            } else {
-                "price id"
-            },
+            field,
             reason: "1 to 100 letters, digits, '_' or '-'".into(),
         });
     }

@@ -87,6 +87,9 @@ pub enum DomainError {
     /// The coupon has been redeemed its maximum number of times.
     #[error("coupon {0} has no redemptions left")]
     CouponExhausted(String),
+    /// The subscription has already redeemed this coupon.
+    #[error("coupon {0} was already applied to this subscription")]
+    CouponAlreadyRedeemed(String),
     /// The refund would exceed what was paid and not yet refunded.
     #[error("refund of {requested} exceeds the refundable {refundable}")]
     RefundExceedsPaid {
@@ -130,6 +133,7 @@ impl DomainError {
             DomainError::CurrencyMismatch { .. } => "currency_mismatch",
             DomainError::CouponExpired(_) => "coupon_expired",
             DomainError::CouponExhausted(_) => "coupon_exhausted",
+            DomainError::CouponAlreadyRedeemed(_) => "coupon_already_redeemed",
             DomainError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
             DomainError::WrongPriceKind { .. } => "wrong_price_kind",
             DomainError::InvalidCatalog(_) => "invalid_catalog",

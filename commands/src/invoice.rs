@@ -1053,7 +1053,11 @@ impl Aggregate for Invoice {
                 reason,
                 now,
             } => {
-                if self.status != InvoiceStatus::Paid {
+                let charged = self
+                    .attempts
+                    .iter()
+                    .any(|a| matches!(a.outcome, Some(ChargeOutcome::Succeeded { .. })));
+                if self.status != InvoiceStatus::Paid || !charged {
                     return Err(self.refuse("refund"));
                 }
                 check_positive_within(amount, self.refundable()?, "refund")?;

@@ -82,7 +82,10 @@ impl Index {
         match work {
             Work::Subscription(id) => id.0,
             Work::Draft(id) => self.requested.get(&id).map_or(id.0, |(_, sub, _)| sub.0),
-            Work::Invoice(id) | Work::Refund(id) => id
+            // A refund changes nothing of its subscription: it never waits for
+            // (nor holds up) the subscription's billing.
+            Work::Refund(id) => id.0,
+            Work::Invoice(id) => id
                 .stream()
                 .ok()
                 .and_then(|stream| self.invoices.get(&stream))

@@ -415,6 +415,11 @@ impl Mrr {
         let mut tracked = Tracked::default();
         for event in &earlier {
             tracked.apply(event);
+            // As `apply` below keeps it, so a reload dates the next event as a
+            // rebuild does.
+            if let Some(at) = event.effective_at() {
+                tracked.last_at = Some(tracked.last_at.map_or(at, |last| last.max(at)));
+            }
         }
         self.subscriptions.insert(stream.clone(), tracked);
         Ok(())
@@ -885,11 +890,15 @@ impl Projection for Mrr {
         let Some(tracked) = self.subscriptions.get_mut(stream) else {
             return Ok(());
         };
-        let at = decoded
-            .effective_at()
+        // Never before an earlier change of this stream; only dated events move
+        // that mark (an event dated by its recording stands for no business time).
+        let effective = decoded.effective_at();
+        let at = effective
             .unwrap_or(event.recorded_at)
             .max(tracked.last_at.unwrap_or(OffsetDateTime::UNIX_EPOCH));
-        tracked.last_at = Some(at);
+        if effective.is_some() {
+            tracked.last_at = Some(at);
+        }
         let was_counting = tracked.mrr_minor(&self.profile);
         tracked.apply(decoded);
         let past_due = tracked.state.status == SubscriptionStatus::PastDue;

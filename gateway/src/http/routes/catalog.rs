@@ -221,7 +221,7 @@ pub async fn tax_rates(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let now = recur_ledger::Clock::now(state.billing.ledger().clock().as_ref());
+    let now = super::ledger_now(&state);
     let catalog = state.billing.catalog().await?;
     let list = TaxRateList {
         object: "list",
@@ -244,7 +244,11 @@ fn fraction_of(percent: &str) -> Result<Decimal, ApiError> {
         }
         .into()
     };
-    let value: Decimal = percent.trim().parse().map_err(|_| invalid())?;
+    let value: Decimal = percent
+        .trim()
+        .parse::<Decimal>()
+        .map_err(|_| invalid())?
+        .normalize();
     if value.is_sign_negative() || value >= Decimal::ONE_HUNDRED || value.scale() > 4 {
         return Err(invalid());
     }
@@ -296,7 +300,7 @@ pub async fn create_tax_rate(
                 retired_at: None,
             };
             let created = state.billing.create_tax_rate(rate).await?;
-            let now = recur_ledger::Clock::now(state.billing.ledger().clock().as_ref());
+            let now = super::ledger_now(&state);
             Ok((
                 StatusCode::CREATED,
                 to_value(&TaxRateDto::new(&created, now))?,
@@ -339,7 +343,7 @@ pub async fn retire_tax_rate(
                     ),
                     other => other.into(),
                 })?;
-        let now = recur_ledger::Clock::now(state.billing.ledger().clock().as_ref());
+        let now = super::ledger_now(&state);
         Ok((StatusCode::OK, to_value(&TaxRateDto::new(&retired, now))?))
     })
     .await

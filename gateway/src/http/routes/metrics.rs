@@ -218,7 +218,7 @@ fn parse_date(text: &str) -> Result<Date, ApiError> {
 /// Today on the ledger's clock (a test clock when serving with one): the default
 /// end of every series, never the machine's date.
 fn today(state: &AppState) -> Date {
-    recur_ledger::Clock::now(state.billing.ledger().clock().as_ref()).date()
+    super::ledger_now(state).date()
 }
 
 fn parse_query(query: Option<&str>, today: Date) -> Result<Query, ApiError> {

@@ -26,6 +26,11 @@ pub const READERS: &[Role] = &[Role::Billing, Role::Support];
 /// Every role.
 pub const EVERYONE: &[Role] = &[Role::Billing, Role::Support, Role::Analyst];
 
+/// Now on the ledger's clock (a test clock when serving with one), never the machine's.
+pub fn ledger_now(state: &AppState) -> time::OffsetDateTime {
+    recur_ledger::Clock::now(state.billing.ledger().clock().as_ref())
+}
+
 /// The request context for a caller, with an `If-Match` precondition on `stream`.
 pub fn context(caller: &Caller, stream: Option<StreamId>, expected: Option<u64>) -> RequestContext {
     RequestContext {
