@@ -676,6 +676,12 @@ impl Invoice {
         self.attempts.last().filter(|a| a.outcome.is_none())
     }
 
+    /// The key refund `refund_no` carries to the gateway: `<invoice id>-refund-<n>`.
+    fn refund_key(&self, refund_no: u32) -> String {
+        let id = self.id.map(|id| id.to_string()).unwrap_or_default();
+        format!("{id}-refund-{refund_no}")
+    }
+
     /// Refunds requested whose gateway answer is not recorded yet.
     pub fn pending_refunds(&self) -> impl Iterator<Item = &Refund> {
         self.refunds.iter().filter(|r| r.refund_id.is_none())
@@ -1062,10 +1068,9 @@ impl Aggregate for Invoice {
                 }
                 check_positive_within(amount, self.refundable()?, "refund")?;
                 let refund_no = u32::try_from(self.refunds.len()).unwrap_or(u32::MAX - 1) + 1;
-                let id = self.id.map(|id| id.to_string()).unwrap_or_default();
                 Ok(vec![InvoiceEvent::RefundRequested {
                     refund_no,
-                    idempotency_key: format!("{id}-refund-{refund_no}"),
+                    idempotency_key: self.refund_key(refund_no),
                     amount,
                     reason,
                     at: now,
@@ -1268,10 +1273,7 @@ impl Aggregate for Invoice {
                     // its answer in one event.
                     None => self.refunds.push(Refund {
                         refund_no: *refund_no,
-                        idempotency_key: format!(
-                            "{}-refund-{refund_no}",
-                            self.id.map(|id| id.to_string()).unwrap_or_default()
-                        ),
+                        idempotency_key: self.refund_key(*refund_no),
                         amount: *amount,
                         reason: reason.clone(),
                         refund_id: Some(refund_id.clone()),
