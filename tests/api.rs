@@ -2001,3 +2001,148 @@ async fn a_discount_refused_by_if_match_leaves_the_coupon_unredeemed() {
     );
     assert_eq!(back_dated.body["code"], "invalid_field");
 }
+
+/// The ledger's last position, from readiness.
+async fn head(server: &Server) -> u64 {
+    server.get("/readyz").await.body["ledger_position"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Regression (HTTP edge, defect 7): a JSON array was read as `{}` and created
+/// a customer or canceled a subscription. Bodies must be objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_is_not_an_object_is_refused_and_writes_nothing() {
+    let server = serve(Backend::Sqlite).await;
+    let customer = untaxed_customer_with_card(&server).await;
+    let (_, sub, ..) = server.community_subscription(&customer).await;
+    let before = head(&server).await;
+    for (path, body) in [
+        ("/v1/customers".to_owned(), json!([])),
+        (format!("/v1/subscriptions/{sub}/cancel"), json!([])),
+        (format!("/v1/subscriptions/{sub}/pause"), json!("now")),
+        ("/v1/customers".to_owned(), json!(null)),
+    ] {
+        let refused = server.post(&path, body.clone()).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path} {body}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], "invalid_body", "{path} {body}");
+    }
+    assert_eq!(head(&server).await, before);
+    assert_eq!(
+        server.get(&format!("/v1/subscriptions/{sub}")).await.body["status"],
+        "active"
+    );
+}
+
+/// Regression (HTTP edge, defect 3): `If-Match` was ignored on contact-only
+/// updates (a stale version: 200 and written; 16 at once: 14 written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_match_guards_contact_updates_one_of_sixteen_wins() {
+    let server = serve(Backend::Sqlite).await;
+    let customer = untaxed_customer_with_card(&server).await;
+    let current = server.get(&format!("/v1/customers/{customer}")).await;
+    let version = current.body["version"].as_u64().unwrap();
+    let contact = |n: usize| json!({"contact": {"name": format!("Ann {n}"), "email": format!("ann{n}@example.com")}});
+    let stale = server
+        .call(
+            Method::POST,
+            &format!("/v1/customers/{customer}"),
+            Some(ADMIN_KEY),
+            Some(contact(0)),
+            &[("If-Match", &format!("\"{}\"", version - 1))],
+        )
+        .await;
+    assert_eq!(
+        stale.status,
+        StatusCode::PRECONDITION_FAILED,
+        "{}",
+        stale.body
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 1..=16 {
+        let request = server
+            .client
+            .post(format!("{}/v1/customers/{customer}", server.base))
+            .bearer_auth(ADMIN_KEY)
+            .header("If-Match", format!("\"{version}\""))
+            .json(&contact(n));
+        tasks.spawn(async move { request.send().await.unwrap().status() });
+    }
+    let statuses = tasks.join_all().await;
+    let won = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::PRECONDITION_FAILED)
+        .count();
+    assert_eq!((won, refused), (1, 15), "{statuses:?}");
+    let after = server.get(&format!("/v1/customers/{customer}")).await;
+    assert_eq!(after.body["version"].as_u64().unwrap(), version + 1);
+}
+
+/// Regression (HTTP edge, defect 6): free text was unchecked (a 50,000-character
+/// reason, a card number) and would live forever in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_text_is_limited_and_never_holds_a_card_number_or_control_characters() {
+    let server = serve(Backend::Sqlite).await;
+    let invoice = paid_community_invoice(&server).await;
+    let customer = untaxed_customer_with_card(&server).await;
+    let before = head(&server).await;
+    let refund = |reason: String| json!({"amount": money("1.00"), "reason": reason});
+    for (path, body, code) in [
+        (
+            format!("/v1/invoices/{invoice}/refund"),
+            refund("x".repeat(50_000)),
+            "invalid_field",
+        ),
+        (
+            format!("/v1/invoices/{invoice}/refund"),
+            refund("card 4242 4242 4242 4242".into()),
+            "card_number_rejected",
+        ),
+        (
+            format!("/v1/invoices/{invoice}/refund"),
+            refund("a\u{0}b".into()),
+            "invalid_field",
+        ),
+        (
+            format!("/v1/customers/{customer}"),
+            json!({"contact": {"name": "Ann \u{202E}eeL", "email": "ann@example.com"}}),
+            "invalid_field",
+        ),
+        (
+            format!("/v1/customers/{customer}"),
+            json!({"contact": {"name": "Ann\nLee", "email": "ann@example.com"}}),
+            "invalid_field",
+        ),
+        (
+            "/v1/plans".to_owned(),
+            json!({"id": "p1", "name": "Plan\u{7}", "price": {"id": "p1_v1", "unit_amount": money("1.00"), "interval": "month"}}),
+            "invalid_field",
+        ),
+        (
+            "/v1/plans".to_owned(),
+            json!({"id": "p2", "name": "Plan", "features": {"note": "4000000000000002"},
+                   "price": {"id": "p2_v1", "unit_amount": money("1.00"), "interval": "month"}}),
+            "card_number_rejected",
+        ),
+    ] {
+        let refused = server.post(&path, body).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], code, "{path}: {}", refused.body);
+    }
+    assert_eq!(
+        head(&server).await,
+        before,
+        "a refused request wrote something"
+    );
+}

@@ -438,7 +438,24 @@ impl Billing {
         id: CustomerId,
         details: ContactDetails,
     ) -> Result<(), BillingError> {
-        self.customer(id).await?;
+        details.validate()?;
+        let (_, version) = self.customer_versioned(id).await?;
+        let (contact, _) = self
+            .repo
+            .load_current::<Contact>(&contact_stream(id)?)
+            .await?;
+        if contact.details.as_ref() == Some(&details) {
+            // Nothing changes; a stale If-Match is still refused.
+            crate::context::check_expected(&id.stream()?, version)?;
+            return Ok(());
+        }
+        // The customer's stream first: its version is what If-Match guards, and
+        // concurrent contact updates take turns on it; a refusal writes nothing.
+        let now = self.now();
+        self.customer_command(id, Source::Api, |_| CustomerCommand::MarkContactChanged {
+            now,
+        })
+        .await?;
         self.repo
             .execute::<Contact, _>(&contact_stream(id)?, &metadata(Source::Api), |_| {
                 Ok(details.clone())

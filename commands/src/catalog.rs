@@ -295,6 +295,8 @@ impl Catalog {
             });
         }
         check_name(&plan.name)?;
+        check_metadata("features", &plan.features)?;
+        check_metadata("limits", &plan.limits)?;
         if plan.trial_days > TRIAL_DAYS_MAX {
             return Err(bad(format!(
                 "plan {}: trial_days above {TRIAL_DAYS_MAX}",
@@ -393,14 +395,36 @@ fn check_id(field: &'static str, id: &str) -> Result<(), DomainError> {
     Ok(())
 }
 
-/// A display name: 1 to 200 printable characters.
+/// A plan's display name (see [`crate::text::check_name`]).
 fn check_name(name: &str) -> Result<(), DomainError> {
-    let chars = name.chars().count();
-    if chars == 0 || chars > 200 || name.chars().any(char::is_control) {
+    crate::text::check_name("name", name, crate::text::NAME_CHARS_MAX)
+}
+
+/// The most bytes a plan's features or limits take, as JSON.
+pub const PLAN_METADATA_BYTES_MAX: usize = 4_096;
+
+/// A plan's free-form features or limits: at most [`PLAN_METADATA_BYTES_MAX`]
+/// bytes, and every text in them free text (see [`crate::text::check_text`]).
+fn check_metadata(field: &'static str, value: &serde_json::Value) -> Result<(), DomainError> {
+    if value.to_string().len() > PLAN_METADATA_BYTES_MAX {
         return Err(DomainError::InvalidField {
-            field: "name",
-            reason: "1 to 200 printable characters".into(),
+            field,
+            reason: format!("at most {PLAN_METADATA_BYTES_MAX} bytes of JSON"),
         });
+    }
+    let mut texts = vec![value];
+    while let Some(value) = texts.pop() {
+        match value {
+            serde_json::Value::String(text) => crate::text::check_text(field, text, 500, false)?,
+            serde_json::Value::Array(items) => texts.extend(items),
+            serde_json::Value::Object(map) => {
+                for (key, item) in map {
+                    crate::text::check_text(field, key, 100, false)?;
+                    texts.push(item);
+                }
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -155,6 +155,12 @@ pub enum CustomerCommand {
     SetTaxLocation(TaxLocation),
     /// Set the dunning segment.
     SetSegment(Segment),
+    /// Note that the contact details changed (they live in their own stream):
+    /// the customer's version moves, so `If-Match` guards contact updates too.
+    MarkContactChanged {
+        /// Now.
+        now: OffsetDateTime,
+    },
     /// Owe the customer credit (a downgrade's net), once per invoice.
     GrantCredit {
         /// The invoice that gave rise to it.
@@ -209,6 +215,13 @@ domain_events! {
             /// The new segment.
             segment: Segment,
         },
+        /// The contact details changed (they, personal data, are in the contact
+        /// stream; this event holds none).
+        ContactChanged {
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
         /// Credit owed to the customer (no postings: the invoice event carries them).
         CreditGranted {
             /// The source invoice.
@@ -234,6 +247,7 @@ impl DomainEvent for CustomerEvent {
             CustomerEvent::PaymentMethodDetached { .. } => "PaymentMethodDetached",
             CustomerEvent::TaxLocationSet { .. } => "TaxLocationSet",
             CustomerEvent::SegmentSet { .. } => "SegmentSet",
+            CustomerEvent::ContactChanged { .. } => "ContactChanged",
             CustomerEvent::CreditGranted { .. } => "CreditGranted",
             CustomerEvent::CreditApplied { .. } => "CreditApplied",
         }
@@ -320,6 +334,9 @@ impl Aggregate for Customer {
                     vec![CustomerEvent::SegmentSet { segment }]
                 }
             }
+            CustomerCommand::MarkContactChanged { now } => {
+                vec![CustomerEvent::ContactChanged { at: now }]
+            }
             CustomerCommand::GrantCredit { invoice_id, amount } => {
                 if !amount.is_positive() {
                     return Err(DomainError::AmountNotPositive {
@@ -383,6 +400,7 @@ impl Aggregate for Customer {
                 self.tax_location = Some(tax_location.clone());
             }
             CustomerEvent::SegmentSet { segment } => self.segment = *segment,
+            CustomerEvent::ContactChanged { .. } => {}
             CustomerEvent::CreditGranted { invoice_id, amount } => {
                 self.credit_granted.insert(*invoice_id, *amount);
                 let balance = self
@@ -431,9 +449,8 @@ impl ContactDetails {
             field,
             reason: reason.into(),
         };
-        if self.name.trim().is_empty() || self.name.len() > 200 {
-            return Err(bad("name", "1 to 200 characters"));
-        }
+        crate::text::check_name("name", &self.name, crate::text::NAME_CHARS_MAX)?;
+        crate::text::check_text("email", &self.email, 254, false)?;
         let email_ok = self.email.len() <= 254
             && self
                 .email

@@ -1039,6 +1039,7 @@ impl Aggregate for Invoice {
                 reason,
                 now,
             } => {
+                crate::text::check_text("reason", &reason, crate::text::REASON_CHARS_MAX, true)?;
                 if self.status != InvoiceStatus::Open {
                     return Err(self.refuse("credit"));
                 }
@@ -1059,6 +1060,7 @@ impl Aggregate for Invoice {
                 reason,
                 now,
             } => {
+                crate::text::check_text("reason", &reason, crate::text::REASON_CHARS_MAX, true)?;
                 let charged = self
                     .attempts
                     .iter()

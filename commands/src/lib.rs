@@ -12,7 +12,8 @@
 //! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
 //! the simulated gateway, and at the edge the [`billing`] service (load, decide,
 //! append, follow up across aggregates) and the [`scheduler`] that the billing
-//! clock drives. [`tagged`] decodes stored event payloads tag first.
+//! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
+//! checks free text before it enters the ledger for good.
 
 pub mod aggregate;
 pub mod billing;
@@ -32,6 +33,7 @@ pub mod scheduler;
 pub mod subscription;
 pub mod tagged;
 pub mod tax;
+pub mod text;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use billing::Billing;

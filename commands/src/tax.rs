@@ -146,14 +146,8 @@ impl TaxRate {
                 self.rate
             ));
         }
-        let name_chars = self.name.chars().count();
-        if name_chars == 0 || name_chars > 100 || self.name.chars().any(char::is_control) {
-            return Err(format!(
-                "tax rate {}: the name must be 1 to 100 printable characters",
-                self.jurisdiction()
-            ));
-        }
-        Ok(())
+        crate::text::check_name("name", &self.name, 100)
+            .map_err(|e| format!("tax rate {}: {e}", self.jurisdiction()))
     }
 
     /// The jurisdiction's name in accounts: `US-TX` or `DE`.

@@ -242,7 +242,9 @@ impl Projection for Customers {
                     CustomerEvent::CreditApplied { amount, .. } => {
                         row.credit_minor -= minor(*amount)
                     }
-                    CustomerEvent::TaxLocationSet { .. } => return Ok(()),
+                    CustomerEvent::TaxLocationSet { .. } | CustomerEvent::ContactChanged { .. } => {
+                        return Ok(());
+                    }
                 }
                 self.changed.insert(customer);
             }

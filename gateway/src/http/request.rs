@@ -71,7 +71,7 @@ impl<S: Send + Sync> FromRequest<S> for RawBody {
     }
 }
 
-/// Parses a JSON body (an empty body reads as `{}`).
+/// Parses a JSON body, which must be an object (an empty body reads as `{}`).
 ///
 /// # Errors
 /// 400 `malformed_json` for bad syntax; 422 `invalid_body` for wrong types,
@@ -86,6 +86,14 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
     })?;
+    // An array or a scalar is no request, even where every field is optional.
+    if !value.is_object() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
     serde_json::from_value(value).map_err(|error| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
