@@ -942,8 +942,9 @@ impl Billing {
         };
         for event in &executed.events {
             if let Some(request) = event.invoice_request() {
-                self.bill(customer_id, Some(sub_id), request, source)
-                    .await?;
+                // Boxed: billing an invoice is the deepest future of all, and a
+                // subscription command should not carry it inline.
+                Box::pin(self.bill(customer_id, Some(sub_id), request, source)).await?;
             }
         }
         Ok(())
@@ -1210,7 +1211,7 @@ impl Billing {
             })
             .await?;
         }
-        self.collect_with(invoice, customer, source, false).await
+        Box::pin(self.collect_with(invoice, customer, source, false)).await
     }
 
     /// Carries an invoice forward from wherever it stopped: finalizes a draft,

@@ -163,6 +163,40 @@ pub enum KeysCommand {
         #[arg(long)]
         database: Option<String>,
     },
+    /// List the API keys: id, role, status, who made them, last use (never a secret).
+    List {
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Revoke an API key: it stops working on every server at once.
+    Revoke {
+        /// The key's id.
+        id: String,
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Give an API key a new secret and print it (shown once); the old one stops working.
+    Rotate {
+        /// The key's id.
+        id: String,
+        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
+}
+
+impl KeysCommand {
+    /// The ledger location given, if any.
+    pub fn database(&self) -> Option<&str> {
+        match self {
+            KeysCommand::Create { database, .. }
+            | KeysCommand::List { database }
+            | KeysCommand::Revoke { database, .. }
+            | KeysCommand::Rotate { database, .. } => database.as_deref(),
+        }
+    }
 }
 
 /// `recur bench …`

@@ -16,6 +16,9 @@ use recur_gateway::ledger_cmd;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Stack of each runtime worker thread (tokio's default is 2 MiB).
+const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("RECUR_LOG")
@@ -31,7 +34,9 @@ fn main() -> anyhow::Result<()> {
     }
     // A metrics setting that silently did nothing would give wrong figures.
     recur_projections::profile::Profile::from_env().map_err(anyhow::Error::msg)?;
+    // Billing commands are deep futures; unoptimised builds lay them out large.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(WORKER_STACK_BYTES)
         .enable_all()
         .build()?;
     let code = runtime.block_on(run(cli))?;
@@ -115,10 +120,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        Command::Keys {
-            command: KeysCommand::Create { role, database },
-        } => {
-            let location = recur_gateway::config::ledger_location(database.as_deref());
+        Command::Keys { command } => {
+            let location = recur_gateway::config::ledger_location(command.database());
             let ledger = recur_ledger::Ledger::open(
                 recur_ledger::LedgerConfig::new(location),
                 std::sync::Arc::new(recur_ledger::SystemClock),
@@ -128,12 +131,45 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let ring = http::auth::KeyRing::load(ledger, None)
                 .await
                 .map_err(anyhow::Error::msg)?;
-            let (id, key) = ring.create(role).await.context("create the key")?;
-            println!("{key}");
-            eprintln!(
-                "created {} key {id}; it is shown once, keep it secret",
-                role.name()
-            );
+            match command {
+                KeysCommand::Create { role, .. } => {
+                    let (id, key) = ring.create(role, "cli").await.context("create the key")?;
+                    println!("{key}");
+                    eprintln!(
+                        "created {} key {id}; it is shown once, keep it secret",
+                        role.name()
+                    );
+                }
+                KeysCommand::List { .. } => {
+                    for key in ring.list() {
+                        let when = |at: Option<time::OffsetDateTime>| {
+                            at.map_or("-".to_owned(), http::dto::rfc3339)
+                        };
+                        println!(
+                            "{}\t{}\t{}\tcreated {} by {}\tlast used {}",
+                            key.id,
+                            key.role.name(),
+                            if key.revoked_at.is_some() {
+                                "revoked"
+                            } else {
+                                "active"
+                            },
+                            when(key.created_at),
+                            key.created_by.as_deref().unwrap_or("-"),
+                            when(key.last_used_at),
+                        );
+                    }
+                }
+                KeysCommand::Revoke { id, .. } => {
+                    ring.revoke(&id, "cli").await.context("revoke the key")?;
+                    eprintln!("revoked key {id}");
+                }
+                KeysCommand::Rotate { id, .. } => {
+                    let key = ring.rotate(&id, "cli").await.context("rotate the key")?;
+                    println!("{key}");
+                    eprintln!("rotated key {id}; the new key is shown once, keep it secret");
+                }
+            }
             Ok(0)
         }
         Command::Demo {

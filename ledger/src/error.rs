@@ -145,6 +145,17 @@ impl LedgerError {
     }
 }
 
+/// SQLSTATEs of a server that is there but will not serve now: connection
+/// exceptions (class 08), an administrator's or a crash's shutdown and "cannot
+/// connect now" (57P01–57P03), too many connections (53300), and a database that
+/// does not accept connections (55000, which our statements, taking no locks
+/// with NOWAIT, meet for nothing else).
+fn server_unavailable(code: Option<&str>) -> bool {
+    code.is_some_and(|code| {
+        code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "55000")
+    })
+}
+
 /// Sorts a sqlx error into "the database is not there" and everything else.
 pub(crate) fn from_sqlx(error: sqlx::Error) -> LedgerError {
     match error {
@@ -153,6 +164,9 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> LedgerError {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(error.to_string()),
+        sqlx::Error::Database(ref database) if server_unavailable(database.code().as_deref()) => {
+            LedgerError::Unavailable(error.to_string())
+        }
         other => LedgerError::Database(other.to_string()),
     }
 }

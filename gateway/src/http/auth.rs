@@ -1,6 +1,8 @@
 //! API keys and roles. A key is `rk_<id>_<secret>`; only the SHA-256 of the
-//! secret is stored (as events in the ledger's `apikeys` stream). The bootstrap
-//! admin key comes from `RECUR_ADMIN_KEY` and is held only in memory.
+//! secret is stored (as events in the ledger's `apikeys` stream: created,
+//! rotated, revoked, used). Every server holds the keys in memory, fed by that
+//! stream. The bootstrap admin key comes from `RECUR_ADMIN_KEY` and is held only
+//! in memory.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -10,6 +12,7 @@ use axum::http::request::Parts;
 use recur_ledger::{EventId, ExpectedVersion, Ledger, LedgerError, NewEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
 use utoipa::ToSchema;
 
 use super::AppState;
@@ -55,21 +58,151 @@ impl Role {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// What happens to API keys, in the ledger's `apikeys` stream. Only SHA-256
+/// digests of secrets are ever written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type")]
+#[allow(clippy::enum_variant_names, reason = "the stored event type names")]
 enum KeyEvent {
     ApiKeyCreated {
         key_id: String,
         role: Role,
         secret_sha256: String,
+        /// Who made it: the creating key's id, or `cli`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        created_by: Option<String>,
+        #[serde(
+            default,
+            with = "time::serde::rfc3339::option",
+            skip_serializing_if = "Option::is_none"
+        )]
+        created_at: Option<OffsetDateTime>,
+    },
+    /// A new secret for the key; the old one stops working at once.
+    ApiKeyRotated {
+        key_id: String,
+        secret_sha256: String,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// The key stops working at once.
+    ApiKeyRevoked {
+        key_id: String,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
+    },
+    /// The key was used (recorded at most once per [`USE_RECORDED_EVERY_S`]).
+    ApiKeyUsed {
+        key_id: String,
+        #[serde(with = "time::serde::rfc3339")]
+        at: OffsetDateTime,
     },
 }
 
-/// The keys this process knows.
+impl KeyEvent {
+    fn event_type(&self) -> &'static str {
+        match self {
+            KeyEvent::ApiKeyCreated { .. } => "ApiKeyCreated",
+            KeyEvent::ApiKeyRotated { .. } => "ApiKeyRotated",
+            KeyEvent::ApiKeyRevoked { .. } => "ApiKeyRevoked",
+            KeyEvent::ApiKeyUsed { .. } => "ApiKeyUsed",
+        }
+    }
+}
+
+/// How often each server reads the keys' stream for other servers' changes:
+/// a key made, rotated or revoked anywhere is in force everywhere within this.
+pub const KEYS_REFRESH_MS: u64 = 100;
+/// After this long without a successful read of the keys' stream (the ledger is
+/// down), an unknown key is answered 503, not 401: it may have been made since.
+pub const KEYS_STALE_MS: u64 = 2_000;
+/// A key's use is recorded at most this often (its `last_used_at`).
+pub const USE_RECORDED_EVERY_S: i64 = 3_600;
+
+/// One key as this process knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEntry {
+    /// Its id.
+    pub id: String,
+    /// Its role.
+    pub role: Role,
+    secret_sha256: String,
+    /// Who made it (a key id, or `cli`).
+    pub created_by: Option<String>,
+    /// When.
+    pub created_at: Option<OffsetDateTime>,
+    /// When its secret last changed.
+    pub rotated_at: Option<OffsetDateTime>,
+    /// When it stopped working.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// When it was last used, to the hour.
+    pub last_used_at: Option<OffsetDateTime>,
+}
+
+/// The keys, as of the stream version they were read to.
+#[derive(Default)]
+struct Keys {
+    by_id: HashMap<String, KeyEntry>,
+    version: u64,
+    refreshed: Option<std::time::Instant>,
+}
+
+impl Keys {
+    fn apply(&mut self, event: KeyEvent) {
+        match event {
+            KeyEvent::ApiKeyCreated {
+                key_id,
+                role,
+                secret_sha256,
+                created_by,
+                created_at,
+            } => {
+                self.by_id.insert(
+                    key_id.clone(),
+                    KeyEntry {
+                        id: key_id,
+                        role,
+                        secret_sha256,
+                        created_by,
+                        created_at,
+                        rotated_at: None,
+                        revoked_at: None,
+                        last_used_at: None,
+                    },
+                );
+            }
+            KeyEvent::ApiKeyRotated {
+                key_id,
+                secret_sha256,
+                at,
+            } => {
+                if let Some(entry) = self.by_id.get_mut(&key_id) {
+                    entry.secret_sha256 = secret_sha256;
+                    entry.rotated_at = Some(at);
+                }
+            }
+            KeyEvent::ApiKeyRevoked { key_id, at } => {
+                if let Some(entry) = self.by_id.get_mut(&key_id) {
+                    entry.revoked_at.get_or_insert(at);
+                }
+            }
+            KeyEvent::ApiKeyUsed { key_id, at } => {
+                if let Some(entry) = self.by_id.get_mut(&key_id) {
+                    entry.last_used_at = Some(entry.last_used_at.map_or(at, |last| last.max(at)));
+                }
+            }
+        }
+    }
+}
+
+/// The keys this process knows: held in memory, fed by the ledger's `apikeys`
+/// stream (every [`KEYS_REFRESH_MS`], and at once after this process changes
+/// one), so authenticating never reads the ledger and an unknown id costs what a
+/// known one does.
 pub struct KeyRing {
     ledger: Ledger,
     bootstrap_sha256: Option<String>,
-    keys: RwLock<HashMap<String, (Role, String)>>,
+    keys: RwLock<Keys>,
 }
 
 /// Who is calling.
@@ -99,6 +232,66 @@ fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
+/// Equality of two digests in time that does not depend on where they differ.
+fn same_digest(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |diff, (x, y)| diff | (x ^ y))
+            == 0
+}
+
+/// A new secret: 256 random bits, as 64 hex digits.
+fn new_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Why a key could not be authenticated.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No such key, a wrong secret, or a revoked key.
+    Unknown,
+    /// The keys could not be read from the ledger lately: an unknown key may
+    /// be one made since.
+    Unavailable,
+}
+
+/// Why a key command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// No key with that id.
+    #[error("no API key {0}")]
+    NotFound(String),
+    /// The key was revoked.
+    #[error("API key {0} is revoked")]
+    Revoked(String),
+    /// The ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl From<KeyError> for ApiError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::NotFound(_) => ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "api_key_not_found",
+                error.to_string(),
+            ),
+            KeyError::Revoked(_) => ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "api_key_revoked",
+                error.to_string(),
+            ),
+            KeyError::Ledger(error) => error.into(),
+        }
+    }
+}
+
 impl KeyRing {
     /// Loads the keys from the ledger; `bootstrap` is the `RECUR_ADMIN_KEY`, if set.
     ///
@@ -115,105 +308,258 @@ impl KeyRing {
         let ring = Self {
             ledger,
             bootstrap_sha256: bootstrap.map(sha256_hex),
-            keys: RwLock::new(HashMap::new()),
+            keys: RwLock::new(Keys::default()),
         };
-        ring.reload().await.map_err(|e| e.to_string())?;
+        ring.refresh().await.map_err(|e| e.to_string())?;
         Ok(ring)
     }
 
-    async fn reload(&self) -> Result<(), LedgerError> {
-        let stream = StreamId::parse(KEYS_STREAM)?;
-        let mut keys = HashMap::new();
-        let mut from = 1;
-        loop {
-            let page = self.ledger.read_stream(&stream, from, 1_000).await?;
-            let done = page.len() < 1_000;
-            for event in &page {
-                if let Ok(KeyEvent::ApiKeyCreated {
-                    key_id,
-                    role,
-                    secret_sha256,
-                }) = serde_json::from_str(&event.payload)
-                {
-                    keys.insert(key_id, (role, secret_sha256));
-                }
-                from = event.stream_version + 1;
-            }
-            if done {
-                break;
-            }
-        }
-        if let Ok(mut current) = self.keys.write() {
-            *current = keys;
-        }
-        Ok(())
-    }
-
-    /// Creates a key with `role`; returns its id and the full key (shown once).
+    /// Reads what the keys' stream gained since the last read.
     ///
     /// # Errors
-    /// Ledger errors.
-    pub async fn create(&self, role: Role) -> Result<(String, String), LedgerError> {
-        let now = self.ledger.clock().now();
-        let key_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
-        let secret = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let event = KeyEvent::ApiKeyCreated {
-            key_id: key_id.clone(),
-            role,
-            secret_sha256: sha256_hex(&secret),
-        };
+    /// Ledger errors (the keys known stay in force).
+    pub async fn refresh(&self) -> Result<(), LedgerError> {
         let stream = StreamId::parse(KEYS_STREAM)?;
+        loop {
+            let from = self.keys.read().map_or(0, |k| k.version) + 1;
+            let page = self.ledger.read_stream(&stream, from, 1_000).await?;
+            let done = page.len() < 1_000;
+            if let Ok(mut keys) = self.keys.write() {
+                for event in &page {
+                    // Another reader may have applied it meanwhile.
+                    if event.stream_version <= keys.version {
+                        continue;
+                    }
+                    match serde_json::from_str::<KeyEvent>(&event.payload) {
+                        Ok(key_event) => keys.apply(key_event),
+                        Err(error) => tracing::error!(
+                            position = event.position.0,
+                            %error,
+                            "an API key event this version cannot read"
+                        ),
+                    }
+                    keys.version = event.stream_version;
+                }
+                if done {
+                    keys.refreshed = Some(std::time::Instant::now());
+                }
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Follows the keys' stream until the process ends (a task of `recur serve`).
+    pub async fn follow(self: Arc<Self>) {
+        let mut every = tokio::time::interval(std::time::Duration::from_millis(KEYS_REFRESH_MS));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            if let Err(error) = self.refresh().await {
+                tracing::debug!(%error, "could not read the API keys; keeping the ones known");
+            }
+        }
+    }
+
+    async fn append(&self, event: KeyEvent, actor: &str) -> Result<(), LedgerError> {
+        let now = self.ledger.clock().now();
+        let stream = StreamId::parse(KEYS_STREAM)?;
+        let metadata = recur_ledger::Metadata {
+            actor: Some(actor.to_owned()),
+            source: if actor == "cli" {
+                recur_ledger::Source::Cli
+            } else {
+                recur_ledger::Source::Api
+            },
+            ..recur_ledger::Metadata::default()
+        };
         self.ledger
             .append(
                 &stream,
                 ExpectedVersion::Any,
-                vec![NewEvent::new(
-                    EventId::new_at(now),
-                    "ApiKeyCreated",
-                    1,
-                    &event,
-                )?],
+                vec![
+                    NewEvent::new(EventId::new_at(now), event.event_type(), 1, &event)?
+                        .with_metadata(metadata),
+                ],
             )
             .await?;
-        self.reload().await?;
+        self.refresh().await
+    }
+
+    /// Creates a key with `role`, made by `actor` (a key id, or `cli`); returns its
+    /// id and the full key (shown once).
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn create(&self, role: Role, actor: &str) -> Result<(String, String), LedgerError> {
+        let now = self.ledger.clock().now();
+        let key_id = uuid::Uuid::new_v4().simple().to_string()[..16].to_owned();
+        let secret = new_secret();
+        let event = KeyEvent::ApiKeyCreated {
+            key_id: key_id.clone(),
+            role,
+            secret_sha256: sha256_hex(&secret),
+            created_by: Some(actor.to_owned()),
+            created_at: Some(now),
+        };
+        self.append(event, actor).await?;
         Ok((key_id.clone(), format!("rk_{key_id}_{secret}")))
     }
 
-    /// The caller a presented key stands for, if any.
-    pub async fn authenticate(&self, presented: &str) -> Option<Caller> {
+    /// Gives key `id` a new secret (the old one stops working on every server
+    /// within [`KEYS_REFRESH_MS`]); returns the full new key (shown once).
+    ///
+    /// # Errors
+    /// An unknown or revoked key; ledger errors.
+    pub async fn rotate(&self, id: &str, actor: &str) -> Result<String, KeyError> {
+        self.live(id)?;
+        let secret = new_secret();
+        let at = self.ledger.clock().now();
+        let event = KeyEvent::ApiKeyRotated {
+            key_id: id.to_owned(),
+            secret_sha256: sha256_hex(&secret),
+            at,
+        };
+        self.append(event, actor).await?;
+        Ok(format!("rk_{id}_{secret}"))
+    }
+
+    /// Revokes key `id` (on every server within [`KEYS_REFRESH_MS`]); revoking a
+    /// revoked key changes nothing.
+    ///
+    /// # Errors
+    /// An unknown key; ledger errors.
+    pub async fn revoke(&self, id: &str, actor: &str) -> Result<KeyEntry, KeyError> {
+        let entry = self
+            .get(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        if entry.revoked_at.is_none() {
+            let at = self.ledger.clock().now();
+            self.append(
+                KeyEvent::ApiKeyRevoked {
+                    key_id: id.to_owned(),
+                    at,
+                },
+                actor,
+            )
+            .await?;
+        }
+        self.get(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))
+    }
+
+    /// Key `id`, if known.
+    pub fn get(&self, id: &str) -> Option<KeyEntry> {
+        self.keys.read().ok()?.by_id.get(id).cloned()
+    }
+
+    fn live(&self, id: &str) -> Result<KeyEntry, KeyError> {
+        let entry = self
+            .get(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        if entry.revoked_at.is_some() {
+            return Err(KeyError::Revoked(id.to_owned()));
+        }
+        Ok(entry)
+    }
+
+    /// Every key, oldest first.
+    pub fn list(&self) -> Vec<KeyEntry> {
+        let mut keys: Vec<KeyEntry> = self
+            .keys
+            .read()
+            .map(|k| k.by_id.values().cloned().collect())
+            .unwrap_or_default();
+        keys.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        keys
+    }
+
+    /// The caller a presented key stands for. Reads nothing from the ledger: an
+    /// unknown id, a wrong secret and a revoked key take the same work.
+    ///
+    /// # Errors
+    /// [`AuthFailure::Unknown`]; [`AuthFailure::Unavailable`] for an unknown key
+    /// while the keys could not be read lately.
+    pub fn authenticate(&self, presented: &str) -> Result<Caller, AuthFailure> {
+        let digest = sha256_hex(presented);
         if let Some(hash) = &self.bootstrap_sha256
-            && sha256_hex(presented) == *hash
+            && same_digest(&digest, hash)
         {
-            return Some(Caller {
+            return Ok(Caller {
                 key_id: BOOTSTRAP_KEY_ID.to_owned(),
                 role: Role::Admin,
             });
         }
-        let rest = presented.strip_prefix("rk_")?;
-        let (key_id, secret) = rest.split_once('_')?;
-        let lookup = |ring: &Self| {
-            ring.keys
-                .read()
-                .ok()
-                .and_then(|keys| keys.get(key_id).cloned())
-        };
-        let found = match lookup(self) {
-            Some(found) => Some(found),
-            // Perhaps created by another process since we loaded.
+        let (key_id, secret) = presented
+            .strip_prefix("rk_")
+            .and_then(|rest| rest.split_once('_'))
+            .unwrap_or(("", presented));
+        let secret_digest = sha256_hex(secret);
+        let keys = self.keys.read().map_err(|_| AuthFailure::Unavailable)?;
+        let found = keys.by_id.get(key_id);
+        // The same comparison whether or not the id exists.
+        let expected = found.map_or("", |k| k.secret_sha256.as_str());
+        let matches = same_digest(&secret_digest, expected) && !expected.is_empty();
+        match found {
+            Some(entry) if matches && entry.revoked_at.is_none() => Ok(Caller {
+                key_id: entry.id.clone(),
+                role: entry.role,
+            }),
+            Some(_) => Err(AuthFailure::Unknown),
             None => {
-                self.reload().await.ok()?;
-                lookup(self)
+                let fresh = keys.refreshed.is_some_and(|at| {
+                    at.elapsed() < std::time::Duration::from_millis(KEYS_STALE_MS)
+                });
+                Err(if fresh {
+                    AuthFailure::Unknown
+                } else {
+                    AuthFailure::Unavailable
+                })
             }
+        }
+    }
+
+    /// Whether key `id`'s use should be recorded now (never, or more than
+    /// [`USE_RECORDED_EVERY_S`] ago); marks it as recorded in memory.
+    fn use_due(&self, id: &str, now: OffsetDateTime) -> bool {
+        let Ok(mut keys) = self.keys.write() else {
+            return false;
         };
-        let (role, hash) = found?;
-        (sha256_hex(secret) == hash).then(|| Caller {
-            key_id: key_id.to_owned(),
-            role,
-        })
+        let Some(entry) = keys.by_id.get_mut(id) else {
+            return false;
+        };
+        if entry
+            .last_used_at
+            .is_some_and(|last| now - last < time::Duration::seconds(USE_RECORDED_EVERY_S))
+        {
+            return false;
+        }
+        entry.last_used_at = Some(now);
+        true
+    }
+
+    /// Records that `caller` used its key, at most once per [`USE_RECORDED_EVERY_S`],
+    /// on a task of its own (the request does not wait for it).
+    pub fn note_use(self: &Arc<Self>, caller: &Caller) {
+        if caller.key_id == BOOTSTRAP_KEY_ID {
+            return;
+        }
+        let now = self.ledger.clock().now();
+        if !self.use_due(&caller.key_id, now) {
+            return;
+        }
+        let ring = Arc::clone(self);
+        let key_id = caller.key_id.clone();
+        tokio::spawn(async move {
+            let event = KeyEvent::ApiKeyUsed {
+                key_id: key_id.clone(),
+                at: now,
+            };
+            if let Err(error) = ring.append(event, &key_id).await {
+                tracing::debug!(%error, "could not record an API key's use");
+            }
+        });
     }
 }
 
@@ -231,10 +577,17 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(ApiError::unauthenticated)?;
-        state
-            .keys
-            .authenticate(presented)
-            .await
-            .ok_or_else(ApiError::unauthenticated)
+        match state.keys.authenticate(presented) {
+            Ok(caller) => {
+                state.keys.note_use(&caller);
+                Ok(caller)
+            }
+            Err(AuthFailure::Unknown) => Err(ApiError::unauthenticated()),
+            Err(AuthFailure::Unavailable) => Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "API keys cannot be checked: the ledger is unavailable; retry shortly",
+            )),
+        }
     }
 }

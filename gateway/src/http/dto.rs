@@ -1108,8 +1108,62 @@ pub struct KeyCreated {
     pub id: String,
     /// Role.
     pub role: super::auth::Role,
-    /// The key: keep it secret; it is not shown again.
-    pub key: String,
+    /// The key: keep it secret; it is shown once (null when the answer is
+    /// replayed for an `Idempotency-Key`: the secret is never stored).
+    pub key: Option<String>,
+}
+
+/// An API key as listed (never its secret).
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct KeyDto {
+    /// Always "api_key".
+    pub object: &'static str,
+    /// Its id.
+    pub id: String,
+    /// Role.
+    pub role: super::auth::Role,
+    /// active or revoked.
+    pub status: String,
+    /// Who made it: a key id, or `cli`.
+    pub created_by: Option<String>,
+    /// When.
+    pub created_at: Option<String>,
+    /// When its secret was last rotated.
+    pub rotated_at: Option<String>,
+    /// When it was revoked.
+    pub revoked_at: Option<String>,
+    /// When it was last used, to the hour.
+    pub last_used_at: Option<String>,
+}
+
+impl From<&super::auth::KeyEntry> for KeyDto {
+    fn from(entry: &super::auth::KeyEntry) -> Self {
+        Self {
+            object: "api_key",
+            id: entry.id.clone(),
+            role: entry.role,
+            status: if entry.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            }
+            .to_owned(),
+            created_by: entry.created_by.clone(),
+            created_at: entry.created_at.map(rfc3339),
+            rotated_at: entry.rotated_at.map(rfc3339),
+            revoked_at: entry.revoked_at.map(rfc3339),
+            last_used_at: entry.last_used_at.map(rfc3339),
+        }
+    }
+}
+
+/// The API keys.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct KeyList {
+    /// Always "list".
+    pub object: &'static str,
+    /// Every key, revoked ones included, oldest first.
+    pub data: Vec<KeyDto>,
 }
 
 /// Health.

@@ -34,7 +34,7 @@ pub struct AppState {
     /// The billing service.
     pub billing: Arc<Billing>,
     /// API keys.
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     /// Lists.
     pub directory: Directory,
     /// The scheduler.
@@ -141,7 +141,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/ledger/revenue-recognition",
             get(metrics::revenue_recognition),
         )
-        .route("/v1/api_keys", post(system::create_key))
+        .route(
+            "/v1/api_keys",
+            post(system::create_key).get(system::list_keys),
+        )
+        .route("/v1/api_keys/{id}/revoke", post(system::revoke_key))
+        .route("/v1/api_keys/{id}/rotate", post(system::rotate_key))
         .route("/v1/test_clock/advance", post(system::advance))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
@@ -216,9 +221,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let bootstrap = std::env::var("RECUR_ADMIN_KEY")
         .ok()
         .filter(|k| !k.is_empty());
-    let keys = KeyRing::load(ledger.clone(), bootstrap.as_deref())
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let keys = Arc::new(
+        KeyRing::load(ledger.clone(), bootstrap.as_deref())
+            .await
+            .map_err(anyhow::Error::msg)?,
+    );
+    tokio::spawn(Arc::clone(&keys).follow());
     if bootstrap.is_none() {
         tracing::warn!(
             "RECUR_ADMIN_KEY is not set: only keys made with `recur keys create` can call the API"

@@ -149,6 +149,24 @@ pub async fn idempotent<F>(
 where
     F: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
 {
+    idempotent_redacted(state, caller, headers, route, body, |_| {}, write).await
+}
+
+/// [`idempotent`] for an answer that holds a secret: what is stored for a
+/// replay is the answer after `redact`, so no secret is kept, and a replay
+/// answers without it.
+pub async fn idempotent_redacted<F>(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    route: &str,
+    body: &[u8],
+    redact: fn(&mut serde_json::Value),
+    write: F,
+) -> Response
+where
+    F: Future<Output = Result<(StatusCode, serde_json::Value), ApiError>>,
+{
     let Some(key) = headers.get("idempotency-key") else {
         return answer(write.await);
     };
@@ -228,8 +246,10 @@ where
         // Not an answer to keep: let a retry run again.
         ledger.release_request(&stored_key).await
     } else {
+        let mut kept = body.clone();
+        redact(&mut kept);
         ledger
-            .complete_request(&stored_key, status.as_u16(), &text)
+            .complete_request(&stored_key, status.as_u16(), &kept.to_string())
             .await
     };
     if let Err(error) = stored {

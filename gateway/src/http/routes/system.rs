@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use recur_commands::DomainError;
@@ -14,10 +14,12 @@ use super::to_value;
 use crate::http::AppState;
 use crate::http::auth::{Caller, Role};
 use crate::http::dto::{
-    AdvanceBody, HealthDto, KeyCreate, KeyCreated, TestClockDto, parse_time, rfc3339,
+    AdvanceBody, HealthDto, KeyCreate, KeyCreated, KeyDto, KeyList, TestClockDto, parse_time,
+    rfc3339,
 };
 use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, json_response, parse};
+use crate::http::request::{RawBody, idempotent, idempotent_redacted, json_response, parse};
+use crate::http::routes::subscriptions::Empty;
 
 /// Alive.
 #[utoipa::path(get, operation_id = "system_healthz", path = "/healthz", tag = "system", responses((status = 200, description = "Done", body = HealthDto)))]
@@ -28,13 +30,23 @@ pub async fn healthz() -> Response {
 /// Ready: the ledger answers and its migrations are applied.
 #[utoipa::path(get, operation_id = "system_readyz", path = "/readyz", tag = "system", responses((status = 200, description = "Done", body = HealthDto), (status = 503, description = "Not ready", body = HealthDto)))]
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.billing.ledger().last_position().await {
-        Ok(position) => json_response(
+    let probe = tokio::time::timeout(
+        std::time::Duration::from_millis(READY_WAIT_MS),
+        state.billing.ledger().last_position(),
+    )
+    .await;
+    match probe {
+        Ok(Ok(position)) => json_response(
             StatusCode::OK,
             &serde_json::json!({"status": "ok", "ledger_position": position.0}),
         ),
-        Err(error) => {
-            tracing::warn!(%error, "not ready");
+        failed => {
+            match failed {
+                Ok(Err(error)) => tracing::warn!(%error, "not ready"),
+                _ => {
+                    tracing::warn!("not ready: the ledger did not answer within {READY_WAIT_MS} ms")
+                }
+            }
             json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &serde_json::json!({"status": "unavailable"}),
@@ -42,6 +54,9 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         }
     }
 }
+
+/// How long readiness waits for the ledger before it answers 503.
+pub const READY_WAIT_MS: u64 = 1_000;
 
 /// The OpenAPI 3.1 document of this API.
 pub async fn openapi() -> Response {
@@ -51,9 +66,16 @@ pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()
 }
 
-/// Create an API key (admin only); the key is shown once.
+/// What is kept of a key's answer for a replay: everything but the secret.
+fn without_secret(answer: &mut serde_json::Value) {
+    if let Some(key) = answer.get_mut("key") {
+        *key = serde_json::Value::Null;
+    }
+}
+
+/// Create an API key (admin only); the key is shown once, and never stored.
 #[utoipa::path(post, operation_id = "system_create_key", path = "/v1/api_keys", tag = "system", request_body = KeyCreate,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body, without the secret")),
     responses((status = 201, description = "Created", body = KeyCreated), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
 pub async fn create_key(
     State(state): State<Arc<AppState>>,
@@ -64,22 +86,107 @@ pub async fn create_key(
     if let Err(error) = caller.require(&[Role::Admin]) {
         return error.into_response();
     }
-    idempotent(
+    idempotent_redacted(
         &state,
         &caller,
         &headers,
         "POST /v1/api_keys",
         &body,
+        without_secret,
         async {
             let input: KeyCreate = parse(&body)?;
-            let (id, key) = state.keys.create(input.role).await?;
+            let (id, key) = state.keys.create(input.role, &caller.key_id).await?;
             Ok((
                 StatusCode::CREATED,
                 to_value(&KeyCreated {
                     object: "api_key",
                     id,
                     role: input.role,
-                    key,
+                    key: Some(key),
+                })?,
+            ))
+        },
+    )
+    .await
+}
+
+/// The API keys (admin only): role, status, who made them, when last used; never a secret.
+#[utoipa::path(get, operation_id = "system_list_keys", path = "/v1/api_keys", tag = "system",
+    responses((status = 200, description = "Done", body = KeyList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+pub async fn list_keys(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin])?;
+    let list = KeyList {
+        object: "list",
+        data: state.keys.list().iter().map(KeyDto::from).collect(),
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&list)?))
+}
+
+/// Revoke an API key (admin only): it stops working on every server at once.
+#[utoipa::path(post, operation_id = "system_revoke_key", path = "/v1/api_keys/{id}/revoke", tag = "system", request_body = Empty,
+    params(("id" = String, Path, description = "Key id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
+    responses((status = 200, description = "Done", body = KeyDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+pub async fn revoke_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(&[Role::Admin]) {
+        return error.into_response();
+    }
+    let route = format!("POST /v1/api_keys/{id}/revoke");
+    idempotent(&state, &caller, &headers, &route, &body, async {
+        parse::<Empty>(&body)?;
+        let entry = state.keys.revoke(&id, &caller.key_id).await?;
+        Ok((StatusCode::OK, to_value(&KeyDto::from(&entry))?))
+    })
+    .await
+}
+
+/// Rotate an API key (admin only): a new secret, shown once; the old one stops working at once.
+#[utoipa::path(post, operation_id = "system_rotate_key", path = "/v1/api_keys/{id}/rotate", tag = "system", request_body = Empty,
+    params(("id" = String, Path, description = "Key id"),
+           ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body, without the secret")),
+    responses((status = 200, description = "Done", body = KeyCreated), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+pub async fn rotate_key(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    RawBody(body): RawBody,
+) -> Response {
+    if let Err(error) = caller.require(&[Role::Admin]) {
+        return error.into_response();
+    }
+    let route = format!("POST /v1/api_keys/{id}/rotate");
+    idempotent_redacted(
+        &state,
+        &caller,
+        &headers,
+        &route,
+        &body,
+        without_secret,
+        async {
+            parse::<Empty>(&body)?;
+            let key = state.keys.rotate(&id, &caller.key_id).await?;
+            let role = state
+                .keys
+                .get(&id)
+                .map(|k| k.role)
+                .ok_or_else(|| ApiError::not_found("api_key"))?;
+            Ok((
+                StatusCode::OK,
+                to_value(&KeyCreated {
+                    object: "api_key",
+                    id: id.clone(),
+                    role,
+                    key: Some(key),
                 })?,
             ))
         },
