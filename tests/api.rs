@@ -525,6 +525,112 @@ async fn idempotency_keys_replay_refuse_and_serialise_on_sqlite() {
     idempotency_keys_replay_refuse_and_serialise(Backend::Sqlite).await;
 }
 
+/// Sixteen clients subscribe under their own `Idempotency-Key`s; the server is
+/// killed (SIGKILL) as the first answer arrives, restarted, and every client
+/// retries its request with the same key until it is answered. Each write
+/// exists once, each invoice is charged once and paid, no key is stuck.
+async fn a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once(backend: Backend) {
+    const CLIENTS: usize = 16;
+    let mut server = serve(backend).await;
+    let mut customers = Vec::new();
+    for _ in 0..CLIENTS {
+        customers.push(server.customer_with_card().await);
+    }
+    let request = |base: &str, client: &reqwest::Client, i: usize, customer: &str| {
+        client
+            .post(format!("{base}/v1/subscriptions"))
+            .bearer_auth(ADMIN_KEY)
+            .header("Idempotency-Key", format!("crash-{i}"))
+            .json(&json!({"customer": customer, "plan": "elite_coaching", "trial_days": 0}))
+    };
+    let mut burst = tokio::task::JoinSet::new();
+    for (i, customer) in customers.iter().enumerate() {
+        let sent = request(&server.base, &server.client, i, customer);
+        burst.spawn(async move {
+            let response = sent.send().await?;
+            let status = response.status();
+            let body = response.json::<Value>().await?;
+            Ok::<_, reqwest::Error>((i, status, body))
+        });
+    }
+    let first = burst.join_next().await.unwrap().unwrap();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut answered_before = std::collections::HashMap::new();
+    let mut cut = 0;
+    for outcome in std::iter::once(first).chain(burst.join_all().await) {
+        match outcome {
+            Ok((i, status, body)) if status == StatusCode::CREATED => {
+                answered_before.insert(i, body["id"].as_str().unwrap().to_owned());
+            }
+            Ok((_, status, body)) => panic!("{status} before the crash: {body}"),
+            Err(_) => cut += 1,
+        }
+    }
+    assert!(cut > 0, "the kill must cut requests in flight");
+
+    server.restart().await;
+    let mut ids = std::collections::HashSet::new();
+    for (i, customer) in customers.iter().enumerate() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let id = loop {
+            let response = request(&server.base, &server.client, i, customer)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            if status == StatusCode::CREATED {
+                break body["id"].as_str().unwrap().to_owned();
+            }
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(body["code"], "idempotency_key_in_use");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "key crash-{i} is stuck"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        if let Some(before) = answered_before.get(&i) {
+            assert_eq!(&id, before, "a replay answers what was answered");
+        }
+        ids.insert(id);
+        let subscriptions = server
+            .get(&format!("/v1/subscriptions?customer={customer}"))
+            .await;
+        assert_eq!(
+            subscriptions.body["data"].as_array().unwrap().len(),
+            1,
+            "customer {i}: {}",
+            subscriptions.body
+        );
+        let invoices = server
+            .get(&format!("/v1/invoices?customer={customer}"))
+            .await;
+        let invoices = invoices.body["data"].as_array().unwrap();
+        assert_eq!(invoices.len(), 1, "customer {i}: {invoices:?}");
+        assert_eq!(invoices[0]["status"], "paid", "{}", invoices[0]);
+        let charged = invoices[0]["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["outcome"] == "succeeded")
+            .count();
+        assert_eq!(charged, 1, "{}", invoices[0]);
+    }
+    assert_eq!(ids.len(), CLIENTS);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once_on_postgres() {
+    a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once_on_sqlite() {
+    a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once(Backend::Sqlite).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_if_match_is_refused_with_the_current_version() {
     let server = serve(Backend::Postgres).await;

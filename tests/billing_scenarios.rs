@@ -1281,3 +1281,94 @@ async fn a_refund_the_gateway_did_not_answer_is_sent_again_by_the_scheduler() {
     assert_eq!(w.gateway.refunds_made().len(), 1);
     w.trial_balance().await;
 }
+
+/// A request run replayably under one seed, as the HTTP edge runs an
+/// `Idempotency-Key`'s request; `rerun` says an earlier run may have written.
+async fn replayed<F: std::future::Future>(
+    seed: u8,
+    started_at: OffsetDateTime,
+    rerun: bool,
+    f: F,
+) -> F::Output {
+    use recur_commands::context::{Replayable, replayable};
+    replayable(
+        Replayable {
+            seed: [seed; 32],
+            started_at,
+            rerun,
+        },
+        f,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_rerun_request_answers_with_what_its_first_run_wrote_and_charges_once() {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world(start).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let new = || NewSubscription {
+        customer_id: customer,
+        plan_id: "community_access".into(),
+        price_id: None,
+        quantity: 1,
+        trial: Trial::Skip,
+        coupon: None,
+    };
+    let first = replayed(1, start, false, w.billing.subscribe(new()))
+        .await
+        .unwrap();
+    let written = w.ledger().last_position().await.unwrap();
+    assert_eq!(w.gateway.charges_made(), 1);
+    // The server died before answering; the retry reruns the request a minute
+    // later: same subscription, nothing written, nothing charged.
+    w.clock.advance_to(start + Duration::minutes(1));
+    let again = replayed(1, start, true, w.billing.subscribe(new()))
+        .await
+        .unwrap();
+    assert_eq!(again, first);
+    assert_eq!(w.ledger().last_position().await.unwrap(), written);
+    assert_eq!(w.gateway.charges_made(), 1);
+    assert_eq!(w.invoices_of(first).await.len(), 1);
+    // Another request (another seed) is another subscription.
+    let other = replayed(2, start, false, w.billing.subscribe(new()))
+        .await
+        .unwrap();
+    assert_ne!(other, first);
+    assert_eq!(w.gateway.charges_made(), 2);
+
+    // A run cut after its first append: the rerun finds that append and goes on
+    // from there, under the same customer id.
+    let cut = replayed(
+        3,
+        start,
+        false,
+        w.billing.create_customer(NewCustomer {
+            segment: Segment::Standard,
+            tax_location: None,
+            contact: None,
+        }),
+    )
+    .await
+    .unwrap();
+    let method = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    let rerun = replayed(3, start, true, async {
+        let id = w
+            .billing
+            .create_customer(NewCustomer {
+                segment: Segment::Standard,
+                tax_location: None,
+                contact: None,
+            })
+            .await?;
+        w.billing.attach_payment_method(id, method).await?;
+        Ok::<_, BillingError>(id)
+    })
+    .await
+    .unwrap();
+    assert_eq!(rerun, cut);
+    let (customer_state, version) = w.billing.customer_versioned(cut).await.unwrap();
+    assert_eq!(version, 2, "created once, then the card attached");
+    assert!(customer_state.payment_method.is_some());
+    w.trial_balance().await;
+}

@@ -141,7 +141,7 @@ impl Billing {
             .tax()
             .rates
             .iter()
-            .map(|_| recur_ledger::EventId::new_at(now).0.to_string())
+            .map(|_| crate::context::new_id(now).to_string())
             .collect();
         let seed = CatalogCommand::Seed {
             file: Box::new(catalog),
@@ -248,7 +248,7 @@ impl Billing {
     /// force from the same instant.
     pub async fn create_tax_rate(&self, mut rate: TaxRate) -> Result<TaxRate, BillingError> {
         let now = self.now();
-        rate.id = recur_ledger::EventId::new_at(now).0.to_string();
+        rate.id = crate::context::new_id(now).to_string();
         rate.valid_from = Some(not_before_now("valid_from", rate.valid_from, now)?);
         self.catalog_command(CatalogCommand::CreateTaxRate { rate: rate.clone() })
             .await?;

@@ -5,11 +5,21 @@
 //!
 //! The context lives for one future ([`within`]); work outside it (the
 //! scheduler) runs with none.
+//!
+//! A request sent with an `Idempotency-Key` also runs [`replayable`]: the ids it
+//! makes are derived from the key (so a rerun after a crash names the same
+//! customer, subscription and invoice), and each of its appends carries a ledger
+//! idempotency key derived from the request key and the stream, so a rerun finds
+//! what the first run committed and answers with it instead of writing again.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 
-use recur_ledger::{Position, StreamId};
+use recur_ledger::{IdempotencyKey, Position, StreamId};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::error::BillingError;
 
@@ -26,6 +36,98 @@ pub struct RequestContext {
 
 tokio::task_local! {
     static CONTEXT: RefCell<RequestContext>;
+    static REPLAY: RefCell<Replay>;
+}
+
+/// A request run under an idempotency key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replayable {
+    /// A digest naming the request (the caller's key id and its idempotency key).
+    pub seed: [u8; 32],
+    /// When the key was first claimed: the time part of every id the request makes.
+    pub started_at: OffsetDateTime,
+    /// An earlier run of this request may have written (it crashed, timed out or
+    /// failed): look for its appends before deciding again.
+    pub rerun: bool,
+}
+
+/// A replayable request's counters, in the order its work makes things.
+struct Replay {
+    scope: Replayable,
+    ids_made: u64,
+    appends: HashMap<StreamId, u32>,
+}
+
+/// Runs `future` as the request `scope`: its ids and appends are named by the request.
+pub async fn replayable<F: Future>(scope: Replayable, future: F) -> F::Output {
+    let replay = Replay {
+        scope,
+        ids_made: 0,
+        appends: HashMap::new(),
+    };
+    REPLAY.scope(RefCell::new(replay), future).await
+}
+
+/// A new UUIDv7 at `now`; within a replayable request, the request's next id:
+/// the same on every run of the request (its claim time, then a digest of the
+/// request and the id's rank, the rank also in the 12 bits that order ids made
+/// in one millisecond).
+pub(crate) fn new_id(now: OffsetDateTime) -> Uuid {
+    REPLAY
+        .try_with(|r| {
+            let mut replay = r.borrow_mut();
+            replay.ids_made += 1;
+            let rank = replay.ids_made;
+            let digest = Sha256::new()
+                .chain_update(replay.scope.seed)
+                .chain_update(b"id")
+                .chain_update(rank.to_be_bytes())
+                .finalize();
+            let mut random = [0u8; 10];
+            random.copy_from_slice(&digest[..10]);
+            random[..2].copy_from_slice(&u16::try_from(rank & 0x0fff).unwrap_or(0).to_be_bytes());
+            let millis = replay.scope.started_at.unix_timestamp_nanos() / 1_000_000;
+            let millis = u64::try_from(millis).unwrap_or(0);
+            uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+        })
+        .unwrap_or_else(|_| recur_ledger::EventId::new_at(now).0)
+}
+
+/// Within a replayable request, the ledger key of its next append to `stream`
+/// (`req-` and a digest of the request, the stream and the append's rank on it).
+pub(crate) fn append_key(stream: &StreamId) -> Option<IdempotencyKey> {
+    REPLAY
+        .try_with(|r| {
+            let mut replay = r.borrow_mut();
+            let rank = replay.appends.entry(stream.clone()).or_insert(0);
+            *rank += 1;
+            let rank = *rank;
+            let digest = Sha256::new()
+                .chain_update(replay.scope.seed)
+                .chain_update(b"append")
+                .chain_update(stream.as_str().as_bytes())
+                .chain_update(b"\n")
+                .chain_update(rank.to_be_bytes())
+                .finalize();
+            IdempotencyKey::parse(format!("req-{}", hex(&digest[..24]))).ok()
+        })
+        .ok()
+        .flatten()
+}
+
+/// Whether an earlier run of this request may have written.
+pub(crate) fn is_rerun() -> bool {
+    REPLAY.try_with(|r| r.borrow().scope.rerun).unwrap_or(false)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut out, b| {
+            let _ = write!(out, "{b:02x}");
+            out
+        })
 }
 
 /// Runs `future` with `context`; returns its output and the context after it

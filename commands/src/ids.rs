@@ -22,9 +22,10 @@ macro_rules! uuid_id {
             /// A human name of the kind, for errors.
             pub const KIND: &'static str = $kind;
 
-            /// A new UUIDv7 stamped with `now` (from the injected clock).
+            /// A new UUIDv7 stamped with `now` (from the injected clock); within
+            /// a replayable request, the request's next id (the same on a rerun).
             pub fn new_at(now: OffsetDateTime) -> Self {
-                Self(recur_ledger::EventId::new_at(now).0)
+                Self(crate::context::new_id(now))
             }
 
             /// Parses the UUID text form.

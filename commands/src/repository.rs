@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use recur_ledger::{
-    EventId, ExpectedVersion, Ledger, LedgerError, Metadata, NewEvent, Position, StreamId,
+    EventId, ExpectedVersion, IdempotencyKey, Ledger, LedgerError, Metadata, NewEvent, Position,
+    StreamId,
 };
 
 use crate::aggregate::{Aggregate, DomainEvent};
@@ -135,7 +136,7 @@ impl Repository {
     /// [`Repository::execute`] on a stream the caller has just named (a fresh
     /// UUIDv7): decided on the empty state and appended as the stream's start
     /// without reading it first; if the stream exists after all (a retried
-    /// step), the ordinary path reads it and decides again.
+    /// step, a rerun request), the ordinary path reads it and decides again.
     pub(crate) async fn execute_new<A, F>(
         &self,
         stream: &StreamId,
@@ -146,7 +147,8 @@ impl Repository {
         A: Aggregate,
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
-        if self.cached::<A>(stream).is_none() {
+        let key = context::append_key(stream);
+        if self.cached::<A>(stream).is_none() && !context::is_rerun() {
             let _turn = self.turn(stream).lock().await;
             context::check_expected(stream, 0)?;
             let mut state = A::default();
@@ -159,12 +161,15 @@ impl Repository {
                     position: None,
                 });
             }
-            let new_events = self.new_events(metadata, &events)?;
+            let new_events = self.new_events(metadata, key.as_ref(), &events)?;
             match self
                 .ledger
                 .append(stream, ExpectedVersion::NoStream, new_events)
                 .await
             {
+                Ok(appended) if appended.replayed => {
+                    return self.committed(stream, &appended).await;
+                }
                 Ok(appended) => {
                     context::wrote(stream, appended.last_position());
                     for event in &events {
@@ -182,19 +187,24 @@ impl Repository {
                 Err(error) => return Err(error.into()),
             }
         }
-        self.execute(stream, metadata, command).await
+        self.run(stream, metadata, key, command).await
     }
 
-    /// The ledger's form of `events`, stamped now, with the request's actor.
+    /// The ledger's form of `events`, stamped now, with the request's actor and
+    /// the append's key (a replayable request's).
     fn new_events<E: DomainEvent>(
         &self,
         metadata: &Metadata,
+        key: Option<&IdempotencyKey>,
         events: &[E],
     ) -> Result<Vec<NewEvent>, BillingError> {
         let now = self.ledger.clock().now();
         let mut metadata = metadata.clone();
         if let Some(actor) = context::actor() {
             metadata.actor = Some(actor);
+        }
+        if key.is_some() {
+            metadata.idempotency_key = key.cloned();
         }
         let mut new_events = Vec::with_capacity(events.len());
         for event in events {
@@ -217,6 +227,25 @@ impl Repository {
         &self,
         stream: &StreamId,
         metadata: &Metadata,
+        command: F,
+    ) -> Result<Executed<A>, BillingError>
+    where
+        A: Aggregate,
+        F: FnMut(&A) -> Result<A::Command, DomainError>,
+    {
+        let key = context::append_key(stream);
+        self.run(stream, metadata, key, command).await
+    }
+
+    /// [`Repository::execute`] under the append's `key`. A rerun request first
+    /// looks for what its earlier run appended under the key and, when it finds
+    /// it, answers with that instead of deciding again (the state has moved on:
+    /// deciding again would refuse, or do it twice).
+    async fn run<A, F>(
+        &self,
+        stream: &StreamId,
+        metadata: &Metadata,
+        key: Option<IdempotencyKey>,
         mut command: F,
     ) -> Result<Executed<A>, BillingError>
     where
@@ -224,6 +253,13 @@ impl Repository {
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
         let _turn = self.turn(stream).lock().await;
+        if let Some(key) = &key
+            && context::is_rerun()
+            && let Some((found, first, last)) = self.ledger.append_of(key).await?
+            && found == *stream
+        {
+            return self.committed_range(stream, first, last).await;
+        }
         for _ in 0..COMMAND_ATTEMPTS_MAX {
             let (mut state, version) = self.load::<A>(stream).await?;
             context::check_expected(stream, version)?;
@@ -236,13 +272,16 @@ impl Repository {
                     position: None,
                 });
             }
-            let new_events = self.new_events(metadata, &events)?;
+            let new_events = self.new_events(metadata, key.as_ref(), &events)?;
             let expected = if version == 0 {
                 ExpectedVersion::NoStream
             } else {
                 ExpectedVersion::Exact(version)
             };
             match self.ledger.append(stream, expected, new_events).await {
+                Ok(appended) if appended.replayed => {
+                    return self.committed(stream, &appended).await;
+                }
                 Ok(appended) => {
                     context::wrote(stream, appended.last_position());
                     for event in &events {
@@ -264,6 +303,55 @@ impl Repository {
             }
         }
         Err(BillingError::Contended(stream.to_string()))
+    }
+
+    /// The outcome of an append the ledger had already committed (another run of
+    /// the same request got there first): the stored events, and the state now.
+    async fn committed<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        appended: &recur_ledger::Appended,
+    ) -> Result<Executed<A>, BillingError> {
+        let count = appended.positions.len() as u64;
+        let first = appended
+            .stream_version
+            .saturating_sub(count.saturating_sub(1));
+        self.committed_range(stream, first, appended.stream_version)
+            .await
+    }
+
+    /// The events at versions `first..=last` of `stream` as a command's outcome,
+    /// with the stream's current state.
+    async fn committed_range<A: Aggregate>(
+        &self,
+        stream: &StreamId,
+        first: u64,
+        last: u64,
+    ) -> Result<Executed<A>, BillingError> {
+        self.forget(stream);
+        let count = usize::try_from(last.saturating_sub(first) + 1).unwrap_or(usize::MAX);
+        let recorded = self.ledger.read_stream(stream, first, count).await?;
+        let mut events = Vec::with_capacity(recorded.len());
+        for event in &recorded {
+            events.push(decode::<A::Event>(&event.payload).map_err(|message| {
+                BillingError::Corrupt {
+                    stream: stream.to_string(),
+                    position: event.position.0,
+                    message,
+                }
+            })?);
+        }
+        let position = recorded.last().map(|event| event.position);
+        if let Some(position) = position {
+            context::wrote(stream, position);
+        }
+        let (state, version) = self.load_current::<A>(stream).await?;
+        Ok(Executed {
+            state,
+            events,
+            version,
+            position,
+        })
     }
 
     /// The lock that orders this process's commands on `stream`.

@@ -27,6 +27,11 @@ const POSTGRES: &[Migration] = &[
         name: "api_requests",
         sql: include_str!("../../schema/postgres/0002_api_requests.sql"),
     },
+    Migration {
+        version: 3,
+        name: "request_leases",
+        sql: include_str!("../../schema/postgres/0003_request_leases.sql"),
+    },
 ];
 
 const SQLITE: &[Migration] = &[
@@ -39,6 +44,11 @@ const SQLITE: &[Migration] = &[
         version: 2,
         name: "api_requests",
         sql: include_str!("../../schema/sqlite/0002_api_requests.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "request_leases",
+        sql: include_str!("../../schema/sqlite/0003_request_leases.sql"),
     },
 ];
 
@@ -135,4 +145,52 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<(), LedgerError> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::{Migration, POSTGRES, SQLITE};
+
+    /// Every file in `schema/<backend>/` is embedded, in order, under its own
+    /// number and name, and nothing else is: a new file cannot be forgotten.
+    fn embeds_every_file(backend: &str, migrations: &[Migration]) {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../schema")
+            .join(backend);
+        let mut files: Vec<(String, String)> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .filter(|path| path.extension().is_some_and(|e| e == "sql"))
+            .map(|path| {
+                let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(&path).unwrap())
+            })
+            .collect();
+        files.sort();
+        let embedded: Vec<(String, String)> = migrations
+            .iter()
+            .map(|m| (format!("{:04}_{}", m.version, m.name), m.sql.to_owned()))
+            .collect();
+        assert_eq!(
+            files.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            embedded.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "schema/{backend}/ and the embedded migrations differ"
+        );
+        assert_eq!(files, embedded, "an embedded migration is not its file");
+        for (rank, migration) in migrations.iter().enumerate() {
+            assert_eq!(migration.version, i64::try_from(rank).unwrap() + 1);
+        }
+    }
+
+    #[test]
+    fn every_postgres_schema_file_is_embedded_in_order() {
+        embeds_every_file("postgres", POSTGRES);
+    }
+
+    #[test]
+    fn every_sqlite_schema_file_is_embedded_in_order() {
+        embeds_every_file("sqlite", SQLITE);
+    }
 }

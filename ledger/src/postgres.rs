@@ -9,7 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::Mutex;
 
-use crate::envelope::{Position, RecordedEvent, StreamId};
+use crate::envelope::{IdempotencyKey, Position, RecordedEvent, StreamId};
 use crate::error::{LedgerError, from_sqlx};
 use crate::hash::{self, Hash};
 use crate::limits::COMMIT_ATTEMPTS_MAX;
@@ -413,6 +413,19 @@ impl PgStore {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(version.map_or(0, to_u64))
+    }
+
+    pub(crate) async fn append_of(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(String, u64, u64)>, LedgerError> {
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT stream_id, first_version, last_version FROM idempotency_keys WHERE key = $1",
+        )
+        .bind(key.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(stream, first, last)| (stream, to_u64(first), to_u64(last))))
     }
 
     pub(crate) async fn read_range(

@@ -10,7 +10,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{QueryBuilder, Row as _, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
-use crate::envelope::{Position, RecordedEvent, StreamId};
+use crate::envelope::{IdempotencyKey, Position, RecordedEvent, StreamId};
 use crate::error::LedgerError;
 use crate::hash::{self, Hash};
 use crate::migrate;
@@ -140,6 +140,19 @@ impl SqliteStore {
                 .fetch_one(&self.readers)
                 .await?;
         Ok(version.map_or(0, to_u64))
+    }
+
+    pub(crate) async fn append_of(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(String, u64, u64)>, LedgerError> {
+        let row: Option<(String, i64, i64)> = sqlx::query_as(
+            "SELECT stream_id, first_version, last_version FROM idempotency_keys WHERE key = ?",
+        )
+        .bind(key.as_str())
+        .fetch_optional(&self.readers)
+        .await?;
+        Ok(row.map(|(stream, first, last)| (stream, to_u64(first), to_u64(last))))
     }
 
     pub(crate) async fn read_range(

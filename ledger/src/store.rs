@@ -346,6 +346,23 @@ impl Ledger {
         }
     }
 
+    /// The append committed under `key`, if any: its stream and first and last versions.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn append_of(
+        &self,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(StreamId, u64, u64)>, LedgerError> {
+        let found = match &self.inner.backend {
+            Backend::Postgres(store) => store.append_of(key).await?,
+            Backend::Sqlite(store) => store.append_of(key).await?,
+        };
+        found
+            .map(|(stream, first, last)| Ok((StreamId::parse(stream)?, first, last)))
+            .transpose()
+    }
+
     /// The stream's current version (0 when it has no events).
     ///
     /// # Errors

@@ -911,48 +911,134 @@ async fn an_idempotent_request_runs_once_replays_its_answer_and_refuses_another_
     ledger: TestLedger,
 ) {
     use recur_ledger::RequestClaim;
+    use std::time::Duration;
     let first = [1u8; 32];
     let other = [2u8; 32];
+    let lease = Duration::from_secs(60);
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let RequestClaim::Run { started_at, rerun } = ledger
+        .claim_request("key-1", &first, a, lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the first claim runs")
+    };
+    assert!(!rerun);
     assert_eq!(
-        ledger.claim_request("key-1", &first).await.unwrap(),
-        RequestClaim::Run
-    );
-    assert_eq!(
-        ledger.claim_request("key-1", &first).await.unwrap(),
+        ledger
+            .claim_request("key-1", &first, b, lease)
+            .await
+            .unwrap(),
         RequestClaim::InProgress
     );
-    ledger
-        .complete_request("key-1", 201, "{\"id\":1}")
-        .await
-        .unwrap();
+    assert!(ledger.renew_request("key-1", a, lease).await.unwrap());
+    assert!(!ledger.renew_request("key-1", b, lease).await.unwrap());
+    // Only the owner's answer is stored.
+    assert!(
+        !ledger
+            .complete_request("key-1", b, 500, "{}")
+            .await
+            .unwrap()
+    );
+    assert!(
+        ledger
+            .complete_request("key-1", a, 201, "{\"id\":1}")
+            .await
+            .unwrap()
+    );
     assert_eq!(
-        ledger.claim_request("key-1", &first).await.unwrap(),
+        ledger
+            .claim_request("key-1", &first, b, lease)
+            .await
+            .unwrap(),
         RequestClaim::Replay {
             status: 201,
             body: "{\"id\":1}".into()
         }
     );
     assert_eq!(
-        ledger.claim_request("key-1", &other).await.unwrap(),
+        ledger
+            .claim_request("key-1", &other, b, lease)
+            .await
+            .unwrap(),
         RequestClaim::Mismatch
     );
-    // A released claim (the server failed) runs again.
+    // A released claim (the server failed) is taken over at once, as a rerun
+    // started when the key was first claimed; the key stays bound to its body.
+    let RequestClaim::Run { started_at: s2, .. } = ledger
+        .claim_request("key-2", &first, a, lease)
+        .await
+        .unwrap()
+    else {
+        panic!("the first claim runs")
+    };
+    ledger.release_request("key-2", a).await.unwrap();
     assert_eq!(
-        ledger.claim_request("key-2", &first).await.unwrap(),
-        RequestClaim::Run
+        ledger
+            .claim_request("key-2", &other, b, lease)
+            .await
+            .unwrap(),
+        RequestClaim::Mismatch
     );
-    ledger.release_request("key-2").await.unwrap();
     assert_eq!(
-        ledger.claim_request("key-2", &first).await.unwrap(),
-        RequestClaim::Run
+        ledger
+            .claim_request("key-2", &first, b, lease)
+            .await
+            .unwrap(),
+        RequestClaim::Run {
+            started_at: s2,
+            rerun: true
+        }
     );
+    // The first run, back from the dead, can neither renew nor answer.
+    assert!(!ledger.renew_request("key-2", a, lease).await.unwrap());
+    assert!(
+        !ledger
+            .complete_request("key-2", a, 200, "{}")
+            .await
+            .unwrap()
+    );
+    // A lapsed lease (its server died) is taken over by the next claim.
+    let short = Duration::from_millis(50);
+    assert!(matches!(
+        ledger
+            .claim_request("key-3", &first, a, short)
+            .await
+            .unwrap(),
+        RequestClaim::Run { rerun: false, .. }
+    ));
+    assert_eq!(
+        ledger
+            .claim_request("key-3", &first, b, lease)
+            .await
+            .unwrap(),
+        RequestClaim::InProgress
+    );
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(matches!(
+        ledger
+            .claim_request("key-3", &first, b, lease)
+            .await
+            .unwrap(),
+        RequestClaim::Run { rerun: true, .. }
+    ));
+    assert!(
+        ledger
+            .complete_request("key-3", b, 200, "{}")
+            .await
+            .unwrap()
+    );
+    assert!(started_at <= s2);
     // Expired answers are purged; the ledger itself is untouched.
     let later = time::OffsetDateTime::now_utc() + time::Duration::days(2);
-    assert_eq!(ledger.purge_requests(later).await.unwrap(), 2);
-    assert_eq!(
-        ledger.claim_request("key-1", &other).await.unwrap(),
-        RequestClaim::Run
-    );
+    assert_eq!(ledger.purge_requests(later).await.unwrap(), 3);
+    assert!(matches!(
+        ledger
+            .claim_request("key-1", &other, a, lease)
+            .await
+            .unwrap(),
+        RequestClaim::Run { rerun: false, .. }
+    ));
     assert_eq!(ledger.last_position().await.unwrap(), Position::START);
 }
 

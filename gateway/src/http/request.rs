@@ -1,6 +1,13 @@
 //! The protocol around every handler: JSON bodies (size, media type, shape),
 //! `If-Match`, and `Idempotency-Key` (the same key and body replay the first
 //! answer; another body is refused; concurrent requests with one key run once).
+//!
+//! A claim on a key is a lease, renewed while the request runs. When its server
+//! dies mid-request, or the run fails on the server, the next request with the
+//! same key and body takes the key over and reruns the request *replayably*: it
+//! makes the same ids, and each append carries a ledger key derived from the
+//! request key, so the rerun finds whatever the first run committed and answers
+//! with it instead of writing (or charging) twice.
 
 use std::time::Duration;
 
@@ -8,9 +15,11 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use recur_ledger::RequestClaim;
+use recur_commands::context::{Replayable, replayable};
+use recur_ledger::{Ledger, RequestClaim};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::AppState;
 use super::auth::Caller;
@@ -20,8 +29,14 @@ use super::problem::ApiError;
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// The longest `Idempotency-Key` accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
-/// How long a request waits for a concurrent one with the same key.
-const IN_PROGRESS_WAIT_MS: u64 = 10_000;
+/// How long a claim on a key lasts unless its run renews it: how long a retry
+/// waits after its server died before it takes the key over.
+const LEASE_MS: u64 = 10_000;
+/// How often a running request renews its lease.
+const LEASE_RENEW_EVERY_MS: u64 = 3_000;
+/// How long a request waits for a concurrent one with the same key (longer than
+/// a lease, so a retry waiting on a dead run takes the key over).
+const IN_PROGRESS_WAIT_MS: u64 = LEASE_MS + 2_000;
 /// How often it looks.
 const IN_PROGRESS_POLL_MS: u64 = 20;
 
@@ -188,14 +203,19 @@ where
     let fingerprint: [u8; 32] = fingerprint.finalize().into();
     let stored_key = format!("{}:{key}", caller.key_id);
     let ledger = state.billing.ledger();
+    let owner = Uuid::now_v7();
+    let lease = Duration::from_millis(LEASE_MS);
     let mut waited_ms = 0;
-    loop {
-        let claim = match ledger.claim_request(&stored_key, &fingerprint).await {
+    let (started_at, rerun) = loop {
+        let claim = match ledger
+            .claim_request(&stored_key, &fingerprint, owner, lease)
+            .await
+        {
             Ok(claim) => claim,
             Err(error) => return ApiError::from(error).into_response(),
         };
         match claim {
-            RequestClaim::Run => break,
+            RequestClaim::Run { started_at, rerun } => break (started_at, rerun),
             RequestClaim::Replay { status, body } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 let mut response = (status, body).into_response();
@@ -233,8 +253,22 @@ where
                 .into_response();
             }
         }
-    }
-    let (status, body) = match write.await {
+    };
+    // Dropped before an answer is stored (the client went away, the request
+    // timed out): let go of the key so a retry takes it over at once.
+    let mut claim = HeldClaim {
+        ledger: ledger.clone(),
+        key: stored_key.clone(),
+        owner,
+        answered: false,
+    };
+    let scope = Replayable {
+        seed: Sha256::digest(stored_key.as_bytes()).into(),
+        started_at,
+        rerun,
+    };
+    let result = run_renewing(ledger, &stored_key, owner, replayable(scope, write)).await;
+    let (status, body) = match result {
         Ok(answer) => answer,
         Err(error) => (
             error.status,
@@ -243,15 +277,17 @@ where
     };
     let text = body.to_string();
     let stored = if status.is_server_error() {
-        // Not an answer to keep: let a retry run again.
-        ledger.release_request(&stored_key).await
+        // Not an answer to keep: let a retry run again (replayably).
+        ledger.release_request(&stored_key, owner).await
     } else {
         let mut kept = body.clone();
         redact(&mut kept);
         ledger
-            .complete_request(&stored_key, status.as_u16(), &kept.to_string())
+            .complete_request(&stored_key, owner, status.as_u16(), &kept.to_string())
             .await
+            .map(|_| ())
     };
+    claim.answered = true;
     if let Err(error) = stored {
         tracing::warn!(%error, "could not record the idempotent answer");
     }
@@ -264,6 +300,56 @@ where
             HeaderValue::from_static("application/problem+json"),
         );
         response
+    }
+}
+
+/// Runs `write` while renewing the lease of the run `owner` on `key`.
+async fn run_renewing<F: Future>(ledger: &Ledger, key: &str, owner: Uuid, write: F) -> F::Output {
+    let every = Duration::from_millis(LEASE_RENEW_EVERY_MS);
+    let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let write = std::pin::pin!(write);
+    let mut write = write;
+    loop {
+        tokio::select! {
+            output = &mut write => return output,
+            _ = renew.tick() => {
+                match ledger.renew_request(key, owner, Duration::from_millis(LEASE_MS)).await {
+                    Ok(true) => {}
+                    // Another run took the key over (we stalled past the lease):
+                    // finishing is still safe, the ledger keys make both runs one.
+                    Ok(false) => tracing::warn!("an idempotent request lost its lease and runs on"),
+                    Err(error) => tracing::warn!(%error, "could not renew an idempotency lease"),
+                }
+            }
+        }
+    }
+}
+
+/// A claim on an idempotency key, let go of if the request is dropped unanswered.
+struct HeldClaim {
+    ledger: Ledger,
+    key: String,
+    owner: Uuid,
+    answered: bool,
+}
+
+impl Drop for HeldClaim {
+    fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let ledger = self.ledger.clone();
+        let key = std::mem::take(&mut self.key);
+        let owner = self.owner;
+        runtime.spawn(async move {
+            if let Err(error) = ledger.release_request(&key, owner).await {
+                tracing::warn!(%error, "could not let go of an abandoned idempotency key");
+            }
+        });
     }
 }
 
