@@ -60,7 +60,7 @@ async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
             )
         }
     };
-    let (child, base) = spawn_serve(&location, start).await;
+    let (child, base) = spawn_serve(&location, start, &[]).await;
     Server {
         child,
         base,
@@ -72,7 +72,7 @@ async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
 }
 
 /// Starts `recur serve` on `location`: the child and its base URL.
-async fn spawn_serve(location: &str, start: Option<&str>) -> (Child, String) {
+async fn spawn_serve(location: &str, start: Option<&str>, extra: &[&str]) -> (Child, String) {
     let mut args = vec![
         "serve",
         "--listen",
@@ -84,6 +84,7 @@ async fn spawn_serve(location: &str, start: Option<&str>) -> (Child, String) {
     if let Some(start) = start {
         args.extend(["--test-clock-start", start]);
     }
+    args.extend(extra);
     let mut child = Command::new(env!("CARGO_BIN_EXE_recur"))
         .args(args)
         .env("RECUR_ADMIN_KEY", ADMIN_KEY)
@@ -113,9 +114,14 @@ impl Server {
     /// Stops the server and starts another on the same ledger (its test clock
     /// resumes where the ledger's last event left it).
     async fn restart(&mut self) {
+        self.restart_with(&[]).await;
+    }
+
+    /// [`Server::restart`] with more `recur serve` options.
+    async fn restart_with(&mut self, extra: &[&str]) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, base) = spawn_serve(&self.location, None).await;
+        let (child, base) = spawn_serve(&self.location, None, extra).await;
         self.child = child;
         self.base = base;
     }
@@ -629,6 +635,165 @@ async fn a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once_on_p
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once_on_sqlite() {
     a_crash_mid_burst_leaves_every_key_answerable_and_every_write_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_the_request_in_flight_then_the_server_exits_cleanly() {
+    let server = serve_from(Backend::Postgres, Some("2027-01-01T00:00:00Z")).await;
+    for _ in 0..12 {
+        let customer = server.customer_with_card().await;
+        let created = server
+            .post(
+                "/v1/subscriptions",
+                json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    }
+    // Two years of renewals for twelve subscriptions: a long request.
+    let advance = server
+        .client
+        .post(format!("{}/v1/test_clock/advance", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"seconds": 730 * 86_400}))
+        .send();
+    let running = tokio::spawn(async move {
+        let response = advance.await.unwrap();
+        let answered = std::time::Instant::now();
+        (
+            answered,
+            response.status(),
+            response.json::<Value>().await.unwrap(),
+        )
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let signaled = std::time::Instant::now();
+    let sent = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let (answered, status, body) = running.await.unwrap();
+    assert!(
+        answered > signaled,
+        "the advance must still run when SIGTERM arrives"
+    );
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // 2027-01-01 + 730 days = 2028-12-31: 23 renewals each (February 2027 to December 2028).
+    assert_eq!(body["periods_started"], 12 * 23, "{body}");
+    let mut server = server;
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = server.child.wait().unwrap();
+        (exit, server)
+    });
+    let (exit, server) = tokio::time::timeout(std::time::Duration::from_secs(30), exit)
+        .await
+        .expect("the server exits after draining")
+        .unwrap();
+    assert!(exit.success(), "a stop is a clean exit: {exit:?}");
+    // Gone: new connections are refused.
+    let refused = server
+        .client
+        .get(format!("{}/healthz", server.base))
+        .send()
+        .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_scheduler_and_the_relay_and_exits_cleanly() {
+    let nats = std::env::var("NATS_URL").expect(
+        "NATS_URL must name a NATS server with JetStream (scripts/test.sh starts one): \
+         e.g. nats-server -js -a 127.0.0.1 -p 4222",
+    );
+    let dir = std::env::temp_dir().join(format!("recur-stop-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let location = format!("sqlite:{}", dir.join("stop.sqlite").display());
+    let stream = format!("RECUR_STOP_{}", uuid::Uuid::new_v4().simple());
+    // The system clock: the scheduler ticks every second and the relay runs.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--tick-seconds", "1"])
+        .args(["--database", &location])
+        .env("RECUR_ADMIN_KEY", ADMIN_KEY)
+        .env("NATS_URL", &nats)
+        .env("RECUR_NATS_STREAM", &stream)
+        .env_remove("DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        assert!(line.contains("listening"), "{line:?}");
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let exit = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the server stops its scheduler and relay and exits")
+    .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_is_answered_503_and_its_key_is_taken_over() {
+    let mut server = serve(Backend::Sqlite).await;
+    let customer = server.customer_with_card().await;
+    server.restart_with(&["--request-timeout-ms", "1"]).await;
+    let body = json!({"customer": customer, "plan": "elite_coaching", "trial_days": 0});
+    let key = [("Idempotency-Key", "slow-1")];
+    let timed_out = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(ADMIN_KEY),
+            Some(body.clone()),
+            &key,
+        )
+        .await;
+    assert_eq!(
+        timed_out.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        timed_out.body
+    );
+    assert_eq!(timed_out.body["code"], "request_timeout");
+    // The abandoned key is let go at once: the retry runs (no 10 s wait for a
+    // lease), and the subscription exists once.
+    server.restart().await;
+    let started = std::time::Instant::now();
+    let retried = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(ADMIN_KEY),
+            Some(body),
+            &key,
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let listed = server
+        .get(&format!("/v1/subscriptions?customer={customer}"))
+        .await;
+    assert_eq!(
+        listed.body["data"].as_array().unwrap().len(),
+        1,
+        "{}",
+        listed.body
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

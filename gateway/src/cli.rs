@@ -69,6 +69,14 @@ pub enum Command {
         /// Seconds between scheduler ticks on the system clock.
         #[arg(long, default_value_t = 60)]
         tick_seconds: u64,
+        /// Milliseconds a request may run before it is answered 503
+        /// `request_timeout` (the test clock's advance excepted).
+        #[arg(long, default_value_t = crate::http::REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+        request_timeout_ms: u64,
+        /// Milliseconds a stopping server (SIGTERM, SIGINT) waits for the
+        /// requests in flight, then for the scheduler and the relay.
+        #[arg(long, default_value_t = crate::http::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+        drain_ms: u64,
     },
     /// Publish every released ledger event to NATS JetStream, in ledger order.
     Relay {

@@ -64,6 +64,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             test_clock,
             test_clock_start,
             tick_seconds,
+            request_timeout_ms,
+            drain_ms,
         } => {
             let test_clock_start = test_clock_start
                 .map(|text| {
@@ -80,6 +82,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 test_clock: test_clock || test_clock_start.is_some(),
                 test_clock_start,
                 tick_seconds,
+                request_timeout_ms,
+                drain_ms,
             })
             .await
             .context("serve")?;

@@ -17,7 +17,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{Billing, Catalog, SimulatedGateway};
@@ -49,6 +49,8 @@ pub struct AppState {
     pub projected: Arc<std::sync::atomic::AtomicU64>,
     /// The read models as of the last past position asked for (one build at a time).
     pub past: tokio::sync::Mutex<Option<(u64, recur_projections::db::Db)>>,
+    /// How long a request may run.
+    pub request_timeout: std::time::Duration,
 }
 
 /// How to serve.
@@ -64,11 +66,21 @@ pub struct ServeOptions {
     pub test_clock_start: Option<time::OffsetDateTime>,
     /// Seconds between scheduler ticks on the system clock.
     pub tick_seconds: u64,
+    /// How long a request may run ([`REQUEST_TIMEOUT_MS`] by default).
+    pub request_timeout_ms: u64,
+    /// How long a stop waits for work in flight ([`DRAIN_MS`] by default).
+    pub drain_ms: u64,
 }
 
 /// How often the in-process projections look for other processes' events (this
 /// process's commits wake them at once).
 const PROJECTION_POLL_MS: u64 = 20;
+/// How long a request may run before it is answered 503 `request_timeout`
+/// (`/v1/test_clock/advance` excepted: it runs the business forward).
+pub const REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// How long a stopping server waits for the requests in flight, and then for
+/// the scheduler's tick and the relay, before it exits anyway.
+pub const DRAIN_MS: u64 = 20_000;
 /// Seconds between purges of expired idempotency answers.
 const PURGE_INTERVAL_S: u64 = 3_600;
 /// How long idempotency answers are kept, in hours (the promise is at least 24).
@@ -157,17 +169,46 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(request::BODY_BYTES_MAX))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            request_id,
+        ))
         .with_state(state)
 }
 
-/// Gives every request an id (`x-request-id`, in the logs too) and logs its outcome.
-async fn request_id(request: Request, next: Next) -> Response {
+/// Gives every request an id (`x-request-id`, in the logs too), bounds its
+/// time, and logs its outcome.
+async fn request_id(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let id = uuid::Uuid::now_v7().to_string();
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let bounded = request.uri().path() != "/v1/test_clock/advance";
     async move {
         let started = std::time::Instant::now();
-        let mut response = next.run(request).await;
+        let running = next.run(request);
+        let mut response = if bounded {
+            match tokio::time::timeout(state.request_timeout, running).await {
+                Ok(response) => response,
+                // The handler is dropped where it stands: what it committed
+                // stays, and a retry with the same Idempotency-Key takes its key
+                // over and finishes it without writing twice.
+                Err(_) => ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "request_timeout",
+                    format!(
+                        "the request took longer than {} ms; it may have been partly applied: \
+                         retry with the same Idempotency-Key",
+                        state.request_timeout.as_millis()
+                    ),
+                )
+                .into_response(),
+            }
+        } else {
+            running.await
+        };
         tracing::info!(
             status = response.status().as_u16(),
             elapsed_us = started.elapsed().as_micros() as u64,
@@ -182,7 +223,9 @@ async fn request_id(request: Request, next: Next) -> Response {
     .await
 }
 
-/// Opens the ledger and billing, and serves until the process is stopped.
+/// Opens the ledger and billing, and serves until SIGTERM or SIGINT: then it
+/// stops taking connections, drains the requests in flight (at most
+/// [`DRAIN_MS`]), lets the scheduler finish its tick and the relay stop, and returns.
 ///
 /// # Errors
 /// The ledger cannot be opened, the address cannot be bound, a bad `RECUR_ADMIN_KEY`.
@@ -279,13 +322,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         read_models,
         projected,
         past: tokio::sync::Mutex::new(None),
+        request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
     });
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut background = tokio::task::JoinSet::new();
     if test_clock.is_none() {
         let tick_s = options.tick_seconds.max(1);
-        tokio::spawn(async move {
+        let mut stopping = stopping.clone();
+        background.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(tick_s));
             loop {
-                every.tick().await;
+                // A tick, once started, is finished before the server stops.
+                tokio::select! {
+                    _ = every.tick() => {}
+                    () = stopped(&mut stopping) => return,
+                }
                 if let Err(error) = scheduler.tick().await {
                     tracing::warn!(
                         code = error.code(),
@@ -306,8 +357,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             recur_projections::RelayConfig::from_env(url),
         )
         .await?;
-        tokio::spawn(async move {
-            if let Err(error) = relay.run(std::future::pending()).await {
+        let mut stopping = stopping.clone();
+        background.spawn(async move {
+            if let Err(error) = relay.run(stopped(&mut stopping)).await {
                 tracing::warn!(%error, "relay stopped");
             }
         });
@@ -329,6 +381,65 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         "recur: listening on http://{address} (ledger {})",
         crate::config::redact(&location)
     );
-    axum::serve(listener, router(state).into_make_service()).await?;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: no new connections; draining the requests in flight");
+        let _ = stop.send(true);
+    });
+    let drain = std::time::Duration::from_millis(options.drain_ms);
+    let mut draining = stopping.clone();
+    let server = axum::serve(listener, router(state).into_make_service())
+        .with_graceful_shutdown(async move { stopped(&mut draining).await });
+    let mut stop_waited = stopping.clone();
+    tokio::select! {
+        served = server => served?,
+        () = async {
+            stopped(&mut stop_waited).await;
+            tokio::time::sleep(drain).await;
+        } => tracing::warn!(drain_ms = options.drain_ms, "requests still running after the drain; stopping anyway"),
+    }
+    let finished = tokio::time::timeout(drain, async {
+        while background.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            drain_ms = options.drain_ms,
+            "the scheduler or the relay did not stop in time"
+        );
+    }
+    tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves once the server is told to stop.
+async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the sender is gone: nobody can tell us to stop any more.
+    if stopping.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// SIGTERM (a service manager, a container runtime) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = terminate.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
