@@ -770,8 +770,10 @@ async fn a_request_past_its_timeout_is_answered_503_and_its_key_is_taken_over() 
         timed_out.body
     );
     assert_eq!(timed_out.body["code"], "request_timeout");
-    // The abandoned key is let go at once: the retry runs (no 10 s wait for a
-    // lease), and the subscription exists once.
+    // The abandoned key is let go at once (a moment for the server to write
+    // that): the retry after a restart runs without waiting 10 s for a lease
+    // to lapse, and the subscription exists once.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     server.restart().await;
     let started = std::time::Instant::now();
     let retried = server
@@ -1415,6 +1417,38 @@ async fn metrics_read_their_own_writes_through_min_position() {
     assert_eq!(ahead.body["code"], "position_unknown");
     let bad = server.get("/v1/metrics/mrr?interval=hour").await;
     assert_eq!(bad.body["code"], "invalid_query");
+    // Query strings are percent-decoded: an encoded day and plan read as plain ones.
+    let encoded = server
+        .get(&format!(
+            "/v1/metrics/mrr?from={}&to={}&plan=group%5Fcoaching",
+            today.replace('-', "%2D"),
+            today.replace('-', "%2d")
+        ))
+        .await;
+    assert_eq!(encoded.status, StatusCode::OK, "{}", encoded.body);
+    assert_eq!(encoded.body["plan"], "group_coaching");
+    assert_eq!(encoded.body["data"][0]["date"], today.as_str());
+    assert_eq!(encoded.body["data"][0]["mrr"], money("1500.00"));
+    // Unknown, repeated or mistyped parameters are refused, never ignored.
+    for refused in [
+        "/v1/metrics/mrr?colour=blue",
+        "/v1/metrics/mrr?from=2027-01-01&from=2027-01-02",
+        "/v1/metrics/mrr?min_position=-1",
+        "/v1/metrics/churn?interval=week",
+        "/v1/metrics/movements?kind=churn",
+        "/v1/metrics/movements?detail=customer&kind=gone",
+        "/v1/metrics/mrr-at",
+        "/v1/subscriptions?subscription=x",
+    ] {
+        let answer = server.get(refused).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{refused}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body["code"], "invalid_query", "{refused}");
+    }
 
     // The trial balance from the postings: balanced, cash = what was collected.
     let books = server

@@ -228,20 +228,16 @@ async fn the_demo_ledger_rebuilds_every_projection_to_the_live_tables() {
     let db = live.db().clone();
     let before = recur_projections::mrr::snapshot(&db).await.unwrap();
     // The demo's ARR is the projection's: 12 × the sum of per-subscription MRR.
-    let subscriptions_mrr = db
-        .query(
-            &recur_projections::db::Stmt::new(
-                format!(
-                    "SELECT CAST(SUM(mrr_minor) AS BIGINT) FROM {}",
-                    recur_projections::mrr::SUBSCRIPTIONS
-                ),
-                vec![],
+    let (subscriptions_mrr,): (i64,) = db
+        .row(&recur_projections::db::Stmt::new(
+            format!(
+                "SELECT CAST(SUM(mrr_minor) AS BIGINT) FROM {}",
+                recur_projections::mrr::SUBSCRIPTIONS
             ),
-            "i",
-        )
+            vec![],
+        ))
         .await
-        .unwrap()[0][0]
-        .int();
+        .unwrap();
     assert!(subscriptions_mrr > 0);
     assert_eq!(
         outcome.summary.arr.to_minor().unwrap(),

@@ -479,7 +479,10 @@ async fn movements_add_up_to_mrr_every_day(db: &Db) {
     let mut moved = 0;
     let mut cumulative = Vec::new();
     for row in &by_day {
-        moved += row[1].int();
+        let Value::Int(delta) = row[1] else {
+            panic!("a day's sum is an integer: {row:?}")
+        };
+        moved += delta;
         cumulative.push((text(&row[0]), moved));
     }
     for (day, mrr) in &daily {
@@ -490,16 +493,16 @@ async fn movements_add_up_to_mrr_every_day(db: &Db) {
             .map_or(0, |(_, m)| *m);
         assert_eq!(moved_by, *mrr, "movements and MRR part on {day}");
     }
-    let total = rows(
-        db,
-        format!(
-            "SELECT CAST(COALESCE(SUM(mrr_minor), 0) AS BIGINT) FROM {}",
-            mrr::SUBSCRIPTIONS
-        ),
-        "i",
-    )
-    .await[0][0]
-        .int();
+    let (total,): (i64,) = db
+        .row(&Stmt::new(
+            format!(
+                "SELECT CAST(COALESCE(SUM(mrr_minor), 0) AS BIGINT) FROM {}",
+                mrr::SUBSCRIPTIONS
+            ),
+            vec![],
+        ))
+        .await
+        .unwrap();
     assert_eq!(moved, total, "movements and the subscriptions' MRR part");
     assert_eq!(daily.last().map_or(0, |(_, m)| *m), total);
     let kinds = rows(

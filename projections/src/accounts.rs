@@ -131,25 +131,22 @@ pub async fn trial_balance(
         Some(day) => ("WHERE day <= ?", vec![day.into()]),
         None => ("", vec![]),
     };
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT account, currency, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT)
-                     FROM {DAILY} {filter} GROUP BY account, currency ORDER BY account, currency"
-                ),
-                params,
+    let rows: Vec<(String, String, i64, i64)> = db
+        .rows(&Stmt::new(
+            format!(
+                "SELECT account, currency, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT)
+                 FROM {DAILY} {filter} GROUP BY account, currency ORDER BY account, currency"
             ),
-            "ttii",
-        )
+            params,
+        ))
         .await?;
     Ok(rows
-        .iter()
-        .map(|r| Balance {
-            account: r[0].text(),
-            currency: r[1].text(),
-            debit_minor: r[2].int(),
-            credit_minor: r[3].int(),
+        .into_iter()
+        .map(|(account, currency, debit_minor, credit_minor)| Balance {
+            account,
+            currency,
+            debit_minor,
+            credit_minor,
         })
         .collect())
 }

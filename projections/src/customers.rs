@@ -12,7 +12,7 @@ use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
 use recur_ledger::{Ledger, Position, StreamId};
 use time::format_description::well_known::Rfc3339;
 
-use crate::db::{Db, Stmt, Value};
+use crate::db::{Db, Stmt};
 use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events};
 
 /// One row per customer.
@@ -357,36 +357,48 @@ pub async fn read(
         Some(id) => ("WHERE customer_id = ?", vec![id.into()]),
         None => ("", vec![]),
     };
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT customer_id, segment, card, credit_minor, invoices, paid_minor, refunded_minor, open_invoices,
-                     open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at FROM {VIEW} {filter}"
-                ),
-                params,
+    type Row = (
+        String,
+        String,
+        String,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        i64,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = db
+        .rows(&Stmt::new(
+            format!(
+                "SELECT customer_id, segment, card, credit_minor, invoices, paid_minor, refunded_minor, open_invoices,
+                 open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at FROM {VIEW} {filter}"
             ),
-            "tttiiiiiiiitt",
-        )
+            params,
+        ))
         .await?;
     Ok(rows
-        .iter()
+        .into_iter()
         .map(|r| {
             (
-                r[0].text(),
+                r.0,
                 CustomerRow {
-                    segment: r[1].text(),
-                    card: r[2].text(),
-                    credit_minor: r[3].int(),
-                    invoices: r[4].int(),
-                    paid_minor: r[5].int(),
-                    refunded_minor: r[6].int(),
-                    open_invoices: r[7].int(),
-                    open_minor: r[8].int(),
-                    failed_payments: r[9].int(),
-                    in_dunning: r[10].int(),
-                    next_retry_at: r[11].text(),
-                    last_payment_at: r[12].text(),
+                    segment: r.1,
+                    card: r.2,
+                    credit_minor: r.3,
+                    invoices: r.4,
+                    paid_minor: r.5,
+                    refunded_minor: r.6,
+                    open_invoices: r.7,
+                    open_minor: r.8,
+                    failed_payments: r.9,
+                    in_dunning: r.10,
+                    next_retry_at: r.11,
+                    last_payment_at: r.12,
                 },
             )
         })
@@ -399,24 +411,19 @@ pub async fn read(
 /// # Errors
 /// Database errors.
 pub async fn aging(db: &Db, day: time::Date) -> Result<[i64; 4], crate::db::DbError> {
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!("SELECT since, owed_minor FROM {OPEN_INVOICES}"),
-                vec![],
-            ),
-            "ti",
-        )
-        .await?;
+    let stmt = Stmt::new(
+        format!("SELECT since, owed_minor FROM {OPEN_INVOICES}"),
+        vec![],
+    );
+    let rows: Vec<(String, i64)> = db.rows(&stmt).await?;
     let mut buckets = [0i64; 4];
     let format = time::macros::format_description!("[year]-[month]-[day]");
-    for row in rows {
-        let (Value::Text(since), Value::Int(owed)) = (&row[0], &row[1]) else {
-            continue;
-        };
-        let Ok(since) = time::Date::parse(since, format) else {
-            continue;
-        };
+    for (row, (since, owed)) in rows.into_iter().enumerate() {
+        let since = time::Date::parse(&since, format).map_err(|_| crate::db::DbError::Corrupt {
+            query: format!("SELECT since FROM {OPEN_INVOICES}"),
+            row,
+            reason: format!("column 0: a day expected, {since:?} found"),
+        })?;
         let slot = match (day - since).whole_days() {
             ..=30 => 0,
             31..=60 => 1,

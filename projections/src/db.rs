@@ -23,22 +23,119 @@ pub enum Value {
 }
 
 impl Value {
-    /// The integer, or 0 for text and NULL (sums of nothing come back NULL).
-    pub fn int(&self) -> i64 {
+    /// What the value is, for an error that says what was found.
+    fn found(&self) -> String {
         match self {
-            Value::Int(v) => *v,
-            _ => 0,
-        }
-    }
-
-    /// The text, or empty for integers and NULL.
-    pub fn text(&self) -> String {
-        match self {
-            Value::Text(t) => t.clone(),
-            _ => String::new(),
+            Value::Int(v) => format!("the integer {v}"),
+            Value::Text(t) => format!("the text {:?}", t.chars().take(40).collect::<String>()),
+            Value::Null => "NULL".into(),
         }
     }
 }
+
+/// A Rust type one column of a read-model row is read as: the read checks it,
+/// so an impossible state (NULL, text where a number belongs) is an error, not 0.
+pub trait FromColumn: Sized {
+    /// 'i' for an integer column, 't' for text.
+    const KIND: char;
+    /// The value as this type, or what was found instead.
+    ///
+    /// # Errors
+    /// The value is not of this type.
+    fn from_value(value: Value) -> Result<Self, String>;
+}
+
+impl FromColumn for i64 {
+    const KIND: char = 'i';
+    fn from_value(value: Value) -> Result<Self, String> {
+        match value {
+            Value::Int(v) => Ok(v),
+            other => Err(format!("an integer expected, {} found", other.found())),
+        }
+    }
+}
+
+impl FromColumn for u64 {
+    const KIND: char = 'i';
+    fn from_value(value: Value) -> Result<Self, String> {
+        match value {
+            Value::Int(v) => u64::try_from(v).map_err(|_| format!("a count expected, {v} found")),
+            other => Err(format!("a count expected, {} found", other.found())),
+        }
+    }
+}
+
+impl FromColumn for String {
+    const KIND: char = 't';
+    fn from_value(value: Value) -> Result<Self, String> {
+        match value {
+            Value::Text(t) => Ok(t),
+            other => Err(format!("text expected, {} found", other.found())),
+        }
+    }
+}
+
+impl<T: FromColumn> FromColumn for Option<T> {
+    const KIND: char = T::KIND;
+    fn from_value(value: Value) -> Result<Self, String> {
+        match value {
+            Value::Null => Ok(None),
+            value => T::from_value(value).map(Some),
+        }
+    }
+}
+
+/// A read-model row as a tuple of [`FromColumn`]s.
+pub trait FromRow: Sized {
+    /// The kinds of its columns, in order ('i' or 't').
+    fn kinds() -> String;
+    /// The row from its values, or the first column that is not what it should be.
+    ///
+    /// # Errors
+    /// A column holds another type, or the row has another width.
+    fn from_row(values: Vec<Value>) -> Result<Self, String>;
+}
+
+macro_rules! tuple_rows {
+    ($($name:ident),+) => {
+        impl<$($name: FromColumn),+> FromRow for ($($name,)+) {
+            fn kinds() -> String {
+                [$($name::KIND),+].iter().collect()
+            }
+            #[allow(non_snake_case, unused_assignments)]
+            fn from_row(values: Vec<Value>) -> Result<Self, String> {
+                let width = values.len();
+                let mut values = values.into_iter();
+                let mut column = 0usize;
+                $(
+                    let $name = $name::from_value(
+                        values.next().ok_or_else(|| format!("{width} columns, more expected"))?,
+                    )
+                    .map_err(|reason| format!("column {column}: {reason}"))?;
+                    column += 1;
+                )+
+                if values.next().is_some() {
+                    return Err(format!("{width} columns, {column} expected"));
+                }
+                Ok(($($name,)+))
+            }
+        }
+    };
+}
+
+tuple_rows!(A);
+tuple_rows!(A, B);
+tuple_rows!(A, B, C);
+tuple_rows!(A, B, C, D);
+tuple_rows!(A, B, C, D, E);
+tuple_rows!(A, B, C, D, E, F);
+tuple_rows!(A, B, C, D, E, F, G);
+tuple_rows!(A, B, C, D, E, F, G, H);
+tuple_rows!(A, B, C, D, E, F, G, H, I);
+tuple_rows!(A, B, C, D, E, F, G, H, I, J);
+tuple_rows!(A, B, C, D, E, F, G, H, I, J, K);
+tuple_rows!(A, B, C, D, E, F, G, H, I, J, K, L);
+tuple_rows!(A, B, C, D, E, F, G, H, I, J, K, L, M);
 
 impl From<i64> for Value {
     fn from(v: i64) -> Self {
@@ -110,6 +207,16 @@ pub enum DbError {
     /// Something this kind of database cannot do.
     #[error("{0}")]
     Unsupported(&'static str),
+    /// A row read back is not what the read model holds: a bug or a damaged table.
+    #[error("read model row {row} of `{query}`: {reason}")]
+    Corrupt {
+        /// The statement's start.
+        query: String,
+        /// The row's index in the answer (0-based).
+        row: usize,
+        /// Which column, and what was found instead of what.
+        reason: String,
+    },
     /// A guarded statement changed another number of rows (someone else moved on).
     #[error("a guarded write changed {changed} rows, not {expected}: another writer moved on")]
     Guard {
@@ -591,7 +698,55 @@ impl Db {
         Ok(())
     }
 
-    /// Reads rows whose columns are all integers or text (`kinds`: 'i' or 't' per column).
+    /// Reads rows as `T`, each column checked: an impossible value (NULL where
+    /// none belongs, text where a number belongs) is [`DbError::Corrupt`] naming
+    /// the row and column, never a silent default.
+    ///
+    /// # Errors
+    /// Database errors; a row that is not a `T`.
+    pub async fn rows<T: FromRow>(&self, stmt: &Stmt) -> Result<Vec<T>, DbError> {
+        let rows = self.query(stmt, &T::kinds()).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for (row, values) in rows.into_iter().enumerate() {
+            out.push(T::from_row(values).map_err(|reason| {
+                DbError::Corrupt {
+                    query: stmt
+                        .sql
+                        .split_whitespace()
+                        .take(12)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    row,
+                    reason,
+                }
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// The one row a statement answers (an aggregate), checked as [`Db::rows`].
+    ///
+    /// # Errors
+    /// Database errors; no row, or a row that is not a `T`.
+    pub async fn row<T: FromRow>(&self, stmt: &Stmt) -> Result<T, DbError> {
+        self.rows(stmt)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| DbError::Corrupt {
+                query: stmt
+                    .sql
+                    .split_whitespace()
+                    .take(12)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                row: 0,
+                reason: "no row answered".into(),
+            })
+    }
+
+    /// Reads rows as raw values (`kinds`: 'i' or 't' per column), for dumps and
+    /// comparisons; typed reads use [`Db::rows`].
     ///
     /// # Errors
     /// Database errors.
@@ -702,6 +857,55 @@ pub fn supersede(writes: Vec<Stmt>) -> Vec<Stmt> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn an_impossible_value_is_an_error_naming_row_and_column_never_a_zero() {
+        let db = Db::scratch().await.unwrap();
+        db.transaction(&[
+            Stmt::new(
+                "CREATE TABLE t (name TEXT, amount BIGINT, kind TEXT)",
+                vec![],
+            ),
+            Stmt::new(
+                "INSERT INTO t VALUES ('a', 5, 'new'), ('b', NULL, 'gone')",
+                vec![],
+            ),
+        ])
+        .await
+        .unwrap();
+        let first = Stmt::new("SELECT name, amount FROM t WHERE name = 'a'", vec![]);
+        let rows: Vec<(String, i64)> = db.rows(&first).await.unwrap();
+        assert_eq!(rows, vec![("a".to_owned(), 5)]);
+        let all = Stmt::new("SELECT name, amount FROM t ORDER BY name", vec![]);
+        let error = db.rows::<(String, i64)>(&all).await.unwrap_err();
+        let DbError::Corrupt { row, reason, .. } = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(*row, 1);
+        assert_eq!(reason, "column 1: an integer expected, NULL found");
+        // Where NULL may be, it is None.
+        let rows: Vec<(String, Option<i64>)> = db.rows(&all).await.unwrap();
+        assert_eq!(rows[1], ("b".to_owned(), None));
+        // A count cannot be negative.
+        let negative = Stmt::new("SELECT -1", vec![]);
+        assert!(matches!(
+            db.row::<(u64,)>(&negative).await,
+            Err(DbError::Corrupt { .. })
+        ));
+        // A stored movement kind this version does not know.
+        let kinds = Stmt::new("SELECT kind FROM t ORDER BY name", vec![]);
+        let error = db
+            .rows::<(crate::mrr::MovementKind,)>(&kinds)
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("\"gone\""), "{error}");
+        // No row where one is due.
+        let none = Stmt::new("SELECT amount FROM t WHERE name = 'z'", vec![]);
+        assert!(matches!(
+            db.row::<(i64,)>(&none).await,
+            Err(DbError::Corrupt { .. })
+        ));
+    }
 
     fn upsert(id: &str, n: i64) -> Stmt {
         Stmt::new(

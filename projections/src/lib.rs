@@ -18,12 +18,16 @@
 //! - [`mrr`]: MRR per subscription, customer, plan and day, with its movements,
 //!   dated when each change takes effect; [`profile`]: the counting rules where
 //!   the analytics vendors disagree.
+//! - [`analytics`]: the SaaS metrics from the MRR read model — series by day,
+//!   week or month, movements per bucket, churn and retention, cohorts, MRR at a
+//!   position.
 //! - [`revenue`]: revenue earned ratably by day per month and plan, billed, and
 //!   the deferred balance.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
 //!   filled from the ledger and redeliveries skipped by the checkpoint.
 
 pub mod accounts;
+pub mod analytics;
 pub mod customers;
 pub mod db;
 pub mod message;

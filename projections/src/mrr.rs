@@ -100,6 +100,15 @@ impl MovementKind {
     }
 }
 
+/// A stored kind is read checked: a name this version does not know is an error.
+impl crate::db::FromColumn for MovementKind {
+    const KIND: char = 't';
+    fn from_value(value: Value) -> Result<Self, String> {
+        let name = String::from_value(value)?;
+        Self::parse(&name).ok_or_else(|| format!("a movement kind expected, {name:?} found"))
+    }
+}
+
 /// What the projection keeps of one subscription.
 #[derive(Clone, Debug, Default)]
 struct Tracked {
@@ -802,57 +811,53 @@ impl Projection for Mrr {
             position: 0,
             message,
         };
-        for row in db
-            .query(
-                &Stmt::new(
-                    format!("SELECT stream_id, since, churned FROM {PAST_DUE}"),
-                    vec![],
-                ),
-                "tti",
-            )
-            .await?
-        {
-            let since = OffsetDateTime::parse(&row[1].text(), &Rfc3339)
+        let past_due: Vec<(String, String, i64)> = db
+            .rows(&Stmt::new(
+                format!("SELECT stream_id, since, churned FROM {PAST_DUE}"),
+                vec![],
+            ))
+            .await?;
+        for (stream, since, churned) in past_due {
+            let since = OffsetDateTime::parse(&since, &Rfc3339)
                 .map_err(|e| corrupt(format!("{PAST_DUE}: {e}")))?;
-            let stream = StreamId::parse(row[0].text()).map_err(ProjectionError::from)?;
+            let stream = StreamId::parse(stream).map_err(ProjectionError::from)?;
             self.past_due.insert(
                 stream,
                 PastDue {
                     since,
-                    churned: row[2].int() != 0,
+                    churned: churned != 0,
                 },
             );
         }
-        let rows = db
-            .query(
-                &Stmt::new(
-                    format!(
-                        "SELECT customer_id, effective_at, position, seq, subscription_id, plan, delta_minor, paused_delta, kind
-                         FROM {MOVEMENTS} ORDER BY customer_id, effective_at, position, seq"
-                    ),
-                    vec![],
+        type Row = (String, String, i64, i64, String, String, i64, i64, String);
+        let rows: Vec<Row> = db
+            .rows(&Stmt::new(
+                format!(
+                    "SELECT customer_id, effective_at, position, seq, subscription_id, plan, delta_minor, paused_delta, kind
+                     FROM {MOVEMENTS} ORDER BY customer_id, effective_at, position, seq"
                 ),
-                "ttiittiit",
-            )
+                vec![],
+            ))
             .await?;
-        for row in rows {
-            let (Value::Text(customer), Value::Text(at)) = (&row[0], &row[1]) else {
-                return Err(corrupt(format!(
-                    "{MOVEMENTS}: a row without customer or time"
-                )));
+        for (customer, at, position, seq, subscription, plan, delta, paused, kind) in rows {
+            let at = parse_effective(&at).map_err(|e| corrupt(format!("{MOVEMENTS}: {e}")))?;
+            // "" is a change that is no movement; any other name must be known.
+            let kind = match kind.as_str() {
+                "" => None,
+                name => Some(MovementKind::parse(name).ok_or_else(|| {
+                    corrupt(format!("{MOVEMENTS}: unknown movement kind {name:?}"))
+                })?),
             };
-            let at = parse_effective(at).map_err(|e| corrupt(format!("{MOVEMENTS}: {e}")))?;
-            let kind = row[8].text();
-            let timeline = self.timelines.entry(customer.clone()).or_default();
+            let timeline = self.timelines.entry(customer).or_default();
             timeline.entries.push(Entry {
                 at,
-                position: row[2].int(),
-                seq: row[3].int(),
-                subscription: row[4].text(),
-                plan: row[5].text(),
-                delta: row[6].int(),
-                paused: row[7].int(),
-                kind: MovementKind::parse(&kind),
+                position,
+                seq,
+                subscription,
+                plan,
+                delta,
+                paused,
+                kind,
             });
         }
         for timeline in self.timelines.values_mut() {
@@ -954,17 +959,14 @@ impl Projection for Mrr {
 /// # Errors
 /// Database errors.
 pub async fn built_profile(db: &Db) -> Result<Option<Profile>, crate::db::DbError> {
-    let rows = db
-        .query(
-            &Stmt::new(
-                "SELECT version FROM projection_checkpoints WHERE name = ?",
-                vec![Mrr::NAME.into()],
-            ),
-            "i",
-        )
+    let rows: Vec<(i64,)> = db
+        .rows(&Stmt::new(
+            "SELECT version FROM projection_checkpoints WHERE name = ?",
+            vec![Mrr::NAME.into()],
+        ))
         .await?;
-    Ok(rows.first().and_then(|row| {
-        let version = u32::try_from(row[0].int()).ok()?;
+    Ok(rows.first().and_then(|(version,)| {
+        let version = u32::try_from(*version).ok()?;
         (version / 100_000 == Mrr::VERSION)
             .then(|| Profile::from_code(version % 100_000))
             .flatten()
@@ -981,23 +983,20 @@ pub async fn daily(
     plan: &str,
     through: time::Date,
 ) -> Result<Vec<(String, i64)>, crate::db::DbError> {
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT day, delta_minor FROM {DAILY} WHERE plan = ? AND day <= ? ORDER BY day"
-                ),
-                vec![plan.into(), through.to_string().into()],
+    let rows: Vec<(String, i64)> = db
+        .rows(&Stmt::new(
+            format!(
+                "SELECT day, delta_minor FROM {DAILY} WHERE plan = ? AND day <= ? ORDER BY day"
             ),
-            "ti",
-        )
+            vec![plan.into(), through.to_string().into()],
+        ))
         .await?;
     let mut mrr = 0;
     Ok(rows
-        .iter()
-        .map(|r| {
-            mrr += r[1].int();
-            (r[0].text(), mrr)
+        .into_iter()
+        .map(|(day, delta)| {
+            mrr += delta;
+            (day, mrr)
         })
         .collect())
 }
@@ -1078,25 +1077,14 @@ pub async fn movements_through(
     db: &Db,
     through: time::Date,
 ) -> Result<Vec<(String, String, MovementKind, i64)>, crate::db::DbError> {
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT customer_id, effective_at, kind, delta_minor FROM {MOVEMENTS}
-                     WHERE day <= ? AND kind <> '' ORDER BY effective_at, position, seq"
-                ),
-                vec![through.to_string().into()],
-            ),
-            "ttti",
-        )
-        .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| {
-            let kind = MovementKind::parse(&r[2].text())?;
-            Some((r[0].text(), r[1].text(), kind, r[3].int()))
-        })
-        .collect())
+    db.rows(&Stmt::new(
+        format!(
+            "SELECT customer_id, effective_at, kind, delta_minor FROM {MOVEMENTS}
+             WHERE day <= ? AND kind <> '' ORDER BY effective_at, position, seq"
+        ),
+        vec![through.to_string().into()],
+    ))
+    .await
 }
 
 /// One movement, as the per-customer list answers it.
@@ -1182,24 +1170,36 @@ pub async fn movement_list(
         " ORDER BY m.effective_at, m.position, m.seq LIMIT {}",
         limit + 1
     ));
-    let rows = db.query(&Stmt::new(sql, params), "iittttti").await?;
+    type Row = (i64, i64, String, String, String, String, MovementKind, i64);
+    let rows: Vec<Row> = db.rows(&Stmt::new(sql, params)).await?;
     let more = rows.len() > limit;
-    let mut out = Vec::with_capacity(rows.len().min(limit));
-    for row in rows.into_iter().take(limit) {
-        let kind = MovementKind::parse(&row[6].text()).ok_or(crate::db::DbError::Unsupported(
-            "a movement of a kind this version does not know",
-        ))?;
-        out.push(Movement {
-            position: row[0].int(),
-            seq: row[1].int(),
-            effective_at: row[2].text(),
-            customer_id: row[3].text(),
-            subscription_id: row[4].text(),
-            plan: row[5].text(),
-            kind,
-            delta_minor: row[7].int(),
-        });
-    }
+    let out = rows
+        .into_iter()
+        .take(limit)
+        .map(
+            |(
+                position,
+                seq,
+                effective_at,
+                customer_id,
+                subscription_id,
+                plan,
+                kind,
+                delta_minor,
+            )| {
+                Movement {
+                    position,
+                    seq,
+                    effective_at,
+                    customer_id,
+                    subscription_id,
+                    plan,
+                    kind,
+                    delta_minor,
+                }
+            },
+        )
+        .collect();
     Ok((out, more))
 }
 

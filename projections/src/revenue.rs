@@ -234,36 +234,25 @@ pub async fn monthly(
     from_month: &str,
     to_month: &str,
 ) -> Result<Vec<MonthRevenue>, crate::db::DbError> {
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT month, CAST(SUM(earned_minor) AS BIGINT), CAST(SUM(billed_minor) AS BIGINT) FROM {MONTHLY}
-                     WHERE month <= ? GROUP BY month ORDER BY month"
-                ),
-                vec![to_month.into()],
+    let rows: Vec<(String, i64, i64)> = db
+        .rows(&Stmt::new(
+            format!(
+                "SELECT month, CAST(SUM(earned_minor) AS BIGINT), CAST(SUM(billed_minor) AS BIGINT) FROM {MONTHLY}
+                 WHERE month <= ? GROUP BY month ORDER BY month"
             ),
-            "tii",
-        )
+            vec![to_month.into()],
+        ))
         .await?;
     let mut out = Vec::new();
     let (mut earned_total, mut billed_total) = (0i64, 0i64);
-    for row in rows {
-        let (
-            crate::db::Value::Text(month),
-            crate::db::Value::Int(earned),
-            crate::db::Value::Int(billed),
-        ) = (&row[0], &row[1], &row[2])
-        else {
-            continue;
-        };
+    for (month, earned, billed) in rows {
         earned_total += earned;
         billed_total += billed;
         if month.as_str() >= from_month {
             out.push(MonthRevenue {
-                month: month.clone(),
-                earned_minor: *earned,
-                billed_minor: *billed,
+                month,
+                earned_minor: earned,
+                billed_minor: billed,
                 deferred_minor: billed_total - earned_total,
             });
         }

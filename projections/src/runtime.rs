@@ -8,7 +8,7 @@ use std::future::Future;
 
 use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent};
 
-use crate::db::{Db, DbError, Shadow, Stmt, Value};
+use crate::db::{Db, DbError, Shadow, Stmt};
 
 /// Decodes a stored event for `projection`, naming the event in the error.
 ///
@@ -300,20 +300,15 @@ impl<P: Projection> Projector<P> {
     /// Database errors.
     pub async fn open_on(ledger: Ledger, db: Db, projection: P) -> Result<Self, ProjectionError> {
         ensure_checkpoints(&db).await?;
-        let stored = db
-            .query(
-                &Stmt::new(
-                    "SELECT version, position FROM projection_checkpoints WHERE name = ?",
-                    vec![P::NAME.into()],
-                ),
-                "ii",
-            )
+        let stored: Vec<(i64, u64)> = db
+            .rows(&Stmt::new(
+                "SELECT version, position FROM projection_checkpoints WHERE name = ?",
+                vec![P::NAME.into()],
+            ))
             .await?;
         let mut projector = Self::unopened(ledger, db, projection);
-        match stored.first().map(|row| row[0].clone()) {
-            Some(Value::Int(version))
-                if version == i64::from(projector.projection.stored_version()) =>
-            {
+        match stored.first().map(|(version, _)| *version) {
+            Some(version) if version == i64::from(projector.projection.stored_version()) => {
                 projector
                     .db
                     .transaction(&projector.projection.schema())
@@ -377,19 +372,16 @@ impl<P: Projection> Projector<P> {
 
     /// Reads the position and generation this projection's checkpoint holds.
     async fn read_checkpoint(&mut self) -> Result<(), ProjectionError> {
-        let stored = self
+        let stored: Vec<(u64, i64)> = self
             .db
-            .query(
-                &Stmt::new(
-                    "SELECT position, generation FROM projection_checkpoints WHERE name = ?",
-                    vec![P::NAME.into()],
-                ),
-                "ii",
-            )
+            .rows(&Stmt::new(
+                "SELECT position, generation FROM projection_checkpoints WHERE name = ?",
+                vec![P::NAME.into()],
+            ))
             .await?;
-        if let Some(row) = stored.first() {
-            self.position = Position(u64::try_from(row[0].int()).unwrap_or(0));
-            self.generation = row[1].int();
+        if let Some((position, generation)) = stored.first() {
+            self.position = Position(*position);
+            self.generation = *generation;
         }
         Ok(())
     }

@@ -41,27 +41,33 @@ pub struct Checkpoint {
 /// Database errors.
 pub async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, ProjectionError> {
     crate::runtime::ensure_checkpoints(db).await?;
-    let rows = db
-        .query(
-            &crate::db::Stmt::new(
-                "SELECT name, version, position FROM projection_checkpoints",
-                vec![],
-            ),
-            "tii",
-        )
+    let rows: Vec<(String, u64, u64)> = db
+        .rows(&crate::db::Stmt::new(
+            "SELECT name, version, position FROM projection_checkpoints",
+            vec![],
+        ))
         .await?;
-    Ok(versions()
+    versions()
         .into_iter()
         .map(|(name, code_version)| {
-            let row = rows.iter().find(|r| r[0].text() == *name);
-            Checkpoint {
+            let row = rows.iter().find(|(stored, ..)| stored.as_str() == name);
+            let stored_version = row
+                .map(|(_, version, _)| {
+                    u32::try_from(*version).map_err(|_| ProjectionError::Event {
+                        projection: name,
+                        position: 0,
+                        message: format!("checkpoint version {version} is no version"),
+                    })
+                })
+                .transpose()?;
+            Ok(Checkpoint {
                 name,
                 code_version,
-                stored_version: row.and_then(|r| u32::try_from(r[1].int()).ok()),
-                position: Position(row.map_or(0, |r| u64::try_from(r[2].int()).unwrap_or(0))),
-            }
+                stored_version,
+                position: Position(row.map_or(0, |(.., position)| *position)),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// What [`apply_all`] hands back: each applier, or why it stopped.

@@ -329,17 +329,15 @@ async fn lag(options: &ProjectionsBenchOptions, nats_url: &str) -> Result<(), Be
         if waiting.is_empty() && writer.is_finished() && committed_rx.is_empty() {
             break;
         }
-        let rows = db
-            .query(
-                &Stmt::new(
-                    "SELECT CAST(MIN(position) AS BIGINT) FROM projection_checkpoints",
-                    vec![],
-                ),
-                "i",
-            )
+        // NULL before the first checkpoint: nothing projected yet.
+        let (reached,): (Option<u64>,) = db
+            .row(&Stmt::new(
+                "SELECT CAST(MIN(position) AS BIGINT) FROM projection_checkpoints",
+                vec![],
+            ))
             .await
             .map_err(|e| BenchError::Usage(e.to_string()))?;
-        let reached = u64::try_from(rows.first().map_or(0, |r| r[0].int())).unwrap_or(0);
+        let reached = reached.unwrap_or(0);
         let now = Instant::now();
         waiting.retain(|(n, position, committed)| {
             if position.0 > reached {

@@ -118,6 +118,33 @@ pub fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// A query string read as `T`: percent-decoded, each value typed, unknown or
+/// repeated parameters refused where `T` denies them.
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(params)| Self(params))
+            .map_err(|rejection| {
+                let reason = rejection.body_text();
+                let reason = reason
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&reason);
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_query",
+                    format!("query: {reason}"),
+                )
+            })
+    }
+}
+
 /// The version in `If-Match` (`"3"`, `W/"3"` or `3`), if sent.
 ///
 /// # Errors
@@ -206,15 +233,30 @@ where
     let owner = Uuid::now_v7();
     let lease = Duration::from_millis(LEASE_MS);
     let mut waited_ms = 0;
+    // Dropped before an answer is stored (the client went away, the request
+    // timed out, even while the claim itself was being written): let go of the
+    // key so a retry takes it over at once. Letting go is conditioned on the
+    // owner, so it never touches another run's claim.
+    let mut claim = HeldClaim {
+        ledger: ledger.clone(),
+        key: stored_key.clone(),
+        owner,
+        settled: true,
+    };
     let (started_at, rerun) = loop {
-        let claim = match ledger
+        claim.settled = false;
+        let found = match ledger
             .claim_request(&stored_key, &fingerprint, owner, lease)
             .await
         {
-            Ok(claim) => claim,
+            Ok(found) => found,
             Err(error) => return ApiError::from(error).into_response(),
         };
-        match claim {
+        if !matches!(found, RequestClaim::Run { .. }) {
+            // Not ours: nothing to let go of.
+            claim.settled = true;
+        }
+        match found {
             RequestClaim::Run { started_at, rerun } => break (started_at, rerun),
             RequestClaim::Replay { status, body } => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -254,14 +296,6 @@ where
             }
         }
     };
-    // Dropped before an answer is stored (the client went away, the request
-    // timed out): let go of the key so a retry takes it over at once.
-    let mut claim = HeldClaim {
-        ledger: ledger.clone(),
-        key: stored_key.clone(),
-        owner,
-        answered: false,
-    };
     let scope = Replayable {
         seed: Sha256::digest(stored_key.as_bytes()).into(),
         started_at,
@@ -287,7 +321,7 @@ where
             .await
             .map(|_| ())
     };
-    claim.answered = true;
+    claim.settled = true;
     if let Err(error) = stored {
         tracing::warn!(%error, "could not record the idempotent answer");
     }
@@ -331,12 +365,13 @@ struct HeldClaim {
     ledger: Ledger,
     key: String,
     owner: Uuid,
-    answered: bool,
+    /// Nothing to let go of: answered (or released), or never ours.
+    settled: bool,
 }
 
 impl Drop for HeldClaim {
     fn drop(&mut self) {
-        if self.answered {
+        if self.settled {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

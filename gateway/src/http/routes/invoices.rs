@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use recur_commands::context::within;
@@ -17,7 +17,7 @@ use crate::http::auth::Caller;
 use crate::http::directory::InvoiceFilter;
 use crate::http::dto::{InvoiceDto, InvoiceList, PurchaseCreate, RefundBody};
 use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, json_response, parse};
+use crate::http::request::{Params, RawBody, idempotent, json_response, parse};
 use crate::http::routes::subscriptions::Empty;
 
 async fn invoice_dto(
@@ -53,10 +53,10 @@ pub async fn get(
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(READERS)?;
-    let query = ListQuery::parse(query.as_deref())?;
+    let limit = query.page_items()?;
     let filter = match (query.customer.as_deref(), query.subscription.as_deref()) {
         (Some(customer), _) => InvoiceFilter::Customer(customer_id(customer)?),
         (None, Some(sub)) => InvoiceFilter::Subscription(subscription_id(sub)?),
@@ -69,7 +69,7 @@ pub async fn list(
         .transpose()?;
     let (ids, has_more) = state
         .directory
-        .invoices(state.billing.ledger(), filter, after, query.limit)
+        .invoices(state.billing.ledger(), filter, after, limit)
         .await?;
     let mut data = Vec::with_capacity(ids.len());
     for id in &ids {

@@ -1,17 +1,20 @@
-//! /v1/metrics: read from the projections (never from the ledger directly).
+//! /v1/metrics and the ledger's reports: parse the query, call the
+//! projections' typed functions (`recur_projections::analytics` and the read
+//! models), answer. No metric is computed here.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use recur_ledger::{Currency, Money};
-use recur_projections::db::{Db, Stmt, Value};
-use recur_projections::mrr;
-use serde::Serialize;
-use time::{Date, Month};
+use recur_projections::analytics::{self, AnalyticsError, Interval};
+use recur_projections::db::Db;
+use recur_projections::mrr::{self, MovementKind};
+use serde::{Deserialize, Serialize};
+use time::Date;
 use utoipa::ToSchema;
 
 use super::{EVERYONE, to_value};
@@ -19,12 +22,12 @@ use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::dto::MoneyDto;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::request::json_response;
+use crate::http::request::{Params, json_response};
 
 /// How long a query waits for the projection to reach `min_position`.
 pub const MIN_POSITION_WAIT_MS: u64 = 5_000;
 /// The most buckets one series answers.
-pub const BUCKETS_MAX: usize = 1_000;
+pub const BUCKETS_MAX: usize = analytics::BUCKETS_MAX;
 
 /// The counting profile that built the tables an answer read (docs/metrics.md).
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -120,12 +123,72 @@ pub struct MovementSeries {
     pub profile: Option<ProfileDto>,
 }
 
-struct Query {
-    from: Date,
-    to: Date,
-    interval: String,
-    plan: String,
-    reading: Reading,
+/// A series' query: a range of days, bucketed, for a plan or all.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeriesQuery {
+    /// First day (YYYY-MM-DD).
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD).
+    pub to: Option<String>,
+    #[serde(default)]
+    /// day, week or month.
+    pub interval: Interval,
+    /// A plan id, or all.
+    pub plan: Option<String>,
+    /// Wait until the projection has reached this ledger position.
+    pub min_position: Option<u64>,
+    /// Answer as of this past ledger position.
+    pub as_of_position: Option<u64>,
+}
+
+/// A monthly report's query: a range of days whose months are reported.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MonthlyQuery {
+    /// First day (YYYY-MM-DD).
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD).
+    pub to: Option<String>,
+    /// Wait until the projection has reached this ledger position.
+    pub min_position: Option<u64>,
+    /// Answer as of this past ledger position.
+    pub as_of_position: Option<u64>,
+}
+
+/// A report as of a day's end.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AsOfQuery {
+    /// A day (YYYY-MM-DD).
+    pub as_of: Option<String>,
+    /// Wait until the projection has reached this ledger position.
+    pub min_position: Option<u64>,
+    /// Answer as of this past ledger position.
+    pub as_of_position: Option<u64>,
+}
+
+/// Only which read models to read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingQuery {
+    /// Wait until the projection has reached this ledger position.
+    pub min_position: Option<u64>,
+    /// Answer as of this past ledger position.
+    pub as_of_position: Option<u64>,
+}
+
+/// The days `from` to `to`: `to` defaults to today, `from` to the first of `to`'s month.
+fn range(from: Option<&str>, to: Option<&str>, today: Date) -> Result<(Date, Date), ApiError> {
+    let to = to.map(parse_date).transpose()?.unwrap_or(today);
+    let from = from
+        .map(parse_date)
+        .transpose()?
+        .unwrap_or(to.replace_day(1).unwrap_or(to));
+    if from > to {
+        return Err(bad("from is after to"));
+    }
+    Ok((from, to))
 }
 
 /// The most events a question about the past replays (`as_of_position`).
@@ -134,28 +197,12 @@ pub const AS_OF_EVENTS_MAX: u64 = 5_000_000;
 /// Which read models a query reads: the live ones, once they have reached
 /// `min_position` (read your own writes), or the ones as they stood at
 /// `as_of_position` (time travel), built from the ledger for the question.
-#[derive(Default)]
 struct Reading {
     min_position: Option<u64>,
     as_of_position: Option<u64>,
 }
 
 impl Reading {
-    /// Takes `key=value` when it is one of ours; false when it is not.
-    fn take(&mut self, key: &str, value: &str) -> Result<bool, ApiError> {
-        let slot = match key {
-            "min_position" => &mut self.min_position,
-            "as_of_position" => &mut self.as_of_position,
-            _ => return Ok(false),
-        };
-        *slot = Some(
-            value
-                .parse()
-                .map_err(|_| bad(format!("{key} must be a ledger position")))?,
-        );
-        Ok(true)
-    }
-
     /// The database to read and the ledger position its answer is as of.
     async fn read_models(&self, state: &AppState) -> Result<(Db, u64), ApiError> {
         let Some(at) = self.as_of_position else {
@@ -188,15 +235,6 @@ impl Reading {
     }
 }
 
-/// The `key=value` pairs of a query string (values are used as given).
-fn pairs(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
-    query
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-}
-
 fn bad(reason: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
 }
@@ -210,6 +248,15 @@ fn unavailable(error: impl std::fmt::Display) -> ApiError {
     )
 }
 
+/// A metric that could not be answered: the caller's range, or the read model.
+fn refused(error: AnalyticsError) -> ApiError {
+    if error.is_caller_error() {
+        bad(error.to_string())
+    } else {
+        unavailable(error)
+    }
+}
+
 fn parse_date(text: &str) -> Result<Date, ApiError> {
     let format = time::macros::format_description!("[year]-[month]-[day]");
     Date::parse(text, format).map_err(|_| bad(format!("{text:?} is not a date like 2026-03-31")))
@@ -219,69 +266,6 @@ fn parse_date(text: &str) -> Result<Date, ApiError> {
 /// end of every series, never the machine's date.
 fn today(state: &AppState) -> Date {
     super::ledger_now(state).date()
-}
-
-fn parse_query(query: Option<&str>, today: Date) -> Result<Query, ApiError> {
-    let mut parsed = Query {
-        from: today,
-        to: today,
-        interval: "day".into(),
-        plan: "*".into(),
-        reading: Reading::default(),
-    };
-    let mut from = None;
-    for (key, value) in pairs(query) {
-        if parsed.reading.take(key, value)? {
-            continue;
-        }
-        match key {
-            "from" => from = Some(parse_date(value)?),
-            "to" => parsed.to = parse_date(value)?,
-            "interval" if ["day", "week", "month"].contains(&value) => {
-                parsed.interval = value.to_owned()
-            }
-            "interval" => return Err(bad("interval must be day, week or month")),
-            "plan" => parsed.plan = value.to_owned(),
-            other => return Err(bad(format!("unknown query parameter {other:?}"))),
-        }
-    }
-    parsed.from = from.unwrap_or(parsed.to.replace_day(1).unwrap_or(parsed.to));
-    if parsed.from > parsed.to {
-        return Err(bad("from is after to"));
-    }
-    Ok(parsed)
-}
-
-/// The last day of each bucket from `from` to `to`.
-fn bucket_ends(from: Date, to: Date, interval: &str) -> Result<Vec<Date>, ApiError> {
-    let mut ends = Vec::new();
-    let mut day = from;
-    loop {
-        let end = match interval {
-            "week" => day.next_occurrence(time::Weekday::Sunday),
-            "month" => {
-                let next = if day.month() == Month::December {
-                    Date::from_calendar_date(day.year() + 1, Month::January, 1)
-                } else {
-                    Date::from_calendar_date(day.year(), day.month().next(), 1)
-                };
-                next.ok().and_then(Date::previous_day).unwrap_or(day)
-            }
-            _ => day,
-        }
-        .min(to);
-        ends.push(end);
-        if ends.len() > BUCKETS_MAX {
-            return Err(bad(format!(
-                "more than {BUCKETS_MAX} buckets: narrow the range or widen the interval"
-            )));
-        }
-        match end.next_day() {
-            Some(next) if next <= to => day = next,
-            _ => break,
-        }
-    }
-    Ok(ends)
 }
 
 /// Refuses a position no write has reached yet: a client's mistake, not something to wait for.
@@ -345,28 +329,30 @@ fn usd(minor: i64) -> MoneyDto {
 pub async fn mrr_series(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<SeriesQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref(), today(&state))?;
-    let (db, position) = query.reading.read_models(&state).await?;
-    let daily = mrr::daily(&db, &query.plan, query.to)
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
+    let plan = query.plan.filter(|p| p != "*");
+    let (db, position) = reading.read_models(&state).await?;
+    let data = analytics::mrr_series(&db, plan.as_deref(), from, to, query.interval)
         .await
-        .map_err(unavailable)?;
-    let ends = bucket_ends(query.from, query.to, &query.interval)?;
-    let data = ends
-        .iter()
-        .zip(mrr::at_day_ends(&daily, &ends))
-        .map(|(end, mrr)| MrrPoint {
-            date: end.to_string(),
-            mrr: usd(mrr),
-            arr: usd(mrr * 12),
+        .map_err(refused)?
+        .into_iter()
+        .map(|point| MrrPoint {
+            date: point.end.to_string(),
+            mrr: usd(point.mrr_minor),
+            arr: usd(point.mrr_minor * 12),
         })
         .collect();
     let series = MrrSeries {
         object: "mrr_series",
-        plan: query.plan,
-        interval: query.interval,
+        plan: plan.unwrap_or_else(|| "*".into()),
+        interval: query.interval.name().into(),
         data,
         position,
         profile: built_profile(&db).await?,
@@ -422,64 +408,65 @@ pub enum MovementsAnswer {
     List(MovementList),
 }
 
-/// The per-customer list's own parameters, taken out of the query string.
-struct Detail {
-    customer: Option<String>,
-    kind: Option<mrr::MovementKind>,
-    limit: usize,
-    after: Option<(i64, i64)>,
+/// The movements' query: sums per bucket, or (`detail=customer`) one by one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MovementsQuery {
+    /// First day (YYYY-MM-DD).
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD).
+    pub to: Option<String>,
+    /// day, week or month.
+    pub interval: Option<Interval>,
+    /// customer: one by one.
+    pub detail: Option<Detail>,
+    /// One customer's.
+    pub customer: Option<String>,
+    /// One kind's.
+    pub kind: Option<KindParam>,
+    /// Page size.
+    pub limit: Option<usize>,
+    /// The previous page's next_cursor.
+    pub starting_after: Option<String>,
+    /// Wait until the projection has reached this ledger position.
+    pub min_position: Option<u64>,
+    /// Answer as of this past ledger position.
+    pub as_of_position: Option<u64>,
 }
 
-/// Splits `detail=customer` and its parameters off the query; None when the
-/// sums per bucket are asked for.
-fn detail_of(query: Option<&str>) -> Result<(Option<Detail>, String), ApiError> {
-    let mut rest = Vec::new();
-    let mut detail = None;
-    let mut own = Detail {
-        customer: None,
-        kind: None,
-        limit: 100,
-        after: None,
-    };
-    let mut used_own = None;
-    for (key, value) in pairs(query) {
-        match key {
-            "detail" if value == "customer" => detail = Some(()),
-            "detail" => return Err(bad("detail must be customer")),
-            "customer" => {
-                super::customer_id(value).map_err(|_| bad("customer must be a customer id"))?;
-                own.customer = Some(value.to_owned());
-                used_own = Some(key);
-            }
-            "kind" => {
-                own.kind = Some(mrr::MovementKind::parse(value).ok_or_else(|| {
-                    bad("kind must be new, expansion, contraction, churn or reactivation")
-                })?);
-                used_own = Some(key);
-            }
-            "limit" => {
-                own.limit = value
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=mrr::MOVEMENT_PAGE_MAX).contains(n))
-                    .ok_or_else(|| bad(format!("limit must be 1 to {}", mrr::MOVEMENT_PAGE_MAX)))?;
-                used_own = Some(key);
-            }
-            "starting_after" => {
-                let cursor = value
-                    .split_once('.')
-                    .and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)))
-                    .ok_or_else(|| bad("starting_after must be a next_cursor"))?;
-                own.after = Some(cursor);
-                used_own = Some(key);
-            }
-            _ => rest.push(format!("{key}={value}")),
+/// How the movements are answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Detail {
+    /// One by one, with their customer.
+    Customer,
+}
+
+/// A movement kind as a query names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KindParam {
+    /// new
+    New,
+    /// expansion
+    Expansion,
+    /// contraction
+    Contraction,
+    /// churn
+    Churn,
+    /// reactivation
+    Reactivation,
+}
+
+impl From<KindParam> for MovementKind {
+    fn from(kind: KindParam) -> Self {
+        match kind {
+            KindParam::New => MovementKind::New,
+            KindParam::Expansion => MovementKind::Expansion,
+            KindParam::Contraction => MovementKind::Contraction,
+            KindParam::Churn => MovementKind::Churn,
+            KindParam::Reactivation => MovementKind::Reactivation,
         }
-    }
-    match (detail, used_own) {
-        (Some(()), _) => Ok((Some(own), rest.join("&"))),
-        (None, Some(key)) => Err(bad(format!("{key} applies with detail=customer only"))),
-        (None, None) => Ok((None, rest.join("&"))),
     }
 }
 
@@ -503,69 +490,46 @@ fn detail_of(query: Option<&str>) -> Result<(Option<Detail>, String), ApiError> 
 pub async fn movements(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<MovementsQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let (detail, rest) = detail_of(query.as_deref())?;
-    let query = parse_query(Some(&rest), today(&state))?;
-    if let Some(detail) = detail {
-        return movement_list(&state, query, detail).await;
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
+    if query.detail == Some(Detail::Customer) {
+        return movement_list(&state, from, to, reading, query).await;
     }
-    if query.plan != "*" {
-        return Err(bad(
-            "movements are per customer; the plan filter does not apply",
-        ));
-    }
-    let (db, position) = query.reading.read_models(&state).await?;
-    let rows = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT day, kind, CAST(SUM(delta_minor) AS BIGINT) FROM {} WHERE day >= ? AND day <= ? AND kind <> ''
-                     GROUP BY day, kind ORDER BY day",
-                    mrr::MOVEMENTS
-                ),
-                vec![query.from.to_string().into(), query.to.to_string().into()],
-            ),
-            "tti",
-        )
-        .await
-        .map_err(unavailable)?;
-    let mut data = Vec::new();
-    let mut index = 0;
-    for end in bucket_ends(query.from, query.to, &query.interval)? {
-        let end_text = end.to_string();
-        let mut sums = [0i64; 5];
-        while index < rows.len() && matches!(&rows[index][0], Value::Text(d) if *d <= end_text) {
-            let slot = match mrr::MovementKind::parse(&rows[index][1].text()) {
-                Some(mrr::MovementKind::New) => 0,
-                Some(mrr::MovementKind::Expansion) => 1,
-                Some(mrr::MovementKind::Contraction) => 2,
-                Some(mrr::MovementKind::Churn) => 3,
-                Some(mrr::MovementKind::Reactivation) => 4,
-                None => {
-                    return Err(unavailable(format!(
-                        "unknown movement kind {:?}",
-                        rows[index][1]
-                    )));
-                }
-            };
-            sums[slot] += rows[index][2].int();
-            index += 1;
+    for (name, given) in [
+        ("customer", query.customer.is_some()),
+        ("kind", query.kind.is_some()),
+        ("limit", query.limit.is_some()),
+        ("starting_after", query.starting_after.is_some()),
+    ] {
+        if given {
+            return Err(bad(format!("{name} applies with detail=customer only")));
         }
-        data.push(MovementBucket {
-            date: end_text,
-            new: usd(sums[0]),
-            expansion: usd(sums[1]),
-            contraction: usd(sums[2]),
-            churn: usd(sums[3]),
-            reactivation: usd(sums[4]),
-            net: usd(sums.iter().sum()),
-        });
     }
+    let interval = query.interval.unwrap_or_default();
+    let (db, position) = reading.read_models(&state).await?;
+    let data = analytics::movement_buckets(&db, from, to, interval)
+        .await
+        .map_err(refused)?
+        .into_iter()
+        .map(|bucket| MovementBucket {
+            date: bucket.end.to_string(),
+            new: usd(bucket.of(MovementKind::New)),
+            expansion: usd(bucket.of(MovementKind::Expansion)),
+            contraction: usd(bucket.of(MovementKind::Contraction)),
+            churn: usd(bucket.of(MovementKind::Churn)),
+            reactivation: usd(bucket.of(MovementKind::Reactivation)),
+            net: usd(bucket.net()),
+        })
+        .collect();
     let series = MovementSeries {
         object: "mrr_movements",
-        interval: query.interval,
+        interval: interval.name().into(),
         data,
         position,
         profile: built_profile(&db).await?,
@@ -575,23 +539,45 @@ pub async fn movements(
 
 async fn movement_list(
     state: &AppState,
-    query: Query,
-    detail: Detail,
+    from: Date,
+    to: Date,
+    reading: Reading,
+    query: MovementsQuery,
 ) -> Result<Response, ApiError> {
-    if query.plan != "*" || query.interval != "day" {
+    if query.interval.is_some_and(|i| i != Interval::Day) {
         return Err(bad(
             "the movements one by one take from, to, customer, kind, limit and starting_after",
         ));
     }
-    let (db, position) = query.reading.read_models(state).await?;
+    if let Some(customer) = &query.customer {
+        super::customer_id(customer).map_err(|_| bad("customer must be a customer id"))?;
+    }
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=mrr::MOVEMENT_PAGE_MAX).contains(&limit) {
+        return Err(bad(format!(
+            "limit must be 1 to {}",
+            mrr::MOVEMENT_PAGE_MAX
+        )));
+    }
+    let after = query
+        .starting_after
+        .as_deref()
+        .map(|cursor| {
+            cursor
+                .split_once('.')
+                .and_then(|(p, s)| Some((p.parse().ok()?, s.parse().ok()?)))
+                .ok_or_else(|| bad("starting_after must be a next_cursor"))
+        })
+        .transpose()?;
+    let (db, position) = reading.read_models(state).await?;
     let filter = mrr::MovementFilter {
-        from: Some(query.from),
-        to: Some(query.to),
-        customer: detail.customer,
-        kind: detail.kind,
-        after: detail.after,
+        from: Some(from),
+        to: Some(to),
+        customer: query.customer,
+        kind: query.kind.map(MovementKind::from),
+        after,
     };
-    let (rows, has_more) = mrr::movement_list(&db, &filter, detail.limit)
+    let (rows, has_more) = mrr::movement_list(&db, &filter, limit)
         .await
         .map_err(unavailable)?;
     let next_cursor = has_more
@@ -668,20 +654,19 @@ pub struct TrialBalance {
 pub async fn trial_balance(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<AsOfQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let mut as_of = None;
-    let mut reading = Reading::default();
-    for (key, value) in pairs(query.as_deref()) {
-        if reading.take(key, value)? {
-            continue;
-        }
-        match key {
-            "as_of" => as_of = Some(parse_date(value)?.to_string()),
-            other => return Err(bad(format!("unknown query parameter {other:?}"))),
-        }
-    }
+    let as_of = query
+        .as_of
+        .as_deref()
+        .map(parse_date)
+        .transpose()?
+        .map(|day| day.to_string());
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
     let (db, position) = reading.read_models(&state).await?;
     let balances = recur_projections::accounts::trial_balance(&db, as_of.as_deref())
         .await
@@ -754,15 +739,9 @@ pub struct ChurnSeries {
     pub profile: Option<ProfileDto>,
 }
 
-fn ratio(numerator: i64, denominator: i64) -> Option<String> {
-    if denominator == 0 {
-        return None;
-    }
-    let value = rust_decimal::Decimal::from(numerator) / rust_decimal::Decimal::from(denominator);
-    let mut value =
-        value.round_dp_with_strategy(4, rust_decimal::RoundingStrategy::MidpointNearestEven);
-    value.rescale(4);
-    Some(value.to_string())
+/// A ratio as answered: four decimals, as text.
+fn ratio_text(value: Option<rust_decimal::Decimal>) -> Option<String> {
+    value.map(|v| v.to_string())
 }
 
 /// Customer and revenue churn, net and gross revenue retention, ARPA and LTV per month,
@@ -778,105 +757,34 @@ fn ratio(numerator: i64, denominator: i64) -> Option<String> {
 pub async fn churn(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref(), today(&state))?;
-    if query.plan != "*" || query.interval != "day" {
-        return Err(bad(
-            "churn is monthly and for all plans: plan and interval do not apply",
-        ));
-    }
-    let (db, position) = query.reading.read_models(&state).await?;
-    let moves = mrr::movements_through(&db, query.to)
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
+    let (db, position) = reading.read_models(&state).await?;
+    let data = analytics::churn_months(&db, from, to)
         .await
-        .map_err(unavailable)?;
-    let daily = mrr::daily(&db, "*", query.to).await.map_err(unavailable)?;
-    let mrr_before = |day: &str| {
-        daily
-            .iter()
-            .take_while(|(d, _)| d.as_str() < day)
-            .last()
-            .map_or(0, |(_, mrr)| *mrr)
-    };
-    // A customer joins or leaves once per instant, however many of their
-    // subscriptions changed at it: counts are of (customer, instant) pairs.
-    let arrivals_and_departures = |from: &str, to: &str| -> (i64, i64) {
-        let mut seen = std::collections::HashSet::new();
-        let (mut arrived, mut left) = (0, 0);
-        for (customer, at, kind, _) in &moves {
-            let day = &at[..10];
-            if day < from
-                || day >= to
-                || !seen.insert((customer, at, *kind == mrr::MovementKind::Churn))
-            {
-                continue;
-            }
-            match kind {
-                mrr::MovementKind::New | mrr::MovementKind::Reactivation => arrived += 1,
-                mrr::MovementKind::Churn => left += 1,
-                _ => {}
-            }
-        }
-        (arrived, left)
-    };
-    let customers_before = |day: &str| -> i64 {
-        let (arrived, left) = arrivals_and_departures("0000-00-00", day);
-        arrived - left
-    };
-    let mut data = Vec::new();
-    let mut month_start = query.from.replace_day(1).unwrap_or(query.from);
-    while month_start <= query.to {
-        let next = if month_start.month() == Month::December {
-            Date::from_calendar_date(month_start.year() + 1, Month::January, 1)
-        } else {
-            Date::from_calendar_date(month_start.year(), month_start.month().next(), 1)
-        }
-        .map_err(|_| bad("date out of range"))?;
-        let (start, end) = (month_start.to_string(), next.to_string());
-        let sum = |wanted: mrr::MovementKind| -> i64 {
-            moves
-                .iter()
-                .filter(|(_, at, kind, _)| {
-                    *kind == wanted && &at[..10] >= start.as_str() && &at[..10] < end.as_str()
-                })
-                .map(|(.., delta)| delta)
-                .sum()
-        };
-        let (mrr_start, mrr_end) = (mrr_before(&start), mrr_before(&end));
-        let (customers_start, customers_end) = (customers_before(&start), customers_before(&end));
-        let (_, churned) = arrivals_and_departures(&start, &end);
-        let churn_minor = sum(mrr::MovementKind::Churn);
-        let contraction = sum(mrr::MovementKind::Contraction);
-        let expansion = sum(mrr::MovementKind::Expansion);
-        let gross_churn = ratio(-(churn_minor + contraction), mrr_start);
-        let arpa_minor = (customers_end > 0).then(|| mrr_end / customers_end);
-        let ltv = match (arpa_minor, -(churn_minor + contraction)) {
-            (Some(arpa), lost) if lost > 0 && mrr_start > 0 => Some(usd(arpa * mrr_start / lost)),
-            _ => None,
-        };
-        data.push(ChurnMonth {
-            month: start[..7].to_owned(),
-            customers_start,
-            customers_end,
-            customers_churned: churned,
-            customer_churn_rate: ratio(churned, customers_start),
-            mrr_start: usd(mrr_start),
-            mrr_end: usd(mrr_end),
-            gross_revenue_churn_rate: gross_churn,
-            net_revenue_retention: ratio(
-                mrr_start + expansion + contraction + churn_minor,
-                mrr_start,
-            ),
-            gross_revenue_retention: ratio(mrr_start + contraction + churn_minor, mrr_start),
-            arpa: arpa_minor.map(usd),
-            ltv,
-        });
-        if data.len() > BUCKETS_MAX {
-            return Err(bad("too many months"));
-        }
-        month_start = next;
-    }
+        .map_err(refused)?
+        .into_iter()
+        .map(|m| ChurnMonth {
+            month: m.month.to_string()[..7].to_owned(),
+            customers_start: m.customers_start,
+            customers_end: m.customers_end,
+            customers_churned: m.customers_churned,
+            customer_churn_rate: ratio_text(m.customer_churn_rate()),
+            mrr_start: usd(m.mrr_start_minor),
+            mrr_end: usd(m.mrr_end_minor),
+            gross_revenue_churn_rate: ratio_text(m.gross_revenue_churn_rate()),
+            net_revenue_retention: ratio_text(m.net_revenue_retention()),
+            gross_revenue_retention: ratio_text(m.gross_revenue_retention()),
+            arpa: m.arpa_minor().map(usd),
+            ltv: m.ltv_minor().map(usd),
+        })
+        .collect();
     let series = ChurnSeries {
         object: "churn",
         data,
@@ -912,17 +820,6 @@ pub struct CohortTable {
     pub profile: Option<ProfileDto>,
 }
 
-/// The month (YYYY-MM) after `month`.
-fn next_month(month: &str) -> String {
-    let (year, number) = month.split_once('-').unwrap_or(("1970", "01"));
-    let (year, number): (i32, u32) = (year.parse().unwrap_or(1970), number.parse().unwrap_or(1));
-    if number >= 12 {
-        format!("{:04}-01", year + 1)
-    } else {
-        format!("{year:04}-{:02}", number + 1)
-    }
-}
-
 /// Customers by first paid month, with the customers and MRR each cohort keeps
 /// at the end of every month since (up to `to`).
 #[utoipa::path(get, operation_id = "metrics_cohorts", path = "/v1/metrics/cohorts", tag = "metrics",
@@ -936,82 +833,26 @@ fn next_month(month: &str) -> String {
 pub async fn cohorts(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref(), today(&state))?;
-    if query.plan != "*" || query.interval != "day" {
-        return Err(bad(
-            "cohorts are monthly and for all plans: plan and interval do not apply",
-        ));
-    }
-    let (db, position) = query.reading.read_models(&state).await?;
-    let moves = mrr::movements_through(&db, query.to)
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
+    let (db, position) = reading.read_models(&state).await?;
+    let data = analytics::cohorts(&db, from, to)
         .await
-        .map_err(unavailable)?;
-    // Per customer, in effective order: the first month, and by month the
-    // changes of MRR and whether they were present at its end.
-    let mut first: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
-    let mut changes: std::collections::HashMap<String, Vec<(String, i64, Option<bool>)>> =
-        std::collections::HashMap::new();
-    for (customer, at, kind, delta) in &moves {
-        let month = at[..7].to_owned();
-        first
-            .entry(customer.clone())
-            .or_insert_with(|| month.clone());
-        let presence = match kind {
-            mrr::MovementKind::New | mrr::MovementKind::Reactivation => Some(true),
-            mrr::MovementKind::Churn => Some(false),
-            _ => None,
-        };
-        changes
-            .entry(customer.clone())
-            .or_default()
-            .push((month, *delta, presence));
-    }
-    let (from_month, to_month) = (
-        query.from.to_string()[..7].to_owned(),
-        query.to.to_string()[..7].to_owned(),
-    );
-    let mut cohorts: std::collections::BTreeMap<String, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for (customer, month) in first {
-        if month >= from_month && month <= to_month {
-            cohorts.entry(month).or_default().push(customer);
-        }
-    }
-    let mut data = Vec::new();
-    for (month, customers) in cohorts {
-        let mut retained = Vec::new();
-        let mut mrr_by_month = Vec::new();
-        let mut measured = month.clone();
-        while measured <= to_month && retained.len() <= BUCKETS_MAX {
-            let (mut still, mut mrr) = (0, 0);
-            for customer in &customers {
-                let upto = changes
-                    .get(customer)
-                    .map(|c| {
-                        c.iter()
-                            .filter(|(m, ..)| *m <= measured)
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
-                mrr += upto.iter().map(|(_, delta, _)| delta).sum::<i64>();
-                if upto.iter().rev().find_map(|(.., present)| *present) == Some(true) {
-                    still += 1;
-                }
-            }
-            retained.push(still);
-            mrr_by_month.push(usd(mrr));
-            measured = next_month(&measured);
-        }
-        data.push(Cohort {
-            month,
-            customers: customers.len() as i64,
-            customers_retained: retained,
-            mrr: mrr_by_month,
-        });
-    }
+        .map_err(refused)?
+        .into_iter()
+        .map(|c| Cohort {
+            month: c.month,
+            customers: c.customers,
+            customers_retained: c.retained,
+            mrr: c.mrr_minor.into_iter().map(usd).collect(),
+        })
+        .collect();
     let table = CohortTable {
         object: "cohorts",
         data,
@@ -1091,16 +932,14 @@ pub async fn customer_view(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     axum::extract::Path(id): axum::extract::Path<String>,
-    RawQuery(query): RawQuery,
+    Params(query): Params<ReadingQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(super::READERS)?;
     let customer = super::customer_id(&id)?;
-    let mut reading = Reading::default();
-    for (key, value) in pairs(query.as_deref()) {
-        if !reading.take(key, value)? {
-            return Err(bad(format!("unknown query parameter {key:?}")));
-        }
-    }
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
     let (db, position) = reading.read_models(&state).await?;
     let id_text = customer.to_string();
     let Some((_, row)) = recur_projections::customers::read(&db, Some(&id_text))
@@ -1115,29 +954,19 @@ pub async fn customer_view(
             "no such customer (or not projected yet)",
         ));
     };
-    let subs = db
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT subscription_id, plan, status, mrr_minor FROM {} WHERE customer_id = ? ORDER BY subscription_id",
-                    mrr::SUBSCRIPTIONS
-                ),
-                vec![id_text.clone().into()],
-            ),
-            "ttti",
-        )
+    let subs = analytics::subscriptions_of(&db, &id_text)
         .await
-        .map_err(unavailable)?;
+        .map_err(refused)?;
+    let mrr_minor: i64 = subs.iter().map(|s| s.mrr_minor).sum();
     let subscriptions: Vec<ViewSubscription> = subs
-        .iter()
-        .map(|r| ViewSubscription {
-            id: r[0].text(),
-            plan: r[1].text(),
-            status: r[2].text(),
-            mrr: usd(r[3].int()),
+        .into_iter()
+        .map(|s| ViewSubscription {
+            id: s.id,
+            plan: s.plan,
+            status: s.status,
+            mrr: usd(s.mrr_minor),
         })
         .collect();
-    let mrr_minor: i64 = subs.iter().map(|r| r[3].int()).sum();
     let contact = if caller.role.sees_personal_data() {
         state
             .billing
@@ -1216,23 +1045,19 @@ pub struct RevenueSeries {
 pub async fn revenue_recognition(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let query = parse_query(query.as_deref(), today(&state))?;
-    if query.plan != "*" || query.interval != "day" {
-        return Err(bad(
-            "revenue recognition is monthly and for all plans: plan and interval do not apply",
-        ));
-    }
-    let (db, position) = query.reading.read_models(&state).await?;
-    let months = recur_projections::revenue::monthly(
-        &db,
-        &query.from.to_string()[..7],
-        &query.to.to_string()[..7],
-    )
-    .await
-    .map_err(unavailable)?;
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
+    let (db, position) = reading.read_models(&state).await?;
+    let months =
+        recur_projections::revenue::monthly(&db, &from.to_string()[..7], &to.to_string()[..7])
+            .await
+            .map_err(unavailable)?;
     let data = months
         .into_iter()
         .map(|m| RevenueMonth {
@@ -1282,20 +1107,19 @@ pub struct ArAging {
 pub async fn ar_aging(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<AsOfQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let mut as_of = today(&state);
-    let mut reading = Reading::default();
-    for (key, value) in pairs(query.as_deref()) {
-        if reading.take(key, value)? {
-            continue;
-        }
-        match key {
-            "as_of" => as_of = parse_date(value)?,
-            other => return Err(bad(format!("unknown query parameter {other:?}"))),
-        }
-    }
+    let as_of = query
+        .as_of
+        .as_deref()
+        .map(parse_date)
+        .transpose()?
+        .unwrap_or_else(|| today(&state));
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
     let (db, position) = reading.read_models(&state).await?;
     let buckets = recur_projections::customers::aging(&db, as_of)
         .await
@@ -1328,6 +1152,14 @@ pub struct MrrAt {
     pub customers_paying: i64,
 }
 
+/// `?position=`: a ledger position.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MrrAtQuery {
+    /// A ledger position.
+    pub position: u64,
+}
+
 /// MRR and paying customers as of a ledger position ("what did we know then"):
 /// the movements up to it add up to the MRR at it.
 #[utoipa::path(get, operation_id = "metrics_mrr_at", path = "/v1/metrics/mrr-at", tag = "metrics",
@@ -1338,44 +1170,15 @@ pub struct MrrAt {
 pub async fn mrr_at(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<MrrAtQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(EVERYONE)?;
-    let mut at = None;
-    for (key, value) in pairs(query.as_deref()) {
-        match (key, value) {
-            ("position", value) => {
-                at = Some(
-                    value
-                        .parse::<u64>()
-                        .map_err(|_| bad("position must be a ledger position"))?,
-                )
-            }
-            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
-        }
-    }
-    let at = at.ok_or_else(|| bad("position is required"))?;
+    let at = query.position;
     wait_for(&state, Some(at)).await?;
-    let rows = state
-        .read_models
-        .query(
-            &Stmt::new(
-                format!(
-                    "SELECT CAST(COALESCE(SUM(delta_minor), 0) AS BIGINT),
-                            CAST(COUNT(DISTINCT CASE WHEN kind IN ('new', 'reactivation')
-                                                     THEN customer_id || '|' || effective_at END)
-                               - COUNT(DISTINCT CASE WHEN kind = 'churn'
-                                                     THEN customer_id || '|' || effective_at END) AS BIGINT)
-                     FROM {} WHERE position <= ?",
-                    mrr::MOVEMENTS
-                ),
-                vec![i64::try_from(at).unwrap_or(i64::MAX).into()],
-            ),
-            "ii",
-        )
+    let found = analytics::mrr_at(&state.read_models, at)
         .await
-        .map_err(unavailable)?;
-    let (mrr_minor, paying) = rows.first().map_or((0, 0), |r| (r[0].int(), r[1].int()));
+        .map_err(refused)?;
+    let (mrr_minor, paying) = (found.mrr_minor, found.customers_paying);
     let body = MrrAt {
         object: "mrr_at",
         position: at,

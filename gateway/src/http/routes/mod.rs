@@ -110,54 +110,36 @@ id_parser!(customer_id, CustomerId, "customer");
 id_parser!(subscription_id, SubscriptionId, "subscription");
 id_parser!(invoice_id, InvoiceId, "invoice");
 
-/// `limit` and `starting_after` of a list, plus filters.
+/// `limit` and `starting_after` of a list, plus filters (percent-decoded;
+/// unknown or repeated parameters refused).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page size, 1..=100 (default 10).
-    pub limit: usize,
+    pub limit: Option<usize>,
     /// The last id of the previous page.
     pub starting_after: Option<String>,
     /// customer=<id>.
     pub customer: Option<String>,
-    /// subscription=<id>.
+    /// subscription=<id> (invoices only).
     pub subscription: Option<String>,
 }
 
 impl ListQuery {
-    /// Parses the query string.
+    /// The page size asked for, checked.
     ///
     /// # Errors
-    /// 422 `invalid_query` for unknown parameters or a bad limit.
-    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
-        let mut list = Self {
-            limit: 10,
-            starting_after: None,
-            customer: None,
-            subscription: None,
-        };
-        let bad = |reason: String| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
-        };
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            match key {
-                "limit" => {
-                    list.limit = value
-                        .parse()
-                        .ok()
-                        .filter(|n| (1..=super::directory::PAGE_ITEMS_MAX).contains(n))
-                        .ok_or_else(|| {
-                            bad(format!(
-                                "limit must be 1 to {}",
-                                super::directory::PAGE_ITEMS_MAX
-                            ))
-                        })?;
-                }
-                "starting_after" => list.starting_after = Some(value.to_owned()),
-                "customer" => list.customer = Some(value.to_owned()),
-                "subscription" => list.subscription = Some(value.to_owned()),
-                other => return Err(bad(format!("unknown query parameter {other:?}"))),
-            }
+    /// 422 `invalid_query` outside 1..=100.
+    pub fn page_items(&self) -> Result<usize, ApiError> {
+        let limit = self.limit.unwrap_or(10);
+        if (1..=super::directory::PAGE_ITEMS_MAX).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_query",
+                format!("limit must be 1 to {}", super::directory::PAGE_ITEMS_MAX),
+            ))
         }
-        Ok(list)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use recur_commands::billing::{NewSubscription, PlanChange, Trial};
@@ -19,7 +19,7 @@ use crate::http::dto::{
     SubscriptionCreate, SubscriptionDto, SubscriptionList, TimingDto, TotalsDto,
 };
 use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, json_response, parse};
+use crate::http::request::{Params, RawBody, idempotent, json_response, parse};
 
 async fn subscription_dto(
     state: &AppState,
@@ -105,10 +105,17 @@ pub async fn get(
 pub async fn list(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    Params(query): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
     caller.require(READERS)?;
-    let query = ListQuery::parse(query.as_deref())?;
+    let limit = query.page_items()?;
+    if query.subscription.is_some() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            "subscription filters invoices, not subscriptions",
+        ));
+    }
     let customer = query.customer.as_deref().map(customer_id).transpose()?;
     let after = query
         .starting_after
@@ -117,7 +124,7 @@ pub async fn list(
         .transpose()?;
     let (ids, has_more) = state
         .directory
-        .subscriptions(state.billing.ledger(), customer, after, query.limit)
+        .subscriptions(state.billing.ledger(), customer, after, limit)
         .await?;
     let mut data = Vec::with_capacity(ids.len());
     for id in &ids {
