@@ -32,6 +32,11 @@ const POSTGRES: &[Migration] = &[
         name: "request_leases",
         sql: include_str!("../../schema/postgres/0003_request_leases.sql"),
     },
+    Migration {
+        version: 4,
+        name: "projection_checkpoints",
+        sql: include_str!("../../schema/postgres/0004_projection_checkpoints.sql"),
+    },
 ];
 
 const SQLITE: &[Migration] = &[
@@ -49,6 +54,11 @@ const SQLITE: &[Migration] = &[
         version: 3,
         name: "request_leases",
         sql: include_str!("../../schema/sqlite/0003_request_leases.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "projection_checkpoints",
+        sql: include_str!("../../schema/sqlite/0004_projection_checkpoints.sql"),
     },
 ];
 

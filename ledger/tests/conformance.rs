@@ -1042,7 +1042,42 @@ async fn an_idempotent_request_runs_once_replays_its_answer_and_refuses_another_
     assert_eq!(ledger.last_position().await.unwrap(), Position::START);
 }
 
+async fn an_older_checkpoints_table_is_adopted_by_migration_4(ledger: TestLedger) {
+    // The table as the projections' code made it before `generation` existed,
+    // in a ledger migrated up to 3.
+    let older = [
+        "DROP TABLE projection_checkpoints",
+        "CREATE TABLE projection_checkpoints (name TEXT PRIMARY KEY, version BIGINT NOT NULL, position BIGINT NOT NULL)",
+        "INSERT INTO projection_checkpoints VALUES ('mrr', 7, 42)",
+        "DELETE FROM schema_migrations WHERE version = 4",
+    ];
+    for sql in older {
+        if let Some(pool) = ledger.raw_postgres() {
+            sqlx::raw_sql(sql).execute(pool).await.unwrap();
+        } else if let Some(pool) = ledger.raw_sqlite() {
+            sqlx::raw_sql(sql).execute(pool).await.unwrap();
+        }
+    }
+    let reopened = recur_ledger::Ledger::open(
+        recur_ledger::LedgerConfig::new(ledger.location()),
+        std::sync::Arc::new(recur_ledger::SystemClock),
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT name, version, position, generation FROM projection_checkpoints";
+    let row: (String, i64, i64, i64) = if let Some(pool) = reopened.raw_postgres() {
+        sqlx::query_as(sql).fetch_one(pool).await.unwrap()
+    } else {
+        sqlx::query_as(sql)
+            .fetch_one(reopened.raw_sqlite().unwrap())
+            .await
+            .unwrap()
+    };
+    assert_eq!(row, ("mrr".to_owned(), 7, 42, 0));
+}
+
 conformance!(
+    an_older_checkpoints_table_is_adopted_by_migration_4,
     append_then_read_stream_returns_the_events_in_order,
     the_envelope_round_trips_every_field,
     no_stream_on_an_existing_stream_is_a_conflict_carrying_the_actual_version,

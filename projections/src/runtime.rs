@@ -257,28 +257,20 @@ pub struct Projector<P: Projection> {
     pub(crate) events_per_batch: usize,
 }
 
-const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (
+/// The checkpoints table, as the ledger's migration 0004 makes it in the
+/// ledger's database: made here only in a scratch or shadow database.
+pub const CHECKPOINTS: &str = "CREATE TABLE IF NOT EXISTS projection_checkpoints (
     name       TEXT   PRIMARY KEY,
     version    BIGINT NOT NULL,
     position   BIGINT NOT NULL,
     generation BIGINT NOT NULL DEFAULT 0
 )";
 
-/// Creates the checkpoints table, adding `generation` to one made before it existed.
+/// Makes the checkpoints table where the ledger's migrations did not (a scratch
+/// database for a question about the past, a rebuild's shadow); a no-op in the
+/// ledger's own database.
 pub(crate) async fn ensure_checkpoints(db: &Db) -> Result<(), DbError> {
-    db.transaction(&[Stmt::new(CHECKPOINTS, vec![])]).await?;
-    let probe = Stmt::new(
-        "SELECT generation FROM projection_checkpoints LIMIT 1",
-        vec![],
-    );
-    if db.query(&probe, "i").await.is_err() {
-        db.transaction(&[Stmt::new(
-            "ALTER TABLE projection_checkpoints ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
-            vec![],
-        )])
-        .await?;
-    }
-    Ok(())
+    db.transaction(&[Stmt::new(CHECKPOINTS, vec![])]).await
 }
 
 impl<P: Projection> Projector<P> {
@@ -810,4 +802,35 @@ fn checkpoint(name: &str, version: u32, position: Position) -> Stmt {
             i64::try_from(position.0).unwrap_or(i64::MAX).into(),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// The table a scratch or shadow database gets is the one the ledger's
+    /// migration makes, column for column.
+    #[test]
+    fn the_checkpoints_table_is_the_migrations() {
+        for backend in ["postgres", "sqlite"] {
+            let path = format!(
+                "{}/../schema/{backend}/0004_projection_checkpoints.sql",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let migration = std::fs::read_to_string(&path).unwrap_or_default();
+            let columns = |sql: &str| -> Vec<String> {
+                sql.lines()
+                    .map(str::trim)
+                    .filter(|l| l.starts_with("generation ") || l.starts_with("name "))
+                    .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                    .collect()
+            };
+            let ours = columns(super::CHECKPOINTS);
+            assert_eq!(ours.len(), 2);
+            for column in ours {
+                assert!(
+                    columns(&migration).contains(&column),
+                    "{backend}: {column} differs from {path}"
+                );
+            }
+        }
+    }
 }
