@@ -172,6 +172,18 @@ async fn check_restored(original: &Books, restored: &str) {
     drop(ledger);
 }
 
+/// The statement that must fail on a restored ledger: the append-only triggers came back.
+const DELETE_FIRST_EVENT: &str =
+    "DELETE FROM events WHERE position = (SELECT min(position) FROM events)";
+
+fn assert_append_only(output: &Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains("the ledger is append-only"),
+        "a restored ledger let an event be deleted: {stderr}"
+    );
+}
+
 // --- Postgres ------------------------------------------------------------------
 
 /// The server URL with `database` in place of its database.
@@ -274,6 +286,18 @@ async fn a_postgres_ledger_restored_from_pg_dump_verifies_with_the_same_books() 
         ],
     );
     check_restored(&original, &restored).await;
+    assert_append_only(&run(
+        "psql",
+        &[
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            &restored,
+            "-c",
+            DELETE_FIRST_EVENT,
+        ],
+    ));
     // The source is untouched by all this.
     assert_eq!(books(&source).await, original);
 }
@@ -400,6 +424,10 @@ async fn a_sqlite_ledger_backed_up_while_in_use_restores_with_the_same_books() {
         let restored_path = dir.path.join(format!("restored-{name}.sqlite"));
         let restored = restore_file(file, &restored_path);
         check_restored(&original, &restored).await;
+        assert_append_only(&run(
+            "sqlite3",
+            &[restored_path.to_str().unwrap(), DELETE_FIRST_EVENT],
+        ));
     }
 }
 
