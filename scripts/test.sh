@@ -12,6 +12,9 @@
 #      port (installing Debian's packages first if needed), and removed on
 #      exit whatever the outcome.
 #
+# The backup tests run pg_dump, pg_restore, psql and sqlite3: they are
+# installed (postgresql-client, sqlite3) if missing.
+#
 # Environment knobs:
 #   RECUR_TEST_THROWAWAY_PG=1  always use a throwaway server, ignoring
 #                              DATABASE_URL and the server on 5432 (isolated

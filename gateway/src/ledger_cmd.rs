@@ -151,10 +151,15 @@ pub async fn backup(database: Option<&str>, to: &Path) -> Result<BackupSummary, 
     sqlx::query("SELECT 1 FROM events LIMIT 1")
         .fetch_optional(&mut source)
         .await?;
-    sqlx::query("VACUUM INTO ?")
+    if let Err(error) = sqlx::query("VACUUM INTO ?")
         .bind(target)
         .execute(&mut source)
-        .await?;
+        .await
+    {
+        // The file did not exist before: what a failed copy left of it is no backup.
+        let _ = std::fs::remove_file(to);
+        return Err(error.into());
+    }
     source.close().await?;
     std::fs::File::open(to)
         .and_then(|file| file.sync_all())
