@@ -12,6 +12,9 @@
 #      port (installing Debian's packages first if needed), and removed on
 #      exit whatever the outcome.
 #
+# The backup tests run pg_dump, pg_restore, psql and sqlite3: they are
+# installed (postgresql-client, sqlite3) if missing.
+#
 # Environment knobs:
 #   RECUR_TEST_THROWAWAY_PG=1  always use a throwaway server, ignoring
 #                              DATABASE_URL and the server on 5432 (isolated
@@ -218,6 +221,29 @@ ensure_pg() {
     log "DATABASE_URL=$(redact_url "$DATABASE_URL")"
 }
 
+# --- backup tools (tests/backup_restore.rs runs them as docs/operations.md does)
+
+# pg_dump, pg_restore and psql (Debian: postgresql-client) and the sqlite3 shell;
+# installed if missing. A pg_dump older than the server refuses to dump it, so
+# that is checked here, with a clear message, rather than deep in a test.
+ensure_backup_tools() {
+    local tool server_major dump_major
+    for tool in pg_dump pg_restore psql; do
+        command -v "$tool" >/dev/null || { apt_install postgresql-client; break; }
+    done
+    command -v sqlite3 >/dev/null || apt_install sqlite3
+    for tool in pg_dump pg_restore psql sqlite3; do
+        command -v "$tool" >/dev/null || die "$tool not found after install (the backup tests need it)"
+    done
+    server_major=$(psql "$DATABASE_URL" -w -X -A -t -q -c "show server_version_num") \
+        || die "cannot ask the PostgreSQL server for its version"
+    server_major=$((server_major / 10000))
+    dump_major=$(pg_dump --version | sed -E 's/^[^0-9]*([0-9]+).*/\1/')
+    ((dump_major >= server_major)) \
+        || die "pg_dump $dump_major is older than the PostgreSQL $server_major server; install postgresql-client-$server_major"
+    log "backup tools: pg_dump $dump_major (server $server_major), sqlite3 $(sqlite3 --version | cut -d' ' -f1)"
+}
+
 # --- NATS (the relay tests; RECUR_TEST_NATS=0 skips providing it) ----------
 
 # True if a JetStream-enabled NATS server answers on 127.0.0.1:$1: the server
@@ -298,6 +324,7 @@ cargo fmt --all -- --check
 # The database comes before clippy in case compile-time checked queries
 # (sqlx macros) ever need it during the build.
 ensure_pg
+ensure_backup_tools
 if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The suite's status becomes the script's (the EXIT trap preserves it). Cargo

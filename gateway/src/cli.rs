@@ -134,6 +134,16 @@ pub enum LedgerCommand {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Copy an embedded (SQLite) ledger, read models included, to a new file while it
+    /// is in use (`VACUUM INTO`: one consistent snapshot). Postgres: use pg_dump.
+    Backup {
+        /// The backup file to create; it must not exist.
+        #[arg(long)]
+        to: PathBuf,
+        /// Ledger location (sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 /// `recur projections …`

@@ -1,6 +1,12 @@
-//! `recur ledger verify` and `recur ledger seal`.
+//! `recur ledger verify`, `recur ledger seal` and `recur ledger backup`.
 
+use std::path::Path;
+use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Connection;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use recur_ledger::{Clock, Ledger, LedgerConfig, LedgerError, SystemClock, VerifyReport};
 
@@ -84,4 +90,101 @@ pub async fn seal(database: Option<&str>) -> Result<(), LedgerError> {
         );
     }
     Ok(())
+}
+
+/// How long a backup waits for SQLite's locks (a checkpoint, a writer's commit).
+const BACKUP_BUSY_TIMEOUT_MS: u64 = 30_000;
+
+/// What a backup holds, read back from the new file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// Events in the backup.
+    pub events: u64,
+    /// The highest position in the backup (0 if none).
+    pub last_position: u64,
+}
+
+/// Copies an embedded (SQLite) ledger — events, seals, API requests, read models —
+/// to a new file with `VACUUM INTO`, which reads one consistent snapshot while
+/// writers go on (a plain copy of a live WAL database can miss or tear commits).
+/// The new file is flushed to disk before this returns. Prints what it holds.
+///
+/// # Errors
+/// The ledger is on Postgres (use `pg_dump`), has no file, `to` exists, or SQLite fails.
+pub async fn backup(database: Option<&str>, to: &Path) -> Result<BackupSummary, LedgerError> {
+    let location = config::ledger_location(database);
+    let location = location.trim();
+    if location.starts_with("postgres://") || location.starts_with("postgresql://") {
+        return Err(LedgerError::InvalidLocation(
+            "`recur ledger backup` copies an embedded SQLite ledger; back up a Postgres \
+             ledger with `pg_dump --format=custom` (docs/operations.md)"
+                .into(),
+        ));
+    }
+    let path = location
+        .strip_prefix("sqlite://")
+        .or_else(|| location.strip_prefix("sqlite:"))
+        .unwrap_or(location);
+    if !Path::new(path).is_file() {
+        return Err(LedgerError::InvalidLocation(format!(
+            "no SQLite ledger at {path}"
+        )));
+    }
+    if to.exists() {
+        return Err(LedgerError::InvalidLocation(format!(
+            "{} exists; a backup is written to a new file",
+            to.display()
+        )));
+    }
+    let target = to.to_str().ok_or_else(|| {
+        LedgerError::InvalidLocation(format!("{} is not valid UTF-8", to.display()))
+    })?;
+    let busy = Duration::from_millis(BACKUP_BUSY_TIMEOUT_MS);
+    // Not create_if_missing: a mistyped path must not back up a new, empty ledger.
+    let source_options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+        .map_err(|error| LedgerError::InvalidLocation(error.to_string()))?
+        .busy_timeout(busy);
+    let mut source = SqliteConnection::connect_with(&source_options)
+        .await
+        .map_err(|error| LedgerError::Unavailable(format!("{path}: {error}")))?;
+    // Refuse what is not a ledger before writing anything.
+    sqlx::query("SELECT 1 FROM events LIMIT 1")
+        .fetch_optional(&mut source)
+        .await?;
+    if let Err(error) = sqlx::query("VACUUM INTO ?")
+        .bind(target)
+        .execute(&mut source)
+        .await
+    {
+        // The file did not exist before: what a failed copy left of it is no backup.
+        let _ = std::fs::remove_file(to);
+        return Err(error.into());
+    }
+    source.close().await?;
+    std::fs::File::open(to)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| LedgerError::Database(format!("flush {target}: {error}")))?;
+    let backup_options = SqliteConnectOptions::from_str(&format!("sqlite://{target}"))
+        .map_err(|error| LedgerError::InvalidLocation(error.to_string()))?
+        .read_only(true)
+        .busy_timeout(busy);
+    let mut backup = SqliteConnection::connect_with(&backup_options).await?;
+    let (events, last_position): (i64, i64) =
+        sqlx::query_as("SELECT count(*), coalesce(max(position), 0) FROM events")
+            .fetch_one(&mut backup)
+            .await?;
+    backup.close().await?;
+    let summary = BackupSummary {
+        events: u64::try_from(events)
+            .map_err(|_| LedgerError::Integrity(format!("negative event count {events}")))?,
+        last_position: u64::try_from(last_position).map_err(|_| {
+            LedgerError::Integrity(format!("negative last position {last_position}"))
+        })?,
+    };
+    println!(
+        "backed up {} events (last position {}) to {target}",
+        summary.events, summary.last_position
+    );
+    println!("check it with: recur ledger verify --database sqlite:{target}");
+    Ok(summary)
 }

@@ -58,6 +58,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("ledger seal")?;
             Ok(0)
         }
+        Command::Ledger {
+            command: LedgerCommand::Backup { to, database },
+        } => {
+            ledger_cmd::backup(database.as_deref(), &to)
+                .await
+                .context("ledger backup")?;
+            Ok(0)
+        }
         Command::Serve {
             listen,
             database,
