@@ -47,7 +47,7 @@ trap cleanup EXIT
 
 key="contract-admin-key-$(date +%s%N)"
 RECUR_ADMIN_KEY=$key "$BIN" serve --listen 127.0.0.1:0 --test-clock \
-    --database "sqlite:$work/contract.sqlite" >"$work/out.txt" 2>"$work/err.txt" &
+    --database "sqlite:$work/contract.sqlite" --create >"$work/out.txt" 2>"$work/err.txt" &
 server_pid=$!
 for _ in $(seq 1 100); do
     grep -q "listening on" "$work/out.txt" 2>/dev/null && break

@@ -60,7 +60,8 @@ async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
             )
         }
     };
-    let (child, base) = spawn_serve(&location, start, &[]).await;
+    // A new ledger: `--create` asks for the SQLite file (restarts do without it).
+    let (child, base) = spawn_serve(&location, start, &["--create"]).await;
     Server {
         child,
         base,
@@ -713,7 +714,7 @@ async fn sigterm_stops_the_scheduler_and_the_relay_and_exits_cleanly() {
     // The system clock: the scheduler ticks every second and the relay runs.
     let mut child = Command::new(env!("CARGO_BIN_EXE_recur"))
         .args(["serve", "--listen", "127.0.0.1:0", "--tick-seconds", "1"])
-        .args(["--database", &location])
+        .args(["--database", &location, "--create"])
         .env("RECUR_ADMIN_KEY", ADMIN_KEY)
         .env("NATS_URL", &nats)
         .env("RECUR_NATS_STREAM", &stream)

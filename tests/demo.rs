@@ -29,6 +29,7 @@ fn options(database: String, seed: u64) -> DemoOptions {
         customers: 60,
         months: 6,
         database: Some(database),
+        data_dir: std::path::PathBuf::from("."),
         progress: false,
     }
 }

@@ -12,9 +12,12 @@ use sqlx::Connection;
 
 async fn seed(location: &str) -> Ledger {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let ledger = Ledger::open(LedgerConfig::new(location), clock.clone())
-        .await
-        .unwrap();
+    let ledger = Ledger::open(
+        LedgerConfig::new(location).create_if_missing(true),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
     for s in 0..3 {
         let stream = StreamId::parse(format!("invoice-{s}")).unwrap();
         let events = (0..3)

@@ -5,14 +5,24 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::bench::ledger::{BenchBackend, Workload};
+use crate::config::{DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, NatsArgs, Secret, WhenMissing};
+
+/// The environment variables the projections read wherever they run (they
+/// choose how metrics count; docs/metrics.md), listed with the commands that run them.
+pub const METRICS_ENV_HELP: &str = "\
+Environment read by the projections (docs/metrics.md):
+  RECUR_METRICS_PROFILE      counting profile: default or conservative
+  RECUR_METRICS_PAUSE        override: how a pause counts
+  RECUR_METRICS_ONCE_COUPON  override: how a once coupon counts
+  RECUR_PAST_DUE_CHURN_DAYS  override: days past due that count as churn";
 
 /// Recur: an event-sourced billing ledger.
 #[derive(Debug, Parser)]
 #[command(name = "recur", version, about = "Recur: an event-sourced billing ledger", long_about = None)]
 pub struct Cli {
-    /// Log as JSON lines (also RECUR_LOG_FORMAT=json).
-    #[arg(long, global = true)]
-    pub log_json: bool,
+    /// Logging (global: given before or after the command).
+    #[command(flatten)]
+    pub log: LogArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -29,6 +39,7 @@ pub enum Command {
     },
     /// Simulate a year of the coaching business through Recur on a test clock, then
     /// print what an owner would want to know (runs on a fresh embedded ledger).
+    #[command(after_help = METRICS_ENV_HELP)]
     Demo {
         /// Seed of the simulation: the same seed gives the same business.
         #[arg(long, default_value_t = 42)]
@@ -42,59 +53,40 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
-        /// Ledger location; it must be empty. Default: a fresh ./recur-demo.sqlite
-        /// (in RECUR_DATA_DIR if set), replaced on each run.
-        #[arg(long)]
-        database: Option<String>,
+        /// Ledger location; it must be empty, and is made if missing. Default: a
+        /// fresh recur-demo.sqlite in the data directory, replaced on each run
+        /// (DATABASE_URL is not read: the demo never writes to your ledger).
+        #[arg(long, value_name = "URL")]
+        database: Option<DatabaseUrl>,
+        /// Folder of the default demo ledger (recur-demo.sqlite).
+        #[arg(long, env = "RECUR_DATA_DIR", default_value = ".", value_name = "DIR")]
+        data_dir: PathBuf,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
     },
-    /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else ./recur.sqlite).
-    Serve {
-        /// Address to listen on; port 0 picks a free port (printed on the first line).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Ledger location (postgres://… or sqlite:PATH).
-        #[arg(long)]
-        database: Option<String>,
-        /// Run on a test clock (starting now, or where the ledger's last event
-        /// left it if later) moved by POST /v1/test_clock/advance.
-        #[arg(long)]
-        test_clock: bool,
-        /// Start the test clock at this instant (RFC 3339, e.g.
-        /// 2027-01-01T00:00:00Z); implies --test-clock.
-        #[arg(long)]
-        test_clock_start: Option<String>,
-        /// Seconds between scheduler ticks on the system clock.
-        #[arg(long, default_value_t = 60)]
-        tick_seconds: u64,
-        /// Milliseconds a request may run before it is answered 503
-        /// `request_timeout` (the test clock's advance excepted).
-        #[arg(long, default_value_t = crate::http::REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-        request_timeout_ms: u64,
-        /// Milliseconds a stopping server (SIGTERM, SIGINT) waits for the
-        /// requests in flight, then for the scheduler and the relay.
-        #[arg(long, default_value_t = crate::http::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
-        drain_ms: u64,
-    },
+    /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else
+    /// recur.sqlite in the data directory, made on first start).
+    #[command(after_help = METRICS_ENV_HELP)]
+    Serve(ServeArgs),
     /// Publish every released ledger event to NATS JetStream, in ledger order.
     Relay {
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
-        /// NATS server; default: NATS_URL.
-        #[arg(long)]
-        nats_url: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Where to publish.
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Run the projections as a worker fed by NATS JetStream (several may run).
+    #[command(after_help = METRICS_ENV_HELP)]
     Project {
-        /// Ledger (and read models) location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
-        /// NATS server; default: NATS_URL.
-        #[arg(long)]
-        nats_url: Option<String>,
+        /// The ledger and read models (they must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Where the events come from.
+        #[command(flatten)]
+        nats: NatsArgs,
     },
     /// Inspect and rebuild the read models.
     Projections {
@@ -116,23 +108,72 @@ pub enum Command {
     },
 }
 
+/// `recur serve` options.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on: HOST:PORT, the host an IP address or a name
+    /// (localhost:8080); port 0 picks a free port (printed on the first line).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "HOST:PORT")]
+    pub listen: ListenAddr,
+    /// The ledger.
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Make the ledger if its SQLite file does not exist (without it, only the
+    /// embedded default is made; a Postgres database is made by its administrator).
+    #[arg(long)]
+    pub create: bool,
+    /// Bootstrap admin key (at least 16 characters), held only in memory. Prefer
+    /// the environment: a flag's value is visible to other users of the machine.
+    #[arg(
+        long,
+        env = "RECUR_ADMIN_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub admin_key: Option<Secret>,
+    /// Relay the ledger to NATS JetStream when a server is named.
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Run on a test clock (starting now, or where the ledger's last event
+    /// left it if later) moved by POST /v1/test_clock/advance.
+    #[arg(long)]
+    pub test_clock: bool,
+    /// Start the test clock at this instant (RFC 3339, e.g.
+    /// 2027-01-01T00:00:00Z); implies --test-clock.
+    #[arg(long)]
+    pub test_clock_start: Option<String>,
+    /// Seconds between scheduler ticks on the system clock.
+    #[arg(long, default_value_t = 60)]
+    pub tick_seconds: u64,
+    /// Milliseconds a request may run before it is answered 503
+    /// `request_timeout` (the test clock's advance excepted).
+    #[arg(long, default_value_t = crate::http::REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub request_timeout_ms: u64,
+    /// Milliseconds a stopping server (SIGTERM, SIGINT) waits for the
+    /// requests in flight, then for the scheduler and the relay.
+    #[arg(long, default_value_t = crate::http::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub drain_ms: u64,
+}
+
 /// `recur ledger …`
 #[derive(Debug, Subcommand)]
 pub enum LedgerCommand {
-    /// Recompute every hash, chain and seal; exit 2 and name the first broken position if any.
+    /// Recompute every hash, chain and seal. Exit 0: intact; 2: broken (the first
+    /// broken position is named); 3: the ledger holds no events, so nothing was
+    /// checked; 1: an error (a missing ledger is one: verify never makes one).
     Verify {
-        /// Ledger location (postgres://… or sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger.
+        #[command(flatten)]
+        ledger: LedgerArgs,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Seal every released, unsealed event.
     Seal {
-        /// Ledger location (postgres://… or sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
     /// Copy an embedded (SQLite) ledger, read models included, to a new file while it
     /// is in use (`VACUUM INTO`: one consistent snapshot). Postgres: use pg_dump.
@@ -140,9 +181,9 @@ pub enum LedgerCommand {
         /// The backup file to create; it must not exist.
         #[arg(long)]
         to: PathBuf,
-        /// Ledger location (sqlite:PATH); default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (an embedded SQLite one; it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
 }
 
@@ -150,22 +191,24 @@ pub enum LedgerCommand {
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
     /// Each projection's version, position and lag behind the ledger.
+    #[command(after_help = METRICS_ENV_HELP)]
     Status {
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
     /// Build a read model again from the first event beside the one in use (which
     /// keeps serving), then switch to it in one transaction; with progress.
+    #[command(after_help = METRICS_ENV_HELP)]
     Rebuild {
         /// The projection (`mrr`); omit with --all.
         name: Option<String>,
         /// Every projection.
         #[arg(long)]
         all: bool,
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
 }
 
@@ -177,42 +220,46 @@ pub enum KeysCommand {
         /// admin, billing, support or analyst.
         #[arg(long, value_enum)]
         role: crate::http::auth::Role,
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
+        /// The ledger.
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Make the ledger if its SQLite file does not exist (as `recur serve --create`).
         #[arg(long)]
-        database: Option<String>,
+        create: bool,
     },
     /// List the API keys: id, role, status, who made them, last use (never a secret).
     List {
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
     /// Revoke an API key: it stops working on every server at once.
     Revoke {
         /// The key's id.
         id: String,
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
     /// Give an API key a new secret and print it (shown once); the old one stops working.
     Rotate {
         /// The key's id.
         id: String,
-        /// Ledger location; default: DATABASE_URL, else ./recur.sqlite.
-        #[arg(long)]
-        database: Option<String>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
     },
 }
 
 impl KeysCommand {
-    /// The ledger location given, if any.
-    pub fn database(&self) -> Option<&str> {
+    /// The ledger given, and what to do if its file is missing: only `create`
+    /// makes a ledger (the embedded default, or any with --create).
+    pub fn ledger(&self) -> (&LedgerArgs, WhenMissing) {
         match self {
-            KeysCommand::Create { database, .. }
-            | KeysCommand::List { database }
-            | KeysCommand::Revoke { database, .. }
-            | KeysCommand::Rotate { database, .. } => database.as_deref(),
+            KeysCommand::Create { ledger, create, .. } => (ledger, WhenMissing::create_if(*create)),
+            KeysCommand::List { ledger }
+            | KeysCommand::Revoke { ledger, .. }
+            | KeysCommand::Rotate { ledger, .. } => (ledger, WhenMissing::Refuse),
         }
     }
 }
@@ -241,9 +288,9 @@ pub enum BenchCommand {
         /// Rounds, each running Recur then the raw baseline.
         #[arg(long, default_value_t = 3)]
         rounds: u32,
-        /// Postgres server URL that may create databases; default: DATABASE_URL.
-        #[arg(long)]
-        database_url: Option<String>,
+        /// Postgres server URL that may create databases.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+        database_url: Option<DatabaseUrl>,
         /// Folder for the SQLite benchmark files; default: a folder in the system temp dir.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -262,14 +309,14 @@ pub struct ProjectionsBenchArgs {
     /// Events in the ledger rebuilt (made once by the demo's simulator, then kept).
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
-    /// Postgres server URL that may create databases; default: DATABASE_URL.
-    #[arg(long)]
-    pub database_url: Option<String>,
+    /// Postgres server URL that may create databases.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<DatabaseUrl>,
     /// Folder for the SQLite files; default: a folder in the system temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// NATS server for the lag run; default: NATS_URL (without one the lag is not measured).
-    #[arg(long)]
+    /// NATS server for the lag run (without one the lag is not measured).
+    #[arg(long, env = "NATS_URL", hide_env_values = true, value_name = "URL")]
     pub nats_url: Option<String>,
     /// Writes per second during the lag run.
     #[arg(long, default_value_t = 1_000)]
@@ -291,9 +338,9 @@ pub struct BillingBenchArgs {
     /// Billing work items the scheduler runs at once.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Postgres server URL that may create databases; default: DATABASE_URL.
-    #[arg(long)]
-    pub database_url: Option<String>,
+    /// Postgres server URL that may create databases.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<DatabaseUrl>,
     /// Folder for the SQLite files; default: a folder in the system temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -311,9 +358,9 @@ pub struct ApiBenchArgs {
     /// Customer + subscription pairs per client.
     #[arg(long, default_value_t = 100)]
     pub iterations: usize,
-    /// Postgres server URL that may create databases; default: DATABASE_URL.
-    #[arg(long)]
-    pub database_url: Option<String>,
+    /// Postgres server URL that may create databases.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<DatabaseUrl>,
     /// Folder for the SQLite file; default: a folder in the system temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,

@@ -1,23 +1,98 @@
-//! Typed configuration: defaults, then environment variables, then flags.
+//! Typed configuration. Every setting is a command-line flag, most with an
+//! environment variable behind it (clap's `env`), so `recur <command> --help`
+//! lists every variable read; flags win over the environment, the environment
+//! over the defaults. Secrets are wrapped so that neither `Debug` nor `Display`
+//! can print them. The ledger is opened in one place, [`LedgerArgs::open`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use recur_ledger::{Clock, Ledger, LedgerConfig, LedgerError};
 
 /// The embedded default ledger file, in the data directory.
 pub const DEFAULT_LEDGER_FILE: &str = "recur.sqlite";
+/// The tracing filter when `RUST_LOG` and `--log` are both unset.
+pub const DEFAULT_LOG_FILTER: &str = "warn,sqlx=error";
 
-/// Where the ledger lives: an explicit location, else `DATABASE_URL`, else the
-/// embedded SQLite file in `RECUR_DATA_DIR` (default: the current directory).
-pub fn ledger_location(explicit: Option<&str>) -> String {
-    if let Some(location) = explicit.filter(|l| !l.trim().is_empty()) {
-        return location.to_owned();
+/// A value that must never reach a log, an error message or a terminal: the
+/// bootstrap admin key. `Debug` prints a placeholder and there is no `Display`;
+/// [`Secret::expose`] is the one way to the value, easy to find in review.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
     }
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && !url.trim().is_empty()
-    {
-        return url;
+
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
     }
-    let dir = std::env::var_os("RECUR_DATA_DIR").map_or_else(|| PathBuf::from("."), PathBuf::from);
-    format!("sqlite:{}", dir.join(DEFAULT_LEDGER_FILE).display())
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    /// Never fails: a parse error would make clap echo the value to the terminal.
+    /// Rules on the value (length, say) are checked where it is used, without it.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(value))
+    }
+}
+
+/// A ledger location (`postgres://…`, `sqlite:PATH`): `Debug` and `Display` show
+/// it with any password removed ([`redact`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Wraps `location`.
+    pub fn new(location: impl Into<String>) -> Self {
+        Self(location.into())
+    }
+
+    /// The full location, password included, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The location without its password, safe to print.
+    pub fn redacted(&self) -> String {
+        redact(&self.0)
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("DatabaseUrl")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = std::convert::Infallible;
+
+    /// Never fails, for the reason given on [`Secret`]'s `from_str`; the ledger
+    /// refuses a location it cannot use, and says so without the password.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        Ok(Self::new(value.trim()))
+    }
 }
 
 /// A location with any password removed, safe to print.
@@ -25,15 +100,297 @@ pub fn redact(location: &str) -> String {
     let Some((scheme, rest)) = location.split_once("://") else {
         return location.to_owned();
     };
-    let Some((credentials, host)) = rest.split_once('@') else {
+    // Credentials end at the authority's last `@`; the authority ends at the path.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let Some((credentials, host)) = authority.rsplit_once('@') else {
         return location.to_owned();
     };
     let user = credentials.split(':').next().unwrap_or("");
-    format!("{scheme}://{user}@{host}")
+    format!("{scheme}://{user}@{host}{tail}")
+}
+
+/// Where the ledger is: `--database`, else `DATABASE_URL`, else the embedded file.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LedgerArgs {
+    /// Ledger location: postgres://… or sqlite:PATH. A missing SQLite file is an
+    /// error (a mistyped path must not start an empty ledger) unless creation is
+    /// asked for (`--create` where offered, or `?mode=rwc` in the URL).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database: Option<DatabaseUrl>,
+    /// Folder of the embedded default ledger (recur.sqlite), used when neither
+    /// --database nor DATABASE_URL is given.
+    #[arg(long, env = "RECUR_DATA_DIR", default_value = ".", value_name = "DIR")]
+    pub data_dir: PathBuf,
+}
+
+/// What to do when the ledger's SQLite file is not there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenMissing {
+    /// Refuse, the embedded default included: for commands that check or follow
+    /// a ledger (`verify`, `seal`, `projections`, `relay`, `project`), where a new
+    /// empty ledger would only hide the mistake.
+    Refuse,
+    /// Make the embedded default (the first `recur serve` on a machine); refuse a
+    /// missing file the user named.
+    CreateDefault,
+    /// Make it (`--create`).
+    Create,
+}
+
+impl WhenMissing {
+    /// `Create` if `--create` was given, else `CreateDefault`.
+    pub fn create_if(create: bool) -> Self {
+        if create {
+            Self::Create
+        } else {
+            Self::CreateDefault
+        }
+    }
+}
+
+/// Why a ledger could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The SQLite file is not there and creating it was not asked for.
+    #[error(
+        "no ledger at {path}: a missing ledger file is not created unless asked for, so that a \
+         mistyped path cannot start an empty ledger; check the path, or {hint}"
+    )]
+    NotFound {
+        /// The file looked for.
+        path: String,
+        /// How to create it from this command.
+        hint: &'static str,
+    },
+    /// Any other failure to open (unreachable, bad location, migration).
+    #[error("cannot open the ledger at {location}")]
+    Ledger {
+        /// The location, without its password.
+        location: String,
+        /// Why.
+        #[source]
+        source: LedgerError,
+    },
+}
+
+impl LedgerArgs {
+    /// The arguments for an explicit location, as if given with `--database`.
+    pub fn at(location: impl Into<String>) -> Self {
+        Self {
+            database: Some(DatabaseUrl::new(location)),
+            data_dir: PathBuf::from("."),
+        }
+    }
+
+    /// The location to open: `--database` / `DATABASE_URL` if given (and not
+    /// blank), else `sqlite:` the embedded file in the data directory.
+    pub fn location(&self) -> DatabaseUrl {
+        match &self.database {
+            Some(url) if !url.expose().is_empty() => url.clone(),
+            _ => DatabaseUrl::new(format!(
+                "sqlite:{}",
+                self.data_dir.join(DEFAULT_LEDGER_FILE).display()
+            )),
+        }
+    }
+
+    /// True when no location was given and the embedded default is used.
+    pub fn is_embedded_default(&self) -> bool {
+        self.database
+            .as_ref()
+            .is_none_or(|url| url.expose().is_empty())
+    }
+
+    /// The ledger's configuration: the location, and whether a missing file is made.
+    pub fn ledger_config(&self, missing: WhenMissing) -> LedgerConfig {
+        let create = match missing {
+            WhenMissing::Refuse => false,
+            WhenMissing::CreateDefault => self.is_embedded_default(),
+            WhenMissing::Create => true,
+        };
+        LedgerConfig::new(self.location().expose()).create_if_missing(create)
+    }
+
+    /// Opens the ledger, the one way every command does.
+    ///
+    /// # Errors
+    /// [`OpenError::NotFound`] for a missing SQLite file that may not be made
+    /// (with how to make it); [`OpenError::Ledger`] for everything else.
+    pub async fn open(
+        &self,
+        missing: WhenMissing,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ledger, OpenError> {
+        self.open_with(self.ledger_config(missing), missing, clock)
+            .await
+    }
+
+    /// [`LedgerArgs::open`] with a configuration made by
+    /// [`LedgerArgs::ledger_config`] and then tuned (pool size and so on).
+    ///
+    /// # Errors
+    /// As [`LedgerArgs::open`].
+    pub async fn open_with(
+        &self,
+        config: LedgerConfig,
+        missing: WhenMissing,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Ledger, OpenError> {
+        Ledger::open(config, clock)
+            .await
+            .map_err(|error| match error {
+                LedgerError::NotFound { path } => OpenError::NotFound {
+                    path,
+                    hint: match missing {
+                        WhenMissing::Refuse => {
+                            "make a new ledger with `recur serve --create --database sqlite:PATH`"
+                        }
+                        WhenMissing::CreateDefault | WhenMissing::Create => {
+                            "pass --create to make a new one (or add ?mode=rwc to the sqlite: URL)"
+                        }
+                    },
+                },
+                source => OpenError::Ledger {
+                    location: self.location().redacted(),
+                    source,
+                },
+            })
+    }
+}
+
+/// The NATS JetStream server and stream that carry the ledger to other processes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server (e.g. nats://127.0.0.1:4222, started with `nats-server -js`).
+    #[arg(long, env = "NATS_URL", hide_env_values = true, value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// JetStream stream name (subjects `<lowercase name>.events.>`), so that
+    /// several ledgers can share one server.
+    #[arg(long, env = "RECUR_NATS_STREAM", default_value = recur_projections::RelayConfig::STREAM_DEFAULT, value_name = "NAME")]
+    pub nats_stream: String,
+}
+
+impl NatsArgs {
+    /// The relay's configuration, if a server is named (a blank URL names none).
+    pub fn relay_config(&self) -> Option<recur_projections::RelayConfig> {
+        let url = self.nats_url.as_deref().map(str::trim)?;
+        if url.is_empty() {
+            return None;
+        }
+        Some(recur_projections::RelayConfig::new(url).with_stream(&self.nats_stream))
+    }
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging: where (stderr), how much, in which format.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Which logs to keep, in tracing's filter syntax (e.g. `info`,
+    /// `warn,recur_commands=debug`).
+    #[arg(long = "log", env = "RUST_LOG", global = true, default_value = DEFAULT_LOG_FILTER, value_name = "FILTER")]
+    pub filter: String,
+    /// Log format.
+    #[arg(long, env = "RECUR_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log as JSON lines (the same as --log-format json).
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+impl LogArgs {
+    /// The format asked for.
+    pub fn format(&self) -> LogFormat {
+        if self.log_json {
+            LogFormat::Json
+        } else {
+            self.log_format
+        }
+    }
+}
+
+/// An address to listen on: `HOST:PORT`, where the host is an IP address or a
+/// name resolved when the server binds (`localhost:8080`); port 0 picks a free port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    host: String,
+    port: u16,
+}
+
+impl ListenAddr {
+    /// The address as `tokio::net::TcpListener::bind` takes it.
+    pub fn to_bind(&self) -> (&str, u16) {
+        (self.host.as_str(), self.port)
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a `--listen` value was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenAddrError {
+    /// No `:PORT`.
+    #[error("expected HOST:PORT (e.g. 127.0.0.1:8080, localhost:8080, [::1]:8080)")]
+    NoPort,
+    /// The port is not 0–65535.
+    #[error("the port must be a number from 0 to 65535")]
+    BadPort,
+    /// Empty host.
+    #[error("the host is empty")]
+    NoHost,
+}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        let (host, port) = value
+            .trim()
+            .rsplit_once(':')
+            .ok_or(ListenAddrError::NoPort)?;
+        let port = port.parse().map_err(|_| ListenAddrError::BadPort)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() {
+            return Err(ListenAddrError::NoHost);
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// A benchmark's scratch folder: `dir`, else one in the system temp dir.
+pub fn scratch_dir(explicit: Option<&Path>) -> PathBuf {
+    explicit.map_or_else(
+        || std::env::temp_dir().join("recur-bench"),
+        Path::to_path_buf,
+    )
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -47,5 +404,73 @@ mod tests {
             "postgres://alice@db/recur"
         );
         assert_eq!(redact("sqlite:recur.sqlite"), "sqlite:recur.sqlite");
+        // An `@` inside the password: everything before the last `@` is credentials.
+        assert_eq!(
+            redact("postgres://alice:p@ss@db/recur"),
+            "postgres://alice@db/recur"
+        );
+        assert_eq!(
+            redact("postgres://alice:pw@db/recur?application_name=a@b"),
+            "postgres://alice@db/recur?application_name=a@b"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_or_display_output() {
+        let key = Secret::new("rk_admin_0123456789abcdef");
+        assert!(!format!("{key:?}").contains("0123456789abcdef"));
+        assert!(!format!("{key:#?}").contains("0123456789abcdef"));
+        assert_eq!(key.expose(), "rk_admin_0123456789abcdef");
+
+        let url = DatabaseUrl::new("postgres://alice:s3cret@db:5432/recur");
+        for shown in [
+            format!("{url:?}"),
+            format!("{url:#?}"),
+            format!("{url}"),
+            url.redacted(),
+        ] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("alice@db:5432/recur"), "{shown}");
+        }
+        // Nor when they sit inside a parsed command line.
+        let args = LedgerArgs::at("postgres://alice:s3cret@db/recur");
+        assert!(!format!("{args:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn the_embedded_default_is_made_only_by_commands_that_may_make_it() {
+        let default = LedgerArgs {
+            database: None,
+            data_dir: PathBuf::from("/var/lib/recur"),
+        };
+        assert_eq!(
+            default.location().expose(),
+            "sqlite:/var/lib/recur/recur.sqlite"
+        );
+        assert!(
+            default
+                .ledger_config(WhenMissing::CreateDefault)
+                .create_if_missing
+        );
+        assert!(!default.ledger_config(WhenMissing::Refuse).create_if_missing);
+        let named = LedgerArgs::at("sqlite:/tmp/typo.sqlite");
+        assert!(
+            !named
+                .ledger_config(WhenMissing::CreateDefault)
+                .create_if_missing
+        );
+        assert!(named.ledger_config(WhenMissing::Create).create_if_missing);
+    }
+
+    #[test]
+    fn listen_addresses_take_names_and_ip_addresses() {
+        let named: ListenAddr = "localhost:8080".parse().unwrap();
+        assert_eq!(named.to_bind(), ("localhost", 8080));
+        let v6: ListenAddr = "[::1]:0".parse().unwrap();
+        assert_eq!(v6.to_bind(), ("::1", 0));
+        assert_eq!(v6.to_string(), "[::1]:0");
+        assert!("localhost".parse::<ListenAddr>().is_err());
+        assert!("localhost:http".parse::<ListenAddr>().is_err());
+        assert!(":8080".parse::<ListenAddr>().is_err());
     }
 }

@@ -8,35 +8,73 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
-use recur_ledger::{Clock, Ledger, LedgerConfig, LedgerError, SystemClock, VerifyReport};
+use recur_ledger::{Clock, Ledger, LedgerError, SystemClock, VerifyReport};
 
-use crate::config;
+use crate::config::{LedgerArgs, OpenError, WhenMissing};
 
 /// Exit code of `verify` when the ledger does not verify.
 pub const EXIT_BROKEN: i32 = 2;
+/// Exit code of `verify` when the ledger holds no events: nothing was checked,
+/// which a script must not take for "intact" (an empty ledger is most often the
+/// wrong one: a mistyped database name, a fresh volume).
+pub const EXIT_EMPTY: i32 = 3;
 
-async fn open(database: Option<&str>) -> Result<Ledger, LedgerError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    Ledger::open(LedgerConfig::new(config::ledger_location(database)), clock).await
+/// Why a ledger command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerCmdError {
+    /// The ledger could not be opened (missing, unreachable).
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The ledger could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
-/// Verifies the ledger and prints the report; returns the process exit code.
+/// Opens an existing ledger: checking or sealing a ledger never makes one.
+async fn open(ledger: &LedgerArgs) -> Result<Ledger, OpenError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    ledger.open(WhenMissing::Refuse, clock).await
+}
+
+/// What `verify` found, in one word.
+fn result(report: &VerifyReport) -> &'static str {
+    if !report.is_intact() {
+        "broken"
+    } else if report.events_checked == 0 {
+        "empty"
+    } else {
+        "intact"
+    }
+}
+
+/// Verifies the ledger and prints the report; returns the process exit code:
+/// 0 intact, [`EXIT_BROKEN`], or [`EXIT_EMPTY`] when there was nothing to check.
 ///
 /// # Errors
-/// The ledger cannot be opened or read.
-pub async fn verify(database: Option<&str>, as_json: bool) -> Result<i32, LedgerError> {
-    let location = config::ledger_location(database);
-    let ledger = open(database).await?;
-    let report = ledger.verify().await?;
+/// The ledger is missing, or cannot be opened or read.
+pub async fn verify(ledger: &LedgerArgs, as_json: bool) -> Result<i32, LedgerCmdError> {
+    let location = ledger.location();
+    let opened = open(ledger).await?;
+    let report = opened.verify().await?;
+    let result = result(&report);
     if as_json {
+        // The report's fields, and `result` so that "empty" is not read as intact.
+        let mut json = serde_json::to_value(&report).unwrap_or_default();
+        if let Some(fields) = json.as_object_mut() {
+            fields.insert("result".into(), result.into());
+        }
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+            serde_json::to_string_pretty(&json).unwrap_or_default()
         );
     } else {
-        print_report(&config::redact(&location), &report);
+        print_report(&location.redacted(), &report);
     }
-    Ok(if report.is_intact() { 0 } else { EXIT_BROKEN })
+    Ok(match result {
+        "broken" => EXIT_BROKEN,
+        "empty" => EXIT_EMPTY,
+        _ => 0,
+    })
 }
 
 fn print_report(location: &str, report: &VerifyReport) {
@@ -49,6 +87,9 @@ fn print_report(location: &str, report: &VerifyReport) {
         println!("head seal:       {digest}");
     }
     match report.first_break() {
+        None if report.events_checked == 0 => {
+            println!("result:          EMPTY: the ledger holds no events, nothing was checked");
+        }
         None => println!("result:          intact"),
         Some(first) => {
             println!(
@@ -72,9 +113,9 @@ fn print_report(location: &str, report: &VerifyReport) {
 /// Seals every released event and prints the new seals.
 ///
 /// # Errors
-/// The ledger cannot be opened or written.
-pub async fn seal(database: Option<&str>) -> Result<(), LedgerError> {
-    let ledger = open(database).await?;
+/// The ledger is missing, or cannot be opened or written.
+pub async fn seal(ledger: &LedgerArgs) -> Result<(), LedgerCmdError> {
+    let ledger = open(ledger).await?;
     let seals = ledger.seal().await?;
     if seals.is_empty() {
         println!("nothing to seal");
@@ -111,9 +152,9 @@ pub struct BackupSummary {
 ///
 /// # Errors
 /// The ledger is on Postgres (use `pg_dump`), has no file, `to` exists, or SQLite fails.
-pub async fn backup(database: Option<&str>, to: &Path) -> Result<BackupSummary, LedgerError> {
-    let location = config::ledger_location(database);
-    let location = location.trim();
+pub async fn backup(ledger: &LedgerArgs, to: &Path) -> Result<BackupSummary, LedgerError> {
+    let location = ledger.location();
+    let location = location.expose().trim();
     if location.starts_with("postgres://") || location.starts_with("postgresql://") {
         return Err(LedgerError::InvalidLocation(
             "`recur ledger backup` copies an embedded SQLite ledger; back up a Postgres \

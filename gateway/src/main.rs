@@ -6,6 +6,7 @@ use recur_gateway::bench::ledger::{self as ledger_bench, LedgerBenchOptions};
 use recur_gateway::cli::{
     BenchCommand, Cli, Command, KeysCommand, LedgerCommand, ProjectionsCommand,
 };
+use recur_gateway::config::{self, DatabaseUrl, LogArgs, LogFormat, WhenMissing};
 use recur_gateway::demo::{self, DemoOptions};
 use recur_gateway::http;
 use recur_gateway::ledger_cmd;
@@ -21,17 +22,7 @@ const WORKER_STACK_BYTES: usize = 8 * 1024 * 1024;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RECUR_LOG")
-        .unwrap_or_else(|_| "warn,sqlx=error".into());
-    let json = cli.log_json || std::env::var("RECUR_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    init_logs(&cli.log)?;
     // A metrics setting that silently did nothing would give wrong figures.
     recur_projections::profile::Profile::from_env().map_err(anyhow::Error::msg)?;
     // Billing commands are deep futures; unoptimised builds lay them out large.
@@ -43,103 +34,105 @@ fn main() -> anyhow::Result<()> {
     std::process::exit(code);
 }
 
+/// Logs to stderr, filtered by `--log` / `RUST_LOG`, as text or JSON lines;
+/// colour only on a terminal, so files and pipes get plain text.
+fn init_logs(log: &LogArgs) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&log.filter)
+        .with_context(|| format!("--log / RUST_LOG {:?} is not a tracing filter", log.filter))?;
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match log.format() {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Ledger {
-            command: LedgerCommand::Verify { database, json },
-        } => Ok(ledger_cmd::verify(database.as_deref(), json)
+            command: LedgerCommand::Verify { ledger, json },
+        } => Ok(ledger_cmd::verify(&ledger, json)
             .await
             .context("ledger verify")?),
         Command::Ledger {
-            command: LedgerCommand::Seal { database },
+            command: LedgerCommand::Seal { ledger },
         } => {
-            ledger_cmd::seal(database.as_deref())
-                .await
-                .context("ledger seal")?;
+            ledger_cmd::seal(&ledger).await.context("ledger seal")?;
             Ok(0)
         }
         Command::Ledger {
-            command: LedgerCommand::Backup { to, database },
+            command: LedgerCommand::Backup { to, ledger },
         } => {
-            ledger_cmd::backup(database.as_deref(), &to)
+            ledger_cmd::backup(&ledger, &to)
                 .await
                 .context("ledger backup")?;
             Ok(0)
         }
-        Command::Serve {
-            listen,
-            database,
-            test_clock,
-            test_clock_start,
-            tick_seconds,
-            request_timeout_ms,
-            drain_ms,
-        } => {
-            let test_clock_start = test_clock_start
+        Command::Serve(args) => {
+            let test_clock_start = args
+                .test_clock_start
+                .as_deref()
                 .map(|text| {
                     time::OffsetDateTime::parse(
-                        &text,
+                        text,
                         &time::format_description::well_known::Rfc3339,
                     )
                     .with_context(|| format!("--test-clock-start {text:?} is not RFC 3339"))
                 })
                 .transpose()?;
             http::serve(http::ServeOptions {
-                listen,
-                database,
-                test_clock: test_clock || test_clock_start.is_some(),
+                listen: args.listen,
+                missing: WhenMissing::create_if(args.create),
+                relay: args.nats.relay_config(),
+                ledger: args.ledger,
+                admin_key: args.admin_key,
+                test_clock: args.test_clock || test_clock_start.is_some(),
                 test_clock_start,
-                tick_seconds,
-                request_timeout_ms,
-                drain_ms,
+                tick_seconds: args.tick_seconds,
+                request_timeout_ms: args.request_timeout_ms,
+                drain_ms: args.drain_ms,
             })
             .await
             .context("serve")?;
             Ok(0)
         }
-        Command::Relay { database, nats_url } => {
-            recur_gateway::projections_cmd::relay(database.as_deref(), nats_url)
+        Command::Relay { ledger, nats } => {
+            recur_gateway::projections_cmd::relay(&ledger, &nats)
                 .await
                 .context("relay")?;
             Ok(0)
         }
-        Command::Project { database, nats_url } => {
-            recur_gateway::projections_cmd::project(database.as_deref(), nats_url)
+        Command::Project { ledger, nats } => {
+            recur_gateway::projections_cmd::project(&ledger, &nats)
                 .await
                 .context("project")?;
             Ok(0)
         }
         Command::Projections { command } => {
             match command {
-                ProjectionsCommand::Status { database } => {
-                    recur_gateway::projections_cmd::status(database.as_deref())
+                ProjectionsCommand::Status { ledger } => {
+                    recur_gateway::projections_cmd::status(&ledger)
                         .await
                         .context("projections status")?;
                 }
-                ProjectionsCommand::Rebuild {
-                    name,
-                    all,
-                    database,
-                } => {
-                    recur_gateway::projections_cmd::rebuild(
-                        database.as_deref(),
-                        name.as_deref(),
-                        all,
-                    )
-                    .await
-                    .context("projections rebuild")?;
+                ProjectionsCommand::Rebuild { name, all, ledger } => {
+                    recur_gateway::projections_cmd::rebuild(&ledger, name.as_deref(), all)
+                        .await
+                        .context("projections rebuild")?;
                 }
             }
             Ok(0)
         }
         Command::Keys { command } => {
-            let location = recur_gateway::config::ledger_location(command.database());
-            let ledger = recur_ledger::Ledger::open(
-                recur_ledger::LedgerConfig::new(location),
-                std::sync::Arc::new(recur_ledger::SystemClock),
-            )
-            .await
-            .context("open the ledger")?;
+            let (ledger, missing) = command.ledger();
+            let ledger = ledger
+                .open(missing, std::sync::Arc::new(recur_ledger::SystemClock))
+                .await
+                .context("keys")?;
             let ring = http::auth::KeyRing::load(ledger, None)
                 .await
                 .map_err(anyhow::Error::msg)?;
@@ -190,6 +183,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             months,
             json,
             database,
+            data_dir,
             quiet,
         } => {
             use std::io::IsTerminal;
@@ -197,7 +191,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 seed,
                 customers,
                 months,
-                database,
+                database: database.map(|url| url.expose().to_owned()),
+                data_dir,
                 progress: !quiet && std::io::stderr().is_terminal(),
             };
             let (outcome, _) = demo::run(&options).await.context("demo")?;
@@ -246,10 +241,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 events: args.events,
                 database_url: server_url(args.database_url),
                 scratch_dir: scratch_dir(args.dir),
-                nats_url: args
-                    .nats_url
-                    .or_else(|| std::env::var("NATS_URL").ok())
-                    .filter(|u| !u.trim().is_empty()),
+                nats_url: args.nats_url.filter(|u| !u.trim().is_empty()),
                 lag_rate: args.lag_rate,
                 lag_seconds: args.lag_seconds,
             };
@@ -283,12 +275,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
 }
 
-/// A benchmark's Postgres server: `--database-url`, else `DATABASE_URL`.
-fn server_url(explicit: Option<String>) -> Option<String> {
-    explicit.or_else(|| std::env::var("DATABASE_URL").ok())
+/// A benchmark's Postgres server (`--database-url`, else `DATABASE_URL`), as the
+/// benchmarks take it.
+fn server_url(url: Option<DatabaseUrl>) -> Option<String> {
+    url.map(|url| url.expose().to_owned())
+        .filter(|url| !url.is_empty())
 }
 
 /// A benchmark's folder for SQLite files: `--dir`, else one in the system temp dir.
 fn scratch_dir(explicit: Option<std::path::PathBuf>) -> std::path::PathBuf {
-    explicit.unwrap_or_else(|| std::env::temp_dir().join("recur-bench"))
+    config::scratch_dir(explicit.as_deref())
 }

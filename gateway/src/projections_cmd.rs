@@ -4,14 +4,14 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
-use recur_ledger::{Ledger, LedgerConfig, SystemClock};
+use recur_ledger::{Ledger, SystemClock};
 use recur_projections::accounts::Accounts;
 use recur_projections::customers::Customers;
 use recur_projections::mrr::Mrr;
 use recur_projections::revenue::Revenue;
 use recur_projections::{ProjectionError, Projector};
 
-use crate::config;
+use crate::config::{LedgerArgs, NatsArgs, WhenMissing};
 
 /// Every projection's name.
 pub const PROJECTIONS: &[&str] = recur_projections::set::NAMES;
@@ -19,7 +19,10 @@ pub const PROJECTIONS: &[&str] = recur_projections::set::NAMES;
 /// Why a projections command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionsCmdError {
-    /// The ledger could not be opened or read.
+    /// The ledger could not be opened (missing, unreachable).
+    #[error(transparent)]
+    Open(#[from] crate::config::OpenError),
+    /// The ledger could not be read.
     #[error(transparent)]
     Ledger(#[from] recur_ledger::LedgerError),
     /// The projection failed.
@@ -41,20 +44,19 @@ pub enum ProjectionsCmdError {
     Unknown(String),
 }
 
-async fn open(database: Option<&str>) -> Result<Ledger, ProjectionsCmdError> {
-    Ok(Ledger::open(
-        LedgerConfig::new(config::ledger_location(database)),
-        Arc::new(SystemClock),
-    )
-    .await?)
+/// Opens an existing ledger: the read models follow a ledger, they never start one.
+async fn open(ledger: &LedgerArgs) -> Result<Ledger, ProjectionsCmdError> {
+    Ok(ledger
+        .open(WhenMissing::Refuse, Arc::new(SystemClock))
+        .await?)
 }
 
 /// Prints each projection's version, position and lag.
 ///
 /// # Errors
 /// The ledger or the read models cannot be read.
-pub async fn status(database: Option<&str>) -> Result<(), ProjectionsCmdError> {
-    let ledger = open(database).await?;
+pub async fn status(ledger: &LedgerArgs) -> Result<(), ProjectionsCmdError> {
+    let ledger = open(ledger).await?;
     let head = ledger.last_position().await?;
     let db = recur_projections::db::Db::of(&ledger).ok_or(ProjectionError::NoDatabase)?;
     println!(
@@ -118,7 +120,7 @@ async fn rebuild_one<P: recur_projections::Projection>(
 /// # Errors
 /// An unknown name; ledger and projection errors.
 pub async fn rebuild(
-    database: Option<&str>,
+    ledger: &LedgerArgs,
     name: Option<&str>,
     all: bool,
 ) -> Result<(), ProjectionsCmdError> {
@@ -127,7 +129,7 @@ pub async fn rebuild(
         (Some(name), false) if PROJECTIONS.contains(&name) => Some(name),
         (Some(name), false) => return Err(ProjectionsCmdError::Unknown(name.to_owned())),
     };
-    let ledger = open(database).await?;
+    let ledger = open(ledger).await?;
     let head = ledger.last_position().await?.0.max(1);
     let started = Instant::now();
     let label = name.unwrap_or("all projections");
@@ -155,27 +157,18 @@ pub async fn rebuild(
     Ok(())
 }
 
-fn nats_url(explicit: Option<String>) -> Result<String, ProjectionsCmdError> {
-    explicit
-        .or_else(|| std::env::var("NATS_URL").ok())
-        .filter(|u| !u.trim().is_empty())
-        .ok_or(ProjectionsCmdError::NoNats)
+fn relay_config(nats: &NatsArgs) -> Result<recur_projections::RelayConfig, ProjectionsCmdError> {
+    nats.relay_config().ok_or(ProjectionsCmdError::NoNats)
 }
 
 /// Publishes the ledger to JetStream until Ctrl-C.
 ///
 /// # Errors
 /// No NATS URL; NATS or the ledger unreachable at start.
-pub async fn relay(
-    database: Option<&str>,
-    nats: Option<String>,
-) -> Result<(), ProjectionsCmdError> {
-    let ledger = open(database).await?;
-    let relay = recur_projections::Relay::connect(
-        ledger,
-        recur_projections::RelayConfig::from_env(nats_url(nats)?),
-    )
-    .await?;
+pub async fn relay(ledger: &LedgerArgs, nats: &NatsArgs) -> Result<(), ProjectionsCmdError> {
+    let config = relay_config(nats)?;
+    let ledger = open(ledger).await?;
+    let relay = recur_projections::Relay::connect(ledger, config).await?;
     eprintln!(
         "relay: publishing from position {}",
         relay.published_position().await?.0
@@ -193,12 +186,9 @@ pub async fn relay(
 ///
 /// # Errors
 /// No NATS URL; NATS, the ledger or the read models unreachable at start.
-pub async fn project(
-    database: Option<&str>,
-    nats: Option<String>,
-) -> Result<(), ProjectionsCmdError> {
-    let ledger = open(database).await?;
-    let config = recur_projections::RelayConfig::from_env(nats_url(nats)?);
+pub async fn project(ledger: &LedgerArgs, nats: &NatsArgs) -> Result<(), ProjectionsCmdError> {
+    let config = relay_config(nats)?;
+    let ledger = open(ledger).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let tasks = follow_all(&ledger, &config, "recur", &stopped).await?;
     let _ = tokio::signal::ctrl_c().await;

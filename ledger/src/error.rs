@@ -82,6 +82,13 @@ pub enum LedgerError {
     /// The database URL or path could not be understood.
     #[error("invalid ledger location: {0}")]
     InvalidLocation(String),
+    /// A SQLite ledger file does not exist and creating it was not asked for
+    /// ([`crate::LedgerConfig::create_if_missing`], or `mode=rwc` in the URL).
+    #[error("no ledger file at {path}")]
+    NotFound {
+        /// The file looked for.
+        path: String,
+    },
     /// The database could not be reached (down, refused, timed out).
     #[error("ledger database unavailable: {0}")]
     Unavailable(String),
@@ -119,6 +126,7 @@ impl LedgerError {
             Self::Integrity(_) => "ledger_integrity",
             Self::Decode { .. } => "event_decode_failed",
             Self::InvalidLocation(_) => "invalid_ledger_location",
+            Self::NotFound { .. } => "ledger_not_found",
             Self::Unavailable(_) => "ledger_unavailable",
             Self::Contention { .. } => "ledger_contention",
             Self::Migration(_) => "ledger_migration_failed",

@@ -16,7 +16,9 @@
 //! use recur_ledger::{EventId, ExpectedVersion, Ledger, LedgerConfig, NewEvent, StreamId, SystemClock, Clock};
 //!
 //! let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-//! let ledger = Ledger::open(LedgerConfig::new("sqlite:recur.sqlite"), clock.clone()).await?;
+//! // A missing file is made only when asked: a mistyped path is an error, not an empty ledger.
+//! let config = LedgerConfig::new("sqlite:recur.sqlite").create_if_missing(true);
+//! let ledger = Ledger::open(config, clock.clone()).await?;
 //! let stream = StreamId::parse("customer-42")?;
 //! let event = NewEvent::new(EventId::new_at(clock.now()), "CustomerCreated", 1, &serde_json::json!({"segment": "standard"}))?;
 //! let appended = ledger.append(&stream, ExpectedVersion::NoStream, vec![event]).await?;

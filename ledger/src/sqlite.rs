@@ -58,11 +58,16 @@ fn event_row(row: &sqlx::sqlite::SqliteRow) -> Result<EventRow, LedgerError> {
 const ROWS_BUFFERED: usize = 5_000;
 
 impl SqliteStore {
-    /// Opens (creating if missing) the file at `path` and migrates it.
+    /// Opens the file at `path` and migrates it; a missing file is made only if
+    /// `config.create_if_missing` or the URL's `mode=rwc` asks for it.
     pub(crate) async fn open(path: &str, config: &LedgerConfig) -> Result<Self, LedgerError> {
-        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
-            .map_err(|error| LedgerError::InvalidLocation(error.to_string()))?
-            .create_if_missing(true)
+        let mut options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(|error| LedgerError::InvalidLocation(error.to_string()))?;
+        // Only ever switched on here: a `mode=rwc` the URL set is kept.
+        if config.create_if_missing {
+            options = options.create_if_missing(true);
+        }
+        let options = options
             .journal_mode(SqliteJournalMode::Wal)
             // FULL: an append is durable when it returns, as on Postgres.
             .synchronous(SqliteSynchronous::Full)
@@ -77,7 +82,25 @@ impl SqliteStore {
             .acquire_timeout(timeout)
             .connect_with(options.clone())
             .await
-            .map_err(|error| LedgerError::Unavailable(format!("{path}: {error}")))?;
+            .map_err(|error| {
+                // Asked after the fact rather than before, so that whatever made
+                // SQLite create the file (the flag, `mode=rwc`) is honoured as is.
+                let file = options.get_filename();
+                let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(folder) = folder.filter(|folder| !folder.exists()) {
+                    // No file can be made there, asked or not.
+                    LedgerError::Unavailable(format!(
+                        "{path}: the folder {} does not exist",
+                        folder.display()
+                    ))
+                } else if !file.exists() && !config.create_if_missing {
+                    LedgerError::NotFound {
+                        path: file.display().to_string(),
+                    }
+                } else {
+                    LedgerError::Unavailable(format!("{path}: {error}"))
+                }
+            })?;
         migrate::sqlite(&writer).await?;
         let pages = PageReader::new(options.get_filename(), timeout);
         let readers = SqlitePoolOptions::new()

@@ -38,6 +38,10 @@ pub struct LedgerConfig {
     pub release_wait_ms: u64,
     /// How often released events are sealed in the background; 0 turns it off.
     pub seal_interval_ms: u64,
+    /// Make a missing SQLite file (default: false, so a mistyped path is
+    /// [`LedgerError::NotFound`] rather than a fresh, empty ledger). `mode=rwc` in a
+    /// `sqlite:` URL asks for the same. Postgres databases are never created.
+    pub create_if_missing: bool,
 }
 
 impl LedgerConfig {
@@ -51,7 +55,15 @@ impl LedgerConfig {
             poll_interval_ms: 10,
             release_wait_ms: 5_000,
             seal_interval_ms: 60_000,
+            create_if_missing: false,
         }
+    }
+
+    /// The same, making a missing SQLite file when `create` is true.
+    #[must_use]
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
     }
 }
 
@@ -194,8 +206,10 @@ impl Ledger {
     /// Opens (and migrates) the store at `config.location`.
     ///
     /// # Errors
-    /// [`LedgerError::InvalidLocation`], [`LedgerError::Unavailable`] when the database
-    /// cannot be reached, [`LedgerError::Migration`] when the schema cannot be brought up to date.
+    /// [`LedgerError::InvalidLocation`], [`LedgerError::NotFound`] when a SQLite file
+    /// does not exist and creating it was not asked for, [`LedgerError::Unavailable`]
+    /// when the database cannot be reached, [`LedgerError::Migration`] when the schema
+    /// cannot be brought up to date.
     pub async fn open(config: LedgerConfig, clock: Arc<dyn Clock>) -> Result<Self, LedgerError> {
         let committed = Arc::new(Notify::new());
         let location = config.location.trim();

@@ -202,13 +202,63 @@ async fn an_unreachable_postgres_is_a_typed_error_not_a_panic() {
     let error = Ledger::open(config, clock.clone()).await.unwrap_err();
     assert_eq!(error.code(), "ledger_unavailable", "{error}");
 
+    // Asked to create it, but its folder is not there: the file cannot be made.
     let error = Ledger::open(
-        recur_ledger::LedgerConfig::new("sqlite:/nonexistent-dir/x/ledger.sqlite"),
+        recur_ledger::LedgerConfig::new("sqlite:/nonexistent-dir/x/ledger.sqlite")
+            .create_if_missing(true),
         clock,
     )
     .await
     .unwrap_err();
     assert_eq!(error.code(), "ledger_unavailable", "{error}");
+}
+
+/// Issue 13: a mistyped `sqlite:` path silently started a fresh, empty ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_sqlite_file_is_not_found_and_not_created_unless_asked() {
+    let clock: std::sync::Arc<dyn recur_ledger::Clock> =
+        std::sync::Arc::new(recur_ledger::SystemClock);
+    let dir = std::env::temp_dir().join(format!("recur-missing-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("typo.sqlite");
+    let location = format!("sqlite:{}", path.display());
+
+    let error = Ledger::open(
+        recur_ledger::LedgerConfig::new(location.clone()),
+        clock.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "ledger_not_found", "{error}");
+    assert!(
+        error.to_string().contains(&path.display().to_string()),
+        "{error}"
+    );
+    assert!(!path.exists(), "refusing must not leave a file behind");
+    // A mistyped folder: nothing can be made there, and nothing is.
+    let error = Ledger::open(
+        recur_ledger::LedgerConfig::new(format!("sqlite:{}/nope/typo.sqlite", dir.display())),
+        clock.clone(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(error.code(), "ledger_unavailable", "{error}");
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    assert!(!dir.join("nope").exists());
+
+    // `mode=rwc` in the URL asks for the file, as the flag does.
+    Ledger::open(
+        recur_ledger::LedgerConfig::new(format!("{location}?mode=rwc")),
+        clock.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(path.exists());
+    // Once it is there, no asking is needed.
+    Ledger::open(recur_ledger::LedgerConfig::new(location), clock)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

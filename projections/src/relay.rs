@@ -39,29 +39,31 @@ pub struct RelayConfig {
 }
 
 impl RelayConfig {
-    /// [`RelayConfig::new`], with the stream named by `RECUR_NATS_STREAM` if set
-    /// (subjects `<lowercase name>.events.>`), so several ledgers can share a server.
-    pub fn from_env(url: impl Into<String>) -> Self {
-        let mut config = Self::new(url);
-        if let Some(stream) = std::env::var("RECUR_NATS_STREAM")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-        {
-            config.subject_prefix = format!("{}.events", stream.to_lowercase());
-            config.stream = stream;
-        }
-        config
-    }
+    /// The stream [`RelayConfig::new`] names.
+    pub const STREAM_DEFAULT: &str = "RECUR_EVENTS";
 
     /// The defaults for `url`: stream `RECUR_EVENTS`, subjects `recur.events.>`,
     /// a 10-minute duplicate window.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             nats_url: url.into(),
-            stream: "RECUR_EVENTS".into(),
+            stream: Self::STREAM_DEFAULT.into(),
             subject_prefix: "recur.events".into(),
             duplicate_window: Duration::from_secs(600),
         }
+    }
+
+    /// The same on the stream `name` (subjects `<lowercase name>.events.>`), so
+    /// several ledgers can share a server. A blank name, or the default's, keeps
+    /// the default stream and its `recur.events.>` subjects.
+    #[must_use]
+    pub fn with_stream(mut self, name: &str) -> Self {
+        let name = name.trim();
+        if !name.is_empty() && name != Self::STREAM_DEFAULT {
+            self.subject_prefix = format!("{}.events", name.to_lowercase());
+            self.stream = name.to_owned();
+        }
+        self
     }
 }
 
@@ -329,4 +331,26 @@ async fn settle_one(in_flight: &mut VecDeque<(u64, PublishAckFuture)>) -> Result
         message: e.to_string(),
     })?;
     Ok(position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_named_stream_gets_its_own_subjects_and_the_default_name_keeps_the_defaults() {
+        let named = RelayConfig::new("nats://x").with_stream("RECUR_TEST_1");
+        assert_eq!(
+            (named.stream.as_str(), named.subject_prefix.as_str()),
+            ("RECUR_TEST_1", "recur_test_1.events")
+        );
+        // `--nats-stream` defaults to the default name: it must not move the subjects.
+        for name in [RelayConfig::STREAM_DEFAULT, "", "  "] {
+            let config = RelayConfig::new("nats://x").with_stream(name);
+            assert_eq!(
+                (config.stream.as_str(), config.subject_prefix.as_str()),
+                ("RECUR_EVENTS", "recur.events")
+            );
+        }
+    }
 }

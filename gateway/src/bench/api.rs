@@ -95,9 +95,11 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
             "3600",
             "--database",
             &location,
+            // The benchmark's fresh scratch ledger (the SQLite file was removed above).
+            "--create",
         ])
         .env("RECUR_ADMIN_KEY", &key)
-        .env("RECUR_LOG", "error")
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

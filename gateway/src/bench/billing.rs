@@ -174,7 +174,8 @@ async fn fresh_ledger(
             format!("sqlite:{}", path.display())
         }
     };
-    let mut config = LedgerConfig::new(location);
+    // A fresh scratch ledger of the benchmark's own.
+    let mut config = LedgerConfig::new(location).create_if_missing(true);
     config.pool_size = config.pool_size.max(
         u32::try_from(options.concurrency)
             .unwrap_or(u32::MAX)

@@ -498,7 +498,7 @@ impl Target {
                 let path = dir.join("recur-bench.sqlite");
                 remove_sqlite_files(&path);
                 let ledger = Ledger::open(
-                    LedgerConfig::new(format!("sqlite:{}", path.display())),
+                    LedgerConfig::new(format!("sqlite:{}", path.display())).create_if_missing(true),
                     clock,
                 )
                 .await?;

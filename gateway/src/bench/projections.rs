@@ -122,9 +122,10 @@ fn projection_error(error: recur_projections::ProjectionError) -> BenchError {
     BenchError::Usage(format!("projection: {error}"))
 }
 
+/// Opens a benchmark's ledger, making it if missing: the benchmark's own scratch files.
 async fn open(location: &str) -> Result<Ledger, BenchError> {
     Ok(Ledger::open(
-        LedgerConfig::new(location.to_owned()),
+        LedgerConfig::new(location.to_owned()).create_if_missing(true),
         Arc::new(SystemClock),
     )
     .await?)

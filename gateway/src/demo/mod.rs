@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{Billing, BillingError, Catalog, SimulatedGateway, SubscriptionId};
-use recur_ledger::{Clock, Ledger, LedgerConfig, LedgerError, Money, Position, TestClock};
+use recur_ledger::{Clock, Ledger, LedgerError, Money, Position, TestClock};
 use serde::Serialize;
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
@@ -39,8 +39,11 @@ pub struct DemoOptions {
     pub customers: u64,
     /// Months simulated.
     pub months: u32,
-    /// A ledger location; default: a fresh embedded file.
+    /// A ledger location (made if missing; it must be empty); default: a fresh
+    /// embedded file in `data_dir`.
     pub database: Option<String>,
+    /// Folder of the default demo ledger ([`DEMO_LEDGER_FILE`]).
+    pub data_dir: std::path::PathBuf,
     /// Show a progress bar on stderr.
     pub progress: bool,
 }
@@ -51,6 +54,9 @@ pub enum DemoError {
     /// Bad options.
     #[error("{0}")]
     Options(String),
+    /// The ledger could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::config::OpenError),
     /// The ledger refused or failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -117,10 +123,13 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
     }
     let location = match &options.database {
         Some(location) => location.clone(),
-        None => fresh_embedded_location()?,
+        None => fresh_embedded_location(&options.data_dir)?,
     };
     let clock = TestClock::at(DEMO_START);
-    let ledger = Ledger::open(LedgerConfig::new(location.clone()), Arc::new(clock.clone())).await?;
+    // The demo writes a new business: it makes its ledger wherever it is told to.
+    let ledger = crate::config::LedgerArgs::at(location.clone())
+        .open(crate::config::WhenMissing::Create, Arc::new(clock.clone()))
+        .await?;
     if ledger.last_position().await? != Position::START {
         return Err(DemoError::Options(format!(
             "the demo needs an empty ledger and {} is not; leave out --database to use a fresh embedded file",
@@ -228,10 +237,8 @@ async fn projected_mrr(
     ))
 }
 
-fn fresh_embedded_location() -> Result<String, DemoError> {
-    let dir = std::env::var_os("RECUR_DATA_DIR")
-        .map_or_else(|| std::path::PathBuf::from("."), std::path::PathBuf::from);
-    std::fs::create_dir_all(&dir)
+fn fresh_embedded_location(dir: &std::path::Path) -> Result<String, DemoError> {
+    std::fs::create_dir_all(dir)
         .map_err(|e| DemoError::Options(format!("cannot create {}: {e}", dir.display())))?;
     let path = dir.join(DEMO_LEDGER_FILE);
     for suffix in ["", "-wal", "-shm"] {

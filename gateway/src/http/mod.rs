@@ -10,9 +10,9 @@ pub mod problem;
 pub mod request;
 pub mod routes;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{Billing, Catalog, SimulatedGateway};
-use recur_ledger::{Clock, Ledger, LedgerConfig, SystemClock, TestClock};
+use recur_ledger::{Clock, SystemClock, TestClock};
 use tracing::Instrument;
 
 use self::auth::KeyRing;
@@ -56,10 +56,16 @@ pub struct AppState {
 /// How to serve.
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
-    /// Address to listen on (port 0: any free port).
-    pub listen: SocketAddr,
-    /// Ledger location; default DATABASE_URL, else the embedded file.
-    pub database: Option<String>,
+    /// Address to listen on (a host name is resolved; port 0: any free port).
+    pub listen: crate::config::ListenAddr,
+    /// The ledger; opened with [`ServeOptions::missing`].
+    pub ledger: crate::config::LedgerArgs,
+    /// What to do when the ledger's SQLite file is not there.
+    pub missing: crate::config::WhenMissing,
+    /// The bootstrap admin key (`RECUR_ADMIN_KEY`), held only in memory.
+    pub admin_key: Option<crate::config::Secret>,
+    /// Relay the ledger to NATS JetStream, when configured.
+    pub relay: Option<recur_projections::RelayConfig>,
     /// Run on a test clock, with POST /v1/test_clock/advance.
     pub test_clock: bool,
     /// Where the test clock starts (default: now); never before the ledger's last event.
@@ -228,9 +234,10 @@ async fn request_id(
 /// [`DRAIN_MS`]), lets the scheduler finish its tick and the relay stop, and returns.
 ///
 /// # Errors
-/// The ledger cannot be opened, the address cannot be bound, a bad `RECUR_ADMIN_KEY`.
+/// The ledger cannot be opened (a missing SQLite file that may not be made is
+/// one), the address cannot be resolved or bound, a bad `RECUR_ADMIN_KEY`.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
-    let location = crate::config::ledger_location(options.database.as_deref());
+    let location = options.ledger.location();
     let test_clock = options.test_clock.then(|| {
         TestClock::at(
             options
@@ -242,7 +249,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Some(clock) => Arc::new(clock.clone()),
         None => Arc::new(SystemClock),
     };
-    let ledger = Ledger::open(LedgerConfig::new(location.clone()), clock).await?;
+    let ledger = options.ledger.open(options.missing, clock).await?;
     if let Some(clock) = &test_clock {
         // A test clock never runs behind what the ledger already recorded.
         let last = ledger.last_position().await?;
@@ -261,11 +268,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         )
         .await?,
     );
-    let bootstrap = std::env::var("RECUR_ADMIN_KEY")
-        .ok()
+    let bootstrap = options
+        .admin_key
+        .as_ref()
+        .map(crate::config::Secret::expose)
         .filter(|k| !k.is_empty());
     let keys = Arc::new(
-        KeyRing::load(ledger.clone(), bootstrap.as_deref())
+        KeyRing::load(ledger.clone(), bootstrap)
             .await
             .map_err(anyhow::Error::msg)?,
     );
@@ -346,17 +355,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
-    if let Some(url) = std::env::var("NATS_URL")
-        .ok()
-        .filter(|u| !u.trim().is_empty())
-    {
+    if let Some(config) = options.relay.clone() {
         // Distribution to other processes (`recur project`); the in-process
         // projections above do not need it.
-        let relay = recur_projections::Relay::connect(
-            ledger.clone(),
-            recur_projections::RelayConfig::from_env(url),
-        )
-        .await?;
+        let relay = recur_projections::Relay::connect(ledger.clone(), config).await?;
         let mut stopping = stopping.clone();
         background.spawn(async move {
             if let Err(error) = relay.run(stopped(&mut stopping)).await {
@@ -374,13 +376,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         }
     });
-    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    // A host name is resolved here; the first of its addresses that binds is used.
+    let listener = tokio::net::TcpListener::bind(options.listen.to_bind())
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     // The first line of stdout, for scripts and tests that start us on port 0.
-    println!(
-        "recur: listening on http://{address} (ledger {})",
-        crate::config::redact(&location)
-    );
+    println!("recur: listening on http://{address} (ledger {location})");
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("stopping: no new connections; draining the requests in flight");

@@ -144,7 +144,7 @@ pub async fn sqlite_with(clock: Arc<dyn Clock>) -> TestLedger {
         uuid::Uuid::new_v4().simple()
     ));
     let ledger = Ledger::open(
-        LedgerConfig::new(format!("sqlite:{}", path.display())),
+        LedgerConfig::new(format!("sqlite:{}", path.display())).create_if_missing(true),
         clock,
     )
     .await
