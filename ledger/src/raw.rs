@@ -1,6 +1,8 @@
-//! Raw database access for the few tools that must step around the API: the
-//! benchmark's raw-SQL baseline and the tests that tamper with stored rows.
-//! Nothing in the product writes through these.
+//! Raw database access for what must step around the ledger's API: the read
+//! models, which live in the ledger's database and write their own tables
+//! through these pools (`recur_projections::db::Db::of`; never the ledger's
+//! tables, which triggers keep append-only), the benchmark's raw-SQL baseline,
+//! and the tests that tamper with stored rows.
 
 use sqlx::{PgPool, SqlitePool};
 
