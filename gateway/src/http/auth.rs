@@ -214,20 +214,6 @@ pub struct Caller {
     pub role: Role,
 }
 
-impl Caller {
-    /// Refuses unless the caller's role is one of `roles` (admin always passes).
-    ///
-    /// # Errors
-    /// 403 `forbidden`.
-    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
-        if self.role == Role::Admin || roles.contains(&self.role) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(self.role.name()))
-        }
-    }
-}
-
 fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
@@ -563,13 +549,105 @@ impl KeyRing {
     }
 }
 
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = ApiError;
+/// The roles allowed on each route, read from the OpenAPI document the routes
+/// were declared in (their `api_key` security scopes); a route without security
+/// is public.
+#[derive(Debug, Default)]
+pub struct RouteRoles {
+    by_route: std::collections::HashMap<(axum::http::Method, String), Vec<Role>>,
+}
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
+impl RouteRoles {
+    /// The table of `api`.
+    ///
+    /// # Panics
+    /// A scope that names no role: a declaration mistake caught by any test
+    /// that builds the router.
+    pub fn of(api: &utoipa::openapi::OpenApi) -> Self {
+        let mut by_route = std::collections::HashMap::new();
+        for (path, item) in &api.paths.paths {
+            let operations = [
+                (axum::http::Method::GET, &item.get),
+                (axum::http::Method::POST, &item.post),
+                (axum::http::Method::PUT, &item.put),
+                (axum::http::Method::PATCH, &item.patch),
+                (axum::http::Method::DELETE, &item.delete),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let scopes: Vec<String> = operation
+                    .security
+                    .iter()
+                    .flatten()
+                    .filter_map(|requirement| {
+                        serde_json::to_value(requirement)
+                            .ok()?
+                            .get("api_key")?
+                            .as_array()
+                            .cloned()
+                    })
+                    .flatten()
+                    .filter_map(|scope| scope.as_str().map(str::to_owned))
+                    .collect();
+                if operation.security.is_none() {
+                    continue;
+                }
+                let roles = scopes
+                    .iter()
+                    .map(|scope| {
+                        serde_json::from_value::<Role>(serde_json::Value::String(scope.clone()))
+                            .unwrap_or_else(|_| panic!("{method} {path}: {scope:?} is no role"))
+                    })
+                    .collect();
+                by_route.insert((method, path.clone()), roles);
+            }
+        }
+        Self { by_route }
+    }
+
+    /// The roles allowed on `method` `path` (a route template); None: public.
+    pub fn of_route(&self, method: &axum::http::Method, path: &str) -> Option<&[Role]> {
+        self.by_route
+            .get(&(method.clone(), path.to_owned()))
+            .map(Vec::as_slice)
+    }
+}
+
+/// Authenticates and authorises a request before any handler or extractor
+/// runs, by the roles its route declares: 401 `unauthenticated`, 403
+/// `forbidden`. The caller is handed to the handler in the request's extensions.
+pub async fn authorize(
+    axum::extract::State((state, roles)): axum::extract::State<(Arc<AppState>, Arc<RouteRoles>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|matched| matched.as_str().to_owned());
+    let Some(allowed) = path.and_then(|path| roles.of_route(request.method(), &path)) else {
+        return next.run(request).await;
+    };
+    let (mut parts, body) = request.into_parts();
+    let caller = match Caller::authenticate(&parts, &state) {
+        Ok(caller) => caller,
+        Err(error) => return error.into_response(),
+    };
+    if !allowed.contains(&caller.role) {
+        return ApiError::forbidden(caller.role.name()).into_response();
+    }
+    parts.extensions.insert(caller);
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
+}
+
+impl Caller {
+    /// The caller the request's bearer key names.
+    ///
+    /// # Errors
+    /// 401 `unauthenticated`; 503 `unavailable` when keys cannot be checked.
+    fn authenticate(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let presented = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
@@ -589,5 +667,21 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 "API keys cannot be checked: the ledger is unavailable; retry shortly",
             )),
         }
+    }
+}
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    /// The caller [`authorize`] let in; authenticated here on a route that
+    /// declares no roles.
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
+        Self::authenticate(parts, state)
     }
 }

@@ -18,11 +18,14 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{Billing, Catalog, SimulatedGateway};
 use recur_ledger::{Clock, SystemClock, TestClock};
 use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::auth::KeyRing;
 use self::directory::Directory;
@@ -92,80 +95,73 @@ const PURGE_INTERVAL_S: u64 = 3_600;
 /// How long idempotency answers are kept, in hours (the promise is at least 24).
 pub const IDEMPOTENCY_KEEP_HOURS: i64 = 48;
 
+/// Every route, declared once: each handler's `#[utoipa::path]` names its
+/// method, path and the roles allowed (its `api_key` security scopes); the
+/// router, the OpenAPI document and the role check ([`auth::authorize`]) are all
+/// made from these declarations, so they cannot drift apart.
+pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(customers::create))
+        .routes(routes!(customers::get, customers::update))
+        .routes(routes!(customers::attach_payment_method))
+        .routes(routes!(metrics::customer_view))
+        .routes(routes!(subscriptions::create, subscriptions::list))
+        .routes(routes!(subscriptions::get))
+        .routes(routes!(subscriptions::change))
+        .routes(routes!(subscriptions::preview_change))
+        .routes(routes!(subscriptions::cancel))
+        .routes(routes!(subscriptions::pause))
+        .routes(routes!(subscriptions::resume))
+        .routes(routes!(subscriptions::undo_cancellation))
+        .routes(routes!(
+            subscriptions::apply_discount,
+            subscriptions::remove_discount
+        ))
+        .routes(routes!(invoices::list))
+        .routes(routes!(invoices::get))
+        .routes(routes!(invoices::pay))
+        .routes(routes!(invoices::void))
+        .routes(routes!(invoices::refund))
+        .routes(routes!(invoices::purchase))
+        .routes(routes!(coupons::create))
+        .routes(routes!(coupons::get))
+        .routes(routes!(catalog::plans, catalog::create_plan))
+        .routes(routes!(catalog::update_plan))
+        .routes(routes!(catalog::tax_rates, catalog::create_tax_rate))
+        .routes(routes!(catalog::retire_tax_rate))
+        .routes(routes!(catalog::prices, catalog::create_price))
+        .routes(routes!(metrics::mrr_series))
+        .routes(routes!(metrics::movements))
+        .routes(routes!(metrics::churn))
+        .routes(routes!(metrics::cohorts))
+        .routes(routes!(metrics::mrr_at))
+        .routes(routes!(metrics::trial_balance))
+        .routes(routes!(metrics::ar_aging))
+        .routes(routes!(metrics::revenue_recognition))
+        .routes(routes!(system::create_key, system::list_keys))
+        .routes(routes!(system::revoke_key))
+        .routes(routes!(system::rotate_key))
+        .routes(routes!(system::advance))
+}
+
+/// The OpenAPI document of [`api_routes`], made once.
+pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
+    static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(|| api_routes().split_for_parts().1)
+}
+
 /// Builds the router over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
+    let (routes, api) = api_routes().split_for_parts();
+    let roles = Arc::new(auth::RouteRoles::of(&api));
+    routes
         .route("/openapi.json", get(system::openapi))
-        .route("/v1/customers", post(customers::create))
-        .route(
-            "/v1/customers/{id}",
-            get(customers::get).post(customers::update),
-        )
-        .route(
-            "/v1/customers/{id}/payment_method",
-            post(customers::attach_payment_method),
-        )
-        .route("/v1/customers/{id}/view", get(metrics::customer_view))
-        .route(
-            "/v1/subscriptions",
-            post(subscriptions::create).get(subscriptions::list),
-        )
-        .route("/v1/subscriptions/{id}", get(subscriptions::get))
-        .route("/v1/subscriptions/{id}/change", post(subscriptions::change))
-        .route(
-            "/v1/subscriptions/{id}/preview_change",
-            post(subscriptions::preview_change),
-        )
-        .route("/v1/subscriptions/{id}/cancel", post(subscriptions::cancel))
-        .route("/v1/subscriptions/{id}/pause", post(subscriptions::pause))
-        .route("/v1/subscriptions/{id}/resume", post(subscriptions::resume))
-        .route(
-            "/v1/subscriptions/{id}/undo_cancellation",
-            post(subscriptions::undo_cancellation),
-        )
-        .route(
-            "/v1/subscriptions/{id}/discount",
-            post(subscriptions::apply_discount).delete(subscriptions::remove_discount),
-        )
-        .route("/v1/invoices", get(invoices::list))
-        .route("/v1/invoices/{id}", get(invoices::get))
-        .route("/v1/invoices/{id}/pay", post(invoices::pay))
-        .route("/v1/invoices/{id}/void", post(invoices::void))
-        .route("/v1/invoices/{id}/refund", post(invoices::refund))
-        .route("/v1/purchases", post(invoices::purchase))
-        .route("/v1/coupons", post(coupons::create))
-        .route("/v1/coupons/{code}", get(coupons::get))
-        .route("/v1/plans", get(catalog::plans).post(catalog::create_plan))
-        .route("/v1/plans/{id}", post(catalog::update_plan))
-        .route(
-            "/v1/tax_rates",
-            get(catalog::tax_rates).post(catalog::create_tax_rate),
-        )
-        .route("/v1/tax_rates/{id}/retire", post(catalog::retire_tax_rate))
-        .route(
-            "/v1/prices",
-            get(catalog::prices).post(catalog::create_price),
-        )
-        .route("/v1/metrics/mrr", get(metrics::mrr_series))
-        .route("/v1/metrics/movements", get(metrics::movements))
-        .route("/v1/metrics/churn", get(metrics::churn))
-        .route("/v1/metrics/cohorts", get(metrics::cohorts))
-        .route("/v1/metrics/mrr-at", get(metrics::mrr_at))
-        .route("/v1/ledger/trial-balance", get(metrics::trial_balance))
-        .route("/v1/ledger/ar-aging", get(metrics::ar_aging))
-        .route(
-            "/v1/ledger/revenue-recognition",
-            get(metrics::revenue_recognition),
-        )
-        .route(
-            "/v1/api_keys",
-            post(system::create_key).get(system::list_keys),
-        )
-        .route("/v1/api_keys/{id}/revoke", post(system::revoke_key))
-        .route("/v1/api_keys/{id}/rotate", post(system::rotate_key))
-        .route("/v1/test_clock/advance", post(system::advance))
+        .route_layer(middleware::from_fn_with_state(
+            (Arc::clone(&state), roles),
+            auth::authorize,
+        ))
         .fallback(|| async { ApiError::not_found("route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -443,5 +439,54 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::auth::{Role, RouteRoles};
+
+    /// Every route's callers are declared where the route is (its handler's
+    /// `#[utoipa::path]`): admin may call everything, only the probes are public.
+    #[test]
+    fn every_route_declares_who_may_call_it() {
+        let api = super::openapi_document();
+        let roles = RouteRoles::of(api);
+        let mut public = Vec::new();
+        let mut declared = 0;
+        for (path, item) in &api.paths.paths {
+            for (method, operation) in [
+                (axum::http::Method::GET, &item.get),
+                (axum::http::Method::POST, &item.post),
+                (axum::http::Method::DELETE, &item.delete),
+            ] {
+                if operation.is_none() {
+                    continue;
+                }
+                match roles.of_route(&method, path) {
+                    None => public.push(format!("{method} {path}")),
+                    Some(allowed) => {
+                        declared += 1;
+                        assert!(
+                            allowed.contains(&Role::Admin),
+                            "{method} {path}: {allowed:?}"
+                        );
+                    }
+                }
+            }
+        }
+        public.sort();
+        assert_eq!(public, ["GET /healthz", "GET /readyz"]);
+        assert_eq!(declared, 45, "every other operation names its roles");
+        assert_eq!(
+            roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
+            Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])
+        );
+        assert_eq!(
+            roles.of_route(&axum::http::Method::POST, "/v1/api_keys"),
+            Some(&[Role::Admin][..])
+        );
     }
 }

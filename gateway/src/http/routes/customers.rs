@@ -4,12 +4,12 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use recur_commands::CustomerId;
 use recur_commands::billing::NewCustomer;
 use recur_commands::context::within;
 
-use super::{READERS, WRITERS, context, customer_id, to_value};
+use super::{context, customer_id, to_value};
 use crate::http::AppState;
 use crate::http::auth::{Caller, Role};
 use crate::http::dto::{CustomerCreate, CustomerDto, CustomerUpdate, PaymentMethodDto};
@@ -34,16 +34,13 @@ async fn customer_dto(
 /// Create a customer.
 #[utoipa::path(post, operation_id = "customers_create", path = "/v1/customers", tag = "customers", request_body = CustomerCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, description = "Created", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    if let Err(error) = caller.require(WRITERS) {
-        return error.into_response();
-    }
     idempotent(
         &state,
         &caller,
@@ -77,13 +74,12 @@ pub async fn create(
 /// Get a customer (contact details for admin and support keys only).
 #[utoipa::path(get, operation_id = "customers_get", path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path, description = "Customer id")),
-    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing", "support"])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
     let dto = customer_dto(&state, customer_id(&id)?, caller.role, None).await?;
     Ok(json_response(StatusCode::OK, &to_value(&dto)?))
 }
@@ -93,7 +89,7 @@ pub async fn get(
     params(("id" = String, Path, description = "Customer id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing", "support"])))]
 pub async fn update(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -101,9 +97,6 @@ pub async fn update(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    if let Err(error) = caller.require(&[Role::Billing, Role::Support]) {
-        return error.into_response();
-    }
     let route = format!("POST /v1/customers/{id}");
     idempotent(&state, &caller, &headers, &route, &body, async {
         let id = customer_id(&id)?;
@@ -149,7 +142,7 @@ pub async fn update(
     params(("id" = String, Path, description = "Customer id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = CustomerDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn attach_payment_method(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -157,9 +150,6 @@ pub async fn attach_payment_method(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    if let Err(error) = caller.require(WRITERS) {
-        return error.into_response();
-    }
     let route = format!("POST /v1/customers/{id}/payment_method");
     idempotent(&state, &caller, &headers, &route, &body, async {
         let id = customer_id(&id)?;

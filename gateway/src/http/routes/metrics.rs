@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::Date;
 use utoipa::ToSchema;
 
-use super::{EVERYONE, to_value};
+use super::to_value;
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::dto::MoneyDto;
@@ -325,13 +325,12 @@ fn usd(minor: i64) -> MoneyDto {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = MrrSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn mrr_series(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<SeriesQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
@@ -486,13 +485,12 @@ impl From<KindParam> for MovementKind {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = MovementsAnswer), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn movements(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<MovementsQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
@@ -650,13 +648,12 @@ pub struct TrialBalance {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = TrialBalance), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn trial_balance(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<AsOfQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let as_of = query
         .as_of
         .as_deref()
@@ -753,13 +750,12 @@ fn ratio_text(value: Option<rust_decimal::Decimal>) -> Option<String> {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = ChurnSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn churn(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
@@ -829,13 +825,12 @@ pub struct CohortTable {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = CohortTable), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn cohorts(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
@@ -927,14 +922,13 @@ pub struct CustomerView {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = CustomerView), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projections have not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support"])))]
 pub async fn customer_view(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     axum::extract::Path(id): axum::extract::Path<String>,
     Params(query): Params<ReadingQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(super::READERS)?;
     let customer = super::customer_id(&id)?;
     let reading = Reading {
         min_position: query.min_position,
@@ -1041,13 +1035,12 @@ pub struct RevenueSeries {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = RevenueSeries), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn revenue_recognition(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
@@ -1103,13 +1096,12 @@ pub struct ArAging {
            ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
     responses((status = 200, description = "Done", body = ArAging), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached min_position", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn ar_aging(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<AsOfQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let as_of = query
         .as_of
         .as_deref()
@@ -1166,13 +1158,12 @@ pub struct MrrAtQuery {
     params(("position" = u64, Query, description = "A ledger position (a write's `position`)")),
     responses((status = 200, description = "Done", body = MrrAt), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection has not reached the position yet", body = Problem)),
-    security(("api_key" = [])))]
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
 pub async fn mrr_at(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<MrrAtQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(EVERYONE)?;
     let at = query.position;
     wait_for(&state, Some(at)).await?;
     let found = analytics::mrr_at(&state.read_models, at)

@@ -4,14 +4,12 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use recur_commands::billing::{NewSubscription, PlanChange, Trial};
 use recur_commands::context::within;
 use recur_commands::{BillingError, CouponCode, CustomerId, SubscriptionId};
 
-use super::{
-    ListQuery, READERS, WRITERS, context, customer_id, resource_action, subscription_id, to_value,
-};
+use super::{ListQuery, context, customer_id, resource_action, subscription_id, to_value};
 use crate::http::AppState;
 use crate::http::auth::Caller;
 use crate::http::dto::{
@@ -42,16 +40,13 @@ fn plan_change(body: PlanChangeBody) -> PlanChange {
 /// Start a subscription (without a trial, the first period is invoiced and charged now).
 #[utoipa::path(post, operation_id = "subscriptions_create", path = "/v1/subscriptions", tag = "subscriptions", request_body = SubscriptionCreate,
     params(("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 201, description = "Created", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 201, description = "Created", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn create(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    if let Err(error) = caller.require(WRITERS) {
-        return error.into_response();
-    }
     idempotent(
         &state,
         &caller,
@@ -85,13 +80,12 @@ pub async fn create(
 /// Get a subscription.
 #[utoipa::path(get, operation_id = "subscriptions_get", path = "/v1/subscriptions/{id}", tag = "subscriptions",
     params(("id" = String, Path, description = "Subscription id")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing", "support"])))]
 pub async fn get(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
     let dto = subscription_dto(&state, subscription_id(&id)?, None).await?;
     Ok(json_response(StatusCode::OK, &to_value(&dto)?))
 }
@@ -101,13 +95,12 @@ pub async fn get(
     params(("customer" = Option<String>, Query, description = "Only this customer's"),
            ("limit" = Option<u32>, Query, description = "1 to 100, default 10"),
            ("starting_after" = Option<String>, Query, description = "The last id of the previous page")),
-    responses((status = 200, description = "Done", body = SubscriptionList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing", "support"])))]
 pub async fn list(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Params(query): Params<ListQuery>,
 ) -> Result<Response, ApiError> {
-    caller.require(READERS)?;
     let limit = query.page_items()?;
     if query.subscription.is_some() {
         return Err(ApiError::new(
@@ -154,42 +147,74 @@ enum Action {
     RemoveDiscount(RemoveDiscountBody),
 }
 
+/// Which action a route runs: the last segment of its path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ActionRoute {
+    Change,
+    Cancel,
+    Pause,
+    Resume,
+    UndoCancellation,
+    Discount,
+    RemoveDiscount,
+}
+
+impl ActionRoute {
+    /// The route, as the idempotency fingerprint names it.
+    fn route(self, id: &str) -> String {
+        let segment = match self {
+            ActionRoute::Change => "change",
+            ActionRoute::Cancel => "cancel",
+            ActionRoute::Pause => "pause",
+            ActionRoute::Resume => "resume",
+            ActionRoute::UndoCancellation => "undo_cancellation",
+            ActionRoute::Discount => "discount",
+            ActionRoute::RemoveDiscount => {
+                return format!("DELETE /v1/subscriptions/{id}/discount");
+            }
+        };
+        format!("POST /v1/subscriptions/{id}/{segment}")
+    }
+
+    /// The action its body asks for.
+    fn action(self, body: &[u8]) -> Result<Action, ApiError> {
+        Ok(match self {
+            ActionRoute::Change => Action::Change(parse(body)?),
+            ActionRoute::Cancel => Action::Cancel(parse(body)?),
+            ActionRoute::Pause => {
+                parse::<Empty>(body)?;
+                Action::Pause
+            }
+            ActionRoute::Resume => {
+                parse::<Empty>(body)?;
+                Action::Resume
+            }
+            ActionRoute::UndoCancellation => {
+                parse::<Empty>(body)?;
+                Action::UndoCancellation
+            }
+            ActionRoute::Discount => {
+                let input: DiscountBody = parse(body)?;
+                Action::Discount(CouponCode::parse(&input.coupon)?, input.timing)
+            }
+            ActionRoute::RemoveDiscount => Action::RemoveDiscount(parse(body)?),
+        })
+    }
+}
+
 async fn act(
     state: Arc<AppState>,
     caller: Caller,
     id: String,
     headers: HeaderMap,
     body: axum::body::Bytes,
-    kind: &'static str,
+    kind: ActionRoute,
 ) -> Response {
-    let route = match kind {
-        "remove_discount" => format!("DELETE /v1/subscriptions/{id}/discount"),
-        _ => format!("POST /v1/subscriptions/{id}/{kind}"),
-    };
+    let route = kind.route(&id);
     let state = &state;
     let billing = &state.billing;
     let command = |id: SubscriptionId, body: &[u8]| {
-        let action = match kind {
-            "change" => Action::Change(parse(body)?),
-            "cancel" => Action::Cancel(parse(body)?),
-            "pause" => {
-                parse::<Empty>(body)?;
-                Action::Pause
-            }
-            "resume" => {
-                parse::<Empty>(body)?;
-                Action::Resume
-            }
-            "discount" => {
-                let input: DiscountBody = parse(body)?;
-                Action::Discount(CouponCode::parse(&input.coupon)?, input.timing)
-            }
-            "remove_discount" => Action::RemoveDiscount(parse(body)?),
-            _ => {
-                parse::<Empty>(body)?;
-                Action::UndoCancellation
-            }
-        };
+        let action = kind.action(body)?;
         let work = async move {
             match action {
                 Action::Discount(code, timing) => {
@@ -228,7 +253,7 @@ pub struct Empty {}
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn change(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -236,7 +261,7 @@ pub async fn change(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "change").await
+    act(state, caller, id, headers, body, ActionRoute::Change).await
 }
 
 /// Cancel now or at period end.
@@ -244,7 +269,7 @@ pub async fn change(
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn cancel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -252,7 +277,7 @@ pub async fn cancel(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "cancel").await
+    act(state, caller, id, headers, body, ActionRoute::Cancel).await
 }
 
 /// Pause an active subscription.
@@ -260,7 +285,7 @@ pub async fn cancel(
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn pause(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -268,7 +293,7 @@ pub async fn pause(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "pause").await
+    act(state, caller, id, headers, body, ActionRoute::Pause).await
 }
 
 /// Resume a paused subscription: a new period starts now and is invoiced.
@@ -276,7 +301,7 @@ pub async fn pause(
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn resume(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -284,7 +309,7 @@ pub async fn resume(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "resume").await
+    act(state, caller, id, headers, body, ActionRoute::Resume).await
 }
 
 /// Undo a cancellation scheduled for period end.
@@ -292,7 +317,7 @@ pub async fn resume(
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn undo_cancellation(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -300,20 +325,27 @@ pub async fn undo_cancellation(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "undo_cancellation").await
+    act(
+        state,
+        caller,
+        id,
+        headers,
+        body,
+        ActionRoute::UndoCancellation,
+    )
+    .await
 }
 
 /// What a plan change would invoice now (proration lines with discount and tax); writes nothing.
 #[utoipa::path(post, operation_id = "subscriptions_preview_change", path = "/v1/subscriptions/{id}/preview_change", tag = "subscriptions", request_body = PlanChangeBody,
     params(("id" = String, Path, description = "Subscription id")),
-    responses((status = 200, description = "Done", body = PreviewDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = PreviewDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn preview_change(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
+    _caller: Caller,
     Path(id): Path<String>,
     RawBody(body): RawBody,
 ) -> Result<Response, ApiError> {
-    caller.require(WRITERS)?;
     let id = subscription_id(&id)?;
     let input: PlanChangeBody = parse(&body)?;
     let preview = state
@@ -340,7 +372,7 @@ pub async fn preview_change(
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn apply_discount(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -348,7 +380,7 @@ pub async fn apply_discount(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "discount").await
+    act(state, caller, id, headers, body, ActionRoute::Discount).await
 }
 
 /// Take the discount off the subscription: now or from the next period (an empty body means now).
@@ -356,7 +388,7 @@ pub async fn apply_discount(
     params(("id" = String, Path, description = "Subscription id"),
            ("If-Match" = Option<String>, Header, description = "The version you last saw"),
            ("Idempotency-Key" = Option<String>, Header, description = "Replays the first answer for the same body")),
-    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = [])))]
+    responses((status = 200, description = "Done", body = SubscriptionDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "billing"])))]
 pub async fn remove_discount(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -364,5 +396,13 @@ pub async fn remove_discount(
     headers: HeaderMap,
     RawBody(body): RawBody,
 ) -> Response {
-    act(state, caller, id, headers, body, "remove_discount").await
+    act(
+        state,
+        caller,
+        id,
+        headers,
+        body,
+        ActionRoute::RemoveDiscount,
+    )
+    .await
 }
