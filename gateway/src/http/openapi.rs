@@ -21,7 +21,7 @@ use super::routes::{catalog, coupons, customers, invoices, metrics, subscription
         catalog::plans, catalog::prices, catalog::create_price, catalog::create_plan, catalog::update_plan,
         catalog::tax_rates, catalog::create_tax_rate, catalog::retire_tax_rate,
         metrics::mrr_series, metrics::movements, metrics::churn, metrics::cohorts, metrics::mrr_at, metrics::trial_balance, metrics::customer_view, metrics::revenue_recognition, metrics::ar_aging,
-        system::healthz, system::readyz, system::create_key, system::list_keys, system::revoke_key, system::rotate_key, system::advance,
+        system::healthz, system::readyz, system::prometheus, system::create_key, system::list_keys, system::revoke_key, system::rotate_key, system::advance,
     ),
     components(schemas(Problem, dto::MoneyDto, subscriptions::Empty)),
     modifiers(&BearerKeys),
