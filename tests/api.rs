@@ -3235,3 +3235,32 @@ async fn the_alert_rules_name_only_metrics_the_server_exports() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_no_key_and_are_in_the_openapi_document() {
+    let server = serve(Backend::Sqlite).await;
+    let doc = server
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    let metrics = &doc.body["paths"]["/metrics"]["get"];
+    assert!(
+        metrics.is_object(),
+        "/metrics missing from the OpenAPI document"
+    );
+    assert!(
+        metrics.get("security").is_none(),
+        "/metrics is documented as needing a key"
+    );
+    // A wrong key is not even looked at: the scrape answers as without one.
+    let scraped = server
+        .call(
+            Method::GET,
+            "/metrics",
+            Some("rk_nosuchkey00000000_secret"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    assert!(scraped.headers.contains_key("x-request-id"));
+}
