@@ -198,3 +198,44 @@ pub(crate) fn wrote(stream: &StreamId, position: Position) {
         context.last_position = Some(context.last_position.map_or(position, |p| p.max(position)));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_nested_context_keeps_the_request_id_of_the_one_it_runs_in() {
+        let id = Uuid::now_v7();
+        let outer = RequestContext {
+            request_id: Some(id),
+            ..RequestContext::default()
+        };
+        let inner = RequestContext {
+            actor: Some("key".into()),
+            ..RequestContext::default()
+        };
+        let ((seen, inner_after), outer_after) =
+            within(outer, async { within(inner, async { request_id() }).await }).await;
+        assert_eq!(seen, Some(id));
+        assert_eq!(inner_after.request_id, Some(id));
+        assert_eq!(inner_after.actor.as_deref(), Some("key"));
+        assert_eq!(outer_after.request_id, Some(id));
+    }
+
+    #[tokio::test]
+    async fn a_nested_context_with_its_own_request_id_keeps_it() {
+        let outer = RequestContext {
+            request_id: Some(Uuid::now_v7()),
+            ..RequestContext::default()
+        };
+        let own = Uuid::now_v7();
+        let inner = RequestContext {
+            request_id: Some(own),
+            ..RequestContext::default()
+        };
+        let ((seen, _), _) =
+            within(outer, async { within(inner, async { request_id() }).await }).await;
+        assert_eq!(seen, Some(own));
+        assert_eq!(request_id(), None, "no context outside `within`");
+    }
+}
