@@ -339,6 +339,11 @@ if [[ $status == 0 ]]; then
     bash scripts/api_contract.sh 2>&1 | tee -a "$test_log"
     status=${PIPESTATUS[0]}
 fi
+if [[ $status == 0 ]]; then
+    # The alert rules in deploy/, by promtool.
+    bash scripts/check_alerts.sh 2>&1 | tee -a "$test_log"
+    status=${PIPESTATUS[0]}
+fi
 set -e
 awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$test_log"

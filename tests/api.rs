@@ -2714,3 +2714,556 @@ async fn a_ledger_outage_is_503_quickly_and_known_keys_keep_working() {
     }
     assert_eq!(unknown_again, StatusCode::UNAUTHORIZED);
 }
+
+/// One sample of a Prometheus text exposition.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: std::collections::BTreeMap<String, String>,
+    value: f64,
+}
+
+/// A scrape of `/metrics`, parsed strictly as the text exposition format 0.0.4:
+/// every sample belongs to a family declared by `# TYPE` before it, names and
+/// label names are valid, label values are quoted with only `\\`, `\"` and `\n`
+/// escapes, values are numbers, and each histogram's buckets are cumulative and
+/// end at `+Inf` with its count.
+struct Scrape {
+    types: std::collections::HashMap<String, String>,
+    samples: Vec<Sample>,
+}
+
+impl Scrape {
+    fn parse(text: &str) -> Self {
+        let valid_name = |name: &str, colon: bool| {
+            let mut chars = name.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || (colon && c == ':'))
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (colon && c == ':'))
+        };
+        let mut types = std::collections::HashMap::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
+                assert!(valid_name(name, true), "bad family name in {line:?}");
+                assert!(
+                    ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                    "bad type in {line:?}"
+                );
+                assert!(
+                    types.insert(name.to_owned(), kind.to_owned()).is_none(),
+                    "{name} declared twice"
+                );
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(valid_name(name, true), "bad family name in {line:?}");
+                continue;
+            }
+            assert!(!line.starts_with('#'), "unknown comment line {line:?}");
+            let name_end = line.find(['{', ' ']).expect("a sample has a value");
+            let name = &line[..name_end];
+            assert!(valid_name(name, true), "bad metric name in {line:?}");
+            let mut labels = std::collections::BTreeMap::new();
+            let mut rest = &line[name_end..];
+            if let Some(inner) = rest.strip_prefix('{') {
+                let mut chars = inner.char_indices().peekable();
+                let end;
+                loop {
+                    let (start, c) = chars.next().expect("labels end with }");
+                    if c == '}' {
+                        end = start;
+                        break;
+                    }
+                    let eq = inner[start..].find('=').expect("label=value") + start;
+                    let label = &inner[start..eq];
+                    assert!(valid_name(label, false), "bad label name in {line:?}");
+                    while chars.peek().is_some_and(|(i, _)| *i <= eq) {
+                        chars.next();
+                    }
+                    assert_eq!(
+                        chars.next().map(|(_, c)| c),
+                        Some('"'),
+                        "unquoted value in {line:?}"
+                    );
+                    let mut value = String::new();
+                    loop {
+                        match chars.next().expect("label value ends with \"").1 {
+                            '"' => break,
+                            '\\' => match chars.next().expect("an escape").1 {
+                                '\\' => value.push('\\'),
+                                '"' => value.push('"'),
+                                'n' => value.push('\n'),
+                                other => panic!("bad escape \\{other} in {line:?}"),
+                            },
+                            c => value.push(c),
+                        }
+                    }
+                    assert!(
+                        labels.insert(label.to_owned(), value).is_none(),
+                        "repeated label in {line:?}"
+                    );
+                    match chars.peek().map(|(_, c)| *c) {
+                        Some(',') => {
+                            chars.next();
+                        }
+                        Some('}') => {}
+                        other => {
+                            panic!("expected , or }} after a label, got {other:?} in {line:?}")
+                        }
+                    }
+                }
+                rest = &inner[end + 1..];
+            }
+            let mut fields = rest
+                .strip_prefix(' ')
+                .expect("a space before the value")
+                .split(' ');
+            let value = fields.next().unwrap();
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                "NaN" => f64::NAN,
+                number => number
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+            };
+            if let Some(timestamp) = fields.next() {
+                timestamp.parse::<i64>().expect("a timestamp is an integer");
+            }
+            assert!(fields.next().is_none(), "trailing text in {line:?}");
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| {
+                    name.strip_suffix(suffix)
+                        .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+                })
+                .unwrap_or(name);
+            assert!(types.contains_key(family), "{name} has no # TYPE before it");
+            if name.ends_with("_bucket") {
+                assert!(labels.contains_key("le"), "a bucket without le: {line:?}");
+            }
+            samples.push(Sample {
+                name: name.to_owned(),
+                labels,
+                value,
+            });
+        }
+        let scrape = Self { types, samples };
+        scrape.check_histograms();
+        scrape
+    }
+
+    /// Each histogram series: buckets non-decreasing in `le`, `+Inf` equal to `_count`.
+    fn check_histograms(&self) {
+        for (family, _) in self.types.iter().filter(|(_, t)| *t == "histogram") {
+            let bucket = format!("{family}_bucket");
+            let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> =
+                std::collections::BTreeMap::new();
+            for sample in self.samples.iter().filter(|s| s.name == bucket) {
+                let mut key = sample.labels.clone();
+                let le = key.remove("le").unwrap();
+                let le: f64 = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap()
+                };
+                series
+                    .entry(format!("{key:?}"))
+                    .or_default()
+                    .push((le, sample.value));
+            }
+            for (key, mut buckets) in series {
+                buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                assert!(
+                    buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                    "{family}{key}: buckets are not cumulative"
+                );
+                let (le, inf) = *buckets.last().unwrap();
+                assert!(le.is_infinite(), "{family}{key}: no +Inf bucket");
+                let count = self
+                    .samples
+                    .iter()
+                    .find(|s| {
+                        s.name == format!("{family}_count") && format!("{:?}", s.labels) == key
+                    })
+                    .unwrap_or_else(|| panic!("{family}{key}: no _count"));
+                assert_eq!(
+                    inf, count.value,
+                    "{family}{key}: +Inf bucket is not the count"
+                );
+            }
+        }
+    }
+
+    /// The value of the sample `name` whose labels include `labels` (0 when absent,
+    /// as a counter that never moved).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<&Sample> = self
+            .samples
+            .iter()
+            .filter(|s| {
+                s.name == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect();
+        assert!(matching.len() <= 1, "{name}{labels:?} matches {matching:?}");
+        matching.first().map_or(0.0, |s| s.value)
+    }
+}
+
+impl Server {
+    /// `GET /metrics` without a key, parsed.
+    async fn scrape(&self) -> (Scrape, String) {
+        let response = self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+        let text = response.text().await.unwrap();
+        (Scrape::parse(&text), text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_route_template_and_refusals_by_their_code() {
+    let server = serve(Backend::Postgres).await;
+    let (before, _) = server.scrape().await;
+
+    let customer = server.customer_with_card().await;
+    for _ in 0..2 {
+        let got = server.get(&format!("/v1/customers/{customer}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{}", got.body);
+    }
+    let (_, _, position, _) = server.community_subscription(&customer).await;
+    let refused = server
+        .post(
+            "/v1/subscriptions",
+            json!({"customer": customer, "plan": "no_such_plan", "trial_days": 0}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND, "{}", refused.body);
+    assert_eq!(refused.body["code"], "plan_not_found");
+    let keyed = json!({"tax_location": {"country": "US", "region": "TX"}});
+    for _ in 0..2 {
+        let created = server
+            .call(
+                Method::POST,
+                "/v1/customers",
+                Some(ADMIN_KEY),
+                Some(keyed.clone()),
+                &[("Idempotency-Key", "telemetry-replay")],
+            )
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    }
+    let unknown = format!("/v1/nothing/{customer}");
+    assert_eq!(server.get(&unknown).await.status, StatusCode::NOT_FOUND);
+    // The read models reach the last write, so the lag below is exactly zero.
+    let caught_up = server
+        .get(&format!("/v1/ledger/trial-balance?min_position={position}"))
+        .await;
+    assert_eq!(caught_up.status, StatusCode::OK, "{}", caught_up.body);
+
+    let (after, text) = server.scrape().await;
+    let moved = |name: &str, labels: &[(&str, &str)]| {
+        after.value(name, labels) - before.value(name, labels)
+    };
+    // Route labels are the router's templates, never a path with an id in it.
+    assert!(
+        !text.contains(&customer),
+        "an id leaked into a label:\n{text}"
+    );
+    for sample in after
+        .samples
+        .iter()
+        .filter(|s| s.labels.contains_key("route"))
+    {
+        let route = &sample.labels["route"];
+        assert!(
+            route == "unmatched" || route == "/metrics" || route.starts_with("/v1/"),
+            "{route}"
+        );
+    }
+    let requests = "recur_http_requests_total";
+    let get_customer = [("method", "GET"), ("route", "/v1/customers/{id}")];
+    assert_eq!(
+        moved(
+            requests,
+            &[get_customer[0], get_customer[1], ("status", "200")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        moved(
+            requests,
+            &[
+                ("method", "POST"),
+                ("route", "/v1/customers"),
+                ("status", "201")
+            ]
+        ),
+        3.0,
+        "the card's customer and the keyed one twice (the second replayed)"
+    );
+    assert_eq!(
+        moved(
+            requests,
+            &[("method", "GET"), ("route", "unmatched"), ("status", "404")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved("recur_http_request_duration_seconds_count", &get_customer),
+        2.0
+    );
+    assert_eq!(
+        moved(
+            "recur_http_request_duration_seconds_bucket",
+            &[get_customer[0], get_customer[1], ("le", "+Inf")]
+        ),
+        2.0
+    );
+    let commands = "recur_billing_commands_total";
+    let subscriptions = [("method", "POST"), ("route", "/v1/subscriptions")];
+    assert_eq!(
+        moved(
+            commands,
+            &[subscriptions[0], subscriptions[1], ("outcome", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            commands,
+            &[subscriptions[0], subscriptions[1], ("outcome", "refused")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            "recur_billing_refusals_total",
+            &[
+                subscriptions[0],
+                subscriptions[1],
+                ("code", "plan_not_found")
+            ]
+        ),
+        1.0
+    );
+    let customers = [("method", "POST"), ("route", "/v1/customers")];
+    assert_eq!(
+        moved(commands, &[customers[0], customers[1], ("outcome", "ok")]),
+        2.0
+    );
+    assert_eq!(
+        moved(
+            commands,
+            &[customers[0], customers[1], ("outcome", "replayed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        moved(
+            commands,
+            &[get_customer[0], get_customer[1], ("outcome", "ok")]
+        ),
+        0.0,
+        "a read is not a command"
+    );
+    // The community subscription without trial is charged at once, and succeeds.
+    assert_eq!(
+        moved("recur_payments_total", &[("outcome", "succeeded")]),
+        1.0
+    );
+    assert_eq!(
+        moved("recur_payments_total", &[("outcome", "declined")]),
+        0.0
+    );
+    // Every event of this test was appended by this server, one request at a
+    // time and none refused mid-append, so its positions are dense here (in
+    // general they are not: docs/decisions/0001-global-order.md).
+    let ledger = after.value("recur_ledger_position", &[]);
+    assert!(ledger >= position as f64);
+    assert_eq!(
+        moved("recur_ledger_events_appended_total", &[]),
+        ledger - before.value("recur_ledger_position", &[])
+    );
+    let projected = after.value("recur_projection_position", &[]);
+    assert!(projected >= position as f64);
+    assert_eq!(
+        after.value("recur_projection_lag_events", &[]),
+        ledger - projected
+    );
+    for (family, kind) in [
+        ("recur_http_requests_total", "counter"),
+        ("recur_http_request_duration_seconds", "histogram"),
+        ("recur_billing_refusals_total", "counter"),
+        ("recur_ledger_position", "gauge"),
+        ("recur_projection_lag_events", "gauge"),
+        ("recur_scheduler_due_items", "gauge"),
+    ] {
+        assert_eq!(
+            after.types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writes_events_carry_its_request_id_as_their_correlation_id() {
+    let server = serve(Backend::Postgres).await;
+    let created = server
+        .post(
+            "/v1/customers",
+            json!({"tax_location": {"country": "US", "region": "TX"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let customer = created.body["id"].as_str().unwrap().to_owned();
+    let created_by: uuid::Uuid = created.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let card = json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{customer}/payment_method"), card)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    let attached_by: uuid::Uuid = attached.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(created_by, attached_by);
+
+    let ledger = recur_ledger::Ledger::open(
+        recur_ledger::LedgerConfig::new(server.location.clone()),
+        std::sync::Arc::new(recur_ledger::SystemClock),
+    )
+    .await
+    .unwrap();
+    let stream = recur_ledger::StreamId::parse(format!("customer-{customer}")).unwrap();
+    let events = ledger.read_stream(&stream, 1, 100).await.unwrap();
+    let by_type = |kind: &str| {
+        events
+            .iter()
+            .find(|e| e.event_type == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {events:?}"))
+    };
+    let created_event = by_type("CustomerCreated");
+    assert_eq!(created_event.metadata.correlation_id, Some(created_by));
+    assert!(created_event.metadata.actor.is_some());
+    assert_eq!(
+        by_type("PaymentMethodAttached").metadata.correlation_id,
+        Some(attached_by)
+    );
+    // Every event either request wrote, on any stream, carries its request's id.
+    let everything = ledger
+        .read_all(recur_ledger::Position(0), 10_000)
+        .await
+        .unwrap();
+    let tagged: Vec<_> = everything
+        .iter()
+        .filter(|e| e.metadata.correlation_id == Some(created_by))
+        .collect();
+    assert!(
+        tagged
+            .iter()
+            .all(|e| e.stream_id.as_str().ends_with(&customer)),
+        "{tagged:?}"
+    );
+    assert!(!tagged.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_rules_name_only_metrics_the_server_exports() {
+    let server = serve(Backend::Sqlite).await;
+    // A tick, so the scheduler's tick gauges are exported too.
+    let ticked = server
+        .post("/v1/test_clock/advance", json!({"seconds": 60}))
+        .await;
+    assert_eq!(ticked.status, StatusCode::OK, "{}", ticked.body);
+    let (scrape, _) = server.scrape().await;
+    let rules = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/prometheus/recur-alerts.yml"
+    ))
+    .unwrap();
+    let mut named = std::collections::BTreeSet::new();
+    for (start, _) in rules.match_indices("recur_") {
+        // Names in the file's comments and descriptions count too: they must not lie.
+        if start > 0
+            && rules[..start]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        let name: String = rules[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        named.insert(name);
+    }
+    assert!(named.len() >= 6, "{named:?}");
+    for name in &named {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| scrape.types.get(*base).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(
+            scrape.types.contains_key(family),
+            "deploy/prometheus/recur-alerts.yml names {name}, which /metrics does not export"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_no_key_and_are_in_the_openapi_document() {
+    let server = serve(Backend::Sqlite).await;
+    let doc = server
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    let metrics = &doc.body["paths"]["/metrics"]["get"];
+    assert!(
+        metrics.is_object(),
+        "/metrics missing from the OpenAPI document"
+    );
+    assert!(
+        metrics.get("security").is_none(),
+        "/metrics is documented as needing a key"
+    );
+    // A wrong key is not even looked at: the scrape answers as without one.
+    let scraped = server
+        .call(
+            Method::GET,
+            "/metrics",
+            Some("rk_nosuchkey00000000_secret"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(scraped.status, StatusCode::OK);
+    assert!(scraped.headers.contains_key("x-request-id"));
+}

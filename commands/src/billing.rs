@@ -2,6 +2,10 @@
 //! appends, and carries the follow-ups across aggregates (draft → finalize →
 //! charge → settle) in an order that a crash at any point can resume without
 //! charging or billing twice.
+//!
+//! Each command runs in a `tracing` span named after it that carries the ids it
+//! acts on and nothing else: contact details, card tokens, amounts and free
+//! text (reasons) stay out of the logs.
 
 use std::sync::Arc;
 
@@ -169,6 +173,12 @@ impl Billing {
         self.repo.ledger()
     }
 
+    /// How many events this service has appended to the ledger since it was
+    /// opened (a monotonic counter for telemetry; replayed appends not counted).
+    pub fn events_appended(&self) -> u64 {
+        self.repo.events_appended()
+    }
+
     /// The catalog as the ledger holds it now (another process's changes included).
     ///
     /// # Errors
@@ -196,6 +206,7 @@ impl Billing {
     ///
     /// # Errors
     /// An id in use with other terms, an unknown plan, a bad amount or interval.
+    #[tracing::instrument(skip_all)]
     pub async fn create_price(&self, price: Price) -> Result<Price, BillingError> {
         self.catalog_command(CatalogCommand::CreatePrice {
             price: price.clone(),
@@ -208,6 +219,7 @@ impl Billing {
     ///
     /// # Errors
     /// An id in use, a bad name, trial or price.
+    #[tracing::instrument(skip_all)]
     pub async fn create_plan(&self, plan: Plan, price: Price) -> Result<Plan, BillingError> {
         let catalog = self
             .catalog_command(CatalogCommand::CreatePlan {
@@ -223,6 +235,7 @@ impl Billing {
     ///
     /// # Errors
     /// An unknown plan or price, a price of another plan, a bad name or trial.
+    #[tracing::instrument(skip_all, fields(plan = plan_id))]
     pub async fn update_plan(
         &self,
         plan_id: &str,
@@ -246,6 +259,7 @@ impl Billing {
     /// # Errors
     /// A bad jurisdiction, rate or name; a rate of the same jurisdiction in
     /// force from the same instant.
+    #[tracing::instrument(skip_all)]
     pub async fn create_tax_rate(&self, mut rate: TaxRate) -> Result<TaxRate, BillingError> {
         let now = self.now();
         rate.id = crate::context::new_id(now).to_string();
@@ -260,6 +274,7 @@ impl Billing {
     ///
     /// # Errors
     /// An unknown rate.
+    #[tracing::instrument(skip_all, fields(tax_rate = id))]
     pub async fn retire_tax_rate(
         &self,
         id: &str,
@@ -404,6 +419,7 @@ impl Billing {
     ///
     /// # Errors
     /// Invalid contact details; ledger errors.
+    #[tracing::instrument(skip_all)]
     pub async fn create_customer(&self, new: NewCustomer) -> Result<CustomerId, BillingError> {
         if let Some(contact) = &new.contact {
             contact.validate()?;
@@ -433,6 +449,7 @@ impl Billing {
     ///
     /// # Errors
     /// Unknown customer, invalid details; ledger errors.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
     pub async fn update_contact(
         &self,
         id: CustomerId,
@@ -484,6 +501,7 @@ impl Billing {
     ///
     /// # Errors
     /// A card number anywhere, a malformed or expired card, unknown customer.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
     pub async fn attach_payment_method(
         &self,
         id: CustomerId,
@@ -503,6 +521,7 @@ impl Billing {
     ///
     /// # Errors
     /// Unknown customer.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
     pub async fn detach_payment_method(&self, id: CustomerId) -> Result<(), BillingError> {
         self.customer_command(id, Source::Api, |_| CustomerCommand::DetachPaymentMethod)
             .await?;
@@ -513,6 +532,7 @@ impl Billing {
     ///
     /// # Errors
     /// Unknown customer.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
     pub async fn set_tax_location(
         &self,
         id: CustomerId,
@@ -529,6 +549,7 @@ impl Billing {
     ///
     /// # Errors
     /// Unknown customer.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
     pub async fn set_segment(&self, id: CustomerId, segment: Segment) -> Result<(), BillingError> {
         self.customer_command(id, Source::Api, |_| CustomerCommand::SetSegment(segment))
             .await?;
@@ -539,6 +560,7 @@ impl Billing {
     ///
     /// # Errors
     /// Invalid terms, an existing code.
+    #[tracing::instrument(skip_all)]
     pub async fn create_coupon(&self, new: NewCoupon) -> Result<(), BillingError> {
         self.repo
             .execute::<Coupon, _>(&new.code.stream()?, &metadata(Source::Api), |_| {
@@ -615,6 +637,7 @@ impl Billing {
     ///
     /// # Errors
     /// [`DomainError`]s as above; ledger errors.
+    #[tracing::instrument(skip_all)]
     pub async fn subscribe(&self, new: NewSubscription) -> Result<SubscriptionId, BillingError> {
         let now = self.now();
         let price = self.price_of(&new.plan_id, new.price_id.as_deref()).await?;
@@ -687,6 +710,7 @@ impl Billing {
     ///
     /// # Errors
     /// Unknown plan or price, a canceled or paused subscription, currency mismatch.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn change_plan(
         &self,
         id: SubscriptionId,
@@ -714,6 +738,7 @@ impl Billing {
     ///
     /// # Errors
     /// As for [`Billing::change_plan`].
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn preview_change(
         &self,
         id: SubscriptionId,
@@ -757,6 +782,7 @@ impl Billing {
     ///
     /// # Errors
     /// An already canceled subscription.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn cancel(
         &self,
         id: SubscriptionId,
@@ -777,6 +803,7 @@ impl Billing {
     ///
     /// # Errors
     /// A canceled subscription.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn undo_cancellation(
         &self,
         id: SubscriptionId,
@@ -796,6 +823,7 @@ impl Billing {
     /// # Errors
     /// An unknown, expired or used-up coupon, a currency mismatch, a canceled
     /// subscription.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn apply_discount(
         &self,
         id: SubscriptionId,
@@ -833,6 +861,7 @@ impl Billing {
     ///
     /// # Errors
     /// A canceled subscription.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn remove_discount(
         &self,
         id: SubscriptionId,
@@ -852,6 +881,7 @@ impl Billing {
     ///
     /// # Errors
     /// A subscription that is not active.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn pause(&self, id: SubscriptionId) -> Result<Subscription, BillingError> {
         let now = self.now();
         Ok(self
@@ -864,6 +894,7 @@ impl Billing {
     ///
     /// # Errors
     /// A subscription that is not paused.
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn resume(&self, id: SubscriptionId) -> Result<Subscription, BillingError> {
         let now = self.now();
         Ok(self
@@ -890,6 +921,7 @@ impl Billing {
     ///
     /// # Errors
     /// As for [`Billing::advance`].
+    #[tracing::instrument(skip_all, fields(subscription = %id))]
     pub async fn advance_by(
         &self,
         id: SubscriptionId,
@@ -957,6 +989,7 @@ impl Billing {
     ///
     /// # Errors
     /// Unknown plan or customer, a recurring price, a coupon that cannot be used.
+    #[tracing::instrument(skip_all, fields(customer = %customer_id))]
     pub async fn purchase(
         &self,
         customer_id: CustomerId,
@@ -1030,6 +1063,7 @@ impl Billing {
     ///
     /// # Errors
     /// Ledger and gateway errors.
+    #[tracing::instrument(skip_all, fields(customer = %customer_id, subscription = %subscription_id))]
     pub async fn resume_billing(
         &self,
         customer_id: CustomerId,
@@ -1221,6 +1255,7 @@ impl Billing {
     /// # Errors
     /// [`BillingError::GatewayUnavailable`] leaves the attempt open; the next call
     /// repeats it with the same idempotency key.
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn collect(&self, id: InvoiceId, source: Source) -> Result<(), BillingError> {
         let invoice = self.invoice(id).await?;
         self.finalize(invoice, None, source).await
@@ -1230,6 +1265,7 @@ impl Billing {
     ///
     /// # Errors
     /// An invoice that is not open; gateway and ledger errors.
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn pay_now(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
         let invoice = self.invoice(id).await?;
         if invoice.status != InvoiceStatus::Open {
@@ -1439,6 +1475,7 @@ impl Billing {
     ///
     /// # Errors
     /// Ledger errors.
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn recognize_revenue(&self, id: InvoiceId) -> Result<(), BillingError> {
         let now = self.now();
         self.invoice_command(id, Source::Scheduler, |_| {
@@ -1462,6 +1499,7 @@ impl Billing {
     /// # Errors
     /// More than paid and not yet refunded or requested, an unpaid invoice, a bad
     /// amount: nothing is written.
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn refund(
         &self,
         id: InvoiceId,
@@ -1517,6 +1555,7 @@ impl Billing {
     ///
     /// # Errors
     /// Gateway and ledger errors (the next call tries again).
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn resume_refunds(&self, id: InvoiceId) -> Result<(), BillingError> {
         let invoice = self.invoice(id).await?;
         let pending: Vec<_> = invoice.pending_refunds().cloned().collect();
@@ -1571,6 +1610,7 @@ impl Billing {
     ///
     /// # Errors
     /// An invoice that is not open; more than is owed.
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn credit_note(
         &self,
         id: InvoiceId,
@@ -1595,6 +1635,7 @@ impl Billing {
     ///
     /// # Errors
     /// A paid or uncollectible invoice.
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn void(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
         let now = self.now();
         let executed = self

@@ -1,7 +1,9 @@
 //! What one request carries through the billing service without every method
 //! taking it as a parameter: who is acting (recorded as the events' actor), the
-//! version the caller last saw of the resource it changes (`If-Match`), and the
-//! ledger position of the last event it wrote (answered to the caller).
+//! request's id (recorded as the events' correlation id, so an event leads back
+//! to the request's log lines), the version the caller last saw of the resource
+//! it changes (`If-Match`), and the ledger position of the last event it wrote
+//! (answered to the caller).
 //!
 //! The context lives for one future ([`within`]); work outside it (the
 //! scheduler) runs with none.
@@ -28,6 +30,9 @@ use crate::error::BillingError;
 pub struct RequestContext {
     /// The acting API key's id, recorded as the actor of every event written.
     pub actor: Option<String>,
+    /// The request's id (`x-request-id`), recorded as the correlation id of
+    /// every event written; a nested context without one keeps the outer one's.
+    pub request_id: Option<Uuid>,
     /// The stream the caller changes and the version it last saw.
     pub expected: Option<(StreamId, u64)>,
     /// The position of the last event written, once something was.
@@ -131,8 +136,16 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Runs `future` with `context`; returns its output and the context after it
-/// (with the position of the last write).
-pub async fn within<F: Future>(context: RequestContext, future: F) -> (F::Output, RequestContext) {
+/// (with the position of the last write). A context without a request id takes
+/// the one of the context it runs in, so the HTTP edge can name the request once
+/// around the whole handler.
+pub async fn within<F: Future>(
+    mut context: RequestContext,
+    future: F,
+) -> (F::Output, RequestContext) {
+    if context.request_id.is_none() {
+        context.request_id = request_id();
+    }
     CONTEXT
         .scope(RefCell::new(context), async move {
             let output = future.await;
@@ -148,6 +161,11 @@ pub(crate) fn actor() -> Option<String> {
         .try_with(|c| c.borrow().actor.clone())
         .ok()
         .flatten()
+}
+
+/// The request's id, if a request context names one.
+pub(crate) fn request_id() -> Option<Uuid> {
+    CONTEXT.try_with(|c| c.borrow().request_id).ok().flatten()
 }
 
 /// Refuses a write to `stream` at `version` when the caller expected another.
@@ -179,4 +197,45 @@ pub(crate) fn wrote(stream: &StreamId, position: Position) {
         }
         context.last_position = Some(context.last_position.map_or(position, |p| p.max(position)));
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_nested_context_keeps_the_request_id_of_the_one_it_runs_in() {
+        let id = Uuid::now_v7();
+        let outer = RequestContext {
+            request_id: Some(id),
+            ..RequestContext::default()
+        };
+        let inner = RequestContext {
+            actor: Some("key".into()),
+            ..RequestContext::default()
+        };
+        let ((seen, inner_after), outer_after) =
+            within(outer, async { within(inner, async { request_id() }).await }).await;
+        assert_eq!(seen, Some(id));
+        assert_eq!(inner_after.request_id, Some(id));
+        assert_eq!(inner_after.actor.as_deref(), Some("key"));
+        assert_eq!(outer_after.request_id, Some(id));
+    }
+
+    #[tokio::test]
+    async fn a_nested_context_with_its_own_request_id_keeps_it() {
+        let outer = RequestContext {
+            request_id: Some(Uuid::now_v7()),
+            ..RequestContext::default()
+        };
+        let own = Uuid::now_v7();
+        let inner = RequestContext {
+            request_id: Some(own),
+            ..RequestContext::default()
+        };
+        let ((seen, _), _) =
+            within(outer, async { within(inner, async { request_id() }).await }).await;
+        assert_eq!(seen, Some(own));
+        assert_eq!(request_id(), None, "no context outside `within`");
+    }
 }

@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use recur_ledger::{
     EventId, ExpectedVersion, IdempotencyKey, Ledger, LedgerError, Metadata, NewEvent, Position,
@@ -52,6 +53,9 @@ pub(crate) struct Repository {
     ledger: Ledger,
     cache: Mutex<HashMap<StreamId, Cached>>,
     turns: Vec<tokio::sync::Mutex<()>>,
+    /// Events this repository appended (replayed appends wrote nothing and are
+    /// not counted): the ledger's append rate as seen from this process.
+    appended: AtomicU64,
 }
 
 impl Repository {
@@ -62,7 +66,13 @@ impl Repository {
             turns: (0..STREAM_TURNS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            appended: AtomicU64::new(0),
         }
+    }
+
+    /// How many events this repository has appended since it was made.
+    pub(crate) fn events_appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
     }
 
     pub(crate) fn ledger(&self) -> &Ledger {
@@ -171,6 +181,8 @@ impl Repository {
                     return self.committed(stream, &appended).await;
                 }
                 Ok(appended) => {
+                    self.appended
+                        .fetch_add(appended.positions.len() as u64, Ordering::Relaxed);
                     context::wrote(stream, appended.last_position());
                     for event in &events {
                         state.evolve(event);
@@ -190,8 +202,8 @@ impl Repository {
         self.run(stream, metadata, key, command).await
     }
 
-    /// The ledger's form of `events`, stamped now, with the request's actor and
-    /// the append's key (a replayable request's).
+    /// The ledger's form of `events`, stamped now, with the request's actor, its
+    /// id as the correlation id, and the append's key (a replayable request's).
     fn new_events<E: DomainEvent>(
         &self,
         metadata: &Metadata,
@@ -202,6 +214,9 @@ impl Repository {
         let mut metadata = metadata.clone();
         if let Some(actor) = context::actor() {
             metadata.actor = Some(actor);
+        }
+        if let Some(request_id) = context::request_id() {
+            metadata.correlation_id = Some(request_id);
         }
         if key.is_some() {
             metadata.idempotency_key = key.cloned();
@@ -283,6 +298,8 @@ impl Repository {
                     return self.committed(stream, &appended).await;
                 }
                 Ok(appended) => {
+                    self.appended
+                        .fetch_add(appended.positions.len() as u64, Ordering::Relaxed);
                     context::wrote(stream, appended.last_position());
                     for event in &events {
                         state.evolve(event);

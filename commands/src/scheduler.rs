@@ -311,6 +311,13 @@ impl Scheduler {
         self.index.lock().await.due.first().map(|(at, _)| *at)
     }
 
+    /// How many items are due at the clock's now: what the next tick has to do.
+    pub async fn due_now(&self) -> usize {
+        let now = self.billing.ledger().clock().now();
+        let index = self.index.lock().await;
+        index.due.iter().take_while(|(at, _)| *at <= now).count()
+    }
+
     /// Runs everything due at the clock's now. Work that fails (e.g. the gateway
     /// is down) is reported and stays due for the next tick.
     ///

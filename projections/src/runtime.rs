@@ -444,6 +444,7 @@ impl<P: Projection> Projector<P> {
     ///
     /// # Errors
     /// Database and event errors; in-memory state is reloaded from the checkpoint.
+    #[tracing::instrument(level = "debug", skip_all, fields(projection = P::NAME, events = events.len(), after = self.position.0))]
     pub async fn apply_batch(&mut self, events: &[Delivered]) -> Result<(), ProjectionError> {
         let result = match self.prepare_batch(events).await {
             Ok(None) => return Ok(()),

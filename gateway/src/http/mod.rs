@@ -1,6 +1,7 @@
 //! `recur serve`: the command API over HTTP (axum). Stripe-like JSON resources
 //! under `/v1`, idempotency keys, `If-Match`, API keys with roles, problem
-//! details, OpenAPI at `/openapi.json`, `/healthz` and `/readyz`.
+//! details, OpenAPI at `/openapi.json`, `/healthz` and `/readyz`, Prometheus
+//! metrics at `/metrics`.
 
 pub mod auth;
 pub mod directory;
@@ -9,18 +10,19 @@ pub mod openapi;
 pub mod problem;
 pub mod request;
 pub mod routes;
+pub mod telemetry;
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use recur_commands::scheduler::Scheduler;
-use recur_commands::{Billing, Catalog, SimulatedGateway};
+use recur_commands::{Billing, BillingError, Catalog, SimulatedGateway};
 use recur_ledger::{Clock, SystemClock, TestClock};
 use tracing::Instrument;
 use utoipa::OpenApi;
@@ -29,8 +31,9 @@ use utoipa_axum::routes;
 
 use self::auth::KeyRing;
 use self::directory::Directory;
-use self::problem::ApiError;
+use self::problem::{ApiError, ProblemCode};
 use self::routes::{catalog, coupons, customers, invoices, metrics, subscriptions, system};
+use self::telemetry::{CountingGateway, RequestRecord, Telemetry};
 
 /// What every handler shares.
 pub struct AppState {
@@ -54,6 +57,8 @@ pub struct AppState {
     pub past: tokio::sync::Mutex<Option<(u64, recur_projections::db::Db)>>,
     /// How long a request may run.
     pub request_timeout: std::time::Duration,
+    /// The metrics served at `/metrics`.
+    pub telemetry: Arc<Telemetry>,
 }
 
 /// How to serve.
@@ -103,6 +108,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
+        .routes(routes!(system::prometheus))
         .routes(routes!(customers::create))
         .routes(routes!(customers::get, customers::update))
         .routes(routes!(customers::attach_payment_method))
@@ -178,19 +184,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Gives every request an id (`x-request-id`, in the logs too), bounds its
-/// time, and logs its outcome.
+/// Gives every request an id (`x-request-id`, in the logs, and the correlation
+/// id of the events it writes), bounds its time, logs its outcome and counts it.
 async fn request_id(
     axum::extract::State(state): axum::extract::State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let id = uuid::Uuid::now_v7().to_string();
-    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let id = uuid::Uuid::now_v7();
+    let method = request.method().clone();
+    // The route's template, never the raw path: ids would make a series each.
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let span =
+        tracing::info_span!("request", id = %id, method = %method, path = %request.uri().path());
     let bounded = request.uri().path() != "/v1/test_clock/advance";
     async move {
         let started = std::time::Instant::now();
-        let running = next.run(request);
+        let context = recur_commands::context::RequestContext {
+            request_id: Some(id),
+            ..Default::default()
+        };
+        let running = async {
+            recur_commands::context::within(context, next.run(request))
+                .await
+                .0
+        };
         let mut response = if bounded {
             match tokio::time::timeout(state.request_timeout, running).await {
                 Ok(response) => response,
@@ -211,12 +232,24 @@ async fn request_id(
         } else {
             running.await
         };
+        let elapsed = started.elapsed();
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_us = started.elapsed().as_micros() as u64,
+            elapsed_us = elapsed.as_micros() as u64,
             "answered"
         );
-        if let Ok(value) = HeaderValue::from_str(&id) {
+        state.telemetry.record_request(&RequestRecord {
+            method: &method,
+            route: route.as_deref(),
+            status: response.status(),
+            elapsed,
+            problem_code: response
+                .extensions()
+                .get::<ProblemCode>()
+                .map(|code| code.0.as_str()),
+            replayed: response.headers().contains_key("idempotent-replayed"),
+        });
+        if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
             response.headers_mut().insert("x-request-id", value);
         }
         response
@@ -256,11 +289,15 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             clock.advance_to(event.recorded_at);
         }
     }
+    let telemetry = Arc::new(Telemetry::default());
     let billing = Arc::new(
         Billing::open(
             ledger.clone(),
             Catalog::default_catalog()?,
-            Arc::new(SimulatedGateway::new()),
+            Arc::new(CountingGateway::new(
+                Arc::new(SimulatedGateway::new()),
+                Arc::clone(&telemetry),
+            )),
         )
         .await?,
     );
@@ -328,11 +365,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         projected,
         past: tokio::sync::Mutex::new(None),
         request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
+        telemetry: Arc::clone(&telemetry),
     });
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut background = tokio::task::JoinSet::new();
     if test_clock.is_none() {
         let tick_s = options.tick_seconds.max(1);
+        let telemetry = Arc::clone(&telemetry);
         let mut stopping = stopping.clone();
         background.spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(tick_s));
@@ -342,7 +381,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                     _ = every.tick() => {}
                     () = stopped(&mut stopping) => return,
                 }
-                if let Err(error) = scheduler.tick().await {
+                let started = std::time::Instant::now();
+                let ticked = scheduler.tick().await;
+                telemetry.record_tick(
+                    ticked.as_ref().map_err(BillingError::code),
+                    started.elapsed(),
+                );
+                if let Err(error) = ticked {
                     tracing::warn!(
                         code = error.code(),
                         "scheduler tick failed; next tick retries"
@@ -449,7 +494,7 @@ mod tests {
     use super::auth::{Role, RouteRoles};
 
     /// Every route's callers are declared where the route is (its handler's
-    /// `#[utoipa::path]`): admin may call everything, only the probes are public.
+    /// `#[utoipa::path]`): admin may call everything, only the probes and /metrics are public.
     #[test]
     fn every_route_declares_who_may_call_it() {
         let api = super::openapi_document();
@@ -478,7 +523,7 @@ mod tests {
             }
         }
         public.sort();
-        assert_eq!(public, ["GET /healthz", "GET /readyz"]);
+        assert_eq!(public, ["GET /healthz", "GET /metrics", "GET /readyz"]);
         assert_eq!(declared, 45, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),

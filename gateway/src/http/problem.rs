@@ -27,6 +27,11 @@ pub struct Problem {
     pub current_version: Option<u64>,
 }
 
+/// The stable code of a problem answered now, left on the response for the
+/// telemetry middleware (a replayed answer is stored bytes and carries none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProblemCode(pub String);
+
 /// An error answered to the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiError {
@@ -88,6 +93,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        response
+            .extensions_mut()
+            .insert(ProblemCode(self.problem.code));
         response
     }
 }

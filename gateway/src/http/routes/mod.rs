@@ -28,6 +28,8 @@ pub fn ledger_now(state: &AppState) -> time::OffsetDateTime {
 pub fn context(caller: &Caller, stream: Option<StreamId>, expected: Option<u64>) -> RequestContext {
     RequestContext {
         actor: Some(caller.key_id.clone()),
+        // The request id comes from the context the HTTP edge runs the handler in.
+        request_id: None,
         expected: stream.zip(expected),
         last_position: None,
     }

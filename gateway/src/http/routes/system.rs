@@ -1,11 +1,12 @@
-//! Health, the OpenAPI document, API keys and the test clock.
+//! Health, metrics, the OpenAPI document, API keys and the test clock.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use recur_commands::DomainError;
+use recur_commands::{BillingError, DomainError};
 use recur_ledger::Clock;
 use time::Duration;
 
@@ -19,6 +20,7 @@ use crate::http::dto::{
 use crate::http::problem::{ApiError, Problem};
 use crate::http::request::{RawBody, idempotent, idempotent_redacted, json_response, parse};
 use crate::http::routes::subscriptions::Empty;
+use crate::http::telemetry::{self, Gauges};
 
 /// Alive.
 #[utoipa::path(get, operation_id = "system_healthz", path = "/healthz", tag = "system", responses((status = 200, description = "Done", body = HealthDto)))]
@@ -56,6 +58,45 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// How long readiness waits for the ledger before it answers 503.
 pub const READY_WAIT_MS: u64 = 1_000;
+
+/// The server's metrics in Prometheus' text format (no authentication, like
+/// `/healthz`: counts, positions and latencies only, never ids, keys or personal data).
+#[utoipa::path(get, operation_id = "system_metrics", path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
+pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
+    let wait = std::time::Duration::from_millis(READY_WAIT_MS);
+    let ledger = state.billing.ledger();
+    // Each read is bounded: a scrape answers without what did not answer in time.
+    let ledger_position = match tokio::time::timeout(wait, ledger.last_position()).await {
+        Ok(Ok(position)) => Some(position.0),
+        _ => None,
+    };
+    let backlog = tokio::time::timeout(wait, async {
+        let due = state.scheduler.due_now().await;
+        let oldest = state.scheduler.next_due_at().await;
+        (due, oldest)
+    })
+    .await
+    .ok();
+    let now = ledger.clock().now();
+    let gauges = Gauges {
+        ledger_position,
+        projected_position: state.projected.load(Ordering::Acquire),
+        events_appended: state.billing.events_appended(),
+        scheduler_due_items: backlog.map(|(due, _)| due),
+        scheduler_oldest_due_age: backlog.map(|(_, oldest)| {
+            oldest
+                .map(|at| (now - at).try_into().unwrap_or_default())
+                .unwrap_or_default()
+        }),
+    };
+    (
+        [(header::CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        state.telemetry.render(&gauges),
+    )
+        .into_response()
+}
 
 /// The OpenAPI 3.1 document of this API.
 pub async fn openapi() -> Response {
@@ -217,7 +258,13 @@ pub async fn advance(
     // One advance at a time, so ticks never interleave.
     let _turn = state.clock_turn.lock().await;
     clock.advance_to(to);
-    let report = state.scheduler.tick().await?;
+    let started = std::time::Instant::now();
+    let ticked = state.scheduler.tick().await;
+    state.telemetry.record_tick(
+        ticked.as_ref().map_err(BillingError::code),
+        started.elapsed(),
+    );
+    let report = ticked?;
     let dto = TestClockDto {
         object: "test_clock",
         now: rfc3339(clock.now()),
