@@ -414,10 +414,26 @@ async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
             recur_projections::revenue::monthly(&db, "2000-01", "2100-12")
                 .await
                 .unwrap(),
+            recur_projections::customers::subscriptions_page(&db, None, None, 100)
+                .await
+                .unwrap(),
+            recur_projections::customers::invoices_page(
+                &db,
+                &recur_projections::customers::InvoiceFilter::All,
+                None,
+                100,
+            )
+            .await
+            .unwrap(),
         )
     };
     let live = read_models().await;
     assert!(!live.0.is_empty() && !live.2.is_empty());
+    assert_eq!(
+        live.5.0.len(),
+        4,
+        "the lists: every invoice, from the read model"
+    );
     let rebuilt = Command::new(env!("CARGO_BIN_EXE_recur"))
         .args([
             "projections",

@@ -9,6 +9,7 @@ use foldhash::HashMap;
 use recur_commands::aggregate::{Aggregate, fold};
 use recur_commands::customer::CustomerEvent;
 use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
+use recur_commands::subscription::SubscriptionEvent;
 use recur_ledger::{Ledger, Position, StreamId};
 use time::format_description::well_known::Rfc3339;
 
@@ -19,6 +20,12 @@ use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events};
 pub const VIEW: &str = "customer_view_v1";
 /// One row per open invoice: what it owes and since when (for AR aging).
 pub const OPEN_INVOICES: &str = "open_invoices_v1";
+/// One row per subscription: whose it is (the subscription lists).
+pub const SUBSCRIPTIONS: &str = "customer_subscriptions_v1";
+/// One row per invoice: whose it is and for which subscription (the invoice lists).
+pub const INVOICES: &str = "customer_invoices_v1";
+/// The largest page a list answers.
+pub const PAGE_ITEMS_MAX: usize = 100;
 
 /// A customer's row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,10 +145,10 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
 
 impl Projection for Customers {
     const NAME: &'static str = "customers";
-    const VERSION: u32 = 3;
+    const VERSION: u32 = 4;
 
     fn tables(&self) -> Vec<&'static str> {
-        vec![VIEW, OPEN_INVOICES]
+        vec![VIEW, OPEN_INVOICES, SUBSCRIPTIONS, INVOICES]
     }
 
     fn schema(&self) -> Vec<Stmt> {
@@ -159,6 +166,39 @@ impl Projection for Customers {
             format!(
                 "CREATE TABLE IF NOT EXISTS {OPEN_INVOICES} (invoice_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
                  since TEXT NOT NULL, owed_minor BIGINT NOT NULL)"
+            ),
+            vec![],
+        ),
+        // Ids are UUIDv7: in text order they are in creation order, which the
+        // lists page by.
+        Stmt::new(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {SUBSCRIPTIONS} (subscription_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL)"
+            ),
+            vec![],
+        ),
+        Stmt::new(
+            format!(
+                "CREATE INDEX IF NOT EXISTS {SUBSCRIPTIONS}_by_customer ON {SUBSCRIPTIONS} (customer_id, subscription_id)"
+            ),
+            vec![],
+        ),
+        Stmt::new(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {INVOICES} (invoice_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
+                 subscription_id TEXT)"
+            ),
+            vec![],
+        ),
+        Stmt::new(
+            format!(
+                "CREATE INDEX IF NOT EXISTS {INVOICES}_by_customer ON {INVOICES} (customer_id, invoice_id)"
+            ),
+            vec![],
+        ),
+        Stmt::new(
+            format!(
+                "CREATE INDEX IF NOT EXISTS {INVOICES}_by_subscription ON {INVOICES} (subscription_id, invoice_id)"
             ),
             vec![],
         )]
@@ -210,9 +250,25 @@ impl Projection for Customers {
         &mut self,
         event: &Delivered,
         ledger: &Ledger,
-        _writes: &mut Vec<Stmt>,
+        writes: &mut Vec<Stmt>,
     ) -> Result<(), ProjectionError> {
         match event.stream_id.category() {
+            "subscription" => {
+                if let SubscriptionEvent::SubscriptionStarted {
+                    subscription_id,
+                    customer_id,
+                    ..
+                } = event.decoded::<SubscriptionEvent>(Self::NAME)?
+                {
+                    writes.push(Stmt::new(
+                        format!(
+                            "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id) VALUES (?, ?)
+                             ON CONFLICT (subscription_id) DO NOTHING"
+                        ),
+                        vec![subscription_id.to_string().into(), customer_id.to_string().into()],
+                    ));
+                }
+            }
             "customer" => {
                 let decoded = event.decoded::<CustomerEvent>(Self::NAME)?;
                 let customer = event
@@ -250,6 +306,25 @@ impl Projection for Customers {
             }
             "invoice" => {
                 let decoded = event.decoded::<InvoiceEvent>(Self::NAME)?;
+                if let InvoiceEvent::InvoiceDrafted {
+                    invoice_id,
+                    customer_id,
+                    subscription_id,
+                    ..
+                } = decoded
+                {
+                    writes.push(Stmt::new(
+                        format!(
+                            "INSERT INTO {INVOICES} (invoice_id, customer_id, subscription_id) VALUES (?, ?, ?)
+                             ON CONFLICT (invoice_id) DO NOTHING"
+                        ),
+                        vec![
+                            invoice_id.to_string().into(),
+                            customer_id.to_string().into(),
+                            subscription_id.map_or(crate::db::Value::Null, |s| s.to_string().into()),
+                        ],
+                    ));
+                }
                 if let Some(customer) = self.settled.get(&event.stream_id) {
                     match decoded {
                         InvoiceEvent::RevenueRecognized { .. } => return Ok(()),
@@ -433,4 +508,74 @@ pub async fn aging(db: &Db, day: time::Date) -> Result<[i64; 4], crate::db::DbEr
         buckets[slot] += owed;
     }
     Ok(buckets)
+}
+
+/// Which invoices a list holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InvoiceFilter {
+    /// All.
+    All,
+    /// One customer's.
+    Customer(String),
+    /// One subscription's.
+    Subscription(String),
+}
+
+/// A page of ids from `table`'s `id` column (UUIDv7 text: creation order)
+/// after `after`, at most `limit` (1..=[`PAGE_ITEMS_MAX`]), filtered by
+/// `column = value`; and whether more follow.
+async fn page(
+    db: &Db,
+    (table, id): (&str, &str),
+    filter: Option<(&str, String)>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<String>, bool), crate::db::DbError> {
+    let limit = limit.clamp(1, PAGE_ITEMS_MAX);
+    let mut sql = format!("SELECT {id} FROM {table} WHERE 1 = 1");
+    let mut params = Vec::new();
+    if let Some((column, value)) = filter {
+        sql.push_str(&format!(" AND {column} = ?"));
+        params.push(value.into());
+    }
+    if let Some(after) = after {
+        sql.push_str(&format!(" AND {id} > ?"));
+        params.push(after.into());
+    }
+    sql.push_str(&format!(" ORDER BY {id} LIMIT {}", limit + 1));
+    let rows: Vec<(String,)> = db.rows(&Stmt::new(sql, params)).await?;
+    let more = rows.len() > limit;
+    Ok((rows.into_iter().take(limit).map(|(id,)| id).collect(), more))
+}
+
+/// A page of subscription ids (one customer's, or all), oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn subscriptions_page(
+    db: &Db,
+    customer: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<String>, bool), crate::db::DbError> {
+    let filter = customer.map(|c| ("customer_id", c.to_owned()));
+    page(db, (SUBSCRIPTIONS, "subscription_id"), filter, after, limit).await
+}
+
+/// A page of invoice ids, oldest first.
+///
+/// # Errors
+/// Database errors.
+pub async fn invoices_page(
+    db: &Db,
+    filter: &InvoiceFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<String>, bool), crate::db::DbError> {
+    let filter = match filter {
+        InvoiceFilter::All => None,
+        InvoiceFilter::Customer(c) => Some(("customer_id", c.clone())),
+        InvoiceFilter::Subscription(s) => Some(("subscription_id", s.clone())),
+    };
+    page(db, (INVOICES, "invoice_id"), filter, after, limit).await
 }

@@ -4,7 +4,6 @@
 //! metrics at `/metrics`.
 
 pub mod auth;
-pub mod directory;
 pub mod dto;
 pub mod openapi;
 pub mod problem;
@@ -30,7 +29,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::auth::KeyRing;
-use self::directory::Directory;
 use self::problem::{ApiError, ProblemCode};
 use self::routes::{catalog, coupons, customers, invoices, metrics, subscriptions, system};
 use self::telemetry::{CountingGateway, RequestRecord, Telemetry};
@@ -41,8 +39,6 @@ pub struct AppState {
     pub billing: Arc<Billing>,
     /// API keys.
     pub keys: Arc<KeyRing>,
-    /// Lists.
-    pub directory: Directory,
     /// The scheduler.
     pub scheduler: Arc<Scheduler>,
     /// The test clock, when enabled.
@@ -357,7 +353,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         billing,
         keys,
-        directory: Directory::default(),
         scheduler: Arc::clone(&scheduler),
         test_clock: test_clock.clone(),
         clock_turn: tokio::sync::Mutex::new(()),

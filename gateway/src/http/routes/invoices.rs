@@ -13,11 +13,11 @@ use super::{
 };
 use crate::http::AppState;
 use crate::http::auth::Caller;
-use crate::http::directory::InvoiceFilter;
 use crate::http::dto::{InvoiceDto, InvoiceList, PurchaseCreate, RefundBody};
 use crate::http::problem::{ApiError, Problem};
 use crate::http::request::{Params, RawBody, idempotent, json_response, parse};
 use crate::http::routes::subscriptions::Empty;
+use recur_projections::customers::InvoiceFilter;
 
 async fn invoice_dto(
     state: &AppState,
@@ -55,19 +55,25 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.page_items()?;
     let filter = match (query.customer.as_deref(), query.subscription.as_deref()) {
-        (Some(customer), _) => InvoiceFilter::Customer(customer_id(customer)?),
-        (None, Some(sub)) => InvoiceFilter::Subscription(subscription_id(sub)?),
+        (Some(customer), _) => InvoiceFilter::Customer(customer_id(customer)?.to_string()),
+        (None, Some(sub)) => InvoiceFilter::Subscription(subscription_id(sub)?.to_string()),
         (None, None) => InvoiceFilter::All,
     };
     let after = query
         .starting_after
         .as_deref()
         .map(invoice_id)
-        .transpose()?;
-    let (ids, has_more) = state
-        .directory
-        .invoices(state.billing.ledger(), filter, after, limit)
-        .await?;
+        .transpose()?
+        .map(|id| id.to_string());
+    let db = super::read_models_current(&state).await?;
+    let (ids, has_more) =
+        recur_projections::customers::invoices_page(&db, &filter, after.as_deref(), limit)
+            .await
+            .map_err(super::unavailable)?;
+    let ids = ids
+        .iter()
+        .map(|id| super::stored_id(id, invoice_id))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut data = Vec::with_capacity(ids.len());
     for id in &ids {
         data.push(invoice_dto(&state, *id, None).await?);

@@ -289,7 +289,11 @@ async fn written(state: &AppState, wanted: u64, name: &str) -> Result<(), ApiErr
     Ok(())
 }
 
-async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
+/// The position the projections have reached, once it is at least `min_position`.
+///
+/// # Errors
+/// 422 `position_unknown` for a position not written yet; 503 `projection_behind`.
+pub(super) async fn wait_for(state: &AppState, min_position: Option<u64>) -> Result<u64, ApiError> {
     let Some(wanted) = min_position else {
         return Ok(state.projected.load(Ordering::Acquire));
     };

@@ -19,6 +19,39 @@ use super::auth::Caller;
 use super::problem::ApiError;
 use super::request::{idempotent, if_match};
 
+/// The read models once they hold every event committed before this request,
+/// so a list shows the caller's own writes (waits at most
+/// [`metrics::MIN_POSITION_WAIT_MS`], then 503 `projection_behind`).
+///
+/// # Errors
+/// 503 when the ledger cannot be read or the projections stay behind.
+pub async fn read_models_current(state: &AppState) -> Result<recur_projections::db::Db, ApiError> {
+    let head = state.billing.ledger().last_position().await?;
+    metrics::wait_for(state, Some(head.0)).await?;
+    Ok(state.read_models.clone())
+}
+
+/// A read model that could not be read: the server's trouble, not the caller's.
+pub fn unavailable(error: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        error.to_string(),
+    )
+}
+
+/// An id a read model stored, parsed with `parse`; one that does not parse is
+/// a damaged read model (503), not the caller's mistake.
+///
+/// # Errors
+/// 503 `unavailable`.
+pub fn stored_id<T>(
+    text: &str,
+    parse: impl Fn(&str) -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    parse(text).map_err(|_| unavailable(format!("a read model holds {text:?} where an id belongs")))
+}
+
 /// Now on the ledger's clock (a test clock when serving with one), never the machine's.
 pub fn ledger_now(state: &AppState) -> time::OffsetDateTime {
     recur_ledger::Clock::now(state.billing.ledger().clock().as_ref())
@@ -124,13 +157,16 @@ impl ListQuery {
     /// 422 `invalid_query` outside 1..=100.
     pub fn page_items(&self) -> Result<usize, ApiError> {
         let limit = self.limit.unwrap_or(10);
-        if (1..=super::directory::PAGE_ITEMS_MAX).contains(&limit) {
+        if (1..=recur_projections::customers::PAGE_ITEMS_MAX).contains(&limit) {
             Ok(limit)
         } else {
             Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_query",
-                format!("limit must be 1 to {}", super::directory::PAGE_ITEMS_MAX),
+                format!(
+                    "limit must be 1 to {}",
+                    recur_projections::customers::PAGE_ITEMS_MAX
+                ),
             ))
         }
     }

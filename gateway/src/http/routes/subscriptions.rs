@@ -109,16 +109,31 @@ pub async fn list(
             "subscription filters invoices, not subscriptions",
         ));
     }
-    let customer = query.customer.as_deref().map(customer_id).transpose()?;
+    let customer = query
+        .customer
+        .as_deref()
+        .map(customer_id)
+        .transpose()?
+        .map(|id| id.to_string());
     let after = query
         .starting_after
         .as_deref()
         .map(subscription_id)
-        .transpose()?;
-    let (ids, has_more) = state
-        .directory
-        .subscriptions(state.billing.ledger(), customer, after, limit)
-        .await?;
+        .transpose()?
+        .map(|id| id.to_string());
+    let db = super::read_models_current(&state).await?;
+    let (ids, has_more) = recur_projections::customers::subscriptions_page(
+        &db,
+        customer.as_deref(),
+        after.as_deref(),
+        limit,
+    )
+    .await
+    .map_err(super::unavailable)?;
+    let ids = ids
+        .iter()
+        .map(|id| super::stored_id(id, subscription_id))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut data = Vec::with_capacity(ids.len());
     for id in &ids {
         data.push(subscription_dto(&state, *id, None).await?);
