@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::bench::ledger::{BenchBackend, Workload};
 use crate::config::{DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, NatsArgs, Secret, WhenMissing};
+use recur_bench::ledger::{BenchBackend, Workload};
 
 /// The environment variables the projections read wherever they run (they
 /// choose how metrics count; docs/metrics.md), listed with the commands that run them.
@@ -147,11 +147,11 @@ pub struct ServeArgs {
     pub tick_seconds: u64,
     /// Milliseconds a request may run before it is answered 503
     /// `request_timeout` (the test clock's advance excepted).
-    #[arg(long, default_value_t = crate::http::REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    #[arg(long, default_value_t = recur_api::REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub request_timeout_ms: u64,
     /// Milliseconds a stopping server (SIGTERM, SIGINT) waits for the
     /// requests in flight, then for the scheduler and the relay.
-    #[arg(long, default_value_t = crate::http::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    #[arg(long, default_value_t = crate::serve::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub drain_ms: u64,
 }
 
@@ -219,7 +219,7 @@ pub enum KeysCommand {
     Create {
         /// admin, billing, support or analyst.
         #[arg(long, value_enum)]
-        role: crate::http::auth::Role,
+        role: recur_api::auth::Role,
         /// The ledger.
         #[command(flatten)]
         ledger: LedgerArgs,

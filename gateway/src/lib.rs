@@ -1,11 +1,18 @@
-//! Recur's edges: the `recur` command line, and (next) the HTTP API, webhooks and
-//! adapters. Everything here turns outside input into calls on the ledger and
-//! the domain; nothing here decides billing.
+//! The `recur` binary's library: its command line and the processes it runs.
+//! Everything here turns outside input into calls on the ledger, the domain,
+//! the command API (`recur_api`) and the benchmarks (`recur_bench`); nothing
+//! here decides billing.
+//!
+//! - [`cli`]: the commands and flags; [`config`]: one typed configuration
+//!   (flags with their environment variables, secrets that never print).
+//! - [`serve`]: `recur serve`, the API process.
+//! - [`demo`]: `recur demo`, a simulated business on a test clock.
+//! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up; rebuild,
+//!   relay, project.
 
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod http;
 pub mod ledger_cmd;
 pub mod projections_cmd;
+pub mod serve;

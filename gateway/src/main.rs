@@ -2,14 +2,14 @@
 
 use anyhow::Context;
 use clap::Parser;
-use recur_gateway::bench::ledger::{self as ledger_bench, LedgerBenchOptions};
+use recur_bench::ledger::{self as ledger_bench, LedgerBenchOptions};
 use recur_gateway::cli::{
     BenchCommand, Cli, Command, KeysCommand, LedgerCommand, ProjectionsCommand,
 };
 use recur_gateway::config::{self, DatabaseUrl, LogArgs, LogFormat, WhenMissing};
 use recur_gateway::demo::{self, DemoOptions};
-use recur_gateway::http;
 use recur_gateway::ledger_cmd;
+use recur_gateway::serve;
 
 // The read models' rebuilds and the ledger's replay allocate many small, short-lived
 // values (decoded events, statement parameters); glibc's malloc spent a fifth of a
@@ -84,7 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .with_context(|| format!("--test-clock-start {text:?} is not RFC 3339"))
                 })
                 .transpose()?;
-            http::serve(http::ServeOptions {
+            serve::serve(serve::ServeOptions {
                 listen: args.listen,
                 missing: WhenMissing::create_if(args.create),
                 relay: args.nats.relay_config(),
@@ -133,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .open(missing, std::sync::Arc::new(recur_ledger::SystemClock))
                 .await
                 .context("keys")?;
-            let ring = http::auth::KeyRing::load(ledger, None)
+            let ring = recur_api::auth::KeyRing::load(ledger, None)
                 .await
                 .map_err(anyhow::Error::msg)?;
             match command {
@@ -148,7 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 KeysCommand::List { .. } => {
                     for key in ring.list() {
                         let when = |at: Option<time::OffsetDateTime>| {
-                            at.map_or("-".to_owned(), http::dto::rfc3339)
+                            at.map_or("-".to_owned(), recur_api::dto::rfc3339)
                         };
                         println!(
                             "{}\t{}\t{}\tcreated {} by {}\tlast used {}",
@@ -206,29 +206,27 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench {
             command: BenchCommand::Api(args),
         } => {
-            let options = recur_gateway::bench::api::ApiBenchOptions {
+            let options = recur_bench::api::ApiBenchOptions {
                 backend: args.backend.into(),
                 clients: args.clients,
                 iterations: args.iterations,
                 database_url: server_url(args.database_url),
                 scratch_dir: scratch_dir(args.dir),
             };
-            recur_gateway::bench::api::run(&options)
-                .await
-                .context("bench api")?;
+            recur_bench::api::run(&options).await.context("bench api")?;
             Ok(0)
         }
         Command::Bench {
             command: BenchCommand::Billing(args),
         } => {
-            let options = recur_gateway::bench::billing::BillingBenchOptions {
+            let options = recur_bench::billing::BillingBenchOptions {
                 backend: args.backend.into(),
                 subscriptions: args.subscriptions,
                 concurrency: args.concurrency,
                 database_url: server_url(args.database_url),
                 scratch_dir: scratch_dir(args.dir),
             };
-            recur_gateway::bench::billing::run(&options)
+            recur_bench::billing::run(&options)
                 .await
                 .context("bench billing")?;
             Ok(0)
@@ -236,7 +234,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Bench {
             command: BenchCommand::Projections(args),
         } => {
-            let options = recur_gateway::bench::projections::ProjectionsBenchOptions {
+            let options = recur_bench::projections::ProjectionsBenchOptions {
                 backend: args.backend.into(),
                 events: args.events,
                 database_url: server_url(args.database_url),
@@ -245,7 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 lag_rate: args.lag_rate,
                 lag_seconds: args.lag_seconds,
             };
-            recur_gateway::bench::projections::run(&options)
+            recur_bench::projections::run(&options)
                 .await
                 .context("bench projections")?;
             Ok(0)

@@ -190,51 +190,12 @@ pub async fn project(ledger: &LedgerArgs, nats: &NatsArgs) -> Result<(), Project
     let config = relay_config(nats)?;
     let ledger = open(ledger).await?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let tasks = follow_all(&ledger, &config, "recur", &stopped).await?;
+    let tasks =
+        recur_projections::nats_feed::follow_all(&ledger, &config, "recur", &stopped).await?;
     let _ = tokio::signal::ctrl_c().await;
     let _ = stop.send(true);
     for task in tasks {
         let _ = task.await;
     }
     Ok(())
-}
-
-/// Starts one task per projection, each fed by its durable consumer
-/// `<prefix>-<name>` until `stop` turns true.
-///
-/// # Errors
-/// NATS or the read models unreachable at start.
-pub async fn follow_all(
-    ledger: &Ledger,
-    config: &recur_projections::RelayConfig,
-    prefix: &str,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, ProjectionsCmdError> {
-    use recur_projections::nats_feed::{NatsFeed, follow};
-    let feed = |name: &str| {
-        let durable = format!("{prefix}-{name}");
-        async move { NatsFeed::connect(config, &durable).await }
-    };
-    Ok(vec![
-        tokio::spawn(follow(
-            feed("mrr").await?,
-            Projector::open(ledger.clone(), Mrr::new()).await?,
-            stop.clone(),
-        )),
-        tokio::spawn(follow(
-            feed("accounts").await?,
-            Projector::open(ledger.clone(), Accounts::new()).await?,
-            stop.clone(),
-        )),
-        tokio::spawn(follow(
-            feed("customers").await?,
-            Projector::open(ledger.clone(), Customers::new()).await?,
-            stop.clone(),
-        )),
-        tokio::spawn(follow(
-            feed("revenue").await?,
-            Projector::open(ledger.clone(), Revenue::new()).await?,
-            stop.clone(),
-        )),
-    ])
 }

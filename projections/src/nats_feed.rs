@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 
+use recur_ledger::Ledger;
+
 use crate::message::EventMessage;
 use crate::relay::{RelayConfig, RelayError};
 use crate::runtime::{Delivered, Projection, ProjectionError, Projector};
@@ -200,3 +202,42 @@ pub async fn follow<P: Projection>(
 }
 
 use futures_core::Stream as _;
+
+/// Starts one task per projection, each fed by its durable consumer
+/// `<prefix>-<name>` until `stop` turns true.
+///
+/// # Errors
+/// NATS or the read models unreachable at start.
+pub async fn follow_all(
+    ledger: &Ledger,
+    config: &RelayConfig,
+    prefix: &str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, FeedError> {
+    let feed = |name: &str| {
+        let durable = format!("{prefix}-{name}");
+        async move { NatsFeed::connect(config, &durable).await }
+    };
+    Ok(vec![
+        tokio::spawn(follow(
+            feed("mrr").await?,
+            Projector::open(ledger.clone(), crate::mrr::Mrr::new()).await?,
+            stop.clone(),
+        )),
+        tokio::spawn(follow(
+            feed("accounts").await?,
+            Projector::open(ledger.clone(), crate::accounts::Accounts::new()).await?,
+            stop.clone(),
+        )),
+        tokio::spawn(follow(
+            feed("customers").await?,
+            Projector::open(ledger.clone(), crate::customers::Customers::new()).await?,
+            stop.clone(),
+        )),
+        tokio::spawn(follow(
+            feed("revenue").await?,
+            Projector::open(ledger.clone(), crate::revenue::Revenue::new()).await?,
+            stop.clone(),
+        )),
+    ])
+}

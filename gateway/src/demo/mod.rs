@@ -192,7 +192,7 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
         events_verified: verified.events_checked,
         ledger_intact: verified.is_intact(),
         wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        peak_rss_kb: crate::bench::peak_rss_kb(),
+        peak_rss_kb: recur_bench::peak_rss_kb(),
         subscriptions: simulation::subscriptions(&script),
     };
     Ok((outcome, billing))

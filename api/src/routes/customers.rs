@@ -10,11 +10,11 @@ use recur_commands::billing::NewCustomer;
 use recur_commands::context::within;
 
 use super::{context, customer_id, to_value};
-use crate::http::AppState;
-use crate::http::auth::{Caller, Role};
-use crate::http::dto::{CustomerCreate, CustomerDto, CustomerUpdate, PaymentMethodDto};
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, if_match, json_response, parse};
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::dto::{CustomerCreate, CustomerDto, CustomerUpdate, PaymentMethodDto};
+use crate::problem::{ApiError, Problem};
+use crate::request::{RawBody, idempotent, if_match, json_response, parse};
 
 async fn customer_dto(
     state: &AppState,

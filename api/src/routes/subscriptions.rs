@@ -10,14 +10,14 @@ use recur_commands::context::within;
 use recur_commands::{BillingError, CouponCode, CustomerId, SubscriptionId};
 
 use super::{ListQuery, context, customer_id, resource_action, subscription_id, to_value};
-use crate::http::AppState;
-use crate::http::auth::Caller;
-use crate::http::dto::{
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::{
     CancelBody, DiscountBody, LineDto, PlanChangeBody, PreviewDto, RemoveDiscountBody,
     SubscriptionCreate, SubscriptionDto, SubscriptionList, TimingDto, TotalsDto,
 };
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{Params, RawBody, idempotent, json_response, parse};
+use crate::problem::{ApiError, Problem};
+use crate::request::{Params, RawBody, idempotent, json_response, parse};
 
 async fn subscription_dto(
     state: &AppState,

@@ -11,12 +11,12 @@ use recur_commands::{BillingError, CouponCode, CustomerId, InvoiceId};
 use super::{
     ListQuery, context, customer_id, invoice_id, resource_action, subscription_id, to_value,
 };
-use crate::http::AppState;
-use crate::http::auth::Caller;
-use crate::http::dto::{InvoiceDto, InvoiceList, PurchaseCreate, RefundBody};
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{Params, RawBody, idempotent, json_response, parse};
-use crate::http::routes::subscriptions::Empty;
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::{InvoiceDto, InvoiceList, PurchaseCreate, RefundBody};
+use crate::problem::{ApiError, Problem};
+use crate::request::{Params, RawBody, idempotent, json_response, parse};
+use crate::routes::subscriptions::Empty;
 use recur_projections::customers::InvoiceFilter;
 
 async fn invoice_dto(

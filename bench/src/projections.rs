@@ -13,6 +13,9 @@ use recur_commands::context::{RequestContext, within};
 use recur_commands::{Billing, Catalog, SimulatedGateway};
 use recur_ledger::{Ledger, LedgerConfig, Position, SystemClock};
 use recur_projections::db::{Db, Stmt};
+
+/// The most customers the projections benchmark asks `recur demo` for.
+pub const CUSTOMERS_MAX: u64 = 1_000_000;
 use recur_projections::{Projections, Relay, RelayConfig};
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
@@ -202,7 +205,7 @@ async fn ledger_with(options: &ProjectionsBenchOptions) -> Result<String, BenchE
     }
     let customers = (options.events * 100)
         .div_ceil(DEMO_EVENTS_PER_CUSTOMER_X100)
-        .clamp(1, crate::demo::CUSTOMERS_MAX);
+        .clamp(1, CUSTOMERS_MAX);
     eprintln!(
         "bench projections: writing about {} events with the demo's simulator ({customers} customers, 12 months); this is kept for the next run",
         options.events
@@ -277,7 +280,7 @@ async fn lag(options: &ProjectionsBenchOptions, nats_url: &str) -> Result<(), Be
                 .await
         })
     };
-    let workers = crate::projections_cmd::follow_all(&ledger, &config, "bench", &stop_rx)
+    let workers = recur_projections::nats_feed::follow_all(&ledger, &config, "bench", &stop_rx)
         .await
         .map_err(|e| BenchError::Usage(format!("projection worker: {e}")))?;
     let db = Db::of(&ledger).ok_or_else(|| BenchError::Usage("no read-model database".into()))?;

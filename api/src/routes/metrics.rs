@@ -18,11 +18,11 @@ use time::Date;
 use utoipa::ToSchema;
 
 use super::to_value;
-use crate::http::AppState;
-use crate::http::auth::Caller;
-use crate::http::dto::MoneyDto;
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{Params, json_response};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::MoneyDto;
+use crate::problem::{ApiError, Problem};
+use crate::request::{Params, json_response};
 
 /// How long a query waits for the projection to reach `min_position`.
 pub const MIN_POSITION_WAIT_MS: u64 = 5_000;
@@ -590,7 +590,7 @@ async fn movement_list(
         .map(|m| MovementItem {
             date: m.effective_at[..10].to_owned(),
             effective_at: mrr::parse_effective(&m.effective_at)
-                .map_or(m.effective_at.clone(), crate::http::dto::rfc3339),
+                .map_or(m.effective_at.clone(), crate::dto::rfc3339),
             customer: m.customer_id,
             subscription: m.subscription_id,
             plan: m.plan,
@@ -887,7 +887,7 @@ pub struct CustomerView {
     pub card: Option<String>,
     /// Contact details (admin and support keys only).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub contact: Option<crate::http::dto::ContactDto>,
+    pub contact: Option<crate::dto::ContactDto>,
     /// Subscriptions with plan, state and MRR.
     pub subscriptions: Vec<ViewSubscription>,
     /// The customer's MRR.
@@ -970,7 +970,7 @@ pub async fn customer_view(
             .billing
             .contact(customer)
             .await?
-            .map(|c| crate::http::dto::ContactDto {
+            .map(|c| crate::dto::ContactDto {
                 name: c.name,
                 email: c.email,
                 phone: c.phone,

@@ -14,14 +14,14 @@ use recur_commands::{BillingError, DomainError};
 use rust_decimal::Decimal;
 
 use super::{context, to_value};
-use crate::http::AppState;
-use crate::http::auth::Caller;
-use crate::http::dto::{
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::{
     MoneyDto, PlanCreate, PlanDto, PlanList, PlanUpdate, PriceCreate, PriceDto, PriceList,
     TaxRateCreate, TaxRateDto, TaxRateList, TaxRateRetire, parse_time,
 };
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, json_response, parse};
+use crate::problem::{ApiError, Problem};
+use crate::request::{RawBody, idempotent, json_response, parse};
 
 /// The plans.
 #[utoipa::path(get, operation_id = "catalog_plans", path = "/v1/plans", tag = "catalog",

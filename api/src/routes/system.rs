@@ -11,16 +11,16 @@ use recur_ledger::Clock;
 use time::Duration;
 
 use super::to_value;
-use crate::http::AppState;
-use crate::http::auth::Caller;
-use crate::http::dto::{
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::{
     AdvanceBody, HealthDto, KeyCreate, KeyCreated, KeyDto, KeyList, TestClockDto, parse_time,
     rfc3339,
 };
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, idempotent_redacted, json_response, parse};
-use crate::http::routes::subscriptions::Empty;
-use crate::http::telemetry::{self, Gauges};
+use crate::problem::{ApiError, Problem};
+use crate::request::{RawBody, idempotent, idempotent_redacted, json_response, parse};
+use crate::routes::subscriptions::Empty;
+use crate::telemetry::{self, Gauges};
 
 /// Alive.
 #[utoipa::path(get, operation_id = "system_healthz", path = "/healthz", tag = "system", responses((status = 200, description = "Done", body = HealthDto)))]
@@ -100,7 +100,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
 
 /// The OpenAPI 3.1 document of this API.
 pub async fn openapi() -> Response {
-    let text = crate::http::openapi_document()
+    let text = crate::openapi_document()
         .to_pretty_json()
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], text).into_response()

@@ -11,11 +11,11 @@ use recur_commands::coupon::{CouponDuration, Discount};
 use recur_commands::{CouponCode, DomainError};
 
 use super::{context, to_value};
-use crate::http::AppState;
-use crate::http::auth::Caller;
-use crate::http::dto::{CouponCreate, CouponDto, CouponDurationDto, parse_time};
-use crate::http::problem::{ApiError, Problem};
-use crate::http::request::{RawBody, idempotent, json_response, parse};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::{CouponCreate, CouponDto, CouponDurationDto, parse_time};
+use crate::problem::{ApiError, Problem};
+use crate::request::{RawBody, idempotent, json_response, parse};
 
 /// Create a coupon.
 #[utoipa::path(post, operation_id = "coupons_create", path = "/v1/coupons", tag = "coupons", request_body = CouponCreate,
