@@ -24,8 +24,9 @@ pub trait DomainEvent:
 pub trait Aggregate: Clone + Default + Send + Sync + 'static {
     /// What happened.
     type Event: DomainEvent;
-    /// What is asked.
-    type Command;
+    /// What is asked (its Debug form's leading name is the command's kind,
+    /// which names a replayable request's append: `context::append_key`).
+    type Command: std::fmt::Debug;
 
     /// The events that `command` causes in this state, or why it is refused.
     /// An empty list means there is nothing to do (a retried command).

@@ -60,7 +60,8 @@ pub struct Replayable {
 struct Replay {
     scope: Replayable,
     ids_made: u64,
-    appends: HashMap<StreamId, u32>,
+    /// Appends made per stream and command kind.
+    appends: HashMap<(StreamId, &'static str), u32>,
 }
 
 /// Runs `future` as the request `scope`: its ids and appends are named by the request.
@@ -98,19 +99,32 @@ pub(crate) fn new_id(now: OffsetDateTime) -> Uuid {
         .unwrap_or_else(|_| recur_ledger::EventId::new_at(now).0)
 }
 
-/// Within a replayable request, the ledger key of its next append to `stream`
-/// (`req-` and a digest of the request, the stream and the append's rank on it).
-pub(crate) fn append_key(stream: &StreamId) -> Option<IdempotencyKey> {
+/// Within a replayable request, the ledger key of its append of `command` to
+/// `stream`: `req-` and a digest of the request (its key and first claim), the
+/// stream, the command's kind and how many commands of that kind the request
+/// sent to the stream before. Named by what it does, not by its place among the
+/// request's appends, so a rerun that skips a step its first run already took
+/// (a payment attempt already started) cannot take another step's append for
+/// its own. Outside a replayable request: None, and the command is not formatted.
+pub(crate) fn append_key<C: std::fmt::Debug>(
+    stream: &StreamId,
+    command: &C,
+) -> Option<IdempotencyKey> {
     REPLAY
         .try_with(|r| {
+            let kind = command_kind(command);
             let mut replay = r.borrow_mut();
-            let rank = replay.appends.entry(stream.clone()).or_insert(0);
+            let rank = replay.appends.entry((stream.clone(), kind)).or_insert(0);
             *rank += 1;
             let rank = *rank;
+            let started_us = replay.scope.started_at.unix_timestamp_nanos() / 1_000;
             let digest = Sha256::new()
                 .chain_update(replay.scope.seed)
+                .chain_update(started_us.to_be_bytes())
                 .chain_update(b"append")
                 .chain_update(stream.as_str().as_bytes())
+                .chain_update(b"\n")
+                .chain_update(kind.as_bytes())
                 .chain_update(b"\n")
                 .chain_update(rank.to_be_bytes())
                 .finalize();
@@ -118,6 +132,29 @@ pub(crate) fn append_key(stream: &StreamId) -> Option<IdempotencyKey> {
         })
         .ok()
         .flatten()
+}
+
+/// A command's kind: the leading name of its Debug form (its variant, or its
+/// type for a struct). Interned, so the counters can key on it.
+fn command_kind<C: std::fmt::Debug>(command: &C) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static KINDS: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let text = format!("{command:?}");
+    let name: String = text
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    let mut kinds = KINDS
+        .get_or_init(|| Mutex::new(HashSet::new()))
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(kind) = kinds.get(name.as_str()) {
+        return kind;
+    }
+    let kind: &'static str = Box::leak(name.into_boxed_str());
+    kinds.insert(kind);
+    kind
 }
 
 /// Whether an earlier run of this request may have written.

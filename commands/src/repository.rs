@@ -157,12 +157,13 @@ impl Repository {
         A: Aggregate,
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
-        let key = context::append_key(stream);
         if self.cached::<A>(stream).is_none() && !context::is_rerun() {
             let _turn = self.turn(stream).lock().await;
             context::check_expected(stream, 0)?;
             let mut state = A::default();
-            let events = state.decide(command(&state)?)?;
+            let asked = command(&state)?;
+            let key = context::append_key(stream, &asked);
+            let events = state.decide(asked)?;
             if events.is_empty() {
                 return Ok(Executed {
                     state,
@@ -195,11 +196,15 @@ impl Repository {
                         position: Some(appended.last_position()),
                     });
                 }
-                Err(LedgerError::VersionConflict { .. }) => {}
+                Err(LedgerError::VersionConflict { .. }) => {
+                    // The stream exists after all (a retried step): decide
+                    // again on it, under the same append key.
+                    return self.run(stream, metadata, Some(key), command).await;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
-        self.run(stream, metadata, key, command).await
+        self.run(stream, metadata, None, command).await
     }
 
     /// The ledger's form of `events`, stamped now, with the request's actor, its
@@ -248,19 +253,21 @@ impl Repository {
         A: Aggregate,
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
-        let key = context::append_key(stream);
-        self.run(stream, metadata, key, command).await
+        self.run(stream, metadata, None, command).await
     }
 
-    /// [`Repository::execute`] under the append's `key`. A rerun request first
-    /// looks for what its earlier run appended under the key and, when it finds
-    /// it, answers with that instead of deciding again (the state has moved on:
-    /// deciding again would refuse, or do it twice).
+    /// [`Repository::execute`]; `preset` is the append key already taken for
+    /// this command (the fast path of [`Repository::execute_new`] fell back).
+    /// Within a replayable request the append's key is named by the command's
+    /// kind (`context::append_key`); a rerun request first looks for what its
+    /// earlier run appended under that key and, when it finds it, answers with
+    /// that instead of deciding again (the state has moved on: deciding again
+    /// would refuse, or do it twice).
     async fn run<A, F>(
         &self,
         stream: &StreamId,
         metadata: &Metadata,
-        key: Option<IdempotencyKey>,
+        preset: Option<Option<IdempotencyKey>>,
         mut command: F,
     ) -> Result<Executed<A>, BillingError>
     where
@@ -268,17 +275,27 @@ impl Repository {
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
         let _turn = self.turn(stream).lock().await;
-        if let Some(key) = &key
-            && context::is_rerun()
-            && let Some((found, first, last)) = self.ledger.append_of(key).await?
-            && found == *stream
-        {
-            return self.committed_range(stream, first, last).await;
-        }
+        let mut key = preset;
         for _ in 0..COMMAND_ATTEMPTS_MAX {
             let (mut state, version) = self.load::<A>(stream).await?;
+            let asked = command(&state)?;
+            let key = match &key {
+                Some(key) => key.clone(),
+                None => {
+                    let taken = context::append_key(stream, &asked);
+                    if let Some(taken) = &taken
+                        && context::is_rerun()
+                        && let Some((found, first, last)) = self.ledger.append_of(taken).await?
+                        && found == *stream
+                    {
+                        return self.committed_range(stream, first, last).await;
+                    }
+                    key = Some(taken.clone());
+                    taken
+                }
+            };
             context::check_expected(stream, version)?;
-            let events = state.decide(command(&state)?)?;
+            let events = state.decide(asked)?;
             if events.is_empty() {
                 return Ok(Executed {
                     state,
