@@ -1,5 +1,7 @@
 //! The ledger's errors: one enum, each variant with a stable code.
 
+use std::sync::Arc;
+
 use crate::envelope::{ExpectedVersion, StreamId};
 
 /// Everything that can go wrong when talking to the ledger.
@@ -76,8 +78,12 @@ pub enum LedgerError {
         event_type: String,
         /// The stored schema version.
         schema_version: u32,
-        /// What went wrong.
+        /// What went wrong, at the ledger's level (which step, which version).
         message: String,
+        /// The failure underneath (the JSON parser's, or an upcaster's), when
+        /// there is one; shared so that the error stays `Clone`.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// The database URL or path could not be understood.
     #[error("invalid ledger location: {0}")]

@@ -54,5 +54,5 @@ pub use money::{Currency, Money, MoneyError};
 pub use requests::RequestClaim;
 pub use store::{BackendKind, Ledger, LedgerConfig};
 pub use subscription::{Replay, Subscription};
-pub use upcast::Upcasters;
+pub use upcast::{UpcastError, Upcasters};
 pub use verify::{Problem, SealReport, VerifyReport};
