@@ -144,7 +144,7 @@ impl Catalog {
     pub fn from_toml(text: &str) -> Result<Self, BillingError> {
         let bad = |message: String| BillingError::Catalog(message);
         let file: CatalogFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
-        file.tax.validate().map_err(bad)?;
+        file.tax.validate().map_err(DomainError::from)?;
         let mut prices = BTreeMap::new();
         for p in file.prices {
             if !file.plans.contains_key(&p.plan) {
@@ -634,7 +634,7 @@ impl Aggregate for Catalog {
                 Ok(vec![CatalogEvent::PriceCreated { price }])
             }
             CatalogCommand::CreateTaxRate { rate } => {
-                rate.validate().map_err(bad)?;
+                rate.validate()?;
                 if self.tax.get(&rate.id).is_some() || rate.id.is_empty() {
                     return Err(DomainError::AlreadyExists {
                         kind: "tax rate",

@@ -2,6 +2,9 @@
 
 use recur_ledger::{LedgerError, MoneyError};
 
+use crate::tagged::DecodeError;
+use crate::tax::TaxRateError;
+
 /// Why the billing domain refused a command. Deciding is pure, so a refusal
 /// never leaves anything behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -111,6 +114,10 @@ pub enum DomainError {
     /// A plan, price or tax rate the catalog cannot take.
     #[error("{0}")]
     InvalidCatalog(String),
+    /// A tax rate the catalog cannot take (code `invalid_catalog`, as above:
+    /// typed apart only so that the field's refusal stays its source).
+    #[error(transparent)]
+    TaxRate(#[from] TaxRateError),
     /// The customer has no payment method on file and the command needs one.
     #[error("customer {0} has no payment method on file")]
     NoPaymentMethod(String),
@@ -136,7 +143,7 @@ impl DomainError {
             DomainError::CouponAlreadyRedeemed(_) => "coupon_already_redeemed",
             DomainError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
             DomainError::WrongPriceKind { .. } => "wrong_price_kind",
-            DomainError::InvalidCatalog(_) => "invalid_catalog",
+            DomainError::InvalidCatalog(_) | DomainError::TaxRate(_) => "invalid_catalog",
             DomainError::NoPaymentMethod(_) => "no_payment_method",
         }
     }
@@ -154,15 +161,16 @@ pub enum BillingError {
     /// The payment gateway could not be reached; the attempt is retried with the same key.
     #[error("payment gateway unavailable: {0}")]
     GatewayUnavailable(String),
-    /// A stored event could not be decoded: the stream or the code is broken.
-    #[error("event {position} of {stream} cannot be decoded: {message}")]
+    /// A stored event could not be decoded or folded: the stream or the code is broken.
+    #[error("event {position} of {stream} cannot be decoded")]
     Corrupt {
         /// The stream.
         stream: String,
         /// Its global position.
         position: u64,
-        /// The decoder's message.
-        message: String,
+        /// What is wrong with it.
+        #[source]
+        cause: Corruption,
     },
     /// Writers kept racing on one stream beyond the retry limit.
     #[error("stream {0} kept changing under the command; gave up after the retry limit")]
@@ -180,6 +188,22 @@ pub enum BillingError {
     /// The catalog file is invalid, or a published price was changed.
     #[error("catalog: {0}")]
     Catalog(String),
+}
+
+/// What is wrong with a stored event that [`BillingError::Corrupt`] reports.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Corruption {
+    /// The payload is not an event of the stream's kind.
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+    /// The stream's versions skip or repeat.
+    #[error("version {found} follows {previous}")]
+    OutOfOrder {
+        /// The version folded last.
+        previous: u64,
+        /// The version read next.
+        found: u64,
+    },
 }
 
 impl BillingError {

@@ -159,6 +159,23 @@ impl LedgerError {
     }
 }
 
+/// An error and each of its sources, joined by ": ": how logs and problem
+/// details show an error whose wrappers say where and whose sources say why.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(error) = next {
+            write!(f, ": {error}")?;
+            next = error.source();
+        }
+        Ok(())
+    }
+}
+
 /// SQLSTATEs of a server that is there but will not serve now: connection
 /// exceptions (class 08), an administrator's or a crash's shutdown and "cannot
 /// connect now" (57P01–57P03), too many connections (53300), and a database that
@@ -188,5 +205,25 @@ pub(crate) fn from_sqlx(error: sqlx::Error) -> LedgerError {
 impl From<sqlx::Error> for LedgerError {
     fn from(error: sqlx::Error) -> Self {
         from_sqlx(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_shows_every_source_after_the_error() {
+        let error = LedgerError::Decode {
+            event_type: "PlanChanged".into(),
+            schema_version: 1,
+            message: "upcast from v1 failed".into(),
+            source: Some(Arc::new(std::io::Error::other("no plan"))),
+        };
+        assert_eq!(
+            Chain(&error).to_string(),
+            "cannot decode event PlanChanged v1: upcast from v1 failed: no plan"
+        );
+        assert_eq!(Chain(&LedgerError::Closed).to_string(), "ledger is closed");
     }
 }

@@ -49,7 +49,7 @@ pub use envelope::{
     Appended, EventId, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Position,
     RecordedEvent, Source, StreamId,
 };
-pub use error::LedgerError;
+pub use error::{Chain, LedgerError};
 pub use money::{Currency, Money, MoneyError};
 pub use requests::RequestClaim;
 pub use store::{BackendKind, Ledger, LedgerConfig};
