@@ -133,9 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .open(missing, std::sync::Arc::new(recur_ledger::SystemClock))
                 .await
                 .context("keys")?;
-            let ring = http::auth::KeyRing::load(ledger, None)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let ring = http::auth::KeyRing::load(ledger, None).await?;
             match command {
                 KeysCommand::Create { role, .. } => {
                     let (id, key) = ring.create(role, "cli").await.context("create the key")?;

@@ -273,11 +273,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .as_ref()
         .map(crate::config::Secret::expose)
         .filter(|k| !k.is_empty());
-    let keys = Arc::new(
-        KeyRing::load(ledger.clone(), bootstrap)
-            .await
-            .map_err(anyhow::Error::msg)?,
-    );
+    let keys = Arc::new(KeyRing::load(ledger.clone(), bootstrap).await?);
     tokio::spawn(Arc::clone(&keys).follow());
     if bootstrap.is_none() {
         tracing::warn!(
