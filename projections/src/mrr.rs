@@ -103,9 +103,12 @@ impl MovementKind {
 /// A stored kind is read checked: a name this version does not know is an error.
 impl crate::db::FromColumn for MovementKind {
     const KIND: char = 't';
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, crate::db::ColumnError> {
         let name = String::from_value(value)?;
-        Self::parse(&name).ok_or_else(|| format!("a movement kind expected, {name:?} found"))
+        Self::parse(&name).ok_or_else(|| crate::db::ColumnError {
+            expected: "a movement kind",
+            found: format!("{name:?}"),
+        })
     }
 }
 
