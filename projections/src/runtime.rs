@@ -197,6 +197,18 @@ pub enum ProjectionError {
         #[source]
         source: DecodeError,
     },
+    /// An event whose figures the domain refuses (money that does not add up,
+    /// a one-time price where a recurring one belongs): a bug, or a damaged ledger.
+    #[error("projection {projection}: event at {position}: its figures do not hold")]
+    Domain {
+        /// The projection.
+        projection: &'static str,
+        /// The event's position.
+        position: u64,
+        /// The domain's refusal.
+        #[source]
+        source: recur_commands::DomainError,
+    },
     /// An event the projection cannot read: a bug, or a ledger from the future.
     #[error("projection {projection}: event at {position}: {message}")]
     Event {
