@@ -307,7 +307,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                         projections.position().0,
                         std::sync::atomic::Ordering::Release,
                     ),
-                    Err(error) => tracing::warn!(%error, "projection failed; retrying"),
+                    Err(error) => {
+                        tracing::warn!(error = %recur_ledger::Chain(&error), "projection failed; retrying");
+                    }
                 }
                 let poll = std::time::Duration::from_millis(PROJECTION_POLL_MS);
                 tokio::select! {
@@ -358,7 +360,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         let mut stopping = stopping.clone();
         background.spawn(async move {
             if let Err(error) = relay.run(stopped(&mut stopping)).await {
-                tracing::warn!(%error, "relay stopped");
+                tracing::warn!(error = %recur_ledger::Chain(&error), "relay stopped");
             }
         });
     }
