@@ -96,8 +96,15 @@ pub enum LedgerError {
         path: String,
     },
     /// The database could not be reached (down, refused, timed out).
-    #[error("ledger database unavailable: {0}")]
-    Unavailable(String),
+    #[error("ledger database unavailable: {what}")]
+    Unavailable {
+        /// What failed, in a few words (which file, which kind of failure).
+        what: String,
+        /// The driver's error, when there is one; shared so that the error
+        /// stays `Clone`.
+        #[source]
+        source: Option<SharedError>,
+    },
     /// Concurrent writers kept colliding past the retry limit.
     #[error("append gave up after {attempts} attempts against concurrent writers")]
     Contention {
@@ -111,11 +118,42 @@ pub enum LedgerError {
     #[error("ledger is closed")]
     Closed,
     /// Any other database error.
-    #[error("ledger database error: {0}")]
-    Database(String),
+    #[error("ledger database error: {what}")]
+    Database {
+        /// What failed, in a few words (the SQLSTATE when there is one).
+        what: String,
+        /// The driver's error, when there is one.
+        #[source]
+        source: Option<SharedError>,
+    },
 }
 
+/// A driver's error kept as a cause and shared, so that [`LedgerError`] stays `Clone`.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
 impl LedgerError {
+    /// [`LedgerError::Unavailable`]: `what` failed, `source` underneath.
+    pub fn unavailable(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// [`LedgerError::Database`]: `what` failed, `source` underneath.
+    pub fn database(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Database {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
     /// A stable snake_case code for clients and logs.
     pub fn code(&self) -> &'static str {
         match self {
@@ -133,11 +171,11 @@ impl LedgerError {
             Self::Decode { .. } => "event_decode_failed",
             Self::InvalidLocation(_) => "invalid_ledger_location",
             Self::NotFound { .. } => "ledger_not_found",
-            Self::Unavailable(_) => "ledger_unavailable",
+            Self::Unavailable { .. } => "ledger_unavailable",
             Self::Contention { .. } => "ledger_contention",
             Self::Migration(_) => "ledger_migration_failed",
             Self::Closed => "ledger_closed",
-            Self::Database(_) => "ledger_database_error",
+            Self::Database { .. } => "ledger_database_error",
         }
     }
 
@@ -187,19 +225,33 @@ fn server_unavailable(code: Option<&str>) -> bool {
     })
 }
 
-/// Sorts a sqlx error into "the database is not there" and everything else.
+/// Sorts a sqlx error into "the database is not there" and everything else,
+/// keeping it as the source; `what` names its kind (and SQLSTATE) in a few words.
 pub(crate) fn from_sqlx(error: sqlx::Error) -> LedgerError {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(error.to_string()),
-        sqlx::Error::Database(ref database) if server_unavailable(database.code().as_deref()) => {
-            LedgerError::Unavailable(error.to_string())
+    let unavailable = match &error {
+        sqlx::Error::Io(_) => Some("I/O error".to_owned()),
+        sqlx::Error::Tls(_) => Some("TLS error".to_owned()),
+        sqlx::Error::PoolTimedOut => Some("timed out waiting for a connection".to_owned()),
+        sqlx::Error::PoolClosed => Some("connection pool closed".to_owned()),
+        sqlx::Error::WorkerCrashed => Some("database worker crashed".to_owned()),
+        sqlx::Error::Database(database) if server_unavailable(database.code().as_deref()) => {
+            database
+                .code()
+                .map(|code| format!("the server will not serve now (SQLSTATE {code})"))
         }
-        other => LedgerError::Database(other.to_string()),
+        _ => None,
+    };
+    if let Some(what) = unavailable {
+        return LedgerError::unavailable(what, error);
     }
+    let what = match &error {
+        sqlx::Error::Database(database) => match database.code() {
+            Some(code) => format!("statement refused (SQLSTATE {code})"),
+            None => "statement refused".to_owned(),
+        },
+        _ => "statement failed".to_owned(),
+    };
+    LedgerError::database(what, error)
 }
 
 impl From<sqlx::Error> for LedgerError {
@@ -225,5 +277,25 @@ mod tests {
             "cannot decode event PlanChanged v1: upcast from v1 failed: no plan"
         );
         assert_eq!(Chain(&LedgerError::Closed).to_string(), "ledger is closed");
+    }
+
+    #[test]
+    fn a_sqlx_error_is_sorted_and_kept_as_the_source() {
+        let error = from_sqlx(sqlx::Error::PoolTimedOut);
+        assert_eq!(error.code(), "ledger_unavailable");
+        let source = std::error::Error::source(&error).expect("sqlx's error");
+        assert_eq!(source.to_string(), sqlx::Error::PoolTimedOut.to_string());
+        let error = from_sqlx(sqlx::Error::RowNotFound);
+        assert_eq!(error.code(), "ledger_database_error");
+        assert_eq!(
+            Chain(&error).to_string(),
+            format!(
+                "ledger database error: statement failed: {}",
+                sqlx::Error::RowNotFound
+            )
+        );
+        // Still `Clone`, the source shared.
+        let copy = error.clone();
+        assert!(std::error::Error::source(&copy).is_some());
     }
 }

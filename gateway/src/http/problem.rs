@@ -130,7 +130,7 @@ impl From<LedgerError> for ApiError {
             );
         }
         match error {
-            LedgerError::Unavailable(_) | LedgerError::Closed => {
+            LedgerError::Unavailable { .. } | LedgerError::Closed => {
                 tracing::warn!(error = %Chain(&error), "ledger unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
