@@ -252,10 +252,10 @@ impl Stmt {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The database refused or failed.
-    #[error("read model database: {0}")]
+    #[error("read model database")]
     Sql(#[from] sqlx::Error),
     /// A rebuild's SQLite shadow refused or failed.
-    #[error("read model database: {0}")]
+    #[error("read model database")]
     Sqlite(#[from] rusqlite::Error),
     /// Something this kind of database cannot do.
     #[error("{0}")]
@@ -849,7 +849,7 @@ impl Shadow {
             Db::Postgres(pool) => {
                 let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.place);
                 if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await {
-                    tracing::warn!(%error, schema = %self.place, "could not drop a rebuild's schema");
+                    tracing::warn!(error = %recur_ledger::Chain(&error), schema = %self.place, "could not drop a rebuild's schema");
                 }
                 pool.close().await;
             }

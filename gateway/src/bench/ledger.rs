@@ -88,7 +88,7 @@ pub enum BenchError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// The raw baseline's database failed.
-    #[error("raw baseline: {0}")]
+    #[error("raw baseline")]
     Database(#[from] sqlx::Error),
     /// A check value or the replay verification did not hold.
     #[error("check failed: {0}")]
@@ -106,7 +106,7 @@ pub enum BenchError {
     #[error("{0}")]
     Usage(String),
     /// A writer task died.
-    #[error("writer task failed: {0}")]
+    #[error("writer task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
