@@ -276,7 +276,7 @@ impl Billing {
             .tax()
             .get(id)
             .cloned()
-            .ok_or_else(|| not_found("tax_rate", id))
+            .ok_or_else(|| not_found("tax rate", id))
     }
 
     /// The retry policy.

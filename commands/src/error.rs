@@ -53,7 +53,8 @@ pub enum DomainError {
     /// The aggregate does not exist yet.
     #[error("{kind} {id} does not exist")]
     NotFound {
-        /// customer, subscription, invoice, coupon.
+        /// customer, subscription, invoice, coupon, plan, price, tax rate
+        /// (code `<kind>_not_found`, spaces as underscores).
         kind: &'static str,
         /// Its id.
         id: String,
@@ -127,14 +128,16 @@ impl DomainError {
     /// Stable snake_case code for clients; never changes once published.
     pub fn code(&self) -> &'static str {
         match self {
-            DomainError::UnknownPlan(_) => "unknown_plan",
-            DomainError::UnknownPrice(_) => "unknown_price",
+            // One name per refusal: these are the names the HTTP problem
+            // carries (docs/api.md), used by the domain too.
+            DomainError::UnknownPlan(_) => "plan_not_found",
+            DomainError::UnknownPrice(_) => "price_not_found",
             DomainError::Money(error) => error.code(),
             DomainError::AmountNotPositive { .. } => "amount_not_positive",
             DomainError::InvalidQuantity { .. } => "invalid_quantity",
             DomainError::CardNumberRejected { .. } => "card_number_rejected",
             DomainError::InvalidField { .. } => "invalid_field",
-            DomainError::NotFound { .. } => "not_found",
+            DomainError::NotFound { kind, .. } => not_found_code(kind),
             DomainError::AlreadyExists { .. } => "already_exists",
             DomainError::InvalidTransition { .. } => "invalid_transition",
             DomainError::CurrencyMismatch { .. } => "currency_mismatch",
@@ -146,6 +149,21 @@ impl DomainError {
             DomainError::InvalidCatalog(_) | DomainError::TaxRate(_) => "invalid_catalog",
             DomainError::NoPaymentMethod(_) => "no_payment_method",
         }
+    }
+}
+
+/// `<kind>_not_found` for each kind of aggregate the domain refers to; codes
+/// are `&'static str`, hence spelled out.
+fn not_found_code(kind: &str) -> &'static str {
+    match kind {
+        "customer" => "customer_not_found",
+        "subscription" => "subscription_not_found",
+        "invoice" => "invoice_not_found",
+        "coupon" => "coupon_not_found",
+        "plan" => "plan_not_found",
+        "price" => "price_not_found",
+        "tax rate" => "tax_rate_not_found",
+        _ => "not_found",
     }
 }
 
@@ -218,5 +236,37 @@ impl BillingError {
             BillingError::Stale { .. } => "version_conflict",
             BillingError::Catalog(_) => "invalid_catalog",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_thing_has_one_code_named_after_its_kind() {
+        let missing = |kind| DomainError::NotFound {
+            kind,
+            id: "x".into(),
+        };
+        for (kind, code) in [
+            ("customer", "customer_not_found"),
+            ("subscription", "subscription_not_found"),
+            ("invoice", "invoice_not_found"),
+            ("coupon", "coupon_not_found"),
+            ("plan", "plan_not_found"),
+            ("price", "price_not_found"),
+            ("tax rate", "tax_rate_not_found"),
+        ] {
+            assert_eq!(missing(kind).code(), code);
+        }
+        assert_eq!(
+            DomainError::UnknownPlan("x".into()).code(),
+            "plan_not_found"
+        );
+        assert_eq!(
+            DomainError::UnknownPrice("x".into()).code(),
+            "price_not_found"
+        );
     }
 }

@@ -100,14 +100,11 @@ impl From<DomainError> for ApiError {
         let unprocessable =
             |code: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, &detail);
         match &error {
-            DomainError::UnknownPlan(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "plan_not_found", detail)
-            }
-            DomainError::UnknownPrice(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "price_not_found", detail)
-            }
-            DomainError::NotFound { kind, .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, &format!("{kind}_not_found"), detail)
+            // The domain's code is the problem's code: one name per refusal.
+            DomainError::UnknownPlan(_)
+            | DomainError::UnknownPrice(_)
+            | DomainError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, error.code(), detail)
             }
             DomainError::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", detail)
