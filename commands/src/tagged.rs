@@ -314,7 +314,7 @@ mod tests {
             r#"{"type":"NoSuchEvent","x":1}"#,
             r#"{"x":1,"type":"NoSuchEvent"}"#,
         ] {
-            let error = SubscriptionEvent::decode_payload(payload).unwrap_err();
+            let error = SubscriptionEvent::decode_payload(payload).expect_err(payload);
             assert!(
                 matches!(&error, DecodeError::UnknownType { tag, .. } if tag == "NoSuchEvent"),
                 "{payload}: {error:?}"
@@ -343,7 +343,7 @@ mod tests {
                 "expected a formatted UUID",
             ),
         ] {
-            let error = SubscriptionEvent::decode_payload(payload).unwrap_err();
+            let error = SubscriptionEvent::decode_payload(payload).expect_err(payload);
             assert!(
                 matches!(&error, DecodeError::Payload { tag: Some(tag), .. } if tag == "SubscriptionPastDue"),
                 "{payload}: {error:?}"
@@ -351,7 +351,7 @@ mod tests {
             let source = std::error::Error::source(&error).expect("the parser's error");
             assert!(source.to_string().contains(said), "{payload}: {source}");
         }
-        let error = SubscriptionEvent::decode_payload("not json").unwrap_err();
+        let error = SubscriptionEvent::decode_payload("not json").expect_err("not json");
         assert!(
             matches!(error, DecodeError::Payload { tag: None, .. }),
             "{error:?}"

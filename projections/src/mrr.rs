@@ -1229,7 +1229,7 @@ mod tests {
         let price = recur_commands::catalog::Price {
             id: "setup_fee".into(),
             plan_id: "p".into(),
-            unit_amount: recur_ledger::Money::parse("10.00", "USD").unwrap(),
+            unit_amount: recur_ledger::Money::parse("10.00", "USD").expect("an amount"),
             billing: recur_commands::catalog::Billing::OneTime,
         };
         let tracked = Tracked {
@@ -1242,7 +1242,9 @@ mod tests {
             },
             ..Tracked::default()
         };
-        let refusal = tracked.mrr_minor(&Profile::default()).unwrap_err();
+        let refusal = tracked
+            .mrr_minor(&Profile::default())
+            .expect_err("a one-time price has no MRR");
         assert!(
             matches!(&refusal, DomainError::WrongPriceKind { price, .. } if price == "setup_fee"),
             "{refusal:?}"

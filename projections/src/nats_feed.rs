@@ -125,7 +125,7 @@ impl NatsFeed {
         while let Some(message) =
             std::future::poll_fn(|cx| std::pin::Pin::new(&mut batch).poll_next(cx)).await
         {
-            messages.push(message.map_err(|e| stream_error(e.into()))?);
+            messages.push(message.map_err(stream_error)?);
         }
         let mut pumped = Pumped {
             received: messages.len() as u64,
@@ -172,7 +172,7 @@ impl NatsFeed {
             }
         }
         for message in &messages {
-            message.ack().await.map_err(|e| stream_error(e.into()))?;
+            message.ack().await.map_err(stream_error)?;
         }
         Ok(pumped)
     }

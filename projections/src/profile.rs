@@ -298,7 +298,7 @@ mod tests {
         );
         assert_eq!(
             Profile::from_settings(None, None, None, Some("0"))
-                .unwrap_err()
+                .expect_err("0 days")
                 .to_string(),
             "RECUR_PAST_DUE_CHURN_DAYS=\"0\": expected a number of days from 1 to 365"
         );

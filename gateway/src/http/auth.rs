@@ -620,7 +620,9 @@ mod tests {
         let path = std::env::temp_dir().join(format!("recur-keys-{}.db", uuid::Uuid::now_v7()));
         let config =
             LedgerConfig::new(format!("sqlite:{}", path.display())).create_if_missing(true);
-        let ledger = Ledger::open(config, Arc::new(SystemClock)).await.unwrap();
+        let ledger = Ledger::open(config, Arc::new(SystemClock))
+            .await
+            .expect("a scratch ledger");
         let error = KeyRing::load(ledger.clone(), Some("short"))
             .await
             .err()
