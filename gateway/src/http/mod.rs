@@ -12,7 +12,6 @@ pub mod routes;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::HeaderValue;
@@ -229,14 +228,53 @@ async fn request_id(
     .await
 }
 
+/// Why `recur serve` could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The ledger could not be opened.
+    #[error(transparent)]
+    Open(#[from] crate::config::OpenError),
+    /// The ledger failed while starting.
+    #[error(transparent)]
+    Ledger(#[from] recur_ledger::LedgerError),
+    /// The catalog or billing could not be opened.
+    #[error(transparent)]
+    Billing(#[from] recur_commands::BillingError),
+    /// The API keys could not be loaded (or `RECUR_ADMIN_KEY` is too short).
+    #[error(transparent)]
+    Keys(#[from] auth::LoadError),
+    /// The ledger's database cannot hold read models.
+    #[error("no database for the read models")]
+    NoReadModelDatabase,
+    /// The read models could not be opened.
+    #[error(transparent)]
+    Projections(#[from] recur_projections::ProjectionError),
+    /// The relay to NATS could not start.
+    #[error(transparent)]
+    Relay(#[from] recur_projections::RelayError),
+    /// The address could not be resolved or bound.
+    #[error("cannot listen on {address}")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// The system's refusal.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server failed while serving.
+    #[error("serving failed")]
+    Serve(#[source] std::io::Error),
+}
+
 /// Opens the ledger and billing, and serves until SIGTERM or SIGINT: then it
 /// stops taking connections, drains the requests in flight (at most
 /// [`DRAIN_MS`]), lets the scheduler finish its tick and the relay stop, and returns.
 ///
 /// # Errors
-/// The ledger cannot be opened (a missing SQLite file that may not be made is
-/// one), the address cannot be resolved or bound, a bad `RECUR_ADMIN_KEY`.
-pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+/// [`ServeError`]: the ledger cannot be opened (a missing SQLite file that may
+/// not be made is one), the address cannot be resolved or bound, a bad
+/// `RECUR_ADMIN_KEY`.
+pub async fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let location = options.ledger.location();
     let test_clock = options.test_clock.then(|| {
         TestClock::at(
@@ -284,8 +322,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Arc::clone(&billing),
         recur_commands::scheduler::CONCURRENCY_DEFAULT,
     ));
-    let read_models = recur_projections::db::Db::of(&ledger)
-        .ok_or_else(|| anyhow::anyhow!("no database for the read models"))?;
+    let read_models =
+        recur_projections::db::Db::of(&ledger).ok_or(ServeError::NoReadModelDatabase)?;
     let projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut projections = recur_projections::Projections::open(&ledger).await?;
     projected.store(
@@ -375,10 +413,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
     });
     // A host name is resolved here; the first of its addresses that binds is used.
+    let listen = |source| ServeError::Listen {
+        address: options.listen.to_string(),
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(options.listen.to_bind())
         .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let address = listener.local_addr()?;
+        .map_err(listen)?;
+    let address = listener.local_addr().map_err(listen)?;
     // The first line of stdout, for scripts and tests that start us on port 0.
     println!("recur: listening on http://{address} (ledger {location})");
     tokio::spawn(async move {
@@ -392,7 +434,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_graceful_shutdown(async move { stopped(&mut draining).await });
     let mut stop_waited = stopping.clone();
     tokio::select! {
-        served = server => served?,
+        served = server => served.map_err(ServeError::Serve)?,
         () = async {
             stopped(&mut stop_waited).await;
             tokio::time::sleep(drain).await;
