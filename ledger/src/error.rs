@@ -20,12 +20,13 @@ pub enum LedgerError {
         reason: &'static str,
     },
     /// A payload or metadata document was not valid JSON.
-    #[error("invalid JSON in {field}: {message}")]
+    #[error("invalid JSON in {field}")]
     InvalidJson {
         /// Which part of the event held the bad JSON.
         field: &'static str,
-        /// The parser's message.
-        message: String,
+        /// The parser's error (where, and what).
+        #[source]
+        source: Arc<serde_json::Error>,
     },
     /// A payload was larger than [`crate::limits::PAYLOAD_BYTES_MAX`].
     #[error("payload of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
@@ -112,8 +113,14 @@ pub enum LedgerError {
         attempts: u32,
     },
     /// A schema migration failed or the schema is newer than this binary.
-    #[error("migration: {0}")]
-    Migration(String),
+    #[error("migration: {what}")]
+    Migration {
+        /// Which migration, and what is wrong.
+        what: String,
+        /// The database's error when applying it failed.
+        #[source]
+        source: Option<SharedError>,
+    },
     /// The store is shutting down.
     #[error("ledger is closed")]
     Closed,
@@ -173,7 +180,7 @@ impl LedgerError {
             Self::NotFound { .. } => "ledger_not_found",
             Self::Unavailable { .. } => "ledger_unavailable",
             Self::Contention { .. } => "ledger_contention",
-            Self::Migration(_) => "ledger_migration_failed",
+            Self::Migration { .. } => "ledger_migration_failed",
             Self::Closed => "ledger_closed",
             Self::Database { .. } => "ledger_database_error",
         }

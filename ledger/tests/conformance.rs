@@ -310,6 +310,9 @@ async fn bad_input_is_a_typed_error_and_writes_nothing(ledger: TestLedger) {
     for bad in ["{", "", "{\"a\":}", "nul", "{\"a\":1} trailing"] {
         let error = NewEvent::from_json(id, "Bad", 1, bad.to_owned()).unwrap_err();
         assert_eq!(error.code(), "invalid_json", "{bad:?}");
+        // The parser's error is the source, not text folded into the message.
+        let source = std::error::Error::source(&error).expect("the parser's error");
+        assert!(source.to_string().contains("line 1"), "{bad:?}: {source}");
     }
     assert_eq!(
         NewEvent::from_json(id, "", 1, "{}".into())

@@ -120,10 +120,11 @@ impl From<DomainError> for ApiError {
 impl From<LedgerError> for ApiError {
     fn from(error: LedgerError) -> Self {
         if error.is_client_error() {
+            // The chain: the parser's message for invalid JSON is its source.
             return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 error.code(),
-                error.to_string(),
+                Chain(&error).to_string(),
             );
         }
         match error {
