@@ -206,6 +206,9 @@ pub enum BillingError {
     /// The catalog file is invalid, or a published price was changed.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// The catalog file is not the TOML a catalog is (code `invalid_catalog`).
+    #[error("catalog: not a catalog file")]
+    CatalogFile(#[source] toml::de::Error),
 }
 
 /// What is wrong with a stored event that [`BillingError::Corrupt`] reports.
@@ -234,7 +237,7 @@ impl BillingError {
             BillingError::Corrupt { .. } => "corrupt_event",
             BillingError::Contended(_) => "contended",
             BillingError::Stale { .. } => "version_conflict",
-            BillingError::Catalog(_) => "invalid_catalog",
+            BillingError::Catalog(_) | BillingError::CatalogFile(_) => "invalid_catalog",
         }
     }
 }
