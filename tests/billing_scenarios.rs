@@ -746,7 +746,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
     let code = |r: Result<SubscriptionId, BillingError>| r.unwrap_err().code();
     assert_eq!(
         code(w.billing.subscribe(new("platinum", None)).await),
-        "unknown_plan"
+        "plan_not_found"
     );
     assert_eq!(
         code(w.billing.subscribe(new("self_paced_course", None)).await),
@@ -774,7 +774,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
                 .subscribe(new("community_access", Some("NOSUCH")))
                 .await
         ),
-        "not_found"
+        "coupon_not_found"
     );
     let mut zero = new("community_access", None);
     zero.quantity = 0;
@@ -892,7 +892,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
             .await
             .unwrap_err()
             .code(),
-        "not_found"
+        "customer_not_found"
     );
     assert_eq!(
         w.last_position().await,

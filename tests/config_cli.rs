@@ -366,6 +366,32 @@ fn listen_takes_a_host_name() {
     );
 }
 
+/// `serve` fails with a typed error now (it was `anyhow` inside the library):
+/// the address, and the system's refusal as the cause, still reach the user.
+#[test]
+fn a_taken_port_is_refused_naming_the_address_and_the_cause() {
+    let dir = TempDir::new("taken");
+    let location = format!("sqlite:{}", dir.path("t.sqlite").display());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let (code, stdout, stderr) = run(
+        &[
+            "serve",
+            "--listen",
+            &address,
+            "--database",
+            &location,
+            "--create",
+        ],
+        |_| {},
+    );
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {address}")) && stderr.contains("in use"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn logs_to_a_pipe_carry_no_colour_codes_and_follow_rust_log() {
     let dir = TempDir::new("logs");

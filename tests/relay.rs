@@ -96,6 +96,68 @@ async fn drop_stream(config: &RelayConfig) {
     let _ = jetstream::new(client).delete_stream(&config.stream).await;
 }
 
+/// `delete_stream` tells "no such stream" by JetStream's error code (it matched
+/// the message text "not found" before): a missing stream is `false`, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_missing_stream_is_false_and_an_existing_one_true() {
+    let store = common::postgres().await;
+    let config = isolated();
+    assert!(
+        !recur_projections::relay::delete_stream(&config)
+            .await
+            .unwrap(),
+        "never created"
+    );
+    Relay::connect(store.ledger.clone(), config.clone())
+        .await
+        .unwrap();
+    assert!(
+        recur_projections::relay::delete_stream(&config)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !recur_projections::relay::delete_stream(&config)
+            .await
+            .unwrap(),
+        "already deleted"
+    );
+}
+
+/// Any other refusal is still an error, with the client's error as its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_name_jetstream_refuses_is_an_error_with_its_cause() {
+    let mut config = isolated();
+    config.stream = "NOT.A.STREAM".into();
+    let error = recur_projections::relay::delete_stream(&config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, recur_projections::RelayError::Stream { .. }),
+        "{error:?}"
+    );
+    let source = std::error::Error::source(&error).expect("the client's error");
+    assert!(
+        source.to_string().contains("invalid stream name"),
+        "{source}"
+    );
+}
+
+/// An unreachable server is `Connect`, the client's error kept as the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_a_connect_error_with_the_clients_cause() {
+    let mut config = isolated();
+    config.nats_url = "nats://127.0.0.1:1".into();
+    let error = recur_projections::relay::delete_stream(&config)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, recur_projections::RelayError::Connect { .. }),
+        "{error:?}"
+    );
+    assert!(std::error::Error::source(&error).is_some(), "{error:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_publishes_every_released_event_once_in_ledger_order() {
     let store = common::postgres().await;

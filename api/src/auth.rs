@@ -260,6 +260,20 @@ pub enum KeyError {
     Ledger(#[from] LedgerError),
 }
 
+/// Why the key ring could not be loaded at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// `RECUR_ADMIN_KEY` is too short to be a secret.
+    #[error("RECUR_ADMIN_KEY must be at least {chars_min} characters")]
+    BootstrapTooShort {
+        /// [`BOOTSTRAP_KEY_CHARS_MIN`].
+        chars_min: usize,
+    },
+    /// The keys' stream could not be read.
+    #[error("could not read the API keys")]
+    Ledger(#[from] LedgerError),
+}
+
 impl From<KeyError> for ApiError {
     fn from(error: KeyError) -> Self {
         match error {
@@ -282,21 +296,22 @@ impl KeyRing {
     /// Loads the keys from the ledger; `bootstrap` is the `RECUR_ADMIN_KEY`, if set.
     ///
     /// # Errors
-    /// A bootstrap key shorter than [`BOOTSTRAP_KEY_CHARS_MIN`]; ledger errors.
-    pub async fn load(ledger: Ledger, bootstrap: Option<&str>) -> Result<Self, String> {
+    /// [`LoadError::BootstrapTooShort`] for a bootstrap key shorter than
+    /// [`BOOTSTRAP_KEY_CHARS_MIN`]; [`LoadError::Ledger`] when the keys cannot be read.
+    pub async fn load(ledger: Ledger, bootstrap: Option<&str>) -> Result<Self, LoadError> {
         if let Some(key) = bootstrap
             && key.chars().count() < BOOTSTRAP_KEY_CHARS_MIN
         {
-            return Err(format!(
-                "RECUR_ADMIN_KEY must be at least {BOOTSTRAP_KEY_CHARS_MIN} characters"
-            ));
+            return Err(LoadError::BootstrapTooShort {
+                chars_min: BOOTSTRAP_KEY_CHARS_MIN,
+            });
         }
         let ring = Self {
             ledger,
             bootstrap_sha256: bootstrap.map(sha256_hex),
             keys: RwLock::new(Keys::default()),
         };
-        ring.refresh().await.map_err(|e| e.to_string())?;
+        ring.refresh().await?;
         Ok(ring)
     }
 
@@ -683,5 +698,41 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             return Ok(caller.clone());
         }
         Self::authenticate(parts, state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use recur_ledger::{LedgerConfig, SystemClock};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_short_bootstrap_key_is_refused_as_such_and_a_long_one_loads() {
+        let path = std::env::temp_dir().join(format!("recur-keys-{}.db", uuid::Uuid::now_v7()));
+        let config =
+            LedgerConfig::new(format!("sqlite:{}", path.display())).create_if_missing(true);
+        let ledger = Ledger::open(config, Arc::new(SystemClock))
+            .await
+            .expect("a scratch ledger");
+        let error = KeyRing::load(ledger.clone(), Some("short"))
+            .await
+            .err()
+            .expect("a short key is refused");
+        assert!(
+            matches!(error, LoadError::BootstrapTooShort { chars_min } if chars_min == BOOTSTRAP_KEY_CHARS_MIN),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            format!("RECUR_ADMIN_KEY must be at least {BOOTSTRAP_KEY_CHARS_MIN} characters")
+        );
+        let long = "k".repeat(BOOTSTRAP_KEY_CHARS_MIN);
+        assert!(KeyRing::load(ledger, Some(&long)).await.is_ok());
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }

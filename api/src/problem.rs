@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use recur_commands::{BillingError, DomainError};
-use recur_ledger::LedgerError;
+use recur_ledger::{Chain, LedgerError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -102,18 +102,17 @@ impl IntoResponse for ApiError {
 
 impl From<DomainError> for ApiError {
     fn from(error: DomainError) -> Self {
-        let detail = error.to_string();
+        // The whole chain: a refusal that wraps a field's refusal (a tax rate's
+        // location) reads as one sentence, as it did when it was one string.
+        let detail = Chain(&error).to_string();
         let unprocessable =
             |code: &str| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, &detail);
         match &error {
-            DomainError::UnknownPlan(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "plan_not_found", detail)
-            }
-            DomainError::UnknownPrice(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "price_not_found", detail)
-            }
-            DomainError::NotFound { kind, .. } => {
-                ApiError::new(StatusCode::NOT_FOUND, &format!("{kind}_not_found"), detail)
+            // The domain's code is the problem's code: one name per refusal.
+            DomainError::UnknownPlan(_)
+            | DomainError::UnknownPrice(_)
+            | DomainError::NotFound { .. } => {
+                ApiError::new(StatusCode::NOT_FOUND, error.code(), detail)
             }
             DomainError::AlreadyExists { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "already_exists", detail)
@@ -129,15 +128,16 @@ impl From<DomainError> for ApiError {
 impl From<LedgerError> for ApiError {
     fn from(error: LedgerError) -> Self {
         if error.is_client_error() {
+            // The chain: the parser's message for invalid JSON is its source.
             return ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 error.code(),
-                error.to_string(),
+                Chain(&error).to_string(),
             );
         }
         match error {
-            LedgerError::Unavailable(_) | LedgerError::Closed => {
-                tracing::warn!(%error, "ledger unavailable");
+            LedgerError::Unavailable { .. } | LedgerError::Closed => {
+                tracing::warn!(error = %Chain(&error), "ledger unavailable");
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
@@ -145,7 +145,7 @@ impl From<LedgerError> for ApiError {
                 )
             }
             error => {
-                tracing::error!(%error, "ledger error");
+                tracing::error!(error = %Chain(&error), "ledger error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -181,7 +181,7 @@ impl From<BillingError> for ApiError {
                 "the resource kept changing; retry",
             ),
             error => {
-                tracing::error!(%error, code = error.code(), "billing error");
+                tracing::error!(error = %Chain(&error), code = error.code(), "billing error");
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",
@@ -194,4 +194,30 @@ impl From<BillingError> for ApiError {
 
 fn error_text(current: u64) -> String {
     format!("the resource is at version {current}: reload it and send that version in If-Match")
+}
+
+#[cfg(test)]
+mod tests {
+    use recur_commands::tax::TaxRateError;
+
+    use super::*;
+
+    #[test]
+    fn a_tax_rate_refusal_keeps_its_code_and_reads_with_its_cause() {
+        let error = DomainError::from(TaxRateError::Location {
+            jurisdiction: "usa".into(),
+            source: Box::new(DomainError::InvalidField {
+                field: "country",
+                reason: "two uppercase letters (ISO 3166-1 alpha-2)".into(),
+            }),
+        });
+        let api = ApiError::from(error);
+        assert_eq!(api.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(api.problem.code, "invalid_catalog");
+        // The same sentence as when the refusal was one string.
+        assert_eq!(
+            api.problem.detail,
+            "tax rate usa: invalid country: two uppercase letters (ISO 3166-1 alpha-2)"
+        );
+    }
 }

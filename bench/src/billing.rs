@@ -252,16 +252,14 @@ async fn billed_once(
             match recorded.stream_id.category() {
                 "subscription" => {
                     let event: SubscriptionEvent =
-                        recur_commands::billing::decode_event(&recorded.payload)
-                            .map_err(BenchError::Check)?;
+                        recur_commands::billing::decode_event(&recorded.payload)?;
                     if matches!(event, SubscriptionEvent::SubscriptionRenewed { .. }) {
                         *renewed.entry(recorded.stream_id.to_string()).or_default() += 1;
                     }
                 }
                 "invoice" => {
                     let event: InvoiceEvent =
-                        recur_commands::billing::decode_event(&recorded.payload)
-                            .map_err(BenchError::Check)?;
+                        recur_commands::billing::decode_event(&recorded.payload)?;
                     match event {
                         InvoiceEvent::InvoiceDrafted {
                             reason: BillingReason::SubscriptionCycle,
@@ -297,8 +295,7 @@ async fn trial_balance_zero(ledger: &Ledger) -> Result<bool, BenchError> {
             break;
         };
         for recorded in page.iter().filter(|e| e.stream_id.category() == "invoice") {
-            let event: InvoiceEvent = recur_commands::billing::decode_event(&recorded.payload)
-                .map_err(BenchError::Check)?;
+            let event: InvoiceEvent = recur_commands::billing::decode_event(&recorded.payload)?;
             balance
                 .add(event.postings())
                 .map_err(|e| BenchError::Check(e.to_string()))?;

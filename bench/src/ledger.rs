@@ -88,16 +88,25 @@ pub enum BenchError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     /// The raw baseline's database failed.
-    #[error("raw baseline: {0}")]
+    #[error("raw baseline")]
     Database(#[from] sqlx::Error),
     /// A check value or the replay verification did not hold.
     #[error("check failed: {0}")]
     Check(String),
+    /// The W3 replay fold refused an event or did not verify.
+    #[error("check failed")]
+    Fold(#[from] workload::FoldError),
+    /// A stored billing event did not decode.
+    #[error("check failed: a stored event cannot be decoded")]
+    Decode(#[from] recur_commands::DecodeError),
+    /// A benchmark event could not be written or read as JSON.
+    #[error("check failed: benchmark event JSON")]
+    Json(#[from] serde_json::Error),
     /// Options that cannot work.
     #[error("{0}")]
     Usage(String),
     /// A writer task died.
-    #[error("writer task failed: {0}")]
+    #[error("writer task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
@@ -151,8 +160,7 @@ impl Data {
 }
 
 fn check_values() -> Result<(), BenchError> {
-    let first = serde_json::to_string(&workload::event(0, 1))
-        .map_err(|e| BenchError::Check(e.to_string()))?;
+    let first = serde_json::to_string(&workload::event(0, 1))?;
     let expected = r#"{"type":"InvoiceIssued","subscription_id":"c9ed9924-11bb-4661-a9c5-556b278f4ce5","customer_id":"e9fb109b-8401-44ff-9a57-2989c616644a","invoice_id":"160d5401-aa35-49ea-b60b-96052f88bdd0","amount":"1097.87","currency":"USD","period_start":"2025-01-01","period_end":"2025-01-28","occurred_at":"2025-01-01T00:00:05Z"}"#;
     if first != expected {
         return Err(BenchError::Check(format!("event(0,1) is {first}")));
@@ -657,13 +665,11 @@ impl Target {
         // the next page read while this one is folded.
         let mut replay = ledger.replay(Position::START).await?;
         while let Some(event) = replay.next().await? {
-            let typed: BillingEvent = serde_json::from_str(&event.payload)
-                .map_err(|e| BenchError::Check(e.to_string()))?;
-            fold.apply(event.stream_id.as_str(), &typed)
-                .map_err(BenchError::Check)?;
+            let typed: BillingEvent = serde_json::from_str(&event.payload)?;
+            fold.apply(event.stream_id.as_str(), &typed)?;
             events += 1;
         }
-        fold.verify().map_err(BenchError::Check)?;
+        fold.verify()?;
         Ok((started.elapsed(), events, 0))
     }
 
@@ -702,7 +708,7 @@ impl Target {
                         last = row.try_get(0)?;
                         let stream: &str = row.try_get(1)?;
                         let typed: sqlx::types::Json<BillingEvent> = row.try_get(4)?;
-                        fold.apply(stream, &typed.0).map_err(BenchError::Check)?;
+                        fold.apply(stream, &typed.0)?;
                         page_len += 1;
                     }
                 }
@@ -719,9 +725,8 @@ impl Target {
                         last = row.try_get(0)?;
                         let stream: &str = row.try_get(1)?;
                         let payload: &str = row.try_get(4)?;
-                        let typed: BillingEvent = serde_json::from_str(payload)
-                            .map_err(|e| BenchError::Check(e.to_string()))?;
-                        fold.apply(stream, &typed).map_err(BenchError::Check)?;
+                        let typed: BillingEvent = serde_json::from_str(payload)?;
+                        fold.apply(stream, &typed)?;
                         page_len += 1;
                     }
                 }
@@ -731,7 +736,7 @@ impl Target {
                 break;
             }
         }
-        fold.verify().map_err(BenchError::Check)?;
+        fold.verify()?;
         Ok((started.elapsed(), events, 0))
     }
 
@@ -913,8 +918,7 @@ async fn raw_writer(
                     for v in 1..=workload::EVENTS_PER_STREAM {
                         for &s in &streams {
                             let event = event_of(s, v);
-                            let payload = serde_json::to_string(event)
-                                .map_err(|e| BenchError::Check(e.to_string()))?;
+                            let payload = serde_json::to_string(event)?;
                             let result =
                                 sqlx::query("INSERT INTO raw_events (stream_id, version, type, payload) VALUES (?, ?, ?, ?)")
                                     .bind(data.streams[usize::try_from(s).unwrap_or(0)].as_str())
@@ -935,12 +939,7 @@ async fn raw_writer(
                         let mut payloads = Vec::with_capacity(10);
                         for v in 1..=workload::EVENTS_PER_STREAM {
                             let event = event_of(s, v);
-                            payloads.push((
-                                v,
-                                event,
-                                serde_json::to_string(event)
-                                    .map_err(|e| BenchError::Check(e.to_string()))?,
-                            ));
+                            payloads.push((v, event, serde_json::to_string(event)?));
                         }
                         query.push_values(payloads, |mut row, (v, event, payload)| {
                             row.push_bind(

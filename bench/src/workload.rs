@@ -143,12 +143,14 @@ impl ReplayFold {
     }
 
     /// Folds one replayed event of stream `stream_id` in (amount parsed as `Decimal`).
-    pub fn apply(&mut self, stream_id: &str, event: &BillingEvent) -> Result<(), String> {
-        let amount = Decimal::from_str(&event.amount).map_err(|e| {
-            format!(
-                "replay fold: stream {stream_id}: bad amount {:?}: {e}",
-                event.amount
-            )
+    ///
+    /// # Errors
+    /// [`FoldError::BadAmount`] or [`FoldError::StreamOverflow`].
+    pub fn apply(&mut self, stream_id: &str, event: &BillingEvent) -> Result<(), FoldError> {
+        let amount = Decimal::from_str(&event.amount).map_err(|source| FoldError::BadAmount {
+            stream_id: stream_id.to_owned(),
+            amount: event.amount.clone(),
+            source,
         })?;
         let entry = match self.streams.get_mut(stream_id) {
             Some(entry) => entry,
@@ -161,7 +163,9 @@ impl ReplayFold {
         entry.1 = entry
             .1
             .checked_add(amount)
-            .ok_or_else(|| format!("replay fold: stream {stream_id}: amount sum overflow"))?;
+            .ok_or_else(|| FoldError::StreamOverflow {
+                stream_id: stream_id.to_owned(),
+            })?;
         Ok(())
     }
 
@@ -181,35 +185,90 @@ impl ReplayFold {
     }
 
     /// Checks the W3 verification: `STREAMS` entries, `EVENTS_TOTAL` events, total `TOTAL_AMOUNT`.
-    pub fn verify(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// [`FoldError`] naming the first figure that does not hold.
+    pub fn verify(&self) -> Result<(), FoldError> {
         let streams = self.streams.len();
         if streams as u64 != STREAMS {
-            return Err(format!(
-                "replay fold: expected {STREAMS} streams, got {streams}"
-            ));
+            return Err(FoldError::Streams {
+                expected: STREAMS,
+                got: streams,
+            });
         }
         let mut events: u64 = 0;
         let mut total = Decimal::ZERO;
         for (count, sum) in self.streams.values() {
             events += count;
-            total = total
-                .checked_add(*sum)
-                .ok_or_else(|| "replay fold: total amount overflow".to_owned())?;
+            total = total.checked_add(*sum).ok_or(FoldError::TotalOverflow)?;
         }
         if events != EVENTS_TOTAL {
-            return Err(format!(
-                "replay fold: expected {EVENTS_TOTAL} events, got {events}"
-            ));
+            return Err(FoldError::Events {
+                expected: EVENTS_TOTAL,
+                got: events,
+            });
         }
-        let expected = Decimal::from_str(TOTAL_AMOUNT)
-            .map_err(|e| format!("replay fold: bad TOTAL_AMOUNT constant: {e}"))?;
+        let expected = Decimal::from_str(TOTAL_AMOUNT).map_err(FoldError::BadConstant)?;
         if total != expected {
-            return Err(format!(
-                "replay fold: expected total amount {expected}, got {total}"
-            ));
+            return Err(FoldError::Total {
+                expected,
+                got: total,
+            });
         }
         Ok(())
     }
+}
+
+/// Why the W3 replay fold refused an event, or its verification failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// An event's amount is not a decimal.
+    #[error("replay fold: stream {stream_id}: bad amount {amount:?}")]
+    BadAmount {
+        /// The event's stream.
+        stream_id: String,
+        /// The amount as stored.
+        amount: String,
+        /// The decimal parser's refusal.
+        #[source]
+        source: rust_decimal::Error,
+    },
+    /// A stream's amounts overflowed when summed.
+    #[error("replay fold: stream {stream_id}: amount sum overflow")]
+    StreamOverflow {
+        /// The stream.
+        stream_id: String,
+    },
+    /// Not every stream was folded.
+    #[error("replay fold: expected {expected} streams, got {got}")]
+    Streams {
+        /// `STREAMS`.
+        expected: u64,
+        /// Streams folded.
+        got: usize,
+    },
+    /// The streams' sums overflowed when summed.
+    #[error("replay fold: total amount overflow")]
+    TotalOverflow,
+    /// Not every event was folded.
+    #[error("replay fold: expected {expected} events, got {got}")]
+    Events {
+        /// `EVENTS_TOTAL`.
+        expected: u64,
+        /// Events folded.
+        got: u64,
+    },
+    /// `TOTAL_AMOUNT` is not a decimal (a bug in this file).
+    #[error("replay fold: bad TOTAL_AMOUNT constant")]
+    BadConstant(#[source] rust_decimal::Error),
+    /// The amounts do not sum to `TOTAL_AMOUNT`.
+    #[error("replay fold: expected total amount {expected}, got {got}")]
+    Total {
+        /// `TOTAL_AMOUNT`.
+        expected: Decimal,
+        /// The sum folded.
+        got: Decimal,
+    },
 }
 
 #[cfg(test)]
@@ -353,7 +412,20 @@ mod tests {
             }
         }
         let err = fold.verify().unwrap_err();
-        assert!(err.contains("expected 100000 events, got 99999"), "{err}");
+        assert!(
+            matches!(
+                err,
+                FoldError::Events {
+                    expected: 100_000,
+                    got: 99_999
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "replay fold: expected 100000 events, got 99999"
+        );
     }
 
     #[test]
@@ -361,6 +433,8 @@ mod tests {
         let mut bad = event(0, 1);
         bad.amount = "12,5".to_owned();
         let err = ReplayFold::new().apply(&stream_id(0), &bad).unwrap_err();
-        assert!(err.contains("bad amount"), "{err}");
+        assert!(err.to_string().contains("bad amount \"12,5\""), "{err}");
+        // The decimal parser's own error is kept as the cause.
+        assert!(std::error::Error::source(&err).is_some(), "{err:?}");
     }
 }

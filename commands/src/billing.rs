@@ -291,7 +291,7 @@ impl Billing {
             .tax()
             .get(id)
             .cloned()
-            .ok_or_else(|| not_found("tax_rate", id))
+            .ok_or_else(|| not_found("tax rate", id))
     }
 
     /// The retry policy.
@@ -1696,7 +1696,12 @@ fn catalog_stream() -> Result<StreamId, LedgerError> {
 
 /// Decodes a recorded subscription, invoice, customer or coupon event for folds
 /// outside the service (reports, the scheduler).
-pub fn decode_event<E: crate::aggregate::DomainEvent>(payload: &str) -> Result<E, String> {
+///
+/// # Errors
+/// [`DecodeError`](crate::tagged::DecodeError) naming the payload's type tag.
+pub fn decode_event<E: crate::aggregate::DomainEvent>(
+    payload: &str,
+) -> Result<E, crate::tagged::DecodeError> {
     decode(payload)
 }
 

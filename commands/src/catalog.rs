@@ -143,8 +143,8 @@ impl Catalog {
     /// [`BillingError::Catalog`] naming the first problem.
     pub fn from_toml(text: &str) -> Result<Self, BillingError> {
         let bad = |message: String| BillingError::Catalog(message);
-        let file: CatalogFile = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
-        file.tax.validate().map_err(bad)?;
+        let file: CatalogFile = toml::from_str(text).map_err(BillingError::CatalogFile)?;
+        file.tax.validate().map_err(DomainError::from)?;
         let mut prices = BTreeMap::new();
         for p in file.prices {
             if !file.plans.contains_key(&p.plan) {
@@ -634,7 +634,7 @@ impl Aggregate for Catalog {
                 Ok(vec![CatalogEvent::PriceCreated { price }])
             }
             CatalogCommand::CreateTaxRate { rate } => {
-                rate.validate().map_err(bad)?;
+                rate.validate()?;
                 if self.tax.get(&rate.id).is_some() || rate.id.is_empty() {
                     return Err(DomainError::AlreadyExists {
                         kind: "tax rate",
@@ -750,5 +750,11 @@ mod tests {
         assert!(error.is_some_and(|e| e.contains("community_access_usd_month_v1")));
         let text = DEFAULT_CATALOG_TOML.replace("interval = \"month\"", "interval = \"fortnight\"");
         assert!(Catalog::from_toml(&text).is_err());
+        // Not TOML at all: the parser's error, saying where, is the source.
+        let error = Catalog::from_toml("[plans").expect_err("not TOML");
+        assert!(matches!(error, BillingError::CatalogFile(_)), "{error:?}");
+        assert_eq!(error.code(), "invalid_catalog");
+        let source = std::error::Error::source(&error).expect("the parser's error");
+        assert!(source.to_string().contains("line 1"), "{source}");
     }
 }

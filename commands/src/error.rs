@@ -2,6 +2,9 @@
 
 use recur_ledger::{LedgerError, MoneyError};
 
+use crate::tagged::DecodeError;
+use crate::tax::TaxRateError;
+
 /// Why the billing domain refused a command. Deciding is pure, so a refusal
 /// never leaves anything behind.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,7 +53,8 @@ pub enum DomainError {
     /// The aggregate does not exist yet.
     #[error("{kind} {id} does not exist")]
     NotFound {
-        /// customer, subscription, invoice, coupon.
+        /// customer, subscription, invoice, coupon, plan, price, tax rate
+        /// (code `<kind>_not_found`, spaces as underscores).
         kind: &'static str,
         /// Its id.
         id: String,
@@ -111,6 +115,10 @@ pub enum DomainError {
     /// A plan, price or tax rate the catalog cannot take.
     #[error("{0}")]
     InvalidCatalog(String),
+    /// A tax rate the catalog cannot take (code `invalid_catalog`, as above:
+    /// typed apart only so that the field's refusal stays its source).
+    #[error(transparent)]
+    TaxRate(#[from] TaxRateError),
     /// The customer has no payment method on file and the command needs one.
     #[error("customer {0} has no payment method on file")]
     NoPaymentMethod(String),
@@ -120,14 +128,16 @@ impl DomainError {
     /// Stable snake_case code for clients; never changes once published.
     pub fn code(&self) -> &'static str {
         match self {
-            DomainError::UnknownPlan(_) => "unknown_plan",
-            DomainError::UnknownPrice(_) => "unknown_price",
+            // One name per refusal: these are the names the HTTP problem
+            // carries (docs/api.md), used by the domain too.
+            DomainError::UnknownPlan(_) => "plan_not_found",
+            DomainError::UnknownPrice(_) => "price_not_found",
             DomainError::Money(error) => error.code(),
             DomainError::AmountNotPositive { .. } => "amount_not_positive",
             DomainError::InvalidQuantity { .. } => "invalid_quantity",
             DomainError::CardNumberRejected { .. } => "card_number_rejected",
             DomainError::InvalidField { .. } => "invalid_field",
-            DomainError::NotFound { .. } => "not_found",
+            DomainError::NotFound { kind, .. } => not_found_code(kind),
             DomainError::AlreadyExists { .. } => "already_exists",
             DomainError::InvalidTransition { .. } => "invalid_transition",
             DomainError::CurrencyMismatch { .. } => "currency_mismatch",
@@ -136,9 +146,24 @@ impl DomainError {
             DomainError::CouponAlreadyRedeemed(_) => "coupon_already_redeemed",
             DomainError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
             DomainError::WrongPriceKind { .. } => "wrong_price_kind",
-            DomainError::InvalidCatalog(_) => "invalid_catalog",
+            DomainError::InvalidCatalog(_) | DomainError::TaxRate(_) => "invalid_catalog",
             DomainError::NoPaymentMethod(_) => "no_payment_method",
         }
+    }
+}
+
+/// `<kind>_not_found` for each kind of aggregate the domain refers to; codes
+/// are `&'static str`, hence spelled out.
+fn not_found_code(kind: &str) -> &'static str {
+    match kind {
+        "customer" => "customer_not_found",
+        "subscription" => "subscription_not_found",
+        "invoice" => "invoice_not_found",
+        "coupon" => "coupon_not_found",
+        "plan" => "plan_not_found",
+        "price" => "price_not_found",
+        "tax rate" => "tax_rate_not_found",
+        _ => "not_found",
     }
 }
 
@@ -154,15 +179,16 @@ pub enum BillingError {
     /// The payment gateway could not be reached; the attempt is retried with the same key.
     #[error("payment gateway unavailable: {0}")]
     GatewayUnavailable(String),
-    /// A stored event could not be decoded: the stream or the code is broken.
-    #[error("event {position} of {stream} cannot be decoded: {message}")]
+    /// A stored event could not be decoded or folded: the stream or the code is broken.
+    #[error("event {position} of {stream} cannot be decoded")]
     Corrupt {
         /// The stream.
         stream: String,
         /// Its global position.
         position: u64,
-        /// The decoder's message.
-        message: String,
+        /// What is wrong with it.
+        #[source]
+        cause: Corruption,
     },
     /// Writers kept racing on one stream beyond the retry limit.
     #[error("stream {0} kept changing under the command; gave up after the retry limit")]
@@ -180,6 +206,25 @@ pub enum BillingError {
     /// The catalog file is invalid, or a published price was changed.
     #[error("catalog: {0}")]
     Catalog(String),
+    /// The catalog file is not the TOML a catalog is (code `invalid_catalog`).
+    #[error("catalog: not a catalog file")]
+    CatalogFile(#[source] toml::de::Error),
+}
+
+/// What is wrong with a stored event that [`BillingError::Corrupt`] reports.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Corruption {
+    /// The payload is not an event of the stream's kind.
+    #[error(transparent)]
+    Undecodable(#[from] DecodeError),
+    /// The stream's versions skip or repeat.
+    #[error("version {found} follows {previous}")]
+    OutOfOrder {
+        /// The version folded last.
+        previous: u64,
+        /// The version read next.
+        found: u64,
+    },
 }
 
 impl BillingError {
@@ -192,7 +237,39 @@ impl BillingError {
             BillingError::Corrupt { .. } => "corrupt_event",
             BillingError::Contended(_) => "contended",
             BillingError::Stale { .. } => "version_conflict",
-            BillingError::Catalog(_) => "invalid_catalog",
+            BillingError::Catalog(_) | BillingError::CatalogFile(_) => "invalid_catalog",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_thing_has_one_code_named_after_its_kind() {
+        let missing = |kind| DomainError::NotFound {
+            kind,
+            id: "x".into(),
+        };
+        for (kind, code) in [
+            ("customer", "customer_not_found"),
+            ("subscription", "subscription_not_found"),
+            ("invoice", "invoice_not_found"),
+            ("coupon", "coupon_not_found"),
+            ("plan", "plan_not_found"),
+            ("price", "price_not_found"),
+            ("tax rate", "tax_rate_not_found"),
+        ] {
+            assert_eq!(missing(kind).code(), code);
+        }
+        assert_eq!(
+            DomainError::UnknownPlan("x".into()).code(),
+            "plan_not_found"
+        );
+        assert_eq!(
+            DomainError::UnknownPrice("x".into()).code(),
+            "price_not_found"
+        );
     }
 }

@@ -14,7 +14,8 @@ use recur_ledger::{
 
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::context;
-use crate::error::{BillingError, DomainError};
+use crate::error::{BillingError, Corruption, DomainError};
+use crate::tagged::DecodeError;
 
 /// Streams whose state is kept in memory; beyond it a quarter is dropped.
 pub const CACHED_STREAMS_MAX: usize = 50_000;
@@ -120,16 +121,19 @@ impl Repository {
             let done = page.len() < LOAD_PAGE_EVENTS;
             for recorded in page {
                 let event: A::Event =
-                    decode(&recorded.payload).map_err(|message| BillingError::Corrupt {
+                    decode(&recorded.payload).map_err(|error| BillingError::Corrupt {
                         stream: stream.to_string(),
                         position: recorded.position.0,
-                        message,
+                        cause: error.into(),
                     })?;
                 if recorded.stream_version != version + 1 {
                     return Err(BillingError::Corrupt {
                         stream: stream.to_string(),
                         position: recorded.position.0,
-                        message: format!("version {} follows {version}", recorded.stream_version),
+                        cause: Corruption::OutOfOrder {
+                            previous: version,
+                            found: recorded.stream_version,
+                        },
                     });
                 }
                 state.evolve(&event);
@@ -367,11 +371,11 @@ impl Repository {
         let recorded = self.ledger.read_stream(stream, first, count).await?;
         let mut events = Vec::with_capacity(recorded.len());
         for event in &recorded {
-            events.push(decode::<A::Event>(&event.payload).map_err(|message| {
+            events.push(decode::<A::Event>(&event.payload).map_err(|error| {
                 BillingError::Corrupt {
                     stream: stream.to_string(),
                     position: event.position.0,
-                    message,
+                    cause: error.into(),
                 }
             })?);
         }
@@ -430,6 +434,6 @@ impl Repository {
 }
 
 /// Decodes a stored payload into a domain event.
-pub(crate) fn decode<E: DomainEvent>(payload: &str) -> Result<E, String> {
-    E::decode_payload(payload).map_err(|e| e.to_string())
+pub(crate) fn decode<E: DomainEvent>(payload: &str) -> Result<E, DecodeError> {
+    E::decode_payload(payload)
 }

@@ -22,6 +22,7 @@ use crate::error::BillingError;
 use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
 use crate::invoice::{Invoice, InvoiceEvent, InvoiceRequest, InvoiceStatus};
 use crate::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
+use crate::tagged::DecodeError;
 
 /// Events read per page while following the ledger.
 const CATCH_UP_PAGE_EVENTS: usize = 5_000;
@@ -105,10 +106,10 @@ impl Index {
     }
 
     fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), BillingError> {
-        let corrupt = |message: String| BillingError::Corrupt {
+        let corrupt = |error: DecodeError| BillingError::Corrupt {
             stream: recorded.stream_id.to_string(),
             position: recorded.position.0,
-            message,
+            cause: error.into(),
         };
         match recorded.stream_id.category() {
             "subscription" => {

@@ -9,16 +9,57 @@
 //! variant's fields straight from the text. A payload whose tag is not first
 //! (written by hand, or by another tool) takes serde's derived path.
 
+use std::cell::Cell;
+use std::sync::Arc;
+
 use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, IgnoredAny, Visitor};
+
+/// Why a stored payload is not an event of the expected enum.
+///
+/// `Clone` (the parser's error shared) because a decoded page is handed to
+/// several projections, each of which may report the same failure.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload's `type` names no variant of the enum.
+    #[error("unknown event type \"{tag}\"")]
+    UnknownType {
+        /// The payload's `type`.
+        tag: String,
+        /// The parser's refusal (it lists the types it expected).
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// Not JSON, no `type`, or fields that do not fit the variant.
+    #[error("payload of event type \"{}\" does not decode", .tag.as_deref().unwrap_or("(none)"))]
+    Payload {
+        /// The payload's `type`, when it has one.
+        tag: Option<String>,
+        /// The parser's error: which field, where.
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+}
+
+impl DecodeError {
+    /// The payload's `type`, when one was read.
+    pub fn tag(&self) -> Option<&str> {
+        match self {
+            Self::UnknownType { tag, .. } => Some(tag),
+            Self::Payload { tag, .. } => tag.as_deref(),
+        }
+    }
+}
 
 /// Decodes a stored payload into an event enum.
 pub trait DecodeEvent: Sized {
     /// The event in `payload`, or why it is not one.
     ///
     /// # Errors
-    /// Invalid JSON, an unknown `type`, or fields that do not fit the variant.
-    fn decode_payload(payload: &str) -> Result<Self, serde_json::Error>;
+    /// [`DecodeError::UnknownType`] for a `type` the enum does not have;
+    /// [`DecodeError::Payload`] for invalid JSON, no `type`, or fields that do
+    /// not fit the variant.
+    fn decode_payload(payload: &str) -> Result<Self, DecodeError>;
 }
 
 /// The tag of a payload that starts `{"type":"…"`, as Recur writes them.
@@ -38,20 +79,64 @@ pub(crate) fn leading_tag(payload: &str) -> Option<&str> {
 pub(crate) fn decode_variant<'de, T: de::Deserialize<'de>>(
     tag: &'de str,
     payload: &'de str,
-) -> Result<T, serde_json::Error> {
+) -> Result<T, DecodeError> {
+    // Set when serde refuses the tag itself: the one typed sign of an unknown
+    // type, where the parser's error only says so in its text.
+    let unknown_tag = Cell::new(false);
     let mut fields = serde_json::Deserializer::from_str(payload);
-    let value = T::deserialize(TagFirst {
+    let decoded = T::deserialize(TagFirst {
         tag,
         fields: &mut fields,
-    })?;
-    fields.end()?;
-    Ok(value)
+        unknown_tag: &unknown_tag,
+    })
+    .and_then(|value| fields.end().map(|()| value));
+    decoded.map_err(|source| {
+        let (tag, source) = (tag.to_owned(), Arc::new(source));
+        if unknown_tag.get() {
+            DecodeError::UnknownType { tag, source }
+        } else {
+            DecodeError::Payload {
+                tag: Some(tag),
+                source,
+            }
+        }
+    })
+}
+
+/// Classifies the failure of serde's derived decoder on a payload whose tag is
+/// not first: reads the `type` (a second pass, on the error path only) and asks
+/// `T`, the tagged mirror, whether it knows that type.
+pub(crate) fn derived_failure<T: de::DeserializeOwned>(
+    payload: &str,
+    source: serde_json::Error,
+) -> DecodeError {
+    #[derive(serde::Deserialize)]
+    struct Tag {
+        #[serde(rename = "type")]
+        tag: Option<String>,
+    }
+    let tag = serde_json::from_str::<Tag>(payload)
+        .ok()
+        .and_then(|t| t.tag);
+    let source = Arc::new(source);
+    match tag {
+        Some(tag)
+            if matches!(
+                decode_variant::<T>(&tag, payload),
+                Err(DecodeError::UnknownType { .. })
+            ) =>
+        {
+            DecodeError::UnknownType { tag, source }
+        }
+        tag => DecodeError::Payload { tag, source },
+    }
 }
 
 /// A deserializer that presents a tag and an object as an externally tagged enum.
 struct TagFirst<'a, 'de> {
     tag: &'de str,
     fields: &'a mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
+    unknown_tag: &'a Cell<bool>,
 }
 
 impl<'de> de::Deserializer<'de> for TagFirst<'_, 'de> {
@@ -76,7 +161,9 @@ impl<'de> de::EnumAccess<'de> for TagFirst<'_, 'de> {
         self,
         seed: V,
     ) -> Result<(V::Value, Self), Self::Error> {
-        let variant = seed.deserialize(BorrowedStrDeserializer::new(self.tag))?;
+        let variant = seed
+            .deserialize(BorrowedStrDeserializer::new(self.tag))
+            .inspect_err(|_| self.unknown_tag.set(true))?;
         Ok((variant, self))
     }
 }
@@ -155,9 +242,10 @@ macro_rules! domain_events {
             }
 
             impl $crate::tagged::DecodeEvent for $name {
-                fn decode_payload(payload: &str) -> Result<Self, serde_json::Error> {
+                fn decode_payload(payload: &str) -> Result<Self, $crate::tagged::DecodeError> {
                     let Some(tag) = $crate::tagged::leading_tag(payload) else {
-                        return serde_json::from_str(payload);
+                        return serde_json::from_str(payload)
+                            .map_err(|e| $crate::tagged::derived_failure::<ByTag>(payload, e));
                     };
                     let by_tag: ByTag = $crate::tagged::decode_variant(tag, payload)?;
                     Ok(match by_tag {
@@ -216,5 +304,57 @@ mod tests {
             assert!(derived(&bad).is_err(), "{bad}");
             assert!(SubscriptionEvent::decode_payload(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_unknown_type_is_named_by_its_tag_wherever_the_tag_stands() {
+        use crate::subscription::SubscriptionEvent;
+
+        for payload in [
+            r#"{"type":"NoSuchEvent","x":1}"#,
+            r#"{"x":1,"type":"NoSuchEvent"}"#,
+        ] {
+            let error = SubscriptionEvent::decode_payload(payload).expect_err(payload);
+            assert!(
+                matches!(&error, DecodeError::UnknownType { tag, .. } if tag == "NoSuchEvent"),
+                "{payload}: {error:?}"
+            );
+            assert_eq!(error.to_string(), r#"unknown event type "NoSuchEvent""#);
+            // The parser's message, listing the known types, is the source.
+            let source = std::error::Error::source(&error).expect("the parser's error");
+            assert!(
+                source.to_string().contains("SubscriptionPastDue"),
+                "{source}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_payload_names_its_tag_and_keeps_the_parsers_error() {
+        use crate::subscription::SubscriptionEvent;
+
+        for (payload, said) in [
+            (
+                r#"{"type":"SubscriptionPastDue"}"#,
+                "missing field `invoice_id`",
+            ),
+            (
+                r#"{"invoice_id":7,"type":"SubscriptionPastDue"}"#,
+                "expected a formatted UUID",
+            ),
+        ] {
+            let error = SubscriptionEvent::decode_payload(payload).expect_err(payload);
+            assert!(
+                matches!(&error, DecodeError::Payload { tag: Some(tag), .. } if tag == "SubscriptionPastDue"),
+                "{payload}: {error:?}"
+            );
+            let source = std::error::Error::source(&error).expect("the parser's error");
+            assert!(source.to_string().contains(said), "{payload}: {source}");
+        }
+        let error = SubscriptionEvent::decode_payload("not json").expect_err("not json");
+        assert!(
+            matches!(error, DecodeError::Payload { tag: None, .. }),
+            "{error:?}"
+        );
     }
 }

@@ -17,6 +17,45 @@ use time::OffsetDateTime;
 
 use crate::error::DomainError;
 
+/// Why a tax rate cannot be configured: a catalog refusal, `invalid_catalog`
+/// like every other (see [`DomainError::TaxRate`]). Each names the rate's
+/// jurisdiction; the field's own refusal, when there is one, is the source.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaxRateError {
+    /// The country or region is not a valid location.
+    #[error("tax rate {jurisdiction}")]
+    Location {
+        /// `US-TX`, `DE`, as configured.
+        jurisdiction: String,
+        /// The location's refusal.
+        #[source]
+        source: Box<DomainError>,
+    },
+    /// The rate is not a fraction in [0, 1).
+    #[error("tax rate {jurisdiction}: {rate} is not a fraction in [0, 1)")]
+    NotAFraction {
+        /// `US-TX`, `DE`, as configured.
+        jurisdiction: String,
+        /// The rate given.
+        rate: Decimal,
+    },
+    /// The name is blank, too long or holds control characters.
+    #[error("tax rate {jurisdiction}")]
+    Name {
+        /// `US-TX`, `DE`, as configured.
+        jurisdiction: String,
+        /// The name's refusal.
+        #[source]
+        source: Box<DomainError>,
+    },
+    /// Two rates of one jurisdiction are in force from the same instant.
+    #[error("tax rate {jurisdiction} is configured twice from the same instant")]
+    Duplicate {
+        /// `US-TX`, `DE`.
+        jurisdiction: String,
+    },
+}
+
 /// Whether prices include the tax or have it added on top.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -135,19 +174,24 @@ impl TaxRate {
     /// (1–100 characters).
     ///
     /// # Errors
-    /// A message naming the rate.
-    pub fn validate(&self) -> Result<(), String> {
-        TaxLocation::parse(&self.country, self.region.as_deref(), None)
-            .map_err(|e| format!("tax rate {}: {e}", self.jurisdiction()))?;
+    /// [`TaxRateError`] naming the rate's jurisdiction.
+    pub fn validate(&self) -> Result<(), TaxRateError> {
+        TaxLocation::parse(&self.country, self.region.as_deref(), None).map_err(|e| {
+            TaxRateError::Location {
+                jurisdiction: self.jurisdiction(),
+                source: Box::new(e),
+            }
+        })?;
         if self.rate < Decimal::ZERO || self.rate >= Decimal::ONE {
-            return Err(format!(
-                "tax rate {}: {} is not a fraction in [0, 1)",
-                self.jurisdiction(),
-                self.rate
-            ));
+            return Err(TaxRateError::NotAFraction {
+                jurisdiction: self.jurisdiction(),
+                rate: self.rate,
+            });
         }
-        crate::text::check_name("name", &self.name, 100)
-            .map_err(|e| format!("tax rate {}: {e}", self.jurisdiction()))
+        crate::text::check_name("name", &self.name, 100).map_err(|e| TaxRateError::Name {
+            jurisdiction: self.jurisdiction(),
+            source: Box::new(e),
+        })
     }
 
     /// The jurisdiction's name in accounts: `US-TX` or `DE`.
@@ -299,16 +343,15 @@ impl TaxRates {
     /// rates of one jurisdiction in force from the same instant.
     ///
     /// # Errors
-    /// A message naming the bad rate.
-    pub fn validate(&self) -> Result<(), String> {
+    /// [`TaxRateError`] naming the bad rate's jurisdiction.
+    pub fn validate(&self) -> Result<(), TaxRateError> {
         let mut seen = std::collections::HashSet::new();
         for rate in &self.rates {
             rate.validate()?;
             if rate.retired_at.is_none() && !seen.insert((rate.jurisdiction(), rate.valid_from)) {
-                return Err(format!(
-                    "tax rate {} is configured twice from the same instant",
-                    rate.jurisdiction()
-                ));
+                return Err(TaxRateError::Duplicate {
+                    jurisdiction: rate.jurisdiction(),
+                });
             }
         }
         Ok(())

@@ -187,7 +187,7 @@ pub async fn backup(ledger: &LedgerArgs, to: &Path) -> Result<BackupSummary, Led
         .busy_timeout(busy);
     let mut source = SqliteConnection::connect_with(&source_options)
         .await
-        .map_err(|error| LedgerError::Unavailable(format!("{path}: {error}")))?;
+        .map_err(|error| LedgerError::unavailable(path.to_string(), error))?;
     // Refuse what is not a ledger before writing anything.
     sqlx::query("SELECT 1 FROM events LIMIT 1")
         .fetch_optional(&mut source)
@@ -204,7 +204,7 @@ pub async fn backup(ledger: &LedgerArgs, to: &Path) -> Result<BackupSummary, Led
     source.close().await?;
     std::fs::File::open(to)
         .and_then(|file| file.sync_all())
-        .map_err(|error| LedgerError::Database(format!("flush {target}: {error}")))?;
+        .map_err(|error| LedgerError::database(format!("flush {target}"), error))?;
     let backup_options = SqliteConnectOptions::from_str(&format!("sqlite://{target}"))
         .map_err(|error| LedgerError::InvalidLocation(error.to_string()))?
         .read_only(true)

@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(&cli.log)?;
     // A metrics setting that silently did nothing would give wrong figures.
-    recur_projections::profile::Profile::from_env().map_err(anyhow::Error::msg)?;
+    recur_projections::profile::Profile::from_env()?;
     // Billing commands are deep futures; unoptimised builds lay them out large.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_stack_size(WORKER_STACK_BYTES)
@@ -133,9 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .open(missing, std::sync::Arc::new(recur_ledger::SystemClock))
                 .await
                 .context("keys")?;
-            let ring = recur_api::auth::KeyRing::load(ledger, None)
-                .await
-                .map_err(anyhow::Error::msg)?;
+            let ring = recur_api::auth::KeyRing::load(ledger, None).await?;
             match command {
                 KeysCommand::Create { role, .. } => {
                     let (id, key) = ring.create(role, "cli").await.context("create the key")?;

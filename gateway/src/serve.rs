@@ -99,7 +99,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let keys = Arc::new(
         KeyRing::load(ledger.clone(), bootstrap)
             .await
-            .map_err(anyhow::Error::msg)?,
+            .context("load the API keys")?,
     );
     tokio::spawn(Arc::clone(&keys).follow());
     if bootstrap.is_none() {

@@ -253,7 +253,7 @@ impl NewEvent {
         let payload =
             serde_json::value::to_raw_value(payload).map_err(|error| LedgerError::InvalidJson {
                 field: "payload",
-                message: error.to_string(),
+                source: std::sync::Arc::new(error),
             })?;
         Self::checked(id, event_type, schema_version, payload)
     }
@@ -276,7 +276,7 @@ impl NewEvent {
         }
         let payload = RawValue::from_string(json).map_err(|error| LedgerError::InvalidJson {
             field: "payload",
-            message: error.to_string(),
+            source: std::sync::Arc::new(error),
         })?;
         Self::checked(id, event_type, schema_version, payload)
     }
@@ -335,7 +335,7 @@ impl NewEvent {
         let json =
             serde_json::to_string(&self.metadata).map_err(|error| LedgerError::InvalidJson {
                 field: "metadata",
-                message: error.to_string(),
+                source: std::sync::Arc::new(error),
             })?;
         if json.len() > METADATA_BYTES_MAX {
             return Err(LedgerError::PayloadTooLarge {

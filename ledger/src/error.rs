@@ -1,5 +1,7 @@
 //! The ledger's errors: one enum, each variant with a stable code.
 
+use std::sync::Arc;
+
 use crate::envelope::{ExpectedVersion, StreamId};
 
 /// Everything that can go wrong when talking to the ledger.
@@ -18,12 +20,13 @@ pub enum LedgerError {
         reason: &'static str,
     },
     /// A payload or metadata document was not valid JSON.
-    #[error("invalid JSON in {field}: {message}")]
+    #[error("invalid JSON in {field}")]
     InvalidJson {
         /// Which part of the event held the bad JSON.
         field: &'static str,
-        /// The parser's message.
-        message: String,
+        /// The parser's error (where, and what).
+        #[source]
+        source: Arc<serde_json::Error>,
     },
     /// A payload was larger than [`crate::limits::PAYLOAD_BYTES_MAX`].
     #[error("payload of {size_bytes} bytes exceeds the limit of {limit_bytes} bytes")]
@@ -76,8 +79,12 @@ pub enum LedgerError {
         event_type: String,
         /// The stored schema version.
         schema_version: u32,
-        /// What went wrong.
+        /// What went wrong, at the ledger's level (which step, which version).
         message: String,
+        /// The failure underneath (the JSON parser's, or an upcaster's), when
+        /// there is one; shared so that the error stays `Clone`.
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     },
     /// The database URL or path could not be understood.
     #[error("invalid ledger location: {0}")]
@@ -90,8 +97,15 @@ pub enum LedgerError {
         path: String,
     },
     /// The database could not be reached (down, refused, timed out).
-    #[error("ledger database unavailable: {0}")]
-    Unavailable(String),
+    #[error("ledger database unavailable: {what}")]
+    Unavailable {
+        /// What failed, in a few words (which file, which kind of failure).
+        what: String,
+        /// The driver's error, when there is one; shared so that the error
+        /// stays `Clone`.
+        #[source]
+        source: Option<SharedError>,
+    },
     /// Concurrent writers kept colliding past the retry limit.
     #[error("append gave up after {attempts} attempts against concurrent writers")]
     Contention {
@@ -99,17 +113,54 @@ pub enum LedgerError {
         attempts: u32,
     },
     /// A schema migration failed or the schema is newer than this binary.
-    #[error("migration: {0}")]
-    Migration(String),
+    #[error("migration: {what}")]
+    Migration {
+        /// Which migration, and what is wrong.
+        what: String,
+        /// The database's error when applying it failed.
+        #[source]
+        source: Option<SharedError>,
+    },
     /// The store is shutting down.
     #[error("ledger is closed")]
     Closed,
     /// Any other database error.
-    #[error("ledger database error: {0}")]
-    Database(String),
+    #[error("ledger database error: {what}")]
+    Database {
+        /// What failed, in a few words (the SQLSTATE when there is one).
+        what: String,
+        /// The driver's error, when there is one.
+        #[source]
+        source: Option<SharedError>,
+    },
 }
 
+/// A driver's error kept as a cause and shared, so that [`LedgerError`] stays `Clone`.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync>;
+
 impl LedgerError {
+    /// [`LedgerError::Unavailable`]: `what` failed, `source` underneath.
+    pub fn unavailable(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Unavailable {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// [`LedgerError::Database`]: `what` failed, `source` underneath.
+    pub fn database(
+        what: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Database {
+            what: what.into(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
     /// A stable snake_case code for clients and logs.
     pub fn code(&self) -> &'static str {
         match self {
@@ -127,11 +178,11 @@ impl LedgerError {
             Self::Decode { .. } => "event_decode_failed",
             Self::InvalidLocation(_) => "invalid_ledger_location",
             Self::NotFound { .. } => "ledger_not_found",
-            Self::Unavailable(_) => "ledger_unavailable",
+            Self::Unavailable { .. } => "ledger_unavailable",
             Self::Contention { .. } => "ledger_contention",
-            Self::Migration(_) => "ledger_migration_failed",
+            Self::Migration { .. } => "ledger_migration_failed",
             Self::Closed => "ledger_closed",
-            Self::Database(_) => "ledger_database_error",
+            Self::Database { .. } => "ledger_database_error",
         }
     }
 
@@ -153,6 +204,23 @@ impl LedgerError {
     }
 }
 
+/// An error and each of its sources, joined by ": ": how logs and problem
+/// details show an error whose wrappers say where and whose sources say why.
+#[derive(Clone, Copy, Debug)]
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut next = self.0.source();
+        while let Some(error) = next {
+            write!(f, ": {error}")?;
+            next = error.source();
+        }
+        Ok(())
+    }
+}
+
 /// SQLSTATEs of a server that is there but will not serve now: connection
 /// exceptions (class 08), an administrator's or a crash's shutdown and "cannot
 /// connect now" (57P01–57P03), too many connections (53300), and a database that
@@ -164,23 +232,77 @@ fn server_unavailable(code: Option<&str>) -> bool {
     })
 }
 
-/// Sorts a sqlx error into "the database is not there" and everything else.
+/// Sorts a sqlx error into "the database is not there" and everything else,
+/// keeping it as the source; `what` names its kind (and SQLSTATE) in a few words.
 pub(crate) fn from_sqlx(error: sqlx::Error) -> LedgerError {
-    match error {
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => LedgerError::Unavailable(error.to_string()),
-        sqlx::Error::Database(ref database) if server_unavailable(database.code().as_deref()) => {
-            LedgerError::Unavailable(error.to_string())
+    let unavailable = match &error {
+        sqlx::Error::Io(_) => Some("I/O error".to_owned()),
+        sqlx::Error::Tls(_) => Some("TLS error".to_owned()),
+        sqlx::Error::PoolTimedOut => Some("timed out waiting for a connection".to_owned()),
+        sqlx::Error::PoolClosed => Some("connection pool closed".to_owned()),
+        sqlx::Error::WorkerCrashed => Some("database worker crashed".to_owned()),
+        sqlx::Error::Database(database) if server_unavailable(database.code().as_deref()) => {
+            database
+                .code()
+                .map(|code| format!("the server will not serve now (SQLSTATE {code})"))
         }
-        other => LedgerError::Database(other.to_string()),
+        _ => None,
+    };
+    if let Some(what) = unavailable {
+        return LedgerError::unavailable(what, error);
     }
+    let what = match &error {
+        sqlx::Error::Database(database) => match database.code() {
+            Some(code) => format!("statement refused (SQLSTATE {code})"),
+            None => "statement refused".to_owned(),
+        },
+        _ => "statement failed".to_owned(),
+    };
+    LedgerError::database(what, error)
 }
 
 impl From<sqlx::Error> for LedgerError {
     fn from(error: sqlx::Error) -> Self {
         from_sqlx(error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chain_shows_every_source_after_the_error() {
+        let error = LedgerError::Decode {
+            event_type: "PlanChanged".into(),
+            schema_version: 1,
+            message: "upcast from v1 failed".into(),
+            source: Some(Arc::new(std::io::Error::other("no plan"))),
+        };
+        assert_eq!(
+            Chain(&error).to_string(),
+            "cannot decode event PlanChanged v1: upcast from v1 failed: no plan"
+        );
+        assert_eq!(Chain(&LedgerError::Closed).to_string(), "ledger is closed");
+    }
+
+    #[test]
+    fn a_sqlx_error_is_sorted_and_kept_as_the_source() {
+        let error = from_sqlx(sqlx::Error::PoolTimedOut);
+        assert_eq!(error.code(), "ledger_unavailable");
+        let source = std::error::Error::source(&error).expect("sqlx's error");
+        assert_eq!(source.to_string(), sqlx::Error::PoolTimedOut.to_string());
+        let error = from_sqlx(sqlx::Error::RowNotFound);
+        assert_eq!(error.code(), "ledger_database_error");
+        assert_eq!(
+            Chain(&error).to_string(),
+            format!(
+                "ledger database error: statement failed: {}",
+                sqlx::Error::RowNotFound
+            )
+        );
+        // Still `Clone`, the source shared.
+        let copy = error.clone();
+        assert!(std::error::Error::source(&copy).is_some());
     }
 }

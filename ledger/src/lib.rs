@@ -49,10 +49,10 @@ pub use envelope::{
     Appended, EventId, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Position,
     RecordedEvent, Source, StreamId,
 };
-pub use error::LedgerError;
+pub use error::{Chain, LedgerError};
 pub use money::{Currency, Money, MoneyError};
 pub use requests::RequestClaim;
 pub use store::{BackendKind, Ledger, LedgerConfig};
 pub use subscription::{Replay, Subscription};
-pub use upcast::Upcasters;
+pub use upcast::{UpcastError, Upcasters};
 pub use verify::{Problem, SealReport, VerifyReport};

@@ -70,15 +70,21 @@ fn check_applied(migrations: &[Migration], applied: &[(i64, String)]) -> Result<
     let mut latest = 0;
     for (version, sum) in applied {
         let Some(known) = migrations.iter().find(|m| m.version == *version) else {
-            return Err(LedgerError::Migration(format!(
-                "the database has migration {version}, which this binary does not know: it is newer than this binary"
-            )));
+            return Err(LedgerError::Migration {
+                what: format!(
+                    "the database has migration {version}, which this binary does not know: it is newer than this binary"
+                ),
+                source: None,
+            });
         };
         if checksum(known.sql) != *sum {
-            return Err(LedgerError::Migration(format!(
-                "migration {version} ({}) was changed after it was applied",
-                known.name
-            )));
+            return Err(LedgerError::Migration {
+                what: format!(
+                    "migration {version} ({}) was changed after it was applied",
+                    known.name
+                ),
+                source: None,
+            });
         }
         latest = latest.max(*version);
     }
@@ -111,7 +117,10 @@ pub(crate) async fn postgres(pool: &PgPool) -> Result<(), LedgerError> {
         sqlx::raw_sql(migration.sql)
             .execute(&mut *tx)
             .await
-            .map_err(|e| LedgerError::Migration(format!("{}: {e}", migration.name)))?;
+            .map_err(|e| LedgerError::Migration {
+                what: migration.name.to_owned(),
+                source: Some(std::sync::Arc::new(e)),
+            })?;
         sqlx::query("INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)")
             .bind(migration.version)
             .bind(migration.name)
@@ -145,7 +154,10 @@ pub(crate) async fn sqlite(pool: &SqlitePool) -> Result<(), LedgerError> {
         sqlx::raw_sql(migration.sql)
             .execute(&mut *tx)
             .await
-            .map_err(|e| LedgerError::Migration(format!("{}: {e}", migration.name)))?;
+            .map_err(|e| LedgerError::Migration {
+                what: migration.name.to_owned(),
+                source: Some(std::sync::Arc::new(e)),
+            })?;
         sqlx::query("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)")
             .bind(migration.version)
             .bind(migration.name)

@@ -125,7 +125,7 @@ impl PgStore {
             .test_before_acquire(false)
             .connect_with(options)
             .await
-            .map_err(|error| LedgerError::Unavailable(error.to_string()))?;
+            .map_err(|error| LedgerError::unavailable("cannot connect", error))?;
         migrate::postgres(&pool).await?;
         Ok(Self {
             pool,

@@ -89,16 +89,16 @@ impl SqliteStore {
                 let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
                 if let Some(folder) = folder.filter(|folder| !folder.exists()) {
                     // No file can be made there, asked or not.
-                    LedgerError::Unavailable(format!(
-                        "{path}: the folder {} does not exist",
-                        folder.display()
-                    ))
+                    LedgerError::unavailable(
+                        format!("{path}: the folder {} does not exist", folder.display()),
+                        error,
+                    )
                 } else if !file.exists() && !config.create_if_missing {
                     LedgerError::NotFound {
                         path: file.display().to_string(),
                     }
                 } else {
-                    LedgerError::Unavailable(format!("{path}: {error}"))
+                    LedgerError::unavailable(path, error)
                 }
             })?;
         migrate::sqlite(&writer).await?;
@@ -108,7 +108,7 @@ impl SqliteStore {
             .acquire_timeout(timeout)
             .connect_with(options.read_only(true))
             .await
-            .map_err(|error| LedgerError::Unavailable(format!("{path}: {error}")))?;
+            .map_err(|error| LedgerError::unavailable(path, error))?;
         Ok(Self {
             writer,
             readers,

@@ -49,7 +49,7 @@ impl PageReader {
             page
         })
         .await
-        .map_err(|error| LedgerError::Unavailable(format!("ledger reader stopped: {error}")))?
+        .map_err(|error| LedgerError::unavailable("ledger reader stopped", error))?
     }
 
     fn connection(&self) -> Result<Connection, LedgerError> {
@@ -117,9 +117,9 @@ fn event_row(row: &rusqlite::Row<'_>) -> Result<EventRow, LedgerError> {
 }
 
 fn unavailable(error: rusqlite::Error) -> LedgerError {
-    LedgerError::Unavailable(error.to_string())
+    LedgerError::unavailable("SQLite reader", error)
 }
 
 fn database(error: rusqlite::Error) -> LedgerError {
-    LedgerError::Database(error.to_string())
+    LedgerError::database("SQLite read", error)
 }

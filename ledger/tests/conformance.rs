@@ -310,6 +310,9 @@ async fn bad_input_is_a_typed_error_and_writes_nothing(ledger: TestLedger) {
     for bad in ["{", "", "{\"a\":}", "nul", "{\"a\":1} trailing"] {
         let error = NewEvent::from_json(id, "Bad", 1, bad.to_owned()).unwrap_err();
         assert_eq!(error.code(), "invalid_json", "{bad:?}");
+        // The parser's error is the source, not text folded into the message.
+        let source = std::error::Error::source(&error).expect("the parser's error");
+        assert!(source.to_string().contains("line 1"), "{bad:?}: {source}");
     }
     assert_eq!(
         NewEvent::from_json(id, "", 1, "{}".into())
@@ -619,6 +622,20 @@ async fn an_upcaster_reads_a_v1_payload_as_v2(ledger: TestLedger) {
         .decode::<PlanChangedV2>(&read[1])
         .unwrap_err();
     assert_eq!(error.code(), "event_decode_failed");
+
+    // A failing upcaster's own error is the decode error's source, not text
+    // folded into a message.
+    let failing = Upcasters::new().register("PlanChanged", 1, |_| {
+        Err(std::io::Error::other("the v1 plan is retired").into())
+    });
+    let error = failing.decode::<PlanChangedV2>(&read[0]).unwrap_err();
+    assert_eq!(error.code(), "event_decode_failed");
+    let source = std::error::Error::source(&error).expect("the upcaster's error as source");
+    assert_eq!(source.to_string(), "the v1 plan is retired");
+    assert!(
+        format!("{source:?}").contains("Custom { kind: Other"),
+        "the upcaster's error itself, not its text: {source:?}"
+    );
 }
 
 async fn sixteen_writers_on_one_stream_get_each_version_exactly_once(ledger: TestLedger) {

@@ -82,10 +82,10 @@ impl Projection for Accounts {
             let minor = posting
                 .amount
                 .to_minor()
-                .map_err(|e| ProjectionError::Event {
+                .map_err(|e| ProjectionError::Domain {
                     projection: Self::NAME,
                     position: event.position.0,
-                    message: e.to_string(),
+                    source: e.into(),
                 })?;
             let (debit, credit) = match posting.side {
                 Side::Debit => (minor, 0),

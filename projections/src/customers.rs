@@ -497,7 +497,13 @@ pub async fn aging(db: &Db, day: time::Date) -> Result<[i64; 4], crate::db::DbEr
         let since = time::Date::parse(&since, format).map_err(|_| crate::db::DbError::Corrupt {
             query: format!("SELECT since FROM {OPEN_INVOICES}"),
             row,
-            reason: format!("column 0: a day expected, {since:?} found"),
+            reason: crate::db::RowError::Column {
+                column: 0,
+                error: crate::db::ColumnError {
+                    expected: "a day",
+                    found: format!("{since:?}"),
+                },
+            },
         })?;
         let slot = match (day - since).whole_days() {
             ..=30 => 0,

@@ -33,6 +33,56 @@ impl Value {
     }
 }
 
+/// Why one column's value is not of the type it is read as.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{expected} expected, {found} found")]
+pub struct ColumnError {
+    /// What the type needs: "an integer", "a count", "text", …
+    pub expected: &'static str,
+    /// What the column held, described: "NULL", "the integer -1", "the text \"x\"".
+    pub found: String,
+}
+
+impl ColumnError {
+    /// `expected`, and `value` described as found.
+    pub fn new(expected: &'static str, value: &Value) -> Self {
+        Self {
+            expected,
+            found: value.found(),
+        }
+    }
+}
+
+/// Why a read-model row is not the tuple it is read as.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RowError {
+    /// A column holds another type.
+    #[error("column {column}: {error}")]
+    Column {
+        /// The column's index (0-based).
+        column: usize,
+        /// What was expected and found.
+        error: ColumnError,
+    },
+    /// The row has fewer columns than the tuple.
+    #[error("{width} columns, more expected")]
+    TooFew {
+        /// Columns in the row.
+        width: usize,
+    },
+    /// The row has more columns than the tuple.
+    #[error("{width} columns, {expected} expected")]
+    TooMany {
+        /// Columns in the row.
+        width: usize,
+        /// Columns in the tuple.
+        expected: usize,
+    },
+    /// No row was answered where one is due.
+    #[error("no row answered")]
+    Missing,
+}
+
 /// A Rust type one column of a read-model row is read as: the read checks it,
 /// so an impossible state (NULL, text where a number belongs) is an error, not 0.
 pub trait FromColumn: Sized {
@@ -41,43 +91,46 @@ pub trait FromColumn: Sized {
     /// The value as this type, or what was found instead.
     ///
     /// # Errors
-    /// The value is not of this type.
-    fn from_value(value: Value) -> Result<Self, String>;
+    /// [`ColumnError`]: the value is not of this type.
+    fn from_value(value: Value) -> Result<Self, ColumnError>;
 }
 
 impl FromColumn for i64 {
     const KIND: char = 'i';
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ColumnError> {
         match value {
             Value::Int(v) => Ok(v),
-            other => Err(format!("an integer expected, {} found", other.found())),
+            other => Err(ColumnError::new("an integer", &other)),
         }
     }
 }
 
 impl FromColumn for u64 {
     const KIND: char = 'i';
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ColumnError> {
         match value {
-            Value::Int(v) => u64::try_from(v).map_err(|_| format!("a count expected, {v} found")),
-            other => Err(format!("a count expected, {} found", other.found())),
+            Value::Int(v) => u64::try_from(v).map_err(|_| ColumnError {
+                expected: "a count",
+                found: v.to_string(),
+            }),
+            other => Err(ColumnError::new("a count", &other)),
         }
     }
 }
 
 impl FromColumn for String {
     const KIND: char = 't';
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ColumnError> {
         match value {
             Value::Text(t) => Ok(t),
-            other => Err(format!("text expected, {} found", other.found())),
+            other => Err(ColumnError::new("text", &other)),
         }
     }
 }
 
 impl<T: FromColumn> FromColumn for Option<T> {
     const KIND: char = T::KIND;
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, ColumnError> {
         match value {
             Value::Null => Ok(None),
             value => T::from_value(value).map(Some),
@@ -92,8 +145,8 @@ pub trait FromRow: Sized {
     /// The row from its values, or the first column that is not what it should be.
     ///
     /// # Errors
-    /// A column holds another type, or the row has another width.
-    fn from_row(values: Vec<Value>) -> Result<Self, String>;
+    /// [`RowError`]: a column holds another type, or the row has another width.
+    fn from_row(values: Vec<Value>) -> Result<Self, RowError>;
 }
 
 macro_rules! tuple_rows {
@@ -103,19 +156,19 @@ macro_rules! tuple_rows {
                 [$($name::KIND),+].iter().collect()
             }
             #[allow(non_snake_case, unused_assignments)]
-            fn from_row(values: Vec<Value>) -> Result<Self, String> {
+            fn from_row(values: Vec<Value>) -> Result<Self, RowError> {
                 let width = values.len();
                 let mut values = values.into_iter();
                 let mut column = 0usize;
                 $(
                     let $name = $name::from_value(
-                        values.next().ok_or_else(|| format!("{width} columns, more expected"))?,
+                        values.next().ok_or(RowError::TooFew { width })?,
                     )
-                    .map_err(|reason| format!("column {column}: {reason}"))?;
+                    .map_err(|error| RowError::Column { column, error })?;
                     column += 1;
                 )+
                 if values.next().is_some() {
-                    return Err(format!("{width} columns, {column} expected"));
+                    return Err(RowError::TooMany { width, expected: column });
                 }
                 Ok(($($name,)+))
             }
@@ -199,10 +252,10 @@ impl Stmt {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The database refused or failed.
-    #[error("read model database: {0}")]
+    #[error("read model database")]
     Sql(#[from] sqlx::Error),
     /// A rebuild's SQLite shadow refused or failed.
-    #[error("read model database: {0}")]
+    #[error("read model database")]
     Sqlite(#[from] rusqlite::Error),
     /// Something this kind of database cannot do.
     #[error("{0}")]
@@ -215,7 +268,7 @@ pub enum DbError {
         /// The row's index in the answer (0-based).
         row: usize,
         /// Which column, and what was found instead of what.
-        reason: String,
+        reason: RowError,
     },
     /// A guarded statement changed another number of rows (someone else moved on).
     #[error("a guarded write changed {changed} rows, not {expected}: another writer moved on")]
@@ -741,7 +794,7 @@ impl Db {
                     .collect::<Vec<_>>()
                     .join(" "),
                 row: 0,
-                reason: "no row answered".into(),
+                reason: RowError::Missing,
             })
     }
 
@@ -796,7 +849,7 @@ impl Shadow {
             Db::Postgres(pool) => {
                 let sql = format!("DROP SCHEMA IF EXISTS {} CASCADE", self.place);
                 if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(pool).await {
-                    tracing::warn!(%error, schema = %self.place, "could not drop a rebuild's schema");
+                    tracing::warn!(error = %recur_ledger::Chain(&error), schema = %self.place, "could not drop a rebuild's schema");
                 }
                 pool.close().await;
             }
@@ -882,7 +935,20 @@ mod tests {
             panic!("{error}")
         };
         assert_eq!(*row, 1);
-        assert_eq!(reason, "column 1: an integer expected, NULL found");
+        assert_eq!(
+            reason,
+            &RowError::Column {
+                column: 1,
+                error: ColumnError {
+                    expected: "an integer",
+                    found: "NULL".into()
+                }
+            }
+        );
+        assert_eq!(
+            reason.to_string(),
+            "column 1: an integer expected, NULL found"
+        );
         // Where NULL may be, it is None.
         let rows: Vec<(String, Option<i64>)> = db.rows(&all).await.unwrap();
         assert_eq!(rows[1], ("b".to_owned(), None));

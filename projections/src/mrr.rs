@@ -30,6 +30,7 @@
 
 use foldhash::HashMap;
 
+use recur_commands::DomainError;
 use recur_commands::aggregate::Aggregate;
 use recur_commands::coupon::{AppliedDiscount, CouponDuration, Discount};
 use recur_commands::invoice::BillingReason;
@@ -103,9 +104,12 @@ impl MovementKind {
 /// A stored kind is read checked: a name this version does not know is an error.
 impl crate::db::FromColumn for MovementKind {
     const KIND: char = 't';
-    fn from_value(value: Value) -> Result<Self, String> {
+    fn from_value(value: Value) -> Result<Self, crate::db::ColumnError> {
         let name = String::from_value(value)?;
-        Self::parse(&name).ok_or_else(|| format!("a movement kind expected, {name:?} found"))
+        Self::parse(&name).ok_or_else(|| crate::db::ColumnError {
+            expected: "a movement kind",
+            found: format!("{name:?}"),
+        })
     }
 }
 
@@ -153,7 +157,7 @@ impl Tracked {
 
     /// MRR in minor units: the period amount less the discount the profile
     /// counts, normalised to a month, rounded half-even to the minor unit.
-    fn mrr_minor(&self, profile: &Profile) -> Result<i64, String> {
+    fn mrr_minor(&self, profile: &Profile) -> Result<i64, DomainError> {
         let state = &self.state;
         let Some(price) = &state.price else {
             return Ok(0);
@@ -166,33 +170,30 @@ impl Tracked {
         {
             return Ok(0);
         }
-        let interval = price.interval().map_err(|e| e.to_string())?;
+        let interval = price.interval()?;
         let period = price
             .unit_amount
-            .mul_decimal(Decimal::from(state.quantity))
-            .map_err(|e| e.to_string())?;
+            .mul_decimal(Decimal::from(state.quantity))?;
         let counted = self.discount.as_ref().filter(|d| match d.duration {
             CouponDuration::Once => profile.once_coupon == OnceCoupon::DiscountedPeriod,
             CouponDuration::Repeating { .. } | CouponDuration::Forever => true,
         });
         let discounted = match counted.map(|d| d.discount) {
             None => period,
-            Some(Discount::PercentOff { percent }) => period
-                .mul_decimal(Decimal::ONE - percent / Decimal::ONE_HUNDRED)
-                .map_err(|e| e.to_string())?,
+            Some(Discount::PercentOff { percent }) => {
+                period.mul_decimal(Decimal::ONE - percent / Decimal::ONE_HUNDRED)?
+            }
             // What the invoice takes off: the amount, at most the period's.
             Some(Discount::AmountOff { amount }) => match period.checked_sub(amount) {
                 Ok(left) if !left.is_negative() => left,
                 Ok(_) => recur_ledger::Money::zero(period.currency()),
-                Err(error) => return Err(error.to_string()),
+                Err(error) => return Err(error.into()),
             },
         };
-        discounted
-            .mul_decimal(interval.monthly_factor())
-            .map_err(|e| e.to_string())?
+        Ok(discounted
+            .mul_decimal(interval.monthly_factor())?
             .round_to_minor(RoundingRule::HalfEven)
-            .to_minor()
-            .map_err(|e| e.to_string())
+            .to_minor()?)
     }
 
     fn plan(&self) -> String {
@@ -387,11 +388,11 @@ impl Mrr {
         &self.profile
     }
 
-    fn error(&self, position: u64, message: String) -> ProjectionError {
-        ProjectionError::Event {
+    fn error(&self, position: u64, source: DomainError) -> ProjectionError {
+        ProjectionError::Domain {
             projection: Self::NAME,
             position,
-            message,
+            source,
         }
     }
 
@@ -401,7 +402,7 @@ impl Mrr {
             (_, Some(PastDue { churned: true, .. })) | (None, _) => Ok(0),
             (Some(tracked), _) => tracked
                 .mrr_minor(&self.profile)
-                .map_err(|message| self.error(position, message)),
+                .map_err(|source| self.error(position, source)),
         }
     }
 
@@ -925,7 +926,7 @@ impl Projection for Mrr {
                     if at < churned_at {
                         // Recovered before the days ran out after all.
                         self.retract_churn(stream, churned_at, writes);
-                        before.0 = was_counting.map_err(|message| self.error(position, message))?;
+                        before.0 = was_counting.map_err(|source| self.error(position, source))?;
                     }
                 }
             }
@@ -1219,6 +1220,38 @@ mod tests {
             paused,
             kind: None,
         }
+    }
+
+    /// A price the subscription cannot be counted by is the domain's typed
+    /// refusal, kept as the projection error's source (it was flattened to text).
+    #[test]
+    fn an_uncountable_price_is_a_domain_error_kept_as_the_source() {
+        let price = recur_commands::catalog::Price {
+            id: "setup_fee".into(),
+            plan_id: "p".into(),
+            unit_amount: recur_ledger::Money::parse("10.00", "USD").expect("an amount"),
+            billing: recur_commands::catalog::Billing::OneTime,
+        };
+        let tracked = Tracked {
+            state: Subscription {
+                status: SubscriptionStatus::Active,
+                price: Some(price),
+                quantity: 1,
+                ever_paid: true,
+                ..Subscription::default()
+            },
+            ..Tracked::default()
+        };
+        let refusal = tracked
+            .mrr_minor(&Profile::default())
+            .expect_err("a one-time price has no MRR");
+        assert!(
+            matches!(&refusal, DomainError::WrongPriceKind { price, .. } if price == "setup_fee"),
+            "{refusal:?}"
+        );
+        let error = Mrr::default().error(7, refusal);
+        let source = std::error::Error::source(&error).expect("the domain's refusal");
+        assert!(source.to_string().contains("setup_fee"), "{source}");
     }
 
     fn kinds(timeline: &Timeline) -> Vec<Option<MovementKind>> {

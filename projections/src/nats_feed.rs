@@ -36,6 +36,17 @@ pub enum FeedError {
     /// The projection failed.
     #[error(transparent)]
     Projection(#[from] ProjectionError),
+    /// A message on the stream is not an event message.
+    #[error("JetStream stream {stream}: undecodable message {sequence}")]
+    Undecodable {
+        /// The stream.
+        stream: String,
+        /// The message's stream sequence (0 when unknown).
+        sequence: u64,
+        /// The JSON parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// A projection's durable consumer.
@@ -63,17 +74,16 @@ impl NatsFeed {
     /// # Errors
     /// [`RelayError::Connect`] or [`RelayError::Stream`].
     pub async fn connect(config: &RelayConfig, durable: &str) -> Result<Self, FeedError> {
-        let stream_error = |message: String| RelayError::Stream {
+        let stream_error = |source: crate::relay::NatsError| RelayError::Stream {
             stream: config.stream.clone(),
-            message,
+            source,
         };
-        let client =
-            async_nats::connect(&config.nats_url)
-                .await
-                .map_err(|e| RelayError::Connect {
-                    url: config.nats_url.clone(),
-                    message: e.to_string(),
-                })?;
+        let client = async_nats::connect(&config.nats_url)
+            .await
+            .map_err(|source| RelayError::Connect {
+                url: config.nats_url.clone(),
+                source,
+            })?;
         let stream = crate::relay::ensure_stream(&jetstream::new(client), config).await?;
         let consumer = stream
             .get_or_create_consumer(
@@ -86,7 +96,7 @@ impl NatsFeed {
                 },
             )
             .await
-            .map_err(|e| stream_error(e.to_string()))?;
+            .map_err(|e| stream_error(e.into()))?;
         Ok(Self {
             consumer,
             stream: config.stream.clone(),
@@ -101,9 +111,9 @@ impl NatsFeed {
         &mut self,
         projector: &mut Projector<P>,
     ) -> Result<Pumped, FeedError> {
-        let stream_error = |message: String| RelayError::Stream {
+        let stream_error = |source: crate::relay::NatsError| RelayError::Stream {
             stream: self.stream.clone(),
-            message,
+            source,
         };
         let mut batch = self
             .consumer
@@ -112,12 +122,12 @@ impl NatsFeed {
             .expires(Duration::from_millis(FETCH_WAIT_MS))
             .messages()
             .await
-            .map_err(|e| stream_error(e.to_string()))?;
+            .map_err(|e| stream_error(e.into()))?;
         let mut messages = Vec::new();
         while let Some(message) =
             std::future::poll_fn(|cx| std::pin::Pin::new(&mut batch).poll_next(cx)).await
         {
-            messages.push(message.map_err(|e| stream_error(e.to_string()))?);
+            messages.push(message.map_err(stream_error)?);
         }
         let mut pumped = Pumped {
             received: messages.len() as u64,
@@ -129,8 +139,14 @@ impl NatsFeed {
         let mut chained = true;
         let mut last = projector.position().0;
         for message in &messages {
-            let body: EventMessage = serde_json::from_slice(&message.payload)
-                .map_err(|e| stream_error(format!("undecodable message: {e}")))?;
+            let body: EventMessage =
+                serde_json::from_slice(&message.payload).map_err(|source| {
+                    FeedError::Undecodable {
+                        stream: self.stream.clone(),
+                        sequence: message.info().map_or(0, |info| info.stream_sequence),
+                        source,
+                    }
+                })?;
             let previous = body.previous_position;
             let event = body.into_recorded().map_err(ProjectionError::from)?;
             // Already applied, or a duplicate of a message earlier in this batch.
@@ -158,10 +174,7 @@ impl NatsFeed {
             }
         }
         for message in &messages {
-            message
-                .ack()
-                .await
-                .map_err(|e| stream_error(e.to_string()))?;
+            message.ack().await.map_err(stream_error)?;
         }
         Ok(pumped)
     }
@@ -193,7 +206,7 @@ pub async fn follow<P: Projection>(
             () = &mut stopped => return,
             result = feed.pump(&mut projector) => {
                 if let Err(error) = result {
-                    tracing::warn!(%error, projection = name, "projection step failed; retrying");
+                    tracing::warn!(error = %recur_ledger::Chain(&error), projection = name, "projection step failed; retrying");
                     tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
                 }
             }

@@ -24,6 +24,39 @@ pub const PAST_DUE_CHURN_DAYS_ENV: &str = "RECUR_PAST_DUE_CHURN_DAYS";
 /// The longest past-due churn setting, in days.
 pub const PAST_DUE_CHURN_DAYS_MAX: u32 = 365;
 
+/// A metrics setting this version cannot honour; each names its variable and value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    /// `RECUR_METRICS_PROFILE` names no profile.
+    #[error("{}={value:?}: not a profile; expected one of {}", PROFILE_ENV, NAMES.join(", "))]
+    UnknownProfile {
+        /// The value given.
+        value: String,
+    },
+    /// `RECUR_METRICS_PAUSE` is neither `contraction` nor `churn`.
+    #[error("{}={value:?}: expected contraction or churn", PAUSE_ENV)]
+    Pause {
+        /// The value given.
+        value: String,
+    },
+    /// `RECUR_METRICS_ONCE_COUPON` is neither `discounted_period` nor `ignore`.
+    #[error("{}={value:?}: expected discounted_period or ignore", ONCE_COUPON_ENV)]
+    OnceCoupon {
+        /// The value given.
+        value: String,
+    },
+    /// `RECUR_PAST_DUE_CHURN_DAYS` is not a number of days in range.
+    #[error(
+        "{}={value:?}: expected a number of days from 1 to {}",
+        PAST_DUE_CHURN_DAYS_ENV,
+        PAST_DUE_CHURN_DAYS_MAX
+    )]
+    PastDueChurnDays {
+        /// The value given.
+        value: String,
+    },
+}
+
 /// How a paused subscription is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,9 +140,9 @@ impl Profile {
     /// `custom`).
     ///
     /// # Errors
-    /// An unknown profile or an invalid setting: a setting that silently did
-    /// nothing would give wrong metrics.
-    pub fn from_env() -> Result<Self, String> {
+    /// [`ProfileError`]: an unknown profile or an invalid setting (a setting
+    /// that silently did nothing would give wrong metrics).
+    pub fn from_env() -> Result<Self, ProfileError> {
         let var = |name: &str| {
             std::env::var(name)
                 .ok()
@@ -127,19 +160,16 @@ impl Profile {
     /// [`Profile::from_env`] from the given values.
     ///
     /// # Errors
-    /// An unknown profile or an invalid setting.
+    /// [`ProfileError`]: an unknown profile or an invalid setting.
     pub fn from_settings(
         name: Option<&str>,
         pause: Option<&str>,
         once_coupon: Option<&str>,
         past_due_churn_days: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ProfileError> {
         let name = name.unwrap_or("default");
-        let mut profile = Self::named(name).ok_or_else(|| {
-            format!(
-                "{PROFILE_ENV}={name:?}: not a profile; expected one of {}",
-                NAMES.join(", ")
-            )
+        let mut profile = Self::named(name).ok_or_else(|| ProfileError::UnknownProfile {
+            value: name.to_owned(),
         })?;
         let mut custom = false;
         if let Some(pause) = pause {
@@ -147,9 +177,9 @@ impl Profile {
                 "contraction" => PauseRule::Contraction,
                 "churn" => PauseRule::Churn,
                 other => {
-                    return Err(format!(
-                        "{PAUSE_ENV}={other:?}: expected contraction or churn"
-                    ));
+                    return Err(ProfileError::Pause {
+                        value: other.to_owned(),
+                    });
                 }
             };
             custom = true;
@@ -159,9 +189,9 @@ impl Profile {
                 "discounted_period" => OnceCoupon::DiscountedPeriod,
                 "ignore" => OnceCoupon::Ignore,
                 other => {
-                    return Err(format!(
-                        "{ONCE_COUPON_ENV}={other:?}: expected discounted_period or ignore"
-                    ));
+                    return Err(ProfileError::OnceCoupon {
+                        value: other.to_owned(),
+                    });
                 }
             };
             custom = true;
@@ -170,9 +200,9 @@ impl Profile {
             profile.past_due_churn_days = match days.parse::<u32>() {
                 Ok(days) if (1..=PAST_DUE_CHURN_DAYS_MAX).contains(&days) => Some(days),
                 _ => {
-                    return Err(format!(
-                        "{PAST_DUE_CHURN_DAYS_ENV}={days:?}: expected a number of days from 1 to {PAST_DUE_CHURN_DAYS_MAX}"
-                    ));
+                    return Err(ProfileError::PastDueChurnDays {
+                        value: days.to_owned(),
+                    });
                 }
             };
             custom = true;
@@ -260,7 +290,18 @@ mod tests {
             let shipped = Profile::named(name).unwrap_or_else(|| panic!("{name}"));
             assert_eq!(Profile::from_code(shipped.code()).as_ref(), Some(&shipped));
         }
-        assert!(Profile::from_settings(Some("chartmogul"), None, None, None).is_err());
+        assert_eq!(
+            Profile::from_settings(Some("chartmogul"), None, None, None),
+            Err(ProfileError::UnknownProfile {
+                value: "chartmogul".into()
+            })
+        );
+        assert_eq!(
+            Profile::from_settings(None, None, None, Some("0"))
+                .expect_err("0 days")
+                .to_string(),
+            "RECUR_PAST_DUE_CHURN_DAYS=\"0\": expected a number of days from 1 to 365"
+        );
         assert!(Profile::from_settings(None, Some("pause"), None, None).is_err());
         assert!(Profile::from_settings(None, None, Some("sometimes"), None).is_err());
         assert!(Profile::from_settings(None, None, None, Some("0")).is_err());

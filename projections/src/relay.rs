@@ -12,7 +12,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishAckFuture, stream};
+use async_nats::jetstream::context::{DeleteStreamErrorKind, PublishAckFuture};
+use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent};
 
@@ -67,34 +68,39 @@ impl RelayConfig {
     }
 }
 
+/// A NATS client error kept whole as a cause: the client has an error type per
+/// call, and the relay reports them alike.
+pub type NatsError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why the relay stopped or a call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     /// NATS is not reachable.
-    #[error(
-        "cannot reach NATS at {url}: {message} (start it with `nats-server -js`, or set NATS_URL)"
-    )]
+    #[error("cannot reach NATS at {url} (start it with `nats-server -js`, or set NATS_URL)")]
     Connect {
         /// The URL.
         url: String,
-        /// The client's message.
-        message: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::ConnectError,
     },
     /// The stream could not be created or read.
-    #[error("JetStream stream {stream}: {message}")]
+    #[error("JetStream stream {stream}")]
     Stream {
         /// The stream.
         stream: String,
-        /// What failed.
-        message: String,
+        /// What failed: the client's error (several types, hence boxed).
+        #[source]
+        source: NatsError,
     },
     /// A publish was not acknowledged.
-    #[error("publish of position {position} failed: {message}")]
+    #[error("publish of position {position} failed")]
     Publish {
         /// The event's position.
         position: u64,
-        /// What failed.
-        message: String,
+        /// What failed: the client's error, or the message's encoding.
+        #[source]
+        source: NatsError,
     },
     /// The ledger failed.
     #[error(transparent)]
@@ -114,13 +120,12 @@ impl Relay {
     /// # Errors
     /// [`RelayError::Connect`], [`RelayError::Stream`].
     pub async fn connect(ledger: Ledger, config: RelayConfig) -> Result<Self, RelayError> {
-        let client =
-            async_nats::connect(&config.nats_url)
-                .await
-                .map_err(|e| RelayError::Connect {
-                    url: config.nats_url.clone(),
-                    message: e.to_string(),
-                })?;
+        let client = async_nats::connect(&config.nats_url)
+            .await
+            .map_err(|source| RelayError::Connect {
+                url: config.nats_url.clone(),
+                source,
+            })?;
         let jetstream = jetstream::new(client);
         ensure_stream(&jetstream, &config).await?;
         Ok(Self {
@@ -130,10 +135,10 @@ impl Relay {
         })
     }
 
-    fn stream_error(&self, message: impl ToString) -> RelayError {
+    fn stream_error(&self, source: impl Into<NatsError>) -> RelayError {
         RelayError::Stream {
             stream: self.config.stream.clone(),
-            message: message.to_string(),
+            source: source.into(),
         }
     }
 
@@ -176,11 +181,11 @@ impl Relay {
         previous: Position,
     ) -> Result<PublishAckFuture, RelayError> {
         let position = event.position.0;
-        let failed = |message: String| RelayError::Publish { position, message };
+        let failed = |source: NatsError| RelayError::Publish { position, source };
         let body = serde_json::to_vec(
-            &EventMessage::from_recorded(event, previous).map_err(|e| failed(e.to_string()))?,
+            &EventMessage::from_recorded(event, previous).map_err(|e| failed(e.into()))?,
         )
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(e.into()))?;
         let subject = format!(
             "{}.{}",
             self.config.subject_prefix,
@@ -194,7 +199,7 @@ impl Relay {
         self.jetstream
             .send_publish(subject, message)
             .await
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|e| failed(e.into()))
     }
 
     /// Publishes everything the ledger has released after what the stream holds,
@@ -237,7 +242,7 @@ impl Relay {
                 () = &mut shutdown => return Ok(()),
                 result = step => {
                     if let Err(error) = result {
-                        tracing::warn!(%error, after = acknowledged.0, "relay failed; resuming");
+                        tracing::warn!(error = %recur_ledger::Chain(&error), after = acknowledged.0, "relay failed; resuming");
                         tokio::time::sleep(Duration::from_millis(RETRY_PAUSE_MS)).await;
                     }
                 }
@@ -294,7 +299,7 @@ pub async fn ensure_stream(
         .await
         .map_err(|e| RelayError::Stream {
             stream: config.stream.clone(),
-            message: e.to_string(),
+            source: e.into(),
         })
 }
 
@@ -306,19 +311,29 @@ pub async fn ensure_stream(
 pub async fn delete_stream(config: &RelayConfig) -> Result<bool, RelayError> {
     let client = async_nats::connect(&config.nats_url)
         .await
-        .map_err(|e| RelayError::Connect {
+        .map_err(|source| RelayError::Connect {
             url: config.nats_url.clone(),
-            message: e.to_string(),
+            source,
         })?;
     let jetstream = async_nats::jetstream::new(client);
     match jetstream.delete_stream(&config.stream).await {
         Ok(status) => Ok(status.success),
-        Err(error) if error.to_string().contains("not found") => Ok(false),
+        Err(error) if stream_not_found(&error.kind()) => Ok(false),
         Err(error) => Err(RelayError::Stream {
             stream: config.stream.clone(),
-            message: error.to_string(),
+            source: error.into(),
         }),
     }
+}
+
+/// Whether JetStream answered "stream not found" (its error code 10059): told by
+/// the code, never by the message text.
+fn stream_not_found(kind: &DeleteStreamErrorKind) -> bool {
+    matches!(
+        kind,
+        DeleteStreamErrorKind::JetStream(error)
+            if error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }
 
 /// Waits for the oldest publish's acknowledgement; returns its position.
@@ -328,7 +343,7 @@ async fn settle_one(in_flight: &mut VecDeque<(u64, PublishAckFuture)>) -> Result
     };
     ack.await.map_err(|e| RelayError::Publish {
         position,
-        message: e.to_string(),
+        source: e.into(),
     })?;
     Ok(position)
 }

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 
+use recur_commands::DecodeError;
 use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent};
 
 use crate::db::{Db, DbError, Shadow, Stmt};
@@ -13,16 +14,16 @@ use crate::db::{Db, DbError, Shadow, Stmt};
 /// Decodes a stored event for `projection`, naming the event in the error.
 ///
 /// # Errors
-/// [`ProjectionError::Event`] when the payload is not the expected event.
+/// [`ProjectionError::Undecodable`] when the payload is not the expected event.
 pub fn decode<E: recur_commands::DomainEvent>(
     projection: &'static str,
     recorded: &RecordedEvent,
 ) -> Result<E, ProjectionError> {
-    recur_commands::billing::decode_event(&recorded.payload).map_err(|message| {
-        ProjectionError::Event {
+    recur_commands::billing::decode_event(&recorded.payload).map_err(|source| {
+        ProjectionError::Undecodable {
             projection,
             position: recorded.position.0,
-            message,
+            source,
         }
     })
 }
@@ -47,28 +48,35 @@ impl Delivered {
     /// The payload as a domain event, decoded by the first projection that asks.
     ///
     /// # Errors
-    /// [`ProjectionError::Event`] when the payload is not an `E`.
+    /// [`ProjectionError::Undecodable`] when the payload is not an `E`;
+    /// [`ProjectionError::Event`] when another projection decoded it as another type.
     pub fn decoded<E: recur_commands::DomainEvent>(
         &self,
         projection: &'static str,
     ) -> Result<&E, ProjectionError> {
-        let error = |message: String| ProjectionError::Event {
-            projection,
-            position: self.recorded.position.0,
-            message,
-        };
+        let position = self.recorded.position.0;
         let cached = self.decoded.get_or_init(|| {
             Box::new(recur_commands::billing::decode_event::<E>(
                 &self.recorded.payload,
             ))
         });
-        match cached.downcast_ref::<Result<E, String>>() {
+        // The cache keeps the decoder's error itself, so every projection that
+        // asks reports the same typed cause (a clone: the parser's error is shared).
+        match cached.downcast_ref::<Result<E, DecodeError>>() {
             Some(Ok(event)) => Ok(event),
-            Some(Err(message)) => Err(error(message.clone())),
-            None => Err(error(format!(
-                "the event was decoded as another type than {}",
-                std::any::type_name::<E>()
-            ))),
+            Some(Err(source)) => Err(ProjectionError::Undecodable {
+                projection,
+                position,
+                source: source.clone(),
+            }),
+            None => Err(ProjectionError::Event {
+                projection,
+                position,
+                message: format!(
+                    "the event was decoded as another type than {}",
+                    std::any::type_name::<E>()
+                ),
+            }),
         }
     }
 }
@@ -178,6 +186,29 @@ pub enum ProjectionError {
     /// The read model's database failed.
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A stored payload that is not an event of the expected kind.
+    #[error("projection {projection}: event at {position} cannot be decoded")]
+    Undecodable {
+        /// The projection.
+        projection: &'static str,
+        /// The event's position.
+        position: u64,
+        /// The decoder's error: the type tag, and the parser's error.
+        #[source]
+        source: DecodeError,
+    },
+    /// An event whose figures the domain refuses (money that does not add up,
+    /// a one-time price where a recurring one belongs): a bug, or a damaged ledger.
+    #[error("projection {projection}: event at {position}: its figures do not hold")]
+    Domain {
+        /// The projection.
+        projection: &'static str,
+        /// The event's position.
+        position: u64,
+        /// The domain's refusal.
+        #[source]
+        source: recur_commands::DomainError,
+    },
     /// An event the projection cannot read: a bug, or a ledger from the future.
     #[error("projection {projection}: event at {position}: {message}")]
     Event {

@@ -64,8 +64,16 @@ pub enum DemoError {
     #[error(transparent)]
     Billing(#[from] BillingError),
     /// The ledger holds an event the report cannot read.
-    #[error("report: {0}")]
-    Report(String),
+    #[error("report: event {position} of {stream}")]
+    Report {
+        /// The event's stream.
+        stream: String,
+        /// The event's global position.
+        position: u64,
+        /// Why it could not be folded.
+        #[source]
+        source: report::ReportError,
+    },
     /// The read models could not be built.
     #[error(transparent)]
     Projection(#[from] recur_projections::ProjectionError),
@@ -175,7 +183,11 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
     let mut report = Report::new();
     let mut replay = ledger.replay(Position::START).await?;
     while let Some(event) = replay.next().await? {
-        report.apply(&event).map_err(DemoError::Report)?;
+        report.apply(&event).map_err(|source| DemoError::Report {
+            stream: event.stream_id.to_string(),
+            position: event.position.0,
+            source,
+        })?;
     }
     let mut summary = report.finish();
     (summary.mrr_by_month, summary.arr) = projected_mrr(&ledger, options.months, end).await?;

@@ -10,8 +10,23 @@ use recur_commands::billing::decode_event;
 use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
 use recur_commands::postings::{Account, TrialBalance};
 use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
-use recur_ledger::{Currency, Money, RecordedEvent, StreamId};
+use recur_commands::{DecodeError, DomainError};
+use recur_ledger::{Currency, Money, MoneyError, RecordedEvent, StreamId};
 use serde::Serialize;
+
+/// Why the report could not fold an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// The payload is not an event of its stream's kind.
+    #[error("event cannot be decoded")]
+    Decode(#[from] DecodeError),
+    /// An event's postings were refused by the trial balance.
+    #[error("postings refused")]
+    Postings(#[from] DomainError),
+    /// Sums of money in different currencies, or overflowing.
+    #[error("money sum")]
+    Money(#[from] MoneyError),
+}
 
 /// What the owner reads at the end of the demo.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -138,8 +153,9 @@ impl Report {
     /// Folds one event.
     ///
     /// # Errors
-    /// An event that does not decode.
-    pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), String> {
+    /// [`ReportError`]: an event that does not decode, postings that do not add
+    /// up, or money sums in different currencies.
+    pub fn apply(&mut self, recorded: &RecordedEvent) -> Result<(), ReportError> {
         self.summary.events += 1;
         match recorded.stream_id.category() {
             "subscription" => {
@@ -156,9 +172,7 @@ impl Report {
             }
             "invoice" => {
                 let event: InvoiceEvent = decode_event(&recorded.payload)?;
-                self.balance
-                    .add(event.postings())
-                    .map_err(|e| e.to_string())?;
+                self.balance.add(event.postings())?;
                 self.summary.books_balanced &= self.balance.is_balanced();
                 let failed = &mut self.summary.failed_payments;
                 match &event {
@@ -174,17 +188,11 @@ impl Report {
                     }
                     InvoiceEvent::PaymentSucceeded { amount, .. } => {
                         self.summary.payments += 1;
-                        self.summary.collected = self
-                            .summary
-                            .collected
-                            .checked_add(*amount)
-                            .map_err(|e| e.to_string())?;
+                        self.summary.collected = self.summary.collected.checked_add(*amount)?;
                         if self.declined.contains(&recorded.stream_id) {
                             failed.recovered += 1;
-                            failed.recovered_amount = failed
-                                .recovered_amount
-                                .checked_add(*amount)
-                                .map_err(|e| e.to_string())?;
+                            failed.recovered_amount =
+                                failed.recovered_amount.checked_add(*amount)?;
                         }
                     }
                     InvoiceEvent::PaymentFailed { decline_code, .. } => {
@@ -199,18 +207,12 @@ impl Report {
                     }
                     InvoiceEvent::InvoiceMarkedUncollectible { amount, .. } => {
                         failed.written_off += 1;
-                        failed.written_off_amount = failed
-                            .written_off_amount
-                            .checked_add(*amount)
-                            .map_err(|e| e.to_string())?;
+                        failed.written_off_amount =
+                            failed.written_off_amount.checked_add(*amount)?;
                     }
                     InvoiceEvent::InvoiceRefunded { amount, .. } => {
                         self.summary.refunds += 1;
-                        self.summary.refunded = self
-                            .summary
-                            .refunded
-                            .checked_add(*amount)
-                            .map_err(|e| e.to_string())?;
+                        self.summary.refunded = self.summary.refunded.checked_add(*amount)?;
                     }
                     _ => {}
                 }
