@@ -1208,6 +1208,17 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             }
         }
     }
+    // HEAD is answered by GET's handler, so it is checked as GET.
+    for (path, role) in [("/v1/api_keys", "billing"), ("/v1/api_keys", "analyst")] {
+        let head = server
+            .call(Method::HEAD, path, Some(&keys[role]), None, &[])
+            .await;
+        assert_eq!(head.status, StatusCode::FORBIDDEN, "HEAD {path} as {role}");
+    }
+    let head = server
+        .call(Method::HEAD, "/v1/api_keys", Some(ADMIN_KEY), None, &[])
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
     // The acting key's id is recorded as the actor of what it writes.
     let billing_key_id = keys["billing"].split('_').nth(1).unwrap().to_owned();
     let made = server
@@ -1446,6 +1457,15 @@ async fn metrics_read_their_own_writes_through_min_position() {
     assert_eq!(encoded.body["plan"], "group_coaching");
     assert_eq!(encoded.body["data"][0]["date"], today.as_str());
     assert_eq!(encoded.body["data"][0]["mrr"], money("1500.00"));
+    // What the monthly reports always took still reads: interval=day, plan=*.
+    for taken in [
+        "/v1/metrics/churn?interval=day&plan=*",
+        "/v1/metrics/cohorts?interval=day",
+        "/v1/metrics/movements?plan=%2A",
+    ] {
+        let answer = server.get(taken).await;
+        assert_eq!(answer.status, StatusCode::OK, "{taken}: {}", answer.body);
+    }
     // Unknown, repeated or mistyped parameters are refused, never ignored.
     for refused in [
         "/v1/metrics/mrr?colour=blue",

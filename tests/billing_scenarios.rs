@@ -1372,3 +1372,69 @@ async fn a_rerun_request_answers_with_what_its_first_run_wrote_and_charges_once(
     assert!(customer_state.payment_method.is_some());
     w.trial_balance().await;
 }
+
+#[tokio::test]
+async fn a_rerun_pay_after_the_gateway_was_down_records_the_payment_not_a_failure() {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world(start).await;
+    let customer = w.customer(Some("4242424242424242"), None).await;
+    let sub = w
+        .subscribe(customer, "community_access", Trial::Skip, None)
+        .await;
+    w.billing
+        .attach_payment_method(
+            customer,
+            SimulatedGateway::failing_card("insufficient_funds", 12, 2030),
+        )
+        .await
+        .unwrap();
+    w.at(datetime!(2027-02-01 00:00 UTC)).await;
+    let invoice = w.invoices_of(sub).await[1].id.unwrap();
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::PastDue
+    );
+    let method = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, method)
+        .await
+        .unwrap();
+    let charges_before = w.gateway.charges_made();
+    // POST /v1/invoices/{id}/pay with a key: the attempt is started, then the
+    // gateway is down (a 5xx: the key is let go).
+    let when = datetime!(2027-02-01 01:00 UTC);
+    w.clock.advance_to(when);
+    w.gateway.fail_next_calls(1);
+    let first = replayed(7, when, false, w.billing.pay_now(invoice)).await;
+    assert!(first.is_err(), "the gateway was down: {first:?}");
+    // The retry with the same key reruns it: the attempt already started is
+    // charged now, and its success is what gets recorded.
+    let again = replayed(7, when, true, w.billing.pay_now(invoice))
+        .await
+        .unwrap();
+    assert_eq!(again.status, InvoiceStatus::Paid, "{again:?}");
+    let state = w.billing.invoice(invoice).await.unwrap();
+    let succeeded = state
+        .attempts
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.outcome,
+                Some(recur_commands::invoice::ChargeOutcome::Succeeded { .. })
+            )
+        })
+        .count();
+    assert_eq!(succeeded, 1, "{:?}", state.attempts);
+    assert_eq!(w.gateway.charges_made(), charges_before + 1);
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::Active
+    );
+    // A third run of the same request answers the paid invoice, charging nothing.
+    let third = replayed(7, when, true, w.billing.pay_now(invoice))
+        .await
+        .unwrap();
+    assert_eq!(third.status, InvoiceStatus::Paid);
+    assert_eq!(w.gateway.charges_made(), charges_before + 1);
+    w.trial_balance().await;
+}

@@ -570,6 +570,7 @@ impl KeyRing {
 #[derive(Debug, Default)]
 pub struct RouteRoles {
     by_route: std::collections::HashMap<(axum::http::Method, String), Vec<Role>>,
+    public: std::collections::HashSet<(axum::http::Method, String)>,
 }
 
 impl RouteRoles {
@@ -580,6 +581,7 @@ impl RouteRoles {
     /// that builds the router.
     pub fn of(api: &utoipa::openapi::OpenApi) -> Self {
         let mut by_route = std::collections::HashMap::new();
+        let mut public = std::collections::HashSet::new();
         for (path, item) in &api.paths.paths {
             let operations = [
                 (axum::http::Method::GET, &item.get),
@@ -605,6 +607,7 @@ impl RouteRoles {
                     .filter_map(|scope| scope.as_str().map(str::to_owned))
                     .collect();
                 if operation.security.is_none() {
+                    public.insert((method, path.clone()));
                     continue;
                 }
                 let roles = scopes
@@ -617,14 +620,28 @@ impl RouteRoles {
                 by_route.insert((method, path.clone()), roles);
             }
         }
-        Self { by_route }
+        // The document itself is public; it is served beside the routes.
+        public.insert((axum::http::Method::GET, "/openapi.json".to_owned()));
+        Self { by_route, public }
     }
 
-    /// The roles allowed on `method` `path` (a route template); None: public.
+    /// The roles allowed on `method` `path` (a route template); None: public,
+    /// or a method the route does not have (the router answers 405). HEAD is
+    /// checked as the GET that answers it.
     pub fn of_route(&self, method: &axum::http::Method, path: &str) -> Option<&[Role]> {
+        let method = if method == axum::http::Method::HEAD {
+            axum::http::Method::GET
+        } else {
+            method.clone()
+        };
         self.by_route
-            .get(&(method.clone(), path.to_owned()))
+            .get(&(method, path.to_owned()))
             .map(Vec::as_slice)
+    }
+
+    /// Whether `method` `path` is declared public (no key needed).
+    pub fn is_public(&self, method: &axum::http::Method, path: &str) -> bool {
+        self.public.contains(&(method.clone(), path.to_owned()))
     }
 }
 

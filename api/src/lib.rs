@@ -58,6 +58,8 @@ pub struct AppState {
     pub read_models: recur_projections::db::Db,
     /// The ledger position the projections have reached.
     pub projected: Arc<std::sync::atomic::AtomicU64>,
+    /// The ledger position the lists' projection (`customers`) has reached.
+    pub lists_projected: Arc<std::sync::atomic::AtomicU64>,
     /// The read models as of the last past position asked for (one build at a time).
     pub past: tokio::sync::Mutex<Option<(u64, recur_projections::db::Db)>>,
     /// How long a request may run.
@@ -252,7 +254,10 @@ mod tests {
                     continue;
                 }
                 match roles.of_route(&method, path) {
-                    None => public.push(format!("{method} {path}")),
+                    None => {
+                        assert!(roles.is_public(&method, path), "{method} {path}");
+                        public.push(format!("{method} {path}"));
+                    }
                     Some(allowed) => {
                         declared += 1;
                         assert!(
@@ -272,6 +277,11 @@ mod tests {
         );
         assert_eq!(
             roles.of_route(&axum::http::Method::POST, "/v1/api_keys"),
+            Some(&[Role::Admin][..])
+        );
+        // HEAD is answered by GET, so it is checked as GET.
+        assert_eq!(
+            roles.of_route(&axum::http::Method::HEAD, "/v1/api_keys"),
             Some(&[Role::Admin][..])
         );
     }

@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use recur_commands::context::{Replayable, replayable};
+use recur_commands::context::{Replayable, replayable, request_key_prefix};
 use recur_ledger::{Ledger, RequestClaim};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
@@ -37,7 +37,9 @@ const LEASE_RENEW_EVERY_MS: u64 = 3_000;
 /// How long a request waits for a concurrent one with the same key (longer than
 /// a lease, so a retry waiting on a dead run takes the key over).
 const IN_PROGRESS_WAIT_MS: u64 = LEASE_MS + 2_000;
-/// How often it looks.
+/// Refusals that say "retry": never kept as a key's answer.
+const TRANSIENT_CODES: &[&str] = &["contended"];
+/// How often a request waiting on its key looks again.
 const IN_PROGRESS_POLL_MS: u64 = 20;
 
 /// A request body, checked for size and media type.
@@ -274,6 +276,15 @@ where
                     .insert("idempotent-replayed", HeaderValue::from_static("true"));
                 return response;
             }
+            RequestClaim::Unknown => {
+                return ApiError::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_outcome_unknown",
+                    "this Idempotency-Key's request was cut short before an upgrade and may have \
+                     been applied; check the resource, then retry with a new key if it was not",
+                )
+                .into_response();
+            }
             RequestClaim::Mismatch => {
                 return ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -301,6 +312,7 @@ where
         started_at,
         rerun,
     };
+    let written_under = request_key_prefix(&scope);
     let result = run_renewing(ledger, &stored_key, owner, replayable(scope, write)).await;
     let (status, body) = match result {
         Ok(answer) => answer,
@@ -310,7 +322,16 @@ where
         ),
     };
     let text = body.to_string();
-    let stored = if status.is_server_error() {
+    let transient = body
+        .get("code")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|code| TRANSIENT_CODES.contains(&code));
+    // A refusal after the request (this run or an earlier one) wrote something
+    // is no answer to keep either: the request is partly applied, and a retry
+    // must be able to finish it rather than be told "no" for 48 hours.
+    let partly_applied =
+        status.is_client_error() && ledger.appended_under(&written_under).await.unwrap_or(true);
+    let stored = if status.is_server_error() || transient || partly_applied {
         // Not an answer to keep: let a retry run again (replayably).
         ledger.release_request(&stored_key, owner).await
     } else {

@@ -462,8 +462,11 @@ impl Billing {
             .load_current::<Contact>(&contact_stream(id)?)
             .await?;
         if contact.details.as_ref() == Some(&details) {
-            // Nothing changes; a stale If-Match is still refused.
-            crate::context::check_expected(&id.stream()?, version)?;
+            // Nothing changes; a stale If-Match is still refused, unless this is
+            // a rerun of the request that made the change.
+            if !crate::context::earlier_run_wrote(self.ledger(), &id.stream()?).await? {
+                crate::context::check_expected(&id.stream()?, version)?;
+            }
             return Ok(());
         }
         // The customer's stream first: its version is what If-Match guards, and
@@ -832,19 +835,31 @@ impl Billing {
     ) -> Result<Subscription, BillingError> {
         let now = self.now();
         let (state, version) = self.subscription_versioned(id).await?;
-        // A coupon is applied to a subscription once: applied again (after it was
-        // taken off, or once used up) it would start its duration over, past its
-        // limits and its deadline.
-        let (coupon, _) = self.repo.load_current::<Coupon>(&code.stream()?).await?;
-        if coupon.redeemers.contains(&id.to_string()) {
-            return Err(DomainError::CouponAlreadyRedeemed(code.to_string()).into());
-        }
-        let discount = self.coupon_for(code, &id.to_string()).await?;
         let command = |discount: AppliedDiscount| SubscriptionCommand::ApplyDiscount {
             discount,
             timing,
             now,
         };
+        // A coupon is applied to a subscription once: applied again (after it was
+        // taken off, or once used up) it would start its duration over, past its
+        // limits and its deadline.
+        let (coupon, _) = self.repo.load_current::<Coupon>(&code.stream()?).await?;
+        if coupon.redeemers.contains(&id.to_string()) {
+            if crate::context::earlier_run_wrote(self.ledger(), &code.stream()?).await? {
+                // A rerun of this very request, which redeemed the coupon and
+                // was cut short: finish it (each step finds what it wrote).
+                let discount = coupon
+                    .applied(now)
+                    .ok_or_else(|| BillingError::from(not_found_domain("coupon", code)))?;
+                self.redeem(code, id.to_string()).await?;
+                return Ok(self
+                    .subscription_change(id, Source::Api, |_| command(discount.clone()))
+                    .await?
+                    .state);
+            }
+            return Err(DomainError::CouponAlreadyRedeemed(code.to_string()).into());
+        }
+        let discount = self.coupon_for(code, &id.to_string()).await?;
         // Decide once without writing, with the caller's If-Match checked, so a
         // refusal leaves the coupon unredeemed.
         crate::context::check_expected(&id.stream()?, version)?;
@@ -1268,6 +1283,12 @@ impl Billing {
     #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn pay_now(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
         let invoice = self.invoice(id).await?;
+        if invoice.status != InvoiceStatus::Open
+            && crate::context::earlier_run_wrote(self.ledger(), &id.stream()?).await?
+        {
+            // A rerun of a request whose first run paid (or settled) it: its answer.
+            return Ok(invoice);
+        }
         if invoice.status != InvoiceStatus::Open {
             return Err(DomainError::InvalidTransition {
                 kind: "invoice",

@@ -117,21 +117,65 @@ pub(crate) fn append_key<C: std::fmt::Debug>(
             let rank = replay.appends.entry((stream.clone(), kind)).or_insert(0);
             *rank += 1;
             let rank = *rank;
-            let started_us = replay.scope.started_at.unix_timestamp_nanos() / 1_000;
-            let digest = Sha256::new()
-                .chain_update(replay.scope.seed)
-                .chain_update(started_us.to_be_bytes())
-                .chain_update(b"append")
-                .chain_update(stream.as_str().as_bytes())
-                .chain_update(b"\n")
+            let step = Sha256::new()
                 .chain_update(kind.as_bytes())
                 .chain_update(b"\n")
                 .chain_update(rank.to_be_bytes())
                 .finalize();
-            IdempotencyKey::parse(format!("req-{}", hex(&digest[..24]))).ok()
+            let key = format!(
+                "{}{}",
+                stream_prefix(&replay.scope, stream),
+                hex(&step[..8])
+            );
+            IdempotencyKey::parse(key).ok()
         })
         .ok()
         .flatten()
+}
+
+/// The start every append key of the request `scope` shares:
+/// `req-<request>-` (the request: its key and its first claim's time).
+fn request_prefix(scope: &Replayable) -> String {
+    let started_us = scope.started_at.unix_timestamp_nanos() / 1_000;
+    let request = Sha256::new()
+        .chain_update(scope.seed)
+        .chain_update(started_us.to_be_bytes())
+        .finalize();
+    format!("req-{}-", hex(&request[..8]))
+}
+
+/// The start of the request's append keys on `stream`: `req-<request>-<stream>-`.
+fn stream_prefix(scope: &Replayable, stream: &StreamId) -> String {
+    let digest = Sha256::digest(stream.as_str().as_bytes());
+    format!("{}{}-", request_prefix(scope), hex(&digest[..4]))
+}
+
+/// The start of every ledger key the request `scope` appends under: what its
+/// runs wrote is found with `Ledger::appended_under`.
+pub fn request_key_prefix(scope: &Replayable) -> String {
+    request_prefix(scope)
+}
+
+/// Within a rerun request: whether an earlier run of it appended to `stream`.
+/// Outside one: false.
+pub(crate) async fn earlier_run_wrote(
+    ledger: &recur_ledger::Ledger,
+    stream: &StreamId,
+) -> Result<bool, BillingError> {
+    let prefix = REPLAY
+        .try_with(|r| {
+            let replay = r.borrow();
+            replay
+                .scope
+                .rerun
+                .then(|| stream_prefix(&replay.scope, stream))
+        })
+        .ok()
+        .flatten();
+    match prefix {
+        Some(prefix) => Ok(ledger.appended_under(&prefix).await?),
+        None => Ok(false),
+    }
 }
 
 /// A command's kind: the leading name of its Debug form (its variant, or its

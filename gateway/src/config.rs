@@ -95,7 +95,9 @@ impl FromStr for DatabaseUrl {
     }
 }
 
-/// A location with any password removed, safe to print.
+/// A location with any password removed, safe to print: the one in the
+/// authority (`user:password@`) and any `password=` or `sslpassword=` in the
+/// query string.
 pub fn redact(location: &str) -> String {
     let Some((scheme, rest)) = location.split_once("://") else {
         return location.to_owned();
@@ -103,11 +105,36 @@ pub fn redact(location: &str) -> String {
     // Credentials end at the authority's last `@`; the authority ends at the path.
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    let Some((credentials, host)) = authority.rsplit_once('@') else {
-        return location.to_owned();
+    let authority = match authority.rsplit_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{user}@{host}")
+        }
+        None => authority.to_owned(),
     };
-    let user = credentials.split(':').next().unwrap_or("");
-    format!("{scheme}://{user}@{host}{tail}")
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let (query, fragment) = match query.split_once('#') {
+                Some((query, fragment)) => (query, format!("#{fragment}")),
+                None => (query, String::new()),
+            };
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((name, _))
+                        if name.eq_ignore_ascii_case("password")
+                            || name.eq_ignore_ascii_case("sslpassword") =>
+                    {
+                        format!("{name}=***")
+                    }
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}{fragment}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Where the ledger is: `--database`, else `DATABASE_URL`, else the embedded file.
@@ -412,6 +439,15 @@ mod tests {
         assert_eq!(
             redact("postgres://alice:pw@db/recur?application_name=a@b"),
             "postgres://alice@db/recur?application_name=a@b"
+        );
+        // A password in the query string.
+        assert_eq!(
+            redact("postgres://db/recur?user=alice&password=s3cret&sslmode=require"),
+            "postgres://db/recur?user=alice&password=***&sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://alice@db/recur?PASSWORD=x#frag"),
+            "postgres://alice@db/recur?PASSWORD=***#frag"
         );
     }
 

@@ -56,6 +56,16 @@ pub const IDEMPOTENCY_KEEP_HOURS: i64 = 48;
 /// The ledger cannot be opened (a missing SQLite file that may not be made is
 /// one), the address cannot be resolved or bound, a bad `RECUR_ADMIN_KEY`.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    // Listen for SIGTERM before anything else: a stop asked for while the
+    // ledger opens or the projections catch up ends the process cleanly once
+    // start-up is done, instead of killing it mid-migration.
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let asked_to_stop = shutdown_signal();
+    tokio::spawn(async move {
+        asked_to_stop.await;
+        tracing::info!("stopping: no new connections; draining the requests in flight");
+        let _ = stop.send(true);
+    });
     let location = options.ledger.location();
     let test_clock = options.test_clock.then(|| {
         TestClock::at(
@@ -114,14 +124,20 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let read_models = recur_projections::db::Db::of(&ledger)
         .ok_or_else(|| anyhow::anyhow!("no database for the read models"))?;
     let projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let lists_projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut projections = recur_projections::Projections::open(&ledger).await?;
     projected.store(
         projections.position().0,
         std::sync::atomic::Ordering::Release,
     );
+    lists_projected.store(
+        projections.customers.position().0,
+        std::sync::atomic::Ordering::Release,
+    );
     {
         // The projections, in-process, fed from the ledger.
         let projected = Arc::clone(&projected);
+        let lists_projected = Arc::clone(&lists_projected);
         let commits = Arc::clone(ledger.committed());
         tokio::spawn(async move {
             loop {
@@ -129,7 +145,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 let committed = commits.notified();
                 tokio::pin!(committed);
                 committed.as_mut().enable();
-                match projections.catch_up().await {
+                let caught_up = projections.catch_up().await;
+                // The lists' projection moves on even when another one failed.
+                lists_projected.store(
+                    projections.customers.position().0,
+                    std::sync::atomic::Ordering::Release,
+                );
+                match caught_up {
                     Ok(()) => projected.store(
                         projections.position().0,
                         std::sync::atomic::Ordering::Release,
@@ -152,11 +174,11 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         clock_turn: tokio::sync::Mutex::new(()),
         read_models,
         projected,
+        lists_projected,
         past: tokio::sync::Mutex::new(None),
         request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
         telemetry: Arc::clone(&telemetry),
     });
-    let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut background = tokio::task::JoinSet::new();
     if test_clock.is_none() {
         let tick_s = options.tick_seconds.max(1);
@@ -207,17 +229,16 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
     });
     // A host name is resolved here; the first of its addresses that binds is used.
+    if *stopping.borrow() {
+        tracing::info!("stopped during start-up; not serving");
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(options.listen.to_bind())
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     // The first line of stdout, for scripts and tests that start us on port 0.
     println!("recur: listening on http://{address} (ledger {location})");
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("stopping: no new connections; draining the requests in flight");
-        let _ = stop.send(true);
-    });
     let drain = std::time::Duration::from_millis(options.drain_ms);
     let mut draining = stopping.clone();
     let server = axum::serve(listener, router(state).into_make_service())
@@ -252,26 +273,28 @@ async fn stopped(stopping: &mut tokio::sync::watch::Receiver<bool>) {
     }
 }
 
-/// SIGTERM (a service manager, a container runtime) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+/// SIGTERM (a service manager, a container runtime) or SIGINT (Ctrl-C). The
+/// handlers are installed when this is called, not when it is first awaited.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
+    let terminate = {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = terminate.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+        signal(SignalKind::terminate())
+            .map_err(
+                |error| tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops"),
+            )
+            .ok()
+    };
+    let interrupt = Box::pin(tokio::signal::ctrl_c());
+    async move {
+        #[cfg(unix)]
+        if let Some(mut terminate) = terminate {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt => {}
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; Ctrl-C still stops");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+        let _ = interrupt.await;
     }
 }

@@ -415,6 +415,21 @@ impl PgStore {
         Ok(version.map_or(0, to_u64))
     }
 
+    pub(crate) async fn appended_under(&self, prefix: &str) -> Result<bool, LedgerError> {
+        // LIKE is exact whatever the collation; the prefix holds no wildcard (`req-`, hex, `-`).
+        debug_assert!(
+            prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        );
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT key FROM idempotency_keys WHERE key LIKE $1 LIMIT 1")
+                .bind(format!("{prefix}%"))
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
     pub(crate) async fn append_of(
         &self,
         key: &IdempotencyKey,

@@ -42,10 +42,15 @@ pub enum RequestClaim {
     InProgress,
     /// The key was used with another request body.
     Mismatch,
+    /// Claimed before leases existed (migration 0003) and never answered: that
+    /// run made ids and wrote without the keys a rerun finds, so running it
+    /// again could do it twice. Its outcome is unknown until the claim expires.
+    Unknown,
 }
 
-/// A claim as stored: the body's fingerprint, and the answer's status and body once answered.
-type StoredClaim = (Vec<u8>, Option<i32>, Option<String>);
+/// A claim as stored: the body's fingerprint, the answer's status and body once
+/// answered, and whether it was claimed before leases existed (no owner).
+type StoredClaim = (Vec<u8>, Option<i32>, Option<String>, bool);
 
 impl Ledger {
     /// Claims `key` for a request whose body hashes to `fingerprint`, as the
@@ -75,6 +80,7 @@ impl Ledger {
                                 runs = api_requests.runs + 1
                           WHERE api_requests.status IS NULL
                             AND api_requests.lease_until_us < $6
+                            AND api_requests.owner IS NOT NULL
                             AND api_requests.fingerprint = EXCLUDED.fingerprint
                          RETURNING created_at, runs",
                 )
@@ -88,7 +94,7 @@ impl Ledger {
                 .await?;
                 let row = if claimed.is_none() {
                     sqlx::query_as(
-                        "SELECT fingerprint, status, body FROM api_requests WHERE key = $1",
+                        "SELECT fingerprint, status, body, owner IS NULL FROM api_requests WHERE key = $1",
                     )
                     .bind(key)
                     .fetch_optional(store.pool())
@@ -107,6 +113,7 @@ impl Ledger {
                                 runs = api_requests.runs + 1
                           WHERE api_requests.status IS NULL
                             AND api_requests.lease_until_us < ?6
+                            AND api_requests.owner IS NOT NULL
                             AND api_requests.fingerprint = excluded.fingerprint
                          RETURNING created_at_us, runs",
                     )
@@ -120,7 +127,7 @@ impl Ledger {
                     .await?;
                 let row = if claimed.is_none() {
                     sqlx::query_as(
-                        "SELECT fingerprint, status, body FROM api_requests WHERE key = ?",
+                        "SELECT fingerprint, status, body, owner IS NULL FROM api_requests WHERE key = ?",
                     )
                     .bind(key)
                     .fetch_optional(store.writer())
@@ -143,11 +150,12 @@ impl Ledger {
         Ok(match row {
             // Purged between our two statements: claim again next time.
             None => RequestClaim::InProgress,
-            Some((stored, _, _)) if stored.as_slice() != &fingerprint[..] => RequestClaim::Mismatch,
-            Some((_, Some(status), Some(body))) => RequestClaim::Replay {
+            Some((stored, ..)) if stored.as_slice() != &fingerprint[..] => RequestClaim::Mismatch,
+            Some((_, Some(status), Some(body), _)) => RequestClaim::Replay {
                 status: u16::try_from(status).unwrap_or(500),
                 body,
             },
+            Some((.., true)) => RequestClaim::Unknown,
             Some(_) => RequestClaim::InProgress,
         })
     }

@@ -165,6 +165,21 @@ impl SqliteStore {
         Ok(version.map_or(0, to_u64))
     }
 
+    pub(crate) async fn appended_under(&self, prefix: &str) -> Result<bool, LedgerError> {
+        // GLOB is case-sensitive and can use the key's index; the prefix holds no wildcard.
+        debug_assert!(
+            prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        );
+        let found: Option<(String,)> =
+            sqlx::query_as("SELECT key FROM idempotency_keys WHERE key GLOB ?1 LIMIT 1")
+                .bind(format!("{prefix}*"))
+                .fetch_optional(&self.readers)
+                .await?;
+        Ok(found.is_some())
+    }
+
     pub(crate) async fn append_of(
         &self,
         key: &IdempotencyKey,

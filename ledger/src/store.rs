@@ -377,6 +377,18 @@ impl Ledger {
             .transpose()
     }
 
+    /// Whether any append was committed under a key that starts with `prefix`
+    /// (a replayable request's keys share one).
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn appended_under(&self, prefix: &str) -> Result<bool, LedgerError> {
+        match &self.inner.backend {
+            Backend::Postgres(store) => store.appended_under(prefix).await,
+            Backend::Sqlite(store) => store.appended_under(prefix).await,
+        }
+    }
+
     /// The stream's current version (0 when it has no events).
     ///
     /// # Errors

@@ -1093,7 +1093,60 @@ async fn an_older_checkpoints_table_is_adopted_by_migration_4(ledger: TestLedger
     assert_eq!(row, ("mrr".to_owned(), 7, 42, 0));
 }
 
+async fn a_claim_from_before_leases_is_not_taken_over_and_appends_are_found_by_prefix(
+    ledger: TestLedger,
+) {
+    use recur_ledger::RequestClaim;
+    let fingerprint = [3u8; 32];
+    // A claim written before migration 0003: no owner, no lease.
+    let sql = "INSERT INTO api_requests (key, fingerprint, created_at) VALUES ('old-1', $1, now())";
+    if let Some(pool) = ledger.raw_postgres() {
+        sqlx::query(sql)
+            .bind(&fingerprint[..])
+            .execute(pool)
+            .await
+            .unwrap();
+    } else if let Some(pool) = ledger.raw_sqlite() {
+        sqlx::query(
+            "INSERT INTO api_requests (key, fingerprint, created_at_us) VALUES ('old-1', ?1, 0)",
+        )
+        .bind(&fingerprint[..])
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let owner = uuid::Uuid::now_v7();
+    let lease = std::time::Duration::from_secs(10);
+    assert_eq!(
+        ledger
+            .claim_request("old-1", &fingerprint, owner, lease)
+            .await
+            .unwrap(),
+        RequestClaim::Unknown,
+        "its run wrote without rerun keys: running it again could do it twice"
+    );
+    // Appends are found by the start of their key, and only theirs.
+    let key = recur_ledger::IdempotencyKey::parse("req-aaaa-bbbb-cccc").unwrap();
+    let event = event(&ledger, "Prefixed", json!({})).with_metadata(Metadata {
+        idempotency_key: Some(key),
+        ..Metadata::default()
+    });
+    ledger
+        .append(&stream("prefixed"), ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
+    assert!(ledger.appended_under("req-aaaa-").await.unwrap());
+    assert!(ledger.appended_under("req-aaaa-bbbb-").await.unwrap());
+    assert!(!ledger.appended_under("req-aaaa-bbbc-").await.unwrap());
+    assert!(!ledger.appended_under("req-aaa-").await.unwrap());
+    assert!(
+        !ledger.appended_under("REQ-AAAA-").await.unwrap(),
+        "exact case"
+    );
+}
+
 conformance!(
+    a_claim_from_before_leases_is_not_taken_over_and_appends_are_found_by_prefix,
     an_older_checkpoints_table_is_adopted_by_migration_4,
     append_then_read_stream_returns_the_events_in_order,
     the_envelope_round_trips_every_field,

@@ -150,10 +150,28 @@ pub struct MonthlyQuery {
     pub from: Option<String>,
     /// Last day (YYYY-MM-DD).
     pub to: Option<String>,
+    /// Only `day` (the default) is taken: the report is monthly.
+    pub interval: Option<Interval>,
+    /// Only `*` (the default) is taken: the report is for all plans.
+    pub plan: Option<String>,
     /// Wait until the projection has reached this ledger position.
     pub min_position: Option<u64>,
     /// Answer as of this past ledger position.
     pub as_of_position: Option<u64>,
+}
+
+impl MonthlyQuery {
+    /// Its range, refusing an interval or a plan (the report is monthly, for all plans).
+    fn range(&self, today: Date) -> Result<(Date, Date), ApiError> {
+        if self.interval.is_some_and(|i| i != Interval::Day)
+            || self.plan.as_deref().is_some_and(|p| p != "*")
+        {
+            return Err(bad(
+                "this report is monthly and for all plans: interval and plan do not apply",
+            ));
+        }
+        range(self.from.as_deref(), self.to.as_deref(), today)
+    }
 }
 
 /// A report as of a day's end.
@@ -298,9 +316,20 @@ pub(super) async fn wait_for(state: &AppState, min_position: Option<u64>) -> Res
         return Ok(state.projected.load(Ordering::Acquire));
     };
     written(state, wanted, "min_position").await?;
+    wait_on(&state.projected, wanted).await
+}
+
+/// `reached` once it is at least `wanted`, polled for at most [`MIN_POSITION_WAIT_MS`].
+///
+/// # Errors
+/// 503 `projection_behind`.
+pub(super) async fn wait_on(
+    reached: &std::sync::atomic::AtomicU64,
+    wanted: u64,
+) -> Result<u64, ApiError> {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(MIN_POSITION_WAIT_MS);
     loop {
-        let reached = state.projected.load(Ordering::Acquire);
+        let reached = reached.load(Ordering::Acquire);
         if reached >= wanted {
             return Ok(reached);
         }
@@ -421,6 +450,8 @@ pub struct MovementsQuery {
     pub to: Option<String>,
     /// day, week or month.
     pub interval: Option<Interval>,
+    /// Only `*` (the default) is taken: movements are per customer, across plans.
+    pub plan: Option<String>,
     /// customer: one by one.
     pub detail: Option<Detail>,
     /// One customer's.
@@ -495,6 +526,11 @@ pub async fn movements(
     _caller: Caller,
     Params(query): Params<MovementsQuery>,
 ) -> Result<Response, ApiError> {
+    if query.plan.as_deref().is_some_and(|p| p != "*") {
+        return Err(bad(
+            "movements are per customer; the plan filter does not apply",
+        ));
+    }
     let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
@@ -760,7 +796,7 @@ pub async fn churn(
     _caller: Caller,
     Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let (from, to) = query.range(today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
         as_of_position: query.as_of_position,
@@ -835,7 +871,7 @@ pub async fn cohorts(
     _caller: Caller,
     Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let (from, to) = query.range(today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
         as_of_position: query.as_of_position,
@@ -1045,7 +1081,7 @@ pub async fn revenue_recognition(
     _caller: Caller,
     Params(query): Params<MonthlyQuery>,
 ) -> Result<Response, ApiError> {
-    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let (from, to) = query.range(today(&state))?;
     let reading = Reading {
         min_position: query.min_position,
         as_of_position: query.as_of_position,

@@ -19,15 +19,16 @@ use super::auth::Caller;
 use super::problem::ApiError;
 use super::request::{idempotent, if_match};
 
-/// The read models once they hold every event committed before this request,
-/// so a list shows the caller's own writes (waits at most
-/// [`metrics::MIN_POSITION_WAIT_MS`], then 503 `projection_behind`).
+/// The read models once the lists' projection (`customers`) holds every event
+/// committed before this request, so a list shows the caller's own writes
+/// (waits at most [`metrics::MIN_POSITION_WAIT_MS`], then 503
+/// `projection_behind`); the other projections may lag without holding lists up.
 ///
 /// # Errors
-/// 503 when the ledger cannot be read or the projections stay behind.
+/// 503 when the ledger cannot be read or the projection stays behind.
 pub async fn read_models_current(state: &AppState) -> Result<recur_projections::db::Db, ApiError> {
     let head = state.billing.ledger().last_position().await?;
-    metrics::wait_for(state, Some(head.0)).await?;
+    metrics::wait_on(&state.lists_projected, head.0).await?;
     Ok(state.read_models.clone())
 }
 
