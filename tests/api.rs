@@ -416,6 +416,7 @@ async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
                 .unwrap(),
             recur_projections::customers::subscriptions_page(&db, None, None, 100)
                 .await
+                .unwrap()
                 .unwrap(),
             recur_projections::customers::invoices_page(
                 &db,
@@ -424,6 +425,7 @@ async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
                 100,
             )
             .await
+            .unwrap()
             .unwrap(),
         )
     };

@@ -1457,3 +1457,68 @@ async fn switching_the_profile_rebuilds_to_what_a_fresh_replay_under_it_gives() 
         "{conservative_kinds:?}"
     );
 }
+
+/// The lists page in ledger order: a keyed request retried hours after its
+/// first claim makes ids that carry that claim's time, yet it is listed after
+/// what was created before it ran.
+async fn lists_page_in_ledger_order_even_when_a_retried_request_made_an_older_id(postgres: bool) {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world_at(postgres, start).await;
+    let customer = w.customer().await;
+    w.clock.advance_to(start + Duration::hours(3));
+    let first = w.subscribe(customer, "community_access", None).await;
+    let scope = recur_commands::context::Replayable {
+        seed: [11; 32],
+        started_at: start + Duration::hours(1),
+        rerun: true,
+    };
+    let retried = recur_commands::context::replayable(
+        scope,
+        w.billing.subscribe(NewSubscription {
+            customer_id: customer,
+            plan_id: "community_access".into(),
+            price_id: None,
+            quantity: 1,
+            trial: Trial::Skip,
+            coupon: None,
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(retried.0 < first.0, "the retried request's id is older");
+    let mut projections = recur_projections::Projections::open(&w.store.ledger)
+        .await
+        .unwrap();
+    projections.catch_up().await.unwrap();
+    let db = Db::of(&w.store.ledger).unwrap();
+    let customer_id = customer.to_string();
+    let page = |after: Option<String>| {
+        let (db, customer_id) = (db.clone(), customer_id.clone());
+        async move {
+            recur_projections::customers::subscriptions_page(
+                &db,
+                Some(&customer_id),
+                after.as_deref(),
+                1,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    assert_eq!(page(None).await, Some((vec![first.to_string()], true)));
+    assert_eq!(
+        page(Some(first.to_string())).await,
+        Some((vec![retried.to_string()], false))
+    );
+    assert_eq!(page(Some("no-such-id".into())).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_in_ledger_order_on_postgres() {
+    lists_page_in_ledger_order_even_when_a_retried_request_made_an_older_id(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_page_in_ledger_order_on_sqlite() {
+    lists_page_in_ledger_order_even_when_a_retried_request_made_an_older_id(false).await;
+}

@@ -21,9 +21,9 @@ pub const VIEW: &str = "customer_view_v1";
 /// One row per open invoice: what it owes and since when (for AR aging).
 pub const OPEN_INVOICES: &str = "open_invoices_v1";
 /// One row per subscription: whose it is (the subscription lists).
-pub const SUBSCRIPTIONS: &str = "customer_subscriptions_v1";
+pub const SUBSCRIPTIONS: &str = "customer_subscriptions_v2";
 /// One row per invoice: whose it is and for which subscription (the invoice lists).
-pub const INVOICES: &str = "customer_invoices_v1";
+pub const INVOICES: &str = "customer_invoices_v2";
 /// The largest page a list answers.
 pub const PAGE_ITEMS_MAX: usize = 100;
 
@@ -145,7 +145,7 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
 
 impl Projection for Customers {
     const NAME: &'static str = "customers";
-    const VERSION: u32 = 4;
+    const VERSION: u32 = 5;
 
     fn tables(&self) -> Vec<&'static str> {
         vec![VIEW, OPEN_INVOICES, SUBSCRIPTIONS, INVOICES]
@@ -169,37 +169,49 @@ impl Projection for Customers {
             ),
             vec![],
         ),
-        // Ids are UUIDv7: in text order they are in creation order, which the
-        // lists page by.
+        // The lists page in the order the ledger recorded each resource's
+        // start (its position): ids made by a request's rerun carry the time
+        // of its first claim, so id order is not creation order.
         Stmt::new(
             format!(
-                "CREATE TABLE IF NOT EXISTS {SUBSCRIPTIONS} (subscription_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS {SUBSCRIPTIONS} (subscription_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
+                 position BIGINT NOT NULL)"
             ),
             vec![],
         ),
         Stmt::new(
             format!(
-                "CREATE INDEX IF NOT EXISTS {SUBSCRIPTIONS}_by_customer ON {SUBSCRIPTIONS} (customer_id, subscription_id)"
+                "CREATE INDEX IF NOT EXISTS {SUBSCRIPTIONS}_by_customer ON {SUBSCRIPTIONS} (customer_id, position)"
+            ),
+            vec![],
+        ),
+        Stmt::new(
+            format!(
+                "CREATE INDEX IF NOT EXISTS {SUBSCRIPTIONS}_by_position ON {SUBSCRIPTIONS} (position)"
             ),
             vec![],
         ),
         Stmt::new(
             format!(
                 "CREATE TABLE IF NOT EXISTS {INVOICES} (invoice_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL,
-                 subscription_id TEXT)"
+                 subscription_id TEXT, position BIGINT NOT NULL)"
             ),
             vec![],
         ),
         Stmt::new(
             format!(
-                "CREATE INDEX IF NOT EXISTS {INVOICES}_by_customer ON {INVOICES} (customer_id, invoice_id)"
+                "CREATE INDEX IF NOT EXISTS {INVOICES}_by_customer ON {INVOICES} (customer_id, position)"
             ),
             vec![],
         ),
         Stmt::new(
             format!(
-                "CREATE INDEX IF NOT EXISTS {INVOICES}_by_subscription ON {INVOICES} (subscription_id, invoice_id)"
+                "CREATE INDEX IF NOT EXISTS {INVOICES}_by_subscription ON {INVOICES} (subscription_id, position)"
             ),
+            vec![],
+        ),
+        Stmt::new(
+            format!("CREATE INDEX IF NOT EXISTS {INVOICES}_by_position ON {INVOICES} (position)"),
             vec![],
         )]
     }
@@ -262,10 +274,14 @@ impl Projection for Customers {
                 {
                     writes.push(Stmt::new(
                         format!(
-                            "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id) VALUES (?, ?)
+                            "INSERT INTO {SUBSCRIPTIONS} (subscription_id, customer_id, position) VALUES (?, ?, ?)
                              ON CONFLICT (subscription_id) DO NOTHING"
                         ),
-                        vec![subscription_id.to_string().into(), customer_id.to_string().into()],
+                        vec![
+                            subscription_id.to_string().into(),
+                            customer_id.to_string().into(),
+                            position_value(event.position),
+                        ],
                     ));
                 }
             }
@@ -315,13 +331,14 @@ impl Projection for Customers {
                 {
                     writes.push(Stmt::new(
                         format!(
-                            "INSERT INTO {INVOICES} (invoice_id, customer_id, subscription_id) VALUES (?, ?, ?)
+                            "INSERT INTO {INVOICES} (invoice_id, customer_id, subscription_id, position) VALUES (?, ?, ?, ?)
                              ON CONFLICT (invoice_id) DO NOTHING"
                         ),
                         vec![
                             invoice_id.to_string().into(),
                             customer_id.to_string().into(),
                             subscription_id.map_or(crate::db::Value::Null, |s| s.to_string().into()),
+                            position_value(event.position),
                         ],
                     ));
                 }
@@ -527,16 +544,22 @@ pub enum InvoiceFilter {
     Subscription(String),
 }
 
-/// A page of ids from `table`'s `id` column (UUIDv7 text: creation order)
-/// after `after`, at most `limit` (1..=[`PAGE_ITEMS_MAX`]), filtered by
-/// `column = value`; and whether more follow.
+/// A ledger position as a bound value.
+fn position_value(position: Position) -> crate::db::Value {
+    i64::try_from(position.0).unwrap_or(i64::MAX).into()
+}
+
+/// A page of ids from `table`'s `id` column, in the order the ledger recorded
+/// them (their `position`), after the item `after` names, at most `limit`
+/// (1..=[`PAGE_ITEMS_MAX`]), filtered by `column = value`; and whether more
+/// follow. None when `after` names no item of the table.
 async fn page(
     db: &Db,
     (table, id): (&str, &str),
     filter: Option<(&str, String)>,
     after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<String>, bool), crate::db::DbError> {
+) -> Result<Option<(Vec<String>, bool)>, crate::db::DbError> {
     let limit = limit.clamp(1, PAGE_ITEMS_MAX);
     let mut sql = format!("SELECT {id} FROM {table} WHERE 1 = 1");
     let mut params = Vec::new();
@@ -545,16 +568,29 @@ async fn page(
         params.push(value.into());
     }
     if let Some(after) = after {
-        sql.push_str(&format!(" AND {id} > ?"));
-        params.push(after.into());
+        let cursor: Vec<(i64,)> = db
+            .rows(&Stmt::new(
+                format!("SELECT position FROM {table} WHERE {id} = ?"),
+                vec![after.into()],
+            ))
+            .await?;
+        let Some((position,)) = cursor.first() else {
+            return Ok(None);
+        };
+        sql.push_str(" AND position > ?");
+        params.push((*position).into());
     }
-    sql.push_str(&format!(" ORDER BY {id} LIMIT {}", limit + 1));
+    sql.push_str(&format!(" ORDER BY position LIMIT {}", limit + 1));
     let rows: Vec<(String,)> = db.rows(&Stmt::new(sql, params)).await?;
     let more = rows.len() > limit;
-    Ok((rows.into_iter().take(limit).map(|(id,)| id).collect(), more))
+    Ok(Some((
+        rows.into_iter().take(limit).map(|(id,)| id).collect(),
+        more,
+    )))
 }
 
-/// A page of subscription ids (one customer's, or all), oldest first.
+/// A page of subscription ids (one customer's, or all), oldest first; None
+/// when `after` names no subscription.
 ///
 /// # Errors
 /// Database errors.
@@ -563,12 +599,12 @@ pub async fn subscriptions_page(
     customer: Option<&str>,
     after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<String>, bool), crate::db::DbError> {
+) -> Result<Option<(Vec<String>, bool)>, crate::db::DbError> {
     let filter = customer.map(|c| ("customer_id", c.to_owned()));
     page(db, (SUBSCRIPTIONS, "subscription_id"), filter, after, limit).await
 }
 
-/// A page of invoice ids, oldest first.
+/// A page of invoice ids, oldest first; None when `after` names no invoice.
 ///
 /// # Errors
 /// Database errors.
@@ -577,7 +613,7 @@ pub async fn invoices_page(
     filter: &InvoiceFilter,
     after: Option<&str>,
     limit: usize,
-) -> Result<(Vec<String>, bool), crate::db::DbError> {
+) -> Result<Option<(Vec<String>, bool)>, crate::db::DbError> {
     let filter = match filter {
         InvoiceFilter::All => None,
         InvoiceFilter::Customer(c) => Some(("customer_id", c.clone())),

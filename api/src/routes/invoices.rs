@@ -69,7 +69,14 @@ pub async fn list(
     let (ids, has_more) =
         recur_projections::customers::invoices_page(&db, &filter, after.as_deref(), limit)
             .await
-            .map_err(super::unavailable)?;
+            .map_err(super::unavailable)?
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_query",
+                    "starting_after names no invoice of this list",
+                )
+            })?;
     let ids = ids
         .iter()
         .map(|id| super::stored_id(id, invoice_id))

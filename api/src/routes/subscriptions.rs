@@ -129,7 +129,14 @@ pub async fn list(
         limit,
     )
     .await
-    .map_err(super::unavailable)?;
+    .map_err(super::unavailable)?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            "starting_after names no subscription of this list",
+        )
+    })?;
     let ids = ids
         .iter()
         .map(|id| super::stored_id(id, subscription_id))
