@@ -161,6 +161,7 @@ impl Repository {
         A: Aggregate,
         F: FnMut(&A) -> Result<A::Command, DomainError>,
     {
+        let mut preset = None;
         if self.cached::<A>(stream).is_none() && !context::is_rerun() {
             let _turn = self.turn(stream).lock().await;
             context::check_expected(stream, 0)?;
@@ -200,15 +201,13 @@ impl Repository {
                         position: Some(appended.last_position()),
                     });
                 }
-                Err(LedgerError::VersionConflict { .. }) => {
-                    // The stream exists after all (a retried step): decide
-                    // again on it, under the same append key.
-                    return self.run(stream, metadata, Some(key), command).await;
-                }
+                // The stream exists after all (a retried step): decide again
+                // on it (below, once this turn is let go), under the same key.
+                Err(LedgerError::VersionConflict { .. }) => preset = Some(key),
                 Err(error) => return Err(error.into()),
             }
         }
-        self.run(stream, metadata, None, command).await
+        self.run(stream, metadata, preset, command).await
     }
 
     /// The ledger's form of `events`, stamped now, with the request's actor, its
