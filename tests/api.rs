@@ -1478,6 +1478,8 @@ async fn metrics_read_their_own_writes_through_min_position() {
         "/v1/metrics/movements?detail=customer&kind=gone",
         "/v1/metrics/mrr-at",
         "/v1/subscriptions?subscription=x",
+        "/v1/subscriptions?starting_after=not-an-id",
+        "/v1/invoices?starting_after=01a235d6-3757-7001-9190-72d16753e689",
     ] {
         let answer = server.get(refused).await;
         assert_eq!(

@@ -1296,6 +1296,7 @@ async fn replayed<F: std::future::Future>(
             seed: [seed; 32],
             started_at,
             rerun,
+            resumed: false,
         },
         f,
     )

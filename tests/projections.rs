@@ -1471,6 +1471,7 @@ async fn lists_page_in_ledger_order_even_when_a_retried_request_made_an_older_id
         seed: [11; 32],
         started_at: start + Duration::hours(1),
         rerun: true,
+        resumed: false,
     };
     let retried = recur_commands::context::replayable(
         scope,
@@ -1511,6 +1512,11 @@ async fn lists_page_in_ledger_order_even_when_a_retried_request_made_an_older_id
         Some((vec![retried.to_string()], false))
     );
     assert_eq!(page(Some("no-such-id".into())).await, None);
+    // Another customer's subscription is no cursor of this customer's list.
+    let other_customer = w.customer().await;
+    let other = w.subscribe(other_customer, "community_access", None).await;
+    projections.catch_up().await.unwrap();
+    assert_eq!(page(Some(other.to_string())).await, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -307,12 +307,19 @@ where
             }
         }
     };
-    let scope = Replayable {
+    let mut scope = Replayable {
         seed: Sha256::digest(stored_key.as_bytes()).into(),
         started_at,
         rerun,
+        resumed: false,
     };
     let written_under = request_key_prefix(&scope);
+    if rerun {
+        scope.resumed = match ledger.appended_under(&written_under).await {
+            Ok(wrote) => wrote,
+            Err(error) => return ApiError::from(error).into_response(),
+        };
+    }
     let result = run_renewing(ledger, &stored_key, owner, replayable(scope, write)).await;
     let (status, body) = match result {
         Ok(answer) => answer,

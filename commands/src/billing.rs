@@ -1286,8 +1286,11 @@ impl Billing {
         if invoice.status != InvoiceStatus::Open
             && crate::context::earlier_run_wrote(self.ledger(), &id.stream()?).await?
         {
-            // A rerun of a request whose first run paid (or settled) it: its answer.
-            return Ok(invoice);
+            // A rerun of a request whose first run paid (or settled) it: finish
+            // what that run may not have reached (a paid invoice settles its
+            // subscription), then answer with it.
+            self.collect_with(invoice, None, Source::Api, true).await?;
+            return self.invoice(id).await;
         }
         if invoice.status != InvoiceStatus::Open {
             return Err(DomainError::InvalidTransition {
@@ -1535,11 +1538,20 @@ impl Billing {
                 now,
             })
             .await?;
-        let refund = requested
-            .state
-            .refunds
-            .last()
-            .filter(|_| !requested.events.is_empty())
+        // This request's refund, named by the event it wrote (a rerun answered
+        // with its first run's event finds that refund, not the newest one).
+        let refund_no = requested.events.iter().find_map(|event| match event {
+            crate::invoice::InvoiceEvent::RefundRequested { refund_no, .. } => Some(*refund_no),
+            _ => None,
+        });
+        let refund = refund_no
+            .and_then(|no| {
+                requested
+                    .state
+                    .refunds
+                    .iter()
+                    .find(|refund| refund.refund_no == no)
+            })
             .cloned()
             .ok_or_else(|| DomainError::InvalidTransition {
                 kind: "invoice",

@@ -145,12 +145,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 let committed = commits.notified();
                 tokio::pin!(committed);
                 committed.as_mut().enable();
-                let caught_up = projections.catch_up().await;
-                // The lists' projection moves on even when another one failed.
+                // The lists' projection first, so they are not held up by the others.
+                let lists = projections.customers.catch_up().await;
                 lists_projected.store(
                     projections.customers.position().0,
                     std::sync::atomic::Ordering::Release,
                 );
+                let caught_up = lists.and(projections.catch_up().await);
                 match caught_up {
                     Ok(()) => projected.store(
                         projections.position().0,
@@ -179,6 +180,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
         telemetry: Arc::clone(&telemetry),
     });
+    if *stopping.borrow() {
+        tracing::info!("stopped during start-up; not serving");
+        return Ok(());
+    }
     let mut background = tokio::task::JoinSet::new();
     if test_clock.is_none() {
         let tick_s = options.tick_seconds.max(1);
@@ -229,10 +234,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
     });
     // A host name is resolved here; the first of its addresses that binds is used.
-    if *stopping.borrow() {
-        tracing::info!("stopped during start-up; not serving");
-        return Ok(());
-    }
     let listener = tokio::net::TcpListener::bind(options.listen.to_bind())
         .await
         .with_context(|| format!("cannot listen on {}", options.listen))?;

@@ -37,6 +37,11 @@ const POSTGRES: &[Migration] = &[
         name: "projection_checkpoints",
         sql: include_str!("../../schema/postgres/0004_projection_checkpoints.sql"),
     },
+    Migration {
+        version: 5,
+        name: "idempotency_key_prefixes",
+        sql: include_str!("../../schema/postgres/0005_idempotency_key_prefixes.sql"),
+    },
 ];
 
 const SQLITE: &[Migration] = &[
@@ -59,6 +64,11 @@ const SQLITE: &[Migration] = &[
         version: 4,
         name: "projection_checkpoints",
         sql: include_str!("../../schema/sqlite/0004_projection_checkpoints.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "idempotency_key_prefixes",
+        sql: include_str!("../../schema/sqlite/0005_idempotency_key_prefixes.sql"),
     },
 ];
 

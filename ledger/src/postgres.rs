@@ -416,17 +416,22 @@ impl PgStore {
     }
 
     pub(crate) async fn appended_under(&self, prefix: &str) -> Result<bool, LedgerError> {
-        // LIKE is exact whatever the collation; the prefix holds no wildcard (`req-`, hex, `-`).
+        // A byte-order range over the prefix index (migration 0005): exact
+        // whatever the database's collation, and usable by a generic plan. The
+        // prefix and the keys under it hold only `req-`, hex and `-`, all below `~`.
         debug_assert!(
             prefix
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '-')
         );
-        let found: Option<(String,)> =
-            sqlx::query_as("SELECT key FROM idempotency_keys WHERE key LIKE $1 LIMIT 1")
-                .bind(format!("{prefix}%"))
-                .fetch_optional(&self.pool)
-                .await?;
+        let found: Option<(String,)> = sqlx::query_as(
+            "SELECT key FROM idempotency_keys
+              WHERE key COLLATE \"C\" >= $1 AND key COLLATE \"C\" < $2 LIMIT 1",
+        )
+        .bind(prefix)
+        .bind(format!("{prefix}~"))
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(found.is_some())
     }
 

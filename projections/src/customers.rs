@@ -563,17 +563,17 @@ async fn page(
     let limit = limit.clamp(1, PAGE_ITEMS_MAX);
     let mut sql = format!("SELECT {id} FROM {table} WHERE 1 = 1");
     let mut params = Vec::new();
+    let mut cursor_sql = format!("SELECT position FROM {table} WHERE {id} = ?");
+    let mut cursor_params: Vec<crate::db::Value> = after.into_iter().map(Into::into).collect();
     if let Some((column, value)) = filter {
         sql.push_str(&format!(" AND {column} = ?"));
-        params.push(value.into());
+        params.push(value.clone().into());
+        // The cursor must be an item of this list, not of another one.
+        cursor_sql.push_str(&format!(" AND {column} = ?"));
+        cursor_params.push(value.into());
     }
-    if let Some(after) = after {
-        let cursor: Vec<(i64,)> = db
-            .rows(&Stmt::new(
-                format!("SELECT position FROM {table} WHERE {id} = ?"),
-                vec![after.into()],
-            ))
-            .await?;
+    if after.is_some() {
+        let cursor: Vec<(i64,)> = db.rows(&Stmt::new(cursor_sql, cursor_params)).await?;
         let Some((position,)) = cursor.first() else {
             return Ok(None);
         };

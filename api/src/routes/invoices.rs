@@ -62,7 +62,15 @@ pub async fn list(
     let after = query
         .starting_after
         .as_deref()
-        .map(invoice_id)
+        .map(|cursor| {
+            invoice_id(cursor).map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_query",
+                    "starting_after must be the id of a invoice of this list",
+                )
+            })
+        })
         .transpose()?
         .map(|id| id.to_string());
     let db = super::read_models_current(&state).await?;

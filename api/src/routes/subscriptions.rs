@@ -118,7 +118,15 @@ pub async fn list(
     let after = query
         .starting_after
         .as_deref()
-        .map(subscription_id)
+        .map(|cursor| {
+            subscription_id(cursor).map_err(|_| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_query",
+                    "starting_after must be the id of a subscription of this list",
+                )
+            })
+        })
         .transpose()?
         .map(|id| id.to_string());
     let db = super::read_models_current(&state).await?;
