@@ -3,4 +3,4 @@
 -- order whatever the database's collation: `Ledger::appended_under` asks
 -- `key COLLATE "C" >= prefix AND key COLLATE "C" < prefix || '~'`.
 -- Never edit after it lands; add a new file.
-CREATE INDEX idempotency_keys_by_prefix ON idempotency_keys ((key COLLATE "C"));
+CREATE INDEX IF NOT EXISTS idempotency_keys_by_prefix ON idempotency_keys ((key COLLATE "C"));
