@@ -1129,6 +1129,7 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
             Value::Null,
             &["billing", "support", "analyst"],
         ),
+        (Method::GET, "/v1/events".into(), Value::Null, &["support"]),
         (
             Method::GET,
             "/v1/metrics/mrr-at?position=1".into(),
@@ -3306,4 +3307,278 @@ async fn metrics_need_no_key_and_are_in_the_openapi_document() {
         .await;
     assert_eq!(scraped.status, StatusCode::OK);
     assert!(scraped.headers.contains_key("x-request-id"));
+}
+
+/// Every event `GET /v1/events?{query}` lists, paged `page` at a time with
+/// `starting_after`, as `key`: each page's positions increase and follow the last.
+async fn events_paged(server: &Server, query: &str, page: usize, key: &str) -> Vec<Value> {
+    let mut events: Vec<Value> = Vec::new();
+    let mut after: Option<u64> = None;
+    for _ in 0..1_000 {
+        let cursor = after
+            .map(|a| format!("&starting_after={a}"))
+            .unwrap_or_default();
+        let path = format!("/v1/events?limit={page}{query}{cursor}");
+        let answer = server.call(Method::GET, &path, Some(key), None, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        assert_eq!(answer.body["object"], "list");
+        let data = answer.body["data"].as_array().unwrap();
+        assert!(data.len() <= page, "{path}");
+        for event in data {
+            let position = event["position"].as_u64().unwrap();
+            let last = events.last().map(|e| e["position"].as_u64().unwrap());
+            assert!(
+                last.or(after).is_none_or(|last| position > last),
+                "{path}: {event}"
+            );
+            events.push(event.clone());
+        }
+        if answer.body["has_more"] != json!(true) {
+            assert_eq!(answer.body["next_cursor"], Value::Null);
+            return events;
+        }
+        after = Some(answer.body["next_cursor"].as_u64().unwrap());
+    }
+    panic!("{query}: more than a thousand pages");
+}
+
+fn created_at(event: &Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(
+        event["created"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_list_the_ledger_in_order_and_each_filter_narrows_it() {
+    let server = serve(Backend::Postgres).await;
+    let mut keys = std::collections::HashMap::new();
+    let mut key_ids = std::collections::HashMap::new();
+    for role in ["billing", "support", "analyst"] {
+        let made = server.post("/v1/api_keys", json!({"role": role})).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        keys.insert(role, made.body["key"].as_str().unwrap().to_owned());
+        key_ids.insert(role, made.body["id"].as_str().unwrap().to_owned());
+    }
+    let billing = keys["billing"].clone();
+
+    // Customer A, written by the billing key: contact, card, subscription.
+    let created = server
+        .call(
+            Method::POST,
+            "/v1/customers",
+            Some(&billing),
+            Some(json!({"tax_location": {"country": "US", "region": "TX"},
+                        "contact": {"name": "Ada Lovelace", "email": "ada@example.com"}})),
+            &[],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let a = created.body["id"].as_str().unwrap().to_owned();
+    let a_request = created.headers["x-request-id"].to_str().unwrap().to_owned();
+    let card = json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .call(
+            Method::POST,
+            &format!("/v1/customers/{a}/payment_method"),
+            Some(&billing),
+            Some(card),
+            &[],
+        )
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    let subscribed = server
+        .call(
+            Method::POST,
+            "/v1/subscriptions",
+            Some(&billing),
+            Some(json!({"customer": a, "plan": "community_access", "trial_days": 0})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        subscribed.status,
+        StatusCode::CREATED,
+        "{}",
+        subscribed.body
+    );
+    let a_sub = subscribed.body["id"].as_str().unwrap().to_owned();
+    let a_invoices: Vec<String> =
+        server.get(&format!("/v1/subscriptions/{a_sub}")).await.body["invoices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_owned())
+            .collect();
+    assert!(!a_invoices.is_empty());
+
+    // A day later, customer B, written by the admin key.
+    let day = server
+        .post("/v1/test_clock/advance", json!({"seconds": 86_400}))
+        .await;
+    assert_eq!(day.status, StatusCode::OK, "{}", day.body);
+    let b = server.customer_with_card().await;
+    server.community_subscription(&b).await;
+
+    // Everything, in ledger order, each with its actor and request.
+    let all = events_paged(&server, "", 100, ADMIN_KEY).await;
+    assert!(all.len() > 10, "{all:?}");
+    for event in &all {
+        assert_eq!(event["object"], "event");
+        assert!(event["id"].as_str().is_some() && event["type"].as_str().is_some());
+        assert!(event["resource"].as_str().is_some() && event["source"].as_str().is_some());
+        created_at(event);
+    }
+    let a_created = all
+        .iter()
+        .find(|e| e["type"] == "CustomerCreated" && e["resource"] == format!("customer-{a}"))
+        .unwrap();
+    assert_eq!(a_created["actor"], json!(key_ids["billing"]));
+    assert_eq!(a_created["request_id"], json!(a_request));
+    assert_eq!(
+        a_created["data"]["tax_location"]["country"], "US",
+        "{a_created}"
+    );
+    let contact = all
+        .iter()
+        .find(|e| e["resource"] == format!("contact-{a}"))
+        .unwrap();
+    assert_eq!(
+        contact["data"]["details"]["name"], "Ada Lovelace",
+        "{contact}"
+    );
+
+    // Paging a few at a time visits every event once, in the same order.
+    let ids = |events: &[Value]| events.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&events_paged(&server, "", 3, ADMIN_KEY).await),
+        ids(&all)
+    );
+
+    // Each filter lists exactly the events of the whole list that pass it.
+    let expect = |keep: &dyn Fn(&Value) -> bool| {
+        let kept: Vec<Value> = all.iter().filter(|e| keep(e)).cloned().collect();
+        assert!(!kept.is_empty() && kept.len() < all.len());
+        ids(&kept)
+    };
+    let resource = format!("customer-{a}");
+    assert_eq!(
+        ids(&events_paged(&server, &format!("&resource={resource}"), 2, ADMIN_KEY).await),
+        expect(&|e| e["resource"] == json!(resource))
+    );
+    assert_eq!(
+        ids(&events_paged(&server, "&type=Invoice*", 2, ADMIN_KEY).await),
+        expect(&|e| e["type"].as_str().unwrap().starts_with("Invoice"))
+    );
+    assert_eq!(
+        ids(&events_paged(&server, "&type=CustomerCreated", 2, ADMIN_KEY).await).len(),
+        2
+    );
+    let actor = &key_ids["billing"];
+    assert_eq!(
+        ids(&events_paged(&server, &format!("&actor={actor}"), 2, ADMIN_KEY).await),
+        expect(&|e| e["actor"] == json!(actor))
+    );
+    let b_created = all
+        .iter()
+        .find(|e| e["resource"] == format!("customer-{b}"))
+        .unwrap();
+    let since = b_created["created"].as_str().unwrap();
+    let since_at = created_at(b_created);
+    assert_eq!(
+        ids(&events_paged(&server, &format!("&created[gte]={since}"), 4, ADMIN_KEY).await),
+        expect(&|e| created_at(e) >= since_at)
+    );
+    let until = a_created["created"].as_str().unwrap();
+    let until_at = created_at(a_created);
+    assert_eq!(
+        ids(&events_paged(
+            &server,
+            &format!("&created%5Blte%5D={until}&created[gte]={until}"),
+            4,
+            ADMIN_KEY
+        )
+        .await),
+        expect(&|e| created_at(e) <= until_at && created_at(e) >= until_at)
+    );
+    let mut a_streams = vec![format!("customer-{a}"), format!("contact-{a}")];
+    a_streams.push(format!("subscription-{a_sub}"));
+    a_streams.extend(a_invoices.iter().map(|i| format!("invoice-{i}")));
+    let by_customer = events_paged(&server, &format!("&customer={a}"), 5, ADMIN_KEY).await;
+    assert_eq!(
+        ids(&by_customer),
+        expect(&|e| a_streams.contains(&e["resource"].as_str().unwrap().to_owned()))
+    );
+    for kind in [
+        "CustomerCreated",
+        "ContactDetailsUpdated",
+        "SubscriptionStarted",
+        "InvoiceFinalized",
+    ] {
+        assert!(by_customer.iter().any(|e| e["type"] == kind), "no {kind}");
+    }
+    // Filters combine; nothing records an external id yet.
+    assert_eq!(
+        ids(&events_paged(
+            &server,
+            &format!("&customer={a}&type=Subscription*"),
+            5,
+            ADMIN_KEY
+        )
+        .await),
+        expect(&|e| e["resource"] == format!("subscription-{a_sub}")
+            && e["type"].as_str().unwrap().starts_with("Subscription"))
+    );
+    assert!(
+        events_paged(&server, "&external_id=evt_1", 5, ADMIN_KEY)
+            .await
+            .is_empty()
+    );
+
+    // Support reads the trail; billing and analysts do not (it holds personal data).
+    assert_eq!(
+        events_paged(&server, "", 100, &keys["support"]).await.len(),
+        all.len()
+    );
+    for role in ["billing", "analyst"] {
+        let refused = server
+            .call(Method::GET, "/v1/events", Some(&keys[role]), None, &[])
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::FORBIDDEN,
+            "{role}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], "forbidden");
+    }
+
+    // Bad queries are refused, never ignored, never a 5xx.
+    for query in [
+        "limit=0",
+        "limit=101",
+        "limit=ten",
+        "starting_after=-1",
+        "starting_after=x",
+        "type=",
+        "type=In*voice",
+        "type=Invoice**",
+        "created[gte]=yesterday",
+        "created[lte]=2026-13-01T00:00:00Z",
+        "customer=not-a-uuid",
+        "resource=",
+        "actor=",
+        "colour=blue",
+        "limit=1&limit=2",
+    ] {
+        let refused = server.get(&format!("/v1/events?{query}")).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], "invalid_query", "{query}");
+    }
 }

@@ -1175,3 +1175,42 @@ pub struct HealthDto {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_position: Option<u64>,
 }
+
+/// One fact of the ledger, as `GET /v1/events` lists it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EventDto {
+    /// Always "event".
+    pub object: &'static str,
+    /// The event's id (UUIDv7).
+    pub id: Uuid,
+    /// The event type (`CustomerCreated`, `InvoicePaid`, …).
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// When it was recorded (RFC 3339).
+    pub created: String,
+    /// Its ledger position: the order of the trail, and the cursor.
+    pub position: u64,
+    /// The stream it belongs to (`customer-<id>`, `invoice-<id>`, …).
+    pub resource: String,
+    /// Who wrote it: an API key id, `scheduler`, an operator.
+    pub actor: Option<String>,
+    /// The request that wrote it (its `x-request-id`), if a request did.
+    pub request_id: Option<Uuid>,
+    /// Where the command came from: api, webhook, scheduler, cli, import.
+    pub source: String,
+    /// The event's payload as recorded.
+    pub data: serde_json::Value,
+}
+
+/// A page of events, in ledger order.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct EventList {
+    /// Always "list".
+    pub object: &'static str,
+    /// The events.
+    pub data: Vec<EventDto>,
+    /// There may be more: ask again with `starting_after` = `next_cursor`.
+    pub has_more: bool,
+    /// A ledger position to pass as `starting_after` for the next page.
+    pub next_cursor: Option<u64>,
+}

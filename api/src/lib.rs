@@ -39,7 +39,7 @@ use utoipa_axum::routes;
 
 use self::auth::KeyRing;
 use self::problem::{ApiError, ProblemCode};
-use self::routes::{catalog, coupons, customers, invoices, metrics, subscriptions, system};
+use self::routes::{catalog, coupons, customers, events, invoices, metrics, subscriptions, system};
 use self::telemetry::{RequestRecord, Telemetry};
 
 /// What every handler shares.
@@ -118,6 +118,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(metrics::trial_balance))
         .routes(routes!(metrics::ar_aging))
         .routes(routes!(metrics::revenue_recognition))
+        .routes(routes!(events::list))
         .routes(routes!(system::create_key, system::list_keys))
         .routes(routes!(system::revoke_key))
         .routes(routes!(system::rotate_key))
@@ -270,7 +271,7 @@ mod tests {
         }
         public.sort();
         assert_eq!(public, ["GET /healthz", "GET /metrics", "GET /readyz"]);
-        assert_eq!(declared, 45, "every other operation names its roles");
+        assert_eq!(declared, 46, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
             Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])

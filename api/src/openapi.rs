@@ -16,7 +16,7 @@ use super::routes::subscriptions;
     modifiers(&BearerKeys),
     tags(
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
-        (name = "catalog"), (name = "metrics"), (name = "system"),
+        (name = "catalog"), (name = "metrics"), (name = "events"), (name = "system"),
     )
 )]
 pub struct ApiDoc;

@@ -1690,7 +1690,12 @@ impl Billing {
     }
 }
 
-fn contact_stream(id: CustomerId) -> Result<StreamId, LedgerError> {
+/// The stream of a customer's contact details (personal data), apart from the
+/// customer's own stream.
+///
+/// # Errors
+/// Never in practice: the name is short and plain.
+pub fn contact_stream(id: CustomerId) -> Result<StreamId, LedgerError> {
     StreamId::parse(format!("contact-{id}"))
 }
 

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod coupons;
 pub mod customers;
+pub mod events;
 pub mod invoices;
 pub mod metrics;
 pub mod subscriptions;

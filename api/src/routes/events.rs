@@ -1,0 +1,446 @@
+//! /v1/events: the ledger as a list of events (the audit trail), in ledger order.
+//!
+//! Every event is personal data's neighbour (a `contact` stream's payload *is*
+//! personal data), so only the roles that see personal data (admin, support)
+//! may read the trail; billing and analysts are refused (403) rather than given
+//! a redacted copy that a later event type could leak through.
+//!
+//! A filter that matches little must not read the whole ledger per request:
+//! one request examines at most [`SCAN_EVENTS_MAX`] events and answers what it
+//! found, with `has_more` and a `next_cursor` at the position where it stopped.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use recur_ledger::{Position, RecordedEvent, StreamId};
+use serde::Deserialize;
+use time::OffsetDateTime;
+
+use super::{customer_id, invoice_id, stored_id, subscription_id, to_value};
+use crate::AppState;
+use crate::auth::Caller;
+use crate::dto::{EventDto, EventList, rfc3339};
+use crate::problem::{ApiError, Problem};
+use crate::request::{Params, json_response};
+
+/// Most events one request examines, matching or not.
+pub const SCAN_EVENTS_MAX: usize = 10_000;
+/// Events read from the ledger in one `read_all` page.
+const SCAN_PAGE_EVENTS: usize = 1_000;
+/// Default page size.
+const PAGE_ITEMS_DEFAULT: usize = 10;
+/// Largest page size.
+const PAGE_ITEMS_MAX: usize = 100;
+/// Most streams the `customer` filter follows (its own two, its subscriptions'
+/// and its invoices'); a customer with more is refused, not scanned partially.
+const CUSTOMER_STREAMS_MAX: usize = 10_000;
+/// Longest `actor` or `external_id` accepted, in bytes.
+const TEXT_FILTER_BYTES_MAX: usize = 255;
+
+/// The query of `GET /v1/events` (percent-decoded; unknown or repeated
+/// parameters refused).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Page size, 1..=100 (default 10).
+    pub limit: Option<usize>,
+    /// The position of the last event of the previous page (`next_cursor`).
+    pub starting_after: Option<u64>,
+    /// One stream.
+    pub resource: Option<String>,
+    /// An event type, or a prefix ending with `*`.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// The actor (an API key id, `scheduler`, …).
+    pub actor: Option<String>,
+    /// Recorded at or after (RFC 3339).
+    #[serde(rename = "created[gte]")]
+    pub created_gte: Option<String>,
+    /// Recorded at or before (RFC 3339).
+    #[serde(rename = "created[lte]")]
+    pub created_lte: Option<String>,
+    /// Every stream of one customer.
+    pub customer: Option<String>,
+    /// The id an outside system gave the fact (metadata `external_id`).
+    pub external_id: Option<String>,
+}
+
+/// An event type asked for: exact, or every type starting with a prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TypeFilter {
+    /// This type only.
+    Exact(String),
+    /// Every type with this prefix (`Invoice*`).
+    Prefix(String),
+}
+
+impl TypeFilter {
+    /// Parses `Type` or `Prefix*`.
+    ///
+    /// # Errors
+    /// 422 `invalid_query` for anything that is not an event type name with
+    /// at most one trailing `*`.
+    pub fn parse(text: &str) -> Result<Self, ApiError> {
+        let (name, prefix) = match text.strip_suffix('*') {
+            Some(name) => (name, true),
+            None => (text, false),
+        };
+        let plain = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+        if !plain || name.len() > 100 || (name.is_empty() && !prefix) {
+            return Err(invalid(
+                "type must be an event type (letters, digits, '_', '.', '-'), \
+                 or a prefix of one ending with '*'",
+            ));
+        }
+        Ok(if prefix {
+            Self::Prefix(name.to_owned())
+        } else {
+            Self::Exact(name.to_owned())
+        })
+    }
+
+    fn matches(&self, event_type: &str) -> bool {
+        match self {
+            Self::Exact(name) => event_type == name,
+            Self::Prefix(prefix) => event_type.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// What an event must be to be listed: every filter given holds.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    /// Only events of these streams (`resource`, or a customer's streams).
+    pub streams: Option<HashSet<String>>,
+    /// Only this type or prefix.
+    pub event_type: Option<TypeFilter>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Recorded at or after.
+    pub created_gte: Option<OffsetDateTime>,
+    /// Recorded at or before.
+    pub created_lte: Option<OffsetDateTime>,
+    /// Only events whose metadata carries this `external_id`.
+    pub external_id: Option<String>,
+}
+
+impl EventFilter {
+    /// Whether `event` passes every filter.
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        if let Some(streams) = &self.streams
+            && !streams.contains(event.stream_id.as_str())
+        {
+            return false;
+        }
+        if let Some(filter) = &self.event_type
+            && !filter.matches(&event.event_type)
+        {
+            return false;
+        }
+        if let Some(actor) = &self.actor
+            && event.metadata.actor.as_deref() != Some(actor.as_str())
+        {
+            return false;
+        }
+        if self.created_gte.is_some_and(|at| event.recorded_at < at) {
+            return false;
+        }
+        if self.created_lte.is_some_and(|at| event.recorded_at > at) {
+            return false;
+        }
+        if let Some(external_id) = &self.external_id {
+            // Nothing records an external id yet (Stripe webhooks will): read
+            // the metadata as a document so the filter holds once one does.
+            let metadata = serde_json::to_value(&event.metadata).unwrap_or_default();
+            if metadata.get("external_id").and_then(|v| v.as_str()) != Some(external_id.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
+}
+
+fn time_bound(field: &'static str, text: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+    text.map(|text| {
+        OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            invalid(format!(
+                "{field} must be an RFC 3339 timestamp such as 2026-01-31T00:00:00Z"
+            ))
+        })
+    })
+    .transpose()
+}
+
+fn text_filter(field: &'static str, text: Option<&str>) -> Result<Option<String>, ApiError> {
+    text.map(|text| {
+        if text.is_empty() || text.len() > TEXT_FILTER_BYTES_MAX {
+            Err(invalid(format!(
+                "{field} must be 1 to {TEXT_FILTER_BYTES_MAX} bytes"
+            )))
+        } else {
+            Ok(text.to_owned())
+        }
+    })
+    .transpose()
+}
+
+/// Every stream of one customer: its own, its contact's, its subscriptions'
+/// and its invoices' (from the lists' read model, caught up with the ledger).
+async fn customer_streams(state: &AppState, customer: &str) -> Result<HashSet<String>, ApiError> {
+    let id = customer_id(customer).map_err(|_| invalid("customer must be a customer id"))?;
+    let mut streams = HashSet::from([
+        id.stream()?.as_str().to_owned(),
+        recur_commands::billing::contact_stream(id)?
+            .as_str()
+            .to_owned(),
+    ]);
+    let db = super::read_models_current(state).await?;
+    let customer = id.to_string();
+    let too_many = || {
+        invalid(format!(
+            "the customer has more than {CUSTOMER_STREAMS_MAX} resources: filter by resource"
+        ))
+    };
+    let mut after: Option<String> = None;
+    loop {
+        let (ids, more) = recur_projections::customers::subscriptions_page(
+            &db,
+            Some(&customer),
+            after.as_deref(),
+            PAGE_ITEMS_MAX,
+        )
+        .await
+        .map_err(super::unavailable)?
+        .unwrap_or_default();
+        for sub in &ids {
+            streams.insert(
+                stored_id(sub, subscription_id)?
+                    .stream()?
+                    .as_str()
+                    .to_owned(),
+            );
+        }
+        if streams.len() > CUSTOMER_STREAMS_MAX {
+            return Err(too_many());
+        }
+        match (more, ids.last()) {
+            (true, Some(last)) => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    let filter = recur_projections::customers::InvoiceFilter::Customer(customer);
+    let mut after: Option<String> = None;
+    loop {
+        let (ids, more) = recur_projections::customers::invoices_page(
+            &db,
+            &filter,
+            after.as_deref(),
+            PAGE_ITEMS_MAX,
+        )
+        .await
+        .map_err(super::unavailable)?
+        .unwrap_or_default();
+        for invoice in &ids {
+            streams.insert(
+                stored_id(invoice, invoice_id)?
+                    .stream()?
+                    .as_str()
+                    .to_owned(),
+            );
+        }
+        if streams.len() > CUSTOMER_STREAMS_MAX {
+            return Err(too_many());
+        }
+        match (more, ids.last()) {
+            (true, Some(last)) => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    Ok(streams)
+}
+
+/// The query, parsed into a page size, a cursor and a filter.
+async fn parse_query(
+    state: &AppState,
+    query: &EventsQuery,
+) -> Result<(usize, Position, EventFilter), ApiError> {
+    let limit = query.limit.unwrap_or(PAGE_ITEMS_DEFAULT);
+    if !(1..=PAGE_ITEMS_MAX).contains(&limit) {
+        return Err(invalid(format!("limit must be 1 to {PAGE_ITEMS_MAX}")));
+    }
+    let resource = query
+        .resource
+        .as_deref()
+        .map(|text| {
+            StreamId::parse(text)
+                .map(|stream| stream.as_str().to_owned())
+                .map_err(|_| invalid("resource must be a stream id such as customer-<id>"))
+        })
+        .transpose()?;
+    let created_gte = time_bound("created[gte]", query.created_gte.as_deref())?;
+    let created_lte = time_bound("created[lte]", query.created_lte.as_deref())?;
+    let mut filter = EventFilter {
+        streams: None,
+        event_type: query
+            .event_type
+            .as_deref()
+            .map(TypeFilter::parse)
+            .transpose()?,
+        actor: text_filter("actor", query.actor.as_deref())?,
+        created_gte,
+        created_lte,
+        external_id: text_filter("external_id", query.external_id.as_deref())?,
+    };
+    // Checked before the customer's streams are looked up: bad input costs nothing.
+    let customer = match query.customer.as_deref() {
+        Some(customer) => Some(customer_streams(state, customer).await?),
+        None => None,
+    };
+    filter.streams = match (resource, customer) {
+        (None, None) => None,
+        (Some(resource), None) => Some(HashSet::from([resource])),
+        (None, Some(streams)) => Some(streams),
+        // Both: the resource, if it is one of the customer's.
+        (Some(resource), Some(streams)) => Some(
+            streams
+                .into_iter()
+                .filter(|stream| *stream == resource)
+                .collect(),
+        ),
+    };
+    Ok((limit, Position(query.starting_after.unwrap_or(0)), filter))
+}
+
+/// A page of events after `after` that pass `filter`, examining at most
+/// [`SCAN_EVENTS_MAX`] events: the events, and where the next page starts
+/// when there may be more (the last event listed, or the last examined).
+async fn scan(
+    state: &AppState,
+    after: Position,
+    limit: usize,
+    filter: &EventFilter,
+) -> Result<(Vec<RecordedEvent>, Option<Position>), ApiError> {
+    let ledger = state.billing.ledger();
+    let mut found = Vec::with_capacity(limit);
+    let mut cursor = after;
+    let mut examined = 0;
+    while examined < SCAN_EVENTS_MAX {
+        let want = SCAN_PAGE_EVENTS.min(SCAN_EVENTS_MAX - examined);
+        let page = ledger.read_all(cursor, want).await?;
+        let end = page.len() < want;
+        for event in page {
+            examined += 1;
+            cursor = event.position;
+            if filter.matches(&event) {
+                if found.len() == limit {
+                    // One more than a page: there is more, after the last listed.
+                    let next = found.last().map(|e: &RecordedEvent| e.position);
+                    return Ok((found, next));
+                }
+                found.push(event);
+            }
+        }
+        if end {
+            return Ok((found, None));
+        }
+    }
+    // The budget is spent: the next page starts where this scan stopped.
+    Ok((found, Some(cursor)))
+}
+
+fn event_dto(event: RecordedEvent) -> Result<EventDto, ApiError> {
+    let data = serde_json::from_str(&event.payload).map_err(|_| {
+        super::unavailable(format!(
+            "the event at position {} holds a payload that is not JSON",
+            event.position.0
+        ))
+    })?;
+    let source = serde_json::to_value(event.metadata.source)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Ok(EventDto {
+        object: "event",
+        id: event.id.0,
+        event_type: event.event_type,
+        created: rfc3339(event.recorded_at),
+        position: event.position.0,
+        resource: event.stream_id.as_str().to_owned(),
+        actor: event.metadata.actor,
+        request_id: event.metadata.correlation_id,
+        source,
+        data,
+    })
+}
+
+/// List the ledger's events (the audit trail), in ledger order.
+///
+/// One request examines at most 10,000 events: a filter that matches little
+/// answers what it found with `has_more` and a `next_cursor` where it stopped.
+#[utoipa::path(get, operation_id = "events_list", path = "/v1/events", tag = "events",
+    params(("limit" = Option<u32>, Query, description = "1 to 100, default 10", minimum = 1, maximum = 100),
+           ("starting_after" = Option<u64>, Query, description = "A ledger position: the `next_cursor` of the previous page"),
+           ("resource" = Option<String>, Query, description = "Only this stream, e.g. customer-<id>"),
+           ("type" = Option<String>, Query, description = "An event type, or a prefix ending with `*` (Invoice*)"),
+           ("actor" = Option<String>, Query, description = "Only events written by this actor (an API key id, scheduler)"),
+           ("created[gte]" = Option<String>, Query, description = "Recorded at or after (RFC 3339)"),
+           ("created[lte]" = Option<String>, Query, description = "Recorded at or before (RFC 3339)"),
+           ("customer" = Option<String>, Query, description = "Every stream of this customer: its own, its contact's, its subscriptions' and invoices'"),
+           ("external_id" = Option<String>, Query, description = "The id an outside system gave the fact (nothing records one yet)")),
+    responses((status = 200, description = "Done", body = EventList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
+pub async fn list(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Params(query): Params<EventsQuery>,
+) -> Result<Response, ApiError> {
+    // The declared roles are those that see personal data; kept in step here.
+    if !caller.role.sees_personal_data() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the events hold personal data",
+        ));
+    }
+    let (limit, after, filter) = parse_query(&state, &query).await?;
+    let (events, next) = scan(&state, after, limit, &filter).await?;
+    let list = EventList {
+        object: "list",
+        data: events
+            .into_iter()
+            .map(event_dto)
+            .collect::<Result<_, _>>()?,
+        has_more: next.is_some(),
+        next_cursor: next.map(|p| p.0),
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&list)?))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_type_filter_is_exact_or_a_prefix_ending_with_a_star() {
+        let exact = TypeFilter::parse("InvoicePaid").unwrap();
+        assert!(exact.matches("InvoicePaid"));
+        assert!(!exact.matches("InvoicePaidLater"));
+        let prefix = TypeFilter::parse("Invoice*").unwrap();
+        assert!(prefix.matches("InvoiceIssued") && prefix.matches("Invoice"));
+        assert!(!prefix.matches("SubscriptionStarted"));
+        assert!(TypeFilter::parse("*").unwrap().matches("Anything"));
+        for bad in ["", "In*voice", "Invoice**", "a b", "é"] {
+            assert!(TypeFilter::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}
