@@ -15,7 +15,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use recur_ledger::{Position, RecordedEvent, StreamId};
+use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent, StreamId};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
@@ -320,21 +320,24 @@ async fn parse_query(
     Ok((limit, Position(query.starting_after.unwrap_or(0)), filter))
 }
 
-/// A page of events after `after` that pass `filter`, examining at most
-/// [`SCAN_EVENTS_MAX`] events: the events, and where the next page starts
-/// when there may be more (the last event listed, or the last examined).
-async fn scan(
-    state: &AppState,
+/// A page of up to `limit` events after `after` that pass `filter`, examining
+/// at most `budget` events ([`SCAN_EVENTS_MAX`] for a request): the events,
+/// and where the next page starts when there may be more (the last event
+/// listed, or the last one examined when the budget ran out first).
+///
+/// # Errors
+/// Ledger errors.
+pub async fn scan(
+    ledger: &Ledger,
     after: Position,
-    limit: usize,
+    (limit, budget): (usize, usize),
     filter: &EventFilter,
-) -> Result<(Vec<RecordedEvent>, Option<Position>), ApiError> {
-    let ledger = state.billing.ledger();
+) -> Result<(Vec<RecordedEvent>, Option<Position>), LedgerError> {
     let mut found = Vec::with_capacity(limit);
     let mut cursor = after;
     let mut examined = 0;
-    while examined < SCAN_EVENTS_MAX {
-        let want = SCAN_PAGE_EVENTS.min(SCAN_EVENTS_MAX - examined);
+    while examined < budget {
+        let want = SCAN_PAGE_EVENTS.min(budget - examined);
         let page = ledger.read_all(cursor, want).await?;
         let end = page.len() < want;
         for event in page {
@@ -411,7 +414,13 @@ pub async fn list(
         ));
     }
     let (limit, after, filter) = parse_query(&state, &query).await?;
-    let (events, next) = scan(&state, after, limit, &filter).await?;
+    let (events, next) = scan(
+        state.billing.ledger(),
+        after,
+        (limit, SCAN_EVENTS_MAX),
+        &filter,
+    )
+    .await?;
     let list = EventList {
         object: "list",
         data: events
@@ -442,5 +451,66 @@ mod tests {
         for bad in ["", "In*voice", "Invoice**", "a b", "é"] {
             assert!(TypeFilter::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// A filter that matches little reads no more than its budget: it answers
+    /// what it found with a cursor where it stopped, and the next request goes on.
+    #[tokio::test]
+    async fn a_scan_stops_at_its_budget_and_its_cursor_resumes_where_it_stopped() {
+        let path = std::env::temp_dir().join(format!(
+            "recur-api-events-{}.sqlite",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let ledger = Ledger::open(
+            recur_ledger::LedgerConfig::new(format!("sqlite:{}", path.display()))
+                .create_if_missing(true),
+            Arc::new(recur_ledger::SystemClock),
+        )
+        .await
+        .unwrap();
+        // 25 events, every fifth of them a match.
+        let stream = StreamId::parse("audit-1").unwrap();
+        let events = (0..25)
+            .map(|i| {
+                let kind = if i % 5 == 4 { "Wanted" } else { "Other" };
+                recur_ledger::NewEvent::new(
+                    recur_ledger::EventId::new_at(OffsetDateTime::now_utc()),
+                    kind,
+                    1,
+                    &serde_json::json!({"i": i}),
+                )
+                .unwrap()
+            })
+            .collect();
+        ledger
+            .append(&stream, recur_ledger::ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+        let filter = EventFilter {
+            event_type: Some(TypeFilter::parse("Wanted").unwrap()),
+            ..EventFilter::default()
+        };
+        // A budget of 7 finds the 5th event and stops after the 7th.
+        let (found, next) = scan(&ledger, Position(0), (10, 7), &filter).await.unwrap();
+        assert_eq!(found.iter().map(|e| e.position.0).collect::<Vec<_>>(), [5]);
+        assert_eq!(next, Some(Position(7)));
+        // The pages visit every match once, whatever the budget.
+        let mut positions = Vec::new();
+        let mut after = Position(0);
+        for _ in 0..100 {
+            let (found, next) = scan(&ledger, after, (2, 7), &filter).await.unwrap();
+            positions.extend(found.iter().map(|e| e.position.0));
+            match next {
+                Some(next) => after = next,
+                None => break,
+            }
+        }
+        assert_eq!(positions, [5, 10, 15, 20, 25]);
+        // A page that fills before the budget points at its last event.
+        let (found, next) = scan(&ledger, Position(0), (2, 100), &filter).await.unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(next, Some(Position(10)));
+        drop(ledger);
+        let _ = std::fs::remove_file(&path);
     }
 }
