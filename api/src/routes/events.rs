@@ -395,8 +395,8 @@ fn event_dto(event: RecordedEvent) -> Result<EventDto, ApiError> {
            ("resource" = Option<String>, Query, description = "Only this stream, e.g. customer-<id>"),
            ("type" = Option<String>, Query, description = "An event type, or a prefix ending with `*` (Invoice*)"),
            ("actor" = Option<String>, Query, description = "Only events written by this actor (an API key id, scheduler)"),
-           ("created[gte]" = Option<String>, Query, description = "Recorded at or after (RFC 3339)"),
-           ("created[lte]" = Option<String>, Query, description = "Recorded at or before (RFC 3339)"),
+           ("created[gte]" = Option<String>, Query, format = DateTime, description = "Recorded at or after (RFC 3339)"),
+           ("created[lte]" = Option<String>, Query, format = DateTime, description = "Recorded at or before (RFC 3339)"),
            ("customer" = Option<String>, Query, description = "Every stream of this customer: its own, its contact's, its subscriptions' and invoices'"),
            ("external_id" = Option<String>, Query, description = "The id an outside system gave the fact (nothing records one yet)")),
     responses((status = 200, description = "Done", body = EventList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
