@@ -1439,3 +1439,34 @@ async fn a_rerun_pay_after_the_gateway_was_down_records_the_payment_not_a_failur
     assert_eq!(w.gateway.charges_made(), charges_before + 1);
     w.trial_balance().await;
 }
+
+#[tokio::test]
+async fn a_retried_tax_rate_is_judged_by_when_it_was_first_asked_for() {
+    let start = datetime!(2027-01-01 00:00 UTC);
+    let w = world(start).await;
+    let rate = || recur_commands::tax::TaxRate {
+        id: String::new(),
+        country: "DE".into(),
+        region: None,
+        name: "VAT".into(),
+        rate: "0.19".parse().unwrap(),
+        mode: recur_commands::tax::TaxMode::Inclusive,
+        valid_from: Some(start + Duration::minutes(1)),
+        retired_at: None,
+    };
+    // First asked at 00:00 for 00:01; retried (the server died) at 00:05.
+    w.clock.advance_to(start + Duration::minutes(5));
+    let refused = w.billing.create_tax_rate(rate()).await.unwrap_err();
+    assert_eq!(refused.code(), "invalid_field", "unkeyed, 00:01 is past");
+    let created = replayed(21, start, true, w.billing.create_tax_rate(rate()))
+        .await
+        .unwrap();
+    assert_eq!(created.valid_from, Some(start + Duration::minutes(1)));
+    // Before the first attempt is still refused.
+    let mut early = rate();
+    early.valid_from = Some(start - Duration::minutes(1));
+    let refused = replayed(22, start, true, w.billing.create_tax_rate(early))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "invalid_field");
+}

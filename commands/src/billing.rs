@@ -264,6 +264,7 @@ impl Billing {
         let now = self.now();
         rate.id = crate::context::new_id(now).to_string();
         rate.valid_from = Some(not_before_now("valid_from", rate.valid_from, now)?);
+
         self.catalog_command(CatalogCommand::CreateTaxRate { rate: rate.clone() })
             .await?;
         Ok(rate)
@@ -1712,14 +1713,19 @@ fn not_found(kind: &'static str, id: impl ToString) -> BillingError {
 
 /// A tax rate's change takes effect now or later, never before: a back-dated
 /// one would change the tax of invoices already issued and not yet finalized.
+///
+/// "Now" is when the request was made: a keyed request retried after a crash
+/// is judged by the time of its first attempt, not refused because its `at`
+/// has passed meanwhile.
 fn not_before_now(
     field: &'static str,
     at: Option<OffsetDateTime>,
     now: OffsetDateTime,
 ) -> Result<OffsetDateTime, DomainError> {
+    let asked_at = crate::context::request_started_at().map_or(now, |started| started.min(now));
     match at {
         None => Ok(now),
-        Some(at) if at >= now => Ok(at),
+        Some(at) if at >= asked_at => Ok(at),
         Some(_) => Err(DomainError::InvalidField {
             field,
             reason: "must be now or later: tax rates change from now on".into(),

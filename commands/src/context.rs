@@ -205,6 +205,11 @@ fn command_kind<C: std::fmt::Debug>(command: &C) -> &'static str {
     kind
 }
 
+/// When the replayable request running now was first claimed, if one is.
+pub(crate) fn request_started_at() -> Option<OffsetDateTime> {
+    REPLAY.try_with(|r| r.borrow().scope.started_at).ok()
+}
+
 /// Whether an earlier run of this request may have written.
 pub(crate) fn is_rerun() -> bool {
     REPLAY.try_with(|r| r.borrow().scope.rerun).unwrap_or(false)
