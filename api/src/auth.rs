@@ -19,7 +19,8 @@ use super::AppState;
 use super::problem::ApiError;
 
 /// The stream holding the API keys.
-const KEYS_STREAM: &str = "apikeys";
+/// The ledger stream that holds the keys' events.
+pub const KEYS_STREAM: &str = "apikeys";
 /// The id under which the bootstrap admin key acts.
 pub const BOOTSTRAP_KEY_ID: &str = "bootstrap-admin";
 /// The shortest bootstrap key accepted.
@@ -227,7 +228,7 @@ fn same_digest(a: &str, b: &str) -> bool {
             == 0
 }
 
-/// A new secret: 256 random bits, as 64 hex digits.
+/// A new secret: two UUIDv4s, 244 random bits, as 64 hex digits.
 fn new_secret() -> String {
     format!(
         "{}{}",

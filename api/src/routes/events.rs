@@ -117,6 +117,8 @@ impl TypeFilter {
 pub struct EventFilter {
     /// Only events of these streams (`resource`, or a customer's streams).
     pub streams: Option<HashSet<String>>,
+    /// Never events of these streams (what the caller's role may not read).
+    pub hidden_streams: HashSet<String>,
     /// Only this type or prefix.
     pub event_type: Option<TypeFilter>,
     /// Only this actor.
@@ -132,6 +134,9 @@ pub struct EventFilter {
 impl EventFilter {
     /// Whether `event` passes every filter.
     pub fn matches(&self, event: &RecordedEvent) -> bool {
+        if self.hidden_streams.contains(event.stream_id.as_str()) {
+            return false;
+        }
         if let Some(streams) = &self.streams
             && !streams.contains(event.stream_id.as_str())
         {
@@ -290,6 +295,7 @@ async fn parse_query(
     let created_lte = time_bound("created[lte]", query.created_lte.as_deref())?;
     let mut filter = EventFilter {
         streams: None,
+        hidden_streams: HashSet::new(),
         event_type: query
             .event_type
             .as_deref()
@@ -413,7 +419,14 @@ pub async fn list(
             "the events hold personal data",
         ));
     }
-    let (limit, after, filter) = parse_query(&state, &query).await?;
+    let (limit, after, mut filter) = parse_query(&state, &query).await?;
+    if caller.role != crate::auth::Role::Admin {
+        // The keys' own trail (who made, rotated or revoked which key, and the
+        // digests of their secrets) is key management: admin only.
+        filter
+            .hidden_streams
+            .insert(crate::auth::KEYS_STREAM.to_owned());
+    }
     let (events, next) = scan(
         state.billing.ledger(),
         after,
