@@ -59,36 +59,11 @@ pub async fn list(
         (None, Some(sub)) => InvoiceFilter::Subscription(subscription_id(sub)?.to_string()),
         (None, None) => InvoiceFilter::All,
     };
-    let after = query
-        .starting_after
-        .as_deref()
-        .map(|cursor| {
-            invoice_id(cursor).map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_query",
-                    "starting_after must be the id of a invoice of this list",
-                )
-            })
-        })
-        .transpose()?
-        .map(|id| id.to_string());
+    let after = query.cursor("invoice", invoice_id)?;
     let db = super::read_models_current(&state).await?;
-    let (ids, has_more) =
-        recur_projections::customers::invoices_page(&db, &filter, after.as_deref(), limit)
-            .await
-            .map_err(super::unavailable)?
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_query",
-                    "starting_after names no invoice of this list",
-                )
-            })?;
-    let ids = ids
-        .iter()
-        .map(|id| super::stored_id(id, invoice_id))
-        .collect::<Result<Vec<_>, _>>()?;
+    let page =
+        recur_projections::customers::invoices_page(&db, &filter, after.as_deref(), limit).await;
+    let (ids, has_more) = super::list_page(page, "invoice", invoice_id)?;
     let mut data = Vec::with_capacity(ids.len());
     for id in &ids {
         data.push(invoice_dto(&state, *id, None).await?);

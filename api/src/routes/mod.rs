@@ -54,6 +54,30 @@ pub fn stored_id<T>(
     parse(text).map_err(|_| unavailable(format!("a read model holds {text:?} where an id belongs")))
 }
 
+/// A page a list's read model answered, its ids parsed with `parse`.
+///
+/// # Errors
+/// 503 for a read model that failed or holds no id; 422 `invalid_query` when
+/// the cursor named no item of the list (`None`).
+pub fn list_page<T>(
+    page: Result<Option<(Vec<String>, bool)>, recur_projections::db::DbError>,
+    kind: &str,
+    parse: impl Fn(&str) -> Result<T, ApiError>,
+) -> Result<(Vec<T>, bool), ApiError> {
+    let (ids, has_more) = page.map_err(unavailable)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+            format!("starting_after names no {kind} of this list"),
+        )
+    })?;
+    let ids = ids
+        .iter()
+        .map(|id| stored_id(id, &parse))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((ids, has_more))
+}
+
 /// Now on the ledger's clock (a test clock when serving with one), never the machine's.
 pub fn ledger_now(state: &AppState) -> time::OffsetDateTime {
     recur_ledger::Clock::now(state.billing.ledger().clock().as_ref())
@@ -153,6 +177,29 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
+    /// `starting_after` as the stored text of an id of `kind`, checked with `parse`.
+    ///
+    /// # Errors
+    /// 422 `invalid_query` when it is no such id.
+    pub fn cursor<T: ToString>(
+        &self,
+        kind: &str,
+        parse: impl Fn(&str) -> Result<T, ApiError>,
+    ) -> Result<Option<String>, ApiError> {
+        self.starting_after
+            .as_deref()
+            .map(|cursor| {
+                parse(cursor).map(|id| id.to_string()).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "invalid_query",
+                        format!("starting_after must be the id of a {kind} of this list"),
+                    )
+                })
+            })
+            .transpose()
+    }
+
     /// The page size asked for, checked.
     ///
     /// # Errors

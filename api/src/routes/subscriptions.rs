@@ -115,40 +115,16 @@ pub async fn list(
         .map(customer_id)
         .transpose()?
         .map(|id| id.to_string());
-    let after = query
-        .starting_after
-        .as_deref()
-        .map(|cursor| {
-            subscription_id(cursor).map_err(|_| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_query",
-                    "starting_after must be the id of a subscription of this list",
-                )
-            })
-        })
-        .transpose()?
-        .map(|id| id.to_string());
+    let after = query.cursor("subscription", subscription_id)?;
     let db = super::read_models_current(&state).await?;
-    let (ids, has_more) = recur_projections::customers::subscriptions_page(
+    let page = recur_projections::customers::subscriptions_page(
         &db,
         customer.as_deref(),
         after.as_deref(),
         limit,
     )
-    .await
-    .map_err(super::unavailable)?
-    .ok_or_else(|| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_query",
-            "starting_after names no subscription of this list",
-        )
-    })?;
-    let ids = ids
-        .iter()
-        .map(|id| super::stored_id(id, subscription_id))
-        .collect::<Result<Vec<_>, _>>()?;
+    .await;
+    let (ids, has_more) = super::list_page(page, "subscription", subscription_id)?;
     let mut data = Vec::with_capacity(ids.len());
     for id in &ids {
         data.push(subscription_dto(&state, *id, None).await?);
