@@ -8,10 +8,12 @@
 //! - [`serve`]: `recur serve`, the API process.
 //! - [`demo`]: `recur demo`, a simulated business on a test clock.
 //! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up; rebuild,
-//!   relay, project.
+//!   relay, project; [`customer_cmd`]: erase a customer's personal data,
+//!   rewrap data keys.
 
 pub mod cli;
 pub mod config;
+pub mod customer_cmd;
 pub mod demo;
 pub mod ledger_cmd;
 pub mod projections_cmd;

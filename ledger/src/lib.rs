@@ -9,6 +9,8 @@
 //! - Every event is hashed and chained per stream; [`Ledger::seal`] seals global
 //!   ranges and [`Ledger::verify`] recomputes everything.
 //! - [`Money`] is the one money type every crate uses.
+//! - [`Ledger::data_key`] and its kin keep the wrapped per-customer data keys that
+//!   encrypt personal data, and destroy them for good on erasure.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), recur_ledger::LedgerError> {
@@ -27,6 +29,7 @@
 //! ```
 
 pub mod clock;
+pub mod data_keys;
 pub mod envelope;
 pub mod error;
 pub mod hash;
@@ -45,6 +48,7 @@ pub mod upcast;
 pub mod verify;
 
 pub use clock::{Clock, SystemClock, TestClock};
+pub use data_keys::{DataKey, WrappedKey};
 pub use envelope::{
     Appended, EventId, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Position,
     RecordedEvent, Source, StreamId,
