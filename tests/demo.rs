@@ -341,3 +341,125 @@ fn an_invalid_past_due_churn_setting_stops_recur_at_start() {
         "{stderr}"
     );
 }
+
+/// Folds the whole ledger into the demo's report (books, MRR by month, counts).
+async fn summarize(ledger: &Ledger) -> demo::report::Summary {
+    let mut report = demo::report::Report::new();
+    let mut after = recur_ledger::Position::START;
+    loop {
+        let page = ledger.read_all(after, 1_000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for event in &page {
+            report.apply(event).unwrap();
+        }
+    }
+    report.finish()
+}
+
+/// The erasure test of issue 14: a demo year, three customers erased through
+/// the CLI, then the SQLite file (and its write-ahead log) holds none of their
+/// personal data in any form — not in clear, and not decryptable even with the
+/// master key — while the books, MRR history and the chain are unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_three_demo_customers_leaves_none_of_their_data_and_the_same_books() {
+    let (location, path) = temp_location("erase");
+    let (outcome, live) = demo::run(&options(location.clone(), 5)).await.unwrap();
+    let ledger = live.ledger().clone();
+    let mut customers = Vec::new();
+    let mut after = recur_ledger::Position::START;
+    while customers.len() < 5 {
+        let page = ledger.read_all(after, 1_000).await.unwrap();
+        after = page.last().unwrap().position;
+        for event in page {
+            if event.event_type == "CustomerCreated" {
+                let id = event.stream_id.as_str().trim_start_matches("customer-");
+                customers.push(recur_commands::CustomerId::parse(id).unwrap());
+            }
+        }
+    }
+    let mut people = Vec::new();
+    for id in &customers {
+        people.push(
+            live.contact(*id)
+                .await
+                .unwrap()
+                .expect("demo people have contact details"),
+        );
+    }
+    let before = summarize(&ledger).await;
+    assert_eq!(before.events, outcome.summary.events);
+    drop((live, ledger));
+
+    let recur = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_recur"))
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("RECUR_MASTER_KEY", TEST_MASTER_KEY)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    for id in &customers[..3] {
+        let (code, said) = recur(&[
+            "customer",
+            "forget",
+            &id.to_string(),
+            "--database",
+            &location,
+        ]);
+        assert_eq!(code, Some(0), "{said}");
+        assert!(said.contains("data key destroyed"), "{said}");
+    }
+    let (code, said) = recur(&["ledger", "verify", "--database", &location]);
+    assert_eq!(code, Some(0), "the chain is intact after erasure: {said}");
+
+    // Not in the file in any form a reader could use.
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.extend(std::fs::read(format!("{}-wal", path.display())).unwrap_or_default());
+    let holds = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+    for person in &people {
+        for text in [&person.name, &person.email, person.phone.as_ref().unwrap()] {
+            assert!(!holds(text), "{text} is in the SQLite file in clear");
+        }
+    }
+    // With the master key, the erased are gone and the others still readable.
+    let ledger = Ledger::open(LedgerConfig::new(location), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let vault = test_master_keys().vault(std::path::Path::new(".")).unwrap();
+    let billing = Billing::open(
+        ledger.clone(),
+        Catalog::default_catalog().unwrap(),
+        Arc::new(SimulatedGateway::new()),
+    )
+    .await
+    .unwrap()
+    .with_vault(Arc::new(vault));
+    for (id, person) in customers.iter().zip(&people) {
+        let erased = customers[..3].contains(id);
+        let contact = billing.contact(*id).await.unwrap();
+        assert_eq!(contact.is_none(), erased, "{id}");
+        if !erased {
+            assert_eq!(contact.as_ref(), Some(person));
+        }
+        assert_eq!(
+            billing.customer(*id).await.unwrap().erased_at.is_some(),
+            erased
+        );
+    }
+    // The books, MRR history and every count but the three erasure events.
+    let mut after = summarize(&ledger).await;
+    assert_eq!(after.events, before.events + 3);
+    after.events = before.events;
+    assert_eq!(after, before);
+    let (mrr_by_month, arr) = demo::projected_mrr(&ledger, 6).await.unwrap();
+    assert_eq!(mrr_by_month, outcome.summary.mrr_by_month);
+    assert_eq!(arr, outcome.summary.arr);
+    drop((billing, ledger));
+    remove(&path);
+}

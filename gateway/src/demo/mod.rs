@@ -200,7 +200,7 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
         })?;
     }
     let mut summary = report.finish();
-    (summary.mrr_by_month, summary.arr) = projected_mrr(&ledger, options.months, end).await?;
+    (summary.mrr_by_month, summary.arr) = projected_mrr(&ledger, options.months).await?;
     let verified = ledger.verify().await?;
     let outcome = DemoOutcome {
         ledger: crate::config::redact(&location),
@@ -224,11 +224,16 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
 /// the demo's ledger: the figures `/v1/metrics/mrr` gives, by the counting rules
 /// of docs/metrics.md. Every read model is built, so `recur serve` on the demo's
 /// ledger starts with them current.
-async fn projected_mrr(
+/// MRR at each month's end of a demo of `months` months, and MRR at its end,
+/// from the `mrr` projection of `ledger` (caught up first).
+///
+/// # Errors
+/// Projection errors.
+pub async fn projected_mrr(
     ledger: &Ledger,
     months: u32,
-    end: OffsetDateTime,
 ) -> Result<(Vec<(String, Money)>, Money), DemoError> {
+    let end = recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, months);
     let mut projections = recur_projections::Projections::open(ledger).await?;
     projections.catch_up().await?;
     let daily = recur_projections::mrr::daily(projections.mrr.db(), "*", end.date())
