@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use recur_ledger::{DataKey as StoredKey, Source};
+use recur_ledger::{DataKey as StoredKey, Ledger, Source};
 use time::OffsetDateTime;
 
 use crate::billing::{Billing, access_stream, contact_stream, metadata};
@@ -33,31 +33,13 @@ impl Billing {
         self.vault.as_ref().ok_or(BillingError::NoMasterKey)
     }
 
-    /// The customer's data key: made on first use when `create`; None when it
-    /// was destroyed (or never made and not asked to be).
+    /// The customer's data key (see [`data_key`]).
     async fn data_key(
         &self,
         id: CustomerId,
         create: bool,
     ) -> Result<Option<DataKey>, BillingError> {
-        let vault = self.vault()?;
-        let ledger = self.ledger();
-        let mut stored = ledger.data_key(id.0).await?;
-        if create && stored == StoredKey::Missing {
-            let (_, wrapped) = vault.new_data_key(id.0)?;
-            // A concurrent writer may have stored its key first: use whichever won.
-            stored = ledger
-                .insert_data_key(id.0, &wrapped, vault.current_id())
-                .await?;
-        }
-        match stored {
-            StoredKey::Live {
-                wrapped,
-                master_key_id,
-            } => Ok(Some(vault.unwrap(id.0, &wrapped, &master_key_id)?)),
-            StoredKey::Destroyed { .. } if create => Err(DomainError::PersonalDataErased.into()),
-            StoredKey::Missing | StoredKey::Destroyed { .. } => Ok(None),
-        }
+        data_key(self.ledger(), self.vault()?, id, create).await
     }
 
     /// `details`, encrypted under the customer's data key (made if need be).
@@ -175,5 +157,35 @@ impl Billing {
             .append_any(&access_stream(id)?, &metadata(Source::Api), &[event])
             .await?;
         Ok(())
+    }
+}
+
+/// A customer's data key, unwrapped: made on first use when `create` (the
+/// first writer of a race wins, the others get its key); None when it was
+/// destroyed (erased) or never made and not asked to be.
+///
+/// # Errors
+/// [`DomainError::PersonalDataErased`] when asked to create the key of an
+/// erased customer; [`BillingError::Privacy`]; ledger errors.
+pub async fn data_key(
+    ledger: &Ledger,
+    vault: &Vault,
+    id: CustomerId,
+    create: bool,
+) -> Result<Option<DataKey>, BillingError> {
+    let mut stored = ledger.data_key(id.0).await?;
+    if create && stored == StoredKey::Missing {
+        let (_, wrapped) = vault.new_data_key(id.0)?;
+        stored = ledger
+            .insert_data_key(id.0, &wrapped, vault.current_id())
+            .await?;
+    }
+    match stored {
+        StoredKey::Live {
+            wrapped,
+            master_key_id,
+        } => Ok(Some(vault.unwrap(id.0, &wrapped, &master_key_id)?)),
+        StoredKey::Destroyed { .. } if create => Err(DomainError::PersonalDataErased.into()),
+        StoredKey::Missing | StoredKey::Destroyed { .. } => Ok(None),
     }
 }
