@@ -9,12 +9,16 @@ use recur_commands::CustomerId;
 use recur_commands::billing::NewCustomer;
 use recur_commands::context::within;
 
-use super::{context, customer_id, to_value};
+use recur_ledger::{Position, StreamId};
+use serde::Deserialize;
+
+use super::{context, customer_id, events, to_value};
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::dto::{CustomerCreate, CustomerDto, CustomerUpdate, PaymentMethodDto};
+use crate::history::{self, HistoryList};
 use crate::problem::{ApiError, Problem};
-use crate::request::{RawBody, idempotent, if_match, json_response, parse};
+use crate::request::{Params, RawBody, idempotent, if_match, json_response, parse};
 
 async fn customer_dto(
     state: &AppState,
@@ -166,4 +170,51 @@ pub async fn attach_payment_method(
         Ok((StatusCode::OK, to_value(&dto)?))
     })
     .await
+}
+
+/// The query of `GET /v1/customers/{id}/history`: the paging of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Page size, 1..=100 (default 10).
+    pub limit: Option<usize>,
+    /// The position of the last entry of the previous page (`next_cursor`).
+    pub starting_after: Option<u64>,
+}
+
+/// A customer's history: every fact of its streams (its own, its contact's,
+/// its subscriptions' and its invoices'), in ledger order, each with a summary
+/// and its resource's state right after it.
+#[utoipa::path(get, operation_id = "customers_history", path = "/v1/customers/{id}/history", tag = "customers",
+    params(("id" = String, Path, description = "Customer id"),
+           ("limit" = Option<u32>, Query, description = "1 to 100, default 10", minimum = 1, maximum = 100),
+           ("starting_after" = Option<u64>, Query, description = "A ledger position: the `next_cursor` of the previous page")),
+    responses((status = 200, description = "Done", body = HistoryList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(query): Params<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    // The history shows the events' payloads, as the trail does.
+    events::require_personal_data(&caller)?;
+    let id = customer_id(&id)?;
+    let limit = events::page_items(query.limit)?;
+    state.billing.customer(id).await?;
+    let mut streams = events::customer_streams(&state, id)
+        .await?
+        .into_iter()
+        .map(|stream| StreamId::parse(stream).map_err(super::unavailable))
+        .collect::<Result<Vec<_>, _>>()?;
+    // A set has no order: sorted, the same history folds the same way each time.
+    streams.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    let (entries, has_more) = history::page(
+        state.billing.ledger(),
+        &streams,
+        Position(query.starting_after.unwrap_or(0)),
+        limit,
+    )
+    .await?;
+    let list = HistoryList::new(entries, has_more);
+    Ok(json_response(StatusCode::OK, &to_value(&list)?))
 }
