@@ -391,6 +391,17 @@ fn day(at: time::OffsetDateTime) -> String {
     rfc3339(at).get(..10).unwrap_or_default().to_owned()
 }
 
+/// The day of an instant, with its time of day unless it is midnight
+/// (`2027-02-04`, `2027-02-04 09:30 UTC`): a retry later the same day reads so.
+fn moment(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    if at.time() == time::Time::MIDNIGHT {
+        day(at)
+    } else {
+        format!("{} {:02}:{:02} UTC", day(at), at.hour(), at.minute())
+    }
+}
+
 /// `2027-02-01 – 2027-03-01`.
 fn period_text(period: &Period) -> String {
     format!("{} – {}", day(period.start), day(period.end))
@@ -450,7 +461,7 @@ fn subscription_summary(id: &str, event: &SubscriptionEvent) -> String {
                 format!(" × {quantity}")
             };
             let then = match trial_end {
-                Some(end) => format!("trialing until {}", day(*end)),
+                Some(end) => format!("trialing until {}", moment(*end)),
                 None => format!("{}, period {}", status.name(), period_text(period)),
             };
             format!(
@@ -481,7 +492,7 @@ fn subscription_summary(id: &str, event: &SubscriptionEvent) -> String {
             price.id
         ),
         SubscriptionEvent::CancellationScheduled { at } => {
-            format!("Subscription {id} will be canceled on {}", day(*at))
+            format!("Subscription {id} will be canceled on {}", moment(*at))
         }
         SubscriptionEvent::CancellationUndone => {
             format!("Subscription {id} will not be canceled after all")
@@ -561,7 +572,7 @@ fn invoice_summary(id: &str, event: &InvoiceEvent) -> String {
             ..
         } => {
             let retry = next_retry_at
-                .map(|at| format!("; retry on {}", day(at)))
+                .map(|at| format!("; retry on {}", moment(at)))
                 .unwrap_or_default();
             format!("Payment attempt {attempt_no} declined ({decline_code}){retry}")
         }
@@ -671,7 +682,7 @@ impl HistoryEntry {
     pub fn line(&self) -> String {
         let event = &self.event;
         format!(
-            "{:>8}  {}  {}  {}  {}  {}  => {}",
+            "{:>8}  {}  {}  {}  {}  {} => {}",
             event.position,
             event.created,
             event.actor.as_deref().unwrap_or("-"),
@@ -1022,7 +1033,7 @@ mod tests {
                     attempt_no: 1,
                     decline_code: "insufficient_funds".into(),
                     message: "Your card has insufficient funds.".into(),
-                    next_retry_at: Some(datetime!(2027-02-04 0:00 UTC)),
+                    next_retry_at: Some(datetime!(2027-02-04 9:30 UTC)),
                     at,
                 },
                 attempt(2),
@@ -1042,7 +1053,7 @@ mod tests {
                 format!("Invoice {id} drafted (subscription_cycle, 1 line)").as_str(),
                 &format!("Invoice {id} finalized: total 5,000.00 USD"),
                 "Payment attempt 1 started: 5,000.00 USD via simulated",
-                "Payment attempt 1 declined (insufficient_funds); retry on 2027-02-04",
+                "Payment attempt 1 declined (insufficient_funds); retry on 2027-02-04 09:30 UTC",
                 "Payment attempt 2 started: 5,000.00 USD via simulated",
                 "Payment attempt 2 succeeded: 5,000.00 USD collected",
             ]
