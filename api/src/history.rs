@@ -364,26 +364,36 @@ fn name_of<T: Serialize>(value: &T) -> String {
 
 /// `5,000.00 USD`: the amount at its own scale, thousands grouped, and the code.
 pub fn money_text(money: Money) -> String {
-    let text = money.amount().to_string();
-    let (sign, unsigned) = match text.strip_prefix('-') {
+    format!(
+        "{} {}",
+        grouped(&money.amount().to_string()),
+        money.currency()
+    )
+}
+
+/// A decimal text with its thousands grouped (`-1234.50` → `-1,234.50`).
+fn grouped(amount: &str) -> String {
+    let (sign, unsigned) = match amount.strip_prefix('-') {
         Some(rest) => ("-", rest),
-        None => ("", text.as_str()),
+        None => ("", amount),
     };
     let (whole, fraction) = match unsigned.split_once('.') {
         Some((whole, fraction)) => (whole, Some(fraction)),
         None => (unsigned, None),
     };
-    let mut grouped = String::with_capacity(whole.len() + whole.len() / 3);
+    let mut text = String::with_capacity(amount.len() + whole.len() / 3);
+    text.push_str(sign);
     for (i, digit) in whole.chars().enumerate() {
         if i > 0 && (whole.len() - i) % 3 == 0 {
-            grouped.push(',');
+            text.push(',');
         }
-        grouped.push(digit);
+        text.push(digit);
     }
-    match fraction {
-        Some(fraction) => format!("{sign}{grouped}.{fraction} {}", money.currency()),
-        None => format!("{sign}{grouped} {}", money.currency()),
+    if let Some(fraction) = fraction {
+        text.push('.');
+        text.push_str(fraction);
     }
+    text
 }
 
 /// The day of an instant (`2027-02-01`).
@@ -610,7 +620,7 @@ pub fn state_text(state: Option<&ResourceState>) -> String {
     let money = |m: &Option<MoneyDto>| {
         m.as_ref().map_or_else(
             || "-".to_owned(),
-            |m| format!("{} {}", m.amount, m.currency),
+            |m| format!("{} {}", grouped(&m.amount), m.currency),
         )
     };
     match state {
@@ -1204,15 +1214,15 @@ mod tests {
     fn the_state_reads_in_a_few_words_for_a_terminal() {
         let state = ResourceState::Invoice {
             status: "paid".into(),
-            total: Some(usd("97.00").into()),
-            amount_due: Some(usd("97.00").into()),
-            amount_paid: Some(usd("97.00").into()),
+            total: Some(usd("1097.00").into()),
+            amount_due: Some(usd("1097.00").into()),
+            amount_paid: Some(usd("1097.00").into()),
             amount_refunded: None,
             attempts: 2,
         };
         assert_eq!(
             state_text(Some(&state)),
-            "invoice paid, total 97.00 USD, due 97.00 USD, paid 97.00 USD, attempts 2"
+            "invoice paid, total 1,097.00 USD, due 1,097.00 USD, paid 1,097.00 USD, attempts 2"
         );
         let customer = ResourceState::Customer {
             segment: SegmentDto::Standard,

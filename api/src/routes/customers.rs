@@ -201,13 +201,11 @@ pub async fn history(
     let id = customer_id(&id)?;
     let limit = events::page_items(query.limit)?;
     state.billing.customer(id).await?;
-    let mut streams = events::customer_streams(&state, id)
+    let streams = events::customer_streams(&state, id)
         .await?
         .into_iter()
         .map(|stream| StreamId::parse(stream).map_err(super::unavailable))
         .collect::<Result<Vec<_>, _>>()?;
-    // A set has no order: sorted, the same history folds the same way each time.
-    streams.sort_by(|a, b| a.as_str().cmp(b.as_str()));
     let (entries, has_more) = history::page(
         state.billing.ledger(),
         &streams,
