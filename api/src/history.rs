@@ -12,8 +12,9 @@
 //! encrypted), so the history says only that the details changed.
 //!
 //! To summarise a new kind of resource: a [`ResourceState`] variant, a
-//! [`Kind`] with its stream category in [`Kind::of_stream`], and its arms in
-//! [`Resource::apply`] and [`Resource::state`].
+//! [`Kind`] with its stream category in [`Kind::of_stream`], a `Folded`
+//! variant made in [`Resource::new`], and its arms in [`Resource::apply`] and
+//! [`Resource::state`] (the compiler points at each match that misses it).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
