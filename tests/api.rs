@@ -1135,6 +1135,12 @@ async fn every_route_answers_every_role_as_the_role_matrix_says() {
         (Method::GET, "/v1/events".into(), Value::Null, &["support"]),
         (
             Method::GET,
+            format!("/v1/customers/{customer}/history"),
+            Value::Null,
+            &["support"],
+        ),
+        (
+            Method::GET,
             "/v1/metrics/mrr-at?position=1".into(),
             Value::Null,
             &["billing", "support", "analyst"],
@@ -1740,6 +1746,7 @@ async fn the_openapi_document_covers_every_route_and_health_answers() {
         "/v1/metrics/churn",
         "/v1/metrics/cohorts",
         "/v1/customers/{id}/view",
+        "/v1/customers/{id}/history",
         "/v1/ledger/revenue-recognition",
         "/v1/ledger/ar-aging",
         "/v1/metrics/mrr-at",
@@ -3315,13 +3322,25 @@ async fn metrics_need_no_key_and_are_in_the_openapi_document() {
 /// Every event `GET /v1/events?{query}` lists, paged `page` at a time with
 /// `starting_after`, as `key`: each page's positions increase and follow the last.
 async fn events_paged(server: &Server, query: &str, page: usize, key: &str) -> Vec<Value> {
+    paged_by_position(
+        server,
+        &format!("/v1/events?limit={page}{query}"),
+        page,
+        key,
+    )
+    .await
+}
+
+/// Every item a list paged by ledger position answers from `first` (a path
+/// with its query, `limit={page}` among it), following `next_cursor`, as `key`.
+async fn paged_by_position(server: &Server, first: &str, page: usize, key: &str) -> Vec<Value> {
     let mut events: Vec<Value> = Vec::new();
     let mut after: Option<u64> = None;
     for _ in 0..1_000 {
         let cursor = after
             .map(|a| format!("&starting_after={a}"))
             .unwrap_or_default();
-        let path = format!("/v1/events?limit={page}{query}{cursor}");
+        let path = format!("{first}{cursor}");
         let answer = server.call(Method::GET, &path, Some(key), None, &[]).await;
         assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
         assert_eq!(answer.body["object"], "list");
@@ -3342,7 +3361,7 @@ async fn events_paged(server: &Server, query: &str, page: usize, key: &str) -> V
         }
         after = Some(answer.body["next_cursor"].as_u64().unwrap());
     }
-    panic!("{query}: more than a thousand pages");
+    panic!("{first}: more than a thousand pages");
 }
 
 fn created_at(event: &Value) -> time::OffsetDateTime {
@@ -3455,10 +3474,10 @@ async fn the_events_list_the_ledger_in_order_and_each_filter_narrows_it() {
         .iter()
         .find(|e| e["resource"] == format!("contact-{a}"))
         .unwrap();
-    assert_eq!(
-        contact["data"]["details"]["name"], "Ada Lovelace",
-        "{contact}"
-    );
+    // Personal data is listed as stored: encrypted.
+    assert_eq!(contact["type"], "ContactDetailsEncrypted", "{contact}");
+    assert!(contact["data"]["encrypted"]["ciphertext"].is_string());
+    assert!(!contact.to_string().contains("Ada"), "{contact}");
 
     // Paging a few at a time visits every event once, in the same order.
     let ids = |events: &[Value]| events.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
@@ -3536,7 +3555,7 @@ async fn the_events_list_the_ledger_in_order_and_each_filter_narrows_it() {
     );
     for kind in [
         "CustomerCreated",
-        "ContactDetailsUpdated",
+        "ContactDetailsEncrypted",
         "SubscriptionStarted",
         "InvoiceFinalized",
     ] {
@@ -3616,6 +3635,215 @@ async fn the_events_list_the_ledger_in_order_and_each_filter_narrows_it() {
         "limit=1&limit=2",
     ] {
         let refused = server.get(&format!("/v1/events?{query}")).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{query}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], "invalid_query", "{query}");
+    }
+}
+
+/// The entries of `GET /v1/customers/{customer}/history`, paged `page` at a time.
+async fn history_paged(server: &Server, customer: &str, page: usize, key: &str) -> Vec<Value> {
+    let first = format!("/v1/customers/{customer}/history?limit={page}");
+    paged_by_position(server, &first, page, key).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customers_history_reads_its_facts_in_order_with_summaries_and_states() {
+    let server = serve_from(Backend::Postgres, Some("2027-01-01T00:00:00Z")).await;
+    let mut keys = std::collections::HashMap::new();
+    for role in ["billing", "support", "analyst"] {
+        let made = server.post("/v1/api_keys", json!({"role": role})).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        keys.insert(role, made.body["key"].as_str().unwrap().to_owned());
+    }
+
+    // A customer whose first card is declined for want of funds, then a card that pays.
+    let created = server
+        .post(
+            "/v1/customers",
+            json!({"contact": {"name": "Ada Lovelace", "email": "ada@example.com"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let a = created.body["id"].as_str().unwrap().to_owned();
+    let poor = json!({"token": "pm_card_chargeDeclinedInsufficientFunds", "brand": "visa",
+                      "last4": "9995", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{a}/payment_method"), poor)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    let (subscribed, sub, ..) = server.community_subscription(&a).await;
+    assert_eq!(
+        subscribed.status,
+        StatusCode::CREATED,
+        "{}",
+        subscribed.body
+    );
+    let first = subscribed.body["invoices"][0].as_str().unwrap().to_owned();
+    let card = json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{a}/payment_method"), card)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    let paid = server
+        .post(&format!("/v1/invoices/{first}/pay"), json!({}))
+        .await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.body);
+    assert_eq!(paid.body["status"], "paid", "{}", paid.body);
+    // A course bought outright, and a month later the renewal.
+    let bought = server
+        .post(
+            "/v1/purchases",
+            json!({"customer": a, "plan": "self_paced_course"}),
+        )
+        .await;
+    assert_eq!(bought.status, StatusCode::CREATED, "{}", bought.body);
+    let month = server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-02-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!(month.status, StatusCode::OK, "{}", month.body);
+    // Another customer beside it, whose facts are not A's.
+    let b = server.customer_with_card().await;
+    server.community_subscription(&b).await;
+
+    // The history is the customer's trail, in the same order, each entry readable.
+    let all = history_paged(&server, &a, 100, ADMIN_KEY).await;
+    let end = all.last().unwrap()["position"].as_u64().unwrap();
+    let trail: Vec<Value> = events_paged(&server, &format!("&customer={a}"), 100, ADMIN_KEY)
+        .await
+        .into_iter()
+        .filter(|e| e["position"].as_u64().unwrap() <= end)
+        .collect();
+    let ids = |items: &[Value]| items.iter().map(|e| e["id"].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&all), ids(&trail));
+    for (entry, event) in all.iter().zip(&trail) {
+        for field in [
+            "type",
+            "created",
+            "position",
+            "resource",
+            "actor",
+            "request_id",
+            "data",
+        ] {
+            assert_eq!(entry[field], event[field], "{field}: {entry}");
+        }
+        assert!(!entry["summary"].as_str().unwrap().is_empty(), "{entry}");
+        assert!(!entry["resource"].as_str().unwrap().contains(&b), "{entry}");
+    }
+    let entry = |kind: &str, resource: &str, nth: usize| -> &Value {
+        all.iter()
+            .filter(|e| e["type"] == kind && e["resource"] == resource)
+            .nth(nth)
+            .unwrap_or_else(|| panic!("no {kind} #{nth} on {resource}: {all:#?}"))
+    };
+    let invoice = format!("invoice-{first}");
+    let finalized = entry("InvoiceFinalized", &invoice, 0);
+    assert_eq!(
+        finalized["summary"],
+        format!("Invoice {first} finalized: total 97.00 USD")
+    );
+    assert_eq!(finalized["state"]["status"], "open");
+    let declined = entry("PaymentFailed", &invoice, 0);
+    assert!(
+        declined["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Payment attempt 1 declined (insufficient_funds)"),
+        "{declined}"
+    );
+    assert_eq!(declined["state"]["status"], "open");
+    assert_eq!(declined["state"]["attempts"], 1);
+    assert_eq!(declined["state"]["amount_paid"], Value::Null);
+    let succeeded = entry("PaymentSucceeded", &invoice, 0);
+    assert_eq!(
+        succeeded["summary"],
+        "Payment attempt 2 succeeded: 97.00 USD collected"
+    );
+    assert_eq!(succeeded["state"]["status"], "paid");
+    assert_eq!(succeeded["state"]["attempts"], 2);
+    assert_eq!(succeeded["state"]["amount_paid"], money("97.00"));
+    assert!(succeeded["position"].as_u64() > declined["position"].as_u64());
+    let subscription = format!("subscription-{sub}");
+    assert_eq!(
+        entry("SubscriptionPastDue", &subscription, 0)["state"]["status"],
+        "past_due"
+    );
+    let renewed = entry("SubscriptionRenewed", &subscription, 0);
+    assert_eq!(
+        renewed["summary"],
+        format!("Subscription {sub} renewed to period 2027-02-01 – 2027-03-01")
+    );
+    assert_eq!(
+        renewed["state"]["current_period"],
+        json!({"start": "2027-02-01T00:00:00Z", "end": "2027-03-01T00:00:00Z"})
+    );
+    assert!(
+        all.iter().any(|e| e["type"] == "InvoiceFinalized"
+            && e["summary"]
+                .as_str()
+                .unwrap()
+                .ends_with("finalized: total 997.00 USD")),
+        "the course's invoice"
+    );
+    let customer = format!("customer-{a}");
+    assert_eq!(
+        entry("PaymentMethodAttached", &customer, 1)["state"],
+        json!({"object": "customer", "segment": "standard", "credit_balance": null,
+               "card": {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040}})
+    );
+    let contact = entry("ContactDetailsEncrypted", &format!("contact-{a}"), 0);
+    assert_eq!(contact["summary"], "Contact details updated");
+    assert_eq!(
+        contact["state"],
+        json!({"object": "contact", "details": "updated"})
+    );
+
+    // Paged three at a time by support: the same entries, states folded across pages.
+    assert!(all.len() > 6);
+    assert_eq!(history_paged(&server, &a, 3, &keys["support"]).await, all);
+    let page = server
+        .get(&format!("/v1/customers/{a}/history?limit=3"))
+        .await;
+    assert_eq!(page.body["has_more"], true);
+    assert_eq!(page.body["next_cursor"], all[2]["position"]);
+
+    // Billing and analysts do not read it; an unknown customer is not found.
+    for role in ["billing", "analyst"] {
+        let refused = server
+            .call(
+                Method::GET,
+                &format!("/v1/customers/{a}/history"),
+                Some(&keys[role]),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{role}");
+        assert_eq!(refused.body["code"], "forbidden");
+    }
+    for unknown in [
+        uuid::Uuid::now_v7().to_string(),
+        "not-a-customer".to_owned(),
+    ] {
+        let missing = server
+            .get(&format!("/v1/customers/{unknown}/history"))
+            .await;
+        assert_eq!(missing.status, StatusCode::NOT_FOUND, "{}", missing.body);
+        assert_eq!(missing.body["code"], "customer_not_found");
+        assert_eq!(missing.headers["content-type"], "application/problem+json");
+    }
+    for query in ["limit=0", "limit=101", "starting_after=x", "colour=blue"] {
+        let refused = server
+            .get(&format!("/v1/customers/{a}/history?{query}"))
+            .await;
         assert_eq!(
             refused.status,
             StatusCode::UNPROCESSABLE_ENTITY,

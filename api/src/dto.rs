@@ -320,9 +320,10 @@ pub struct CustomerExport {
     pub exported_at: String,
     /// The customer as it is now, contact details included (null once erased).
     pub customer: CustomerDto,
-    /// Every event of the customer's streams in ledger order; contact details
-    /// decrypted into `data.details` (null once erased).
-    pub events: Vec<EventDto>,
+    /// Every event of the customer's streams in ledger order, as its history
+    /// reads (summary, state after); contact details decrypted into
+    /// `event.data.details` (null once erased).
+    pub events: Vec<crate::history::HistoryEntry>,
 }
 
 /// When a change takes effect.
@@ -607,6 +608,17 @@ pub struct RefundDto {
     pub requested_at: String,
 }
 
+/// An invoice status as the API names it.
+pub fn invoice_status_name(status: InvoiceStatus) -> &'static str {
+    match status {
+        InvoiceStatus::Draft => "draft",
+        InvoiceStatus::Open => "open",
+        InvoiceStatus::Paid => "paid",
+        InvoiceStatus::Void => "void",
+        InvoiceStatus::Uncollectible => "uncollectible",
+    }
+}
+
 /// An invoice.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct InvoiceDto {
@@ -652,14 +664,7 @@ impl InvoiceDto {
             version,
             customer: state.customer_id.map(|c| c.0),
             subscription: state.subscription_id.map(|s| s.0),
-            status: match state.status {
-                InvoiceStatus::Draft => "draft",
-                InvoiceStatus::Open => "open",
-                InvoiceStatus::Paid => "paid",
-                InvoiceStatus::Void => "void",
-                InvoiceStatus::Uncollectible => "uncollectible",
-            }
-            .to_owned(),
+            status: invoice_status_name(state.status).to_owned(),
             lines: state.lines.iter().map(LineDto::from).collect(),
             totals: state.totals.as_ref().map(TotalsDto::from),
             amount_remaining: state.amount_remaining().into(),
@@ -1259,6 +1264,32 @@ pub struct EventDto {
     pub source: String,
     /// The event's payload as recorded.
     pub data: serde_json::Value,
+}
+
+impl EventDto {
+    /// A recorded event as the trail shows it: the payload as recorded.
+    ///
+    /// # Errors
+    /// The payload is not JSON (a damaged ledger).
+    pub fn of(event: recur_ledger::RecordedEvent) -> Result<Self, serde_json::Error> {
+        let data = serde_json::from_str(&event.payload)?;
+        let source = serde_json::to_value(event.metadata.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        Ok(Self {
+            object: "event",
+            id: event.id.0,
+            event_type: event.event_type,
+            created: rfc3339(event.recorded_at),
+            position: event.position.0,
+            resource: event.stream_id.as_str().to_owned(),
+            actor: event.metadata.actor,
+            request_id: event.metadata.correlation_id,
+            source,
+            data,
+        })
+    }
 }
 
 /// A page of events, in ledger order.

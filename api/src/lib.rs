@@ -11,10 +11,13 @@
 //!   `Idempotency-Key`, query strings.
 //! - [`problem`]: errors as RFC 9457 problem details, in one place.
 //! - [`routes`]: one module per resource; [`dto`]: the JSON shapes.
+//! - [`history`]: a resource's facts made readable (summary and state after
+//!   each), shared with `recur ledger history`.
 //! - [`telemetry`]: the request middleware's counters and `/metrics`.
 
 pub mod auth;
 pub mod dto;
+pub mod history;
 pub mod openapi;
 pub mod problem;
 pub mod request;
@@ -86,6 +89,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(customers::attach_payment_method))
         .routes(routes!(customers::erase_personal_data))
         .routes(routes!(customers::export))
+        .routes(routes!(customers::history))
         .routes(routes!(metrics::customer_view))
         .routes(routes!(subscriptions::create, subscriptions::list))
         .routes(routes!(subscriptions::get))
@@ -273,7 +277,7 @@ mod tests {
         }
         public.sort();
         assert_eq!(public, ["GET /healthz", "GET /metrics", "GET /readyz"]);
-        assert_eq!(declared, 48, "every other operation names its roles");
+        assert_eq!(declared, 49, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
             Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])

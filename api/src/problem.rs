@@ -209,6 +209,29 @@ impl From<BillingError> for ApiError {
     }
 }
 
+impl From<crate::history::HistoryError> for ApiError {
+    fn from(error: crate::history::HistoryError) -> Self {
+        use crate::history::HistoryError;
+        match error {
+            HistoryError::Ledger(error) => error.into(),
+            HistoryError::TooLong => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "history_too_long",
+                error.to_string(),
+            ),
+            // A damaged ledger: the server's trouble, named in the log only.
+            error @ (HistoryError::NotJson { .. } | HistoryError::OutOfOrder { .. }) => {
+                tracing::error!(error = %Chain(&error), "history of a damaged ledger");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
 fn error_text(current: u64) -> String {
     format!("the resource is at version {current}: reload it and send that version in If-Match")
 }

@@ -184,6 +184,22 @@ pub enum LedgerCommand {
         #[arg(long)]
         json: bool,
     },
+    /// One resource's facts in ledger order, one line each: position, time, actor,
+    /// request id, type, a summary, and the resource's state after it. RESOURCE is
+    /// a customer id (all its streams: its own, its contact's, its subscriptions'
+    /// and invoices', found by reading the ledger), a subscription or invoice id,
+    /// or a stream name (`invoice-<id>`, `customer-<id>`: that stream alone).
+    History {
+        /// A customer, subscription or invoice id, or a stream name.
+        resource: String,
+        /// Print the entries as `GET /v1/customers/{id}/history` shows them, as one
+        /// JSON document.
+        #[arg(long)]
+        json: bool,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+    },
     /// Seal every released, unsealed event.
     Seal {
         /// The ledger (it must exist).

@@ -1,4 +1,5 @@
-//! `recur ledger verify`, `recur ledger seal` and `recur ledger backup`.
+//! `recur ledger verify`, `recur ledger seal`, `recur ledger backup` and
+//! `recur ledger history`.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
-use recur_ledger::{Clock, Ledger, LedgerError, SystemClock, VerifyReport};
+use recur_api::history::{self, HistoryError, HistoryList};
+use recur_commands::{CustomerId, InvoiceId, SubscriptionId};
+use recur_ledger::{Clock, Ledger, LedgerError, Position, StreamId, SystemClock, VerifyReport};
 
 use crate::config::{LedgerArgs, OpenError, WhenMissing};
 
@@ -28,6 +31,14 @@ pub enum LedgerCmdError {
     /// The ledger could not be read or written.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The history could not be read.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// RESOURCE names nothing in this ledger.
+    #[error(
+        "no customer, subscription or invoice {0:?} in this ledger (give an id, or a stream name such as invoice-<id>)"
+    )]
+    UnknownResource(String),
 }
 
 /// Opens an existing ledger: checking or sealing a ledger never makes one.
@@ -228,4 +239,80 @@ pub async fn backup(ledger: &LedgerArgs, to: &Path) -> Result<BackupSummary, Led
     );
     println!("check it with: recur ledger verify --database sqlite:{target}");
     Ok(summary)
+}
+
+/// What `recur ledger history` reads: a customer's streams, or one stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HistoryOf {
+    /// Every stream of the customer.
+    Customer(CustomerId),
+    /// One stream.
+    Stream(StreamId),
+}
+
+/// What RESOURCE names in `ledger`: a bare id is the customer, subscription or
+/// invoice with a stream of that id (ids are UUIDv7s: one kind at most has it);
+/// anything else is a stream name, which must hold events.
+///
+/// # Errors
+/// [`LedgerCmdError::UnknownResource`] when it names nothing; ledger errors.
+pub async fn resolve(ledger: &Ledger, resource: &str) -> Result<HistoryOf, LedgerCmdError> {
+    let unknown = || LedgerCmdError::UnknownResource(resource.to_owned());
+    let exists = async |stream: &StreamId| -> Result<bool, LedgerError> {
+        Ok(ledger.stream_version(stream).await? > 0)
+    };
+    if let Ok(customer) = CustomerId::parse(resource) {
+        if exists(&customer.stream()?).await? {
+            return Ok(HistoryOf::Customer(customer));
+        }
+        // The same UUID as another kind's id.
+        let others = [
+            SubscriptionId(customer.0).stream()?,
+            InvoiceId(customer.0).stream()?,
+        ];
+        for stream in others {
+            if exists(&stream).await? {
+                return Ok(HistoryOf::Stream(stream));
+            }
+        }
+        return Err(unknown());
+    }
+    let stream = StreamId::parse(resource).map_err(|_| unknown())?;
+    if exists(&stream).await? {
+        Ok(HistoryOf::Stream(stream))
+    } else {
+        Err(unknown())
+    }
+}
+
+/// Prints RESOURCE's history: one line per fact, or with `as_json` the
+/// entries as the API shows them, as one list.
+///
+/// # Errors
+/// The ledger is missing or cannot be read; RESOURCE names nothing.
+pub async fn history(
+    ledger: &LedgerArgs,
+    resource: &str,
+    as_json: bool,
+) -> Result<(), LedgerCmdError> {
+    let ledger = open(ledger).await?;
+    let streams = match resolve(&ledger, resource).await? {
+        HistoryOf::Customer(customer) => {
+            history::customer_streams_in_ledger(&ledger, customer).await?
+        }
+        HistoryOf::Stream(stream) => vec![stream],
+    };
+    let (entries, _) = history::page(&ledger, &streams, Position(0), usize::MAX).await?;
+    if as_json {
+        let list = HistoryList::new(entries, false);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&list).unwrap_or_default()
+        );
+    } else {
+        for entry in &entries {
+            println!("{}", entry.line());
+        }
+    }
+    Ok(())
 }

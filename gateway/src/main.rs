@@ -59,6 +59,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .await
             .context("ledger verify")?),
         Command::Ledger {
+            command:
+                LedgerCommand::History {
+                    resource,
+                    json,
+                    ledger,
+                },
+        } => {
+            ledger_cmd::history(&ledger, &resource, json)
+                .await
+                .context("ledger history")?;
+            Ok(0)
+        }
+        Command::Ledger {
             command: LedgerCommand::Seal { ledger },
         } => {
             ledger_cmd::seal(&ledger).await.context("ledger seal")?;

@@ -9,17 +9,17 @@ use recur_commands::CustomerId;
 use recur_commands::billing::NewCustomer;
 use recur_commands::context::within;
 use recur_commands::customer::{ContactEvent, PersonalDataUse, StoredContact};
-use recur_commands::tagged::DecodeEvent;
-use recur_ledger::Source;
+use recur_ledger::{Position, Source, StreamId};
 use serde::Deserialize;
 
-use super::{context, customer_id, to_value};
+use super::{context, customer_id, events, to_value};
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::dto::{
     ContactDto, CustomerCreate, CustomerDto, CustomerExport, CustomerUpdate, ErasureDto,
     ErasureReasonDto, PaymentMethodDto, rfc3339,
 };
+use crate::history::{self, HistoryList};
 use crate::problem::{ApiError, Problem};
 use crate::request::{Params, RawBody, idempotent, if_match, json_response, parse};
 
@@ -171,29 +171,34 @@ pub async fn export(
     // Recorded before the data is gathered: an export that fails half-way has
     // still been asked for, and the record itself is part of what is exported.
     record_read(&state, &caller, id, PersonalDataUse::Export).await?;
-    let mut events = Vec::new();
-    for event in super::events::customer_events(&state, id).await? {
-        let contact = (event.event_type == "ContactDetailsEncrypted")
-            .then(|| <ContactEvent as DecodeEvent>::decode_payload(&event.payload))
-            .transpose()
-            .map_err(|_| {
-                super::unavailable(format!(
-                    "the contact event at position {} cannot be decoded",
-                    event.position.0
-                ))
-            })?;
-        let mut dto = super::events::event_dto(event)?;
-        if let Some(ContactEvent::ContactDetailsEncrypted { encrypted }) = contact {
-            let details = state
-                .billing
-                .open_contact(id, &StoredContact::Encrypted(encrypted))
-                .await?;
-            dto.data = serde_json::json!({
-                "type": "ContactDetailsEncrypted",
-                "details": details.map(ContactDto::from),
-            });
+    let (mut events, _) = history::page(
+        state.billing.ledger(),
+        &customer_streams(&state, id).await?,
+        Position(0),
+        history::HISTORY_EVENTS_MAX,
+    )
+    .await?;
+    for entry in &mut events {
+        let event = &mut entry.event;
+        if event.event_type != "ContactDetailsEncrypted" {
+            continue;
         }
-        events.push(dto);
+        let position = event.position;
+        let Ok(ContactEvent::ContactDetailsEncrypted { encrypted }) =
+            serde_json::from_value::<ContactEvent>(event.data.clone())
+        else {
+            return Err(super::unavailable(format!(
+                "the contact event at position {position} cannot be decoded"
+            )));
+        };
+        let details = state
+            .billing
+            .open_contact(id, &StoredContact::Encrypted(encrypted))
+            .await?;
+        event.data = serde_json::json!({
+            "type": "ContactDetailsEncrypted",
+            "details": details.map(ContactDto::from),
+        });
     }
     let export = CustomerExport {
         object: "customer_export",
@@ -286,4 +291,53 @@ pub async fn attach_payment_method(
         Ok((StatusCode::OK, to_value(&dto)?))
     })
     .await
+}
+
+/// The query of `GET /v1/customers/{id}/history`: the paging of `GET /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// Page size, 1..=100 (default 10).
+    pub limit: Option<usize>,
+    /// The position of the last entry of the previous page (`next_cursor`).
+    pub starting_after: Option<u64>,
+}
+
+/// A customer's history: every fact of its streams (its own, its contact's,
+/// its subscriptions' and its invoices'), in ledger order, each with a summary
+/// and its resource's state right after it.
+#[utoipa::path(get, operation_id = "customers_history", path = "/v1/customers/{id}/history", tag = "customers",
+    params(("id" = String, Path, description = "Customer id"),
+           ("limit" = Option<u32>, Query, description = "1 to 100, default 10", minimum = 1, maximum = 100),
+           ("starting_after" = Option<u64>, Query, description = "A ledger position: the `next_cursor` of the previous page")),
+    responses((status = 200, description = "Done", body = HistoryList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(query): Params<HistoryQuery>,
+) -> Result<Response, ApiError> {
+    // The history shows the events' payloads, as the trail does.
+    events::require_personal_data(&caller)?;
+    let id = customer_id(&id)?;
+    let limit = events::page_items(query.limit)?;
+    state.billing.customer(id).await?;
+    let (entries, has_more) = history::page(
+        state.billing.ledger(),
+        &customer_streams(&state, id).await?,
+        Position(query.starting_after.unwrap_or(0)),
+        limit,
+    )
+    .await?;
+    let list = HistoryList::new(entries, has_more);
+    Ok(json_response(StatusCode::OK, &to_value(&list)?))
+}
+
+/// The customer's streams, as the history reads them.
+async fn customer_streams(state: &AppState, id: CustomerId) -> Result<Vec<StreamId>, ApiError> {
+    events::customer_streams(state, id)
+        .await?
+        .into_iter()
+        .map(|stream| StreamId::parse(stream).map_err(super::unavailable))
+        .collect()
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use recur_commands::CustomerId;
 use recur_ledger::{Ledger, LedgerError, Position, RecordedEvent, StreamId};
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -22,7 +23,7 @@ use time::OffsetDateTime;
 use super::{customer_id, invoice_id, stored_id, subscription_id, to_value};
 use crate::AppState;
 use crate::auth::Caller;
-use crate::dto::{EventDto, EventList, rfc3339};
+use crate::dto::{EventDto, EventList};
 use crate::problem::{ApiError, Problem};
 use crate::request::{Params, json_response};
 
@@ -200,8 +201,14 @@ fn text_filter(field: &'static str, text: Option<&str>) -> Result<Option<String>
 
 /// Every stream of one customer: its own, its contact's, its subscriptions'
 /// and its invoices' (from the lists' read model, caught up with the ledger).
-async fn customer_streams(state: &AppState, customer: &str) -> Result<HashSet<String>, ApiError> {
-    let id = customer_id(customer).map_err(|_| invalid("customer must be a customer id"))?;
+///
+/// # Errors
+/// 422 `invalid_query` for a customer with more than 10,000 streams; 503
+/// when the read models cannot be read or stay behind.
+pub async fn customer_streams(
+    state: &AppState,
+    id: CustomerId,
+) -> Result<HashSet<String>, ApiError> {
     let mut streams = HashSet::from([
         id.stream()?.as_str().to_owned(),
         recur_commands::billing::contact_stream(id)?
@@ -276,39 +283,17 @@ async fn customer_streams(state: &AppState, customer: &str) -> Result<HashSet<St
     Ok(streams)
 }
 
-/// Every event of one customer's streams (its own, its contact's, its access
-/// log's, its subscriptions' and invoices'), in ledger order: each stream read
-/// whole, then merged, so the cost follows the customer, not the ledger.
+/// The page size asked for (`limit`), checked: 1 to 100, default 10.
 ///
 /// # Errors
-/// 422 for a customer with more than [`CUSTOMER_STREAMS_MAX`] resources;
-/// ledger and read-model errors.
-pub async fn customer_events(
-    state: &AppState,
-    customer: recur_commands::CustomerId,
-) -> Result<Vec<RecordedEvent>, ApiError> {
-    let streams = customer_streams(state, &customer.to_string()).await?;
-    let mut events = Vec::new();
-    for stream in streams {
-        let stream = StreamId::parse(stream).map_err(recur_commands::BillingError::from)?;
-        let mut version = 0;
-        loop {
-            let page = state
-                .billing
-                .ledger()
-                .read_stream(&stream, version + 1, SCAN_PAGE_EVENTS)
-                .await
-                .map_err(recur_commands::BillingError::from)?;
-            let done = page.len() < SCAN_PAGE_EVENTS;
-            version = page.last().map_or(version, |e| e.stream_version);
-            events.extend(page);
-            if done {
-                break;
-            }
-        }
+/// 422 `invalid_query` outside 1..=100.
+pub fn page_items(limit: Option<usize>) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(PAGE_ITEMS_DEFAULT);
+    if (1..=PAGE_ITEMS_MAX).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(invalid(format!("limit must be 1 to {PAGE_ITEMS_MAX}")))
     }
-    events.sort_unstable_by_key(|event| event.position);
-    Ok(events)
 }
 
 /// The query, parsed into a page size, a cursor and a filter.
@@ -316,10 +301,7 @@ async fn parse_query(
     state: &AppState,
     query: &EventsQuery,
 ) -> Result<(usize, Position, EventFilter), ApiError> {
-    let limit = query.limit.unwrap_or(PAGE_ITEMS_DEFAULT);
-    if !(1..=PAGE_ITEMS_MAX).contains(&limit) {
-        return Err(invalid(format!("limit must be 1 to {PAGE_ITEMS_MAX}")));
-    }
+    let limit = page_items(query.limit)?;
     let resource = query
         .resource
         .as_deref()
@@ -346,7 +328,11 @@ async fn parse_query(
     };
     // Checked before the customer's streams are looked up: bad input costs nothing.
     let customer = match query.customer.as_deref() {
-        Some(customer) => Some(customer_streams(state, customer).await?),
+        Some(customer) => {
+            let id =
+                customer_id(customer).map_err(|_| invalid("customer must be a customer id"))?;
+            Some(customer_streams(state, id).await?)
+        }
         None => None,
     };
     filter.streams = match (resource, customer) {
@@ -409,28 +395,29 @@ pub async fn scan(
 /// # Errors
 /// 503 when the stored payload is not JSON.
 pub fn event_dto(event: RecordedEvent) -> Result<EventDto, ApiError> {
-    let data = serde_json::from_str(&event.payload).map_err(|_| {
+    let position = event.position.0;
+    EventDto::of(event).map_err(|_| {
         super::unavailable(format!(
-            "the event at position {} holds a payload that is not JSON",
-            event.position.0
+            "the event at position {position} holds a payload that is not JSON"
         ))
-    })?;
-    let source = serde_json::to_value(event.metadata.source)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    Ok(EventDto {
-        object: "event",
-        id: event.id.0,
-        event_type: event.event_type,
-        created: rfc3339(event.recorded_at),
-        position: event.position.0,
-        resource: event.stream_id.as_str().to_owned(),
-        actor: event.metadata.actor,
-        request_id: event.metadata.correlation_id,
-        source,
-        data,
     })
+}
+
+/// Refuses the roles that may not read personal data: the trail's payloads
+/// hold it. The routes declare the same roles; this keeps them in step.
+///
+/// # Errors
+/// 403 `forbidden`.
+pub fn require_personal_data(caller: &Caller) -> Result<(), ApiError> {
+    if caller.role.sees_personal_data() {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the events hold personal data",
+        ))
+    }
 }
 
 /// List the ledger's events (the audit trail), in ledger order.
@@ -453,14 +440,7 @@ pub async fn list(
     caller: Caller,
     Params(query): Params<EventsQuery>,
 ) -> Result<Response, ApiError> {
-    // The declared roles are those that see personal data; kept in step here.
-    if !caller.role.sees_personal_data() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "the events hold personal data",
-        ));
-    }
+    require_personal_data(&caller)?;
     let (limit, after, mut filter) = parse_query(&state, &query).await?;
     if caller.role != crate::auth::Role::Admin {
         // The keys' own trail (who made, rotated or revoked which key, and the
