@@ -7,12 +7,14 @@
 //!   (flags with their environment variables, secrets that never print).
 //! - [`serve`]: `recur serve`, the API process.
 //! - [`demo`]: `recur demo`, a simulated business on a test clock.
-//! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up; rebuild,
-//!   relay, project.
+//! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up, prove and
+//!   verify proofs; rebuild, relay, project.
+//! - [`seal_export`]: copies of the seals outside the database.
 
 pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod ledger_cmd;
 pub mod projections_cmd;
+pub mod seal_export;
 pub mod serve;

@@ -475,6 +475,14 @@ impl Ledger {
         verify::seals_after(self, after, limit).await
     }
 
+    /// The newest seal, if any: the head of the seal chain.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn newest_seal(&self) -> Result<Option<SealReport>, LedgerError> {
+        verify::newest_seal(self).await
+    }
+
     /// The offline proof of one stream: its events from version 1, their chain
     /// hashes and the seals covering them (docs/ledger.md, "Proofs"). The proof
     /// is checked before it is returned.

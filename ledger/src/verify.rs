@@ -389,22 +389,35 @@ async fn chain_hashes(
 /// Rows a proof reads per query of a stream.
 const PROOF_PAGE_EVENTS: usize = 5_000;
 
-/// Every stored seal with its previous digest and time, in seal order.
-async fn seal_reports(backend: &Backend) -> Result<Vec<SealReport>, LedgerError> {
+/// Stored seals numbered `from_no` and up, in seal order, at most `limit`;
+/// each with its previous digest and time. `from_no` itself only lends its
+/// digest as the next one's previous digest, unless it is 1 (then genesis).
+async fn seal_reports(
+    backend: &Backend,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<SealReport>, LedgerError> {
+    // The seal `after` is read too, for its digest: the next seal's link.
+    let first = to_i64(after.max(1));
+    let rows_max = to_i64(limit as u64).saturating_add(1);
     let rows: Vec<(i64, i64, i64, i64, Vec<u8>, OffsetDateTime)> = match backend {
         Backend::Postgres(store) => {
             sqlx::query_as(
                 "SELECT seal_no, from_position, to_position, event_count, digest, sealed_at \
-                 FROM seals ORDER BY seal_no",
+                 FROM seals WHERE seal_no >= $1 ORDER BY seal_no LIMIT $2",
             )
+            .bind(first)
+            .bind(rows_max)
             .fetch_all(store.pool())
             .await?
         }
         Backend::Sqlite(store) => {
             let rows: Vec<(i64, i64, i64, i64, Vec<u8>, i64)> = sqlx::query_as(
                 "SELECT seal_no, from_position, to_position, event_count, digest, sealed_at_us \
-                 FROM seals ORDER BY seal_no",
+                 FROM seals WHERE seal_no >= ? ORDER BY seal_no LIMIT ?",
             )
+            .bind(first)
+            .bind(rows_max)
             .fetch_all(store.readers())
             .await?;
             rows.into_iter()
@@ -422,22 +435,23 @@ async fn seal_reports(backend: &Backend) -> Result<Vec<SealReport>, LedgerError>
         }
     };
     let mut previous = GENESIS.to_vec();
-    Ok(rows
-        .into_iter()
-        .map(|(no, from, to, count, digest, sealed_at)| {
-            let report = SealReport {
-                seal_no: to_u64(no),
+    let mut reports = Vec::with_capacity(rows.len());
+    for (no, from, to, count, digest, sealed_at) in rows {
+        let seal_no = to_u64(no);
+        if seal_no > after && reports.len() < limit {
+            reports.push(SealReport {
+                seal_no,
                 from_position: to_u64(from),
                 to_position: to_u64(to),
                 event_count: to_u64(count),
                 digest: hex::encode(&digest),
                 previous_digest: hex::encode(&previous),
                 sealed_at,
-            };
-            previous = digest;
-            report
-        })
-        .collect())
+            });
+        }
+        previous = digest;
+    }
+    Ok(reports)
 }
 
 /// The seals made after seal `after` (0: all), in order, at most `limit`.
@@ -446,13 +460,21 @@ pub(crate) async fn seals_after(
     after: u64,
     limit: usize,
 ) -> Result<Vec<SealReport>, LedgerError> {
-    // Small rows, one per sealed range: reading them all keeps the previous digest simple.
-    let seals = seal_reports(ledger.backend()).await?;
-    Ok(seals
-        .into_iter()
-        .filter(|seal| seal.seal_no > after)
-        .take(limit)
-        .collect())
+    seal_reports(ledger.backend(), after, limit).await
+}
+
+/// The newest seal, if any.
+pub(crate) async fn newest_seal(ledger: &Ledger) -> Result<Option<SealReport>, LedgerError> {
+    let sql = "SELECT max(seal_no) FROM seals";
+    let newest: Option<i64> = match ledger.backend() {
+        Backend::Postgres(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await?,
+        Backend::Sqlite(store) => sqlx::query_scalar(sql).fetch_one(store.readers()).await?,
+    };
+    let Some(newest) = newest else {
+        return Ok(None);
+    };
+    let after = to_u64(newest).saturating_sub(1);
+    Ok(seal_reports(ledger.backend(), after, 1).await?.pop())
 }
 
 /// Builds the proof of one stream (see [`crate::proof`]) and checks it before
@@ -511,7 +533,8 @@ pub(crate) async fn prove(ledger: &Ledger, stream: &StreamId) -> Result<Proof, L
             stream: stream.to_string(),
         });
     }
-    let seals = seal_reports(backend).await?;
+    // Every seal, for the ones covering this stream: one small row per sealed range.
+    let seals = seal_reports(backend, 0, usize::MAX).await?;
     let sealed_to = seals.last().map_or(0, |seal| seal.to_position);
     // The seal of each event: seals cover increasing, adjoining ranges.
     let mut covering: Vec<usize> = Vec::new();

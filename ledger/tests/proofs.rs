@@ -201,6 +201,7 @@ async fn a_ledger_edited_behind_its_triggers_gives_no_proof(ledger: TestLedger) 
 }
 
 async fn seals_after_lists_new_seals_and_sealing_wakes_the_listener(ledger: TestLedger) {
+    assert_eq!(ledger.newest_seal().await.unwrap(), None);
     let sealed = ledger.sealed().clone();
     let woken = sealed.notified();
     tokio::pin!(woken);
@@ -215,6 +216,8 @@ async fn seals_after_lists_new_seals_and_sealing_wakes_the_listener(ledger: Test
     let later = ledger.seals_after(1, 10).await.unwrap();
     assert_eq!(later, all[1..]);
     assert!(ledger.seals_after(2, 10).await.unwrap().is_empty());
+    assert_eq!(ledger.seals_after(0, 1).await.unwrap(), all[..1]);
+    assert_eq!(ledger.newest_seal().await.unwrap().as_ref(), all.last());
 }
 
 conformance!(
