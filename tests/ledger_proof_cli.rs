@@ -472,3 +472,55 @@ async fn an_unreachable_http_target_fails_the_round_without_counting_the_seal_or
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
 }
+
+/// `recur serve --seal-export`: the flag reaches the exporter (what is pending is
+/// exported at start), and a target it cannot use stops the start, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn recur_serve_exports_pending_seals_at_start_and_refuses_https() {
+    use std::io::{BufRead as _, BufReader};
+    let path = temp("ledger.sqlite");
+    let location = format!("sqlite:{}", path.display());
+    let ledger = open(&location, 0).await;
+    seed(&ledger, uuid::Uuid::now_v7()).await;
+    let seal = ledger.seal().await.unwrap().remove(0);
+    let file = temp("served-seals.jsonl");
+    let export = format!("file:{}", file.display());
+    let serve = |export: &str| {
+        Command::new(env!("CARGO_BIN_EXE_recur"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", &location])
+            .env("RECUR_SEAL_EXPORT", export)
+            .env_remove("DATABASE_URL")
+            .env_remove("NATS_URL")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut server = serve(&export);
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening"), "{line}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while exported_lines(&file).is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(exported_lines(&file), vec![seal]);
+
+    let refused = serve("https://example.com/seals")
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("RECUR_SEAL_EXPORT") && stderr.contains("without TLS"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(&file);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
