@@ -187,6 +187,33 @@ async fn round_trip(location: &str) {
             "{name}: {stdout}"
         );
     }
+    // --json: the same verdicts, as fields.
+    let (code, stdout, _) = recur(&["ledger", "verify-proof", "--json", out_arg]);
+    assert_eq!(code, 0);
+    let intact: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(intact["result"], "intact");
+    assert_eq!(intact["events"], 3);
+    assert_eq!(intact["seals"][0]["digest"], head.digest.as_str());
+    let mut edited = json.clone();
+    edited["events"][0]["type"] = "InvoiceVoided".into();
+    std::fs::write(&tampered, edited.to_string()).unwrap();
+    let (code, stdout, _) = recur(&[
+        "ledger",
+        "verify-proof",
+        "--json",
+        tampered.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    let broken: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(broken["result"], "broken");
+    assert_eq!(broken["check"], "chain_hash");
+    assert!(
+        broken["at"]
+            .as_str()
+            .unwrap()
+            .starts_with("event #1 (position"),
+        "{broken}"
+    );
     // Unreadable input is an error, not a verdict.
     std::fs::write(&tampered, "{\"format\": \"recur.proof.v1\", \"events\": 3}").unwrap();
     let (code, _, stderr) = verify_proof(&tampered);

@@ -195,10 +195,10 @@ pub async fn resolve_resource(ledger: &Ledger, resource: &str) -> Result<StreamI
             "customers" => CustomerId::parse(id).map(|id| id.stream()),
             "subscriptions" => SubscriptionId::parse(id).map(|id| id.stream()),
             "coupons" => CouponCode::parse(id).map(|code| code.stream()),
+            // Not an API path: a stream name that holds a '/'.
             _ => {
-                return Err(bad(format!(
-                    "{resource:?}: the API path names invoices, customers, subscriptions or coupons"
-                )));
+                return StreamId::parse(resource)
+                    .map_err(|error| bad(format!("{resource:?}: {error}")));
             }
         };
         return stream
@@ -322,16 +322,12 @@ pub fn verify_proof(
             }
             Ok(0)
         }
-        Err(error @ ProofError::Failed { .. }) => {
+        Err(ProofError::Failed {
+            check,
+            place,
+            detail,
+        }) => {
             if as_json {
-                let ProofError::Failed {
-                    check,
-                    place,
-                    detail,
-                } = &error
-                else {
-                    return Ok(EXIT_BROKEN);
-                };
                 let json = serde_json::json!({
                     "result": "broken",
                     "resource": proof.resource,
@@ -344,7 +340,10 @@ pub fn verify_proof(
                     serde_json::to_string_pretty(&json).unwrap_or_default()
                 );
             } else {
-                println!("BROKEN: {}: {error}", proof.resource);
+                println!(
+                    "BROKEN: {}: {check} check failed at {place}: {detail}",
+                    proof.resource
+                );
             }
             Ok(EXIT_BROKEN)
         }
