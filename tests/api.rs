@@ -12,6 +12,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "test-admin-key-0123456789";
+/// The master key of personal data for every server these tests start.
+const MASTER_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
 
 struct Server {
     child: Child,
@@ -89,6 +91,7 @@ async fn spawn_serve(location: &str, start: Option<&str>, extra: &[&str]) -> (Ch
     let mut child = Command::new(env!("CARGO_BIN_EXE_recur"))
         .args(args)
         .env("RECUR_ADMIN_KEY", ADMIN_KEY)
+        .env("RECUR_MASTER_KEY", MASTER_KEY)
         .env_remove("DATABASE_URL")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -3621,4 +3624,315 @@ async fn the_events_list_the_ledger_in_order_and_each_filter_narrows_it() {
         );
         assert_eq!(refused.body["code"], "invalid_query", "{query}");
     }
+}
+
+/// Runs `recur <args>` and answers its exit code and output.
+fn recur_cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env("RECUR_MASTER_KEY", MASTER_KEY)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The whole database as `pg_dump` prints it (every table, every row).
+fn pg_dump(location: &str) -> String {
+    let out = std::process::Command::new("pg_dump")
+        .args(["--no-owner", "--data-only", "-d", location])
+        .output()
+        .expect("pg_dump (Debian's postgresql-client) must be installed");
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts a change of the customer's contact email to `grace.<n>@example.com`.
+fn spawn_contact_change(
+    server: &Server,
+    tasks: &mut tokio::task::JoinSet<Answer>,
+    customer: &str,
+    n: u32,
+) {
+    let request = server
+        .client
+        .post(format!("{}/v1/customers/{customer}", server.base))
+        .bearer_auth(ADMIN_KEY)
+        .json(&json!({"contact": {"name": "Grace Hopper", "email": format!("grace.{n}@example.com")}}));
+    tasks.spawn(async move {
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.json::<Value>().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn personal_data_is_encrypted_read_on_record_exported_and_erased_for_good() {
+    let server = serve(Backend::Postgres).await;
+    let mut keys = std::collections::HashMap::new();
+    let mut key_ids = std::collections::HashMap::new();
+    for role in ["billing", "support"] {
+        let made = server.post("/v1/api_keys", json!({"role": role})).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        keys.insert(role, made.body["key"].as_str().unwrap().to_owned());
+        key_ids.insert(role, made.body["id"].as_str().unwrap().to_owned());
+    }
+    let as_role = |role: &str| keys[role].clone();
+
+    let grace = json!({"name": "Grace Hopper", "email": "grace.hopper@example.com", "phone": "+1 555 0199"});
+    let created = server
+        .call(
+            Method::POST,
+            "/v1/customers",
+            Some(&as_role("billing")),
+            Some(json!({"contact": grace})),
+            &[("Idempotency-Key", "create-grace")],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.body["erased_at"], Value::Null);
+
+    // The ledger holds the details encrypted: the trail shows ciphertext only.
+    let stored = server
+        .get(&format!("/v1/events?resource=contact-{id}"))
+        .await;
+    assert_eq!(stored.status, StatusCode::OK, "{}", stored.body);
+    assert_eq!(stored.body["data"][0]["type"], "ContactDetailsEncrypted");
+    let trail = stored.body.to_string();
+    for secret in ["Grace", "grace.hopper", "0199"] {
+        assert!(!trail.contains(secret), "{secret} in clear: {trail}");
+    }
+
+    // Support reads the details; the read is recorded with its key as actor.
+    let read = server
+        .call(
+            Method::GET,
+            &format!("/v1/customers/{id}"),
+            Some(&as_role("support")),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.body);
+    assert_eq!(read.body["contact"], grace);
+    // Billing sees no personal data, and nothing is recorded for it.
+    let billing_read = server
+        .call(
+            Method::GET,
+            &format!("/v1/customers/{id}"),
+            Some(&as_role("billing")),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(billing_read.status, StatusCode::OK);
+    assert!(billing_read.body.get("contact").is_none());
+    let access = server
+        .get(&format!("/v1/events?resource=access-{id}"))
+        .await;
+    let reads = access.body["data"].as_array().unwrap();
+    assert_eq!(reads.len(), 1, "{}", access.body);
+    assert_eq!(reads[0]["type"], "PersonalDataRead");
+    assert_eq!(reads[0]["actor"], key_ids["support"].as_str());
+    assert_eq!(reads[0]["data"]["what"], "contact");
+
+    // Concurrent contact changes: one data key, every change readable.
+    let mut changes = tokio::task::JoinSet::new();
+    for n in 0..8 {
+        spawn_contact_change(&server, &mut changes, &id, n);
+    }
+    for answer in changes.join_all().await {
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let now = server.get(&format!("/v1/customers/{id}")).await;
+    let email = now.body["contact"]["email"].as_str().unwrap().to_owned();
+    assert!(email.starts_with("grace.") && email.ends_with("@example.com"));
+
+    // The access request's export: every fact, decrypted; recorded too.
+    assert_eq!(
+        server
+            .call(
+                Method::GET,
+                &format!("/v1/customers/{id}/export"),
+                Some(&as_role("billing")),
+                None,
+                &[]
+            )
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    let export = server
+        .call(
+            Method::GET,
+            &format!("/v1/customers/{id}/export"),
+            Some(&as_role("support")),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(export.status, StatusCode::OK, "{}", export.body);
+    assert_eq!(export.body["object"], "customer_export");
+    assert_eq!(export.body["customer"]["contact"]["email"], email.as_str());
+    let exported = export.body["events"].as_array().unwrap();
+    let decrypted: Vec<&Value> = exported
+        .iter()
+        .filter(|e| e["type"] == "ContactDetailsEncrypted")
+        .map(|e| &e["data"]["details"])
+        .collect();
+    assert_eq!(decrypted.len(), 9, "the first details and eight changes");
+    assert_eq!(*decrypted[0], grace);
+    assert!(exported.iter().any(|e| e["type"] == "CustomerCreated"));
+    assert!(
+        exported
+            .iter()
+            .any(|e| e["type"] == "PersonalDataRead" && e["data"]["what"] == "export"),
+        "the export records itself"
+    );
+    let positions: Vec<u64> = exported
+        .iter()
+        .map(|e| e["position"].as_u64().unwrap())
+        .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "ledger order");
+
+    let before = recur_cli(&["ledger", "verify", "--json", "--database", &server.location]);
+    assert_eq!(before.0, 0, "{}", before.1);
+
+    // Only an admin erases.
+    for role in ["billing", "support"] {
+        let refused = server
+            .call(
+                Method::DELETE,
+                &format!("/v1/customers/{id}/personal_data"),
+                Some(&as_role(role)),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{role}");
+    }
+    let bad = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/customers/{id}/personal_data?reason=because"),
+            Some(ADMIN_KEY),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", bad.body);
+    // The erasure races more contact changes: whatever lands, nothing stays readable.
+    let mut racing = tokio::task::JoinSet::new();
+    for n in 8..12 {
+        spawn_contact_change(&server, &mut racing, &id, n);
+    }
+    let erased = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/customers/{id}/personal_data?reason=requested_by_customer"),
+            Some(ADMIN_KEY),
+            None,
+            &[],
+        )
+        .await;
+    let raced = racing.join_all().await;
+    assert_eq!(erased.status, StatusCode::OK, "{}", erased.body);
+    assert_eq!(erased.body["key_destroyed"], true);
+    for answer in raced {
+        assert!(
+            answer.status == StatusCode::OK
+                || (answer.status == StatusCode::CONFLICT
+                    && answer.body["code"] == "personal_data_erased"),
+            "{} {}",
+            answer.status,
+            answer.body
+        );
+    }
+    let again = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/customers/{id}/personal_data"),
+            Some(ADMIN_KEY),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.body["key_destroyed"], false);
+    assert_eq!(again.body["erased_at"], erased.body["erased_at"]);
+
+    let after = server.get(&format!("/v1/customers/{id}")).await;
+    assert!(after.body.get("contact").is_none(), "{}", after.body);
+    assert_eq!(after.body["erased_at"], erased.body["erased_at"]);
+    let refused = server
+        .post(
+            &format!("/v1/customers/{id}"),
+            json!({"contact": {"name": "Grace Again", "email": "again@example.com"}}),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::CONFLICT, "{}", refused.body);
+    assert_eq!(refused.body["code"], "personal_data_erased");
+    let view = server
+        .get(&format!(
+            "/v1/customers/{id}/view?min_position={}",
+            head(&server).await
+        ))
+        .await;
+    assert_eq!(view.status, StatusCode::OK, "{}", view.body);
+    assert!(view.body.get("contact").is_none());
+    assert_eq!(view.body["erased_at"], erased.body["erased_at"]);
+    let export = server.get(&format!("/v1/customers/{id}/export")).await;
+    assert_eq!(export.status, StatusCode::OK, "{}", export.body);
+    assert!(
+        export.body["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == "ContactDetailsEncrypted")
+            .all(|e| e["data"]["details"].is_null()),
+        "{}",
+        export.body
+    );
+    // The create's stored answer held the details: a replay now reruns it.
+    let replayed = server
+        .call(
+            Method::POST,
+            "/v1/customers",
+            Some(&as_role("billing")),
+            Some(json!({"contact": grace})),
+            &[("Idempotency-Key", "create-grace")],
+        )
+        .await;
+    assert!(replayed.body.get("contact").is_none(), "{}", replayed.body);
+
+    // Nothing of her is left anywhere in the database, in any form.
+    let dump = pg_dump(&server.location);
+    for n in 0..12 {
+        let email = format!("grace.{n}@example.com");
+        assert!(!dump.contains(&email), "{email} survives in the database");
+    }
+    for secret in ["Grace Hopper", "grace.hopper@example.com", "555 0199"] {
+        assert!(!dump.contains(secret), "{secret} survives in the database");
+    }
+    // The books and the chain are as they were.
+    let after_verify = recur_cli(&["ledger", "verify", "--json", "--database", &server.location]);
+    assert_eq!(after_verify.0, 0, "{}", after_verify.1);
 }

@@ -23,6 +23,16 @@ fn remove(path: &std::path::Path) {
     }
 }
 
+/// A fixed master key for the demo's contact details (no key file is made).
+const TEST_MASTER_KEY: &str = "5d1f0c2a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a392817060504";
+
+fn test_master_keys() -> recur_gateway::config::MasterKeyArgs {
+    recur_gateway::config::MasterKeyArgs {
+        master_key: Some(recur_gateway::config::Secret::new(TEST_MASTER_KEY)),
+        ..Default::default()
+    }
+}
+
 fn options(database: String, seed: u64) -> DemoOptions {
     DemoOptions {
         seed,
@@ -31,6 +41,7 @@ fn options(database: String, seed: u64) -> DemoOptions {
         database: Some(database),
         data_dir: std::path::PathBuf::from("."),
         progress: false,
+        master_keys: test_master_keys(),
     }
 }
 

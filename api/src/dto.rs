@@ -2,7 +2,7 @@
 //! from the domain's types so the wire format changes only on purpose.
 
 use recur_commands::coupon::{Coupon, CouponDuration, Discount};
-use recur_commands::customer::{ContactDetails, Customer, PaymentMethod, Segment};
+use recur_commands::customer::{ContactDetails, Customer, ErasureReason, PaymentMethod, Segment};
 use recur_commands::invoice::{ChargeOutcome, Invoice, InvoiceStatus, Line, LineKind, Totals};
 use recur_commands::subscription::{Subscription, Timing};
 use recur_commands::tax::TaxLocation;
@@ -137,6 +137,16 @@ pub struct ContactDto {
     pub phone: Option<String>,
 }
 
+impl From<ContactDetails> for ContactDto {
+    fn from(value: ContactDetails) -> Self {
+        Self {
+            name: value.name,
+            email: value.email,
+            phone: value.phone,
+        }
+    }
+}
+
 impl From<ContactDto> for ContactDetails {
     fn from(value: ContactDto) -> Self {
         Self {
@@ -225,6 +235,8 @@ pub struct CustomerDto {
     /// Contact details (admin and support keys only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub contact: Option<ContactDto>,
+    /// When its personal data was erased (RFC 3339); null while it is kept.
+    pub erased_at: Option<String>,
     /// Ledger position of the write that answered with this (writes only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
@@ -256,14 +268,61 @@ impl CustomerDto {
                 exp_year: m.exp_year,
             }),
             credit_balance: state.credit_balance.map(MoneyDto::from),
-            contact: contact.map(|c| ContactDto {
-                name: c.name,
-                email: c.email,
-                phone: c.phone,
-            }),
+            contact: contact.map(ContactDto::from),
+            erased_at: state.erased_at.map(rfc3339),
             position,
         }
     }
+}
+
+/// Why personal data is erased.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureReasonDto {
+    /// The person asked (GDPR article 17).
+    #[default]
+    RequestedByCustomer,
+    /// The retention period ended.
+    RetentionExpired,
+    /// Another lawful ground, recorded outside Recur.
+    Other,
+}
+
+impl From<ErasureReasonDto> for ErasureReason {
+    fn from(value: ErasureReasonDto) -> Self {
+        match value {
+            ErasureReasonDto::RequestedByCustomer => Self::RequestedByCustomer,
+            ErasureReasonDto::RetentionExpired => Self::RetentionExpired,
+            ErasureReasonDto::Other => Self::Other,
+        }
+    }
+}
+
+/// What `DELETE /v1/customers/{id}/personal_data` did.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ErasureDto {
+    /// Always "personal_data_erasure".
+    pub object: &'static str,
+    /// The customer.
+    pub customer: Uuid,
+    /// When its personal data was erased (the first erasure's time on a repeat).
+    pub erased_at: String,
+    /// True when the data key was destroyed by this request (false on a repeat).
+    pub key_destroyed: bool,
+}
+
+/// `GET /v1/customers/{id}/export`: every fact about a customer, decrypted.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct CustomerExport {
+    /// Always "customer_export".
+    pub object: &'static str,
+    /// When it was made (RFC 3339, the ledger's clock).
+    pub exported_at: String,
+    /// The customer as it is now, contact details included (null once erased).
+    pub customer: CustomerDto,
+    /// Every event of the customer's streams in ledger order; contact details
+    /// decrypted into `data.details` (null once erased).
+    pub events: Vec<EventDto>,
 }
 
 /// When a change takes effect.

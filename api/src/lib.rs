@@ -84,6 +84,8 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(customers::create))
         .routes(routes!(customers::get, customers::update))
         .routes(routes!(customers::attach_payment_method))
+        .routes(routes!(customers::erase_personal_data))
+        .routes(routes!(customers::export))
         .routes(routes!(metrics::customer_view))
         .routes(routes!(subscriptions::create, subscriptions::list))
         .routes(routes!(subscriptions::get))
@@ -271,7 +273,7 @@ mod tests {
         }
         public.sort();
         assert_eq!(public, ["GET /healthz", "GET /metrics", "GET /readyz"]);
-        assert_eq!(declared, 46, "every other operation names its roles");
+        assert_eq!(declared, 48, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
             Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])

@@ -120,6 +120,9 @@ impl From<DomainError> for ApiError {
             DomainError::InvalidTransition { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_transition", detail)
             }
+            DomainError::PersonalDataErased => {
+                ApiError::new(StatusCode::CONFLICT, error.code(), detail)
+            }
             other => unprocessable(other.code()),
         }
     }
@@ -180,6 +183,20 @@ impl From<BillingError> for ApiError {
                 "contended",
                 "the resource kept changing; retry",
             ),
+            // The server's configuration, not the request: the operator must
+            // give the master key (or a retired one) back.
+            BillingError::NoMasterKey
+            | BillingError::Privacy(
+                recur_commands::privacy::PrivacyError::UnknownMasterKey { .. }
+                | recur_commands::privacy::PrivacyError::Random,
+            ) => {
+                tracing::error!(error = %Chain(&error), code = error.code(), "personal data unavailable");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error.code(),
+                    "personal data cannot be read or stored: the server lacks its master key",
+                )
+            }
             error => {
                 tracing::error!(error = %Chain(&error), code = error.code(), "billing error");
                 ApiError::new(

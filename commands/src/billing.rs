@@ -24,6 +24,7 @@ use crate::invoice::{
     InvoiceStatus, Line, LineKind, compute_totals,
 };
 use crate::payment::{ChargeRequest, PaymentGateway, RefundRequest};
+use crate::privacy::Vault;
 use crate::repository::{Executed, Repository, decode};
 use crate::subscription::{
     CancelReason, Settlement, Subscription, SubscriptionCommand, SubscriptionStatus, Timing,
@@ -113,12 +114,14 @@ pub struct RefundOutcome {
 
 /// The billing service.
 pub struct Billing {
-    repo: Repository,
+    pub(crate) repo: Repository,
     gateway: Arc<dyn PaymentGateway>,
     retry: RetryPolicy,
+    /// Encrypts and decrypts personal data; without it none can be stored.
+    pub(crate) vault: Option<Arc<Vault>>,
 }
 
-fn metadata(source: Source) -> Metadata {
+pub(crate) fn metadata(source: Source) -> Metadata {
     Metadata {
         source,
         actor: (source == Source::Scheduler).then(|| "scheduler".to_owned()),
@@ -165,7 +168,16 @@ impl Billing {
             repo,
             gateway,
             retry: RetryPolicy::default(),
+            vault: None,
         })
+    }
+
+    /// The service with `vault` to encrypt personal data (contact details):
+    /// without one, a customer's personal data cannot be recorded.
+    #[must_use]
+    pub fn with_vault(mut self, vault: Arc<Vault>) -> Self {
+        self.vault = Some(vault);
+        self
     }
 
     /// The ledger underneath.
@@ -300,7 +312,7 @@ impl Billing {
         &self.retry
     }
 
-    fn now(&self) -> OffsetDateTime {
+    pub(crate) fn now(&self) -> OffsetDateTime {
         self.repo.ledger().clock().now()
     }
 
@@ -402,18 +414,6 @@ impl Billing {
         Ok(state)
     }
 
-    /// A customer's contact details.
-    ///
-    /// # Errors
-    /// Ledger errors.
-    pub async fn contact(&self, id: CustomerId) -> Result<Option<ContactDetails>, BillingError> {
-        let (state, _) = self
-            .repo
-            .load_current::<Contact>(&contact_stream(id)?)
-            .await?;
-        Ok(state.details)
-    }
-
     // ---- customers and coupons -------------------------------------------
 
     /// Creates a customer (and its contact details, in their own stream).
@@ -424,6 +424,10 @@ impl Billing {
     pub async fn create_customer(&self, new: NewCustomer) -> Result<CustomerId, BillingError> {
         if let Some(contact) = &new.contact {
             contact.validate()?;
+            if self.vault.is_none() {
+                // Refused before anything is written.
+                return Err(BillingError::NoMasterKey);
+            }
         }
         let now = self.now();
         let id = CustomerId::new_at(now);
@@ -439,8 +443,9 @@ impl Billing {
             })
             .await?;
         if let Some(contact) = new.contact {
+            let encrypted = self.encrypt_contact(id, &contact).await?;
             self.repo
-                .execute::<Contact, _>(&contact_stream(id)?, &meta, |_| Ok(contact.clone()))
+                .execute::<Contact, _>(&contact_stream(id)?, &meta, |_| Ok(encrypted.clone()))
                 .await?;
         }
         Ok(id)
@@ -457,12 +462,11 @@ impl Billing {
         details: ContactDetails,
     ) -> Result<(), BillingError> {
         details.validate()?;
-        let (_, version) = self.customer_versioned(id).await?;
-        let (contact, _) = self
-            .repo
-            .load_current::<Contact>(&contact_stream(id)?)
-            .await?;
-        if contact.details.as_ref() == Some(&details) {
+        let (customer, version) = self.customer_versioned(id).await?;
+        if customer.erased_at.is_some() {
+            return Err(DomainError::PersonalDataErased.into());
+        }
+        if self.contact(id).await?.as_ref() == Some(&details) {
             // Nothing changes; a stale If-Match is still refused, unless this is
             // a rerun of the request that made the change.
             if !crate::context::earlier_run_wrote(self.ledger(), &id.stream()?).await? {
@@ -477,15 +481,16 @@ impl Billing {
             now,
         })
         .await?;
+        let encrypted = self.encrypt_contact(id, &details).await?;
         self.repo
             .execute::<Contact, _>(&contact_stream(id)?, &metadata(Source::Api), |_| {
-                Ok(details.clone())
+                Ok(encrypted.clone())
             })
             .await?;
         Ok(())
     }
 
-    async fn customer_command(
+    pub(crate) async fn customer_command(
         &self,
         id: CustomerId,
         source: Source,
@@ -1698,6 +1703,14 @@ impl Billing {
 /// Never in practice: the name is short and plain.
 pub fn contact_stream(id: CustomerId) -> Result<StreamId, LedgerError> {
     StreamId::parse(format!("contact-{id}"))
+}
+
+/// The stream recording who read a customer's personal data, and when.
+///
+/// # Errors
+/// Never in practice: the name is short and plain.
+pub fn access_stream(id: CustomerId) -> Result<StreamId, LedgerError> {
+    StreamId::parse(format!("access-{id}"))
 }
 
 fn not_found_domain(kind: &'static str, id: impl ToString) -> DomainError {

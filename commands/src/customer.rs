@@ -11,6 +11,7 @@ use time::OffsetDateTime;
 use crate::aggregate::{Aggregate, DomainEvent};
 use crate::error::DomainError;
 use crate::ids::{CustomerId, InvoiceId};
+use crate::privacy::Encrypted;
 use crate::tax::TaxLocation;
 
 /// Which dunning policy applies; trial and high-value customers are treated differently.
@@ -26,6 +27,19 @@ pub enum Segment {
     HighValue,
     /// Still in (or just out of) a trial.
     Trial,
+}
+
+/// Why a customer's personal data was erased.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureReason {
+    /// The person asked (GDPR article 17, CCPA deletion).
+    #[default]
+    RequestedByCustomer,
+    /// The retention period ended.
+    RetentionExpired,
+    /// Another lawful ground, recorded outside Recur.
+    Other,
 }
 
 /// A card as the payment provider describes it: token, brand, last 4 digits, expiry.
@@ -161,6 +175,14 @@ pub enum CustomerCommand {
         /// Now.
         now: OffsetDateTime,
     },
+    /// Record that the customer's personal data was erased (its data key is
+    /// destroyed by the billing service); once only.
+    ErasePersonalData {
+        /// Why.
+        reason: ErasureReason,
+        /// Now.
+        now: OffsetDateTime,
+    },
     /// Owe the customer credit (a downgrade's net), once per invoice.
     GrantCredit {
         /// The invoice that gave rise to it.
@@ -222,6 +244,15 @@ domain_events! {
             #[serde(with = "time::serde::rfc3339")]
             at: OffsetDateTime,
         },
+        /// The customer's personal data was erased: its data key is destroyed,
+        /// so what its events hold of the person can no longer be read.
+        PersonalDataErased {
+            /// Why.
+            reason: ErasureReason,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
         /// Credit owed to the customer (no postings: the invoice event carries them).
         CreditGranted {
             /// The source invoice.
@@ -248,6 +279,7 @@ impl DomainEvent for CustomerEvent {
             CustomerEvent::TaxLocationSet { .. } => "TaxLocationSet",
             CustomerEvent::SegmentSet { .. } => "SegmentSet",
             CustomerEvent::ContactChanged { .. } => "ContactChanged",
+            CustomerEvent::PersonalDataErased { .. } => "PersonalDataErased",
             CustomerEvent::CreditGranted { .. } => "CreditGranted",
             CustomerEvent::CreditApplied { .. } => "CreditApplied",
         }
@@ -271,6 +303,8 @@ pub struct Customer {
     pub credit_granted: BTreeMap<InvoiceId, Money>,
     /// Credit applied, per invoice (retries answer with the same amount).
     pub credit_applied: BTreeMap<InvoiceId, Money>,
+    /// When its personal data was erased, if it was.
+    pub erased_at: Option<OffsetDateTime>,
 }
 
 impl Aggregate for Customer {
@@ -335,7 +369,17 @@ impl Aggregate for Customer {
                 }
             }
             CustomerCommand::MarkContactChanged { now } => {
+                if self.erased_at.is_some() {
+                    return Err(DomainError::PersonalDataErased);
+                }
                 vec![CustomerEvent::ContactChanged { at: now }]
+            }
+            CustomerCommand::ErasePersonalData { reason, now } => {
+                if self.erased_at.is_some() {
+                    Vec::new()
+                } else {
+                    vec![CustomerEvent::PersonalDataErased { reason, at: now }]
+                }
             }
             CustomerCommand::GrantCredit { invoice_id, amount } => {
                 if !amount.is_positive() {
@@ -401,6 +445,7 @@ impl Aggregate for Customer {
             }
             CustomerEvent::SegmentSet { segment } => self.segment = *segment,
             CustomerEvent::ContactChanged { .. } => {}
+            CustomerEvent::PersonalDataErased { at, .. } => self.erased_at = Some(*at),
             CustomerEvent::CreditGranted { invoice_id, amount } => {
                 self.credit_granted.insert(*invoice_id, *amount);
                 let balance = self
@@ -420,11 +465,21 @@ impl Aggregate for Customer {
 }
 
 /// A customer's contact details: personal data, kept in its own stream
-/// (`contact-<customer id>`) so it can be erased without touching the books.
+/// (`contact-<customer id>`), encrypted under the customer's data key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Contact {
-    /// The latest details.
-    pub details: Option<ContactDetails>,
+    /// The latest details, as stored.
+    pub details: Option<StoredContact>,
+}
+
+/// Contact details as an event holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoredContact {
+    /// Written in clear, before personal data was encrypted (docs/security.md
+    /// says how to move such a ledger to one without them).
+    Clear(ContactDetails),
+    /// Encrypted under the customer's data key: the JSON of [`ContactDetails`].
+    Encrypted(Encrypted),
 }
 
 /// Name, email and phone.
@@ -484,35 +539,82 @@ domain_events! {
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "type")]
     pub enum ContactEvent {
-        /// New details.
+        /// New details, in clear: what ledgers written before encryption hold.
+        /// Never written now; still read.
         ContactDetailsUpdated {
             /// The details.
             details: ContactDetails,
+        },
+        /// New details, encrypted under the customer's data key.
+        ContactDetailsEncrypted {
+            /// The JSON of the details, encrypted.
+            encrypted: Encrypted,
         },
     }
 }
 
 impl DomainEvent for ContactEvent {
     fn event_type(&self) -> &'static str {
-        "ContactDetailsUpdated"
+        match self {
+            ContactEvent::ContactDetailsUpdated { .. } => "ContactDetailsUpdated",
+            ContactEvent::ContactDetailsEncrypted { .. } => "ContactDetailsEncrypted",
+        }
     }
 }
 
 impl Aggregate for Contact {
     type Event = ContactEvent;
-    type Command = ContactDetails;
+    /// The new details, already checked and encrypted by the billing service
+    /// (which compares them with the current ones: equal details write nothing).
+    type Command = Encrypted;
 
-    fn decide(&self, details: ContactDetails) -> Result<Vec<ContactEvent>, DomainError> {
-        details.validate()?;
-        if self.details.as_ref() == Some(&details) {
-            return Ok(Vec::new());
-        }
-        Ok(vec![ContactEvent::ContactDetailsUpdated { details }])
+    fn decide(&self, encrypted: Encrypted) -> Result<Vec<ContactEvent>, DomainError> {
+        Ok(vec![ContactEvent::ContactDetailsEncrypted { encrypted }])
     }
 
     fn evolve(&mut self, event: &ContactEvent) {
-        let ContactEvent::ContactDetailsUpdated { details } = event;
-        self.details = Some(details.clone());
+        self.details = Some(match event {
+            ContactEvent::ContactDetailsUpdated { details } => {
+                StoredContact::Clear(details.clone())
+            }
+            ContactEvent::ContactDetailsEncrypted { encrypted } => {
+                StoredContact::Encrypted(encrypted.clone())
+            }
+        });
+    }
+}
+
+/// Which personal data was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PersonalDataUse {
+    /// The contact details (a customer shown to an admin or support key).
+    Contact,
+    /// Everything, decrypted (an access request's export).
+    Export,
+}
+
+domain_events! {
+    /// Reads of a customer's personal data: who (the event's actor), from which
+    /// request, when, and what. Kept in their own stream (`access-<customer>`)
+    /// so reads never move the customer's version.
+    #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(tag = "type")]
+    pub enum AccessEvent {
+        /// Personal data was read.
+        PersonalDataRead {
+            /// What was read.
+            what: PersonalDataUse,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+    }
+}
+
+impl DomainEvent for AccessEvent {
+    fn event_type(&self) -> &'static str {
+        "PersonalDataRead"
     }
 }
 

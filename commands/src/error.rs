@@ -122,6 +122,9 @@ pub enum DomainError {
     /// The customer has no payment method on file and the command needs one.
     #[error("customer {0} has no payment method on file")]
     NoPaymentMethod(String),
+    /// The customer's personal data was erased: none can be recorded again.
+    #[error("the customer's personal data was erased; none can be recorded for it again")]
+    PersonalDataErased,
 }
 
 impl DomainError {
@@ -148,6 +151,7 @@ impl DomainError {
             DomainError::WrongPriceKind { .. } => "wrong_price_kind",
             DomainError::InvalidCatalog(_) | DomainError::TaxRate(_) => "invalid_catalog",
             DomainError::NoPaymentMethod(_) => "no_payment_method",
+            DomainError::PersonalDataErased => "personal_data_erased",
         }
     }
 }
@@ -209,6 +213,13 @@ pub enum BillingError {
     /// The catalog file is not the TOML a catalog is (code `invalid_catalog`).
     #[error("catalog: not a catalog file")]
     CatalogFile(#[source] toml::de::Error),
+    /// Personal data cannot be encrypted or read: no master key is configured,
+    /// a data key's master key is missing, or a ciphertext fails authentication.
+    #[error("personal data: {0}")]
+    Privacy(#[from] crate::privacy::PrivacyError),
+    /// Personal data was asked to be written, but no master key is configured.
+    #[error("personal data cannot be stored: no master key is configured (RECUR_MASTER_KEY)")]
+    NoMasterKey,
 }
 
 /// What is wrong with a stored event that [`BillingError::Corrupt`] reports.
@@ -238,6 +249,8 @@ impl BillingError {
             BillingError::Contended(_) => "contended",
             BillingError::Stale { .. } => "version_conflict",
             BillingError::Catalog(_) | BillingError::CatalogFile(_) => "invalid_catalog",
+            BillingError::Privacy(error) => error.code(),
+            BillingError::NoMasterKey => "master_key_missing",
         }
     }
 }

@@ -13,7 +13,9 @@
 //! the simulated gateway, and at the edge the [`billing`] service (load, decide,
 //! append, follow up across aggregates) and the [`scheduler`] that the billing
 //! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
-//! checks free text before it enters the ledger for good.
+//! checks free text before it enters the ledger for good; [`privacy`] encrypts
+//! personal data under per-customer keys, so that erasing a customer is
+//! destroying its key.
 
 pub mod aggregate;
 pub mod billing;
@@ -27,7 +29,9 @@ pub mod ids;
 pub mod invoice;
 pub mod payment;
 pub mod period;
+pub mod personal_data;
 pub mod postings;
+pub mod privacy;
 mod repository;
 pub mod scheduler;
 pub mod subscription;

@@ -210,6 +210,24 @@ impl Repository {
         self.run(stream, metadata, preset, command).await
     }
 
+    /// Appends `events` at the end of `stream` whatever its version: for logs
+    /// that no decision is made on (who read personal data).
+    pub(crate) async fn append_any<E: DomainEvent>(
+        &self,
+        stream: &StreamId,
+        metadata: &Metadata,
+        events: &[E],
+    ) -> Result<Position, BillingError> {
+        let new_events = self.new_events(metadata, None, events)?;
+        let appended = self
+            .ledger
+            .append(stream, ExpectedVersion::Any, new_events)
+            .await?;
+        self.appended
+            .fetch_add(appended.positions.len() as u64, Ordering::Relaxed);
+        Ok(appended.last_position())
+    }
+
     /// The ledger's form of `events`, stamped now, with the request's actor, its
     /// id as the correlation id, and the append's key (a replayable request's).
     fn new_events<E: DomainEvent>(

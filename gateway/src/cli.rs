@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, NatsArgs, Secret, WhenMissing};
+use crate::config::{
+    DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, MasterKeyArgs, NatsArgs, Secret, WhenMissing,
+};
 use crate::seal_export::SealExport;
 use recur_bench::ledger::{BenchBackend, Workload};
 
@@ -65,6 +67,10 @@ pub enum Command {
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
+        /// The master keys that encrypt the people's contact details (default:
+        /// recur-master.key in the data directory, made if missing).
+        #[command(flatten)]
+        master_keys: MasterKeyArgs,
     },
     /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else
     /// recur.sqlite in the data directory, made on first start).
@@ -94,6 +100,12 @@ pub enum Command {
         /// Which projections command.
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// Customers' personal data: erasure and master-key rotation.
+    Customer {
+        /// Which customer command.
+        #[command(subcommand)]
+        command: CustomersCommand,
     },
     /// Manage API keys.
     Keys {
@@ -135,6 +147,9 @@ pub struct ServeArgs {
     /// Relay the ledger to NATS JetStream when a server is named.
     #[command(flatten)]
     pub nats: NatsArgs,
+    /// The master keys of personal data.
+    #[command(flatten)]
+    pub master_keys: MasterKeyArgs,
     /// Run on a test clock (starting now, or where the ledger's last event
     /// left it if later) moved by POST /v1/test_clock/advance.
     #[arg(long)]
@@ -255,6 +270,56 @@ pub enum ProjectionsCommand {
         /// The ledger (it must exist).
         #[command(flatten)]
         ledger: LedgerArgs,
+    },
+}
+
+/// Why personal data is erased, on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ErasureReasonArg {
+    /// The person asked (GDPR article 17).
+    RequestedByCustomer,
+    /// The retention period ended.
+    RetentionExpired,
+    /// Another lawful ground, recorded outside Recur.
+    Other,
+}
+
+impl From<ErasureReasonArg> for recur_commands::customer::ErasureReason {
+    fn from(value: ErasureReasonArg) -> Self {
+        match value {
+            ErasureReasonArg::RequestedByCustomer => Self::RequestedByCustomer,
+            ErasureReasonArg::RetentionExpired => Self::RetentionExpired,
+            ErasureReasonArg::Other => Self::Other,
+        }
+    }
+}
+
+/// `recur customer …`
+#[derive(Debug, Subcommand)]
+pub enum CustomersCommand {
+    /// Erase a customer's personal data (crypto-shredding): record the erasure,
+    /// destroy its data key, delete stored API answers that held it. The books,
+    /// the chain and every figure stay as they were. Needs no master key.
+    Forget {
+        /// The customer's id.
+        id: String,
+        /// Why.
+        #[arg(long, value_enum, default_value = "requested-by-customer")]
+        reason: ErasureReasonArg,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+    },
+    /// Wrap every customer's data key with the current master key, so that a
+    /// retired master key (RECUR_MASTER_KEYS_RETIRED) can be dropped. Events are
+    /// not rewritten.
+    RewrapKeys {
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// The master keys: the current one and the retired ones.
+        #[command(flatten)]
+        master_keys: MasterKeyArgs,
     },
 }
 

@@ -286,6 +286,110 @@ impl LedgerArgs {
     }
 }
 
+/// The key file made in the data directory when no master key is configured.
+pub const DEFAULT_MASTER_KEY_FILE: &str = "recur-master.key";
+
+/// The master keys that protect personal data (docs/security.md): each
+/// customer's data key is stored wrapped by the current master key.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct MasterKeyArgs {
+    /// The master key: 64 hex digits or base64 of 32 bytes (`openssl rand -hex
+    /// 32`). Unset: the key file (--master-key-file), made on first start.
+    #[arg(
+        long,
+        env = "RECUR_MASTER_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub master_key: Option<Secret>,
+    /// Earlier master keys, comma-separated: they still unwrap the data keys they
+    /// wrapped, until `recur customer rewrap-keys` wraps these with the current one.
+    #[arg(
+        long,
+        env = "RECUR_MASTER_KEYS_RETIRED",
+        hide_env_values = true,
+        value_name = "KEYS"
+    )]
+    pub master_keys_retired: Option<Secret>,
+    /// The key file read when RECUR_MASTER_KEY is unset (default: recur-master.key
+    /// in the data directory), made with a new random key (mode 0600) if missing.
+    /// Keep it out of the database's backups.
+    #[arg(long, env = "RECUR_MASTER_KEY_FILE", value_name = "PATH")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl MasterKeyArgs {
+    /// The vault: the configured master key, else the key file's (made if
+    /// missing), with the retired keys.
+    ///
+    /// # Errors
+    /// A malformed key (named by its source, never shown), an unreadable key file.
+    pub fn vault(&self, data_dir: &Path) -> anyhow::Result<recur_commands::privacy::Vault> {
+        use anyhow::Context;
+        use recur_commands::privacy::{MasterKey, Vault};
+        let current = match self.master_key.as_ref().filter(|k| !k.expose().is_empty()) {
+            Some(key) => MasterKey::parse(key.expose()).context("RECUR_MASTER_KEY")?,
+            None => {
+                let file = self
+                    .master_key_file
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join(DEFAULT_MASTER_KEY_FILE));
+                key_file(&file)?
+            }
+        };
+        let retired = match &self.master_keys_retired {
+            Some(keys) => keys
+                .expose()
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(MasterKey::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .context("RECUR_MASTER_KEYS_RETIRED")?,
+            None => Vec::new(),
+        };
+        Ok(Vault::new(current, retired))
+    }
+}
+
+/// The master key in `file`, made (0600, a new random key) when it is missing.
+fn key_file(file: &Path) -> anyhow::Result<recur_commands::privacy::MasterKey> {
+    use anyhow::Context;
+    use recur_commands::privacy::MasterKey;
+    use std::io::Write;
+    match std::fs::read_to_string(file) {
+        Ok(text) => {
+            MasterKey::parse(&text).with_context(|| format!("the key file {}", file.display()))
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let (key, text) = MasterKey::generate()?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            match options.open(file) {
+                Ok(mut out) => {
+                    out.write_all(text.as_bytes())
+                        .and_then(|()| out.sync_all())
+                        .with_context(|| format!("write the key file {}", file.display()))?;
+                    tracing::warn!(
+                        file = %file.display(),
+                        "made a new master key file for personal data: keep it safe and apart \
+                         from the database's backups, or set RECUR_MASTER_KEY"
+                    );
+                    Ok(key)
+                }
+                // Another process made it first: use theirs.
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => key_file(file),
+                Err(error) => {
+                    Err(error).with_context(|| format!("make the key file {}", file.display()))
+                }
+            }
+        }
+        Err(error) => Err(error).with_context(|| format!("read the key file {}", file.display())),
+    }
+}
+
 /// The NATS JetStream server and stream that carry the ledger to other processes.
 #[derive(Clone, Debug, clap::Args)]
 pub struct NatsArgs {

@@ -4,7 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use recur_bench::ledger::{self as ledger_bench, LedgerBenchOptions};
 use recur_gateway::cli::{
-    BenchCommand, Cli, Command, KeysCommand, LedgerCommand, ProjectionsCommand,
+    BenchCommand, Cli, Command, CustomersCommand, KeysCommand, LedgerCommand, ProjectionsCommand,
 };
 use recur_gateway::config::{self, DatabaseUrl, LogArgs, LogFormat, WhenMissing};
 use recur_gateway::demo::{self, DemoOptions};
@@ -121,6 +121,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 relay: args.nats.relay_config(),
                 ledger: args.ledger,
                 admin_key: args.admin_key,
+                master_keys: args.master_keys,
                 test_clock: args.test_clock || test_clock_start.is_some(),
                 test_clock_start,
                 tick_seconds: args.tick_seconds,
@@ -154,6 +155,24 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     recur_gateway::projections_cmd::rebuild(&ledger, name.as_deref(), all)
                         .await
                         .context("projections rebuild")?;
+                }
+            }
+            Ok(0)
+        }
+        Command::Customer { command } => {
+            match command {
+                CustomersCommand::Forget { id, reason, ledger } => {
+                    recur_gateway::customer_cmd::forget(&ledger, &id, reason.into())
+                        .await
+                        .context("customer forget")?;
+                }
+                CustomersCommand::RewrapKeys {
+                    ledger,
+                    master_keys,
+                } => {
+                    recur_gateway::customer_cmd::rewrap_keys(&ledger, &master_keys)
+                        .await
+                        .context("customer rewrap-keys")?;
                 }
             }
             Ok(0)
@@ -214,6 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             database,
             data_dir,
             quiet,
+            master_keys,
         } => {
             use std::io::IsTerminal;
             let options = DemoOptions {
@@ -223,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 database: database.map(|url| url.expose().to_owned()),
                 data_dir,
                 progress: !quiet && std::io::stderr().is_terminal(),
+                master_keys,
             };
             let (outcome, _) = demo::run(&options).await.context("demo")?;
             if json {

@@ -23,6 +23,8 @@ pub struct ServeOptions {
     pub missing: crate::config::WhenMissing,
     /// The bootstrap admin key (`RECUR_ADMIN_KEY`), held only in memory.
     pub admin_key: Option<crate::config::Secret>,
+    /// The master keys of personal data.
+    pub master_keys: crate::config::MasterKeyArgs,
     /// Relay the ledger to NATS JetStream, when configured.
     pub relay: Option<recur_projections::RelayConfig>,
     /// Run on a test clock, with POST /v1/test_clock/advance.
@@ -101,7 +103,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 Arc::clone(&telemetry),
             )),
         )
-        .await?,
+        .await?
+        .with_vault(Arc::new(
+            options
+                .master_keys
+                .vault(&options.ledger.data_dir)
+                .context("the master key of personal data")?,
+        )),
     );
     let bootstrap = options
         .admin_key

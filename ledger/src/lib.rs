@@ -10,6 +10,8 @@
 //!   ranges and [`Ledger::verify`] recomputes everything; [`Ledger::proof`] writes
 //!   one stream's [`Proof`], which [`Proof::verify`] checks offline.
 //! - [`Money`] is the one money type every crate uses.
+//! - [`Ledger::data_key`] and its kin keep the wrapped per-customer data keys that
+//!   encrypt personal data, and destroy them for good on erasure.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), recur_ledger::LedgerError> {
@@ -28,6 +30,7 @@
 //! ```
 
 pub mod clock;
+pub mod data_keys;
 pub mod envelope;
 pub mod error;
 pub mod hash;
@@ -47,6 +50,7 @@ pub mod upcast;
 pub mod verify;
 
 pub use clock::{Clock, SystemClock, TestClock};
+pub use data_keys::{DataKey, WrappedKey};
 pub use envelope::{
     Appended, EventId, ExpectedVersion, IdempotencyKey, Metadata, NewEvent, Position,
     RecordedEvent, Source, StreamId,

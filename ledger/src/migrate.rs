@@ -42,6 +42,11 @@ const POSTGRES: &[Migration] = &[
         name: "idempotency_key_prefixes",
         sql: include_str!("../../schema/postgres/0005_idempotency_key_prefixes.sql"),
     },
+    Migration {
+        version: 6,
+        name: "data_keys",
+        sql: include_str!("../../schema/postgres/0006_data_keys.sql"),
+    },
 ];
 
 const SQLITE: &[Migration] = &[
@@ -69,6 +74,11 @@ const SQLITE: &[Migration] = &[
         version: 5,
         name: "idempotency_key_prefixes",
         sql: include_str!("../../schema/sqlite/0005_idempotency_key_prefixes.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "data_keys",
+        sql: include_str!("../../schema/sqlite/0006_data_keys.sql"),
     },
 ];
 

@@ -268,6 +268,32 @@ impl Ledger {
         Ok(())
     }
 
+    /// Deletes the stored answers whose body contains `needle` (an erased
+    /// customer's id: its answers may hold its personal data); returns how many.
+    /// A scan, bounded by the answers' retention; erasures are rare.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn delete_requests_mentioning(&self, needle: &str) -> Result<u64, LedgerError> {
+        // instr/strpos rather than LIKE: the needle's `_` or `%` mean themselves.
+        Ok(match self.backend() {
+            Backend::Postgres(store) => {
+                sqlx::query("DELETE FROM api_requests WHERE strpos(body, $1) > 0")
+                    .bind(needle)
+                    .execute(store.pool())
+                    .await?
+                    .rows_affected()
+            }
+            Backend::Sqlite(store) => {
+                sqlx::query("DELETE FROM api_requests WHERE instr(body, ?) > 0")
+                    .bind(needle)
+                    .execute(store.writer())
+                    .await?
+                    .rows_affected()
+            }
+        })
+    }
+
     /// Deletes answers recorded before `before`; returns how many.
     ///
     /// # Errors
@@ -292,13 +318,15 @@ impl Ledger {
     }
 }
 
-fn micros(at: OffsetDateTime) -> i64 {
+/// `at` in microseconds since the Unix epoch, as the SQLite tables store times.
+pub(crate) fn micros(at: OffsetDateTime) -> i64 {
     i64::try_from(at.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
 }
 
-fn from_micros(us: i64) -> Result<OffsetDateTime, LedgerError> {
+/// The instant a SQLite table stored as microseconds since the Unix epoch.
+pub(crate) fn from_micros(us: i64) -> Result<OffsetDateTime, LedgerError> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
-        .map_err(|_| LedgerError::Integrity(format!("api_requests: {us} is no instant")))
+        .map_err(|_| LedgerError::Integrity(format!("a stored time, {us} µs, is no instant")))
 }
 
 /// Now on the machine's clock, in microseconds since the Unix epoch.

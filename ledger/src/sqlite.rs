@@ -73,6 +73,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_millis(config.connect_timeout_ms))
             .foreign_keys(true)
+            // Deleted or overwritten bytes are zeroed in the file, not left in
+            // free pages: a destroyed data key (erasure) must not linger.
+            .pragma("secure_delete", "ON")
             // sqlx hands rows over one channel message at a time; room for a whole
             // replay page lets the worker run ahead instead of waking per row.
             .row_buffer_size(ROWS_BUFFERED);

@@ -17,7 +17,7 @@ use crate::db::{Db, Stmt};
 use crate::runtime::{Delivered, Projection, ProjectionError, earlier_events};
 
 /// One row per customer.
-pub const VIEW: &str = "customer_view_v1";
+pub const VIEW: &str = "customer_view_v2";
 /// One row per open invoice: what it owes and since when (for AR aging).
 pub const OPEN_INVOICES: &str = "open_invoices_v1";
 /// One row per subscription: whose it is (the subscription lists).
@@ -54,6 +54,8 @@ pub struct CustomerRow {
     pub next_retry_at: String,
     /// The latest successful payment, RFC 3339.
     pub last_payment_at: String,
+    /// When the customer's personal data was erased, RFC 3339, or empty.
+    pub erased_at: String,
 }
 
 /// The customer-view projection.
@@ -115,14 +117,14 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
     Stmt::new(
         format!(
             "INSERT INTO {VIEW} (customer_id, segment, card, credit_minor, invoices, paid_minor, refunded_minor,
-             open_invoices, open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             open_invoices, open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at, erased_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT (customer_id) DO UPDATE SET segment = excluded.segment, card = excluded.card,
              credit_minor = excluded.credit_minor, invoices = excluded.invoices, paid_minor = excluded.paid_minor,
              refunded_minor = excluded.refunded_minor, open_invoices = excluded.open_invoices,
              open_minor = excluded.open_minor, failed_payments = excluded.failed_payments,
              in_dunning = excluded.in_dunning, next_retry_at = excluded.next_retry_at,
-             last_payment_at = excluded.last_payment_at"
+             last_payment_at = excluded.last_payment_at, erased_at = excluded.erased_at"
         ),
         vec![
             customer.into(),
@@ -138,6 +140,7 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
             row.in_dunning.into(),
             row.next_retry_at.clone().into(),
             row.last_payment_at.clone().into(),
+            row.erased_at.clone().into(),
         ],
     )
     .keyed(format!("view:{customer}"))
@@ -145,7 +148,7 @@ fn upsert(customer: &str, row: &CustomerRow) -> Stmt {
 
 impl Projection for Customers {
     const NAME: &'static str = "customers";
-    const VERSION: u32 = 5;
+    const VERSION: u32 = 6;
 
     fn tables(&self) -> Vec<&'static str> {
         vec![VIEW, OPEN_INVOICES, SUBSCRIPTIONS, INVOICES]
@@ -158,7 +161,7 @@ impl Projection for Customers {
                  credit_minor BIGINT NOT NULL, invoices BIGINT NOT NULL, paid_minor BIGINT NOT NULL,
                  refunded_minor BIGINT NOT NULL, open_invoices BIGINT NOT NULL, open_minor BIGINT NOT NULL,
                  failed_payments BIGINT NOT NULL, in_dunning BIGINT NOT NULL, next_retry_at TEXT NOT NULL,
-                 last_payment_at TEXT NOT NULL)"
+                 last_payment_at TEXT NOT NULL, erased_at TEXT NOT NULL)"
             ),
             vec![],
         ),
@@ -314,6 +317,9 @@ impl Projection for Customers {
                     CustomerEvent::CreditApplied { amount, .. } => {
                         row.credit_minor -= minor(*amount)
                     }
+                    CustomerEvent::PersonalDataErased { at, .. } => {
+                        row.erased_at = at.format(&Rfc3339).unwrap_or_default();
+                    }
                     CustomerEvent::TaxLocationSet { .. } | CustomerEvent::ContactChanged { .. } => {
                         return Ok(());
                     }
@@ -463,12 +469,13 @@ pub async fn read(
         i64,
         String,
         String,
+        String,
     );
     let rows: Vec<Row> = db
         .rows(&Stmt::new(
             format!(
                 "SELECT customer_id, segment, card, credit_minor, invoices, paid_minor, refunded_minor, open_invoices,
-                 open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at FROM {VIEW} {filter}"
+                 open_minor, failed_payments, in_dunning, next_retry_at, last_payment_at, erased_at FROM {VIEW} {filter}"
             ),
             params,
         ))
@@ -491,6 +498,7 @@ pub async fn read(
                     in_dunning: r.10,
                     next_retry_at: r.11,
                     last_payment_at: r.12,
+                    erased_at: r.13,
                 },
             )
         })

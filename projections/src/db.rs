@@ -189,6 +189,7 @@ tuple_rows!(A, B, C, D, E, F, G, H, I, J);
 tuple_rows!(A, B, C, D, E, F, G, H, I, J, K);
 tuple_rows!(A, B, C, D, E, F, G, H, I, J, K, L);
 tuple_rows!(A, B, C, D, E, F, G, H, I, J, K, L, M);
+tuple_rows!(A, B, C, D, E, F, G, H, I, J, K, L, M, N);
 
 impl From<i64> for Value {
     fn from(v: i64) -> Self {

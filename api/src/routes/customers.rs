@@ -8,13 +8,20 @@ use axum::response::Response;
 use recur_commands::CustomerId;
 use recur_commands::billing::NewCustomer;
 use recur_commands::context::within;
+use recur_commands::customer::{ContactEvent, PersonalDataUse, StoredContact};
+use recur_commands::tagged::DecodeEvent;
+use recur_ledger::Source;
+use serde::Deserialize;
 
 use super::{context, customer_id, to_value};
 use crate::AppState;
 use crate::auth::{Caller, Role};
-use crate::dto::{CustomerCreate, CustomerDto, CustomerUpdate, PaymentMethodDto};
+use crate::dto::{
+    ContactDto, CustomerCreate, CustomerDto, CustomerExport, CustomerUpdate, ErasureDto,
+    ErasureReasonDto, PaymentMethodDto, rfc3339,
+};
 use crate::problem::{ApiError, Problem};
-use crate::request::{RawBody, idempotent, if_match, json_response, parse};
+use crate::request::{Params, RawBody, idempotent, if_match, json_response, parse};
 
 async fn customer_dto(
     state: &AppState,
@@ -80,8 +87,121 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let dto = customer_dto(&state, customer_id(&id)?, caller.role, None).await?;
+    let id = customer_id(&id)?;
+    let dto = customer_dto(&state, id, caller.role, None).await?;
+    if dto.contact.is_some() {
+        record_read(&state, &caller, id, PersonalDataUse::Contact).await?;
+    }
     Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
+
+/// Records that `caller` read `what` of the customer's personal data: the
+/// answer is given only once the record is in the ledger.
+///
+/// # Errors
+/// Ledger errors (the read is then refused).
+pub async fn record_read(
+    state: &AppState,
+    caller: &Caller,
+    id: CustomerId,
+    what: PersonalDataUse,
+) -> Result<(), ApiError> {
+    let (recorded, _) = within(
+        context(caller, None, None),
+        state.billing.record_personal_data_read(id, what),
+    )
+    .await;
+    Ok(recorded?)
+}
+
+/// `DELETE /v1/customers/{id}/personal_data`'s query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureQuery {
+    /// Why (default requested_by_customer).
+    pub reason: Option<ErasureReasonDto>,
+}
+
+/// Erase a customer's personal data (crypto-shredding): the erasure is recorded
+/// (who, when, why), the customer's data key destroyed, and stored answers that
+/// held the customer deleted. Every event stays; the books and every figure are
+/// unchanged; the contact details can no longer be read by anyone. Repeating it
+/// answers the same erasure.
+#[utoipa::path(delete, operation_id = "customers_erase_personal_data", path = "/v1/customers/{id}/personal_data", tag = "customers",
+    params(("id" = String, Path, description = "Customer id"),
+           ("reason" = Option<ErasureReasonDto>, Query, description = "requested_by_customer (default), retention_expired or other")),
+    responses((status = 200, description = "Erased", body = ErasureDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin"])))]
+pub async fn erase_personal_data(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Params(query): Params<ErasureQuery>,
+) -> Result<Response, ApiError> {
+    let id = customer_id(&id)?;
+    let reason = query.reason.unwrap_or_default();
+    let stream = id.stream().map_err(recur_commands::BillingError::from)?;
+    let (erased, _) = within(
+        context(&caller, Some(stream), None),
+        state.billing.forget(id, reason.into(), Source::Api),
+    )
+    .await;
+    let erased = erased?;
+    let dto = ErasureDto {
+        object: "personal_data_erasure",
+        customer: id.0,
+        erased_at: rfc3339(erased.at),
+        key_destroyed: erased.key_destroyed,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&dto)?))
+}
+
+/// Every fact about a customer, decrypted, as one document (a GDPR access
+/// request): the customer now and every event of its streams in ledger order.
+/// The export is itself recorded in the customer's access log.
+#[utoipa::path(get, operation_id = "customers_export", path = "/v1/customers/{id}/export", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    responses((status = 200, description = "Done", body = CustomerExport), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
+pub async fn export(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = customer_id(&id)?;
+    let customer = customer_dto(&state, id, Role::Admin, None).await?;
+    // Recorded before the data is gathered: an export that fails half-way has
+    // still been asked for, and the record itself is part of what is exported.
+    record_read(&state, &caller, id, PersonalDataUse::Export).await?;
+    let mut events = Vec::new();
+    for event in super::events::customer_events(&state, id).await? {
+        let contact = (event.event_type == "ContactDetailsEncrypted")
+            .then(|| <ContactEvent as DecodeEvent>::decode_payload(&event.payload))
+            .transpose()
+            .map_err(|_| {
+                super::unavailable(format!(
+                    "the contact event at position {} cannot be decoded",
+                    event.position.0
+                ))
+            })?;
+        let mut dto = super::events::event_dto(event)?;
+        if let Some(ContactEvent::ContactDetailsEncrypted { encrypted }) = contact {
+            let details = state
+                .billing
+                .open_contact(id, &StoredContact::Encrypted(encrypted))
+                .await?;
+            dto.data = serde_json::json!({
+                "type": "ContactDetailsEncrypted",
+                "details": details.map(ContactDto::from),
+            });
+        }
+        events.push(dto);
+    }
+    let export = CustomerExport {
+        object: "customer_export",
+        exported_at: rfc3339(state.billing.ledger().clock().now()),
+        customer,
+        events,
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&export)?))
 }
 
 /// Update a customer's segment, tax location or contact details.

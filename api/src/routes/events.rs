@@ -1,7 +1,7 @@
 //! /v1/events: the ledger as a list of events (the audit trail), in ledger order.
 //!
 //! Every event is personal data's neighbour (a `contact` stream's payload *is*
-//! personal data), so only the roles that see personal data (admin, support)
+//! personal data, encrypted under the customer's data key and listed as stored), so only the roles that see personal data (admin, support)
 //! may read the trail; billing and analysts are refused (403) rather than given
 //! a redacted copy that a later event type could leak through.
 //!
@@ -207,6 +207,9 @@ async fn customer_streams(state: &AppState, customer: &str) -> Result<HashSet<St
         recur_commands::billing::contact_stream(id)?
             .as_str()
             .to_owned(),
+        recur_commands::billing::access_stream(id)?
+            .as_str()
+            .to_owned(),
     ]);
     let db = super::read_models_current(state).await?;
     let customer = id.to_string();
@@ -271,6 +274,41 @@ async fn customer_streams(state: &AppState, customer: &str) -> Result<HashSet<St
         }
     }
     Ok(streams)
+}
+
+/// Every event of one customer's streams (its own, its contact's, its access
+/// log's, its subscriptions' and invoices'), in ledger order: each stream read
+/// whole, then merged, so the cost follows the customer, not the ledger.
+///
+/// # Errors
+/// 422 for a customer with more than [`CUSTOMER_STREAMS_MAX`] resources;
+/// ledger and read-model errors.
+pub async fn customer_events(
+    state: &AppState,
+    customer: recur_commands::CustomerId,
+) -> Result<Vec<RecordedEvent>, ApiError> {
+    let streams = customer_streams(state, &customer.to_string()).await?;
+    let mut events = Vec::new();
+    for stream in streams {
+        let stream = StreamId::parse(stream).map_err(recur_commands::BillingError::from)?;
+        let mut version = 0;
+        loop {
+            let page = state
+                .billing
+                .ledger()
+                .read_stream(&stream, version + 1, SCAN_PAGE_EVENTS)
+                .await
+                .map_err(recur_commands::BillingError::from)?;
+            let done = page.len() < SCAN_PAGE_EVENTS;
+            version = page.last().map_or(version, |e| e.stream_version);
+            events.extend(page);
+            if done {
+                break;
+            }
+        }
+    }
+    events.sort_unstable_by_key(|event| event.position);
+    Ok(events)
 }
 
 /// The query, parsed into a page size, a cursor and a filter.
@@ -366,7 +404,11 @@ pub async fn scan(
     Ok((found, Some(cursor)))
 }
 
-fn event_dto(event: RecordedEvent) -> Result<EventDto, ApiError> {
+/// An event as the API lists it: its payload as recorded.
+///
+/// # Errors
+/// 503 when the stored payload is not JSON.
+pub fn event_dto(event: RecordedEvent) -> Result<EventDto, ApiError> {
     let data = serde_json::from_str(&event.payload).map_err(|_| {
         super::unavailable(format!(
             "the event at position {} holds a payload that is not JSON",
@@ -403,7 +445,7 @@ fn event_dto(event: RecordedEvent) -> Result<EventDto, ApiError> {
            ("actor" = Option<String>, Query, description = "Only events written by this actor (an API key id, scheduler)"),
            ("created[gte]" = Option<String>, Query, format = DateTime, description = "Recorded at or after (RFC 3339)"),
            ("created[lte]" = Option<String>, Query, format = DateTime, description = "Recorded at or before (RFC 3339)"),
-           ("customer" = Option<String>, Query, description = "Every stream of this customer: its own, its contact's, its subscriptions' and invoices'"),
+           ("customer" = Option<String>, Query, description = "Every stream of this customer: its own, its contact's, its access log's, its subscriptions' and invoices'"),
            ("external_id" = Option<String>, Query, description = "The id an outside system gave the fact (nothing records one yet)")),
     responses((status = 200, description = "Done", body = EventList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
 pub async fn list(

@@ -9,6 +9,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use recur_commands::customer::PersonalDataUse;
 use recur_ledger::{Currency, Money};
 use recur_projections::analytics::{self, AnalyticsError, Interval};
 use recur_projections::db::Db;
@@ -950,6 +951,8 @@ pub struct CustomerView {
     pub next_retry_at: Option<String>,
     /// The latest payment.
     pub last_payment_at: Option<String>,
+    /// When the customer's personal data was erased (then `contact` is absent).
+    pub erased_at: Option<String>,
     /// The ledger position the projections had reached.
     pub position: u64,
 }
@@ -1006,14 +1009,13 @@ pub async fn customer_view(
             .billing
             .contact(customer)
             .await?
-            .map(|c| crate::dto::ContactDto {
-                name: c.name,
-                email: c.email,
-                phone: c.phone,
-            })
+            .map(crate::dto::ContactDto::from)
     } else {
         None
     };
+    if contact.is_some() {
+        super::customers::record_read(&state, &caller, customer, PersonalDataUse::Contact).await?;
+    }
     let some = |t: &str| (!t.is_empty()).then(|| t.to_owned());
     let view = CustomerView {
         object: "customer_view",
@@ -1038,6 +1040,7 @@ pub async fn customer_view(
         },
         next_retry_at: some(&row.next_retry_at),
         last_payment_at: some(&row.last_payment_at),
+        erased_at: some(&row.erased_at),
         position,
     };
     Ok(json_response(StatusCode::OK, &to_value(&view)?))

@@ -46,6 +46,9 @@ pub struct DemoOptions {
     pub data_dir: std::path::PathBuf,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// The master keys that encrypt the people's contact details (default:
+    /// the key file in `data_dir`).
+    pub master_keys: crate::config::MasterKeyArgs,
 }
 
 /// Why the demo stopped.
@@ -149,8 +152,15 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
         )));
     }
     let catalog = Catalog::default_catalog()?;
-    let billing =
-        Arc::new(Billing::open(ledger.clone(), catalog, Arc::new(SimulatedGateway::new())).await?);
+    let vault = options
+        .master_keys
+        .vault(&options.data_dir)
+        .map_err(|error| DemoError::Options(format!("{error:#}")))?;
+    let billing = Arc::new(
+        Billing::open(ledger.clone(), catalog, Arc::new(SimulatedGateway::new()))
+            .await?
+            .with_vault(Arc::new(vault)),
+    );
     simulation::create_coupons(&billing).await?;
     let end = recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, options.months);
     let mut script = Script::write(options.seed, options.customers, DEMO_START, options.months);

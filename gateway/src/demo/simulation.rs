@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use recur_commands::billing::{NewCoupon, NewCustomer, NewSubscription, PlanChange, Trial};
 use recur_commands::coupon::{CouponDuration, Discount};
-use recur_commands::customer::Segment;
+use recur_commands::customer::{ContactDetails, Segment};
 use recur_commands::subscription::Timing;
 use recur_commands::tax::TaxLocation;
 use recur_commands::{
@@ -73,6 +73,9 @@ struct Person {
     card: Option<&'static str>,
     coupon: Option<&'static str>,
     tax: Option<(&'static str, Option<&'static str>)>,
+    /// Name, email and phone: made up from the person's number (never from the
+    /// seed's dice, so the business a seed gives stays the same).
+    contact: ContactDetails,
     customer: Option<CustomerId>,
     subscription: Option<SubscriptionId>,
     course_invoice: Option<InvoiceId>,
@@ -272,6 +275,7 @@ impl Script {
                 card,
                 coupon,
                 tax,
+                contact: made_up_contact(who),
                 customer: None,
                 subscription: None,
                 course_invoice: None,
@@ -477,6 +481,46 @@ fn tokenize(number: &str) -> Result<recur_commands::customer::PaymentMethod, Bil
     })
 }
 
+/// First names and family names the demo's people are made of.
+const FIRST_NAMES: [&str; 16] = [
+    "Ada", "Bea", "Cyrus", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kai", "Lena",
+    "Milo", "Nia", "Otto", "Pia",
+];
+const FAMILY_NAMES: [&str; 16] = [
+    "Abbott",
+    "Brandt",
+    "Castillo",
+    "Dubois",
+    "Eriksen",
+    "Fontaine",
+    "Garber",
+    "Haddad",
+    "Ishikawa",
+    "Jovanovic",
+    "Kowalski",
+    "Lindqvist",
+    "Moreau",
+    "Novak",
+    "Okafor",
+    "Petrov",
+];
+
+/// The contact details of person number `who`: unique per person (the number
+/// is in the email and the phone), so a test can look for one person's data.
+fn made_up_contact(who: usize) -> ContactDetails {
+    let first = FIRST_NAMES[who % FIRST_NAMES.len()];
+    let family = FAMILY_NAMES[(who / FIRST_NAMES.len()) % FAMILY_NAMES.len()];
+    ContactDetails {
+        name: format!("{first} {family}"),
+        email: format!(
+            "{}.{}.{who}@example.com",
+            first.to_lowercase(),
+            family.to_lowercase()
+        ),
+        phone: Some(format!("+1 555 {:07}", who)),
+    }
+}
+
 async fn arrive(
     billing: &Billing,
     person: &mut Person,
@@ -495,7 +539,7 @@ async fn arrive(
         .create_customer(NewCustomer {
             segment,
             tax_location,
-            contact: None,
+            contact: Some(person.contact.clone()),
         })
         .await?;
     activity.customers += 1;

@@ -1,0 +1,179 @@
+//! A customer's personal data through the billing service: contact details
+//! encrypted under the customer's data key on the way in and decrypted on the
+//! way out, erasure by destroying that key, and the record of every read.
+
+use std::sync::Arc;
+
+use recur_ledger::{DataKey as StoredKey, Source};
+use time::OffsetDateTime;
+
+use crate::billing::{Billing, access_stream, contact_stream, metadata};
+use crate::customer::{
+    AccessEvent, Contact, ContactDetails, CustomerCommand, ErasureReason, PersonalDataUse,
+    StoredContact,
+};
+use crate::error::{BillingError, DomainError};
+use crate::ids::CustomerId;
+use crate::privacy::{DataKey, Encrypted, Vault};
+
+/// What an erasure did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Erasure {
+    /// When the personal data was erased (the first erasure's time on a repeat).
+    pub at: OffsetDateTime,
+    /// Whether a live data key was destroyed now (false on a repeat).
+    pub key_destroyed: bool,
+    /// Stored API answers that held the customer, deleted now.
+    pub answers_deleted: u64,
+}
+
+impl Billing {
+    /// The vault, or the refusal to handle personal data without one.
+    fn vault(&self) -> Result<&Arc<Vault>, BillingError> {
+        self.vault.as_ref().ok_or(BillingError::NoMasterKey)
+    }
+
+    /// The customer's data key: made on first use when `create`; None when it
+    /// was destroyed (or never made and not asked to be).
+    async fn data_key(
+        &self,
+        id: CustomerId,
+        create: bool,
+    ) -> Result<Option<DataKey>, BillingError> {
+        let vault = self.vault()?;
+        let ledger = self.ledger();
+        let mut stored = ledger.data_key(id.0).await?;
+        if create && stored == StoredKey::Missing {
+            let (_, wrapped) = vault.new_data_key(id.0)?;
+            // A concurrent writer may have stored its key first: use whichever won.
+            stored = ledger
+                .insert_data_key(id.0, &wrapped, vault.current_id())
+                .await?;
+        }
+        match stored {
+            StoredKey::Live {
+                wrapped,
+                master_key_id,
+            } => Ok(Some(vault.unwrap(id.0, &wrapped, &master_key_id)?)),
+            StoredKey::Destroyed { .. } if create => Err(DomainError::PersonalDataErased.into()),
+            StoredKey::Missing | StoredKey::Destroyed { .. } => Ok(None),
+        }
+    }
+
+    /// `details`, encrypted under the customer's data key (made if need be).
+    pub(crate) async fn encrypt_contact(
+        &self,
+        id: CustomerId,
+        details: &ContactDetails,
+    ) -> Result<Encrypted, BillingError> {
+        let key = self
+            .data_key(id, true)
+            .await?
+            .ok_or(DomainError::PersonalDataErased)?;
+        let json = serde_json::to_vec(details).map_err(|_| {
+            crate::privacy::PrivacyError::Malformed("contact details do not serialize")
+        })?;
+        Ok(self.vault()?.encrypt(&key, &json)?)
+    }
+
+    /// Contact details as an event stored them, readable again; None when the
+    /// customer's data key is destroyed (erased). Details stored in clear
+    /// (before encryption) are shown unless the customer was erased.
+    ///
+    /// # Errors
+    /// [`BillingError::NoMasterKey`], [`BillingError::Privacy`]; ledger errors.
+    pub async fn open_contact(
+        &self,
+        id: CustomerId,
+        stored: &StoredContact,
+    ) -> Result<Option<ContactDetails>, BillingError> {
+        match stored {
+            StoredContact::Clear(details) => {
+                let (customer, _) = self.customer_versioned(id).await?;
+                Ok(customer.erased_at.is_none().then(|| details.clone()))
+            }
+            StoredContact::Encrypted(encrypted) => {
+                let Some(key) = self.data_key(id, false).await? else {
+                    return Ok(None);
+                };
+                let json = self.vault()?.decrypt(&key, encrypted)?;
+                let details = serde_json::from_slice(&json).map_err(|_| {
+                    crate::privacy::PrivacyError::Malformed("decrypted contact is not JSON")
+                })?;
+                Ok(Some(details))
+            }
+        }
+    }
+
+    /// A customer's contact details; None when it has none or they were erased.
+    ///
+    /// # Errors
+    /// [`BillingError::NoMasterKey`] when details are stored and no vault is
+    /// configured; [`BillingError::Privacy`]; ledger errors.
+    pub async fn contact(&self, id: CustomerId) -> Result<Option<ContactDetails>, BillingError> {
+        let (state, _) = self
+            .repo
+            .load_current::<Contact>(&contact_stream(id)?)
+            .await?;
+        match &state.details {
+            None => Ok(None),
+            Some(stored) => self.open_contact(id, stored).await,
+        }
+    }
+
+    /// Erases a customer's personal data: records the erasure (who, when, why)
+    /// on the customer's stream, then destroys its data key, then deletes the
+    /// stored API answers that held the customer. The events stay; the books,
+    /// the chain and every figure are unchanged. Repeating it is harmless (and
+    /// finishes an erasure a crash interrupted).
+    ///
+    /// # Errors
+    /// Unknown customer; ledger errors.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
+    pub async fn forget(
+        &self,
+        id: CustomerId,
+        reason: ErasureReason,
+        source: Source,
+    ) -> Result<Erasure, BillingError> {
+        let now = self.now();
+        let executed = self
+            .customer_command(id, source, |_| CustomerCommand::ErasePersonalData {
+                reason,
+                now,
+            })
+            .await?;
+        let at = executed.state.erased_at.unwrap_or(now);
+        let key_destroyed = self.ledger().destroy_data_key(id.0).await?;
+        let answers_deleted = self
+            .ledger()
+            .delete_requests_mentioning(&id.0.to_string())
+            .await?;
+        tracing::info!(key_destroyed, answers_deleted, "personal data erased");
+        Ok(Erasure {
+            at,
+            key_destroyed,
+            answers_deleted,
+        })
+    }
+
+    /// Records that the caller (the request's actor) read `what` of a
+    /// customer's personal data.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn record_personal_data_read(
+        &self,
+        id: CustomerId,
+        what: PersonalDataUse,
+    ) -> Result<(), BillingError> {
+        let event = AccessEvent::PersonalDataRead {
+            what,
+            at: self.now(),
+        };
+        self.repo
+            .append_any(&access_stream(id)?, &metadata(Source::Api), &[event])
+            .await?;
+        Ok(())
+    }
+}
