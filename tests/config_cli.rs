@@ -295,7 +295,11 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
                 "DATABASE_URL",
                 format!("postgres://alice:{password}@127.0.0.1/recur"),
             )
-            .env("RECUR_ADMIN_KEY", secret_key);
+            .env("RECUR_ADMIN_KEY", secret_key)
+            .env(
+                "RECUR_SEAL_EXPORT",
+                format!("http://bob:{password}@127.0.0.1/seals"),
+            );
         });
         assert_eq!(code, Some(0), "{stderr}");
         assert!(
@@ -315,6 +319,7 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
         "RUST_LOG",
         "RECUR_METRICS_PROFILE",
         "RECUR_PAST_DUE_CHURN_DAYS",
+        "RECUR_SEAL_EXPORT",
     ] {
         assert!(serve.contains(var), "serve --help misses {var}:\n{serve}");
     }
@@ -324,6 +329,11 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
             &["ledger", "verify", "--help"],
             &["DATABASE_URL", "RECUR_DATA_DIR", "RUST_LOG"],
         ),
+        (
+            &["ledger", "seal", "--help"],
+            &["DATABASE_URL", "RECUR_SEAL_EXPORT"],
+        ),
+        (&["ledger", "proof", "--help"], &["DATABASE_URL"]),
         (
             &["relay", "--help"],
             &["DATABASE_URL", "NATS_URL", "RECUR_NATS_STREAM"],

@@ -58,6 +58,17 @@ async fn the_demo_is_deterministic_for_a_seed_and_its_books_balance() {
     let s = &first.summary;
     assert!(s.books_balanced);
     assert!(first.ledger_intact);
+    // The demo ends sealed: every event under a seal, the last one's digest reported.
+    assert_eq!(first.unsealed_events, 0);
+    let seal = first
+        .final_seal
+        .as_ref()
+        .expect("the demo seals at the end");
+    assert_eq!(
+        seal.to_position, s.events,
+        "the last seal reaches the last event"
+    );
+    assert_eq!(seal.digest.len(), 64);
     assert_eq!(
         first.events_verified, s.events,
         "the report folded every event"
@@ -196,6 +207,7 @@ fn recur_demo_prints_a_summary_and_json() {
     let text = run(&["--customers", "25", "--months", "3"]);
     assert!(text.contains("MRR at each month end"), "{text}");
     assert!(text.contains("hash chains verified: intact"), "{text}");
+    assert!(text.contains("final seal digest "), "{text}");
     assert!(
         dir.join("recur-demo.sqlite").exists(),
         "the embedded default file"
@@ -205,6 +217,22 @@ fn recur_demo_prints_a_summary_and_json() {
         serde_json::from_str(&run(&["--customers", "25", "--months", "3", "--json"])).unwrap();
     assert_eq!(json["customers"], 25);
     assert_eq!(json["summary"]["books_balanced"], true);
+    assert_eq!(json["unsealed_events"], 0);
+    let digest = json["final_seal"]["digest"].as_str().unwrap_or_default();
+    assert_eq!(digest.len(), 64, "{json}");
+    // It is the ledger's own head seal digest, as `verify` reports it.
+    let verify = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["ledger", "verify", "--json", "--database"])
+        .arg(format!(
+            "sqlite:{}",
+            dir.join("recur-demo.sqlite").display()
+        ))
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let verified: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(verified["head_digest"], digest);
+    assert_eq!(verified["unsealed_events"], 0);
     assert_eq!(
         json["summary"]["mrr_by_month"].as_array().map(Vec::len),
         Some(3)

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::config::{
     DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, MasterKeyArgs, NatsArgs, Secret, WhenMissing,
 };
+use crate::seal_export::SealExport;
 use recur_bench::ledger::{BenchBackend, Workload};
 
 /// The environment variables the projections read wherever they run (they
@@ -164,6 +165,16 @@ pub struct ServeArgs {
     /// `request_timeout` (the test clock's advance excepted).
     #[arg(long, default_value_t = recur_api::REQUEST_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub request_timeout_ms: u64,
+    /// Export each new seal outside the database (docs/operations.md): file:PATH
+    /// appends a JSON line per seal; http://HOST[:PORT]/PATH POSTs it (plain HTTP,
+    /// retried with backoff; https is refused: use a local TLS forwarder).
+    #[arg(
+        long,
+        env = "RECUR_SEAL_EXPORT",
+        hide_env_values = true,
+        value_name = "TARGET"
+    )]
+    pub seal_export: Option<SealExport>,
     /// Milliseconds a stopping server (SIGTERM, SIGINT) waits for the
     /// requests in flight, then for the scheduler and the relay.
     #[arg(long, default_value_t = crate::serve::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -200,11 +211,46 @@ pub enum LedgerCommand {
         #[command(flatten)]
         ledger: LedgerArgs,
     },
-    /// Seal every released, unsealed event.
+    /// Seal every released, unsealed event (cron-friendly with --export).
     Seal {
         /// The ledger (it must exist).
         #[command(flatten)]
         ledger: LedgerArgs,
+        /// Then export the seals (docs/operations.md): file:PATH appends one JSON line
+        /// per seal the file lacks; http://HOST[:PORT]/PATH POSTs the newest seal from
+        /// before this run and each new one (plain HTTP; https is refused).
+        #[arg(
+            long,
+            env = "RECUR_SEAL_EXPORT",
+            hide_env_values = true,
+            value_name = "TARGET"
+        )]
+        export: Option<SealExport>,
+    },
+    /// Write the offline proof of one resource: its events, chain hashes and the seals
+    /// covering them, as JSON (docs/ledger.md, "Proofs"). Its events must be sealed.
+    Proof {
+        /// A stream (invoice-<uuid>), an API path (/v1/invoices/<id>, invoices/<id>;
+        /// customers, subscriptions, coupons) or a bare API id.
+        resource: String,
+        /// Write the proof here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+    },
+    /// Check a proof without any database. Exit 0: intact (one line: resource, events,
+    /// seals and digests); 2: a check failed (which, and where); 1: unreadable or not a proof.
+    VerifyProof {
+        /// The proof file.
+        file: PathBuf,
+        /// Also compare its seals with their exported copies (a --seal-export file).
+        #[arg(long, value_name = "FILE")]
+        exported: Option<PathBuf>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy an embedded (SQLite) ledger, read models included, to a new file while it
     /// is in use (`VACUUM INTO`: one consistent snapshot). Postgres: use pg_dump.

@@ -1,5 +1,4 @@
-//! `recur ledger verify`, `recur ledger seal`, `recur ledger backup` and
-//! `recur ledger history`.
+//! `recur ledger verify`, `seal`, `backup`, `history`, `proof` and `verify-proof`.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -10,10 +9,14 @@ use sqlx::Connection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 
 use recur_api::history::{self, HistoryError, HistoryList};
-use recur_commands::{CustomerId, InvoiceId, SubscriptionId};
-use recur_ledger::{Clock, Ledger, LedgerError, Position, StreamId, SystemClock, VerifyReport};
+use recur_commands::{CouponCode, CustomerId, InvoiceId, SubscriptionId};
+use recur_ledger::{
+    Clock, Ledger, LedgerError, Position, Proof, ProofError, SealReport, StreamId, SystemClock,
+    VerifyReport,
+};
 
 use crate::config::{LedgerArgs, OpenError, WhenMissing};
+use crate::seal_export::{Exporter, SealExport, SealExportError};
 
 /// Exit code of `verify` when the ledger does not verify.
 pub const EXIT_BROKEN: i32 = 2;
@@ -39,6 +42,30 @@ pub enum LedgerCmdError {
         "no customer, subscription or invoice {0:?} in this ledger (give an id, or a stream name such as invoice-<id>)"
     )]
     UnknownResource(String),
+    /// The resource named is no stream and no API id, or an ambiguous one.
+    #[error("{0}")]
+    Resource(String),
+    /// A file could not be read or written.
+    #[error("{path}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A proof (or a seal export file) could not be read.
+    #[error("{path}")]
+    Proof {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: ProofError,
+    },
+    /// Seals were made but could not be exported.
+    #[error("sealed, but the export failed (the next `recur ledger seal --export` sends it again)")]
+    Export(#[from] SealExportError),
 }
 
 /// Opens an existing ledger: checking or sealing a ledger never makes one.
@@ -121,12 +148,24 @@ fn print_report(location: &str, report: &VerifyReport) {
     }
 }
 
-/// Seals every released event and prints the new seals.
+/// Seals every released event and prints the new seals; with `export`, then
+/// exports them (a file target: every seal it does not hold yet; an HTTP
+/// target: the seal that was the newest before this run, again, and every new
+/// one, so one failed run is repaired by the next).
 ///
 /// # Errors
-/// The ledger is missing, or cannot be opened or written.
-pub async fn seal(ledger: &LedgerArgs) -> Result<(), LedgerCmdError> {
+/// The ledger is missing, or cannot be opened or written; a bad export target
+/// (checked before sealing); the export failed (after sealing).
+pub async fn seal(ledger: &LedgerArgs, export: Option<&SealExport>) -> Result<(), LedgerCmdError> {
+    let target = export.map(SealExport::target).transpose()?;
     let ledger = open(ledger).await?;
+    let mut exporter = match target {
+        Some(target) => {
+            let head = crate::seal_export::newest_seal(&ledger).await?;
+            Some(Exporter::new(target, head.saturating_sub(1))?)
+        }
+        None => None,
+    };
     let seals = ledger.seal().await?;
     if seals.is_empty() {
         println!("nothing to seal");
@@ -141,7 +180,205 @@ pub async fn seal(ledger: &LedgerArgs) -> Result<(), LedgerCmdError> {
             seal.digest
         );
     }
+    if let Some(exporter) = &mut exporter {
+        let count = exporter.export_pending(&ledger).await?;
+        println!("exported {count} seal(s)");
+    }
     Ok(())
+}
+
+/// The stream a resource names: a stream id (`invoice-<uuid>`), an API path
+/// (`/v1/invoices/<id>`, `invoices/<id>`, likewise customers, subscriptions and
+/// coupons), or a bare API id, looked up among customer, subscription and
+/// invoice streams.
+///
+/// # Errors
+/// [`LedgerCmdError::Resource`] for an id of the wrong form or an ambiguous bare id.
+pub async fn resolve_resource(ledger: &Ledger, resource: &str) -> Result<StreamId, LedgerCmdError> {
+    let resource = resource.trim();
+    let bad = |why: String| LedgerCmdError::Resource(why);
+    let path = resource.strip_prefix("/v1/").unwrap_or(resource);
+    if let Some((kind, id)) = path.split_once('/') {
+        let id = id.trim_end_matches('/');
+        let stream = match kind {
+            "invoices" => InvoiceId::parse(id).map(|id| id.stream()),
+            "customers" => CustomerId::parse(id).map(|id| id.stream()),
+            "subscriptions" => SubscriptionId::parse(id).map(|id| id.stream()),
+            "coupons" => CouponCode::parse(id).map(|code| code.stream()),
+            // Not an API path: a stream name that holds a '/'.
+            _ => {
+                return StreamId::parse(resource)
+                    .map_err(|error| bad(format!("{resource:?}: {error}")));
+            }
+        };
+        return stream
+            .map_err(|error| bad(format!("{resource:?}: {error}")))?
+            .map_err(LedgerCmdError::from);
+    }
+    if let Ok(id) = uuid::Uuid::parse_str(resource) {
+        // API ids are bare UUIDs: the stream is the one kind that has events under it.
+        let candidates = [
+            CustomerId(id).stream()?,
+            SubscriptionId(id).stream()?,
+            InvoiceId(id).stream()?,
+        ];
+        let mut found = Vec::new();
+        for stream in candidates {
+            if ledger.stream_version(&stream).await? > 0 {
+                found.push(stream);
+            }
+        }
+        return match found.len() {
+            1 => Ok(found.remove(0)),
+            0 => Err(LedgerError::StreamNotFound {
+                stream: format!("customer-, subscription- or invoice-{id}"),
+            }
+            .into()),
+            _ => Err(bad(format!(
+                "{id} is the id of several resources; name one, e.g. invoices/{id}"
+            ))),
+        };
+    }
+    StreamId::parse(resource).map_err(|error| bad(format!("{resource:?}: {error}")))
+}
+
+/// Writes the proof of one resource to `out` (or stdout) and says what it holds.
+///
+/// # Errors
+/// The ledger is missing or unreadable; the resource is unknown, has unsealed
+/// events or does not match its seals; `out` cannot be written.
+pub async fn proof(
+    ledger: &LedgerArgs,
+    resource: &str,
+    out: Option<&Path>,
+) -> Result<(), LedgerCmdError> {
+    let ledger = open(ledger).await?;
+    let stream = resolve_resource(&ledger, resource).await?;
+    let proof = ledger.proof(&stream).await?;
+    let summary = proof.verify().map_err(|source| LedgerCmdError::Proof {
+        path: stream.to_string(),
+        source,
+    })?;
+    let text = proof.to_json();
+    match out {
+        Some(path) => {
+            std::fs::write(path, format!("{text}\n")).map_err(|source| LedgerCmdError::File {
+                path: path.display().to_string(),
+                source,
+            })?;
+            println!("wrote {}: {summary}", path.display());
+        }
+        None => println!("{text}"),
+    }
+    Ok(())
+}
+
+/// Checks a proof file without any database; returns the exit code: 0 intact,
+/// [`EXIT_BROKEN`] when a check fails (printed, with the place). With
+/// `exported`, a file of exported seal lines, the proof's seals must also match
+/// their exported copies.
+///
+/// # Errors
+/// A file cannot be read, or is not a proof (or not seal lines) — exit 1.
+pub fn verify_proof(
+    file: &Path,
+    exported: Option<&Path>,
+    as_json: bool,
+) -> Result<i32, LedgerCmdError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| LedgerCmdError::File {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let text = read(file)?;
+    let proof = Proof::from_json(&text).map_err(|source| LedgerCmdError::Proof {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let copies = match exported {
+        Some(path) => Some(exported_seals(path, &read(path)?)?),
+        None => None,
+    };
+    let checked = proof.verify().and_then(|verified| {
+        let matched = match &copies {
+            Some(copies) => Some(proof.check_exported(copies)?),
+            None => None,
+        };
+        Ok((verified, matched))
+    });
+    match checked {
+        Ok((verified, matched)) => {
+            if as_json {
+                let json = serde_json::json!({
+                    "result": "intact",
+                    "resource": verified.resource,
+                    "events": verified.events,
+                    "positions": [verified.positions.0, verified.positions.1],
+                    "seals": verified.seals.iter().map(|(no, digest)| serde_json::json!({"seal_no": no, "digest": digest})).collect::<Vec<_>>(),
+                    "exported_copies_matched": matched,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+            } else {
+                match matched {
+                    Some(count) => {
+                        println!("{verified}; {count} seal(s) match their exported copies")
+                    }
+                    None => println!("{verified}"),
+                }
+            }
+            Ok(0)
+        }
+        Err(ProofError::Failed {
+            check,
+            place,
+            detail,
+        }) => {
+            if as_json {
+                let json = serde_json::json!({
+                    "result": "broken",
+                    "resource": proof.resource,
+                    "check": check.name(),
+                    "at": place.to_string(),
+                    "detail": detail,
+                });
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "BROKEN: {}: {check} check failed at {place}: {detail}",
+                    proof.resource
+                );
+            }
+            Ok(EXIT_BROKEN)
+        }
+        Err(source) => Err(LedgerCmdError::Proof {
+            path: file.display().to_string(),
+            source,
+        }),
+    }
+}
+
+/// The seals of an export file: one JSON line each; blank lines are skipped.
+fn exported_seals(path: &Path, text: &str) -> Result<Vec<SealReport>, LedgerCmdError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            serde_json::from_str(line).map_err(|error| LedgerCmdError::Proof {
+                path: path.display().to_string(),
+                source: ProofError::Malformed(format!(
+                    "line {} is not an exported seal: {error}",
+                    index + 1
+                )),
+            })
+        })
+        .collect()
 }
 
 /// How long a backup waits for SQLite's locks (a checkpoint, a writer's commit).
@@ -250,39 +487,34 @@ pub enum HistoryOf {
     Stream(StreamId),
 }
 
-/// What RESOURCE names in `ledger`: a bare id is the customer, subscription or
-/// invoice with a stream of that id (ids are UUIDv7s: one kind at most has it);
-/// anything else is a stream name, which must hold events.
+/// What RESOURCE names in `ledger` ([`resolve_resource`]'s forms): a
+/// customer's stream stands for every stream of the customer; any other
+/// stream for itself. It must hold events.
 ///
 /// # Errors
 /// [`LedgerCmdError::UnknownResource`] when it names nothing; ledger errors.
 pub async fn resolve(ledger: &Ledger, resource: &str) -> Result<HistoryOf, LedgerCmdError> {
     let unknown = || LedgerCmdError::UnknownResource(resource.to_owned());
-    let exists = async |stream: &StreamId| -> Result<bool, LedgerError> {
-        Ok(ledger.stream_version(stream).await? > 0)
+    let stream = match resolve_resource(ledger, resource).await {
+        Ok(stream) => stream,
+        Err(
+            LedgerCmdError::Resource(_)
+            | LedgerCmdError::Ledger(LedgerError::StreamNotFound { .. }),
+        ) => {
+            return Err(unknown());
+        }
+        Err(error) => return Err(error),
     };
-    if let Ok(customer) = CustomerId::parse(resource) {
-        if exists(&customer.stream()?).await? {
-            return Ok(HistoryOf::Customer(customer));
-        }
-        // The same UUID as another kind's id.
-        let others = [
-            SubscriptionId(customer.0).stream()?,
-            InvoiceId(customer.0).stream()?,
-        ];
-        for stream in others {
-            if exists(&stream).await? {
-                return Ok(HistoryOf::Stream(stream));
-            }
-        }
+    if ledger.stream_version(&stream).await? == 0 {
         return Err(unknown());
     }
-    let stream = StreamId::parse(resource).map_err(|_| unknown())?;
-    if exists(&stream).await? {
-        Ok(HistoryOf::Stream(stream))
-    } else {
-        Err(unknown())
+    if stream.category() == CustomerId::CATEGORY
+        && let Some(id) = stream.as_str().strip_prefix("customer-")
+        && let Ok(customer) = CustomerId::parse(id)
+    {
+        return Ok(HistoryOf::Customer(customer));
     }
+    Ok(HistoryOf::Stream(stream))
 }
 
 /// Prints RESOURCE's history: one line per fact, or with `as_json` the

@@ -7,9 +7,10 @@
 //!   (flags with their environment variables, secrets that never print).
 //! - [`serve`]: `recur serve`, the API process.
 //! - [`demo`]: `recur demo`, a simulated business on a test clock.
-//! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up; rebuild,
-//!   relay, project; [`customer_cmd`]: erase a customer's personal data,
-//!   rewrap data keys.
+//! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up, prove and
+//!   verify proofs; rebuild, relay, project; [`customer_cmd`]: erase a
+//!   customer's personal data, rewrap data keys.
+//! - [`seal_export`]: copies of the seals outside the database.
 
 pub mod cli;
 pub mod config;
@@ -17,4 +18,5 @@ pub mod customer_cmd;
 pub mod demo;
 pub mod ledger_cmd;
 pub mod projections_cmd;
+pub mod seal_export;
 pub mod serve;

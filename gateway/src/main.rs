@@ -72,11 +72,35 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Ledger {
-            command: LedgerCommand::Seal { ledger },
+            command: LedgerCommand::Seal { ledger, export },
         } => {
-            ledger_cmd::seal(&ledger).await.context("ledger seal")?;
+            ledger_cmd::seal(&ledger, export.as_ref())
+                .await
+                .context("ledger seal")?;
             Ok(0)
         }
+        Command::Ledger {
+            command:
+                LedgerCommand::Proof {
+                    resource,
+                    out,
+                    ledger,
+                },
+        } => {
+            ledger_cmd::proof(&ledger, &resource, out.as_deref())
+                .await
+                .context("ledger proof")?;
+            Ok(0)
+        }
+        Command::Ledger {
+            command:
+                LedgerCommand::VerifyProof {
+                    file,
+                    exported,
+                    json,
+                },
+        } => Ok(ledger_cmd::verify_proof(&file, exported.as_deref(), json)
+            .context("ledger verify-proof")?),
         Command::Ledger {
             command: LedgerCommand::Backup { to, ledger },
         } => {
@@ -97,7 +121,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     .with_context(|| format!("--test-clock-start {text:?} is not RFC 3339"))
                 })
                 .transpose()?;
+            let seal_export = args
+                .seal_export
+                .as_ref()
+                .map(recur_gateway::seal_export::SealExport::target)
+                .transpose()
+                .context("--seal-export / RECUR_SEAL_EXPORT")?;
             serve::serve(serve::ServeOptions {
+                seal_export,
                 listen: args.listen,
                 missing: WhenMissing::create_if(args.create),
                 relay: args.nats.relay_config(),

@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub request_timeout_ms: u64,
     /// How long a stop waits for work in flight ([`DRAIN_MS`] by default).
     pub drain_ms: u64,
+    /// Where to export each new seal, if anywhere.
+    pub seal_export: Option<crate::seal_export::Target>,
 }
 
 /// How often the in-process projections look for other processes' events (this
@@ -230,6 +232,21 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 tracing::warn!(%error, "relay stopped");
             }
         });
+    }
+    if let Some(target) = options.seal_export.clone() {
+        // The newest seal is sent again at start (an HTTP target keeps no place;
+        // a file resumes after its last line), then each seal as it is made.
+        let newest = crate::seal_export::newest_seal(&ledger).await?;
+        let exporter = crate::seal_export::Exporter::new(target.clone(), newest.saturating_sub(1))
+            .context("seal export")?;
+        tracing::info!(target = %target.redacted(), "exporting seals");
+        let mut stopping = stopping.clone();
+        background.spawn(crate::seal_export::run(
+            ledger.clone(),
+            exporter,
+            std::time::Duration::from_millis(crate::seal_export::POLL_INTERVAL_MS),
+            async move { stopped(&mut stopping).await },
+        ));
     }
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(PURGE_INTERVAL_S));

@@ -124,6 +124,37 @@ pub enum LedgerError {
     /// The store is shutting down.
     #[error("ledger is closed")]
     Closed,
+    /// A proof was asked for a stream that holds no events.
+    #[error(
+        "stream {stream} holds no events: nothing to prove (a stream id such as invoice-<uuid>)"
+    )]
+    StreamNotFound {
+        /// The stream asked for.
+        stream: String,
+    },
+    /// A proof was asked for a stream whose last events are not sealed yet.
+    #[error(
+        "stream {stream} has events after the last seal (position {position}; sealed up to {sealed_to}): \
+         run `recur ledger seal`, then ask for the proof again"
+    )]
+    Unsealed {
+        /// The stream asked for.
+        stream: String,
+        /// Its first event after the last seal.
+        position: u64,
+        /// The last sealed position (0: nothing is sealed).
+        sealed_to: u64,
+    },
+    /// A proof would exceed [`crate::limits::PROOF_EVENTS_MAX`] or [`crate::limits::PROOF_SEALS_MAX`].
+    #[error("a proof of stream {stream} would hold more than {limit} {what}")]
+    ProofTooLarge {
+        /// The stream asked for.
+        stream: String,
+        /// `events` or `seals`.
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// Any other database error.
     #[error("ledger database error: {what}")]
     Database {
@@ -182,6 +213,9 @@ impl LedgerError {
             Self::Contention { .. } => "ledger_contention",
             Self::Migration { .. } => "ledger_migration_failed",
             Self::Closed => "ledger_closed",
+            Self::StreamNotFound { .. } => "stream_not_found",
+            Self::Unsealed { .. } => "ledger_unsealed",
+            Self::ProofTooLarge { .. } => "proof_too_large",
             Self::Database { .. } => "ledger_database_error",
         }
     }

@@ -7,7 +7,8 @@
 //!   stream or the global order; a subscription never skips or repeats an event, also
 //!   when concurrent Postgres transactions commit out of sequence order.
 //! - Every event is hashed and chained per stream; [`Ledger::seal`] seals global
-//!   ranges and [`Ledger::verify`] recomputes everything.
+//!   ranges and [`Ledger::verify`] recomputes everything; [`Ledger::proof`] writes
+//!   one stream's [`Proof`], which [`Proof::verify`] checks offline.
 //! - [`Money`] is the one money type every crate uses.
 //! - [`Ledger::data_key`] and its kin keep the wrapped per-customer data keys that
 //!   encrypt personal data, and destroy them for good on erasure.
@@ -38,6 +39,7 @@ mod migrate;
 pub mod money;
 mod plan;
 mod postgres;
+pub mod proof;
 pub mod raw;
 pub mod requests;
 mod sqlite;
@@ -55,6 +57,7 @@ pub use envelope::{
 };
 pub use error::{Chain, LedgerError};
 pub use money::{Currency, Money, MoneyError};
+pub use proof::{Proof, ProofError};
 pub use requests::RequestClaim;
 pub use store::{BackendKind, Ledger, LedgerConfig};
 pub use subscription::{Replay, Subscription};

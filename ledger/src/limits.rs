@@ -20,3 +20,8 @@ pub const READ_PAGE_EVENTS_MAX: usize = 10_000;
 pub const COMMIT_ATTEMPTS_MAX: u32 = 16;
 /// Most events one seal covers, so a broken seal points at a bounded range.
 pub const EVENTS_PER_SEAL_MAX: u64 = 10_000;
+/// Most events of one stream a proof carries (`recur ledger proof`).
+pub const PROOF_EVENTS_MAX: u64 = 100_000;
+/// Most seals a proof relies on: each brings up to [`EVENTS_PER_SEAL_MAX`] other
+/// events' hashes (about 90 bytes each in JSON), so this bounds a proof near 90 MB.
+pub const PROOF_SEALS_MAX: u64 = 100;

@@ -490,6 +490,28 @@ impl PgStore {
             .collect()
     }
 
+    /// A stream's rows with their stored chain hashes, from `from_version`, for proofs.
+    pub(crate) async fn stream_with_chain(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<(EventRow, Vec<u8>)>, LedgerError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, chain_hash FROM events WHERE stream_id = $1 AND version >= $2 \
+             ORDER BY version LIMIT $3"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((event_row(row)?, row.try_get(9)?)))
+            .collect()
+    }
+
     /// One probe of the release horizon; returns the highest allocated position seen.
     async fn probe(&self) -> Result<u64, LedgerError> {
         let mut horizon = self.horizon.lock().await;

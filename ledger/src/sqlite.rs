@@ -224,6 +224,28 @@ impl SqliteStore {
             .collect()
     }
 
+    /// A stream's rows with their stored chain hashes, from `from_version`, for proofs.
+    pub(crate) async fn stream_with_chain(
+        &self,
+        stream: &StreamId,
+        from_version: u64,
+        limit: usize,
+    ) -> Result<Vec<(EventRow, Vec<u8>)>, LedgerError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS}, chain_hash FROM events WHERE stream_id = ? AND version >= ? \
+             ORDER BY version LIMIT ?"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(stream.as_str())
+            .bind(to_i64(from_version))
+            .bind(to_i64(limit as u64))
+            .fetch_all(&self.readers)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((event_row(row)?, row.try_get(9)?)))
+            .collect()
+    }
+
     /// The highest committed position: with one writer, every lower one is final.
     pub(crate) async fn released(&self) -> Result<u64, LedgerError> {
         let max: Option<i64> = sqlx::query_scalar("SELECT max(position) FROM events")

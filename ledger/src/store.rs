@@ -167,6 +167,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     queue: mpsc::Sender<PendingAppend>,
     committed: Arc<Notify>,
+    /// Notified after this process makes seals (background or asked for).
+    sealed: Arc<Notify>,
     /// Appends between entering [`Ledger::append`] and reaching the queue.
     preparing: Arc<AtomicUsize>,
     config: LedgerConfig,
@@ -245,6 +247,7 @@ impl Ledger {
                 clock,
                 queue,
                 committed,
+                sealed: Arc::new(Notify::new()),
                 preparing,
                 config,
             }),
@@ -445,7 +448,52 @@ impl Ledger {
     /// Database errors.
     pub async fn seal(&self) -> Result<Vec<SealReport>, LedgerError> {
         let released = self.released(true).await?;
-        verify::seal(self, released).await
+        let made = verify::seal(self, released).await?;
+        if !made.is_empty() {
+            self.inner.sealed.notify_waiters();
+        }
+        Ok(made)
+    }
+
+    /// Notified after each seal this process makes, in the background or through
+    /// [`Ledger::seal`]: the hook of seal export. Other processes' seals are not
+    /// seen; read [`Ledger::seals_after`] on a timer too.
+    pub fn sealed(&self) -> &Arc<Notify> {
+        &self.inner.sealed
+    }
+
+    /// The seals after seal number `after` (0: from the first), in order, at most
+    /// `limit`, each with its previous digest and time.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn seals_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<SealReport>, LedgerError> {
+        verify::seals_after(self, after, limit).await
+    }
+
+    /// The newest seal, if any: the head of the seal chain.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn newest_seal(&self) -> Result<Option<SealReport>, LedgerError> {
+        verify::newest_seal(self).await
+    }
+
+    /// The offline proof of one stream: its events from version 1, their chain
+    /// hashes and the seals covering them (docs/ledger.md, "Proofs"). The proof
+    /// is checked before it is returned.
+    ///
+    /// # Errors
+    /// [`LedgerError::StreamNotFound`] for a stream without events;
+    /// [`LedgerError::Unsealed`] when its last events are not sealed yet (seal
+    /// first); [`LedgerError::ProofTooLarge`]; [`LedgerError::Integrity`] when the
+    /// stored events no longer match their seals; database errors.
+    pub async fn proof(&self, stream: &StreamId) -> Result<crate::proof::Proof, LedgerError> {
+        verify::prove(self, stream).await
     }
 
     /// Recomputes every hash and seal; reports the first position where the chain breaks.

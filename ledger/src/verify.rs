@@ -3,11 +3,14 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
+use crate::envelope::StreamId;
 use crate::error::LedgerError;
 use crate::hash::{self, GENESIS, Hash, SealDigest};
-use crate::limits::EVENTS_PER_SEAL_MAX;
+use crate::limits::{EVENTS_PER_SEAL_MAX, PROOF_EVENTS_MAX, PROOF_SEALS_MAX};
+use crate::proof::{HexHash, PROOF_FORMAT, Proof, ProofEvent, ProofSeal, parse_hex};
 use crate::store::{Backend, EventRow, Ledger, to_i64, to_u64};
 
 /// Events read per page while verifying or sealing.
@@ -15,8 +18,8 @@ const VERIFY_PAGE_EVENTS: usize = 5_000;
 /// Problems kept in a report; verification goes on counting past it.
 const PROBLEMS_MAX: usize = 100;
 
-/// One seal as stored.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// One seal as stored; also the line `--seal-export` writes (docs/operations.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SealReport {
     /// 1, 2, 3…
     pub seal_no: u64,
@@ -28,6 +31,11 @@ pub struct SealReport {
     pub event_count: u64,
     /// The seal's digest, hex; chained to the previous seal.
     pub digest: String,
+    /// The previous seal's digest, hex (64 zeros for seal 1): the link the digest folds in.
+    pub previous_digest: String,
+    /// When it was sealed (RFC 3339); the digest does not cover it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub sealed_at: OffsetDateTime,
 }
 
 /// Something verification found wrong.
@@ -329,6 +337,8 @@ pub(crate) async fn seal(ledger: &Ledger, released: u64) -> Result<Vec<SealRepor
                 to_position: to,
                 event_count: chain.len() as u64,
                 digest: hex::encode(digest),
+                previous_digest: hex::encode(previous),
+                sealed_at,
             });
         }
     }
@@ -374,4 +384,233 @@ async fn chain_hashes(
                 })
         })
         .collect()
+}
+
+/// Rows a proof reads per query of a stream.
+const PROOF_PAGE_EVENTS: usize = 5_000;
+
+/// Stored seals numbered `from_no` and up, in seal order, at most `limit`;
+/// each with its previous digest and time. `from_no` itself only lends its
+/// digest as the next one's previous digest, unless it is 1 (then genesis).
+async fn seal_reports(
+    backend: &Backend,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<SealReport>, LedgerError> {
+    // The seal `after` is read too, for its digest: the next seal's link.
+    let first = to_i64(after.max(1));
+    let rows_max = to_i64(limit as u64).saturating_add(1);
+    let rows: Vec<(i64, i64, i64, i64, Vec<u8>, OffsetDateTime)> = match backend {
+        Backend::Postgres(store) => {
+            sqlx::query_as(
+                "SELECT seal_no, from_position, to_position, event_count, digest, sealed_at \
+                 FROM seals WHERE seal_no >= $1 ORDER BY seal_no LIMIT $2",
+            )
+            .bind(first)
+            .bind(rows_max)
+            .fetch_all(store.pool())
+            .await?
+        }
+        Backend::Sqlite(store) => {
+            let rows: Vec<(i64, i64, i64, i64, Vec<u8>, i64)> = sqlx::query_as(
+                "SELECT seal_no, from_position, to_position, event_count, digest, sealed_at_us \
+                 FROM seals WHERE seal_no >= ? ORDER BY seal_no LIMIT ?",
+            )
+            .bind(first)
+            .bind(rows_max)
+            .fetch_all(store.readers())
+            .await?;
+            rows.into_iter()
+                .map(|(no, from, to, count, digest, micros)| {
+                    Ok((
+                        no,
+                        from,
+                        to,
+                        count,
+                        digest,
+                        crate::sqlite::recorded_at(micros)?,
+                    ))
+                })
+                .collect::<Result<_, LedgerError>>()?
+        }
+    };
+    let mut previous = GENESIS.to_vec();
+    let mut reports = Vec::with_capacity(rows.len());
+    for (no, from, to, count, digest, sealed_at) in rows {
+        let seal_no = to_u64(no);
+        if seal_no > after && reports.len() < limit {
+            reports.push(SealReport {
+                seal_no,
+                from_position: to_u64(from),
+                to_position: to_u64(to),
+                event_count: to_u64(count),
+                digest: hex::encode(&digest),
+                previous_digest: hex::encode(&previous),
+                sealed_at,
+            });
+        }
+        previous = digest;
+    }
+    Ok(reports)
+}
+
+/// The seals made after seal `after` (0: all), in order, at most `limit`.
+pub(crate) async fn seals_after(
+    ledger: &Ledger,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<SealReport>, LedgerError> {
+    seal_reports(ledger.backend(), after, limit).await
+}
+
+/// The newest seal, if any.
+pub(crate) async fn newest_seal(ledger: &Ledger) -> Result<Option<SealReport>, LedgerError> {
+    let sql = "SELECT max(seal_no) FROM seals";
+    let newest: Option<i64> = match ledger.backend() {
+        Backend::Postgres(store) => sqlx::query_scalar(sql).fetch_one(store.pool()).await?,
+        Backend::Sqlite(store) => sqlx::query_scalar(sql).fetch_one(store.readers()).await?,
+    };
+    let Some(newest) = newest else {
+        return Ok(None);
+    };
+    let after = to_u64(newest).saturating_sub(1);
+    Ok(seal_reports(ledger.backend(), after, 1).await?.pop())
+}
+
+/// Builds the proof of one stream (see [`crate::proof`]) and checks it before
+/// handing it out, so a ledger that no longer matches its seals is reported here.
+pub(crate) async fn prove(ledger: &Ledger, stream: &StreamId) -> Result<Proof, LedgerError> {
+    let backend = ledger.backend();
+    let mut events: Vec<ProofEvent> = Vec::new();
+    loop {
+        let from = events.len() as u64 + 1;
+        let rows = match backend {
+            Backend::Postgres(store) => {
+                store
+                    .stream_with_chain(stream, from, PROOF_PAGE_EVENTS)
+                    .await?
+            }
+            Backend::Sqlite(store) => {
+                store
+                    .stream_with_chain(stream, from, PROOF_PAGE_EVENTS)
+                    .await?
+            }
+        };
+        let read = rows.len();
+        for (row, chain) in rows {
+            let chain_hash = hash::from_bytes(&chain).ok_or_else(|| {
+                LedgerError::Integrity(format!(
+                    "chain hash at position {} is not 32 bytes",
+                    row.position
+                ))
+            })?;
+            events.push(ProofEvent {
+                position: to_u64(row.position),
+                id: row.id,
+                stream: row.stream_id,
+                version: to_u64(row.version),
+                event_type: row.event_type,
+                schema_version: u32::try_from(row.schema_version).unwrap_or(0),
+                payload: row.payload,
+                metadata: row.metadata,
+                recorded_at: hash::truncate_to_micros(row.recorded_at),
+                chain_hash: HexHash(chain_hash),
+            });
+        }
+        if events.len() as u64 > PROOF_EVENTS_MAX {
+            return Err(LedgerError::ProofTooLarge {
+                stream: stream.to_string(),
+                what: "events",
+                limit: PROOF_EVENTS_MAX,
+            });
+        }
+        if read < PROOF_PAGE_EVENTS {
+            break;
+        }
+    }
+    if events.is_empty() {
+        return Err(LedgerError::StreamNotFound {
+            stream: stream.to_string(),
+        });
+    }
+    // Every seal, for the ones covering this stream: one small row per sealed range.
+    let seals = seal_reports(backend, 0, usize::MAX).await?;
+    let sealed_to = seals.last().map_or(0, |seal| seal.to_position);
+    // The seal of each event: seals cover increasing, adjoining ranges.
+    let mut covering: Vec<usize> = Vec::new();
+    for event in &events {
+        let index = seals.partition_point(|seal| seal.to_position < event.position);
+        match seals.get(index) {
+            Some(seal) if seal.from_position < event.position => {
+                if covering.last() != Some(&index) {
+                    covering.push(index);
+                }
+            }
+            Some(_) => {
+                return Err(LedgerError::Integrity(format!(
+                    "position {} lies between seals: the seals table was altered; run `recur ledger verify`",
+                    event.position
+                )));
+            }
+            None => {
+                return Err(LedgerError::Unsealed {
+                    stream: stream.to_string(),
+                    position: event.position,
+                    sealed_to,
+                });
+            }
+        }
+    }
+    if covering.len() as u64 > PROOF_SEALS_MAX {
+        return Err(LedgerError::ProofTooLarge {
+            stream: stream.to_string(),
+            what: "seals",
+            limit: PROOF_SEALS_MAX,
+        });
+    }
+    let mut proof_seals = Vec::with_capacity(covering.len());
+    for index in covering {
+        let seal = &seals[index];
+        let bad_digest =
+            || LedgerError::Integrity(format!("seal {} has no valid digest", seal.seal_no));
+        let range = chain_hashes(
+            backend,
+            seal.from_position,
+            seal.to_position,
+            EVENTS_PER_SEAL_MAX + 1,
+        )
+        .await?;
+        let others = range
+            .into_iter()
+            .filter(|(position, _)| {
+                events
+                    .binary_search_by_key(position, |event| event.position)
+                    .is_err()
+            })
+            .map(|(position, chain)| (position, HexHash(chain)))
+            .collect();
+        proof_seals.push(ProofSeal {
+            seal_no: seal.seal_no,
+            from_position: seal.from_position,
+            to_position: seal.to_position,
+            event_count: seal.event_count,
+            previous_digest: HexHash(parse_hex(&seal.previous_digest).ok_or_else(bad_digest)?),
+            digest: HexHash(parse_hex(&seal.digest).ok_or_else(bad_digest)?),
+            sealed_at: seal.sealed_at,
+            others,
+        });
+    }
+    let proof = Proof {
+        format: PROOF_FORMAT.to_owned(),
+        resource: stream.to_string(),
+        events,
+        seals: proof_seals,
+    };
+    // A proof that fails here would fail at the auditor's: say so now, and where.
+    proof.verify().map_err(|error| {
+        LedgerError::Integrity(format!(
+            "the ledger does not match its seals for {stream}: {error}; run `recur ledger verify`"
+        ))
+    })?;
+    Ok(proof)
 }

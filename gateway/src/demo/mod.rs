@@ -107,6 +107,10 @@ pub struct DemoOutcome {
     pub events_verified: u64,
     /// True when the ledger verified intact.
     pub ledger_intact: bool,
+    /// Events after the last seal when verified (0: the demo seals at the end).
+    pub unsealed_events: u64,
+    /// The last seal: its digest anchors the whole ledger (keep it elsewhere).
+    pub final_seal: Option<recur_ledger::SealReport>,
     /// Wall time, milliseconds.
     pub wall_ms: u64,
     /// Peak resident memory of the process, KiB.
@@ -201,7 +205,11 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
     }
     let mut summary = report.finish();
     (summary.mrr_by_month, summary.arr) = projected_mrr(&ledger, options.months).await?;
+    // The demo ends sealed, so `verify` covers every event with a seal and the
+    // summary can name the digest to keep outside the ledger.
+    ledger.seal().await?;
     let verified = ledger.verify().await?;
+    let final_seal = ledger.newest_seal().await?;
     let outcome = DemoOutcome {
         ledger: crate::config::redact(&location),
         seed: options.seed,
@@ -213,6 +221,8 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
         summary,
         events_verified: verified.events_checked,
         ledger_intact: verified.is_intact(),
+        unsealed_events: verified.unsealed_events,
+        final_seal,
         wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         peak_rss_kb: recur_bench::peak_rss_kb(),
         subscriptions: simulation::subscriptions(&script),
@@ -465,6 +475,12 @@ pub fn print(outcome: &DemoOutcome) {
             "BROKEN"
         }
     );
+    if let Some(seal) = &outcome.final_seal {
+        println!(
+            "Sealed: seal {} up to position {}; final seal digest {}",
+            seal.seal_no, seal.to_position, seal.digest
+        );
+    }
     println!(
         "Took {}.{} s, peak memory {} MiB",
         outcome.wall_ms / 1000,
