@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, NatsArgs, Secret, WhenMissing};
+use crate::config::{
+    DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, NatsArgs, RateLimitArgs, Secret, WhenMissing,
+};
 use recur_bench::ledger::{BenchBackend, Workload};
 
 /// The environment variables the projections read wherever they run (they
@@ -153,6 +155,9 @@ pub struct ServeArgs {
     /// requests in flight, then for the scheduler and the relay.
     #[arg(long, default_value_t = crate::serve::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub drain_ms: u64,
+    /// Rate limits per API key and per client address.
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
 }
 
 /// `recur ledger …`

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     pub request_timeout_ms: u64,
     /// How long a stop waits for work in flight ([`DRAIN_MS`] by default).
     pub drain_ms: u64,
+    /// Rate limits per API key and per client address.
+    pub rate_limits: recur_api::limits::RateLimits,
 }
 
 /// How often the in-process projections look for other processes' events (this
@@ -167,6 +169,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
+    let limiter = Arc::new(recur_api::limits::Limiter::new(options.rate_limits));
+    tokio::spawn(Arc::clone(&limiter).prune_forever());
     let state = Arc::new(AppState {
         billing,
         keys,
@@ -179,6 +183,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         past: tokio::sync::Mutex::new(None),
         request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
         telemetry: Arc::clone(&telemetry),
+        limiter: Arc::clone(&limiter),
     });
     if *stopping.borrow() {
         tracing::info!("stopped during start-up; not serving");
@@ -242,8 +247,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     println!("recur: listening on http://{address} (ledger {location})");
     let drain = std::time::Duration::from_millis(options.drain_ms);
     let mut draining = stopping.clone();
-    let server = axum::serve(listener, router(state).into_make_service())
-        .with_graceful_shutdown(async move { stopped(&mut draining).await });
+    // With the peer's address, for the per-address rate limit.
+    let server = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stopped(&mut draining).await });
     let mut stop_waited = stopping.clone();
     tokio::select! {
         served = server => served?,
