@@ -10,6 +10,8 @@
 //! - [`request`]: the protocol around every handler: bodies, `If-Match`,
 //!   `Idempotency-Key`, query strings.
 //! - [`limits`]: rate limits per client address and per API key (429 `rate_limited`).
+//! - [`parsers`]: every parser of client input in one table, for property
+//!   tests and fuzzing.
 //! - [`problem`]: errors as RFC 9457 problem details, in one place.
 //! - [`routes`]: one module per resource; [`dto`]: the JSON shapes.
 //! - [`telemetry`]: the request middleware's counters and `/metrics`.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod dto;
 pub mod limits;
 pub mod openapi;
+pub mod parsers;
 pub mod problem;
 pub mod request;
 pub mod routes;
