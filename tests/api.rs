@@ -5,6 +5,9 @@
 #[path = "../ledger/tests/common/mod.rs"]
 mod common;
 
+#[path = "../api/tests/common/json.rs"]
+mod json;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -3845,4 +3848,113 @@ async fn a_rate_limited_write_appends_nothing_and_its_idempotency_key_stays_free
     assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
     assert!(!retried.headers.contains_key("idempotent-replayed"));
     assert!(position().await > before);
+}
+
+/// Requests per write route in [`arbitrary_bodies_to_every_write_route_never_get_a_5xx`]
+/// (`RECUR_HTTP_FUZZ_CASES` asks for more, for a deeper run).
+const HTTP_FUZZ_CASES: usize = 40;
+
+/// Every write route of the OpenAPI document (POST, and DELETE, which takes a
+/// body) gets arbitrary bodies — JSON shaped like the bodies, with the fields
+/// they name, and bytes that are no JSON at all — against real resources: no
+/// 5xx, and every refusal a problem with a code. The routes come from the
+/// document, so a new route is covered when it is declared. The test clock's
+/// advance is left out: a valid body runs the business forward by up to 136
+/// years, and its body is covered by api/tests/parsers.rs.
+#[tokio::test]
+async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let server = serve(Backend::Sqlite).await;
+    let customer = server.customer_with_card().await;
+    let (_, subscription, _, _) = server.community_subscription(&customer).await;
+    let invoice = server
+        .get(&format!("/v1/subscriptions/{subscription}"))
+        .await
+        .body["invoices"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tax_rate = server.get("/v1/tax_rates").await.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = server
+        .post("/v1/api_keys", json!({"role": "analyst"}))
+        .await;
+    let key_id = key.body["id"].as_str().unwrap().to_owned();
+    let document = server
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    let mut routes = Vec::new();
+    for (path, item) in document.body["paths"].as_object().unwrap() {
+        let writes = item.get("post").is_some() || item.get("delete").is_some();
+        if !writes || path == "/v1/test_clock/advance" {
+            continue;
+        }
+        let id = match path.split('/').nth(2) {
+            Some("customers") => customer.as_str(),
+            Some("subscriptions") => subscription.as_str(),
+            Some("invoices") => invoice.as_str(),
+            Some("plans") => "community_access",
+            Some("tax_rates") => tax_rate.as_str(),
+            Some("api_keys") => key_id.as_str(),
+            _ => "",
+        };
+        let path = path.replace("{id}", id);
+        assert!(!path.contains('{'), "{path}: which resource?");
+        for (method, name) in [(Method::POST, "post"), (Method::DELETE, "delete")] {
+            if item.get(name).is_some() {
+                routes.push((method, path.clone()));
+            }
+        }
+    }
+    assert!(routes.len() >= 25, "{routes:?}");
+
+    // Generated up front, from a fixed seed: the same bodies on every run.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = proptest::prop_oneof![
+        6 => json::json_object().prop_map(|value| serde_json::to_vec(&value).unwrap()),
+        2 => json::json_value().prop_map(|value| serde_json::to_vec(&value).unwrap()),
+        1 => proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..64),
+    ];
+    let cases = std::env::var("RECUR_HTTP_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(HTTP_FUZZ_CASES);
+    let bodies: Vec<Vec<u8>> = (0..cases)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (method, path) in &routes {
+        for body in &bodies {
+            let response = server
+                .client
+                .request(method.clone(), format!("{}{path}", server.base))
+                .bearer_auth(ADMIN_KEY)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            *statuses.entry(status.as_u16()).or_default() += 1;
+            let text = response.text().await.unwrap();
+            let shown = String::from_utf8_lossy(body);
+            assert!(
+                !status.is_server_error(),
+                "{method} {path} answered {status} to {shown}: {text}"
+            );
+            if status.is_client_error() {
+                let problem: Value = serde_json::from_str(&text).unwrap();
+                assert!(
+                    problem["code"]
+                        .as_str()
+                        .is_some_and(|code| !code.is_empty()),
+                    "{method} {path}: {text}"
+                );
+            }
+        }
+    }
+    eprintln!("answers by status: {statuses:?}");
+    assert_eq!(statuses.values().sum::<usize>(), routes.len() * cases);
 }
