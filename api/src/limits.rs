@@ -99,13 +99,32 @@ pub struct Limiter {
     per_address: Option<DefaultKeyedRateLimiter<IpAddr>>,
 }
 
+/// What a limit counts requests by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// The API key (after authentication).
+    Key,
+    /// The client address (before authentication).
+    Address,
+}
+
+impl Scope {
+    /// How a client reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Key => "API key",
+            Scope::Address => "client address",
+        }
+    }
+}
+
 /// A refusal: which limit, and how long until a request would pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
     /// The limit that refused.
     pub rate: Rate,
-    /// What it applies to: `API key` or `client address`.
-    pub scope: &'static str,
+    /// What it applies to.
+    pub scope: Scope,
     /// How long until the bucket admits one request again.
     pub wait: Duration,
 }
@@ -140,7 +159,7 @@ impl Limiter {
             .check_key(&key_id.to_owned())
             .map_err(|not_until| Refused {
                 rate: self.limits.per_key,
-                scope: "API key",
+                scope: Scope::Key,
                 wait: not_until.wait_time_from(limiter.clock().now()),
             })
     }
@@ -157,7 +176,7 @@ impl Limiter {
             .check_key(&client_of(address))
             .map_err(|not_until| Refused {
                 rate: self.limits.per_address,
-                scope: "client address",
+                scope: Scope::Address,
                 wait: not_until.wait_time_from(limiter.clock().now()),
             })
     }
@@ -215,13 +234,15 @@ pub fn retry_after_s(wait: Duration) -> u64 {
 
 impl From<Refused> for ApiError {
     fn from(refused: Refused) -> Self {
+        let seconds = retry_after_s(refused.wait);
         ApiError::rate_limited(
             format!(
-                "too many requests for this {}: at most {} a second, {} at once; retry after \
-                 the Retry-After seconds",
-                refused.scope, refused.rate.per_s, refused.rate.burst
+                "too many requests for this {}: at most {} a second, {} at once; retry in {seconds} s",
+                refused.scope.name(),
+                refused.rate.per_s,
+                refused.rate.burst
             ),
-            retry_after_s(refused.wait),
+            seconds,
         )
     }
 }
@@ -268,7 +289,7 @@ mod tests {
             assert_eq!(limiter.check_key("a"), Ok(()));
         }
         let refused = limiter.check_key("a").unwrap_err();
-        assert_eq!(refused.scope, "API key");
+        assert_eq!(refused.scope, Scope::Key);
         assert!(refused.wait > Duration::ZERO && refused.wait <= Duration::from_secs(1));
         // Another key has its own bucket; addresses are not limited.
         assert_eq!(limiter.check_key("b"), Ok(()));
