@@ -5,6 +5,9 @@
 #[path = "../ledger/tests/common/mod.rs"]
 mod common;
 
+#[path = "../api/tests/common/json.rs"]
+mod json;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
@@ -46,6 +49,11 @@ async fn serve(backend: Backend) -> Server {
 
 /// `recur serve` on a test clock that starts at `start` (RFC 3339), or now.
 async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
+    serve_with(backend, start, &[]).await
+}
+
+/// [`serve_from`] with more `recur serve` options.
+async fn serve_with(backend: Backend, start: Option<&str>, extra: &[&str]) -> Server {
     let (location, store, dir) = match backend {
         Backend::Postgres => {
             let store = common::postgres().await;
@@ -63,7 +71,9 @@ async fn serve_from(backend: Backend, start: Option<&str>) -> Server {
         }
     };
     // A new ledger: `--create` asks for the SQLite file (restarts do without it).
-    let (child, base) = spawn_serve(&location, start, &["--create"]).await;
+    let mut args = vec!["--create"];
+    args.extend(extra);
+    let (child, base) = spawn_serve(&location, start, &args).await;
     Server {
         child,
         base,
@@ -93,6 +103,11 @@ async fn spawn_serve(location: &str, start: Option<&str>, extra: &[&str]) -> (Ch
         .env("RECUR_ADMIN_KEY", ADMIN_KEY)
         .env("RECUR_MASTER_KEY", MASTER_KEY)
         .env_remove("DATABASE_URL")
+        // The defaults, whatever the caller's shell says (they never throttle a test).
+        .env_remove("RECUR_RATE_LIMIT_PER_KEY_PER_S")
+        .env_remove("RECUR_RATE_LIMIT_PER_KEY_BURST")
+        .env_remove("RECUR_RATE_LIMIT_PER_ADDRESS_PER_S")
+        .env_remove("RECUR_RATE_LIMIT_PER_ADDRESS_BURST")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -4163,4 +4178,325 @@ async fn personal_data_is_encrypted_read_on_record_exported_and_erased_for_good(
     // The books and the chain are as they were.
     let after_verify = recur_cli(&["ledger", "verify", "--json", "--database", &server.location]);
     assert_eq!(after_verify.0, 0, "{}", after_verify.1);
+}
+
+/// A 429 of the rate limits: `Retry-After` whole seconds (at least 1) and a
+/// problem with the code `rate_limited`.
+fn assert_rate_limited(answer: &Answer) {
+    assert_eq!(
+        answer.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body["code"], "rate_limited", "{}", answer.body);
+    assert_eq!(answer.body["status"], 429);
+    assert_eq!(
+        answer.headers["content-type"], "application/problem+json",
+        "{:?}",
+        answer.headers
+    );
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    assert!(answer.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn concurrent_requests_over_a_keys_limit_get_429_and_another_key_is_not_held_up() {
+    // Ten at once, then one a minute: the test's 50 requests outrun it.
+    let server = serve_with(
+        Backend::Sqlite,
+        None,
+        &[
+            "--rate-limit-per-key-per-s",
+            "1",
+            "--rate-limit-per-key-burst",
+            "10",
+            "--rate-limit-per-address-per-s",
+            "0",
+        ],
+    )
+    .await;
+    let made = server
+        .post("/v1/api_keys", json!({"role": "analyst"}))
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    let analyst = made.body["key"].as_str().unwrap().to_owned();
+
+    let answers = parallel_gets(&server, "/v1/plans", 50, |_| Some(ADMIN_KEY.to_owned())).await;
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    let refused: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| a.status != StatusCode::OK)
+        .collect();
+    // Nine tokens were left after the key was made; at 1/s a slow run earns a few more.
+    assert!((9..=20).contains(&ok), "{ok} answered 200");
+    assert_eq!(ok + refused.len(), 50);
+    for answer in refused {
+        assert_rate_limited(answer);
+    }
+
+    // The analyst's key has a bucket of its own.
+    for _ in 0..10 {
+        let own = server
+            .call(Method::GET, "/v1/plans", Some(&analyst), None, &[])
+            .await;
+        assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    }
+    let over = server
+        .call(Method::GET, "/v1/plans", Some(&analyst), None, &[])
+        .await;
+    assert_rate_limited(&over);
+    // The probes are never limited.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let probe = server.call(Method::GET, path, None, None, &[]).await;
+        assert_eq!(probe.status, StatusCode::OK, "{path}");
+    }
+    // The refusals are counted like any answer.
+    let metrics = server.call(Method::GET, "/metrics", None, None, &[]).await;
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .unwrap()
+            .contains(r#"route="/v1/plans",status="429"}"#),
+        "{}",
+        metrics.body
+    );
+}
+
+/// `count` GETs of `path` sent at once, each from its own task, with the key
+/// `key_of(n)` (none: no key): the answers.
+async fn parallel_gets(
+    server: &Server,
+    path: &str,
+    count: usize,
+    key_of: impl Fn(usize) -> Option<String>,
+) -> Vec<Answer> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..count {
+        let mut request = server.client.get(format!("{}{path}", server.base));
+        if let Some(key) = key_of(n) {
+            request = request.bearer_auth(key);
+        }
+        tasks.spawn(async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let body = response.json::<Value>().await.unwrap();
+            Answer {
+                status,
+                headers,
+                body,
+            }
+        });
+    }
+    tasks.join_all().await
+}
+
+#[tokio::test]
+async fn the_address_limit_refuses_a_flood_of_bad_keys_and_spares_the_probes() {
+    let server = serve_with(
+        Backend::Sqlite,
+        None,
+        &[
+            "--rate-limit-per-address-per-s",
+            "1",
+            "--rate-limit-per-address-burst",
+            "5",
+        ],
+    )
+    .await;
+    let answers = parallel_gets(&server, "/v1/plans", 30, |n| {
+        Some(format!("rk_nosuchkey_{n:064}"))
+    })
+    .await;
+    let unauthenticated = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        (5..=10).contains(&unauthenticated),
+        "{unauthenticated} reached the key check"
+    );
+    for answer in answers
+        .iter()
+        .filter(|a| a.status != StatusCode::UNAUTHORIZED)
+    {
+        assert_rate_limited(answer);
+    }
+    // A good key from the same address is refused as well: the address is spent.
+    assert_rate_limited(&server.get("/v1/plans").await);
+    // Unknown routes too: the limit sits before routing.
+    assert_rate_limited(&server.call(Method::GET, "/nowhere", None, None, &[]).await);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let probe = server.call(Method::GET, path, None, None, &[]).await;
+        assert_eq!(probe.status, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn a_rate_limited_write_appends_nothing_and_its_idempotency_key_stays_free() {
+    let server = serve_with(
+        Backend::Sqlite,
+        None,
+        &[
+            "--rate-limit-per-key-per-s",
+            "1",
+            "--rate-limit-per-key-burst",
+            "1",
+        ],
+    )
+    .await;
+    let server = &server;
+    // The ledger position from the readiness probe, which no limit touches.
+    let position = || async move {
+        let ready = server.call(Method::GET, "/readyz", None, None, &[]).await;
+        ready.body["ledger_position"].as_u64().unwrap()
+    };
+    let create = |key: &'static str| async move {
+        server
+            .call(
+                Method::POST,
+                "/v1/customers",
+                Some(ADMIN_KEY),
+                Some(json!({"segment": "standard"})),
+                &[("idempotency-key", key)],
+            )
+            .await
+    };
+    let first = create("first").await;
+    assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+    let before = position().await;
+    let refused = create("second").await;
+    assert_rate_limited(&refused);
+    assert_eq!(position().await, before, "a refused write appended events");
+    // After the wait, the same Idempotency-Key runs the request (the 429 was
+    // not kept as its answer).
+    let wait: u64 = refused.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+    let retried = create("second").await;
+    assert_eq!(retried.status, StatusCode::CREATED, "{}", retried.body);
+    assert!(!retried.headers.contains_key("idempotent-replayed"));
+    assert!(position().await > before);
+}
+
+/// Requests per write route in [`arbitrary_bodies_to_every_write_route_never_get_a_5xx`]
+/// (`RECUR_HTTP_FUZZ_CASES` asks for more, for a deeper run).
+const HTTP_FUZZ_CASES: usize = 40;
+
+/// Every write route of the OpenAPI document (POST, and DELETE, which takes a
+/// body) gets arbitrary bodies — JSON shaped like the bodies, with the fields
+/// they name, and bytes that are no JSON at all — against real resources: no
+/// 5xx, and every refusal a problem with a code. The routes come from the
+/// document, so a new route is covered when it is declared. The test clock's
+/// advance is left out: a valid body runs the business forward by up to 136
+/// years, and its body is covered by api/tests/parsers.rs.
+#[tokio::test]
+async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let server = serve(Backend::Sqlite).await;
+    let customer = server.customer_with_card().await;
+    let (_, subscription, _, _) = server.community_subscription(&customer).await;
+    let invoice = server
+        .get(&format!("/v1/subscriptions/{subscription}"))
+        .await
+        .body["invoices"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tax_rate = server.get("/v1/tax_rates").await.body["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = server
+        .post("/v1/api_keys", json!({"role": "analyst"}))
+        .await;
+    let key_id = key.body["id"].as_str().unwrap().to_owned();
+    let document = server
+        .call(Method::GET, "/openapi.json", None, None, &[])
+        .await;
+    let mut routes = Vec::new();
+    for (path, item) in document.body["paths"].as_object().unwrap() {
+        let writes = item.get("post").is_some() || item.get("delete").is_some();
+        if !writes || path == "/v1/test_clock/advance" {
+            continue;
+        }
+        let id = match path.split('/').nth(2) {
+            Some("customers") => customer.as_str(),
+            Some("subscriptions") => subscription.as_str(),
+            Some("invoices") => invoice.as_str(),
+            Some("plans") => "community_access",
+            Some("tax_rates") => tax_rate.as_str(),
+            Some("api_keys") => key_id.as_str(),
+            _ => "",
+        };
+        let path = path.replace("{id}", id);
+        assert!(!path.contains('{'), "{path}: which resource?");
+        for (method, name) in [(Method::POST, "post"), (Method::DELETE, "delete")] {
+            if item.get(name).is_some() {
+                routes.push((method, path.clone()));
+            }
+        }
+    }
+    assert!(routes.len() >= 25, "{routes:?}");
+
+    // Generated up front, from a fixed seed: the same bodies on every run.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = proptest::prop_oneof![
+        6 => json::json_object().prop_map(|value| serde_json::to_vec(&value).unwrap()),
+        2 => json::json_value().prop_map(|value| serde_json::to_vec(&value).unwrap()),
+        1 => proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..64),
+    ];
+    let cases = std::env::var("RECUR_HTTP_FUZZ_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(HTTP_FUZZ_CASES);
+    let bodies: Vec<Vec<u8>> = (0..cases)
+        .map(|_| strategy.new_tree(&mut runner).unwrap().current())
+        .collect();
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for (method, path) in &routes {
+        for body in &bodies {
+            let response = server
+                .client
+                .request(method.clone(), format!("{}{path}", server.base))
+                .bearer_auth(ADMIN_KEY)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            *statuses.entry(status.as_u16()).or_default() += 1;
+            let text = response.text().await.unwrap();
+            let shown = String::from_utf8_lossy(body);
+            assert!(
+                !status.is_server_error(),
+                "{method} {path} answered {status} to {shown}: {text}"
+            );
+            if status.is_client_error() {
+                let problem: Value = serde_json::from_str(&text).unwrap();
+                assert!(
+                    problem["code"]
+                        .as_str()
+                        .is_some_and(|code| !code.is_empty()),
+                    "{method} {path}: {text}"
+                );
+            }
+        }
+    }
+    eprintln!("answers by status: {statuses:?}");
+    assert_eq!(statuses.values().sum::<usize>(), routes.len() * cases);
 }

@@ -49,6 +49,10 @@ fn recur() -> Command {
         "RECUR_DATA_DIR",
         "RECUR_LOG_FORMAT",
         "RECUR_NATS_STREAM",
+        "RECUR_RATE_LIMIT_PER_ADDRESS_BURST",
+        "RECUR_RATE_LIMIT_PER_ADDRESS_PER_S",
+        "RECUR_RATE_LIMIT_PER_KEY_BURST",
+        "RECUR_RATE_LIMIT_PER_KEY_PER_S",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -320,6 +324,10 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
         "RECUR_METRICS_PROFILE",
         "RECUR_PAST_DUE_CHURN_DAYS",
         "RECUR_SEAL_EXPORT",
+        "RECUR_RATE_LIMIT_PER_KEY_PER_S",
+        "RECUR_RATE_LIMIT_PER_KEY_BURST",
+        "RECUR_RATE_LIMIT_PER_ADDRESS_PER_S",
+        "RECUR_RATE_LIMIT_PER_ADDRESS_BURST",
     ] {
         assert!(serve.contains(var), "serve --help misses {var}:\n{serve}");
     }

@@ -647,8 +647,9 @@ impl RouteRoles {
 }
 
 /// Authenticates and authorises a request before any handler or extractor
-/// runs, by the roles its route declares: 401 `unauthenticated`, 403
-/// `forbidden`. The caller is handed to the handler in the request's extensions.
+/// runs, by the roles its route declares: 401 `unauthenticated`, 429
+/// `rate_limited` (the key's rate limit, [`crate::limits`]), 403 `forbidden`.
+/// The caller is handed to the handler in the request's extensions.
 pub async fn authorize(
     axum::extract::State((state, roles)): axum::extract::State<(Arc<AppState>, Arc<RouteRoles>)>,
     request: axum::extract::Request,
@@ -667,6 +668,10 @@ pub async fn authorize(
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
+    // Before the role check: a key hammering routes it may not call is limited too.
+    if let Err(refused) = state.limiter.check_key(&caller.key_id) {
+        return ApiError::from(refused).into_response();
+    }
     if !allowed.contains(&caller.role) {
         return ApiError::forbidden(caller.role.name()).into_response();
     }

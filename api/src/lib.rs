@@ -9,6 +9,9 @@
 //! - [`auth`]: API keys (in memory, fed by the ledger) and the role check.
 //! - [`request`]: the protocol around every handler: bodies, `If-Match`,
 //!   `Idempotency-Key`, query strings.
+//! - [`limits`]: rate limits per client address and per API key (429 `rate_limited`).
+//! - [`parsers`]: every parser of client input in one table, for property
+//!   tests and fuzzing.
 //! - [`problem`]: errors as RFC 9457 problem details, in one place.
 //! - [`routes`]: one module per resource; [`dto`]: the JSON shapes.
 //! - [`history`]: a resource's facts made readable (summary and state after
@@ -18,7 +21,9 @@
 pub mod auth;
 pub mod dto;
 pub mod history;
+pub mod limits;
 pub mod openapi;
+pub mod parsers;
 pub mod problem;
 pub mod request;
 pub mod routes;
@@ -69,6 +74,8 @@ pub struct AppState {
     pub request_timeout: std::time::Duration,
     /// The metrics served at `/metrics`.
     pub telemetry: Arc<Telemetry>,
+    /// The rate limits' buckets.
+    pub limiter: Arc<limits::Limiter>,
 }
 
 /// How long a request may run before it is answered 503 `request_timeout`
@@ -134,10 +141,16 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
 /// The OpenAPI document of [`api_routes`], made once.
 pub fn openapi_document() -> &'static utoipa::openapi::OpenApi {
     static DOCUMENT: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
-    DOCUMENT.get_or_init(|| api_routes().split_for_parts().1)
+    DOCUMENT.get_or_init(|| {
+        let mut api = api_routes().split_for_parts().1;
+        openapi::declare_rate_limits(&mut api);
+        api
+    })
 }
 
-/// Builds the router over `state`.
+/// Builds the router over `state`. Serve it with
+/// `into_make_service_with_connect_info::<SocketAddr>()`: the per-address rate
+/// limit needs the peer's address, and without it no address is limited.
 pub fn router(state: Arc<AppState>) -> Router {
     let (routes, api) = api_routes().split_for_parts();
     let roles = Arc::new(auth::RouteRoles::of(&api));
@@ -156,6 +169,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(request::BODY_BYTES_MAX))
+        // Before authentication and routing, so a flood of bad keys or of
+        // unknown paths is limited too; inside `request_id`, so a refusal is
+        // logged and counted like any answer.
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            limits::limit_address,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             request_id,
@@ -291,5 +311,38 @@ mod tests {
             roles.of_route(&axum::http::Method::HEAD, "/v1/api_keys"),
             Some(&[Role::Admin][..])
         );
+    }
+
+    /// The rate limits stand in front of every route but the probes, so the
+    /// document lists their 429 on every other operation, and on no probe.
+    #[test]
+    fn every_operation_but_the_probes_lists_the_rate_limits_429() {
+        let api = super::openapi_document();
+        let mut listed = 0;
+        for (path, item) in &api.paths.paths {
+            for operation in [&item.get, &item.post, &item.delete].into_iter().flatten() {
+                let has_429 = operation.responses.responses.contains_key("429");
+                if super::limits::EXEMPT_PATHS.contains(&path.as_str()) {
+                    assert!(!has_429, "{path} is never limited");
+                } else {
+                    assert!(has_429, "{path} misses its 429");
+                    listed += 1;
+                }
+            }
+        }
+        assert_eq!(listed, 49);
+        let components = api.components.as_ref().unwrap();
+        let shared = serde_json::to_value(&components.responses["RateLimited"]).unwrap();
+        assert_eq!(
+            shared["headers"]["Retry-After"]["schema"]["minimum"], 1,
+            "{shared}"
+        );
+        assert_eq!(
+            shared["content"]["application/problem+json"]["schema"]["$ref"],
+            "#/components/schemas/Problem"
+        );
+        for path in super::limits::EXEMPT_PATHS {
+            assert!(api.paths.paths.contains_key(*path), "{path} is a route");
+        }
     }
 }

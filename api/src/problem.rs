@@ -27,6 +27,9 @@ pub struct Problem {
     pub current_version: Option<u64>,
 }
 
+/// The code of a request refused by a rate limit (429, with `Retry-After`).
+pub const RATE_LIMITED: &str = "rate_limited";
+
 /// The stable code of a problem answered now, left on the response for the
 /// telemetry middleware (a replayed answer is stored bytes and carries none).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// The body (boxed: errors travel in every `Result`).
     pub problem: Box<Problem>,
+    /// Seconds to send as `Retry-After`, when the client should wait before retrying.
+    pub retry_after_s: Option<u64>,
 }
 
 impl ApiError {
@@ -54,7 +59,16 @@ impl ApiError {
                 code: code.to_owned(),
                 current_version: None,
             }),
+            retry_after_s: None,
         }
+    }
+
+    /// 429 `rate_limited`: a rate limit refused the request; retry after
+    /// `retry_after_s` seconds (sent as `Retry-After`).
+    pub fn rate_limited(detail: impl Into<String>, retry_after_s: u64) -> Self {
+        let mut error = Self::new(StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED, detail);
+        error.retry_after_s = Some(retry_after_s);
+        error
     }
 
     /// 401: no key, or not a key we know.
@@ -93,6 +107,11 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(seconds) = self.retry_after_s {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         response
             .extensions_mut()
             .insert(ProblemCode(self.problem.code));

@@ -131,7 +131,17 @@ impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for
         parts: &mut axum::http::request::Parts,
         _state: &S,
     ) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::try_from_uri(&parts.uri)
+        Self::from_uri(&parts.uri)
+    }
+}
+
+impl<T: DeserializeOwned> Params<T> {
+    /// The query of `uri` read as `T`.
+    ///
+    /// # Errors
+    /// 422 `invalid_query` for an unknown, repeated or mistyped parameter.
+    pub fn from_uri(uri: &axum::http::Uri) -> Result<Self, ApiError> {
+        axum::extract::Query::try_from_uri(uri)
             .map(|axum::extract::Query(params)| Self(params))
             .map_err(|rejection| {
                 let reason = rejection.body_text();

@@ -16,6 +16,11 @@ use super::ledger::{BenchBackend, BenchError, database_url};
 const API_BENCH_DB: &str = "recur_bench_api";
 /// Requests sent before measuring, per client.
 const WARM_UP_PER_CLIENT: usize = 5;
+/// The rate limits (per second and burst, per key and per address) of the
+/// server measured: switched on, so their cost is in the figures, and far above
+/// what one machine can send with one key from one address (≈ 3,200 commands/s),
+/// so they never refuse one.
+const RATE_LIMIT: u32 = 1_000_000;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -98,6 +103,16 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
             // The benchmark's fresh scratch ledger (the SQLite file was removed above).
             "--create",
         ])
+        .args(
+            [
+                "--rate-limit-per-key-per-s",
+                "--rate-limit-per-key-burst",
+                "--rate-limit-per-address-per-s",
+                "--rate-limit-per-address-burst",
+            ]
+            .into_iter()
+            .flat_map(|flag| [flag.to_owned(), RATE_LIMIT.to_string()]),
+        )
         .env("RECUR_ADMIN_KEY", &key)
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
@@ -186,6 +201,10 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
             "p99_us": at(990),
             "max_us": latencies_us.last().copied().unwrap_or(0),
             "server_peak_rss_kb": server_peak_rss_kb,
+            "rate_limits": {
+                "per_key_per_s": RATE_LIMIT, "per_key_burst": RATE_LIMIT,
+                "per_address_per_s": RATE_LIMIT, "per_address_burst": RATE_LIMIT,
+            },
         })
     );
     if errors > 0 {

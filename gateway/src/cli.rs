@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{
-    DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, MasterKeyArgs, NatsArgs, Secret, WhenMissing,
+    DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, MasterKeyArgs, NatsArgs, RateLimitArgs, Secret,
+    WhenMissing,
 };
 use crate::seal_export::SealExport;
 use recur_bench::ledger::{BenchBackend, Workload};
@@ -179,6 +180,9 @@ pub struct ServeArgs {
     /// requests in flight, then for the scheduler and the relay.
     #[arg(long, default_value_t = crate::serve::DRAIN_MS, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub drain_ms: u64,
+    /// Rate limits per API key and per client address.
+    #[command(flatten)]
+    pub rate_limits: RateLimitArgs,
 }
 
 /// `recur ledger …`

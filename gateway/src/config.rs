@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use recur_api::limits::{Rate, RateLimits};
 use recur_ledger::{Clock, Ledger, LedgerConfig, LedgerError};
 
 /// The embedded default ledger file, in the data directory.
@@ -410,6 +411,43 @@ impl NatsArgs {
             return None;
         }
         Some(recur_projections::RelayConfig::new(url).with_stream(&self.nats_stream))
+    }
+}
+
+/// Rate limits of `recur serve` (docs/api.md, "Rate limits"): a sustained rate
+/// per second and a burst, per API key and per client address; a rate of 0
+/// switches that limit off.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RateLimitArgs {
+    /// Requests per second one API key may sustain (0: no limit).
+    #[arg(long, env = "RECUR_RATE_LIMIT_PER_KEY_PER_S", default_value_t = RateLimits::DEFAULT.per_key.per_s, value_name = "N")]
+    pub rate_limit_per_key_per_s: u32,
+    /// Requests one API key may send at once after a quiet spell.
+    #[arg(long, env = "RECUR_RATE_LIMIT_PER_KEY_BURST", default_value_t = RateLimits::DEFAULT.per_key.burst, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub rate_limit_per_key_burst: u32,
+    /// Requests per second one client address (an IPv6 /64) may sustain, with
+    /// or without a valid key; the TCP peer's address, X-Forwarded-For is not
+    /// read (0: no limit).
+    #[arg(long, env = "RECUR_RATE_LIMIT_PER_ADDRESS_PER_S", default_value_t = RateLimits::DEFAULT.per_address.per_s, value_name = "N")]
+    pub rate_limit_per_address_per_s: u32,
+    /// Requests one client address may send at once after a quiet spell.
+    #[arg(long, env = "RECUR_RATE_LIMIT_PER_ADDRESS_BURST", default_value_t = RateLimits::DEFAULT.per_address.burst, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub rate_limit_per_address_burst: u32,
+}
+
+impl RateLimitArgs {
+    /// The limits asked for.
+    pub fn limits(&self) -> RateLimits {
+        RateLimits {
+            per_key: Rate {
+                per_s: self.rate_limit_per_key_per_s,
+                burst: self.rate_limit_per_key_burst,
+            },
+            per_address: Rate {
+                per_s: self.rate_limit_per_address_per_s,
+                burst: self.rate_limit_per_address_burst,
+            },
+        }
     }
 }
 

@@ -140,6 +140,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 tick_seconds: args.tick_seconds,
                 request_timeout_ms: args.request_timeout_ms,
                 drain_ms: args.drain_ms,
+                rate_limits: args.rate_limits.limits(),
             })
             .await
             .context("serve")?;

@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub drain_ms: u64,
     /// Where to export each new seal, if anywhere.
     pub seal_export: Option<crate::seal_export::Target>,
+    /// Rate limits per API key and per client address.
+    pub rate_limits: recur_api::limits::RateLimits,
 }
 
 /// How often the in-process projections look for other processes' events (this
@@ -177,6 +179,8 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
+    let limiter = Arc::new(recur_api::limits::Limiter::new(options.rate_limits));
+    tokio::spawn(Arc::clone(&limiter).prune_forever());
     let state = Arc::new(AppState {
         billing,
         keys,
@@ -189,6 +193,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         past: tokio::sync::Mutex::new(None),
         request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
         telemetry: Arc::clone(&telemetry),
+        limiter: Arc::clone(&limiter),
     });
     if *stopping.borrow() {
         tracing::info!("stopped during start-up; not serving");
@@ -267,8 +272,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     println!("recur: listening on http://{address} (ledger {location})");
     let drain = std::time::Duration::from_millis(options.drain_ms);
     let mut draining = stopping.clone();
-    let server = axum::serve(listener, router(state).into_make_service())
-        .with_graceful_shutdown(async move { stopped(&mut draining).await });
+    // With the peer's address, for the per-address rate limit.
+    let server = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { stopped(&mut draining).await });
     let mut stop_waited = stopping.clone();
     tokio::select! {
         served = server => served?,

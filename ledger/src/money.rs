@@ -1534,6 +1534,45 @@ mod tests {
             prop_assert_eq!(back.to_string(), original.to_string());
         }
 
+        /// The whole of `Decimal`'s range (96-bit mantissa, scale 0 to 28, either
+        /// sign): `parse(format(x)) == x`, scale included (fuzz/ runs it longer).
+        #[test]
+        fn every_decimal_round_trips_through_display_and_parse(
+            lo in any::<u32>(),
+            mid in any::<u32>(),
+            hi in any::<u32>(),
+            negative in any::<bool>(),
+            scale in 0_u32..=28,
+            currency in any_currency(),
+        ) {
+            let amount = Decimal::from_parts(lo, mid, hi, negative, scale);
+            let money = Money::new(amount, currency);
+            let parsed = Money::parse(&amount.to_string(), currency.code()).unwrap();
+            prop_assert_eq!(parsed, money);
+            prop_assert_eq!(parsed.amount().scale(), amount.scale());
+            let json = serde_json::to_string(&money).unwrap();
+            prop_assert_eq!(serde_json::from_str::<Money>(&json).unwrap(), money);
+        }
+
+        /// Any text: a `Money` or a typed refusal, never a panic.
+        #[test]
+        fn parse_of_any_text_is_money_or_a_typed_refusal(
+            amount in prop_oneof![any::<String>(), "[-+0-9.eE_, ]{0,70}"],
+            code in prop_oneof![any::<String>(), "[A-Z]{3}"],
+        ) {
+            match Money::parse(&amount, &code) {
+                Ok(money) => prop_assert_eq!(money.amount().to_string().parse::<Decimal>().ok(), Some(money.amount())),
+                Err(MoneyError::InvalidAmount { .. } | MoneyError::UnknownCurrency(_)) => {}
+                Err(other) => prop_assert!(false, "{amount:?} {code:?}: {other:?}"),
+            }
+        }
+
+        /// Any bytes as a JSON `Money`: a value or a serde error, never a panic.
+        #[test]
+        fn money_from_any_json_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
+            let _ = serde_json::from_slice::<Money>(&bytes);
+        }
+
         #[test]
         fn parse_accepts_every_amount_that_display_produces(amount in any_amount(), currency in any_currency()) {
             let parsed = Money::parse(&amount.to_string(), currency.code()).unwrap();

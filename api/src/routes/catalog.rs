@@ -54,7 +54,7 @@ pub async fn prices(
 }
 
 /// A price's billing from the API's `interval` and `interval_count`.
-fn billing_of(interval: &str, count: Option<u32>) -> Result<PriceBilling, ApiError> {
+pub(crate) fn billing_of(interval: &str, count: Option<u32>) -> Result<PriceBilling, ApiError> {
     let unit = match interval {
         "one_time" => return Ok(PriceBilling::OneTime),
         "day" => IntervalUnit::Day,
@@ -230,7 +230,7 @@ pub async fn tax_rates(
 }
 
 /// A percent (0 ≤ p < 100, at most 4 decimals) as the fraction a rate holds.
-fn fraction_of(percent: &str) -> Result<Decimal, ApiError> {
+pub(crate) fn fraction_of(percent: &str) -> Result<Decimal, ApiError> {
     let invalid = || -> ApiError {
         DomainError::InvalidField {
             field: "percent",

@@ -175,7 +175,10 @@ fn invalid(reason: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_query", reason)
 }
 
-fn time_bound(field: &'static str, text: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+pub(crate) fn time_bound(
+    field: &'static str,
+    text: Option<&str>,
+) -> Result<Option<OffsetDateTime>, ApiError> {
     text.map(|text| {
         OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
             invalid(format!(
@@ -186,7 +189,10 @@ fn time_bound(field: &'static str, text: Option<&str>) -> Result<Option<OffsetDa
     .transpose()
 }
 
-fn text_filter(field: &'static str, text: Option<&str>) -> Result<Option<String>, ApiError> {
+pub(crate) fn text_filter(
+    field: &'static str,
+    text: Option<&str>,
+) -> Result<Option<String>, ApiError> {
     text.map(|text| {
         if text.is_empty() || text.len() > TEXT_FILTER_BYTES_MAX {
             Err(invalid(format!(

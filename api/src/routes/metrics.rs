@@ -163,7 +163,7 @@ pub struct MonthlyQuery {
 
 impl MonthlyQuery {
     /// Its range, refusing an interval or a plan (the report is monthly, for all plans).
-    fn range(&self, today: Date) -> Result<(Date, Date), ApiError> {
+    pub(crate) fn range(&self, today: Date) -> Result<(Date, Date), ApiError> {
         if self.interval.is_some_and(|i| i != Interval::Day)
             || self.plan.as_deref().is_some_and(|p| p != "*")
         {
@@ -198,7 +198,11 @@ pub struct ReadingQuery {
 }
 
 /// The days `from` to `to`: `to` defaults to today, `from` to the first of `to`'s month.
-fn range(from: Option<&str>, to: Option<&str>, today: Date) -> Result<(Date, Date), ApiError> {
+pub(crate) fn range(
+    from: Option<&str>,
+    to: Option<&str>,
+    today: Date,
+) -> Result<(Date, Date), ApiError> {
     let to = to.map(parse_date).transpose()?.unwrap_or(today);
     let from = from
         .map(parse_date)
