@@ -297,7 +297,7 @@ async fn the_billing_scenarios_run_through_the_api(backend: Backend) {
     let refunded = server
         .post(
             &format!("/v1/invoices/{first}/refund"),
-            json!({"amount": money("100.00"), "reason": "goodwill"}),
+            json!({"amount": money("100.00"), "reason": "requested_by_customer"}),
         )
         .await;
     assert_eq!(refunded.status, StatusCode::OK, "{}", refunded.body);
@@ -2472,7 +2472,8 @@ async fn if_match_guards_contact_updates_one_of_sixteen_wins() {
 }
 
 /// Regression (HTTP edge, defect 6): free text was unchecked (a 50,000-character
-/// reason, a card number) and would live forever in the ledger.
+/// reason, a card number) and would live forever in the ledger. A refund's
+/// reason is now one of Stripe's codes (issue 14: no free text about a person).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_text_is_limited_and_never_holds_a_card_number_or_control_characters() {
     let server = serve(Backend::Sqlite).await;
@@ -2489,7 +2490,13 @@ async fn free_text_is_limited_and_never_holds_a_card_number_or_control_character
         (
             format!("/v1/invoices/{invoice}/refund"),
             refund("card 4242 4242 4242 4242".into()),
-            "card_number_rejected",
+            "invalid_field",
+        ),
+        // A reason is one of Stripe's codes: no free text about a person.
+        (
+            format!("/v1/invoices/{invoice}/refund"),
+            refund("goodwill, she was upset".into()),
+            "invalid_field",
         ),
         (
             format!("/v1/invoices/{invoice}/refund"),

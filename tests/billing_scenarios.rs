@@ -683,13 +683,13 @@ async fn a_partial_refund_gives_back_revenue_and_its_tax_share() {
     let before = w.last_position().await;
     let error = w
         .billing
-        .refund(invoice, usd("697.01"), "too much")
+        .refund(invoice, usd("697.01"), "requested_by_customer")
         .await
         .unwrap_err();
     assert_eq!(error.code(), "refund_exceeds_paid");
     assert_eq!(w.last_position().await, before);
     w.billing
-        .refund(invoice, usd("697.00"), "the rest")
+        .refund(invoice, usd("697.00"), "requested_by_customer")
         .await
         .unwrap();
     let balance = w.trial_balance().await;
@@ -833,7 +833,11 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
     );
     assert_eq!(
         w.billing
-            .refund(paid, Money::parse("-5.00", "USD").unwrap(), "x")
+            .refund(
+                paid,
+                Money::parse("-5.00", "USD").unwrap(),
+                "requested_by_customer"
+            )
             .await
             .unwrap_err()
             .code(),
@@ -841,7 +845,11 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
     );
     assert_eq!(
         w.billing
-            .refund(paid, Money::parse("5.00", "EUR").unwrap(), "x")
+            .refund(
+                paid,
+                Money::parse("5.00", "EUR").unwrap(),
+                "requested_by_customer"
+            )
             .await
             .unwrap_err()
             .code(),
@@ -849,7 +857,11 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
     );
     assert_eq!(
         w.billing
-            .refund(paid, Money::parse("5.001", "USD").unwrap(), "x")
+            .refund(
+                paid,
+                Money::parse("5.001", "USD").unwrap(),
+                "requested_by_customer"
+            )
             .await
             .unwrap_err()
             .code(),
@@ -1009,7 +1021,10 @@ async fn run_ops(ops: Vec<Op>) {
                             .round_to_minor(recur_ledger::money::RoundingRule::HalfUp);
                         if amount.is_positive() {
                             expect_refusal_only(
-                                w.billing.refund(*id, amount, "asked").await.map(|_| ()),
+                                w.billing
+                                    .refund(*id, amount, "requested_by_customer")
+                                    .await
+                                    .map(|_| ()),
                             );
                         }
                     }
@@ -1196,7 +1211,11 @@ async fn concurrent_refunds_each_get_their_own_number_and_never_exceed_what_was_
         } else {
             Arc::clone(&second)
         };
-        tasks.spawn(async move { billing.refund(invoice, usd("5.00"), "partial").await });
+        tasks.spawn(async move {
+            billing
+                .refund(invoice, usd("5.00"), "requested_by_customer")
+                .await
+        });
     }
     let (mut refunded, mut refused) = (Vec::new(), 0);
     while let Some(joined) = tasks.join_next().await {
@@ -1260,7 +1279,7 @@ async fn a_refund_the_gateway_did_not_answer_is_sent_again_by_the_scheduler() {
     // The held-back 90.00 cannot be refunded a second time meanwhile.
     let error = w
         .billing
-        .refund(invoice, usd("10.00"), "again")
+        .refund(invoice, usd("10.00"), "requested_by_customer")
         .await
         .unwrap_err();
     assert_eq!(error.code(), "refund_exceeds_paid");

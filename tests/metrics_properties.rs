@@ -368,7 +368,7 @@ async fn perform(
                         let amount = Money::parse("10.00", "USD").unwrap();
                         refusal_only(
                             billing
-                                .refund(invoice.id.unwrap(), amount, "goodwill")
+                                .refund(invoice.id.unwrap(), amount, "requested_by_customer")
                                 .await,
                         );
                         break;

@@ -730,9 +730,24 @@ pub struct PreviewDto {
 pub struct RefundBody {
     /// How much, tax included.
     pub amount: MoneyDto,
-    /// Why.
+    /// Why: duplicate, fraudulent or requested_by_customer (the default), as
+    /// Stripe's refunds; a code, never free text.
     #[serde(default)]
+    #[schema(value_type = Option<RefundReasonDto>)]
     pub reason: Option<String>,
+}
+
+/// Why a refund is given ([`recur_commands::invoice::REFUND_REASONS`]: the
+/// domain checks the text; this names the codes in the OpenAPI document).
+#[derive(Clone, Copy, Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundReasonDto {
+    /// Charged twice.
+    Duplicate,
+    /// Not the card holder.
+    Fraudulent,
+    /// The customer asked.
+    RequestedByCustomer,
 }
 
 /// How long a coupon applies.
@@ -1303,4 +1318,30 @@ pub struct EventList {
     pub has_more: bool,
     /// A ledger position to pass as `starting_after` for the next page.
     pub next_cursor: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The codes the OpenAPI document names are the ones the domain accepts.
+    #[test]
+    fn the_documented_refund_reasons_are_the_domains() {
+        let documented: Vec<String> = [
+            RefundReasonDto::Duplicate,
+            RefundReasonDto::Fraudulent,
+            RefundReasonDto::RequestedByCustomer,
+        ]
+        .iter()
+        .map(|r| {
+            serde_json::to_value(r)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+        assert_eq!(documented, recur_commands::invoice::REFUND_REASONS);
+    }
 }

@@ -290,6 +290,29 @@ pub struct FirstAttempt {
     pub due_at: OffsetDateTime,
 }
 
+/// Why a refund is given: Stripe's refund reasons. Codes, never free text, so
+/// no person's words (personal data, in the ledger for good) are recorded.
+pub const REFUND_REASONS: [&str; 3] = ["duplicate", "fraudulent", "requested_by_customer"];
+/// Why a credit note is issued: Stripe's credit note reasons, likewise codes.
+pub const CREDIT_NOTE_REASONS: [&str; 4] = [
+    "duplicate",
+    "fraudulent",
+    "order_change",
+    "product_unsatisfactory",
+];
+
+/// Refuses a reason that is not one of `codes`.
+fn check_reason(reason: &str, codes: &[&str]) -> Result<(), DomainError> {
+    if codes.contains(&reason) {
+        Ok(())
+    } else {
+        Err(DomainError::InvalidField {
+            field: "reason",
+            reason: format!("one of {}", codes.join(", ")),
+        })
+    }
+}
+
 /// What can be asked of an invoice.
 #[derive(Clone, Debug)]
 pub enum InvoiceCommand {
@@ -368,7 +391,7 @@ pub enum InvoiceCommand {
     IssueCreditNote {
         /// How much (tax included).
         amount: Money,
-        /// Why.
+        /// Why: one of [`CREDIT_NOTE_REASONS`].
         reason: String,
         /// Now.
         now: OffsetDateTime,
@@ -379,7 +402,7 @@ pub enum InvoiceCommand {
     RequestRefund {
         /// How much (tax included).
         amount: Money,
-        /// Why.
+        /// Why: one of [`REFUND_REASONS`].
         reason: String,
         /// Now.
         now: OffsetDateTime,
@@ -1039,7 +1062,7 @@ impl Aggregate for Invoice {
                 reason,
                 now,
             } => {
-                crate::text::check_text("reason", &reason, crate::text::REASON_CHARS_MAX, true)?;
+                check_reason(&reason, &CREDIT_NOTE_REASONS)?;
                 if self.status != InvoiceStatus::Open {
                     return Err(self.refuse("credit"));
                 }
@@ -1060,7 +1083,7 @@ impl Aggregate for Invoice {
                 reason,
                 now,
             } => {
-                crate::text::check_text("reason", &reason, crate::text::REASON_CHARS_MAX, true)?;
+                check_reason(&reason, &REFUND_REASONS)?;
                 let charged = self
                     .attempts
                     .iter()

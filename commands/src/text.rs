@@ -1,5 +1,5 @@
-//! Free text written into the ledger — a refund's reason, a plan's name, a
-//! contact's name — lives there forever: each field has a length limit, no
+//! Free text written into the ledger — a plan's name or features, a contact's
+//! name (encrypted) — lives there forever: each field has a length limit, no
 //! control characters (a reason may hold line breaks), no bidirectional
 //! overrides (text that displays other than it reads), and nothing that looks
 //! like a card number (PCI scope: none is ever stored).
@@ -7,8 +7,6 @@
 use crate::customer::looks_like_card_number;
 use crate::error::DomainError;
 
-/// The longest reason (a refund's, a credit note's), in characters.
-pub const REASON_CHARS_MAX: usize = 500;
 /// The longest display name (a plan's, a contact's), in characters.
 pub const NAME_CHARS_MAX: usize = 200;
 

@@ -287,11 +287,11 @@ proptest! {
                 }),
                 Step::CreditNote(m) => execute(
                     &mut invoice,
-                    InvoiceCommand::IssueCreditNote { amount: usd_minor(m), reason: "goodwill".into(), now },
+                    InvoiceCommand::IssueCreditNote { amount: usd_minor(m), reason: "order_change".into(), now },
                 ),
                 Step::Refund(m) => execute(
                     &mut invoice,
-                    InvoiceCommand::RequestRefund { amount: usd_minor(m), reason: "asked".into(), now },
+                    InvoiceCommand::RequestRefund { amount: usd_minor(m), reason: "requested_by_customer".into(), now },
                 )
                 .map(|mut events| {
                     let refund_no = invoice.pending_refunds().last().map(|r| r.refund_no);
