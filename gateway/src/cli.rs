@@ -215,6 +215,22 @@ pub enum LedgerCommand {
         #[command(flatten)]
         ledger: LedgerArgs,
     },
+    /// Copy a ledger written before personal data was encrypted into a new, empty
+    /// one where it is (contact details under each customer's data key; an erased
+    /// customer's under a key thrown away), every other event byte for byte with
+    /// its id, position and time; then check the copy event by event. Switch to
+    /// the new ledger, then destroy the old one and its backups (docs/security.md).
+    Rekey {
+        /// The ledger to copy (it must exist and verify).
+        #[command(flatten)]
+        from: LedgerArgs,
+        /// The new ledger: postgres://… or sqlite:PATH (made if missing; it must be empty).
+        #[arg(long, value_name = "URL")]
+        to: DatabaseUrl,
+        /// The master keys that wrap the new ledger's data keys.
+        #[command(flatten)]
+        master_keys: MasterKeyArgs,
+    },
     /// Seal every released, unsealed event (cron-friendly with --export).
     Seal {
         /// The ledger (it must exist).

@@ -18,5 +18,6 @@ pub mod customer_cmd;
 pub mod demo;
 pub mod ledger_cmd;
 pub mod projections_cmd;
+pub mod rekey;
 pub mod seal_export;
 pub mod serve;

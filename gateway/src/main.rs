@@ -60,6 +60,31 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             .context("ledger verify")?),
         Command::Ledger {
             command:
+                LedgerCommand::Rekey {
+                    from,
+                    to,
+                    master_keys,
+                },
+        } => {
+            let to = config::LedgerArgs {
+                database: Some(to),
+                data_dir: from.data_dir.clone(),
+            };
+            let summary = recur_gateway::rekey::rekey(&from, &to, &master_keys)
+                .await
+                .context("ledger rekey")?;
+            println!(
+                "re-keyed {} events into {}: {} contact event(s) encrypted ({} of erased customers, under destroyed keys), {} data key(s) carried; the copy checks out event by event and verifies",
+                summary.events,
+                to.location().redacted(),
+                summary.encrypted,
+                summary.shredded,
+                summary.keys_carried,
+            );
+            Ok(0)
+        }
+        Command::Ledger {
+            command:
                 LedgerCommand::History {
                     resource,
                     json,
