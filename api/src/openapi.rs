@@ -17,7 +17,7 @@ use super::routes::subscriptions;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Recur", description = "Recur's command API: an event-sourced billing ledger. Errors are RFC 9457 problem details with a stable `code`."),
-    components(schemas(Problem, dto::MoneyDto, subscriptions::Empty)),
+    components(schemas(Problem, dto::MoneyDto, dto::ErasureReasonDto, subscriptions::Empty)),
     modifiers(&BearerKeys),
     tags(
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
