@@ -53,6 +53,9 @@ fn recur() -> Command {
         "RECUR_RATE_LIMIT_PER_ADDRESS_PER_S",
         "RECUR_RATE_LIMIT_PER_KEY_BURST",
         "RECUR_RATE_LIMIT_PER_KEY_PER_S",
+        "RECUR_MASTER_KEY",
+        "RECUR_MASTER_KEY_FILE",
+        "RECUR_MASTER_KEYS_RETIRED",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -221,6 +224,41 @@ fn the_embedded_default_is_made_on_first_start() {
     });
     assert!(server.get_status_line("/readyz").contains(" 200 "));
     assert!(dir.path("recur.sqlite").exists());
+    // Without RECUR_MASTER_KEY, the key file beside it, private to its owner.
+    let key_file = dir.path("recur-master.key");
+    let text = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(text.len(), 64, "a 32-byte key in hex");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    drop(server);
+    // A second start reads the same key rather than making another.
+    let _again = serve(&[], |c| {
+        c.env("RECUR_DATA_DIR", &dir.0);
+    });
+    assert_eq!(std::fs::read_to_string(&key_file).unwrap(), text);
+}
+
+/// A master key that is not 32 bytes stops `recur serve` at start, saying which
+/// setting is wrong and never what it holds.
+#[test]
+fn a_malformed_master_key_stops_serve_and_is_never_echoed() {
+    let dir = TempDir::new("master-key");
+    let location = format!("sqlite:{}", dir.path("m.sqlite").display());
+    let secret = "not-a-key-but-a-secret-all-the-same";
+    let (code, stdout, stderr) = run(&["serve", "--database", &location, "--create"], |c| {
+        c.env("RECUR_MASTER_KEY", secret);
+    });
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("RECUR_MASTER_KEY"), "{stderr}");
+    assert!(stderr.contains("32 bytes"), "{stderr}");
+    assert!(
+        !stderr.contains(secret) && !stdout.contains(secret),
+        "{stdout}{stderr}"
+    );
 }
 
 #[test]
@@ -293,6 +331,7 @@ async fn verify_on_an_empty_ledger_says_nothing_was_checked_and_exits_3() {
 fn help_lists_every_environment_variable_and_no_secret_value() {
     let password = "hunter2-never-shown";
     let secret_key = "admin-key-never-shown-0123456789";
+    let master_key = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
     let help = |args: &[&str]| {
         let (code, stdout, stderr) = run(args, |c| {
             c.env(
@@ -300,6 +339,8 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
                 format!("postgres://alice:{password}@127.0.0.1/recur"),
             )
             .env("RECUR_ADMIN_KEY", secret_key)
+            .env("RECUR_MASTER_KEY", master_key)
+            .env("RECUR_MASTER_KEYS_RETIRED", master_key)
             .env(
                 "RECUR_SEAL_EXPORT",
                 format!("http://bob:{password}@127.0.0.1/seals"),
@@ -307,7 +348,9 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
         });
         assert_eq!(code, Some(0), "{stderr}");
         assert!(
-            !stdout.contains(password) && !stdout.contains(secret_key),
+            !stdout.contains(password)
+                && !stdout.contains(secret_key)
+                && !stdout.contains(master_key),
             "{args:?} --help printed a secret:\n{stdout}"
         );
         stdout
@@ -328,6 +371,9 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
         "RECUR_RATE_LIMIT_PER_KEY_BURST",
         "RECUR_RATE_LIMIT_PER_ADDRESS_PER_S",
         "RECUR_RATE_LIMIT_PER_ADDRESS_BURST",
+        "RECUR_MASTER_KEY",
+        "RECUR_MASTER_KEY_FILE",
+        "RECUR_MASTER_KEYS_RETIRED",
     ] {
         assert!(serve.contains(var), "serve --help misses {var}:\n{serve}");
     }
