@@ -459,7 +459,12 @@ async fn erasing_three_demo_customers_leaves_none_of_their_data_and_the_same_boo
     let ledger = Ledger::open(LedgerConfig::new(location), Arc::new(SystemClock))
         .await
         .unwrap();
-    let vault = test_master_keys().vault(std::path::Path::new(".")).unwrap();
+    let vault = test_master_keys()
+        .vault(
+            std::path::Path::new("."),
+            recur_gateway::config::KeyFile::MustExist,
+        )
+        .unwrap();
     let billing = Billing::open(
         ledger.clone(),
         Catalog::default_catalog().unwrap(),

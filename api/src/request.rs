@@ -271,6 +271,10 @@ where
         match found {
             RequestClaim::Run { started_at, rerun } => break (started_at, rerun),
             RequestClaim::Replay { status, body } => {
+                let body = match replayed_text(state, body).await {
+                    Ok(body) => body,
+                    Err(error) => return error.into_response(),
+                };
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
                 let mut response = (status, body).into_response();
                 let media = if status.is_success() {
@@ -354,10 +358,20 @@ where
     } else {
         let mut kept = body.clone();
         redact(&mut kept);
-        ledger
-            .complete_request(&stored_key, owner, status.as_u16(), &kept.to_string())
-            .await
-            .map(|_| ())
+        match kept_text(state, &kept).await {
+            Ok(kept) => ledger
+                .complete_request(&stored_key, owner, status.as_u16(), &kept)
+                .await
+                .map(|_| ()),
+            // Not kept in clear, so not kept: a retry runs again (replayably).
+            Err(error) => {
+                tracing::warn!(
+                    code = error.code(),
+                    "the answer shows personal data that cannot be encrypted; not kept"
+                );
+                ledger.release_request(&stored_key, owner).await
+            }
+        }
     };
     claim.settled = true;
     if let Err(error) = stored {
@@ -372,6 +386,80 @@ where
             HeaderValue::from_static("application/problem+json"),
         );
         response
+    }
+}
+
+/// A stored answer that shows a customer's contact details, kept encrypted
+/// under that customer's data key: `api_requests` holds no personal data in
+/// clear, and once the customer is erased the answer cannot be read either.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptedAnswer {
+    /// Always "encrypted_answer".
+    object: String,
+    /// Whose data key.
+    customer: Uuid,
+    /// The answer's text, encrypted.
+    encrypted: recur_commands::privacy::Encrypted,
+}
+
+/// The text to keep for a replay of `answer`: as is, or encrypted when it
+/// shows a customer's contact details.
+async fn kept_text(
+    state: &AppState,
+    answer: &serde_json::Value,
+) -> Result<String, recur_commands::BillingError> {
+    let shows_contact = answer.get("object").and_then(serde_json::Value::as_str)
+        == Some("customer")
+        && answer.get("contact").is_some_and(|c| !c.is_null());
+    let customer = answer
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|id| Uuid::parse_str(id).ok());
+    let (true, Some(customer)) = (shows_contact, customer) else {
+        return Ok(answer.to_string());
+    };
+    let encrypted = state
+        .billing
+        .encrypt_personal(
+            recur_commands::CustomerId(customer),
+            answer.to_string().as_bytes(),
+        )
+        .await?;
+    let kept = EncryptedAnswer {
+        object: "encrypted_answer".to_owned(),
+        customer,
+        encrypted,
+    };
+    Ok(serde_json::to_string(&kept).unwrap_or_default())
+}
+
+/// A stored answer as it is replayed: decrypted if it was kept encrypted.
+///
+/// # Errors
+/// 409 `personal_data_erased` when the customer was erased since (its answers
+/// are deleted then; this is the rare one stored in the meantime).
+async fn replayed_text(state: &AppState, body: String) -> Result<String, ApiError> {
+    let Ok(kept) = serde_json::from_str::<EncryptedAnswer>(&body) else {
+        return Ok(body);
+    };
+    if kept.object != "encrypted_answer" {
+        return Ok(body);
+    }
+    let customer = recur_commands::CustomerId(kept.customer);
+    match state
+        .billing
+        .decrypt_personal(customer, &kept.encrypted)
+        .await?
+    {
+        Some(text) => String::from_utf8(text)
+            .map_err(|_| super::routes::unavailable("a stored answer is not text")),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "personal_data_erased",
+            "the customer's personal data was erased after this request: its answer is gone; \
+             read the customer again",
+        )),
     }
 }
 

@@ -119,6 +119,9 @@ pub struct Billing {
     retry: RetryPolicy,
     /// Encrypts and decrypts personal data; without it none can be stored.
     pub(crate) vault: Option<Arc<Vault>>,
+    /// When each (actor, customer) last had a read of contact details recorded.
+    pub(crate) recent_reads:
+        std::sync::Mutex<std::collections::HashMap<(String, CustomerId), OffsetDateTime>>,
 }
 
 pub(crate) fn metadata(source: Source) -> Metadata {
@@ -169,6 +172,7 @@ impl Billing {
             gateway,
             retry: RetryPolicy::default(),
             vault: None,
+            recent_reads: std::sync::Mutex::default(),
         })
     }
 

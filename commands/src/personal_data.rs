@@ -9,12 +9,18 @@ use time::OffsetDateTime;
 
 use crate::billing::{Billing, access_stream, contact_stream, metadata};
 use crate::customer::{
-    AccessEvent, Contact, ContactDetails, CustomerCommand, ErasureReason, PersonalDataUse,
-    StoredContact,
+    AccessEvent, Contact, ContactDetails, Customer, CustomerCommand, ErasureReason,
+    PersonalDataUse, StoredContact,
 };
 use crate::error::{BillingError, DomainError};
 use crate::ids::CustomerId;
 use crate::privacy::{DataKey, Encrypted, Vault};
+
+/// Seconds within which one actor's reads of one customer's contact details
+/// are recorded once.
+pub const READ_RECORD_WINDOW_S: i64 = 60;
+/// Recent reads remembered for that (beyond it the memory starts over).
+const READS_REMEMBERED_MAX: usize = 10_000;
 
 /// What an erasure did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,14 +54,55 @@ impl Billing {
         id: CustomerId,
         details: &ContactDetails,
     ) -> Result<Encrypted, BillingError> {
+        let json = serde_json::to_vec(details).map_err(|_| {
+            crate::privacy::PrivacyError::Malformed("contact details do not serialize")
+        })?;
+        self.encrypt_personal(id, &json).await
+    }
+
+    /// Any personal data of the customer (its contact details, a stored answer
+    /// that shows them), encrypted under its data key (made if need be).
+    ///
+    /// # Errors
+    /// [`DomainError::PersonalDataErased`] once erased; [`BillingError::NoMasterKey`],
+    /// [`BillingError::Privacy`]; ledger errors.
+    pub async fn encrypt_personal(
+        &self,
+        id: CustomerId,
+        plaintext: &[u8],
+    ) -> Result<Encrypted, BillingError> {
         let key = self
             .data_key(id, true)
             .await?
             .ok_or(DomainError::PersonalDataErased)?;
-        let json = serde_json::to_vec(details).map_err(|_| {
-            crate::privacy::PrivacyError::Malformed("contact details do not serialize")
-        })?;
-        Ok(self.vault()?.encrypt(&key, &json)?)
+        Ok(self.vault()?.encrypt(&key, plaintext)?)
+    }
+
+    /// What [`Billing::encrypt_personal`] encrypted; None once the customer is
+    /// erased (its erasure recorded, or its data key destroyed).
+    ///
+    /// # Errors
+    /// [`BillingError::NoMasterKey`], [`BillingError::Privacy`]; ledger errors.
+    pub async fn decrypt_personal(
+        &self,
+        id: CustomerId,
+        encrypted: &Encrypted,
+    ) -> Result<Option<Vec<u8>>, BillingError> {
+        // The erasure is recorded before the key is destroyed: a crash between
+        // the two must not leave the details readable.
+        if self.erased(id).await? {
+            return Ok(None);
+        }
+        let Some(key) = self.data_key(id, false).await? else {
+            return Ok(None);
+        };
+        Ok(Some(self.vault()?.decrypt(&key, encrypted)?))
+    }
+
+    /// Whether the customer's erasure is recorded (false for no such customer).
+    async fn erased(&self, id: CustomerId) -> Result<bool, BillingError> {
+        let (customer, _) = self.repo.load_current::<Customer>(&id.stream()?).await?;
+        Ok(customer.erased_at.is_some())
     }
 
     /// Contact details as an event stored them, readable again; None when the
@@ -70,15 +117,11 @@ impl Billing {
         stored: &StoredContact,
     ) -> Result<Option<ContactDetails>, BillingError> {
         match stored {
-            StoredContact::Clear(details) => {
-                let (customer, _) = self.customer_versioned(id).await?;
-                Ok(customer.erased_at.is_none().then(|| details.clone()))
-            }
+            StoredContact::Clear(details) => Ok((!self.erased(id).await?).then(|| details.clone())),
             StoredContact::Encrypted(encrypted) => {
-                let Some(key) = self.data_key(id, false).await? else {
+                let Some(json) = self.decrypt_personal(id, encrypted).await? else {
                     return Ok(None);
                 };
-                let json = self.vault()?.decrypt(&key, encrypted)?;
                 let details = serde_json::from_slice(&json).map_err(|_| {
                     crate::privacy::PrivacyError::Malformed("decrypted contact is not JSON")
                 })?;
@@ -140,7 +183,10 @@ impl Billing {
     }
 
     /// Records that the caller (the request's actor) read `what` of a
-    /// customer's personal data.
+    /// customer's personal data. Reads of a customer's contact details by one
+    /// actor are recorded once per [`READ_RECORD_WINDOW_S`] (per process): a
+    /// screen that polls a customer does not grow its log without bound. Every
+    /// export is recorded.
     ///
     /// # Errors
     /// Ledger errors.
@@ -149,13 +195,30 @@ impl Billing {
         id: CustomerId,
         what: PersonalDataUse,
     ) -> Result<(), BillingError> {
-        let event = AccessEvent::PersonalDataRead {
-            what,
-            at: self.now(),
+        let at = self.now();
+        let seen = (crate::context::actor().unwrap_or_default(), id);
+        let window = time::Duration::seconds(READ_RECORD_WINDOW_S);
+        let recent = |reads: &std::collections::HashMap<_, OffsetDateTime>| {
+            what == PersonalDataUse::Contact
+                && reads
+                    .get(&seen)
+                    .is_some_and(|last| at - *last < window && at >= *last)
         };
+        if self.recent_reads.lock().is_ok_and(|reads| recent(&reads)) {
+            return Ok(());
+        }
+        let event = AccessEvent::PersonalDataRead { what, at };
         self.repo
             .append_any(&access_stream(id)?, &metadata(Source::Api), &[event])
             .await?;
+        if what == PersonalDataUse::Contact
+            && let Ok(mut reads) = self.recent_reads.lock()
+        {
+            if reads.len() >= READS_REMEMBERED_MAX {
+                reads.clear();
+            }
+            reads.insert(seen, at);
+        }
         Ok(())
     }
 }

@@ -177,6 +177,11 @@ impl Vault {
         self.current.id()
     }
 
+    /// Whether the master key `id` is the current one or a retired one.
+    pub fn knows(&self, id: &str) -> bool {
+        self.master(id).is_ok()
+    }
+
     /// A new data key for `owner`, and its wrapped form (under the current
     /// master key) to store.
     ///

@@ -319,13 +319,28 @@ pub struct MasterKeyArgs {
     pub master_key_file: Option<PathBuf>,
 }
 
+/// Whether a missing key file may be made with a new key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyFile {
+    /// Made on first start (`recur serve`, `recur demo`).
+    MakeIfMissing,
+    /// Must exist (`rewrap-keys`, `rekey`: a new key there would wrap or
+    /// encrypt everything under a key nobody keeps).
+    MustExist,
+}
+
 impl MasterKeyArgs {
     /// The vault: the configured master key, else the key file's (made if
-    /// missing), with the retired keys.
+    /// missing and `key_file` allows), with the retired keys.
     ///
     /// # Errors
-    /// A malformed key (named by its source, never shown), an unreadable key file.
-    pub fn vault(&self, data_dir: &Path) -> anyhow::Result<recur_commands::privacy::Vault> {
+    /// A malformed key (named by its source, never shown), a key file that is
+    /// unreadable or (with [`KeyFile::MustExist`]) missing.
+    pub fn vault(
+        &self,
+        data_dir: &Path,
+        key_file: KeyFile,
+    ) -> anyhow::Result<recur_commands::privacy::Vault> {
         use anyhow::Context;
         use recur_commands::privacy::{MasterKey, Vault};
         let current = match self.master_key.as_ref().filter(|k| !k.expose().is_empty()) {
@@ -335,7 +350,7 @@ impl MasterKeyArgs {
                     .master_key_file
                     .clone()
                     .unwrap_or_else(|| data_dir.join(DEFAULT_MASTER_KEY_FILE));
-                key_file(&file)?
+                read_key_file(&file, key_file)?
             }
         };
         let retired = match &self.master_keys_retired {
@@ -353,8 +368,40 @@ impl MasterKeyArgs {
     }
 }
 
-/// The master key in `file`, made (0600, a new random key) when it is missing.
-fn key_file(file: &Path) -> anyhow::Result<recur_commands::privacy::MasterKey> {
+/// Refuses to serve a ledger whose data keys are wrapped by a master key the
+/// vault does not hold (a second server that made its own key file, a key
+/// dropped from RECUR_MASTER_KEYS_RETIRED too early): better not to start than
+/// to answer 503 on every customer, or to wrap new keys beside unreadable ones.
+///
+/// # Errors
+/// The ids of the missing master keys; database errors.
+pub async fn check_master_keys(
+    ledger: &Ledger,
+    vault: &recur_commands::privacy::Vault,
+) -> anyhow::Result<()> {
+    let missing: Vec<String> = ledger
+        .data_key_masters()
+        .await?
+        .into_iter()
+        .filter(|id| !vault.knows(id))
+        .collect();
+    anyhow::ensure!(
+        missing.is_empty(),
+        "this ledger's data keys are wrapped by master key(s) {} that are not configured \
+         (the current one is {}): set RECUR_MASTER_KEY to the key in use, and any earlier one \
+         in RECUR_MASTER_KEYS_RETIRED",
+        missing.join(", "),
+        vault.current_id()
+    );
+    Ok(())
+}
+
+/// The master key in `file`; a missing file is made (mode 0600, a new random
+/// key, written whole before it appears) when `key_file` allows.
+fn read_key_file(
+    file: &Path,
+    key_file: KeyFile,
+) -> anyhow::Result<recur_commands::privacy::MasterKey> {
     use anyhow::Context;
     use recur_commands::privacy::MasterKey;
     use std::io::Write;
@@ -363,16 +410,29 @@ fn key_file(file: &Path) -> anyhow::Result<recur_commands::privacy::MasterKey> {
             MasterKey::parse(&text).with_context(|| format!("the key file {}", file.display()))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            anyhow::ensure!(
+                key_file == KeyFile::MakeIfMissing,
+                "no master key: set RECUR_MASTER_KEY, or RECUR_MASTER_KEY_FILE to the key file \
+                 in use ({} does not exist)",
+                file.display()
+            );
             let (key, text) = MasterKey::generate()?;
+            // Written whole under a temporary name, then linked into place: a
+            // reader never sees a half-written file, and of two processes
+            // starting at once the first link wins and the other reads it.
+            let staged = file.with_extension(format!("new-{}", std::process::id()));
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create_new(true);
             #[cfg(unix)]
             std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            match options.open(file) {
-                Ok(mut out) => {
-                    out.write_all(text.as_bytes())
-                        .and_then(|()| out.sync_all())
-                        .with_context(|| format!("write the key file {}", file.display()))?;
+            let written = options.open(&staged).and_then(|mut out| {
+                out.write_all(text.as_bytes())?;
+                out.sync_all()
+            });
+            let linked = written.and_then(|()| std::fs::hard_link(&staged, file));
+            let _ = std::fs::remove_file(&staged);
+            match linked {
+                Ok(()) => {
                     tracing::warn!(
                         file = %file.display(),
                         "made a new master key file for personal data: keep it safe and apart \
@@ -380,8 +440,9 @@ fn key_file(file: &Path) -> anyhow::Result<recur_commands::privacy::MasterKey> {
                     );
                     Ok(key)
                 }
-                // Another process made it first: use theirs.
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => key_file(file),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                    read_key_file(file, KeyFile::MustExist)
+                }
                 Err(error) => {
                     Err(error).with_context(|| format!("make the key file {}", file.display()))
                 }

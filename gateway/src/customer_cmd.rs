@@ -9,7 +9,7 @@ use recur_commands::customer::ErasureReason;
 use recur_commands::{Billing, Catalog, CustomerId, SimulatedGateway};
 use recur_ledger::{Source, SystemClock};
 
-use crate::config::{LedgerArgs, MasterKeyArgs, WhenMissing};
+use crate::config::{KeyFile, LedgerArgs, MasterKeyArgs, WhenMissing};
 
 /// Keys rewrapped per page.
 const REWRAP_PAGE_KEYS: u32 = 500;
@@ -61,7 +61,7 @@ pub async fn forget(ledger: &LedgerArgs, id: &str, reason: ErasureReason) -> any
 /// # Errors
 /// A missing ledger, a master key that is not configured, ledger errors.
 pub async fn rewrap_keys(ledger: &LedgerArgs, master_keys: &MasterKeyArgs) -> anyhow::Result<()> {
-    let vault = master_keys.vault(&ledger.data_dir)?;
+    let vault = master_keys.vault(&ledger.data_dir, KeyFile::MustExist)?;
     let ledger = ledger
         .open(WhenMissing::Refuse, Arc::new(SystemClock))
         .await?;

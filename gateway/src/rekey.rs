@@ -23,7 +23,7 @@ use recur_ledger::{
     TestClock,
 };
 
-use crate::config::{LedgerArgs, MasterKeyArgs, WhenMissing};
+use crate::config::{KeyFile, LedgerArgs, MasterKeyArgs, WhenMissing};
 
 /// Events read per page of the source.
 const PAGE_EVENTS: usize = 1_000;
@@ -54,7 +54,7 @@ pub async fn rekey(
     to: &LedgerArgs,
     master_keys: &MasterKeyArgs,
 ) -> anyhow::Result<RekeySummary> {
-    let vault = master_keys.vault(&to.data_dir)?;
+    let vault = master_keys.vault(&to.data_dir, KeyFile::MustExist)?;
     let source = from
         .open(WhenMissing::Refuse, Arc::new(SystemClock))
         .await

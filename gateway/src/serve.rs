@@ -96,6 +96,14 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         }
     }
     let telemetry = Arc::new(Telemetry::default());
+    let vault = options
+        .master_keys
+        .vault(
+            &options.ledger.data_dir,
+            crate::config::KeyFile::MakeIfMissing,
+        )
+        .context("the master key of personal data")?;
+    crate::config::check_master_keys(&ledger, &vault).await?;
     let billing = Arc::new(
         Billing::open(
             ledger.clone(),
@@ -106,12 +114,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             )),
         )
         .await?
-        .with_vault(Arc::new(
-            options
-                .master_keys
-                .vault(&options.ledger.data_dir)
-                .context("the master key of personal data")?,
-        )),
+        .with_vault(Arc::new(vault)),
     );
     let bootstrap = options
         .admin_key

@@ -137,53 +137,80 @@ impl Ledger {
     }
 
     /// Destroys the data key of `owner` (leaving a tombstone, also when it had
-    /// none, so none is made later); true when a live key was destroyed now.
-    /// On SQLite the write-ahead log is checkpointed and truncated after it,
-    /// so no earlier copy of the page lingers there.
+    /// none, so none is made later); true when this call destroyed a live key
+    /// (of concurrent erasures, exactly one). On SQLite the write-ahead log is
+    /// then checkpointed and truncated, so no earlier copy of the page lingers
+    /// there; on Postgres the table is vacuumed (which frees the old row
+    /// version, but neither zeroes it nor reaches the WAL, archives or
+    /// replicas: docs/security.md).
     ///
     /// # Errors
     /// Database errors.
     pub async fn destroy_data_key(&self, owner: Uuid) -> Result<bool, LedgerError> {
         let now = self.clock().now();
-        let was_live = matches!(self.data_key(owner).await?, DataKey::Live { .. });
-        match self.backend() {
+        let destroyed = match self.backend() {
             Backend::Postgres(store) => {
+                let destroyed = sqlx::query(
+                    "UPDATE data_keys SET wrapped = NULL, master_key_id = NULL, destroyed_at = $2
+                      WHERE owner = $1 AND wrapped IS NOT NULL",
+                )
+                .bind(owner)
+                .bind(now)
+                .execute(store.pool())
+                .await?
+                .rows_affected();
                 sqlx::query(
                     "INSERT INTO data_keys (owner, wrapped, master_key_id, created_at, destroyed_at)
-                     VALUES ($1, NULL, NULL, $2, $2)
-                     ON CONFLICT (owner) DO UPDATE
-                        SET wrapped = NULL, master_key_id = NULL,
-                            destroyed_at = COALESCE(data_keys.destroyed_at, EXCLUDED.destroyed_at)",
+                     VALUES ($1, NULL, NULL, $2, $2) ON CONFLICT (owner) DO NOTHING",
                 )
                 .bind(owner)
                 .bind(now)
                 .execute(store.pool())
                 .await?;
-                // The old row version stays in the table's pages until vacuumed;
-                // vacuum now (outside any transaction) rather than at autovacuum's
-                // leisure. Best effort: a busy table is vacuumed later.
-                if let Err(error) = sqlx::query("VACUUM data_keys").execute(store.pool()).await {
+                // Best effort: a busy table is vacuumed later by autovacuum.
+                if let Err(error) = sqlx::raw_sql("VACUUM data_keys")
+                    .execute(store.pool())
+                    .await
+                {
                     tracing::warn!(%error, "vacuuming data_keys after an erasure failed");
                 }
+                destroyed
             }
             Backend::Sqlite(store) => {
+                let destroyed = sqlx::query(
+                    "UPDATE data_keys SET wrapped = NULL, master_key_id = NULL, destroyed_at_us = ?2
+                      WHERE owner = ?1 AND wrapped IS NOT NULL",
+                )
+                .bind(owner)
+                .bind(micros(now))
+                .execute(store.writer())
+                .await?
+                .rows_affected();
                 sqlx::query(
                     "INSERT INTO data_keys (owner, wrapped, master_key_id, created_at_us, destroyed_at_us)
-                     VALUES (?1, NULL, NULL, ?2, ?2)
-                     ON CONFLICT (owner) DO UPDATE
-                        SET wrapped = NULL, master_key_id = NULL,
-                            destroyed_at_us = COALESCE(data_keys.destroyed_at_us, excluded.destroyed_at_us)",
+                     VALUES (?1, NULL, NULL, ?2, ?2) ON CONFLICT (owner) DO NOTHING",
                 )
                 .bind(owner)
                 .bind(micros(now))
                 .execute(store.writer())
                 .await?;
-                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-                    .execute(store.writer())
-                    .await?;
+                truncate_wal(store).await?;
+                destroyed
             }
-        }
-        Ok(was_live)
+        };
+        Ok(destroyed == 1)
+    }
+
+    /// The ids of the master keys that wrap live data keys.
+    ///
+    /// # Errors
+    /// Database errors.
+    pub async fn data_key_masters(&self) -> Result<Vec<String>, LedgerError> {
+        let sql = "SELECT DISTINCT master_key_id FROM data_keys WHERE wrapped IS NOT NULL";
+        Ok(match self.backend() {
+            Backend::Postgres(store) => sqlx::query_scalar(sql).fetch_all(store.pool()).await?,
+            Backend::Sqlite(store) => sqlx::query_scalar(sql).fetch_all(store.writer()).await?,
+        })
     }
 
     /// Up to `limit` live keys after `after` (by owner), for rewrapping under
@@ -267,4 +294,28 @@ impl Ledger {
         };
         Ok(changed == 1)
     }
+}
+
+/// Checkpoints the SQLite write-ahead log into the file and truncates it, so
+/// that no frame holding an overwritten page is left; readers in the middle of
+/// a snapshot keep it busy, so it is retried a few times, then left to the next
+/// checkpoint with a warning.
+async fn truncate_wal(store: &crate::sqlite::SqliteStore) -> Result<(), LedgerError> {
+    const ATTEMPTS: u32 = 20;
+    const PAUSE_MS: u64 = 50;
+    for _ in 0..ATTEMPTS {
+        // (busy, frames in the log, frames checkpointed)
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(store.writer())
+            .await?;
+        if busy == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(PAUSE_MS)).await;
+    }
+    tracing::warn!(
+        "the SQLite write-ahead log stayed busy after an erasure: the destroyed key's old page \
+         leaves it at the next checkpoint"
+    );
+    Ok(())
 }

@@ -23,7 +23,24 @@ use crate::history::{self, HistoryList};
 use crate::problem::{ApiError, Problem};
 use crate::request::{Params, RawBody, idempotent, if_match, json_response, parse};
 
+/// The customer as `caller` may see it; when that shows its contact details,
+/// the read is recorded first (docs/api.md, "Personal data").
 async fn customer_dto(
+    state: &AppState,
+    caller: &Caller,
+    id: CustomerId,
+    position: Option<u64>,
+) -> Result<CustomerDto, ApiError> {
+    let dto = customer_unrecorded(state, id, caller.role, position).await?;
+    if dto.contact.is_some() {
+        record_read(state, caller, id, PersonalDataUse::Contact).await?;
+    }
+    Ok(dto)
+}
+
+/// The customer as `role` may see it, without recording the read: for the
+/// export, which records itself.
+async fn customer_unrecorded(
     state: &AppState,
     id: CustomerId,
     role: Role,
@@ -70,8 +87,7 @@ pub async fn create(
                 state.billing.create_customer(new),
             )
             .await;
-            let dto =
-                customer_dto(&state, id?, caller.role, ctx.last_position.map(|p| p.0)).await?;
+            let dto = customer_dto(&state, &caller, id?, ctx.last_position.map(|p| p.0)).await?;
             Ok((StatusCode::CREATED, to_value(&dto)?))
         },
     )
@@ -87,11 +103,7 @@ pub async fn get(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = customer_id(&id)?;
-    let dto = customer_dto(&state, id, caller.role, None).await?;
-    if dto.contact.is_some() {
-        record_read(&state, &caller, id, PersonalDataUse::Contact).await?;
-    }
+    let dto = customer_dto(&state, &caller, customer_id(&id)?, None).await?;
     Ok(json_response(StatusCode::OK, &to_value(&dto)?))
 }
 
@@ -167,17 +179,21 @@ pub async fn export(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
-    let customer = customer_dto(&state, id, Role::Admin, None).await?;
+    let customer = customer_unrecorded(&state, id, Role::Admin, None).await?;
     // Recorded before the data is gathered: an export that fails half-way has
     // still been asked for, and the record itself is part of what is exported.
     record_read(&state, &caller, id, PersonalDataUse::Export).await?;
-    let (mut events, _) = history::page(
+    let (mut events, more) = history::page(
         state.billing.ledger(),
         &customer_streams(&state, id).await?,
         Position(0),
         history::HISTORY_EVENTS_MAX,
     )
     .await?;
+    if more {
+        // An export is every fact or none.
+        return Err(history::HistoryError::TooLong.into());
+    }
     for entry in &mut events {
         let event = &mut entry.event;
         if event.event_type != "ContactDetailsEncrypted" {
@@ -256,7 +272,7 @@ pub async fn update(
         )
         .await;
         result?;
-        let dto = customer_dto(&state, id, caller.role, ctx.last_position.map(|p| p.0)).await?;
+        let dto = customer_dto(&state, &caller, id, ctx.last_position.map(|p| p.0)).await?;
         Ok((StatusCode::OK, to_value(&dto)?))
     })
     .await
@@ -287,7 +303,7 @@ pub async fn attach_payment_method(
         )
         .await;
         result?;
-        let dto = customer_dto(&state, id, caller.role, ctx.last_position.map(|p| p.0)).await?;
+        let dto = customer_dto(&state, &caller, id, ctx.last_position.map(|p| p.0)).await?;
         Ok((StatusCode::OK, to_value(&dto)?))
     })
     .await

@@ -154,7 +154,7 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
     let catalog = Catalog::default_catalog()?;
     let vault = options
         .master_keys
-        .vault(&options.data_dir)
+        .vault(&options.data_dir, crate::config::KeyFile::MakeIfMissing)
         .map_err(|error| DemoError::Options(format!("{error:#}")))?;
     let billing = Arc::new(
         Billing::open(ledger.clone(), catalog, Arc::new(SimulatedGateway::new()))
