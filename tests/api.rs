@@ -3965,7 +3965,10 @@ async fn personal_data_is_encrypted_read_on_record_exported_and_erased_for_good(
     // included; the replay decrypts it.
     let dump = pg_dump(&server.location);
     for secret in ["Grace Hopper", "grace.hopper@example.com", "555 0199"] {
-        assert!(!dump.contains(secret), "{secret} is in the database in clear");
+        assert!(
+            !dump.contains(secret),
+            "{secret} is in the database in clear"
+        );
     }
     let replayed = create().await;
     assert_eq!(replayed.headers["idempotent-replayed"], "true");

@@ -496,3 +496,37 @@ async fn erasing_three_demo_customers_leaves_none_of_their_data_and_the_same_boo
     drop((billing, ledger));
     remove(&path);
 }
+
+/// `recur ledger rekey` copies a whole demo ledger — appends straddling pages,
+/// the scheduler's many events of one instant, idempotency keys — into a copy
+/// that verifies and folds to the same books.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_ledger_rekeys_into_a_copy_with_the_same_books() {
+    let (location, path) = temp_location("rekey-from");
+    let (outcome, live) = demo::run(&options(location.clone(), 3)).await.unwrap();
+    drop(live);
+    let (copy, copy_path) = temp_location("rekey-to");
+    let out = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["ledger", "rekey", "--database", &location, "--to", &copy])
+        .env_remove("DATABASE_URL")
+        .env("RECUR_MASTER_KEY", TEST_MASTER_KEY)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("re-keyed {} events", outcome.summary.events)),
+        "{said}"
+    );
+    let original = Ledger::open(LedgerConfig::new(location), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let copied = Ledger::open(LedgerConfig::new(copy), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    assert_eq!(summarize(&copied).await, summarize(&original).await);
+    drop((original, copied));
+    remove(&path);
+    remove(&copy_path);
+}

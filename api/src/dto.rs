@@ -1282,12 +1282,20 @@ pub struct EventDto {
 }
 
 impl EventDto {
-    /// A recorded event as the trail shows it: the payload as recorded.
+    /// A recorded event as the trail shows it: the payload as recorded, but
+    /// for contact details a ledger from before encryption holds in clear
+    /// (`ContactDetailsUpdated`): those are withheld (`details` null) — the
+    /// export shows them, unless erased, and records that it did.
     ///
     /// # Errors
     /// The payload is not JSON (a damaged ledger).
     pub fn of(event: recur_ledger::RecordedEvent) -> Result<Self, serde_json::Error> {
-        let data = serde_json::from_str(&event.payload)?;
+        let mut data: serde_json::Value = serde_json::from_str(&event.payload)?;
+        if event.event_type == CLEAR_CONTACT_EVENT
+            && let Some(details) = data.get_mut("details")
+        {
+            *details = serde_json::Value::Null;
+        }
         let source = serde_json::to_value(event.metadata.source)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -1307,6 +1315,9 @@ impl EventDto {
     }
 }
 
+/// The contact event of ledgers written before encryption: details in clear.
+pub const CLEAR_CONTACT_EVENT: &str = "ContactDetailsUpdated";
+
 /// A page of events, in ledger order.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct EventList {
@@ -1324,6 +1335,31 @@ pub struct EventList {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Details a ledger from before encryption holds in clear never reach the
+    /// trail (the export shows them, recorded, unless erased).
+    #[test]
+    fn the_trail_withholds_contact_details_stored_in_clear() {
+        let payload = r#"{"type":"ContactDetailsUpdated","details":{"name":"Ada Lovelace","email":"ada@example.com"}}"#;
+        let event = recur_ledger::RecordedEvent {
+            id: recur_ledger::EventId(uuid::Uuid::now_v7()),
+            stream_id: recur_ledger::StreamId::parse(format!("contact-{}", uuid::Uuid::now_v7()))
+                .unwrap(),
+            stream_version: 1,
+            position: recur_ledger::Position(7),
+            event_type: CLEAR_CONTACT_EVENT.to_owned(),
+            schema_version: 1,
+            payload: payload.to_owned(),
+            metadata: recur_ledger::Metadata::default(),
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        let shown = serde_json::to_string(&EventDto::of(event).unwrap()).unwrap();
+        assert!(shown.contains(r#""details":null"#), "{shown}");
+        assert!(
+            !shown.contains("Ada") && !shown.contains("example.com"),
+            "{shown}"
+        );
+    }
 
     /// The codes the OpenAPI document names are the ones the domain accepts.
     #[test]

@@ -40,6 +40,13 @@ impl TestClock {
         *now += step;
     }
 
+    /// Sets the clock to `instant`, earlier than now too: for copying events
+    /// with their original times, which need not increase with their positions
+    /// (a time is taken before an append waits its turn to commit).
+    pub fn set(&self, instant: OffsetDateTime) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = instant;
+    }
+
     /// Moves the clock to `instant` if that is later than now.
     pub fn advance_to(&self, instant: OffsetDateTime) {
         let mut now = self.0.lock().unwrap_or_else(PoisonError::into_inner);

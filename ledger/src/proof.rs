@@ -547,18 +547,29 @@ impl Proof {
     }
 
     /// Compares the proof's seals with copies exported when they were made (the
-    /// lines `--seal-export` writes); returns how many seals were found there.
+    /// lines `--seal-export` writes): every seal of the proof must be among
+    /// them with the same digest; returns how many seals were matched.
     ///
     /// # Errors
     /// [`Check::Exported`] when an exported copy of one of the proof's seals has
-    /// another digest, or when none of the proof's seals is among the copies.
+    /// another digest, or when one of the proof's seals has no exported copy (a
+    /// seal made up with the events it covers would otherwise pass).
     pub fn check_exported(&self, exported: &[SealReport]) -> Result<usize, ProofError> {
-        let mut found = 0;
         for seal in &self.seals {
             let place = Place::Seal {
                 seal_no: seal.seal_no,
             };
-            let copies = exported.iter().filter(|copy| copy.seal_no == seal.seal_no);
+            let mut copies = exported
+                .iter()
+                .filter(|copy| copy.seal_no == seal.seal_no)
+                .peekable();
+            if copies.peek().is_none() {
+                return Err(failed(
+                    Check::Exported,
+                    place,
+                    "this seal is not among the exported copies",
+                ));
+            }
             for copy in copies {
                 if parse_hex(&copy.digest) != Some(seal.digest.0) {
                     return Err(failed(
@@ -571,17 +582,9 @@ impl Proof {
                         ),
                     ));
                 }
-                found += 1;
             }
         }
-        if found == 0 {
-            return Err(failed(
-                Check::Exported,
-                Place::Proof,
-                "none of the proof's seals is among the exported copies",
-            ));
-        }
-        Ok(found)
+        Ok(self.seals.len())
     }
 }
 
@@ -901,9 +904,25 @@ mod tests {
             sealed_at: OffsetDateTime::UNIX_EPOCH,
         };
         let right = copy(2, hex::encode(proof.seals[0].digest.0));
-        assert_eq!(proof.check_exported(std::slice::from_ref(&right)), Ok(1));
+        let right_3 = copy(3, hex::encode(proof.seals[1].digest.0));
+        assert_eq!(
+            proof.check_exported(&[right.clone(), right_3.clone(), right.clone()]),
+            Ok(2)
+        );
+        // Every seal of the proof must have been exported.
+        let error = proof
+            .check_exported(std::slice::from_ref(&right))
+            .unwrap_err();
+        assert!(matches!(
+            error,
+            ProofError::Failed {
+                check: Check::Exported,
+                place: Place::Seal { seal_no: 3 },
+                ..
+            }
+        ));
         let wrong = copy(3, hex::encode([0u8; 32]));
-        let error = proof.check_exported(&[right, wrong]).unwrap_err();
+        let error = proof.check_exported(&[right, right_3, wrong]).unwrap_err();
         assert!(matches!(
             error,
             ProofError::Failed {

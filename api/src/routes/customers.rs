@@ -5,10 +5,11 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use recur_commands::CustomerId;
 use recur_commands::billing::NewCustomer;
 use recur_commands::context::within;
 use recur_commands::customer::{ContactEvent, PersonalDataUse, StoredContact};
+use recur_commands::tagged::DecodeEvent;
+use recur_commands::{BillingError, CustomerId};
 use recur_ledger::{Position, Source, StreamId};
 use serde::Deserialize;
 
@@ -194,25 +195,37 @@ pub async fn export(
         // An export is every fact or none.
         return Err(history::HistoryError::TooLong.into());
     }
+    // The trail withholds details in clear: take every contact event as stored.
+    let stream = recur_commands::billing::contact_stream(id).map_err(BillingError::from)?;
+    let stored: std::collections::HashMap<u64, String> = state
+        .billing
+        .ledger()
+        .read_stream(&stream, 1, history::HISTORY_EVENTS_MAX)
+        .await
+        .map_err(BillingError::from)?
+        .into_iter()
+        .map(|event| (event.position.0, event.payload))
+        .collect();
     for entry in &mut events {
         let event = &mut entry.event;
-        if event.event_type != "ContactDetailsEncrypted" {
+        let Some(payload) = stored.get(&event.position) else {
             continue;
-        }
-        let position = event.position;
-        let Ok(ContactEvent::ContactDetailsEncrypted { encrypted }) =
-            serde_json::from_value::<ContactEvent>(event.data.clone())
-        else {
-            return Err(super::unavailable(format!(
-                "the contact event at position {position} cannot be decoded"
-            )));
         };
-        let details = state
-            .billing
-            .open_contact(id, &StoredContact::Encrypted(encrypted))
-            .await?;
+        let contact = match ContactEvent::decode_payload(payload) {
+            Ok(ContactEvent::ContactDetailsEncrypted { encrypted }) => {
+                StoredContact::Encrypted(encrypted)
+            }
+            Ok(ContactEvent::ContactDetailsUpdated { details }) => StoredContact::Clear(details),
+            Err(_) => {
+                return Err(super::unavailable(format!(
+                    "the contact event at position {} cannot be decoded",
+                    event.position
+                )));
+            }
+        };
+        let details = state.billing.open_contact(id, &contact).await?;
         event.data = serde_json::json!({
-            "type": "ContactDetailsEncrypted",
+            "type": event.event_type,
             "details": details.map(ContactDto::from),
         });
     }
