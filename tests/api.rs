@@ -153,6 +153,21 @@ struct Answer {
     body: Value,
 }
 
+impl Answer {
+    /// The response read whole: its body as JSON, or as a string if it is not.
+    async fn of(response: reqwest::Response) -> Self {
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
 impl Server {
     async fn call(
         &self,
@@ -172,16 +187,7 @@ impl Server {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        Answer {
-            status,
-            headers,
-            body,
-        }
+        Answer::of(request.send().await.unwrap()).await
     }
 
     async fn post(&self, path: &str, body: Value) -> Answer {
@@ -1819,17 +1825,7 @@ async fn parallel_refunds(server: &Server, invoice: &str, amounts: &[&str]) -> V
             .post(format!("{}/v1/invoices/{invoice}/refund", server.base))
             .bearer_auth(ADMIN_KEY)
             .json(&json!({"amount": money(amount)}));
-        tasks.spawn(async move {
-            let response = request.send().await.unwrap();
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response.json::<Value>().await.unwrap();
-            Answer {
-                status,
-                headers,
-                body,
-            }
-        });
+        tasks.spawn(async move { Answer::of(request.send().await.unwrap()).await });
     }
     tasks.join_all().await
 }
@@ -3920,17 +3916,7 @@ fn spawn_contact_change(
         .post(format!("{}/v1/customers/{customer}", server.base))
         .bearer_auth(ADMIN_KEY)
         .json(&json!({"contact": {"name": "Grace Hopper", "email": format!("grace.{n}@example.com")}}));
-    tasks.spawn(async move {
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.json::<Value>().await.unwrap();
-        Answer {
-            status,
-            headers,
-            body,
-        }
-    });
+    tasks.spawn(async move { Answer::of(request.send().await.unwrap()).await });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -4320,17 +4306,7 @@ async fn parallel_gets(
         if let Some(key) = key_of(n) {
             request = request.bearer_auth(key);
         }
-        tasks.spawn(async move {
-            let response = request.send().await.unwrap();
-            let status = response.status();
-            let headers = response.headers().clone();
-            let body = response.json::<Value>().await.unwrap();
-            Answer {
-                status,
-                headers,
-                body,
-            }
-        });
+        tasks.spawn(async move { Answer::of(request.send().await.unwrap()).await });
     }
     tasks.join_all().await
 }
