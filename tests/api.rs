@@ -4510,3 +4510,218 @@ async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
     eprintln!("answers by status: {statuses:?}");
     assert_eq!(statuses.values().sum::<usize>(), routes.len() * cases);
 }
+
+/// The signing secret the webhook tests' servers accept, and the one before it
+/// (a rotation in progress: both are configured).
+const WEBHOOK_SECRET: &str = "whsec_test_current_0123456789";
+const WEBHOOK_SECRET_OLD: &str = "whsec_test_previous_9876543210";
+
+/// A Stripe event of `kind` about Stripe's own published example `object`
+/// (tests/fixtures/stripe/`version`), with the envelope of their example event.
+fn stripe_event(version: &str, kind: &str, object: &str, id: &str) -> Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/stripe");
+    let read = |name: &str| -> Value {
+        let text = std::fs::read_to_string(format!("{dir}/{version}/{name}.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    };
+    let mut event = read("event");
+    let mut data = read(object);
+    if object == "customer" {
+        // Personal data, as a real customer.updated carries it.
+        data["email"] = json!("jenny.rosen@example.com");
+        data["name"] = json!("Jenny Rosen");
+    }
+    event["id"] = json!(id);
+    event["type"] = json!(kind);
+    event["data"]["object"] = data;
+    event["created"] = json!(1_800_000_000);
+    event
+}
+
+/// Posts `body` to the webhook with `signature` (None: no header).
+async fn deliver(server: &Server, body: &[u8], signature: Option<&str>) -> Answer {
+    let mut request = server
+        .client
+        .post(format!("{}/webhooks/stripe", server.base))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(signature) = signature {
+        request = request.header("stripe-signature", signature);
+    }
+    Answer::of(request.send().await.unwrap()).await
+}
+
+fn now_s() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap()
+}
+
+fn signed(body: &[u8], secret: &str) -> String {
+    recur_api::stripe_signature::sign(body, secret, now_s())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stripe_webhooks_are_verified_kept_once_encrypted_and_found_by_their_id() {
+    let secrets = format!("{WEBHOOK_SECRET_OLD},{WEBHOOK_SECRET}");
+    let server = serve_with(
+        Backend::Postgres,
+        None,
+        &["--stripe-webhook-secrets", &secrets],
+    )
+    .await;
+    // Stripe's example objects of both API versions, each as the event a
+    // webhook would carry, are kept — known or not to the billing domain.
+    let kinds = [
+        ("customer.updated", "customer"),
+        ("invoice.payment_failed", "invoice"),
+        ("charge.refunded", "charge"),
+        ("charge.dispute.created", "dispute"),
+        ("payment_intent.succeeded", "payment_intent"),
+        ("payment_method.automatically_updated", "payment_method"),
+        ("some.future_type", "subscription"),
+    ];
+    let mut kept = Vec::new();
+    for version in ["current", "legacy_2024_04"] {
+        for (n, (kind, object)) in kinds.iter().enumerate() {
+            let id = format!("evt_test_{version}_{n}").replace("legacy_2024_04", "legacy");
+            let body = serde_json::to_vec(&stripe_event(version, kind, object, &id)).unwrap();
+            let answer = deliver(&server, &body, Some(&signed(&body, WEBHOOK_SECRET))).await;
+            assert_eq!(answer.status, StatusCode::OK, "{kind}: {}", answer.body);
+            assert_eq!(answer.body["duplicate"], false, "{}", answer.body);
+            kept.push((id, body));
+        }
+    }
+    // Signed with the previous secret: a rotation in progress is accepted.
+    let (id, body) = &kept[0];
+    let again = deliver(&server, body, Some(&signed(body, WEBHOOK_SECRET_OLD))).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+    assert_eq!(
+        again.body["duplicate"], true,
+        "a redelivery is not kept twice"
+    );
+
+    // 16 concurrent deliveries of one new event: kept once.
+    let body = serde_json::to_vec(&stripe_event(
+        "current",
+        "invoice.paid",
+        "invoice",
+        "evt_test_burst",
+    ))
+    .unwrap();
+    let signature = signed(&body, WEBHOOK_SECRET);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let request = server
+            .client
+            .post(format!("{}/webhooks/stripe", server.base))
+            .header("stripe-signature", signature.clone())
+            .body(body.clone());
+        tasks.spawn(async move { Answer::of(request.send().await.unwrap()).await });
+    }
+    let answers = tasks.join_all().await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::OK));
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a.body["duplicate"] == false)
+            .count(),
+        1,
+        "exactly one delivery keeps it"
+    );
+
+    // Found by its Stripe id, once; its content encrypted.
+    let found = server
+        .get(&format!("/v1/events?external_id={id}&limit=100"))
+        .await;
+    let found_events = found.body["data"].as_array().unwrap();
+    assert_eq!(found_events.len(), 1, "{}", found.body);
+    assert_eq!(found_events[0]["type"], "StripeEventReceived");
+    assert_eq!(found_events[0]["source"], "webhook");
+    assert_eq!(found_events[0]["data"]["stripe_type"], "customer.updated");
+    assert!(found_events[0]["data"]["encrypted"]["ciphertext"].is_string());
+    let burst = server.get("/v1/events?external_id=evt_test_burst").await;
+    assert_eq!(burst.body["data"].as_array().unwrap().len(), 1);
+
+    // Refused with a code, and nothing stored: bad, missing, stale or foreign
+    // signatures; a body that is not a Stripe event; one over 1 MiB.
+    let before = head(&server).await;
+    let fresh = serde_json::to_vec(&stripe_event(
+        "current",
+        "invoice.paid",
+        "invoice",
+        "evt_test_refused",
+    ))
+    .unwrap();
+    let stale = recur_api::stripe_signature::sign(&fresh, WEBHOOK_SECRET, now_s() - 301);
+    let not_json = b"{not json".to_vec();
+    let not_event =
+        br#"{"id":"evt_x","object":"charge","type":"x","created":1,"data":{"object":{}}}"#.to_vec();
+    for (body, signature, code) in [
+        (fresh.clone(), None, "signature_missing"),
+        (
+            fresh.clone(),
+            Some("t=1,v1=00".to_owned()),
+            "signature_stale",
+        ),
+        (
+            fresh.clone(),
+            Some("nonsense".to_owned()),
+            "signature_malformed",
+        ),
+        (
+            fresh.clone(),
+            Some(signed(&fresh, "whsec_someone_else")),
+            "signature_mismatch",
+        ),
+        (fresh.clone(), Some(stale), "signature_stale"),
+        (
+            not_json.clone(),
+            Some(signed(&not_json, WEBHOOK_SECRET)),
+            "malformed_event",
+        ),
+        (
+            not_event.clone(),
+            Some(signed(&not_event, WEBHOOK_SECRET)),
+            "malformed_event",
+        ),
+    ] {
+        let refused = deliver(&server, &body, signature.as_deref()).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{code}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["code"], code, "{}", refused.body);
+    }
+    let huge = vec![b' '; 1024 * 1024 + 1];
+    let too_large = deliver(&server, &huge, Some(&signed(&huge, WEBHOOK_SECRET))).await;
+    assert_eq!(
+        too_large.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        too_large.body
+    );
+    assert_eq!(
+        head(&server).await,
+        before,
+        "a refused delivery wrote something"
+    );
+
+    // The customer's email and name from customer.updated are nowhere in clear.
+    let dump = pg_dump(&server.location);
+    assert!(
+        !dump.contains("jenny.rosen@example.com") && !dump.contains("Jenny Rosen"),
+        "a webhook's personal data is in the database in clear"
+    );
+
+    // Without a signing secret configured, there is no endpoint.
+    let plain = serve(Backend::Sqlite).await;
+    let absent = deliver(&plain, &fresh, Some(&signed(&fresh, WEBHOOK_SECRET))).await;
+    assert_eq!(absent.status, StatusCode::NOT_FOUND, "{}", absent.body);
+}

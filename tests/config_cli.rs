@@ -56,6 +56,7 @@ fn recur() -> Command {
         "RECUR_MASTER_KEY",
         "RECUR_MASTER_KEY_FILE",
         "RECUR_MASTER_KEYS_RETIRED",
+        "RECUR_STRIPE_WEBHOOK_SECRETS",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -341,6 +342,7 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
             .env("RECUR_ADMIN_KEY", secret_key)
             .env("RECUR_MASTER_KEY", master_key)
             .env("RECUR_MASTER_KEYS_RETIRED", master_key)
+            .env("RECUR_STRIPE_WEBHOOK_SECRETS", master_key)
             .env(
                 "RECUR_SEAL_EXPORT",
                 format!("http://bob:{password}@127.0.0.1/seals"),
@@ -374,6 +376,7 @@ fn help_lists_every_environment_variable_and_no_secret_value() {
         "RECUR_MASTER_KEY",
         "RECUR_MASTER_KEY_FILE",
         "RECUR_MASTER_KEYS_RETIRED",
+        "RECUR_STRIPE_WEBHOOK_SECRETS",
     ] {
         assert!(serve.contains(var), "serve --help misses {var}:\n{serve}");
     }

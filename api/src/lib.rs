@@ -27,6 +27,7 @@ pub mod parsers;
 pub mod problem;
 pub mod request;
 pub mod routes;
+pub mod stripe_signature;
 pub mod telemetry;
 
 use std::sync::Arc;
@@ -76,6 +77,9 @@ pub struct AppState {
     pub telemetry: Arc<Telemetry>,
     /// The rate limits' buckets.
     pub limiter: Arc<limits::Limiter>,
+    /// The Stripe webhook signing secrets (`whsec_…`; several during a
+    /// rotation); none: no webhook endpoint. Secrets: never logged.
+    pub stripe_webhook_secrets: Vec<String>,
 }
 
 /// How long a request may run before it is answered 503 `request_timeout`
@@ -97,6 +101,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(customers::erase_personal_data))
         .routes(routes!(customers::export))
         .routes(routes!(customers::history))
+        .routes(routes!(routes::webhooks::stripe))
         .routes(routes!(metrics::customer_view))
         .routes(routes!(subscriptions::create, subscriptions::list))
         .routes(routes!(subscriptions::get))
@@ -264,7 +269,7 @@ mod tests {
     use super::auth::{Role, RouteRoles};
 
     /// Every route's callers are declared where the route is (its handler's
-    /// `#[utoipa::path]`): admin may call everything, only the probes and /metrics are public.
+    /// `#[utoipa::path]`): admin may call everything, only the probes, /metrics and the Stripe webhook (signed instead) are public.
     #[test]
     fn every_route_declares_who_may_call_it() {
         let api = super::openapi_document();
@@ -296,7 +301,15 @@ mod tests {
             }
         }
         public.sort();
-        assert_eq!(public, ["GET /healthz", "GET /metrics", "GET /readyz"]);
+        assert_eq!(
+            public,
+            [
+                "GET /healthz",
+                "GET /metrics",
+                "GET /readyz",
+                "POST /webhooks/stripe"
+            ]
+        );
         assert_eq!(declared, 49, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
@@ -330,7 +343,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(listed, 49);
+        assert_eq!(listed, 50);
         let components = api.components.as_ref().unwrap();
         let shared = serde_json::to_value(&components.responses["RateLimited"]).unwrap();
         assert_eq!(

@@ -15,7 +15,8 @@
 //! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
 //! checks free text before it enters the ledger for good; [`privacy`] encrypts
 //! personal data under per-customer keys, so that erasing a customer is
-//! destroying its key.
+//! destroying its key; [`webhook`] keeps each delivered Stripe event once,
+//! encrypted.
 
 pub mod aggregate;
 pub mod billing;
@@ -38,6 +39,7 @@ pub mod subscription;
 pub mod tagged;
 pub mod tax;
 pub mod text;
+pub mod webhook;
 
 pub use aggregate::{Aggregate, DomainEvent};
 pub use billing::Billing;

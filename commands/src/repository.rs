@@ -228,6 +228,31 @@ impl Repository {
         Ok(appended.last_position())
     }
 
+    /// Appends `events` as the start of `stream`, which must not exist yet:
+    /// the position of the last one, or None when the stream exists (another
+    /// writer, a redelivery, was first).
+    pub(crate) async fn append_once<E: DomainEvent>(
+        &self,
+        stream: &StreamId,
+        metadata: &Metadata,
+        events: &[E],
+    ) -> Result<Option<Position>, BillingError> {
+        let new_events = self.new_events(metadata, None, events)?;
+        match self
+            .ledger
+            .append(stream, ExpectedVersion::NoStream, new_events)
+            .await
+        {
+            Ok(appended) => {
+                self.appended
+                    .fetch_add(appended.positions.len() as u64, Ordering::Relaxed);
+                Ok(Some(appended.last_position()))
+            }
+            Err(LedgerError::VersionConflict { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// The ledger's form of `events`, stamped now, with the request's actor, its
     /// id as the correlation id, and the append's key (a replayable request's).
     fn new_events<E: DomainEvent>(

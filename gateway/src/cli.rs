@@ -151,6 +151,16 @@ pub struct ServeArgs {
     /// The master keys of personal data.
     #[command(flatten)]
     pub master_keys: MasterKeyArgs,
+    /// Stripe webhook signing secrets (`whsec_…`), comma-separated: a delivery
+    /// to POST /webhooks/stripe signed with any of them is accepted (several
+    /// during a rotation). Unset: no webhook endpoint (404).
+    #[arg(
+        long,
+        env = "RECUR_STRIPE_WEBHOOK_SECRETS",
+        hide_env_values = true,
+        value_name = "SECRETS"
+    )]
+    pub stripe_webhook_secrets: Option<Secret>,
     /// Run on a test clock (starting now, or where the ledger's last event
     /// left it if later) moved by POST /v1/test_clock/advance.
     #[arg(long)]

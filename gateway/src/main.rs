@@ -160,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 ledger: args.ledger,
                 admin_key: args.admin_key,
                 master_keys: args.master_keys,
+                stripe_webhook_secrets: args.stripe_webhook_secrets,
                 test_clock: args.test_clock || test_clock_start.is_some(),
                 test_clock_start,
                 tick_seconds: args.tick_seconds,

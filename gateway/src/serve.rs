@@ -25,6 +25,8 @@ pub struct ServeOptions {
     pub admin_key: Option<crate::config::Secret>,
     /// The master keys of personal data.
     pub master_keys: crate::config::MasterKeyArgs,
+    /// Stripe webhook signing secrets, comma-separated (none: no endpoint).
+    pub stripe_webhook_secrets: Option<crate::config::Secret>,
     /// Relay the ledger to NATS JetStream, when configured.
     pub relay: Option<recur_projections::RelayConfig>,
     /// Run on a test clock, with POST /v1/test_clock/advance.
@@ -197,6 +199,19 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         request_timeout: std::time::Duration::from_millis(options.request_timeout_ms.max(1)),
         telemetry: Arc::clone(&telemetry),
         limiter: Arc::clone(&limiter),
+        stripe_webhook_secrets: options
+            .stripe_webhook_secrets
+            .as_ref()
+            .map(|secrets| {
+                secrets
+                    .expose()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|secret| !secret.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
     });
     if *stopping.borrow() {
         tracing::info!("stopped during start-up; not serving");

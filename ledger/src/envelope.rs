@@ -197,6 +197,10 @@ pub struct Metadata {
     /// The append's idempotency key, if the caller gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The id an outside system gave the fact (a Stripe event's `evt_…`), if any.
+    /// Absent, it is not written, so events from before it hash as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<String>,
 }
 
 /// A unique, time-ordered event id (UUIDv7).

@@ -87,6 +87,7 @@ async fn the_envelope_round_trips_every_field(ledger: TestLedger) {
         correlation_id: Some(Uuid::now_v7()),
         source: Source::Webhook,
         idempotency_key: Some(IdempotencyKey::parse("evt_1").unwrap()),
+        external_id: Some("evt_1Pgc76B7WZ01zgkWwyRHS12y".into()),
     };
     let payload = r#"{"amount":"12.30","currency":"USD","lines":[1,2]}"#;
     let new = NewEvent::from_json(id, "InvoicePaid", 3, payload.to_owned())

@@ -159,13 +159,10 @@ impl EventFilter {
         if self.created_lte.is_some_and(|at| event.recorded_at > at) {
             return false;
         }
-        if let Some(external_id) = &self.external_id {
-            // Nothing records an external id yet (Stripe webhooks will): read
-            // the metadata as a document so the filter holds once one does.
-            let metadata = serde_json::to_value(&event.metadata).unwrap_or_default();
-            if metadata.get("external_id").and_then(|v| v.as_str()) != Some(external_id.as_str()) {
-                return false;
-            }
+        if let Some(external_id) = &self.external_id
+            && event.metadata.external_id.as_deref() != Some(external_id.as_str())
+        {
+            return false;
         }
         true
     }
@@ -439,7 +436,7 @@ pub fn require_personal_data(caller: &Caller) -> Result<(), ApiError> {
            ("created[gte]" = Option<String>, Query, format = DateTime, description = "Recorded at or after (RFC 3339)"),
            ("created[lte]" = Option<String>, Query, format = DateTime, description = "Recorded at or before (RFC 3339)"),
            ("customer" = Option<String>, Query, description = "Every stream of this customer: its own, its contact's, its access log's, its subscriptions' and invoices'"),
-           ("external_id" = Option<String>, Query, description = "The id an outside system gave the fact (nothing records one yet)")),
+           ("external_id" = Option<String>, Query, description = "The id an outside system gave the fact (a Stripe event's evt_…)")),
     responses((status = 200, description = "Done", body = EventList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem)), security(("api_key" = ["admin", "support"])))]
 pub async fn list(
     State(state): State<Arc<AppState>>,

@@ -8,6 +8,7 @@ pub mod invoices;
 pub mod metrics;
 pub mod subscriptions;
 pub mod system;
+pub mod webhooks;
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
