@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::postgres::PgPoolOptions;
 
-use super::ledger::{BenchBackend, BenchError, database_url};
+use super::ledger::{BenchBackend, BenchError, database_url as database_url_of};
 
 /// The database the benchmark recreates on the Postgres server.
 const API_BENCH_DB: &str = "recur_bench_api";
@@ -37,15 +37,6 @@ pub struct ApiBenchOptions {
     pub scratch_dir: PathBuf,
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs the benchmark and prints one JSON line.
 ///
 /// # Errors
@@ -56,90 +47,19 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
             "--clients and --iterations must be at least 1".into(),
         ));
     }
-    let location = match options.backend {
-        BenchBackend::Postgres => {
-            let server = options.database_url.clone().ok_or_else(|| {
-                BenchError::Usage(
-                    "set DATABASE_URL or --database-url for --backend postgres".into(),
-                )
-            })?;
-            let admin = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&server)
-                .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {API_BENCH_DB} WITH (FORCE)"
-            )))
-            .execute(&admin)
-            .await?;
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "CREATE DATABASE {API_BENCH_DB}"
-            )))
-            .execute(&admin)
-            .await?;
-            database_url(&server, API_BENCH_DB)
-        }
-        BenchBackend::Sqlite => {
-            std::fs::create_dir_all(&options.scratch_dir)
-                .map_err(|e| BenchError::Usage(e.to_string()))?;
-            let path = options.scratch_dir.join("api-bench.sqlite");
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-            }
-            format!("sqlite:{}", path.display())
-        }
-    };
     let key = format!("bench-admin-key-{}", uuid::Uuid::new_v4().simple());
-    let exe = std::env::current_exe().map_err(|e| BenchError::Usage(e.to_string()))?;
-    let mut child = Command::new(exe)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tick-seconds",
-            "3600",
-            "--database",
-            &location,
-            // The benchmark's fresh scratch ledger (the SQLite file was removed above).
-            "--create",
-        ])
-        .args(
-            [
-                "--rate-limit-per-key-per-s",
-                "--rate-limit-per-key-burst",
-                "--rate-limit-per-address-per-s",
-                "--rate-limit-per-address-burst",
-            ]
-            .into_iter()
-            .flat_map(|flag| [flag.to_owned(), RATE_LIMIT.to_string()]),
-        )
-        .env("RECUR_ADMIN_KEY", &key)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| BenchError::Usage(format!("cannot start recur serve: {e}")))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| BenchError::Usage("no stdout".into()))?;
-    let server = Child(child);
+    let (server, base) = start_server(
+        options.backend,
+        options.database_url.as_deref(),
+        &options.scratch_dir,
+        API_BENCH_DB,
+        &key,
+        &[],
+    )
+    .await?;
     let pid = server.0.id();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).map(|_| line)
-    })
-    .await?
-    .map_err(|e| BenchError::Usage(e.to_string()))?;
-    let base = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(|address| format!("http://{address}"))
-        .ok_or_else(|| BenchError::Usage(format!("recur serve did not start: {line:?}")))?;
 
     let mut tasks = tokio::task::JoinSet::new();
-    let start = Instant::now();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(options.clients + 1));
     for _ in 0..options.clients {
         let base = base.clone();
@@ -158,30 +78,10 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
         errors += failed;
     }
     let elapsed = measured_from.elapsed();
-    let _ = start;
-    let server_peak_rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .unwrap_or(0);
+    let server_peak_rss_kb = child_peak_rss_kb(pid);
     drop(server);
     latencies_us.sort_unstable();
-    let at = |permille: usize| {
-        latencies_us
-            .get((latencies_us.len().saturating_sub(1)) * permille / 1000)
-            .copied()
-            .unwrap_or(0)
-    };
+    let at = |permille: usize| percentile(&latencies_us, permille);
     let commands = latencies_us.len() as u64;
     let elapsed_ms = u64::try_from(elapsed.as_millis())
         .unwrap_or(u64::MAX)
@@ -211,6 +111,144 @@ pub async fn run(options: &ApiBenchOptions) -> Result<(), BenchError> {
         return Err(BenchError::Check(format!("{errors} requests failed")));
     }
     Ok(())
+}
+
+/// A `recur serve` child process, killed on drop.
+pub(crate) struct Child(pub(crate) std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `recur serve` (this binary) on a fresh scratch ledger — database
+/// `db_name` on the Postgres server, or a file in `scratch_dir` — with
+/// `admin_key`, the rate limits out of reach, and `extra` options: the child
+/// and its base URL.
+///
+/// # Errors
+/// No Postgres URL for Postgres, a server that does not start.
+pub(crate) async fn start_server(
+    backend: BenchBackend,
+    database_url: Option<&str>,
+    scratch_dir: &std::path::Path,
+    db_name: &str,
+    admin_key: &str,
+    extra: &[String],
+) -> Result<(Child, String), BenchError> {
+    let location = match backend {
+        BenchBackend::Postgres => {
+            let server = database_url.ok_or_else(|| {
+                BenchError::Usage(
+                    "set DATABASE_URL or --database-url for --backend postgres".into(),
+                )
+            })?;
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(server)
+                .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"
+            )))
+            .execute(&admin)
+            .await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+                .execute(&admin)
+                .await?;
+            database_url_of(server, db_name)
+        }
+        BenchBackend::Sqlite => {
+            std::fs::create_dir_all(scratch_dir).map_err(|e| BenchError::Usage(e.to_string()))?;
+            let path = scratch_dir.join(format!("{db_name}.sqlite"));
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            format!("sqlite:{}", path.display())
+        }
+    };
+    let exe = std::env::current_exe().map_err(|e| BenchError::Usage(e.to_string()))?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tick-seconds",
+            "3600",
+            "--database",
+            &location,
+            // The benchmark's fresh scratch ledger (the SQLite file was removed above).
+            "--create",
+        ])
+        .args(
+            [
+                "--rate-limit-per-key-per-s",
+                "--rate-limit-per-key-burst",
+                "--rate-limit-per-address-per-s",
+                "--rate-limit-per-address-burst",
+            ]
+            .into_iter()
+            .flat_map(|flag| [flag.to_owned(), RATE_LIMIT.to_string()]),
+        )
+        .args(extra)
+        .env("RECUR_ADMIN_KEY", admin_key)
+        // The scratch ledger's own key file, beside it, never the caller's.
+        .env(
+            "RECUR_MASTER_KEY_FILE",
+            scratch_dir.join(format!("{db_name}.key")),
+        )
+        .env_remove("RECUR_MASTER_KEY")
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| BenchError::Usage(format!("cannot start recur serve: {e}")))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Usage("no stdout".into()))?;
+    let server = Child(child);
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).map(|_| line)
+    })
+    .await?
+    .map_err(|e| BenchError::Usage(e.to_string()))?;
+    let base = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|address| format!("http://{address}"))
+        .ok_or_else(|| BenchError::Usage(format!("recur serve did not start: {line:?}")))?;
+    Ok((server, base))
+}
+
+/// A child process's peak resident set size in KiB (Linux `VmHWM`; 0 elsewhere).
+pub(crate) fn child_peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .unwrap_or(0)
+}
+
+/// The `permille`th of sorted `latencies_us` (990: p99).
+pub(crate) fn percentile(latencies_us: &[u64], permille: usize) -> u64 {
+    latencies_us
+        .get((latencies_us.len().saturating_sub(1)) * permille / 1000)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// One client: its own connection, customer then subscription, `iterations` times.

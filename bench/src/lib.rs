@@ -4,6 +4,7 @@ pub mod api;
 pub mod billing;
 pub mod ledger;
 pub mod projections;
+pub mod webhooks;
 pub mod workload;
 
 /// Peak resident set size of this process so far, in KiB (Linux `VmHWM`; 0 elsewhere).

@@ -427,6 +427,10 @@ pub enum BenchCommand {
     /// The command API: `recur serve` driven by concurrent clients (create customer +
     /// create subscription); prints commands/s, p50/p99 latency and server peak RSS.
     Api(ApiBenchArgs),
+    /// Signed Stripe deliveries to `recur serve`'s webhook from concurrent
+    /// clients, a quarter redeliveries: webhooks/s, p50/p99, server peak RSS, and
+    /// a check that each event was kept exactly once.
+    Webhooks(WebhookBenchArgs),
     /// N active monthly subscriptions renew at one instant: renewals/s and events/s
     /// against the raw W2 baseline, peak RSS, and checks (billed once, books
     /// balanced, ledger intact).
@@ -499,6 +503,26 @@ pub struct BillingBenchArgs {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: Option<DatabaseUrl>,
     /// Folder for the SQLite files; default: a folder in the system temp dir.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `recur bench webhooks` options.
+#[derive(Debug, clap::Args)]
+pub struct WebhookBenchArgs {
+    /// Which store `recur serve` runs on.
+    #[arg(long, value_enum, default_value = "postgres")]
+    pub backend: BackendArg,
+    /// Concurrent clients, one connection each.
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+    /// Deliveries per client (every fourth a redelivery).
+    #[arg(long, default_value_t = 500)]
+    pub deliveries: usize,
+    /// Postgres server URL that may create databases.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: Option<DatabaseUrl>,
+    /// Folder for the SQLite benchmark file; default: a folder in the system temp dir.
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }

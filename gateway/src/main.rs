@@ -307,6 +307,21 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Bench {
+            command: BenchCommand::Webhooks(args),
+        } => {
+            let options = recur_bench::webhooks::WebhookBenchOptions {
+                backend: args.backend.into(),
+                clients: args.clients,
+                deliveries: args.deliveries,
+                database_url: server_url(args.database_url),
+                scratch_dir: scratch_dir(args.dir),
+            };
+            recur_bench::webhooks::run(&options)
+                .await
+                .context("bench webhooks")?;
+            Ok(0)
+        }
+        Command::Bench {
             command: BenchCommand::Billing(args),
         } => {
             let options = recur_bench::billing::BillingBenchOptions {
