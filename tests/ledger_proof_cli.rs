@@ -343,6 +343,19 @@ async fn ledger_seal_export_appends_a_line_per_seal_and_verify_proof_compares_wi
         stdout.contains("exported_digest check failed at seal 1"),
         "{stdout}"
     );
+    // Exporting into a file whose last seal is not this ledger's is refused
+    // (it would skip the seals it seems to hold), and the file is left alone.
+    let (code, _, stderr) = recur(&[
+        "ledger",
+        "seal",
+        "--export",
+        &format!("file:{}", forged.display()),
+        "--database",
+        &location,
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is not this ledger's"), "{stderr}");
+    assert_eq!(exported_lines(&forged), vec![copy.clone()]);
 
     // https is refused before anything is sealed, without echoing a password.
     let (code, _, stderr) = recur(&[

@@ -137,6 +137,18 @@ pub enum SealExportError {
         /// The last failure (a status, or the client's error without the URL).
         last: String,
     },
+    /// The export file's last seal is not this ledger's seal of that number
+    /// (another ledger's file, or a ledger restored from before that seal).
+    #[error(
+        "seal export file {path}: its seal {seal_no} is not this ledger's (another ledger's file, \
+         or this ledger was restored from before it): export to a new file"
+    )]
+    ForeignFile {
+        /// The file.
+        path: String,
+        /// The seal number it last holds.
+        seal_no: u64,
+    },
     /// The seals could not be read.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -150,6 +162,7 @@ impl SealExportError {
             Self::Https(_) => "seal_export_https_unsupported",
             Self::File { .. } => "seal_export_file_failed",
             Self::Http { .. } => "seal_export_http_failed",
+            Self::ForeignFile { .. } => "seal_export_file_foreign",
             Self::Ledger(error) => error.code(),
         }
     }
@@ -161,6 +174,8 @@ pub struct Exporter {
     client: Option<reqwest::Client>,
     /// The last seal number exported (0: none).
     last: u64,
+    /// The file's last seal, not yet compared with the ledger's.
+    unchecked: Option<SealReport>,
 }
 
 impl Exporter {
@@ -171,7 +186,7 @@ impl Exporter {
     /// # Errors
     /// The file exists but cannot be read; the HTTP client cannot be built.
     pub fn new(target: Target, after: u64) -> Result<Self, SealExportError> {
-        let (client, last) = match &target {
+        let (client, unchecked) = match &target {
             Target::File(path) => (None, last_in_file(path)?),
             Target::Http(url) => {
                 let client = reqwest::Client::builder()
@@ -183,13 +198,19 @@ impl Exporter {
                         attempts: 0,
                         last: error.without_url().to_string(),
                     })?;
-                (Some(client), after)
+                (Some(client), None)
             }
+        };
+        let last = match (&target, &unchecked) {
+            (Target::File(_), Some(seal)) => seal.seal_no,
+            (Target::File(_), None) => 0,
+            (Target::Http(_), _) => after,
         };
         Ok(Self {
             target,
             client,
             last,
+            unchecked,
         })
     }
 
@@ -205,6 +226,26 @@ impl Exporter {
     /// The seals cannot be read, the file cannot be written, or the HTTP target
     /// refused a seal [`HTTP_ATTEMPTS_MAX`] times.
     pub async fn export_pending(&mut self, ledger: &Ledger) -> Result<usize, SealExportError> {
+        if let Some(seal) = &self.unchecked {
+            // Resuming after a seal the file holds only makes sense if it is ours.
+            let ours = ledger
+                .seals_after(seal.seal_no.saturating_sub(1), 1)
+                .await?;
+            let same = ours
+                .first()
+                .is_some_and(|o| o.seal_no == seal.seal_no && o.digest == seal.digest);
+            if !same {
+                let path = match &self.target {
+                    Target::File(path) => path.display().to_string(),
+                    Target::Http(url) => crate::config::redact(url),
+                };
+                return Err(SealExportError::ForeignFile {
+                    path,
+                    seal_no: seal.seal_no,
+                });
+            }
+            self.unchecked = None;
+        }
         let mut exported = 0;
         loop {
             let seals = ledger.seals_after(self.last, SEALS_PER_ROUND_MAX).await?;
@@ -238,15 +279,15 @@ pub async fn newest_seal(ledger: &Ledger) -> Result<u64, LedgerError> {
     Ok(ledger.newest_seal().await?.map_or(0, |seal| seal.seal_no))
 }
 
-/// The highest seal number among the last lines of an export file (0 if none).
-fn last_in_file(path: &Path) -> Result<u64, SealExportError> {
+/// The seal with the highest number among the last lines of an export file.
+fn last_in_file(path: &Path) -> Result<Option<SealReport>, SealExportError> {
     let failed = |source| SealExportError::File {
         path: path.display().to_string(),
         source,
     };
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(failed(error)),
     };
     let length = file.metadata().map_err(failed)?.len();
@@ -258,9 +299,7 @@ fn last_in_file(path: &Path) -> Result<u64, SealExportError> {
     Ok(String::from_utf8_lossy(&tail)
         .lines()
         .filter_map(|line| serde_json::from_str::<SealReport>(line).ok())
-        .map(|seal| seal.seal_no)
-        .max()
-        .unwrap_or(0))
+        .max_by_key(|seal| seal.seal_no))
 }
 
 /// Appends one line and flushes it to disk: a copy that a crash can lose is no anchor.
@@ -415,7 +454,8 @@ mod tests {
             "recur-seal-export-{}.jsonl",
             uuid::Uuid::new_v4().simple()
         ));
-        assert_eq!(last_in_file(&path).unwrap(), 0, "a missing file holds none");
+        let last = |path: &Path| last_in_file(path).unwrap().map_or(0, |seal| seal.seal_no);
+        assert_eq!(last(&path), 0, "a missing file holds none");
         let line = |no: u64| {
             serde_json::to_string(&SealReport {
                 seal_no: no,
@@ -429,13 +469,9 @@ mod tests {
             .unwrap()
         };
         std::fs::write(&path, format!("{}\n{}\n{{\"seal_no\":9", line(1), line(2))).unwrap();
-        assert_eq!(last_in_file(&path).unwrap(), 2);
+        assert_eq!(last(&path), 2);
         append_line(&path, &line(3)).unwrap();
-        assert_eq!(
-            last_in_file(&path).unwrap(),
-            3,
-            "the torn line did not swallow it"
-        );
+        assert_eq!(last(&path), 3, "the torn line did not swallow it");
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.ends_with(&format!("9\n{}\n", line(3))), "{text}");
         let _ = std::fs::remove_file(&path);
