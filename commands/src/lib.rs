@@ -10,8 +10,9 @@
 //!
 //! Around them: the [`catalog`] (plans and immutable prices from TOML), [`tax`]
 //! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
-//! the simulated gateway, and at the edge the [`billing`] service (load, decide,
-//! append, follow up across aggregates) and the [`scheduler`] that the billing
+//! the simulated gateway, what a [`decline`] code leaves open, and at the edge
+//! the [`billing`] service (load, decide, append, follow up across aggregates)
+//! and the [`scheduler`] that the billing
 //! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
 //! checks free text before it enters the ledger for good; [`privacy`] encrypts
 //! personal data under per-customer keys, so that erasing a customer is
@@ -24,6 +25,7 @@ pub mod catalog;
 pub mod context;
 pub mod coupon;
 pub mod customer;
+pub mod decline;
 pub mod dunning;
 pub mod error;
 pub mod ids;
