@@ -4648,7 +4648,7 @@ async fn stripe_webhooks_are_verified_kept_once_encrypted_and_found_by_their_id(
     assert_eq!(burst.body["data"].as_array().unwrap().len(), 1);
 
     // Refused with a code, and nothing stored: bad, missing, stale or foreign
-    // signatures; a body that is not a Stripe event; one over 1 MiB.
+    // signatures; a body that is not a Stripe event; one over 180 KiB.
     let before = head(&server).await;
     let fresh = serde_json::to_vec(&stripe_event(
         "current",
@@ -4666,6 +4666,11 @@ async fn stripe_webhooks_are_verified_kept_once_encrypted_and_found_by_their_id(
         (
             fresh.clone(),
             Some("t=1,v1=00".to_owned()),
+            "signature_mismatch",
+        ),
+        (
+            fresh.clone(),
+            Some(format!("t=1,v1={}", "00".repeat(32))),
             "signature_stale",
         ),
         (
@@ -4699,19 +4704,44 @@ async fn stripe_webhooks_are_verified_kept_once_encrypted_and_found_by_their_id(
         );
         assert_eq!(refused.body["code"], code, "{}", refused.body);
     }
-    let huge = vec![b' '; 1024 * 1024 + 1];
-    let too_large = deliver(&server, &huge, Some(&signed(&huge, WEBHOOK_SECRET))).await;
+    for size in [180 * 1024 + 1, 1024 * 1024 + 1] {
+        let huge = vec![b' '; size];
+        let too_large = deliver(&server, &huge, Some(&signed(&huge, WEBHOOK_SECRET))).await;
+        assert_eq!(
+            too_large.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{}",
+            too_large.body
+        );
+        assert_eq!(too_large.body["code"], "body_too_large");
+    }
+    // A header that cannot be genuine is refused before the body is read.
+    let flood = format!("t={},{}", now_s(), ",v1=00".repeat(600));
+    let refused = deliver(&server, &fresh, Some(&flood)).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.body);
+    let v1 = signed(&fresh, WEBHOOK_SECRET);
+    let v1 = v1.split_once(",v1=").unwrap().1;
+    let flood = format!("t={}{}", now_s(), format!(",v1={v1}").repeat(9));
+    let refused = deliver(&server, &fresh, Some(&flood)).await;
     assert_eq!(
-        too_large.status,
-        StatusCode::PAYLOAD_TOO_LARGE,
+        refused.body["code"], "signature_malformed",
         "{}",
-        too_large.body
+        refused.body
     );
     assert_eq!(
         head(&server).await,
         before,
         "a refused delivery wrote something"
     );
+    // The largest delivery kept: 180 KiB, what one encrypted ledger event holds.
+    let mut big = stripe_event("current", "invoice.paid", "invoice", "evt_test_big");
+    let room = 180 * 1024 - serde_json::to_vec(&big).unwrap().len() - 32;
+    big["data"]["object"]["description"] = json!("x".repeat(room));
+    let body = serde_json::to_vec(&big).unwrap();
+    assert!(body.len() <= 180 * 1024 && body.len() > 179 * 1024);
+    let kept_big = deliver(&server, &body, Some(&signed(&body, WEBHOOK_SECRET))).await;
+    assert_eq!(kept_big.status, StatusCode::OK, "{}", kept_big.body);
+    assert_eq!(kept_big.body["duplicate"], false);
 
     // The customer's email and name from customer.updated are nowhere in clear.
     let dump = pg_dump(&server.location);

@@ -10,6 +10,10 @@ use ring::hmac;
 pub const TOLERANCE_S: i64 = 300;
 /// Longest `Stripe-Signature` header read, in bytes.
 pub const HEADER_BYTES_MAX: usize = 4 * 1024;
+/// Most `v1` signatures compared (Stripe sends one per active secret).
+pub const SIGNATURES_MAX: usize = 8;
+/// Bytes in an HMAC-SHA256 tag.
+const TAG_BYTES: usize = 32;
 
 /// Why a delivery's signature is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +63,53 @@ pub fn verify(
         return Err(SignatureError::Malformed);
     }
     let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed)?;
+    let (at, signatures) = parse_header(header)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::NoMatch);
+    }
+    let age_s = now_s.saturating_sub(at);
+    if age_s.saturating_abs() > TOLERANCE_S {
+        return Err(SignatureError::Stale { age_s });
+    }
+    // One HMAC over the body per secret, then constant-time comparisons: the
+    // cost does not grow with the number of v1 values a sender puts in.
+    let matches = secrets
+        .iter()
+        .filter(|secret| !secret.is_empty())
+        .any(|secret| {
+            let tag = tag(secret, at, body);
+            signatures
+                .iter()
+                .any(|signature| same_bytes(tag.as_ref(), signature))
+        });
+    if matches {
+        Ok(at)
+    } else {
+        Err(SignatureError::NoMatch)
+    }
+}
+
+/// Checks only the header's form (cheap: before the body is read).
+///
+/// # Errors
+/// [`SignatureError::Missing`], [`SignatureError::Malformed`],
+/// [`SignatureError::NoMatch`] when it holds no usable `v1`.
+pub fn check_header(header: Option<&[u8]>) -> Result<(), SignatureError> {
+    let header = header.ok_or(SignatureError::Missing)?;
+    if header.len() > HEADER_BYTES_MAX {
+        return Err(SignatureError::Malformed);
+    }
+    let header = std::str::from_utf8(header).map_err(|_| SignatureError::Malformed)?;
+    let (_, signatures) = parse_header(header)?;
+    if signatures.is_empty() {
+        return Err(SignatureError::NoMatch);
+    }
+    Ok(())
+}
+
+/// `t` and the `v1` tags (32 bytes each; others can never match and are
+/// skipped), at most [`SIGNATURES_MAX`] of them.
+fn parse_header(header: &str) -> Result<(i64, Vec<Vec<u8>>), SignatureError> {
     let mut at = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
@@ -67,6 +118,7 @@ pub fn verify(
             .split_once('=')
             .ok_or(SignatureError::Malformed)?;
         match name {
+            "t" if at.is_some() => return Err(SignatureError::Malformed),
             "t" => {
                 at = Some(
                     value
@@ -74,46 +126,45 @@ pub fn verify(
                         .map_err(|_| SignatureError::Malformed)?,
                 );
             }
-            // A v1 that is not hex can never match: not a reason to refuse the rest.
-            "v1" => signatures.extend(hex::decode(value).ok()),
+            "v1" => {
+                if let Ok(tag) = hex::decode(value)
+                    && tag.len() == TAG_BYTES
+                {
+                    if signatures.len() == SIGNATURES_MAX {
+                        return Err(SignatureError::Malformed);
+                    }
+                    signatures.push(tag);
+                }
+            }
             // v0 (test mode's legacy scheme) and future schemes are ignored, as Stripe's libraries do.
             _ => {}
         }
     }
-    let at = at.ok_or(SignatureError::Malformed)?;
-    if signatures.is_empty() {
-        return Err(SignatureError::NoMatch);
-    }
-    let age_s = now_s.saturating_sub(at);
-    if age_s.saturating_abs() > TOLERANCE_S {
-        return Err(SignatureError::Stale { age_s });
-    }
-    let signed = signed_payload(at, body);
-    let matches = secrets.iter().any(|secret| {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-        signatures
-            .iter()
-            .any(|signature| hmac::verify(&key, &signed, signature).is_ok())
-    });
-    if matches {
-        Ok(at)
-    } else {
-        Err(SignatureError::NoMatch)
-    }
+    Ok((at.ok_or(SignatureError::Malformed)?, signatures))
+}
+
+/// Equal slices, compared in time that does not depend on where they differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && std::hint::black_box(a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y))) == 0
+}
+
+/// HMAC-SHA256 under `secret` of `"{at_s}.{body}"`, without copying the body.
+fn tag(secret: &str, at_s: i64, body: &[u8]) -> hmac::Tag {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
+    let mut context = hmac::Context::with_key(&key);
+    context.update(format!("{at_s}.").as_bytes());
+    context.update(body);
+    context.sign()
 }
 
 /// The `Stripe-Signature` header Stripe would send for `body` at `at_s` under
 /// `secret` (for tests and the webhook benchmark).
 pub fn sign(body: &[u8], secret: &str, at_s: i64) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-    let tag = hmac::sign(&key, &signed_payload(at_s, body));
-    format!("t={at_s},v1={}", hex::encode(tag.as_ref()))
-}
-
-fn signed_payload(at_s: i64, body: &[u8]) -> Vec<u8> {
-    let mut signed = format!("{at_s}.").into_bytes();
-    signed.extend_from_slice(body);
-    signed
+    format!(
+        "t={at_s},v1={}",
+        hex::encode(tag(secret, at_s, body).as_ref())
+    )
 }
 
 #[cfg(test)]
@@ -161,6 +212,17 @@ mod tests {
         assert_eq!(check(Some(&header), BODY, NOW - 301), "signature_stale");
         assert!(verify(Some(header.as_bytes()), BODY, &["whsec_b"], NOW).is_err());
         assert!(verify(Some(header.as_bytes()), BODY, &[], NOW).is_err());
+        // An empty secret signs nothing.
+        let empty = sign(BODY, "", NOW);
+        assert!(verify(Some(empty.as_bytes()), BODY, &[""], NOW).is_err());
+        // Two times, or more v1 values than any rotation needs: refused unread.
+        let twice = format!("t={NOW},{header}");
+        assert_eq!(check(Some(&twice), BODY, NOW), "signature_malformed");
+        let v1 = header.split_once(",v1=").unwrap().1;
+        let many = format!("t={NOW}{}", format!(",v1={v1}").repeat(SIGNATURES_MAX + 1));
+        assert_eq!(check(Some(&many), BODY, NOW), "signature_malformed");
+        assert!(check_header(Some(header.as_bytes())).is_ok());
+        assert_eq!(check_header(None), Err(SignatureError::Missing));
     }
 
     proptest::proptest! {

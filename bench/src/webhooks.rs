@@ -192,15 +192,19 @@ async fn client(
     }
     barrier.wait().await;
     let mut latencies = Vec::with_capacity(deliveries);
-    let mut previous: Option<String> = None;
+    // A redelivery is the same bytes again, as Stripe resends them.
+    let mut previous: Option<Vec<u8>> = None;
     for n in 0..deliveries {
         let redelivery = n % DUPLICATE_EVERY == DUPLICATE_EVERY - 1 && previous.is_some();
-        let id = match (&previous, redelivery) {
-            (Some(id), true) => id.clone(),
-            _ => format!("evt_bench_{client_no}_{n}"),
+        let body = match (&previous, redelivery) {
+            (Some(body), true) => body.clone(),
+            _ => event(
+                &format!("evt_bench_{client_no}_{n}"),
+                client_no * 1000 + n % 50,
+            ),
         };
         let started = Instant::now();
-        let answer = match deliver(event(&id, client_no * 1000 + n % 50)).await {
+        let answer = match deliver(body.clone()).await {
             Ok(response) if response.status().is_success() => {
                 response.json::<serde_json::Value>().await.ok()
             }
@@ -215,7 +219,7 @@ async fn client(
             Some(Some(false)) => tally.kept += 1,
             _ => tally.errors += 1,
         }
-        previous = Some(id);
+        previous = Some(body);
     }
     (latencies, tally)
 }

@@ -11,13 +11,16 @@ pub enum DeclineCategory {
     /// Temporary: the same card may well work later (insufficient funds, the
     /// issuer unavailable, a generic decline). Retry on a schedule.
     Soft,
-    /// The card will not work again (lost, stolen, fraud, closed, do not honor):
-    /// never retry it; ask for another card.
+    /// The card will not work again (lost, stolen, fraud, closed, do not honor
+    /// — Stripe calls `do_not_honor` unknown, the business's policy treats it as
+    /// final), or a retry could do harm (`duplicate_transaction`): never retry
+    /// it automatically; ask for another card.
     Hard,
     /// The card on file cannot work as it is (expired, wrong number or CVC, no
     /// card at all): no retry until the customer updates it.
     NeedsCustomerAction,
-    /// The bank asks the customer to authenticate (3-D Secure): send them a
+    /// The bank asks the customer to authenticate (3-D Secure,
+    /// `authentication_required`): send them a
     /// link to confirm the payment; an off-session retry cannot succeed.
     Authentication,
 }
@@ -31,7 +34,6 @@ pub const DECLINE_CODES: &[(&str, DeclineCategory)] = &[
     ("call_issuer", DeclineCategory::Soft),
     ("card_declined", DeclineCategory::Soft),
     ("card_velocity_exceeded", DeclineCategory::Soft),
-    ("duplicate_transaction", DeclineCategory::Soft),
     ("generic_decline", DeclineCategory::Soft),
     ("insufficient_funds", DeclineCategory::Soft),
     ("issuer_not_available", DeclineCategory::Soft),
@@ -43,6 +45,8 @@ pub const DECLINE_CODES: &[(&str, DeclineCategory)] = &[
     // Hard: never this card again.
     ("do_not_honor", DeclineCategory::Hard),
     ("do_not_try_again", DeclineCategory::Hard),
+    // A payment of the same amount just went through: check before anything else.
+    ("duplicate_transaction", DeclineCategory::Hard),
     ("fraudulent", DeclineCategory::Hard),
     ("invalid_account", DeclineCategory::Hard),
     ("lost_card", DeclineCategory::Hard),
@@ -59,6 +63,10 @@ pub const DECLINE_CODES: &[(&str, DeclineCategory)] = &[
     ("stop_payment_order", DeclineCategory::Hard),
     ("transaction_not_allowed", DeclineCategory::Hard),
     ("card_not_supported", DeclineCategory::Hard),
+    // The amount itself was refused: the card is not the problem, a retry of it is.
+    ("invalid_amount", DeclineCategory::Hard),
+    // A test card used in live mode.
+    ("testmode_decline", DeclineCategory::Hard),
     ("currency_not_supported", DeclineCategory::Hard),
     // Needs the customer: update the card first.
     ("expired_card", DeclineCategory::NeedsCustomerAction),
@@ -66,7 +74,6 @@ pub const DECLINE_CODES: &[(&str, DeclineCategory)] = &[
     ("incorrect_number", DeclineCategory::NeedsCustomerAction),
     ("incorrect_pin", DeclineCategory::NeedsCustomerAction),
     ("incorrect_zip", DeclineCategory::NeedsCustomerAction),
-    ("invalid_amount", DeclineCategory::NeedsCustomerAction),
     ("invalid_cvc", DeclineCategory::NeedsCustomerAction),
     ("invalid_expiry_month", DeclineCategory::NeedsCustomerAction),
     ("invalid_expiry_year", DeclineCategory::NeedsCustomerAction),
@@ -81,7 +88,6 @@ pub const DECLINE_CODES: &[(&str, DeclineCategory)] = &[
     ("pin_try_exceeded", DeclineCategory::NeedsCustomerAction),
     // The customer must authenticate.
     ("authentication_required", DeclineCategory::Authentication),
-    ("card_not_enrolled", DeclineCategory::Authentication),
 ];
 
 /// The category of a decline code (unknown codes: [`DeclineCategory::Soft`]).

@@ -25,8 +25,10 @@ use uuid::Uuid;
 pub const KEY_BYTES: usize = 32;
 /// The AEAD's name as stored with every ciphertext.
 pub const ALGORITHM: &str = "chacha20-poly1305";
-/// Bytes of personal data one ciphertext may hold (a contact is far smaller).
-pub const PLAINTEXT_BYTES_MAX: usize = 64 * 1024;
+/// Bytes of personal data one ciphertext may hold: a delivered Stripe event at
+/// most (a contact is far smaller); base64-encoded it still fits one ledger
+/// event (256 KiB).
+pub const PLAINTEXT_BYTES_MAX: usize = 180 * 1024;
 
 /// What went wrong with keys or ciphertexts.
 #[derive(Debug, thiserror::Error)]

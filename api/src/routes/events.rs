@@ -452,13 +452,36 @@ pub async fn list(
             .hidden_streams
             .insert(crate::auth::KEYS_STREAM.to_owned());
     }
-    let (events, next) = scan(
-        state.billing.ledger(),
-        after,
-        (limit, SCAN_EVENTS_MAX),
-        &filter,
-    )
-    .await?;
+    let stripe_stream = filter
+        .external_id
+        .as_deref()
+        .filter(|id| id.starts_with("evt_"))
+        .and_then(|id| recur_commands::webhook::stripe_event_stream(id).ok());
+    let (events, next) = match stripe_stream {
+        // A Stripe event is kept on a stream of its own: read it, not the ledger.
+        Some(stream) => {
+            let found: Vec<RecordedEvent> = state
+                .billing
+                .ledger()
+                .read_stream(&stream, 1, PAGE_ITEMS_MAX)
+                .await
+                .map_err(recur_commands::BillingError::from)?
+                .into_iter()
+                .filter(|event| event.position > after && filter.matches(event))
+                .take(limit)
+                .collect();
+            (found, None)
+        }
+        None => {
+            scan(
+                state.billing.ledger(),
+                after,
+                (limit, SCAN_EVENTS_MAX),
+                &filter,
+            )
+            .await?
+        }
+    };
     let list = EventList {
         object: "list",
         data: events

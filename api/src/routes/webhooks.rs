@@ -4,7 +4,7 @@
 //! event means for billing is worked out afterwards, from the ledger.
 //! Refusals: a missing, malformed, stale or unmatched `Stripe-Signature`, and a
 //! body that is not a Stripe event, are 400 with nothing stored; a body over
-//! [`WEBHOOK_BODY_BYTES_MAX`] is 413. Out-of-order deliveries, unknown types and
+//! [`WEBHOOK_BODY_BYTES_MAX`] is 413 (nothing is read or stored for either). Out-of-order deliveries, unknown types and
 //! older API versions are kept like any other.
 
 use std::sync::Arc;
@@ -24,10 +24,15 @@ use crate::problem::{ApiError, Problem};
 use crate::request::json_response;
 use crate::stripe_signature;
 
-/// The largest delivery read, in bytes (Stripe's events are far smaller).
-pub const WEBHOOK_BODY_BYTES_MAX: usize = 1024 * 1024;
-/// The longest Stripe event id accepted, in bytes.
-const EVENT_ID_BYTES_MAX: usize = 255;
+/// The largest delivery kept, in bytes: what one ledger event holds once the
+/// delivery is encrypted and base64-encoded (4/3 of it) beside its routing
+/// fields, under [`recur_ledger::limits::PAYLOAD_BYTES_MAX`] (256 KiB).
+/// Stripe's events are far smaller.
+pub const WEBHOOK_BODY_BYTES_MAX: usize = recur_commands::privacy::PLAINTEXT_BYTES_MAX;
+/// The most read of a delivery before it is refused as too large.
+const READ_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// The longest Stripe event id accepted, in bytes (`stripe-` and it name a stream).
+const EVENT_ID_BYTES_MAX: usize = recur_ledger::limits::STREAM_ID_BYTES_MAX - "stripe-".len();
 
 /// What was done with a delivery.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -106,7 +111,7 @@ fn bad_request(code: &str, detail: impl Into<String>) -> ApiError {
     responses((status = 200, description = "Kept (or kept before)", body = WebhookReceipt),
               (status = 400, description = "Bad or missing signature, or not a Stripe event: nothing stored", body = Problem),
               (status = 404, description = "No webhook signing secret is configured", body = Problem),
-              (status = 413, description = "Over 1 MiB", body = Problem)))]
+              (status = 413, description = "Over 180 KiB", body = Problem)))]
 pub async fn stripe(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -117,15 +122,27 @@ pub async fn stripe(
             "a Stripe webhook endpoint (set RECUR_STRIPE_WEBHOOK_SECRETS)",
         ));
     }
-    let raw = axum::body::to_bytes(body, WEBHOOK_BODY_BYTES_MAX)
+    // The header's form first: a delivery that cannot be genuine is refused
+    // before its body is read.
+    let signature = headers.get("stripe-signature").map(|v| v.as_bytes());
+    stripe_signature::check_header(signature)
+        .map_err(|error| bad_request(error.code(), error.to_string()))?;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("webhook deliveries are limited to {WEBHOOK_BODY_BYTES_MAX} bytes"),
+        )
+    };
+    // Read (and drop) a little past the limit, so a sender of a body somewhat
+    // too large gets its 413 rather than a connection cut mid-send; beyond
+    // READ_BYTES_MAX the connection is cut.
+    let raw = axum::body::to_bytes(body, READ_BYTES_MAX)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("webhook deliveries are limited to {WEBHOOK_BODY_BYTES_MAX} bytes"),
-            )
-        })?;
+        .map_err(|_| too_large())?;
+    if raw.len() > WEBHOOK_BODY_BYTES_MAX {
+        return Err(too_large());
+    }
     let now_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -134,13 +151,8 @@ pub async fn stripe(
         .iter()
         .map(String::as_str)
         .collect();
-    stripe_signature::verify(
-        headers.get("stripe-signature").map(|v| v.as_bytes()),
-        &raw,
-        &secrets,
-        now_s,
-    )
-    .map_err(|error| bad_request(error.code(), error.to_string()))?;
+    stripe_signature::verify(signature, &raw, &secrets, now_s)
+        .map_err(|error| bad_request(error.code(), error.to_string()))?;
     let envelope: Envelope = serde_json::from_slice(&raw)
         .map_err(|error| bad_request("malformed_event", format!("not a Stripe event: {error}")))?;
     let id_ok = envelope.id.starts_with("evt_")
