@@ -87,12 +87,15 @@ pub enum Ingested {
     Duplicate,
 }
 
+/// What names a Stripe event's stream, before its id.
+pub const STRIPE_STREAM_PREFIX: &str = "stripe-";
+
 /// The stream of one Stripe event.
 ///
 /// # Errors
 /// An id that cannot name a stream (the webhook checks ids before).
 pub fn stripe_event_stream(id: &str) -> Result<StreamId, recur_ledger::LedgerError> {
-    StreamId::parse(format!("stripe-{id}"))
+    StreamId::parse(format!("{STRIPE_STREAM_PREFIX}{id}"))
 }
 
 /// The owner of the data key that encrypts Stripe events about `customer` (a

@@ -32,7 +32,8 @@ pub const WEBHOOK_BODY_BYTES_MAX: usize = recur_commands::privacy::PLAINTEXT_BYT
 /// The most read of a delivery before it is refused as too large.
 const READ_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// The longest Stripe event id accepted, in bytes (`stripe-` and it name a stream).
-const EVENT_ID_BYTES_MAX: usize = recur_ledger::limits::STREAM_ID_BYTES_MAX - "stripe-".len();
+const EVENT_ID_BYTES_MAX: usize =
+    recur_ledger::limits::STREAM_ID_BYTES_MAX - recur_commands::webhook::STRIPE_STREAM_PREFIX.len();
 
 /// What was done with a delivery.
 #[derive(Clone, Debug, Serialize, ToSchema)]
