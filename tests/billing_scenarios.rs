@@ -1489,3 +1489,157 @@ async fn a_retried_tax_rate_is_judged_by_when_it_was_first_asked_for() {
         .unwrap_err();
     assert_eq!(refused.code(), "invalid_field");
 }
+
+/// The simulated gateway's statement as a test writes it: reconciliation reads
+/// the ledger's attempts through the gateway of this name.
+struct Statement(Vec<recur_commands::reconciliation::ProviderTransaction>);
+
+impl recur_commands::reconciliation::ProviderStatement for Statement {
+    fn name(&self) -> &'static str {
+        "simulated"
+    }
+
+    fn balance_transactions<'a>(
+        &'a self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> recur_commands::payment::GatewayFuture<
+        'a,
+        Vec<recur_commands::reconciliation::ProviderTransaction>,
+    > {
+        Box::pin(async move {
+            Ok(self
+                .0
+                .iter()
+                .filter(|t| t.created >= from && t.created < to)
+                .cloned()
+                .collect())
+        })
+    }
+
+    fn charge_status<'a>(
+        &'a self,
+        _charge_id: &'a str,
+    ) -> recur_commands::payment::GatewayFuture<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+#[tokio::test]
+async fn reconciliation_names_what_the_provider_did_behind_our_back_and_records_it() {
+    use recur_commands::invoice::ChargeOutcome;
+    use recur_commands::reconciliation::{MismatchKind, MovementKind, ProviderTransaction};
+
+    let w = world(datetime!(2026-03-01 00:00 UTC)).await;
+    let mut charges = Vec::new();
+    for _ in 0..3 {
+        let customer = w.customer(Some("4242424242424242"), None).await;
+        let invoice = w
+            .billing
+            .purchase(customer, "self_paced_course", None)
+            .await
+            .unwrap();
+        let state = w.billing.invoice(invoice).await.unwrap();
+        let Some(ChargeOutcome::Succeeded { charge_id }) =
+            state.attempts.last().and_then(|a| a.outcome.clone())
+        else {
+            panic!("the course was not paid: {:?}", state.attempts);
+        };
+        charges.push((invoice, charge_id));
+    }
+    // Recur refunds 100.00 of the first course.
+    w.billing
+        .refund(charges[0].0, usd("100.00"), "requested_by_customer")
+        .await
+        .unwrap();
+    let refund_id = w
+        .ledger()
+        .read_stream(&charges[0].0.stream().unwrap(), 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(
+            |e| match recur_commands::tagged::DecodeEvent::decode_payload(&e.payload) {
+                Ok(InvoiceEvent::InvoiceRefunded { refund_id, .. }) => Some(refund_id),
+                _ => None,
+            },
+        )
+        .unwrap();
+    let at = datetime!(2026-03-01 00:00:05 UTC);
+    let txn = |kind: &str, source: &str, amount_minor: i64| ProviderTransaction {
+        id: format!("txn_{source}"),
+        kind: kind.into(),
+        source: source.into(),
+        amount_minor,
+        fee_minor: 30,
+        currency: "usd".into(),
+        created: at,
+    };
+    // The provider agrees on two charges and the refund, shows the third charge
+    // 1.00 short, and has a charge and a refund Recur never made.
+    let statement = Statement(vec![
+        txn("charge", &charges[0].1, 99_700),
+        txn("charge", &charges[1].1, 99_700),
+        txn("charge", &charges[2].1, 99_600),
+        txn("refund", &refund_id, -10_000),
+        txn("charge", "ch_behind_our_back", 4_200),
+        txn("refund", "re_behind_our_back", -4_200),
+        txn("payout", "po_1", -200_000),
+    ]);
+    let report = w
+        .billing
+        .reconcile(
+            &statement,
+            datetime!(2026-03-01 00:00 UTC),
+            datetime!(2026-03-02 00:00 UTC),
+        )
+        .await
+        .unwrap();
+    let named: Vec<(MismatchKind, MovementKind, String)> = report
+        .mismatches
+        .iter()
+        .map(|m| (m.mismatch, m.kind, m.object_id.clone()))
+        .collect();
+    let mut expected = vec![
+        (
+            MismatchKind::AmountDiffers,
+            MovementKind::Charge,
+            charges[2].1.clone(),
+        ),
+        (
+            MismatchKind::MissingInLedger,
+            MovementKind::Charge,
+            "ch_behind_our_back".to_owned(),
+        ),
+        (
+            MismatchKind::MissingInLedger,
+            MovementKind::Refund,
+            "re_behind_our_back".to_owned(),
+        ),
+    ];
+    expected.sort();
+    let mut named_sorted = named.clone();
+    named_sorted.sort();
+    assert_eq!(named_sorted, expected);
+    assert_eq!((report.compared, report.matched), (6, 3));
+    // Four charges at 0.30 each; refunds and payouts carry no processing fee here.
+    assert_eq!(report.processing_fees_minor.get("usd"), Some(&120));
+    // Recorded: read back from the ledger, the same run.
+    let recorded = w.billing.reconciliations().await.unwrap();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].run_id, report.run_id);
+    assert_eq!(recorded[0].mismatches, report.mismatches);
+
+    // A window with nothing in it on either side agrees and is recorded too.
+    let quiet = w
+        .billing
+        .reconcile(
+            &statement,
+            datetime!(2026-05-01 00:00 UTC),
+            datetime!(2026-06-01 00:00 UTC),
+        )
+        .await
+        .unwrap();
+    assert!(quiet.agrees() && quiet.compared == 0);
+    assert_eq!(w.billing.reconciliations().await.unwrap().len(), 2);
+}

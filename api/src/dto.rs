@@ -1381,3 +1381,101 @@ mod tests {
         assert_eq!(documented, recur_commands::invoice::REFUND_REASONS);
     }
 }
+
+/// One side's record of a movement, in the provider's terms.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReconciliationSideDto {
+    /// Signed as the provider's balance sees it, in minor units (cents).
+    pub amount_minor: i64,
+    /// Lowercase ISO 4217, as the provider writes it.
+    pub currency: String,
+    /// `succeeded`, or the provider's state of a charge it did not settle.
+    pub status: String,
+}
+
+/// One difference between the ledger and the provider.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReconciliationMismatchDto {
+    /// `missing_in_ledger`, `missing_at_provider`, `amount_differs`,
+    /// `currency_differs` or `status_differs`.
+    pub mismatch: String,
+    /// `charge`, `refund`, `dispute` or `dispute_fee`.
+    pub kind: String,
+    /// The provider's id of what moved (`ch_…`, `re_…`, `du_…`).
+    pub object_id: String,
+    /// What the ledger says, if anything.
+    pub ledger: Option<ReconciliationSideDto>,
+    /// What the provider says, if anything.
+    pub provider: Option<ReconciliationSideDto>,
+}
+
+/// A reconciliation run.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReconciliationDto {
+    /// Always "reconciliation".
+    pub object: &'static str,
+    /// The run's id (UUIDv7).
+    pub id: Uuid,
+    /// The provider (`stripe`).
+    pub provider: String,
+    /// Window start, inclusive (RFC 3339).
+    pub from: String,
+    /// Window end, exclusive (RFC 3339).
+    pub to: String,
+    /// Movements compared.
+    pub compared: u64,
+    /// Of them, agreed.
+    pub matched: u64,
+    /// True when nothing differs.
+    pub agrees: bool,
+    /// The differences.
+    pub mismatches: Vec<ReconciliationMismatchDto>,
+    /// The provider's processing fees per currency, minor units (reported, not compared).
+    pub processing_fees_minor: std::collections::BTreeMap<String, i64>,
+    /// When it ran (RFC 3339).
+    pub created: String,
+}
+
+/// The recorded runs, newest first.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct ReconciliationList {
+    /// Always "list".
+    pub object: &'static str,
+    /// The runs.
+    pub data: Vec<ReconciliationDto>,
+    /// More runs than asked for.
+    pub has_more: bool,
+}
+
+impl From<&recur_commands::reconciliation::ReconciliationReport> for ReconciliationDto {
+    fn from(report: &recur_commands::reconciliation::ReconciliationReport) -> Self {
+        let side = |side: &recur_commands::reconciliation::Side| ReconciliationSideDto {
+            amount_minor: side.amount_minor,
+            currency: side.currency.clone(),
+            status: side.status.clone(),
+        };
+        Self {
+            object: "reconciliation",
+            id: report.run_id,
+            provider: report.provider.clone(),
+            from: rfc3339(report.from),
+            to: rfc3339(report.to),
+            compared: report.compared,
+            matched: report.matched,
+            agrees: report.agrees(),
+            mismatches: report
+                .mismatches
+                .iter()
+                .map(|m| ReconciliationMismatchDto {
+                    mismatch: m.mismatch.as_str().to_owned(),
+                    kind: m.kind.as_str().to_owned(),
+                    object_id: m.object_id.clone(),
+                    ledger: m.ledger.as_ref().map(side),
+                    provider: m.provider.as_ref().map(side),
+                })
+                .collect(),
+            processing_fees_minor: report.processing_fees_minor.clone(),
+            created: rfc3339(report.at),
+        }
+    }
+}

@@ -102,6 +102,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(customers::export))
         .routes(routes!(customers::history))
         .routes(routes!(routes::webhooks::stripe))
+        .routes(routes!(routes::reconciliations::list))
         .routes(routes!(metrics::customer_view))
         .routes(routes!(subscriptions::create, subscriptions::list))
         .routes(routes!(subscriptions::get))
@@ -310,7 +311,7 @@ mod tests {
                 "POST /webhooks/stripe"
             ]
         );
-        assert_eq!(declared, 49, "every other operation names its roles");
+        assert_eq!(declared, 50, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
             Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])
@@ -343,7 +344,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(listed, 50);
+        assert_eq!(listed, 51);
         let components = api.components.as_ref().unwrap();
         let shared = serde_json::to_value(&components.responses["RateLimited"]).unwrap();
         assert_eq!(

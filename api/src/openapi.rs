@@ -21,7 +21,8 @@ use super::routes::subscriptions;
     modifiers(&BearerKeys),
     tags(
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
-        (name = "catalog"), (name = "metrics"), (name = "events"), (name = "system"),
+        (name = "catalog"), (name = "metrics"), (name = "events"), (name = "reconciliations"),
+        (name = "system"),
     )
 )]
 pub struct ApiDoc;

@@ -17,7 +17,8 @@
 //! checks free text before it enters the ledger for good; [`privacy`] encrypts
 //! personal data under per-customer keys, so that erasing a customer is
 //! destroying its key; [`webhook`] keeps each delivered Stripe event once,
-//! encrypted.
+//! encrypted; [`reconciliation`] compares the ledger's money at the provider
+//! with the provider's own record.
 
 pub mod aggregate;
 pub mod billing;
@@ -35,6 +36,7 @@ pub mod period;
 pub mod personal_data;
 pub mod postings;
 pub mod privacy;
+pub mod reconciliation;
 mod repository;
 pub mod scheduler;
 pub mod subscription;

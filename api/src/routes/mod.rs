@@ -6,6 +6,7 @@ pub mod customers;
 pub mod events;
 pub mod invoices;
 pub mod metrics;
+pub mod reconciliations;
 pub mod subscriptions;
 pub mod system;
 pub mod webhooks;
