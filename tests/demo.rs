@@ -42,6 +42,7 @@ fn options(database: String, seed: u64) -> DemoOptions {
         data_dir: std::path::PathBuf::from("."),
         progress: false,
         master_keys: test_master_keys(),
+        payments: recur_gateway::demo::DemoPayments::simulated(),
     }
 }
 

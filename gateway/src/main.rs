@@ -284,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 data_dir,
                 progress: !quiet && std::io::stderr().is_terminal(),
                 master_keys,
+                payments: demo::DemoPayments::simulated(),
             };
             let (outcome, _) = demo::run(&options).await.context("demo")?;
             if json {

@@ -2,6 +2,7 @@
 //! command path and the scheduler on a test clock, then summarised from the
 //! ledger alone.
 
+pub mod cards;
 pub mod report;
 pub mod simulation;
 
@@ -10,12 +11,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use recur_commands::scheduler::Scheduler;
-use recur_commands::{Billing, BillingError, Catalog, SimulatedGateway, SubscriptionId};
+use recur_commands::{
+    Billing, BillingError, Catalog, PaymentGateway, SimulatedGateway, SubscriptionId,
+};
 use recur_ledger::{Clock, Ledger, LedgerError, Money, Position, TestClock};
 use serde::Serialize;
 use time::macros::datetime;
 use time::{Duration, OffsetDateTime};
 
+use self::cards::{CardIssuer, SimulatedCards};
 use self::report::{Report, Summary};
 use self::simulation::{Activity, Script};
 
@@ -49,6 +53,36 @@ pub struct DemoOptions {
     /// The master keys that encrypt the people's contact details (default:
     /// the key file in `data_dir`).
     pub master_keys: crate::config::MasterKeyArgs,
+    /// The provider the people's cards are charged through.
+    pub payments: DemoPayments,
+}
+
+/// The payment provider of a demo: the gateway Recur charges through, and where
+/// the people's card numbers become tokens (Stripe.js's part).
+#[derive(Clone)]
+pub struct DemoPayments {
+    /// What Recur charges through.
+    pub gateway: Arc<dyn PaymentGateway>,
+    /// Where card numbers become tokens.
+    pub cards: Arc<dyn CardIssuer>,
+}
+
+impl DemoPayments {
+    /// The simulated gateway, in memory: the default, needing nothing.
+    pub fn simulated() -> Self {
+        Self {
+            gateway: Arc::new(SimulatedGateway::new()),
+            cards: Arc::new(SimulatedCards),
+        }
+    }
+}
+
+impl std::fmt::Debug for DemoPayments {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoPayments")
+            .field("gateway", &self.gateway.name())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the demo stopped.
@@ -157,13 +191,18 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
         .vault(&options.data_dir, crate::config::KeyFile::MakeIfMissing)
         .map_err(|error| DemoError::Options(format!("{error:#}")))?;
     let billing = Arc::new(
-        Billing::open(ledger.clone(), catalog, Arc::new(SimulatedGateway::new()))
-            .await?
-            .with_vault(Arc::new(vault)),
+        Billing::open(
+            ledger.clone(),
+            catalog,
+            Arc::clone(&options.payments.gateway),
+        )
+        .await?
+        .with_vault(Arc::new(vault)),
     );
     simulation::create_coupons(&billing).await?;
     let end = recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, options.months);
-    let mut script = Script::write(options.seed, options.customers, DEMO_START, options.months);
+    let mut script = Script::write(options.seed, options.customers, DEMO_START, options.months)
+        .with_cards(Arc::clone(&options.payments.cards));
     let scheduler = Scheduler::new(Arc::clone(&billing), SCHEDULER_CONCURRENCY);
     let mut activity = Activity::default();
     let mut progress = Progress::new(options.progress, DEMO_START, end);

@@ -4,18 +4,19 @@
 //! them as the test clock moves. Deterministic for a seed.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use recur_commands::billing::{NewCoupon, NewCustomer, NewSubscription, PlanChange, Trial};
 use recur_commands::coupon::{CouponDuration, Discount};
 use recur_commands::customer::{ContactDetails, Segment};
 use recur_commands::subscription::Timing;
 use recur_commands::tax::TaxLocation;
-use recur_commands::{
-    Billing, BillingError, CouponCode, CustomerId, InvoiceId, SimulatedGateway, SubscriptionId,
-};
+use recur_commands::{Billing, BillingError, CouponCode, CustomerId, InvoiceId, SubscriptionId};
 use recur_ledger::Money;
 use rust_decimal::Decimal;
 use time::{Duration, OffsetDateTime};
+
+use super::cards::{CardIssuer, SimulatedCards};
 
 /// A small, fast, deterministic generator (SplitMix64); no floats.
 pub struct Dice(u64);
@@ -110,6 +111,7 @@ pub struct Activity {
 pub struct Script {
     people: Vec<Person>,
     actions: BTreeMap<(OffsetDateTime, u64), (usize, Action)>,
+    cards: Arc<dyn CardIssuer>,
 }
 
 const CARD_OK: &str = "4242424242424242";
@@ -281,7 +283,11 @@ impl Script {
                 course_invoice: None,
             });
         }
-        Self { people, actions }
+        Self {
+            people,
+            actions,
+            cards: Arc::new(SimulatedCards),
+        }
     }
 
     /// The earliest action at or before `until`, removed from the script.
@@ -296,6 +302,13 @@ impl Script {
     /// When the next action is, if any.
     pub fn next_at(&self) -> Option<OffsetDateTime> {
         self.actions.keys().next().map(|(at, _)| *at)
+    }
+
+    /// Gets the people's card tokens from `cards` (default: the simulated gateway's).
+    #[must_use]
+    pub fn with_cards(mut self, cards: Arc<dyn CardIssuer>) -> Self {
+        self.cards = cards;
+        self
     }
 
     /// How many actions are left.
@@ -314,7 +327,14 @@ impl Script {
         activity: &mut Activity,
     ) -> Result<(), BillingError> {
         while let Some((who, action)) = self.next_due(now) {
-            let result = act(billing, &mut self.people[who], action, activity).await;
+            let result = act(
+                billing,
+                self.cards.as_ref(),
+                &mut self.people[who],
+                action,
+                activity,
+            )
+            .await;
             match result {
                 Ok(()) => {}
                 Err(BillingError::Domain(refusal)) => {
@@ -361,6 +381,7 @@ pub async fn create_coupons(billing: &Billing) -> Result<(), BillingError> {
 
 async fn act(
     billing: &Billing,
+    cards: &dyn CardIssuer,
     person: &mut Person,
     action: Action,
     activity: &mut Activity,
@@ -369,7 +390,7 @@ async fn act(
         if !matches!(action, Action::Arrive) {
             return Ok(());
         }
-        return arrive(billing, person, activity).await;
+        return arrive(billing, cards, person, activity).await;
     };
     match action {
         Action::Arrive => {}
@@ -422,12 +443,15 @@ async fn act(
                 .await?;
         }
         Action::CardGoesBad { decline_code } => {
-            let method = SimulatedGateway::failing_card(decline_code, 12, 2031);
+            let method = cards
+                .failing_card(decline_code)
+                .await
+                .map_err(card_refused)?;
             billing.attach_payment_method(customer, method).await?;
         }
         Action::UpdateCard => {
             activity.card_updates += 1;
-            let method = tokenize(CARD_OK)?;
+            let method = cards.card(CARD_OK).await.map_err(card_refused)?;
             billing.attach_payment_method(customer, method).await?;
         }
         Action::Pause => {
@@ -472,12 +496,11 @@ async fn act(
     Ok(())
 }
 
-fn tokenize(number: &str) -> Result<recur_commands::customer::PaymentMethod, BillingError> {
-    SimulatedGateway::tokenize(number, 12, 2031).map_err(|e| {
-        BillingError::Domain(recur_commands::DomainError::InvalidField {
-            field: "card",
-            reason: e.to_string(),
-        })
+/// A card the provider would not take, as the refusal the demo counts.
+fn card_refused(error: recur_commands::payment::CardError) -> BillingError {
+    BillingError::Domain(recur_commands::DomainError::InvalidField {
+        field: "card",
+        reason: error.to_string(),
     })
 }
 
@@ -523,6 +546,7 @@ fn made_up_contact(who: usize) -> ContactDetails {
 
 async fn arrive(
     billing: &Billing,
+    cards: &dyn CardIssuer,
     person: &mut Person,
     activity: &mut Activity,
 ) -> Result<(), BillingError> {
@@ -545,14 +569,13 @@ async fn arrive(
     activity.customers += 1;
     person.customer = Some(customer);
     if let Some(number) = person.card {
-        match SimulatedGateway::tokenize(number, 12, 2031) {
+        match cards.card(number).await {
             Ok(method) => billing.attach_payment_method(customer, method).await?,
             Err(_) => {
                 // Declined on attach, like Stripe: the customer tries another card.
                 activity.cards_refused += 1;
-                billing
-                    .attach_payment_method(customer, tokenize(CARD_OK)?)
-                    .await?;
+                let method = cards.card(CARD_OK).await.map_err(card_refused)?;
+                billing.attach_payment_method(customer, method).await?;
             }
         }
     }

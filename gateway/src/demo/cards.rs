@@ -1,0 +1,47 @@
+//! Where the demo's people get their card tokens: the part Stripe.js plays in a
+//! real checkout (a card number goes to the provider, a token comes back). Recur
+//! itself only ever sees the token.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use recur_commands::SimulatedGateway;
+use recur_commands::customer::PaymentMethod;
+use recur_commands::payment::CardError;
+
+/// A boxed future, so the issuer stays object-safe.
+pub type CardFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<PaymentMethod, CardError>> + Send + 'a>>;
+
+/// The expiry the demo's cards carry.
+pub const CARD_EXPIRY: (u8, u16) = (12, 2031);
+
+/// Turns test card numbers into tokens at a payment provider.
+pub trait CardIssuer: Send + Sync {
+    /// The token of a test card number, or the provider's refusal.
+    fn card<'a>(&'a self, number: &'a str) -> CardFuture<'a>;
+
+    /// A card that attaches and later declines its charges with `decline_code`
+    /// (where the provider can only decline one way, it declines that way).
+    fn failing_card<'a>(&'a self, decline_code: &'a str) -> CardFuture<'a>;
+}
+
+/// The simulated gateway's cards (Stripe's test card numbers, in memory).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimulatedCards;
+
+impl CardIssuer for SimulatedCards {
+    fn card<'a>(&'a self, number: &'a str) -> CardFuture<'a> {
+        Box::pin(async move { SimulatedGateway::tokenize(number, CARD_EXPIRY.0, CARD_EXPIRY.1) })
+    }
+
+    fn failing_card<'a>(&'a self, decline_code: &'a str) -> CardFuture<'a> {
+        Box::pin(async move {
+            Ok(SimulatedGateway::failing_card(
+                decline_code,
+                CARD_EXPIRY.0,
+                CARD_EXPIRY.1,
+            ))
+        })
+    }
+}
