@@ -45,3 +45,46 @@ impl CardIssuer for SimulatedCards {
         })
     }
 }
+
+/// Stripe's test cards as Stripe's own test PaymentMethods (`pm_card_visa`, …):
+/// tokens Stripe's test mode (and our localstripe launcher) turn into a real
+/// PaymentMethod when the gateway attaches them. No card number leaves the demo.
+/// A card Stripe declines on attach is refused by the gateway's attach, as in a
+/// real checkout, not here.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StripeTestCards;
+
+/// Test card number → Stripe's test PaymentMethod, brand.
+const STRIPE_TEST_METHODS: &[(&str, &str, &str)] = &[
+    ("4242424242424242", "pm_card_visa", "visa"),
+    ("5555555555554444", "pm_card_mastercard", "mastercard"),
+    ("4000000000000002", "pm_card_visa_chargeDeclined", "visa"),
+    ("4000000000000341", "pm_card_chargeCustomerFail", "visa"),
+];
+
+impl StripeTestCards {
+    fn method(number: &str) -> Result<PaymentMethod, CardError> {
+        let (number, token, brand) = STRIPE_TEST_METHODS
+            .iter()
+            .find(|(n, ..)| *n == number)
+            .ok_or(CardError::UnknownCard)?;
+        Ok(PaymentMethod {
+            token: (*token).to_owned(),
+            brand: (*brand).to_owned(),
+            last4: number[number.len() - 4..].to_owned(),
+            exp_month: CARD_EXPIRY.0,
+            exp_year: CARD_EXPIRY.1,
+        })
+    }
+}
+
+impl CardIssuer for StripeTestCards {
+    fn card<'a>(&'a self, number: &'a str) -> CardFuture<'a> {
+        Box::pin(async move { Self::method(number) })
+    }
+
+    fn failing_card<'a>(&'a self, _decline_code: &'a str) -> CardFuture<'a> {
+        // Stripe has one card that attaches and then declines: card_declined.
+        Box::pin(async move { Self::method("4000000000000341") })
+    }
+}
