@@ -52,8 +52,9 @@ const _: () = assert!(PAGE_EVENTS <= recur_ledger::limits::READ_PAGE_EVENTS_MAX)
 /// Stripe ids remembered per map; beyond it the map starts over (what it
 /// forgets, a later event's metadata or the ledger tells again).
 pub const INDEX_IDS_MAX: usize = 1_000_000;
-/// The actor of what the translator appends.
-pub const ACTOR: &str = "stripe";
+/// The actor of what the translator appends (the webhook's own events are
+/// `stripe`'s).
+pub const ACTOR: &str = "stripe_translator";
 
 /// The Stripe ids Recur knows, learnt from the ledger (the charge ids of
 /// recorded payments, the Stripe customers of recorded cards) and from the
