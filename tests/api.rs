@@ -4840,4 +4840,35 @@ async fn a_signed_stripe_payment_webhook_pays_the_recur_invoice_in_the_backgroun
     assert_eq!(paid["data"]["charge_id"], "ch_http_1", "{paid}");
     assert_eq!(paid["source"], "webhook", "{paid}");
     assert_eq!(paid["actor"], "stripe_translator", "{paid}");
+
+    // The CLI over the stored webhooks, from the first: it says what each did,
+    // and adds nothing to what the server's translator did.
+    let output = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args([
+            "stripe",
+            "translate",
+            "--from-start",
+            "--database",
+            &server.location,
+        ])
+        .env("RECUR_MASTER_KEY", MASTER_KEY)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("evt_http_paid  payment_intent.succeeded  no effect (already_paid)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "translated 1 Stripe event(s): 0 applied, 1 without effect; 0 ledger event(s) appended"
+        ),
+        "{stdout}"
+    );
 }

@@ -1169,3 +1169,84 @@ async fn translating_the_stored_webhooks_again_or_into_a_fresh_ledger_gives_the_
         w.billing.invoice(paid).await.unwrap()
     );
 }
+
+#[tokio::test]
+async fn a_dispute_won_gives_the_withheld_funds_back_once() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    let mut dispute = fixture("legacy_2024_04", "dispute");
+    dispute["charge"] = json!("ch_sim_000001");
+    dispute["amount"] = json!(9700);
+    dispute["currency"] = json!("usd");
+    dispute["status"] = json!("under_review");
+    w.deliver(&stripe_event(
+        "legacy_2024_04",
+        "charge.dispute.created",
+        "evt_won_1",
+        START,
+        dispute.clone(),
+    ))
+    .await;
+    let mut won = dispute;
+    won["status"] = json!("won");
+    // Closed as won before Stripe says the funds were reinstated, then that.
+    w.deliver(&stripe_event(
+        "legacy_2024_04",
+        "charge.dispute.closed",
+        "evt_won_2",
+        START,
+        won.clone(),
+    ))
+    .await;
+    w.deliver(&stripe_event(
+        "legacy_2024_04",
+        "charge.dispute.funds_reinstated",
+        "evt_won_3",
+        START,
+        won,
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated[2].events_appended, 0, "reinstated once");
+    let kinds: Vec<String> = w
+        .stream(&invoice.stream().unwrap())
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind.starts_with("Dispute"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "DisputeOpened",
+            "DisputeFundsWithdrawn",
+            "DisputeFundsReinstated",
+            "DisputeClosed"
+        ]
+    );
+    let mut balance = TrialBalance::default();
+    for event in w.invoice_events(invoice).await {
+        balance.add(event.postings()).unwrap();
+    }
+    assert!(balance.is_balanced());
+    assert!(
+        balance
+            .balance(&Account::DisputedFunds, Currency::USD)
+            .is_zero()
+    );
+    assert!(balance.balance(&Account::Disputes, Currency::USD).is_zero());
+    assert_eq!(
+        balance.balance(&Account::GatewayBalance, Currency::USD),
+        usd("97.00")
+    );
+    assert_eq!(
+        w.billing
+            .invoice(invoice)
+            .await
+            .unwrap()
+            .refundable()
+            .unwrap(),
+        usd("97.00"),
+        "a dispute won leaves the payment refundable"
+    );
+}

@@ -696,3 +696,89 @@ impl std::fmt::Debug for Translator {
         f.debug_struct("Translator").finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fact(kind: &str, object: serde_json::Value) -> StripeFact {
+        let body = json!({"id": "evt_t", "type": kind, "created": 1, "data": {"object": object}});
+        let event = StripeEvent::parse(&serde_json::to_vec(&body).unwrap_or_default());
+        event.map_or(
+            StripeFact::Unhandled {
+                reason: "unreadable",
+            },
+            |e| StripeFact::of(&e),
+        )
+    }
+
+    #[test]
+    fn without_metadata_or_a_learnt_id_nothing_is_asked_of_recur() {
+        let index = Index::default();
+        let dispute = json!({"id": "dp_1", "object": "dispute", "charge": "ch_1",
+                             "amount": 100, "currency": "usd", "status": "needs_response"});
+        let intent = json!({"id": "pi_1", "object": "payment_intent", "amount": 100,
+                            "currency": "usd", "metadata": {}});
+        let customer = json!({"id": "cus_1", "object": "customer", "email": "a@b.example"});
+        for (kind, object, reason) in [
+            ("charge.dispute.created", dispute, "unknown_invoice"),
+            ("payment_intent.succeeded", intent, "unknown_invoice"),
+            ("customer.updated", customer, "unknown_customer"),
+            (
+                "customer.subscription.created",
+                json!({}),
+                "type_not_handled",
+            ),
+        ] {
+            assert_eq!(
+                index.resolve(&fact(kind, object)),
+                Intent::Nothing(reason),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dispute_is_found_through_the_charge_recur_recorded() {
+        let invoice = InvoiceId(uuid::Uuid::now_v7());
+        let mut index = Index::default();
+        let recorded = RecordedEvent {
+            id: recur_ledger::EventId(uuid::Uuid::now_v7()),
+            stream_id: invoice.stream().unwrap_or_else(|_| unreachable!()),
+            stream_version: 4,
+            position: Position(9),
+            event_type: "PaymentSucceeded".into(),
+            schema_version: 1,
+            payload: r#"{"type":"PaymentSucceeded","attempt_no":1,"charge_id":"ch_1"}"#.into(),
+            metadata: recur_ledger::Metadata::default(),
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+        };
+        index.learn_from_ledger(&recorded);
+        assert_eq!(index.position(), Position(9));
+        let dispute = json!({"id": "dp_1", "object": "dispute", "charge": "ch_1",
+                             "amount": 100, "currency": "usd", "status": "warning_needs_response"});
+        let Intent::Dispute {
+            invoice: found,
+            dispute,
+        } = index.resolve(&fact("charge.dispute.created", dispute))
+        else {
+            panic!("a dispute");
+        };
+        assert_eq!(found, invoice);
+        assert!(!dispute.withdrawn, "an inquiry withdraws nothing");
+        assert_eq!(dispute.amount, Money::from_minor(100, Currency::USD));
+        // A PaymentIntent with metadata teaches its ids to what comes after.
+        let other = InvoiceId(uuid::Uuid::now_v7());
+        let intent = json!({"id": "pi_2", "object": "payment_intent", "amount": 100,
+                            "amount_received": 100, "currency": "usd", "latest_charge": "ch_2",
+                            "metadata": {"recur_invoice_id": other.to_string()}});
+        index.learn_from_fact(&fact("payment_intent.succeeded", intent));
+        let refund = json!({"id": "ch_2", "object": "charge", "amount": 100,
+                            "amount_refunded": 50, "currency": "usd", "metadata": {}});
+        assert!(matches!(
+            index.resolve(&fact("charge.refunded", refund)),
+            Intent::Refunded { invoice, .. } if invoice == other
+        ));
+    }
+}
