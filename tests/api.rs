@@ -4755,3 +4755,120 @@ async fn stripe_webhooks_are_verified_kept_once_encrypted_and_found_by_their_id(
     let absent = deliver(&plain, &fresh, Some(&signed(&fresh, WEBHOOK_SECRET))).await;
     assert_eq!(absent.status, StatusCode::NOT_FOUND, "{}", absent.body);
 }
+
+/// Through HTTP: a declined first invoice, then Stripe's signed word that the
+/// attempt's PaymentIntent went through (the customer authenticated it): the
+/// webhook answers at once, and the translator, woken after it, pays the
+/// invoice in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signed_stripe_payment_webhook_pays_the_recur_invoice_in_the_background() {
+    let server = serve_with(
+        Backend::Postgres,
+        None,
+        &["--stripe-webhook-secrets", WEBHOOK_SECRET],
+    )
+    .await;
+    let created = server.post("/v1/customers", json!({})).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let customer = created.body["id"].as_str().unwrap().to_owned();
+    let poor = json!({"token": "pm_card_chargeDeclinedInsufficientFunds", "brand": "visa",
+                      "last4": "9995", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{customer}/payment_method"), poor)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    let (subscribed, ..) = server.community_subscription(&customer).await;
+    assert_eq!(
+        subscribed.status,
+        StatusCode::CREATED,
+        "{}",
+        subscribed.body
+    );
+    let invoice = subscribed.body["invoices"][0].as_str().unwrap().to_owned();
+    let open = server.get(&format!("/v1/invoices/{invoice}")).await;
+    assert_eq!(open.body["status"], "open", "{}", open.body);
+    // USD amounts are answered with their two decimals: "97.00" is 9700 cents.
+    let due = open.body["amount_remaining"]["amount"].as_str().unwrap();
+    let due_minor: i64 = due.replace('.', "").parse().unwrap();
+
+    let mut event = stripe_event(
+        "current",
+        "payment_intent.succeeded",
+        "payment_intent",
+        "evt_http_paid",
+    );
+    let intent = &mut event["data"]["object"];
+    intent["metadata"] = json!({
+        "recur_invoice_id": invoice, "recur_customer_id": customer, "recur_attempt": "1",
+    });
+    intent["status"] = json!("succeeded");
+    intent["amount"] = json!(due_minor);
+    intent["amount_received"] = json!(due_minor);
+    intent["currency"] = json!("usd");
+    intent["latest_charge"] = json!("ch_http_1");
+    let body = serde_json::to_vec(&event).unwrap();
+    let answer = deliver(&server, &body, Some(&signed(&body, WEBHOOK_SECRET))).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    assert_eq!(answer.body["duplicate"], false);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = server.get(&format!("/v1/invoices/{invoice}")).await;
+        if now.body["status"] == "paid" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the invoice was not paid by the translator: {}",
+            now.body
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The payment is the translator's, correlated with the Stripe event.
+    let history = server
+        .get(&format!(
+            "/v1/events?resource=invoice-{invoice}&type=PaymentSucceeded"
+        ))
+        .await;
+    let paid = history.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "PaymentSucceeded")
+        .cloned()
+        .unwrap_or_else(|| panic!("{}", history.body));
+    assert_eq!(paid["data"]["charge_id"], "ch_http_1", "{paid}");
+    assert_eq!(paid["source"], "webhook", "{paid}");
+    assert_eq!(paid["actor"], "stripe_translator", "{paid}");
+
+    // The CLI over the stored webhooks, from the first: it says what each did,
+    // and adds nothing to what the server's translator did.
+    let output = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args([
+            "stripe",
+            "translate",
+            "--from-start",
+            "--database",
+            &server.location,
+        ])
+        .env("RECUR_MASTER_KEY", MASTER_KEY)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("evt_http_paid  payment_intent.succeeded  no effect (already_paid)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "translated 1 Stripe event(s): 0 applied, 1 without effect; 0 ledger event(s) appended"
+        ),
+        "{stdout}"
+    );
+}

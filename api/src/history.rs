@@ -462,6 +462,10 @@ fn customer_summary(id: &str, event: &CustomerEvent, after: &Customer) -> String
                 money_text(*amount)
             )
         }
+        CustomerEvent::CardExpiring { card, .. } => format!(
+            "Card on file expiring at the end of {:02}/{}",
+            card.exp_month, card.exp_year
+        ),
     }
 }
 
@@ -622,6 +626,33 @@ fn invoice_summary(id: &str, event: &InvoiceEvent) -> String {
                 lines.len()
             )
         }
+        InvoiceEvent::DisputeOpened {
+            dispute_id,
+            amount,
+            reason,
+            ..
+        } => format!(
+            "Dispute {dispute_id} of {} opened ({reason})",
+            money_text(*amount)
+        ),
+        InvoiceEvent::DisputeFundsWithdrawn {
+            dispute_id,
+            amount,
+            fee,
+            ..
+        } => format!(
+            "Dispute {dispute_id}: {} withdrawn, fee {}",
+            money_text(*amount),
+            money_text(*fee)
+        ),
+        InvoiceEvent::DisputeFundsReinstated {
+            dispute_id, amount, ..
+        } => format!("Dispute {dispute_id}: {} reinstated", money_text(*amount)),
+        InvoiceEvent::DisputeClosed {
+            dispute_id,
+            outcome,
+            ..
+        } => format!("Dispute {dispute_id} closed ({})", name_of(outcome)),
     }
 }
 

@@ -80,6 +80,9 @@ pub struct AppState {
     /// The Stripe webhook signing secrets (`whsec_…`; several during a
     /// rotation); none: no webhook endpoint. Secrets: never logged.
     pub stripe_webhook_secrets: Vec<String>,
+    /// Told after each Stripe event is kept: wakes the translator, which
+    /// works after the webhook's answer ([`recur_commands::translator`]).
+    pub stripe_kept: Arc<tokio::sync::Notify>,
 }
 
 /// How long a request may run before it is answered 503 `request_timeout`

@@ -690,7 +690,7 @@ impl Billing {
         Ok(id)
     }
 
-    async fn subscription_command(
+    pub(crate) async fn subscription_command(
         &self,
         id: SubscriptionId,
         source: Source,
@@ -1067,7 +1067,7 @@ impl Billing {
         Ok(invoice_id)
     }
 
-    async fn invoice_command(
+    pub(crate) async fn invoice_command(
         &self,
         id: InvoiceId,
         source: Source,
@@ -1440,7 +1440,11 @@ impl Billing {
 
     /// Tells an invoice's subscription it is settled (paid or voided), dated
     /// when that took effect.
-    async fn settled(&self, invoice: &Invoice, source: Source) -> Result<(), BillingError> {
+    pub(crate) async fn settled(
+        &self,
+        invoice: &Invoice,
+        source: Source,
+    ) -> Result<(), BillingError> {
         if let (Some(sub_id), Some(id)) = (invoice.subscription_id, invoice.id) {
             let outcome = if invoice.status == InvoiceStatus::Void {
                 Settlement::Voided
@@ -1462,7 +1466,7 @@ impl Billing {
 
     /// The retry policy is spent: write the invoice off and end its subscription,
     /// as of `at` (when the last failed attempt was due).
-    async fn give_up(
+    pub(crate) async fn give_up(
         &self,
         invoice: &Invoice,
         at: OffsetDateTime,

@@ -197,6 +197,34 @@ pub enum CustomerCommand {
         /// The invoice's total.
         max: Money,
     },
+    /// Note that the payment provider says the card on file expires soon (at
+    /// the end of its expiry month): a fact for dunning to act on before a
+    /// charge fails. Nothing when it is not the card on file (another card,
+    /// or one since updated) or when it was noted already.
+    NoteCardExpiring {
+        /// The expiring card's token as the provider names it.
+        token: String,
+        /// Its last four digits (a card the provider names otherwise than
+        /// Recur's token is matched by these and the expiry).
+        last4: String,
+        /// Expiry month, 1–12.
+        exp_month: u8,
+        /// Expiry year, four digits.
+        exp_year: u16,
+        /// When the provider said so.
+        now: OffsetDateTime,
+    },
+}
+
+/// A card on file that the provider says expires soon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardExpiry {
+    /// The card on file's token.
+    pub token: String,
+    /// Expiry month, 1–12.
+    pub exp_month: u8,
+    /// Expiry year, four digits.
+    pub exp_year: u16,
 }
 
 domain_events! {
@@ -267,6 +295,17 @@ domain_events! {
             /// How much.
             amount: Money,
         },
+        /// The payment provider says the card on file expires at the end of
+        /// its expiry month (Stripe's `customer.source.expiring`): a
+        /// pre-dunning fact, for asking the customer for a new card before a
+        /// charge fails. Cleared by a card put on file.
+        CardExpiring {
+            /// The card on file's token and expiry.
+            card: CardExpiry,
+            /// When the provider said so.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
     }
 }
 
@@ -282,6 +321,7 @@ impl DomainEvent for CustomerEvent {
             CustomerEvent::PersonalDataErased { .. } => "PersonalDataErased",
             CustomerEvent::CreditGranted { .. } => "CreditGranted",
             CustomerEvent::CreditApplied { .. } => "CreditApplied",
+            CustomerEvent::CardExpiring { .. } => "CardExpiring",
         }
     }
 }
@@ -305,6 +345,8 @@ pub struct Customer {
     pub credit_applied: BTreeMap<InvoiceId, Money>,
     /// When its personal data was erased, if it was.
     pub erased_at: Option<OffsetDateTime>,
+    /// The card on file, when the provider said it expires soon.
+    pub card_expiring: Option<CardExpiry>,
 }
 
 impl Aggregate for Customer {
@@ -421,6 +463,31 @@ impl Aggregate for Customer {
                     Vec::new()
                 }
             }
+            CustomerCommand::NoteCardExpiring {
+                token,
+                last4,
+                exp_month,
+                exp_year,
+                now,
+            } => {
+                let Some(on_file) = &self.payment_method else {
+                    return Ok(Vec::new());
+                };
+                // The card on file, with the expiry the provider names: a card
+                // updated since (a new expiry) is not expiring any more.
+                let same_card = on_file.token == token || on_file.last4 == last4;
+                let same_expiry = on_file.exp_month == exp_month && on_file.exp_year == exp_year;
+                let card = CardExpiry {
+                    token: on_file.token.clone(),
+                    exp_month,
+                    exp_year,
+                };
+                if !same_card || !same_expiry || self.card_expiring.as_ref() == Some(&card) {
+                    Vec::new()
+                } else {
+                    vec![CustomerEvent::CardExpiring { card, at: now }]
+                }
+            }
         })
     }
 
@@ -438,8 +505,12 @@ impl Aggregate for Customer {
             }
             CustomerEvent::PaymentMethodAttached { method } => {
                 self.payment_method = Some(method.clone());
+                self.card_expiring = None;
             }
-            CustomerEvent::PaymentMethodDetached { .. } => self.payment_method = None,
+            CustomerEvent::PaymentMethodDetached { .. } => {
+                self.payment_method = None;
+                self.card_expiring = None;
+            }
             CustomerEvent::TaxLocationSet { tax_location } => {
                 self.tax_location = Some(tax_location.clone());
             }
@@ -459,6 +530,9 @@ impl Aggregate for Customer {
                     .credit_balance
                     .unwrap_or(Money::zero(amount.currency()));
                 self.credit_balance = balance.checked_sub(*amount).ok();
+            }
+            CustomerEvent::CardExpiring { card, .. } => {
+                self.card_expiring = Some(card.clone());
             }
         }
     }

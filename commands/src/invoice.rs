@@ -15,6 +15,8 @@ use crate::period::Period;
 use crate::postings::{Account, Journal, Posting, Side};
 use crate::tax::TaxBasis;
 
+mod provider;
+
 /// The most lines one invoice holds.
 pub const INVOICE_LINES_MAX: usize = 100;
 
@@ -279,6 +281,47 @@ pub struct Refund {
     pub requested_at: OffsetDateTime,
 }
 
+/// How a dispute ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DisputeOutcome {
+    /// The business won: withheld funds come back.
+    Won,
+    /// The cardholder won: the disputed amount is gone for good.
+    Lost,
+    /// An inquiry (no funds were withdrawn) was closed without a chargeback.
+    InquiryClosed,
+}
+
+/// A card network dispute of a charge of the invoice (a chargeback, or an
+/// inquiry before one), as the payment provider reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dispute {
+    /// The provider's dispute id (`dp_…`).
+    pub dispute_id: String,
+    /// The disputed charge.
+    pub charge_id: String,
+    /// The disputed amount.
+    pub amount: Money,
+    /// The network's reason code (`fraudulent`, `general`, …).
+    pub reason: String,
+    /// Withdrawn from the gateway balance and not reinstated (or lost): what
+    /// the card network holds now.
+    pub withheld: Money,
+    /// Whether the funds were withdrawn (once per dispute).
+    pub withdrawn: bool,
+    /// Whether withdrawn funds were reinstated.
+    pub reinstated: bool,
+    /// How it ended, once closed.
+    pub outcome: Option<DisputeOutcome>,
+    /// When it was opened.
+    pub opened_at: OffsetDateTime,
+}
+
+/// Why a refund made at the payment provider is recorded: its reason when it
+/// is one of [`REFUND_REASONS`], else this.
+pub const REFUND_REASON_UNSPECIFIED: &str = "unspecified";
+
 /// The first payment attempt of an invoice opened in one step.
 #[derive(Clone, Debug)]
 pub struct FirstAttempt {
@@ -414,6 +457,78 @@ pub enum InvoiceCommand {
         /// The gateway's refund id.
         refund_id: String,
         /// Now.
+        now: OffsetDateTime,
+    },
+    /// Record a payment the payment provider reports (its webhook): an
+    /// attempt's answer that was lost, or a payment that went through after
+    /// Recur recorded a decline (the customer authenticated it). Nothing when
+    /// the invoice is paid already.
+    RecordProviderPayment {
+        /// The attempt the provider's payment belongs to; the last one when
+        /// the provider does not say.
+        attempt_no: Option<u32>,
+        /// The provider's charge id.
+        charge_id: String,
+        /// What the provider collected: must be what the attempt asked.
+        amount: Money,
+        /// When it took effect (the provider's event time).
+        now: OffsetDateTime,
+    },
+    /// Record a refund the payment provider made: one of Recur's own whose
+    /// answer was lost (a pending refund of the same amount), or one made
+    /// behind Recur's back (the provider's dashboard). Nothing when its id is
+    /// recorded already.
+    RecordProviderRefund {
+        /// The provider's refund id.
+        refund_id: String,
+        /// Amount, tax included.
+        amount: Money,
+        /// The provider's reason (one of [`REFUND_REASONS`], else
+        /// [`REFUND_REASON_UNSPECIFIED`]).
+        reason: String,
+        /// When it took effect.
+        now: OffsetDateTime,
+    },
+    /// Record that a charge of the invoice is disputed (nothing when it is
+    /// recorded already).
+    OpenDispute {
+        /// The provider's dispute id.
+        dispute_id: String,
+        /// The disputed charge.
+        charge_id: String,
+        /// The disputed amount, in the invoice's currency.
+        amount: Money,
+        /// The network's reason code.
+        reason: String,
+        /// When it took effect.
+        now: OffsetDateTime,
+    },
+    /// The card network took the disputed amount back from the gateway
+    /// balance, and the provider charged its dispute fee (once per dispute).
+    WithdrawDisputedFunds {
+        /// The dispute.
+        dispute_id: String,
+        /// The provider's fee (in the currency it was charged in; zero if none).
+        fee: Money,
+        /// When it took effect.
+        now: OffsetDateTime,
+    },
+    /// The card network gave withdrawn funds back (once per dispute).
+    ReinstateDisputedFunds {
+        /// The dispute.
+        dispute_id: String,
+        /// The part of the fee given back (zero if none).
+        fee_returned: Money,
+        /// When it took effect.
+        now: OffsetDateTime,
+    },
+    /// The dispute ended (once).
+    CloseDispute {
+        /// The dispute.
+        dispute_id: String,
+        /// How.
+        outcome: DisputeOutcome,
+        /// When it took effect.
         now: OffsetDateTime,
     },
     /// Move deferred revenue of periods that have ended to revenue.
@@ -578,6 +693,66 @@ domain_events! {
             /// Refunds and tax against gateway balance.
             postings: Vec<Posting>,
         },
+        /// A charge of the invoice is disputed at the card network (a
+        /// chargeback, or an inquiry before one). No money moves yet.
+        DisputeOpened {
+            /// The provider's dispute id (`dp_…`).
+            dispute_id: String,
+            /// The disputed charge.
+            charge_id: String,
+            /// The disputed amount.
+            amount: Money,
+            /// The network's reason code (`fraudulent`, `general`, …).
+            reason: String,
+            /// When it took effect (the provider's event time).
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
+        /// The card network withdrew the disputed amount from the gateway
+        /// balance, and the provider charged its fee.
+        DisputeFundsWithdrawn {
+            /// The dispute.
+            dispute_id: String,
+            /// Withdrawn.
+            amount: Money,
+            /// The provider's dispute fee (zero if it reported none).
+            fee: Money,
+            /// When it took effect.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Disputed funds and dispute fees against gateway balance.
+            postings: Vec<Posting>,
+        },
+        /// The card network gave the withdrawn amount back (a dispute won).
+        DisputeFundsReinstated {
+            /// The dispute.
+            dispute_id: String,
+            /// Given back.
+            amount: Money,
+            /// The part of the fee given back (zero if none).
+            fee_returned: Money,
+            /// When it took effect.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Gateway balance against disputed funds (and dispute fees).
+            postings: Vec<Posting>,
+        },
+        /// The dispute ended: won, lost (the disputed amount is gone) or an
+        /// inquiry closed.
+        DisputeClosed {
+            /// The dispute.
+            dispute_id: String,
+            /// How.
+            outcome: DisputeOutcome,
+            /// Lost for good (zero unless lost).
+            amount_lost: Money,
+            /// When it took effect.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Lost: disputes against disputed funds (or against gateway
+            /// balance, when the funds were never recorded as withdrawn).
+            postings: Vec<Posting>,
+        },
         /// Deferred revenue of ended periods earned.
         RevenueRecognized {
             /// The lines recognised (indexes).
@@ -605,6 +780,10 @@ impl DomainEvent for InvoiceEvent {
             InvoiceEvent::RefundRequested { .. } => "RefundRequested",
             InvoiceEvent::InvoiceRefunded { .. } => "InvoiceRefunded",
             InvoiceEvent::RevenueRecognized { .. } => "RevenueRecognized",
+            InvoiceEvent::DisputeOpened { .. } => "DisputeOpened",
+            InvoiceEvent::DisputeFundsWithdrawn { .. } => "DisputeFundsWithdrawn",
+            InvoiceEvent::DisputeFundsReinstated { .. } => "DisputeFundsReinstated",
+            InvoiceEvent::DisputeClosed { .. } => "DisputeClosed",
         }
     }
 }
@@ -619,7 +798,10 @@ impl InvoiceEvent {
             | InvoiceEvent::InvoiceMarkedUncollectible { postings, .. }
             | InvoiceEvent::CreditNoteIssued { postings, .. }
             | InvoiceEvent::InvoiceRefunded { postings, .. }
-            | InvoiceEvent::RevenueRecognized { postings, .. } => postings,
+            | InvoiceEvent::RevenueRecognized { postings, .. }
+            | InvoiceEvent::DisputeFundsWithdrawn { postings, .. }
+            | InvoiceEvent::DisputeFundsReinstated { postings, .. }
+            | InvoiceEvent::DisputeClosed { postings, .. } => postings,
             _ => &[],
         }
     }
@@ -656,6 +838,8 @@ pub struct Invoice {
     pub refunds: Vec<Refund>,
     /// Credit notes so far.
     pub credit_notes: u32,
+    /// Disputes of its charges, oldest first.
+    pub disputes: Vec<Dispute>,
     /// Which lines' revenue is recognised.
     pub recognized: Vec<bool>,
     /// When drafted.
@@ -717,6 +901,13 @@ impl Invoice {
         left = left.checked_sub(self.amount_refunded.unwrap_or(self.zero()))?;
         for pending in self.pending_refunds() {
             left = left.checked_sub(pending.amount)?;
+        }
+        // A disputed amount cannot be refunded as well: the network holds it
+        // (or has given it to the cardholder).
+        for dispute in &self.disputes {
+            if dispute.withheld.currency() == left.currency() {
+                left = left.checked_sub(dispute.withheld)?;
+            }
         }
         Ok(left)
     }
@@ -1126,6 +1317,14 @@ impl Aggregate for Invoice {
                     postings,
                 }])
             }
+            provider @ (InvoiceCommand::RecordProviderPayment { .. }
+            | InvoiceCommand::RecordProviderRefund { .. }
+            | InvoiceCommand::OpenDispute { .. }
+            | InvoiceCommand::WithdrawDisputedFunds { .. }
+            | InvoiceCommand::ReinstateDisputedFunds { .. }
+            | InvoiceCommand::CloseDispute { .. }) => self
+                .decide_provider(&provider)
+                .unwrap_or_else(|| Ok(Vec::new())),
             InvoiceCommand::RecognizeRevenue { now } => {
                 let Some(totals) = &self.totals else {
                     return Ok(Vec::new());
@@ -1315,6 +1514,10 @@ impl Aggregate for Invoice {
                     }
                 }
             }
+            InvoiceEvent::DisputeOpened { .. }
+            | InvoiceEvent::DisputeFundsWithdrawn { .. }
+            | InvoiceEvent::DisputeFundsReinstated { .. }
+            | InvoiceEvent::DisputeClosed { .. } => self.evolve_dispute(event),
         }
     }
 }

@@ -17,8 +17,10 @@
 //! checks free text before it enters the ledger for good; [`privacy`] encrypts
 //! personal data under per-customer keys, so that erasing a customer is
 //! destroying its key; [`webhook`] keeps each delivered Stripe event once,
-//! encrypted; [`reconciliation`] compares the ledger's money at the provider
-//! with the provider's own record.
+//! encrypted, and the [`translator`] (a process manager fed by the ledger)
+//! turns what [`stripe_facts`] reads in them into billing commands through
+//! the billing service's [`provider`] side; [`reconciliation`] compares the
+//! ledger's money at the provider with the provider's own record.
 
 pub mod aggregate;
 pub mod billing;
@@ -36,13 +38,16 @@ pub mod period;
 pub mod personal_data;
 pub mod postings;
 pub mod privacy;
+pub mod provider;
 pub mod reconciliation;
 mod repository;
 pub mod scheduler;
+pub mod stripe_facts;
 pub mod subscription;
 pub mod tagged;
 pub mod tax;
 pub mod text;
+pub mod translator;
 pub mod webhook;
 
 pub use aggregate::{Aggregate, DomainEvent};

@@ -28,8 +28,14 @@ pub enum Account {
     Discounts,
     /// Refunds and credit notes given (contra-income).
     Refunds,
-    /// Disputed amounts taken back by the card network (contra-income).
+    /// Disputed amounts taken back by the card network (contra-income): a
+    /// dispute lost.
     Disputes,
+    /// Money the card network withheld for an open dispute (asset): back in the
+    /// gateway balance if it is won, moved to [`Account::Disputes`] if it is lost.
+    DisputedFunds,
+    /// The fees the payment provider charges for disputes (expense).
+    DisputeFees,
     /// Credit owed to customers, e.g. from a downgrade (liability).
     CustomerCredit,
     /// Receivables written off as uncollectible (expense).
@@ -47,6 +53,8 @@ impl fmt::Display for Account {
             Account::Discounts => f.write_str("discounts"),
             Account::Refunds => f.write_str("refunds"),
             Account::Disputes => f.write_str("disputes"),
+            Account::DisputedFunds => f.write_str("disputed_funds"),
+            Account::DisputeFees => f.write_str("dispute_fees"),
             Account::CustomerCredit => f.write_str("customer_credit"),
             Account::BadDebt => f.write_str("bad_debt"),
         }
@@ -76,6 +84,8 @@ impl FromStr for Account {
                 "discounts" => Ok(Account::Discounts),
                 "refunds" => Ok(Account::Refunds),
                 "disputes" => Ok(Account::Disputes),
+                "disputed_funds" => Ok(Account::DisputedFunds),
+                "dispute_fees" => Ok(Account::DisputeFees),
                 "customer_credit" => Ok(Account::CustomerCredit),
                 "bad_debt" => Ok(Account::BadDebt),
                 _ => Err(DomainError::InvalidField {

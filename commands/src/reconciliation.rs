@@ -414,6 +414,7 @@ fn ledger_movements_of(
     // Per invoice stream: attempt number → gateway, and the gateway that was paid.
     let mut gateways: BTreeMap<(&str, u32), &str> = BTreeMap::new();
     let mut paid_through: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut withdrawn: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
     let mut movements = Vec::new();
     let money = |amount: &recur_ledger::Money| -> Result<(i64, String), BillingError> {
         let minor = amount.to_minor().map_err(DomainError::from)?;
@@ -472,10 +473,104 @@ fn ledger_movements_of(
                     at: *at,
                 });
             }
+            InvoiceEvent::DisputeFundsWithdrawn {
+                dispute_id,
+                amount,
+                fee,
+                at,
+                ..
+            } if paid_through.get(stream) == Some(&provider) => {
+                withdrawn.insert(dispute_id.as_str());
+                let (amount_minor, currency) = money(amount)?;
+                movements.push(settled(
+                    MovementKind::Dispute,
+                    dispute_id,
+                    -amount_minor,
+                    currency,
+                    *at,
+                ));
+                let (fee_minor, fee_currency) = money(fee)?;
+                if fee_minor != 0 {
+                    movements.push(settled(
+                        MovementKind::DisputeFee,
+                        dispute_id,
+                        -fee_minor,
+                        fee_currency,
+                        *at,
+                    ));
+                }
+            }
+            InvoiceEvent::DisputeFundsReinstated {
+                dispute_id,
+                amount,
+                fee_returned,
+                at,
+                ..
+            } if paid_through.get(stream) == Some(&provider) => {
+                let (amount_minor, currency) = money(amount)?;
+                movements.push(settled(
+                    MovementKind::Dispute,
+                    dispute_id,
+                    amount_minor,
+                    currency,
+                    *at,
+                ));
+                let (fee_minor, fee_currency) = money(fee_returned)?;
+                if fee_minor != 0 {
+                    movements.push(settled(
+                        MovementKind::DisputeFee,
+                        dispute_id,
+                        fee_minor,
+                        fee_currency,
+                        *at,
+                    ));
+                }
+            }
+            // A dispute lost whose withdrawal was never reported: the money left
+            // the balance when it closed.
+            InvoiceEvent::DisputeClosed {
+                dispute_id,
+                amount_lost,
+                at,
+                ..
+            } if paid_through.get(stream) == Some(&provider)
+                && !withdrawn.contains(dispute_id.as_str()) =>
+            {
+                let (amount_minor, currency) = money(amount_lost)?;
+                if amount_minor != 0 {
+                    movements.push(settled(
+                        MovementKind::Dispute,
+                        dispute_id,
+                        -amount_minor,
+                        currency,
+                        *at,
+                    ));
+                }
+            }
             _ => {}
         }
     }
     Ok(movements)
+}
+
+/// A movement the ledger records as settled.
+fn settled(
+    kind: MovementKind,
+    object_id: &str,
+    amount_minor: i64,
+    currency: String,
+    at: OffsetDateTime,
+) -> Movement {
+    Movement {
+        kind,
+        object_id: object_id.to_owned(),
+        side: Side {
+            amount_minor,
+            currency,
+            status: "succeeded".to_owned(),
+        },
+        at,
+    }
 }
 
 impl Billing {
@@ -768,6 +863,82 @@ mod tests {
         ledger_edge.at = datetime!(2026-03-31 23:59:59 UTC);
         let (compared, found) = compare(&[ledger_edge], &theirs, FROM, TO);
         assert_eq!((compared, found), (1, vec![]));
+    }
+
+    #[test]
+    fn the_ledger_counts_only_its_provider_and_nets_disputes_like_the_balance() {
+        use crate::invoice::DisputeOutcome;
+        let usd = |a: &str| recur_ledger::Money::parse(a, "USD").unwrap();
+        let at = datetime!(2026-03-10 12:00 UTC);
+        let stripe = StreamId::parse("invoice-a").unwrap();
+        let simulated = StreamId::parse("invoice-b").unwrap();
+        let started = |gateway: &str| InvoiceEvent::PaymentAttemptStarted {
+            attempt_no: 1,
+            idempotency_key: "k".into(),
+            gateway: gateway.into(),
+            payment_method: Some("pm_1".into()),
+            amount: usd("97.00"),
+            due_at: None,
+            at,
+        };
+        let paid = |charge: &str| InvoiceEvent::PaymentSucceeded {
+            attempt_no: 1,
+            charge_id: charge.into(),
+            amount: usd("97.00"),
+            at,
+            postings: vec![],
+        };
+        let events = vec![
+            (stripe.clone(), started("stripe")),
+            (simulated.clone(), started("simulated")),
+            (stripe.clone(), paid("ch_a")),
+            (simulated.clone(), paid("ch_sim_000001")),
+            (
+                stripe.clone(),
+                InvoiceEvent::DisputeFundsWithdrawn {
+                    dispute_id: "du_1".into(),
+                    amount: usd("97.00"),
+                    fee: usd("15.00"),
+                    at,
+                    postings: vec![],
+                },
+            ),
+            (
+                stripe.clone(),
+                InvoiceEvent::DisputeClosed {
+                    dispute_id: "du_1".into(),
+                    outcome: DisputeOutcome::Lost,
+                    amount_lost: usd("97.00"),
+                    at,
+                    postings: vec![],
+                },
+            ),
+            // Lost without a reported withdrawal: the money left at the close.
+            (
+                stripe.clone(),
+                InvoiceEvent::DisputeClosed {
+                    dispute_id: "du_2".into(),
+                    outcome: DisputeOutcome::Lost,
+                    amount_lost: usd("10.00"),
+                    at,
+                    postings: vec![],
+                },
+            ),
+        ];
+        let movements = ledger_movements_of(&events, "stripe").unwrap();
+        let seen: Vec<(MovementKind, &str, i64)> = movements
+            .iter()
+            .map(|m| (m.kind, m.object_id.as_str(), m.side.amount_minor))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (MovementKind::Charge, "ch_a", 9_700),
+                (MovementKind::Dispute, "du_1", -9_700),
+                (MovementKind::DisputeFee, "du_1", -1_500),
+                (MovementKind::Dispute, "du_2", -1_000),
+            ]
+        );
     }
 
     #[test]

@@ -108,6 +108,12 @@ pub enum Command {
         #[command(subcommand)]
         command: CustomersCommand,
     },
+    /// Stripe: translate the kept webhooks into billing commands.
+    Stripe {
+        /// Which Stripe command.
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
     /// Manage API keys.
     Keys {
         /// Which key command.
@@ -364,6 +370,26 @@ pub enum CustomersCommand {
         #[command(flatten)]
         ledger: LedgerArgs,
         /// The master keys: the current one and the retired ones.
+        #[command(flatten)]
+        master_keys: MasterKeyArgs,
+    },
+}
+
+/// `recur stripe …`
+#[derive(Debug, Subcommand)]
+pub enum StripeCommand {
+    /// Run the Stripe translator over the Stripe events the webhook kept:
+    /// those after its checkpoint, or all of them with --from-start (a re-run
+    /// adds only what is missing). Prints what each event did. `recur serve`
+    /// runs the same translator after each webhook.
+    Translate {
+        /// Translate every kept Stripe event again, from the first.
+        #[arg(long)]
+        from_start: bool,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// The master keys (the Stripe events are kept encrypted).
         #[command(flatten)]
         master_keys: MasterKeyArgs,
     },

@@ -9,7 +9,8 @@
 //! - [`demo`]: `recur demo`, a simulated business on a test clock.
 //! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up, prove and
 //!   verify proofs; rebuild, relay, project; [`customer_cmd`]: erase a
-//!   customer's personal data, rewrap data keys.
+//!   customer's personal data, rewrap data keys; [`stripe_cmd`]: run the
+//!   Stripe translator over the kept webhooks.
 //! - [`seal_export`]: copies of the seals outside the database.
 
 pub mod cli;
@@ -21,3 +22,4 @@ pub mod projections_cmd;
 pub mod rekey;
 pub mod seal_export;
 pub mod serve;
+pub mod stripe_cmd;

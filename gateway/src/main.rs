@@ -5,6 +5,7 @@ use clap::Parser;
 use recur_bench::ledger::{self as ledger_bench, LedgerBenchOptions};
 use recur_gateway::cli::{
     BenchCommand, Cli, Command, CustomersCommand, KeysCommand, LedgerCommand, ProjectionsCommand,
+    StripeCommand,
 };
 use recur_gateway::config::{self, DatabaseUrl, LogArgs, LogFormat, WhenMissing};
 use recur_gateway::demo::{self, DemoOptions};
@@ -215,6 +216,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                         .context("customer rewrap-keys")?;
                 }
             }
+            Ok(0)
+        }
+        Command::Stripe {
+            command:
+                StripeCommand::Translate {
+                    from_start,
+                    ledger,
+                    master_keys,
+                },
+        } => {
+            recur_gateway::stripe_cmd::translate(&ledger, &master_keys, from_start)
+                .await
+                .context("stripe translate")?;
             Ok(0)
         }
         Command::Keys { command } => {

@@ -1,6 +1,7 @@
 //! `recur serve`: opens the ledger, billing, API keys, the in-process
-//! projections, the scheduler and (when configured) the relay, and serves the
-//! command API (`recur_api`) until SIGTERM or SIGINT, then drains.
+//! projections, the scheduler, the Stripe translator (with a webhook secret)
+//! and (when configured) the relay, and serves the command API (`recur_api`)
+//! until SIGTERM or SIGINT, then drains.
 
 use std::sync::Arc;
 
@@ -51,6 +52,9 @@ const PROJECTION_POLL_MS: u64 = 20;
 /// How long a stopping server waits for the requests in flight, and then for
 /// the scheduler's tick and the relay, before it exits anyway.
 pub const DRAIN_MS: u64 = 20_000;
+/// How often the Stripe translator looks for Stripe events kept by other
+/// processes (this process's webhook wakes it at once).
+const TRANSLATOR_POLL_MS: u64 = 2_000;
 /// Seconds between purges of expired idempotency answers.
 const PURGE_INTERVAL_S: u64 = 3_600;
 /// How long idempotency answers are kept, in hours (the promise is at least 24).
@@ -184,6 +188,10 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         });
     }
+    let stripe_kept = Arc::new(tokio::sync::Notify::new());
+    let translator = Arc::new(recur_commands::translator::Translator::new(Arc::clone(
+        &billing,
+    )));
     let limiter = Arc::new(recur_api::limits::Limiter::new(options.rate_limits));
     tokio::spawn(Arc::clone(&limiter).prune_forever());
     let state = Arc::new(AppState {
@@ -212,6 +220,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                     .collect()
             })
             .unwrap_or_default(),
+        stripe_kept: Arc::clone(&stripe_kept),
     });
     if *stopping.borrow() {
         tracing::info!("stopped during start-up; not serving");
@@ -241,6 +250,40 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                         code = error.code(),
                         "scheduler tick failed; next tick retries"
                     );
+                }
+            }
+        });
+    }
+    if !state.stripe_webhook_secrets.is_empty() {
+        // The Stripe translator, woken by each webhook kept (after its
+        // answer), and now and then for events other servers kept.
+        let mut stopping = stopping.clone();
+        background.spawn(async move {
+            let poll = std::time::Duration::from_millis(TRANSLATOR_POLL_MS);
+            loop {
+                // Registered before the run, so a webhook meanwhile still wakes us.
+                let kept = stripe_kept.notified();
+                tokio::pin!(kept);
+                kept.as_mut().enable();
+                match translator.run(false).await {
+                    Ok(report) if report.translated > 0 => tracing::info!(
+                        translated = report.translated,
+                        applied = report.applied,
+                        events_appended = report.events_appended,
+                        "Stripe events translated"
+                    ),
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(
+                        code = error.code(),
+                        %error,
+                        "Stripe translation failed; retried"
+                    ),
+                }
+                // A run once started is finished before the server stops.
+                tokio::select! {
+                    () = &mut kept => {}
+                    () = tokio::time::sleep(poll) => {}
+                    () = stopped(&mut stopping) => return,
                 }
             }
         });

@@ -10,6 +10,8 @@
 //!   ranges and [`Ledger::verify`] recomputes everything; [`Ledger::proof`] writes
 //!   one stream's [`Proof`], which [`Proof::verify`] checks offline.
 //! - [`Money`] is the one money type every crate uses.
+//! - [`Ledger::checkpoint`] and its kin keep how far each process manager that
+//!   follows the ledger (the Stripe translator) has worked.
 //! - [`Ledger::data_key`] and its kin keep the wrapped per-customer data keys that
 //!   encrypt personal data, and destroy them for good on erasure.
 //!
@@ -29,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod checkpoints;
 pub mod clock;
 pub mod data_keys;
 pub mod envelope;
@@ -49,6 +52,7 @@ pub mod subscription;
 pub mod upcast;
 pub mod verify;
 
+pub use checkpoints::Checkpoint;
 pub use clock::{Clock, SystemClock, TestClock};
 pub use data_keys::{DataKey, WrappedKey};
 pub use envelope::{

@@ -320,7 +320,11 @@ impl Projection for Customers {
                     CustomerEvent::PersonalDataErased { at, .. } => {
                         row.erased_at = at.format(&Rfc3339).unwrap_or_default();
                     }
-                    CustomerEvent::TaxLocationSet { .. } | CustomerEvent::ContactChanged { .. } => {
+                    // Not shown in the list (the dunning issue will act on
+                    // an expiring card).
+                    CustomerEvent::TaxLocationSet { .. }
+                    | CustomerEvent::ContactChanged { .. }
+                    | CustomerEvent::CardExpiring { .. } => {
                         return Ok(());
                     }
                 }

@@ -1,7 +1,8 @@
 //! /webhooks/stripe: Stripe's deliveries, verified and kept once each.
 //!
 //! The answer is quick and says only whether the delivery was kept: what the
-//! event means for billing is worked out afterwards, from the ledger.
+//! event means for billing is worked out afterwards, from the ledger, by the
+//! translator this route wakes ([`recur_commands::translator`]).
 //! Refusals: a missing, malformed, stale or unmatched `Stripe-Signature`, and a
 //! body that is not a Stripe event, are 400 with nothing stored; a body over
 //! [`WEBHOOK_BODY_BYTES_MAX`] is 413 (nothing is read or stored for either). Out-of-order deliveries, unknown types and
@@ -175,7 +176,12 @@ pub async fn stripe(
         state.billing.ingest_stripe_event(delivery, &raw),
     )
     .await;
-    let receipt = match ingested? {
+    let ingested = ingested?;
+    if matches!(ingested, Ingested::New(_)) {
+        // The translation happens after this answer, in the background.
+        state.stripe_kept.notify_one();
+    }
+    let receipt = match ingested {
         Ingested::New(position) => WebhookReceipt {
             object: "webhook_receipt",
             id,

@@ -1,0 +1,510 @@
+//! What the payment provider reports, applied by the billing service: the
+//! edge where the Stripe translator's decisions meet the aggregates. Each
+//! operation loads what it needs, asks the aggregates to decide (pure, each a
+//! no-op when done already) and appends; each answers what it did, or why it
+//! did nothing — a report about something Recur does not know, or cannot
+//! take, is never an error.
+//!
+//! Everything here runs inside the translator's keyed scope (one per Stripe
+//! event), so a repeated translation finds what it appended before.
+
+use recur_ledger::{Money, Source};
+use time::OffsetDateTime;
+
+use crate::billing::{Billing, contact_stream, metadata};
+use crate::customer::{Contact, ContactDetails, Customer, CustomerCommand, Segment};
+use crate::error::{BillingError, DomainError};
+use crate::ids::{CustomerId, InvoiceId};
+use crate::invoice::{BillingReason, ChargeOutcome, DisputeOutcome, InvoiceCommand, InvoiceStatus};
+use crate::stripe_facts::{ContactPatch, StripeCard};
+use crate::subscription::SubscriptionCommand;
+
+/// Where the commands of a provider's report come from.
+const SOURCE: Source = Source::Webhook;
+
+/// What applying a provider's report did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Commands were decided and their events are in the ledger (appended
+    /// now, or found from an earlier translation of the same report).
+    Applied,
+    /// Nothing to do, for this reason (a stable code: `unknown_invoice`,
+    /// `already_paid`, `outcome_recorded`, …).
+    Nothing(&'static str),
+}
+
+/// A refund as the provider reports it, in the invoice's money.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedRefund {
+    /// The provider's refund id (or, when the provider did not list its
+    /// refunds, the id of its event that reported the amount).
+    pub refund_id: String,
+    /// Amount, tax included.
+    pub amount: Money,
+    /// The provider's reason, if any.
+    pub reason: Option<String>,
+}
+
+/// A dispute's stage as the provider reports it, in the invoice's money
+/// (the fees in whatever currency the provider charged them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReportedDispute {
+    /// `dp_…`.
+    pub dispute_id: String,
+    /// The disputed charge.
+    pub charge_id: String,
+    /// The disputed amount.
+    pub amount: Money,
+    /// The network's reason code.
+    pub reason: String,
+    /// Funds were withdrawn (a chargeback, not an inquiry) by this stage.
+    pub withdrawn: bool,
+    /// The fee withdrawn (zero when none is reported).
+    pub fee: Money,
+    /// Funds were reinstated at this stage.
+    pub reinstated: bool,
+    /// The fee given back (zero when none is reported).
+    pub fee_returned: Money,
+    /// How it ended, when this stage closes it.
+    pub outcome: Option<DisputeOutcome>,
+}
+
+/// A refusal of the domain is a report Recur cannot take: nothing, with its code.
+fn refused(result: Result<Effect, BillingError>) -> Result<Effect, BillingError> {
+    match result {
+        Err(BillingError::Domain(error)) => Ok(Effect::Nothing(error.code())),
+        other => other,
+    }
+}
+
+impl Billing {
+    /// The invoice, or None when Recur has none of that id.
+    async fn reported_invoice(
+        &self,
+        id: InvoiceId,
+    ) -> Result<Option<crate::invoice::Invoice>, BillingError> {
+        match self.invoice(id).await {
+            Ok(invoice) => Ok(Some(invoice)),
+            Err(BillingError::Domain(DomainError::NotFound { .. })) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The provider says an attempt's charge was declined: recorded as the
+    /// attempt's outcome when Recur did not hear it (its answer was lost), and
+    /// then dunning goes on as for any decline (the retry scheduled by the
+    /// policy, the subscription past due, the invoice written off when the
+    /// policy is spent). Nothing when the attempt's outcome is recorded, or
+    /// the invoice is not open (a failure reported after the success never
+    /// un-pays it).
+    ///
+    /// # Errors
+    /// Ledger errors (the translation is tried again).
+    pub async fn provider_payment_failed(
+        &self,
+        id: InvoiceId,
+        attempt_no: Option<u32>,
+        decline_code: &str,
+        message: &str,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        let Some(invoice) = self.reported_invoice(id).await? else {
+            return Ok(Effect::Nothing("unknown_invoice"));
+        };
+        match invoice.status {
+            InvoiceStatus::Open => {}
+            InvoiceStatus::Paid => return Ok(Effect::Nothing("already_paid")),
+            _ => return Ok(Effect::Nothing("invoice_not_open")),
+        }
+        let attempt = match attempt_no {
+            Some(no) => invoice.attempts.iter().find(|a| a.attempt_no == no),
+            None => invoice.pending_attempt(),
+        };
+        let Some(attempt) = attempt.cloned() else {
+            return Ok(Effect::Nothing("no_such_attempt"));
+        };
+        if attempt.outcome.is_some() {
+            return Ok(Effect::Nothing("outcome_recorded"));
+        }
+        let Some(customer_id) = invoice.customer_id else {
+            return Ok(Effect::Nothing("unknown_customer"));
+        };
+        let customer = self.customer(customer_id).await?;
+        // As for a decline Recur heard itself (Billing::collect): the policy of
+        // the customer's segment, trial invoices by the trial policy, retries
+        // timed from when the attempt was due.
+        let segment = match (customer.segment, invoice.reason) {
+            (Segment::HighValue, _) => Segment::HighValue,
+            (_, Some(BillingReason::SubscriptionCreate)) => Segment::Trial,
+            (segment, _) => segment,
+        };
+        let failed_before = invoice
+            .attempts
+            .iter()
+            .filter(|a| matches!(a.outcome, Some(ChargeOutcome::Declined { .. })))
+            .count();
+        let failed_at = attempt.effective_at();
+        let next_retry_at =
+            self.retry_policy()
+                .next_retry_at(segment, failed_before + 1, failed_at);
+        let outcome = ChargeOutcome::Declined {
+            decline_code: decline_code.to_owned(),
+            message: message.to_owned(),
+        };
+        let recorded = self
+            .invoice_command(id, SOURCE, |_| InvoiceCommand::RecordOutcome {
+                attempt_no: attempt.attempt_no,
+                outcome: outcome.clone(),
+                next_retry_at,
+                now,
+            })
+            .await?
+            .state;
+        if recorded.status == InvoiceStatus::Paid {
+            self.settled(&recorded, SOURCE).await?;
+            return Ok(Effect::Applied);
+        }
+        if let Some(sub_id) = recorded.subscription_id {
+            self.subscription_command(sub_id, SOURCE, |_| {
+                SubscriptionCommand::RecordPaymentFailed {
+                    invoice_id: id,
+                    at: failed_at,
+                }
+            })
+            .await?;
+        }
+        if next_retry_at.is_none() {
+            self.give_up(&recorded, failed_at, SOURCE).await?;
+        }
+        Ok(Effect::Applied)
+    }
+
+    /// The provider says a payment of the invoice went through: recorded (an
+    /// attempt's answer that was lost, or a payment after a decline Recur
+    /// recorded), and the subscription told. Nothing when it is paid already.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn provider_payment_succeeded(
+        &self,
+        id: InvoiceId,
+        attempt_no: Option<u32>,
+        charge_id: &str,
+        amount: Money,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        let Some(invoice) = self.reported_invoice(id).await? else {
+            return Ok(Effect::Nothing("unknown_invoice"));
+        };
+        if invoice.status == InvoiceStatus::Paid {
+            return Ok(Effect::Nothing("already_paid"));
+        }
+        refused(
+            async {
+                let recorded = self
+                    .invoice_command(id, SOURCE, |_| InvoiceCommand::RecordProviderPayment {
+                        attempt_no,
+                        charge_id: charge_id.to_owned(),
+                        amount,
+                        now,
+                    })
+                    .await?
+                    .state;
+                if recorded.status == InvoiceStatus::Paid {
+                    self.settled(&recorded, SOURCE).await?;
+                }
+                Ok(Effect::Applied)
+            }
+            .await,
+        )
+    }
+
+    /// The provider says the invoice's charge was refunded: each refund not
+    /// recorded yet is (Recur's own whose answer was lost, or one made in the
+    /// provider's dashboard); Recur's recorded refunds add nothing.
+    /// `refunded_total` is what the provider says is refunded in all, for
+    /// when it does not list its refunds: what no recorded or pending refund
+    /// accounts for is recorded as one refund named `unlisted_id`.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn provider_refunds(
+        &self,
+        id: InvoiceId,
+        refunds: Option<Vec<ReportedRefund>>,
+        refunded_total: Money,
+        unlisted_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        let Some(invoice) = self.reported_invoice(id).await? else {
+            return Ok(Effect::Nothing("unknown_invoice"));
+        };
+        let refunds = match refunds {
+            Some(listed) => listed,
+            None => {
+                let zero = Money::zero(refunded_total.currency());
+                let unaccounted = invoice
+                    .pending_refunds()
+                    .try_fold(invoice.amount_refunded.unwrap_or(zero), |sum, pending| {
+                        sum.checked_add(pending.amount)
+                    })
+                    .and_then(|accounted| refunded_total.checked_sub(accounted));
+                let unaccounted = match unaccounted {
+                    Ok(amount) => amount,
+                    Err(error) => return Ok(Effect::Nothing(DomainError::from(error).code())),
+                };
+                if !unaccounted.is_positive() {
+                    return Ok(Effect::Nothing("refunds_recorded"));
+                }
+                vec![ReportedRefund {
+                    refund_id: unlisted_id.to_owned(),
+                    amount: unaccounted,
+                    reason: None,
+                }]
+            }
+        };
+        let mut effect = Effect::Nothing("refunds_recorded");
+        for refund in refunds {
+            let done = refused(
+                self.invoice_command(id, SOURCE, |_| InvoiceCommand::RecordProviderRefund {
+                    refund_id: refund.refund_id.clone(),
+                    amount: refund.amount,
+                    reason: refund.reason.clone().unwrap_or_default(),
+                    now,
+                })
+                .await
+                .map(|executed| {
+                    if executed.events.is_empty() {
+                        Effect::Nothing("refunds_recorded")
+                    } else {
+                        Effect::Applied
+                    }
+                }),
+            )?;
+            match (&effect, done) {
+                (_, Effect::Applied) => effect = Effect::Applied,
+                (Effect::Nothing("refunds_recorded"), Effect::Nothing(reason)) => {
+                    effect = Effect::Nothing(reason);
+                }
+                _ => {}
+            }
+        }
+        Ok(effect)
+    }
+
+    /// A dispute's stage: the dispute recorded when new, then its funds
+    /// withdrawn, reinstated, or its end — each once.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn provider_dispute(
+        &self,
+        id: InvoiceId,
+        dispute: &ReportedDispute,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        if self.reported_invoice(id).await?.is_none() {
+            return Ok(Effect::Nothing("unknown_invoice"));
+        }
+        refused(
+            async {
+                let mut commands = vec![InvoiceCommand::OpenDispute {
+                    dispute_id: dispute.dispute_id.clone(),
+                    charge_id: dispute.charge_id.clone(),
+                    amount: dispute.amount,
+                    reason: dispute.reason.clone(),
+                    now,
+                }];
+                if dispute.withdrawn {
+                    commands.push(InvoiceCommand::WithdrawDisputedFunds {
+                        dispute_id: dispute.dispute_id.clone(),
+                        fee: dispute.fee,
+                        now,
+                    });
+                }
+                if dispute.reinstated {
+                    commands.push(InvoiceCommand::ReinstateDisputedFunds {
+                        dispute_id: dispute.dispute_id.clone(),
+                        fee_returned: dispute.fee_returned,
+                        now,
+                    });
+                }
+                if let Some(outcome) = dispute.outcome {
+                    commands.push(InvoiceCommand::CloseDispute {
+                        dispute_id: dispute.dispute_id.clone(),
+                        outcome,
+                        now,
+                    });
+                }
+                for command in commands {
+                    self.invoice_command(id, SOURCE, |_| command.clone())
+                        .await?;
+                }
+                Ok(Effect::Applied)
+            }
+            .await,
+        )
+    }
+
+    /// The provider's customer changed its contact details: they replace what
+    /// changed of the Recur customer's, encrypted under its data key, like a
+    /// change through the API. Nothing when the result lacks a name or an
+    /// email, is invalid, or is unchanged, or when the customer was erased.
+    /// Personal data never reaches a log.
+    ///
+    /// # Errors
+    /// [`BillingError::NoMasterKey`], [`BillingError::Privacy`]; ledger errors.
+    pub async fn provider_contact(
+        &self,
+        id: CustomerId,
+        patch: &ContactPatch,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        if patch.is_empty() {
+            return Ok(Effect::Nothing("contact_unchanged"));
+        }
+        let customer = match self.customer(id).await {
+            Ok(customer) => customer,
+            Err(BillingError::Domain(DomainError::NotFound { .. })) => {
+                return Ok(Effect::Nothing("unknown_customer"));
+            }
+            Err(error) => return Err(error),
+        };
+        if customer.erased_at.is_some() {
+            return Ok(Effect::Nothing("personal_data_erased"));
+        }
+        let current = self.contact(id).await?;
+        let (Some(name), Some(email)) = (
+            patch
+                .name
+                .clone()
+                .or_else(|| current.as_ref().map(|c| c.name.clone())),
+            patch
+                .email
+                .clone()
+                .or_else(|| current.as_ref().map(|c| c.email.clone())),
+        ) else {
+            return Ok(Effect::Nothing("contact_incomplete"));
+        };
+        let details = ContactDetails {
+            name,
+            email,
+            phone: match &patch.phone {
+                Some(phone) => phone.clone(),
+                None => current.as_ref().and_then(|c| c.phone.clone()),
+            },
+        };
+        if details.validate().is_err() {
+            return Ok(Effect::Nothing("contact_invalid"));
+        }
+        if current.as_ref() == Some(&details) {
+            return Ok(Effect::Nothing("contact_unchanged"));
+        }
+        refused(
+            async {
+                // The customer's stream first, as for a change through the API:
+                // its version guards contact changes.
+                self.customer_command(id, SOURCE, |_| CustomerCommand::MarkContactChanged { now })
+                    .await?;
+                let encrypted = self.encrypt_contact(id, &details).await?;
+                self.repo
+                    .execute::<Contact, _>(&contact_stream(id)?, &metadata(SOURCE), |_| {
+                        Ok(encrypted.clone())
+                    })
+                    .await?;
+                Ok(Effect::Applied)
+            }
+            .await,
+        )
+    }
+
+    /// The card network updated the card on file (new expiry, last4 or
+    /// brand, same token): recorded as the card on file. Nothing when it is
+    /// not the card on file, or is older than what is on file (a late event).
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn provider_card_updated(
+        &self,
+        id: CustomerId,
+        card: &StripeCard,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        let Some(customer) = self.reported_customer(id).await? else {
+            return Ok(Effect::Nothing("unknown_customer"));
+        };
+        let Some(on_file) = customer.payment_method else {
+            return Ok(Effect::Nothing("no_card_on_file"));
+        };
+        if on_file.token != card.id {
+            return Ok(Effect::Nothing("not_the_card_on_file"));
+        }
+        if (card.exp_year, card.exp_month) < (on_file.exp_year, on_file.exp_month) {
+            return Ok(Effect::Nothing("older_than_the_card_on_file"));
+        }
+        // Built from the card on file: only what the network changed changes.
+        let method = crate::customer::PaymentMethod {
+            brand: card.brand.clone(),
+            last4: card.last4.clone(),
+            exp_month: card.exp_month,
+            exp_year: card.exp_year,
+            ..on_file
+        };
+        refused(
+            self.customer_command(id, SOURCE, |_| CustomerCommand::AttachPaymentMethod {
+                method: method.clone(),
+                now,
+            })
+            .await
+            .map(|executed| {
+                if executed.events.is_empty() {
+                    Effect::Nothing("card_unchanged")
+                } else {
+                    Effect::Applied
+                }
+            }),
+        )
+    }
+
+    /// The provider says a saved card expires soon: noted on the customer
+    /// ([`crate::customer::CustomerEvent::CardExpiring`]) when it is the card
+    /// on file.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn provider_card_expiring(
+        &self,
+        id: CustomerId,
+        card: &StripeCard,
+        now: OffsetDateTime,
+    ) -> Result<Effect, BillingError> {
+        if self.reported_customer(id).await?.is_none() {
+            return Ok(Effect::Nothing("unknown_customer"));
+        }
+        refused(
+            self.customer_command(id, SOURCE, |_| CustomerCommand::NoteCardExpiring {
+                token: card.id.clone(),
+                last4: card.last4.clone(),
+                exp_month: card.exp_month,
+                exp_year: card.exp_year,
+                now,
+            })
+            .await
+            .map(|executed| {
+                if executed.events.is_empty() {
+                    Effect::Nothing("not_the_card_on_file")
+                } else {
+                    Effect::Applied
+                }
+            }),
+        )
+    }
+
+    async fn reported_customer(&self, id: CustomerId) -> Result<Option<Customer>, BillingError> {
+        match self.customer(id).await {
+            Ok(customer) => Ok(Some(customer)),
+            Err(BillingError::Domain(DomainError::NotFound { .. })) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+}
