@@ -114,11 +114,49 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Stripe: the catalog sync (needs a build with `--features stripe`, and
+    /// STRIPE_SECRET_KEY; STRIPE_API_BASE for another API base).
+    Stripe {
+        /// Which Stripe command.
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
     /// Measure Recur against its baselines; prints JSON lines.
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+/// The payment gateway `recur serve` charges through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum GatewayKind {
+    /// In memory, following Stripe's test cards: nothing leaves the machine.
+    #[default]
+    Simulated,
+    /// Stripe (STRIPE_SECRET_KEY; a build with `--features stripe`).
+    Stripe,
+}
+
+/// `recur stripe …`
+#[derive(Debug, Subcommand)]
+pub enum StripeCommand {
+    /// Create a Stripe product per plan and a price per price of the ledger's
+    /// catalog, where missing (found again by product id `recur_<plan>` and
+    /// price lookup_key = Recur's price id: a second run creates nothing).
+    /// Exit 1 when a Stripe price differs from Recur's (left as it is).
+    SyncCatalog {
+        /// The ledger whose catalog is synced (it must exist, unless --create).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Make the ledger if its SQLite file does not exist (it then holds
+        /// the default catalog).
+        #[arg(long)]
+        create: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -193,6 +231,11 @@ pub struct ServeArgs {
     /// Rate limits per API key and per client address.
     #[command(flatten)]
     pub rate_limits: RateLimitArgs,
+    /// The payment gateway: simulated (default: Stripe's test cards in
+    /// memory) or stripe (STRIPE_SECRET_KEY, STRIPE_API_BASE; a build with
+    /// `--features stripe`).
+    #[arg(long, value_enum, env = "RECUR_GATEWAY", default_value_t = GatewayKind::Simulated)]
+    pub gateway: GatewayKind,
 }
 
 /// `recur ledger …`

@@ -11,6 +11,8 @@
 //!   verify proofs; rebuild, relay, project; [`customer_cmd`]: erase a
 //!   customer's personal data, rewrap data keys.
 //! - [`seal_export`]: copies of the seals outside the database.
+//! - [`stripe_cmd`]: the payment gateway of `recur serve --gateway`, and
+//!   `recur stripe sync-catalog` (Stripe: the cargo feature `stripe`).
 
 pub mod cli;
 pub mod config;
@@ -21,3 +23,4 @@ pub mod projections_cmd;
 pub mod rekey;
 pub mod seal_export;
 pub mod serve;
+pub mod stripe_cmd;
