@@ -641,6 +641,28 @@ impl DomainEvent for AccessEvent {
 mod tests {
     use super::*;
 
+    /// Events written before `provider_customer` existed read as they did, and
+    /// a card without one is written byte for byte as before.
+    #[test]
+    fn a_card_without_a_provider_customer_is_stored_as_before() {
+        let before = r#"{"type":"PaymentMethodAttached","method":{"token":"pm_card_visa","brand":"visa","last4":"4242","exp_month":12,"exp_year":2030}}"#;
+        let event: CustomerEvent = serde_json::from_str(before)
+            .map_err(|e| e.to_string())
+            .expect("an old event");
+        let CustomerEvent::PaymentMethodAttached { method } = &event else {
+            panic!("{event:?}");
+        };
+        assert_eq!(method.provider_customer, None);
+        assert_eq!(serde_json::to_string(&event).ok().as_deref(), Some(before));
+        let mut linked = method.clone();
+        linked.provider_customer = Some("cus_123".into());
+        let written = serde_json::to_string(&linked).unwrap_or_default();
+        assert!(
+            written.contains(r#""provider_customer":"cus_123""#),
+            "{written}"
+        );
+    }
+
     #[test]
     fn card_numbers_are_recognised_with_or_without_separators() {
         assert!(looks_like_card_number("4242424242424242"));

@@ -172,10 +172,12 @@ impl From<crate::payment::CardError> for DomainError {
             crate::payment::CardError::Declined { decline_code } => {
                 DomainError::CardDeclined { decline_code }
             }
-            crate::payment::CardError::UnknownCard => DomainError::InvalidField {
-                field: "token",
-                reason: error.to_string(),
-            },
+            crate::payment::CardError::UnknownCard | crate::payment::CardError::Rejected { .. } => {
+                DomainError::InvalidField {
+                    field: "token",
+                    reason: error.to_string(),
+                }
+            }
         }
     }
 }

@@ -31,6 +31,13 @@ pub enum CardError {
     /// Not a card number the simulated gateway knows.
     #[error("unknown test card: use one of Stripe's test card numbers")]
     UnknownCard,
+    /// The provider refused the token itself (no such payment method, one of
+    /// another account, not a card): the client's mistake, not a decline.
+    #[error("the payment provider refused the token: {reason}")]
+    Rejected {
+        /// What the provider said.
+        reason: String,
+    },
 }
 
 /// A card to put on file with the provider, by token (never a card number).

@@ -319,6 +319,27 @@ impl PaymentGateway for StripeGateway {
                 Ok(method) => Ok(Ok(method)),
                 Err(error) => match error.card_decline_code() {
                     Some(decline_code) => Ok(Err(CardError::Declined { decline_code })),
+                    // 400/404: no such payment method, one of another account,
+                    // already attached elsewhere — the token is at fault.
+                    None if matches!(
+                        error,
+                        StripeError::Api {
+                            status: 400 | 404,
+                            ..
+                        }
+                    ) =>
+                    {
+                        let reason = match &error {
+                            StripeError::Api { code, message, .. } => format!(
+                                "{}{message}",
+                                code.as_deref()
+                                    .map(|c| format!("{c}: "))
+                                    .unwrap_or_default()
+                            ),
+                            other => other.to_string(),
+                        };
+                        Ok(Err(CardError::Rejected { reason }))
+                    }
                     // Anything else (an unknown token, Stripe down, a key
                     // without the right): the card is not on file; say why.
                     None => {

@@ -386,3 +386,18 @@ async fn stripe_out_of_reach_is_gateway_unavailable_and_retryable() {
     let attached = gateway.attach_payment_method(&attach_request(method)).await;
     assert!(attached.is_err(), "{attached:?}");
 }
+
+#[tokio::test]
+async fn a_token_stripe_does_not_know_is_rejected_not_an_outage() {
+    let gateway = gateway();
+    let mut method = card(&gateway, "4242424242424242").await;
+    method.token = format!("pm_missing{}", Uuid::now_v7().simple());
+    let answer = gateway
+        .attach_payment_method(&attach_request(method))
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Err(CardError::Rejected { .. })),
+        "{answer:?}"
+    );
+}
