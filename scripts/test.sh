@@ -21,6 +21,11 @@
 #                              runs, and testing this script).
 #   RECUR_TEST_NATS=0          do not provide NATS (NATS_URL); by default it is
 #                              found or started like PostgreSQL (the relay tests need it).
+#   RECUR_TEST_STRIPE=0        do not provide the local Stripe fake (STRIPE_API_BASE,
+#                              STRIPE_SECRET_KEY); by default localstripe is installed
+#                              in a venv under target/ and our launcher
+#                              (scripts/localstripe/launcher.py) is started on
+#                              127.0.0.1 for the Stripe tests, and stopped on exit.
 #   RECUR_TEST_CMD='...'       run this bash command instead of the cargo
 #                              commands, with DATABASE_URL (and NATS_URL)
 #                              exported. For testing this script itself, e.g.
@@ -42,6 +47,7 @@ WORK_DIR=""     # temp dir holding the throwaway servers' data, sockets, logs
 PG_BIN=""       # bin dir of the PostgreSQL we start (Debian keeps it off PATH)
 PG_DATA=""      # set just before our throwaway postgres is started
 NATS_PID=""     # set once our throwaway nats-server has been started
+STRIPE_PID=""   # set once our localstripe launcher has been started
 
 cleanup() {
     local rc=$?
@@ -54,6 +60,10 @@ cleanup() {
     if [[ -n $NATS_PID ]]; then
         kill "$NATS_PID" 2>/dev/null
         wait "$NATS_PID" 2>/dev/null
+    fi
+    if [[ -n $STRIPE_PID ]]; then
+        kill "$STRIPE_PID" 2>/dev/null
+        wait "$STRIPE_PID" 2>/dev/null
     fi
     if [[ -n $WORK_DIR ]]; then
         rm -rf -- "$WORK_DIR"
@@ -292,11 +302,61 @@ ensure_nats() {
     log "started throwaway nats-server on 127.0.0.1:$port"
 }
 
+# --- localstripe (the Stripe tests; RECUR_TEST_STRIPE=0 skips providing it) -
+
+LOCALSTRIPE_VERSION=1.15.10
+LOCALSTRIPE_VENV=target/localstripe-venv
+
+# True if the launcher answers an authenticated API call on 127.0.0.1:$1.
+stripe_answers() {
+    "$LOCALSTRIPE_VENV/bin/python" - "$1" <<'PY' 2>/dev/null
+import sys, urllib.request
+request = urllib.request.Request(
+    'http://127.0.0.1:%s/v1/balance' % sys.argv[1],
+    headers={'Authorization': 'Bearer sk_test_recur'})
+urllib.request.urlopen(request, timeout=2).read()
+PY
+}
+
+ensure_stripe() {
+    local port i
+    if [[ ! -x $LOCALSTRIPE_VENV/bin/python ]] \
+        || ! "$LOCALSTRIPE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('localstripe') != '$LOCALSTRIPE_VERSION')" 2>/dev/null; then
+        log "installing localstripe $LOCALSTRIPE_VERSION into $LOCALSTRIPE_VENV"
+        if ! python3 -m venv "$LOCALSTRIPE_VENV" 2>/dev/null; then
+            apt_install python3-venv
+            python3 -m venv "$LOCALSTRIPE_VENV"
+        fi
+        "$LOCALSTRIPE_VENV/bin/pip" install -q "localstripe==$LOCALSTRIPE_VERSION" \
+            || die "pip could not install localstripe==$LOCALSTRIPE_VERSION"
+    fi
+    ensure_work_dir
+    port=$(free_port 58420)
+    "$LOCALSTRIPE_VENV/bin/python" scripts/localstripe/launcher.py --port "$port" \
+        >"$WORK_DIR/localstripe.log" 2>&1 &
+    STRIPE_PID=$!
+    # Wait up to ~20s for it to answer, giving up early if it died.
+    for ((i = 0; i < 100; i++)); do
+        stripe_answers "$port" && break
+        kill -0 "$STRIPE_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if ! stripe_answers "$port"; then
+        tail -n 30 "$WORK_DIR/localstripe.log" >&2 || true
+        die "the localstripe launcher failed to start on port $port"
+    fi
+    export STRIPE_API_BASE=http://127.0.0.1:$port
+    # A test key for the fake: never a real account's.
+    export STRIPE_SECRET_KEY=sk_test_recur
+    log "started localstripe $LOCALSTRIPE_VERSION (scripts/localstripe/launcher.py) on 127.0.0.1:$port"
+}
+
 # --- main ------------------------------------------------------------------
 
 if [[ -n ${RECUR_TEST_CMD:-} ]]; then
     ensure_pg
     if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
+    if [[ ${RECUR_TEST_STRIPE:-1} == 1 ]]; then ensure_stripe; fi
     log "RECUR_TEST_CMD set: running it instead of cargo"
     bash -c "$RECUR_TEST_CMD"
     exit
@@ -326,13 +386,19 @@ cargo fmt --all -- --check
 ensure_pg
 ensure_backup_tools
 if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
-cargo clippy --workspace --all-targets --locked -- -D warnings
+if [[ ${RECUR_TEST_STRIPE:-1} == 1 ]]; then ensure_stripe; fi
+# The Stripe gateway is a cargo feature of the `recur` binary, off by default
+# (its build is long); the suite builds, lints and tests it.
+FEATURES=(--features recur-gateway/stripe)
+cargo clippy --workspace --all-targets --locked "${FEATURES[@]}" -- -D warnings
+# …and the lean build without it (its "built without Stripe support" paths).
+cargo clippy -p recur-gateway --all-targets --locked -- -D warnings
 # The suite's status becomes the script's (the EXIT trap preserves it). Cargo
 # closes on the last test binary's own line (often a crate with no doc tests),
 # so a total for the whole suite is printed last.
 test_log=$(mktemp /tmp/recur-cargo-test.XXXXXX)
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$test_log"
+cargo test --workspace --locked "${FEATURES[@]}" "$@" 2>&1 | tee "$test_log"
 status=${PIPESTATUS[0]}
 if [[ $status == 0 ]]; then
     # The API contract, by independent tools against a running `recur serve`.

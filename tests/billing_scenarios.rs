@@ -880,6 +880,7 @@ async fn bad_input_gets_typed_errors_and_writes_nothing() {
         last4: "4242".into(),
         exp_month: 12,
         exp_year: 2030,
+        provider_customer: None,
     };
     assert_eq!(
         w.billing

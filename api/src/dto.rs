@@ -181,6 +181,8 @@ impl From<PaymentMethodDto> for PaymentMethod {
             last4: v.last4,
             exp_month: v.exp_month,
             exp_year: v.exp_year,
+            // Set by the gateway when it attaches the card, never by a client.
+            provider_customer: None,
         }
     }
 }

@@ -986,6 +986,7 @@ mod tests {
                         last4: "4242".into(),
                         exp_month: 3,
                         exp_year: 2030,
+                        provider_customer: None,
                     },
                 },
                 CustomerEvent::SegmentSet {

@@ -19,8 +19,11 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use recur_commands::PaymentGateway;
+use recur_commands::customer::PaymentMethod;
 use recur_commands::invoice::ChargeOutcome;
-use recur_commands::payment::{ChargeRequest, GatewayFuture, RefundRequest};
+use recur_commands::payment::{
+    AttachRequest, CardError, ChargeRequest, GatewayFuture, RefundRequest,
+};
 use recur_commands::scheduler::TickReport;
 
 /// The content type of the exposition.
@@ -538,6 +541,13 @@ impl CountingGateway {
 impl PaymentGateway for CountingGateway {
     fn name(&self) -> &'static str {
         self.inner.name()
+    }
+
+    fn attach_payment_method<'a>(
+        &'a self,
+        request: &'a AttachRequest,
+    ) -> GatewayFuture<'a, Result<PaymentMethod, CardError>> {
+        self.inner.attach_payment_method(request)
     }
 
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, ChargeOutcome> {

@@ -23,7 +23,7 @@ use crate::invoice::{
     BillingReason, ChargeOutcome, FirstAttempt, Invoice, InvoiceCommand, InvoiceRequest,
     InvoiceStatus, Line, LineKind, compute_totals,
 };
-use crate::payment::{ChargeRequest, PaymentGateway, RefundRequest};
+use crate::payment::{AttachRequest, ChargeRequest, PaymentGateway, RefundRequest};
 use crate::privacy::Vault;
 use crate::repository::{Executed, Repository, decode};
 use crate::subscription::{
@@ -510,10 +510,16 @@ impl Billing {
             .await
     }
 
-    /// Puts a card on file (token, brand, last4, expiry), replacing any other.
+    /// Puts a card on file (token, brand, last4, expiry), replacing any other:
+    /// the gateway attaches the token first (to the provider's customer already
+    /// linked to this one, or a new one), and what it answers is kept — a real
+    /// provider's brand, last4 and expiry are authoritative, not the client's.
     ///
     /// # Errors
-    /// A card number anywhere, a malformed or expired card, unknown customer.
+    /// A card number anywhere, a malformed or expired card, unknown customer;
+    /// [`DomainError::CardDeclined`] when the gateway declines the card and
+    /// [`BillingError::GatewayUnavailable`] when it does not answer: in both
+    /// cases nothing is written.
     #[tracing::instrument(skip_all, fields(customer = %id))]
     pub async fn attach_payment_method(
         &self,
@@ -522,8 +528,27 @@ impl Billing {
     ) -> Result<(), BillingError> {
         let now = self.now();
         method.validate(now)?;
+        // The customer must exist before the provider is asked to create
+        // anything for it; its card on file names the provider's customer.
+        let customer = self.customer(id).await?;
+        let provider_customer = customer
+            .payment_method
+            .as_ref()
+            .and_then(|card| card.provider_customer.clone());
+        let attached = self
+            .gateway
+            .attach_payment_method(&AttachRequest {
+                customer: id,
+                method,
+                provider_customer,
+            })
+            .await
+            .map_err(|e| BillingError::GatewayUnavailable(e.0))?
+            .map_err(DomainError::from)?;
+        // What the provider says is checked like what a client says.
+        attached.validate(now)?;
         self.customer_command(id, Source::Api, |_| CustomerCommand::AttachPaymentMethod {
-            method: method.clone(),
+            method: attached.clone(),
             now,
         })
         .await?;
@@ -1387,6 +1412,16 @@ impl Billing {
                     idempotency_key: attempt.idempotency_key.clone(),
                     payment_method: token.clone(),
                     amount: attempt.amount,
+                    customer: customer_id,
+                    invoice: id,
+                    attempt_no: attempt.attempt_no,
+                    // The card on file's provider customer, when it is still the
+                    // card this attempt charges.
+                    provider_customer: customer
+                        .payment_method
+                        .as_ref()
+                        .filter(|card| card.token == *token)
+                        .and_then(|card| card.provider_customer.clone()),
                 })
                 .await
                 .map_err(|e| BillingError::GatewayUnavailable(e.0))?,

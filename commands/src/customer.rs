@@ -55,6 +55,11 @@ pub struct PaymentMethod {
     pub exp_month: u8,
     /// Expiry year, four digits.
     pub exp_year: u16,
+    /// The provider's customer the card is attached to (`cus_…`), when the
+    /// provider has customers (Stripe); absent in events written before it
+    /// existed, and never written when absent, so those events read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_customer: Option<String>,
 }
 
 /// True when `text` holds 13–19 digits in a row (spaces and dashes allowed between)
@@ -126,6 +131,20 @@ impl PaymentMethod {
                 .all(|b| b.is_ascii_lowercase() || b == b'_')
         {
             return Err(bad("brand", "1 to 32 lowercase letters or '_'"));
+        }
+        if let Some(provider_customer) = &self.provider_customer {
+            if looks_like_card_number(provider_customer) {
+                return Err(DomainError::CardNumberRejected {
+                    field: "provider_customer",
+                });
+            }
+            let ok = (3..=255).contains(&provider_customer.len())
+                && provider_customer
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(bad("provider_customer", "3 to 255 letters, digits or '_'"));
+            }
         }
         if self.last4.len() != 4 || !self.last4.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("last4", "exactly four digits"));
@@ -695,6 +714,28 @@ impl DomainEvent for AccessEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Events written before `provider_customer` existed read as they did, and
+    /// a card without one is written byte for byte as before.
+    #[test]
+    fn a_card_without_a_provider_customer_is_stored_as_before() {
+        let before = r#"{"type":"PaymentMethodAttached","method":{"token":"pm_card_visa","brand":"visa","last4":"4242","exp_month":12,"exp_year":2030}}"#;
+        let event: CustomerEvent = serde_json::from_str(before)
+            .map_err(|e| e.to_string())
+            .expect("an old event");
+        let CustomerEvent::PaymentMethodAttached { method } = &event else {
+            panic!("{event:?}");
+        };
+        assert_eq!(method.provider_customer, None);
+        assert_eq!(serde_json::to_string(&event).ok().as_deref(), Some(before));
+        let mut linked = method.clone();
+        linked.provider_customer = Some("cus_123".into());
+        let written = serde_json::to_string(&linked).unwrap_or_default();
+        assert!(
+            written.contains(r#""provider_customer":"cus_123""#),
+            "{written}"
+        );
+    }
 
     #[test]
     fn card_numbers_are_recognised_with_or_without_separators() {

@@ -119,6 +119,13 @@ pub enum DomainError {
     /// typed apart only so that the field's refusal stays its source).
     #[error(transparent)]
     TaxRate(#[from] TaxRateError),
+    /// The payment provider refused the card when it was put on file; nothing
+    /// was written (code `card_declined`, whatever the decline code).
+    #[error("the card was declined when attached ({decline_code}): ask for another card")]
+    CardDeclined {
+        /// The provider's decline code (`generic_decline`, `insufficient_funds`, …).
+        decline_code: String,
+    },
     /// The customer has no payment method on file and the command needs one.
     #[error("customer {0} has no payment method on file")]
     NoPaymentMethod(String),
@@ -150,8 +157,27 @@ impl DomainError {
             DomainError::RefundExceedsPaid { .. } => "refund_exceeds_paid",
             DomainError::WrongPriceKind { .. } => "wrong_price_kind",
             DomainError::InvalidCatalog(_) | DomainError::TaxRate(_) => "invalid_catalog",
+            DomainError::CardDeclined { .. } => "card_declined",
             DomainError::NoPaymentMethod(_) => "no_payment_method",
             DomainError::PersonalDataErased => "personal_data_erased",
+        }
+    }
+}
+
+impl From<crate::payment::CardError> for DomainError {
+    /// A card the gateway refused is refused input, like a malformed one: a
+    /// 4xx with a stable code, and nothing written.
+    fn from(error: crate::payment::CardError) -> Self {
+        match error {
+            crate::payment::CardError::Declined { decline_code } => {
+                DomainError::CardDeclined { decline_code }
+            }
+            crate::payment::CardError::UnknownCard | crate::payment::CardError::Rejected { .. } => {
+                DomainError::InvalidField {
+                    field: "token",
+                    reason: error.to_string(),
+                }
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use recur_ledger::Money;
 
 use crate::customer::PaymentMethod;
+use crate::ids::{CustomerId, InvoiceId};
 use crate::invoice::ChargeOutcome;
 
 /// A boxed future, so the trait stays object-safe.
@@ -30,6 +31,26 @@ pub enum CardError {
     /// Not a card number the simulated gateway knows.
     #[error("unknown test card: use one of Stripe's test card numbers")]
     UnknownCard,
+    /// The provider refused the token itself (no such payment method, one of
+    /// another account, not a card): the client's mistake, not a decline.
+    #[error("the payment provider refused the token: {reason}")]
+    Rejected {
+        /// What the provider said.
+        reason: String,
+    },
+}
+
+/// A card to put on file with the provider, by token (never a card number).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachRequest {
+    /// Recur's customer.
+    pub customer: CustomerId,
+    /// The token and what the client said of the card (brand, last4, expiry):
+    /// a real provider answers with its own, which are the ones kept.
+    pub method: PaymentMethod,
+    /// The provider's customer already linked (`cus_…`, from the card on file),
+    /// so that a new card joins it rather than a second provider customer.
+    pub provider_customer: Option<String>,
 }
 
 /// A charge: the key makes a retried call return the first call's outcome.
@@ -41,6 +62,15 @@ pub struct ChargeRequest {
     pub payment_method: String,
     /// Amount to collect.
     pub amount: Money,
+    /// Recur's customer (written to the provider's payment as metadata).
+    pub customer: CustomerId,
+    /// The invoice being collected (metadata too).
+    pub invoice: InvoiceId,
+    /// Which attempt on the invoice this is, from 1.
+    pub attempt_no: u32,
+    /// The provider's customer the card belongs to (`cus_…`), from the card on
+    /// file; a provider charges a saved card only through its customer.
+    pub provider_customer: Option<String>,
 }
 
 /// A refund of (part of) a charge.
@@ -58,6 +88,15 @@ pub struct RefundRequest {
 pub trait PaymentGateway: Send + Sync {
     /// The gateway's name, recorded with attempts (`simulated`, `stripe`).
     fn name(&self) -> &'static str;
+
+    /// Puts a card on file with the provider: links it to the provider's
+    /// customer (creating that customer when none is linked yet) and answers
+    /// with the card as the provider describes it, which is what Recur keeps.
+    /// `Ok(Err(_))`: the provider refused the card (declined when attached).
+    fn attach_payment_method<'a>(
+        &'a self,
+        request: &'a AttachRequest,
+    ) -> GatewayFuture<'a, Result<PaymentMethod, CardError>>;
 
     /// Charges a card. A retried key returns the first outcome and moves no money.
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, ChargeOutcome>;
@@ -178,6 +217,7 @@ impl SimulatedGateway {
             last4: number[number.len() - 4..].to_owned(),
             exp_month,
             exp_year,
+            provider_customer: None,
         })
     }
 
@@ -198,6 +238,7 @@ impl SimulatedGateway {
             last4: number[number.len() - 4..].to_owned(),
             exp_month,
             exp_year,
+            provider_customer: None,
         }
     }
 
@@ -263,6 +304,16 @@ impl SimulatedGateway {
 impl PaymentGateway for SimulatedGateway {
     fn name(&self) -> &'static str {
         "simulated"
+    }
+
+    fn attach_payment_method<'a>(
+        &'a self,
+        request: &'a AttachRequest,
+    ) -> GatewayFuture<'a, Result<PaymentMethod, CardError>> {
+        // The token came from `tokenize`, which already refused the cards that
+        // decline on attach: the card is kept as given, as before this call
+        // existed (no outage or call counting: attaching moves no money).
+        Box::pin(async move { Ok(Ok(request.method.clone())) })
     }
 
     fn charge<'a>(&'a self, request: &'a ChargeRequest) -> GatewayFuture<'a, ChargeOutcome> {

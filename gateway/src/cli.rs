@@ -108,23 +108,71 @@ pub enum Command {
         #[command(subcommand)]
         command: CustomersCommand,
     },
-    /// Stripe: translate the kept webhooks into billing commands.
-    Stripe {
-        /// Which Stripe command.
-        #[command(subcommand)]
-        command: StripeCommand,
-    },
     /// Manage API keys.
     Keys {
         /// Which key command.
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Stripe: translate the kept webhooks into billing commands; the catalog
+    /// sync (needs a build with `--features stripe`, and STRIPE_SECRET_KEY;
+    /// STRIPE_API_BASE for another API base).
+    Stripe {
+        /// Which Stripe command.
+        #[command(subcommand)]
+        command: StripeCommand,
+    },
     /// Measure Recur against its baselines; prints JSON lines.
     Bench {
         /// Which benchmark.
         #[command(subcommand)]
         command: BenchCommand,
+    },
+}
+
+/// The payment gateway `recur serve` charges through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum GatewayKind {
+    /// In memory, following Stripe's test cards: nothing leaves the machine.
+    #[default]
+    Simulated,
+    /// Stripe (STRIPE_SECRET_KEY; a build with `--features stripe`).
+    Stripe,
+}
+
+/// `recur stripe …`
+#[derive(Debug, Subcommand)]
+pub enum StripeCommand {
+    /// Run the Stripe translator over the Stripe events the webhook kept:
+    /// those after its checkpoint, or all of them with --from-start (a re-run
+    /// adds only what is missing). Prints what each event did. `recur serve`
+    /// runs the same translator after each webhook.
+    Translate {
+        /// Translate every kept Stripe event again, from the first.
+        #[arg(long)]
+        from_start: bool,
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// The master keys (the Stripe events are kept encrypted).
+        #[command(flatten)]
+        master_keys: MasterKeyArgs,
+    },
+    /// Create a Stripe product per plan and a price per price of the ledger's
+    /// catalog, where missing (found again by product id `recur_<plan>` and
+    /// price lookup_key = Recur's price id: a second run creates nothing).
+    /// Exit 1 when a Stripe price differs from Recur's (left as it is).
+    SyncCatalog {
+        /// The ledger whose catalog is synced (it must exist, unless --create).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Make the ledger if its SQLite file does not exist (it then holds
+        /// the default catalog).
+        #[arg(long)]
+        create: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -199,6 +247,11 @@ pub struct ServeArgs {
     /// Rate limits per API key and per client address.
     #[command(flatten)]
     pub rate_limits: RateLimitArgs,
+    /// The payment gateway: simulated (default: Stripe's test cards in
+    /// memory) or stripe (STRIPE_SECRET_KEY, STRIPE_API_BASE; a build with
+    /// `--features stripe`).
+    #[arg(long, value_enum, env = "RECUR_GATEWAY", default_value_t = GatewayKind::Simulated)]
+    pub gateway: GatewayKind,
 }
 
 /// `recur ledger …`
@@ -370,26 +423,6 @@ pub enum CustomersCommand {
         #[command(flatten)]
         ledger: LedgerArgs,
         /// The master keys: the current one and the retired ones.
-        #[command(flatten)]
-        master_keys: MasterKeyArgs,
-    },
-}
-
-/// `recur stripe …`
-#[derive(Debug, Subcommand)]
-pub enum StripeCommand {
-    /// Run the Stripe translator over the Stripe events the webhook kept:
-    /// those after its checkpoint, or all of them with --from-start (a re-run
-    /// adds only what is missing). Prints what each event did. `recur serve`
-    /// runs the same translator after each webhook.
-    Translate {
-        /// Translate every kept Stripe event again, from the first.
-        #[arg(long)]
-        from_start: bool,
-        /// The ledger (it must exist).
-        #[command(flatten)]
-        ledger: LedgerArgs,
-        /// The master keys (the Stripe events are kept encrypted).
         #[command(flatten)]
         master_keys: MasterKeyArgs,
     },

@@ -12,6 +12,8 @@
 //!   customer's personal data, rewrap data keys; [`stripe_cmd`]: run the
 //!   Stripe translator over the kept webhooks.
 //! - [`seal_export`]: copies of the seals outside the database.
+//! - [`stripe_cmd`]: the payment gateway of `recur serve --gateway`, and
+//!   `recur stripe sync-catalog` (Stripe: the cargo feature `stripe`).
 
 pub mod cli;
 pub mod config;

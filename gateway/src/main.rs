@@ -168,11 +168,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 request_timeout_ms: args.request_timeout_ms,
                 drain_ms: args.drain_ms,
                 rate_limits: args.rate_limits.limits(),
+                gateway: args.gateway,
             })
             .await
             .context("serve")?;
             Ok(0)
         }
+        Command::Stripe {
+            command:
+                StripeCommand::SyncCatalog {
+                    ledger,
+                    create,
+                    json,
+                },
+        } => recur_gateway::stripe_cmd::sync_catalog(&ledger, create, json)
+            .await
+            .context("stripe sync-catalog"),
         Command::Relay { ledger, nats } => {
             recur_gateway::projections_cmd::relay(&ledger, &nats)
                 .await

@@ -10,7 +10,7 @@ use recur_api::auth::KeyRing;
 use recur_api::telemetry::{CountingGateway, Telemetry};
 use recur_api::{AppState, router};
 use recur_commands::scheduler::Scheduler;
-use recur_commands::{Billing, BillingError, Catalog, SimulatedGateway};
+use recur_commands::{Billing, BillingError, Catalog};
 use recur_ledger::{Clock, SystemClock, TestClock};
 
 /// How to serve.
@@ -44,6 +44,8 @@ pub struct ServeOptions {
     pub seal_export: Option<crate::seal_export::Target>,
     /// Rate limits per API key and per client address.
     pub rate_limits: recur_api::limits::RateLimits,
+    /// The payment gateway to charge through.
+    pub gateway: crate::cli::GatewayKind,
 }
 
 /// How often the in-process projections look for other processes' events (this
@@ -65,9 +67,13 @@ pub const IDEMPOTENCY_KEEP_HOURS: i64 = 48;
 /// [`DRAIN_MS`]), lets the scheduler finish its tick and the relay stop, and returns.
 ///
 /// # Errors
-/// The ledger cannot be opened (a missing SQLite file that may not be made is
+/// The payment gateway cannot be made (`--gateway stripe` without the feature
+/// or without STRIPE_SECRET_KEY); the ledger cannot be opened (a missing SQLite file that may not be made is
 /// one), the address cannot be resolved or bound, a bad `RECUR_ADMIN_KEY`.
 pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
+    // A gateway that cannot be made (no Stripe support, no key) stops the
+    // start before anything is opened.
+    let gateway = crate::stripe_cmd::payment_gateway(options.gateway)?;
     // Listen for SIGTERM before anything else: a stop asked for while the
     // ledger opens or the projections catch up ends the process cleanly once
     // start-up is done, instead of killing it mid-migration.
@@ -114,10 +120,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         Billing::open(
             ledger.clone(),
             Catalog::default_catalog()?,
-            Arc::new(CountingGateway::new(
-                Arc::new(SimulatedGateway::new()),
-                Arc::clone(&telemetry),
-            )),
+            Arc::new(CountingGateway::new(gateway, Arc::clone(&telemetry))),
         )
         .await?
         .with_vault(Arc::new(vault)),

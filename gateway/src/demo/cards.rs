@@ -74,6 +74,7 @@ impl StripeTestCards {
             last4: number[number.len() - 4..].to_owned(),
             exp_month: CARD_EXPIRY.0,
             exp_year: CARD_EXPIRY.1,
+            provider_customer: None,
         })
     }
 }
