@@ -114,6 +114,24 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Compare the ledger's charges, refunds, disputes and dispute fees at Stripe
+    /// with Stripe's balance transactions over [--from, --to); record and print
+    /// each mismatch. Exit 0 when they agree, 1 when anything differs, 2 on an
+    /// error. Needs a build with `--features stripe` and STRIPE_SECRET_KEY.
+    Reconcile {
+        /// The ledger (it must exist).
+        #[command(flatten)]
+        ledger: LedgerArgs,
+        /// Start, inclusive: a date (UTC midnight, 2026-03-01) or an RFC 3339 time.
+        #[arg(long, value_name = "DATE")]
+        from: String,
+        /// End, exclusive: a date (UTC midnight) or an RFC 3339 time.
+        #[arg(long, value_name = "DATE")]
+        to: String,
+        /// Print the run as JSON (as `GET /v1/reconciliations` shows it).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stripe: translate the kept webhooks into billing commands; the catalog
     /// sync (needs a build with `--features stripe`, and STRIPE_SECRET_KEY;
     /// STRIPE_API_BASE for another API base).

@@ -184,6 +184,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         } => recur_gateway::stripe_cmd::sync_catalog(&ledger, create, json)
             .await
             .context("stripe sync-catalog"),
+        Command::Reconcile {
+            ledger,
+            from,
+            to,
+            json,
+        } => match recur_gateway::stripe_cmd::reconcile(&ledger, &from, &to, json).await {
+            Ok(code) => Ok(code),
+            Err(error) => {
+                // 1 means "differs": an error that stopped the run is 2.
+                eprintln!("error: reconcile: {error:#}");
+                Ok(2)
+            }
+        },
         Command::Relay { ledger, nats } => {
             recur_gateway::projections_cmd::relay(&ledger, &nats)
                 .await

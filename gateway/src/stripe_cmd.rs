@@ -146,3 +146,119 @@ pub async fn translate(
     );
     Ok(())
 }
+
+/// A window's edge: a date (its UTC midnight) or an RFC 3339 time.
+///
+/// # Errors
+/// Neither form.
+pub fn window_edge(text: &str) -> anyhow::Result<time::OffsetDateTime> {
+    use time::format_description::well_known::Rfc3339;
+    let date_format = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &date_format) {
+        return Ok(date.midnight().assume_utc());
+    }
+    time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        anyhow::anyhow!("{text:?} is neither a date (2026-03-01) nor an RFC 3339 time")
+    })
+}
+
+/// `recur reconcile`: reconciles the ledger with Stripe over `[from, to)`,
+/// records the run, prints it; 0 when the two agree, 1 when anything differs.
+///
+/// # Errors
+/// Bad dates (or `from` not before `to`), no Stripe support compiled in, no
+/// key, a missing ledger, Stripe or ledger errors (nothing is then recorded).
+pub async fn reconcile(
+    ledger: &LedgerArgs,
+    from: &str,
+    to: &str,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let (from, to) = (window_edge(from)?, window_edge(to)?);
+    anyhow::ensure!(from < to, "--from must be before --to");
+    let report = reconcile_inner(ledger, from, to).await?;
+    if json {
+        let dto = recur_api::dto::ReconciliationDto::from(&report);
+        println!("{}", serde_json::to_string_pretty(&dto)?);
+    } else {
+        print_reconciliation(&report);
+    }
+    Ok(if report.agrees() { 0 } else { 1 })
+}
+
+#[cfg(feature = "stripe")]
+async fn reconcile_inner(
+    ledger: &LedgerArgs,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> anyhow::Result<recur_commands::reconciliation::ReconciliationReport> {
+    use anyhow::Context as _;
+    let config = recur_stripe::StripeConfig::from_env()?;
+    let stripe = Arc::new(recur_stripe::StripeGateway::new(&config)?);
+    let ledger = ledger
+        .open(WhenMissing::Refuse, Arc::new(SystemClock))
+        .await?;
+    // Reconciling charges nothing: the gateway is only read.
+    let billing = Billing::open(ledger, Catalog::default_catalog()?, stripe.clone()).await?;
+    billing
+        .reconcile(stripe.as_ref(), from, to)
+        .await
+        .context("reconcile with Stripe")
+}
+
+#[cfg(not(feature = "stripe"))]
+async fn reconcile_inner(
+    _ledger: &LedgerArgs,
+    _from: time::OffsetDateTime,
+    _to: time::OffsetDateTime,
+) -> anyhow::Result<recur_commands::reconciliation::ReconciliationReport> {
+    anyhow::bail!("recur reconcile: {BUILD_WITH_STRIPE}")
+}
+
+/// An amount of minor units as money when the currency is known, else as it is.
+fn shown(minor: i64, currency: &str) -> String {
+    recur_ledger::Currency::parse(&currency.to_ascii_uppercase())
+        .map(|c| recur_ledger::Money::from_minor(minor, c).to_string())
+        .unwrap_or_else(|_| format!("{minor} {currency} (minor units)"))
+}
+
+fn print_reconciliation(report: &recur_commands::reconciliation::ReconciliationReport) {
+    let side = |side: &Option<recur_commands::reconciliation::Side>| match side {
+        Some(side) => format!(
+            "{} {}",
+            shown(side.amount_minor, &side.currency),
+            side.status
+        ),
+        None => "-".to_owned(),
+    };
+    println!(
+        "reconciliation {} with {}, {} to {}",
+        report.run_id,
+        report.provider,
+        recur_api::dto::rfc3339(report.from),
+        recur_api::dto::rfc3339(report.to)
+    );
+    println!(
+        "compared {} movement(s): {} agree, {} differ",
+        report.compared,
+        report.matched,
+        report.mismatches.len()
+    );
+    for found in &report.mismatches {
+        println!(
+            "  {:<20} {:<11} {:<28} ledger: {:<24} {}: {}",
+            found.mismatch.as_str(),
+            found.kind.as_str(),
+            found.object_id,
+            side(&found.ledger),
+            report.provider,
+            side(&found.provider)
+        );
+    }
+    for (currency, minor) in &report.processing_fees_minor {
+        println!(
+            "processing fees: {} (reported, not compared)",
+            shown(*minor, currency)
+        );
+    }
+}

@@ -256,3 +256,52 @@ impl StripeGateway {
         )))
     }
 }
+
+/// Stripe as the provider side of a reconciliation: its balance transactions,
+/// and a charge's status when it has no money for it.
+impl recur_commands::reconciliation::ProviderStatement for StripeGateway {
+    fn name(&self) -> &'static str {
+        recur_commands::PaymentGateway::name(self)
+    }
+
+    fn balance_transactions<'a>(
+        &'a self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> recur_commands::payment::GatewayFuture<
+        'a,
+        Vec<recur_commands::reconciliation::ProviderTransaction>,
+    > {
+        Box::pin(async move {
+            let listed = StripeGateway::balance_transactions(self, from, to)
+                .await
+                .map_err(|e| recur_commands::payment::GatewayError(e.to_string()))?;
+            Ok(listed
+                .into_iter()
+                .map(|txn| recur_commands::reconciliation::ProviderTransaction {
+                    id: txn.id,
+                    kind: txn.kind,
+                    // Fees without a source are not the ledger's business.
+                    source: txn.source.unwrap_or_default(),
+                    amount_minor: txn.amount_minor,
+                    fee_minor: txn.fee_minor,
+                    currency: txn.currency,
+                    created: txn.created,
+                })
+                .collect())
+        })
+    }
+
+    fn charge_status<'a>(
+        &'a self,
+        charge_id: &'a str,
+    ) -> recur_commands::payment::GatewayFuture<'a, Option<String>> {
+        Box::pin(async move {
+            match self.retrieve_charge(charge_id).await {
+                Ok(charge) => Ok(Some(charge.status)),
+                Err(error) if error.is_not_found() => Ok(None),
+                Err(error) => Err(recur_commands::payment::GatewayError(error.to_string())),
+            }
+        })
+    }
+}
