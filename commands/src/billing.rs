@@ -528,9 +528,16 @@ impl Billing {
     ) -> Result<(), BillingError> {
         let now = self.now();
         method.validate(now)?;
-        // The customer must exist before the provider is asked to create
-        // anything for it; its card on file names the provider's customer.
-        let customer = self.customer(id).await?;
+        // The customer must exist, and a stale If-Match be refused, before the
+        // provider is asked to create anything for it (unless this is a rerun
+        // of the request that wrote: the provider's keys replay its answers).
+        // The append checks the version again; this only spares the provider
+        // a call the ledger would refuse.
+        let (customer, version) = self.customer_versioned(id).await?;
+        if !crate::context::earlier_run_wrote(self.ledger(), &id.stream()?).await? {
+            crate::context::check_expected(&id.stream()?, version)?;
+        }
+        // Its card on file names the provider's customer.
         let provider_customer = customer
             .payment_method
             .as_ref()

@@ -21,7 +21,10 @@ this list):
    - balance transactions: balance_type;
    - products: images, marketing_features, updated;
    - events: pending_webhooks, request;
-   - customers, payment methods, refunds: nothing was missing (checked).
+   - customers, payment methods, refunds: nothing was missing (checked);
+   - cards: the brand from the number (localstripe says `visa` for all), and
+     Stripe's test PaymentMethods `pm_card_mastercard` and
+     `pm_card_chargeDeclinedInsufficientFunds` besides localstripe's three.
 4. Declines as Stripe answers them: HTTP 402 with error `type: card_error`, the
    `code` and the `decline_code` of Stripe's test card (localstripe says
    `invalid_request_error` and gives no decline_code), the charge and the
@@ -124,6 +127,50 @@ add_defaults(Event, {
     'pending_webhooks': lambda e: 0,
     'request': lambda e: {'id': None, 'idempotency_key': None},
 })
+
+
+# --- 3b. cards as Stripe describes them ---------------------------------------
+# localstripe calls every card `visa` and knows three of Stripe's test
+# PaymentMethods; Recur keeps the brand Stripe gives, and its demo attaches
+# `pm_card_mastercard` too.
+def brand_of(number):
+    if number.startswith('4'):
+        return 'visa'
+    if number[:2] in ('51', '52', '53', '54', '55') or \
+            '2221' <= number[:4] <= '2720':
+        return 'mastercard'
+    if number[:2] in ('34', '37'):
+        return 'amex'
+    return 'unknown'
+
+
+_original_pm_init = PaymentMethod.__init__
+
+
+def _pm_init(self, *args, **kwargs):
+    _original_pm_init(self, *args, **kwargs)
+    if getattr(self, 'type', None) == 'card':
+        self.card['brand'] = brand_of(self._card_number)
+
+
+PaymentMethod.__init__ = _pm_init
+
+TEST_METHODS = {
+    'pm_card_mastercard': '5555555555554444',
+    'pm_card_chargeDeclinedInsufficientFunds': '4000000000009995',
+}
+_original_canonical = PaymentMethod._try_get_canonical_test_article.__func__
+
+
+def _canonical(cls, id):
+    if id in TEST_METHODS:
+        return PaymentMethod(type='card', card=dict(
+            number=TEST_METHODS[id], exp_month='12', exp_year='2030',
+            cvc='123'))
+    return _original_canonical(cls, id)
+
+
+PaymentMethod._try_get_canonical_test_article = classmethod(_canonical)
 
 
 # --- 4. declines as Stripe answers them --------------------------------------

@@ -81,6 +81,34 @@ async fn a_second_card_joins_the_stripe_customer_already_linked() {
         .unwrap()
         .unwrap();
     assert_eq!(second.provider_customer, first.provider_customer);
+    assert_eq!(
+        (second.brand.as_str(), second.last4.as_str()),
+        ("mastercard", "4444")
+    );
+}
+
+#[tokio::test]
+async fn stripes_test_payment_methods_attach_as_a_new_payment_method() {
+    let gateway = gateway();
+    let mut method = card(&gateway, "4242424242424242").await;
+    method.token = "pm_card_mastercard".to_owned();
+    let attached = gateway
+        .attach_payment_method(&attach_request(method))
+        .await
+        .unwrap()
+        .unwrap();
+    // Stripe makes a PaymentMethod of its own from the test one: its id is kept.
+    assert_ne!(attached.token, "pm_card_mastercard");
+    assert!(attached.token.starts_with("pm_"), "{}", attached.token);
+    assert_eq!(attached.brand, "mastercard");
+    let outcome = gateway
+        .charge(&charge_request(&attached, "20.00"))
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcome, ChargeOutcome::Succeeded { .. }),
+        "{outcome:?}"
+    );
 }
 
 #[tokio::test]
