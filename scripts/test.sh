@@ -346,6 +346,9 @@ ensure_stripe() {
         die "the localstripe launcher failed to start on port $port"
     fi
     export STRIPE_API_BASE=http://127.0.0.1:$port
+    # Tests that need a fake of their own (the reconciliation reads the whole
+    # account) start the launcher with this Python.
+    export RECUR_LOCALSTRIPE_PYTHON=$PWD/$LOCALSTRIPE_VENV/bin/python
     # A test key for the fake: never a real account's.
     export STRIPE_SECRET_KEY=sk_test_recur
     log "started localstripe $LOCALSTRIPE_VERSION (scripts/localstripe/launcher.py) on 127.0.0.1:$port"

@@ -133,3 +133,372 @@ fn sync_catalog_twice_creates_nothing_the_second_time() {
         "{text}"
     );
 }
+
+/// A Stripe fake of this test's own (the launcher on a free port, fresh state),
+/// stopped on drop: a reconciliation reads the whole account, so the charges of
+/// tests running beside it on the shared fake must not be in it.
+#[cfg(feature = "stripe")]
+struct PrivateStripe {
+    child: std::process::Child,
+    base: String,
+}
+
+#[cfg(feature = "stripe")]
+impl PrivateStripe {
+    async fn start() -> Self {
+        let python = std::env::var("RECUR_LOCALSTRIPE_PYTHON").unwrap_or_else(|_| {
+            panic!(
+                "RECUR_LOCALSTRIPE_PYTHON is not set: this test starts a Stripe fake of its own. \
+                 Run it via `bash scripts/test.sh`, or install localstripe==1.15.10 in a venv and \
+                 export RECUR_LOCALSTRIPE_PYTHON=<venv>/bin/python (docs/stripe.md)"
+            )
+        });
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let launcher = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/localstripe/launcher.py"
+        );
+        let child = Command::new(python)
+            .args([launcher, "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let fake = Self {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..100 {
+            let answer = client
+                .get(format!("{}/v1/balance", fake.base))
+                .bearer_auth("sk_test_recur")
+                .send()
+                .await;
+            if answer.is_ok_and(|a| a.status().is_success()) {
+                return fake;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        panic!(
+            "the private localstripe launcher did not answer on {}",
+            fake.base
+        );
+    }
+
+    fn gateway(&self) -> recur_stripe::StripeGateway {
+        let key = recur_stripe::SecretKey::parse("sk_test_recur").unwrap();
+        recur_stripe::StripeGateway::new(&recur_stripe::StripeConfig::new(key, &self.base).unwrap())
+            .unwrap()
+    }
+}
+
+#[cfg(feature = "stripe")]
+impl Drop for PrivateStripe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(feature = "stripe")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_names_exactly_a_charge_and_a_refund_behind_recurs_back_and_a_changed_amount() {
+    use std::sync::Arc;
+
+    use recur_commands::billing::NewCustomer;
+    use recur_commands::customer::{PaymentMethod, Segment};
+    use recur_commands::invoice::ChargeOutcome;
+    use recur_commands::payment::{AttachRequest, ChargeRequest, PaymentGateway, RefundRequest};
+    use recur_commands::{Billing, Catalog, CustomerId, InvoiceId};
+    use recur_ledger::{LedgerConfig, Money, SystemClock};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    let fake = PrivateStripe::start().await;
+    let stripe = Arc::new(fake.gateway());
+    let visa = || PaymentMethod {
+        token: "pm_card_visa".into(),
+        brand: "visa".into(),
+        last4: "4242".into(),
+        exp_month: 12,
+        exp_year: 2034,
+        provider_customer: None,
+    };
+    let usd = |amount: &str| Money::parse(amount, "USD").unwrap();
+
+    // Through Recur: two courses bought and paid at Stripe, 100.00 of the first refunded.
+    let ledger_file = TempLedger::new("reconcile");
+    let url = ledger_file.url();
+    let ledger = recur_ledger::Ledger::open(
+        LedgerConfig::new(url.clone()).create_if_missing(true),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let billing = Billing::open(ledger, Catalog::default_catalog().unwrap(), stripe.clone())
+        .await
+        .unwrap();
+    let mut charges = Vec::new();
+    for _ in 0..2 {
+        let customer = billing
+            .create_customer(NewCustomer {
+                segment: Segment::Standard,
+                tax_location: None,
+                contact: None,
+            })
+            .await
+            .unwrap();
+        billing
+            .attach_payment_method(customer, visa())
+            .await
+            .unwrap();
+        let invoice = billing
+            .purchase(customer, "self_paced_course", None)
+            .await
+            .unwrap();
+        let state = billing.invoice(invoice).await.unwrap();
+        let Some(ChargeOutcome::Succeeded { charge_id }) =
+            state.attempts.last().and_then(|a| a.outcome.clone())
+        else {
+            panic!("the course was not paid at Stripe: {:?}", state.attempts);
+        };
+        charges.push((invoice, charge_id));
+    }
+    billing
+        .refund(charges[0].0, usd("100.00"), "requested_by_customer")
+        .await
+        .unwrap();
+    drop(billing);
+
+    // Behind Recur's back: a charge and a refund of it made straight at Stripe.
+    let stranger = CustomerId(uuid::Uuid::now_v7());
+    let card = stripe
+        .attach_payment_method(&AttachRequest {
+            customer: stranger,
+            method: visa(),
+            provider_customer: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let invoice = InvoiceId(uuid::Uuid::now_v7());
+    let ChargeOutcome::Succeeded { charge_id: stray } = stripe
+        .charge(&ChargeRequest {
+            idempotency_key: format!("{invoice}-attempt-1"),
+            payment_method: card.token.clone(),
+            amount: usd("42.00"),
+            customer: stranger,
+            invoice,
+            attempt_no: 1,
+            provider_customer: card.provider_customer.clone(),
+        })
+        .await
+        .unwrap()
+    else {
+        panic!("the stray charge was declined");
+    };
+    let stray_refund = stripe
+        .refund(&RefundRequest {
+            idempotency_key: format!("{invoice}-refund-1"),
+            charge_id: stray.clone(),
+            amount: usd("12.00"),
+        })
+        .await
+        .unwrap();
+    // And Stripe's record of Recur's second charge says 996.00, not 997.00.
+    let now = OffsetDateTime::now_utc();
+    let hour = time::Duration::hours(1);
+    let listed = stripe
+        .balance_transactions(now - hour, now + hour)
+        .await
+        .unwrap();
+    let second = listed
+        .iter()
+        .find(|t| t.source.as_deref() == Some(charges[1].1.as_str()))
+        .unwrap();
+    let changed = reqwest::Client::new()
+        .post(format!(
+            "{}/_recur/balance_transactions/{}",
+            fake.base, second.id
+        ))
+        .bearer_auth("sk_test_recur")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("amount=99600")
+        .send()
+        .await
+        .unwrap();
+    assert!(changed.status().is_success(), "{changed:?}");
+
+    let (from, to) = (
+        (now - hour).format(&Rfc3339).unwrap(),
+        (now + hour).format(&Rfc3339).unwrap(),
+    );
+    let reconcile = |extra: &[&str]| {
+        let mut args = vec![
+            "reconcile",
+            "--database",
+            &url,
+            "--from",
+            &from,
+            "--to",
+            &to,
+        ];
+        args.extend(extra);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recur"));
+        command
+            .args(&args)
+            .env_remove("DATABASE_URL")
+            .env("STRIPE_API_BASE", &fake.base)
+            .env("STRIPE_SECRET_KEY", "sk_test_recur");
+        command.output().unwrap()
+    };
+    let run = reconcile(&["--json"]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let mut named: Vec<(String, String, String)> = report["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["mismatch"].as_str().unwrap().to_owned(),
+                m["kind"].as_str().unwrap().to_owned(),
+                m["object_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    named.sort();
+    let mut expected = vec![
+        (
+            "amount_differs".into(),
+            "charge".into(),
+            charges[1].1.clone(),
+        ),
+        ("missing_in_ledger".into(), "charge".into(), stray.clone()),
+        (
+            "missing_in_ledger".into(),
+            "refund".into(),
+            stray_refund.clone(),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(named, expected, "{report:#}");
+    // Two charges and a refund of Recur's, a charge and a refund of nobody's.
+    assert_eq!(
+        (report["compared"].as_u64(), report["matched"].as_u64()),
+        (Some(5), Some(2))
+    );
+    let changed_one = report["mismatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mismatch"] == "amount_differs")
+        .unwrap();
+    assert_eq!(changed_one["ledger"]["amount_minor"], 99_700);
+    assert_eq!(changed_one["provider"]["amount_minor"], 99_600);
+
+    // The text form says the same; each run is recorded.
+    let text_run = reconcile(&[]);
+    assert_eq!(text_run.status.code(), Some(1), "{}", stderr(&text_run));
+    let text = String::from_utf8_lossy(&text_run.stdout).into_owned();
+    assert!(
+        text.contains("compared 5 movement(s): 2 agree, 3 differ"),
+        "{text}"
+    );
+    assert!(text.contains(&stray), "{text}");
+    // Dates the wrong way round are an error (2), not a difference, and record nothing.
+    let backwards = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recur"));
+        command
+            .args([
+                "reconcile",
+                "--database",
+                &url,
+                "--from",
+                "2026-03-02",
+                "--to",
+                "2026-03-01",
+            ])
+            .env("STRIPE_API_BASE", &fake.base)
+            .env("STRIPE_SECRET_KEY", "sk_test_recur");
+        command.output().unwrap()
+    };
+    assert_eq!(backwards.status.code(), Some(2), "{}", stderr(&backwards));
+    // A window with nothing on either side agrees: exit 0.
+    let quiet = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_recur"));
+        command
+            .args([
+                "reconcile",
+                "--database",
+                &url,
+                "--from",
+                "2020-01-01",
+                "--to",
+                "2020-01-02",
+            ])
+            .env("STRIPE_API_BASE", &fake.base)
+            .env("STRIPE_SECRET_KEY", "sk_test_recur");
+        command.output().unwrap()
+    };
+    assert_eq!(quiet.status.code(), Some(0), "{}", stderr(&quiet));
+
+    // GET /v1/reconciliations lists the three runs, newest first.
+    let mut server = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &url])
+        .env_remove("DATABASE_URL")
+        .env_remove("RECUR_GATEWAY")
+        .env("RECUR_DATA_DIR", std::env::temp_dir())
+        .env("RECUR_ADMIN_KEY", "test-admin-key-0123456789")
+        .env(
+            "RECUR_MASTER_KEY",
+            "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let base = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("recur serve did not say where it listens: {line:?}"))
+        .to_owned();
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{base}/v1/reconciliations?limit=2"))
+        .bearer_auth("test-admin-key-0123456789")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    let runs = listed["data"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{listed:#}");
+    assert_eq!(listed["has_more"], true, "{listed:#}");
+    // Newest first: the quiet window, then the text run.
+    assert_eq!(
+        (runs[0]["agrees"].as_bool(), runs[0]["compared"].as_u64()),
+        (Some(true), Some(0))
+    );
+    assert_eq!(
+        runs[1]["mismatches"].as_array().unwrap().len(),
+        3,
+        "{listed:#}"
+    );
+}
