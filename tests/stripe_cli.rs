@@ -502,3 +502,151 @@ async fn reconcile_names_exactly_a_charge_and_a_refund_behind_recurs_back_and_a_
         "{listed:#}"
     );
 }
+
+/// `recur demo` with these extra arguments and environment, on a fresh data
+/// directory of its own: the JSON outcome.
+#[cfg(feature = "stripe")]
+fn demo_year(extra: &[&str], env: &[(&str, &str)]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("recur-demo-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args = vec![
+        "demo",
+        "--seed",
+        "7",
+        "--customers",
+        "60",
+        "--months",
+        "12",
+        "--json",
+        "--quiet",
+    ];
+    args.extend(extra);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_recur"));
+    command
+        .args(&args)
+        .env_remove("DATABASE_URL")
+        .env_remove("STRIPE_SECRET_KEY")
+        .env_remove("STRIPE_API_BASE")
+        .env("RECUR_DATA_DIR", &dir);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "{}", stderr(&output));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[cfg(feature = "stripe")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demo_year_through_stripe_agrees_with_the_simulated_year_and_with_stripes_books() {
+    let fake = PrivateStripe::start().await;
+    let simulated = demo_year(&[], &[]);
+    let through_stripe = demo_year(
+        &["--gateway", "stripe"],
+        &[
+            ("STRIPE_API_BASE", &fake.base),
+            ("STRIPE_SECRET_KEY", "sk_test_recur"),
+        ],
+    );
+    let (ours, theirs) = (&simulated["summary"], &through_stripe["summary"]);
+    // The business is the same: invoices, payments, refunds, MRR month by month,
+    // revenue, tax, dunning's outcomes, and what the people did.
+    for field in [
+        "customers",
+        "mrr_by_month",
+        "arr",
+        "collected",
+        "payments",
+        "refunded",
+        "refunds",
+        "tax_payable",
+        "revenue_recognized",
+        "discounts",
+        "deferred_revenue",
+        "customer_credit",
+        "bad_debt",
+        "invoices",
+        "books_balanced",
+    ] {
+        assert_eq!(ours[field], theirs[field], "{field} differs");
+    }
+    assert!(ours["payments"].as_u64().unwrap() > 100, "{ours:#}");
+    assert_eq!(simulated["activity"], through_stripe["activity"]);
+    let (our_failures, their_failures) = (&ours["failed_payments"], &theirs["failed_payments"]);
+    for field in [
+        "declined_attempts",
+        "invoices",
+        "recovered",
+        "recovered_amount",
+        "retrying",
+        "written_off",
+        "written_off_amount",
+        "subscriptions_canceled",
+    ] {
+        assert_eq!(
+            our_failures[field], their_failures[field],
+            "failed_payments.{field} differs"
+        );
+    }
+    // Only the decline codes differ: Stripe's one card that attaches and then
+    // fails declines as generic_decline, where the simulation names its reasons.
+    let codes = |failures: &serde_json::Value| -> std::collections::BTreeMap<String, u64> {
+        serde_json::from_value(failures["decline_codes"].clone()).unwrap()
+    };
+    let (our_codes, their_codes) = (codes(our_failures), codes(their_failures));
+    assert_eq!(
+        our_codes.get("no_payment_method"),
+        their_codes.get("no_payment_method")
+    );
+    assert_eq!(
+        their_codes
+            .keys()
+            .filter(|c| *c != "no_payment_method")
+            .collect::<Vec<_>>(),
+        vec!["generic_decline"],
+        "{their_codes:?}"
+    );
+    assert_eq!(
+        our_codes.values().sum::<u64>(),
+        their_codes.values().sum::<u64>()
+    );
+
+    // Stripe's books hold exactly the money Recur says moved: one charge per
+    // payment, one refund per refund, the same totals.
+    let now = time::OffsetDateTime::now_utc();
+    let listed = fake
+        .gateway()
+        .balance_transactions(
+            now - time::Duration::hours(2),
+            now + time::Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    let sum = |kind: &str| -> (u64, i64) {
+        let of_kind: Vec<_> = listed.iter().filter(|t| t.kind == kind).collect();
+        (
+            of_kind.len() as u64,
+            of_kind.iter().map(|t| t.amount_minor).sum(),
+        )
+    };
+    let cents = |money: &serde_json::Value| -> i64 {
+        let mut amount: rust_decimal::Decimal = money["amount"].as_str().unwrap().parse().unwrap();
+        amount.rescale(2);
+        i64::try_from(amount.mantissa()).unwrap()
+    };
+    assert_eq!(
+        sum("charge"),
+        (
+            theirs["payments"].as_u64().unwrap(),
+            cents(&theirs["collected"])
+        )
+    );
+    assert_eq!(
+        sum("refund"),
+        (
+            theirs["refunds"].as_u64().unwrap(),
+            -cents(&theirs["refunded"])
+        )
+    );
+}

@@ -72,6 +72,11 @@ pub enum Command {
         /// recur-master.key in the data directory, made if missing).
         #[command(flatten)]
         master_keys: MasterKeyArgs,
+        /// The payment gateway the year is charged through: simulated (default,
+        /// in memory) or stripe (a Stripe test account or the local fake:
+        /// STRIPE_SECRET_KEY must be a test key; a build with `--features stripe`).
+        #[arg(long, value_enum, default_value_t = GatewayKind::Simulated)]
+        gateway: GatewayKind,
     },
     /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else
     /// recur.sqlite in the data directory, made on first start).

@@ -312,6 +312,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             data_dir,
             quiet,
             master_keys,
+            gateway,
         } => {
             use std::io::IsTerminal;
             let options = DemoOptions {
@@ -322,7 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 data_dir,
                 progress: !quiet && std::io::stderr().is_terminal(),
                 master_keys,
-                payments: demo::DemoPayments::simulated(),
+                payments: recur_gateway::stripe_cmd::demo_payments(gateway)?,
             };
             let (outcome, _) = demo::run(&options).await.context("demo")?;
             if json {

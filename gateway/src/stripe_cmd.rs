@@ -31,6 +31,37 @@ pub fn payment_gateway(kind: GatewayKind) -> anyhow::Result<Arc<dyn PaymentGatew
     }
 }
 
+/// The payment provider of `recur demo --gateway kind`: the simulated one, or
+/// Stripe in test mode with Stripe's test PaymentMethods as the people's cards.
+///
+/// # Errors
+/// As [`payment_gateway`]; a live Stripe key (a demo must never charge real cards).
+pub fn demo_payments(kind: GatewayKind) -> anyhow::Result<crate::demo::DemoPayments> {
+    match kind {
+        GatewayKind::Simulated => Ok(crate::demo::DemoPayments::simulated()),
+        GatewayKind::Stripe => demo_on_stripe(),
+    }
+}
+
+#[cfg(feature = "stripe")]
+fn demo_on_stripe() -> anyhow::Result<crate::demo::DemoPayments> {
+    use anyhow::Context as _;
+    let config = recur_stripe::StripeConfig::from_env().context("demo --gateway stripe")?;
+    anyhow::ensure!(
+        config.secret_key.is_test_mode(),
+        "demo --gateway stripe needs a test key (sk_test_…): the demo charges made-up people"
+    );
+    Ok(crate::demo::DemoPayments {
+        gateway: Arc::new(recur_stripe::StripeGateway::new(&config)?),
+        cards: Arc::new(crate::demo::cards::StripeTestCards),
+    })
+}
+
+#[cfg(not(feature = "stripe"))]
+fn demo_on_stripe() -> anyhow::Result<crate::demo::DemoPayments> {
+    anyhow::bail!("demo --gateway stripe: {BUILD_WITH_STRIPE}")
+}
+
 #[cfg(feature = "stripe")]
 fn stripe_gateway() -> anyhow::Result<Arc<dyn PaymentGateway>> {
     use anyhow::Context as _;

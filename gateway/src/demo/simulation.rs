@@ -11,7 +11,9 @@ use recur_commands::coupon::{CouponDuration, Discount};
 use recur_commands::customer::{ContactDetails, Segment};
 use recur_commands::subscription::Timing;
 use recur_commands::tax::TaxLocation;
-use recur_commands::{Billing, BillingError, CouponCode, CustomerId, InvoiceId, SubscriptionId};
+use recur_commands::{
+    Billing, BillingError, CouponCode, CustomerId, DomainError, InvoiceId, SubscriptionId,
+};
 use recur_ledger::Money;
 use rust_decimal::Decimal;
 use time::{Duration, OffsetDateTime};
@@ -569,14 +571,20 @@ async fn arrive(
     activity.customers += 1;
     person.customer = Some(customer);
     if let Some(number) = person.card {
-        match cards.card(number).await {
-            Ok(method) => billing.attach_payment_method(customer, method).await?,
-            Err(_) => {
-                // Declined on attach, like Stripe: the customer tries another card.
-                activity.cards_refused += 1;
-                let method = cards.card(CARD_OK).await.map_err(card_refused)?;
-                billing.attach_payment_method(customer, method).await?;
-            }
+        // A card declined on attach (by the issuer, or by the gateway when Recur
+        // attaches it, as Stripe does): the customer tries another card.
+        let attached = match cards.card(number).await {
+            Ok(method) => match billing.attach_payment_method(customer, method).await {
+                Ok(()) => true,
+                Err(BillingError::Domain(DomainError::CardDeclined { .. })) => false,
+                Err(error) => return Err(error),
+            },
+            Err(_) => false,
+        };
+        if !attached {
+            activity.cards_refused += 1;
+            let method = cards.card(CARD_OK).await.map_err(card_refused)?;
+            billing.attach_payment_method(customer, method).await?;
         }
     }
     if let Some(plan) = person.plan {
