@@ -650,3 +650,159 @@ async fn a_demo_year_through_stripe_agrees_with_the_simulated_year_and_with_stri
         )
     );
 }
+
+#[cfg(feature = "stripe")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localstripes_signed_webhooks_are_verified_kept_once_and_translated() {
+    const ADMIN: &str = "test-admin-key-0123456789";
+    const MASTER: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00112233445566778899aabbccddeeff0";
+    const SECRET: &str = "whsec_recur_localstripe";
+    let fake = PrivateStripe::start().await;
+    let ledger = TempLedger::new("webhooks");
+    let url = ledger.url();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args([
+            "serve",
+            "--gateway",
+            "stripe",
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &url,
+            "--create",
+        ])
+        .env_remove("DATABASE_URL")
+        .env_remove("RECUR_GATEWAY")
+        .env("RECUR_DATA_DIR", std::env::temp_dir())
+        .env("RECUR_ADMIN_KEY", ADMIN)
+        .env("RECUR_MASTER_KEY", MASTER)
+        .env(
+            "RECUR_STRIPE_WEBHOOK_SECRETS",
+            format!("whsec_old_one,{SECRET}"),
+        )
+        .env("STRIPE_API_BASE", &fake.base)
+        .env("STRIPE_SECRET_KEY", "sk_test_recur")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = server.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    let base = format!(
+        "http://{}",
+        line.split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("recur serve did not say where it listens: {line:?}"))
+    );
+    let client = reqwest::Client::new();
+    // localstripe signs each event with the secret registered for the endpoint.
+    let registered = client
+        .post(format!("{}/_config/webhooks/recur", fake.base))
+        .bearer_auth("sk_test_recur")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("url={base}/webhooks/stripe&secret={SECRET}"))
+        .send()
+        .await
+        .unwrap();
+    assert!(registered.status().is_success(), "{registered:?}");
+
+    let post = |path: String, body: serde_json::Value| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let answer = client
+                .post(format!("{base}{path}"))
+                .bearer_auth(ADMIN)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status();
+            let body: serde_json::Value = answer.json().await.unwrap();
+            assert!(status.is_success(), "{path}: {status} {body}");
+            body
+        }
+    };
+    let customer = post("/v1/customers".into(), serde_json::json!({})).await;
+    let customer = customer["id"].as_str().unwrap().to_owned();
+    post(
+        format!("/v1/customers/{customer}/payment_method"),
+        serde_json::json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040}),
+    )
+    .await;
+    let subscription = post(
+        "/v1/subscriptions".into(),
+        serde_json::json!({"customer": customer, "plan": "community_access", "trial_days": 0}),
+    )
+    .await;
+    assert_eq!(subscription["status"], "active", "{subscription}");
+
+    // Stripe's payment_intent.succeeded comes back signed and is kept.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let kept = loop {
+        let page: serde_json::Value = client
+            .get(format!(
+                "{base}/v1/events?type=StripeEventReceived&limit=100"
+            ))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let found = page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["data"]["stripe_type"] == "payment_intent.succeeded")
+            .cloned();
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no signed payment_intent.succeeded kept: {page:#}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let evt = kept["data"]["stripe_event_id"].as_str().unwrap().to_owned();
+    assert!(evt.starts_with("evt_"), "{kept:#}");
+    assert_eq!(kept["source"], "webhook");
+    let found: serde_json::Value = client
+        .get(format!("{base}/v1/events?external_id={evt}"))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(found["data"].as_array().unwrap().len(), 1, "{found:#}");
+    let _ = server.kill();
+    let _ = server.wait();
+
+    // The translator read it: the invoice Recur had already paid stays paid once.
+    let translated = Command::new(env!("CARGO_BIN_EXE_recur"))
+        .args(["stripe", "translate", "--from-start", "--database", &url])
+        .env_remove("DATABASE_URL")
+        .env("RECUR_DATA_DIR", std::env::temp_dir())
+        .env("RECUR_MASTER_KEY", MASTER)
+        .output()
+        .unwrap();
+    assert!(translated.status.success(), "{}", stderr(&translated));
+    let said = String::from_utf8_lossy(&translated.stdout).into_owned();
+    let line = said
+        .lines()
+        .find(|l| l.contains(&evt))
+        .unwrap_or_else(|| panic!("{evt} not translated: {said}"));
+    assert!(line.contains("payment_intent.succeeded"), "{line}");
+    assert!(said.contains("0 ledger event(s) appended"), "{said}");
+}
