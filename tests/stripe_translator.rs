@@ -1250,3 +1250,124 @@ async fn a_dispute_won_gives_the_withheld_funds_back_once() {
         "a dispute won leaves the payment refundable"
     );
 }
+
+#[tokio::test]
+async fn erasing_a_customer_destroys_the_keys_of_its_stripe_customers_events_and_later_ones_are_not_kept()
+ {
+    use recur_commands::customer::{ErasureReason, PaymentMethod};
+    use recur_commands::tagged::DecodeEvent;
+    use recur_commands::webhook::{WebhookEvent, stripe_data_owner};
+
+    let w = world().await;
+    let customer = w
+        .customer(
+            None,
+            Some(ContactDetails {
+                name: "Grace Hopper".into(),
+                email: "grace@example.com".into(),
+                phone: None,
+            }),
+        )
+        .await;
+    // The card the Stripe gateway attached: it names the Stripe customer.
+    w.billing
+        .attach_payment_method(
+            customer,
+            PaymentMethod {
+                token: "pm_card_visa".into(),
+                brand: "visa".into(),
+                last4: "4242".into(),
+                exp_month: 12,
+                exp_year: 2040,
+                provider_customer: Some("cus_grace".into()),
+            },
+        )
+        .await
+        .unwrap();
+    let mut stripe_customer = fixture("current", "customer");
+    stripe_customer["id"] = json!("cus_grace");
+    stripe_customer["email"] = json!("grace.hopper@navy.example");
+    let event = stripe_event(
+        "current",
+        "customer.updated",
+        "evt_grace_1",
+        START,
+        stripe_customer.clone(),
+    );
+    assert!(matches!(w.deliver(&event).await, Ingested::New(_)));
+    let kept = w
+        .ledger()
+        .read_stream(
+            &recur_commands::webhook::stripe_event_stream("evt_grace_1").unwrap(),
+            0,
+            10,
+        )
+        .await
+        .unwrap();
+    let WebhookEvent::StripeEventReceived {
+        key_owner,
+        encrypted,
+        ..
+    } = WebhookEvent::decode_payload(&kept[0].payload).unwrap();
+    assert_eq!(key_owner, stripe_data_owner("cus_grace"));
+    let readable = w
+        .billing
+        .decrypt_personal(CustomerId(key_owner), &encrypted)
+        .await
+        .unwrap();
+    assert!(
+        String::from_utf8(readable.unwrap())
+            .unwrap()
+            .contains("navy.example")
+    );
+
+    let erasure = w
+        .billing
+        .forget(
+            customer,
+            ErasureReason::RequestedByCustomer,
+            recur_ledger::Source::Api,
+        )
+        .await
+        .unwrap();
+    assert!(erasure.key_destroyed);
+    assert_eq!(erasure.provider_keys_destroyed, 1);
+    // The kept Stripe event can no longer be read, though it stays in the ledger.
+    assert_eq!(
+        w.billing
+            .decrypt_personal(CustomerId(key_owner), &encrypted)
+            .await
+            .unwrap(),
+        None
+    );
+    // A later event about the same Stripe customer is acknowledged, not kept.
+    let later = stripe_event(
+        "current",
+        "customer.updated",
+        "evt_grace_2",
+        START,
+        stripe_customer,
+    );
+    assert_eq!(w.deliver(&later).await, Ingested::Erased);
+    assert_eq!(
+        w.ledger()
+            .stream_version(&recur_commands::webhook::stripe_event_stream("evt_grace_2").unwrap())
+            .await
+            .unwrap(),
+        0
+    );
+    // Forgetting again destroys nothing more.
+    let again = w
+        .billing
+        .forget(
+            customer,
+            ErasureReason::RequestedByCustomer,
+            recur_ledger::Source::Api,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.key_destroyed, again.provider_keys_destroyed),
+        (false, 0)
+    );
+}

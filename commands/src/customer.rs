@@ -366,6 +366,9 @@ pub struct Customer {
     pub erased_at: Option<OffsetDateTime>,
     /// The card on file, when the provider said it expires soon.
     pub card_expiring: Option<CardExpiry>,
+    /// Every customer the provider ever held for it (`cus_…`), from its cards:
+    /// erasure destroys the data keys of their Stripe events too.
+    pub provider_customers: std::collections::BTreeSet<String>,
 }
 
 impl Aggregate for Customer {
@@ -523,6 +526,9 @@ impl Aggregate for Customer {
                 self.tax_location.clone_from(tax_location);
             }
             CustomerEvent::PaymentMethodAttached { method } => {
+                if let Some(provider_customer) = &method.provider_customer {
+                    self.provider_customers.insert(provider_customer.clone());
+                }
                 self.payment_method = Some(method.clone());
                 self.card_expiring = None;
             }

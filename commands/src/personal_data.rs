@@ -29,6 +29,8 @@ pub struct Erasure {
     pub at: OffsetDateTime,
     /// Whether a live data key was destroyed now (false on a repeat).
     pub key_destroyed: bool,
+    /// Data keys of the Stripe events about its Stripe customers destroyed now.
+    pub provider_keys_destroyed: u32,
     /// Stored API answers that held the customer, deleted now.
     pub answers_deleted: u64,
 }
@@ -170,14 +172,29 @@ impl Billing {
             .await?;
         let at = executed.state.erased_at.unwrap_or(now);
         let key_destroyed = self.ledger().destroy_data_key(id.0).await?;
+        // The Stripe events about its Stripe customers are kept under keys of
+        // their own (`stripe_data_owner`): those go too.
+        let mut provider_keys_destroyed = 0_u32;
+        for provider_customer in &executed.state.provider_customers {
+            let owner = crate::webhook::stripe_data_owner(provider_customer);
+            if self.ledger().destroy_data_key(owner).await? {
+                provider_keys_destroyed += 1;
+            }
+        }
         let answers_deleted = self
             .ledger()
             .delete_requests_mentioning(&id.0.to_string())
             .await?;
-        tracing::info!(key_destroyed, answers_deleted, "personal data erased");
+        tracing::info!(
+            key_destroyed,
+            provider_keys_destroyed,
+            answers_deleted,
+            "personal data erased"
+        );
         Ok(Erasure {
             at,
             key_destroyed,
+            provider_keys_destroyed,
             answers_deleted,
         })
     }

@@ -85,6 +85,10 @@ pub enum Ingested {
     New(Position),
     /// Kept before (a redelivery, sequential or concurrent): nothing written.
     Duplicate,
+    /// About a Stripe customer whose Recur customer was erased: acknowledged,
+    /// nothing written (its data key is destroyed, and its personal data must
+    /// not come back under another).
+    Erased,
 }
 
 /// What names a Stripe event's stream, before its id.
@@ -127,7 +131,13 @@ impl Billing {
             return Ok(Ingested::Duplicate);
         }
         let key_owner = stripe_data_owner(delivery.customer.as_deref().unwrap_or(&delivery.id));
-        let encrypted = self.encrypt_personal(CustomerId(key_owner), raw).await?;
+        let encrypted = match self.encrypt_personal(CustomerId(key_owner), raw).await {
+            Ok(encrypted) => encrypted,
+            Err(BillingError::Domain(crate::error::DomainError::PersonalDataErased)) => {
+                return Ok(Ingested::Erased);
+            }
+            Err(error) => return Err(error),
+        };
         let event = WebhookEvent::StripeEventReceived {
             stripe_event_id: delivery.id.clone(),
             stripe_type: delivery.event_type,

@@ -48,6 +48,10 @@ pub struct WebhookReceipt {
     /// The ledger position it was kept at (absent for a redelivery).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
+    /// True when it is about a Stripe customer whose Recur customer was
+    /// erased: acknowledged, and not kept.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub erased: bool,
 }
 
 /// A Stripe event's envelope: what routes it. The whole event is kept as sent.
@@ -187,12 +191,21 @@ pub async fn stripe(
             id,
             duplicate: false,
             position: Some(position.0),
+            erased: false,
         },
         Ingested::Duplicate => WebhookReceipt {
             object: "webhook_receipt",
             id,
             duplicate: true,
             position: None,
+            erased: false,
+        },
+        Ingested::Erased => WebhookReceipt {
+            object: "webhook_receipt",
+            id,
+            duplicate: false,
+            position: None,
+            erased: true,
         },
     };
     Ok(json_response(StatusCode::OK, &to_value(&receipt)?))
