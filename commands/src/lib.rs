@@ -42,6 +42,7 @@ pub mod provider;
 pub mod reconciliation;
 mod repository;
 pub mod scheduler;
+pub mod stripe_amounts;
 pub mod stripe_facts;
 pub mod subscription;
 pub mod tagged;

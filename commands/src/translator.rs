@@ -136,11 +136,13 @@ pub enum Intent {
     Nothing(&'static str),
 }
 
-/// Stripe's lowercase currency and minor units as Recur money.
-fn money(amount_minor: i64, currency: &str) -> Option<Money> {
+/// A Stripe amount in Stripe's lowercase currency as Recur money (Stripe counts
+/// ISK and UGX in hundredths: [`crate::stripe_amounts`]).
+fn money(stripe_amount: i64, currency: &str) -> Option<Money> {
+    let iso_minor = crate::stripe_amounts::iso_minor_from_stripe(stripe_amount, currency)?;
     Currency::parse(&currency.to_ascii_uppercase())
         .ok()
-        .map(|c| Money::from_minor(amount_minor, c))
+        .map(|c| Money::from_minor(iso_minor, c))
 }
 
 fn bounded_insert<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, value: V) {
@@ -701,6 +703,17 @@ impl std::fmt::Debug for Translator {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn stripe_amounts_become_iso_money_isk_and_ugx_in_hundredths() {
+        let isk = money(5_000, "isk").map(|m| m.to_string());
+        assert_eq!(isk.as_deref(), Some("50 ISK"));
+        let usd = money(9_700, "usd").map(|m| m.to_string());
+        assert_eq!(usd.as_deref(), Some("97.00 USD"));
+        // Stripe never sends hundredths of a krona: refused, not misread.
+        assert_eq!(money(5_050, "isk"), None);
+        assert_eq!(money(100, "zzz"), None);
+    }
 
     fn fact(kind: &str, object: serde_json::Value) -> StripeFact {
         let body = json!({"id": "evt_t", "type": kind, "created": 1, "data": {"object": object}});

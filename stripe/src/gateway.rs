@@ -11,6 +11,7 @@ use recur_commands::payment::{
     AttachRequest, CardError, ChargeRequest, GatewayError, GatewayFuture, PaymentGateway,
     RefundRequest,
 };
+use recur_commands::stripe_amounts;
 use recur_ledger::{Currency, Money};
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeRequest};
 use stripe_core::customer::CreateCustomer;
@@ -257,23 +258,16 @@ fn declined(decline_code: String, message: String) -> ChargeOutcome {
     }
 }
 
-/// Currencies whose amounts Stripe takes in hundredths although ISO 4217 gives
-/// them no minor unit (Stripe keeps them two-decimal for compatibility and
-/// requires a multiple of 100): <https://docs.stripe.com/currencies#special-cases>.
-const STRIPE_TWO_DECIMAL_OVER_ISO_ZERO: &[&str] = &["ISK", "UGX"];
-
 /// `money` as Stripe's integer amount and currency (lowercase code).
 ///
 /// # Errors
 /// An amount that is not a whole number of minor units, or beyond `i64`.
 pub fn to_stripe_amount(money: &Money) -> Result<(i64, stripe_types::Currency), StripeError> {
-    let mut minor = money.to_minor()?;
+    let iso_minor = money.to_minor()?;
     let code = money.currency().code();
-    if STRIPE_TWO_DECIMAL_OVER_ISO_ZERO.contains(&code) {
-        minor = minor.checked_mul(100).ok_or_else(|| {
-            StripeError::Unexpected(format!("{minor} {code} is too large for Stripe"))
-        })?;
-    }
+    let minor = stripe_amounts::stripe_amount_from_iso_minor(iso_minor, code).ok_or_else(|| {
+        StripeError::Unexpected(format!("{iso_minor} {code} is too large for Stripe"))
+    })?;
     let currency = code
         .to_ascii_lowercase()
         .parse::<stripe_types::Currency>()
@@ -288,16 +282,12 @@ pub fn to_stripe_amount(money: &Money) -> Result<(i64, stripe_types::Currency), 
 /// multiple of 100 (Stripe never makes one).
 pub fn money_from_stripe(amount: i64, currency: &str) -> Result<Money, StripeError> {
     let currency = Currency::parse(&currency.to_ascii_uppercase())?;
-    let amount = if STRIPE_TWO_DECIMAL_OVER_ISO_ZERO.contains(&currency.code()) {
-        if amount % 100 != 0 {
-            return Err(StripeError::Unexpected(format!(
+    let amount =
+        stripe_amounts::iso_minor_from_stripe(amount, currency.code()).ok_or_else(|| {
+            StripeError::Unexpected(format!(
                 "{amount} {currency} from Stripe is not a multiple of 100"
-            )));
-        }
-        amount / 100
-    } else {
-        amount
-    };
+            ))
+        })?;
     Ok(Money::from_minor(amount, currency))
 }
 

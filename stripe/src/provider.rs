@@ -276,15 +276,22 @@ impl recur_commands::reconciliation::ProviderStatement for StripeGateway {
             let listed = StripeGateway::balance_transactions(self, from, to)
                 .await
                 .map_err(|e| recur_commands::payment::GatewayError(e.to_string()))?;
+            // In ISO 4217 minor units, as the ledger counts (Stripe counts ISK
+            // and UGX in hundredths); an amount that cannot be is kept as Stripe
+            // gave it, and then differs.
+            let iso = |amount: i64, currency: &str| {
+                recur_commands::stripe_amounts::iso_minor_from_stripe(amount, currency)
+                    .unwrap_or(amount)
+            };
             Ok(listed
                 .into_iter()
                 .map(|txn| recur_commands::reconciliation::ProviderTransaction {
+                    amount_minor: iso(txn.amount_minor, &txn.currency),
+                    fee_minor: iso(txn.fee_minor, &txn.currency),
                     id: txn.id,
                     kind: txn.kind,
                     // Fees without a source are not the ledger's business.
                     source: txn.source.unwrap_or_default(),
-                    amount_minor: txn.amount_minor,
-                    fee_minor: txn.fee_minor,
                     currency: txn.currency,
                     created: txn.created,
                 })
