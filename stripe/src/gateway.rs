@@ -210,9 +210,15 @@ impl StripeGateway {
 /// [`StripeError::Unexpected`] for a succeeded intent without a charge.
 pub fn outcome_of(intent: &PaymentIntent) -> Result<ChargeOutcome, StripeError> {
     match &intent.status {
-        PaymentIntentStatus::Succeeded | PaymentIntentStatus::Processing => {
-            // `processing` (asynchronous methods) is not a card's answer; it is
-            // counted as collected and a later webhook settles it.
+        // Not settled yet (asynchronous methods): no answer. The attempt stays
+        // pending; Stripe's payment_intent.succeeded or payment_failed
+        // webhook records the outcome (the translator), or the attempt's retry
+        // with the same key asks again.
+        PaymentIntentStatus::Processing => Err(StripeError::Unexpected(format!(
+            "payment intent {} is still processing",
+            intent.id.as_str()
+        ))),
+        PaymentIntentStatus::Succeeded => {
             let charge = intent.latest_charge.as_ref().ok_or_else(|| {
                 StripeError::Unexpected(format!(
                     "payment intent {} succeeded without a charge",
@@ -364,8 +370,14 @@ impl PaymentGateway for StripeGateway {
                     // act on, not an outage to retry forever.
                     tracing::warn!(error = %error, "stripe: a charge was refused");
                     match &error {
-                        // 400 (a bad parameter, a key reused with other
-                        // terms) and 404 (no such payment method or customer):
+                        // The key was used before with other terms: that first
+                        // request may have charged. Never a decline (a new
+                        // attempt would charge again): the attempt waits for
+                        // an operator, or for the first request's webhook.
+                        StripeError::Api { kind, .. } if kind == "idempotency_error" => {
+                            Err(unavailable(&error))
+                        }
+                        // 400 (a bad parameter) and 404 (no such payment method or customer):
                         // named after Stripe's code, or its error type.
                         StripeError::Api {
                             status: 400 | 404,

@@ -198,13 +198,11 @@ async fn a_key_reused_with_another_amount_is_refused_not_charged() {
     gateway.charge(&request).await.unwrap();
     let mut other = request.clone();
     other.amount = Money::parse("11.00", "USD").unwrap();
-    // Stripe's idempotency_error (400): the gateway reports a decline named
-    // after it rather than retrying forever, and charges nothing.
+    // Stripe's idempotency_error (400): the first request with this key may
+    // have charged, so it is no answer (the attempt stays pending), never a
+    // decline that a new attempt with a new key would charge again.
     let outcome = gateway.charge(&other).await;
-    assert!(
-        !matches!(outcome, Ok(ChargeOutcome::Succeeded { .. })),
-        "{outcome:?}"
-    );
+    assert!(outcome.is_err(), "{outcome:?}");
     let charges = gateway
         .customer_charges(attached.provider_customer.as_deref().unwrap())
         .await
