@@ -182,6 +182,23 @@ pub enum CustomerCommand {
         /// Now, from the clock (expiry check).
         now: OffsetDateTime,
     },
+    /// The card network renewed the card on file (same token, new expiry or
+    /// number): decided on the card on file when appended, so a card the
+    /// customer replaced meanwhile is never put back.
+    UpdateCardOnFile {
+        /// The card's token, as on file.
+        token: String,
+        /// Its brand now.
+        brand: String,
+        /// Its last four digits now.
+        last4: String,
+        /// Its expiry month now.
+        exp_month: u8,
+        /// Its expiry year now.
+        exp_year: u16,
+        /// Now, from the clock (expiry check).
+        now: OffsetDateTime,
+    },
     /// Remove the card on file.
     DetachPaymentMethod,
     /// Set the tax location.
@@ -412,6 +429,36 @@ impl Aggregate for Customer {
                     vec![CustomerEvent::PaymentMethodAttached { method }]
                 }
             }
+            CustomerCommand::UpdateCardOnFile {
+                token,
+                brand,
+                last4,
+                exp_month,
+                exp_year,
+                now,
+            } => match &self.payment_method {
+                // Not the card on file (replaced or removed meanwhile), or an
+                // older expiry than it has: nothing.
+                Some(on_file)
+                    if on_file.token == token
+                        && (exp_year, exp_month) >= (on_file.exp_year, on_file.exp_month) =>
+                {
+                    let method = PaymentMethod {
+                        brand,
+                        last4,
+                        exp_month,
+                        exp_year,
+                        ..on_file.clone()
+                    };
+                    method.validate(now)?;
+                    if *on_file == method {
+                        Vec::new()
+                    } else {
+                        vec![CustomerEvent::PaymentMethodAttached { method }]
+                    }
+                }
+                _ => Vec::new(),
+            },
             CustomerCommand::DetachPaymentMethod => match &self.payment_method {
                 Some(method) => vec![CustomerEvent::PaymentMethodDetached {
                     token: method.token.clone(),
@@ -741,6 +788,62 @@ mod tests {
             written.contains(r#""provider_customer":"cus_123""#),
             "{written}"
         );
+    }
+
+    #[test]
+    fn a_network_card_update_applies_only_to_the_card_still_on_file() {
+        let now = time::macros::datetime!(2027-01-04 09:00 UTC);
+        let card = |token: &str, exp_year: u16| PaymentMethod {
+            token: token.into(),
+            brand: "visa".into(),
+            last4: "4242".into(),
+            exp_month: 12,
+            exp_year,
+            provider_customer: Some("cus_1".into()),
+        };
+        let mut customer = Customer {
+            id: Some(CustomerId(uuid::Uuid::now_v7())),
+            ..Customer::default()
+        };
+        customer.evolve(&CustomerEvent::PaymentMethodAttached {
+            method: card("pm_a", 2027),
+        });
+        let update = |token: &str, exp_year: u16| CustomerCommand::UpdateCardOnFile {
+            token: token.into(),
+            brand: "visa".into(),
+            last4: "1881".into(),
+            exp_month: 12,
+            exp_year,
+            now,
+        };
+        // The card on file, renewed: the new number and expiry, the rest kept.
+        let events = customer
+            .decide(update("pm_a", 2030))
+            .map_err(|e| e.to_string());
+        let events = events.expect("decided");
+        let [CustomerEvent::PaymentMethodAttached { method }] = events.as_slice() else {
+            panic!("{events:?}");
+        };
+        assert_eq!(
+            (
+                method.last4.as_str(),
+                method.exp_year,
+                method.provider_customer.as_deref()
+            ),
+            ("1881", 2030, Some("cus_1"))
+        );
+        // An older expiry than on file: nothing.
+        assert_eq!(customer.decide(update("pm_a", 2026)).ok(), Some(vec![]));
+        // The customer replaced the card meanwhile: the old one is never put back.
+        customer.evolve(&CustomerEvent::PaymentMethodAttached {
+            method: card("pm_b", 2031),
+        });
+        assert_eq!(customer.decide(update("pm_a", 2030)).ok(), Some(vec![]));
+        // Or removed it.
+        customer.evolve(&CustomerEvent::PaymentMethodDetached {
+            token: "pm_b".into(),
+        });
+        assert_eq!(customer.decide(update("pm_b", 2032)).ok(), Some(vec![]));
     }
 
     #[test]

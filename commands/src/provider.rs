@@ -433,6 +433,8 @@ impl Billing {
         let Some(customer) = self.reported_customer(id).await? else {
             return Ok(Effect::Nothing("unknown_customer"));
         };
+        // A quick answer for the report; the command itself decides again on
+        // the card on file when it appends (the customer may change it meanwhile).
         let Some(on_file) = customer.payment_method else {
             return Ok(Effect::Nothing("no_card_on_file"));
         };
@@ -442,17 +444,13 @@ impl Billing {
         if (card.exp_year, card.exp_month) < (on_file.exp_year, on_file.exp_month) {
             return Ok(Effect::Nothing("older_than_the_card_on_file"));
         }
-        // Built from the card on file: only what the network changed changes.
-        let method = crate::customer::PaymentMethod {
-            brand: card.brand.clone(),
-            last4: card.last4.clone(),
-            exp_month: card.exp_month,
-            exp_year: card.exp_year,
-            ..on_file
-        };
         refused(
-            self.customer_command(id, SOURCE, |_| CustomerCommand::AttachPaymentMethod {
-                method: method.clone(),
+            self.customer_command(id, SOURCE, |_| CustomerCommand::UpdateCardOnFile {
+                token: card.id.clone(),
+                brand: card.brand.clone(),
+                last4: card.last4.clone(),
+                exp_month: card.exp_month,
+                exp_year: card.exp_year,
                 now,
             })
             .await
