@@ -82,6 +82,15 @@ impl StripeConfig {
                 "{API_BASE_VAR} must be an http:// or https:// URL, got {api_base:?}"
             )));
         }
+        // The base is logged: credentials belong in STRIPE_SECRET_KEY, never in it.
+        let authority = api_base
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+        if authority.contains('@') {
+            return Err(StripeError::Config(format!(
+                "{API_BASE_VAR} must not carry credentials (user:password@): the key goes in STRIPE_SECRET_KEY"
+            )));
+        }
         let api_base = if api_base.ends_with('/') {
             api_base.to_owned()
         } else {
@@ -135,5 +144,21 @@ mod tests {
         assert!(!error.to_string().contains("hunter2"), "{error}");
         assert!(SecretKey::parse("sk_").is_err());
         assert!(StripeConfig::new(SecretKey::parse("sk_test_x").unwrap(), "ftp://x").is_err());
+        let with_password = StripeConfig::new(
+            SecretKey::parse("sk_test_x").unwrap(),
+            "https://user:hunter2@proxy.example/stripe",
+        )
+        .unwrap_err();
+        assert!(
+            !with_password.to_string().contains("hunter2"),
+            "{with_password}"
+        );
+        assert!(
+            StripeConfig::new(
+                SecretKey::parse("sk_test_x").unwrap(),
+                "http://127.0.0.1:8420"
+            )
+            .is_ok()
+        );
     }
 }
