@@ -1371,3 +1371,51 @@ async fn erasing_a_customer_destroys_the_keys_of_its_stripe_customers_events_and
         (false, 0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stripe_contact_change_racing_one_through_the_api_never_undoes_it() {
+    use recur_commands::stripe_facts::ContactPatch;
+
+    let w = world().await;
+    for round in 0..12 {
+        let before = ContactDetails {
+            name: format!("Ada {round}"),
+            email: format!("ada.{round}@example.com"),
+            phone: Some("+44 20 7946 0001".into()),
+        };
+        let customer = w.customer(None, Some(before)).await;
+        let through_api = ContactDetails {
+            name: format!("Ada King {round}"),
+            email: format!("ada.king.{round}@example.com"),
+            phone: Some("+44 20 7946 0002".into()),
+        };
+        // Stripe changed only the email.
+        let patch = ContactPatch {
+            name: None,
+            email: Some(format!("countess.{round}@example.com")),
+            phone: None,
+        };
+        let api = {
+            let billing = Arc::clone(&w.billing);
+            let details = through_api.clone();
+            tokio::spawn(async move { billing.update_contact(customer, details).await })
+        };
+        let stripe = {
+            let billing = Arc::clone(&w.billing);
+            let patch = patch.clone();
+            tokio::spawn(async move { billing.provider_contact(customer, &patch, START).await })
+        };
+        api.await.unwrap().unwrap();
+        stripe.await.unwrap().unwrap();
+        let after = w.billing.contact(customer).await.unwrap().unwrap();
+        // Either order is fine; the API's name and phone are never lost.
+        let patched = ContactDetails {
+            email: patch.email.clone().unwrap(),
+            ..through_api.clone()
+        };
+        assert!(
+            after == through_api || after == patched,
+            "round {round}: the API's change was undone: {after:?}"
+        );
+    }
+}

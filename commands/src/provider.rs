@@ -22,6 +22,10 @@ use crate::subscription::SubscriptionCommand;
 /// Where the commands of a provider's report come from.
 const SOURCE: Source = Source::Webhook;
 
+/// Merges of a contact patch tried before giving up on a customer changed
+/// under it each time.
+const CONTACT_MERGES_MAX: usize = 8;
+
 /// What applying a provider's report did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
@@ -363,59 +367,75 @@ impl Billing {
         if patch.is_empty() {
             return Ok(Effect::Nothing("contact_unchanged"));
         }
-        let customer = match self.customer(id).await {
-            Ok(customer) => customer,
-            Err(BillingError::Domain(DomainError::NotFound { .. })) => {
-                return Ok(Effect::Nothing("unknown_customer"));
+        // The patch is merged into the details read at a version of the
+        // contact stream, and appended only at that version: a change through
+        // the API landing in between makes it read and merge again, never
+        // overwrite it (one landing after is a full replacement, and wins).
+        let contacts = contact_stream(id)?;
+        for _ in 0..CONTACT_MERGES_MAX {
+            let customer = match self.customer(id).await {
+                Ok(read) => read,
+                Err(BillingError::Domain(DomainError::NotFound { .. })) => {
+                    return Ok(Effect::Nothing("unknown_customer"));
+                }
+                Err(error) => return Err(error),
+            };
+            if customer.erased_at.is_some() {
+                return Ok(Effect::Nothing("personal_data_erased"));
             }
-            Err(error) => return Err(error),
-        };
-        if customer.erased_at.is_some() {
-            return Ok(Effect::Nothing("personal_data_erased"));
-        }
-        let current = self.contact(id).await?;
-        let (Some(name), Some(email)) = (
-            patch
-                .name
-                .clone()
-                .or_else(|| current.as_ref().map(|c| c.name.clone())),
-            patch
-                .email
-                .clone()
-                .or_else(|| current.as_ref().map(|c| c.email.clone())),
-        ) else {
-            return Ok(Effect::Nothing("contact_incomplete"));
-        };
-        let details = ContactDetails {
-            name,
-            email,
-            phone: match &patch.phone {
-                Some(phone) => phone.clone(),
-                None => current.as_ref().and_then(|c| c.phone.clone()),
-            },
-        };
-        if details.validate().is_err() {
-            return Ok(Effect::Nothing("contact_invalid"));
-        }
-        if current.as_ref() == Some(&details) {
-            return Ok(Effect::Nothing("contact_unchanged"));
-        }
-        refused(
-            async {
-                // The customer's stream first, as for a change through the API:
-                // its version guards contact changes.
-                self.customer_command(id, SOURCE, |_| CustomerCommand::MarkContactChanged { now })
-                    .await?;
+            let (stored, contact_version) = self.repo.load_current::<Contact>(&contacts).await?;
+            let current = match &stored.details {
+                None => None,
+                Some(stored) => self.open_contact(id, stored).await?,
+            };
+            let (Some(name), Some(email)) = (
+                patch
+                    .name
+                    .clone()
+                    .or_else(|| current.as_ref().map(|c| c.name.clone())),
+                patch
+                    .email
+                    .clone()
+                    .or_else(|| current.as_ref().map(|c| c.email.clone())),
+            ) else {
+                return Ok(Effect::Nothing("contact_incomplete"));
+            };
+            let details = ContactDetails {
+                name,
+                email,
+                phone: match &patch.phone {
+                    Some(phone) => phone.clone(),
+                    None => current.as_ref().and_then(|c| c.phone.clone()),
+                },
+            };
+            if details.validate().is_err() {
+                return Ok(Effect::Nothing("contact_invalid"));
+            }
+            if current.as_ref() == Some(&details) {
+                return Ok(Effect::Nothing("contact_unchanged"));
+            }
+            let at_version = crate::context::RequestContext {
+                actor: crate::context::actor(),
+                expected: Some((contacts.clone(), contact_version)),
+                ..crate::context::RequestContext::default()
+            };
+            let (written, _) = crate::context::within(at_version, async {
+                // The contact first: its version is what the merge was made on.
                 let encrypted = self.encrypt_contact(id, &details).await?;
                 self.repo
-                    .execute::<Contact, _>(&contact_stream(id)?, &metadata(SOURCE), |_| {
-                        Ok(encrypted.clone())
-                    })
+                    .execute::<Contact, _>(&contacts, &metadata(SOURCE), |_| Ok(encrypted.clone()))
+                    .await?;
+                self.customer_command(id, SOURCE, |_| CustomerCommand::MarkContactChanged { now })
                     .await?;
                 Ok(Effect::Applied)
+            })
+            .await;
+            match written {
+                Err(BillingError::Stale { .. }) => continue,
+                written => return refused(written),
             }
-            .await,
-        )
+        }
+        Ok(Effect::Nothing("contact_contended"))
     }
 
     /// The card network updated the card on file (new expiry, last4 or
