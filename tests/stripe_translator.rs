@@ -1371,3 +1371,196 @@ async fn erasing_a_customer_destroys_the_keys_of_its_stripe_customers_events_and
         (false, 0)
     );
 }
+
+/// The dispute of `w.paid()`'s charge (97.00 USD), with `transactions` as its
+/// balance transactions.
+fn chargeback(status: &str, transactions: Value) -> Value {
+    let mut dispute = fixture("current", "dispute");
+    dispute["charge"] = json!("ch_sim_000001");
+    dispute["amount"] = json!(9700);
+    dispute["currency"] = json!("usd");
+    dispute["reason"] = json!("fraudulent");
+    dispute["status"] = json!(status);
+    dispute["balance_transactions"] = transactions;
+    dispute
+}
+
+async fn dispute_books(w: &World, invoice: InvoiceId) -> TrialBalance {
+    let mut balance = TrialBalance::default();
+    for event in w.invoice_events(invoice).await {
+        balance.add(event.postings()).unwrap();
+    }
+    assert!(balance.is_balanced());
+    balance
+}
+
+#[tokio::test]
+async fn a_dispute_fee_reported_only_by_funds_withdrawn_after_created_is_booked_once() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    // `created` of a chargeback withdraws the funds, its balance transactions
+    // not listed yet; `funds_withdrawn` then carries the fee.
+    let created = stripe_event(
+        "current",
+        "charge.dispute.created",
+        "evt_fee_1",
+        START,
+        chargeback("needs_response", json!([])),
+    );
+    let withdrawn = chargeback(
+        "needs_response",
+        json!([{"id": "txn_dp", "object": "balance_transaction", "amount": -9700,
+                "fee": 1500, "currency": "usd"}]),
+    );
+    let withdrawn_event = stripe_event(
+        "current",
+        "charge.dispute.funds_withdrawn",
+        "evt_fee_2",
+        START,
+        withdrawn.clone(),
+    );
+    for event in [&created, &created, &withdrawn_event, &withdrawn_event] {
+        w.deliver(event).await;
+    }
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated.len(), 2, "each kept once");
+    // Stripe sends the same stage again under a new event id; and a re-run.
+    w.deliver(&stripe_event(
+        "current",
+        "charge.dispute.funds_withdrawn",
+        "evt_fee_3",
+        START,
+        withdrawn,
+    ))
+    .await;
+    let (_, report) = w.translate(false).await;
+    assert_eq!(report.events_appended, 0);
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    let fees: Vec<_> = w
+        .invoice_events(invoice)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, InvoiceEvent::DisputeFeeRecorded { .. }))
+        .collect();
+    assert_eq!(fees.len(), 1, "{fees:?}");
+    assert_eq!(
+        fees[0].postings(),
+        [
+            posting(Account::DisputeFees, Side::Debit, "15.00"),
+            posting(Account::GatewayBalance, Side::Credit, "15.00"),
+        ]
+    );
+    let balance = dispute_books(&w, invoice).await;
+    assert_eq!(
+        balance.balance(&Account::DisputeFees, Currency::USD),
+        usd("15.00")
+    );
+    assert_eq!(
+        balance.balance(&Account::DisputedFunds, Currency::USD),
+        usd("97.00")
+    );
+    assert_eq!(
+        balance.balance(&Account::GatewayBalance, Currency::USD),
+        usd("-15.00")
+    );
+    let state = w.billing.invoice(invoice).await.unwrap();
+    let dispute = state.dispute("dp_1Pgc71B7WZ01zgkWMevJiAUx").unwrap();
+    assert_eq!(dispute.fee, usd("15.00"));
+}
+
+#[tokio::test]
+async fn a_fee_returned_reported_only_by_funds_reinstated_after_closed_won_is_booked_once() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    let withdrawal = json!({"id": "txn_dp", "object": "balance_transaction", "amount": -9700,
+                            "fee": 1500, "currency": "usd"});
+    let reinstatement = json!({"id": "txn_dp2", "object": "balance_transaction", "amount": 9700,
+                               "fee": -1500, "currency": "usd"});
+    w.deliver(&stripe_event(
+        "current",
+        "charge.dispute.created",
+        "evt_ret_1",
+        START,
+        chargeback("needs_response", json!([withdrawal.clone()])),
+    ))
+    .await;
+    // Closed as won before the reinstatement's balance transaction is listed:
+    // the funds come back with no fee returned; funds_reinstated then says it.
+    let closed = stripe_event(
+        "current",
+        "charge.dispute.closed",
+        "evt_ret_2",
+        START + time::Duration::days(20),
+        chargeback("won", json!([withdrawal.clone()])),
+    );
+    let reinstated = stripe_event(
+        "current",
+        "charge.dispute.funds_reinstated",
+        "evt_ret_3",
+        START + time::Duration::days(20),
+        chargeback("won", json!([withdrawal.clone(), reinstatement.clone()])),
+    );
+    for event in [&closed, &closed, &reinstated, &reinstated] {
+        w.deliver(event).await;
+    }
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated.len(), 3, "each kept once");
+    w.deliver(&stripe_event(
+        "current",
+        "charge.dispute.funds_reinstated",
+        "evt_ret_4",
+        START + time::Duration::days(21),
+        chargeback("won", json!([withdrawal, reinstatement])),
+    ))
+    .await;
+    let (_, report) = w.translate(false).await;
+    assert_eq!(report.events_appended, 0);
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    let kinds: Vec<String> = w
+        .stream(&invoice.stream().unwrap())
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind.starts_with("Dispute"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "DisputeOpened",
+            "DisputeFundsWithdrawn",
+            "DisputeFundsReinstated",
+            "DisputeClosed",
+            "DisputeFeeReturned",
+        ]
+    );
+    let returned: Vec<_> = w
+        .invoice_events(invoice)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, InvoiceEvent::DisputeFeeReturned { .. }))
+        .collect();
+    assert_eq!(
+        returned[0].postings(),
+        [
+            posting(Account::GatewayBalance, Side::Debit, "15.00"),
+            posting(Account::DisputeFees, Side::Credit, "15.00"),
+        ]
+    );
+    let balance = dispute_books(&w, invoice).await;
+    assert!(
+        balance
+            .balance(&Account::DisputeFees, Currency::USD)
+            .is_zero()
+    );
+    assert!(
+        balance
+            .balance(&Account::DisputedFunds, Currency::USD)
+            .is_zero()
+    );
+    assert_eq!(
+        balance.balance(&Account::GatewayBalance, Currency::USD),
+        usd("97.00")
+    );
+}

@@ -293,7 +293,8 @@ impl Billing {
     }
 
     /// A dispute's stage: the dispute recorded when new, then its funds
-    /// withdrawn, reinstated, or its end — each once.
+    /// withdrawn, reinstated, or its end — each once — and any fee (or fee
+    /// given back) the stage reports that no earlier stage booked.
     ///
     /// # Errors
     /// Ledger errors.
@@ -336,6 +337,15 @@ impl Billing {
                         now,
                     });
                 }
+                // Whatever stage reports the fees (each stage's dispute lists
+                // the balance transactions known by then): what the stages
+                // before did not book.
+                commands.push(InvoiceCommand::RecordDisputeFees {
+                    dispute_id: dispute.dispute_id.clone(),
+                    fee: dispute.fee,
+                    fee_returned: dispute.fee_returned,
+                    now,
+                });
                 for command in commands {
                     self.invoice_command(id, SOURCE, |_| command.clone())
                         .await?;
