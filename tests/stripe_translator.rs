@@ -615,7 +615,8 @@ async fn refunds_made_in_stripes_dashboard_are_recorded_and_recurs_own_add_nothi
         charge.clone(),
     ))
     .await;
-    // The current API does not list the refunds: the amount not accounted for.
+    // The current API does not list the refunds: nothing is booked by the
+    // amount (its refund.created books each refund under its re_ id).
     let mut current = fixture("current", "charge");
     current["id"] = json!("ch_sim_000001");
     current["metadata"] = json!({ "recur_invoice_id": invoice.to_string() });
@@ -635,7 +636,10 @@ async fn refunds_made_in_stripes_dashboard_are_recorded_and_recurs_own_add_nothi
         effects(&translated),
         [
             ("evt_refund_1".to_owned(), Effect::Applied),
-            ("evt_refund_2".to_owned(), Effect::Applied),
+            (
+                "evt_refund_2".to_owned(),
+                Effect::Nothing("refunds_unlisted")
+            ),
         ]
     );
     let refunds: Vec<_> = w
@@ -671,16 +675,6 @@ async fn refunds_made_in_stripes_dashboard_are_recorded_and_recurs_own_add_nothi
                 2,
                 usd("5.00"),
                 "re_dashboard_1".to_owned(),
-                "unspecified".to_owned(),
-                vec![
-                    posting(Account::Refunds, Side::Debit, "5.00"),
-                    posting(Account::GatewayBalance, Side::Credit, "5.00"),
-                ]
-            ),
-            (
-                3,
-                usd("5.00"),
-                "evt_refund_2".to_owned(),
                 "unspecified".to_owned(),
                 vec![
                     posting(Account::Refunds, Side::Debit, "5.00"),
@@ -1563,4 +1557,182 @@ async fn a_fee_returned_reported_only_by_funds_reinstated_after_closed_won_is_bo
         balance.balance(&Account::GatewayBalance, Currency::USD),
         usd("97.00")
     );
+}
+
+/// A refund object of the charge `ch_sim_000001` (the one `w.paid()` made),
+/// as `refund.*` events carry it.
+fn refund_object(id: &str, amount_minor: i64, status: &str, metadata: Option<Value>) -> Value {
+    let mut refund = fixture("current", "refund");
+    refund["id"] = json!(id);
+    refund["amount"] = json!(amount_minor);
+    refund["currency"] = json!("usd");
+    refund["status"] = json!(status);
+    refund["charge"] = json!("ch_sim_000001");
+    refund["payment_intent"] = Value::Null;
+    match metadata {
+        Some(metadata) => refund["metadata"] = metadata,
+        None => {
+            refund.as_object_mut().unwrap().remove("metadata");
+        }
+    }
+    refund
+}
+
+/// `charge.refunded` of the current API (no refunds list) for `invoice`'s charge.
+fn charge_refunded_unlisted(invoice: InvoiceId, refunded_minor: i64) -> Value {
+    let mut charge = fixture("current", "charge");
+    charge["id"] = json!("ch_sim_000001");
+    charge["metadata"] = json!({ "recur_invoice_id": invoice.to_string() });
+    charge["amount"] = json!(9700);
+    charge["amount_refunded"] = json!(refunded_minor);
+    charge.as_object_mut().unwrap().remove("refunds");
+    charge
+}
+
+/// (refund_no, amount, refund_id) of every InvoiceRefunded of `invoice`.
+async fn refunds_of(w: &World, invoice: InvoiceId) -> Vec<(u32, Money, String)> {
+    w.invoice_events(invoice)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            InvoiceEvent::InvoiceRefunded {
+                refund_no,
+                amount,
+                refund_id,
+                ..
+            } => Some((refund_no, amount, refund_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dashboard_refund_is_booked_by_refund_created_under_its_re_id_and_charge_refunded_adds_nothing()
+ {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    let refund = refund_object("re_dash_1", 2000, "succeeded", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_rf_1",
+        START,
+        refund.clone(),
+    ))
+    .await;
+    w.deliver(&stripe_event(
+        "current",
+        "charge.refunded",
+        "evt_rf_2",
+        START,
+        charge_refunded_unlisted(invoice, 2000),
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(
+        effects(&translated),
+        [
+            ("evt_rf_1".to_owned(), Effect::Applied),
+            ("evt_rf_2".to_owned(), Effect::Nothing("refunds_unlisted")),
+        ]
+    );
+    assert_eq!(
+        refunds_of(&w, invoice).await,
+        [(1, usd("20.00"), "re_dash_1".to_owned())]
+    );
+    // Redelivered, and the same refund reported by its other event types.
+    for (kind, id) in [
+        ("refund.created", "evt_rf_3"),
+        ("refund.updated", "evt_rf_4"),
+        ("charge.refund.updated", "evt_rf_5"),
+    ] {
+        w.deliver(&stripe_event("current", kind, id, START, refund.clone()))
+            .await;
+    }
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_rf_1",
+        START,
+        refund.clone(),
+    ))
+    .await;
+    let (_, report) = w.translate(false).await;
+    assert_eq!(report.events_appended, 0);
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    // It fails afterwards: reported, nothing booked or reversed.
+    let failed = refund_object("re_dash_1", 2000, "failed", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "refund.updated",
+        "evt_rf_6",
+        START,
+        failed,
+    ))
+    .await;
+    let (translated, report) = w.translate(false).await;
+    assert_eq!(
+        translated[0].effect,
+        Effect::Nothing("refund_failed_after_recorded")
+    );
+    assert_eq!(report.events_appended, 0);
+    assert_eq!(refunds_of(&w, invoice).await.len(), 1);
+}
+
+#[tokio::test]
+async fn charge_refunded_before_refund_created_books_the_refund_once_under_its_re_id() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    w.deliver(&stripe_event(
+        "current",
+        "charge.refunded",
+        "evt_rv_1",
+        START,
+        charge_refunded_unlisted(invoice, 2000),
+    ))
+    .await;
+    // Pending first: money not given back yet; its update says it succeeded.
+    let pending = refund_object("re_dash_2", 2000, "pending", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_rv_2",
+        START,
+        pending,
+    ))
+    .await;
+    let succeeded = refund_object("re_dash_2", 2000, "succeeded", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "charge.refund.updated",
+        "evt_rv_3",
+        START,
+        succeeded.clone(),
+    ))
+    .await;
+    w.deliver(&stripe_event(
+        "current",
+        "refund.updated",
+        "evt_rv_4",
+        START,
+        succeeded,
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(
+        effects(&translated),
+        [
+            ("evt_rv_1".to_owned(), Effect::Nothing("refunds_unlisted")),
+            ("evt_rv_2".to_owned(), Effect::Nothing("refund_pending")),
+            ("evt_rv_3".to_owned(), Effect::Applied),
+            ("evt_rv_4".to_owned(), Effect::Nothing("refunds_recorded")),
+        ]
+    );
+    assert_eq!(
+        refunds_of(&w, invoice).await,
+        [(1, usd("20.00"), "re_dash_2".to_owned())]
+    );
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
 }
