@@ -1736,3 +1736,91 @@ async fn charge_refunded_before_refund_created_books_the_refund_once_under_its_r
     let (_, report) = w.translate(true).await;
     assert_eq!(report.events_appended, 0);
 }
+
+#[tokio::test]
+async fn recurs_pending_refund_is_matched_by_its_recur_refund_key_not_by_a_dashboard_refunds_amount()
+ {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    // Recur asks for 40.00 back; the gateway's answer is lost: pending.
+    w.gateway.fail_next_calls(1);
+    let _ = w
+        .billing
+        .refund(invoice, usd("40.00"), "requested_by_customer")
+        .await;
+    let state = w.billing.invoice(invoice).await.unwrap();
+    let pending: Vec<_> = state.pending_refunds().map(|r| r.refund_no).collect();
+    assert_eq!(pending, [1]);
+    let key = format!("{invoice}-refund-1");
+    // Someone refunds 40.00 in Stripe's dashboard: metadata without
+    // recur_refund, so not Recur's answer although the amount is the same.
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_key_1",
+        START,
+        refund_object("re_dash_40", 4000, "succeeded", Some(json!({}))),
+    ))
+    .await;
+    // Then Recur's own, carrying the key its gateway wrote.
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_key_2",
+        START,
+        refund_object(
+            "re_recur_40",
+            4000,
+            "succeeded",
+            Some(json!({ "recur_refund": key })),
+        ),
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert!(
+        translated.iter().all(|t| t.effect == Effect::Applied),
+        "{translated:?}"
+    );
+    assert_eq!(
+        refunds_of(&w, invoice).await,
+        [
+            (2, usd("40.00"), "re_dash_40".to_owned()),
+            (1, usd("40.00"), "re_recur_40".to_owned()),
+        ]
+    );
+    let state = w.billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.pending_refunds().count(), 0);
+    // Redelivered: nothing new.
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    // A refund without any metadata object (whose origin cannot be told) is
+    // still matched to a pending refund of its amount, as before.
+    w.gateway.fail_next_calls(1);
+    let _ = w
+        .billing
+        .refund(invoice, usd("10.00"), "requested_by_customer")
+        .await;
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_key_3",
+        START,
+        refund_object("re_unknown_10", 1000, "succeeded", None),
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated[0].effect, Effect::Applied);
+    assert_eq!(
+        refunds_of(&w, invoice).await[2],
+        (3, usd("10.00"), "re_unknown_10".to_owned())
+    );
+    assert_eq!(
+        w.billing
+            .invoice(invoice)
+            .await
+            .unwrap()
+            .pending_refunds()
+            .count(),
+        0
+    );
+}

@@ -480,12 +480,21 @@ pub enum InvoiceCommand {
         now: OffsetDateTime,
     },
     /// Record a refund the payment provider made: one of Recur's own whose
-    /// answer was lost (a pending refund of the same amount), or one made
-    /// behind Recur's back (the provider's dashboard). Nothing when its id is
-    /// recorded already.
+    /// answer was lost (the pending refund its `recur_refund` key names, or,
+    /// when the provider's refund carries no metadata at all, a pending
+    /// refund of the same amount), or one made behind Recur's back (the
+    /// provider's dashboard). Nothing when its id is recorded already.
     RecordProviderRefund {
         /// The provider's refund id.
         refund_id: String,
+        /// The key Recur's gateway wrote on the refund (metadata
+        /// `recur_refund` = `<invoice id>-refund-<n>`), if any.
+        recur_key: Option<String>,
+        /// The refund carries no metadata at all (whether it is Recur's cannot
+        /// be told): a pending refund of the same amount is taken as its
+        /// match. False when it carries metadata without `recur_refund`: made
+        /// behind Recur's back, never matched by amount.
+        match_by_amount: bool,
         /// Amount, tax included.
         amount: Money,
         /// The provider's reason (one of [`REFUND_REASONS`], else

@@ -38,6 +38,11 @@ pub enum Effect {
 pub struct ReportedRefund {
     /// The provider's refund id (`re_…`).
     pub refund_id: String,
+    /// Metadata `recur_refund`: the key of Recur's own refund.
+    pub recur_key: Option<String>,
+    /// The refund carries no metadata at all (see
+    /// [`InvoiceCommand::RecordProviderRefund`]).
+    pub match_by_amount: bool,
     /// Amount, tax included.
     pub amount: Money,
     /// The provider's reason, if any.
@@ -246,6 +251,8 @@ impl Billing {
             let done = refused(
                 self.invoice_command(id, SOURCE, |_| InvoiceCommand::RecordProviderRefund {
                     refund_id: refund.refund_id.clone(),
+                    recur_key: refund.recur_key.clone(),
+                    match_by_amount: refund.match_by_amount,
                     amount: refund.amount,
                     reason: refund.reason.clone().unwrap_or_default(),
                     now,

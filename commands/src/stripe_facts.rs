@@ -116,6 +116,12 @@ pub struct StripeRefund {
     /// `succeeded`, `pending`, `requires_action`, `failed`, `canceled`
     /// (none in old API versions' lists: succeeded).
     pub status: Option<String>,
+    /// Metadata `recur_refund`: the key Recur's gateway wrote on a refund it
+    /// made (`<invoice id>-refund-<n>`).
+    pub recur_refund: Option<String>,
+    /// Whether the refund carries a `metadata` object at all (Stripe's do;
+    /// without one, whether it is Recur's cannot be told).
+    pub has_metadata: bool,
 }
 
 impl StripeRefund {
@@ -459,6 +465,8 @@ fn refund_of(r: &Map<String, Value>) -> Option<StripeRefund> {
         currency: text(r, "currency")?,
         reason: text(r, "reason"),
         status: text(r, "status"),
+        recur_refund: metadata_text(r, "recur_refund"),
+        has_metadata: expanded(r, "metadata").is_some(),
     })
 }
 
@@ -892,6 +900,29 @@ mod tests {
             dispute.payment.charge.as_deref(),
             Some("ch_1PgafuB7WZ01zgkWXYmPNZs8")
         );
+    }
+
+    #[test]
+    fn a_refund_reads_its_status_and_the_key_recurs_gateway_wrote() {
+        let mut refund = fixture("current", "refund");
+        refund["status"] = json!("pending");
+        refund["metadata"] = json!({"recur_refund": "inv-refund-2"});
+        let StripeFact::Refund { refund: read, .. } =
+            StripeFact::of(&event("refund.created", refund.clone()))
+        else {
+            panic!("a refund");
+        };
+        assert!(!read.is_succeeded());
+        assert_eq!(read.recur_refund.as_deref(), Some("inv-refund-2"));
+        assert!(read.has_metadata);
+        refund.as_object_mut().map(|r| r.remove("metadata"));
+        let StripeFact::Refund { refund: read, .. } =
+            StripeFact::of(&event("charge.refund.updated", refund))
+        else {
+            panic!("a refund");
+        };
+        assert!(!read.has_metadata);
+        assert_eq!(read.recur_refund, None);
     }
 
     #[test]

@@ -327,7 +327,14 @@ impl Index {
                 Intent::Refunded { invoice, refunds }
             }
             StripeFact::Refund { payment, refund } => {
-                let Some(invoice) = self.invoice_of(payment) else {
+                // Recur's own refund names its invoice in its key.
+                let Some(invoice) = self.invoice_of(payment).or_else(|| {
+                    refund
+                        .recur_refund
+                        .as_deref()
+                        .and_then(|key| key.rsplit_once("-refund-"))
+                        .and_then(|(id, _)| InvoiceId::parse(id).ok())
+                }) else {
                     return Intent::Nothing("unknown_invoice");
                 };
                 match refund.status.as_deref() {
@@ -436,6 +443,8 @@ impl Index {
 fn reported_refund(refund: &crate::stripe_facts::StripeRefund) -> Option<ReportedRefund> {
     Some(ReportedRefund {
         refund_id: refund.id.clone(),
+        recur_key: refund.recur_refund.clone(),
+        match_by_amount: !refund.has_metadata,
         amount: money(refund.amount_minor, &refund.currency)?,
         reason: refund.reason.clone(),
     })

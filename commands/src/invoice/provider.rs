@@ -72,10 +72,19 @@ impl Invoice {
             } => self.provider_payment(*attempt_no, charge_id, *amount, *now),
             InvoiceCommand::RecordProviderRefund {
                 refund_id,
+                recur_key,
+                match_by_amount,
                 amount,
                 reason,
                 now,
-            } => self.provider_refund(refund_id, *amount, reason, *now),
+            } => self.provider_refund(
+                refund_id,
+                recur_key.as_deref(),
+                *match_by_amount,
+                *amount,
+                reason,
+                *now,
+            ),
             InvoiceCommand::OpenDispute {
                 dispute_id,
                 charge_id,
@@ -174,6 +183,8 @@ impl Invoice {
     fn provider_refund(
         &self,
         refund_id: &str,
+        recur_key: Option<&str>,
+        match_by_amount: bool,
         amount: Money,
         reason: &str,
         now: OffsetDateTime,
@@ -189,9 +200,40 @@ impl Invoice {
         if !paid.is_positive() {
             return Err(self.refuse("record a provider's refund of"));
         }
-        // Recur's own refund whose answer was lost: the provider's refund of
-        // the amount it asked for is that answer.
-        if let Some(pending) = self.pending_refunds().find(|r| r.amount == amount) {
+        // Recur's own refund whose answer was lost: the refund its key names
+        // (the key Recur's gateway wrote on it); only when the provider's
+        // refund carries no metadata at all, the pending refund of the amount.
+        let pending = match recur_key {
+            Some(key) => {
+                let Some(own) = self.refunds.iter().find(|r| r.idempotency_key == key) else {
+                    return Err(DomainError::InvalidField {
+                        field: "recur_refund",
+                        reason: "names no refund of the invoice".into(),
+                    });
+                };
+                if own.refund_id.is_some() {
+                    // Recorded already (under another id): nothing more.
+                    return Ok(Vec::new());
+                }
+                if own.amount != amount {
+                    return Err(DomainError::InvalidField {
+                        field: "amount",
+                        reason: format!(
+                            "the provider refunded {} {}, refund {} asked {} {}",
+                            amount.amount(),
+                            amount.currency().code(),
+                            own.refund_no,
+                            own.amount.amount(),
+                            own.amount.currency().code()
+                        ),
+                    });
+                }
+                Some(own)
+            }
+            None if match_by_amount => self.pending_refunds().find(|r| r.amount == amount),
+            None => None,
+        };
+        if let Some(pending) = pending {
             let (tax, postings) = self.give_back(amount, Account::GatewayBalance)?;
             return Ok(vec![InvoiceEvent::InvoiceRefunded {
                 refund_no: pending.refund_no,
