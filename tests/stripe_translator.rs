@@ -615,7 +615,8 @@ async fn refunds_made_in_stripes_dashboard_are_recorded_and_recurs_own_add_nothi
         charge.clone(),
     ))
     .await;
-    // The current API does not list the refunds: the amount not accounted for.
+    // The current API does not list the refunds: nothing is booked by the
+    // amount (its refund.created books each refund under its re_ id).
     let mut current = fixture("current", "charge");
     current["id"] = json!("ch_sim_000001");
     current["metadata"] = json!({ "recur_invoice_id": invoice.to_string() });
@@ -635,7 +636,10 @@ async fn refunds_made_in_stripes_dashboard_are_recorded_and_recurs_own_add_nothi
         effects(&translated),
         [
             ("evt_refund_1".to_owned(), Effect::Applied),
-            ("evt_refund_2".to_owned(), Effect::Applied),
+            (
+                "evt_refund_2".to_owned(),
+                Effect::Nothing("refunds_unlisted")
+            ),
         ]
     );
     let refunds: Vec<_> = w
@@ -671,16 +675,6 @@ async fn refunds_made_in_stripes_dashboard_are_recorded_and_recurs_own_add_nothi
                 2,
                 usd("5.00"),
                 "re_dashboard_1".to_owned(),
-                "unspecified".to_owned(),
-                vec![
-                    posting(Account::Refunds, Side::Debit, "5.00"),
-                    posting(Account::GatewayBalance, Side::Credit, "5.00"),
-                ]
-            ),
-            (
-                3,
-                usd("5.00"),
-                "evt_refund_2".to_owned(),
                 "unspecified".to_owned(),
                 vec![
                     posting(Account::Refunds, Side::Debit, "5.00"),
@@ -1418,4 +1412,463 @@ async fn a_stripe_contact_change_racing_one_through_the_api_never_undoes_it() {
             "round {round}: the API's change was undone: {after:?}"
         );
     }
+}
+
+/// The dispute of `w.paid()`'s charge (97.00 USD), with `transactions` as its
+/// balance transactions.
+fn chargeback(status: &str, transactions: Value) -> Value {
+    let mut dispute = fixture("current", "dispute");
+    dispute["charge"] = json!("ch_sim_000001");
+    dispute["amount"] = json!(9700);
+    dispute["currency"] = json!("usd");
+    dispute["reason"] = json!("fraudulent");
+    dispute["status"] = json!(status);
+    dispute["balance_transactions"] = transactions;
+    dispute
+}
+
+async fn dispute_books(w: &World, invoice: InvoiceId) -> TrialBalance {
+    let mut balance = TrialBalance::default();
+    for event in w.invoice_events(invoice).await {
+        balance.add(event.postings()).unwrap();
+    }
+    assert!(balance.is_balanced());
+    balance
+}
+
+#[tokio::test]
+async fn a_dispute_fee_reported_only_by_funds_withdrawn_after_created_is_booked_once() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    // `created` of a chargeback withdraws the funds, its balance transactions
+    // not listed yet; `funds_withdrawn` then carries the fee.
+    let created = stripe_event(
+        "current",
+        "charge.dispute.created",
+        "evt_fee_1",
+        START,
+        chargeback("needs_response", json!([])),
+    );
+    let withdrawn = chargeback(
+        "needs_response",
+        json!([{"id": "txn_dp", "object": "balance_transaction", "amount": -9700,
+                "fee": 1500, "currency": "usd"}]),
+    );
+    let withdrawn_event = stripe_event(
+        "current",
+        "charge.dispute.funds_withdrawn",
+        "evt_fee_2",
+        START,
+        withdrawn.clone(),
+    );
+    for event in [&created, &created, &withdrawn_event, &withdrawn_event] {
+        w.deliver(event).await;
+    }
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated.len(), 2, "each kept once");
+    // Stripe sends the same stage again under a new event id; and a re-run.
+    w.deliver(&stripe_event(
+        "current",
+        "charge.dispute.funds_withdrawn",
+        "evt_fee_3",
+        START,
+        withdrawn,
+    ))
+    .await;
+    let (_, report) = w.translate(false).await;
+    assert_eq!(report.events_appended, 0);
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    let fees: Vec<_> = w
+        .invoice_events(invoice)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, InvoiceEvent::DisputeFeeRecorded { .. }))
+        .collect();
+    assert_eq!(fees.len(), 1, "{fees:?}");
+    assert_eq!(
+        fees[0].postings(),
+        [
+            posting(Account::DisputeFees, Side::Debit, "15.00"),
+            posting(Account::GatewayBalance, Side::Credit, "15.00"),
+        ]
+    );
+    let balance = dispute_books(&w, invoice).await;
+    assert_eq!(
+        balance.balance(&Account::DisputeFees, Currency::USD),
+        usd("15.00")
+    );
+    assert_eq!(
+        balance.balance(&Account::DisputedFunds, Currency::USD),
+        usd("97.00")
+    );
+    assert_eq!(
+        balance.balance(&Account::GatewayBalance, Currency::USD),
+        usd("-15.00")
+    );
+    let state = w.billing.invoice(invoice).await.unwrap();
+    let dispute = state.dispute("dp_1Pgc71B7WZ01zgkWMevJiAUx").unwrap();
+    assert_eq!(dispute.fee, usd("15.00"));
+}
+
+#[tokio::test]
+async fn a_fee_returned_reported_only_by_funds_reinstated_after_closed_won_is_booked_once() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    let withdrawal = json!({"id": "txn_dp", "object": "balance_transaction", "amount": -9700,
+                            "fee": 1500, "currency": "usd"});
+    let reinstatement = json!({"id": "txn_dp2", "object": "balance_transaction", "amount": 9700,
+                               "fee": -1500, "currency": "usd"});
+    w.deliver(&stripe_event(
+        "current",
+        "charge.dispute.created",
+        "evt_ret_1",
+        START,
+        chargeback("needs_response", json!([withdrawal.clone()])),
+    ))
+    .await;
+    // Closed as won before the reinstatement's balance transaction is listed:
+    // the funds come back with no fee returned; funds_reinstated then says it.
+    let closed = stripe_event(
+        "current",
+        "charge.dispute.closed",
+        "evt_ret_2",
+        START + time::Duration::days(20),
+        chargeback("won", json!([withdrawal.clone()])),
+    );
+    let reinstated = stripe_event(
+        "current",
+        "charge.dispute.funds_reinstated",
+        "evt_ret_3",
+        START + time::Duration::days(20),
+        chargeback("won", json!([withdrawal.clone(), reinstatement.clone()])),
+    );
+    for event in [&closed, &closed, &reinstated, &reinstated] {
+        w.deliver(event).await;
+    }
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated.len(), 3, "each kept once");
+    w.deliver(&stripe_event(
+        "current",
+        "charge.dispute.funds_reinstated",
+        "evt_ret_4",
+        START + time::Duration::days(21),
+        chargeback("won", json!([withdrawal, reinstatement])),
+    ))
+    .await;
+    let (_, report) = w.translate(false).await;
+    assert_eq!(report.events_appended, 0);
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    let kinds: Vec<String> = w
+        .stream(&invoice.stream().unwrap())
+        .await
+        .into_iter()
+        .map(|(kind, _)| kind)
+        .filter(|kind| kind.starts_with("Dispute"))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "DisputeOpened",
+            "DisputeFundsWithdrawn",
+            "DisputeFundsReinstated",
+            "DisputeClosed",
+            "DisputeFeeReturned",
+        ]
+    );
+    let returned: Vec<_> = w
+        .invoice_events(invoice)
+        .await
+        .into_iter()
+        .filter(|e| matches!(e, InvoiceEvent::DisputeFeeReturned { .. }))
+        .collect();
+    assert_eq!(
+        returned[0].postings(),
+        [
+            posting(Account::GatewayBalance, Side::Debit, "15.00"),
+            posting(Account::DisputeFees, Side::Credit, "15.00"),
+        ]
+    );
+    let balance = dispute_books(&w, invoice).await;
+    assert!(
+        balance
+            .balance(&Account::DisputeFees, Currency::USD)
+            .is_zero()
+    );
+    assert!(
+        balance
+            .balance(&Account::DisputedFunds, Currency::USD)
+            .is_zero()
+    );
+    assert_eq!(
+        balance.balance(&Account::GatewayBalance, Currency::USD),
+        usd("97.00")
+    );
+}
+
+/// A refund object of the charge `ch_sim_000001` (the one `w.paid()` made),
+/// as `refund.*` events carry it.
+fn refund_object(id: &str, amount_minor: i64, status: &str, metadata: Option<Value>) -> Value {
+    let mut refund = fixture("current", "refund");
+    refund["id"] = json!(id);
+    refund["amount"] = json!(amount_minor);
+    refund["currency"] = json!("usd");
+    refund["status"] = json!(status);
+    refund["charge"] = json!("ch_sim_000001");
+    refund["payment_intent"] = Value::Null;
+    match metadata {
+        Some(metadata) => refund["metadata"] = metadata,
+        None => {
+            refund.as_object_mut().unwrap().remove("metadata");
+        }
+    }
+    refund
+}
+
+/// `charge.refunded` of the current API (no refunds list) for `invoice`'s charge.
+fn charge_refunded_unlisted(invoice: InvoiceId, refunded_minor: i64) -> Value {
+    let mut charge = fixture("current", "charge");
+    charge["id"] = json!("ch_sim_000001");
+    charge["metadata"] = json!({ "recur_invoice_id": invoice.to_string() });
+    charge["amount"] = json!(9700);
+    charge["amount_refunded"] = json!(refunded_minor);
+    charge.as_object_mut().unwrap().remove("refunds");
+    charge
+}
+
+/// (refund_no, amount, refund_id) of every InvoiceRefunded of `invoice`.
+async fn refunds_of(w: &World, invoice: InvoiceId) -> Vec<(u32, Money, String)> {
+    w.invoice_events(invoice)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            InvoiceEvent::InvoiceRefunded {
+                refund_no,
+                amount,
+                refund_id,
+                ..
+            } => Some((refund_no, amount, refund_id)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_dashboard_refund_is_booked_by_refund_created_under_its_re_id_and_charge_refunded_adds_nothing()
+ {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    let refund = refund_object("re_dash_1", 2000, "succeeded", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_rf_1",
+        START,
+        refund.clone(),
+    ))
+    .await;
+    w.deliver(&stripe_event(
+        "current",
+        "charge.refunded",
+        "evt_rf_2",
+        START,
+        charge_refunded_unlisted(invoice, 2000),
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(
+        effects(&translated),
+        [
+            ("evt_rf_1".to_owned(), Effect::Applied),
+            ("evt_rf_2".to_owned(), Effect::Nothing("refunds_unlisted")),
+        ]
+    );
+    assert_eq!(
+        refunds_of(&w, invoice).await,
+        [(1, usd("20.00"), "re_dash_1".to_owned())]
+    );
+    // Redelivered, and the same refund reported by its other event types.
+    for (kind, id) in [
+        ("refund.created", "evt_rf_3"),
+        ("refund.updated", "evt_rf_4"),
+        ("charge.refund.updated", "evt_rf_5"),
+    ] {
+        w.deliver(&stripe_event("current", kind, id, START, refund.clone()))
+            .await;
+    }
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_rf_1",
+        START,
+        refund.clone(),
+    ))
+    .await;
+    let (_, report) = w.translate(false).await;
+    assert_eq!(report.events_appended, 0);
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    // It fails afterwards: reported, nothing booked or reversed.
+    let failed = refund_object("re_dash_1", 2000, "failed", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "refund.updated",
+        "evt_rf_6",
+        START,
+        failed,
+    ))
+    .await;
+    let (translated, report) = w.translate(false).await;
+    assert_eq!(
+        translated[0].effect,
+        Effect::Nothing("refund_failed_after_recorded")
+    );
+    assert_eq!(report.events_appended, 0);
+    assert_eq!(refunds_of(&w, invoice).await.len(), 1);
+}
+
+#[tokio::test]
+async fn charge_refunded_before_refund_created_books_the_refund_once_under_its_re_id() {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    w.deliver(&stripe_event(
+        "current",
+        "charge.refunded",
+        "evt_rv_1",
+        START,
+        charge_refunded_unlisted(invoice, 2000),
+    ))
+    .await;
+    // Pending first: money not given back yet; its update says it succeeded.
+    let pending = refund_object("re_dash_2", 2000, "pending", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_rv_2",
+        START,
+        pending,
+    ))
+    .await;
+    let succeeded = refund_object("re_dash_2", 2000, "succeeded", Some(json!({})));
+    w.deliver(&stripe_event(
+        "current",
+        "charge.refund.updated",
+        "evt_rv_3",
+        START,
+        succeeded.clone(),
+    ))
+    .await;
+    w.deliver(&stripe_event(
+        "current",
+        "refund.updated",
+        "evt_rv_4",
+        START,
+        succeeded,
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(
+        effects(&translated),
+        [
+            ("evt_rv_1".to_owned(), Effect::Nothing("refunds_unlisted")),
+            ("evt_rv_2".to_owned(), Effect::Nothing("refund_pending")),
+            ("evt_rv_3".to_owned(), Effect::Applied),
+            ("evt_rv_4".to_owned(), Effect::Nothing("refunds_recorded")),
+        ]
+    );
+    assert_eq!(
+        refunds_of(&w, invoice).await,
+        [(1, usd("20.00"), "re_dash_2".to_owned())]
+    );
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+}
+
+#[tokio::test]
+async fn recurs_pending_refund_is_matched_by_its_recur_refund_key_not_by_a_dashboard_refunds_amount()
+ {
+    let w = world().await;
+    let (_, _, invoice) = w.paid().await;
+    // Recur asks for 40.00 back; the gateway's answer is lost: pending.
+    w.gateway.fail_next_calls(1);
+    let _ = w
+        .billing
+        .refund(invoice, usd("40.00"), "requested_by_customer")
+        .await;
+    let state = w.billing.invoice(invoice).await.unwrap();
+    let pending: Vec<_> = state.pending_refunds().map(|r| r.refund_no).collect();
+    assert_eq!(pending, [1]);
+    let key = format!("{invoice}-refund-1");
+    // Someone refunds 40.00 in Stripe's dashboard: metadata without
+    // recur_refund, so not Recur's answer although the amount is the same.
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_key_1",
+        START,
+        refund_object("re_dash_40", 4000, "succeeded", Some(json!({}))),
+    ))
+    .await;
+    // Then Recur's own, carrying the key its gateway wrote.
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_key_2",
+        START,
+        refund_object(
+            "re_recur_40",
+            4000,
+            "succeeded",
+            Some(json!({ "recur_refund": key })),
+        ),
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert!(
+        translated.iter().all(|t| t.effect == Effect::Applied),
+        "{translated:?}"
+    );
+    assert_eq!(
+        refunds_of(&w, invoice).await,
+        [
+            (2, usd("40.00"), "re_dash_40".to_owned()),
+            (1, usd("40.00"), "re_recur_40".to_owned()),
+        ]
+    );
+    let state = w.billing.invoice(invoice).await.unwrap();
+    assert_eq!(state.pending_refunds().count(), 0);
+    // Redelivered: nothing new.
+    let (_, report) = w.translate(true).await;
+    assert_eq!(report.events_appended, 0);
+    // A refund without any metadata object (whose origin cannot be told) is
+    // still matched to a pending refund of its amount, as before.
+    w.gateway.fail_next_calls(1);
+    let _ = w
+        .billing
+        .refund(invoice, usd("10.00"), "requested_by_customer")
+        .await;
+    w.deliver(&stripe_event(
+        "current",
+        "refund.created",
+        "evt_key_3",
+        START,
+        refund_object("re_unknown_10", 1000, "succeeded", None),
+    ))
+    .await;
+    let (translated, _) = w.translate(false).await;
+    assert_eq!(translated[0].effect, Effect::Applied);
+    assert_eq!(
+        refunds_of(&w, invoice).await[2],
+        (3, usd("10.00"), "re_unknown_10".to_owned())
+    );
+    assert_eq!(
+        w.billing
+            .invoice(invoice)
+            .await
+            .unwrap()
+            .pending_refunds()
+            .count(),
+        0
+    );
 }

@@ -653,6 +653,17 @@ fn invoice_summary(id: &str, event: &InvoiceEvent) -> String {
             outcome,
             ..
         } => format!("Dispute {dispute_id} closed ({})", name_of(outcome)),
+        InvoiceEvent::DisputeFeeRecorded {
+            dispute_id, fee, ..
+        } => format!("Dispute {dispute_id}: fee {}", money_text(*fee)),
+        InvoiceEvent::DisputeFeeReturned {
+            dispute_id,
+            fee_returned,
+            ..
+        } => format!(
+            "Dispute {dispute_id}: fee {} returned",
+            money_text(*fee_returned)
+        ),
     }
 }
 

@@ -312,6 +312,11 @@ pub struct Dispute {
     pub withdrawn: bool,
     /// Whether withdrawn funds were reinstated.
     pub reinstated: bool,
+    /// The provider's dispute fee booked so far (by the withdrawal, or by
+    /// [`InvoiceEvent::DisputeFeeRecorded`] when a later stage reported it).
+    pub fee: Money,
+    /// The part of the fee given back booked so far.
+    pub fee_returned: Money,
     /// How it ended, once closed.
     pub outcome: Option<DisputeOutcome>,
     /// When it was opened.
@@ -475,12 +480,21 @@ pub enum InvoiceCommand {
         now: OffsetDateTime,
     },
     /// Record a refund the payment provider made: one of Recur's own whose
-    /// answer was lost (a pending refund of the same amount), or one made
-    /// behind Recur's back (the provider's dashboard). Nothing when its id is
-    /// recorded already.
+    /// answer was lost (the pending refund its `recur_refund` key names, or,
+    /// when the provider's refund carries no metadata at all, a pending
+    /// refund of the same amount), or one made behind Recur's back (the
+    /// provider's dashboard). Nothing when its id is recorded already.
     RecordProviderRefund {
         /// The provider's refund id.
         refund_id: String,
+        /// The key Recur's gateway wrote on the refund (metadata
+        /// `recur_refund` = `<invoice id>-refund-<n>`), if any.
+        recur_key: Option<String>,
+        /// The refund carries no metadata at all (whether it is Recur's cannot
+        /// be told): a pending refund of the same amount is taken as its
+        /// match. False when it carries metadata without `recur_refund`: made
+        /// behind Recur's back, never matched by amount.
+        match_by_amount: bool,
         /// Amount, tax included.
         amount: Money,
         /// The provider's reason (one of [`REFUND_REASONS`], else
@@ -518,6 +532,20 @@ pub enum InvoiceCommand {
         /// The dispute.
         dispute_id: String,
         /// The part of the fee given back (zero if none).
+        fee_returned: Money,
+        /// When it took effect.
+        now: OffsetDateTime,
+    },
+    /// Book the dispute fee, and the part of it given back, that a stage of
+    /// the dispute reports and the invoice has not booked yet (Stripe's
+    /// events arrive in any order, and not each lists the fee): only the
+    /// difference, so a fee is booked once whichever stage reports it first.
+    RecordDisputeFees {
+        /// The dispute.
+        dispute_id: String,
+        /// The fee the provider reports charged in all (zero if none).
+        fee: Money,
+        /// The fee the provider reports given back in all (zero if none).
         fee_returned: Money,
         /// When it took effect.
         now: OffsetDateTime,
@@ -737,6 +765,34 @@ domain_events! {
             /// Gateway balance against disputed funds (and dispute fees).
             postings: Vec<Posting>,
         },
+        /// A dispute fee the provider reported after the funds' withdrawal was
+        /// booked without it (its balance transactions were not listed yet):
+        /// the part not booked before.
+        DisputeFeeRecorded {
+            /// The dispute.
+            dispute_id: String,
+            /// The fee booked now.
+            fee: Money,
+            /// When it took effect.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Dispute fees against gateway balance.
+            postings: Vec<Posting>,
+        },
+        /// A part of the dispute fee given back that the provider reported
+        /// after the reinstatement was booked without it: the part not booked
+        /// before.
+        DisputeFeeReturned {
+            /// The dispute.
+            dispute_id: String,
+            /// The fee given back, booked now.
+            fee_returned: Money,
+            /// When it took effect.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+            /// Gateway balance against dispute fees.
+            postings: Vec<Posting>,
+        },
         /// The dispute ended: won, lost (the disputed amount is gone) or an
         /// inquiry closed.
         DisputeClosed {
@@ -784,6 +840,8 @@ impl DomainEvent for InvoiceEvent {
             InvoiceEvent::DisputeFundsWithdrawn { .. } => "DisputeFundsWithdrawn",
             InvoiceEvent::DisputeFundsReinstated { .. } => "DisputeFundsReinstated",
             InvoiceEvent::DisputeClosed { .. } => "DisputeClosed",
+            InvoiceEvent::DisputeFeeRecorded { .. } => "DisputeFeeRecorded",
+            InvoiceEvent::DisputeFeeReturned { .. } => "DisputeFeeReturned",
         }
     }
 }
@@ -801,7 +859,9 @@ impl InvoiceEvent {
             | InvoiceEvent::RevenueRecognized { postings, .. }
             | InvoiceEvent::DisputeFundsWithdrawn { postings, .. }
             | InvoiceEvent::DisputeFundsReinstated { postings, .. }
-            | InvoiceEvent::DisputeClosed { postings, .. } => postings,
+            | InvoiceEvent::DisputeClosed { postings, .. }
+            | InvoiceEvent::DisputeFeeRecorded { postings, .. }
+            | InvoiceEvent::DisputeFeeReturned { postings, .. } => postings,
             _ => &[],
         }
     }
@@ -1322,6 +1382,7 @@ impl Aggregate for Invoice {
             | InvoiceCommand::OpenDispute { .. }
             | InvoiceCommand::WithdrawDisputedFunds { .. }
             | InvoiceCommand::ReinstateDisputedFunds { .. }
+            | InvoiceCommand::RecordDisputeFees { .. }
             | InvoiceCommand::CloseDispute { .. }) => self
                 .decide_provider(&provider)
                 .unwrap_or_else(|| Ok(Vec::new())),
@@ -1517,6 +1578,8 @@ impl Aggregate for Invoice {
             InvoiceEvent::DisputeOpened { .. }
             | InvoiceEvent::DisputeFundsWithdrawn { .. }
             | InvoiceEvent::DisputeFundsReinstated { .. }
+            | InvoiceEvent::DisputeFeeRecorded { .. }
+            | InvoiceEvent::DisputeFeeReturned { .. }
             | InvoiceEvent::DisputeClosed { .. } => self.evolve_dispute(event),
         }
     }

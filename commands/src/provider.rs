@@ -40,9 +40,13 @@ pub enum Effect {
 /// A refund as the provider reports it, in the invoice's money.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReportedRefund {
-    /// The provider's refund id (or, when the provider did not list its
-    /// refunds, the id of its event that reported the amount).
+    /// The provider's refund id (`re_…`).
     pub refund_id: String,
+    /// Metadata `recur_refund`: the key of Recur's own refund.
+    pub recur_key: Option<String>,
+    /// The refund carries no metadata at all (see
+    /// [`InvoiceCommand::RecordProviderRefund`]).
+    pub match_by_amount: bool,
     /// Amount, tax included.
     pub amount: Money,
     /// The provider's reason, if any.
@@ -223,12 +227,14 @@ impl Billing {
         )
     }
 
-    /// The provider says the invoice's charge was refunded: each refund not
-    /// recorded yet is (Recur's own whose answer was lost, or one made in the
-    /// provider's dashboard); Recur's recorded refunds add nothing.
-    /// `refunded_total` is what the provider says is refunded in all, for
-    /// when it does not list its refunds: what no recorded or pending refund
-    /// accounts for is recorded as one refund named `unlisted_id`.
+    /// The provider reports succeeded refunds of the invoice's charge (a
+    /// charge's list, or one refund object): each not recorded yet is
+    /// (Recur's own whose answer was lost, or one made in the provider's
+    /// dashboard), keyed by its refund id; recorded ones add nothing.
+    /// `None` — a charge that does not list its refunds (Stripe's API since
+    /// 2022-11-15) — records nothing (`refunds_unlisted`): each refund is
+    /// recorded under its own id by its `refund.*` event, never under the
+    /// event's id by the amount refunded, which a refund event would double.
     ///
     /// # Errors
     /// Ledger errors.
@@ -236,42 +242,21 @@ impl Billing {
         &self,
         id: InvoiceId,
         refunds: Option<Vec<ReportedRefund>>,
-        refunded_total: Money,
-        unlisted_id: &str,
         now: OffsetDateTime,
     ) -> Result<Effect, BillingError> {
-        let Some(invoice) = self.reported_invoice(id).await? else {
+        if self.reported_invoice(id).await?.is_none() {
             return Ok(Effect::Nothing("unknown_invoice"));
-        };
-        let refunds = match refunds {
-            Some(listed) => listed,
-            None => {
-                let zero = Money::zero(refunded_total.currency());
-                let unaccounted = invoice
-                    .pending_refunds()
-                    .try_fold(invoice.amount_refunded.unwrap_or(zero), |sum, pending| {
-                        sum.checked_add(pending.amount)
-                    })
-                    .and_then(|accounted| refunded_total.checked_sub(accounted));
-                let unaccounted = match unaccounted {
-                    Ok(amount) => amount,
-                    Err(error) => return Ok(Effect::Nothing(DomainError::from(error).code())),
-                };
-                if !unaccounted.is_positive() {
-                    return Ok(Effect::Nothing("refunds_recorded"));
-                }
-                vec![ReportedRefund {
-                    refund_id: unlisted_id.to_owned(),
-                    amount: unaccounted,
-                    reason: None,
-                }]
-            }
+        }
+        let Some(refunds) = refunds else {
+            return Ok(Effect::Nothing("refunds_unlisted"));
         };
         let mut effect = Effect::Nothing("refunds_recorded");
         for refund in refunds {
             let done = refused(
                 self.invoice_command(id, SOURCE, |_| InvoiceCommand::RecordProviderRefund {
                     refund_id: refund.refund_id.clone(),
+                    recur_key: refund.recur_key.clone(),
+                    match_by_amount: refund.match_by_amount,
                     amount: refund.amount,
                     reason: refund.reason.clone().unwrap_or_default(),
                     now,
@@ -296,8 +281,41 @@ impl Billing {
         Ok(effect)
     }
 
+    /// The provider says a refund failed or was canceled. Nothing is booked
+    /// or reversed: a refund not recorded was never money given back
+    /// (`refund_failed`); one recorded as succeeded and failing afterwards
+    /// (Stripe gives the money back to the balance) is reported as
+    /// `refund_failed_after_recorded` for a person, and reconciliation shows
+    /// the difference.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn provider_refund_failed(
+        &self,
+        id: InvoiceId,
+        refund_id: &str,
+    ) -> Result<Effect, BillingError> {
+        let Some(invoice) = self.reported_invoice(id).await? else {
+            return Ok(Effect::Nothing("unknown_invoice"));
+        };
+        let recorded = invoice
+            .refunds
+            .iter()
+            .any(|r| r.refund_id.as_deref() == Some(refund_id));
+        if recorded {
+            tracing::warn!(
+                invoice = %id,
+                refund_id,
+                "the provider reports a failed refund Recur recorded as given back"
+            );
+            return Ok(Effect::Nothing("refund_failed_after_recorded"));
+        }
+        Ok(Effect::Nothing("refund_failed"))
+    }
+
     /// A dispute's stage: the dispute recorded when new, then its funds
-    /// withdrawn, reinstated, or its end — each once.
+    /// withdrawn, reinstated, or its end — each once — and any fee (or fee
+    /// given back) the stage reports that no earlier stage booked.
     ///
     /// # Errors
     /// Ledger errors.
@@ -340,6 +358,15 @@ impl Billing {
                         now,
                     });
                 }
+                // Whatever stage reports the fees (each stage's dispute lists
+                // the balance transactions known by then): what the stages
+                // before did not book.
+                commands.push(InvoiceCommand::RecordDisputeFees {
+                    dispute_id: dispute.dispute_id.clone(),
+                    fee: dispute.fee,
+                    fee_returned: dispute.fee_returned,
+                    now,
+                });
                 for command in commands {
                     self.invoice_command(id, SOURCE, |_| command.clone())
                         .await?;

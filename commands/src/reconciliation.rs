@@ -526,6 +526,38 @@ fn ledger_movements_of(
                     ));
                 }
             }
+            // A fee reported by a later stage than the withdrawal (or
+            // reinstatement) that booked none.
+            InvoiceEvent::DisputeFeeRecorded {
+                dispute_id,
+                fee,
+                at,
+                ..
+            } if paid_through.get(stream) == Some(&provider) => {
+                let (fee_minor, fee_currency) = money(fee)?;
+                movements.push(settled(
+                    MovementKind::DisputeFee,
+                    dispute_id,
+                    -fee_minor,
+                    fee_currency,
+                    *at,
+                ));
+            }
+            InvoiceEvent::DisputeFeeReturned {
+                dispute_id,
+                fee_returned,
+                at,
+                ..
+            } if paid_through.get(stream) == Some(&provider) => {
+                let (fee_minor, fee_currency) = money(fee_returned)?;
+                movements.push(settled(
+                    MovementKind::DisputeFee,
+                    dispute_id,
+                    fee_minor,
+                    fee_currency,
+                    *at,
+                ));
+            }
             // A dispute lost whose withdrawal was never reported: the money left
             // the balance when it closed.
             InvoiceEvent::DisputeClosed {

@@ -113,6 +113,22 @@ pub struct StripeRefund {
     pub currency: String,
     /// Stripe's reason, if any.
     pub reason: Option<String>,
+    /// `succeeded`, `pending`, `requires_action`, `failed`, `canceled`
+    /// (none in old API versions' lists: succeeded).
+    pub status: Option<String>,
+    /// Metadata `recur_refund`: the key Recur's gateway wrote on a refund it
+    /// made (`<invoice id>-refund-<n>`).
+    pub recur_refund: Option<String>,
+    /// Whether the refund carries a `metadata` object at all (Stripe's do;
+    /// without one, whether it is Recur's cannot be told).
+    pub has_metadata: bool,
+}
+
+impl StripeRefund {
+    /// Money given back: `succeeded` (or no status, as old lists write it).
+    pub fn is_succeeded(&self) -> bool {
+        matches!(self.status.as_deref(), None | Some("succeeded"))
+    }
 }
 
 /// What stage of a dispute an event reports.
@@ -231,9 +247,18 @@ pub enum StripeFact {
         amount_refunded_minor: i64,
         /// Lowercase ISO code.
         currency: String,
-        /// The refunds the charge lists (succeeded or pending), when it lists
-        /// them all (API versions since 2022-11-15 do not, unless expanded).
+        /// The succeeded refunds the charge lists, when it lists them all
+        /// (API versions since 2022-11-15 do not, unless expanded).
         refunds: Option<Vec<StripeRefund>>,
+    },
+    /// A refund object (`refund.created`, `refund.updated`,
+    /// `charge.refund.updated`): the refund itself, with its `re_…` id and
+    /// status, whichever API version.
+    Refund {
+        /// Which payment (its `charge` and `payment_intent`).
+        payment: PaymentRef,
+        /// The refund.
+        refund: StripeRefund,
     },
     /// A dispute's stage.
     Dispute {
@@ -284,6 +309,9 @@ pub const HANDLED_TYPES: &[&str] = &[
     "payment_intent.succeeded",
     "invoice.paid",
     "charge.refunded",
+    "refund.created",
+    "refund.updated",
+    "charge.refund.updated",
     "charge.dispute.created",
     "charge.dispute.funds_withdrawn",
     "charge.dispute.funds_reinstated",
@@ -422,23 +450,38 @@ fn refunds_of(object: &Map<String, Value>) -> Option<Vec<StripeRefund>> {
     let refunds = data
         .iter()
         .filter_map(Value::as_object)
-        .filter(|r| {
-            matches!(
-                text(r, "status").as_deref(),
-                None | Some("succeeded" | "pending")
-            )
-        })
-        .filter_map(|r| {
-            Some(StripeRefund {
-                id: text(r, "id")?,
-                amount_minor: r.get("amount")?.as_i64()?,
-                currency: text(r, "currency")?,
-                reason: text(r, "reason"),
-            })
-        })
+        .filter_map(refund_of)
+        // Only money given back; a pending one is booked by its update.
+        .filter(StripeRefund::is_succeeded)
         .take(REFUNDS_PER_CHARGE_MAX)
         .collect();
     Some(refunds)
+}
+
+fn refund_of(r: &Map<String, Value>) -> Option<StripeRefund> {
+    Some(StripeRefund {
+        id: text(r, "id")?,
+        amount_minor: r.get("amount")?.as_i64()?,
+        currency: text(r, "currency")?,
+        reason: text(r, "reason"),
+        status: text(r, "status"),
+        recur_refund: metadata_text(r, "recur_refund"),
+        has_metadata: expanded(r, "metadata").is_some(),
+    })
+}
+
+fn refund(object: &Map<String, Value>) -> StripeFact {
+    match refund_of(object) {
+        Some(refund) if refund.id.starts_with("re_") || refund.id.starts_with("pyr_") => {
+            StripeFact::Refund {
+                payment: payment_ref(object),
+                refund,
+            }
+        }
+        _ => StripeFact::Unhandled {
+            reason: "no_amount",
+        },
+    }
 }
 
 fn charge_refunded(object: &Map<String, Value>) -> StripeFact {
@@ -562,6 +605,7 @@ impl StripeFact {
             "invoice.payment_failed" | "payment_intent.payment_failed" => payment_failed(object),
             "payment_intent.succeeded" | "invoice.paid" => payment_succeeded(object),
             "charge.refunded" => charge_refunded(object),
+            "refund.created" | "refund.updated" | "charge.refund.updated" => refund(object),
             "charge.dispute.created" => dispute(DisputeStep::Created, object),
             "charge.dispute.funds_withdrawn" => dispute(DisputeStep::FundsWithdrawn, object),
             "charge.dispute.funds_reinstated" => dispute(DisputeStep::FundsReinstated, object),
@@ -620,6 +664,12 @@ mod tests {
                 include_str!("../../tests/fixtures/stripe/current/payment_method.json")
             }
             ("current", "card") => include_str!("../../tests/fixtures/stripe/current/card.json"),
+            ("current", "refund") => {
+                include_str!("../../tests/fixtures/stripe/current/refund.json")
+            }
+            ("legacy", "refund") => {
+                include_str!("../../tests/fixtures/stripe/legacy_2024_04/refund.json")
+            }
             ("current", "subscription") => {
                 include_str!("../../tests/fixtures/stripe/current/subscription.json")
             }
@@ -667,6 +717,9 @@ mod tests {
         ("payment_intent.succeeded", "payment_intent"),
         ("invoice.paid", "invoice"),
         ("charge.refunded", "charge"),
+        ("refund.created", "refund"),
+        ("refund.updated", "refund"),
+        ("charge.refund.updated", "refund"),
         ("charge.dispute.created", "dispute"),
         ("charge.dispute.funds_withdrawn", "dispute"),
         ("charge.dispute.funds_reinstated", "dispute"),
@@ -696,6 +749,11 @@ mod tests {
                     (StripeFact::Dispute { dispute, .. }, _) => {
                         dispute.id.starts_with("dp_") && dispute.payment.charge.is_some()
                     }
+                    (StripeFact::Refund { refund, payment }, _) => {
+                        refund.id.starts_with("re_")
+                            && refund.is_succeeded()
+                            && payment.charge.is_some()
+                    }
                     (
                         StripeFact::CustomerUpdated {
                             stripe_customer, ..
@@ -722,7 +780,8 @@ mod tests {
                 match StripeFact::of(&event(kind, fixture(version, name))) {
                     StripeFact::PaymentFailed { payment, .. }
                     | StripeFact::PaymentSucceeded { payment, .. }
-                    | StripeFact::ChargeRefunded { payment, .. } => {
+                    | StripeFact::ChargeRefunded { payment, .. }
+                    | StripeFact::Refund { payment, .. } => {
                         assert_eq!(payment.recur_invoice, None, "{version} {kind}");
                     }
                     StripeFact::CustomerUpdated { recur_customer, .. }
@@ -841,6 +900,29 @@ mod tests {
             dispute.payment.charge.as_deref(),
             Some("ch_1PgafuB7WZ01zgkWXYmPNZs8")
         );
+    }
+
+    #[test]
+    fn a_refund_reads_its_status_and_the_key_recurs_gateway_wrote() {
+        let mut refund = fixture("current", "refund");
+        refund["status"] = json!("pending");
+        refund["metadata"] = json!({"recur_refund": "inv-refund-2"});
+        let StripeFact::Refund { refund: read, .. } =
+            StripeFact::of(&event("refund.created", refund.clone()))
+        else {
+            panic!("a refund");
+        };
+        assert!(!read.is_succeeded());
+        assert_eq!(read.recur_refund.as_deref(), Some("inv-refund-2"));
+        assert!(read.has_metadata);
+        refund.as_object_mut().map(|r| r.remove("metadata"));
+        let StripeFact::Refund { refund: read, .. } =
+            StripeFact::of(&event("charge.refund.updated", refund))
+        else {
+            panic!("a refund");
+        };
+        assert!(!read.has_metadata);
+        assert_eq!(read.recur_refund, None);
     }
 
     #[test]

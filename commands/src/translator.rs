@@ -95,14 +95,21 @@ pub enum Intent {
         /// Collected.
         amount: Money,
     },
-    /// The charge was refunded.
+    /// Refunds of the charge that succeeded.
     Refunded {
         /// The invoice.
         invoice: InvoiceId,
-        /// The refunds listed, if listed.
+        /// The succeeded refunds reported (a charge's list, or one refund
+        /// object); `None` when a charge did not list its refunds.
         refunds: Option<Vec<ReportedRefund>>,
-        /// Refunded in all.
-        total: Money,
+    },
+    /// A refund failed or was canceled: nothing is booked (see
+    /// [`Billing::provider_refund_failed`]).
+    RefundFailed {
+        /// The invoice.
+        invoice: InvoiceId,
+        /// `re_…`.
+        refund_id: String,
     },
     /// A dispute's stage.
     Dispute {
@@ -223,7 +230,8 @@ impl Index {
         match fact {
             StripeFact::PaymentFailed { payment, .. }
             | StripeFact::PaymentSucceeded { payment, .. }
-            | StripeFact::ChargeRefunded { payment, .. } => learn(payment),
+            | StripeFact::ChargeRefunded { payment, .. }
+            | StripeFact::Refund { payment, .. } => learn(payment),
             StripeFact::Dispute { dispute, .. } => learn(&dispute.payment),
             StripeFact::CustomerUpdated {
                 stripe_customer,
@@ -301,32 +309,50 @@ impl Index {
             }
             StripeFact::ChargeRefunded {
                 payment,
-                amount_refunded_minor,
                 currency,
                 refunds,
+                ..
             } => {
                 let Some(invoice) = self.invoice_of(payment) else {
                     return Intent::Nothing("unknown_invoice");
                 };
-                let Some(total) = money(*amount_refunded_minor, currency) else {
+                if money(0, currency).is_none() {
                     return Intent::Nothing("unknown_currency");
-                };
+                }
                 let refunds = refunds.as_ref().map(|listed| {
                     listed
                         .iter()
-                        .filter_map(|refund| {
-                            Some(ReportedRefund {
-                                refund_id: refund.id.clone(),
-                                amount: money(refund.amount_minor, &refund.currency)?,
-                                reason: refund.reason.clone(),
-                            })
-                        })
+                        .filter(|refund| refund.is_succeeded())
+                        .filter_map(reported_refund)
                         .collect()
                 });
-                Intent::Refunded {
-                    invoice,
-                    refunds,
-                    total,
+                Intent::Refunded { invoice, refunds }
+            }
+            StripeFact::Refund { payment, refund } => {
+                // Recur's own refund names its invoice in its key.
+                let Some(invoice) = self.invoice_of(payment).or_else(|| {
+                    refund
+                        .recur_refund
+                        .as_deref()
+                        .and_then(|key| key.rsplit_once("-refund-"))
+                        .and_then(|(id, _)| InvoiceId::parse(id).ok())
+                }) else {
+                    return Intent::Nothing("unknown_invoice");
+                };
+                match refund.status.as_deref() {
+                    None | Some("succeeded") => match reported_refund(refund) {
+                        Some(reported) => Intent::Refunded {
+                            invoice,
+                            refunds: Some(vec![reported]),
+                        },
+                        None => Intent::Nothing("unknown_currency"),
+                    },
+                    Some("failed" | "canceled") => Intent::RefundFailed {
+                        invoice,
+                        refund_id: refund.id.clone(),
+                    },
+                    // `pending`, `requires_action`: booked by its update.
+                    Some(_) => Intent::Nothing("refund_pending"),
                 }
             }
             StripeFact::Dispute { step, dispute } => {
@@ -413,6 +439,17 @@ impl Index {
             },
         }
     }
+}
+
+/// A Stripe refund in Recur's money (None for a currency Recur lacks).
+fn reported_refund(refund: &crate::stripe_facts::StripeRefund) -> Option<ReportedRefund> {
+    Some(ReportedRefund {
+        refund_id: refund.id.clone(),
+        recur_key: refund.recur_refund.clone(),
+        match_by_amount: !refund.has_metadata,
+        amount: money(refund.amount_minor, &refund.currency)?,
+        reason: refund.reason.clone(),
+    })
 }
 
 /// A text field of a stored payload, by path (the payload is Recur's JSON).
@@ -632,19 +669,13 @@ impl Translator {
             ..RequestContext::default()
         };
         let before = self.billing.events_appended();
-        let (effect, _) =
-            replayable(scope, within(context, self.apply(intent, &event.id, now))).await;
+        let (effect, _) = replayable(scope, within(context, self.apply(intent, now))).await;
         translated.effect = effect?;
         translated.events_appended = self.billing.events_appended().saturating_sub(before);
         Ok(translated)
     }
 
-    async fn apply(
-        &self,
-        intent: Intent,
-        event_id: &str,
-        now: OffsetDateTime,
-    ) -> Result<Effect, BillingError> {
+    async fn apply(&self, intent: Intent, now: OffsetDateTime) -> Result<Effect, BillingError> {
         let billing = &self.billing;
         match intent {
             Intent::Nothing(reason) => Ok(Effect::Nothing(reason)),
@@ -668,14 +699,11 @@ impl Translator {
                     .provider_payment_succeeded(invoice, attempt_no, &charge_id, amount, now)
                     .await
             }
-            Intent::Refunded {
-                invoice,
-                refunds,
-                total,
-            } => {
-                billing
-                    .provider_refunds(invoice, refunds, total, event_id, now)
-                    .await
+            Intent::Refunded { invoice, refunds } => {
+                billing.provider_refunds(invoice, refunds, now).await
+            }
+            Intent::RefundFailed { invoice, refund_id } => {
+                billing.provider_refund_failed(invoice, &refund_id).await
             }
             Intent::Dispute { invoice, dispute } => {
                 billing.provider_dispute(invoice, &dispute, now).await

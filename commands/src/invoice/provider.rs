@@ -17,6 +17,45 @@ use crate::postings::{Account, Journal};
 /// The longest dispute reason code kept (Stripe's are short snake_case codes).
 const DISPUTE_REASON_BYTES_MAX: usize = 64;
 
+/// A fee as reported: whole minor units, not negative.
+fn check_fee(fee: Money, field: &'static str) -> Result<(), DomainError> {
+    fee.to_minor()?;
+    if fee.is_negative() {
+        return Err(DomainError::AmountNotPositive {
+            field,
+            amount: fee.amount().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// What of `reported` (a fee in all) is not in `booked` yet, if anything. A
+/// fee in another currency than what is booked is compared only when nothing
+/// is booked (the provider charges a dispute's fees in one currency).
+fn unbooked(booked: Money, reported: Money) -> Option<Money> {
+    if !reported.is_positive() {
+        return None;
+    }
+    if booked.currency() == reported.currency() {
+        return reported
+            .checked_sub(booked)
+            .ok()
+            .filter(|more| more.is_positive());
+    }
+    booked.is_zero().then_some(reported)
+}
+
+/// `booked` with `more` added (in `more`'s currency when nothing was booked).
+fn booked(booked: Money, more: Money) -> Money {
+    if more.is_zero() {
+        return booked;
+    }
+    if booked.is_zero() {
+        return more;
+    }
+    booked.checked_add(more).unwrap_or(booked)
+}
+
 impl Invoice {
     /// Decides a command the provider's report asks for; `None` for the other
     /// commands (decided by the invoice itself).
@@ -33,10 +72,19 @@ impl Invoice {
             } => self.provider_payment(*attempt_no, charge_id, *amount, *now),
             InvoiceCommand::RecordProviderRefund {
                 refund_id,
+                recur_key,
+                match_by_amount,
                 amount,
                 reason,
                 now,
-            } => self.provider_refund(refund_id, *amount, reason, *now),
+            } => self.provider_refund(
+                refund_id,
+                recur_key.as_deref(),
+                *match_by_amount,
+                *amount,
+                reason,
+                *now,
+            ),
             InvoiceCommand::OpenDispute {
                 dispute_id,
                 charge_id,
@@ -54,6 +102,12 @@ impl Invoice {
                 fee_returned,
                 now,
             } => self.reinstate(dispute_id, *fee_returned, *now),
+            InvoiceCommand::RecordDisputeFees {
+                dispute_id,
+                fee,
+                fee_returned,
+                now,
+            } => self.record_dispute_fees(dispute_id, *fee, *fee_returned, *now),
             InvoiceCommand::CloseDispute {
                 dispute_id,
                 outcome,
@@ -129,6 +183,8 @@ impl Invoice {
     fn provider_refund(
         &self,
         refund_id: &str,
+        recur_key: Option<&str>,
+        match_by_amount: bool,
         amount: Money,
         reason: &str,
         now: OffsetDateTime,
@@ -144,9 +200,40 @@ impl Invoice {
         if !paid.is_positive() {
             return Err(self.refuse("record a provider's refund of"));
         }
-        // Recur's own refund whose answer was lost: the provider's refund of
-        // the amount it asked for is that answer.
-        if let Some(pending) = self.pending_refunds().find(|r| r.amount == amount) {
+        // Recur's own refund whose answer was lost: the refund its key names
+        // (the key Recur's gateway wrote on it); only when the provider's
+        // refund carries no metadata at all, the pending refund of the amount.
+        let pending = match recur_key {
+            Some(key) => {
+                let Some(own) = self.refunds.iter().find(|r| r.idempotency_key == key) else {
+                    return Err(DomainError::InvalidField {
+                        field: "recur_refund",
+                        reason: "names no refund of the invoice".into(),
+                    });
+                };
+                if own.refund_id.is_some() {
+                    // Recorded already (under another id): nothing more.
+                    return Ok(Vec::new());
+                }
+                if own.amount != amount {
+                    return Err(DomainError::InvalidField {
+                        field: "amount",
+                        reason: format!(
+                            "the provider refunded {} {}, refund {} asked {} {}",
+                            amount.amount(),
+                            amount.currency().code(),
+                            own.refund_no,
+                            own.amount.amount(),
+                            own.amount.currency().code()
+                        ),
+                    });
+                }
+                Some(own)
+            }
+            None if match_by_amount => self.pending_refunds().find(|r| r.amount == amount),
+            None => None,
+        };
+        if let Some(pending) = pending {
             let (tax, postings) = self.give_back(amount, Account::GatewayBalance)?;
             return Ok(vec![InvoiceEvent::InvoiceRefunded {
                 refund_no: pending.refund_no,
@@ -230,13 +317,9 @@ impl Invoice {
         if dispute.withdrawn || dispute.outcome.is_some() {
             return Ok(Vec::new());
         }
-        fee.to_minor()?;
-        if fee.is_negative() {
-            return Err(DomainError::AmountNotPositive {
-                field: "dispute fee",
-                amount: fee.amount().to_string(),
-            });
-        }
+        check_fee(fee, "dispute fee")?;
+        // Only what no earlier stage booked (see `record_dispute_fees`).
+        let fee = unbooked(dispute.fee, fee).unwrap_or_else(|| Money::zero(fee.currency()));
         let mut journal = Journal::new();
         journal.debit(Account::DisputedFunds, dispute.amount);
         journal.credit(Account::GatewayBalance, dispute.amount);
@@ -256,13 +339,9 @@ impl Invoice {
         fee_returned: Money,
         now: OffsetDateTime,
     ) -> Result<InvoiceEvent, DomainError> {
-        fee_returned.to_minor()?;
-        if fee_returned.is_negative() {
-            return Err(DomainError::AmountNotPositive {
-                field: "dispute fee returned",
-                amount: fee_returned.amount().to_string(),
-            });
-        }
+        check_fee(fee_returned, "dispute fee returned")?;
+        let fee_returned = unbooked(dispute.fee_returned, fee_returned)
+            .unwrap_or_else(|| Money::zero(fee_returned.currency()));
         let mut journal = Journal::new();
         journal.debit(Account::GatewayBalance, dispute.withheld);
         journal.credit(Account::DisputedFunds, dispute.withheld);
@@ -290,6 +369,48 @@ impl Invoice {
             return Ok(Vec::new());
         }
         Ok(vec![Self::reinstatement(dispute, fee_returned, now)?])
+    }
+
+    /// Books the fee, and the fee given back, a stage reports beyond what
+    /// the dispute booked: Stripe's stages arrive in any order and the
+    /// earlier ones may not list the balance transactions yet (a chargeback's
+    /// `created` withdraws the funds with no fee; a `closed` won reinstates
+    /// them with none returned). Each amount is booked once, whichever stage
+    /// reports it, and a stage reporting less or the same adds nothing.
+    fn record_dispute_fees(
+        &self,
+        dispute_id: &str,
+        fee: Money,
+        fee_returned: Money,
+        now: OffsetDateTime,
+    ) -> Result<Vec<InvoiceEvent>, DomainError> {
+        let dispute = self.known_dispute(dispute_id)?;
+        check_fee(fee, "dispute fee")?;
+        check_fee(fee_returned, "dispute fee returned")?;
+        let mut events = Vec::new();
+        if let Some(more) = unbooked(dispute.fee, fee) {
+            let mut journal = Journal::new();
+            journal.debit(Account::DisputeFees, more);
+            journal.credit(Account::GatewayBalance, more);
+            events.push(InvoiceEvent::DisputeFeeRecorded {
+                dispute_id: dispute_id.to_owned(),
+                fee: more,
+                at: now,
+                postings: journal.finish()?,
+            });
+        }
+        if let Some(more) = unbooked(dispute.fee_returned, fee_returned) {
+            let mut journal = Journal::new();
+            journal.debit(Account::GatewayBalance, more);
+            journal.credit(Account::DisputeFees, more);
+            events.push(InvoiceEvent::DisputeFeeReturned {
+                dispute_id: dispute_id.to_owned(),
+                fee_returned: more,
+                at: now,
+                postings: journal.finish()?,
+            });
+        }
+        Ok(events)
     }
 
     fn close_dispute(
@@ -353,21 +474,48 @@ impl Invoice {
                 withheld: Money::zero(amount.currency()),
                 withdrawn: false,
                 reinstated: false,
+                fee: Money::zero(amount.currency()),
+                fee_returned: Money::zero(amount.currency()),
                 outcome: None,
                 opened_at: *at,
             }),
             InvoiceEvent::DisputeFundsWithdrawn {
-                dispute_id, amount, ..
+                dispute_id,
+                amount,
+                fee,
+                ..
             } => {
                 if let Some(dispute) = self.dispute_mut(dispute_id) {
                     dispute.withdrawn = true;
                     dispute.withheld = *amount;
+                    dispute.fee = booked(dispute.fee, *fee);
                 }
             }
-            InvoiceEvent::DisputeFundsReinstated { dispute_id, .. } => {
+            InvoiceEvent::DisputeFundsReinstated {
+                dispute_id,
+                fee_returned,
+                ..
+            } => {
                 if let Some(dispute) = self.dispute_mut(dispute_id) {
                     dispute.reinstated = true;
                     dispute.withheld = Money::zero(dispute.amount.currency());
+                    dispute.fee_returned = booked(dispute.fee_returned, *fee_returned);
+                }
+            }
+            InvoiceEvent::DisputeFeeRecorded {
+                dispute_id, fee, ..
+            } => {
+                if let Some(dispute) = self.dispute_mut(dispute_id) {
+                    dispute.fee = booked(dispute.fee, *fee);
+                }
+            }
+            InvoiceEvent::DisputeFeeReturned {
+                dispute_id,
+                fee_returned,
+                ..
+            } => {
+                if let Some(dispute) = self.dispute_mut(dispute_id) {
+                    dispute.fee_returned = booked(dispute.fee_returned, *fee_returned);
                 }
             }
             InvoiceEvent::DisputeClosed {
