@@ -1465,7 +1465,21 @@ impl Billing {
             return self.settled(&recorded, source).await;
         }
         let failed_at = attempt.effective_at();
-        if let Some(sub_id) = recorded.subscription_id {
+        self.follow_decline(&recorded, failed_at, next_retry_at.is_none(), source)
+            .await
+    }
+
+    /// What follows a recorded decline, whoever heard it (Recur's own attempt or
+    /// the provider's webhook): the subscription goes past due, and a spent
+    /// retry policy gives up on the invoice.
+    pub(crate) async fn follow_decline(
+        &self,
+        recorded: &Invoice,
+        failed_at: OffsetDateTime,
+        retries_spent: bool,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        if let (Some(id), Some(sub_id)) = (recorded.id, recorded.subscription_id) {
             self.subscription_command(sub_id, source, |_| {
                 SubscriptionCommand::RecordPaymentFailed {
                     invoice_id: id,
@@ -1474,8 +1488,8 @@ impl Billing {
             })
             .await?;
         }
-        if next_retry_at.is_none() {
-            self.give_up(&recorded, failed_at, source).await?;
+        if retries_spent {
+            self.give_up(recorded, failed_at, source).await?;
         }
         Ok(())
     }

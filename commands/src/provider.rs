@@ -17,7 +17,6 @@ use crate::error::{BillingError, DomainError};
 use crate::ids::{CustomerId, InvoiceId};
 use crate::invoice::{BillingReason, ChargeOutcome, DisputeOutcome, InvoiceCommand, InvoiceStatus};
 use crate::stripe_facts::{ContactPatch, StripeCard};
-use crate::subscription::SubscriptionCommand;
 
 /// Where the commands of a provider's report come from.
 const SOURCE: Source = Source::Webhook;
@@ -172,18 +171,8 @@ impl Billing {
             self.settled(&recorded, SOURCE).await?;
             return Ok(Effect::Applied);
         }
-        if let Some(sub_id) = recorded.subscription_id {
-            self.subscription_command(sub_id, SOURCE, |_| {
-                SubscriptionCommand::RecordPaymentFailed {
-                    invoice_id: id,
-                    at: failed_at,
-                }
-            })
+        self.follow_decline(&recorded, failed_at, next_retry_at.is_none(), SOURCE)
             .await?;
-        }
-        if next_retry_at.is_none() {
-            self.give_up(&recorded, failed_at, SOURCE).await?;
-        }
         Ok(Effect::Applied)
     }
 
