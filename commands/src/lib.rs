@@ -30,6 +30,7 @@ pub mod coupon;
 pub mod customer;
 pub mod decline;
 pub mod dunning;
+pub mod dunning_policy;
 pub mod error;
 pub mod ids;
 pub mod invoice;

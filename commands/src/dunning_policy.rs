@@ -1,0 +1,323 @@
+//! Dunning policies (issue 16, first part; not yet wired into billing): what a
+//! campaign does after each failed payment, per segment, read from
+//! configuration (commands/dunning/default.toml holds the brief's three), and the
+//! decline-aware rule that decides the next step. Pure: no I/O.
+
+use std::collections::BTreeSet;
+
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use time::{Duration, OffsetDateTime};
+
+use crate::customer::Segment;
+use crate::decline::DeclineCategory;
+
+/// The policies shipped with Recur: commands/dunning/default.toml.
+pub const DEFAULT_POLICIES_TOML: &str = include_str!("../dunning/default.toml");
+/// Most retries a policy may schedule.
+pub const RETRIES_MAX: usize = 16;
+/// Longest delay before a retry: 60 days.
+pub const RETRY_AFTER_MINUTES_MAX: u32 = 60 * 24 * 60;
+
+/// How a message reaches the customer (or a person at the business).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Channel {
+    /// Email over SMTP.
+    Email,
+    /// A text message.
+    Sms,
+    /// A task for a person to call the customer.
+    PhoneCall,
+}
+
+/// What happens when the retries are spent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalAction {
+    /// Cancel the subscription.
+    Cancel,
+    /// Write the invoice off as uncollectible; the subscription goes on.
+    MarkUncollectible,
+    /// Leave the invoice open and the subscription past due (a person decides).
+    LeavePastDue,
+}
+
+/// An offer made at one step of the campaign.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    /// The failed attempt (1-based) after which it is made.
+    pub step: u32,
+    /// A percent off the subscription (as text, `"20"`).
+    #[serde(default)]
+    pub percent_off: Option<Decimal>,
+    /// `once` for the next invoice only.
+    #[serde(default)]
+    pub duration: Option<String>,
+    /// For this many months.
+    #[serde(default)]
+    pub duration_months: Option<u32>,
+    /// Days added to a trial instead of a discount.
+    #[serde(default)]
+    pub trial_extension_days: Option<u32>,
+}
+
+/// One segment's campaign.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DunningPolicy {
+    /// The customers it is for.
+    pub segment: Segment,
+    /// Delay before each retry, after each failed attempt, in minutes.
+    pub retry_after_minutes: Vec<u32>,
+    /// How the customer hears of each failure.
+    pub channels: Vec<Channel>,
+    /// What happens when the retries are spent.
+    pub final_action: FinalAction,
+    /// Offers at given steps.
+    #[serde(default)]
+    pub offers: Vec<Offer>,
+}
+
+/// What to do after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextStep {
+    /// Retry the same card then.
+    RetryAt(OffsetDateTime),
+    /// The card cannot succeed as it is (hard decline, expired, none on file):
+    /// no retry until the card changes; ask the customer to update it.
+    AwaitNewCard,
+    /// The bank wants the customer to authenticate: send a link, no off-session retry.
+    AwaitCustomerAction,
+    /// The retries are spent: the policy's final action.
+    GiveUp(FinalAction),
+}
+
+/// Why a policy file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Not TOML of the expected shape.
+    #[error("dunning policies: {0}")]
+    Malformed(String),
+    /// A rule a policy breaks.
+    #[error("dunning policy for {segment:?}: {reason}")]
+    Invalid {
+        /// The policy's segment.
+        segment: Segment,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Every segment's policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DunningPolicies(Vec<DunningPolicy>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    policy: Vec<DunningPolicy>,
+}
+
+impl DunningPolicies {
+    /// The policies shipped with Recur (the brief's three).
+    ///
+    /// # Errors
+    /// Never for the shipped file (a test parses it).
+    pub fn default_policies() -> Result<Self, PolicyError> {
+        Self::parse(DEFAULT_POLICIES_TOML)
+    }
+
+    /// Policies from TOML: exactly one per segment, retries within
+    /// [`RETRIES_MAX`] and [`RETRY_AFTER_MINUTES_MAX`], offers at steps the
+    /// policy reaches, each offer one thing.
+    ///
+    /// # Errors
+    /// [`PolicyError`] naming the policy and the rule.
+    pub fn parse(text: &str) -> Result<Self, PolicyError> {
+        let file: PolicyFile =
+            toml::from_str(text).map_err(|e| PolicyError::Malformed(e.to_string()))?;
+        let mut seen = BTreeSet::new();
+        for policy in &file.policy {
+            let invalid = |reason: &str| PolicyError::Invalid {
+                segment: policy.segment,
+                reason: reason.to_owned(),
+            };
+            if !seen.insert(policy.segment) {
+                return Err(invalid("a second policy for the segment"));
+            }
+            if policy.retry_after_minutes.is_empty()
+                || policy.retry_after_minutes.len() > RETRIES_MAX
+            {
+                return Err(invalid("1 to 16 retries"));
+            }
+            if policy
+                .retry_after_minutes
+                .iter()
+                .any(|m| *m == 0 || *m > RETRY_AFTER_MINUTES_MAX)
+            {
+                return Err(invalid("each retry 1 minute to 60 days later"));
+            }
+            let steps = policy.retry_after_minutes.len() as u32 + 1;
+            for offer in &policy.offers {
+                if offer.step == 0 || offer.step > steps {
+                    return Err(invalid("an offer at a step the policy never reaches"));
+                }
+                let kinds = usize::from(offer.percent_off.is_some())
+                    + usize::from(offer.trial_extension_days.is_some());
+                if kinds != 1 {
+                    return Err(invalid("an offer is a percent off or a trial extension"));
+                }
+                if let Some(percent) = offer.percent_off
+                    && (percent <= Decimal::ZERO || percent > Decimal::ONE_HUNDRED)
+                {
+                    return Err(invalid("a percent off above 0 and at most 100"));
+                }
+            }
+        }
+        for segment in [Segment::Standard, Segment::HighValue, Segment::Trial] {
+            if !seen.contains(&segment) {
+                return Err(PolicyError::Invalid {
+                    segment,
+                    reason: "no policy for the segment".to_owned(),
+                });
+            }
+        }
+        Ok(Self(file.policy))
+    }
+
+    /// The policy of `segment`.
+    pub fn of(&self, segment: Segment) -> Option<&DunningPolicy> {
+        self.0.iter().find(|p| p.segment == segment)
+    }
+}
+
+impl DunningPolicy {
+    /// The next step after `failed_attempts` failures (1 after the first) of a
+    /// decline of `category`, the last one due at `failed_at`. A card that
+    /// cannot succeed is never retried: only a new card (or the customer's
+    /// action) moves the invoice on.
+    pub fn next_step(
+        &self,
+        category: DeclineCategory,
+        failed_attempts: usize,
+        failed_at: OffsetDateTime,
+    ) -> NextStep {
+        match category {
+            DeclineCategory::Hard | DeclineCategory::NeedsCustomerAction => NextStep::AwaitNewCard,
+            DeclineCategory::Authentication => NextStep::AwaitCustomerAction,
+            DeclineCategory::Soft => failed_attempts
+                .checked_sub(1)
+                .and_then(|i| self.retry_after_minutes.get(i))
+                .map_or(NextStep::GiveUp(self.final_action), |minutes| {
+                    NextStep::RetryAt(failed_at + Duration::minutes(i64::from(*minutes)))
+                }),
+        }
+    }
+
+    /// The offers made after the `step`-th failed attempt.
+    pub fn offers_at(&self, step: u32) -> impl Iterator<Item = &Offer> {
+        self.offers.iter().filter(move |o| o.step == step)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_shipped_policies_are_the_briefs_three() {
+        let policies = DunningPolicies::default_policies().unwrap();
+        let standard = policies.of(Segment::Standard).unwrap();
+        assert_eq!(
+            standard.retry_after_minutes,
+            vec![60, 1440, 4320, 10080, 20160]
+        );
+        assert_eq!(standard.offers_at(4).count(), 1);
+        let high_value = policies.of(Segment::HighValue).unwrap();
+        assert_eq!(high_value.retry_after_minutes.len(), 8);
+        assert_eq!(high_value.retry_after_minutes[0], 30);
+        assert!(high_value.channels.contains(&Channel::PhoneCall));
+        let trial = policies.of(Segment::Trial).unwrap();
+        assert_eq!(trial.retry_after_minutes, vec![120, 1440, 4320]);
+        assert_eq!(
+            trial
+                .offers_at(2)
+                .next()
+                .and_then(|o| o.trial_extension_days),
+            Some(7)
+        );
+    }
+
+    #[test]
+    fn cards_that_cannot_succeed_are_never_retried() {
+        let policies = DunningPolicies::default_policies().unwrap();
+        let standard = policies.of(Segment::Standard).unwrap();
+        let at = datetime!(2026-03-01 09:00 UTC);
+        assert_eq!(
+            standard.next_step(DeclineCategory::Soft, 1, at),
+            NextStep::RetryAt(datetime!(2026-03-01 10:00 UTC))
+        );
+        assert_eq!(
+            standard.next_step(DeclineCategory::Soft, 5, at),
+            NextStep::RetryAt(datetime!(2026-03-15 09:00 UTC))
+        );
+        assert_eq!(
+            standard.next_step(DeclineCategory::Soft, 6, at),
+            NextStep::GiveUp(FinalAction::Cancel)
+        );
+        for category in [DeclineCategory::Hard, DeclineCategory::NeedsCustomerAction] {
+            assert_eq!(standard.next_step(category, 1, at), NextStep::AwaitNewCard);
+        }
+        assert_eq!(
+            standard.next_step(DeclineCategory::Authentication, 1, at),
+            NextStep::AwaitCustomerAction
+        );
+        assert_eq!(
+            standard.next_step(crate::decline::category("no_payment_method"), 1, at),
+            NextStep::AwaitNewCard
+        );
+    }
+
+    #[test]
+    fn a_policy_file_that_breaks_a_rule_is_refused_with_the_rule() {
+        let base = DEFAULT_POLICIES_TOML;
+        let refused = |text: &str| DunningPolicies::parse(text).unwrap_err().to_string();
+        assert!(refused("not toml [").contains("dunning policies"));
+        let without_trial = base
+            .split("[[policy]]")
+            .filter(|p| !p.contains("\"trial\""))
+            .collect::<Vec<_>>()
+            .join("[[policy]]");
+        assert!(
+            refused(&without_trial).contains("no policy"),
+            "{}",
+            refused(&without_trial)
+        );
+        let twice = format!(
+            "{base}\n[[policy]]\nsegment = \"trial\"\nretry_after_minutes = [60]\nchannels = []\nfinal_action = \"cancel\"\n"
+        );
+        assert!(refused(&twice).contains("a second policy"));
+        let zero = base.replace("[120, 1440, 4320]", "[0, 1440]");
+        assert!(refused(&zero).contains("1 minute to 60 days"));
+        let far_offer = base.replace(
+            "{ step = 2, trial_extension_days = 7 }",
+            "{ step = 9, trial_extension_days = 7 }",
+        );
+        assert!(refused(&far_offer).contains("never reaches"));
+        let both = base.replace(
+            "{ step = 2, trial_extension_days = 7 }",
+            "{ step = 2, trial_extension_days = 7, percent_off = \"10\" }",
+        );
+        assert!(refused(&both).contains("percent off or a trial extension"));
+        let unknown = base.replace(
+            "final_action = \"leave_past_due\"",
+            "final_action = \"leave_past_due\"\npersonal_outreach = true",
+        );
+        assert!(refused(&unknown).contains("dunning policies"));
+    }
+}
