@@ -84,6 +84,15 @@ fn refused(result: Result<Effect, BillingError>) -> Result<Effect, BillingError>
     }
 }
 
+/// Applied when the command wrote something; else nothing, for `reason`.
+fn applied_unless_empty<E>(written: &[E], reason: &'static str) -> Effect {
+    if written.is_empty() {
+        Effect::Nothing(reason)
+    } else {
+        Effect::Applied
+    }
+}
+
 impl Billing {
     /// The invoice, or None when Recur has none of that id.
     async fn reported_invoice(
@@ -251,13 +260,7 @@ impl Billing {
                     now,
                 })
                 .await
-                .map(|executed| {
-                    if executed.events.is_empty() {
-                        Effect::Nothing("refunds_recorded")
-                    } else {
-                        Effect::Applied
-                    }
-                }),
+                .map(|executed| applied_unless_empty(&executed.events, "refunds_recorded")),
             )?;
             match (&effect, done) {
                 (_, Effect::Applied) => effect = Effect::Applied,
@@ -490,13 +493,7 @@ impl Billing {
                 now,
             })
             .await
-            .map(|executed| {
-                if executed.events.is_empty() {
-                    Effect::Nothing("card_unchanged")
-                } else {
-                    Effect::Applied
-                }
-            }),
+            .map(|executed| applied_unless_empty(&executed.events, "card_unchanged")),
         )
     }
 
@@ -524,13 +521,7 @@ impl Billing {
                 now,
             })
             .await
-            .map(|executed| {
-                if executed.events.is_empty() {
-                    Effect::Nothing("not_the_card_on_file")
-                } else {
-                    Effect::Applied
-                }
-            }),
+            .map(|executed| applied_unless_empty(&executed.events, "not_the_card_on_file")),
         )
     }
 

@@ -490,15 +490,7 @@ fn ledger_movements_of(
                     *at,
                 ));
                 let (fee_minor, fee_currency) = money(fee)?;
-                if fee_minor != 0 {
-                    movements.push(settled(
-                        MovementKind::DisputeFee,
-                        dispute_id,
-                        -fee_minor,
-                        fee_currency,
-                        *at,
-                    ));
-                }
+                movements.extend(dispute_fee(dispute_id, -fee_minor, fee_currency, *at));
             }
             InvoiceEvent::DisputeFundsReinstated {
                 dispute_id,
@@ -516,15 +508,7 @@ fn ledger_movements_of(
                     *at,
                 ));
                 let (fee_minor, fee_currency) = money(fee_returned)?;
-                if fee_minor != 0 {
-                    movements.push(settled(
-                        MovementKind::DisputeFee,
-                        dispute_id,
-                        fee_minor,
-                        fee_currency,
-                        *at,
-                    ));
-                }
+                movements.extend(dispute_fee(dispute_id, fee_minor, fee_currency, *at));
             }
             // A fee reported by a later stage than the withdrawal (or
             // reinstatement) that booked none.
@@ -583,6 +567,24 @@ fn ledger_movements_of(
         }
     }
     Ok(movements)
+}
+
+/// A dispute's fee (taken: negative; returned: positive), unless there is none.
+fn dispute_fee(
+    dispute_id: &str,
+    fee_minor: i64,
+    currency: String,
+    at: OffsetDateTime,
+) -> Option<Movement> {
+    (fee_minor != 0).then(|| {
+        settled(
+            MovementKind::DisputeFee,
+            dispute_id,
+            fee_minor,
+            currency,
+            at,
+        )
+    })
 }
 
 /// A movement the ledger records as settled.
