@@ -16,7 +16,6 @@ use crate::aggregate::Aggregate;
 use crate::catalog::{Billing as PriceBilling, Catalog, CatalogCommand, Plan, Price};
 use crate::coupon::{AppliedDiscount, Coupon, CouponCommand, CouponDuration, Discount};
 use crate::customer::{Contact, ContactDetails, Customer, CustomerCommand, PaymentMethod, Segment};
-use crate::dunning::RetryPolicy;
 use crate::error::{BillingError, DomainError};
 use crate::ids::{CouponCode, CustomerId, InvoiceId, SubscriptionId};
 use crate::invoice::{
@@ -116,7 +115,6 @@ pub struct RefundOutcome {
 pub struct Billing {
     pub(crate) repo: Repository,
     gateway: Arc<dyn PaymentGateway>,
-    retry: RetryPolicy,
     /// Encrypts and decrypts personal data; without it none can be stored.
     pub(crate) vault: Option<Arc<Vault>>,
     /// When each (actor, customer) last had a read of contact details recorded.
@@ -170,7 +168,6 @@ impl Billing {
         Ok(Self {
             repo,
             gateway,
-            retry: RetryPolicy::default(),
             vault: None,
             recent_reads: std::sync::Mutex::default(),
         })
@@ -309,11 +306,6 @@ impl Billing {
             .get(id)
             .cloned()
             .ok_or_else(|| not_found("tax rate", id))
-    }
-
-    /// The retry policy.
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
     }
 
     pub(crate) fn now(&self) -> OffsetDateTime {
@@ -1377,9 +1369,28 @@ impl Billing {
                 let mut due_at = invoice.issued_at.unwrap_or(now);
                 if let Some(last) = invoice.attempts.last() {
                     due_at = last.next_retry_at.unwrap_or(now);
+                    // A card that cannot succeed is not retried; a new one is
+                    // tried at once, whatever the schedule says.
+                    let can_succeed = crate::recovery::retry_can_succeed(&invoice, &customer);
+                    let card_changed = can_succeed
+                        && !crate::decline::category(
+                            last.outcome
+                                .as_ref()
+                                .and_then(ChargeOutcome::decline_code)
+                                .unwrap_or_default(),
+                        )
+                        .retry_can_succeed();
                     if !now_regardless {
+                        // The campaign's steps, if a crash came between the
+                        // decline and its step.
+                        self.record_dunning_steps(&invoice, &customer, source)
+                            .await?;
                         match last.next_retry_at {
+                            _ if card_changed => due_at = now,
                             Some(at) if at > now => return Ok(()),
+                            Some(at) if !can_succeed => {
+                                return self.give_up(&invoice, at, source).await;
+                            }
                             Some(_) => {}
                             None => {
                                 return self.give_up(&invoice, last.effective_at(), source).await;
@@ -1433,30 +1444,27 @@ impl Billing {
                 .await
                 .map_err(|e| BillingError::GatewayUnavailable(e.0))?,
         };
-        let failed_before = invoice
-            .attempts
-            .iter()
-            .filter(|a| matches!(a.outcome, Some(ChargeOutcome::Declined { .. })))
-            .count();
-        let segment = match (customer.segment, invoice.reason) {
-            (Segment::HighValue, _) => Segment::HighValue,
-            (_, Some(BillingReason::SubscriptionCreate)) => Segment::Trial,
-            (segment, _) => segment,
-        };
         // Retries are timed from when this attempt was due, so a late scheduler
         // catches up on the same schedule as one that never stopped.
-        let next_retry_at = match outcome {
-            ChargeOutcome::Declined { .. } => {
-                self.retry
-                    .next_retry_at(segment, failed_before + 1, attempt.effective_at())
-            }
+        let failed_at = attempt.effective_at();
+        let next = match &outcome {
+            ChargeOutcome::Declined { decline_code, .. } => Some(
+                self.dunning_next(
+                    &invoice,
+                    &customer,
+                    decline_code,
+                    crate::recovery::failed_attempts(&invoice) + 1,
+                    failed_at,
+                )
+                .await?,
+            ),
             ChargeOutcome::Succeeded { .. } => None,
         };
         let recorded = self
             .invoice_command(id, source, |_| InvoiceCommand::RecordOutcome {
                 attempt_no: attempt.attempt_no,
                 outcome: outcome.clone(),
-                next_retry_at,
+                next_retry_at: next.and_then(crate::recovery::next_retry_at),
                 now,
             })
             .await?
@@ -1464,19 +1472,19 @@ impl Billing {
         if recorded.status == InvoiceStatus::Paid {
             return self.settled(&recorded, source).await;
         }
-        let failed_at = attempt.effective_at();
-        self.follow_decline(&recorded, failed_at, next_retry_at.is_none(), source)
+        self.follow_decline(&recorded, &customer, failed_at, source)
             .await
     }
 
     /// What follows a recorded decline, whoever heard it (Recur's own attempt or
-    /// the provider's webhook): the subscription goes past due, and a spent
-    /// retry policy gives up on the invoice.
+    /// the provider's webhook): the subscription goes past due, the dunning
+    /// campaign records its step (messages, a phone task, offers), and a spent
+    /// policy takes its final action.
     pub(crate) async fn follow_decline(
         &self,
         recorded: &Invoice,
+        customer: &Customer,
         failed_at: OffsetDateTime,
-        retries_spent: bool,
         source: Source,
     ) -> Result<(), BillingError> {
         if let (Some(id), Some(sub_id)) = (recorded.id, recorded.subscription_id) {
@@ -1488,7 +1496,13 @@ impl Billing {
             })
             .await?;
         }
-        if retries_spent {
+        self.record_dunning_steps(recorded, customer, source)
+            .await?;
+        let spent = recorded
+            .attempts
+            .last()
+            .is_some_and(|last| last.outcome.is_some() && last.next_retry_at.is_none());
+        if spent {
             self.give_up(recorded, failed_at, source).await?;
         }
         Ok(())
@@ -1501,6 +1515,7 @@ impl Billing {
         invoice: &Invoice,
         source: Source,
     ) -> Result<(), BillingError> {
+        self.end_campaign(invoice, source).await?;
         if let (Some(sub_id), Some(id)) = (invoice.subscription_id, invoice.id) {
             let outcome = if invoice.status == InvoiceStatus::Void {
                 Settlement::Voided
@@ -1516,51 +1531,6 @@ impl Billing {
                 }
             })
             .await?;
-        }
-        Ok(())
-    }
-
-    /// The retry policy is spent: write the invoice off and end its subscription,
-    /// as of `at` (when the last failed attempt was due).
-    pub(crate) async fn give_up(
-        &self,
-        invoice: &Invoice,
-        at: OffsetDateTime,
-        source: Source,
-    ) -> Result<(), BillingError> {
-        let Some(id) = invoice.id else {
-            return Ok(());
-        };
-        let now = self.now();
-        let written_off = self
-            .invoice_command(id, source, |_| InvoiceCommand::MarkUncollectible { now })
-            .await?;
-        if written_off.state.status != InvoiceStatus::Uncollectible {
-            // Paid by a concurrent collector after all.
-            return self.settled(&written_off.state, source).await;
-        }
-        if let Some(sub_id) = invoice.subscription_id {
-            let sub = self.subscription(sub_id).await?;
-            if sub.status != SubscriptionStatus::Canceled {
-                let reason = if invoice.attempts.iter().all(|a| a.payment_method.is_none()) {
-                    CancelReason::TrialEndedWithoutPayment
-                } else {
-                    CancelReason::PaymentFailed
-                };
-                let canceled = self
-                    .subscription_command(sub_id, source, |state| SubscriptionCommand::Cancel {
-                        timing: Timing::Now,
-                        reason,
-                        // Never before what the subscription already recorded.
-                        now: at.max(state.current_period.map_or(at, |p| p.start)),
-                    })
-                    .await;
-                match canceled {
-                    // A concurrent scheduler canceled it first.
-                    Ok(_) | Err(BillingError::Domain(DomainError::InvalidTransition { .. })) => {}
-                    Err(error) => return Err(error),
-                }
-            }
         }
         Ok(())
     }

@@ -1,12 +1,12 @@
-//! Dunning policies (issue 16, first part; not yet wired into billing): what a
-//! campaign does after each failed payment, per segment, read from
-//! configuration (commands/dunning/default.toml holds the brief's three), and the
-//! decline-aware rule that decides the next step. Pure: no I/O.
+//! Dunning policies: what a campaign does after each failed payment, per
+//! segment, read from configuration (commands/dunning/default.toml holds the
+//! brief's three; a change is recorded as an event), and the decline-aware rule
+//! that decides the next step. Pure: no I/O.
 
 use std::collections::BTreeSet;
 
 use rust_decimal::Decimal;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::customer::Segment;
@@ -20,7 +20,7 @@ pub const RETRIES_MAX: usize = 16;
 pub const RETRY_AFTER_MINUTES_MAX: u32 = 60 * 24 * 60;
 
 /// How a message reaches the customer (or a person at the business).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// Email over SMTP.
@@ -32,7 +32,7 @@ pub enum Channel {
 }
 
 /// What happens when the retries are spent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinalAction {
     /// Cancel the subscription.
@@ -44,27 +44,27 @@ pub enum FinalAction {
 }
 
 /// An offer made at one step of the campaign.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Offer {
     /// The failed attempt (1-based) after which it is made.
     pub step: u32,
     /// A percent off the subscription (as text, `"20"`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent_off: Option<Decimal>,
     /// `once` for the next invoice only.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
     /// For this many months.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_months: Option<u32>,
     /// Days added to a trial instead of a discount.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trial_extension_days: Option<u32>,
 }
 
 /// One segment's campaign.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DunningPolicy {
     /// The customers it is for.
@@ -76,20 +76,32 @@ pub struct DunningPolicy {
     /// What happens when the retries are spent.
     pub final_action: FinalAction,
     /// Offers at given steps.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offers: Vec<Offer>,
 }
 
 /// What to do after a failed attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NextStep {
     /// Retry the same card then.
-    RetryAt(OffsetDateTime),
+    RetryAt(#[serde(with = "time::serde::rfc3339")] OffsetDateTime),
     /// The card cannot succeed as it is (hard decline, expired, none on file):
-    /// no retry until the card changes; ask the customer to update it.
-    AwaitNewCard,
-    /// The bank wants the customer to authenticate: send a link, no off-session retry.
-    AwaitCustomerAction,
+    /// no retry until the card changes; ask the customer to update it. The
+    /// policy's final action falls due `until` (when its retries would have
+    /// run out) unless a new card comes first.
+    AwaitNewCard {
+        /// When the campaign gives up without a new card.
+        #[serde(with = "time::serde::rfc3339")]
+        until: OffsetDateTime,
+    },
+    /// The bank wants the customer to authenticate: send a link, no off-session
+    /// retry; gives up `until`, as [`NextStep::AwaitNewCard`].
+    AwaitCustomerAction {
+        /// When the campaign gives up without the customer.
+        #[serde(with = "time::serde::rfc3339")]
+        until: OffsetDateTime,
+    },
     /// The retries are spent: the policy's final action.
     GiveUp(FinalAction),
 }
@@ -111,7 +123,8 @@ pub enum PolicyError {
 }
 
 /// Every segment's policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct DunningPolicies(Vec<DunningPolicy>);
 
 #[derive(Deserialize)]
@@ -197,23 +210,61 @@ impl DunningPolicy {
     /// The next step after `failed_attempts` failures (1 after the first) of a
     /// decline of `category`, the last one due at `failed_at`. A card that
     /// cannot succeed is never retried: only a new card (or the customer's
-    /// action) moves the invoice on.
+    /// action) moves the invoice on before the schedule would have run out. A
+    /// trial extension offered at this step moves what follows by its days.
     pub fn next_step(
         &self,
         category: DeclineCategory,
         failed_attempts: usize,
         failed_at: OffsetDateTime,
     ) -> NextStep {
+        let Some(left) = failed_attempts
+            .checked_sub(1)
+            .and_then(|i| self.retry_after_minutes.get(i..))
+            .filter(|left| !left.is_empty())
+        else {
+            return NextStep::GiveUp(self.final_action);
+        };
+        let grace = Duration::days(i64::from(
+            self.offers_at(u32::try_from(failed_attempts).unwrap_or(u32::MAX))
+                .filter_map(|o| o.trial_extension_days)
+                .sum::<u32>(),
+        ));
+        let minutes = |list: &[u32]| Duration::minutes(list.iter().map(|m| i64::from(*m)).sum());
+        let until = failed_at + minutes(left) + grace;
         match category {
-            DeclineCategory::Hard | DeclineCategory::NeedsCustomerAction => NextStep::AwaitNewCard,
-            DeclineCategory::Authentication => NextStep::AwaitCustomerAction,
-            DeclineCategory::Soft => failed_attempts
-                .checked_sub(1)
-                .and_then(|i| self.retry_after_minutes.get(i))
-                .map_or(NextStep::GiveUp(self.final_action), |minutes| {
-                    NextStep::RetryAt(failed_at + Duration::minutes(i64::from(*minutes)))
-                }),
+            DeclineCategory::Hard | DeclineCategory::NeedsCustomerAction => {
+                NextStep::AwaitNewCard { until }
+            }
+            DeclineCategory::Authentication => NextStep::AwaitCustomerAction { until },
+            DeclineCategory::Soft => NextStep::RetryAt(failed_at + minutes(&left[..1]) + grace),
         }
+    }
+
+    /// When each step left after `failed_attempts` failures would have fallen
+    /// due (a retry's time): the reminders of a campaign that waits for the
+    /// customer.
+    pub fn remaining_step_times(
+        &self,
+        failed_attempts: usize,
+        failed_at: OffsetDateTime,
+    ) -> Vec<OffsetDateTime> {
+        let mut at = failed_at;
+        failed_attempts
+            .checked_sub(1)
+            .and_then(|i| self.retry_after_minutes.get(i..))
+            .unwrap_or_default()
+            .iter()
+            .map(|minutes| {
+                at += Duration::minutes(i64::from(*minutes));
+                at
+            })
+            .collect()
+    }
+
+    /// How many failed attempts the policy allows before its final action.
+    pub fn steps_total(&self) -> u32 {
+        u32::try_from(self.retry_after_minutes.len()).unwrap_or(u32::MAX) + 1
     }
 
     /// The offers made after the `step`-th failed attempt.
@@ -270,16 +321,37 @@ mod tests {
             standard.next_step(DeclineCategory::Soft, 6, at),
             NextStep::GiveUp(FinalAction::Cancel)
         );
+        // Waiting for the customer gives up when the retries would have run out.
+        let until = datetime!(2026-03-26 10:00 UTC);
         for category in [DeclineCategory::Hard, DeclineCategory::NeedsCustomerAction] {
-            assert_eq!(standard.next_step(category, 1, at), NextStep::AwaitNewCard);
+            assert_eq!(
+                standard.next_step(category, 1, at),
+                NextStep::AwaitNewCard { until }
+            );
         }
         assert_eq!(
             standard.next_step(DeclineCategory::Authentication, 1, at),
-            NextStep::AwaitCustomerAction
+            NextStep::AwaitCustomerAction { until }
         );
         assert_eq!(
             standard.next_step(crate::decline::category("no_payment_method"), 1, at),
-            NextStep::AwaitNewCard
+            NextStep::AwaitNewCard { until }
+        );
+        assert_eq!(
+            standard.next_step(DeclineCategory::Hard, 6, at),
+            NextStep::GiveUp(FinalAction::Cancel)
+        );
+        assert_eq!(
+            standard.remaining_step_times(5, at),
+            vec![datetime!(2026-03-15 09:00 UTC)]
+        );
+        assert_eq!(standard.remaining_step_times(1, at).len(), 5);
+        assert_eq!(standard.steps_total(), 6);
+        // The trial's extension at step 2 moves the next retry by its 7 days.
+        let trial = policies.of(Segment::Trial).unwrap();
+        assert_eq!(
+            trial.next_step(DeclineCategory::Soft, 2, at),
+            NextStep::RetryAt(datetime!(2026-03-09 09:00 UTC))
         );
     }
 

@@ -193,6 +193,8 @@ fn not_found_code(kind: &str) -> &'static str {
         "plan" => "plan_not_found",
         "price" => "price_not_found",
         "tax rate" => "tax_rate_not_found",
+        "dunning task" => "dunning_task_not_found",
+        "dunning message" => "dunning_message_not_found",
         _ => "not_found",
     }
 }

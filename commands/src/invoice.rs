@@ -234,6 +234,16 @@ pub enum ChargeOutcome {
     },
 }
 
+impl ChargeOutcome {
+    /// The decline code of a declined charge.
+    pub fn decline_code(&self) -> Option<&str> {
+        match self {
+            Self::Declined { decline_code, .. } => Some(decline_code),
+            Self::Succeeded { .. } => None,
+        }
+    }
+}
+
 /// One payment attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attempt {

@@ -10,7 +10,10 @@
 //!
 //! Around them: the [`catalog`] (plans and immutable prices from TOML), [`tax`]
 //! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
-//! the simulated gateway, what a [`decline`] code leaves open, and at the edge
+//! the simulated gateway, what a [`decline`] code leaves open, the
+//! [`dunning_policy`] per segment and the [`dunning`] campaign of a failed
+//! invoice (steps, its outbox of messages, phone tasks, offers) that billing's
+//! [`recovery`] side drives, and at the edge
 //! the [`billing`] service (load, decide, append, follow up across aggregates)
 //! and the [`scheduler`] that the billing
 //! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
@@ -41,6 +44,7 @@ pub mod postings;
 pub mod privacy;
 pub mod provider;
 pub mod reconciliation;
+pub mod recovery;
 mod repository;
 pub mod scheduler;
 pub mod stripe_amounts;

@@ -12,10 +12,10 @@ use recur_ledger::{Money, Source};
 use time::OffsetDateTime;
 
 use crate::billing::{Billing, contact_stream, metadata};
-use crate::customer::{Contact, ContactDetails, Customer, CustomerCommand, Segment};
+use crate::customer::{Contact, ContactDetails, Customer, CustomerCommand};
 use crate::error::{BillingError, DomainError};
 use crate::ids::{CustomerId, InvoiceId};
-use crate::invoice::{BillingReason, ChargeOutcome, DisputeOutcome, InvoiceCommand, InvoiceStatus};
+use crate::invoice::{ChargeOutcome, DisputeOutcome, InvoiceCommand, InvoiceStatus};
 use crate::stripe_facts::{ContactPatch, StripeCard};
 
 /// Where the commands of a provider's report come from.
@@ -146,23 +146,19 @@ impl Billing {
             return Ok(Effect::Nothing("unknown_customer"));
         };
         let customer = self.customer(customer_id).await?;
-        // As for a decline Recur heard itself (Billing::collect): the policy of
-        // the customer's segment, trial invoices by the trial policy, retries
-        // timed from when the attempt was due.
-        let segment = match (customer.segment, invoice.reason) {
-            (Segment::HighValue, _) => Segment::HighValue,
-            (_, Some(BillingReason::SubscriptionCreate)) => Segment::Trial,
-            (segment, _) => segment,
-        };
-        let failed_before = invoice
-            .attempts
-            .iter()
-            .filter(|a| matches!(a.outcome, Some(ChargeOutcome::Declined { .. })))
-            .count();
+        // As for a decline Recur heard itself (Billing::collect): the dunning
+        // policy decides, timed from when the attempt was due.
         let failed_at = attempt.effective_at();
-        let next_retry_at =
-            self.retry_policy()
-                .next_retry_at(segment, failed_before + 1, failed_at);
+        let next = self
+            .dunning_next(
+                &invoice,
+                &customer,
+                decline_code,
+                crate::recovery::failed_attempts(&invoice) + 1,
+                failed_at,
+            )
+            .await?;
+        let next_retry_at = crate::recovery::next_retry_at(next);
         let outcome = ChargeOutcome::Declined {
             decline_code: decline_code.to_owned(),
             message: message.to_owned(),
@@ -180,7 +176,7 @@ impl Billing {
             self.settled(&recorded, SOURCE).await?;
             return Ok(Effect::Applied);
         }
-        self.follow_decline(&recorded, failed_at, next_retry_at.is_none(), SOURCE)
+        self.follow_decline(&recorded, &customer, failed_at, SOURCE)
             .await?;
         Ok(Effect::Applied)
     }

@@ -1,6 +1,6 @@
 //! The billing clock's scheduler: a process manager that follows the ledger,
 //! knows what is due (trial ends, renewals, payment retries, unfinished billing,
-//! revenue recognition) and does it at the clock's now.
+//! revenue recognition, dunning messages) and does it at the clock's now.
 //!
 //! It keeps no state of its own beyond what it folds from the ledger, so two
 //! schedulers can run at once and a crashed one can be restarted: every step is
@@ -18,9 +18,12 @@ use tokio::task::JoinSet;
 use crate::aggregate::Aggregate;
 use crate::billing::{Billing, decode_event};
 use crate::customer::CustomerEvent;
+use crate::dunning::{DunningCampaign, DunningEvent, Ending};
+use crate::dunning_policy::FinalAction;
 use crate::error::BillingError;
 use crate::ids::{CustomerId, InvoiceId, SubscriptionId};
 use crate::invoice::{Invoice, InvoiceEvent, InvoiceRequest, InvoiceStatus};
+use crate::recovery::Messenger;
 use crate::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
 use crate::tagged::DecodeError;
 
@@ -48,6 +51,8 @@ pub enum Work {
     Invoice(InvoiceId),
     /// Send refunds that were requested but never answered.
     Refund(InvoiceId),
+    /// Send a dunning campaign's due messages (the outbox).
+    Dunning(InvoiceId),
 }
 
 /// What one tick did.
@@ -57,6 +62,8 @@ pub struct TickReport {
     pub periods_started: u32,
     /// Invoice steps run.
     pub invoice_steps: u32,
+    /// Dunning messages sent.
+    pub messages_sent: u32,
     /// Work that failed, with the error's code; it is retried next tick.
     pub failures: Vec<(Work, &'static str)>,
 }
@@ -72,6 +79,12 @@ struct Index {
     refunds_pending: HashMap<InvoiceId, BTreeSet<u32>>,
     /// Invoices asked for and not drafted yet.
     requested: HashMap<InvoiceId, (CustomerId, SubscriptionId, InvoiceRequest)>,
+    /// Dunning campaigns with messages still to send.
+    campaigns: HashMap<InvoiceId, DunningCampaign>,
+    /// Invoices whose campaign ended leaving them past due: no more collection.
+    collection_stopped: HashSet<InvoiceId>,
+    /// Whether dunning messages are sent (a messenger is configured).
+    sends_messages: bool,
     due: BTreeSet<(OffsetDateTime, Work)>,
     due_at: HashMap<Work, OffsetDateTime>,
 }
@@ -84,8 +97,8 @@ impl Index {
             Work::Subscription(id) => id.0,
             Work::Draft(id) => self.requested.get(&id).map_or(id.0, |(_, sub, _)| sub.0),
             // A refund changes nothing of its subscription: it never waits for
-            // (nor holds up) the subscription's billing.
-            Work::Refund(id) => id.0,
+            // (nor holds up) the subscription's billing; nor does a message.
+            Work::Refund(id) | Work::Dunning(id) => id.0,
             Work::Invoice(id) => id
                 .stream()
                 .ok()
@@ -174,6 +187,66 @@ impl Index {
                 {
                     self.reschedule_invoice(invoice_id)?;
                 }
+                if let CustomerEvent::PaymentMethodAttached { .. } = event {
+                    // A new card: the customer's declined invoices are tried at
+                    // once (billing decides whether the card changed).
+                    let customer = recorded
+                        .stream_id
+                        .as_str()
+                        .strip_prefix("customer-")
+                        .and_then(|text| CustomerId::parse(text).ok());
+                    let declined: Vec<InvoiceId> = self
+                        .invoices
+                        .values()
+                        .filter(|i| {
+                            i.customer_id.is_some()
+                                && i.customer_id == customer
+                                && i.status == InvoiceStatus::Open
+                                && i.attempts.last().is_some_and(|a| a.outcome.is_some())
+                        })
+                        .filter_map(|i| i.id)
+                        .filter(|id| !self.collection_stopped.contains(id))
+                        .collect();
+                    for id in declined {
+                        self.schedule(Work::Invoice(id), Some(OffsetDateTime::UNIX_EPOCH));
+                    }
+                }
+            }
+            crate::dunning::CATEGORY => {
+                let event: DunningEvent = decode_event(&recorded.payload).map_err(corrupt)?;
+                let id = match &event {
+                    DunningEvent::DunningStarted { subject, .. } => subject.invoice_id,
+                    _ => match recorded
+                        .stream_id
+                        .as_str()
+                        .strip_prefix("dunning-")
+                        .and_then(|text| InvoiceId::parse(text).ok())
+                    {
+                        Some(id) => id,
+                        None => return Ok(()),
+                    },
+                };
+                if let DunningEvent::DunningEnded {
+                    ending:
+                        Ending::Exhausted {
+                            final_action: FinalAction::LeavePastDue,
+                        },
+                    ..
+                } = &event
+                {
+                    self.collection_stopped.insert(id);
+                    self.reschedule_invoice(id)?;
+                }
+                if !self.sends_messages {
+                    return Ok(());
+                }
+                let campaign = self.campaigns.entry(id).or_default();
+                campaign.evolve(&event);
+                let at = campaign.next_send_at();
+                if at.is_none() {
+                    self.campaigns.remove(&id);
+                }
+                self.schedule(Work::Dunning(id), at);
             }
             _ => {}
         }
@@ -235,7 +308,7 @@ impl Index {
         let at = if self.grants_pending.contains(&id) {
             Some(OffsetDateTime::UNIX_EPOCH)
         } else {
-            invoice_work_at(invoice, unsettled)
+            invoice_work_at(invoice, unsettled, self.collection_stopped.contains(&id))
         };
         if at.is_none() {
             self.invoices.remove(&stream);
@@ -246,10 +319,15 @@ impl Index {
 }
 
 /// When an invoice next needs the scheduler, if ever.
-fn invoice_work_at(invoice: &Invoice, subscription_unsettled: bool) -> Option<OffsetDateTime> {
+fn invoice_work_at(
+    invoice: &Invoice,
+    subscription_unsettled: bool,
+    collection_stopped: bool,
+) -> Option<OffsetDateTime> {
     let immediately = Some(OffsetDateTime::UNIX_EPOCH);
     let collection = match invoice.status {
         InvoiceStatus::Draft => immediately,
+        InvoiceStatus::Open if collection_stopped => None,
         InvoiceStatus::Open => match invoice.attempts.last() {
             None => immediately,
             Some(last) if last.outcome.is_none() => immediately,
@@ -269,6 +347,7 @@ pub struct Scheduler {
     billing: Arc<Billing>,
     index: Mutex<Index>,
     concurrency: usize,
+    messenger: Option<Arc<dyn Messenger>>,
 }
 
 impl Scheduler {
@@ -278,7 +357,17 @@ impl Scheduler {
             billing,
             index: Mutex::new(Index::default()),
             concurrency: concurrency.max(1),
+            messenger: None,
         }
+    }
+
+    /// The scheduler sending dunning messages through `messenger` (the outbox).
+    /// Without one, messages stay queued in the ledger, unsent and not lost.
+    #[must_use]
+    pub fn with_messenger(mut self, messenger: Arc<dyn Messenger>) -> Self {
+        self.index.get_mut().sends_messages = true;
+        self.messenger = Some(messenger);
+        self
     }
 
     /// Reads what was appended since the last call and updates what is due.
@@ -368,9 +457,13 @@ impl Scheduler {
                     .await
                     .map_err(|_| BillingError::Contended("the scheduler's permits".into()))?;
                 let billing = Arc::clone(&self.billing);
+                let messenger = self.messenger.clone();
                 tasks.spawn(async move {
                     let _permit = permit;
-                    (work, run(&billing, work, request).await)
+                    (
+                        work,
+                        run(&billing, work, request, messenger.as_deref()).await,
+                    )
                 });
                 while let Some(joined) = tasks.try_join_next() {
                     Self::report(&mut report, joined);
@@ -396,6 +489,7 @@ impl Scheduler {
             (Work::Invoice(_) | Work::Draft(_) | Work::Refund(_), Ok(_)) => {
                 report.invoice_steps += 1;
             }
+            (Work::Dunning(_), Ok(sent)) => report.messages_sent += sent,
             (work, Err(error)) => {
                 tracing::warn!(
                     ?work,
@@ -412,8 +506,13 @@ async fn run(
     billing: &Billing,
     work: Work,
     request: Option<(CustomerId, SubscriptionId, InvoiceRequest)>,
+    messenger: Option<&dyn Messenger>,
 ) -> Result<u32, BillingError> {
     match work {
+        Work::Dunning(id) => match messenger {
+            Some(messenger) => billing.send_dunning_messages(id, messenger).await,
+            None => Ok(0),
+        },
         // One period at a time: what falls due in between runs first.
         Work::Subscription(id) => billing.advance_by(id, 1).await,
         Work::Draft(_) => {

@@ -1,0 +1,717 @@
+//! Billing's recovery side: what follows a failed payment under the dunning
+//! policy of the customer's segment — the next step (a retry, or waiting for a
+//! new card or the customer), the campaign's messages, phone tasks and offers,
+//! the final action — and the outbox that sends what a step queued through a
+//! [`Messenger`] (the edge: SMTP, SMS).
+//!
+//! The order survives a crash anywhere: the invoice's outcome is recorded
+//! first (with its next retry time), then the campaign's step, keyed by its
+//! number, which the scheduler's next visit records if a crash came between.
+//! A message is queued before it is sent and sent with its own id as the
+//! provider's idempotency key: a crash before the send sends it at restart,
+//! one after the send and before its record sends it again under the same id.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+
+use recur_ledger::{Money, Source};
+use time::OffsetDateTime;
+
+use crate::billing::{Billing, metadata};
+use crate::customer::{Customer, Segment};
+use crate::decline::{DeclineCategory, category};
+use crate::dunning::{
+    self, CallOutcome, CampaignSubject, DunningCampaign, DunningCommand, OfferGiven, PolicyBook,
+    QueuedMessage, SetPolicies, Step, StepDecision, Template,
+};
+use crate::dunning_policy::{Channel, DunningPolicies, DunningPolicy, FinalAction, NextStep};
+use crate::error::{BillingError, DomainError};
+use crate::ids::{CouponCode, InvoiceId};
+use crate::invoice::{BillingReason, ChargeOutcome, Invoice, InvoiceCommand, InvoiceStatus};
+use crate::repository::Executed;
+use crate::subscription::{
+    CancelReason, Settlement, SubscriptionCommand, SubscriptionStatus, Timing,
+};
+
+/// A message for a customer, ready for a channel: what the edge renders and sends.
+#[derive(Clone, Debug)]
+pub struct Notice {
+    /// The idempotency key and Message-ID.
+    pub message_id: uuid::Uuid,
+    /// Email or SMS.
+    pub channel: Channel,
+    /// Which message.
+    pub template: Template,
+    /// The address or phone number (personal data: never logged).
+    pub to: String,
+    /// The customer's name (personal data).
+    pub customer_name: String,
+    /// What the invoice is for.
+    pub plan_name: String,
+    /// What is owed.
+    pub amount_due: Money,
+    /// The customer, for the update-card link.
+    pub customer_id: crate::ids::CustomerId,
+    /// The invoice, for the update-card link.
+    pub invoice_id: InvoiceId,
+    /// The step (failed attempts so far).
+    pub step: u32,
+    /// The policy's steps.
+    pub steps_total: u32,
+    /// The card on file's last four digits.
+    pub last4: Option<String>,
+    /// The offer made at this step, in words.
+    pub offer: Option<String>,
+}
+
+/// Why a send failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SendFailure {
+    /// Whether sending again may work.
+    pub retryable: bool,
+    /// A stable code (no address, no content).
+    pub code: String,
+}
+
+/// A boxed send.
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<String, SendFailure>> + Send + 'a>>;
+
+/// Sends notices: the edge's SMTP and SMS clients, or a recorder.
+pub trait Messenger: Send + Sync {
+    /// Sends one notice; answers the provider's id. The notice's id is the
+    /// idempotency key.
+    fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a>;
+}
+
+/// Keeps what it was asked to send, in memory: `recur demo` without SMTP or
+/// SMS configured, and tests.
+#[derive(Debug, Default)]
+pub struct RecordingMessenger {
+    sent: Mutex<Vec<(uuid::Uuid, Channel, Template)>>,
+}
+
+impl RecordingMessenger {
+    /// What was sent: (id, channel, template).
+    pub fn sent(&self) -> Vec<(uuid::Uuid, Channel, Template)> {
+        self.sent.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Messenger for RecordingMessenger {
+    fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a> {
+        Box::pin(async move {
+            if let Ok(mut sent) = self.sent.lock() {
+                sent.push((notice.message_id, notice.channel, notice.template));
+            }
+            Ok(format!("recorded-{}", notice.message_id))
+        })
+    }
+}
+
+/// Which policy an invoice's campaign follows: high-value customers' own;
+/// the first invoice of a subscription (a trial's end) the trial policy;
+/// otherwise the customer's segment.
+pub fn dunning_segment(customer: &Customer, invoice: &Invoice) -> Segment {
+    match (customer.segment, invoice.reason) {
+        (Segment::HighValue, _) => Segment::HighValue,
+        (_, Some(BillingReason::SubscriptionCreate)) => Segment::Trial,
+        (segment, _) => segment,
+    }
+}
+
+/// The invoice's next retry time for a step: a retry's, or the time the
+/// campaign gives up while it waits; none when it gives up now.
+pub fn next_retry_at(next: NextStep) -> Option<OffsetDateTime> {
+    match next {
+        NextStep::RetryAt(at)
+        | NextStep::AwaitNewCard { until: at }
+        | NextStep::AwaitCustomerAction { until: at } => Some(at),
+        NextStep::GiveUp(_) => None,
+    }
+}
+
+/// The last decline of an invoice, if its last attempt was declined.
+fn last_decline(invoice: &Invoice) -> Option<(&str, OffsetDateTime, Option<&str>)> {
+    let last = invoice.attempts.last()?;
+    match &last.outcome {
+        Some(ChargeOutcome::Declined { decline_code, .. }) => Some((
+            decline_code.as_str(),
+            last.effective_at(),
+            last.payment_method.as_deref(),
+        )),
+        _ => None,
+    }
+}
+
+/// Whether a retry of the invoice now could succeed with the card on file: a
+/// soft decline, or a card that changed since a decline it cannot survive.
+pub fn retry_can_succeed(invoice: &Invoice, customer: &Customer) -> bool {
+    match last_decline(invoice) {
+        None => true,
+        Some((code, _, card)) => {
+            category(code).retry_can_succeed()
+                || customer
+                    .payment_method
+                    .as_ref()
+                    .is_some_and(|on_file| Some(on_file.token.as_str()) != card)
+        }
+    }
+}
+
+/// The number of declined attempts of an invoice.
+pub fn failed_attempts(invoice: &Invoice) -> usize {
+    invoice
+        .attempts
+        .iter()
+        .filter(|a| matches!(a.outcome, Some(ChargeOutcome::Declined { .. })))
+        .count()
+}
+
+impl Billing {
+    /// The dunning policies in force: the last ones set, or those shipped.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn dunning_policies(&self) -> Result<DunningPolicies, BillingError> {
+        let (book, _) = self
+            .repo
+            .load_current::<PolicyBook>(&dunning::policies_stream()?)
+            .await?;
+        match book.policies {
+            Some(policies) => Ok(policies),
+            None => DunningPolicies::default_policies()
+                .map_err(|e| BillingError::Catalog(e.to_string())),
+        }
+    }
+
+    /// Puts `policies` in force from now (recorded as an event; none when
+    /// they are the ones in force). Campaigns decide their next steps by them.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn set_dunning_policies(
+        &self,
+        policies: DunningPolicies,
+        source: Source,
+    ) -> Result<u32, BillingError> {
+        let now = self.now();
+        let executed = self
+            .repo
+            .execute::<PolicyBook, _>(&dunning::policies_stream()?, &metadata(source), |_| {
+                Ok(SetPolicies {
+                    policies: policies.clone(),
+                    now,
+                })
+            })
+            .await?;
+        Ok(executed.state.version)
+    }
+
+    async fn policy_for(&self, segment: Segment) -> Result<DunningPolicy, BillingError> {
+        self.dunning_policies()
+            .await?
+            .of(segment)
+            .cloned()
+            .ok_or_else(|| BillingError::Catalog(format!("no dunning policy for {segment:?}")))
+    }
+
+    /// What follows a decline of `decline_code`, the invoice's
+    /// `failed_attempts`-th, due at `failed_at`.
+    pub(crate) async fn dunning_next(
+        &self,
+        invoice: &Invoice,
+        customer: &Customer,
+        decline_code: &str,
+        failed_attempts: usize,
+        failed_at: OffsetDateTime,
+    ) -> Result<NextStep, BillingError> {
+        let policy = self.policy_for(dunning_segment(customer, invoice)).await?;
+        Ok(policy.next_step(category(decline_code), failed_attempts, failed_at))
+    }
+
+    /// The campaign of an invoice.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn dunning_campaign(&self, id: InvoiceId) -> Result<DunningCampaign, BillingError> {
+        Ok(self
+            .repo
+            .load_current::<DunningCampaign>(&dunning::stream(id)?)
+            .await?
+            .0)
+    }
+
+    async fn campaign_command(
+        &self,
+        id: InvoiceId,
+        source: Source,
+        command: impl Fn(&DunningCampaign) -> DunningCommand,
+    ) -> Result<Executed<DunningCampaign>, BillingError> {
+        self.repo
+            .execute::<DunningCampaign, _>(&dunning::stream(id)?, &metadata(source), |state| {
+                Ok(command(state))
+            })
+            .await
+    }
+
+    /// Records the campaign's steps for every decline of `invoice` it has not
+    /// recorded yet (the last one normally; all of them after a crash), with
+    /// their messages, phone task and offers.
+    pub(crate) async fn record_dunning_steps(
+        &self,
+        invoice: &Invoice,
+        customer: &Customer,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
+            return Ok(());
+        };
+        let failed: Vec<(usize, &crate::invoice::Attempt, &str)> = invoice
+            .attempts
+            .iter()
+            .filter_map(|a| match &a.outcome {
+                Some(ChargeOutcome::Declined { decline_code, .. }) => {
+                    Some((a, decline_code.as_str()))
+                }
+                _ => None,
+            })
+            .enumerate()
+            .map(|(i, (a, code))| (i + 1, a, code))
+            .collect();
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let campaign = self.dunning_campaign(id).await?;
+        let segment = dunning_segment(customer, invoice);
+        let policy = self.policy_for(segment).await?;
+        let steps_total = policy.steps_total();
+        for (step_no, attempt, code) in failed {
+            let step_no_u32 = u32::try_from(step_no).unwrap_or(u32::MAX);
+            if step_no_u32 <= campaign.last_step() || campaign.ending.is_some() {
+                continue;
+            }
+            let failed_at = attempt.effective_at();
+            let declined = category(code);
+            let next = policy.next_step(declined, step_no, failed_at);
+            let template = Template::for_step(step_no_u32, steps_total, declined);
+            let mut messages = Vec::new();
+            let mut queue = |template: Template, due_at: OffsetDateTime, channels: &[Channel]| {
+                for channel in channels {
+                    if *channel != Channel::PhoneCall {
+                        messages.push(QueuedMessage {
+                            message_id: crate::context::new_id(due_at),
+                            step: step_no_u32,
+                            channel: *channel,
+                            template,
+                            due_at,
+                        });
+                    }
+                }
+            };
+            queue(template, failed_at, &policy.channels);
+            // A campaign that waits for the customer reminds them when each
+            // retry would have run, by email only, the last a final notice.
+            if matches!(
+                next,
+                NextStep::AwaitNewCard { .. } | NextStep::AwaitCustomerAction { .. }
+            ) {
+                let times = policy.remaining_step_times(step_no, failed_at);
+                let reminders = times.len();
+                let email_only: Vec<Channel> = policy
+                    .channels
+                    .iter()
+                    .copied()
+                    .filter(|c| *c == Channel::Email)
+                    .collect();
+                for (i, due_at) in times.into_iter().enumerate() {
+                    let template = if i + 1 == reminders {
+                        Template::PaymentFinalNotice
+                    } else if declined == DeclineCategory::Authentication {
+                        Template::AuthenticationRequired
+                    } else {
+                        Template::PaymentFailedUrgent
+                    };
+                    // The last reminder is the final action's own time: sent a
+                    // day before it, so that it can still be acted on.
+                    let due_at = if i + 1 == reminders {
+                        due_at - time::Duration::days(1)
+                    } else {
+                        due_at
+                    };
+                    queue(template, due_at.max(failed_at), &email_only);
+                }
+            }
+            let decision = StepDecision {
+                subject: CampaignSubject {
+                    invoice_id: id,
+                    customer_id,
+                    subscription_id: invoice.subscription_id,
+                    segment,
+                    amount_due: invoice.amount_remaining(),
+                },
+                step: Step {
+                    step: step_no_u32,
+                    decline_code: code.to_owned(),
+                    category: declined,
+                    next,
+                    at: failed_at,
+                },
+                messages,
+                phone_call: policy.channels.contains(&Channel::PhoneCall),
+            };
+            self.campaign_command(id, source, |_| {
+                DunningCommand::DecideStep(Box::new(decision.clone()))
+            })
+            .await?;
+            self.make_offers(invoice, &policy, step_no_u32, failed_at, source)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The policy's offers at a step: a discount through the subscription's
+    /// normal discount command (its coupon created once, as the policy says),
+    /// or the trial extension's grace (already in the step's timing).
+    async fn make_offers(
+        &self,
+        invoice: &Invoice,
+        policy: &DunningPolicy,
+        step: u32,
+        at: OffsetDateTime,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let Some(id) = invoice.id else {
+            return Ok(());
+        };
+        let Some(offer) = policy.offers_at(step).next().cloned() else {
+            return Ok(());
+        };
+        let campaign = self.dunning_campaign(id).await?;
+        if campaign.offers.contains_key(&step) {
+            return Ok(());
+        }
+        let given = if let Some(days) = offer.trial_extension_days {
+            OfferGiven::TrialExtension { days }
+        } else if let (Some(percent), Some(sub_id)) = (offer.percent_off, invoice.subscription_id) {
+            let code = offer_coupon(policy.segment, step)?;
+            self.ensure_offer_coupon(&code, percent, &offer).await?;
+            match self.apply_discount(sub_id, &code, Timing::Now).await {
+                Ok(_) => OfferGiven::Discount {
+                    coupon: code.to_string(),
+                },
+                Err(BillingError::Domain(error)) => OfferGiven::NotApplied {
+                    reason: error.code().to_owned(),
+                },
+                Err(error) => return Err(error),
+            }
+        } else {
+            OfferGiven::NotApplied {
+                reason: "no_subscription".to_owned(),
+            }
+        };
+        self.campaign_command(id, source, |_| DunningCommand::RecordOffer {
+            step,
+            given: given.clone(),
+            now: at,
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn ensure_offer_coupon(
+        &self,
+        code: &CouponCode,
+        percent: rust_decimal::Decimal,
+        offer: &crate::dunning_policy::Offer,
+    ) -> Result<(), BillingError> {
+        let duration = match (offer.duration_months, offer.duration.as_deref()) {
+            (Some(months), _) => crate::coupon::CouponDuration::Repeating { months },
+            (None, Some("forever")) => crate::coupon::CouponDuration::Forever,
+            _ => crate::coupon::CouponDuration::Once,
+        };
+        let created = self
+            .create_coupon(crate::billing::NewCoupon {
+                code: code.clone(),
+                discount: crate::coupon::Discount::PercentOff { percent },
+                duration,
+                max_redemptions: None,
+                redeem_by: None,
+            })
+            .await;
+        match created {
+            Ok(()) | Err(BillingError::Domain(DomainError::AlreadyExists { .. })) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The policy is spent for `invoice`: its final action, as of `at` (when
+    /// the last failed attempt was due, or the campaign's waiting ended).
+    /// Cancel writes the invoice off and ends the subscription — at the end of
+    /// a period already paid for, never inside it; mark uncollectible writes
+    /// it off and lets the subscription go on; leave past due keeps it open
+    /// and stops collecting (a person decides).
+    pub(crate) async fn give_up(
+        &self,
+        invoice: &Invoice,
+        at: OffsetDateTime,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
+            return Ok(());
+        };
+        let customer = self.customer(customer_id).await?;
+        let final_action = self
+            .policy_for(dunning_segment(&customer, invoice))
+            .await?
+            .final_action;
+        let now = self.now();
+        if final_action != FinalAction::LeavePastDue {
+            let written_off = self
+                .invoice_command(id, source, |_| InvoiceCommand::MarkUncollectible { now })
+                .await?;
+            if written_off.state.status != InvoiceStatus::Uncollectible {
+                // Paid by a concurrent collector after all.
+                return self.settled(&written_off.state, source).await;
+            }
+        }
+        match (final_action, invoice.subscription_id) {
+            (FinalAction::Cancel, Some(sub_id)) => {
+                let sub = self.subscription(sub_id).await?;
+                if sub.status != SubscriptionStatus::Canceled {
+                    let reason = if invoice.attempts.iter().all(|a| a.payment_method.is_none()) {
+                        CancelReason::TrialEndedWithoutPayment
+                    } else {
+                        CancelReason::PaymentFailed
+                    };
+                    // An invoice of an earlier period than the current one,
+                    // which is paid: the subscription ends with that period.
+                    let paid_period_runs = sub.current_period.is_some_and(|p| {
+                        invoice.issued_at.is_some_and(|issued| issued < p.start)
+                            && sub.unsettled.len() <= 1
+                    });
+                    let timing = if paid_period_runs {
+                        Timing::PeriodEnd
+                    } else {
+                        Timing::Now
+                    };
+                    let canceled = self
+                        .subscription_command(sub_id, source, |state| {
+                            SubscriptionCommand::Cancel {
+                                timing,
+                                reason,
+                                // Never before what the subscription already recorded.
+                                now: at.max(state.current_period.map_or(at, |p| p.start)),
+                            }
+                        })
+                        .await;
+                    match canceled {
+                        // A concurrent scheduler canceled it first.
+                        Ok(_)
+                        | Err(BillingError::Domain(DomainError::InvalidTransition { .. })) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            (FinalAction::MarkUncollectible, Some(sub_id)) => {
+                // Written off: the subscription goes on, as with a voided invoice.
+                self.subscription_command(sub_id, source, |_| {
+                    SubscriptionCommand::RecordInvoiceSettled {
+                        invoice_id: id,
+                        at,
+                        outcome: Settlement::Voided,
+                    }
+                })
+                .await?;
+            }
+            _ => {}
+        }
+        self.campaign_command(id, source, |_| DunningCommand::Exhaust { final_action, at })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends an invoice's campaign once it is paid (recovered) or voided.
+    pub(crate) async fn end_campaign(
+        &self,
+        invoice: &Invoice,
+        source: Source,
+    ) -> Result<(), BillingError> {
+        let Some(id) = invoice.id else {
+            return Ok(());
+        };
+        if failed_attempts(invoice) == 0 {
+            return Ok(());
+        }
+        let at = invoice.settled_at.unwrap_or_else(|| self.now());
+        let command = match invoice.status {
+            InvoiceStatus::Paid => DunningCommand::Recover {
+                amount: invoice
+                    .amount_paid
+                    .unwrap_or_else(|| invoice.amount_remaining()),
+                at,
+            },
+            InvoiceStatus::Void => DunningCommand::Close {
+                reason: "voided".to_owned(),
+                at,
+            },
+            _ => return Ok(()),
+        };
+        self.campaign_command(id, source, |_| command.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Sends the campaign's messages that are due, each recorded as sent, or
+    /// failed (sent again later with backoff, or given up), or canceled
+    /// (no address; the customer's data erased). Returns how many were sent.
+    ///
+    /// # Errors
+    /// Ledger errors (a message whose outcome could not be recorded is sent
+    /// again under the same id).
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
+    pub async fn send_dunning_messages(
+        &self,
+        id: InvoiceId,
+        messenger: &dyn Messenger,
+    ) -> Result<u32, BillingError> {
+        let campaign = self.dunning_campaign(id).await?;
+        let now = self.now();
+        let due: Vec<QueuedMessage> = campaign
+            .due_messages(now)
+            .into_iter()
+            .map(|m| m.queued.clone())
+            .collect();
+        let Some(subject) = campaign.subject.clone().filter(|_| !due.is_empty()) else {
+            return Ok(0);
+        };
+        let contact = self.contact(subject.customer_id).await?;
+        let customer = self.customer(subject.customer_id).await?;
+        let invoice = self.invoice(id).await?;
+        let policy = self.policy_for(subject.segment).await?;
+        let mut sent = 0;
+        for message in due {
+            let to = contact.as_ref().and_then(|c| match message.channel {
+                Channel::Email => Some(c.email.clone()),
+                Channel::Sms => c.phone.clone(),
+                Channel::PhoneCall => None,
+            });
+            let Some(to) = to else {
+                let reason = if contact.is_none() {
+                    "no_contact"
+                } else {
+                    "no_address"
+                };
+                self.campaign_command(id, Source::Scheduler, |_| DunningCommand::CancelMessage {
+                    message_id: message.message_id,
+                    reason: reason.to_owned(),
+                    now,
+                })
+                .await?;
+                continue;
+            };
+            let notice = Notice {
+                message_id: message.message_id,
+                channel: message.channel,
+                template: message.template,
+                to,
+                customer_name: contact.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+                plan_name: invoice
+                    .lines
+                    .first()
+                    .map(|l| l.description.clone())
+                    .unwrap_or_default(),
+                amount_due: invoice.amount_remaining(),
+                customer_id: subject.customer_id,
+                invoice_id: id,
+                step: message.step,
+                steps_total: policy.steps_total(),
+                last4: customer.payment_method.as_ref().map(|m| m.last4.clone()),
+                offer: campaign.offers.get(&message.step).and_then(offer_words),
+            };
+            let command = match messenger.send(&notice).await {
+                Ok(provider_id) => {
+                    sent += 1;
+                    DunningCommand::RecordSent {
+                        message_id: message.message_id,
+                        provider_id,
+                        now,
+                    }
+                }
+                Err(failure) => {
+                    tracing::warn!(code = %failure.code, retryable = failure.retryable, "dunning message not sent");
+                    DunningCommand::RecordSendFailed {
+                        message_id: message.message_id,
+                        code: failure.code,
+                        retryable: failure.retryable,
+                        now,
+                    }
+                }
+            };
+            self.campaign_command(id, Source::Scheduler, |_| command.clone())
+                .await?;
+        }
+        Ok(sent)
+    }
+
+    /// A person takes a campaign's phone task.
+    ///
+    /// # Errors
+    /// Unknown task; a task someone else holds or that is completed.
+    pub async fn claim_dunning_task(
+        &self,
+        id: InvoiceId,
+        task_no: u32,
+        by: String,
+    ) -> Result<DunningCampaign, BillingError> {
+        let now = self.now();
+        Ok(self
+            .campaign_command(id, Source::Api, |_| DunningCommand::ClaimTask {
+                task_no,
+                by: by.clone(),
+                now,
+            })
+            .await?
+            .state)
+    }
+
+    /// A person reports how the call of a claimed task went.
+    ///
+    /// # Errors
+    /// Unknown or unclaimed task; a task completed with another outcome.
+    pub async fn complete_dunning_task(
+        &self,
+        id: InvoiceId,
+        task_no: u32,
+        outcome: CallOutcome,
+    ) -> Result<DunningCampaign, BillingError> {
+        let now = self.now();
+        Ok(self
+            .campaign_command(id, Source::Api, |_| DunningCommand::CompleteTask {
+                task_no,
+                outcome,
+                now,
+            })
+            .await?
+            .state)
+    }
+}
+
+/// The coupon of a policy's offer at a step (`DUNNING-STANDARD-4`).
+fn offer_coupon(segment: Segment, step: u32) -> Result<CouponCode, BillingError> {
+    let segment = match segment {
+        Segment::Standard => "STANDARD",
+        Segment::HighValue => "HIGH-VALUE",
+        Segment::Trial => "TRIAL",
+    };
+    Ok(CouponCode::parse(&format!("DUNNING-{segment}-{step}"))?)
+}
+
+/// An offer in the customer's words.
+fn offer_words(given: &OfferGiven) -> Option<String> {
+    match given {
+        OfferGiven::Discount { coupon } => Some(format!("a discount ({coupon}) on your plan")),
+        OfferGiven::TrialExtension { days } => Some(format!("{days} more days to sort it out")),
+        OfferGiven::NotApplied { .. } => None,
+    }
+}
