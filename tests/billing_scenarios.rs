@@ -9,9 +9,14 @@ use std::sync::Arc;
 
 use recur_commands::billing::{NewCoupon, NewCustomer, NewSubscription, PlanChange, Trial};
 use recur_commands::coupon::{CouponDuration, Discount};
+use recur_commands::customer::ContactDetails;
 use recur_commands::customer::{PaymentMethod, Segment};
+use recur_commands::dunning::{CallOutcome, Delivery, Ending, OfferGiven, Template};
+use recur_commands::dunning_policy::{Channel, FinalAction};
 use recur_commands::invoice::{InvoiceEvent, InvoiceStatus};
 use recur_commands::postings::{Posting, Side, TrialBalance};
+use recur_commands::privacy::{MasterKey, Vault};
+use recur_commands::recovery::{Messenger, RecordingMessenger};
 use recur_commands::scheduler::Scheduler;
 use recur_commands::subscription::{CancelReason, SubscriptionStatus, Timing};
 use recur_commands::tax::TaxLocation;
@@ -28,6 +33,7 @@ struct World {
     clock: TestClock,
     billing: Arc<Billing>,
     scheduler: Scheduler,
+    messenger: Arc<RecordingMessenger>,
     gateway: SimulatedGateway,
     _store: common::TestLedger,
 }
@@ -40,6 +46,7 @@ async fn world(start: OffsetDateTime) -> World {
 
 async fn world_on(clock: TestClock, store: common::TestLedger) -> World {
     let gateway = SimulatedGateway::new();
+    let (_, master_key) = MasterKey::generate().unwrap();
     let billing = Arc::new(
         Billing::open(
             store.ledger.clone(),
@@ -47,12 +54,19 @@ async fn world_on(clock: TestClock, store: common::TestLedger) -> World {
             Arc::new(gateway.clone()),
         )
         .await
-        .unwrap(),
+        .unwrap()
+        .with_vault(Arc::new(Vault::new(
+            MasterKey::parse(&master_key).unwrap(),
+            vec![],
+        ))),
     );
-    let scheduler = Scheduler::new(Arc::clone(&billing), 4);
+    let messenger = Arc::new(RecordingMessenger::default());
+    let scheduler = Scheduler::new(Arc::clone(&billing), 4)
+        .with_messenger(Arc::clone(&messenger) as Arc<dyn Messenger>);
     World {
         clock,
         billing,
+        messenger,
         scheduler,
         gateway,
         _store: store,
@@ -1643,4 +1657,357 @@ async fn reconciliation_names_what_the_provider_did_behind_our_back_and_records_
         .unwrap();
     assert!(quiet.agrees() && quiet.compared == 0);
     assert_eq!(w.billing.reconciliations().await.unwrap().len(), 2);
+}
+
+// ---- dunning ------------------------------------------------------------------
+
+impl World {
+    /// A customer of `segment` with contact details and a card that declines
+    /// at charge time with `decline_code` (none: no card at all), subscribed
+    /// to `plan` without a trial on a working card first.
+    async fn failing_subscriber(
+        &self,
+        segment: Segment,
+        plan: &str,
+        decline_code: Option<&str>,
+    ) -> (CustomerId, SubscriptionId) {
+        let customer = self
+            .billing
+            .create_customer(NewCustomer {
+                segment,
+                tax_location: None,
+                contact: Some(ContactDetails {
+                    name: "Ann Client".into(),
+                    email: "ann@example.com".into(),
+                    phone: Some("+15555550100".into()),
+                }),
+            })
+            .await
+            .unwrap();
+        let card = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+        self.billing
+            .attach_payment_method(customer, card)
+            .await
+            .unwrap();
+        let sub = self.subscribe(customer, plan, Trial::Skip, None).await;
+        match decline_code {
+            Some(code) => self
+                .billing
+                .attach_payment_method(customer, SimulatedGateway::failing_card(code, 12, 2030))
+                .await
+                .unwrap(),
+            None => self.billing.detach_payment_method(customer).await.unwrap(),
+        }
+        (customer, sub)
+    }
+
+    fn sent(&self, channel: Channel) -> usize {
+        self.messenger
+            .sent()
+            .iter()
+            .filter(|(_, c, _)| *c == channel)
+            .count()
+    }
+}
+
+#[tokio::test]
+async fn an_expired_card_is_never_retried_and_a_new_card_is_tried_at_once() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (customer, sub) = w
+        .failing_subscriber(Segment::Standard, "community_access", Some("expired_card"))
+        .await;
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let feb = w.invoices_of(sub).await[1].clone();
+    let id = feb.id.unwrap();
+    // Waiting for a new card: the policy's time is spent before the final
+    // action, and in between no retry at all, only reminders.
+    for day in 1..=10 {
+        w.at(datetime!(2026-02-01 00:00 UTC) + Duration::days(day))
+            .await;
+    }
+    let feb = w.billing.invoice(id).await.unwrap();
+    assert_eq!(feb.attempts.len(), 1, "an expired card is not retried");
+    assert_eq!(feb.status, InvoiceStatus::Open);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert_eq!(campaign.steps.len(), 1);
+    assert_eq!(campaign.steps[0].decline_code, "expired_card");
+    // The first step's email and SMS, and the reminders of the first ten days
+    // (when the retries would have run: 1 h, 1 d 1 h and 4 d 1 h later; by email).
+    assert_eq!(w.sent(Channel::Sms), 1);
+    assert_eq!(w.sent(Channel::Email), 4, "{:?}", w.messenger.sent());
+    // A new card: tried at once, paid; what was still to come is canceled.
+    let working = SimulatedGateway::tokenize("5555555555554444", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, working)
+        .await
+        .unwrap();
+    w.at(datetime!(2026-02-11 00:00 UTC)).await;
+    let feb = w.billing.invoice(id).await.unwrap();
+    assert_eq!(feb.status, InvoiceStatus::Paid);
+    assert_eq!(feb.attempts.len(), 2);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(matches!(
+        campaign.ending,
+        Some((Ending::Recovered { after_step: 1, .. }, _))
+    ));
+    assert!(campaign.next_send_at().is_none());
+    assert!(
+        campaign
+            .messages
+            .values()
+            .any(|m| matches!(&m.delivery, Delivery::Canceled { reason } if reason == "recovered"))
+    );
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::Active
+    );
+    w.trial_balance().await;
+}
+
+#[tokio::test]
+async fn no_card_on_file_waits_for_one_then_cancels_without_retrying() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::Standard, "community_access", None)
+        .await;
+    let mut at = datetime!(2026-02-01 00:00 UTC);
+    while at < datetime!(2026-03-01 00:00 UTC) {
+        w.at(at).await;
+        at += Duration::hours(12);
+    }
+    let feb = &w.invoices_of(sub).await[1];
+    assert_eq!(feb.attempts.len(), 1, "nothing to retry without a card");
+    assert_eq!(feb.status, InvoiceStatus::Uncollectible);
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status, SubscriptionStatus::Canceled);
+    // Given up when the standard schedule (1 h + 1 d + 3 d + 1 w + 2 w) ran out.
+    assert_eq!(
+        state.canceled_at,
+        Some(datetime!(2026-02-01 00:00 UTC) + Duration::minutes(36_060))
+    );
+    let campaign = w.billing.dunning_campaign(feb.id.unwrap()).await.unwrap();
+    assert!(matches!(
+        campaign.ending,
+        Some((
+            Ending::Exhausted {
+                final_action: FinalAction::Cancel
+            },
+            _
+        ))
+    ));
+    // Reminders by email at each step's time, the last a final notice.
+    let templates: Vec<Template> = w.messenger.sent().iter().map(|(_, _, t)| *t).collect();
+    assert!(
+        templates.contains(&Template::PaymentFinalNotice),
+        "{templates:?}"
+    );
+    assert_eq!(w.sent(Channel::Email), 6, "{templates:?}");
+}
+
+#[tokio::test]
+async fn a_high_value_client_gets_a_phone_task_and_is_left_past_due_at_the_end() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::HighValue, "elite_coaching", Some("card_declined"))
+        .await;
+    let mut at = datetime!(2026-02-01 00:00 UTC);
+    // The eight delays add up to 44 days 14 h 30 min.
+    while at < datetime!(2026-03-18 00:00 UTC) {
+        w.at(at).await;
+        at += Duration::minutes(30);
+    }
+    let feb = &w.invoices_of(sub).await[1];
+    let id = feb.id.unwrap();
+    // High value: eight retries, nine attempts; then left open, past due.
+    assert_eq!(feb.attempts.len(), 9);
+    assert_eq!(feb.status, InvoiceStatus::Open);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert_eq!(campaign.steps.len(), 9);
+    assert!(matches!(
+        campaign.ending,
+        Some((
+            Ending::Exhausted {
+                final_action: FinalAction::LeavePastDue
+            },
+            _
+        ))
+    ));
+    assert_eq!(
+        w.billing.subscription(sub).await.unwrap().status,
+        SubscriptionStatus::PastDue
+    );
+    // One open phone task at a time: the first, until someone completes it.
+    assert_eq!(campaign.tasks.len(), 1);
+    let task = campaign.tasks[0].task_no;
+    w.billing
+        .claim_dunning_task(id, task, "sam".into())
+        .await
+        .unwrap();
+    assert!(
+        w.billing
+            .claim_dunning_task(id, task, "kim".into())
+            .await
+            .is_err()
+    );
+    let done = w
+        .billing
+        .complete_dunning_task(id, task, CallOutcome::WillPay)
+        .await
+        .unwrap();
+    assert!(done.open_task().is_none());
+    // Nothing more is collected: no further attempts days later.
+    w.at(datetime!(2026-03-25 00:00 UTC)).await;
+    assert_eq!(w.billing.invoice(id).await.unwrap().attempts.len(), 9);
+    // Email and SMS at each of the nine steps of this campaign.
+    let sent = |channel: Channel| {
+        campaign
+            .messages
+            .values()
+            .filter(|m| m.queued.channel == channel && matches!(m.delivery, Delivery::Sent { .. }))
+            .count()
+    };
+    assert_eq!(sent(Channel::Email), 9);
+    assert_eq!(sent(Channel::Sms), 9);
+}
+
+#[tokio::test]
+async fn the_standard_policy_offers_its_discounts_through_the_subscription() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (customer, sub) = w
+        .failing_subscriber(
+            Segment::Standard,
+            "group_coaching",
+            Some("insufficient_funds"),
+        )
+        .await;
+    // Four failed attempts: 0 h, 1 h, 1 d, 3 d after the renewal.
+    let mut at = datetime!(2026-02-01 00:00 UTC);
+    for delay_h in [0, 1, 24, 72] {
+        at += Duration::hours(delay_h);
+        w.at(at).await;
+    }
+    let feb = &w.invoices_of(sub).await[1];
+    let id = feb.id.unwrap();
+    assert_eq!(feb.attempts.len(), 4);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(
+        matches!(campaign.offers.get(&4), Some(OfferGiven::Discount { coupon }) if coupon.starts_with("DUNNING-")),
+        "{:?}",
+        campaign.offers
+    );
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert!(state.discount.is_some(), "the offer is on the subscription");
+    // Paid on the fifth attempt with a working card: recovered after step 4.
+    let working = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, working)
+        .await
+        .unwrap();
+    w.at(at + Duration::hours(168)).await;
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(matches!(
+        campaign.ending,
+        Some((Ending::Recovered { after_step: 4, .. }, _))
+    ));
+    // The March invoice carries the 20 % once discount.
+    w.at(datetime!(2026-03-01 00:00 UTC)).await;
+    let mar = &w.invoices_of(sub).await[2];
+    assert!(mar.discount.is_some(), "{mar:?}");
+    w.trial_balance().await;
+}
+
+#[tokio::test]
+async fn a_message_decided_before_a_crash_is_sent_once_after_the_restart() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::Standard, "community_access", Some("card_declined"))
+        .await;
+    // A scheduler without a messenger stands for one that crashed between
+    // deciding the step (its messages queued in the ledger) and sending.
+    let crashed = Scheduler::new(Arc::clone(&w.billing), 4);
+    w.clock.advance_to(datetime!(2026-02-01 00:00 UTC));
+    crashed.tick().await.unwrap();
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert_eq!(campaign.messages.len(), 2, "email and SMS queued");
+    assert!(w.messenger.sent().is_empty());
+    // Restarted, twice over, and two senders at once: each message exactly once.
+    let a = Scheduler::new(Arc::clone(&w.billing), 4)
+        .with_messenger(Arc::clone(&w.messenger) as Arc<dyn Messenger>);
+    let b = Scheduler::new(Arc::clone(&w.billing), 4)
+        .with_messenger(Arc::clone(&w.messenger) as Arc<dyn Messenger>);
+    let (ra, rb) = tokio::join!(a.tick(), b.tick());
+    assert_eq!(ra.unwrap().messages_sent + rb.unwrap().messages_sent, 2);
+    w.at(datetime!(2026-02-01 00:30 UTC)).await;
+    let mut ids: Vec<_> = w.messenger.sent().iter().map(|(id, ..)| *id).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 2);
+}
+
+/// A messenger whose first sends fail.
+struct Flaky {
+    failures_left: std::sync::Mutex<u32>,
+    inner: RecordingMessenger,
+}
+
+impl Messenger for Flaky {
+    fn send<'a>(
+        &'a self,
+        notice: &'a recur_commands::recovery::Notice,
+    ) -> recur_commands::recovery::SendFuture<'a> {
+        let fail = {
+            let mut left = self.failures_left.lock().unwrap();
+            let fail = *left > 0;
+            *left = left.saturating_sub(1);
+            fail
+        };
+        if fail {
+            return Box::pin(async {
+                Err(recur_commands::recovery::SendFailure {
+                    retryable: true,
+                    code: "smtp_unavailable".into(),
+                })
+            });
+        }
+        self.inner.send(notice)
+    }
+}
+
+#[tokio::test]
+async fn a_failed_send_is_sent_again_with_backoff() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::Trial, "community_access", Some("card_declined"))
+        .await;
+    let flaky = Arc::new(Flaky {
+        failures_left: std::sync::Mutex::new(2),
+        inner: RecordingMessenger::default(),
+    });
+    let scheduler = Scheduler::new(Arc::clone(&w.billing), 4)
+        .with_messenger(Arc::clone(&flaky) as Arc<dyn Messenger>);
+    let start = datetime!(2026-02-01 00:00 UTC);
+    w.clock.advance_to(start);
+    scheduler.tick().await.unwrap();
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    let message = |c: &recur_commands::dunning::DunningCampaign| {
+        c.messages.values().next().unwrap().delivery.clone()
+    };
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(matches!(
+        message(&campaign),
+        Delivery::Retrying { attempts: 1, .. }
+    ));
+    // One minute later it fails again; two minutes after that it goes.
+    w.clock.advance_to(start + Duration::minutes(1));
+    scheduler.tick().await.unwrap();
+    w.clock.advance_to(start + Duration::minutes(3));
+    scheduler.tick().await.unwrap();
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(
+        matches!(message(&campaign), Delivery::Sent { .. }),
+        "{:?}",
+        message(&campaign)
+    );
+    assert_eq!(flaky.inner.sent().len(), 1);
 }

@@ -43,6 +43,7 @@ fn options(database: String, seed: u64) -> DemoOptions {
         progress: false,
         master_keys: test_master_keys(),
         payments: recur_gateway::demo::DemoPayments::simulated(),
+        channels: recur_gateway::demo::DemoChannels::in_memory(),
     }
 }
 

@@ -28,6 +28,9 @@ pub const POLICIES_STREAM: &str = "dunning_policies-all";
 pub const SEND_ATTEMPTS_MAX: u32 = 5;
 /// The first wait after a failed send; doubled after each further failure.
 pub const SEND_BACKOFF_FIRST_S: i64 = 60;
+/// How long a claimed send is left to its sender before another may send it
+/// again (under the same id): a sender that crashed mid-send.
+pub const SEND_LEASE_S: i64 = 300;
 /// Characters of a phone task's note or claimant.
 pub const TASK_TEXT_CHARS_MAX: usize = 500;
 
@@ -114,6 +117,15 @@ pub struct QueuedMessage {
 pub enum Delivery {
     /// Not sent yet; due at the message's time.
     Queued,
+    /// A sender claimed it and is sending it (send `attempt`); another may
+    /// send it again after `lease_until`.
+    Sending {
+        /// The send's number (1 for the first).
+        attempt: u32,
+        /// When the claim lapses.
+        #[serde(with = "time::serde::rfc3339")]
+        lease_until: OffsetDateTime,
+    },
     /// The provider took it.
     Sent {
         /// The provider's id (SMTP Message-ID, SMS sid).
@@ -154,6 +166,7 @@ impl Message {
         match &self.delivery {
             Delivery::Queued => Some(self.queued.due_at),
             Delivery::Retrying { retry_at, .. } => Some(*retry_at),
+            Delivery::Sending { lease_until, .. } => Some(*lease_until),
             _ => None,
         }
     }
@@ -345,6 +358,14 @@ pub enum DunningCommand {
         /// Now.
         now: OffsetDateTime,
     },
+    /// A sender claims a due message before sending it: decided on the
+    /// campaign's version, so two senders never both send it.
+    ClaimSend {
+        /// Which.
+        message_id: Uuid,
+        /// Now.
+        now: OffsetDateTime,
+    },
     /// The provider took a message.
     RecordSent {
         /// Which.
@@ -417,6 +438,7 @@ pub enum DunningCommand {
 
 domain_events! {
     /// What happened in a dunning campaign.
+    #[allow(clippy::enum_variant_names)] // the event names of the catalogue
     #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(tag = "type")]
     pub enum DunningEvent {
@@ -437,6 +459,16 @@ domain_events! {
         DunningMessageQueued {
             /// The message.
             message: QueuedMessage,
+        },
+        /// A sender claimed a message and is sending it.
+        DunningMessageSending {
+            /// Which.
+            message_id: Uuid,
+            /// The send's number.
+            attempt: u32,
+            /// When the claim lapses.
+            #[serde(with = "time::serde::rfc3339")]
+            lease_until: OffsetDateTime,
         },
         /// The provider took a message.
         DunningMessageSent {
@@ -525,6 +557,7 @@ impl DomainEvent for DunningEvent {
             Self::DunningStarted { .. } => "DunningStarted",
             Self::DunningStepDecided { .. } => "DunningStepDecided",
             Self::DunningMessageQueued { .. } => "DunningMessageQueued",
+            Self::DunningMessageSending { .. } => "DunningMessageSending",
             Self::DunningMessageSent { .. } => "DunningMessageSent",
             Self::DunningMessageFailed { .. } => "DunningMessageFailed",
             Self::DunningMessageCanceled { .. } => "DunningMessageCanceled",
@@ -639,6 +672,25 @@ impl Aggregate for DunningCampaign {
                     at: now,
                 }])
             }
+            DunningCommand::ClaimSend { message_id, now } => {
+                let message = self.message(message_id)?;
+                if message.send_at().is_none_or(|at| at > now) {
+                    return Ok(Vec::new());
+                }
+                let attempt = match &message.delivery {
+                    Delivery::Queued => 1,
+                    Delivery::Retrying { attempts, .. } => attempts + 1,
+                    // A lapsed claim: its sender may have sent it; this send
+                    // carries the same id.
+                    Delivery::Sending { attempt, .. } => *attempt,
+                    _ => return Ok(Vec::new()),
+                };
+                Ok(vec![DunningEvent::DunningMessageSending {
+                    message_id,
+                    attempt,
+                    lease_until: now + Duration::seconds(SEND_LEASE_S),
+                }])
+            }
             DunningCommand::RecordSent {
                 message_id,
                 provider_id,
@@ -664,6 +716,7 @@ impl Aggregate for DunningCampaign {
                 let attempts = match &message.delivery {
                     Delivery::Queued => 1,
                     Delivery::Retrying { attempts, .. } => attempts + 1,
+                    Delivery::Sending { attempt, .. } => *attempt,
                     _ => return Ok(Vec::new()),
                 };
                 let retry_at = (retryable && attempts < SEND_ATTEMPTS_MAX)
@@ -794,6 +847,18 @@ impl Aggregate for DunningCampaign {
                         delivery: Delivery::Queued,
                     },
                 );
+            }
+            DunningEvent::DunningMessageSending {
+                message_id,
+                attempt,
+                lease_until,
+            } => {
+                if let Some(m) = self.messages.get_mut(message_id) {
+                    m.delivery = Delivery::Sending {
+                        attempt: *attempt,
+                        lease_until: *lease_until,
+                    };
+                }
             }
             DunningEvent::DunningMessageSent {
                 message_id,
@@ -1006,6 +1071,27 @@ mod tests {
         let id = *campaign.messages.keys().next().unwrap();
         let mut now = at;
         for attempt in 1..=SEND_ATTEMPTS_MAX {
+            let claimed = execute(
+                &mut campaign,
+                DunningCommand::ClaimSend {
+                    message_id: id,
+                    now,
+                },
+            )
+            .unwrap();
+            assert_eq!(claimed.len(), 1, "due, so claimed");
+            // A second sender finds it claimed.
+            assert!(
+                execute(
+                    &mut campaign,
+                    DunningCommand::ClaimSend {
+                        message_id: id,
+                        now
+                    }
+                )
+                .unwrap()
+                .is_empty()
+            );
             execute(
                 &mut campaign,
                 DunningCommand::RecordSendFailed {
@@ -1095,7 +1181,8 @@ mod tests {
     fn every_event_round_trips_through_json() {
         let at = datetime!(2026-03-01 09:00 UTC);
         let mut campaign = DunningCampaign::default();
-        let mut events = execute(&mut campaign, decision(1, at, &[at + Duration::days(3)])).unwrap();
+        let mut events =
+            execute(&mut campaign, decision(1, at, &[at + Duration::days(3)])).unwrap();
         let amount = Money::new(Decimal::new(500_000, 2), Currency::USD);
         events.extend(execute(&mut campaign, DunningCommand::Recover { amount, at }).unwrap());
         for event in events {

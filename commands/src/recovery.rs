@@ -629,6 +629,17 @@ impl Billing {
                 last4: customer.payment_method.as_ref().map(|m| m.last4.clone()),
                 offer: campaign.offers.get(&message.step).and_then(offer_words),
             };
+            // Claimed first, on the campaign's version: a second sender finds
+            // it claimed and leaves it.
+            let claimed = self
+                .campaign_command(id, Source::Scheduler, |_| DunningCommand::ClaimSend {
+                    message_id: message.message_id,
+                    now,
+                })
+                .await?;
+            if claimed.events.is_empty() {
+                continue;
+            }
             let command = match messenger.send(&notice).await {
                 Ok(provider_id) => {
                     sent += 1;

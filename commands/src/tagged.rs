@@ -233,6 +233,8 @@ macro_rules! domain_events {
         }
 
         const _: () = {
+            // Its variants are the event's: named as the event names them.
+            #[allow(clippy::enum_variant_names)]
             #[derive(serde::Deserialize)]
             enum ByTag {
                 $(

@@ -324,6 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 progress: !quiet && std::io::stderr().is_terminal(),
                 master_keys,
                 payments: recur_gateway::stripe_cmd::demo_payments(gateway)?,
+                channels: demo::DemoChannels::in_memory(),
             };
             let (outcome, _) = demo::run(&options).await.context("demo")?;
             if json {

@@ -10,6 +10,7 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Instant;
 
+use recur_commands::recovery::{Messenger, RecordingMessenger};
 use recur_commands::scheduler::Scheduler;
 use recur_commands::{
     Billing, BillingError, Catalog, PaymentGateway, SimulatedGateway, SubscriptionId,
@@ -55,6 +56,31 @@ pub struct DemoOptions {
     pub master_keys: crate::config::MasterKeyArgs,
     /// The provider the people's cards are charged through.
     pub payments: DemoPayments,
+    /// Where dunning messages go.
+    pub channels: DemoChannels,
+}
+
+/// Where a demo's dunning messages go: SMTP and SMS when configured, else kept
+/// in memory and counted.
+#[derive(Clone)]
+pub struct DemoChannels {
+    /// What sends them.
+    pub messenger: Arc<dyn Messenger>,
+}
+
+impl DemoChannels {
+    /// In memory: the default, needing nothing.
+    pub fn in_memory() -> Self {
+        Self {
+            messenger: Arc::new(RecordingMessenger::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for DemoChannels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoChannels").finish_non_exhaustive()
+    }
 }
 
 /// The payment provider of a demo: the gateway Recur charges through, and where
@@ -203,7 +229,8 @@ pub async fn run(options: &DemoOptions) -> Result<(DemoOutcome, Arc<Billing>), D
     let end = recur_commands::period::Interval::MONTHLY.boundary(DEMO_START, options.months);
     let mut script = Script::write(options.seed, options.customers, DEMO_START, options.months)
         .with_cards(Arc::clone(&options.payments.cards));
-    let scheduler = Scheduler::new(Arc::clone(&billing), SCHEDULER_CONCURRENCY);
+    let scheduler = Scheduler::new(Arc::clone(&billing), SCHEDULER_CONCURRENCY)
+        .with_messenger(Arc::clone(&options.channels.messenger));
     let mut activity = Activity::default();
     let mut progress = Progress::new(options.progress, DEMO_START, end);
     loop {
@@ -488,6 +515,7 @@ pub fn print(outcome: &DemoOutcome) {
         .map(|(c, n)| format!("{c} {n}"))
         .collect();
     println!("  decline codes: {}", codes.join(", "));
+    print_dunning(&s.dunning);
     println!(
         "\nActivity: {} subscriptions, {} course purchases, {} plan changes, {} cancellations, {} pauses/resumes, {} card updates, {} cards refused on attach, {} refunds",
         a.subscriptions,
@@ -532,4 +560,50 @@ impl From<recur_commands::DomainError> for DemoError {
     fn from(error: recur_commands::DomainError) -> Self {
         DemoError::Billing(error.into())
     }
+}
+
+/// The dunning funnel: campaigns, how far they went, how they ended, what was
+/// sent, asked and offered.
+fn print_dunning(d: &report::DunningFunnel) {
+    let list = |map: &std::collections::BTreeMap<String, u64>| -> String {
+        if map.is_empty() {
+            return "none".to_owned();
+        }
+        map.iter()
+            .map(|(k, n)| format!("{} {n}", k.replace('_', " ")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "\nDunning: {} campaigns ({})",
+        d.campaigns,
+        list(&d.by_segment)
+    );
+    let reached: Vec<String> = d
+        .reached_step
+        .iter()
+        .map(|(step, n)| {
+            let recovered = d.recovered_after_step.get(step).copied().unwrap_or(0);
+            format!("{step}: {n} → {recovered} paid")
+        })
+        .collect();
+    println!("  by step             {}", reached.join(" | "));
+    println!(
+        "  recovered           {:>6}",
+        d.recovered_after_step.values().sum::<u64>()
+    );
+    println!("  final action        {}", list(&d.exhausted));
+    println!("  still running       {:>6}", d.running);
+    println!(
+        "  messages sent       {}; not sent: {}; given up: {}",
+        list(&d.sent),
+        list(&d.canceled),
+        d.failed
+    );
+    println!("  phone tasks         {:>6}", d.phone_tasks);
+    println!("  offers              {}", list(&d.offers));
+    println!(
+        "  retries of cards that could not succeed: {}",
+        d.futile_retries
+    );
 }

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use recur_commands::aggregate::Aggregate;
 use recur_commands::billing::decode_event;
+use recur_commands::dunning::{Delivery, DunningCampaign, DunningEvent, Ending, OfferGiven};
+use recur_commands::dunning_policy::{Channel, FinalAction};
 use recur_commands::invoice::{Invoice, InvoiceEvent, InvoiceStatus};
 use recur_commands::postings::{Account, TrialBalance};
 use recur_commands::subscription::{Subscription, SubscriptionEvent, SubscriptionStatus};
@@ -59,6 +61,8 @@ pub struct Summary {
     pub bad_debt: Money,
     /// Failed payments and what became of them.
     pub failed_payments: FailedPayments,
+    /// The dunning campaigns' funnel.
+    pub dunning: DunningFunnel,
     /// Invoices issued.
     pub invoices: u64,
     /// Events folded.
@@ -90,6 +94,37 @@ pub struct FailedPayments {
     pub decline_codes: BTreeMap<String, u64>,
 }
 
+/// The dunning campaigns, step by step: how many recovered, after which step,
+/// what was sent, asked and offered.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DunningFunnel {
+    /// Campaigns started (invoices with a failed payment).
+    pub campaigns: u64,
+    /// Campaigns by segment.
+    pub by_segment: BTreeMap<String, u64>,
+    /// Campaigns that reached each step (failed attempts), step → count.
+    pub reached_step: BTreeMap<u32, u64>,
+    /// Recovered campaigns by the step after which the invoice was paid.
+    pub recovered_after_step: BTreeMap<u32, u64>,
+    /// Exhausted campaigns by final action.
+    pub exhausted: BTreeMap<String, u64>,
+    /// Still running.
+    pub running: u64,
+    /// Messages sent, by channel.
+    pub sent: BTreeMap<String, u64>,
+    /// Messages not sent, by reason.
+    pub canceled: BTreeMap<String, u64>,
+    /// Messages given up after failed sends.
+    pub failed: u64,
+    /// Phone tasks created.
+    pub phone_tasks: u64,
+    /// Offers applied, by kind.
+    pub offers: BTreeMap<String, u64>,
+    /// Payment attempts on a card whose last decline it could not survive
+    /// (the same card after a hard or needs-action decline): should be 0.
+    pub futile_retries: u64,
+}
+
 /// Folds ledger events into a [`Summary`].
 pub struct Report {
     currency: Currency,
@@ -97,6 +132,7 @@ pub struct Report {
     invoices: HashMap<StreamId, Invoice>,
     one_time_buyers: HashSet<String>,
     declined: HashSet<StreamId>,
+    campaigns: HashMap<StreamId, DunningCampaign>,
     summary: Summary,
     balance: TrialBalance,
 }
@@ -117,6 +153,7 @@ impl Report {
             invoices: HashMap::new(),
             one_time_buyers: HashSet::new(),
             declined: HashSet::new(),
+            campaigns: HashMap::new(),
             summary: Summary {
                 customers: BTreeMap::new(),
                 mrr_by_month: Vec::new(),
@@ -142,6 +179,7 @@ impl Report {
                     subscriptions_canceled: 0,
                     decline_codes: BTreeMap::new(),
                 },
+                dunning: DunningFunnel::default(),
                 invoices: 0,
                 events: 0,
                 books_balanced: true,
@@ -221,13 +259,97 @@ impl Report {
                     .or_default()
                     .evolve(&event);
             }
+            recur_commands::dunning::CATEGORY => {
+                let event: DunningEvent = decode_event(&recorded.payload)?;
+                let sent = &mut self.summary.dunning.sent;
+                if let DunningEvent::DunningMessageSent { message_id, .. } = &event
+                    && let Some(message) = self
+                        .campaigns
+                        .get(&recorded.stream_id)
+                        .and_then(|c| c.messages.get(message_id))
+                {
+                    let channel = match message.queued.channel {
+                        Channel::Email => "email",
+                        Channel::Sms => "sms",
+                        Channel::PhoneCall => "phone_call",
+                    };
+                    *sent.entry(channel.to_owned()).or_default() += 1;
+                }
+                self.campaigns
+                    .entry(recorded.stream_id.clone())
+                    .or_default()
+                    .evolve(&event);
+            }
             _ => {}
         }
         Ok(())
     }
 
+    /// The funnel, from every campaign's state and every invoice's attempts.
+    fn dunning_funnel(&mut self) {
+        let funnel = &mut self.summary.dunning;
+        for campaign in self.campaigns.values() {
+            let Some(subject) = &campaign.subject else {
+                continue;
+            };
+            funnel.campaigns += 1;
+            let segment = serde_json::to_value(subject.segment)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            *funnel.by_segment.entry(segment).or_default() += 1;
+            for step in &campaign.steps {
+                *funnel.reached_step.entry(step.step).or_default() += 1;
+            }
+            match &campaign.ending {
+                Some((Ending::Recovered { after_step, .. }, _)) => {
+                    *funnel.recovered_after_step.entry(*after_step).or_default() += 1;
+                }
+                Some((Ending::Exhausted { final_action }, _)) => {
+                    let action = match final_action {
+                        FinalAction::Cancel => "cancel",
+                        FinalAction::MarkUncollectible => "mark_uncollectible",
+                        FinalAction::LeavePastDue => "leave_past_due",
+                    };
+                    *funnel.exhausted.entry(action.to_owned()).or_default() += 1;
+                }
+                Some((Ending::Closed { .. }, _)) => {}
+                None => funnel.running += 1,
+            }
+            for message in campaign.messages.values() {
+                match &message.delivery {
+                    Delivery::Canceled { reason } => {
+                        *funnel.canceled.entry(reason.clone()).or_default() += 1;
+                    }
+                    Delivery::Failed { .. } => funnel.failed += 1,
+                    _ => {}
+                }
+            }
+            funnel.phone_tasks += campaign.tasks.len() as u64;
+            for given in campaign.offers.values() {
+                let kind = match given {
+                    OfferGiven::Discount { .. } => "discount",
+                    OfferGiven::TrialExtension { .. } => "trial_extension",
+                    OfferGiven::NotApplied { .. } => "not_applied",
+                };
+                *funnel.offers.entry(kind.to_owned()).or_default() += 1;
+            }
+        }
+        for invoice in self.invoices.values() {
+            for pair in invoice.attempts.windows(2) {
+                let code = pair[0].outcome.as_ref().and_then(|o| o.decline_code());
+                if code.is_some_and(|c| !recur_commands::decline::category(c).retry_can_succeed())
+                    && pair[0].payment_method == pair[1].payment_method
+                {
+                    funnel.futile_retries += 1;
+                }
+            }
+        }
+    }
+
     /// The summary (MRR and ARR left at zero: see the module's note).
     pub fn finish(mut self) -> Summary {
+        self.dunning_funnel();
         let mut customers: HashMap<String, SubscriptionStatus> = HashMap::new();
         for sub in self.subscriptions.values() {
             let Some(customer) = sub.customer_id else {
