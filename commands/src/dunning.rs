@@ -31,6 +31,9 @@ pub const SEND_BACKOFF_FIRST_S: i64 = 60;
 /// How long a claimed send is left to its sender before another may send it
 /// again (under the same id): a sender that crashed mid-send.
 pub const SEND_LEASE_S: i64 = 300;
+/// Hours after its due time a message is still worth sending; later it is
+/// canceled as stale.
+pub const MESSAGE_STALE_AFTER_H: i64 = 72;
 /// Characters of a phone task's note or claimant.
 pub const TASK_TEXT_CHARS_MAX: usize = 500;
 

@@ -63,6 +63,8 @@ pub struct Notice {
     pub last4: Option<String>,
     /// The offer made at this step, in words.
     pub offer: Option<String>,
+    /// When it is sent (the billing clock's now): links expire from here.
+    pub sent_at: OffsetDateTime,
 }
 
 /// Why a send failed.
@@ -591,6 +593,17 @@ impl Billing {
         let policy = self.policy_for(subject.segment).await?;
         let mut sent = 0;
         for message in due {
+            // A message that waited too long (no messenger was configured, the
+            // provider was down for days) would arrive out of place: dropped.
+            if now - message.due_at > time::Duration::hours(dunning::MESSAGE_STALE_AFTER_H) {
+                self.campaign_command(id, Source::Scheduler, |_| DunningCommand::CancelMessage {
+                    message_id: message.message_id,
+                    reason: "stale".to_owned(),
+                    now,
+                })
+                .await?;
+                continue;
+            }
             let to = contact.as_ref().and_then(|c| match message.channel {
                 Channel::Email => Some(c.email.clone()),
                 Channel::Sms => c.phone.clone(),
@@ -628,6 +641,7 @@ impl Billing {
                 steps_total: policy.steps_total(),
                 last4: customer.payment_method.as_ref().map(|m| m.last4.clone()),
                 offer: campaign.offers.get(&message.step).and_then(offer_words),
+                sent_at: now,
             };
             // Claimed first, on the campaign's version: a second sender finds
             // it claimed and leaves it.

@@ -420,6 +420,7 @@ impl Scheduler {
         // again at the same instant failed and waits for the next tick; one due
         // at a later instant (the next period) runs again.
         let mut done: HashSet<(OffsetDateTime, Work)> = HashSet::new();
+        let mut ran: Vec<Work> = Vec::new();
         for _ in 0..ROUNDS_PER_TICK_MAX {
             self.catch_up().await?;
             // Each owner's earliest due item, so that the work of one
@@ -466,24 +467,35 @@ impl Scheduler {
                     )
                 });
                 while let Some(joined) = tasks.try_join_next() {
-                    Self::report(&mut report, joined);
+                    ran.extend(Self::report(&mut report, joined));
                 }
             }
             while let Some(joined) = tasks.join_next().await {
-                Self::report(&mut report, joined);
+                ran.extend(Self::report(&mut report, joined));
+            }
+            // An invoice made due at once (a new card) whose visit changed
+            // nothing (its decline was soft: the schedule stands) goes back to
+            // its own time, once what the round wrote is read.
+            self.catch_up().await?;
+            let mut index = self.index.lock().await;
+            for work in ran.drain(..) {
+                if let Work::Invoice(id) = work {
+                    index.reschedule_invoice(id)?;
+                }
             }
         }
         Ok(report)
     }
 
-    /// Adds one finished item to the tick's report.
+    /// Adds one finished item to the tick's report; answers it when it succeeded.
     fn report(
         report: &mut TickReport,
         joined: Result<(Work, Result<u32, BillingError>), tokio::task::JoinError>,
-    ) {
+    ) -> Option<Work> {
         let Ok((work, result)) = joined else {
-            return;
+            return None;
         };
+        let succeeded = result.is_ok().then_some(work);
         match (work, result) {
             (Work::Subscription(_), Ok(started)) => report.periods_started += started,
             (Work::Invoice(_) | Work::Draft(_) | Work::Refund(_), Ok(_)) => {
@@ -499,6 +511,7 @@ impl Scheduler {
                 report.failures.push((work, error.code()));
             }
         }
+        succeeded
     }
 }
 
