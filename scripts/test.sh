@@ -26,6 +26,12 @@
 #                              in a venv under target/ and our launcher
 #                              (scripts/localstripe/launcher.py) is started on
 #                              127.0.0.1 for the Stripe tests, and stopped on exit.
+#   RECUR_TEST_SMTP=0          do not provide the SMTP test server (RECUR_TEST_SMTP_URL,
+#                              RECUR_TEST_SMTP_DIR); by default aiosmtpd is installed in
+#                              the same venv and our sink (scripts/smtp/sink.py) is
+#                              started on 127.0.0.1 for the email tests, storing each
+#                              message as a file in a temp dir, and stopped on exit.
+#                              Both variables set in the environment: used as they are.
 #   RECUR_TEST_CMD='...'       run this bash command instead of the cargo
 #                              commands, with DATABASE_URL (and NATS_URL)
 #                              exported. For testing this script itself, e.g.
@@ -48,6 +54,7 @@ PG_BIN=""       # bin dir of the PostgreSQL we start (Debian keeps it off PATH)
 PG_DATA=""      # set just before our throwaway postgres is started
 NATS_PID=""     # set once our throwaway nats-server has been started
 STRIPE_PID=""   # set once our localstripe launcher has been started
+SMTP_PID=""     # set once our SMTP sink has been started
 
 cleanup() {
     local rc=$?
@@ -64,6 +71,10 @@ cleanup() {
     if [[ -n $STRIPE_PID ]]; then
         kill "$STRIPE_PID" 2>/dev/null
         wait "$STRIPE_PID" 2>/dev/null
+    fi
+    if [[ -n $SMTP_PID ]]; then
+        kill "$SMTP_PID" 2>/dev/null
+        wait "$SMTP_PID" 2>/dev/null
     fi
     if [[ -n $WORK_DIR ]]; then
         rm -rf -- "$WORK_DIR"
@@ -318,18 +329,23 @@ urllib.request.urlopen(request, timeout=2).read()
 PY
 }
 
+# Installs PyPI package $1 at version $2 into the test venv (made on first
+# use; localstripe and aiosmtpd share it) unless that version is there.
+venv_install() {
+    if "$LOCALSTRIPE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('$1') != '$2')" 2>/dev/null; then
+        return 0
+    fi
+    log "installing $1 $2 into $LOCALSTRIPE_VENV"
+    if [[ ! -x $LOCALSTRIPE_VENV/bin/python ]] && ! python3 -m venv "$LOCALSTRIPE_VENV" 2>/dev/null; then
+        apt_install python3-venv
+        python3 -m venv "$LOCALSTRIPE_VENV"
+    fi
+    "$LOCALSTRIPE_VENV/bin/pip" install -q "$1==$2" || die "pip could not install $1==$2"
+}
+
 ensure_stripe() {
     local port i
-    if [[ ! -x $LOCALSTRIPE_VENV/bin/python ]] \
-        || ! "$LOCALSTRIPE_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('localstripe') != '$LOCALSTRIPE_VERSION')" 2>/dev/null; then
-        log "installing localstripe $LOCALSTRIPE_VERSION into $LOCALSTRIPE_VENV"
-        if ! python3 -m venv "$LOCALSTRIPE_VENV" 2>/dev/null; then
-            apt_install python3-venv
-            python3 -m venv "$LOCALSTRIPE_VENV"
-        fi
-        "$LOCALSTRIPE_VENV/bin/pip" install -q "localstripe==$LOCALSTRIPE_VERSION" \
-            || die "pip could not install localstripe==$LOCALSTRIPE_VERSION"
-    fi
+    venv_install localstripe "$LOCALSTRIPE_VERSION"
     ensure_work_dir
     port=$(free_port 58420)
     "$LOCALSTRIPE_VENV/bin/python" scripts/localstripe/launcher.py --port "$port" \
@@ -354,12 +370,54 @@ ensure_stripe() {
     log "started localstripe $LOCALSTRIPE_VERSION (scripts/localstripe/launcher.py) on 127.0.0.1:$port"
 }
 
+# --- SMTP (the email tests; RECUR_TEST_SMTP=0 skips providing it) ----------
+
+AIOSMTPD_VERSION=1.4.6
+
+# True if an SMTP server greets on 127.0.0.1:$1 (a 220 line).
+smtp_answers() {
+    (
+        exec 3<>"/dev/tcp/127.0.0.1/$1"
+        IFS= read -r -t 2 line <&3
+        [[ $line == 220* ]]
+    ) 2>/dev/null
+}
+
+ensure_smtp() {
+    local port i
+    if [[ -n ${RECUR_TEST_SMTP_URL:-} && -n ${RECUR_TEST_SMTP_DIR:-} ]]; then
+        log "using RECUR_TEST_SMTP_URL and RECUR_TEST_SMTP_DIR from the environment"
+        return 0
+    fi
+    venv_install aiosmtpd "$AIOSMTPD_VERSION"
+    ensure_work_dir
+    mkdir -p "$WORK_DIR/mail"
+    port=$(free_port 52525)
+    "$LOCALSTRIPE_VENV/bin/python" scripts/smtp/sink.py --port "$port" --dir "$WORK_DIR/mail" \
+        >"$WORK_DIR/smtp.log" 2>&1 &
+    SMTP_PID=$!
+    # Wait up to ~10s for its greeting, giving up early if it died.
+    for ((i = 0; i < 50; i++)); do
+        smtp_answers "$port" && break
+        kill -0 "$SMTP_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if ! smtp_answers "$port"; then
+        tail -n 30 "$WORK_DIR/smtp.log" >&2 || true
+        die "the SMTP sink (aiosmtpd) failed to start on port $port"
+    fi
+    export RECUR_TEST_SMTP_URL=smtp://127.0.0.1:$port
+    export RECUR_TEST_SMTP_DIR=$WORK_DIR/mail
+    log "started aiosmtpd $AIOSMTPD_VERSION (scripts/smtp/sink.py) on 127.0.0.1:$port, mail in $RECUR_TEST_SMTP_DIR"
+}
+
 # --- main ------------------------------------------------------------------
 
 if [[ -n ${RECUR_TEST_CMD:-} ]]; then
     ensure_pg
     if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
     if [[ ${RECUR_TEST_STRIPE:-1} == 1 ]]; then ensure_stripe; fi
+    if [[ ${RECUR_TEST_SMTP:-1} == 1 ]]; then ensure_smtp; fi
     log "RECUR_TEST_CMD set: running it instead of cargo"
     bash -c "$RECUR_TEST_CMD"
     exit
@@ -390,6 +448,7 @@ ensure_pg
 ensure_backup_tools
 if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
 if [[ ${RECUR_TEST_STRIPE:-1} == 1 ]]; then ensure_stripe; fi
+if [[ ${RECUR_TEST_SMTP:-1} == 1 ]]; then ensure_smtp; fi
 # The Stripe gateway is a cargo feature of the `recur` binary, off by default
 # (its build is long); the suite builds, lints and tests it.
 FEATURES=(--features recur-gateway/stripe)
