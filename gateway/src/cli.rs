@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{
     DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, MasterKeyArgs, NatsArgs, RateLimitArgs, Secret,
-    WhenMissing,
+    UpdateCardArgs, WhenMissing,
 };
 use crate::seal_export::SealExport;
 use recur_bench::ledger::{BenchBackend, Workload};
@@ -275,6 +275,9 @@ pub struct ServeArgs {
     /// `--features stripe`).
     #[arg(long, value_enum, env = "RECUR_GATEWAY", default_value_t = GatewayKind::Simulated)]
     pub gateway: GatewayKind,
+    /// The update-card page: its links' key, the public URL, the business's name.
+    #[command(flatten)]
+    pub update_card: UpdateCardArgs,
 }
 
 /// `recur ledger …`
