@@ -284,6 +284,11 @@ fn not_found(kind: &'static str) -> DomainError {
 fn card_for(gateway: &str, token: &str, now: OffsetDateTime) -> Result<PaymentMethod, DomainError> {
     // A test card's expiry is not on its token: a few years out, as Stripe's are.
     let exp_year = u16::try_from(now.year() + 3).unwrap_or(2100);
+    // Checked first, whatever the gateway: a number pasted into the field is
+    // named for what it is, and goes nowhere.
+    if recur_commands::customer::looks_like_card_number(token) {
+        return Err(DomainError::CardNumberRejected { field: "token" });
+    }
     if gateway == "simulated" {
         return SimulatedGateway::card_of_token(token, 12, exp_year).map_err(|error| match error {
             // A token the simulation does not know is not a card: say so plainly.
@@ -534,6 +539,12 @@ mod tests {
             card_for("simulated", "pm_card_chargeDeclined", now),
             Err(DomainError::CardDeclined { .. })
         ));
+        for gateway in ["simulated", "stripe"] {
+            assert!(matches!(
+                card_for(gateway, "4242 4242 4242 4242", now),
+                Err(DomainError::CardNumberRejected { .. })
+            ));
+        }
         assert!(matches!(
             card_for("simulated", "pm_unknown", now),
             Err(DomainError::InvalidField { .. })
