@@ -109,7 +109,7 @@ impl LinkKey {
     /// [`LinkError::BadKey`].
     pub fn parse(text: &str) -> Result<Self, LinkError> {
         let text = text.trim();
-        let is_hex = text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_hex = text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit());
         let bytes = if is_hex {
             hex::decode(text).ok()
         } else {

@@ -81,7 +81,8 @@ pub enum Command {
     /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else
     /// recur.sqlite in the data directory, made on first start).
     #[command(after_help = METRICS_ENV_HELP)]
-    Serve(ServeArgs),
+    // Boxed: the largest variant by far, and parsed once.
+    Serve(Box<ServeArgs>),
     /// Publish every released ledger event to NATS JetStream, in ledger order.
     Relay {
         /// The ledger (it must exist).
