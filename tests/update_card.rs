@@ -42,6 +42,11 @@ impl Drop for Server {
 
 /// `recur serve` on a fresh Postgres ledger, on a test clock, logging at info.
 async fn serve() -> Server {
+    serve_with(&[]).await
+}
+
+/// [`serve`] with more `recur serve` options.
+async fn serve_with(extra: &[&str]) -> Server {
     let store = common::postgres().await;
     let log = std::env::temp_dir().join(format!(
         "recur-update-card-{}.log",
@@ -56,6 +61,7 @@ async fn serve() -> Server {
             "--database",
             &store.location(),
         ])
+        .args(extra)
         .env("RECUR_ADMIN_KEY", ADMIN_KEY)
         .env("RECUR_MASTER_KEY", MASTER_KEY)
         .env("RECUR_LINK_KEY", LINK_KEY)
@@ -455,6 +461,29 @@ async fn expired_tampered_and_malformed_links_get_an_error_page_and_write_nothin
         .await
         .unwrap();
     assert_eq!(keyed.status(), StatusCode::GONE);
+}
+
+#[tokio::test]
+async fn the_page_is_rate_limited_per_client_address_like_every_route() {
+    let server = serve_with(&[
+        "--rate-limit-per-address-per-s",
+        "1",
+        "--rate-limit-per-address-burst",
+        "2",
+    ])
+    .await;
+    let link = format!("{}/update-card/not-a-token", server.base);
+    for _ in 0..2 {
+        assert_eq!(server.page(&link).await.status, StatusCode::BAD_REQUEST);
+    }
+    let limited = server.submit(&link, "pm_card_visa").await;
+    assert_eq!(
+        limited.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        limited.text
+    );
+    assert!(limited.headers.contains_key("retry-after"));
 }
 
 /// The Chromium binary to drive: `RECUR_TEST_CHROMIUM`, which `scripts/test.sh`
