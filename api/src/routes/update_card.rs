@@ -60,10 +60,11 @@ impl UpdateCardConfig {
 }
 
 /// The form `POST /update-card/{token}` takes.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CardForm {
     /// The new card's token: a test token with the simulated gateway
-    /// (`pm_card_visa`), a Stripe PaymentMethod id (`pm_…`) with Stripe.
+    /// (`pm_card_visa`), a Stripe PaymentMethod id (`pm_…`) with Stripe;
+    /// never a card number.
     pub payment_method: String,
 }
 
@@ -121,7 +122,7 @@ pub async fn show(
 /// Put the new card on file; if the link names an open invoice, pay it now.
 #[utoipa::path(post, operation_id = "update_card_submit", path = "/update-card/{token}", tag = "update_card",
     params(("token" = String, Path, description = "The link's signed token: the credential (no API key)")),
-    request_body(content = inline(CardFormDoc), content_type = "application/x-www-form-urlencoded"),
+    request_body(content = inline(CardForm), content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "The card is on file: the invoice paid, still declined (with the reason), or nothing due", body = String, content_type = "text/html"),
               (status = 400, description = "Not a link (`malformed`), or no card token in the form", body = String, content_type = "text/html"),
               (status = 401, description = "A link not signed by this server (`bad_signature`)", body = String, content_type = "text/html"),
@@ -226,15 +227,6 @@ pub async fn submit(
         ),
         Err(error) => failure(config, &error),
     }
-}
-
-/// The form's shape in the OpenAPI document.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code, reason = "a schema only")]
-struct CardFormDoc {
-    /// The new card's token (a Stripe PaymentMethod id, or a test token such
-    /// as `pm_card_visa` with the simulated gateway); never a card number.
-    payment_method: String,
 }
 
 /// The token's claims and the token, or the answer refusing it (nothing read).
