@@ -13,7 +13,9 @@
 #      exit whatever the outcome.
 #
 # The backup tests run pg_dump, pg_restore, psql and sqlite3: they are
-# installed (postgresql-client, sqlite3) if missing.
+# installed (postgresql-client, sqlite3) if missing. The update-card page's
+# test drives headless Chromium: Debian's `chromium` is installed if missing
+# and RECUR_TEST_CHROMIUM is exported (the test fails without it).
 #
 # Environment knobs:
 #   RECUR_TEST_THROWAWAY_PG=1  always use a throwaway server, ignoring
@@ -265,6 +267,26 @@ ensure_backup_tools() {
     log "backup tools: pg_dump $dump_major (server $server_major), sqlite3 $(sqlite3 --version | cut -d' ' -f1)"
 }
 
+# --- Chromium (tests/update_card.rs renders the page in headless Chromium) ---
+
+# RECUR_TEST_CHROMIUM, if set, is used as is; else Debian's chromium, installed
+# if missing. Only the binary is needed: the test runs it with --headless.
+ensure_chromium() {
+    local bin
+    if [[ -n ${RECUR_TEST_CHROMIUM:-} ]]; then
+        [[ -x $RECUR_TEST_CHROMIUM ]] || die "RECUR_TEST_CHROMIUM=$RECUR_TEST_CHROMIUM is not an executable"
+        log "using RECUR_TEST_CHROMIUM from the environment: $RECUR_TEST_CHROMIUM"
+        return 0
+    fi
+    bin=$(command -v chromium || true)
+    if [[ -z $bin ]]; then
+        apt_install chromium
+        bin=$(command -v chromium) || die "chromium not found after install"
+    fi
+    export RECUR_TEST_CHROMIUM=$bin
+    log "headless browser: $("$bin" --version 2>/dev/null | head -n 1) ($bin)"
+}
+
 # --- NATS (the relay tests; RECUR_TEST_NATS=0 skips providing it) ----------
 
 # True if a JetStream-enabled NATS server answers on 127.0.0.1:$1: the server
@@ -446,6 +468,7 @@ cargo fmt --all -- --check
 # (sqlx macros) ever need it during the build.
 ensure_pg
 ensure_backup_tools
+ensure_chromium
 if [[ ${RECUR_TEST_NATS:-1} == 1 ]]; then ensure_nats; fi
 if [[ ${RECUR_TEST_STRIPE:-1} == 1 ]]; then ensure_stripe; fi
 if [[ ${RECUR_TEST_SMTP:-1} == 1 ]]; then ensure_smtp; fi

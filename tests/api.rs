@@ -4412,7 +4412,9 @@ const HTTP_FUZZ_CASES: usize = 40;
 /// 5xx, and every refusal a problem with a code. The routes come from the
 /// document, so a new route is covered when it is declared. The test clock's
 /// advance is left out: a valid body runs the business forward by up to 136
-/// years, and its body is covered by api/tests/parsers.rs.
+/// years, and its body is covered by api/tests/parsers.rs. So is the
+/// update-card page: it takes an HTML form, not JSON, behind a signed token
+/// this test cannot make, and answers HTML (tests/update_card.rs).
 #[tokio::test]
 async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
     use proptest::strategy::{Strategy, ValueTree};
@@ -4440,7 +4442,7 @@ async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
     let mut routes = Vec::new();
     for (path, item) in document.body["paths"].as_object().unwrap() {
         let writes = item.get("post").is_some() || item.get("delete").is_some();
-        if !writes || path == "/v1/test_clock/advance" {
+        if !writes || path == "/v1/test_clock/advance" || path.starts_with("/update-card/") {
             continue;
         }
         let id = match path.split('/').nth(2) {

@@ -17,6 +17,8 @@
 //! - [`history`]: a resource's facts made readable (summary and state after
 //!   each), shared with `recur ledger history`.
 //! - [`telemetry`]: the request middleware's counters and `/metrics`.
+//! - [`routes::update_card`]: the hosted update-card page (HTML, public: the
+//!   link's signed token is the credential).
 
 pub mod auth;
 pub mod dto;
@@ -83,6 +85,8 @@ pub struct AppState {
     /// Told after each Stripe event is kept: wakes the translator, which
     /// works after the webhook's answer ([`recur_commands::translator`]).
     pub stripe_kept: Arc<tokio::sync::Notify>,
+    /// The update-card page: the links' key, the public URL, the business's name.
+    pub update_card: routes::update_card::UpdateCardConfig,
 }
 
 /// How long a request may run before it is answered 503 `request_timeout`
@@ -145,6 +149,20 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(system::revoke_key))
         .routes(routes!(system::rotate_key))
         .routes(routes!(system::advance))
+        .routes(routes!(
+            routes::update_card::show,
+            routes::update_card::submit
+        ))
+}
+
+/// `path` as it may be logged: an update-card link's token is a credential,
+/// so everything after `/update-card/` is replaced.
+pub fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    let prefix = recur_commands::update_card_link::PATH_PREFIX;
+    match path.strip_prefix(prefix) {
+        Some(rest) if !rest.is_empty() => format!("{prefix}[redacted]").into(),
+        _ => path.into(),
+    }
 }
 
 /// The OpenAPI document of [`api_routes`], made once.
@@ -206,8 +224,7 @@ async fn request_id(
         .extensions()
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned());
-    let span =
-        tracing::info_span!("request", id = %id, method = %method, path = %request.uri().path());
+    let span = tracing::info_span!("request", id = %id, method = %method, path = %loggable_path(request.uri().path()));
     let bounded = request.uri().path() != "/v1/test_clock/advance";
     async move {
         let started = std::time::Instant::now();
@@ -273,7 +290,9 @@ mod tests {
     use super::auth::{Role, RouteRoles};
 
     /// Every route's callers are declared where the route is (its handler's
-    /// `#[utoipa::path]`): admin may call everything, only the probes, /metrics and the Stripe webhook (signed instead) are public.
+    /// `#[utoipa::path]`): admin may call everything, only the probes, /metrics,
+    /// the Stripe webhook (signed instead) and the update-card page (its
+    /// link's token is the credential) are public.
     #[test]
     fn every_route_declares_who_may_call_it() {
         let api = super::openapi_document();
@@ -311,6 +330,8 @@ mod tests {
                 "GET /healthz",
                 "GET /metrics",
                 "GET /readyz",
+                "GET /update-card/{token}",
+                "POST /update-card/{token}",
                 "POST /webhooks/stripe"
             ]
         );
@@ -319,6 +340,7 @@ mod tests {
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
             Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])
         );
+        assert!(roles.is_public(&axum::http::Method::POST, "/update-card/{token}"));
         assert_eq!(
             roles.of_route(&axum::http::Method::POST, "/v1/api_keys"),
             Some(&[Role::Admin][..])
@@ -332,6 +354,16 @@ mod tests {
 
     /// The rate limits stand in front of every route but the probes, so the
     /// document lists their 429 on every other operation, and on no probe.
+    #[test]
+    fn an_update_card_token_never_reaches_the_log() {
+        assert_eq!(
+            super::loggable_path("/update-card/eyJjdXN0.c2lnbmF0dXJl"),
+            "/update-card/[redacted]"
+        );
+        assert_eq!(super::loggable_path("/v1/customers/x"), "/v1/customers/x");
+        assert_eq!(super::loggable_path("/update-card/"), "/update-card/");
+    }
+
     #[test]
     fn every_operation_but_the_probes_lists_the_rate_limits_429() {
         let api = super::openapi_document();
@@ -347,7 +379,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(listed, 51);
+        assert_eq!(listed, 53);
         let components = api.components.as_ref().unwrap();
         let shared = serde_json::to_value(&components.responses["RateLimited"]).unwrap();
         assert_eq!(

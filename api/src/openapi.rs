@@ -23,6 +23,7 @@ use super::routes::subscriptions;
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
         (name = "catalog"), (name = "metrics"), (name = "events"), (name = "reconciliations"),
         (name = "system"),
+        (name = "update_card", description = "The hosted update-card page (HTML): public, its link's signed token is the credential"),
     )
 )]
 pub struct ApiDoc;

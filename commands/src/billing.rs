@@ -186,6 +186,12 @@ impl Billing {
         self.repo.ledger()
     }
 
+    /// The payment gateway's name (`simulated`, `stripe`): what a card token
+    /// given by a customer stands for depends on it.
+    pub fn gateway_name(&self) -> &'static str {
+        self.gateway.name()
+    }
+
     /// How many events this service has appended to the ledger since it was
     /// opened (a monotonic counter for telemetry; replayed appends not counted).
     pub fn events_appended(&self) -> u64 {

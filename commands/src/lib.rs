@@ -24,6 +24,8 @@
 //! turns what [`stripe_facts`] reads in them into billing commands through
 //! the billing service's [`provider`] side; [`reconciliation`] compares the
 //! ledger's money at the provider with the provider's own record.
+//! [`update_card_link`] signs and checks the expiring links that let a
+//! customer put a new card on file from a hosted page.
 
 pub mod aggregate;
 pub mod billing;
@@ -54,6 +56,7 @@ pub mod tagged;
 pub mod tax;
 pub mod text;
 pub mod translator;
+pub mod update_card_link;
 pub mod webhook;
 
 pub use aggregate::{Aggregate, DomainEvent};

@@ -221,6 +221,25 @@ impl SimulatedGateway {
         })
     }
 
+    /// The card a test token stands for (`pm_card_visa`, …), as
+    /// [`SimulatedGateway::tokenize`] gives it for the card's number: what a
+    /// customer who only has the token (the update-card page) puts on file.
+    ///
+    /// # Errors
+    /// [`CardError::Declined`] for the cards Stripe declines on attach;
+    /// [`CardError::UnknownCard`] for other tokens.
+    pub fn card_of_token(
+        token: &str,
+        exp_month: u8,
+        exp_year: u16,
+    ) -> Result<PaymentMethod, CardError> {
+        let (number, ..) = TEST_CARDS
+            .iter()
+            .find(|(_, t, ..)| *t == token)
+            .ok_or(CardError::UnknownCard)?;
+        Self::tokenize(number, exp_month, exp_year)
+    }
+
     /// The PaymentMethod of a card that declines at charge time with `decline_code`
     /// (as if it had been attached while it still worked). For simulations where a
     /// working card later fails.
@@ -403,6 +422,26 @@ mod tests {
         );
         assert_eq!(
             SimulatedGateway::tokenize("1234", 1, 2030),
+            Err(CardError::UnknownCard)
+        );
+    }
+
+    #[test]
+    fn a_test_token_stands_for_its_card_and_declines_on_attach_as_its_number_does() {
+        let master =
+            SimulatedGateway::card_of_token("pm_card_mastercard", 12, 2030).expect("a test card");
+        assert_eq!(
+            (master.brand.as_str(), master.last4.as_str()),
+            ("mastercard", "4444")
+        );
+        assert_eq!(
+            SimulatedGateway::card_of_token("pm_card_chargeDeclined", 12, 2030),
+            Err(CardError::Declined {
+                decline_code: "card_declined".into()
+            })
+        );
+        assert_eq!(
+            SimulatedGateway::card_of_token("pm_nothing_like_it", 12, 2030),
             Err(CardError::UnknownCard)
         );
     }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{
     DatabaseUrl, LedgerArgs, ListenAddr, LogArgs, MasterKeyArgs, NatsArgs, RateLimitArgs, Secret,
-    WhenMissing,
+    UpdateCardArgs, WhenMissing,
 };
 use crate::seal_export::SealExport;
 use recur_bench::ledger::{BenchBackend, Workload};
@@ -81,7 +81,8 @@ pub enum Command {
     /// Serve the command API over HTTP (ledger: --database, else DATABASE_URL, else
     /// recur.sqlite in the data directory, made on first start).
     #[command(after_help = METRICS_ENV_HELP)]
-    Serve(ServeArgs),
+    // Boxed: the largest variant by far, and parsed once.
+    Serve(Box<ServeArgs>),
     /// Publish every released ledger event to NATS JetStream, in ledger order.
     Relay {
         /// The ledger (it must exist).
@@ -275,6 +276,9 @@ pub struct ServeArgs {
     /// `--features stripe`).
     #[arg(long, value_enum, env = "RECUR_GATEWAY", default_value_t = GatewayKind::Simulated)]
     pub gateway: GatewayKind,
+    /// The update-card page: its links' key, the public URL, the business's name.
+    #[command(flatten)]
+    pub update_card: UpdateCardArgs,
 }
 
 /// `recur ledger …`

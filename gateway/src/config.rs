@@ -512,6 +512,87 @@ impl RateLimitArgs {
     }
 }
 
+/// The default business name on the update-card page.
+pub const BUSINESS_NAME_DEFAULT: &str = "Recur";
+
+/// The update-card page (docs/update_card.md): the key that signs its links,
+/// the address customers reach the server at, and the name the page shows.
+#[derive(Clone, Debug, clap::Args)]
+pub struct UpdateCardArgs {
+    /// Signs the update-card links: hex or base64 of at least 32 bytes
+    /// (`openssl rand -hex 32`). Unset: a random key made at start, so links
+    /// stop working when the server restarts (and differ between servers).
+    #[arg(
+        long,
+        env = "RECUR_LINK_KEY",
+        hide_env_values = true,
+        value_name = "KEY"
+    )]
+    pub link_key: Option<Secret>,
+    /// The server's address as customers reach it, the base of every link
+    /// (e.g. https://billing.example.com). Unset: http://127.0.0.1:<port>.
+    #[arg(long, env = "RECUR_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+    /// The business's name, shown on the update-card page.
+    #[arg(long, env = "RECUR_BUSINESS_NAME", default_value = BUSINESS_NAME_DEFAULT, value_name = "NAME")]
+    pub business_name: String,
+}
+
+impl UpdateCardArgs {
+    /// The page's configuration for a server listening on `port`: the
+    /// configured key, or a new random one (with a warning).
+    ///
+    /// # Errors
+    /// A malformed key (named by its variable, never shown); a public URL
+    /// that is not http:// or https://.
+    pub fn config(
+        &self,
+        port: u16,
+    ) -> anyhow::Result<recur_api::routes::update_card::UpdateCardConfig> {
+        use recur_commands::update_card_link::LinkKey;
+        let key = match self
+            .link_key
+            .as_ref()
+            .filter(|k| !k.expose().trim().is_empty())
+        {
+            Some(key) => LinkKey::parse(key.expose())
+                .map_err(|error| anyhow::anyhow!("RECUR_LINK_KEY: {error}"))?,
+            None => {
+                tracing::warn!(
+                    "RECUR_LINK_KEY is not set: update-card links are signed with a random key \
+                     made now, and stop working when this server restarts"
+                );
+                LinkKey::generate()
+                    .map_err(|error| anyhow::anyhow!("update-card link key: {error}"))?
+            }
+        };
+        let public_url = match self
+            .public_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            Some(url) => {
+                anyhow::ensure!(
+                    url.starts_with("http://") || url.starts_with("https://"),
+                    "RECUR_PUBLIC_URL must start with http:// or https://"
+                );
+                url.trim_end_matches('/').to_owned()
+            }
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let business_name = match self.business_name.trim() {
+            "" => BUSINESS_NAME_DEFAULT.to_owned(),
+            name => name.to_owned(),
+        };
+        Ok(recur_api::routes::update_card::UpdateCardConfig {
+            key,
+            public_url,
+            business_name,
+        })
+    }
+}
+
 /// How logs are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -699,6 +780,30 @@ mod tests {
                 .create_if_missing
         );
         assert!(named.ledger_config(WhenMissing::Create).create_if_missing);
+    }
+
+    #[test]
+    fn the_update_card_settings_default_to_this_server_and_refuse_a_short_key_without_showing_it() {
+        let args = |key: Option<&str>, url: Option<&str>| UpdateCardArgs {
+            link_key: key.map(Secret::new),
+            public_url: url.map(str::to_owned),
+            business_name: "Coaching & Co".to_owned(),
+        };
+        let made = args(None, None).config(8080).unwrap();
+        assert_eq!(made.public_url, "http://127.0.0.1:8080");
+        assert_eq!(made.business_name, "Coaching & Co");
+        let given = args(Some(&"ab".repeat(32)), Some("https://pay.example.com/"))
+            .config(8080)
+            .unwrap();
+        assert_eq!(given.public_url, "https://pay.example.com");
+        let short = "abcd".repeat(4);
+        let error = args(Some(&short), None)
+            .config(8080)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("RECUR_LINK_KEY"), "{error}");
+        assert!(!error.contains(&short), "{error}");
+        assert!(args(None, Some("ftp://x")).config(1).is_err());
     }
 
     #[test]

@@ -169,6 +169,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 drain_ms: args.drain_ms,
                 rate_limits: args.rate_limits.limits(),
                 gateway: args.gateway,
+                update_card: args.update_card,
             })
             .await
             .context("serve")?;

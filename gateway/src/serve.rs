@@ -46,6 +46,8 @@ pub struct ServeOptions {
     pub rate_limits: recur_api::limits::RateLimits,
     /// The payment gateway to charge through.
     pub gateway: crate::cli::GatewayKind,
+    /// The update-card page's settings.
+    pub update_card: crate::config::UpdateCardArgs,
 }
 
 /// How often the in-process projections look for other processes' events (this
@@ -197,6 +199,13 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     )));
     let limiter = Arc::new(recur_api::limits::Limiter::new(options.rate_limits));
     tokio::spawn(Arc::clone(&limiter).prune_forever());
+    // Bound before the state is made: the update-card links' default base
+    // is this address's port. A host name is resolved here; the first of its addresses that binds is used.
+    let listener = tokio::net::TcpListener::bind(options.listen.to_bind())
+        .await
+        .with_context(|| format!("cannot listen on {}", options.listen))?;
+    let address = listener.local_addr()?;
+    let update_card = options.update_card.config(address.port())?;
     let state = Arc::new(AppState {
         billing,
         keys,
@@ -224,6 +233,7 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             })
             .unwrap_or_default(),
         stripe_kept: Arc::clone(&stripe_kept),
+        update_card,
     });
     if *stopping.borrow() {
         tracing::info!("stopped during start-up; not serving");
@@ -327,11 +337,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             }
         }
     });
-    // A host name is resolved here; the first of its addresses that binds is used.
-    let listener = tokio::net::TcpListener::bind(options.listen.to_bind())
-        .await
-        .with_context(|| format!("cannot listen on {}", options.listen))?;
-    let address = listener.local_addr()?;
     // The first line of stdout, for scripts and tests that start us on port 0.
     println!("recur: listening on http://{address} (ledger {location})");
     let drain = std::time::Duration::from_millis(options.drain_ms);

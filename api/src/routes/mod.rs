@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod reconciliations;
 pub mod subscriptions;
 pub mod system;
+pub mod update_card;
 pub mod webhooks;
 
 use axum::http::{HeaderMap, StatusCode};
