@@ -10,7 +10,9 @@
 //!
 //! Around them: the [`catalog`] (plans and immutable prices from TOML), [`tax`]
 //! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
-//! the simulated gateway, what a [`decline`] code leaves open, and at the edge
+//! the simulated gateway, what a [`decline`] code leaves open, the
+//! [`dunning_policy`] per segment and the [`retry_timing`] learned from past
+//! retries (within a window around the policy's times), and at the edge
 //! the [`billing`] service (load, decide, append, follow up across aggregates)
 //! and the [`scheduler`] that the billing
 //! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
@@ -42,6 +44,7 @@ pub mod privacy;
 pub mod provider;
 pub mod reconciliation;
 mod repository;
+pub mod retry_timing;
 pub mod scheduler;
 pub mod stripe_amounts;
 pub mod stripe_facts;
