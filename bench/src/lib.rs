@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod billing;
+pub mod dunning_sim;
 pub mod ledger;
 pub mod projections;
 pub mod webhooks;

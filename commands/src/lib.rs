@@ -11,9 +11,10 @@
 //! Around them: the [`catalog`] (plans and immutable prices from TOML), [`tax`]
 //! rates, [`period`] arithmetic and proration, the [`payment`] gateway trait and
 //! the simulated gateway, what a [`decline`] code leaves open, the
-//! [`dunning_policy`] per segment and the [`dunning`] campaign of a failed
-//! invoice (steps, its outbox of messages, phone tasks, offers) that billing's
-//! [`recovery`] side drives, and at the edge
+//! [`dunning_policy`] per segment, the [`retry_timing`] learned from past
+//! retries (within a window around the policy's times), and the [`dunning`]
+//! campaign of a failed invoice (steps, its outbox of messages, phone tasks,
+//! offers) that billing's [`recovery`] side drives, and at the edge
 //! the [`billing`] service (load, decide, append, follow up across aggregates)
 //! and the [`scheduler`] that the billing
 //! clock drives. [`tagged`] decodes stored event payloads tag first; [`text`]
@@ -48,6 +49,7 @@ pub mod provider;
 pub mod reconciliation;
 pub mod recovery;
 mod repository;
+pub mod retry_timing;
 pub mod scheduler;
 pub mod stripe_amounts;
 pub mod stripe_facts;
