@@ -2011,3 +2011,47 @@ async fn a_failed_send_is_sent_again_with_backoff() {
     );
     assert_eq!(flaky.inner.sent().len(), 1);
 }
+
+#[tokio::test]
+async fn a_soft_decline_is_retried_in_the_slot_the_ledger_learned() {
+    use recur_commands::retry_timing::RetryOutcome;
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::Standard, "community_access", Some("card_declined"))
+        .await;
+    // Past retries of soft declines on the 1st and 2nd of a month: those run
+    // between 12:00 and 16:00 UTC went through, those around 01:00 did not.
+    let mut history = Vec::new();
+    for n in 0..60 {
+        let day = datetime!(2025-12-02 00:00 UTC) - Duration::days(if n % 2 == 0 { 0 } else { 1 });
+        for (hour, succeeded) in [(13, true), (1, false)] {
+            history.push(RetryOutcome {
+                decline_code: "card_declined".into(),
+                attempted_at: day + Duration::hours(hour),
+                succeeded,
+                amount_minor: 9_700,
+            });
+        }
+    }
+    w.billing.observe_retries(&history);
+    assert_eq!(w.billing.retries_observed(), 120);
+    // Declined at 00:00 on Feb 1 and at the 1 h retry; the policy's next retry
+    // (1 d later, 01:00 on Feb 2) is moved into the learned slot within half
+    // the gap: 13:00 on Feb 1.
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    w.at(datetime!(2026-02-01 01:00 UTC)).await;
+    let feb = &w.invoices_of(sub).await[1];
+    assert_eq!(feb.attempts.len(), 2);
+    assert_eq!(
+        feb.attempts[1].next_retry_at,
+        Some(datetime!(2026-02-01 13:00 UTC))
+    );
+    let campaign = w.billing.dunning_campaign(feb.id.unwrap()).await.unwrap();
+    assert_eq!(
+        campaign.steps[1].next,
+        recur_commands::dunning_policy::NextStep::RetryAt(datetime!(2026-02-01 13:00 UTC)),
+        "the campaign records the time the invoice will be retried"
+    );
+    w.at(datetime!(2026-02-01 13:00 UTC)).await;
+    assert_eq!(w.invoices_of(sub).await[1].attempts.len(), 3);
+}

@@ -117,6 +117,8 @@ pub struct Billing {
     gateway: Arc<dyn PaymentGateway>,
     /// Encrypts and decrypts personal data; without it none can be stored.
     pub(crate) vault: Option<Arc<Vault>>,
+    /// When soft declines are retried, learned from the ledger's retries.
+    pub(crate) retry_timing: std::sync::Mutex<crate::retry_timing::RetryTiming>,
     /// When each (actor, customer) last had a read of contact details recorded.
     pub(crate) recent_reads:
         std::sync::Mutex<std::collections::HashMap<(String, CustomerId), OffsetDateTime>>,
@@ -169,6 +171,7 @@ impl Billing {
             repo,
             gateway,
             vault: None,
+            retry_timing: std::sync::Mutex::new(crate::retry_timing::RetryTiming::new(0)),
             recent_reads: std::sync::Mutex::default(),
         })
     }

@@ -229,7 +229,38 @@ impl Billing {
         failed_at: OffsetDateTime,
     ) -> Result<NextStep, BillingError> {
         let policy = self.policy_for(dunning_segment(customer, invoice)).await?;
-        Ok(policy.next_step(category(decline_code), failed_attempts, failed_at))
+        let next = policy.next_step(category(decline_code), failed_attempts, failed_at);
+        let NextStep::RetryAt(fixed_at) = next else {
+            return Ok(next);
+        };
+        // The learned time, within a window around the policy's; the
+        // policy's own until the ledger holds enough retries of the slot.
+        let seed = invoice.id.map_or(0, |id| {
+            let (high, low) = id.0.as_u64_pair();
+            high ^ low ^ failed_attempts as u64
+        });
+        let Ok(mut timing) = self.retry_timing.lock() else {
+            return Ok(next);
+        };
+        timing.reseed(seed);
+        Ok(NextStep::RetryAt(
+            timing.choose(decline_code, failed_at, fixed_at).at,
+        ))
+    }
+
+    /// Learns from retries of declined payments (the scheduler feeds every
+    /// one it reads in the ledger, from the first event on).
+    pub fn observe_retries(&self, outcomes: &[crate::retry_timing::RetryOutcome]) {
+        if let Ok(mut timing) = self.retry_timing.lock() {
+            for outcome in outcomes {
+                timing.observe(outcome);
+            }
+        }
+    }
+
+    /// How many retries the learned timing has seen.
+    pub fn retries_observed(&self) -> u64 {
+        self.retry_timing.lock().map_or(0, |t| t.observed())
     }
 
     /// The campaign of an invoice.
@@ -295,7 +326,13 @@ impl Billing {
             }
             let failed_at = attempt.effective_at();
             let declined = category(code);
-            let next = policy.next_step(declined, step_no, failed_at);
+            // A retry's time is the invoice's (learned or the policy's).
+            let next = match policy.next_step(declined, step_no, failed_at) {
+                NextStep::RetryAt(fixed) => {
+                    NextStep::RetryAt(attempt.next_retry_at.unwrap_or(fixed))
+                }
+                other => other,
+            };
             let template = Template::for_step(step_no_u32, steps_total, declined);
             let mut messages = Vec::new();
             let mut queue = |template: Template, due_at: OffsetDateTime, channels: &[Channel]| {

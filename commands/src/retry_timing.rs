@@ -178,6 +178,13 @@ impl RetryTiming {
         }
     }
 
+    /// Restarts the sampling generator at `seed`: billing seeds each decision
+    /// by its invoice and step, so a decision does not depend on how many
+    /// others were drawn before it (concurrent work, a restart).
+    pub fn reseed(&mut self, seed: u64) {
+        self.state = seed ^ 0x6A09_E667_F3BC_C908;
+    }
+
     /// Learns from one retry. Declines that are not retried on a schedule
     /// (hard, needs action, authentication) teach nothing about timing.
     pub fn observe(&mut self, outcome: &RetryOutcome) {

@@ -85,6 +85,8 @@ struct Index {
     collection_stopped: HashSet<InvoiceId>,
     /// Whether dunning messages are sent (a messenger is configured).
     sends_messages: bool,
+    /// Retries read and not yet handed to the learned timing.
+    retries_read: Vec<crate::retry_timing::RetryOutcome>,
     due: BTreeSet<(OffsetDateTime, Work)>,
     due_at: HashMap<Work, OffsetDateTime>,
 }
@@ -168,6 +170,13 @@ impl Index {
                 }
                 let state = self.invoices.entry(recorded.stream_id.clone()).or_default();
                 state.evolve(&event);
+                if let InvoiceEvent::PaymentFailed { attempt_no, .. }
+                | InvoiceEvent::PaymentSucceeded { attempt_no, .. } = &event
+                    && *attempt_no > 1
+                    && let Ok(outcomes) = crate::retry_timing::outcomes_of(state)
+                {
+                    self.retries_read.extend(outcomes.last().cloned());
+                }
                 let Some(id) = state.id else { return Ok(()) };
                 if let InvoiceEvent::InvoiceFinalized { totals, .. } = &event
                     && totals.total.is_negative()
@@ -393,6 +402,8 @@ impl Scheduler {
                 break;
             }
         }
+        let retries = std::mem::take(&mut index.retries_read);
+        self.billing.observe_retries(&retries);
         Ok(())
     }
 
