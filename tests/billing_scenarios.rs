@@ -2055,3 +2055,51 @@ async fn a_soft_decline_is_retried_in_the_slot_the_ledger_learned() {
     w.at(datetime!(2026-02-01 13:00 UTC)).await;
     assert_eq!(w.invoices_of(sub).await[1].attempts.len(), 3);
 }
+
+#[tokio::test]
+async fn a_card_about_to_expire_is_reminded_of_once_a_week_before() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (customer, _) = w
+        .failing_subscriber(Segment::Standard, "community_access", None)
+        .await;
+    // A card that works through March 2026: reminded on March 25.
+    let card = SimulatedGateway::tokenize("4242424242424242", 3, 2026).unwrap();
+    w.billing
+        .attach_payment_method(customer, card)
+        .await
+        .unwrap();
+    w.at(datetime!(2026-03-24 23:00 UTC)).await;
+    let reminders = |w: &World| {
+        w.messenger
+            .sent()
+            .iter()
+            .filter(|(_, _, t)| *t == Template::CardExpiring)
+            .map(|(_, c, _)| *c)
+            .collect::<Vec<_>>()
+    };
+    assert!(reminders(&w).is_empty(), "not before");
+    w.at(datetime!(2026-03-25 00:00 UTC)).await;
+    assert_eq!(reminders(&w), vec![Channel::Email, Channel::Sms]);
+    for day in 26..=31 {
+        w.at(datetime!(2026-03-01 00:00 UTC) + Duration::days(day - 1))
+            .await;
+    }
+    assert_eq!(reminders(&w).len(), 2, "once per card");
+    // A new card that works through May: its own reminder on May 25.
+    let renewed = SimulatedGateway::tokenize("5555555555554444", 5, 2026).unwrap();
+    w.billing
+        .attach_payment_method(customer, renewed)
+        .await
+        .unwrap();
+    w.at(datetime!(2026-05-24 00:00 UTC)).await;
+    assert_eq!(reminders(&w).len(), 2);
+    w.at(datetime!(2026-05-25 00:00 UTC)).await;
+    let outbox = w.billing.card_expiry_reminders(customer).await.unwrap();
+    assert_eq!(
+        reminders(&w).len(),
+        4,
+        "{:?} {:?}",
+        w.messenger.sent(),
+        outbox
+    );
+}

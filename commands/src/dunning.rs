@@ -22,6 +22,10 @@ use crate::tagged::domain_events;
 
 /// The stream category of campaigns.
 pub const CATEGORY: &str = "dunning";
+/// The stream category of card-expiry reminders (one stream per customer).
+pub const CARD_EXPIRY_CATEGORY: &str = "card_expiry";
+/// Days before a card on file stops working that its holder is reminded.
+pub const CARD_EXPIRY_REMINDER_DAYS: i64 = 7;
 /// The stream of the dunning policies in force.
 pub const POLICIES_STREAM: &str = "dunning_policies-all";
 /// Sends of one message before it is given up.
@@ -43,6 +47,31 @@ pub const TASK_TEXT_CHARS_MAX: usize = 500;
 /// Never for a valid id.
 pub fn stream(invoice: InvoiceId) -> Result<StreamId, LedgerError> {
     StreamId::parse(format!("{CATEGORY}-{}", invoice.0))
+}
+
+/// The card-expiry reminders stream of a customer.
+///
+/// # Errors
+/// Never for a valid id.
+pub fn card_expiry_stream(customer: CustomerId) -> Result<StreamId, LedgerError> {
+    StreamId::parse(format!("{CARD_EXPIRY_CATEGORY}-{}", customer.0))
+}
+
+/// When a card expiring at the end of `exp_month`/`exp_year` is reminded of:
+/// [`CARD_EXPIRY_REMINDER_DAYS`] before the first day of the next month (it
+/// works through its expiry month), or never for a malformed expiry.
+pub fn card_reminder_at(exp_month: u8, exp_year: u16) -> Option<OffsetDateTime> {
+    if !(1..=12).contains(&exp_month) {
+        return None;
+    }
+    let (year, month) = if exp_month == 12 {
+        (i32::from(exp_year) + 1, 1)
+    } else {
+        (i32::from(exp_year), exp_month + 1)
+    };
+    let month = time::Month::try_from(month).ok()?;
+    let first = time::Date::from_calendar_date(year, month, 1).ok()?;
+    Some(first.midnight().assume_utc() - Duration::days(CARD_EXPIRY_REMINDER_DAYS))
 }
 
 /// The policies stream.
@@ -361,6 +390,12 @@ pub enum DunningCommand {
         /// Now.
         now: OffsetDateTime,
     },
+    /// Queue a reminder outside any step (a card about to expire): once per
+    /// template and due time.
+    QueueReminder {
+        /// The messages, one per channel.
+        messages: Vec<QueuedMessage>,
+    },
     /// A sender claims a due message before sending it: decided on the
     /// campaign's version, so two senders never both send it.
     ClaimSend {
@@ -675,6 +710,17 @@ impl Aggregate for DunningCampaign {
                     at: now,
                 }])
             }
+            DunningCommand::QueueReminder { messages } => Ok(messages
+                .into_iter()
+                .filter(|m| {
+                    !self.messages.values().any(|q| {
+                        q.queued.template == m.template
+                            && q.queued.channel == m.channel
+                            && q.queued.due_at == m.due_at
+                    })
+                })
+                .map(|message| DunningEvent::DunningMessageQueued { message })
+                .collect()),
             DunningCommand::ClaimSend { message_id, now } => {
                 let message = self.message(message_id)?;
                 if message.send_at().is_none_or(|at| at > now) {
@@ -1201,6 +1247,20 @@ mod tests {
             let json = serde_json::to_string(&next).unwrap();
             assert_eq!(serde_json::from_str::<NextStep>(&json).unwrap(), next);
         }
+    }
+
+    #[test]
+    fn a_card_is_reminded_of_a_week_before_its_expiry_month_ends() {
+        assert_eq!(
+            card_reminder_at(3, 2026),
+            Some(datetime!(2026-03-25 00:00 UTC))
+        );
+        assert_eq!(
+            card_reminder_at(12, 2026),
+            Some(datetime!(2026-12-25 00:00 UTC))
+        );
+        assert_eq!(card_reminder_at(13, 2026), None);
+        assert_eq!(card_reminder_at(0, 2026), None);
     }
 
     #[test]

@@ -53,14 +53,16 @@ pub struct Notice {
     pub amount_due: Money,
     /// The customer, for the update-card link.
     pub customer_id: crate::ids::CustomerId,
-    /// The invoice, for the update-card link.
-    pub invoice_id: InvoiceId,
+    /// The invoice, for the update-card link (none for a card reminder).
+    pub invoice_id: Option<InvoiceId>,
     /// The step (failed attempts so far).
     pub step: u32,
     /// The policy's steps.
     pub steps_total: u32,
     /// The card on file's last four digits.
     pub last4: Option<String>,
+    /// The card on file's expiry (`2027-03`), for a card reminder.
+    pub expires_on: Option<String>,
     /// The offer made at this step, in words.
     pub offer: Option<String>,
     /// When it is sent (the billing clock's now): links expire from here.
@@ -673,10 +675,11 @@ impl Billing {
                     .unwrap_or_default(),
                 amount_due: invoice.amount_remaining(),
                 customer_id: subject.customer_id,
-                invoice_id: id,
+                invoice_id: Some(id),
                 step: message.step,
                 steps_total: policy.steps_total(),
                 last4: customer.payment_method.as_ref().map(|m| m.last4.clone()),
+                expires_on: None,
                 offer: campaign.offers.get(&message.step).and_then(offer_words),
                 sent_at: now,
             };
@@ -714,6 +717,147 @@ impl Billing {
                 .await?;
         }
         Ok(sent)
+    }
+
+    /// Reminds a customer whose card on file expires soon (by email and SMS,
+    /// [`dunning::CARD_EXPIRY_REMINDER_DAYS`] before it stops working), once
+    /// per card, through the outbox of the customer's `card_expiry` stream.
+    /// Returns how many messages were sent.
+    ///
+    /// # Errors
+    /// Ledger errors.
+    #[tracing::instrument(skip_all, fields(customer = %id))]
+    pub async fn remind_card_expiry(
+        &self,
+        id: crate::ids::CustomerId,
+        messenger: &dyn Messenger,
+    ) -> Result<u32, BillingError> {
+        let stream = dunning::card_expiry_stream(id)?;
+        let customer = self.customer(id).await?;
+        let now = self.now();
+        if let Some(card) = &customer.payment_method
+            && let Some(remind_at) = dunning::card_reminder_at(card.exp_month, card.exp_year)
+            && now >= remind_at
+            && now < remind_at + time::Duration::days(dunning::CARD_EXPIRY_REMINDER_DAYS)
+        {
+            let messages = [Channel::Email, Channel::Sms]
+                .into_iter()
+                .map(|channel| QueuedMessage {
+                    message_id: crate::context::new_id(remind_at),
+                    step: 0,
+                    channel,
+                    template: Template::CardExpiring,
+                    due_at: remind_at,
+                })
+                .collect::<Vec<_>>();
+            self.repo
+                .execute::<DunningCampaign, _>(&stream, &metadata(Source::Scheduler), |_| {
+                    Ok(DunningCommand::QueueReminder {
+                        messages: messages.clone(),
+                    })
+                })
+                .await?;
+        }
+        let (outbox, _) = self.repo.load_current::<DunningCampaign>(&stream).await?;
+        let due: Vec<QueuedMessage> = outbox
+            .due_messages(now)
+            .into_iter()
+            .map(|m| m.queued.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let contact = self.contact(id).await?;
+        let mut sent = 0;
+        for message in due {
+            let card = customer.payment_method.as_ref();
+            let notice = contact.as_ref().zip(card).and_then(|(c, card)| {
+                let to = match message.channel {
+                    Channel::Email => Some(c.email.clone()),
+                    Channel::Sms => c.phone.clone(),
+                    Channel::PhoneCall => None,
+                }?;
+                Some(Notice {
+                    message_id: message.message_id,
+                    channel: message.channel,
+                    template: message.template,
+                    to,
+                    customer_name: c.name.clone(),
+                    plan_name: String::new(),
+                    amount_due: Money::zero(recur_ledger::Currency::USD),
+                    customer_id: id,
+                    invoice_id: None,
+                    step: 0,
+                    steps_total: 0,
+                    last4: Some(card.last4.clone()),
+                    expires_on: Some(format!("{}-{:02}", card.exp_year, card.exp_month)),
+                    offer: None,
+                    sent_at: now,
+                })
+            });
+            let command = |command: DunningCommand| {
+                let stream = stream.clone();
+                async move {
+                    self.repo
+                        .execute::<DunningCampaign, _>(
+                            &stream,
+                            &metadata(Source::Scheduler),
+                            |_| Ok(command.clone()),
+                        )
+                        .await
+                }
+            };
+            let Some(notice) = notice else {
+                command(DunningCommand::CancelMessage {
+                    message_id: message.message_id,
+                    reason: "no_address".to_owned(),
+                    now,
+                })
+                .await?;
+                continue;
+            };
+            let claimed = command(DunningCommand::ClaimSend {
+                message_id: message.message_id,
+                now,
+            })
+            .await?;
+            if claimed.events.is_empty() {
+                continue;
+            }
+            let outcome = match messenger.send(&notice).await {
+                Ok(provider_id) => {
+                    sent += 1;
+                    DunningCommand::RecordSent {
+                        message_id: message.message_id,
+                        provider_id,
+                        now,
+                    }
+                }
+                Err(failure) => DunningCommand::RecordSendFailed {
+                    message_id: message.message_id,
+                    code: failure.code,
+                    retryable: failure.retryable,
+                    now,
+                },
+            };
+            command(outcome).await?;
+        }
+        Ok(sent)
+    }
+
+    /// A customer's card-expiry reminders (the outbox of its `card_expiry` stream).
+    ///
+    /// # Errors
+    /// Ledger errors.
+    pub async fn card_expiry_reminders(
+        &self,
+        id: crate::ids::CustomerId,
+    ) -> Result<DunningCampaign, BillingError> {
+        Ok(self
+            .repo
+            .load_current::<DunningCampaign>(&dunning::card_expiry_stream(id)?)
+            .await?
+            .0)
     }
 
     /// A person takes a campaign's phone task.

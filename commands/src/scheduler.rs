@@ -53,6 +53,8 @@ pub enum Work {
     Refund(InvoiceId),
     /// Send a dunning campaign's due messages (the outbox).
     Dunning(InvoiceId),
+    /// Remind a customer that the card on file expires soon.
+    CardReminder(CustomerId),
 }
 
 /// What one tick did.
@@ -81,6 +83,8 @@ struct Index {
     requested: HashMap<InvoiceId, (CustomerId, SubscriptionId, InvoiceRequest)>,
     /// Dunning campaigns with messages still to send.
     campaigns: HashMap<InvoiceId, DunningCampaign>,
+    /// Card-expiry reminders with messages still to send, by customer.
+    reminders: HashMap<CustomerId, DunningCampaign>,
     /// Invoices whose campaign ended leaving them past due: no more collection.
     collection_stopped: HashSet<InvoiceId>,
     /// Whether dunning messages are sent (a messenger is configured).
@@ -101,6 +105,7 @@ impl Index {
             // A refund changes nothing of its subscription: it never waits for
             // (nor holds up) the subscription's billing; nor does a message.
             Work::Refund(id) | Work::Dunning(id) => id.0,
+            Work::CardReminder(id) => id.0,
             Work::Invoice(id) => id
                 .stream()
                 .ok()
@@ -196,6 +201,18 @@ impl Index {
                 {
                     self.reschedule_invoice(invoice_id)?;
                 }
+                if self.sends_messages
+                    && let CustomerEvent::PaymentMethodAttached { method } = &event
+                    && let Some(at) =
+                        crate::dunning::card_reminder_at(method.exp_month, method.exp_year)
+                    && let Some(customer) = recorded
+                        .stream_id
+                        .as_str()
+                        .strip_prefix("customer-")
+                        .and_then(|text| CustomerId::parse(text).ok())
+                {
+                    self.schedule(Work::CardReminder(customer), Some(at));
+                }
                 if let CustomerEvent::PaymentMethodAttached { .. } = event {
                     // A new card: the customer's declined invoices are tried at
                     // once (billing decides whether the card changed).
@@ -218,6 +235,25 @@ impl Index {
                         .collect();
                     for id in declined {
                         self.schedule(Work::Invoice(id), Some(OffsetDateTime::UNIX_EPOCH));
+                    }
+                }
+            }
+            crate::dunning::CARD_EXPIRY_CATEGORY if self.sends_messages => {
+                let event: DunningEvent = decode_event(&recorded.payload).map_err(corrupt)?;
+                let Some(customer) = recorded
+                    .stream_id
+                    .as_str()
+                    .strip_prefix("card_expiry-")
+                    .and_then(|text| CustomerId::parse(text).ok())
+                else {
+                    return Ok(());
+                };
+                let outbox = self.reminders.entry(customer).or_default();
+                outbox.evolve(&event);
+                match outbox.next_send_at() {
+                    Some(at) => self.schedule(Work::CardReminder(customer), Some(at)),
+                    None => {
+                        self.reminders.remove(&customer);
                     }
                 }
             }
@@ -490,8 +526,17 @@ impl Scheduler {
             self.catch_up().await?;
             let mut index = self.index.lock().await;
             for work in ran.drain(..) {
-                if let Work::Invoice(id) = work {
-                    index.reschedule_invoice(id)?;
+                match work {
+                    Work::Invoice(id) => index.reschedule_invoice(id)?,
+                    // Done until its outbox has something to send again.
+                    Work::CardReminder(id) => {
+                        let next = index
+                            .reminders
+                            .get(&id)
+                            .and_then(DunningCampaign::next_send_at);
+                        index.schedule(work, next);
+                    }
+                    _ => {}
                 }
             }
         }
@@ -512,7 +557,7 @@ impl Scheduler {
             (Work::Invoice(_) | Work::Draft(_) | Work::Refund(_), Ok(_)) => {
                 report.invoice_steps += 1;
             }
-            (Work::Dunning(_), Ok(sent)) => report.messages_sent += sent,
+            (Work::Dunning(_) | Work::CardReminder(_), Ok(sent)) => report.messages_sent += sent,
             (work, Err(error)) => {
                 tracing::warn!(
                     ?work,
@@ -535,6 +580,10 @@ async fn run(
     match work {
         Work::Dunning(id) => match messenger {
             Some(messenger) => billing.send_dunning_messages(id, messenger).await,
+            None => Ok(0),
+        },
+        Work::CardReminder(id) => match messenger {
+            Some(messenger) => billing.remind_card_expiry(id, messenger).await,
             None => Ok(0),
         },
         // One period at a time: what falls due in between runs first.
