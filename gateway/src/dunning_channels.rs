@@ -15,7 +15,9 @@
 use recur_api::routes::update_card::UpdateCardConfig;
 use recur_commands::dunning_policy::Channel as PolicyChannel;
 use recur_commands::recovery::{Messenger, Notice, SendFailure, SendFuture};
-use recur_commands::update_card_link::{self, Claims, LINK_LIFETIME_DEFAULT};
+#[cfg(doc)]
+use recur_commands::update_card_link::LINK_LIFETIME_DEFAULT;
+use recur_commands::update_card_link::{self, Claims};
 use recur_ledger::{Currency, Money};
 use recur_notify::{
     Channel, Message, MessageVars, NotifyError, Outbound, Sender, SmtpConfig, SmtpMailer,
@@ -150,10 +152,6 @@ impl DunningChannels {
             }
         };
         let claims = Claims::new(notice.customer_id, Some(notice.invoice_id), notice.sent_at);
-        debug_assert_eq!(
-            claims.expires_at.unix_timestamp(),
-            (notice.sent_at + LINK_LIFETIME_DEFAULT).unix_timestamp()
-        );
         let link = update_card_link::url(
             &self.update_card.public_url,
             &update_card_link::sign(&self.update_card.key, &claims),
@@ -196,8 +194,9 @@ impl DunningChannels {
                 Ok(receipt.provider_id)
             }
             Err(error) => {
-                // The code only: the detail may be the server's words.
-                tracing::info!(
+                // The code only: the detail may be the server's words. (The
+                // outbox logs the failure too, by its code.)
+                tracing::debug!(
                     message_id = %message.message_id,
                     channel = %message.channel,
                     template = %message.template,
@@ -213,19 +212,7 @@ impl DunningChannels {
 
 impl Messenger for DunningChannels {
     fn send<'a>(&'a self, notice: &'a Notice) -> SendFuture<'a> {
-        Box::pin(async move {
-            let sent = self.send_notice(notice).await;
-            if let Err(failure) = &sent
-                && failure.code == NOT_CONFIGURED
-            {
-                tracing::debug!(
-                    message_id = %notice.message_id,
-                    template = notice.template.name(),
-                    "dunning message for a channel that is not configured"
-                );
-            }
-            sent
-        })
+        Box::pin(self.send_notice(notice))
     }
 }
 
@@ -313,7 +300,11 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use recur_commands::dunning::Template;
+    use recur_commands::update_card_link::LinkKey;
+    use recur_commands::{CustomerId, InvoiceId};
     use rust_decimal::prelude::FromStr;
+    use time::macros::datetime;
 
     fn money(amount: &str, currency: &str) -> Money {
         Money::new(
@@ -357,6 +348,118 @@ mod tests {
         assert_eq!(normalize_phone("555 0000001"), None, "no country code");
         assert_eq!(normalize_phone("+1 555 CALL-NOW"), None);
         assert_eq!(normalize_phone(""), None);
+    }
+
+    fn notice(channel: PolicyChannel, template: Template, to: &str) -> Notice {
+        Notice {
+            message_id: uuid::Uuid::now_v7(),
+            channel,
+            template,
+            to: to.to_owned(),
+            customer_name: "Ann Lee".to_owned(),
+            plan_name: "Pro Coaching".to_owned(),
+            amount_due: money("5000", "USD"),
+            customer_id: CustomerId(uuid::Uuid::now_v7()),
+            invoice_id: InvoiceId(uuid::Uuid::now_v7()),
+            step: 2,
+            steps_total: 5,
+            last4: Some("4242".to_owned()),
+            offer: Some("20% off your next invoice".to_owned()),
+            sent_at: datetime!(2026-03-01 12:00:30.5 UTC),
+        }
+    }
+
+    fn channels(email: bool, sms: bool) -> (DunningChannels, LinkKey) {
+        let key = LinkKey::from_bytes(&[9; 32]).unwrap();
+        let recorder = recur_notify::Recorder::new();
+        let channels = DunningChannels::new(
+            email.then(|| Outbound::Recorder(recorder.clone())),
+            sms.then(|| Outbound::Recorder(recorder.clone())),
+            UpdateCardConfig {
+                key: key.clone(),
+                public_url: "https://pay.example.com/".to_owned(),
+                business_name: "Coaching & Co".to_owned(),
+            },
+        );
+        (channels, key)
+    }
+
+    #[tokio::test]
+    async fn a_notice_becomes_a_message_with_its_link_and_the_channel_s_template() {
+        let (channels, key) = channels(true, true);
+        let sms = notice(PolicyChannel::Sms, Template::Offer, "+1 (555) 000-0001");
+        let message = channels.message(&sms).unwrap();
+        assert_eq!(message.channel, Channel::Sms);
+        assert_eq!(message.to, "+15550000001");
+        assert_eq!(message.template, "payment_failed_urgent");
+        assert_eq!(message.vars.amount, "$5,000.00");
+        assert_eq!(message.vars.business_name, "Coaching & Co");
+        let token = message
+            .vars
+            .payment_update_link
+            .strip_prefix("https://pay.example.com/update-card/")
+            .unwrap();
+        let claims = update_card_link::verify(&key, token, sms.sent_at).unwrap();
+        assert_eq!(claims.customer_id, sms.customer_id);
+        assert_eq!(claims.invoice_id, Some(sms.invoice_id));
+        assert_eq!(
+            claims.expires_at,
+            datetime!(2026-03-08 12:00:30 UTC),
+            "7 days after the send, to the second"
+        );
+        assert!(channels.send(&sms).await.is_ok());
+
+        let email = notice(PolicyChannel::Email, Template::Offer, " ann@example.com ");
+        let message = channels.message(&email).unwrap();
+        assert_eq!(
+            (message.template.as_str(), message.to.as_str()),
+            ("offer", "ann@example.com")
+        );
+        assert!(channels.send(&email).await.is_ok());
+
+        let bad = notice(PolicyChannel::Sms, Template::PaymentFailedUrgent, "call me");
+        let refused = channels.send(&bad).await.unwrap_err();
+        assert_eq!(
+            (refused.retryable, refused.code.as_str()),
+            (false, "invalid_recipient")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_channel_not_configured_fails_for_good() {
+        let (email_only, _) = channels(true, false);
+        let sms = notice(
+            PolicyChannel::Sms,
+            Template::PaymentFinalNotice,
+            "+1 555 0000001",
+        );
+        let refused = email_only.send(&sms).await.unwrap_err();
+        assert_eq!(
+            refused,
+            SendFailure {
+                retryable: false,
+                code: NOT_CONFIGURED.to_owned()
+            }
+        );
+        let (sms_only, _) = channels(false, true);
+        let email = notice(
+            PolicyChannel::Email,
+            Template::PaymentFailedGentle,
+            "a@b.test",
+        );
+        assert_eq!(
+            sms_only.send(&email).await.unwrap_err().code,
+            NOT_CONFIGURED
+        );
+        let call = notice(
+            PolicyChannel::PhoneCall,
+            Template::PaymentFailedGentle,
+            "+15550000001",
+        );
+        assert_eq!(
+            sms_only.send(&call).await.unwrap_err().code,
+            "unsupported_channel"
+        );
     }
 
     #[test]
