@@ -7,6 +7,7 @@
 //!   (flags with their environment variables, secrets that never print).
 //! - [`serve`]: `recur serve`, the API process.
 //! - [`demo`]: `recur demo`, a simulated business on a test clock.
+//! - [`dunning_channels`]: the dunning outbox's email (SMTP) and SMS senders.
 //! - [`ledger_cmd`], [`projections_cmd`]: verify, seal, back up, prove and
 //!   verify proofs; rebuild, relay, project; [`customer_cmd`]: erase a
 //!   customer's personal data, rewrap data keys; [`stripe_cmd`]: run the
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod customer_cmd;
 pub mod demo;
+pub mod dunning_channels;
 pub mod ledger_cmd;
 pub mod projections_cmd;
 pub mod rekey;

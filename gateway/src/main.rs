@@ -316,6 +316,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             gateway,
         } => {
             use std::io::IsTerminal;
+            let (channels, external) =
+                demo::DemoChannels::from_env().context("demo dunning channels")?;
+            if external && !quiet {
+                eprintln!("dunning messages go out through the configured SMTP / SMS channels");
+            }
             let options = DemoOptions {
                 seed,
                 customers,
@@ -325,7 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 progress: !quiet && std::io::stderr().is_terminal(),
                 master_keys,
                 payments: recur_gateway::stripe_cmd::demo_payments(gateway)?,
-                channels: demo::DemoChannels::in_memory(),
+                channels,
             };
             let (outcome, _) = demo::run(&options).await.context("demo")?;
             if json {

@@ -143,10 +143,6 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
             "RECUR_ADMIN_KEY is not set: only keys made with `recur keys create` can call the API"
         );
     }
-    let scheduler = Arc::new(Scheduler::new(
-        Arc::clone(&billing),
-        recur_commands::scheduler::CONCURRENCY_DEFAULT,
-    ));
     let read_models = recur_projections::db::Db::of(&ledger)
         .ok_or_else(|| anyhow::anyhow!("no database for the read models"))?;
     let projected = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -206,6 +202,24 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", options.listen))?;
     let address = listener.local_addr()?;
     let update_card = options.update_card.config(address.port())?;
+    let scheduler = Scheduler::new(
+        Arc::clone(&billing),
+        recur_commands::scheduler::CONCURRENCY_DEFAULT,
+    );
+    // The dunning outbox's channels: SMTP and SMS from the environment.
+    let scheduler = match crate::dunning_channels::DunningChannels::from_env(update_card.clone())
+        .context("dunning channels")?
+    {
+        Some(channels) => scheduler.with_messenger(Arc::new(channels)),
+        None => {
+            tracing::warn!(
+                "neither RECUR_SMTP_URL nor RECUR_SMS_ACCOUNT_SID is set: dunning messages stay \
+                 queued in the ledger until SMTP or SMS is configured"
+            );
+            scheduler
+        }
+    };
+    let scheduler = Arc::new(scheduler);
     let state = Arc::new(AppState {
         billing,
         keys,

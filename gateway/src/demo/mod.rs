@@ -75,7 +75,42 @@ impl DemoChannels {
             messenger: Arc::new(RecordingMessenger::default()),
         }
     }
+
+    /// Through SMTP and SMS when the environment configures them (as for
+    /// `recur serve`; `RECUR_SMTP_FROM` defaults to [`DEMO_SMTP_FROM`]), else in
+    /// memory. The update-card links are signed with a key made for this run,
+    /// under [`DEMO_PUBLIC_URL`] (the demo serves no page). Also answers
+    /// whether messages leave the process.
+    ///
+    /// # Errors
+    /// A channel half configured or malformed; no random key.
+    pub fn from_env() -> Result<(Self, bool), crate::dunning_channels::ChannelsError> {
+        use crate::dunning_channels::{ChannelsError, DunningChannels};
+        let key = recur_commands::update_card_link::LinkKey::generate()
+            .map_err(|e| ChannelsError::Config(format!("update-card link key: {e}")))?;
+        let update_card = recur_api::routes::update_card::UpdateCardConfig {
+            key,
+            public_url: DEMO_PUBLIC_URL.to_owned(),
+            business_name: recur_notify::DEFAULT_BUSINESS_NAME.to_owned(),
+        };
+        Ok(
+            match DunningChannels::from_env_with(update_card, Some(DEMO_SMTP_FROM))? {
+                Some(channels) => (
+                    Self {
+                        messenger: Arc::new(channels),
+                    },
+                    true,
+                ),
+                None => (Self::in_memory(), false),
+            },
+        )
+    }
 }
+
+/// The base of the demo's update-card links: it has no server.
+pub const DEMO_PUBLIC_URL: &str = "http://127.0.0.1";
+/// The demo's sender address when `RECUR_SMTP_FROM` is unset.
+pub const DEMO_SMTP_FROM: &str = "Recur demo <billing@demo.invalid>";
 
 impl std::fmt::Debug for DemoChannels {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
