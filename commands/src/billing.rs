@@ -119,6 +119,9 @@ pub struct Billing {
     pub(crate) vault: Option<Arc<Vault>>,
     /// When soft declines are retried, learned from the ledger's retries.
     pub(crate) retry_timing: std::sync::Mutex<crate::retry_timing::RetryTiming>,
+    /// The retries it learned from, by invoice and attempt: each once, however
+    /// many schedulers read it.
+    pub(crate) retries_learned: std::sync::Mutex<std::collections::HashSet<(InvoiceId, u32)>>,
     /// When each (actor, customer) last had a read of contact details recorded.
     pub(crate) recent_reads:
         std::sync::Mutex<std::collections::HashMap<(String, CustomerId), OffsetDateTime>>,
@@ -172,6 +175,7 @@ impl Billing {
             gateway,
             vault: None,
             retry_timing: std::sync::Mutex::new(crate::retry_timing::RetryTiming::new(0)),
+            retries_learned: std::sync::Mutex::default(),
             recent_reads: std::sync::Mutex::default(),
         })
     }

@@ -113,11 +113,13 @@ impl Template {
         }
     }
 
-    /// The template of step `step` of `steps_total`, for a decline of `category`.
+    /// The template of step `step` of `steps_total` (failed attempts; the
+    /// last is the final action's), for a decline of `category`.
     pub fn for_step(step: u32, steps_total: u32, category: DeclineCategory) -> Self {
         if category == DeclineCategory::Authentication {
             Self::AuthenticationRequired
-        } else if step >= steps_total {
+        } else if step + 1 >= steps_total {
+            // The last retry's step: what follows is the final action.
             Self::PaymentFinalNotice
         } else if step <= 1 {
             Self::PaymentFailedGentle
@@ -633,6 +635,20 @@ impl DunningCampaign {
             .collect()
     }
 
+    /// Every message not sent yet, canceled as `reason`: the campaign ended,
+    /// so nothing more goes out (a retrying one included).
+    fn cancel_unsent(&self, reason: &str, at: OffsetDateTime) -> Vec<DunningEvent> {
+        self.messages
+            .values()
+            .filter(|m| m.send_at().is_some())
+            .map(|m| DunningEvent::DunningMessageCanceled {
+                message_id: m.queued.message_id,
+                reason: reason.to_owned(),
+                at,
+            })
+            .collect()
+    }
+
     fn message(&self, id: Uuid) -> Result<&Message, DomainError> {
         self.messages.get(&id).ok_or_else(|| DomainError::NotFound {
             kind: "dunning message",
@@ -723,6 +739,9 @@ impl Aggregate for DunningCampaign {
                 .collect()),
             DunningCommand::ClaimSend { message_id, now } => {
                 let message = self.message(message_id)?;
+                if self.ending.is_some() {
+                    return Ok(Vec::new());
+                }
                 if message.send_at().is_none_or(|at| at > now) {
                     return Ok(Vec::new());
                 }
@@ -846,7 +865,7 @@ impl Aggregate for DunningCampaign {
                 if self.subject.is_none() || self.ending.is_some() {
                     return Ok(Vec::new());
                 }
-                let mut events = self.cancel_pending(at, "recovered", at);
+                let mut events = self.cancel_unsent("recovered", at);
                 events.push(DunningEvent::DunningEnded {
                     ending: Ending::Recovered {
                         amount,
@@ -860,7 +879,7 @@ impl Aggregate for DunningCampaign {
                 if self.subject.is_none() || self.ending.is_some() {
                     return Ok(Vec::new());
                 }
-                let mut events = self.cancel_pending(at, "exhausted", at);
+                let mut events = self.cancel_unsent("exhausted", at);
                 events.push(DunningEvent::DunningEnded {
                     ending: Ending::Exhausted { final_action },
                     at,
@@ -871,7 +890,7 @@ impl Aggregate for DunningCampaign {
                 if self.subject.is_none() || self.ending.is_some() {
                     return Ok(Vec::new());
                 }
-                let mut events = self.cancel_pending(at, "closed", at);
+                let mut events = self.cancel_unsent("closed", at);
                 events.push(DunningEvent::DunningEnded {
                     ending: Ending::Closed { reason },
                     at,
@@ -1174,7 +1193,22 @@ mod tests {
         let paid = at + Duration::hours(5);
         let amount = Money::new(Decimal::new(500_000, 2), Currency::USD);
         let events = execute(&mut campaign, DunningCommand::Recover { amount, at: paid }).unwrap();
-        assert_eq!(events.len(), 2, "{events:?}");
+        // Both unsent messages (the step's own, due already, and the reminder)
+        // are canceled, then the end.
+        assert_eq!(events.len(), 3, "{events:?}");
+        let first = *campaign.messages.keys().next().unwrap();
+        assert!(
+            execute(
+                &mut campaign,
+                DunningCommand::ClaimSend {
+                    message_id: first,
+                    now: paid
+                }
+            )
+            .unwrap()
+            .is_empty(),
+            "nothing is sent after the end"
+        );
         assert!(matches!(
             campaign.ending,
             Some((Ending::Recovered { after_step: 1, .. }, _))

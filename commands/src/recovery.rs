@@ -35,7 +35,7 @@ use crate::subscription::{
 };
 
 /// A message for a customer, ready for a channel: what the edge renders and sends.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Notice {
     /// The idempotency key and Message-ID.
     pub message_id: uuid::Uuid,
@@ -67,6 +67,18 @@ pub struct Notice {
     pub offer: Option<String>,
     /// When it is sent (the billing clock's now): links expire from here.
     pub sent_at: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Notice {
+    /// Ids, channel and template only: the address, name and plan stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Notice")
+            .field("message_id", &self.message_id)
+            .field("channel", &self.channel)
+            .field("template", &self.template)
+            .field("invoice_id", &self.invoice_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a send failed.
@@ -237,10 +249,15 @@ impl Billing {
         };
         // The learned time, within a window around the policy's; the
         // policy's own until the ledger holds enough retries of the slot.
-        let seed = invoice.id.map_or(0, |id| {
-            let (high, low) = id.0.as_u64_pair();
-            high ^ low ^ failed_attempts as u64
-        });
+        // Seeded by what the decision is about (not the invoice's random id),
+        // so a replayed business decides alike.
+        let seed = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (decline_code, failed_at.unix_timestamp(), failed_attempts).hash(&mut hasher);
+            invoice.amount_remaining().to_string().hash(&mut hasher);
+            hasher.finish()
+        };
         let Ok(mut timing) = self.retry_timing.lock() else {
             return Ok(next);
         };
@@ -252,9 +269,17 @@ impl Billing {
 
     /// Learns from retries of declined payments (the scheduler feeds every
     /// one it reads in the ledger, from the first event on).
-    pub fn observe_retries(&self, outcomes: &[crate::retry_timing::RetryOutcome]) {
-        if let Ok(mut timing) = self.retry_timing.lock() {
-            for outcome in outcomes {
+    pub fn observe_retries(
+        &self,
+        outcomes: &[(InvoiceId, u32, crate::retry_timing::RetryOutcome)],
+    ) {
+        let (Ok(mut timing), Ok(mut learned)) =
+            (self.retry_timing.lock(), self.retries_learned.lock())
+        else {
+            return;
+        };
+        for (invoice, attempt_no, outcome) in outcomes {
+            if learned.insert((*invoice, *attempt_no)) {
                 timing.observe(outcome);
             }
         }
@@ -324,6 +349,19 @@ impl Billing {
         for (step_no, attempt, code) in failed {
             let step_no_u32 = u32::try_from(step_no).unwrap_or(u32::MAX);
             if step_no_u32 <= campaign.last_step() || campaign.ending.is_some() {
+                // Recorded (or ended); its offer, if a crash came before it.
+                if step_no_u32 <= campaign.last_step()
+                    && !campaign.offers.contains_key(&step_no_u32)
+                {
+                    self.make_offers(
+                        invoice,
+                        &policy,
+                        step_no_u32,
+                        attempt.effective_at(),
+                        source,
+                    )
+                    .await?;
+                }
                 continue;
             }
             let failed_at = attempt.effective_at();
@@ -435,16 +473,24 @@ impl Billing {
         let given = if let Some(days) = offer.trial_extension_days {
             OfferGiven::TrialExtension { days }
         } else if let (Some(percent), Some(sub_id)) = (offer.percent_off, invoice.subscription_id) {
-            let code = offer_coupon(policy.segment, step)?;
-            self.ensure_offer_coupon(&code, percent, &offer).await?;
-            match self.apply_discount(sub_id, &code, Timing::Now).await {
-                Ok(_) => OfferGiven::Discount {
-                    coupon: code.to_string(),
-                },
-                Err(BillingError::Domain(error)) => OfferGiven::NotApplied {
-                    reason: error.code().to_owned(),
-                },
-                Err(error) => return Err(error),
+            let code = offer_coupon(policy.segment, step, percent, &offer)?;
+            let in_force = self.subscription(sub_id).await?.discount.is_some();
+            if in_force {
+                // The customer's own discount stays: an offer never raises a price.
+                OfferGiven::NotApplied {
+                    reason: "discount_in_force".to_owned(),
+                }
+            } else {
+                self.ensure_offer_coupon(&code, percent, &offer).await?;
+                match self.apply_discount(sub_id, &code, Timing::Now).await {
+                    Ok(_) => OfferGiven::Discount {
+                        coupon: code.to_string(),
+                    },
+                    Err(BillingError::Domain(error)) => OfferGiven::NotApplied {
+                        reason: error.code().to_owned(),
+                    },
+                    Err(error) => return Err(error),
+                }
             }
         } else {
             OfferGiven::NotApplied {
@@ -527,10 +573,17 @@ impl Billing {
                     };
                     // An invoice of an earlier period than the current one,
                     // which is paid: the subscription ends with that period.
-                    let paid_period_runs = sub.current_period.is_some_and(|p| {
-                        invoice.issued_at.is_some_and(|issued| issued < p.start)
-                            && sub.unsettled.len() <= 1
-                    });
+                    // Only the current period's own invoice (its start or
+                    // renewal) ends the subscription now; any other (an earlier
+                    // period's, a mid-period change's) leaves it to the end of
+                    // a period that may be paid for.
+                    let own_period_invoice = matches!(
+                        invoice.reason,
+                        Some(BillingReason::SubscriptionCreate | BillingReason::SubscriptionCycle)
+                    ) && sub
+                        .current_period
+                        .is_some_and(|p| invoice.issued_at.is_some_and(|issued| issued >= p.start));
+                    let paid_period_runs = !own_period_invoice;
                     let timing = if paid_period_runs {
                         Timing::PeriodEnd
                     } else {
@@ -903,14 +956,28 @@ impl Billing {
     }
 }
 
-/// The coupon of a policy's offer at a step (`DUNNING-STANDARD-4`).
-fn offer_coupon(segment: Segment, step: u32) -> Result<CouponCode, BillingError> {
+/// The coupon of a policy's offer at a step, named by its terms so that a
+/// changed policy makes a new coupon (`DUNNING-STANDARD-4-20OFF-ONCE`).
+fn offer_coupon(
+    segment: Segment,
+    step: u32,
+    percent: rust_decimal::Decimal,
+    offer: &crate::dunning_policy::Offer,
+) -> Result<CouponCode, BillingError> {
     let segment = match segment {
         Segment::Standard => "STANDARD",
         Segment::HighValue => "HIGH-VALUE",
         Segment::Trial => "TRIAL",
     };
-    Ok(CouponCode::parse(&format!("DUNNING-{segment}-{step}"))?)
+    let duration = match (offer.duration_months, offer.duration.as_deref()) {
+        (Some(months), _) => format!("{months}M"),
+        (None, Some("forever")) => "FOREVER".to_owned(),
+        _ => "ONCE".to_owned(),
+    };
+    let percent = percent.normalize().to_string().replace('.', "P");
+    Ok(CouponCode::parse(&format!(
+        "DUNNING-{segment}-{step}-{percent}OFF-{duration}"
+    ))?)
 }
 
 /// An offer in the customer's words.

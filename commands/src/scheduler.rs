@@ -87,10 +87,13 @@ struct Index {
     reminders: HashMap<CustomerId, DunningCampaign>,
     /// Invoices whose campaign ended leaving them past due: no more collection.
     collection_stopped: HashSet<InvoiceId>,
+    /// Each campaign's steps recorded and whether it ended: an open invoice
+    /// with more declines than steps lost its step to a crash and is visited.
+    campaign_steps: HashMap<InvoiceId, (u32, bool)>,
     /// Whether dunning messages are sent (a messenger is configured).
     sends_messages: bool,
     /// Retries read and not yet handed to the learned timing.
-    retries_read: Vec<crate::retry_timing::RetryOutcome>,
+    retries_read: Vec<(InvoiceId, u32, crate::retry_timing::RetryOutcome)>,
     due: BTreeSet<(OffsetDateTime, Work)>,
     due_at: HashMap<Work, OffsetDateTime>,
 }
@@ -178,9 +181,16 @@ impl Index {
                 if let InvoiceEvent::PaymentFailed { attempt_no, .. }
                 | InvoiceEvent::PaymentSucceeded { attempt_no, .. } = &event
                     && *attempt_no > 1
+                    && let Some(id) = state.id
                     && let Ok(outcomes) = crate::retry_timing::outcomes_of(state)
                 {
-                    self.retries_read.extend(outcomes.last().cloned());
+                    let attempt_no = *attempt_no;
+                    self.retries_read.extend(
+                        outcomes
+                            .last()
+                            .cloned()
+                            .map(|outcome| (id, attempt_no, outcome)),
+                    );
                 }
                 let Some(id) = state.id else { return Ok(()) };
                 if let InvoiceEvent::InvoiceFinalized { totals, .. } = &event
@@ -271,6 +281,18 @@ impl Index {
                         None => return Ok(()),
                     },
                 };
+                let progress = self.campaign_steps.entry(id).or_default();
+                match &event {
+                    DunningEvent::DunningStepDecided { step } => progress.0 = step.step,
+                    DunningEvent::DunningEnded { .. } => progress.1 = true,
+                    _ => {}
+                }
+                if matches!(
+                    event,
+                    DunningEvent::DunningStepDecided { .. } | DunningEvent::DunningEnded { .. }
+                ) {
+                    self.reschedule_invoice(id)?;
+                }
                 if let DunningEvent::DunningEnded {
                     ending:
                         Ending::Exhausted {
@@ -353,10 +375,19 @@ impl Index {
         let at = if self.grants_pending.contains(&id) {
             Some(OffsetDateTime::UNIX_EPOCH)
         } else {
-            invoice_work_at(invoice, unsettled, self.collection_stopped.contains(&id))
+            let (steps, ended) = self.campaign_steps.get(&id).copied().unwrap_or_default();
+            let step_missing = !ended
+                && crate::recovery::failed_attempts(invoice) > steps as usize
+                && invoice.status == InvoiceStatus::Open;
+            if step_missing && !self.collection_stopped.contains(&id) {
+                Some(OffsetDateTime::UNIX_EPOCH)
+            } else {
+                invoice_work_at(invoice, unsettled, self.collection_stopped.contains(&id))
+            }
         };
         if at.is_none() {
             self.invoices.remove(&stream);
+            self.campaign_steps.remove(&id);
         }
         self.schedule(Work::Invoice(id), at);
         Ok(())
