@@ -1320,6 +1320,17 @@ impl Billing {
     #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn collect(&self, id: InvoiceId, source: Source) -> Result<(), BillingError> {
         let invoice = self.invoice(id).await?;
+        if invoice.status == InvoiceStatus::Uncollectible
+            && let Some(last) = invoice.attempts.last()
+        {
+            // Written off by a final action that a crash cut short: finish it
+            // (each of its steps finds what it wrote).
+            let campaign = self.dunning_campaign(id).await?;
+            if campaign.subject.is_some() && campaign.ending.is_none() {
+                return self.give_up(&invoice, last.effective_at(), source).await;
+            }
+            return Ok(());
+        }
         self.finalize(invoice, None, source).await
     }
 

@@ -376,9 +376,12 @@ impl Index {
             Some(OffsetDateTime::UNIX_EPOCH)
         } else {
             let (steps, ended) = self.campaign_steps.get(&id).copied().unwrap_or_default();
+            // A step lost to a crash, or a final action cut short after the
+            // write-off (only the final action writes an invoice off).
             let step_missing = !ended
-                && crate::recovery::failed_attempts(invoice) > steps as usize
-                && invoice.status == InvoiceStatus::Open;
+                && ((crate::recovery::failed_attempts(invoice) > steps as usize
+                    && invoice.status == InvoiceStatus::Open)
+                    || (steps > 0 && invoice.status == InvoiceStatus::Uncollectible));
             if step_missing && !self.collection_stopped.contains(&id) {
                 Some(OffsetDateTime::UNIX_EPOCH)
             } else {
