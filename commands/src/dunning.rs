@@ -218,6 +218,8 @@ pub enum CallOutcome {
     NoAnswer,
     /// The number is wrong.
     WrongNumber,
+    /// Closed without a call: the campaign ended first (paid, voided, given up).
+    NotNeeded,
 }
 
 /// A task for a person: call the customer.
@@ -635,6 +637,19 @@ impl DunningCampaign {
             .collect()
     }
 
+    /// Open phone tasks, closed as not needed: the campaign ended.
+    fn close_tasks(&self, at: OffsetDateTime) -> Vec<DunningEvent> {
+        self.tasks
+            .iter()
+            .filter(|t| t.is_open())
+            .map(|t| DunningEvent::DunningTaskCompleted {
+                task_no: t.task_no,
+                outcome: CallOutcome::NotNeeded,
+                at,
+            })
+            .collect()
+    }
+
     /// Every message not sent yet, canceled as `reason`: the campaign ended,
     /// so nothing more goes out (a retrying one included).
     fn cancel_unsent(&self, reason: &str, at: OffsetDateTime) -> Vec<DunningEvent> {
@@ -866,6 +881,7 @@ impl Aggregate for DunningCampaign {
                     return Ok(Vec::new());
                 }
                 let mut events = self.cancel_unsent("recovered", at);
+                events.extend(self.close_tasks(at));
                 events.push(DunningEvent::DunningEnded {
                     ending: Ending::Recovered {
                         amount,
@@ -880,6 +896,10 @@ impl Aggregate for DunningCampaign {
                     return Ok(Vec::new());
                 }
                 let mut events = self.cancel_unsent("exhausted", at);
+                // Left past due, a person decides: the call is still wanted.
+                if final_action != FinalAction::LeavePastDue {
+                    events.extend(self.close_tasks(at));
+                }
                 events.push(DunningEvent::DunningEnded {
                     ending: Ending::Exhausted { final_action },
                     at,
@@ -891,6 +911,7 @@ impl Aggregate for DunningCampaign {
                     return Ok(Vec::new());
                 }
                 let mut events = self.cancel_unsent("closed", at);
+                events.extend(self.close_tasks(at));
                 events.push(DunningEvent::DunningEnded {
                     ending: Ending::Closed { reason },
                     at,
@@ -1194,8 +1215,9 @@ mod tests {
         let amount = Money::new(Decimal::new(500_000, 2), Currency::USD);
         let events = execute(&mut campaign, DunningCommand::Recover { amount, at: paid }).unwrap();
         // Both unsent messages (the step's own, due already, and the reminder)
-        // are canceled, then the end.
-        assert_eq!(events.len(), 3, "{events:?}");
+        // are canceled, the phone task closed, then the end.
+        assert_eq!(events.len(), 4, "{events:?}");
+        assert!(campaign.open_task().is_none());
         let first = *campaign.messages.keys().next().unwrap();
         assert!(
             execute(
