@@ -77,6 +77,16 @@ async fn the_demo_is_deterministic_for_a_seed_and_its_books_balance() {
     );
     assert_eq!(s.mrr_by_month.len(), 6);
     assert!(first.activity.customers == 60 && s.payments > 60);
+    // Dunning: every invoice with a decline has its campaign, messages went out,
+    // and no card that could not succeed was tried again.
+    assert_eq!(s.dunning.campaigns, s.failed_payments.invoices);
+    assert!(s.dunning.campaigns > 0, "{:?}", s.dunning);
+    assert!(
+        s.dunning.sent.get("email").copied().unwrap_or(0) > 0,
+        "{:?}",
+        s.dunning
+    );
+    assert_eq!(s.dunning.futile_retries, 0);
     // Cash in the gateway is what was collected less what was refunded.
     assert!(s.collected.is_positive());
     let customers: u64 = s.customers.values().sum();
