@@ -22,7 +22,7 @@ use super::routes::subscriptions;
     tags(
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
         (name = "catalog"), (name = "metrics"), (name = "events"), (name = "reconciliations"),
-        (name = "system"),
+        (name = "dunning"), (name = "system"),
     )
 )]
 pub struct ApiDoc;
