@@ -5,9 +5,9 @@
 //! failure rate. [`metrics`] answers `GET /v1/metrics/dunning`; [`tasks`] the
 //! phone-task list. docs/dunning.md ("Metrics") defines every number.
 //!
-//! Each event is one statement on its own row, so nothing is held in memory:
-//! a batch's statements commit with the checkpoint, and a replay writes the
-//! same rows.
+//! Each campaign event is one statement on its own row, so nothing is held in
+//! memory between batches; a batch's payment attempts are summed per invoice
+//! and written at its flush.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,12 +39,17 @@ pub const TASKS_MAX: usize = 500;
 
 /// The recovery projection.
 #[derive(Default)]
-pub struct Dunning;
+pub struct Dunning {
+    /// Payment attempts of this batch per invoice: (first attempt's time,
+    /// failed?), written once each at flush — a multi-row upsert may not touch
+    /// a row twice.
+    payments: BTreeMap<String, (i64, i64)>,
+}
 
 impl Dunning {
     /// A fresh projection.
     pub fn new() -> Self {
-        Self
+        Self::default()
     }
 }
 
@@ -126,8 +131,23 @@ impl Projection for Dunning {
         _ledger: &Ledger,
         _at: Position,
     ) -> Result<(), ProjectionError> {
-        // Nothing in memory: every event is a statement on its row.
+        // Nothing kept between batches.
+        self.payments.clear();
         Ok(())
+    }
+
+    fn flush(&mut self, writes: &mut Vec<Stmt>) {
+        for (invoice, (first, failed)) in std::mem::take(&mut self.payments) {
+            // A stored row keeps its first attempt; one failure marks it for good.
+            writes.push(Stmt::new(
+                format!(
+                    "INSERT INTO {PAYMENTS} (invoice_id, first_attempt_s, failed) VALUES (?, ?, ?)
+                     ON CONFLICT (invoice_id) DO UPDATE SET failed = CASE WHEN excluded.failed > {PAYMENTS}.failed
+                     THEN excluded.failed ELSE {PAYMENTS}.failed END"
+                ),
+                vec![invoice.into(), first.into(), failed.into()],
+            ));
+        }
     }
 
     async fn apply(
@@ -157,15 +177,10 @@ impl Projection for Dunning {
                     InvoiceEvent::PaymentSucceeded { at, .. } => (*at, 0),
                     _ => return Ok(()),
                 };
-                // The first attempt dates the invoice; one failure marks it for good.
-                writes.push(Stmt::new(
-                    format!(
-                        "INSERT INTO {PAYMENTS} (invoice_id, first_attempt_s, failed) VALUES (?, ?, ?)
-                         ON CONFLICT (invoice_id) DO UPDATE SET failed = CASE WHEN excluded.failed > {PAYMENTS}.failed
-                         THEN excluded.failed ELSE {PAYMENTS}.failed END"
-                    ),
-                    vec![invoice.into(), seconds(at), failed.into()],
-                ));
+                let at = at.unix_timestamp();
+                let entry = self.payments.entry(invoice).or_insert((at, failed));
+                entry.0 = entry.0.min(at);
+                entry.1 = entry.1.max(failed);
             }
             _ => {}
         }
@@ -306,37 +321,32 @@ fn campaign_write(
                 ],
             )
         }
-        DunningEvent::DunningEnded { ending, at } => {
-            let (kind, recovered, after_step, final_action) = match ending {
-                Ending::Recovered { amount, after_step } => (
-                    "recovered",
-                    Value::from(minor(*amount, delivered)?),
-                    Value::from(i64::from(*after_step)),
-                    Value::Null,
-                ),
-                Ending::Exhausted { final_action } => (
-                    "exhausted",
-                    Value::Null,
-                    Value::Null,
-                    Value::from(name(final_action)),
-                ),
-                Ending::Closed { .. } => ("closed", Value::Null, Value::Null, Value::Null),
-            };
-            Stmt::new(
+        // Only the columns that apply are set: a NULL parameter is bound as
+        // text, which Postgres refuses for an integer column.
+        DunningEvent::DunningEnded { ending, at } => match ending {
+            Ending::Recovered { amount, after_step } => Stmt::new(
                 format!(
-                    "UPDATE {CAMPAIGNS} SET ending = ?, ended_s = ?, recovered_minor = ?, recovered_after_step = ?,
-                     final_action = ? WHERE invoice_id = ?"
+                    "UPDATE {CAMPAIGNS} SET ending = 'recovered', ended_s = ?, recovered_minor = ?,
+                     recovered_after_step = ? WHERE invoice_id = ?"
                 ),
                 vec![
-                    kind.into(),
                     seconds(*at),
-                    recovered,
-                    after_step,
-                    final_action,
+                    minor(*amount, delivered)?.into(),
+                    i64::from(*after_step).into(),
                     invoice_value(),
                 ],
-            )
-        }
+            ),
+            Ending::Exhausted { final_action } => Stmt::new(
+                format!(
+                    "UPDATE {CAMPAIGNS} SET ending = 'exhausted', ended_s = ?, final_action = ? WHERE invoice_id = ?"
+                ),
+                vec![seconds(*at), name(final_action).into(), invoice_value()],
+            ),
+            Ending::Closed { .. } => Stmt::new(
+                format!("UPDATE {CAMPAIGNS} SET ending = 'closed', ended_s = ? WHERE invoice_id = ?"),
+                vec![seconds(*at), invoice_value()],
+            ),
+        },
     };
     writes.push(stmt);
     Ok(())
@@ -344,16 +354,16 @@ fn campaign_write(
 
 /// A message's new status (and when it was sent).
 fn message_status(message_id: uuid::Uuid, status: &str, sent: Option<OffsetDateTime>) -> Stmt {
-    Stmt::new(
-        format!(
-            "UPDATE {MESSAGES} SET status = ?, sent_s = COALESCE(?, sent_s) WHERE message_id = ?"
+    match sent {
+        Some(at) => Stmt::new(
+            format!("UPDATE {MESSAGES} SET status = ?, sent_s = ? WHERE message_id = ?"),
+            vec![status.into(), seconds(at), message_id.to_string().into()],
         ),
-        vec![
-            status.into(),
-            sent.map_or(Value::Null, seconds),
-            message_id.to_string().into(),
-        ],
-    )
+        None => Stmt::new(
+            format!("UPDATE {MESSAGES} SET status = ? WHERE message_id = ?"),
+            vec![status.into(), message_id.to_string().into()],
+        ),
+    }
 }
 
 /// How many campaigns of a kind there were, and how many of them recovered.
@@ -567,8 +577,9 @@ pub async fn metrics(db: &Db, from: Date, to: Date) -> Result<DunningMetrics, Db
             share.recovered += i64::from(recovered);
         }
         if let (true, Some(ended)) = (recovered, ended) {
-            m.recover_hours
-                .push((Decimal::from(ended - started) / Decimal::from(3_600)).round_dp(2));
+            let mut hours = (Decimal::from(ended - started) / Decimal::from(3_600)).round_dp(2);
+            hours.rescale(2);
+            m.recover_hours.push(hours);
         }
     }
     m.recover_hours.sort();
@@ -750,4 +761,46 @@ pub async fn tasks(db: &Db, status: TaskStatus) -> Result<(Vec<TaskRow>, bool), 
             .collect(),
         more,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_by_nearest_rank() {
+        let hours = |values: &[i64]| DunningMetrics {
+            recover_hours: values.iter().map(|h| Decimal::from(*h)).collect(),
+            ..DunningMetrics::default()
+        };
+        assert_eq!(hours(&[]).recover_hours_percentile(50), None);
+        let one = hours(&[7]);
+        assert_eq!(one.recover_hours_percentile(50), Some(Decimal::from(7)));
+        assert_eq!(one.recover_hours_percentile(90), Some(Decimal::from(7)));
+        // Ten values: the median is the 5th, the 90th percentile the 9th.
+        let ten = hours(&[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert_eq!(ten.recover_hours_percentile(50), Some(Decimal::from(5)));
+        assert_eq!(ten.recover_hours_percentile(90), Some(Decimal::from(9)));
+        // Four values: ranks 2 and 4.
+        let four = hours(&[1, 2, 3, 40]);
+        assert_eq!(four.recover_hours_percentile(50), Some(Decimal::from(2)));
+        assert_eq!(four.recover_hours_percentile(90), Some(Decimal::from(40)));
+    }
+
+    #[test]
+    fn months_follow_each_other_across_the_year() {
+        let day = |y, m, d| Date::from_calendar_date(y, m, d).ok();
+        assert_eq!(
+            Some(next_month(month_of(
+                day(2027, time::Month::December, 31).unwrap_or(Date::MIN)
+            ))),
+            day(2028, time::Month::January, 1)
+        );
+        assert_eq!(
+            Some(next_month(month_of(
+                day(2027, time::Month::January, 31).unwrap_or(Date::MIN)
+            ))),
+            day(2027, time::Month::February, 1)
+        );
+    }
 }
