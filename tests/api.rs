@@ -4894,8 +4894,17 @@ async fn dunning_customer(server: &Server, segment: &str, token: &str) -> String
 /// high-value one claimed by two people at the same time (one wins), then
 /// completed; the dunning metrics match the numbers worked out by hand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dunning_metrics_and_phone_tasks_over_http() {
-    let server = serve_from(Backend::Postgres, Some("2027-01-01T00:00:00Z")).await;
+async fn dunning_metrics_and_phone_tasks_over_http_postgres() {
+    dunning_metrics_and_phone_tasks_over_http(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dunning_metrics_and_phone_tasks_over_http_sqlite() {
+    dunning_metrics_and_phone_tasks_over_http(Backend::Sqlite).await;
+}
+
+async fn dunning_metrics_and_phone_tasks_over_http(backend: Backend) {
+    let server = serve_from(backend, Some("2027-01-01T00:00:00Z")).await;
     let mut keys = std::collections::HashMap::new();
     for role in ["billing", "support", "analyst"] {
         let made = server.post("/v1/api_keys", json!({"role": role})).await;

@@ -505,7 +505,9 @@ pub async fn metrics(db: &Db, from: Date, to: Date) -> Result<DunningMetrics, Db
     let in_range = format!(
         "SELECT invoice_id FROM {CAMPAIGNS} WHERE started_s >= ? AND started_s < ? AND ending <> 'closed'"
     );
-    let campaigns: Vec<(String, i64, i64, String, Option<i64>, Option<i64>)> = db
+    /// invoice, started, steps, ending, ended, recovered after step.
+    type CampaignRow = (String, i64, i64, String, Option<i64>, Option<i64>);
+    let campaigns: Vec<CampaignRow> = db
         .rows(&Stmt::new(
             format!(
                 "SELECT invoice_id, started_s, steps, ending, ended_s, recovered_after_step FROM {CAMPAIGNS}
