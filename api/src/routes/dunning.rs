@@ -177,7 +177,7 @@ fn status_name(claimed: bool, completed: bool) -> &'static str {
 /// Phone tasks of dunning campaigns (high-value customers' policy), oldest
 /// first: ids and amounts only.
 #[utoipa::path(get, operation_id = "dunning_tasks_list", path = "/v1/dunning/tasks", tag = "dunning",
-    params(("status" = Option<String>, Query, description = "open (default: nobody took it), claimed or completed")),
+    params(("status" = Option<StatusParam>, Query, description = "open (default: nobody took it), claimed or completed")),
     responses((status = 200, description = "Done", body = TaskList), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
               (status = 503, description = "The projection is behind", body = Problem)),
     security(("api_key" = ["admin", "billing", "support"])))]
