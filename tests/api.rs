@@ -4439,6 +4439,8 @@ async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
     let document = server
         .call(Method::GET, "/openapi.json", None, None, &[])
         .await;
+    // A phone task of the invoice (it has none: answered 404, never 5xx).
+    let task = format!("{invoice}.1");
     let mut routes = Vec::new();
     for (path, item) in document.body["paths"].as_object().unwrap() {
         let writes = item.get("post").is_some() || item.get("delete").is_some();
@@ -4452,9 +4454,10 @@ async fn arbitrary_bodies_to_every_write_route_never_get_a_5xx() {
             Some("plans") => "community_access",
             Some("tax_rates") => tax_rate.as_str(),
             Some("api_keys") => key_id.as_str(),
+            Some("dunning") => task.as_str(),
             _ => "",
         };
-        let path = path.replace("{id}", id);
+        let path = path.replace("{id}", id).replace("{task_id}", id);
         assert!(!path.contains('{'), "{path}: which resource?");
         for (method, name) in [(Method::POST, "post"), (Method::DELETE, "delete")] {
             if item.get(name).is_some() {
@@ -4873,4 +4876,358 @@ async fn a_signed_stripe_payment_webhook_pays_the_recur_invoice_in_the_backgroun
         ),
         "{stdout}"
     );
+}
+
+/// A customer of `segment` (no tax location, so an invoice is the plan's
+/// price) with the card `token`.
+async fn dunning_customer(server: &Server, segment: &str, token: &str) -> String {
+    let created = server
+        .post("/v1/customers", json!({"segment": segment}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let card = json!({"token": token, "brand": "visa", "last4": "0341", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{id}/payment_method"), card)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    id
+}
+
+/// Over HTTP: one declined invoice recovered, one high-value campaign
+/// exhausted (left past due), one paid at once; the phone task of the
+/// high-value one claimed by two people at the same time (one wins), then
+/// completed; the dunning metrics match the numbers worked out by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dunning_metrics_and_phone_tasks_over_http_postgres() {
+    dunning_metrics_and_phone_tasks_over_http(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dunning_metrics_and_phone_tasks_over_http_sqlite() {
+    dunning_metrics_and_phone_tasks_over_http(Backend::Sqlite).await;
+}
+
+async fn dunning_metrics_and_phone_tasks_over_http(backend: Backend) {
+    let server = serve_from(backend, Some("2027-01-01T00:00:00Z")).await;
+    let mut keys = std::collections::HashMap::new();
+    for role in ["billing", "support", "analyst"] {
+        let made = server.post("/v1/api_keys", json!({"role": role})).await;
+        assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+        keys.insert(role, made.body["key"].as_str().unwrap().to_owned());
+    }
+    // Paid at once; declined for want of funds (standard customer, first
+    // invoice: the trial policy, retry after 2 h); declined (high value).
+    let paying = dunning_customer(&server, "standard", "pm_card_visa").await;
+    let poor = dunning_customer(
+        &server,
+        "standard",
+        "pm_card_chargeDeclinedInsufficientFunds",
+    )
+    .await;
+    let valued = dunning_customer(&server, "high_value", "pm_card_chargeCustomerFail").await;
+    let mut first = std::collections::HashMap::new();
+    for customer in [&paying, &poor, &valued] {
+        let (created, ..) = server.community_subscription(customer).await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        first.insert(
+            customer.clone(),
+            created.body["invoices"][0].as_str().unwrap().to_owned(),
+        );
+    }
+    let lost_invoice = first[&valued].clone();
+
+    // The high-value campaign's first step asked for a call.
+    let open = server.get("/v1/dunning/tasks?status=open").await;
+    assert_eq!(open.status, StatusCode::OK, "{}", open.body);
+    let tasks = open.body["data"].as_array().unwrap();
+    assert_eq!(tasks.len(), 1, "{}", open.body);
+    let task_id = format!("{lost_invoice}.1");
+    assert_eq!(tasks[0]["task_id"], task_id.as_str());
+    assert_eq!(tasks[0]["invoice"], lost_invoice.as_str());
+    assert_eq!(tasks[0]["customer"], valued.as_str());
+    assert_eq!(tasks[0]["amount_due"], money("97.00"));
+    assert_eq!(tasks[0]["step"], 1);
+    assert_eq!(tasks[0]["status"], "open");
+    assert_eq!(tasks[0]["created_at"], "2027-01-01T00:00:00Z");
+    assert_eq!(tasks[0]["claimed_by"], Value::Null);
+    // No personal data: ids and amounts only.
+    assert!(tasks[0].get("contact").is_none() && tasks[0].get("email").is_none());
+
+    // Two people claim it at the same moment: exactly one wins.
+    let claim = |key: String, by: &'static str| {
+        let path = format!("/v1/dunning/tasks/{task_id}/claim");
+        let server = &server;
+        async move {
+            server
+                .call(
+                    Method::POST,
+                    &path,
+                    Some(&key),
+                    Some(json!({"by": by})),
+                    &[],
+                )
+                .await
+        }
+    };
+    let (sam, kim) = tokio::join!(
+        claim(keys["support"].clone(), "sam"),
+        claim(keys["billing"].clone(), "kim")
+    );
+    let mut statuses = [sam.status, kim.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::CONFLICT],
+        "{} {}",
+        sam.body,
+        kim.body
+    );
+    let (winner, loser, loser_key) = if sam.status == StatusCode::OK {
+        (sam, kim, keys["billing"].clone())
+    } else {
+        (kim, sam, keys["support"].clone())
+    };
+    assert_eq!(loser.body["code"], "invalid_transition", "{}", loser.body);
+    assert_eq!(winner.body["status"], "claimed", "{}", winner.body);
+    let holder = winner.body["claimed_by"].as_str().unwrap().to_owned();
+    // The loser tries again: still taken.
+    let again = claim(loser_key, if holder == "sam" { "kim" } else { "sam" }).await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{}", again.body);
+    let claimed = server.get("/v1/dunning/tasks?status=claimed").await;
+    assert_eq!(
+        claimed.body["data"][0]["claimed_by"],
+        holder.as_str(),
+        "{}",
+        claimed.body
+    );
+    assert_eq!(
+        server.get("/v1/dunning/tasks?status=open").await.body["data"],
+        json!([])
+    );
+
+    // Refusals: unknown, malformed, another's role, a bad outcome.
+    let unknown = format!("/v1/dunning/tasks/{lost_invoice}.7/claim");
+    let answer = server.post(&unknown, json!({"by": "sam"})).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+    assert_eq!(answer.body["code"], "dunning_task_not_found");
+    let nobody = format!("/v1/dunning/tasks/{}.1/claim", first[&paying]);
+    let answer = server.post(&nobody, json!({"by": "sam"})).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND, "{}", answer.body);
+    assert_eq!(answer.body["code"], "dunning_task_not_found");
+    for malformed in ["nope", "nope.1", &format!("{lost_invoice}.x")] {
+        let answer = server
+            .post(
+                &format!("/v1/dunning/tasks/{malformed}/claim"),
+                json!({"by": "sam"}),
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::NOT_FOUND,
+            "{malformed}: {}",
+            answer.body
+        );
+        assert_eq!(answer.body["code"], "dunning_task_not_found");
+    }
+    let complete = format!("/v1/dunning/tasks/{task_id}/complete");
+    let answer = server
+        .call(
+            Method::POST,
+            &complete,
+            Some(&keys["analyst"]),
+            Some(json!({"outcome": "will_pay"})),
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+    let answer = server.post(&complete, json!({"outcome": "maybe"})).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    let answer = server
+        .call(
+            Method::GET,
+            "/v1/dunning/tasks",
+            Some(&keys["analyst"]),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
+    let answer = server.get("/v1/dunning/tasks?status=lost").await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+
+    let done = server
+        .call(
+            Method::POST,
+            &complete,
+            Some(&keys["support"]),
+            Some(json!({"outcome": "will_pay"})),
+            &[],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::OK, "{}", done.body);
+    assert_eq!(done.body["status"], "completed");
+    assert_eq!(done.body["outcome"], "will_pay");
+    let completed = server.get("/v1/dunning/tasks?status=completed").await;
+    assert_eq!(
+        completed.body["data"][0]["task_id"],
+        task_id.as_str(),
+        "{}",
+        completed.body
+    );
+    assert_eq!(completed.body["data"][0]["outcome"], "will_pay");
+
+    // The poor customer's new card pays at the trial policy's retry, 2 h in.
+    let card = json!({"token": "pm_card_visa", "brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2040});
+    let attached = server
+        .post(&format!("/v1/customers/{poor}/payment_method"), card)
+        .await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.body);
+    let moved = server
+        .post(
+            "/v1/test_clock/advance",
+            json!({"to": "2027-01-01T02:00:00Z"}),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+    let paid = server.get(&format!("/v1/invoices/{}", first[&poor])).await;
+    assert_eq!(paid.body["status"], "paid", "{}", paid.body);
+    // The high-value schedule runs out 44 d 14 h 30 min after the first
+    // failure (2027-02-14 14:30): left past due. Six hours at a time, so
+    // every retry runs when it is due.
+    let mut at = time::macros::datetime!(2027-01-01 06:00 UTC);
+    while at <= time::macros::datetime!(2027-02-20 00:00 UTC) {
+        let to = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap();
+        let moved = server
+            .post("/v1/test_clock/advance", json!({"to": to}))
+            .await;
+        assert_eq!(moved.status, StatusCode::OK, "{}", moved.body);
+        at += time::Duration::hours(6);
+    }
+    let lost = server.get(&format!("/v1/invoices/{lost_invoice}")).await;
+    assert_eq!(lost.body["status"], "open", "{}", lost.body);
+    assert_eq!(
+        lost.body["attempts"].as_array().map(Vec::len),
+        Some(9),
+        "{}",
+        lost.body
+    );
+
+    // January: three invoices attempted, two declined; two campaigns, one
+    // recovered after its first step in 2 h, one exhausted after nine steps.
+    // Read once the projections hold every write.
+    let ledger = recur_ledger::Ledger::open(
+        recur_ledger::LedgerConfig::new(server.location.clone()),
+        std::sync::Arc::new(recur_ledger::SystemClock),
+    )
+    .await
+    .unwrap();
+    let head = ledger.last_position().await.unwrap().0;
+    let jan = server
+        .call(
+            Method::GET,
+            &format!("/v1/metrics/dunning?from=2027-01-01&to=2027-01-31&min_position={head}"),
+            Some(&keys["analyst"]),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(jan.status, StatusCode::OK, "{}", jan.body);
+    let m = &jan.body;
+    assert_eq!(m["object"], "dunning_metrics");
+    assert_eq!(m["invoices_attempted"], 3, "{m}");
+    assert_eq!(m["invoices_failed"], 2, "{m}");
+    assert_eq!(m["failure_rate"], "0.6667", "{m}");
+    assert_eq!(m["campaigns"], 2, "{m}");
+    assert_eq!(m["recovered"], 1, "{m}");
+    assert_eq!(m["exhausted"], 1, "{m}");
+    assert_eq!(m["running"], 0, "{m}");
+    assert_eq!(m["recovery_rate"], "0.5000", "{m}");
+    let steps = m["by_step"].as_array().unwrap();
+    assert_eq!(steps.len(), 9, "{m}");
+    assert_eq!(
+        steps[0],
+        json!({"key": "1", "campaigns": 2, "recovered": 1, "recovery_rate": "0.5000"})
+    );
+    for (n, step) in steps.iter().enumerate().skip(1) {
+        assert_eq!(
+            step,
+            &json!({"key": (n + 1).to_string(), "campaigns": 1, "recovered": 0, "recovery_rate": "0.0000"})
+        );
+    }
+    assert_eq!(
+        m["by_decline_category"],
+        json!([{"key": "soft", "campaigns": 2, "recovered": 1, "recovery_rate": "0.5000"}]),
+        "{m}"
+    );
+    // `recur serve` here has no messenger: nothing was sent, so no channel.
+    assert_eq!(m["by_channel"], json!([]), "{m}");
+    assert_eq!(
+        m["time_to_recover"],
+        json!({"campaigns": 1, "median_hours": "2.00", "p90_hours": "2.00"}),
+        "{m}"
+    );
+    assert_eq!(
+        m["revenue"],
+        json!([{"month": "2027-01", "recovered": money("97.00"), "lost": money("0.00")}]),
+        "{m}"
+    );
+    // By month of the end: recovered in January, lost in February.
+    let months = server
+        .get(&format!(
+            "/v1/metrics/dunning?from=2027-01-01&to=2027-02-28&min_position={head}"
+        ))
+        .await;
+    assert_eq!(months.status, StatusCode::OK, "{}", months.body);
+    assert_eq!(
+        months.body["revenue"],
+        json!([
+            {"month": "2027-01", "recovered": money("97.00"), "lost": money("0.00")},
+            {"month": "2027-02", "recovered": money("0.00"), "lost": money("97.00")}
+        ]),
+        "{}",
+        months.body
+    );
+    // Open now: what the whole history leaves running, and every task not completed.
+    assert_eq!(
+        months.body["campaigns_open"], months.body["running"],
+        "{}",
+        months.body
+    );
+    let open = server.get("/v1/dunning/tasks?status=open").await.body["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    let claimed = server.get("/v1/dunning/tasks?status=claimed").await.body["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert!(open >= 1, "the next step asked for another call");
+    assert_eq!(months.body["tasks_open"], open + claimed, "{}", months.body);
+
+    // The range is checked like every metric's.
+    let answer = server
+        .get("/v1/metrics/dunning?from=2027-02-01&to=2027-01-01")
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        answer.body
+    );
+    assert_eq!(answer.body["code"], "invalid_query");
+    let answer = server.get("/v1/metrics/dunning?from=yesterday").await;
+    assert_eq!(answer.body["code"], "invalid_query", "{}", answer.body);
 }

@@ -144,6 +144,10 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
         .routes(routes!(metrics::trial_balance))
         .routes(routes!(metrics::ar_aging))
         .routes(routes!(metrics::revenue_recognition))
+        .routes(routes!(metrics::dunning))
+        .routes(routes!(routes::dunning::list))
+        .routes(routes!(routes::dunning::claim))
+        .routes(routes!(routes::dunning::complete))
         .routes(routes!(events::list))
         .routes(routes!(system::create_key, system::list_keys))
         .routes(routes!(system::revoke_key))
@@ -335,7 +339,7 @@ mod tests {
                 "POST /webhooks/stripe"
             ]
         );
-        assert_eq!(declared, 50, "every other operation names its roles");
+        assert_eq!(declared, 54, "every other operation names its roles");
         assert_eq!(
             roles.of_route(&axum::http::Method::GET, "/v1/metrics/mrr"),
             Some(&[Role::Admin, Role::Billing, Role::Support, Role::Analyst][..])
@@ -379,7 +383,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(listed, 53);
+        assert_eq!(listed, 57);
         let components = api.components.as_ref().unwrap();
         let shared = serde_json::to_value(&components.responses["RateLimited"]).unwrap();
         assert_eq!(

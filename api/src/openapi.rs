@@ -10,19 +10,19 @@ use utoipa::{Modify, OpenApi};
 use super::dto;
 use super::limits::EXEMPT_PATHS;
 use super::problem::Problem;
-use super::routes::subscriptions;
+use super::routes::{dunning, subscriptions};
 
 /// The API's document: its description, shared schemas and security scheme;
 /// the paths come from the handlers themselves (`http::api_routes`).
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Recur", description = "Recur's command API: an event-sourced billing ledger. Errors are RFC 9457 problem details with a stable `code`."),
-    components(schemas(Problem, dto::MoneyDto, dto::ErasureReasonDto, subscriptions::Empty)),
+    components(schemas(Problem, dto::MoneyDto, dto::ErasureReasonDto, subscriptions::Empty, dunning::StatusParam)),
     modifiers(&BearerKeys),
     tags(
         (name = "customers"), (name = "subscriptions"), (name = "invoices"), (name = "coupons"),
         (name = "catalog"), (name = "metrics"), (name = "events"), (name = "reconciliations"),
-        (name = "system"),
+        (name = "dunning"), (name = "system"),
         (name = "update_card", description = "The hosted update-card page (HTML): public, its link's signed token is the credential"),
     )
 )]

@@ -144,6 +144,14 @@ pub async fn rebuild(
         Some("accounts") => rebuild_one(&ledger, Accounts::new(), progress).await?,
         Some("customers") => rebuild_one(&ledger, Customers::new(), progress).await?,
         Some("revenue") => rebuild_one(&ledger, Revenue::new(), progress).await?,
+        Some("dunning") => {
+            rebuild_one(
+                &ledger,
+                recur_projections::dunning::Dunning::new(),
+                progress,
+            )
+            .await?
+        }
         Some(_) => rebuild_one(&ledger, Mrr::new(), progress).await?,
     };
     let elapsed_ms = u64::try_from(started.elapsed().as_millis())

@@ -23,6 +23,8 @@
 //!   position.
 //! - [`revenue`]: revenue earned ratably by day per month and plan, billed, and
 //!   the deferred balance.
+//! - [`dunning`]: the recovery read model — campaigns, steps, messages, phone
+//!   tasks and offers — and the dunning metrics.
 //! - [`nats_feed`]: a projector fed by a durable JetStream consumer, with gaps
 //!   filled from the ledger and redeliveries skipped by the checkpoint.
 
@@ -30,6 +32,7 @@ pub mod accounts;
 pub mod analytics;
 pub mod customers;
 pub mod db;
+pub mod dunning;
 pub mod message;
 pub mod mrr;
 pub mod nats_feed;

@@ -252,5 +252,10 @@ pub async fn follow_all(
             Projector::open(ledger.clone(), crate::revenue::Revenue::new()).await?,
             stop.clone(),
         )),
+        tokio::spawn(follow(
+            feed("dunning").await?,
+            Projector::open(ledger.clone(), crate::dunning::Dunning::new()).await?,
+            stop.clone(),
+        )),
     ])
 }

@@ -5,12 +5,13 @@ use recur_ledger::{Ledger, Position};
 use crate::accounts::Accounts;
 use crate::customers::Customers;
 use crate::db::Db;
+use crate::dunning::Dunning;
 use crate::mrr::Mrr;
 use crate::revenue::Revenue;
 use crate::runtime::{Applier, ApplyBatch, Projection, ProjectionError, Projector, Rebuild, feed};
 
 /// The names, as `recur projections` takes them.
-pub const NAMES: &[&str] = &["mrr", "accounts", "customers", "revenue"];
+pub const NAMES: &[&str] = &["mrr", "accounts", "customers", "revenue", "dunning"];
 
 /// Each projection's name and the version it stores, with this process's settings.
 pub fn versions() -> Vec<(&'static str, u32)> {
@@ -19,6 +20,7 @@ pub fn versions() -> Vec<(&'static str, u32)> {
         (Accounts::NAME, Accounts::new().stored_version()),
         (Customers::NAME, Customers::new().stored_version()),
         (Revenue::NAME, Revenue::new().stored_version()),
+        (Dunning::NAME, Dunning::new().stored_version()),
     ]
 }
 
@@ -71,33 +73,36 @@ pub async fn checkpoints(db: &Db) -> Result<Vec<Checkpoint>, ProjectionError> {
 }
 
 /// What [`apply_all`] hands back: each applier, or why it stopped.
-type Applied<M, A, C, R> = (
+type Applied<M, A, C, R, D> = (
     Result<M, ProjectionError>,
     Result<A, ProjectionError>,
     Result<C, ProjectionError>,
     Result<R, ProjectionError>,
+    Result<D, ProjectionError>,
 );
 
 /// Reads the ledger once from the first event up to `until` and applies each
-/// page to all four, each on a task of its own; the reader's result (events read)
+/// page to all five, each on a task of its own; the reader's result (events read)
 /// and each applier back.
-async fn apply_all<M: ApplyBatch, A: ApplyBatch, C: ApplyBatch, R: ApplyBatch>(
+async fn apply_all<M: ApplyBatch, A: ApplyBatch, C: ApplyBatch, R: ApplyBatch, D: ApplyBatch>(
     ledger: &Ledger,
     until: Position,
-    (mrr, accounts, customers, revenue): (M, A, C, R),
+    (mrr, accounts, customers, revenue, dunning): (M, A, C, R, D),
     progress: impl FnMut(Position, u64),
-) -> (Result<u64, ProjectionError>, Applied<M, A, C, R>) {
-    let (mrr, accounts, customers, revenue) = (
+) -> (Result<u64, ProjectionError>, Applied<M, A, C, R, D>) {
+    let (mrr, accounts, customers, revenue, dunning) = (
         Applier::spawn(mrr),
         Applier::spawn(accounts),
         Applier::spawn(customers),
         Applier::spawn(revenue),
+        Applier::spawn(dunning),
     );
     let pages = vec![
         mrr.pages(),
         accounts.pages(),
         customers.pages(),
         revenue.pages(),
+        dunning.pages(),
     ];
     let fed = feed(ledger, until, pages, progress).await;
     let applied = (
@@ -105,6 +110,7 @@ async fn apply_all<M: ApplyBatch, A: ApplyBatch, C: ApplyBatch, R: ApplyBatch>(
         accounts.finish().await,
         customers.finish().await,
         revenue.finish().await,
+        dunning.finish().await,
     );
     (fed, applied)
 }
@@ -132,6 +138,8 @@ pub struct Projections {
     pub customers: Projector<Customers>,
     /// Revenue recognition.
     pub revenue: Projector<Revenue>,
+    /// The recovery read model.
+    pub dunning: Projector<Dunning>,
 }
 
 impl Projections {
@@ -145,6 +153,7 @@ impl Projections {
             accounts: Projector::open(ledger.clone(), Accounts::new()).await?,
             customers: Projector::open(ledger.clone(), Customers::new()).await?,
             revenue: Projector::open(ledger.clone(), Revenue::new()).await?,
+            dunning: Projector::open(ledger.clone(), Dunning::new()).await?,
         })
     }
 
@@ -161,14 +170,16 @@ impl Projections {
             Projector::<Accounts>::fresh(ledger.clone(), db.clone()).await?,
             Projector::<Customers>::fresh(ledger.clone(), db.clone()).await?,
             Projector::<Revenue>::fresh(ledger.clone(), db.clone()).await?,
+            Projector::<Dunning>::fresh(ledger.clone(), db.clone()).await?,
         );
-        let (fed, (mrr, accounts, customers, revenue)) =
+        let (fed, (mrr, accounts, customers, revenue, dunning)) =
             apply_all(ledger, at, all, |_, _| {}).await;
         // A projection's own error says more than the reader's.
         mrr?;
         accounts?;
         customers?;
         revenue?;
+        dunning?;
         fed?;
         Ok(db)
     }
@@ -190,22 +201,25 @@ impl Projections {
             self.accounts.start_rebuild().await?,
             self.customers.start_rebuild().await?,
             self.revenue.start_rebuild().await?,
+            self.dunning.start_rebuild().await?,
         );
         match apply_all(&ledger, Position(u64::MAX), all, progress).await {
-            (Ok(read), (Ok(mrr), Ok(accounts), Ok(customers), Ok(revenue))) => {
+            (Ok(read), (Ok(mrr), Ok(accounts), Ok(customers), Ok(revenue), Ok(dunning))) => {
                 self.mrr.finish_rebuild(mrr).await?;
                 self.accounts.finish_rebuild(accounts).await?;
                 self.customers.finish_rebuild(customers).await?;
                 self.revenue.finish_rebuild(revenue).await?;
+                self.dunning.finish_rebuild(dunning).await?;
                 Ok(read)
             }
-            (fed, (mrr, accounts, customers, revenue)) => {
+            (fed, (mrr, accounts, customers, revenue, dunning)) => {
                 let mut first = None;
                 for result in [
                     abandon(mrr).await,
                     abandon(accounts).await,
                     abandon(customers).await,
                     abandon(revenue).await,
+                    abandon(dunning).await,
                     fed.map(|_| ()),
                 ] {
                     if let (None, Err(error)) = (&first, result) {
@@ -227,6 +241,7 @@ impl Projections {
             self.accounts.catch_up().await,
             self.customers.catch_up().await,
             self.revenue.catch_up().await,
+            self.dunning.catch_up().await,
         ];
         match results.into_iter().find_map(Result::err) {
             Some(error) => Err(error),
@@ -241,6 +256,7 @@ impl Projections {
             .min(self.accounts.position())
             .min(self.customers.position())
             .min(self.revenue.position())
+            .min(self.dunning.position())
     }
 
     /// (name, version, position) of each, as this process holds them.
@@ -265,6 +281,11 @@ impl Projections {
                 self.revenue.describe().0,
                 self.revenue.describe().1,
                 self.revenue.position(),
+            ),
+            (
+                self.dunning.describe().0,
+                self.dunning.describe().1,
+                self.dunning.position(),
             ),
         ]
     }

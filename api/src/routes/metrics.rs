@@ -1226,3 +1226,177 @@ pub async fn mrr_at(
     };
     Ok(json_response(StatusCode::OK, &to_value(&body)?))
 }
+
+/// The recovery rate of one group of campaigns.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RecoveryShare {
+    /// The step number, channel (email, sms) or decline category.
+    pub key: String,
+    /// Campaigns in the group.
+    pub campaigns: i64,
+    /// Of those, recovered (for a step: recovered right after it).
+    pub recovered: i64,
+    /// recovered ÷ campaigns (4 decimals), if any.
+    pub recovery_rate: Option<String>,
+}
+
+/// Revenue recovered and lost in one month and currency.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct RecoveryMonth {
+    /// The month (YYYY-MM).
+    pub month: String,
+    /// Collected by campaigns that recovered in the month.
+    pub recovered: MoneyDto,
+    /// Owed on campaigns exhausted in the month (leave-past-due included).
+    pub lost: MoneyDto,
+}
+
+/// Time from a campaign's start to its recovery.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct TimeToRecover {
+    /// Recovered campaigns measured.
+    pub campaigns: i64,
+    /// Median hours (nearest rank, 2 decimals), if any.
+    pub median_hours: Option<String>,
+    /// 90th percentile hours (nearest rank, 2 decimals), if any.
+    pub p90_hours: Option<String>,
+}
+
+/// Dunning: how often payments fail and how much the campaigns recover.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct DunningMetricsDto {
+    /// Always "dunning_metrics".
+    pub object: &'static str,
+    /// First day (YYYY-MM-DD).
+    pub from: String,
+    /// Last day (YYYY-MM-DD).
+    pub to: String,
+    /// Invoices whose first payment attempt fell in the range.
+    pub invoices_attempted: i64,
+    /// Of those, with at least one declined attempt.
+    pub invoices_failed: i64,
+    /// invoices_failed ÷ invoices_attempted (4 decimals), if any.
+    pub failure_rate: Option<String>,
+    /// Campaigns started in the range (voided invoices' left out).
+    pub campaigns: i64,
+    /// Of those, recovered.
+    pub recovered: i64,
+    /// Of those, exhausted (the final action taken).
+    pub exhausted: i64,
+    /// Of those, still running.
+    pub running: i64,
+    /// recovered ÷ campaigns (4 decimals), if any.
+    pub recovery_rate: Option<String>,
+    /// Per step n: campaigns that reached it, recovered right after it.
+    pub by_step: Vec<RecoveryShare>,
+    /// Per channel: campaigns with a sent message of it, and of those recovered.
+    pub by_channel: Vec<RecoveryShare>,
+    /// Per decline category of the first failed attempt.
+    pub by_decline_category: Vec<RecoveryShare>,
+    /// Start to recovery.
+    pub time_to_recover: TimeToRecover,
+    /// Per month of the range, by when campaigns ended.
+    pub revenue: Vec<RecoveryMonth>,
+    /// Campaigns running now, whenever they started.
+    pub campaigns_open: i64,
+    /// Phone tasks not completed now.
+    pub tasks_open: i64,
+    /// The ledger position the projection had reached.
+    pub position: u64,
+}
+
+fn shares(shares: Vec<recur_projections::dunning::Share>) -> Vec<RecoveryShare> {
+    shares
+        .into_iter()
+        .map(|s| RecoveryShare {
+            recovery_rate: ratio_text(s.rate()),
+            key: s.key,
+            campaigns: s.campaigns,
+            recovered: s.recovered,
+        })
+        .collect()
+}
+
+/// Failure rate, recovery rate overall and by step, channel and decline
+/// category, time to recover, revenue recovered and lost per month, open
+/// campaigns and tasks (docs/dunning.md, "Metrics", defines each).
+#[utoipa::path(get, operation_id = "metrics_dunning", path = "/v1/metrics/dunning", tag = "metrics",
+    params(("from" = Option<String>, Query, description = "First day (default: the first of `to`'s month)"),
+           ("to" = Option<String>, Query, description = "Last day (default: today)"),
+           ("min_position" = Option<u64>, Query, description = "Wait until the projection has reached this ledger position"),
+           ("as_of_position" = Option<u64>, Query, description = "Answer as of this past ledger position (replays the ledger up to it)")),
+    responses((status = 200, description = "Done", body = DunningMetricsDto), (status = "4XX", description = "Refused: a problem with a stable code", body = Problem),
+              (status = 503, description = "The projection has not reached min_position", body = Problem)),
+    security(("api_key" = ["admin", "billing", "support", "analyst"])))]
+pub async fn dunning(
+    State(state): State<Arc<AppState>>,
+    _caller: Caller,
+    Params(query): Params<ReadingQueryRange>,
+) -> Result<Response, ApiError> {
+    let (from, to) = range(query.from.as_deref(), query.to.as_deref(), today(&state))?;
+    let reading = Reading {
+        min_position: query.min_position,
+        as_of_position: query.as_of_position,
+    };
+    let (db, position) = reading.read_models(&state).await?;
+    let m = recur_projections::dunning::metrics(&db, from, to)
+        .await
+        .map_err(unavailable)?;
+    let money = |minor: i64, currency: &str| -> Result<MoneyDto, ApiError> {
+        let currency = Currency::parse(currency)
+            .map_err(|_| unavailable(format!("a read model holds {currency:?} as a currency")))?;
+        Ok(Money::from_minor(minor, currency).into())
+    };
+    let revenue = m
+        .months
+        .iter()
+        .map(|month| {
+            Ok(RecoveryMonth {
+                month: month.month.to_string()[..7].to_owned(),
+                recovered: money(month.recovered_minor, &month.currency)?,
+                lost: money(month.lost_minor, &month.currency)?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let hours = |percent| ratio_text(m.recover_hours_percentile(percent));
+    let answer = DunningMetricsDto {
+        object: "dunning_metrics",
+        from: from.to_string(),
+        to: to.to_string(),
+        invoices_attempted: m.invoices_attempted,
+        invoices_failed: m.invoices_failed,
+        failure_rate: ratio_text(m.failure_rate()),
+        campaigns: m.campaigns,
+        recovered: m.recovered,
+        exhausted: m.exhausted,
+        running: m.running,
+        recovery_rate: ratio_text(m.recovery_rate()),
+        time_to_recover: TimeToRecover {
+            campaigns: i64::try_from(m.recover_hours.len()).unwrap_or(i64::MAX),
+            median_hours: hours(50),
+            p90_hours: hours(90),
+        },
+        revenue,
+        campaigns_open: m.campaigns_open,
+        tasks_open: m.tasks_open,
+        position,
+        by_step: shares(m.by_step),
+        by_channel: shares(m.by_channel),
+        by_decline_category: shares(m.by_category),
+    };
+    Ok(json_response(StatusCode::OK, &to_value(&answer)?))
+}
+
+/// A range of days, and which read models to read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingQueryRange {
+    /// First day (YYYY-MM-DD).
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD).
+    pub to: Option<String>,
+    /// Wait until the projection has reached this ledger position.
+    pub min_position: Option<u64>,
+    /// Answer as of this past ledger position.
+    pub as_of_position: Option<u64>,
+}

@@ -3,6 +3,7 @@
 pub mod catalog;
 pub mod coupons;
 pub mod customers;
+pub mod dunning;
 pub mod events;
 pub mod invoices;
 pub mod metrics;
