@@ -496,3 +496,42 @@ fn logs_to_a_pipe_carry_no_colour_codes_and_follow_rust_log() {
     );
     assert!(!logs.contains("\x1b["), "colour codes in a pipe: {logs:?}");
 }
+
+/// Issue 16: dunning policies from a file are checked before serving (the rule
+/// broken named) and put in force as an event when they differ.
+#[test]
+fn dunning_policies_from_a_file_are_checked_and_recorded_once() {
+    let dir = TempDir::new("dunning-policies");
+    let location = format!("sqlite:{}", dir.path("d.sqlite").display());
+    let shipped = include_str!("../commands/dunning/default.toml");
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, shipped.replace("[120, 1440, 4320]", "[0, 1440]")).unwrap();
+    let (code, stdout, stderr) = run(&["serve", "--database", &location, "--create"], |c| {
+        c.env("RECUR_DUNNING_POLICIES", &bad);
+    });
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("1 minute to 60 days"), "{stderr}");
+    assert!(!sqlite_files_exist(&dir.path("d.sqlite")), "nothing made");
+
+    let good = dir.path("good.toml");
+    std::fs::write(&good, shipped.replace("[120, 1440, 4320]", "[120, 2880]")).unwrap();
+    let policies_set = || {
+        let output = Command::new("sqlite3")
+            .arg(dir.path("d.sqlite"))
+            .arg("select count(*) from events where event_type = 'DunningPoliciesSet'")
+            .output()
+            .expect("sqlite3 (scripts/test.sh installs it)");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    for _ in 0..2 {
+        let server = serve(&["--database", &location, "--create"], |c| {
+            c.env("RECUR_DUNNING_POLICIES", &good);
+        });
+        drop(server);
+    }
+    assert_eq!(
+        policies_set(),
+        "1",
+        "set once, the second start finds them in force"
+    );
+}

@@ -279,6 +279,11 @@ pub struct ServeArgs {
     /// The update-card page: its links' key, the public URL, the business's name.
     #[command(flatten)]
     pub update_card: UpdateCardArgs,
+    /// Dunning policies (TOML, the shape of commands/dunning/default.toml): put
+    /// in force at start, recorded as an event when they differ from those in
+    /// force. Unset: the ledger's last policies, or the shipped ones.
+    #[arg(long, env = "RECUR_DUNNING_POLICIES", value_name = "FILE")]
+    pub dunning_policies: Option<std::path::PathBuf>,
 }
 
 /// `recur ledger …`

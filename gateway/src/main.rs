@@ -153,7 +153,28 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 .map(recur_gateway::seal_export::SealExport::target)
                 .transpose()
                 .context("--seal-export / RECUR_SEAL_EXPORT")?;
+            let dunning_policies = args
+                .dunning_policies
+                .as_ref()
+                .map(|path| {
+                    let text = std::fs::read_to_string(path).with_context(|| {
+                        format!(
+                            "--dunning-policies / RECUR_DUNNING_POLICIES: {}",
+                            path.display()
+                        )
+                    })?;
+                    recur_commands::dunning_policy::DunningPolicies::parse(&text).with_context(
+                        || {
+                            format!(
+                                "--dunning-policies / RECUR_DUNNING_POLICIES: {}",
+                                path.display()
+                            )
+                        },
+                    )
+                })
+                .transpose()?;
             serve::serve(serve::ServeOptions {
+                dunning_policies,
                 seal_export,
                 listen: args.listen,
                 missing: WhenMissing::create_if(args.create),

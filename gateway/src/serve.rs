@@ -48,6 +48,8 @@ pub struct ServeOptions {
     pub gateway: crate::cli::GatewayKind,
     /// The update-card page's settings.
     pub update_card: crate::config::UpdateCardArgs,
+    /// Dunning policies to put in force at start (read from RECUR_DUNNING_POLICIES).
+    pub dunning_policies: Option<recur_commands::dunning_policy::DunningPolicies>,
 }
 
 /// How often the in-process projections look for other processes' events (this
@@ -127,6 +129,12 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
         .await?
         .with_vault(Arc::new(vault)),
     );
+    if let Some(policies) = options.dunning_policies.clone() {
+        let version = billing
+            .set_dunning_policies(policies, recur_ledger::Source::Cli)
+            .await?;
+        tracing::info!(version, "dunning policies in force");
+    }
     let bootstrap = options
         .admin_key
         .as_ref()
