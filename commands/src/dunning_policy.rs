@@ -249,7 +249,13 @@ impl DunningPolicy {
         failed_attempts: usize,
         failed_at: OffsetDateTime,
     ) -> Vec<OffsetDateTime> {
-        let mut at = failed_at;
+        // A trial extension at this step moves everything after it.
+        let mut at = failed_at
+            + Duration::days(i64::from(
+                self.offers_at(u32::try_from(failed_attempts).unwrap_or(u32::MAX))
+                    .filter_map(|o| o.trial_extension_days)
+                    .sum::<u32>(),
+            ));
         failed_attempts
             .checked_sub(1)
             .and_then(|i| self.retry_after_minutes.get(i..))
@@ -347,6 +353,17 @@ mod tests {
         );
         assert_eq!(standard.remaining_step_times(1, at).len(), 5);
         assert_eq!(standard.steps_total(), 6);
+        // The trial's extension at step 2 moves its remaining steps too.
+        assert_eq!(
+            policies
+                .of(Segment::Trial)
+                .unwrap()
+                .remaining_step_times(2, at),
+            vec![
+                datetime!(2026-03-09 09:00 UTC),
+                datetime!(2026-03-12 09:00 UTC)
+            ]
+        );
         // The trial's extension at step 2 moves the next retry by its 7 days.
         let trial = policies.of(Segment::Trial).unwrap();
         assert_eq!(

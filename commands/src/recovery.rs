@@ -418,7 +418,10 @@ impl Billing {
                     } else {
                         due_at
                     };
-                    queue(template, due_at.max(failed_at), &email_only);
+                    // Not within a day of the step's own message.
+                    if due_at - failed_at >= time::Duration::days(1) {
+                        queue(template, due_at, &email_only);
+                    }
                 }
             }
             let decision = StepDecision {
