@@ -489,6 +489,18 @@ impl Billing {
                     Ok(_) => OfferGiven::Discount {
                         coupon: code.to_string(),
                     },
+                    // A concurrent recorder of the same step applied it first.
+                    Err(BillingError::Domain(DomainError::CouponAlreadyRedeemed(_)))
+                        if self
+                            .subscription(sub_id)
+                            .await?
+                            .discount
+                            .is_some_and(|d| d.coupon == code) =>
+                    {
+                        OfferGiven::Discount {
+                            coupon: code.to_string(),
+                        }
+                    }
                     Err(BillingError::Domain(error)) => OfferGiven::NotApplied {
                         reason: error.code().to_owned(),
                     },
