@@ -119,7 +119,9 @@ async fn wait_until_projected(location: &str, head: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let now = checkpoints(location).await;
-        if now.len() == 4 && now.iter().all(|(_, p)| u64::try_from(*p).unwrap() >= head) {
+        if now.len() == recur_projections::set::NAMES.len()
+            && now.iter().all(|(_, p)| u64::try_from(*p).unwrap() >= head)
+        {
             return;
         }
         assert!(
