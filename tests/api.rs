@@ -5174,6 +5174,7 @@ async fn dunning_metrics_and_phone_tasks_over_http(backend: Backend) {
     );
     // `recur serve` here has no messenger: nothing was sent, so no channel.
     assert_eq!(m["by_channel"], json!([]), "{m}");
+    assert_eq!(m["messages"], json!([]), "{m}");
     assert_eq!(
         m["time_to_recover"],
         json!({"campaigns": 1, "median_hours": "2.00", "p90_hours": "2.00"}),

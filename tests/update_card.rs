@@ -47,6 +47,11 @@ async fn serve() -> Server {
 
 /// [`serve`] with more `recur serve` options.
 async fn serve_with(extra: &[&str]) -> Server {
+    serve_with_env(extra, &[]).await
+}
+
+/// [`serve_with`] and more environment.
+async fn serve_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
     let store = common::postgres().await;
     let log = std::env::temp_dir().join(format!(
         "recur-update-card-{}.log",
@@ -73,6 +78,10 @@ async fn serve_with(extra: &[&str]) -> Server {
         .env_remove("RECUR_RATE_LIMIT_PER_KEY_BURST")
         .env_remove("RECUR_RATE_LIMIT_PER_ADDRESS_PER_S")
         .env_remove("RECUR_RATE_LIMIT_PER_ADDRESS_BURST")
+        .env_remove("RECUR_SMTP_URL")
+        .env_remove("RECUR_SMS_ACCOUNT_SID")
+        .env_remove("RECUR_SMS_URL")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -172,6 +181,14 @@ impl Server {
             .await;
         assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
         let customer = created.json()["id"].as_str().unwrap().to_owned();
+        let invoice = self.declined_invoice_of(&customer).await;
+        (customer, invoice)
+    }
+
+    /// A card that attaches but is declined when charged put on `customer`'s
+    /// file, and a community subscription whose first invoice is open after
+    /// the decline: the invoice.
+    async fn declined_invoice_of(&self, customer: &str) -> String {
         let failing = json!({"token": "pm_card_chargeCustomerFail", "brand": "visa",
                              "last4": "0341", "exp_month": 12, "exp_year": 2040});
         let attached = self
@@ -202,7 +219,7 @@ impl Server {
         let state = self.invoice(&invoice).await;
         assert_eq!(state["status"], "open", "{state}");
         assert_eq!(state["attempts"].as_array().unwrap().len(), 1, "{state}");
-        (customer, invoice)
+        invoice
     }
 
     /// A link for `customer` (and `invoice`) expiring at `expires_at`, signed
@@ -618,4 +635,186 @@ async fn the_page_renders_in_headless_chromium_with_its_form_and_the_amount_due(
         std::fs::copy(&png, Path::new(&dir).join("update-card-page.png")).unwrap();
     }
     let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// The test SMTP server, or a loud failure saying how to get one.
+fn smtp_server() -> (String, PathBuf) {
+    let (Ok(url), Ok(dir)) = (
+        std::env::var("RECUR_TEST_SMTP_URL"),
+        std::env::var("RECUR_TEST_SMTP_DIR"),
+    ) else {
+        panic!(
+            "RECUR_TEST_SMTP_URL and RECUR_TEST_SMTP_DIR are not set: run scripts/test.sh, which \
+             starts it (aiosmtpd with scripts/smtp/sink.py), or start one yourself: \
+             python3 -m venv /tmp/smtp && /tmp/smtp/bin/pip install aiosmtpd==1.4.6 && \
+             /tmp/smtp/bin/python scripts/smtp/sink.py --port 2525 --dir /tmp/mail & \
+             export RECUR_TEST_SMTP_URL=smtp://127.0.0.1:2525 RECUR_TEST_SMTP_DIR=/tmp/mail"
+        )
+    };
+    (url, PathBuf::from(dir))
+}
+
+/// The raw email whose `Message-ID` is `id`'s, if it arrived.
+fn email_with_id(dir: &Path, id: uuid::Uuid) -> Option<String> {
+    let wanted = format!("<{id}@recur>");
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| std::fs::read_to_string(entry.unwrap().path()).ok())
+        .find(|raw| {
+            raw.split("\r\n\r\n").next().is_some_and(|head| {
+                head.lines().any(|l| {
+                    l.split_once(':').is_some_and(|(key, value)| {
+                        key.eq_ignore_ascii_case("Message-ID") && value.trim() == wanted
+                    })
+                })
+            })
+        })
+}
+
+/// The campaign events of `invoice` as the ledger holds them.
+async fn campaign_events(
+    server: &Server,
+    invoice: &str,
+) -> Vec<recur_commands::dunning::DunningEvent> {
+    let stream = recur_commands::dunning::stream(InvoiceId::parse(invoice).unwrap()).unwrap();
+    server
+        .store
+        .read_stream(&stream, 1, 1_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| recur_commands::billing::decode_event(&r.payload).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn opening_a_dunning_emails_link_is_recorded_once_as_its_click_and_counted() {
+    use recur_commands::dunning::DunningEvent;
+    let (smtp_url, mail_dir) = smtp_server();
+    let server = serve_with_env(
+        &[],
+        &[
+            ("RECUR_SMTP_URL", smtp_url.as_str()),
+            ("RECUR_SMTP_FROM", "Billing <billing@recur.test>"),
+        ],
+    )
+    .await;
+    let created = server
+        .api(
+            reqwest::Method::POST,
+            "/v1/customers",
+            Some(json!({"contact": {"name": "Ann Lee", "email": "ann@example.com"}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let customer = created.json()["id"].as_str().unwrap().to_owned();
+    let invoice = server.declined_invoice_of(&customer).await;
+
+    // The scheduler's next round decides the campaign's first step and
+    // emails the customer through SMTP.
+    let moved = server
+        .api(
+            reqwest::Method::POST,
+            "/v1/test_clock/advance",
+            Some(json!({"seconds": 60})),
+        )
+        .await;
+    assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    let (email, sent_at) = campaign_events(&server, &invoice)
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            DunningEvent::DunningMessageSent { message_id, at, .. } => Some((message_id, at)),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no message sent:\n{}", server.logged()));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let raw = loop {
+        if let Some(raw) = email_with_id(&mail_dir, email) {
+            break raw;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "email {email} never reached the sink"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The text part's link (quoted-printable: soft line breaks removed).
+    let unfolded = raw.replace("=\r\n", "");
+    let start = unfolded
+        .find(update_card_link::PATH_PREFIX)
+        .expect("a link")
+        + update_card_link::PATH_PREFIX.len();
+    let token: String = unfolded[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .collect();
+    let token = token.trim_end_matches('.');
+    let claims = update_card_link::verify(&LinkKey::parse(LINK_KEY).unwrap(), token, sent_at)
+        .expect("the email's link verifies");
+    assert_eq!(claims.message_id, Some(email), "the link names its message");
+
+    // Opened twice: one click, at the first visit.
+    let url = format!("{}{}{token}", server.base, update_card_link::PATH_PREFIX);
+    for _ in 0..2 {
+        let page = server.page(&url).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    }
+    let clicks: Vec<_> = campaign_events(&server, &invoice)
+        .await
+        .into_iter()
+        .filter_map(|e| match e {
+            DunningEvent::DunningLinkClicked { message_id, .. } => Some(message_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(clicks, vec![email], "one click, for the email");
+
+    // A link naming a message the campaign never sent: the page still
+    // shows, nothing is written, and the log says why without the token.
+    let head = server.ledger_head().await;
+    let stray = Claims::new(
+        CustomerId::parse(&customer).unwrap(),
+        Some(InvoiceId::parse(&invoice).unwrap()),
+        sent_at,
+    )
+    .for_message(uuid::Uuid::now_v7());
+    let stray_token = update_card_link::sign(&LinkKey::parse(LINK_KEY).unwrap(), &stray);
+    let page = server
+        .page(&format!(
+            "{}{}{stray_token}",
+            server.base,
+            update_card_link::PATH_PREFIX
+        ))
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert_eq!(server.ledger_head().await, head, "nothing written");
+    let logged = server.logged();
+    assert!(logged.contains("not recorded as a click"), "{logged}");
+    assert!(
+        !logged.contains(&stray_token),
+        "the token never reaches the log"
+    );
+
+    // The metrics count the email sent and clicked.
+    let metrics = server
+        .api(
+            reqwest::Method::GET,
+            &format!("/v1/metrics/dunning?min_position={head}"),
+            None,
+        )
+        .await;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text);
+    let messages = metrics.json()["messages"].clone();
+    let email_row = messages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["channel"] == "email")
+        .unwrap_or_else(|| panic!("no email row: {messages}"))
+        .clone();
+    assert_eq!(
+        email_row,
+        json!({"channel": "email", "sent": 1, "clicked": 1, "click_rate": "1.0000"})
+    );
 }

@@ -192,6 +192,9 @@ pub struct Message {
     pub queued: QueuedMessage,
     /// Where it stands.
     pub delivery: Delivery,
+    /// When the customer first opened the message's update-card link, if
+    /// they did (opens of the message itself are not tracked: no pixels).
+    pub clicked_at: Option<OffsetDateTime>,
 }
 
 impl Message {
@@ -437,6 +440,14 @@ pub enum DunningCommand {
         /// Now.
         now: OffsetDateTime,
     },
+    /// The customer opened a message's update-card link (the first time
+    /// counts; later visits change nothing).
+    RecordClick {
+        /// Which.
+        message_id: Uuid,
+        /// Now.
+        now: OffsetDateTime,
+    },
     /// A person takes a phone task.
     ClaimTask {
         /// Which.
@@ -547,6 +558,14 @@ domain_events! {
             #[serde(with = "time::serde::rfc3339")]
             at: OffsetDateTime,
         },
+        /// The customer opened the message's update-card link (first visit).
+        DunningLinkClicked {
+            /// Which.
+            message_id: Uuid,
+            /// When.
+            #[serde(with = "time::serde::rfc3339")]
+            at: OffsetDateTime,
+        },
         /// A person is asked to call the customer.
         DunningTaskCreated {
             /// The task.
@@ -603,6 +622,7 @@ impl DomainEvent for DunningEvent {
             Self::DunningMessageSent { .. } => "DunningMessageSent",
             Self::DunningMessageFailed { .. } => "DunningMessageFailed",
             Self::DunningMessageCanceled { .. } => "DunningMessageCanceled",
+            Self::DunningLinkClicked { .. } => "DunningLinkClicked",
             Self::DunningTaskCreated { .. } => "DunningTaskCreated",
             Self::DunningTaskClaimed { .. } => "DunningTaskClaimed",
             Self::DunningTaskCompleted { .. } => "DunningTaskCompleted",
@@ -827,6 +847,16 @@ impl Aggregate for DunningCampaign {
                     at: now,
                 }])
             }
+            DunningCommand::RecordClick { message_id, now } => {
+                let message = self.message(message_id)?;
+                if message.clicked_at.is_some() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DunningEvent::DunningLinkClicked {
+                    message_id,
+                    at: now,
+                }])
+            }
             DunningCommand::ClaimTask { task_no, by, now } => {
                 crate::text::check_text("by", &by, TASK_TEXT_CHARS_MAX, false)?;
                 let task = self.task(task_no)?;
@@ -934,6 +964,7 @@ impl Aggregate for DunningCampaign {
                     Message {
                         queued: message.clone(),
                         delivery: Delivery::Queued,
+                        clicked_at: None,
                     },
                 );
             }
@@ -984,6 +1015,11 @@ impl Aggregate for DunningCampaign {
                     m.delivery = Delivery::Canceled {
                         reason: reason.clone(),
                     };
+                }
+            }
+            DunningEvent::DunningLinkClicked { message_id, at } => {
+                if let Some(m) = self.messages.get_mut(message_id) {
+                    m.clicked_at = Some(*at);
                 }
             }
             DunningEvent::DunningTaskCreated { task } => self.tasks.push(task.clone()),
@@ -1246,6 +1282,39 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_link_click_is_recorded_once_and_only_for_a_message_of_the_campaign() {
+        let at = datetime!(2026-03-01 09:00 UTC);
+        let mut campaign = DunningCampaign::default();
+        execute(&mut campaign, decision(1, at, &[])).unwrap();
+        let id = *campaign.messages.keys().next().unwrap();
+        let click = |message_id, now| DunningCommand::RecordClick { message_id, now };
+        let first = execute(&mut campaign, click(id, at + Duration::hours(2))).unwrap();
+        assert!(matches!(
+            first.as_slice(),
+            [DunningEvent::DunningLinkClicked { message_id, .. }] if *message_id == id
+        ));
+        assert_eq!(
+            campaign.messages[&id].clicked_at,
+            Some(at + Duration::hours(2))
+        );
+        // A second visit: nothing, and the first time stands.
+        assert!(
+            execute(&mut campaign, click(id, at + Duration::hours(3)))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            campaign.messages[&id].clicked_at,
+            Some(at + Duration::hours(2))
+        );
+        // A message this campaign never queued.
+        assert!(matches!(
+            execute(&mut campaign, click(Uuid::now_v7(), at)),
+            Err(DomainError::NotFound { .. })
+        ));
     }
 
     #[test]

@@ -928,6 +928,27 @@ impl Billing {
             .0)
     }
 
+    /// The customer opened the update-card link of a campaign's message: the
+    /// first visit is recorded as `DunningLinkClicked`, later ones change
+    /// nothing. Answers whether this visit was the first.
+    ///
+    /// # Errors
+    /// No such message in the campaign; ledger errors.
+    pub async fn record_dunning_click(
+        &self,
+        id: InvoiceId,
+        message_id: uuid::Uuid,
+    ) -> Result<bool, BillingError> {
+        let now = self.now();
+        let executed = self
+            .campaign_command(id, Source::Api, |_| DunningCommand::RecordClick {
+                message_id,
+                now,
+            })
+            .await?;
+        Ok(!executed.events.is_empty())
+    }
+
     /// A person takes a campaign's phone task.
     ///
     /// # Errors

@@ -151,7 +151,8 @@ impl DunningChannels {
                 normalize_phone(&notice.to).ok_or_else(|| failure(false, "invalid_recipient"))?
             }
         };
-        let claims = Claims::new(notice.customer_id, notice.invoice_id, notice.sent_at);
+        let claims = Claims::new(notice.customer_id, notice.invoice_id, notice.sent_at)
+            .for_message(notice.message_id);
         let link = update_card_link::url(
             &self.update_card.public_url,
             &update_card_link::sign(&self.update_card.key, &claims),

@@ -34,6 +34,8 @@ pub const TASKS: &str = "dunning_tasks_v1";
 pub const OFFERS: &str = "dunning_offers_v1";
 /// One row per invoice that attempted a payment.
 pub const PAYMENTS: &str = "dunning_payments_v1";
+/// First visits through a message's update-card link.
+pub const CLICKS: &str = "dunning_clicks_v1";
 /// The most tasks one list answers.
 pub const TASKS_MAX: usize = 500;
 
@@ -77,10 +79,11 @@ fn minor(money: Money, event: &Delivered) -> Result<i64, ProjectionError> {
 
 impl Projection for Dunning {
     const NAME: &'static str = "dunning";
-    const VERSION: u32 = 1;
+    // 2: link clicks.
+    const VERSION: u32 = 2;
 
     fn tables(&self) -> Vec<&'static str> {
-        vec![CAMPAIGNS, STEPS, MESSAGES, TASKS, OFFERS, PAYMENTS]
+        vec![CAMPAIGNS, STEPS, MESSAGES, TASKS, OFFERS, PAYMENTS, CLICKS]
     }
 
     fn schema(&self) -> Vec<Stmt> {
@@ -118,6 +121,10 @@ impl Projection for Dunning {
             format!(
                 "CREATE TABLE IF NOT EXISTS {PAYMENTS} (invoice_id TEXT PRIMARY KEY, first_attempt_s BIGINT NOT NULL,
                  failed BIGINT NOT NULL)"
+            ),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {CLICKS} (message_id TEXT PRIMARY KEY, invoice_id TEXT NOT NULL,
+                 clicked_s BIGINT NOT NULL)"
             ),
         ]
         .into_iter()
@@ -266,6 +273,13 @@ fn campaign_write(
         DunningEvent::DunningMessageCanceled { message_id, .. } => {
             message_status(*message_id, "canceled", None)
         }
+        DunningEvent::DunningLinkClicked { message_id, at } => Stmt::new(
+            format!(
+                "INSERT INTO {CLICKS} (message_id, invoice_id, clicked_s) VALUES (?, ?, ?)
+                 ON CONFLICT (message_id) DO NOTHING"
+            ),
+            vec![message_id.to_string().into(), invoice_value(), seconds(*at)],
+        ),
         DunningEvent::DunningTaskCreated { task } => Stmt::new(
             format!(
                 "INSERT INTO {TASKS} (invoice_id, task_no, step, created_s, position) VALUES (?, ?, ?, ?, ?)
@@ -384,6 +398,24 @@ impl Share {
     }
 }
 
+/// Messages of one channel sent, and of those clicked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelClicks {
+    /// email or sms.
+    pub channel: String,
+    /// Messages sent (by campaigns of the range).
+    pub sent: i64,
+    /// Of those, whose update-card link was opened.
+    pub clicked: i64,
+}
+
+impl ChannelClicks {
+    /// clicked ÷ sent, four places; None without messages.
+    pub fn rate(&self) -> Option<Decimal> {
+        ratio(self.clicked, self.sent)
+    }
+}
+
 /// Revenue recovered and lost in one month and currency.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MonthMoney {
@@ -418,6 +450,8 @@ pub struct DunningMetrics {
     pub by_channel: Vec<Share>,
     /// Per decline category of the first step.
     pub by_category: Vec<Share>,
+    /// Per channel: messages sent and clicked.
+    pub clicks: Vec<ChannelClicks>,
     /// Hours from start to recovery of the recovered ones, in order (nearest rank).
     pub recover_hours: Vec<Decimal>,
     /// Per month of the range (by the campaign's end), recovered and lost.
@@ -533,6 +567,25 @@ pub async fn metrics(db: &Db, from: Date, to: Date) -> Result<DunningMetrics, Db
         ))
         .await?
         .into_iter()
+        .collect();
+
+    m.clicks = db
+        .rows::<(String, i64, i64)>(&Stmt::new(
+            format!(
+                "SELECT m.channel, COUNT(*), COUNT(c.message_id) FROM {MESSAGES} m
+                 LEFT JOIN {CLICKS} c ON c.message_id = m.message_id
+                 WHERE m.status = 'sent' AND m.invoice_id IN ({in_range})
+                 GROUP BY m.channel ORDER BY m.channel"
+            ),
+            range(),
+        ))
+        .await?
+        .into_iter()
+        .map(|(channel, sent, clicked)| ChannelClicks {
+            channel,
+            sent,
+            clicked,
+        })
         .collect();
 
     let mut by_step: BTreeMap<i64, Share> = BTreeMap::new();

@@ -1240,6 +1240,19 @@ pub struct RecoveryShare {
     pub recovery_rate: Option<String>,
 }
 
+/// Dunning messages of one channel: sent, and of those clicked.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct MessageClicks {
+    /// email or sms.
+    pub channel: String,
+    /// Messages sent by the range's campaigns.
+    pub sent: i64,
+    /// Of those, whose update-card link the customer opened.
+    pub clicked: i64,
+    /// clicked ÷ sent (4 decimals), if any.
+    pub click_rate: Option<String>,
+}
+
 /// Revenue recovered and lost in one month and currency.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct RecoveryMonth {
@@ -1293,6 +1306,8 @@ pub struct DunningMetricsDto {
     pub by_channel: Vec<RecoveryShare>,
     /// Per decline category of the first failed attempt.
     pub by_decline_category: Vec<RecoveryShare>,
+    /// Per channel: messages sent and clicked (opens are not tracked).
+    pub messages: Vec<MessageClicks>,
     /// Start to recovery.
     pub time_to_recover: TimeToRecover,
     /// Per month of the range, by when campaigns ended.
@@ -1383,6 +1398,16 @@ pub async fn dunning(
         by_step: shares(m.by_step),
         by_channel: shares(m.by_channel),
         by_decline_category: shares(m.by_category),
+        messages: m
+            .clicks
+            .iter()
+            .map(|c| MessageClicks {
+                channel: c.channel.clone(),
+                sent: c.sent,
+                clicked: c.clicked,
+                click_rate: ratio_text(c.rate()),
+            })
+            .collect(),
     };
     Ok(json_response(StatusCode::OK, &to_value(&answer)?))
 }

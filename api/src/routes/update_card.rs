@@ -94,6 +94,7 @@ pub async fn show(
         Ok(invoice) => invoice,
         Err(error) => return failure(config, &error),
     };
+    record_click(&state, &claims).await;
     let mut body = String::new();
     invoice_section(&mut body, invoice.as_ref());
     card_section(&mut body, &customer);
@@ -260,6 +261,25 @@ async fn invoice_of(state: &AppState, claims: &Claims) -> Result<Option<Invoice>
         return Err(not_found("invoice").into());
     }
     Ok(Some(invoice))
+}
+
+/// A visit through a dunning message's link is that message's click. The
+/// page is shown whatever happens here: a click that cannot be recorded is
+/// logged (by code, never the token) and forgotten.
+async fn record_click(state: &AppState, claims: &Claims) {
+    let (Some(invoice_id), Some(message_id)) = (claims.invoice_id, claims.message_id) else {
+        return;
+    };
+    if let Err(error) = state
+        .billing
+        .record_dunning_click(invoice_id, message_id)
+        .await
+    {
+        tracing::warn!(
+            code = error.code(),
+            "an update-card visit was not recorded as a click"
+        );
+    }
 }
 
 fn not_found(kind: &'static str) -> DomainError {
