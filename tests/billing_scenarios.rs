@@ -2116,3 +2116,82 @@ async fn a_card_about_to_expire_is_reminded_of_once_a_week_before() {
         outbox
     );
 }
+
+#[tokio::test]
+async fn a_payment_the_bank_asks_to_authenticate_waits_for_the_customer_and_is_paid_when_they_confirm()
+ {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(
+            Segment::Standard,
+            "community_access",
+            Some("authentication_required"),
+        )
+        .await;
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(
+        matches!(
+            campaign.steps[0].next,
+            recur_commands::dunning_policy::NextStep::AwaitCustomerAction { .. }
+        ),
+        "{:?}",
+        campaign.steps
+    );
+    assert!(
+        campaign
+            .messages
+            .values()
+            .any(|m| m.queued.template == Template::AuthenticationRequired),
+        "the customer is asked to confirm"
+    );
+    // Not retried off-session while the bank waits for the customer.
+    w.at(datetime!(2026-02-03 00:00 UTC)).await;
+    assert_eq!(w.invoices_of(sub).await[1].attempts.len(), 1);
+    let charges = w.gateway.charges_made();
+
+    // The customer confirms on the page: an on-session charge, which passes.
+    let paid = w.billing.confirm_payment(id).await.unwrap();
+    assert_eq!(paid.status, InvoiceStatus::Paid, "{paid:?}");
+    assert_eq!(w.gateway.charges_made(), charges + 1);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(
+        matches!(
+            campaign.ending,
+            Some((Ending::Recovered { after_step: 1, .. }, _))
+        ),
+        "{:?}",
+        campaign.ending
+    );
+    // Confirmed again (a second tab): refused as settled, nothing charged.
+    assert!(w.billing.confirm_payment(id).await.is_err());
+    assert_eq!(w.gateway.charges_made(), charges + 1);
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(state.status, SubscriptionStatus::Active);
+    w.trial_balance().await;
+}
+
+#[tokio::test]
+async fn an_operator_paying_now_off_session_cannot_pass_the_banks_authentication() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(
+            Segment::Standard,
+            "community_access",
+            Some("authentication_required"),
+        )
+        .await;
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    let still = w.billing.pay_now(id).await.unwrap();
+    assert_eq!(still.status, InvoiceStatus::Open);
+    assert_eq!(still.attempts.len(), 2);
+    assert_eq!(
+        still.attempts[1]
+            .outcome
+            .as_ref()
+            .and_then(|o| o.decline_code()),
+        Some("authentication_required")
+    );
+}

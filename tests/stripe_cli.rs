@@ -296,6 +296,7 @@ async fn reconcile_names_exactly_a_charge_and_a_refund_behind_recurs_back_and_a_
             invoice,
             attempt_no: 1,
             provider_customer: card.provider_customer.clone(),
+            customer_present: false,
         })
         .await
         .unwrap()

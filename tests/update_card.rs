@@ -189,8 +189,14 @@ impl Server {
     /// file, and a community subscription whose first invoice is open after
     /// the decline: the invoice.
     async fn declined_invoice_of(&self, customer: &str) -> String {
-        let failing = json!({"token": "pm_card_chargeCustomerFail", "brand": "visa",
-                             "last4": "0341", "exp_month": 12, "exp_year": 2040});
+        self.declined_invoice_with(customer, "pm_card_chargeCustomerFail", "0341")
+            .await
+    }
+
+    /// [`Server::declined_invoice_of`] with the test card `token` (last4 `last4`).
+    async fn declined_invoice_with(&self, customer: &str, token: &str, last4: &str) -> String {
+        let failing = json!({"token": token, "brand": "visa",
+                             "last4": last4, "exp_month": 12, "exp_year": 2040});
         let attached = self
             .api(
                 reqwest::Method::POST,
@@ -816,5 +822,100 @@ async fn opening_a_dunning_emails_link_is_recorded_once_as_its_click_and_counted
     assert_eq!(
         email_row,
         json!({"channel": "email", "sent": 1, "clicked": 1, "click_rate": "1.0000"})
+    );
+}
+
+#[tokio::test]
+async fn a_payment_the_bank_asks_to_authenticate_is_confirmed_on_the_page_once() {
+    let server = serve().await;
+    let created = server
+        .api(reqwest::Method::POST, "/v1/customers", Some(json!({})))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let customer = created.json()["id"].as_str().unwrap().to_owned();
+    let invoice = server
+        .declined_invoice_with(&customer, "pm_card_authenticationRequired", "3184")
+        .await;
+    let state = server.invoice(&invoice).await;
+    assert_eq!(
+        state["attempts"][0]["decline_code"], "authentication_required",
+        "{state}"
+    );
+    let link = server.link(&customer, Some(&invoice), week_from_now());
+    let token = token_of(&link).to_owned();
+
+    // The page offers to confirm with the card on file.
+    let page = server.page(&link).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+    assert!(
+        page.text.contains(&format!(
+            "<form method=\"post\" action=\"/update-card/{token}/confirm\">"
+        )),
+        "{}",
+        page.text
+    );
+    assert!(
+        page.text.contains("Confirm payment of 97.00 USD"),
+        "{}",
+        page.text
+    );
+
+    // Confirmed: paid on-session, once.
+    let confirm = format!("{link}/confirm");
+    let paid = answer(server.client.post(&confirm).send().await.unwrap()).await;
+    assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
+    assert!(paid.text.contains("Paid"), "{}", paid.text);
+    assert_locked_down(&paid);
+    let state = server.invoice(&invoice).await;
+    assert_eq!(state["status"], "paid", "{state}");
+    let attempts = state["attempts"].as_array().unwrap().len();
+    assert_eq!(attempts, 2, "{state}");
+    let head = server.ledger_head().await;
+    let again = answer(server.client.post(&confirm).send().await.unwrap()).await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text);
+    assert!(again.text.contains("Nothing due"), "{}", again.text);
+    assert_eq!(
+        server.ledger_head().await,
+        head,
+        "nothing written the second time"
+    );
+    // The page no longer offers it.
+    let page = server.page(&link).await;
+    assert!(!page.text.contains("/confirm"), "{}", page.text);
+
+    // A link without an invoice has nothing to confirm; a forged one is refused.
+    let card_only = server.link(&customer, None, week_from_now());
+    let nothing = answer(
+        server
+            .client
+            .post(format!("{card_only}/confirm"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        nothing.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        nothing.text
+    );
+    let last = if token.ends_with('A') { 'B' } else { 'A' };
+    let forged = format!(
+        "{}/update-card/{}{last}/confirm",
+        server.base,
+        &token[..token.len() - 1]
+    );
+    let refused = answer(server.client.post(&forged).send().await.unwrap()).await;
+    assert!(
+        refused.status == StatusCode::UNAUTHORIZED || refused.status == StatusCode::BAD_REQUEST,
+        "{}: {}",
+        refused.status,
+        refused.text
+    );
+    assert_eq!(server.ledger_head().await, head, "nothing written");
+    assert!(
+        !server.logged().contains(&token),
+        "the token never reaches the log"
     );
 }

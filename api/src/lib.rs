@@ -157,6 +157,7 @@ pub fn api_routes() -> OpenApiRouter<Arc<AppState>> {
             routes::update_card::show,
             routes::update_card::submit
         ))
+        .routes(routes!(routes::update_card::confirm))
 }
 
 /// `path` as it may be logged: an update-card link's token is a credential,
@@ -336,6 +337,7 @@ mod tests {
                 "GET /readyz",
                 "GET /update-card/{token}",
                 "POST /update-card/{token}",
+                "POST /update-card/{token}/confirm",
                 "POST /webhooks/stripe"
             ]
         );
@@ -383,7 +385,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(listed, 57);
+        assert_eq!(listed, 58);
         let components = api.components.as_ref().unwrap();
         let shared = serde_json::to_value(&components.responses["RateLimited"]).unwrap();
         assert_eq!(

@@ -1307,7 +1307,7 @@ impl Billing {
             })
             .await?;
         }
-        Box::pin(self.collect_with(invoice, customer, source, false)).await
+        Box::pin(self.collect_with(invoice, customer, source, false, false)).await
     }
 
     /// Carries an invoice forward from wherever it stopped: finalizes a draft,
@@ -1334,12 +1334,32 @@ impl Billing {
         self.finalize(invoice, None, source).await
     }
 
-    /// Attempts payment of an open invoice now, whatever its retry schedule says.
+    /// Attempts payment of an open invoice now, whatever its retry schedule says
+    /// (off-session: the customer is not there to authenticate).
     ///
     /// # Errors
     /// An invoice that is not open; gateway and ledger errors.
     #[tracing::instrument(skip_all, fields(invoice = %id))]
     pub async fn pay_now(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
+        self.pay_open(id, false).await
+    }
+
+    /// The customer confirms the payment of an open invoice with the card on
+    /// file (the update-card page): an on-session charge, which a bank that
+    /// asks for authentication (`authentication_required`) can accept.
+    ///
+    /// # Errors
+    /// As [`Billing::pay_now`].
+    #[tracing::instrument(skip_all, fields(invoice = %id))]
+    pub async fn confirm_payment(&self, id: InvoiceId) -> Result<Invoice, BillingError> {
+        self.pay_open(id, true).await
+    }
+
+    async fn pay_open(
+        &self,
+        id: InvoiceId,
+        customer_present: bool,
+    ) -> Result<Invoice, BillingError> {
         let invoice = self.invoice(id).await?;
         if invoice.status != InvoiceStatus::Open
             && crate::context::earlier_run_wrote(self.ledger(), &id.stream()?).await?
@@ -1347,7 +1367,8 @@ impl Billing {
             // A rerun of a request whose first run paid (or settled) it: finish
             // what that run may not have reached (a paid invoice settles its
             // subscription), then answer with it.
-            self.collect_with(invoice, None, Source::Api, true).await?;
+            self.collect_with(invoice, None, Source::Api, true, customer_present)
+                .await?;
             return self.invoice(id).await;
         }
         if invoice.status != InvoiceStatus::Open {
@@ -1358,7 +1379,8 @@ impl Billing {
             }
             .into());
         }
-        self.collect_with(invoice, None, Source::Api, true).await?;
+        self.collect_with(invoice, None, Source::Api, true, customer_present)
+            .await?;
         self.invoice(id).await
     }
 
@@ -1370,6 +1392,7 @@ impl Billing {
         customer: Option<Customer>,
         source: Source,
         now_regardless: bool,
+        customer_present: bool,
     ) -> Result<(), BillingError> {
         let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
             return Ok(());
@@ -1464,6 +1487,7 @@ impl Billing {
                         .as_ref()
                         .filter(|card| card.token == *token)
                         .and_then(|card| card.provider_customer.clone()),
+                    customer_present,
                 })
                 .await
                 .map_err(|e| BillingError::GatewayUnavailable(e.0))?,

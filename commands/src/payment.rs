@@ -71,6 +71,11 @@ pub struct ChargeRequest {
     /// The provider's customer the card belongs to (`cus_…`), from the card on
     /// file; a provider charges a saved card only through its customer.
     pub provider_customer: Option<String>,
+    /// The customer is there to authenticate (they confirmed the payment on
+    /// the update-card page): an on-session charge. Otherwise off-session,
+    /// where a bank that asks for authentication declines
+    /// (`authentication_required`).
+    pub customer_present: bool,
 }
 
 /// A refund of (part of) a charge.
@@ -149,6 +154,16 @@ const TEST_CARDS: &[(&str, &str, &str, Option<&str>, bool)] = &[
         "pm_card_chargeCustomerFail",
         "visa",
         Some("card_declined"),
+        false,
+    ),
+    // The bank asks for authentication (3-D Secure) on every charge: off
+    // session it declines; with the customer present the simulated challenge
+    // is passed.
+    (
+        "4000002760003184",
+        "pm_card_authenticationRequired",
+        "visa",
+        Some("authentication_required"),
         false,
     ),
 ];
@@ -342,12 +357,19 @@ impl PaymentGateway for SimulatedGateway {
                     return Ok(outcome.clone());
                 }
                 let outcome = match decline_for(&request.payment_method) {
+                    Some("authentication_required") if request.customer_present => {
+                        inner.money_moved += 1;
+                        ChargeOutcome::Succeeded {
+                            charge_id: format!("ch_sim_{:06}", inner.money_moved),
+                        }
+                    }
                     Some(code) => ChargeOutcome::Declined {
                         decline_code: code.to_owned(),
                         message: match code {
                             "insufficient_funds" => "Your card has insufficient funds.",
                             "expired_card" => "Your card has expired.",
                             "processing_error" => "An error occurred while processing your card. Try again in a little bit.",
+                            "authentication_required" => "The bank asks the customer to authenticate this payment.",
                             _ => "Your card was declined.",
                         }
                         .to_owned(),
@@ -444,5 +466,33 @@ mod tests {
             SimulatedGateway::card_of_token("pm_nothing_like_it", 12, 2030),
             Err(CardError::UnknownCard)
         );
+    }
+
+    #[tokio::test]
+    async fn a_card_that_asks_for_authentication_pays_only_with_the_customer_present() {
+        let gateway = SimulatedGateway::new();
+        let card = SimulatedGateway::card_of_token("pm_card_authenticationRequired", 12, 2030)
+            .expect("attaches");
+        let request = |key: &str, customer_present| ChargeRequest {
+            idempotency_key: key.to_owned(),
+            payment_method: card.token.clone(),
+            amount: Money::parse("97.00", "USD").expect("an amount"),
+            customer: CustomerId(uuid::Uuid::from_u128(1)),
+            invoice: InvoiceId(uuid::Uuid::from_u128(2)),
+            attempt_no: 1,
+            provider_customer: None,
+            customer_present,
+        };
+        let off_session = gateway.charge(&request("a-1", false)).await;
+        assert!(matches!(
+            off_session,
+            Ok(ChargeOutcome::Declined { ref decline_code, .. }) if decline_code == "authentication_required"
+        ));
+        let on_session = gateway.charge(&request("a-2", true)).await;
+        assert!(
+            matches!(on_session, Ok(ChargeOutcome::Succeeded { .. })),
+            "{on_session:?}"
+        );
+        assert_eq!(gateway.charges_made(), 1);
     }
 }

@@ -159,7 +159,10 @@ impl StripeGateway {
         })
     }
 
-    /// Creates and confirms an off-session PaymentIntent for `request`.
+    /// Creates and confirms a PaymentIntent for `request`: off-session unless
+    /// the customer is present (then a bank's frictionless authentication may
+    /// pass it; a challenge leaves it `requires_action`, answered as
+    /// `authentication_required`).
     ///
     /// # Errors
     /// [`StripeError`] as Stripe answered, card errors included.
@@ -171,12 +174,14 @@ impl StripeGateway {
         let mut create = CreatePaymentIntent::new(amount_minor, currency)
             .payment_method(request.payment_method.as_str())
             .confirm(true)
-            .off_session(CreatePaymentIntentOffSession::Bool(true))
             .metadata(HashMap::from([
                 (metadata::INVOICE.to_owned(), request.invoice.to_string()),
                 (metadata::CUSTOMER.to_owned(), request.customer.to_string()),
                 (metadata::ATTEMPT.to_owned(), request.attempt_no.to_string()),
             ]));
+        if !request.customer_present {
+            create = create.off_session(CreatePaymentIntentOffSession::Bool(true));
+        }
         if let Some(customer) = &request.provider_customer {
             create = create.customer(customer.as_str());
         }

@@ -2,7 +2,8 @@
 //!
 //! - [`StripeGateway`]: the [`recur_commands::PaymentGateway`] on Stripe.
 //!   Cards are attached by token (`pm_…`) to a Stripe customer per Recur
-//!   customer; charges are off-session PaymentIntents confirmed at once, keyed
+//!   customer; charges are off-session PaymentIntents confirmed at once (on
+//!   session when the customer confirms on the update-card page), keyed
 //!   by Recur's `<invoice>-attempt-<n>` so that a retried charge never charges
 //!   twice; refunds are keyed by `<invoice>-refund-<n>`. Declines come back as
 //!   [`recur_commands::invoice::ChargeOutcome::Declined`] with Stripe's decline

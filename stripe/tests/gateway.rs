@@ -25,6 +25,7 @@ fn charge_request(method: &recur_commands::customer::PaymentMethod, amount: &str
         invoice,
         attempt_no: 1,
         provider_customer: method.provider_customer.clone(),
+        customer_present: false,
     }
 }
 

@@ -98,6 +98,20 @@ pub async fn show(
     let mut body = String::new();
     invoice_section(&mut body, invoice.as_ref());
     card_section(&mut body, &customer);
+    if let Some(invoice) = invoice
+        .as_ref()
+        .filter(|i| awaits_authentication(i) && customer.payment_method.is_some())
+    {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/update-card/{token}/confirm\">\
+             <p>Your bank asks you to confirm this payment. Confirm it with the card \
+             on file, or save a new card below.</p>\
+             <button type=\"submit\">Confirm payment of {}</button></form>",
+            escape(&invoice.amount_remaining().to_string()),
+            token = escape(&token),
+        );
+    }
     let _ = write!(
         body,
         "<form method=\"post\" action=\"/update-card/{token}\">\
@@ -195,13 +209,87 @@ pub async fn submit(
         return failure(config, &BillingError::from(not_found("invoice")));
     };
     let (paid, _) = recur_commands::context::within(context, billing.pay_now(invoice_id)).await;
+    payment_answer(config, paid, &format!("{saved} "))
+}
+
+/// Confirm the payment of the link's open invoice with the card on file, the
+/// customer present: what a bank that asks for authentication
+/// (`authentication_required`) waits for.
+#[utoipa::path(post, operation_id = "update_card_confirm", path = "/update-card/{token}/confirm", tag = "update_card",
+    params(("token" = String, Path, description = "The link's signed token: the credential (no API key)")),
+    responses((status = 200, description = "The invoice paid, still declined (with the reason), or nothing due", body = String, content_type = "text/html"),
+              (status = 400, description = "Not a link (`malformed`)", body = String, content_type = "text/html"),
+              (status = 401, description = "A link not signed by this server (`bad_signature`)", body = String, content_type = "text/html"),
+              (status = 410, description = "An expired link, or one whose customer is gone: nothing written", body = String, content_type = "text/html"),
+              (status = 422, description = "A link without an invoice, or no card on file: nothing written", body = String, content_type = "text/html"),
+              (status = 503, description = "The ledger or the payment provider is unavailable", body = String, content_type = "text/html")))]
+pub async fn confirm(
+    State(state): State<Arc<AppState>>,
+    token: Result<Path<String>, PathRejection>,
+) -> Response {
+    let (claims, _) = match checked(&state, token) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
+    let config = &state.update_card;
+    let customer = match state.billing.customer(claims.customer_id).await {
+        Ok(customer) => customer,
+        Err(error) => return failure(config, &error),
+    };
+    let invoice = match invoice_of(&state, &claims).await {
+        Ok(Some(invoice)) => invoice,
+        Ok(None) => {
+            return message(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                config,
+                "Nothing to confirm",
+                "This link is for your card only: there is no payment to confirm.",
+            );
+        }
+        Err(error) => return failure(config, &error),
+    };
+    if invoice.status != InvoiceStatus::Open {
+        return message(
+            StatusCode::OK,
+            config,
+            "Nothing due",
+            "Nothing is due on this invoice: it has already been settled.",
+        );
+    }
+    if customer.payment_method.is_none() {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            config,
+            "No card on file",
+            "There is no card on file to pay with. Go back and save one.",
+        );
+    }
+    let Some(invoice_id) = invoice.id else {
+        return failure(config, &BillingError::from(not_found("invoice")));
+    };
+    let context = recur_commands::context::RequestContext {
+        actor: Some(ACTOR.to_owned()),
+        ..Default::default()
+    };
+    let billing = Arc::clone(&state.billing);
+    let (paid, _) =
+        recur_commands::context::within(context, billing.confirm_payment(invoice_id)).await;
+    payment_answer(config, paid, "")
+}
+
+/// The page after a payment of the link's invoice was asked for.
+fn payment_answer(
+    config: &UpdateCardConfig,
+    paid: Result<Invoice, BillingError>,
+    lead: &str,
+) -> Response {
     match paid {
         Ok(invoice) if invoice.status == InvoiceStatus::Paid => message(
             StatusCode::OK,
             config,
             "Paid",
             &format!(
-                "{saved} Thank you: {} was paid with it.",
+                "{lead}Thank you: {} was paid.",
                 invoice
                     .amount_paid
                     .map_or_else(|| "the invoice".to_owned(), |paid| paid.to_string())
@@ -212,7 +300,7 @@ pub async fn submit(
             config,
             "Payment declined",
             &format!(
-                "{saved} But the payment of {} did not go through: {} \
+                "{lead}The payment of {} did not go through: {} \
                  Try another card, or contact {}.",
                 invoice.amount_remaining(),
                 decline_reason(&invoice),
@@ -224,7 +312,7 @@ pub async fn submit(
             StatusCode::OK,
             config,
             "Nothing due",
-            &format!("{saved} Nothing is due on this invoice: it has already been settled."),
+            &format!("{lead}Nothing is due on this invoice: it has already been settled."),
         ),
         Err(error) => failure(config, &error),
     }
@@ -321,14 +409,27 @@ fn card_for(gateway: &str, token: &str, now: OffsetDateTime) -> Result<PaymentMe
     })
 }
 
+/// The decline code of the invoice's last attempt, if it was declined.
+fn last_decline(invoice: &Invoice) -> Option<&str> {
+    invoice.attempts.last().and_then(|a| match &a.outcome {
+        Some(ChargeOutcome::Declined { decline_code, .. }) => Some(decline_code.as_str()),
+        _ => None,
+    })
+}
+
+/// An open invoice whose bank asked the customer to authenticate the payment.
+fn awaits_authentication(invoice: &Invoice) -> bool {
+    invoice.status == InvoiceStatus::Open
+        && last_decline(invoice).is_some_and(|code| {
+            recur_commands::decline::category(code)
+                == recur_commands::decline::DeclineCategory::Authentication
+        })
+}
+
 /// Why the last attempt failed, in words for the customer (never the
 /// provider's raw text).
 fn decline_reason(invoice: &Invoice) -> &'static str {
-    let code = invoice.attempts.last().and_then(|a| match &a.outcome {
-        Some(ChargeOutcome::Declined { decline_code, .. }) => Some(decline_code.as_str()),
-        _ => None,
-    });
-    match code {
+    match last_decline(invoice) {
         Some("insufficient_funds") => "the bank reports insufficient funds.",
         Some("expired_card") => "the card has expired.",
         Some("incorrect_cvc" | "incorrect_number" | "invalid_cvc" | "invalid_number") => {
