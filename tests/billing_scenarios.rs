@@ -2195,3 +2195,42 @@ async fn an_operator_paying_now_off_session_cannot_pass_the_banks_authentication
         Some("authentication_required")
     );
 }
+
+#[tokio::test]
+async fn a_customer_trying_cards_on_demand_never_spends_the_campaigns_schedule() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::Trial, "community_access", Some("card_declined"))
+        .await;
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    let first = w.billing.invoice(id).await.unwrap();
+    let scheduled_retry = first.attempts[0].next_retry_at.expect("a retry");
+    // The trial policy has three retries; the customer tries four times on
+    // the page (pay now) within the first hour, each declined.
+    w.clock.advance_to(datetime!(2026-02-01 00:30 UTC));
+    for _ in 0..4 {
+        let still = w.billing.pay_now(id).await.unwrap();
+        assert_eq!(still.status, InvoiceStatus::Open);
+        let last = still.attempts.last().unwrap();
+        assert!(last.on_demand);
+        assert_eq!(
+            last.next_retry_at,
+            Some(scheduled_retry),
+            "the schedule stands"
+        );
+    }
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert_eq!(campaign.steps.len(), 1, "{:?}", campaign.steps);
+    assert!(campaign.ending.is_none(), "{:?}", campaign.ending);
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_ne!(state.status, SubscriptionStatus::Canceled);
+    // The schedule's own retry is step 2.
+    w.at(scheduled_retry).await;
+    let invoice = w.billing.invoice(id).await.unwrap();
+    assert_eq!(invoice.attempts.len(), 6);
+    assert!(!invoice.attempts[5].on_demand);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert_eq!(campaign.steps.len(), 2, "{:?}", campaign.steps);
+    assert!(campaign.ending.is_none());
+}

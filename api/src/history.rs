@@ -578,10 +578,12 @@ fn invoice_summary(id: &str, event: &InvoiceEvent) -> String {
             attempt_no,
             amount,
             gateway,
+            on_demand,
             ..
         } => format!(
-            "Payment attempt {attempt_no} started: {} via {gateway}",
-            money_text(*amount)
+            "Payment attempt {attempt_no} started: {} via {gateway}{}",
+            money_text(*amount),
+            if *on_demand { " (asked for now)" } else { "" }
         ),
         InvoiceEvent::PaymentSucceeded {
             attempt_no, amount, ..
@@ -1072,6 +1074,7 @@ mod tests {
             payment_method: Some("pm_card_visa".into()),
             amount: usd("5000.00"),
             due_at: Some(at),
+            on_demand: false,
             at,
         };
         let read = read(

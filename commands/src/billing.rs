@@ -1454,6 +1454,7 @@ impl Billing {
                         gateway: self.gateway.name().to_owned(),
                         payment_method: token.clone(),
                         due_at,
+                        on_demand: now_regardless,
                         now,
                     })
                     .await?;
@@ -1495,16 +1496,11 @@ impl Billing {
         // Retries are timed from when this attempt was due, so a late scheduler
         // catches up on the same schedule as one that never stopped.
         let failed_at = attempt.effective_at();
+        let (step, clock_from) = crate::recovery::decline_step(&invoice, &attempt);
         let next = match &outcome {
             ChargeOutcome::Declined { decline_code, .. } => Some(
-                self.dunning_next(
-                    &invoice,
-                    &customer,
-                    decline_code,
-                    crate::recovery::failed_attempts(&invoice) + 1,
-                    failed_at,
-                )
-                .await?,
+                self.dunning_next(&invoice, &customer, decline_code, step, clock_from)
+                    .await?,
             ),
             ChargeOutcome::Succeeded { .. } => None,
         };

@@ -264,6 +264,10 @@ pub struct Attempt {
     /// When the attempt was due: the invoice's issue, a retry's scheduled time,
     /// or the moment someone asked to pay now.
     pub due_at: OffsetDateTime,
+    /// Asked for now (an operator's pay-now, the customer on the update-card
+    /// page), outside the dunning schedule: a decline of it after the
+    /// campaign's first step is not a step of its own.
+    pub on_demand: bool,
 }
 
 impl Attempt {
@@ -421,6 +425,8 @@ pub enum InvoiceCommand {
         payment_method: Option<String>,
         /// When the attempt was due (at most `now`).
         due_at: OffsetDateTime,
+        /// Asked for now, outside the dunning schedule.
+        on_demand: bool,
         /// Now.
         now: OffsetDateTime,
     },
@@ -631,6 +637,10 @@ domain_events! {
             /// start stands in).
             #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
             due_at: Option<OffsetDateTime>,
+            /// Asked for now (pay-now, the update-card page), outside the
+            /// dunning schedule (absent: a scheduled attempt).
+            #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+            on_demand: bool,
             /// When.
             #[serde(with = "time::serde::rfc3339")]
             at: OffsetDateTime,
@@ -1179,6 +1189,7 @@ impl Aggregate for Invoice {
                         gateway: attempt.gateway,
                         payment_method: attempt.payment_method,
                         due_at: attempt.due_at,
+                        on_demand: false,
                         now,
                     },
                 )?;
@@ -1250,6 +1261,7 @@ impl Aggregate for Invoice {
                 gateway,
                 payment_method,
                 due_at,
+                on_demand,
                 now,
             } => {
                 // Paid already (perhaps by a concurrent collector): nothing to do.
@@ -1275,6 +1287,7 @@ impl Aggregate for Invoice {
                     payment_method,
                     amount,
                     due_at: Some(due_at.min(now)),
+                    on_demand,
                     at: now,
                 }])
             }
@@ -1465,6 +1478,7 @@ impl Aggregate for Invoice {
                 payment_method,
                 amount,
                 due_at,
+                on_demand,
                 at,
             } => self.attempts.push(Attempt {
                 attempt_no: *attempt_no,
@@ -1475,6 +1489,7 @@ impl Aggregate for Invoice {
                 outcome: None,
                 next_retry_at: None,
                 due_at: due_at.unwrap_or(*at),
+                on_demand: *on_demand,
             }),
             InvoiceEvent::PaymentSucceeded {
                 attempt_no,

@@ -149,14 +149,9 @@ impl Billing {
         // As for a decline Recur heard itself (Billing::collect): the dunning
         // policy decides, timed from when the attempt was due.
         let failed_at = attempt.effective_at();
+        let (step, clock_from) = crate::recovery::decline_step(&invoice, &attempt);
         let next = self
-            .dunning_next(
-                &invoice,
-                &customer,
-                decline_code,
-                crate::recovery::failed_attempts(&invoice) + 1,
-                failed_at,
-            )
+            .dunning_next(&invoice, &customer, decline_code, step, clock_from)
             .await?;
         let next_retry_at = crate::recovery::next_retry_at(next);
         let outcome = ChargeOutcome::Declined {

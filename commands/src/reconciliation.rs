@@ -913,6 +913,7 @@ mod tests {
             payment_method: Some("pm_1".into()),
             amount: usd("97.00"),
             due_at: None,
+            on_demand: false,
             at,
         };
         let paid = |charge: &str| InvoiceEvent::PaymentSucceeded {

@@ -175,13 +175,42 @@ pub fn retry_can_succeed(invoice: &Invoice, customer: &Customer) -> bool {
     }
 }
 
-/// The number of declined attempts of an invoice.
+/// The declined attempts of an invoice that are steps of its campaign, with
+/// their decline codes: every decline of a scheduled attempt, and the first
+/// decline whatever asked for it (it starts the campaign). A declined
+/// pay-now or update-card attempt after that is not a step: a customer trying
+/// cards on the page never spends the policy's schedule.
+pub fn step_failures(invoice: &Invoice) -> Vec<(&crate::invoice::Attempt, &str)> {
+    let mut steps = Vec::new();
+    for attempt in &invoice.attempts {
+        if let Some(ChargeOutcome::Declined { decline_code, .. }) = &attempt.outcome
+            && (steps.is_empty() || !attempt.on_demand)
+        {
+            steps.push((attempt, decline_code.as_str()));
+        }
+    }
+    steps
+}
+
+/// The number of campaign steps an invoice's declines make ([`step_failures`]).
 pub fn failed_attempts(invoice: &Invoice) -> usize {
-    invoice
-        .attempts
-        .iter()
-        .filter(|a| matches!(a.outcome, Some(ChargeOutcome::Declined { .. })))
-        .count()
+    step_failures(invoice).len()
+}
+
+/// The step a decline of `attempt` (not yet recorded on `invoice`) is decided
+/// as, and the time the policy's clock runs from: the next step from when the
+/// attempt was due; for an on-demand attempt after the campaign began, its
+/// current step again, from that step's own failure, so the schedule stands
+/// (only the card's new decline category may change what comes next).
+pub fn decline_step(
+    invoice: &Invoice,
+    attempt: &crate::invoice::Attempt,
+) -> (usize, OffsetDateTime) {
+    let steps = step_failures(invoice);
+    match steps.last() {
+        Some((last, _)) if attempt.on_demand => (steps.len(), last.effective_at()),
+        _ => (steps.len() + 1, attempt.effective_at()),
+    }
 }
 
 impl Billing {
@@ -327,15 +356,8 @@ impl Billing {
         let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
             return Ok(());
         };
-        let failed: Vec<(usize, &crate::invoice::Attempt, &str)> = invoice
-            .attempts
-            .iter()
-            .filter_map(|a| match &a.outcome {
-                Some(ChargeOutcome::Declined { decline_code, .. }) => {
-                    Some((a, decline_code.as_str()))
-                }
-                _ => None,
-            })
+        let failed: Vec<(usize, &crate::invoice::Attempt, &str)> = step_failures(invoice)
+            .into_iter()
             .enumerate()
             .map(|(i, (a, code))| (i + 1, a, code))
             .collect();

@@ -317,7 +317,9 @@ pub fn outcomes_of(invoice: &Invoice) -> Result<Vec<RetryOutcome>, MoneyError> {
         let Some(outcome) = &retry.outcome else {
             continue;
         };
-        if retry.attempt_no <= 1 {
+        // The customer's or an operator's own time (often with a new card)
+        // says nothing of when a retry of the card would pass.
+        if retry.attempt_no <= 1 || retry.on_demand {
             continue;
         }
         outcomes.push(RetryOutcome {
@@ -462,6 +464,7 @@ mod tests {
             outcome,
             next_retry_at: None,
             due_at: at,
+            on_demand: false,
         };
         let declined = |code: &str| {
             Some(ChargeOutcome::Declined {

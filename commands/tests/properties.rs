@@ -265,6 +265,7 @@ proptest! {
                         gateway: "simulated".into(),
                         payment_method: Some("pm_card_visa".into()),
                         due_at: now,
+                        on_demand: false,
                         now,
                     },
                 )
