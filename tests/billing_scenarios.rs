@@ -2234,3 +2234,95 @@ async fn a_customer_trying_cards_on_demand_never_spends_the_campaigns_schedule()
     assert_eq!(campaign.steps.len(), 2, "{:?}", campaign.steps);
     assert!(campaign.ending.is_none());
 }
+
+#[tokio::test]
+async fn a_campaigns_later_offer_replaces_its_own_earlier_one() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(
+            Segment::Standard,
+            "group_coaching",
+            Some("insufficient_funds"),
+        )
+        .await;
+    // Five failed attempts: 0 h, 1 h, 1 d, 3 d, 1 w after the renewal.
+    let mut at = datetime!(2026-02-01 00:00 UTC);
+    for delay_h in [0, 1, 24, 72, 168] {
+        at += Duration::hours(delay_h);
+        w.at(at).await;
+    }
+    let feb = &w.invoices_of(sub).await[1];
+    assert_eq!(feb.attempts.len(), 5);
+    let campaign = w.billing.dunning_campaign(feb.id.unwrap()).await.unwrap();
+    let coupon = |step| match campaign.offers.get(&step) {
+        Some(OfferGiven::Discount { coupon }) => coupon.clone(),
+        other => panic!("step {step}: {other:?}"),
+    };
+    assert_eq!(coupon(4), "DUNNING-STANDARD-4-20OFF-ONCE");
+    assert_eq!(coupon(5), "DUNNING-STANDARD-5-30OFF-3M");
+    let state = w.billing.subscription(sub).await.unwrap();
+    assert_eq!(
+        state.discount.map(|d| d.coupon.to_string()),
+        Some(coupon(5)),
+        "the better offer is the one in force"
+    );
+    w.trial_balance().await;
+}
+
+#[tokio::test]
+async fn a_used_up_signup_coupon_does_not_stand_in_the_way_of_an_offer() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    w.billing
+        .create_coupon(NewCoupon {
+            code: CouponCode::parse("HELLO10").unwrap(),
+            discount: Discount::PercentOff {
+                percent: Decimal::from(10),
+            },
+            duration: CouponDuration::Once,
+            max_redemptions: None,
+            redeem_by: None,
+        })
+        .await
+        .unwrap();
+    let customer = w
+        .billing
+        .create_customer(NewCustomer {
+            segment: Segment::Standard,
+            tax_location: None,
+            contact: None,
+        })
+        .await
+        .unwrap();
+    let card = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    w.billing
+        .attach_payment_method(customer, card)
+        .await
+        .unwrap();
+    let sub = w
+        .subscribe(customer, "group_coaching", Trial::Skip, Some("HELLO10"))
+        .await;
+    assert!(
+        w.invoices_of(sub).await[0].discount.is_some(),
+        "used in January"
+    );
+    w.billing
+        .attach_payment_method(
+            customer,
+            SimulatedGateway::failing_card("insufficient_funds", 12, 2030),
+        )
+        .await
+        .unwrap();
+    let mut at = datetime!(2026-02-01 00:00 UTC);
+    for delay_h in [0, 1, 24, 72] {
+        at += Duration::hours(delay_h);
+        w.at(at).await;
+    }
+    let feb = &w.invoices_of(sub).await[1];
+    assert!(feb.discount.is_none(), "the once coupon was used up");
+    let campaign = w.billing.dunning_campaign(feb.id.unwrap()).await.unwrap();
+    assert!(
+        matches!(campaign.offers.get(&4), Some(OfferGiven::Discount { coupon }) if coupon == "DUNNING-STANDARD-4-20OFF-ONCE"),
+        "{:?}",
+        campaign.offers
+    );
+}

@@ -11,6 +11,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::customer::Segment;
 use crate::decline::DeclineCategory;
+use crate::error::DomainError;
 
 /// The policies shipped with Recur: commands/dunning/default.toml.
 pub const DEFAULT_POLICIES_TOML: &str = include_str!("../dunning/default.toml");
@@ -18,6 +19,10 @@ pub const DEFAULT_POLICIES_TOML: &str = include_str!("../dunning/default.toml");
 pub const RETRIES_MAX: usize = 16;
 /// Longest delay before a retry: 60 days.
 pub const RETRY_AFTER_MINUTES_MAX: u32 = 60 * 24 * 60;
+/// The longest trial extension an offer gives, in days.
+pub const TRIAL_EXTENSION_DAYS_MAX: u32 = 90;
+/// The most decimal places of an offer's percent off.
+pub const PERCENT_OFF_PLACES_MAX: u32 = 2;
 
 /// How a message reaches the customer (or a person at the business).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -61,6 +66,61 @@ pub struct Offer {
     /// Days added to a trial instead of a discount.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trial_extension_days: Option<u32>,
+}
+
+impl Offer {
+    /// The coupon's duration: `once` (the default), `forever`, or
+    /// `duration_months` (1 to [`crate::coupon::COUPON_MONTHS_MAX`]; `duration`
+    /// then absent or `repeating`).
+    ///
+    /// # Errors
+    /// The rule broken, in words.
+    pub fn coupon_duration(&self) -> Result<crate::coupon::CouponDuration, &'static str> {
+        use crate::coupon::{COUPON_MONTHS_MAX, CouponDuration};
+        match (self.duration.as_deref(), self.duration_months) {
+            (None | Some("repeating"), Some(months)) => {
+                if (1..=COUPON_MONTHS_MAX).contains(&months) {
+                    Ok(CouponDuration::Repeating { months })
+                } else {
+                    Err("duration_months of 1 to 120")
+                }
+            }
+            (Some("repeating"), None) => Err("a repeating duration needs duration_months"),
+            (None | Some("once"), None) => Ok(CouponDuration::Once),
+            (Some("forever"), None) => Ok(CouponDuration::Forever),
+            (Some("once" | "forever"), Some(_)) => {
+                Err("duration_months belongs to a repeating duration")
+            }
+            _ => Err("a duration of once, forever or repeating"),
+        }
+    }
+
+    /// The coupon a percent-off offer of `segment`'s policy applies, named by
+    /// its terms (`DUNNING-STANDARD-4-20OFF-ONCE`): one coupon per offer.
+    ///
+    /// # Errors
+    /// An offer that is not a percent off, or a code that is not a coupon code.
+    pub fn coupon_code(&self, segment: Segment) -> Result<crate::ids::CouponCode, DomainError> {
+        let percent = self.percent_off.ok_or_else(|| DomainError::InvalidField {
+            field: "percent_off",
+            reason: "the offer is not a percent off".into(),
+        })?;
+        let segment = match segment {
+            Segment::Standard => "STANDARD",
+            Segment::HighValue => "HIGH-VALUE",
+            Segment::Trial => "TRIAL",
+        };
+        let duration = match self.coupon_duration() {
+            Ok(crate::coupon::CouponDuration::Repeating { months }) => format!("{months}M"),
+            Ok(crate::coupon::CouponDuration::Forever) => "FOREVER".to_owned(),
+            _ => "ONCE".to_owned(),
+        };
+        let percent = percent.normalize().to_string().replace('.', "P");
+        crate::ids::CouponCode::parse(&format!(
+            "DUNNING-{segment}-{}-{percent}OFF-{duration}",
+            self.step
+        ))
+    }
 }
 
 /// One segment's campaign.
@@ -186,6 +246,29 @@ impl DunningPolicies {
                     && (percent <= Decimal::ZERO || percent > Decimal::ONE_HUNDRED)
                 {
                     return Err(invalid("a percent off above 0 and at most 100"));
+                }
+                if offer
+                    .percent_off
+                    .is_some_and(|p| p.normalize().scale() > PERCENT_OFF_PLACES_MAX)
+                {
+                    return Err(invalid("a percent off with at most 2 decimal places"));
+                }
+                if offer
+                    .trial_extension_days
+                    .is_some_and(|d| d == 0 || d > TRIAL_EXTENSION_DAYS_MAX)
+                {
+                    return Err(invalid("a trial extension of 1 to 90 days"));
+                }
+                if offer.percent_off.is_none()
+                    && (offer.duration.is_some() || offer.duration_months.is_some())
+                {
+                    return Err(invalid("a duration belongs to a percent off"));
+                }
+                if offer.percent_off.is_some() {
+                    offer.coupon_duration().map_err(invalid)?;
+                    offer
+                        .coupon_code(policy.segment)
+                        .map_err(|_| invalid("an offer whose coupon code is too long"))?;
                 }
             }
         }
@@ -408,5 +491,67 @@ mod tests {
             "final_action = \"leave_past_due\"\npersonal_outreach = true",
         );
         assert!(refused(&unknown).contains("dunning policies"));
+    }
+
+    /// Offers are checked with the coupon rules when the file is read, so a
+    /// coupon refused later can never stall a campaign.
+    #[test]
+    fn offers_the_coupon_rules_would_refuse_are_refused_with_the_file() {
+        let base = DEFAULT_POLICIES_TOML;
+        let refused = |text: &str| DunningPolicies::parse(text).unwrap_err().to_string();
+        let offer = |new: &str| {
+            base.replace(
+                "{ step = 5, percent_off = \"30\", duration_months = 3 }",
+                new,
+            )
+        };
+        for (bad, rule) in [
+            (
+                "{ step = 5, percent_off = \"30\", duration_months = 0 }",
+                "duration_months of 1 to 120",
+            ),
+            (
+                "{ step = 5, percent_off = \"30\", duration_months = 121 }",
+                "duration_months of 1 to 120",
+            ),
+            (
+                "{ step = 5, percent_off = \"30\", duration = \"weekly\" }",
+                "once, forever or repeating",
+            ),
+            (
+                "{ step = 5, percent_off = \"30\", duration = \"repeating\" }",
+                "needs duration_months",
+            ),
+            (
+                "{ step = 5, percent_off = \"30\", duration = \"once\", duration_months = 3 }",
+                "belongs to a repeating duration",
+            ),
+            (
+                "{ step = 5, percent_off = \"12.345\", duration = \"once\" }",
+                "at most 2 decimal places",
+            ),
+            ("{ step = 5, trial_extension_days = 0 }", "1 to 90 days"),
+            (
+                "{ step = 5, trial_extension_days = 4000000 }",
+                "1 to 90 days",
+            ),
+            (
+                "{ step = 5, trial_extension_days = 7, duration = \"once\" }",
+                "belongs to a percent off",
+            ),
+        ] {
+            let text = offer(bad);
+            assert_ne!(text, base, "{bad}: the replacement took");
+            let error = refused(&text);
+            assert!(error.contains(rule), "{bad}: {error}");
+        }
+        // What the rules allow, with its coupon named by its terms.
+        let fine = DunningPolicies::parse(&offer(
+            "{ step = 5, percent_off = \"12.5\", duration = \"repeating\", duration_months = 120 }",
+        ))
+        .unwrap();
+        let standard = fine.of(Segment::Standard).unwrap();
+        let code = standard.offers[1].coupon_code(Segment::Standard).unwrap();
+        assert_eq!(code.to_string(), "DUNNING-STANDARD-5-12P5OFF-120M");
     }
 }

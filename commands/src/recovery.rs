@@ -498,36 +498,43 @@ impl Billing {
         let given = if let Some(days) = offer.trial_extension_days {
             OfferGiven::TrialExtension { days }
         } else if let (Some(percent), Some(sub_id)) = (offer.percent_off, invoice.subscription_id) {
-            let code = offer_coupon(policy.segment, step, percent, &offer)?;
-            let in_force = self.subscription(sub_id).await?.discount.is_some();
-            if in_force {
-                // The customer's own discount stays: an offer never raises a price.
-                OfferGiven::NotApplied {
-                    reason: "discount_in_force".to_owned(),
-                }
-            } else {
-                self.ensure_offer_coupon(&code, percent, &offer).await?;
-                match self.apply_discount(sub_id, &code, Timing::Now).await {
-                    Ok(_) => OfferGiven::Discount {
-                        coupon: code.to_string(),
-                    },
-                    // A concurrent recorder of the same step applied it first.
-                    Err(BillingError::Domain(DomainError::CouponAlreadyRedeemed(_)))
-                        if self
-                            .subscription(sub_id)
-                            .await?
-                            .discount
-                            .is_some_and(|d| d.coupon == code) =>
-                    {
-                        OfferGiven::Discount {
-                            coupon: code.to_string(),
-                        }
+            let subscription = self.subscription(sub_id).await?;
+            // An offer the coupon rules refuse (policies set before they were
+            // checked as strictly) is recorded as not applied: it never stops
+            // the campaign, or the invoice's collection.
+            let terms = offer.coupon_code(policy.segment).and_then(|code| {
+                let duration =
+                    offer
+                        .coupon_duration()
+                        .map_err(|reason| DomainError::InvalidField {
+                            field: "duration",
+                            reason: reason.to_owned(),
+                        })?;
+                Ok((code, duration))
+            });
+            match terms {
+                Err(error) => OfferGiven::NotApplied {
+                    reason: error.code().to_owned(),
+                },
+                // The customer's own discount, while it still takes something
+                // off (or one set for the next period), stays: an offer never
+                // raises a price. A used-up one is no obstacle.
+                Ok(_)
+                    if subscription.discount_in_force(at)
+                        && !subscription.discount.as_ref().is_some_and(|d| {
+                            // This campaign's own earlier offer gives way to
+                            // its later one.
+                            campaign.offers.values().any(|given| {
+                                matches!(given, OfferGiven::Discount { coupon }
+                                    if *coupon == d.coupon.to_string())
+                            })
+                        }) =>
+                {
+                    OfferGiven::NotApplied {
+                        reason: "discount_in_force".to_owned(),
                     }
-                    Err(BillingError::Domain(error)) => OfferGiven::NotApplied {
-                        reason: error.code().to_owned(),
-                    },
-                    Err(error) => return Err(error),
                 }
+                Ok((code, duration)) => self.apply_offer(sub_id, code, percent, duration).await?,
             }
         } else {
             OfferGiven::NotApplied {
@@ -543,17 +550,15 @@ impl Billing {
         Ok(())
     }
 
-    async fn ensure_offer_coupon(
+    /// Applies a discount offer's coupon to the subscription now (the coupon
+    /// made once, on first use): what was given, or why not.
+    async fn apply_offer(
         &self,
-        code: &CouponCode,
+        sub_id: crate::ids::SubscriptionId,
+        code: CouponCode,
         percent: rust_decimal::Decimal,
-        offer: &crate::dunning_policy::Offer,
-    ) -> Result<(), BillingError> {
-        let duration = match (offer.duration_months, offer.duration.as_deref()) {
-            (Some(months), _) => crate::coupon::CouponDuration::Repeating { months },
-            (None, Some("forever")) => crate::coupon::CouponDuration::Forever,
-            _ => crate::coupon::CouponDuration::Once,
-        };
+        duration: crate::coupon::CouponDuration,
+    ) -> Result<OfferGiven, BillingError> {
         let created = self
             .create_coupon(crate::billing::NewCoupon {
                 code: code.clone(),
@@ -564,9 +569,36 @@ impl Billing {
             })
             .await;
         match created {
-            Ok(()) | Err(BillingError::Domain(DomainError::AlreadyExists { .. })) => Ok(()),
-            Err(error) => Err(error),
+            Ok(()) | Err(BillingError::Domain(DomainError::AlreadyExists { .. })) => {}
+            Err(BillingError::Domain(error)) => {
+                return Ok(OfferGiven::NotApplied {
+                    reason: error.code().to_owned(),
+                });
+            }
+            Err(error) => return Err(error),
         }
+        let given = match self.apply_discount(sub_id, &code, Timing::Now).await {
+            Ok(_) => OfferGiven::Discount {
+                coupon: code.to_string(),
+            },
+            // A concurrent recorder of the same step applied it first.
+            Err(BillingError::Domain(DomainError::CouponAlreadyRedeemed(_)))
+                if self
+                    .subscription(sub_id)
+                    .await?
+                    .discount
+                    .is_some_and(|d| d.coupon == code) =>
+            {
+                OfferGiven::Discount {
+                    coupon: code.to_string(),
+                }
+            }
+            Err(BillingError::Domain(error)) => OfferGiven::NotApplied {
+                reason: error.code().to_owned(),
+            },
+            Err(error) => return Err(error),
+        };
+        Ok(given)
     }
 
     /// The policy is spent for `invoice`: its final action, as of `at` (when
@@ -1012,30 +1044,6 @@ impl Billing {
             .await?
             .state)
     }
-}
-
-/// The coupon of a policy's offer at a step, named by its terms so that a
-/// changed policy makes a new coupon (`DUNNING-STANDARD-4-20OFF-ONCE`).
-fn offer_coupon(
-    segment: Segment,
-    step: u32,
-    percent: rust_decimal::Decimal,
-    offer: &crate::dunning_policy::Offer,
-) -> Result<CouponCode, BillingError> {
-    let segment = match segment {
-        Segment::Standard => "STANDARD",
-        Segment::HighValue => "HIGH-VALUE",
-        Segment::Trial => "TRIAL",
-    };
-    let duration = match (offer.duration_months, offer.duration.as_deref()) {
-        (Some(months), _) => format!("{months}M"),
-        (None, Some("forever")) => "FOREVER".to_owned(),
-        _ => "ONCE".to_owned(),
-    };
-    let percent = percent.normalize().to_string().replace('.', "P");
-    Ok(CouponCode::parse(&format!(
-        "DUNNING-{segment}-{step}-{percent}OFF-{duration}"
-    ))?)
 }
 
 /// An offer in the customer's words.

@@ -492,6 +492,12 @@ impl Subscription {
             .ok()
     }
 
+    /// Whether a discount takes something off at `at` (a used-up once or
+    /// repeating coupon does not), or one is set for the next period.
+    pub fn discount_in_force(&self, at: OffsetDateTime) -> bool {
+        self.discount_at(at).is_some() || matches!(self.scheduled_discount, Some(Some(_)))
+    }
+
     fn discount_at(&self, at: OffsetDateTime) -> Option<AppliedDiscount> {
         self.discount
             .clone()
