@@ -2326,3 +2326,36 @@ async fn a_used_up_signup_coupon_does_not_stand_in_the_way_of_an_offer() {
         campaign.offers
     );
 }
+
+#[tokio::test]
+async fn a_campaign_whose_invoice_is_credited_to_zero_is_closed_not_recovered() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (_, sub) = w
+        .failing_subscriber(Segment::Standard, "community_access", Some("card_declined"))
+        .await;
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let feb = &w.invoices_of(sub).await[1];
+    let id = feb.id.unwrap();
+    let credited = w
+        .billing
+        .credit_note(id, feb.amount_remaining(), "order_change")
+        .await
+        .unwrap();
+    assert_eq!(credited.status, InvoiceStatus::Paid);
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert!(
+        matches!(
+            &campaign.ending,
+            Some((Ending::Closed { reason }, _)) if reason == "credited"
+        ),
+        "{:?}",
+        campaign.ending
+    );
+    assert!(
+        campaign
+            .due_messages(datetime!(2026-03-01 00:00 UTC))
+            .is_empty(),
+        "nothing more is sent"
+    );
+    w.trial_balance().await;
+}

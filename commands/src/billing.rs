@@ -1455,6 +1455,7 @@ impl Billing {
                         payment_method: token.clone(),
                         due_at,
                         on_demand: now_regardless,
+                        after_attempts: u32::try_from(invoice.attempts.len()).unwrap_or(u32::MAX),
                         now,
                     })
                     .await?;

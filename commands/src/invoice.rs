@@ -427,6 +427,9 @@ pub enum InvoiceCommand {
         due_at: OffsetDateTime,
         /// Asked for now, outside the dunning schedule.
         on_demand: bool,
+        /// The attempts the caller saw when it decided to charge: another
+        /// attempt since (a concurrent collector) makes this one a no-op.
+        after_attempts: u32,
         /// Now.
         now: OffsetDateTime,
     },
@@ -1190,6 +1193,7 @@ impl Aggregate for Invoice {
                         payment_method: attempt.payment_method,
                         due_at: attempt.due_at,
                         on_demand: false,
+                        after_attempts: 0,
                         now,
                     },
                 )?;
@@ -1262,10 +1266,15 @@ impl Aggregate for Invoice {
                 payment_method,
                 due_at,
                 on_demand,
+                after_attempts,
                 now,
             } => {
-                // Paid already (perhaps by a concurrent collector): nothing to do.
-                if self.pending_attempt().is_some() || self.status == InvoiceStatus::Paid {
+                // Paid already, or attempted since the caller looked (a
+                // concurrent collector decided on what it saw): nothing to do.
+                if self.pending_attempt().is_some()
+                    || self.status == InvoiceStatus::Paid
+                    || self.attempts.len() != after_attempts as usize
+                {
                     return Ok(Vec::new());
                 }
                 if !matches!(
@@ -1318,6 +1327,12 @@ impl Aggregate for Invoice {
                 match self.status {
                     // Paid meanwhile: nothing is left to write off.
                     InvoiceStatus::Uncollectible | InvoiceStatus::Paid => return Ok(Vec::new()),
+                    // A charge in flight (the customer paying on the
+                    // update-card page) decides first: never written off
+                    // while money may be moving.
+                    InvoiceStatus::Open if self.pending_attempt().is_some() => {
+                        return Ok(Vec::new());
+                    }
                     InvoiceStatus::Open => {}
                     _ => return Err(self.refuse("mark uncollectible")),
                 }

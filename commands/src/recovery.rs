@@ -410,7 +410,12 @@ impl Billing {
                     }
                 }
             };
-            queue(template, failed_at, &policy.channels);
+            // The final action's own step says nothing more: the last retry's
+            // step carried the final notice, and whatever this one queued
+            // would race the campaign's end that cancels it.
+            if !matches!(next, NextStep::GiveUp(_)) {
+                queue(template, failed_at, &policy.channels);
+            }
             // A campaign that waits for the customer reminds them when each
             // retry would have run, by email only, the last a final notice.
             if matches!(
@@ -626,9 +631,12 @@ impl Billing {
             let written_off = self
                 .invoice_command(id, source, |_| InvoiceCommand::MarkUncollectible { now })
                 .await?;
-            if written_off.state.status != InvoiceStatus::Uncollectible {
+            match written_off.state.status {
+                InvoiceStatus::Uncollectible => {}
+                // A charge in flight decides; the next visit finds its outcome.
+                InvoiceStatus::Open => return Ok(()),
                 // Paid by a concurrent collector after all.
-                return self.settled(&written_off.state, source).await;
+                _ => return self.settled(&written_off.state, source).await,
             }
         }
         match (final_action, invoice.subscription_id) {
@@ -708,10 +716,19 @@ impl Billing {
         }
         let at = invoice.settled_at.unwrap_or_else(|| self.now());
         let command = match invoice.status {
-            InvoiceStatus::Paid => DunningCommand::Recover {
-                amount: invoice
-                    .amount_paid
-                    .unwrap_or_else(|| invoice.amount_remaining()),
+            // Collected: recovered, by what was paid.
+            InvoiceStatus::Paid if invoice.amount_paid.is_some_and(|paid| paid.is_positive()) => {
+                DunningCommand::Recover {
+                    amount: invoice
+                        .amount_paid
+                        .unwrap_or_else(|| invoice.amount_remaining()),
+                    at,
+                }
+            }
+            // Settled by a credit note, nothing collected: forgiven, not
+            // recovered (closed, like a voided invoice's campaign).
+            InvoiceStatus::Paid => DunningCommand::Close {
+                reason: "credited".to_owned(),
                 at,
             },
             InvoiceStatus::Void => DunningCommand::Close {
@@ -748,9 +765,15 @@ impl Billing {
         let Some(subject) = campaign.subject.clone().filter(|_| !due.is_empty()) else {
             return Ok(0);
         };
+        let invoice = self.invoice(id).await?;
+        if matches!(invoice.status, InvoiceStatus::Paid | InvoiceStatus::Void) {
+            // Settled, and the campaign's end was lost (a crash, a contended
+            // append): end it now, which cancels what is queued.
+            self.end_campaign(&invoice, Source::Scheduler).await?;
+            return Ok(0);
+        }
         let contact = self.contact(subject.customer_id).await?;
         let customer = self.customer(subject.customer_id).await?;
-        let invoice = self.invoice(id).await?;
         let policy = self.policy_for(subject.segment).await?;
         let mut sent = 0;
         for message in due {

@@ -258,6 +258,7 @@ proptest! {
         books.record(&events, &invoice)?;
         for (i, step) in steps.into_iter().enumerate() {
             let now = START + Duration::days(i64::try_from(i).unwrap());
+            let seen = u32::try_from(invoice.attempts.len()).unwrap();
             let result = match step {
                 Step::Pay(succeeds) => execute(
                     &mut invoice,
@@ -266,6 +267,7 @@ proptest! {
                         payment_method: Some("pm_card_visa".into()),
                         due_at: now,
                         on_demand: false,
+                        after_attempts: seen,
                         now,
                     },
                 )
@@ -315,4 +317,106 @@ proptest! {
             books.record(&events, &invoice)?;
         }
     }
+}
+
+/// An open invoice of 97.00, finalized at START.
+fn open_invoice() -> Invoice {
+    let mut invoice = Invoice::default();
+    execute(
+        &mut invoice,
+        InvoiceCommand::Draft {
+            customer_id: CustomerId::new_at(START),
+            subscription_id: None,
+            request: InvoiceRequest {
+                invoice_id: InvoiceId::new_at(START),
+                reason: BillingReason::SubscriptionCycle,
+                lines: vec![line(9_700, 0)],
+                discount: None,
+                issued_at: Some(START),
+            },
+            now: START,
+        },
+    )
+    .unwrap();
+    execute(
+        &mut invoice,
+        InvoiceCommand::Finalize {
+            tax_basis: TaxBasis::NoLocation,
+            credit_applied: usd_minor(0),
+            now: START,
+        },
+    )
+    .unwrap();
+    assert_eq!(invoice.status, InvoiceStatus::Open);
+    invoice
+}
+
+fn start(after_attempts: u32) -> InvoiceCommand {
+    InvoiceCommand::StartAttempt {
+        gateway: "simulated".into(),
+        payment_method: Some("pm_card_visa".into()),
+        due_at: START,
+        on_demand: false,
+        after_attempts,
+        now: START,
+    }
+}
+
+#[test]
+fn a_write_off_waits_for_a_charge_in_flight() {
+    let mut invoice = open_invoice();
+    execute(&mut invoice, start(0)).unwrap();
+    assert!(invoice.pending_attempt().is_some());
+    let written_off = execute(
+        &mut invoice,
+        InvoiceCommand::MarkUncollectible { now: START },
+    )
+    .unwrap();
+    assert!(written_off.is_empty(), "{written_off:?}");
+    assert_eq!(invoice.status, InvoiceStatus::Open);
+    // Its outcome recorded, the write-off goes ahead.
+    execute(
+        &mut invoice,
+        InvoiceCommand::RecordOutcome {
+            attempt_no: 1,
+            outcome: ChargeOutcome::Declined {
+                decline_code: "card_declined".into(),
+                message: String::new(),
+            },
+            next_retry_at: None,
+            now: START,
+        },
+    )
+    .unwrap();
+    execute(
+        &mut invoice,
+        InvoiceCommand::MarkUncollectible { now: START },
+    )
+    .unwrap();
+    assert_eq!(invoice.status, InvoiceStatus::Uncollectible);
+}
+
+#[test]
+fn a_charge_decided_on_attempts_since_outdated_is_not_started() {
+    let mut invoice = open_invoice();
+    execute(&mut invoice, start(0)).unwrap();
+    execute(
+        &mut invoice,
+        InvoiceCommand::RecordOutcome {
+            attempt_no: 1,
+            outcome: ChargeOutcome::Declined {
+                decline_code: "stolen_card".into(),
+                message: String::new(),
+            },
+            next_retry_at: None,
+            now: START,
+        },
+    )
+    .unwrap();
+    // A collector that read the invoice before that attempt: nothing.
+    assert!(execute(&mut invoice, start(0)).unwrap().is_empty());
+    assert_eq!(invoice.attempts.len(), 1);
+    // One that saw it goes ahead.
+    assert_eq!(execute(&mut invoice, start(1)).unwrap().len(), 1);
+    assert_eq!(invoice.attempts.len(), 2);
 }
