@@ -464,6 +464,70 @@ mod tests {
         );
     }
 
+    /// Every template a campaign can queue, on both channels, through the
+    /// message a notice becomes and its rendering: the step's offer is told
+    /// when the notice has one, and not a word otherwise.
+    #[test]
+    fn a_notice_s_offer_reaches_every_step_message() {
+        let (channels, _) = channels(true, true);
+        let templates = [
+            Template::PaymentFailedGentle,
+            Template::PaymentFailedUrgent,
+            Template::PaymentFinalNotice,
+            Template::AuthenticationRequired,
+            Template::CardExpiring,
+            Template::Offer,
+        ];
+        for template in templates {
+            for (channel, to) in [
+                (PolicyChannel::Email, "ann@example.com"),
+                (PolicyChannel::Sms, "+15550000001"),
+            ] {
+                let mut notice = notice(channel, template, to);
+                notice.expires_on = Some("2027-03".to_owned());
+                notice.offer = Some("7 more days to sort it out".to_owned());
+                let message = channels.message(&notice).unwrap();
+                assert_eq!(
+                    message.vars.offer.as_deref(),
+                    Some("7 more days to sort it out")
+                );
+                let rendered = recur_notify::render(&message).unwrap();
+                let name = template.name();
+                assert!(
+                    rendered.text.contains("7 more days to sort it out"),
+                    "{name} ({channel:?}): {}",
+                    rendered.text
+                );
+                if let Some(html) = &rendered.html {
+                    assert!(html.contains("7 more days to sort it out"), "{name}");
+                }
+
+                notice.offer = None;
+                let message = channels.message(&notice).unwrap();
+                assert_eq!(message.vars.offer, None);
+                match recur_notify::render(&message) {
+                    Ok(rendered) => {
+                        let html = rendered.html.unwrap_or_default();
+                        for part in [rendered.text.as_str(), html.as_str()] {
+                            assert!(!part.contains("more days"), "{name} ({channel:?})");
+                            assert!(!part.contains("given you"), "{name} ({channel:?})");
+                            assert!(!part.contains("You now have"), "{name} ({channel:?})");
+                        }
+                    }
+                    // The offer's own email cannot go without one (nothing
+                    // queues it; by SMS it falls back to the urgent text).
+                    Err(recur_notify::NotifyError::MissingVar { var, .. }) => {
+                        assert_eq!(
+                            (template, channel, var),
+                            (Template::Offer, PolicyChannel::Email, "offer")
+                        );
+                    }
+                    Err(other) => panic!("{name} ({channel:?}): {other}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn sms_without_its_own_form_falls_back_to_the_urgent_text() {
         assert_eq!(

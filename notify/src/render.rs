@@ -201,8 +201,9 @@ pub fn render(message: &Message) -> Result<Rendered, NotifyError> {
     }
 }
 
-/// The values a template may print. Unset optional values are left out, so a
-/// template that prints one fails instead of printing `none`.
+/// The values a template may print. Unset (or blank) optional values are left
+/// out, so a template that prints one fails instead of printing `none`, and
+/// `{% if offer %}` is false.
 fn context(message: &Message) -> Value {
     let vars = &message.vars;
     let mut map: BTreeMap<String, Value> = BTreeMap::new();
@@ -224,8 +225,9 @@ fn context(message: &Message) -> Value {
         ("expires_on", &vars.expires_on),
         ("offer", &vars.offer),
     ] {
-        if let Some(value) = value {
-            put(key, Value::from(value.as_str()));
+        // Blank is unset: `{% if offer %}` must not print an empty offer.
+        if let Some(value) = value.as_deref().filter(|v| !v.trim().is_empty()) {
+            put(key, Value::from(value));
         }
     }
     Value::from(map)

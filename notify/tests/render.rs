@@ -136,10 +136,11 @@ fn the_gentle_email_is_the_briefs() {
 
 #[test]
 fn the_briefs_sms_texts_keep_their_wording() {
+    // Without an offer: the brief's texts had none.
     let sms = |template| {
-        render(&message(Channel::Sms, template, "+15005550006", "Ann"))
-            .unwrap()
-            .text
+        let mut m = message(Channel::Sms, template, "+15005550006", "Ann");
+        m.vars.offer = None;
+        render(&m).unwrap().text
     };
     assert_eq!(
         sms("payment_failed_urgent"),
@@ -159,6 +160,103 @@ fn the_briefs_sms_texts_keep_their_wording() {
             "Your card ending in 4242 expires on March 3, 2027. Update it now to avoid service interruption: {LINK} - Christopher's AI Coaching"
         )
     );
+}
+
+/// The templates a campaign's step (or its reminders, or the card-expiry
+/// notice) can use; `offer` is the only other one.
+const STEP_TEMPLATES: [&str; 5] = [
+    "payment_failed_gentle",
+    "payment_failed_urgent",
+    "payment_final_notice",
+    "authentication_required",
+    "card_expiring",
+];
+
+/// What `recur-commands` makes of a percent-off offer (`offer_words`): the
+/// longest offer words a customer can be sent today.
+const LONG_OFFER: &str = "a discount (DUNNING-HIGH-VALUE-12-12P5OFF-FOREVER) on your plan";
+
+#[test]
+fn every_step_template_tells_the_offer_only_when_there_is_one() {
+    for (template, _) in templates() {
+        assert!(
+            template == "offer" || STEP_TEMPLATES.contains(&template),
+            "{template}: a new template; does it tell the offer?"
+        );
+    }
+    for (template, channel) in templates().filter(|(t, _)| *t != "offer") {
+        for offer in ["7 more days to sort it out", LONG_OFFER] {
+            let mut m = message(channel, template, "x", "Ann");
+            m.vars.offer = Some(offer.to_owned());
+            let rendered = render(&m).unwrap();
+            match channel {
+                Channel::Email => {
+                    let sentence = format!("To help, we have given you {offer}.");
+                    assert!(
+                        rendered.text.contains(&format!("\n\n{sentence}\n\n")),
+                        "{template}: text has no offer paragraph: {}",
+                        rendered.text
+                    );
+                    let html = rendered.html.unwrap();
+                    assert!(
+                        html.contains(&format!("\n<p>{sentence}</p>\n")),
+                        "{template}: HTML has no offer paragraph: {html}"
+                    );
+                    assert!(!rendered.subject.unwrap().contains(offer), "{template}");
+                }
+                Channel::Sms => {
+                    assert!(
+                        rendered.text.contains(&format!(" You now have {offer}. ")),
+                        "{template}: SMS has no offer: {}",
+                        rendered.text
+                    );
+                    assert!(
+                        rendered.text.chars().count() <= 306,
+                        "{template}: {} chars with the offer",
+                        rendered.text.chars().count()
+                    );
+                }
+            }
+        }
+        // No offer, or a blank one: not a word about it.
+        for offer in [None, Some(""), Some("  ")] {
+            let mut m = message(channel, template, "x", "Ann");
+            m.vars.offer = offer.map(str::to_owned);
+            let rendered = render(&m).unwrap();
+            let parts = [
+                rendered.subject.unwrap_or_default(),
+                rendered.html.unwrap_or_default(),
+                rendered.text,
+            ];
+            for part in parts {
+                for word in ["given you", "You now have", "discount", "offer"] {
+                    assert!(
+                        !part.contains(word),
+                        "{template} ({channel}) with {offer:?}: {word:?} in {part}"
+                    );
+                }
+                assert!(!part.contains("\n\n\n"), "{template}: a blank gap: {part}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_offer_is_escaped_in_html_and_kept_as_is_in_text_and_sms() {
+    let offer = "<i>20% off</i> & a \"thank you\"";
+    for (template, channel) in templates() {
+        let mut m = message(channel, template, "x", "Ann");
+        m.vars.offer = Some(offer.to_owned());
+        let rendered = render(&m).unwrap();
+        assert!(rendered.text.contains(offer), "{template} ({channel})");
+        if let Some(html) = rendered.html {
+            assert!(
+                html.contains("&lt;i&gt;20% off&lt;&#x2f;i&gt; &amp; a &quot;thank you&quot;"),
+                "{template}: {html}"
+            );
+            assert!(!html.contains("<i>"), "{template}: unescaped offer in HTML");
+        }
+    }
 }
 
 #[test]
