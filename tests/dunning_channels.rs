@@ -314,6 +314,20 @@ async fn a_demo_year_sends_its_dunning_messages_through_smtp_and_sms() {
 
     // Email: each of ours arrived once, with both parts and a link that verifies.
     let emails = emails_for(&mail_dir, &email_ids);
+    // The steps with a discount told the customer, in words.
+    let told_a_discount = emails
+        .iter()
+        .filter(|(_, raw)| {
+            parts(raw)
+                .iter()
+                .any(|(t, body)| t.starts_with("text/plain") && body.contains("% off"))
+        })
+        .count();
+    assert!(
+        told_a_discount > 0,
+        "no email told of a discount: {:?}",
+        d.offers
+    );
     let mut arrived: BTreeMap<uuid::Uuid, u32> = BTreeMap::new();
     for (id, _) in &emails {
         *arrived.entry(*id).or_default() += 1;

@@ -807,6 +807,10 @@ impl Billing {
                 .await?;
                 continue;
             };
+            let offer = match campaign.offers.get(&message.step) {
+                Some(given) => self.offer_words(given).await?,
+                None => None,
+            };
             let notice = Notice {
                 message_id: message.message_id,
                 channel: message.channel,
@@ -825,7 +829,7 @@ impl Billing {
                 steps_total: policy.steps_total(),
                 last4: customer.payment_method.as_ref().map(|m| m.last4.clone()),
                 expires_on: None,
-                offer: campaign.offers.get(&message.step).and_then(offer_words),
+                offer,
                 sent_at: now,
             };
             // Claimed first, on the campaign's version: a second sender finds
@@ -1069,11 +1073,72 @@ impl Billing {
     }
 }
 
-/// An offer in the customer's words.
-fn offer_words(given: &OfferGiven) -> Option<String> {
-    match given {
-        OfferGiven::Discount { coupon } => Some(format!("a discount ({coupon}) on your plan")),
-        OfferGiven::TrialExtension { days } => Some(format!("{days} more days to sort it out")),
-        OfferGiven::NotApplied { .. } => None,
+/// A discount in the customer's words: "20% off your next invoice".
+pub fn discount_words(
+    discount: &crate::coupon::Discount,
+    duration: crate::coupon::CouponDuration,
+) -> String {
+    use crate::coupon::{CouponDuration, Discount};
+    let off = match discount {
+        Discount::PercentOff { percent } => format!("{}%", percent.normalize()),
+        Discount::AmountOff { amount } => amount.to_string(),
+    };
+    match duration {
+        CouponDuration::Once => format!("{off} off your next invoice"),
+        CouponDuration::Repeating { months: 1 } => format!("{off} off for the next month"),
+        CouponDuration::Repeating { months } => format!("{off} off for the next {months} months"),
+        CouponDuration::Forever => format!("{off} off from now on"),
+    }
+}
+
+impl Billing {
+    /// An offer in the customer's words, a discount by its coupon's terms.
+    async fn offer_words(&self, given: &OfferGiven) -> Result<Option<String>, BillingError> {
+        Ok(match given {
+            OfferGiven::Discount { coupon } => {
+                let code = CouponCode::parse(coupon)?;
+                let (terms, _) = self
+                    .repo
+                    .load_current::<crate::coupon::Coupon>(&code.stream()?)
+                    .await?;
+                terms
+                    .discount
+                    .zip(terms.duration)
+                    .map(|(discount, duration)| discount_words(&discount, duration))
+            }
+            OfferGiven::TrialExtension { days } => {
+                Some(format!("{days} more days before anything changes"))
+            }
+            OfferGiven::NotApplied { .. } => None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coupon::{CouponDuration, Discount};
+
+    #[test]
+    fn a_discount_is_told_by_its_terms() {
+        let percent = |p: i64| Discount::PercentOff {
+            percent: rust_decimal::Decimal::new(p, 1),
+        };
+        assert_eq!(
+            discount_words(&percent(200), CouponDuration::Once),
+            "20% off your next invoice"
+        );
+        assert_eq!(
+            discount_words(&percent(125), CouponDuration::Repeating { months: 3 }),
+            "12.5% off for the next 3 months"
+        );
+        assert_eq!(
+            discount_words(&percent(300), CouponDuration::Repeating { months: 1 }),
+            "30% off for the next month"
+        );
+        assert_eq!(
+            discount_words(&percent(100), CouponDuration::Forever),
+            "10% off from now on"
+        );
     }
 }

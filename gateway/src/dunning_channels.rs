@@ -485,21 +485,26 @@ mod tests {
             ] {
                 let mut notice = notice(channel, template, to);
                 notice.expires_on = Some("2027-03".to_owned());
-                notice.offer = Some("7 more days to sort it out".to_owned());
+                notice.offer = Some("7 more days before anything changes".to_owned());
                 let message = channels.message(&notice).unwrap();
                 assert_eq!(
                     message.vars.offer.as_deref(),
-                    Some("7 more days to sort it out")
+                    Some("7 more days before anything changes")
                 );
                 let rendered = recur_notify::render(&message).unwrap();
                 let name = template.name();
                 assert!(
-                    rendered.text.contains("7 more days to sort it out"),
+                    rendered
+                        .text
+                        .contains("7 more days before anything changes"),
                     "{name} ({channel:?}): {}",
                     rendered.text
                 );
                 if let Some(html) = &rendered.html {
-                    assert!(html.contains("7 more days to sort it out"), "{name}");
+                    assert!(
+                        html.contains("7 more days before anything changes"),
+                        "{name}"
+                    );
                 }
 
                 notice.offer = None;

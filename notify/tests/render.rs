@@ -174,7 +174,7 @@ const STEP_TEMPLATES: [&str; 5] = [
 
 /// What `recur-commands` makes of a percent-off offer (`offer_words`): the
 /// longest offer words a customer can be sent today.
-const LONG_OFFER: &str = "a discount (DUNNING-HIGH-VALUE-12-12P5OFF-FOREVER) on your plan";
+const LONG_OFFER: &str = "1,500.00 USD off for the next 120 months";
 
 #[test]
 fn every_step_template_tells_the_offer_only_when_there_is_one() {
@@ -185,7 +185,7 @@ fn every_step_template_tells_the_offer_only_when_there_is_one() {
         );
     }
     for (template, channel) in templates().filter(|(t, _)| *t != "offer") {
-        for offer in ["7 more days to sort it out", LONG_OFFER] {
+        for offer in ["7 more days before anything changes", LONG_OFFER] {
             let mut m = message(channel, template, "x", "Ann");
             m.vars.offer = Some(offer.to_owned());
             let rendered = render(&m).unwrap();
