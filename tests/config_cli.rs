@@ -57,6 +57,12 @@ fn recur() -> Command {
         "RECUR_MASTER_KEY_FILE",
         "RECUR_MASTER_KEYS_RETIRED",
         "RECUR_STRIPE_WEBHOOK_SECRETS",
+        "RECUR_SMTP_URL",
+        "RECUR_SMTP_FROM",
+        "RECUR_SMS_ACCOUNT_SID",
+        "RECUR_SMS_URL",
+        "RECUR_LINK_KEY",
+        "RECUR_PUBLIC_URL",
         "RUST_LOG",
     ] {
         command.env_remove(var);
@@ -189,6 +195,55 @@ fn serve_refuses_a_missing_sqlite_path_and_creates_no_file() {
     });
     assert_eq!(code, Some(1), "{stderr}");
     assert!(!sqlite_files_exist(&path));
+}
+
+/// Dunning messages carry update-card links: a server that sends them needs a
+/// key that outlives it and the address customers reach it by.
+#[test]
+fn serve_refuses_to_send_dunning_messages_without_a_link_key_and_a_public_url() {
+    let dir = TempDir::new("links");
+    let location = format!("sqlite:{}", dir.path("links.sqlite").display());
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database",
+        &location,
+        "--create",
+    ];
+    let smtp = |c: &mut Command| {
+        c.env("RECUR_SMTP_URL", "smtp://127.0.0.1:2525")
+            .env("RECUR_SMTP_FROM", "Billing <billing@example.com>");
+    };
+    for (key, url) in [
+        (None, None),
+        (Some("ab".repeat(32)), None),
+        (None, Some("https://pay.example.com")),
+    ] {
+        let (code, stdout, stderr) = run(&args, |c| {
+            smtp(c);
+            c.env("RECUR_ADMIN_KEY", ADMIN_KEY);
+            if let Some(key) = &key {
+                c.env("RECUR_LINK_KEY", key);
+            }
+            if let Some(url) = url {
+                c.env("RECUR_PUBLIC_URL", url);
+            }
+        });
+        assert_eq!(code, Some(1), "{key:?} {url:?}: {stdout}{stderr}");
+        assert!(!stdout.contains("listening"), "it must not serve: {stdout}");
+        assert!(
+            stderr.contains("RECUR_LINK_KEY") && stderr.contains("RECUR_PUBLIC_URL"),
+            "the error names what to set: {stderr}"
+        );
+    }
+    // Both set: it serves.
+    let server = serve(&["--database", &location], |c| {
+        smtp(c);
+        c.env("RECUR_LINK_KEY", "ab".repeat(32))
+            .env("RECUR_PUBLIC_URL", "https://pay.example.com");
+    });
+    assert!(server.get_status_line("/readyz").contains(" 200 "));
 }
 
 #[test]

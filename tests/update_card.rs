@@ -702,6 +702,7 @@ async fn opening_a_dunning_emails_link_is_recorded_once_as_its_click_and_counted
         &[
             ("RECUR_SMTP_URL", smtp_url.as_str()),
             ("RECUR_SMTP_FROM", "Billing <billing@recur.test>"),
+            ("RECUR_PUBLIC_URL", "https://billing.example.com"),
         ],
     )
     .await;

@@ -218,7 +218,20 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
     let scheduler = match crate::dunning_channels::DunningChannels::from_env(update_card.clone())
         .context("dunning channels")?
     {
-        Some(channels) => scheduler.with_messenger(Arc::new(channels)),
+        Some(channels) => {
+            // Messages go to customers: their links must reach this server
+            // from outside and outlive this process.
+            let unset = |value: Option<&str>| value.is_none_or(|v| v.trim().is_empty());
+            anyhow::ensure!(
+                !unset(options.update_card.link_key.as_ref().map(|k| k.expose()))
+                    && !unset(options.update_card.public_url.as_deref()),
+                "dunning messages are configured (RECUR_SMTP_URL or RECUR_SMS_ACCOUNT_SID), so \
+                 RECUR_LINK_KEY (a key that outlives this process: openssl rand -hex 32) and \
+                 RECUR_PUBLIC_URL (where customers reach this server) must be set: the \
+                 update-card link in every message depends on both"
+            );
+            scheduler.with_messenger(Arc::new(channels))
+        }
         None => {
             tracing::warn!(
                 "neither RECUR_SMTP_URL nor RECUR_SMS_ACCOUNT_SID is set: dunning messages stay \
