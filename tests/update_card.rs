@@ -920,3 +920,45 @@ async fn a_payment_the_bank_asks_to_authenticate_is_confirmed_on_the_page_once()
         "the token never reaches the log"
     );
 }
+
+#[tokio::test]
+async fn a_link_to_an_invoice_written_off_says_so_and_charges_nothing() {
+    let server = serve().await;
+    let (customer, invoice) = server.customer_with_a_declined_invoice().await;
+    // Six hours at a time until the trial policy gives up and cancels.
+    let mut rounds = 0;
+    while server.invoice(&invoice).await["status"] != "uncollectible" {
+        rounds += 1;
+        assert!(rounds < 120, "{}", server.invoice(&invoice).await);
+        let moved = server
+            .api(
+                reqwest::Method::POST,
+                "/v1/test_clock/advance",
+                Some(json!({"seconds": 21_600})),
+            )
+            .await;
+        assert_eq!(moved.status, StatusCode::OK, "{}", moved.text);
+    }
+    let attempts = server.invoice(&invoice).await["attempts"]
+        .as_array()
+        .unwrap()
+        .len();
+    // Valid past the days the test clock moved on.
+    let expires_at = week_from_now() + time::Duration::days(60);
+    let link = server.link(&customer, Some(&invoice), expires_at);
+    let saved = server.submit(&link, "pm_card_visa").await;
+    assert_eq!(saved.status, StatusCode::OK, "{}", saved.text);
+    assert!(saved.text.contains("Written off"), "{}", saved.text);
+    assert!(
+        saved.text.contains("Coaching &lt;&amp;&gt; Co"),
+        "{}",
+        saved.text
+    );
+    let after = server.invoice(&invoice).await;
+    assert_eq!(after["status"], "uncollectible", "{after}");
+    assert_eq!(
+        after["attempts"].as_array().unwrap().len(),
+        attempts,
+        "nothing charged"
+    );
+}

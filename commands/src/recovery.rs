@@ -280,13 +280,18 @@ impl Billing {
         // policy's own until the ledger holds enough retries of the slot.
         // Seeded by what the decision is about (not the invoice's random id),
         // so a replayed business decides alike.
-        let seed = {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            (decline_code, failed_at.unix_timestamp(), failed_attempts).hash(&mut hasher);
-            invoice.amount_remaining().to_string().hash(&mut hasher);
-            hasher.finish()
-        };
+        // FNV-1a over the decision's content (not the invoice's random id,
+        // so a replayed business decides alike): the same on every platform
+        // and Rust release (std's hashers promise neither).
+        let seed = format!(
+            "{decline_code}|{}|{failed_attempts}|{}",
+            failed_at.unix_timestamp(),
+            invoice.amount_remaining()
+        )
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
         let Ok(mut timing) = self.retry_timing.lock() else {
             return Ok(next);
         };

@@ -179,8 +179,9 @@ impl RetryTiming {
     }
 
     /// Restarts the sampling generator at `seed`: billing seeds each decision
-    /// by its invoice and step, so a decision does not depend on how many
-    /// others were drawn before it (concurrent work, a restart).
+    /// by its content (decline code, failure time, step, amount), so
+    /// a decision does not depend on how many others were drawn before it
+    /// (concurrent work, a restart).
     pub fn reseed(&mut self, seed: u64) {
         self.state = seed ^ 0x6A09_E667_F3BC_C908;
     }

@@ -198,12 +198,7 @@ pub async fn submit(
         );
     };
     if invoice.status != InvoiceStatus::Open {
-        return message(
-            StatusCode::OK,
-            config,
-            "Nothing due",
-            &format!("{saved} Nothing is due on this invoice: it has already been settled."),
-        );
+        return not_open(config, &invoice, &format!("{saved} "));
     }
     let Some(invoice_id) = invoice.id else {
         return failure(config, &BillingError::from(not_found("invoice")));
@@ -249,12 +244,7 @@ pub async fn confirm(
         Err(error) => return failure(config, &error),
     };
     if invoice.status != InvoiceStatus::Open {
-        return message(
-            StatusCode::OK,
-            config,
-            "Nothing due",
-            "Nothing is due on this invoice: it has already been settled.",
-        );
+        return not_open(config, &invoice, "");
     }
     if customer.payment_method.is_none() {
         return message(
@@ -307,8 +297,9 @@ fn payment_answer(
                 config.business_name
             ),
         ),
-        // Settled meanwhile (another tab, a retry), or refused as no longer open.
-        Ok(_) | Err(BillingError::Domain(DomainError::InvalidTransition { .. })) => message(
+        Ok(invoice) => not_open(config, &invoice, lead),
+        // Settled meanwhile (another tab, a retry): refused as no longer open.
+        Err(BillingError::Domain(DomainError::InvalidTransition { .. })) => message(
             StatusCode::OK,
             config,
             "Nothing due",
@@ -407,6 +398,29 @@ fn card_for(gateway: &str, token: &str, now: OffsetDateTime) -> Result<PaymentMe
         exp_year,
         provider_customer: None,
     })
+}
+
+/// The page for a link whose invoice is no longer open: settled (nothing
+/// due), or written off when the campaign gave up (it cannot be paid here).
+fn not_open(config: &UpdateCardConfig, invoice: &Invoice, lead: &str) -> Response {
+    if invoice.status == InvoiceStatus::Uncollectible {
+        return message(
+            StatusCode::OK,
+            config,
+            "Written off",
+            &format!(
+                "{lead}This invoice was written off after its payments failed, so it can no \
+                 longer be paid here. Please contact {} to settle it.",
+                config.business_name
+            ),
+        );
+    }
+    message(
+        StatusCode::OK,
+        config,
+        "Nothing due",
+        &format!("{lead}Nothing is due on this invoice: it has already been settled."),
+    )
 }
 
 /// The decline code of the invoice's last attempt, if it was declined.
@@ -540,9 +554,14 @@ fn failure(config: &UpdateCardConfig, error: &BillingError) -> Response {
                 config.business_name
             ),
         ),
+        // Busy (a concurrent writer kept winning) is as passing as a
+        // database away: try again.
         BillingError::GatewayUnavailable(_)
+        | BillingError::Contended(_)
         | BillingError::Ledger(
-            recur_ledger::LedgerError::Unavailable { .. } | recur_ledger::LedgerError::Closed,
+            recur_ledger::LedgerError::Unavailable { .. }
+            | recur_ledger::LedgerError::Closed
+            | recur_ledger::LedgerError::VersionConflict { .. },
         ) => {
             tracing::warn!(code = error.code(), "update-card page: service unavailable");
             message(
