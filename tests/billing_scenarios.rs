@@ -1825,6 +1825,19 @@ async fn a_high_value_client_gets_a_phone_task_and_is_left_past_due_at_the_end()
     assert_eq!(feb.status, InvoiceStatus::Open);
     let campaign = w.billing.dunning_campaign(id).await.unwrap();
     assert_eq!(campaign.steps.len(), 9);
+    // The final action's own step queued nothing: the last retry's step
+    // carried the final notice.
+    assert!(
+        !campaign.messages.values().any(|m| m.queued.step == 9),
+        "{:?}",
+        campaign.messages
+    );
+    assert!(
+        campaign
+            .messages
+            .values()
+            .any(|m| m.queued.step == 8 && m.queued.template == Template::PaymentFinalNotice)
+    );
     assert!(matches!(
         campaign.ending,
         Some((
@@ -2204,35 +2217,125 @@ async fn a_customer_trying_cards_on_demand_never_spends_the_campaigns_schedule()
         .await;
     w.at(datetime!(2026-02-01 00:00 UTC)).await;
     let id = w.invoices_of(sub).await[1].id.unwrap();
-    let first = w.billing.invoice(id).await.unwrap();
-    let scheduled_retry = first.attempts[0].next_retry_at.expect("a retry");
     // The trial policy has three retries; the customer tries four times on
-    // the page (pay now) within the first hour, each declined.
-    w.clock.advance_to(datetime!(2026-02-01 00:30 UTC));
+    // the page (pay now) half an hour in, each declined.
+    let tried_at = datetime!(2026-02-01 00:30 UTC);
+    w.clock.advance_to(tried_at);
     for _ in 0..4 {
         let still = w.billing.pay_now(id).await.unwrap();
         assert_eq!(still.status, InvoiceStatus::Open);
         let last = still.attempts.last().unwrap();
         assert!(last.on_demand);
+        // Still the first retry's place, timed from the customer's try.
         assert_eq!(
             last.next_retry_at,
-            Some(scheduled_retry),
-            "the schedule stands"
+            Some(tried_at + Duration::hours(2)),
+            "{last:?}"
         );
     }
     let campaign = w.billing.dunning_campaign(id).await.unwrap();
-    assert_eq!(campaign.steps.len(), 1, "{:?}", campaign.steps);
+    assert_eq!(campaign.steps.len(), 5, "every decline is a step");
     assert!(campaign.ending.is_none(), "{:?}", campaign.ending);
+    assert!(
+        campaign.offers.is_empty(),
+        "the step-2 offer is not reached"
+    );
     let state = w.billing.subscription(sub).await.unwrap();
     assert_ne!(state.status, SubscriptionStatus::Canceled);
-    // The schedule's own retry is step 2.
-    w.at(scheduled_retry).await;
+    // The schedule's own retry is its second place: its offer is made.
+    w.at(tried_at + Duration::hours(2)).await;
     let invoice = w.billing.invoice(id).await.unwrap();
     assert_eq!(invoice.attempts.len(), 6);
     assert!(!invoice.attempts[5].on_demand);
     let campaign = w.billing.dunning_campaign(id).await.unwrap();
-    assert_eq!(campaign.steps.len(), 2, "{:?}", campaign.steps);
+    assert_eq!(campaign.steps.len(), 6);
+    assert!(
+        matches!(
+            campaign.offers.get(&6),
+            Some(OfferGiven::TrialExtension { days: 7 })
+        ),
+        "{:?}",
+        campaign.offers
+    );
     assert!(campaign.ending.is_none());
+}
+
+#[tokio::test]
+async fn a_card_declined_on_the_page_long_after_the_step_is_retried_once_later_not_at_once() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (customer, sub) = w
+        .failing_subscriber(Segment::Standard, "community_access", Some("expired_card"))
+        .await;
+    w.at(datetime!(2026-02-01 00:00 UTC)).await;
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    // Ten days later a new card, declined for funds, on the page.
+    let tried_at = datetime!(2026-02-11 00:00 UTC);
+    w.clock.advance_to(tried_at);
+    w.billing
+        .attach_payment_method(
+            customer,
+            SimulatedGateway::failing_card("insufficient_funds", 12, 2030),
+        )
+        .await
+        .unwrap();
+    let still = w.billing.pay_now(id).await.unwrap();
+    let attempts = still.attempts.len();
+    let next = still.attempts.last().unwrap().next_retry_at.unwrap();
+    assert!(next > tried_at, "{next} is after the try");
+    // Nothing before it; one retry at it.
+    w.at(tried_at + Duration::minutes(30)).await;
+    assert_eq!(
+        w.billing.invoice(id).await.unwrap().attempts.len(),
+        attempts
+    );
+    w.at(next).await;
+    let after = w.billing.invoice(id).await.unwrap();
+    assert_eq!(after.attempts.len(), attempts + 1, "one retry");
+    assert!(after.attempts.last().unwrap().next_retry_at.unwrap() > next);
+}
+
+#[tokio::test]
+async fn a_hard_decline_on_the_page_after_a_soft_step_waits_for_a_card_with_its_reminders() {
+    let w = world(datetime!(2026-01-01 00:00 UTC)).await;
+    let (customer, sub) = w
+        .failing_subscriber(
+            Segment::Standard,
+            "community_access",
+            Some("insufficient_funds"),
+        )
+        .await;
+    let renewal = datetime!(2026-02-01 00:00 UTC);
+    w.at(renewal).await;
+    let id = w.invoices_of(sub).await[1].id.unwrap();
+    let tried_at = renewal + Duration::minutes(30);
+    w.clock.advance_to(tried_at);
+    w.billing
+        .attach_payment_method(
+            customer,
+            SimulatedGateway::failing_card("expired_card", 12, 2030),
+        )
+        .await
+        .unwrap();
+    w.billing.pay_now(id).await.unwrap();
+    let campaign = w.billing.dunning_campaign(id).await.unwrap();
+    assert_eq!(campaign.steps.len(), 2);
+    // Waits for a card until the schedule (from the try) would have run out:
+    // never sooner than the customer doing nothing.
+    let schedule_minutes: i64 = [60, 1440, 4320, 10080, 20160].iter().sum();
+    match campaign.steps[1].next {
+        recur_commands::dunning_policy::NextStep::AwaitNewCard { until } => {
+            assert_eq!(until, tried_at + Duration::minutes(schedule_minutes));
+            assert!(until > renewal + Duration::minutes(schedule_minutes));
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert!(
+        campaign
+            .messages
+            .values()
+            .any(|m| m.queued.step == 2 && m.queued.template == Template::PaymentFinalNotice),
+        "the wait's reminders end with a final notice"
+    );
 }
 
 #[tokio::test]

@@ -1497,10 +1497,10 @@ impl Billing {
         // Retries are timed from when this attempt was due, so a late scheduler
         // catches up on the same schedule as one that never stopped.
         let failed_at = attempt.effective_at();
-        let (step, clock_from) = crate::recovery::decline_step(&invoice, &attempt);
+        let position = crate::recovery::decline_step(&invoice, &attempt);
         let next = match &outcome {
             ChargeOutcome::Declined { decline_code, .. } => Some(
-                self.dunning_next(&invoice, &customer, decline_code, step, clock_from)
+                self.dunning_next(&invoice, &customer, decline_code, position, failed_at)
                     .await?,
             ),
             ChargeOutcome::Succeeded { .. } => None,

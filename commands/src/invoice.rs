@@ -1283,6 +1283,12 @@ impl Aggregate for Invoice {
                 ) {
                     return Err(self.refuse("charge"));
                 }
+                // Pay-now and the update-card page pay open invoices only: one
+                // written off meanwhile (the campaign gave up) is not charged
+                // behind the final action.
+                if on_demand && self.status != InvoiceStatus::Open {
+                    return Err(self.refuse("pay"));
+                }
                 let amount = self.amount_remaining();
                 if !amount.is_positive() {
                     return Ok(Vec::new());

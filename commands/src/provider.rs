@@ -149,9 +149,9 @@ impl Billing {
         // As for a decline Recur heard itself (Billing::collect): the dunning
         // policy decides, timed from when the attempt was due.
         let failed_at = attempt.effective_at();
-        let (step, clock_from) = crate::recovery::decline_step(&invoice, &attempt);
+        let position = crate::recovery::decline_step(&invoice, &attempt);
         let next = self
-            .dunning_next(&invoice, &customer, decline_code, step, clock_from)
+            .dunning_next(&invoice, &customer, decline_code, position, failed_at)
             .await?;
         let next_retry_at = crate::recovery::next_retry_at(next);
         let outcome = ChargeOutcome::Declined {

@@ -175,41 +175,55 @@ pub fn retry_can_succeed(invoice: &Invoice, customer: &Customer) -> bool {
     }
 }
 
-/// The declined attempts of an invoice that are steps of its campaign, with
-/// their decline codes: every decline of a scheduled attempt, and the first
-/// decline whatever asked for it (it starts the campaign). A declined
-/// pay-now or update-card attempt after that is not a step: a customer trying
-/// cards on the page never spends the policy's schedule.
-pub fn step_failures(invoice: &Invoice) -> Vec<(&crate::invoice::Attempt, &str)> {
-    let mut steps = Vec::new();
+/// One decline of an invoice as a step of its campaign.
+#[derive(Clone, Copy, Debug)]
+pub struct CampaignStep<'a> {
+    /// The step's number: every decline is a step (1-based).
+    pub step: u32,
+    /// Where it stands in the policy's schedule (1-based): a scheduled
+    /// decline moves one place on; a decline of an attempt asked for now
+    /// (pay-now, the update-card page) after the first stays where the
+    /// campaign was, so a customer trying cards never spends the retries.
+    pub position: usize,
+    /// The declined attempt.
+    pub attempt: &'a crate::invoice::Attempt,
+    /// Its decline code.
+    pub decline_code: &'a str,
+}
+
+/// Every decline of an invoice as a campaign step, in order.
+pub fn campaign_steps(invoice: &Invoice) -> Vec<CampaignStep<'_>> {
+    let mut steps: Vec<CampaignStep<'_>> = Vec::new();
     for attempt in &invoice.attempts {
-        if let Some(ChargeOutcome::Declined { decline_code, .. }) = &attempt.outcome
-            && (steps.is_empty() || !attempt.on_demand)
-        {
-            steps.push((attempt, decline_code.as_str()));
+        if let Some(ChargeOutcome::Declined { decline_code, .. }) = &attempt.outcome {
+            steps.push(CampaignStep {
+                step: u32::try_from(steps.len() + 1).unwrap_or(u32::MAX),
+                position: decline_position(&steps, attempt),
+                attempt,
+                decline_code,
+            });
         }
     }
     steps
 }
 
-/// The number of campaign steps an invoice's declines make ([`step_failures`]).
+/// The number of declined attempts of an invoice (its campaign's steps).
 pub fn failed_attempts(invoice: &Invoice) -> usize {
-    step_failures(invoice).len()
+    campaign_steps(invoice).len()
 }
 
-/// The step a decline of `attempt` (not yet recorded on `invoice`) is decided
-/// as, and the time the policy's clock runs from: the next step from when the
-/// attempt was due; for an on-demand attempt after the campaign began, its
-/// current step again, from that step's own failure, so the schedule stands
-/// (only the card's new decline category may change what comes next).
-pub fn decline_step(
-    invoice: &Invoice,
-    attempt: &crate::invoice::Attempt,
-) -> (usize, OffsetDateTime) {
-    let steps = step_failures(invoice);
-    match steps.last() {
-        Some((last, _)) if attempt.on_demand => (steps.len(), last.effective_at()),
-        _ => (steps.len() + 1, attempt.effective_at()),
+/// The schedule position a decline of `attempt` (not yet recorded on
+/// `invoice`) is decided at: one on from the last step, or the same for an
+/// attempt asked for now after the campaign began.
+pub fn decline_step(invoice: &Invoice, attempt: &crate::invoice::Attempt) -> usize {
+    decline_position(&campaign_steps(invoice), attempt)
+}
+
+fn decline_position(before: &[CampaignStep<'_>], attempt: &crate::invoice::Attempt) -> usize {
+    match before.last() {
+        Some(last) if attempt.on_demand => last.position,
+        Some(last) => last.position + 1,
+        None => 1,
     }
 }
 
@@ -361,11 +375,7 @@ impl Billing {
         let (Some(id), Some(customer_id)) = (invoice.id, invoice.customer_id) else {
             return Ok(());
         };
-        let failed: Vec<(usize, &crate::invoice::Attempt, &str)> = step_failures(invoice)
-            .into_iter()
-            .enumerate()
-            .map(|(i, (a, code))| (i + 1, a, code))
-            .collect();
+        let failed = campaign_steps(invoice);
         if failed.is_empty() {
             return Ok(());
         }
@@ -373,17 +383,24 @@ impl Billing {
         let segment = dunning_segment(customer, invoice);
         let policy = self.policy_for(segment).await?;
         let steps_total = policy.steps_total();
-        for (step_no, attempt, code) in failed {
-            let step_no_u32 = u32::try_from(step_no).unwrap_or(u32::MAX);
+        for &CampaignStep {
+            step: step_no_u32,
+            position,
+            attempt,
+            decline_code: code,
+        } in &failed
+        {
             if step_no_u32 <= campaign.last_step() || campaign.ending.is_some() {
                 // Recorded (or ended); its offer, if a crash came before it.
                 if step_no_u32 <= campaign.last_step()
-                    && !campaign.offers.contains_key(&step_no_u32)
+                    && policy.offers_at(offer_place(position)).next().is_some()
+                    && !offer_made(&campaign, &failed, position)
                 {
                     self.make_offers(
                         invoice,
                         &policy,
                         step_no_u32,
+                        position,
                         attempt.effective_at(),
                         source,
                     )
@@ -394,13 +411,17 @@ impl Billing {
             let failed_at = attempt.effective_at();
             let declined = category(code);
             // A retry's time is the invoice's (learned or the policy's).
-            let next = match policy.next_step(declined, step_no, failed_at) {
+            let next = match policy.next_step(declined, position, failed_at) {
                 NextStep::RetryAt(fixed) => {
                     NextStep::RetryAt(attempt.next_retry_at.unwrap_or(fixed))
                 }
                 other => other,
             };
-            let template = Template::for_step(step_no_u32, steps_total, declined);
+            let template = Template::for_step(
+                u32::try_from(position).unwrap_or(u32::MAX),
+                steps_total,
+                declined,
+            );
             let mut messages = Vec::new();
             let mut queue = |template: Template, due_at: OffsetDateTime, channels: &[Channel]| {
                 for channel in channels {
@@ -427,7 +448,7 @@ impl Billing {
                 next,
                 NextStep::AwaitNewCard { .. } | NextStep::AwaitCustomerAction { .. }
             ) {
-                let times = policy.remaining_step_times(step_no, failed_at);
+                let times = policy.remaining_step_times(position, failed_at);
                 let reminders = times.len();
                 let email_only: Vec<Channel> = policy
                     .channels
@@ -478,7 +499,7 @@ impl Billing {
                 DunningCommand::DecideStep(Box::new(decision.clone()))
             })
             .await?;
-            self.make_offers(invoice, &policy, step_no_u32, failed_at, source)
+            self.make_offers(invoice, &policy, step_no_u32, position, failed_at, source)
                 .await?;
         }
         Ok(())
@@ -487,22 +508,25 @@ impl Billing {
     /// The policy's offers at a step: a discount through the subscription's
     /// normal discount command (its coupon created once, as the policy says),
     /// or the trial extension's grace (already in the step's timing).
+    /// Made once per schedule position, recorded under the step that first
+    /// reached it.
     async fn make_offers(
         &self,
         invoice: &Invoice,
         policy: &DunningPolicy,
         step: u32,
+        position: usize,
         at: OffsetDateTime,
         source: Source,
     ) -> Result<(), BillingError> {
         let Some(id) = invoice.id else {
             return Ok(());
         };
-        let Some(offer) = policy.offers_at(step).next().cloned() else {
+        let Some(offer) = policy.offers_at(offer_place(position)).next().cloned() else {
             return Ok(());
         };
         let campaign = self.dunning_campaign(id).await?;
-        if campaign.offers.contains_key(&step) {
+        if offer_made(&campaign, &campaign_steps(invoice), position) {
             return Ok(());
         }
         let given = if let Some(days) = offer.trial_extension_days {
@@ -531,14 +555,15 @@ impl Billing {
                 // raises a price. A used-up one is no obstacle.
                 Ok(_)
                     if subscription.discount_in_force(at)
-                        && !subscription.discount.as_ref().is_some_and(|d| {
-                            // This campaign's own earlier offer gives way to
-                            // its later one.
-                            campaign.offers.values().any(|given| {
-                                matches!(given, OfferGiven::Discount { coupon }
+                        && (subscription.scheduled_discount.is_some()
+                            || !subscription.discount.as_ref().is_some_and(|d| {
+                                // This campaign's own earlier offer gives way to
+                                // its later one.
+                                campaign.offers.values().any(|given| {
+                                    matches!(given, OfferGiven::Discount { coupon }
                                     if *coupon == d.coupon.to_string())
-                            })
-                        }) =>
+                                })
+                            })) =>
                 {
                     OfferGiven::NotApplied {
                         reason: "discount_in_force".to_owned(),
@@ -813,7 +838,7 @@ impl Billing {
                 continue;
             };
             let offer = match campaign.offers.get(&message.step) {
-                Some(given) => self.offer_words(given).await?,
+                Some(given) => self.offer_words(given, subject.subscription_id).await?,
                 None => None,
             };
             let notice = Notice {
@@ -1078,6 +1103,20 @@ impl Billing {
     }
 }
 
+/// A schedule position as a policy's step number (offers are placed by it).
+fn offer_place(position: usize) -> u32 {
+    u32::try_from(position).unwrap_or(u32::MAX)
+}
+
+/// Whether the offer of schedule `position` was recorded, under whichever
+/// step first reached it.
+fn offer_made(campaign: &DunningCampaign, steps: &[CampaignStep<'_>], position: usize) -> bool {
+    steps
+        .iter()
+        .filter(|s| s.position == position)
+        .any(|s| campaign.offers.contains_key(&s.step))
+}
+
 /// A discount in the customer's words: "20% off your next invoice".
 pub fn discount_words(
     discount: &crate::coupon::Discount,
@@ -1098,10 +1137,27 @@ pub fn discount_words(
 
 impl Billing {
     /// An offer in the customer's words, a discount by its coupon's terms.
-    async fn offer_words(&self, given: &OfferGiven) -> Result<Option<String>, BillingError> {
+    /// A discount another has replaced since (the campaign's later offer)
+    /// is not told.
+    async fn offer_words(
+        &self,
+        given: &OfferGiven,
+        subscription: Option<crate::ids::SubscriptionId>,
+    ) -> Result<Option<String>, BillingError> {
         Ok(match given {
             OfferGiven::Discount { coupon } => {
                 let code = CouponCode::parse(coupon)?;
+                let in_force = match subscription {
+                    Some(sub_id) => self
+                        .subscription(sub_id)
+                        .await?
+                        .discount
+                        .is_some_and(|d| d.coupon == code),
+                    None => false,
+                };
+                if !in_force {
+                    return Ok(None);
+                }
                 let (terms, _) = self
                     .repo
                     .load_current::<crate::coupon::Coupon>(&code.stream()?)

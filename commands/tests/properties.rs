@@ -420,3 +420,22 @@ fn a_charge_decided_on_attempts_since_outdated_is_not_started() {
     assert_eq!(execute(&mut invoice, start(1)).unwrap().len(), 1);
     assert_eq!(invoice.attempts.len(), 2);
 }
+
+/// An attempt recorded before `on_demand` existed was the schedule's.
+#[test]
+fn an_attempt_stored_without_on_demand_reads_as_scheduled() {
+    let mut invoice = open_invoice();
+    let started = execute(&mut invoice, start(0)).unwrap();
+    let stored = serde_json::to_value(&started[0]).unwrap();
+    assert_eq!(stored["type"], "PaymentAttemptStarted", "{stored}");
+    assert!(
+        stored.get("on_demand").is_none(),
+        "false is not written: {stored}"
+    );
+    let payload = stored.to_string();
+    let event: InvoiceEvent = recur_commands::billing::decode_event(&payload).unwrap();
+    match event {
+        InvoiceEvent::PaymentAttemptStarted { on_demand, .. } => assert!(!on_demand),
+        other => panic!("{other:?}"),
+    }
+}

@@ -226,9 +226,9 @@ pub async fn serve(options: ServeOptions) -> anyhow::Result<()> {
                 !unset(options.update_card.link_key.as_ref().map(|k| k.expose()))
                     && !unset(options.update_card.public_url.as_deref()),
                 "dunning messages are configured (RECUR_SMTP_URL or RECUR_SMS_ACCOUNT_SID), so \
-                 RECUR_LINK_KEY (a key that outlives this process: openssl rand -hex 32) and \
-                 RECUR_PUBLIC_URL (where customers reach this server) must be set: the \
-                 update-card link in every message depends on both"
+                 RECUR_LINK_KEY or --link-key (a key that outlives this process: openssl rand \
+                 -hex 32) and RECUR_PUBLIC_URL or --public-url (where customers reach this \
+                 server) must be set: the update-card link in every message depends on both"
             );
             scheduler.with_messenger(Arc::new(channels))
         }
