@@ -4,11 +4,15 @@
 //! against the ledger's `DunningMessageSent` events.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+#[path = "support/mail.rs"]
+mod mail;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::Engine;
+use mail::{emails_for, header, smtp_server};
 use recur_api::routes::update_card::UpdateCardConfig;
 use recur_commands::billing::decode_event;
 use recur_commands::dunning::{CATEGORY, DunningEvent};
@@ -25,23 +29,6 @@ const TEST_MASTER_KEY: &str = "5d1f0c2a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5
 const PUBLIC_URL: &str = "http://127.0.0.1";
 const FROM: &str = "Billing <billing@recur.test>";
 const SMS_FROM: &str = "+15005550006";
-
-/// The test SMTP server, or a loud failure saying how to get one.
-fn smtp_server() -> (String, PathBuf) {
-    let (Ok(url), Ok(dir)) = (
-        std::env::var("RECUR_TEST_SMTP_URL"),
-        std::env::var("RECUR_TEST_SMTP_DIR"),
-    ) else {
-        panic!(
-            "RECUR_TEST_SMTP_URL and RECUR_TEST_SMTP_DIR are not set: run scripts/test.sh, which \
-             starts it (aiosmtpd with scripts/smtp/sink.py), or start one yourself: \
-             python3 -m venv /tmp/smtp && /tmp/smtp/bin/pip install aiosmtpd==1.4.6 && \
-             /tmp/smtp/bin/python scripts/smtp/sink.py --port 2525 --dir /tmp/mail & \
-             export RECUR_TEST_SMTP_URL=smtp://127.0.0.1:2525 RECUR_TEST_SMTP_DIR=/tmp/mail"
-        )
-    };
-    (url, PathBuf::from(dir))
-}
 
 fn temp_location() -> (String, PathBuf) {
     let path = std::env::temp_dir().join(format!(
@@ -110,46 +97,6 @@ async fn sent_messages(billing: &recur_commands::Billing) -> BTreeMap<uuid::Uuid
         }
     }
     sent
-}
-
-/// The stored emails whose `Message-ID` is one of `ids`: (id, raw message),
-/// as many as arrived (the directory is shared with other tests).
-fn emails_for(dir: &Path, ids: &BTreeSet<uuid::Uuid>) -> Vec<(uuid::Uuid, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "eml") {
-            continue;
-        }
-        let raw = std::fs::read_to_string(&path).unwrap();
-        let Some(value) = header(&raw, "Message-ID") else {
-            continue;
-        };
-        let Some(id) = value
-            .trim()
-            .strip_prefix('<')
-            .and_then(|v| v.strip_suffix("@recur>"))
-            .and_then(|v| v.parse::<uuid::Uuid>().ok())
-        else {
-            continue;
-        };
-        if ids.contains(&id) {
-            found.push((id, raw));
-        }
-    }
-    found
-}
-
-fn header(raw: &str, name: &str) -> Option<String> {
-    let head = raw.split("\r\n\r\n").next().unwrap();
-    head.replace("\r\n ", " ")
-        .replace("\r\n\t", " ")
-        .lines()
-        .find_map(|l| {
-            let (key, value) = l.split_once(':')?;
-            key.eq_ignore_ascii_case(name)
-                .then(|| value.trim().to_owned())
-        })
 }
 
 /// The decoded parts of a `multipart/alternative` message: (content type, body).

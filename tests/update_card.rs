@@ -5,7 +5,10 @@
 
 #[path = "../ledger/tests/common/mod.rs"]
 mod common;
+#[path = "support/mail.rs"]
+mod mail;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -643,40 +646,6 @@ async fn the_page_renders_in_headless_chromium_with_its_form_and_the_amount_due(
     let _ = std::fs::remove_dir_all(&scratch);
 }
 
-/// The test SMTP server, or a loud failure saying how to get one.
-fn smtp_server() -> (String, PathBuf) {
-    let (Ok(url), Ok(dir)) = (
-        std::env::var("RECUR_TEST_SMTP_URL"),
-        std::env::var("RECUR_TEST_SMTP_DIR"),
-    ) else {
-        panic!(
-            "RECUR_TEST_SMTP_URL and RECUR_TEST_SMTP_DIR are not set: run scripts/test.sh, which \
-             starts it (aiosmtpd with scripts/smtp/sink.py), or start one yourself: \
-             python3 -m venv /tmp/smtp && /tmp/smtp/bin/pip install aiosmtpd==1.4.6 && \
-             /tmp/smtp/bin/python scripts/smtp/sink.py --port 2525 --dir /tmp/mail & \
-             export RECUR_TEST_SMTP_URL=smtp://127.0.0.1:2525 RECUR_TEST_SMTP_DIR=/tmp/mail"
-        )
-    };
-    (url, PathBuf::from(dir))
-}
-
-/// The raw email whose `Message-ID` is `id`'s, if it arrived.
-fn email_with_id(dir: &Path, id: uuid::Uuid) -> Option<String> {
-    let wanted = format!("<{id}@recur>");
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|entry| std::fs::read_to_string(entry.unwrap().path()).ok())
-        .find(|raw| {
-            raw.split("\r\n\r\n").next().is_some_and(|head| {
-                head.lines().any(|l| {
-                    l.split_once(':').is_some_and(|(key, value)| {
-                        key.eq_ignore_ascii_case("Message-ID") && value.trim() == wanted
-                    })
-                })
-            })
-        })
-}
-
 /// The campaign events of `invoice` as the ledger holds them.
 async fn campaign_events(
     server: &Server,
@@ -696,7 +665,7 @@ async fn campaign_events(
 #[tokio::test]
 async fn opening_a_dunning_emails_link_is_recorded_once_as_its_click_and_counted() {
     use recur_commands::dunning::DunningEvent;
-    let (smtp_url, mail_dir) = smtp_server();
+    let (smtp_url, mail_dir) = mail::smtp_server();
     let server = serve_with_env(
         &[],
         &[
@@ -737,7 +706,7 @@ async fn opening_a_dunning_emails_link_is_recorded_once_as_its_click_and_counted
         .unwrap_or_else(|| panic!("no message sent:\n{}", server.logged()));
     let deadline = Instant::now() + Duration::from_secs(10);
     let raw = loop {
-        if let Some(raw) = email_with_id(&mail_dir, email) {
+        if let Some((_, raw)) = mail::emails_for(&mail_dir, &BTreeSet::from([email])).pop() {
             break raw;
         }
         assert!(

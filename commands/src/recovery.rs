@@ -806,6 +806,8 @@ impl Billing {
         let customer = self.customer(subject.customer_id).await?;
         let policy = self.policy_for(subject.segment).await?;
         let mut sent = 0;
+        let mut offers_told: std::collections::BTreeMap<u32, Option<String>> =
+            std::collections::BTreeMap::new();
         for message in due {
             // A message that waited too long (no messenger was configured, the
             // provider was down for days) would arrive out of place: dropped.
@@ -837,9 +839,18 @@ impl Billing {
                 .await?;
                 continue;
             };
-            let offer = match campaign.offers.get(&message.step) {
-                Some(given) => self.offer_words(given, subject.subscription_id).await?,
-                None => None,
+            // Told once per step: a step's email and SMS go out together.
+            let offer = match (
+                offers_told.get(&message.step),
+                campaign.offers.get(&message.step),
+            ) {
+                (Some(words), _) => words.clone(),
+                (None, Some(given)) => {
+                    let words = self.offer_words(given, subject.subscription_id).await?;
+                    offers_told.insert(message.step, words.clone());
+                    words
+                }
+                (None, None) => None,
             };
             let notice = Notice {
                 message_id: message.message_id,

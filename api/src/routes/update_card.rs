@@ -81,19 +81,11 @@ pub async fn show(
     State(state): State<Arc<AppState>>,
     token: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let (claims, token) = match checked(&state, token) {
-        Ok(checked) => checked,
+    let (claims, token, customer, invoice) = match link_subject(&state, token).await {
+        Ok(subject) => subject,
         Err(refused) => return refused,
     };
     let config = &state.update_card;
-    let customer = match state.billing.customer(claims.customer_id).await {
-        Ok(customer) => customer,
-        Err(error) => return failure(config, &error),
-    };
-    let invoice = match invoice_of(&state, &claims).await {
-        Ok(invoice) => invoice,
-        Err(error) => return failure(config, &error),
-    };
     record_click(&state, &claims).await;
     let mut body = String::new();
     invoice_section(&mut body, invoice.as_ref());
@@ -171,10 +163,7 @@ pub async fn submit(
         Ok(method) => method,
         Err(error) => return failure(config, &error.into()),
     };
-    let context = recur_commands::context::RequestContext {
-        actor: Some(ACTOR.to_owned()),
-        ..Default::default()
-    };
+    let context = link_context();
     let customer_id = claims.customer_id;
     let billing = Arc::clone(&state.billing);
     let (attached, _) = recur_commands::context::within(context.clone(), async {
@@ -222,26 +211,18 @@ pub async fn confirm(
     State(state): State<Arc<AppState>>,
     token: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let (claims, _) = match checked(&state, token) {
-        Ok(checked) => checked,
+    let (_, _, customer, invoice) = match link_subject(&state, token).await {
+        Ok(subject) => subject,
         Err(refused) => return refused,
     };
     let config = &state.update_card;
-    let customer = match state.billing.customer(claims.customer_id).await {
-        Ok(customer) => customer,
-        Err(error) => return failure(config, &error),
-    };
-    let invoice = match invoice_of(&state, &claims).await {
-        Ok(Some(invoice)) => invoice,
-        Ok(None) => {
-            return message(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                config,
-                "Nothing to confirm",
-                "This link is for your card only: there is no payment to confirm.",
-            );
-        }
-        Err(error) => return failure(config, &error),
+    let Some(invoice) = invoice else {
+        return message(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            config,
+            "Nothing to confirm",
+            "This link is for your card only: there is no payment to confirm.",
+        );
     };
     if invoice.status != InvoiceStatus::Open {
         return not_open(config, &invoice, "");
@@ -257,10 +238,7 @@ pub async fn confirm(
     let Some(invoice_id) = invoice.id else {
         return failure(config, &BillingError::from(not_found("invoice")));
     };
-    let context = recur_commands::context::RequestContext {
-        actor: Some(ACTOR.to_owned()),
-        ..Default::default()
-    };
+    let context = link_context();
     let billing = Arc::clone(&state.billing);
     let (paid, _) =
         recur_commands::context::within(context, billing.confirm_payment(invoice_id)).await;
@@ -326,6 +304,37 @@ fn checked(
         Ok(claims) => Ok((claims, token)),
         Err(error) => Err(refused(config, error)),
     }
+}
+
+/// What the page writes is recorded as the link holder's ([`ACTOR`]).
+fn link_context() -> recur_commands::context::RequestContext {
+    recur_commands::context::RequestContext {
+        actor: Some(ACTOR.to_owned()),
+        ..Default::default()
+    }
+}
+
+/// The link's claims and token, its customer and the invoice it names; or
+/// the page refusing it (nothing written).
+#[allow(
+    clippy::result_large_err,
+    reason = "the refusal is the response itself"
+)]
+async fn link_subject(
+    state: &AppState,
+    token: Result<Path<String>, PathRejection>,
+) -> Result<(Claims, String, Customer, Option<Invoice>), Response> {
+    let (claims, token) = checked(state, token)?;
+    let config = &state.update_card;
+    let customer = state
+        .billing
+        .customer(claims.customer_id)
+        .await
+        .map_err(|error| failure(config, &error))?;
+    let invoice = invoice_of(state, &claims)
+        .await
+        .map_err(|error| failure(config, &error))?;
+    Ok((claims, token, customer, invoice))
 }
 
 /// The invoice the link names, if any, and if it is the customer's.
