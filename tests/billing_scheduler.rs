@@ -361,3 +361,106 @@ async fn a_read_answers_with_what_another_process_wrote_since() {
     let (_, theirs) = second.subscription_versioned(sub).await.unwrap();
     assert_eq!(version, theirs);
 }
+
+/// A customer's declined February renewal, on the first process: (customer,
+/// invoice). The card declines with `decline_code` from February on.
+async fn declined_renewal(
+    processes: &TwoProcesses,
+    decline_code: &str,
+) -> (recur_commands::CustomerId, InvoiceId) {
+    let first = &processes.first;
+    let sub = subscribe_card_holder(first, "community_access").await;
+    let customer = first.subscription(sub).await.unwrap().customer_id.unwrap();
+    first
+        .attach_payment_method(
+            customer,
+            SimulatedGateway::failing_card(decline_code, 12, 2030),
+        )
+        .await
+        .unwrap();
+    processes.clock.advance_to(datetime!(2026-02-01 00:00 UTC));
+    let report = Scheduler::new(Arc::clone(first), 4).tick().await.unwrap();
+    assert!(report.failures.is_empty(), "{report:?}");
+    let invoice = first.subscription(sub).await.unwrap().invoices[1];
+    let state = first.invoice(invoice).await.unwrap();
+    assert_eq!(state.status, InvoiceStatus::Open);
+    assert_eq!(state.attempts.len(), 1);
+    (customer, invoice)
+}
+
+/// What a racing payment may answer: done, or refused as already paid.
+fn paid_or_refused(result: Result<recur_commands::invoice::Invoice, recur_commands::BillingError>) {
+    match result {
+        Ok(_)
+        | Err(recur_commands::BillingError::Domain(
+            recur_commands::DomainError::InvalidTransition { .. },
+        )) => {}
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_card_paid_from_two_tabs_while_two_schedulers_run_is_charged_once() {
+    let processes = two_processes().await;
+    let (customer, invoice) = declined_renewal(&processes, "expired_card").await;
+    let TwoProcesses {
+        clock,
+        store,
+        gateway,
+        first,
+        second,
+    } = &processes;
+    // The customer puts a working card on file; the page pays in two tabs
+    // (one per process) while both schedulers see the new card at once.
+    let card = SimulatedGateway::tokenize("4242424242424242", 12, 2030).unwrap();
+    first.attach_payment_method(customer, card).await.unwrap();
+    clock.advance_to(datetime!(2026-02-02 00:00 UTC));
+    let charged_before = gateway.charges_made();
+    let a = Scheduler::new(Arc::clone(first), 4);
+    let b = Scheduler::new(Arc::clone(second), 4);
+    let (tab1, tab2, tick_a, tick_b) = tokio::join!(
+        first.pay_now(invoice),
+        second.pay_now(invoice),
+        a.tick(),
+        b.tick()
+    );
+    paid_or_refused(tab1);
+    paid_or_refused(tab2);
+    tick_a.unwrap();
+    tick_b.unwrap();
+    let state = first.invoice(invoice).await.unwrap();
+    assert_eq!(state.status, InvoiceStatus::Paid, "{state:?}");
+    assert_eq!(gateway.charges_made(), charged_before + 1, "charged once");
+    assert_eq!(state.attempts.len(), 2, "one attempt after the decline");
+    audit(store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_payment_confirmed_from_two_tabs_at_once_is_charged_once() {
+    let processes = two_processes().await;
+    let (_, invoice) = declined_renewal(&processes, "authentication_required").await;
+    let TwoProcesses {
+        clock,
+        store,
+        gateway,
+        first,
+        second,
+    } = &processes;
+    clock.advance_to(datetime!(2026-02-01 06:00 UTC));
+    let charged_before = gateway.charges_made();
+    let (tab1, tab2, tab3) = tokio::join!(
+        first.confirm_payment(invoice),
+        second.confirm_payment(invoice),
+        second.confirm_payment(invoice)
+    );
+    for tab in [tab1, tab2, tab3] {
+        paid_or_refused(tab);
+    }
+    let state = first.invoice(invoice).await.unwrap();
+    assert_eq!(state.status, InvoiceStatus::Paid, "{state:?}");
+    assert_eq!(gateway.charges_made(), charged_before + 1, "charged once");
+    assert_eq!(state.attempts.len(), 2);
+    let campaign = first.dunning_campaign(invoice).await.unwrap();
+    assert!(campaign.ending.is_some(), "recovered");
+    audit(store).await;
+}

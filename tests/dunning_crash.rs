@@ -1,5 +1,5 @@
 //! The dunning outbox across a killed process. A child process (this test
-//! binary, re-run as `crash_child`) decides a campaign's step on a Postgres
+//! binary, re-running this very test with `RECUR_CRASH_CHILD_*` set) decides a campaign's step on a Postgres
 //! ledger and starts sending through the real channels; its SMTP server stalls,
 //! and the test kills it with SIGKILL mid-send. Restarted processes then send
 //! through aiosmtpd (scripts/test.sh starts it: RECUR_TEST_SMTP_URL,
@@ -40,7 +40,10 @@ const TEST_MASTER_KEY: &str = "5d1f0c2a9b8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5
 const TEST_LINK_KEY: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 const FROM: &str = "Billing <billing@recur.test>";
 const SMS_FROM: &str = "+15005550006";
-/// The child's role is set by these; without them `crash_child` does nothing.
+/// This test's name: the child process is this test binary running it again.
+const TEST_NAME: &str = "a_sender_killed_mid_send_sends_each_message_exactly_once_after_restart";
+/// Set for the child process (with the other `RECUR_CRASH_CHILD_*`): the test
+/// then plays the sender instead of running the scenario.
 const CHILD_ENV: &str = "RECUR_CRASH_CHILD_DATABASE";
 /// How long a child may take to reach the stalled send or to finish.
 const CHILD_DEADLINE: Duration = Duration::from_secs(120);
@@ -73,13 +76,7 @@ struct ChildRun<'a> {
 
 fn spawn_child(run: &ChildRun<'_>) -> Child {
     Command::new(std::env::current_exe().unwrap())
-        .args([
-            "crash_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, run.database)
         .env("RECUR_CRASH_CHILD_NOW", run.now.format(&Rfc3339).unwrap())
         .env("RECUR_CRASH_CHILD_SMTP", run.smtp_url)
@@ -157,6 +154,9 @@ async fn outbox(ledger: &Ledger) -> BTreeMap<uuid::Uuid, OutboxEntry> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_killed_mid_send_sends_each_message_exactly_once_after_restart() {
+    if let Ok(database) = std::env::var(CHILD_ENV) {
+        return sender_round(database).await;
+    }
     let (smtp_url, mail_dir) = smtp_server();
     let (sms_url, fake) = TwilioFake::start().await.unwrap();
     let clock = TestClock::at(datetime!(2026-01-01 00:00 UTC));
@@ -301,52 +301,40 @@ async fn a_sender_killed_mid_send_sends_each_message_exactly_once_after_restart(
     assert_eq!(texts.len(), 1, "the SMS arrived exactly once");
 }
 
-/// The child process of the test above (it runs only when that test starts
-/// it): one scheduler round on the shared ledger, at the given instant,
-/// through the given channels.
-#[test]
-#[ignore = "a child process of a_sender_killed_mid_send_…, started by it"]
-fn crash_child() {
-    let Ok(database) = std::env::var(CHILD_ENV) else {
-        return;
-    };
+/// The child process's part (the test above, run again by itself): one
+/// scheduler round on the shared ledger, at the given instant, through the
+/// given channels.
+async fn sender_round(database: String) {
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let now = OffsetDateTime::parse(&var("RECUR_CRASH_CHILD_NOW"), &Rfc3339).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
+    let clock = TestClock::at(now);
+    let ledger = Ledger::open(LedgerConfig::new(database), Arc::new(clock))
+        .await
         .unwrap();
-    runtime.block_on(async move {
-        let clock = TestClock::at(now);
-        let ledger = Ledger::open(LedgerConfig::new(database), Arc::new(clock))
-            .await
-            .unwrap();
-        let billing = billing_on(ledger).await;
-        let channels = DunningChannels::new(
-            Some(Outbound::Smtp(
-                SmtpMailer::new(&SmtpConfig::new(&var("RECUR_CRASH_CHILD_SMTP"), FROM).unwrap())
-                    .unwrap(),
-            )),
-            Some(Outbound::Sms(
-                TwilioSms::new(
-                    &var("RECUR_CRASH_CHILD_SMS"),
-                    &var("RECUR_CRASH_CHILD_SID"),
-                    &var("RECUR_CRASH_CHILD_TOKEN"),
-                    SMS_FROM,
-                )
+    let billing = billing_on(ledger).await;
+    let channels = DunningChannels::new(
+        Some(Outbound::Smtp(
+            SmtpMailer::new(&SmtpConfig::new(&var("RECUR_CRASH_CHILD_SMTP"), FROM).unwrap())
                 .unwrap(),
-            )),
-            UpdateCardConfig {
-                key: LinkKey::parse(TEST_LINK_KEY).unwrap(),
-                public_url: "http://127.0.0.1".to_owned(),
-                business_name: recur_notify::DEFAULT_BUSINESS_NAME.to_owned(),
-            },
-        );
-        let scheduler =
-            Scheduler::new(billing, 4).with_messenger(Arc::new(channels) as Arc<dyn Messenger>);
-        let report = scheduler.tick().await.unwrap();
-        assert!(report.failures.is_empty(), "{:?}", report.failures);
-        println!("messages sent: {}", report.messages_sent);
-    });
+        )),
+        Some(Outbound::Sms(
+            TwilioSms::new(
+                &var("RECUR_CRASH_CHILD_SMS"),
+                &var("RECUR_CRASH_CHILD_SID"),
+                &var("RECUR_CRASH_CHILD_TOKEN"),
+                SMS_FROM,
+            )
+            .unwrap(),
+        )),
+        UpdateCardConfig {
+            key: LinkKey::parse(TEST_LINK_KEY).unwrap(),
+            public_url: "http://127.0.0.1".to_owned(),
+            business_name: recur_notify::DEFAULT_BUSINESS_NAME.to_owned(),
+        },
+    );
+    let scheduler =
+        Scheduler::new(billing, 4).with_messenger(Arc::new(channels) as Arc<dyn Messenger>);
+    let report = scheduler.tick().await.unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    println!("messages sent: {}", report.messages_sent);
 }
